@@ -1,0 +1,1 @@
+"""The HTTP API: a thin FastAPI adapter over a read replica of the contacts table."""

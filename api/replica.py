@@ -1,0 +1,189 @@
+"""A read replica of the contacts table, fed by its changelog topic.
+
+Why a replica: a contact's state lives on the worker that owns its partition. The API reads the
+table's changelog (every partition) into memory instead of asking workers, so answers are correct
+however many workers share the work, and API processes scale independently of them. The cost is
+a short delay (one changelog hop, typically milliseconds) and memory for the raw state bytes.
+
+Lookups accept a contact id, any anonymous id, or an email; merged contacts are followed to the
+contact they merged into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.state import decode_state
+from scorestream import ContactState
+from scorestream.identity import anonymous_contact_id
+
+log = logging.getLogger(__name__)
+MAX_FOLLOW = 8
+
+
+class _IndexView(msgspec.Struct):
+    """The few fields of a contact state the indexes need (decoded without the rest)."""
+
+    contact_id: str
+    anonymous_ids: list[str] = []
+    email: str | None = None
+    merged_into: str | None = None
+
+
+_index_decoder = msgspec.msgpack.Decoder(_IndexView)
+
+
+@dataclass
+class WorkerStatus:
+    state: str
+    model: str
+    at_ms: int
+
+
+@dataclass
+class Replica:
+    """In-memory view of ``<app>-contacts-changelog`` and the worker status topic."""
+
+    bootstrap: str
+    changelog_topic: str
+    status_topic: str
+    states: dict[str, bytes] = field(default_factory=dict)
+    by_anonymous: dict[str, str] = field(default_factory=dict)
+    by_email: dict[str, str] = field(default_factory=dict)
+    workers: dict[str, WorkerStatus] = field(default_factory=dict)
+    caught_up: asyncio.Event = field(default_factory=asyncio.Event)
+    records: int = 0
+    last_record_ms: int = 0
+    error: str | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        contact_id = key.decode()
+        self.records += 1
+        if value is None:
+            self.states.pop(contact_id, None)
+            return
+        self.states[contact_id] = value
+        view = _index_decoder.decode(value)
+        if view.merged_into is None:
+            for anon in view.anonymous_ids:
+                self.by_anonymous[anon] = contact_id
+            if view.email:
+                self.by_email[view.email] = contact_id
+        else:
+            for anon in view.anonymous_ids:
+                self.by_anonymous.setdefault(anon, view.merged_into)
+
+    def apply_status(self, value: bytes | None) -> None:
+        if not value:
+            return
+        body = orjson.loads(value)
+        self.workers[str(body["worker"])] = WorkerStatus(
+            state=str(body["state"]), model=str(body.get("model", "")), at_ms=int(body["at_ms"])
+        )
+
+    def _follow(self, contact_id: str) -> ContactState | None:
+        for _ in range(MAX_FOLLOW):
+            raw = self.states.get(contact_id)
+            if raw is None:
+                return None
+            state = decode_state(raw)
+            if state.merged_into is None:
+                return state
+            contact_id = state.merged_into
+        return None
+
+    def lookup(self, ident: str) -> ContactState | None:
+        """The contact for a user id, an anonymous id or an email, or ``None``."""
+        for candidate in (ident, anonymous_contact_id(ident), self.by_anonymous.get(ident)):
+            if candidate is not None and candidate in self.states:
+                state = self._follow(candidate)
+                if state is not None:
+                    return state
+        owner = self.by_email.get(ident.strip().casefold())
+        if owner is not None:
+            state = self._follow(owner)
+            if state is not None and state.email == ident.strip().casefold():
+                return state
+        return None
+
+    @property
+    def ready_workers(self) -> list[str]:
+        return sorted(w for w, s in self.workers.items() if s.state == "ready")
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="replica")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, OSError) as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("replica consumer failed (%s); retrying in 1 s", self.error)
+                await asyncio.sleep(1.0)
+
+    async def _consume(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+            max_partition_fetch_bytes=4 << 20,
+            isolation_level="read_uncommitted",
+        )
+        await consumer.start()
+        try:
+            partitions: list[TopicPartition] = []
+            while not partitions:
+                cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - never auto-creates
+                for topic in (self.changelog_topic, self.status_topic):
+                    found = cluster.partitions_for_topic(topic) or set()
+                    partitions += [TopicPartition(topic, p) for p in sorted(found)]
+                if not any(tp.topic == self.changelog_topic for tp in partitions):
+                    partitions = []
+                    self.error = f"waiting for topic {self.changelog_topic}"
+                    await asyncio.sleep(1.0)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            pending = {tp for tp, end in ends.items() if end > 0}
+            self.error = None
+            started = time.monotonic()
+            while True:
+                batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+                for tp, records in batches.items():
+                    if tp.topic == self.changelog_topic:
+                        for r in records:
+                            if r.key is not None:
+                                self.apply(r.key, r.value)
+                    else:
+                        for r in records:
+                            self.apply_status(r.value)
+                    if records:
+                        self.last_record_ms = records[-1].timestamp
+                if pending:
+                    pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+                if not pending and not self.caught_up.is_set():
+                    self.caught_up.set()
+                    log.info("replica caught up: %d contacts in %.1f s", len(self.states), time.monotonic() - started)
+        finally:
+            await consumer.stop()

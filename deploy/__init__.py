@@ -1,0 +1,1 @@
+"""Starting things: the ``scorestream`` command, local broker scripts, container files."""

@@ -1,0 +1,144 @@
+"""The ``scorestream`` command: run, worker, api, topics, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from schemas.settings import Settings
+
+log = logging.getLogger("scorestream")
+KAFKA_SH = Path(__file__).parent / "kafka" / "kafka.sh"
+
+
+def dev_api_key(settings: Settings) -> str:
+    """The development key kept in ``<data_dir>/dev-api-key`` (created on first use)."""
+    path = settings.data_dir / "dev-api-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"dev_{secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def kafka(action: str, settings: Settings) -> None:
+    env = {**os.environ, "SCORESTREAM_KAFKA_DIR": str((settings.data_dir / "kafka").resolve())}
+    port = settings.kafka_bootstrap.rsplit(":", 1)[-1]
+    env.setdefault("SCORESTREAM_KAFKA_PORT", port)
+    subprocess.run(["bash", str(KAFKA_SH), action], check=True, env=env)
+
+
+def wait_ready(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def run(settings: Settings) -> int:
+    """Broker (unless one is configured), topics, worker and API; Ctrl-C stops what it started."""
+    started_at = time.monotonic()
+    own_broker = "SCORESTREAM_KAFKA_BOOTSTRAP" not in os.environ
+    if own_broker:
+        kafka("start", settings)
+    if not settings.api_keys:
+        os.environ["SCORESTREAM_API_KEYS"] = dev_api_key(settings)
+        settings = Settings()
+    env = dict(os.environ)
+    from deploy.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in ("worker", "api")
+    ]
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if wait_ready(url, 180):
+            key = env.get("SCORESTREAM_API_KEYS", "").split(",")[0]
+            print(f"\nscorestream is ready in {time.monotonic() - started_at:.1f} s", flush=True)
+            print(f"  API:      {url}   (OpenAPI: {url}/docs)")
+            print(f"  API key:  {key}")
+            print(f"  Kafka:    {settings.kafka_bootstrap}")
+            print(f"  try:      curl -H 'Authorization: Bearer {key}' {url}/v1/model")
+            print("  Ctrl-C stops everything.\n", flush=True)
+        else:
+            log.error("the service did not become ready in 180 s")
+            stopping = True
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.3)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if own_broker:
+            kafka("stop", settings)
+    return 0 if all(p.returncode in (0, -15) for p in procs) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scorestream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="broker + topics + worker + API on embedded defaults")
+    sub.add_parser("worker", help="the Faust worker")
+    sub.add_parser("api", help="the HTTP API")
+    sub.add_parser("topics", help="create the topics (idempotent)")
+    demo = sub.add_parser("demo", help="publish realistic mixed traffic and show scores moving")
+    demo.add_argument("--events", type=int, default=3000)
+    demo.add_argument("--contacts", type=int, default=300)
+    demo.add_argument("--rate", type=float, default=300.0, help="events per second")
+    demo.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        return run(settings)
+    if args.command == "worker":
+        from streams.worker import run as run_worker
+
+        run_worker(settings)
+        return 0
+    if args.command == "api":
+        from api.server import serve
+
+        serve(settings)
+        return 0
+    if args.command == "topics":
+        from deploy.topics import main as topics_main
+
+        topics_main(settings)
+        return 0
+    from deploy.demo import demo as run_demo
+
+    return asyncio.run(run_demo(settings, args.events, args.contacts, args.rate, args.seed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""``make demo``: publish mixed traffic at a steady rate and show the most active contacts' scores."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from deploy.traffic import Traffic
+from schemas.settings import Settings
+
+
+def _table(contacts: list[dict[str, object]]) -> Table:
+    table = Table(title="most active contacts")
+    for col in ("contact", "email", "engagement", "fit", "grade", "top rule"):
+        table.add_column(col)
+    for c in contacts:
+        eng = c["engagement"]
+        fit = c["fit"]
+        assert isinstance(eng, dict) and isinstance(fit, dict)
+        identity = c["identity"]
+        assert isinstance(identity, dict)
+        top = eng["top"][0]["rule"] if eng["top"] else "-"
+        table.add_row(
+            str(c["contact_id"]), str(identity.get("email") or "-"), f"{eng['score']:.1f}", f"{fit['score']:.0f}", str(c["grade"]), top
+        )
+    return table
+
+
+async def demo(settings: Settings, events: int, contacts: int, rate: float, seed: int) -> int:
+    console = Console()
+    key = settings.api_keys[0].get_secret_value() if settings.api_keys else (settings.data_dir / "dev-api-key").read_text().strip()
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    span = 14 * 86_400_000
+    traffic = Traffic(contacts, seed=seed, start_ms=int(time.time() * 1000) - span, span_ms=span)
+    topics = {channel: topic for topic, channel in settings.source_topics.items()}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    watched = [f"user-{i}" for i in range(10)] + [f"anon-{i}" for i in range(10)]
+    started = time.monotonic()
+    try:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
+            for i, record in enumerate(traffic.records(events), start=1):
+                await producer.send(topics[record.channel], record.value, key=record.key)
+                lag = i / rate - (time.monotonic() - started)
+                if lag > 0:
+                    await asyncio.sleep(lag)
+                if i % max(int(rate * 3), 1) == 0 or i == events:
+                    await producer.flush()
+                    await asyncio.sleep(0.3)
+                    body = (await http.post("/v1/contacts:batchGet", json={"ids": watched})).json()
+                    seen = {c["contact_id"]: c for c in body.get("contacts", [])}
+                    console.clear()
+                    console.print(f"published {i}/{events} events ({rate:.0f}/s) to {', '.join(topics.values())}")
+                    console.print(_table(sorted(seen.values(), key=lambda c: -c["engagement"]["score"])[:10]))  # type: ignore[index]
+    finally:
+        await producer.stop()
+    console.print(f"done: {events} events in {time.monotonic() - started:.1f} s; try GET {url}/v1/contacts/user-0")
+    return 0

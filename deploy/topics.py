@@ -1,0 +1,52 @@
+"""Create every topic scorestream uses (idempotent): sources, dead letters, internal, changelogs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def wanted(settings: Settings) -> list[NewTopic]:
+    p, r = settings.partitions, settings.replication_factor
+    compact = {"cleanup.policy": "compact"}
+    plain = [*settings.source_topics, settings.topic_deadletter, settings.identity_topic, settings.contacts_topic]
+    topics = [NewTopic(name, p, r) for name in plain]
+    topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in ("identity", "contacts")]
+    topics.append(NewTopic(settings.status_topic, 1, r, topic_configs=compact))
+    return topics
+
+
+async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
+    """Create missing topics; returns the names created. Retries while the broker starts."""
+    for attempt in range(attempts):
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [t for t in wanted(settings) if t.name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+            return [t.name for t in missing]
+        except Exception as exc:  # noqa: BLE001 - broker not up yet: retry, then give up loudly
+            if attempt == attempts - 1:
+                raise
+            log.info("waiting for Kafka at %s (%s)", settings.kafka_bootstrap, exc)
+            await asyncio.sleep(1.0)
+        finally:
+            await admin.close()
+    return []
+
+
+def main(settings: Settings) -> None:
+    created = asyncio.run(ensure_topics(settings))
+    log.info("topics ready (%d created)", len(created))

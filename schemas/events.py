@@ -1,0 +1,177 @@
+"""The event contract: Segment Spec messages published to ``events.web|email|store``.
+
+``decode`` turns raw Kafka bytes into the core's :class:`scorestream.Event` or raises
+:class:`InvalidMessage` with a reason code and a readable detail, which the worker puts on the
+dead-letter topic with the original bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from scorestream import Event
+
+CONTRACT_VERSION = "1"
+MAX_MESSAGE_BYTES = 32 * 1024
+# Event time outside these bounds is treated as a producer bug, not as data.
+MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+Props = dict[str, Any]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
+
+    messageId: Id = Field(description="Unique per message; re-sent or redelivered ids count once.")
+    timestamp: AwareDatetime | None = Field(
+        default=None,
+        description="Event time, ISO 8601 with 'Z' or an offset. When absent, the Kafka record's "
+        "CreateTime is used.",
+    )
+    userId: Id | None = None
+    anonymousId: Id | None = None
+    context: Props = Field(default_factory=dict)
+    integrations: Props = Field(default_factory=dict)
+    sentAt: AwareDatetime | None = None
+    receivedAt: AwareDatetime | None = None
+    originalTimestamp: AwareDatetime | None = None
+    version: int | str | None = None
+
+    @model_validator(mode="after")
+    def _needs_identity(self) -> _Message:
+        if not self.userId and not self.anonymousId:
+            raise ValueError("missing_identity: one of userId or anonymousId is required")
+        return self
+
+
+class Identify(_Message):
+    """Who the person is: ``traits`` (email, name, title, company, ...)."""
+
+    type: Literal["identify"]
+    traits: Props = Field(default_factory=dict)
+
+
+class Track(_Message):
+    """Something the person did: e-commerce, email and custom event names."""
+
+    type: Literal["track"]
+    event: Annotated[str, Field(min_length=1, max_length=200)]
+    properties: Props = Field(default_factory=dict)
+
+
+class Page(_Message):
+    """A web page view; the path comes from ``properties.path`` or ``context.page.path``."""
+
+    type: Literal["page"]
+    name: str | None = None
+    category: str | None = None
+    properties: Props = Field(default_factory=dict)
+
+
+class Screen(_Message):
+    """A mobile app screen view."""
+
+    type: Literal["screen"]
+    name: str | None = None
+    category: str | None = None
+    properties: Props = Field(default_factory=dict)
+
+
+class Group(_Message):
+    """The person belongs to an account (B2B)."""
+
+    type: Literal["group"]
+    groupId: Id
+    traits: Props = Field(default_factory=dict)
+
+
+class Alias(_Message):
+    """``previousId`` (an anonymous or former user id) is now ``userId``."""
+
+    type: Literal["alias"]
+    previousId: Id
+    userId: Id
+
+
+SegmentMessage = Annotated[Identify | Track | Page | Screen | Group | Alias, Field(discriminator="type")]
+MESSAGE_ADAPTER: TypeAdapter[Identify | Track | Page | Screen | Group | Alias] = TypeAdapter(SegmentMessage)
+
+
+class InvalidMessage(ValueError):
+    """A message that is not a valid event; ``reason`` is a stable code for the dead-letter record."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _explain(exc: ValidationError) -> InvalidMessage:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    if kind == "json_invalid":
+        return InvalidMessage("invalid_json", first["msg"])
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return InvalidMessage("unknown_type", first["msg"])
+    if kind == "value_error" and "missing_identity" in first["msg"]:
+        return InvalidMessage("missing_identity", "one of userId or anonymousId is required")
+    if kind == "model_type" or kind == "model_attributes_type":
+        return InvalidMessage("invalid_message", "a message must be a JSON object")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return InvalidMessage("invalid_field", f"{where}: {first['msg']}{more}")
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def page_path(properties: Props, context: Props) -> str | None:
+    path = properties.get("path")
+    if not isinstance(path, str):
+        page = context.get("page")
+        path = page.get("path") if isinstance(page, dict) else None
+    return path if isinstance(path, str) else None
+
+
+def decode(raw: bytes, channel: str, record_ms: int) -> Event:
+    """Validate one raw Kafka value against the contract and normalise it.
+
+    ``record_ms`` is the Kafka record timestamp: the event time when the message has none, and the
+    reference for rejecting timestamps more than a day in the future.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage("too_large", f"{len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        msg = MESSAGE_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        raise _explain(exc) from None
+    ts = msg.timestamp or msg.originalTimestamp
+    ts_ms = _ms(ts) if ts is not None else record_ms
+    if ts_ms < _ms(MIN_TIMESTAMP):
+        raise InvalidMessage("bad_timestamp", f"timestamp {ts} is before {MIN_TIMESTAMP.date()}")
+    if record_ms > 0 and ts_ms > record_ms + MAX_FUTURE_SKEW_MS:
+        raise InvalidMessage("bad_timestamp", f"timestamp {ts} is more than a day after the record was written")
+    common: dict[str, Any] = {
+        "message_id": msg.messageId,
+        "kind": msg.type,
+        "timestamp_ms": ts_ms,
+        "channel": channel,
+        "user_id": msg.userId or None,
+        "anonymous_id": msg.anonymousId or None,
+    }
+    if isinstance(msg, Track):
+        return Event(**common, event=msg.event, properties=msg.properties)
+    if isinstance(msg, Page | Screen):
+        return Event(**common, name=msg.name, path=page_path(msg.properties, msg.context), properties=msg.properties)
+    if isinstance(msg, Identify):
+        return Event(**common, traits=msg.traits)
+    if isinstance(msg, Group):
+        return Event(**common, group_id=msg.groupId, traits=msg.traits)
+    return Event(**common, previous_id=msg.previousId)

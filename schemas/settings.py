@@ -1,0 +1,82 @@
+"""One validated settings class, read from ``SCORESTREAM_*`` environment variables.
+
+Every variable is listed in the README's configuration table; ``tests/test_docs.py`` keeps the
+two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCORESTREAM_", extra="ignore")
+
+    env: Literal["development", "production"] = Field(
+        default="development", description="`production` refuses to start without API keys."
+    )
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    topic_web: str = Field(default="events.web", description="Source topic for website events.")
+    topic_email: str = Field(default="events.email", description="Source topic for email events.")
+    topic_store: str = Field(default="events.store", description="Source topic for offline-store events.")
+    topic_deadletter: str = Field(default="events.deadletter", description="Dead-letter topic for rejected input.")
+    app_id: str = Field(
+        default="scorestream",
+        description="Faust app id: consumer group and prefix of internal topics (`<app_id>.contacts`, "
+        "`<app_id>-contacts-changelog`, ...).",
+    )
+    partitions: int = Field(default=4, ge=1, description="Partitions of the topics scorestream creates.")
+    replication_factor: int = Field(default=1, ge=1, description="Replication factor of the topics it creates.")
+    api_host: str = Field(default="127.0.0.1", description="API bind address.")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="API port.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys accepted as `Authorization: Bearer <key>`."
+    )
+    data_dir: Path = Field(default=Path("var"), description="Where local state lives (RocksDB tables, broker data).")
+    model: Path | None = Field(default=None, description="Scoring model YAML file; default: the bundled model.")
+    batch_max: int = Field(default=5000, ge=1, description="Most events a worker applies in one batch.")
+    batch_within_ms: int = Field(default=25, ge=1, description="Longest a batch waits to fill, in milliseconds.")
+    commit_interval_s: float = Field(default=1.0, gt=0, description="Seconds between offset commits.")
+    rocksdb_cache_mb: int = Field(default=64, ge=8, description="RocksDB block cache per table partition, in MiB.")
+    log_level: str = Field(default="INFO", description="Log level of worker and API.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_keys(self) -> Settings:
+        if self.env == "production" and not self.api_keys:
+            raise ValueError("SCORESTREAM_API_KEYS must be set when SCORESTREAM_ENV=production")
+        for key in self.api_keys:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("every API key must be at least 16 characters")
+        return self
+
+    @property
+    def source_topics(self) -> dict[str, str]:
+        """Source topic -> channel name."""
+        return {self.topic_web: "web", self.topic_email: "email", self.topic_store: "store"}
+
+    @property
+    def identity_topic(self) -> str:
+        return f"{self.app_id}.identity"
+
+    @property
+    def contacts_topic(self) -> str:
+        return f"{self.app_id}.contacts"
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.app_id}.workers"
+
+    def changelog_topic(self, table: str) -> str:
+        return f"{self.app_id}-{table}-changelog"

@@ -1,0 +1,70 @@
+"""Binary contracts that outlive a deploy: table values and internal topic messages.
+
+Encoded as MessagePack with msgspec straight from the core's dataclasses (no per-message model
+construction on the hot path). Every value carries a version: ``ContactState.v``,
+``IdentityLink.v`` and ``Envelope.v``; a decoder meeting a newer version refuses it loudly rather
+than misreading it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from scorestream import ContactState, Event, IdentityLink
+from scorestream.identity import MergeInto
+
+ENVELOPE_VERSION = 1
+MAX_HOPS = 8
+
+
+class Envelope(msgspec.Struct, omit_defaults=True):
+    """A message on ``scorestream.contacts``: an event, a merge instruction, or a merged state."""
+
+    kind: Literal["event", "merge", "absorb"]
+    event: Event | None = None
+    merge: MergeInto | None = None
+    state: ContactState | None = None
+    hops: int = 0
+    v: int = ENVELOPE_VERSION
+
+
+class UnsupportedVersion(ValueError):
+    pass
+
+
+_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(ContactState)
+_link_decoder = msgspec.msgpack.Decoder(IdentityLink)
+_event_decoder = msgspec.msgpack.Decoder(Event)
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+
+encode = _encoder.encode
+
+
+def _check(v: int, supported: int, what: str) -> None:
+    if v > supported:
+        raise UnsupportedVersion(f"{what} version {v} is newer than this build understands ({supported})")
+
+
+def decode_state(raw: bytes) -> ContactState:
+    state = _state_decoder.decode(raw)
+    _check(state.v, 1, "contact state")
+    return state
+
+
+def decode_link(raw: bytes) -> IdentityLink:
+    link = _link_decoder.decode(raw)
+    _check(link.v, 1, "identity link")
+    return link
+
+
+def decode_event(raw: bytes) -> Event:
+    return _event_decoder.decode(raw)
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    env = _envelope_decoder.decode(raw)
+    _check(env.v, ENVELOPE_VERSION, "envelope")
+    return env

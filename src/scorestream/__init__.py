@@ -1,0 +1,31 @@
+"""scorestream domain core.
+
+Pure Python: no I/O, no clock, no framework import. Time always comes from the events or from an
+explicit ``now_ms`` argument, so the same fold serves live scoring, replay and tests.
+"""
+
+from scorestream.contact import ContactState, Hit, absorb, apply_events, new_contact
+from scorestream.events import CHANNELS, KINDS, Event
+from scorestream.identity import IdentityLink, resolve
+from scorestream.model import Model, ModelError
+from scorestream.scoring import EngagementView, FitView, engagement_at, fit_of, grade_of
+
+__all__ = [
+    "CHANNELS",
+    "KINDS",
+    "ContactState",
+    "EngagementView",
+    "Event",
+    "FitView",
+    "Hit",
+    "IdentityLink",
+    "Model",
+    "ModelError",
+    "absorb",
+    "apply_events",
+    "engagement_at",
+    "fit_of",
+    "grade_of",
+    "new_contact",
+    "resolve",
+]

@@ -1,0 +1,298 @@
+"""Per-contact state and the fold that updates it.
+
+The rule this module keeps: **the state depends on the set of events, not on the order or the
+number of times they arrive.** Events are kept as hits sorted by ``(timestamp, messageId)``; caps
+and once-only awards are evaluated over that order; a message id already present counts once.
+Two bounds apply (both documented in the model's ``storage`` section): a contact keeps at most
+``max_hits`` scored events in full, older ones are folded into a decayed per-rule base, and the
+message ids of the last ``dedupe_memory`` folded events are remembered for deduplication.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scorestream.events import Event
+from scorestream.identity import ANONYMOUS_PREFIX, MergeInto
+from scorestream.model import Model
+
+MAX_ANONYMOUS_IDS = 64
+MAX_GROUPS = 32
+STATE_VERSION = 1
+
+
+def decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
+    """``points * 2^(-(to - from)/H)``: exponential decay on event time."""
+    return points * math.pow(2.0, -(to_ms - from_ms) / half_life_ms)
+
+
+@dataclass(slots=True)
+class Hit:
+    """One scored event: its time, message id and the raw points of every rule it matched."""
+
+    ts: int
+    mid: str
+    rules: list[tuple[str, float]]
+
+
+@dataclass(slots=True)
+class ContactState:
+    """Everything scorestream knows about one contact (a table value; versioned by ``v``)."""
+
+    contact_id: str
+    model_version: str
+    v: int = STATE_VERSION
+    user_id: str | None = None
+    anonymous_ids: list[str] = field(default_factory=list)
+    email: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    trait_at: dict[str, tuple[int, str]] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    base: dict[str, float] = field(default_factory=dict)
+    base_ms: int = 0
+    base_once: list[str] = field(default_factory=list)
+    folded_ids: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    merged_ids: list[str] = field(default_factory=list)
+    merged_into: str | None = None
+    first_seen_ms: int | None = None
+    last_seen_ms: int | None = None
+
+
+def new_contact(contact_id: str, model: Model) -> ContactState:
+    state = ContactState(contact_id=contact_id, model_version=model.version)
+    if not contact_id.startswith(ANONYMOUS_PREFIX):
+        state.user_id = contact_id
+    return state
+
+
+def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, float]]]:
+    """Points each hit actually earns after once-only awards and rolling-window caps.
+
+    Evaluated over hits in ``(timestamp, messageId)`` order, so the answer does not depend on
+    arrival order. A cap limits the magnitude a rule awards within any trailing window.
+    """
+    awarded_once = set(state.base_once)
+    windows: dict[str, list[tuple[int, float]]] = {}
+    out: list[list[tuple[str, float]]] = []
+    for hit in state.hits:
+        earned: list[tuple[str, float]] = []
+        for rule_id, points in hit.rules:
+            rule = model.rule(rule_id)
+            value = points
+            if rule is not None:
+                if rule.once:
+                    if rule_id in awarded_once:
+                        value = 0.0
+                    else:
+                        awarded_once.add(rule_id)
+                if rule.cap_points is not None and rule.cap_window_ms is not None and value:
+                    window = windows.setdefault(rule_id, [])
+                    start = hit.ts - rule.cap_window_ms
+                    while window and window[0][0] <= start:
+                        window.pop(0)
+                    room = max(rule.cap_points - sum(abs(v) for _, v in window), 0.0)
+                    value = math.copysign(min(abs(value), room), value)
+                    if value:
+                        window.append((hit.ts, value))
+            earned.append((rule_id, value))
+        out.append(earned)
+    return out
+
+
+def _seen_ids(state: ContactState) -> set[str]:
+    ids = {h.mid for h in state.hits}
+    ids.update(state.folded_ids)
+    return ids
+
+
+def _set_trait(state: ContactState, key: str, value: Any, stamp: tuple[int, str]) -> None:
+    current = state.trait_at.get(key)
+    if current is None or tuple(current) < stamp:
+        state.traits[key] = value
+        state.trait_at[key] = stamp
+
+
+def _add_unique(items: list[str], value: str, limit: int) -> None:
+    if value not in items:
+        items.append(value)
+        items.sort()
+        del items[limit:]
+
+
+def _normalise(state: ContactState, model: Model) -> None:
+    """Sort hits, fold the oldest beyond ``max_hits`` into the base, derive the email."""
+    state.hits.sort(key=lambda h: (h.ts, h.mid))
+    overflow = len(state.hits) - model.max_hits
+    if overflow > 0:
+        earned = effective_points(state, model)
+        ref = max(state.base_ms, state.hits[overflow - 1].ts)
+        half_life = model.half_life_ms
+        base = {k: decay(v, state.base_ms, ref, half_life) for k, v in state.base.items()}
+        once = set(state.base_once)
+        for hit, hit_earned in zip(state.hits[:overflow], earned[:overflow], strict=True):
+            for rule_id, value in hit_earned:
+                if value:
+                    base[rule_id] = base.get(rule_id, 0.0) + decay(value, hit.ts, ref, half_life)
+                    rule = model.rule(rule_id)
+                    if rule is not None and rule.once:
+                        once.add(rule_id)
+            state.folded_ids.append(hit.mid)
+        state.base = base
+        state.base_ms = ref
+        state.base_once = sorted(once)
+        del state.hits[:overflow]
+        if len(state.folded_ids) > model.dedupe_memory:
+            del state.folded_ids[: len(state.folded_ids) - model.dedupe_memory]
+    email = state.traits.get("email")
+    state.email = email.strip().casefold() if isinstance(email, str) and email.strip() else None
+
+
+def apply_events(
+    state: ContactState | None, contact_id: str, events: Iterable[Event], model: Model
+) -> ContactState:
+    """Fold ``events`` into the contact's state and return it (the input may be reused).
+
+    Replaying the same events, in any order, any number of times, gives the same state.
+    The caller forwards events for contacts that were merged away (``merged_into``).
+    """
+    if state is None:
+        state = new_contact(contact_id, model)
+    seen: set[str] | None = None
+    for event in events:
+        ts = event.timestamp_ms
+        if state.first_seen_ms is None or ts < state.first_seen_ms:
+            state.first_seen_ms = ts
+        if state.last_seen_ms is None or ts > state.last_seen_ms:
+            state.last_seen_ms = ts
+        if event.anonymous_id:
+            _add_unique(state.anonymous_ids, event.anonymous_id, MAX_ANONYMOUS_IDS)
+        if event.kind == "identify" and event.traits:
+            stamp = (ts, event.message_id)
+            for key, value in event.traits.items():
+                _set_trait(state, key, value, stamp)
+        elif event.kind == "group" and event.group_id:
+            _add_unique(state.groups, event.group_id, MAX_GROUPS)
+        matched = model.matching_rules(event)
+        if not matched:
+            continue
+        if seen is None:
+            seen = _seen_ids(state)
+        if event.message_id in seen:
+            continue
+        seen.add(event.message_id)
+        state.hits.append(Hit(ts=ts, mid=event.message_id, rules=[(r.id, r.points) for r in matched]))
+    _normalise(state, model)
+    return state
+
+
+def absorb(target: ContactState, source: ContactState, model: Model) -> ContactState:
+    """Merge ``source`` (an anonymous visitor or an aliased id) into ``target``.
+
+    The source's hits re-enter the target's hit list, so caps, once-only awards and decay are
+    evaluated once over the union, by the same code as live events, never by adding totals.
+    """
+    seen = _seen_ids(target)
+    for hit in source.hits:
+        if hit.mid not in seen:
+            seen.add(hit.mid)
+            target.hits.append(Hit(ts=hit.ts, mid=hit.mid, rules=list(hit.rules)))
+    if source.base and source.contact_id not in target.merged_ids:
+        ref = max(target.base_ms, source.base_ms)
+        merged = {k: decay(v, target.base_ms, ref, model.half_life_ms) for k, v in target.base.items()}
+        for k, v in source.base.items():
+            merged[k] = merged.get(k, 0.0) + decay(v, source.base_ms, ref, model.half_life_ms)
+        target.base, target.base_ms = merged, ref
+    target.base_once = sorted(set(target.base_once) | set(source.base_once))
+    for mid in source.folded_ids:
+        if mid not in seen:
+            target.folded_ids.append(mid)
+    for key, value in source.traits.items():
+        stamp = source.trait_at.get(key)
+        if stamp is not None:
+            _set_trait(target, key, value, (stamp[0], stamp[1]))
+    for anon in source.anonymous_ids:
+        _add_unique(target.anonymous_ids, anon, MAX_ANONYMOUS_IDS)
+    for group in source.groups:
+        _add_unique(target.groups, group, MAX_GROUPS)
+    for merged_id in [source.contact_id, *source.merged_ids]:
+        _add_unique(target.merged_ids, merged_id, MAX_ANONYMOUS_IDS)
+    if source.first_seen_ms is not None:
+        target.first_seen_ms = min(x for x in (target.first_seen_ms, source.first_seen_ms) if x is not None)
+    if source.last_seen_ms is not None:
+        target.last_seen_ms = max(x for x in (target.last_seen_ms, source.last_seen_ms) if x is not None)
+    _normalise(target, model)
+    return target
+
+
+def can_merge_into(state: ContactState | None, target: str) -> bool:
+    """A contact may merge into ``target`` unless that would close a loop of merges."""
+    if state is None:
+        return True
+    return target != state.contact_id and target not in state.merged_ids and state.merged_into in (None, target)
+
+
+@dataclass(frozen=True, slots=True)
+class Absorb:
+    """A contact's full state on its way into the contact it merged into."""
+
+    state: ContactState
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message the contacts stage sends on: to ``key``, an event, merge or absorb."""
+
+    key: str
+    item: Event | MergeInto | Absorb
+
+
+def step(
+    state: ContactState | None,
+    contact_id: str,
+    inbox: Iterable[Event | MergeInto | Absorb],
+    model: Model,
+) -> tuple[ContactState | None, list[Outgoing]]:
+    """Apply one contact's messages, in partition order: the whole per-contact fold.
+
+    Events fold into the state; ``MergeInto`` sends the state to its new owner and turns this
+    contact into a forwarding record (which keeps its data, so a redelivered merge re-sends it);
+    ``Absorb`` merges another contact's state in. Messages for a forwarding record pass through.
+    """
+    out: list[Outgoing] = []
+    pending: list[Event] = []
+
+    def flush() -> None:
+        nonlocal state
+        if pending:
+            state = apply_events(state, contact_id, pending, model)
+            pending.clear()
+
+    for item in inbox:
+        if state is not None and state.merged_into is not None:
+            target = state.merged_into
+            if isinstance(item, MergeInto):
+                if item.target == target:
+                    out.append(Outgoing(target, Absorb(state)))
+            else:
+                out.append(Outgoing(target, item))
+            continue
+        if isinstance(item, Event):
+            pending.append(item)
+            continue
+        flush()
+        if isinstance(item, Absorb):
+            if state is None:
+                state = new_contact(contact_id, model)
+            if item.state.contact_id != contact_id:
+                state = absorb(state, item.state, model)
+        elif can_merge_into(state, item.target):
+            if state is None:
+                state = new_contact(contact_id, model)
+            state.merged_into = item.target
+            out.append(Outgoing(item.target, Absorb(state)))
+    flush()
+    return state, out

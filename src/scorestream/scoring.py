@@ -1,0 +1,86 @@
+"""Scores read from a contact's state: engagement decayed to a given instant, fit, grade."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scorestream.contact import ContactState, decay, effective_points
+from scorestream.model import Band, Model
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    rule_id: str
+    points: float
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementView:
+    score: float
+    as_of_ms: int
+    band: str
+    top: tuple[Contribution, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FitView:
+    score: float
+    grade: str
+    top: tuple[Contribution, ...]
+
+
+def _band(bands: tuple[Band, ...], score: float) -> str:
+    for band in bands:
+        if score >= band.min:
+            return band.label
+    return bands[-1].label
+
+
+def _round(value: float) -> float:
+    return round(value, 6) + 0.0
+
+
+def engagement_at(state: ContactState, model: Model, now_ms: int, top: int = 5) -> EngagementView:
+    """score(t) = sum of p_i * 2^(-(t - t_i)/H) over earned points, at ``now_ms``.
+
+    Events stamped after ``now_ms`` (clock skew) count undecayed rather than growing. Sums use
+    ``math.fsum`` in a fixed order so the result does not depend on arrival order.
+    """
+    half_life = model.half_life_ms
+    per_rule: dict[str, list[float]] = {}
+    for rule_id, value in state.base.items():
+        per_rule.setdefault(rule_id, []).append(decay(value, state.base_ms, max(now_ms, state.base_ms), half_life))
+    for hit, earned in zip(state.hits, effective_points(state, model), strict=True):
+        for rule_id, value in earned:
+            if value:
+                per_rule.setdefault(rule_id, []).append(decay(value, hit.ts, max(now_ms, hit.ts), half_life))
+    totals = {rule_id: math.fsum(values) for rule_id, values in per_rule.items()}
+    score = math.fsum(totals[k] for k in sorted(totals))
+    ranked = sorted(totals.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
+    contributions = tuple(
+        Contribution(rule_id=k, points=_round(v), description=(r.description if (r := model.rule(k)) else ""))
+        for k, v in ranked
+        if abs(v) >= 1e-6
+    )
+    return EngagementView(
+        score=_round(score), as_of_ms=now_ms, band=_band(model.engagement_bands, score), top=contributions
+    )
+
+
+def fit_of(state: ContactState, model: Model, top: int = 5) -> FitView:
+    """Sum of the points of every fit rule whose predicates all hold over the traits."""
+    matched = [r for r in model.fit_rules if all(p.test(state.traits) for p in r.when)]
+    score = math.fsum(r.points for r in matched)
+    ranked = sorted(matched, key=lambda r: (-abs(r.points), r.id))[:top]
+    return FitView(
+        score=_round(score),
+        grade=_band(model.fit_grades, score),
+        top=tuple(Contribution(rule_id=r.id, points=r.points, description=r.description) for r in ranked),
+    )
+
+
+def grade_of(fit: FitView, engagement: EngagementView) -> str:
+    """Fit letter x engagement band, as HubSpot and Pardot show it: ``A1`` is best, ``D4`` worst."""
+    return f"{fit.grade}{engagement.band}"

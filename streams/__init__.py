@@ -1,0 +1,1 @@
+"""The Faust worker: a thin adapter that feeds Kafka batches to the pure core."""

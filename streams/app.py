@@ -1,0 +1,90 @@
+"""The Faust app: topics and tables. The flow itself is in :mod:`streams.agents`.
+
+Topics (``P`` = ``SCORESTREAM_PARTITIONS``)::
+
+    events.web | events.email | events.store   Segment JSON from producers (any key, any partitioning)
+    events.deadletter                          rejected input: original bytes + reason headers
+    <app>.identity      key anonymousId        validated events that carry an anonymous id
+    <app>.contacts      key contact id         events, merges and absorbs for one contact
+    <app>-identity-changelog, <app>-contacts-changelog   table changelogs (compacted)
+    <app>.workers       key worker id          worker status (starting / ready / stopped)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+from faust.types import TopicT
+
+from schemas.settings import Settings
+
+
+@dataclass(frozen=True)
+class Wiring:
+    app: faust.App
+    sources: TopicT
+    deadletter: TopicT
+    identity_topic: TopicT
+    contacts_topic: TopicT
+    status_topic: TopicT
+    identity: faust.Table
+    contacts: faust.Table
+
+
+def create_app(settings: Settings) -> Wiring:
+    """Build the Faust app for ``settings``: raw bytes everywhere, we own the codecs."""
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        store="rocksdb://",
+        datadir=str(settings.data_dir / "worker"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        processing_guarantee="at_least_once",
+        broker_commit_interval=settings.commit_interval_s,
+        broker_commit_every=max(settings.batch_max * 2, 10_000),
+        stream_buffer_maxsize=max(settings.batch_max * 2, 8192),
+        broker_max_poll_records=max(settings.batch_max, 500),
+        consumer_auto_offset_reset="earliest",
+        table_cleanup_interval=3600.0,
+        producer_linger_ms=5,
+        producer_max_batch_size=1 << 20,
+        producer_acks=-1,
+        store_check_exists=False,
+        logging_config=None,
+    )
+    rocks = {"block_cache_size": settings.rocksdb_cache_mb << 20}
+
+    def internal(name: str) -> TopicT:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+            replicas=settings.replication_factor,
+            internal=True,
+        )
+
+    def table(name: str) -> faust.Table:
+        return app.Table(
+            name,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=dict(rocks),
+        )
+
+    return Wiring(
+        app=app,
+        sources=app.topic(*settings.source_topics, key_type=bytes, value_type=bytes),
+        deadletter=app.topic(settings.topic_deadletter, key_type=bytes, value_type=bytes),
+        identity_topic=internal(settings.identity_topic),
+        contacts_topic=internal(settings.contacts_topic),
+        status_topic=app.topic(settings.status_topic, key_type=bytes, value_type=bytes),
+        identity=table("identity"),
+        contacts=table("contacts"),
+    )

@@ -1,0 +1,57 @@
+"""``scorestream worker``: run the Faust worker with the active model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import faust
+import orjson
+
+from schemas.model_file import load_model
+from schemas.settings import Settings
+from streams.agents import register
+from streams.app import Wiring, create_app
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker(faust.Worker):
+    """Faust's worker, announcing its state on the status topic (read by the API's ``/readyz``)."""
+
+    wiring: Wiring
+    model_version: str
+
+    async def announce(self, state: str) -> None:
+        body = {"worker": worker_id(), "state": state, "model": self.model_version, "at_ms": int(time.time() * 1000)}
+        await self.wiring.status_topic.send(key=worker_id().encode(), value=orjson.dumps(body))
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        await self.announce("ready")
+        log.info("worker %s ready: tables recovered, model %s", worker_id(), self.model_version)
+
+    async def on_stop(self) -> None:
+        try:
+            await self.announce("stopped")
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.debug("could not announce stop", exc_info=True)
+        await super().on_stop()
+
+
+def run(settings: Settings | None = None) -> None:
+    settings = settings or Settings()
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    model = load_model(settings.model)
+    wiring = create_app(settings)
+    register(wiring, settings, model)
+    worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
+    worker.wiring = wiring
+    worker.model_version = model.version
+    worker.execute_from_commandline()
