@@ -13,6 +13,8 @@ from typing import Literal
 import msgspec
 
 from scorestream import ContactState, Event, IdentityLink
+
+__all__ = ["ContactState", "Envelope", "Event", "IdentityLink", "MergeInto", "UnsupportedVersion"]
 from scorestream.identity import MergeInto
 
 ENVELOPE_VERSION = 1

@@ -44,17 +44,13 @@ def _env(
     else:
         env.pop("SCORESTREAM_KAFKA_CONTROLLER_PORT", None)
     if extra_props:
-        env["SCORESTREAM_KAFKA_EXTRA_PROPS"] = "\n".join(
-            f"{k}={v}" for k, v in extra_props.items()
-        )
+        env["SCORESTREAM_KAFKA_EXTRA_PROPS"] = "\n".join(f"{k}={v}" for k, v in extra_props.items())
     else:
         env.pop("SCORESTREAM_KAFKA_EXTRA_PROPS", None)
     return env
 
 
-def _run(
-    args: list[str], env: Mapping[str, str], timeout: float
-) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             ["bash", str(KAFKA_SH), *args],
@@ -67,9 +63,7 @@ def _run(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise KafkaBrokerError(
-            f"kafka.sh {' '.join(args)} timed out after {timeout:.0f}s"
-        ) from exc
+        raise KafkaBrokerError(f"kafka.sh {' '.join(args)} timed out after {timeout:.0f}s") from exc
 
 
 def ensure_broker(
@@ -89,17 +83,14 @@ def ensure_broker(
     proc = _run(["start"], env, _START_TIMEOUT_S)
     if proc.returncode != 0:
         raise KafkaBrokerError(
-            f"kafka.sh start failed (exit {proc.returncode}) for {data_dir} port {port}:\n"
-            f"{proc.stdout}{proc.stderr}"
+            f"kafka.sh start failed (exit {proc.returncode}) for {data_dir} port {port}:\n{proc.stdout}{proc.stderr}"
         )
     expected = f"{HOST}:{port}"
     lines = proc.stdout.strip().splitlines()
     bootstrap = lines[-1].strip() if lines else ""
     if bootstrap != expected:
         # A broker from this data dir was already running on another port.
-        raise KafkaBrokerError(
-            f"broker in {data_dir} is running at {bootstrap or '?'}, not {expected}:\n{proc.stderr}"
-        )
+        raise KafkaBrokerError(f"broker in {data_dir} is running at {bootstrap or '?'}, not {expected}:\n{proc.stderr}")
     return bootstrap
 
 
@@ -107,9 +98,7 @@ def stop_broker(data_dir: Path, port: int) -> None:
     """Stop the broker of ``data_dir`` (SIGTERM, SIGKILL after 30 s). No-op if it is not running."""
     proc = _run(["stop"], _env(data_dir, port), _STOP_TIMEOUT_S)
     if proc.returncode != 0:
-        raise KafkaBrokerError(
-            f"kafka.sh stop failed (exit {proc.returncode}):\n{proc.stderr}"
-        )
+        raise KafkaBrokerError(f"kafka.sh stop failed (exit {proc.returncode}):\n{proc.stderr}")
 
 
 def broker_running(data_dir: Path, port: int) -> bool:

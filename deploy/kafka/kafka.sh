@@ -16,6 +16,7 @@
 #
 # Environment (all optional):
 #   SCORESTREAM_KAFKA_DIR               data dir (server.properties, logs, pid); default <repo>/var/kafka
+#                                       (./var/kafka when run from an installed package)
 #   SCORESTREAM_KAFKA_PORT              PLAINTEXT port, default 9092
 #   SCORESTREAM_KAFKA_CONTROLLER_PORT   CONTROLLER port, default PORT+1
 #   SCORESTREAM_KAFKA_HEAP_OPTS         default "-Xms512m -Xmx1g"
@@ -28,6 +29,7 @@
 #   SCORESTREAM_KAFKA_VERSION           broker version, default 4.4.0
 #   SCORESTREAM_KAFKA_TOOLS_VERSION     kafka-tools version, default 4.3.1 (no 4.4.0 on Maven Central)
 #   SCORESTREAM_KAFKA_LIBS_DIR          broker jars, default <repo>/var/kafka/libs
+#                                       (~/.cache/scorestream/kafka/libs outside a checkout)
 #   SCORESTREAM_KAFKA_TOOLS_LIBS_DIR    tools jars, default <repo>/var/kafka/tools-libs
 #   SCORESTREAM_KAFKA_MVN_ARGS          extra mvn arguments (e.g. "-s settings.xml")
 #   JAVA_HOME / SCORESTREAM_KAFKA_PYTHON (python used for the readiness probe, default python3)
@@ -44,14 +46,25 @@ abspath() {
   esac
 }
 
+# In a checkout, state and jars live under <repo>/var. When the script runs from an installed wheel
+# (deploy/kafka/* is package data, REPO_ROOT is then site-packages), use ./var/kafka for data and
+# the user cache for jars instead.
+if [[ -f "$REPO_ROOT/pyproject.toml" ]]; then
+  DEFAULT_DATA_DIR="$REPO_ROOT/var/kafka"
+  DEFAULT_JARS_DIR="$REPO_ROOT/var/kafka"
+else
+  DEFAULT_DATA_DIR="$PWD/var/kafka"
+  DEFAULT_JARS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/scorestream/kafka"
+fi
+
 KAFKA_VERSION="${SCORESTREAM_KAFKA_VERSION:-4.4.0}"
 TOOLS_VERSION="${SCORESTREAM_KAFKA_TOOLS_VERSION:-4.3.1}"
-DATA_DIR="$(abspath "${SCORESTREAM_KAFKA_DIR:-$REPO_ROOT/var/kafka}")"
+DATA_DIR="$(abspath "${SCORESTREAM_KAFKA_DIR:-$DEFAULT_DATA_DIR}")"
 PORT="${SCORESTREAM_KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${SCORESTREAM_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 HOST="127.0.0.1"
-LIBS_DIR="$(abspath "${SCORESTREAM_KAFKA_LIBS_DIR:-$REPO_ROOT/var/kafka/libs}")"
-TOOLS_LIBS_DIR="$(abspath "${SCORESTREAM_KAFKA_TOOLS_LIBS_DIR:-$REPO_ROOT/var/kafka/tools-libs}")"
+LIBS_DIR="$(abspath "${SCORESTREAM_KAFKA_LIBS_DIR:-$DEFAULT_JARS_DIR/libs}")"
+TOOLS_LIBS_DIR="$(abspath "${SCORESTREAM_KAFKA_TOOLS_LIBS_DIR:-$DEFAULT_JARS_DIR/tools-libs}")"
 LOG4J_CONF="$SCRIPT_DIR/log4j2.properties"
 START_TIMEOUT="${SCORESTREAM_KAFKA_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${SCORESTREAM_KAFKA_STOP_TIMEOUT:-30}"
@@ -95,7 +108,9 @@ lock() {
 fetch_one() {
   local profile="$1" dir="$2" version="$3"
   local stamp="$dir/$STAMP_NAME"
-  local want="profile=$profile version=$version pom=$(cksum <"$SCRIPT_DIR/pom.xml" | cut -d' ' -f1)"
+  local want pom_sum
+  pom_sum="$(cksum <"$SCRIPT_DIR/pom.xml" | cut -d' ' -f1)"
+  want="profile=$profile version=$version pom=$pom_sum"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
@@ -114,7 +129,8 @@ fetch_one() {
   fi
   local var="kafka.version"
   [[ "$profile" == "tools" ]] && var="kafka.tools.version"
-  local mvn_log="$(dirname "$dir")/.$(basename "$dir").fetch.log"
+  local mvn_log
+  mvn_log="$(dirname "$dir")/.$(basename "$dir").fetch.log"
   if ! mvn -B -q -Dstyle.color=never -f "$SCRIPT_DIR/pom.xml" -P "$profile" ${extra[@]+"${extra[@]}"} \
       "-D$var=$version" "-Dkafka.libs.dir=$tmp" dependency:copy-dependencies >"$mvn_log" 2>&1; then
     cat "$mvn_log" >&2
@@ -400,8 +416,8 @@ stop_pid() {
     if ((SECONDS >= deadline)); then
       log "no exit ${STOP_TIMEOUT}s after SIGTERM; sending SIGKILL to $pid"
       kill -KILL "$pid" 2>/dev/null || true
-      local i
-      for i in $(seq 1 50); do
+      local _
+      for _ in {1..50}; do
         is_our_broker "$pid" || break
         sleep 0.1
       done

@@ -1,0 +1,49 @@
+# scorestream: every command people and CI use. `make help` lists them.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: help install kafka run demo test test-unit lint format schemas bench clean
+.DEFAULT_GOAL := help
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create .venv and install the project with its pinned dependencies
+
+kafka: ## fetch the Kafka jars from Maven Central (once)
+	bash deploy/kafka/kafka.sh fetch
+
+run: install kafka ## the whole service on embedded defaults: local Kafka, worker, API (Ctrl-C stops)
+	$(BIN)/scorestream run
+
+demo: install ## publish realistic mixed traffic to a running service and watch scores move
+	$(BIN)/scorestream demo
+
+test: install kafka ## the whole suite, end-to-end tests on a real local broker included
+	$(BIN)/pytest
+
+test-unit: install ## only the tests that need no broker
+	$(BIN)/pytest -m "not kafka"
+
+lint: install ## ruff and mypy (strict)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schemas: install ## regenerate schemas/json/*.json from the models
+	$(BIN)/python -m schemas.generate
+
+clean: ## remove local state (var/) and the virtualenv
+	rm -rf var $(VENV)

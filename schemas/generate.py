@@ -1,0 +1,63 @@
+"""Generate ``schemas/json/*.json`` from the contract models (``make schemas``).
+
+``tests/test_schemas.py`` regenerates in memory and fails when a committed file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from pydantic import BaseModel, TypeAdapter
+
+from schemas import api, events, state
+
+OUT = Path(__file__).parent / "json"
+
+
+def _pydantic(model: type[BaseModel] | TypeAdapter[Any], title: str) -> dict[str, Any]:
+    schema = model.json_schema() if isinstance(model, TypeAdapter) else model.model_json_schema()
+    schema["title"] = title
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def documents() -> dict[str, dict[str, Any]]:
+    """File name -> JSON Schema document."""
+    docs: dict[str, dict[str, Any]] = {
+        f"segment-message.v{events.CONTRACT_VERSION}.json": _pydantic(events.MESSAGE_ADAPTER, "Segment message")
+    }
+    for model in (events.Identify, events.Track, events.Page, events.Screen, events.Group, events.Alias):
+        docs[f"segment-{model.__name__.lower()}.v{events.CONTRACT_VERSION}.json"] = _pydantic(model, model.__name__)
+    for model in (api.ContactOut, api.BatchGetIn, api.BatchGetOut, api.ModelOut, api.ErrorBody):
+        docs[f"api-{model.__name__}.v1.json"] = _pydantic(model, model.__name__)
+    internal = {
+        "state-contact.v1.json": msgspec.json.schema(state.ContactState),
+        "state-identity-link.v1.json": msgspec.json.schema(state.IdentityLink),
+        f"internal-envelope.v{state.ENVELOPE_VERSION}.json": msgspec.json.schema(state.Envelope),
+    }
+    for name, doc in internal.items():
+        doc["$comment"] = "Encoded as MessagePack on the wire; this schema describes its structure."
+        docs[name] = doc
+    return docs
+
+
+def render(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    docs = documents()
+    for old in OUT.glob("*.json"):
+        if old.name not in docs:
+            old.unlink()
+    for name, doc in docs.items():
+        (OUT / name).write_text(render(doc))
+    print(f"wrote {len(docs)} schemas to {OUT}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Run the real worker and API as subprocesses against the session's Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """One isolated scorestream deployment (own app id, topics, data dir) on a shared broker."""
+
+    bootstrap: str
+    data_dir: Path
+    partitions: int = 4
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    api_port: int = field(default_factory=free_port)
+    worker: subprocess.Popen[bytes] | None = None
+    api: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCORESTREAM_")}
+        env.update(
+            {
+                "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}",
+                "SCORESTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+                "SCORESTREAM_APP_ID": f"ss-{self.suffix}",
+                "SCORESTREAM_TOPIC_WEB": f"web-{self.suffix}",
+                "SCORESTREAM_TOPIC_EMAIL": f"email-{self.suffix}",
+                "SCORESTREAM_TOPIC_STORE": f"store-{self.suffix}",
+                "SCORESTREAM_TOPIC_DEADLETTER": f"dead-{self.suffix}",
+                "SCORESTREAM_PARTITIONS": str(self.partitions),
+                "SCORESTREAM_DATA_DIR": str(self.data_dir),
+                "SCORESTREAM_API_KEYS": API_KEY,
+                "SCORESTREAM_API_PORT": str(self.api_port),
+                "SCORESTREAM_LOG_LEVEL": "WARNING",
+                "SCORESTREAM_COMMIT_INTERVAL_S": "0.5",
+            }
+        )
+        return env
+
+    def topic(self, channel: str) -> str:
+        return {"web": f"web-{self.suffix}", "email": f"email-{self.suffix}", "store": f"store-{self.suffix}",
+                "dead": f"dead-{self.suffix}"}[channel]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def _spawn(self, role: str, log: str) -> subprocess.Popen[bytes]:
+        out = (self.data_dir / log).open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", role], env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "deploy.cli", "topics"], env=self.env, cwd=REPO, check=True)
+        self.start_worker()
+        self.api = self._spawn("api", "api.log")
+        self.wait_ready()
+
+    def start_worker(self) -> None:
+        self.worker = self._spawn("worker", "worker.log")
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        self.worker.send_signal(signal.SIGKILL)
+        self.worker.wait(timeout=30)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for proc, name in ((self.worker, "worker"), (self.api, "api")):
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}: {self.logs(name)}")
+            try:
+                r = httpx.get(f"{self.url}/readyz", timeout=2)
+                last = r.text
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.3)
+        raise TimeoutError(f"not ready in {timeout} s: {last}\n{self.logs('worker')}")
+
+    def logs(self, name: str) -> str:
+        path = self.data_dir / f"{name}.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in (self.api, self.worker):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in (self.api, self.worker):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    # --- talking to it -------------------------------------------------------------------------
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+
+    def publish(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> None:
+        asyncio.run(self._publish(list(records)))
+
+    async def _publish(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, max_request_size=4 << 20)
+        await producer.start()
+        try:
+            futures = [await producer.send(self.topic(channel), value, key=key) for channel, key, value in records]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    def read_topic(self, topic: str, expect: int, timeout: float = 30) -> list[Any]:
+        return asyncio.run(self._read(topic, expect, timeout))
+
+    async def _read(self, topic: str, expect: int, timeout: float) -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            out: list[Any] = []
+            deadline = time.monotonic() + timeout
+            while len(out) < expect and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    out.extend(records)
+            return out
+        finally:
+            await consumer.stop()
+
+    def wait_for(self, check: Any, timeout: float = 60, interval: float = 0.2) -> Any:
+        """Poll ``check()`` until it returns a truthy value; return it (or raise with the last value)."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = check()
+            if last:
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}\n{self.logs('worker')}")
