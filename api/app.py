@@ -69,8 +69,7 @@ def create_api(
     app = FastAPI(
         title="scorestream",
         version="1",
-        description="Real-time engagement and fit scores for contacts, read from a replica of the "
-        "worker's state.",
+        description="Real-time engagement and fit scores for contacts, read from a replica of the worker's state.",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
         responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},

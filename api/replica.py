@@ -12,6 +12,7 @@ contact they merged into.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -125,10 +126,8 @@ class Replica:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         while True:
@@ -154,7 +153,7 @@ class Replica:
         try:
             partitions: list[TopicPartition] = []
             while not partitions:
-                cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - never auto-creates
+                cluster = await consumer._client.fetch_all_metadata()
                 for topic in (self.changelog_topic, self.status_topic):
                     found = cluster.partitions_for_topic(topic) or set()
                     partitions += [TopicPartition(topic, p) for p in sorted(found)]

@@ -63,9 +63,7 @@ def run(settings: Settings) -> int:
     from deploy.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in ("worker", "api")
-    ]
+    procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in ("worker", "api")]
     url = f"http://{settings.api_host}:{settings.api_port}"
     stopping = False
 

@@ -26,14 +26,23 @@ def _table(contacts: list[dict[str, object]]) -> Table:
         assert isinstance(identity, dict)
         top = eng["top"][0]["rule"] if eng["top"] else "-"
         table.add_row(
-            str(c["contact_id"]), str(identity.get("email") or "-"), f"{eng['score']:.1f}", f"{fit['score']:.0f}", str(c["grade"]), top
+            str(c["contact_id"]),
+            str(identity.get("email") or "-"),
+            f"{eng['score']:.1f}",
+            f"{fit['score']:.0f}",
+            str(c["grade"]),
+            top,
         )
     return table
 
 
 async def demo(settings: Settings, events: int, contacts: int, rate: float, seed: int) -> int:
     console = Console()
-    key = settings.api_keys[0].get_secret_value() if settings.api_keys else (settings.data_dir / "dev-api-key").read_text().strip()
+    key = (
+        settings.api_keys[0].get_secret_value()
+        if settings.api_keys
+        else (settings.data_dir / "dev-api-key").read_text().strip()
+    )
     url = f"http://{settings.api_host}:{settings.api_port}"
     span = 14 * 86_400_000
     traffic = Traffic(contacts, seed=seed, start_ms=int(time.time() * 1000) - span, span_ms=span)
@@ -56,7 +65,7 @@ async def demo(settings: Settings, events: int, contacts: int, rate: float, seed
                     seen = {c["contact_id"]: c for c in body.get("contacts", [])}
                     console.clear()
                     console.print(f"published {i}/{events} events ({rate:.0f}/s) to {', '.join(topics.values())}")
-                    console.print(_table(sorted(seen.values(), key=lambda c: -c["engagement"]["score"])[:10]))  # type: ignore[index]
+                    console.print(_table(sorted(seen.values(), key=lambda c: -c["engagement"]["score"])[:10]))
     finally:
         await producer.stop()
     console.print(f"done: {events} events in {time.monotonic() - started:.1f} s; try GET {url}/v1/contacts/user-0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -32,12 +33,10 @@ async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
             existing = set(await admin.list_topics())
             missing = [t for t in wanted(settings) if t.name not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass
             return [t.name for t in missing]
-        except Exception as exc:  # noqa: BLE001 - broker not up yet: retry, then give up loudly
+        except Exception as exc:
             if attempt == attempts - 1:
                 raise
             log.info("waiting for Kafka at %s (%s)", settings.kafka_bootstrap, exc)

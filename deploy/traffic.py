@@ -14,11 +14,30 @@ from typing import Any
 
 import orjson
 
-TITLES = ["CEO", "VP Marketing", "Head of Growth", "Marketing Manager", "Engineer", "Student", "Director of Sales", "Analyst"]
+TITLES = [
+    "CEO",
+    "VP Marketing",
+    "Head of Growth",
+    "Marketing Manager",
+    "Engineer",
+    "Student",
+    "Director of Sales",
+    "Analyst",
+]
 INDUSTRIES = ["software", "retail", "e-commerce", "manufacturing", "education", "financial services", "media"]
 COUNTRIES = ["US", "GB", "DE", "PL", "CZ", "HR", "FR", "BR", "IN"]
 DOMAINS = ["acme.com", "globex.io", "initech.pl", "gmail.com", "umbrella.cz", "example.edu", "hooli.hr"]
-PAGES = ["/", "/pricing", "/blog/rfm-explained", "/blog/lead-scoring", "/demo", "/careers", "/products/shoes", "/products/bag", "/docs"]
+PAGES = [
+    "/",
+    "/pricing",
+    "/blog/rfm-explained",
+    "/blog/lead-scoring",
+    "/demo",
+    "/careers",
+    "/products/shoes",
+    "/products/bag",
+    "/docs",
+]
 PRODUCTS = [("sku-1", "Shoes", 89.0), ("sku-2", "Bag", 129.0), ("sku-3", "Watch", 349.0), ("sku-4", "Coat", 599.0)]
 
 
@@ -109,7 +128,11 @@ class Traffic:
             if c not in self.identified:
                 self.identified.add(c)
             msg = self._base(c, "track", ts)
-            msg["event"] = self.rng.choice(["Email Delivered", "Email Opened", "Email Opened", "Email Link Clicked", "Unsubscribed"] if roll > 0.895 else ["Email Delivered", "Email Opened", "Email Link Clicked"])
+            msg["event"] = self.rng.choice(
+                ["Email Delivered", "Email Opened", "Email Opened", "Email Link Clicked", "Unsubscribed"]
+                if roll > 0.895
+                else ["Email Delivered", "Email Opened", "Email Link Clicked"]
+            )
             msg["properties"] = {"campaign_id": f"cmp-{self.rng.randint(1, 20)}", "email_id": f"e-{self.seq}"}
             return "email", c, msg
         msg = self._base(c, "track", ts)

@@ -7,7 +7,7 @@ dead-letter topic with the original bytes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -30,8 +30,7 @@ class _Message(BaseModel):
     messageId: Id = Field(description="Unique per message; re-sent or redelivered ids count once.")
     timestamp: AwareDatetime | None = Field(
         default=None,
-        description="Event time, ISO 8601 with 'Z' or an offset. When absent, the Kafka record's "
-        "CreateTime is used.",
+        description="Event time, ISO 8601 with 'Z' or an offset. When absent, the Kafka record's CreateTime is used.",
     )
     userId: Id | None = None
     anonymousId: Id | None = None
@@ -122,14 +121,17 @@ def _explain(exc: ValidationError) -> InvalidMessage:
         return InvalidMessage("unknown_type", first["msg"])
     if kind == "value_error" and "missing_identity" in first["msg"]:
         return InvalidMessage("missing_identity", "one of userId or anonymousId is required")
-    if kind == "model_type" or kind == "model_attributes_type":
+    if kind in ("model_type", "model_attributes_type", "dict_type") and not first["loc"]:
         return InvalidMessage("invalid_message", "a message must be a JSON object")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return InvalidMessage("invalid_field", f"{where}: {first['msg']}{more}")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
+    return (value - _EPOCH) // timedelta(milliseconds=1)
 
 
 def page_path(properties: Props, context: Props) -> str | None:

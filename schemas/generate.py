@@ -31,8 +31,8 @@ def documents() -> dict[str, dict[str, Any]]:
     }
     for model in (events.Identify, events.Track, events.Page, events.Screen, events.Group, events.Alias):
         docs[f"segment-{model.__name__.lower()}.v{events.CONTRACT_VERSION}.json"] = _pydantic(model, model.__name__)
-    for model in (api.ContactOut, api.BatchGetIn, api.BatchGetOut, api.ModelOut, api.ErrorBody):
-        docs[f"api-{model.__name__}.v1.json"] = _pydantic(model, model.__name__)
+    for body in (api.ContactOut, api.BatchGetIn, api.BatchGetOut, api.ModelOut, api.ErrorBody):
+        docs[f"api-{body.__name__}.v1.json"] = _pydantic(body, body.__name__)
     internal = {
         "state-contact.v1.json": msgspec.json.schema(state.ContactState),
         "state-identity-link.v1.json": msgspec.json.schema(state.IdentityLink),
@@ -56,7 +56,7 @@ def main() -> None:
             old.unlink()
     for name, doc in docs.items():
         (OUT / name).write_text(render(doc))
-    print(f"wrote {len(docs)} schemas to {OUT}")  # noqa: T201
+    print(f"wrote {len(docs)} schemas to {OUT}")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ two in step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 class Settings(BaseSettings):
@@ -42,6 +41,11 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=5000, ge=1, description="Most events a worker applies in one batch.")
     batch_within_ms: int = Field(default=25, ge=1, description="Longest a batch waits to fill, in milliseconds.")
     commit_interval_s: float = Field(default=1.0, gt=0, description="Seconds between offset commits.")
+    session_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Kafka consumer session timeout: how soon a dead worker's partitions move to another.",
+    )
     rocksdb_cache_mb: int = Field(default=64, ge=8, description="RocksDB block cache per table partition, in MiB.")
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
 

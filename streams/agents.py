@@ -29,8 +29,13 @@ from streams.app import Wiring
 
 log = logging.getLogger(__name__)
 
-DEADLETTER_HEADERS = ("scorestream.reason", "scorestream.error", "scorestream.source.topic",
-                      "scorestream.source.partition", "scorestream.source.offset")
+DEADLETTER_HEADERS = (
+    "scorestream.reason",
+    "scorestream.error",
+    "scorestream.source.topic",
+    "scorestream.source.partition",
+    "scorestream.source.offset",
+)
 
 
 @contextmanager
@@ -112,7 +117,11 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                             links[key] = link
                             changed.add(key)
                         for r in routed:
-                            env = Envelope(kind="merge", merge=r.merge) if r.merge else Envelope(kind="event", event=r.event)
+                            env = (
+                                Envelope(kind="merge", merge=r.merge)
+                                if r.merge
+                                else Envelope(kind="event", event=r.event)
+                            )
                             w.contacts_topic.send_soon(key=r.key.encode(), value=encode(env))
                     for key in changed:
                         table[key] = encode(links[key])
@@ -147,7 +156,9 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                         if state is not None:
                             table[key] = encode(state)
                         for o in out:
-                            w.contacts_topic.send_soon(key=o.key.encode(), value=encode(_envelope(o.item, hops[key] + 1)))
+                            w.contacts_topic.send_soon(
+                                key=o.key.encode(), value=encode(_envelope(o.item, hops[key] + 1))
+                            )
             yield None
 
 

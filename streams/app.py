@@ -46,6 +46,8 @@ def create_app(settings: Settings) -> Wiring:
         web_enabled=False,
         processing_guarantee="at_least_once",
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
         broker_commit_every=max(settings.batch_max * 2, 10_000),
         stream_buffer_maxsize=max(settings.batch_max * 2, 8192),
         broker_max_poll_records=max(settings.batch_max, 500),

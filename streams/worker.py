@@ -40,7 +40,7 @@ class Worker(faust.Worker):
     async def on_stop(self) -> None:
         try:
             await self.announce("stopped")
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:
             log.debug("could not announce stop", exc_info=True)
         await super().on_stop()
 

@@ -3,9 +3,12 @@
 The rule this module keeps: **the state depends on the set of events, not on the order or the
 number of times they arrive.** Events are kept as hits sorted by ``(timestamp, messageId)``; caps
 and once-only awards are evaluated over that order; a message id already present counts once.
-Two bounds apply (both documented in the model's ``storage`` section): a contact keeps at most
-``max_hits`` scored events in full, older ones are folded into a decayed per-rule base, and the
-message ids of the last ``dedupe_memory`` folded events are remembered for deduplication.
+Scored events are kept in full for ``fold_after`` (the allowed lateness, default 30 days) behind
+the contact's newest event and at most ``max_hits`` of them; older ones fold into a decayed
+per-rule base, capped awards still inside their window are kept for the caps, and the message ids
+of the last ``dedupe_memory`` folded events are remembered for deduplication. Within those
+bounds the state is exactly order-independent; an event arriving later than that is still
+counted, with its cap and once-only award judged against what was kept.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class ContactState:
     base: dict[str, float] = field(default_factory=dict)
     base_ms: int = 0
     base_once: list[str] = field(default_factory=list)
+    capped: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     folded_ids: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     merged_ids: list[str] = field(default_factory=list)
@@ -76,7 +80,7 @@ def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, 
     arrival order. A cap limits the magnitude a rule awards within any trailing window.
     """
     awarded_once = set(state.base_once)
-    windows: dict[str, list[tuple[int, float]]] = {}
+    windows: dict[str, list[tuple[int, float]]] = {k: [(t, v) for t, v in w] for k, w in state.capped.items()}
     out: list[list[tuple[str, float]]] = []
     for hit in state.hits:
         earned: list[tuple[str, float]] = []
@@ -126,13 +130,18 @@ def _add_unique(items: list[str], value: str, limit: int) -> None:
 def _normalise(state: ContactState, model: Model) -> None:
     """Sort hits, fold the oldest beyond ``max_hits`` into the base, derive the email."""
     state.hits.sort(key=lambda h: (h.ts, h.mid))
-    overflow = len(state.hits) - model.max_hits
+    overflow = max(len(state.hits) - model.max_hits, 0)
+    if state.hits:
+        horizon = state.hits[-1].ts - model.fold_after_ms
+        while overflow < len(state.hits) and state.hits[overflow].ts < horizon:
+            overflow += 1
     if overflow > 0:
         earned = effective_points(state, model)
         ref = max(state.base_ms, state.hits[overflow - 1].ts)
         half_life = model.half_life_ms
         base = {k: decay(v, state.base_ms, ref, half_life) for k, v in state.base.items()}
         once = set(state.base_once)
+        capped = {k: list(v) for k, v in state.capped.items()}
         for hit, hit_earned in zip(state.hits[:overflow], earned[:overflow], strict=True):
             for rule_id, value in hit_earned:
                 if value:
@@ -140,7 +149,16 @@ def _normalise(state: ContactState, model: Model) -> None:
                     rule = model.rule(rule_id)
                     if rule is not None and rule.once:
                         once.add(rule_id)
+                    if rule is not None and rule.cap_window_ms is not None:
+                        capped.setdefault(rule_id, []).append((hit.ts, value))
             state.folded_ids.append(hit.mid)
+        state.capped = {}
+        for rule_id, entries in capped.items():
+            rule = model.rule(rule_id)
+            window = rule.cap_window_ms if rule is not None and rule.cap_window_ms is not None else 0
+            kept = sorted(e for e in entries if e[0] > ref - window)
+            if kept:
+                state.capped[rule_id] = kept
         state.base = base
         state.base_ms = ref
         state.base_once = sorted(once)
@@ -151,9 +169,7 @@ def _normalise(state: ContactState, model: Model) -> None:
     state.email = email.strip().casefold() if isinstance(email, str) and email.strip() else None
 
 
-def apply_events(
-    state: ContactState | None, contact_id: str, events: Iterable[Event], model: Model
-) -> ContactState:
+def apply_events(state: ContactState | None, contact_id: str, events: Iterable[Event], model: Model) -> ContactState:
     """Fold ``events`` into the contact's state and return it (the input may be reused).
 
     Replaying the same events, in any order, any number of times, gives the same state.
@@ -207,6 +223,9 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
             merged[k] = merged.get(k, 0.0) + decay(v, source.base_ms, ref, model.half_life_ms)
         target.base, target.base_ms = merged, ref
     target.base_once = sorted(set(target.base_once) | set(source.base_once))
+    if source.contact_id not in target.merged_ids:
+        for rule_id, entries in source.capped.items():
+            target.capped[rule_id] = sorted({*target.capped.get(rule_id, []), *entries})
     for mid in source.folded_ids:
         if mid not in seen:
             target.folded_ids.append(mid)

@@ -294,6 +294,7 @@ class Model:
     fit_grades: tuple[Band, ...]
     engagement_bands: tuple[Band, ...]
     max_hits: int
+    fold_after_ms: int
     dedupe_memory: int
     source: Mapping[str, Any]
     _by_key: Mapping[tuple[str, str | None], tuple[EngagementRule, ...]]
@@ -325,7 +326,7 @@ class Model:
             if dupes:
                 raise ModelError(f"duplicate {kind} rule id(s): {dupes}")
         storage = raw.get("storage") or {}
-        max_hits = int(storage.get("max_hits_per_contact", 256))
+        max_hits = int(storage.get("max_hits_per_contact", 2000))
         dedupe_memory = int(storage.get("dedupe_memory", 512))
         if max_hits < 8 or dedupe_memory < 0:
             raise ModelError("storage.max_hits_per_contact must be >= 8 and dedupe_memory >= 0")
@@ -350,14 +351,25 @@ class Model:
             fit_grades=_bands(
                 fit.get("grades"),
                 "fit.grades",
-                [{"label": "A", "min": 60}, {"label": "B", "min": 35}, {"label": "C", "min": 15}, {"label": "D", "min": float("-inf")}],
+                [
+                    {"label": "A", "min": 60},
+                    {"label": "B", "min": 35},
+                    {"label": "C", "min": 15},
+                    {"label": "D", "min": float("-inf")},
+                ],
             ),
             engagement_bands=_bands(
                 engagement.get("bands"),
                 "engagement.bands",
-                [{"label": "1", "min": 60}, {"label": "2", "min": 30}, {"label": "3", "min": 10}, {"label": "4", "min": float("-inf")}],
+                [
+                    {"label": "1", "min": 60},
+                    {"label": "2", "min": 30},
+                    {"label": "3", "min": 10},
+                    {"label": "4", "min": float("-inf")},
+                ],
             ),
             max_hits=max_hits,
+            fold_after_ms=parse_duration_ms(storage.get("fold_after", "30d"), "storage.fold_after"),
             dedupe_memory=dedupe_memory,
             source=raw,
             _by_key={k: tuple(v) for k, v in by_key.items()},

@@ -58,13 +58,18 @@ class Service:
                 "SCORESTREAM_API_PORT": str(self.api_port),
                 "SCORESTREAM_LOG_LEVEL": "WARNING",
                 "SCORESTREAM_COMMIT_INTERVAL_S": "0.5",
+                "SCORESTREAM_SESSION_TIMEOUT_S": "6",
             }
         )
         return env
 
     def topic(self, channel: str) -> str:
-        return {"web": f"web-{self.suffix}", "email": f"email-{self.suffix}", "store": f"store-{self.suffix}",
-                "dead": f"dead-{self.suffix}"}[channel]
+        return {
+            "web": f"web-{self.suffix}",
+            "email": f"email-{self.suffix}",
+            "store": f"store-{self.suffix}",
+            "dead": f"dead-{self.suffix}",
+        }[channel]
 
     @property
     def url(self) -> str:
@@ -142,14 +147,14 @@ class Service:
     def read_topic(self, topic: str, expect: int, timeout: float = 30) -> list[Any]:
         return asyncio.run(self._read(topic, expect, timeout))
 
-    async def _read(self, topic: str, expect: int, timeout: float) -> list[Any]:
+    async def _read(self, topic: str, expect: int, wait_s: float) -> list[Any]:
         consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
         )
         await consumer.start()
         try:
             out: list[Any] = []
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + wait_s
             while len(out) < expect and time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=200)
                 for records in batches.values():

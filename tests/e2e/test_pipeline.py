@@ -38,18 +38,40 @@ def expected_score(events: list[tuple[str, bytes]], contact_id: str, at_ms: int)
 def test_scores_from_every_channel(service: Service) -> None:
     t = NOW - 3_600_000
     events = [
-        ("web", msg("identify", "s1", t, userId="u-1", traits={"email": "Ann@Acme.com", "title": "VP Marketing",
-                                                               "industry": "software", "employees": 400})),
+        (
+            "web",
+            msg(
+                "identify",
+                "s1",
+                t,
+                userId="u-1",
+                traits={"email": "Ann@Acme.com", "title": "VP Marketing", "industry": "software", "employees": 400},
+            ),
+        ),
         ("web", msg("page", "s2", t + 1000, userId="u-1", properties={"path": "/pricing"})),
         ("web", msg("track", "s3", t + 2000, userId="u-1", event="Demo Requested")),
         ("email", msg("track", "s4", t + 3000, userId="u-1", event="Email Link Clicked")),
-        ("store", msg("track", "s5", t + 4000, userId="u-1", event="Order Completed",
-                      properties={"order_id": "o1", "total": 620.0})),
+        (
+            "store",
+            msg(
+                "track",
+                "s5",
+                t + 4000,
+                userId="u-1",
+                event="Order Completed",
+                properties={"order_id": "o1", "total": 620.0},
+            ),
+        ),
     ]
     service.publish((channel, None, raw) for channel, raw in events)
     with service.client() as http:
-        body = service.wait_for(lambda: (r := http.get("/v1/contacts/u-1")).status_code == 200
-                                and len(r.json()["engagement"]["top"]) >= 5 and r.json())
+        body = service.wait_for(
+            lambda: (
+                (r := http.get("/v1/contacts/u-1")).status_code == 200
+                and len(r.json()["engagement"]["top"]) >= 5
+                and r.json()
+            )
+        )
     assert body["contact_id"] == "u-1"
     assert body["identity"]["email"] == "ann@acme.com"
     assert math.isclose(body["engagement"]["score"], expected_score(events, "u-1", as_of_ms(body)), abs_tol=1e-5)
@@ -65,8 +87,13 @@ def test_duplicates_and_redelivery_count_once(service: Service) -> None:
     other = msg("page", "dup-2", t + 10, userId="u-dup", properties={"path": "/pricing"})
     service.publish([("web", b"u-dup", raw), ("web", None, raw), ("email", None, raw), ("web", None, other)])
     with service.client() as http:
-        body = service.wait_for(lambda: (r := http.get("/v1/contacts/u-dup")).status_code == 200
-                                and len(r.json()["engagement"]["top"]) == 3 and r.json())
+        body = service.wait_for(
+            lambda: (
+                (r := http.get("/v1/contacts/u-dup")).status_code == 200
+                and len(r.json()["engagement"]["top"]) == 3
+                and r.json()
+            )
+        )
     expected = expected_score([("web", raw), ("web", other)], "u-dup", as_of_ms(body))
     assert math.isclose(body["engagement"]["score"], expected, abs_tol=1e-5)
 
@@ -82,12 +109,21 @@ def test_anonymous_history_counts_once_identified(service: Service) -> None:
         service.wait_for(lambda: http.get("/v1/contacts/visitor-9").status_code == 200)
         before = http.get("/v1/contacts/visitor-9").json()
         assert before["contact_id"] == "anonymous:visitor-9"
-        ident = ("web", msg("identify", "a10", t + 20_000, userId="u-9", anonymousId="visitor-9",
-                            traits={"email": "nine@globex.io"}))
+        ident = (
+            "web",
+            msg(
+                "identify", "a10", t + 20_000, userId="u-9", anonymousId="visitor-9", traits={"email": "nine@globex.io"}
+            ),
+        )
         later = ("email", msg("track", "a11", t + 30_000, userId="u-9", event="Demo Requested"))
         service.publish([(ident[0], b"u-9", ident[1]), (later[0], b"u-9", later[1])])
-        body = service.wait_for(lambda: (r := http.get("/v1/contacts/u-9")).status_code == 200
-                                and "anonymous:visitor-9" in r.json()["identity"]["merged_ids"] and r.json())
+        body = service.wait_for(
+            lambda: (
+                (r := http.get("/v1/contacts/u-9")).status_code == 200
+                and "anonymous:visitor-9" in r.json()["identity"]["merged_ids"]
+                and r.json()
+            )
+        )
         by_anon = http.get("/v1/contacts/visitor-9").json()
         by_email = http.get("/v1/contacts/NINE@globex.io").json()
     assert by_anon["contact_id"] == by_email["contact_id"] == "u-9"
@@ -101,14 +137,21 @@ def test_anonymous_history_counts_once_identified(service: Service) -> None:
 
 def test_alias_moves_a_previous_user_id(service: Service) -> None:
     t = NOW - 600_000
-    service.publish([
-        ("web", b"old-id", msg("track", "al1", t, userId="old-id", event="Signed Up")),
-    ])
+    service.publish(
+        [
+            ("web", b"old-id", msg("track", "al1", t, userId="old-id", event="Signed Up")),
+        ]
+    )
     with service.client() as http:
         service.wait_for(lambda: http.get("/v1/contacts/old-id").status_code == 200)
         service.publish([("web", b"old-id", msg("alias", "al2", t + 1000, previousId="old-id", userId="new-id"))])
-        body = service.wait_for(lambda: (r := http.get("/v1/contacts/new-id")).status_code == 200
-                                and "old-id" in r.json()["identity"]["merged_ids"] and r.json())
+        body = service.wait_for(
+            lambda: (
+                (r := http.get("/v1/contacts/new-id")).status_code == 200
+                and "old-id" in r.json()["identity"]["merged_ids"]
+                and r.json()
+            )
+        )
         assert http.get("/v1/contacts/old-id").json()["contact_id"] == "new-id"
     assert any(c["rule"] == "signed-up" for c in body["engagement"]["top"])
 
@@ -121,8 +164,18 @@ def test_bad_input_is_dead_lettered_and_the_stream_goes_on(service: Service) -> 
         ("unknown_type", msg("explode", "u1", t, userId="u-bad")),
         ("missing_identity", msg("track", "u2", t, userId=None, anonymousId=None, event="E")),
         ("invalid_field", msg("track", "u3", t, userId=42, event="E")),
-        ("bad_timestamp", orjson.dumps({"type": "track", "messageId": "u4", "timestamp": "1999-01-01T00:00:00Z",
-                                        "userId": "u-bad", "event": "E"})),
+        (
+            "bad_timestamp",
+            orjson.dumps(
+                {
+                    "type": "track",
+                    "messageId": "u4",
+                    "timestamp": "1999-01-01T00:00:00Z",
+                    "userId": "u-bad",
+                    "event": "E",
+                }
+            ),
+        ),
     ]
     good = msg("track", "after-bad", t, userId="u-after", event="Demo Requested")
     service.publish([*[("web", b"k", raw) for _, raw in bad], ("web", b"k", good)])

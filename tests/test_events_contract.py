@@ -1,0 +1,345 @@
+"""The Segment JSON contract (``schemas.events.decode``) and the binary state codecs (``schemas.state``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgspec
+import orjson
+import pytest
+
+from schemas.events import MAX_MESSAGE_BYTES, InvalidMessage, decode
+from schemas.state import (
+    Envelope,
+    UnsupportedVersion,
+    decode_envelope,
+    decode_event,
+    decode_link,
+    decode_state,
+    encode,
+)
+from scorestream import ContactState, Event, IdentityLink, apply_events
+from scorestream.identity import MergeInto
+from tests.factories import DAY, DEFAULT_MODEL, HOUR, OMIT, T0, iso, make_event, segment_json
+
+RECORD_MS = T0 + 5 * 60_000
+
+
+def ok(raw: bytes, channel: str = "web", record_ms: int = RECORD_MS) -> Event:
+    return decode(raw, channel, record_ms)
+
+
+def rejected(raw: bytes, record_ms: int = RECORD_MS) -> InvalidMessage:
+    with pytest.raises(InvalidMessage) as info:
+        decode(raw, "web", record_ms)
+    assert str(info.value).startswith(info.value.reason + ": ")
+    return info.value
+
+
+# --- one valid example per type ------------------------------------------------------------------
+
+
+def test_identify() -> None:
+    event = ok(
+        segment_json(type="identify", messageId="m-id", traits={"email": "Ada@Example.com", "title": "VP"}),
+        channel="email",
+    )
+    assert event == Event(
+        message_id="m-id",
+        kind="identify",
+        timestamp_ms=T0,
+        channel="email",
+        user_id="user-1",
+        anonymous_id="anon-1",
+        traits={"email": "Ada@Example.com", "title": "VP"},
+    )
+
+
+def test_track() -> None:
+    event = ok(segment_json(type="track", event="Order Completed", properties={"total": 512.5, "items": [1, 2]}))
+    assert event.kind == "track"
+    assert event.event == "Order Completed"
+    assert event.properties == {"total": 512.5, "items": [1, 2]}
+    assert event.channel == "web"
+    assert event.timestamp_ms == T0
+    assert event.name is None
+    assert event.path is None
+
+
+def test_page_with_path_in_properties() -> None:
+    event = ok(
+        segment_json(type="page", name="Pricing", properties={"path": "/pricing", "url": "https://x.io/pricing"})
+    )
+    assert (event.kind, event.name, event.path) == ("page", "Pricing", "/pricing")
+    assert event.properties["url"] == "https://x.io/pricing"
+
+
+def test_page_with_path_in_context() -> None:
+    event = ok(
+        segment_json(type="page", name=None, properties={}, context={"page": {"path": "/demo", "title": "Demo"}})
+    )
+    assert (event.kind, event.name, event.path) == ("page", None, "/demo")
+
+
+def test_page_properties_path_wins_over_context() -> None:
+    event = ok(segment_json(type="page", properties={"path": "/a"}, context={"page": {"path": "/b"}}))
+    assert event.path == "/a"
+
+
+def test_page_without_any_path() -> None:
+    assert ok(segment_json(type="page", properties={}, context={"page": "nope"})).path is None
+
+
+def test_screen() -> None:
+    event = ok(segment_json(type="screen", name="Settings", properties={"path": "/app/settings"}), channel="store")
+    assert (event.kind, event.name, event.path, event.channel) == ("screen", "Settings", "/app/settings", "store")
+
+
+def test_group() -> None:
+    event = ok(segment_json(type="group", groupId="acct-42", traits={"industry": "software"}))
+    assert (event.kind, event.group_id, event.traits) == ("group", "acct-42", {"industry": "software"})
+
+
+def test_alias() -> None:
+    event = ok(segment_json(type="alias", previousId="anon-77", userId="user-9", anonymousId=OMIT))
+    assert (event.kind, event.previous_id, event.user_id, event.anonymous_id) == ("alias", "anon-77", "user-9", None)
+
+
+def test_extra_fields_are_allowed() -> None:
+    event = ok(segment_json(type="track", somethingNew={"x": 1}, integrations={"All": True}, version=2))
+    assert event.kind == "track"
+
+
+@pytest.mark.parametrize(
+    ("user", "anon", "expected"),
+    [
+        (None, "anon-1", (None, "anon-1")),
+        ("user-1", None, ("user-1", None)),
+        (OMIT, "anon-1", (None, "anon-1")),
+        ("user-1", OMIT, ("user-1", None)),
+    ],
+)
+def test_explicit_null_or_missing_identity_fields(
+    user: object, anon: object, expected: tuple[str | None, str | None]
+) -> None:
+    event = ok(segment_json(userId=user, anonymousId=anon))
+    assert (event.user_id, event.anonymous_id) == expected
+
+
+# --- timestamps ----------------------------------------------------------------------------------
+
+
+def test_offset_converted_to_utc_ms() -> None:
+    event = ok(segment_json(timestamp="2026-09-21T16:13:20.123+02:00"))
+    assert event.timestamp_ms == T0 + 123
+    assert ok(segment_json(timestamp=iso(T0 + 7, offset_hours=2))).timestamp_ms == T0 + 7
+    assert ok(segment_json(timestamp=iso(T0, offset_hours=-5))).timestamp_ms == T0
+    assert ok(segment_json(timestamp="2026-09-21T14:13:20Z")).timestamp_ms == T0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_ms"),
+    [
+        ("2026-09-21T14:13:20.001Z", T0 + 1),
+        ("2026-09-21T16:13:20.999+02:00", T0 + 999),
+        ("2004-05-12T20:36:25.195Z", 1_084_394_185_195),
+        ("2004-05-12T22:36:25.195+02:00", 1_084_394_185_195),
+    ],
+)
+def test_millisecond_precision_is_kept(text: str, expected_ms: int) -> None:
+    assert ok(segment_json(timestamp=text), record_ms=0).timestamp_ms == expected_ms
+
+
+def test_missing_timestamp_falls_back_to_record_time() -> None:
+    assert ok(segment_json(timestamp=OMIT), record_ms=RECORD_MS).timestamp_ms == RECORD_MS
+    assert ok(segment_json(timestamp=None), record_ms=RECORD_MS).timestamp_ms == RECORD_MS
+
+
+def test_original_timestamp_used_when_timestamp_missing() -> None:
+    event = ok(segment_json(timestamp=OMIT, originalTimestamp=iso(T0 - HOUR)))
+    assert event.timestamp_ms == T0 - HOUR
+
+
+def test_timestamp_up_to_a_day_ahead_is_accepted() -> None:
+    assert ok(segment_json(timestamp=iso(RECORD_MS + DAY))).timestamp_ms == RECORD_MS + DAY
+
+
+# --- rejections ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"", b'{"type": "track",}'])
+def test_invalid_json(raw: bytes) -> None:
+    assert rejected(raw).reason == "invalid_json"
+
+
+def test_too_large() -> None:
+    big = segment_json(properties={"blob": "x" * MAX_MESSAGE_BYTES})
+    assert len(big) > 32 * 1024
+    error = rejected(big)
+    assert error.reason == "too_large"
+    assert str(len(big)) in error.detail
+
+
+def test_just_under_the_size_limit_is_accepted() -> None:
+    raw = segment_json(properties={"blob": ""})
+    raw = segment_json(properties={"blob": "x" * (MAX_MESSAGE_BYTES - len(raw))})
+    assert len(raw) == MAX_MESSAGE_BYTES
+    assert ok(raw).properties["blob"].startswith("x")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        segment_json(type="click"),
+        segment_json(type=OMIT),
+        segment_json(type=None),
+    ],
+)
+def test_unknown_type(raw: bytes) -> None:
+    assert rejected(raw).reason == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        segment_json(userId=None, anonymousId=None),
+        segment_json(userId=OMIT, anonymousId=OMIT),
+        segment_json(type="identify", userId=None, anonymousId=None),
+    ],
+)
+def test_missing_identity(raw: bytes) -> None:
+    assert rejected(raw).reason == "missing_identity"
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (segment_json(userId=42), "userId"),
+        (segment_json(anonymousId=""), "anonymousId"),
+        (segment_json(properties=[1, 2]), "properties"),
+        (segment_json(timestamp="2026-09-21T14:13:20"), "timestamp"),
+        (segment_json(timestamp="yesterday"), "timestamp"),
+        (segment_json(messageId=OMIT), "messageId"),
+        (segment_json(event=OMIT), "event"),
+        (segment_json(event=""), "event"),
+        (segment_json(type="group", groupId=OMIT), "groupId"),
+        (segment_json(type="alias", previousId=OMIT), "previousId"),
+        (segment_json(type="identify", traits="vip"), "traits"),
+    ],
+)
+def test_invalid_field(raw: bytes, where: str) -> None:
+    error = rejected(raw)
+    assert error.reason == "invalid_field"
+    assert where in error.detail
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"42", b'"track"', b"null"])
+def test_not_an_object(raw: bytes) -> None:
+    # schemas/events.py maps this case to the reason "invalid_message" ("a message must be a JSON object")
+    assert rejected(raw).reason == "invalid_message"
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "record_ms"),
+    [
+        ("1999-12-31T23:59:59Z", RECORD_MS),
+        ("1999-06-01T00:00:00+02:00", 0),
+        (iso(RECORD_MS + DAY + 1), RECORD_MS),
+        (iso(RECORD_MS + 30 * DAY), RECORD_MS),
+    ],
+)
+def test_bad_timestamp(timestamp: str, record_ms: int) -> None:
+    assert rejected(segment_json(timestamp=timestamp), record_ms=record_ms).reason == "bad_timestamp"
+
+
+def test_record_time_before_2000_is_a_bad_timestamp_when_the_message_has_none() -> None:
+    assert rejected(segment_json(timestamp=OMIT), record_ms=1_000).reason == "bad_timestamp"
+
+
+def test_decoded_event_is_the_core_type() -> None:
+    event = ok(segment_json(messageId="same"))
+    assert event == make_event(
+        message_id="same", channel="web", anonymous_id="anon-1", timestamp_ms=T0, event="Email Opened"
+    )
+
+
+# --- binary state codecs -------------------------------------------------------------------------
+
+
+def _rich_state() -> ContactState:
+    events = [
+        make_event(
+            kind="identify",
+            event=None,
+            anonymous_id="anon-1",
+            traits={"email": "Ada@Example.com", "title": "VP", "address": {"country": "US"}, "employees": 500},
+        ),
+        make_event(kind="page", event=None, channel="web", path="/pricing", timestamp_ms=T0 + 1),
+        make_event(event="Demo Requested", channel="web", timestamp_ms=T0 + 2),
+        make_event(kind="group", event=None, group_id="acct-1"),
+    ]
+    state = apply_events(None, "user-1", events, DEFAULT_MODEL)
+    state.base = {"page-view": 1.5}
+    state.base_ms = T0 - DAY
+    state.base_once = ["signed-up"]
+    state.folded_ids = ["old-1", "old-2"]
+    state.merged_ids = ["anonymous:anon-0"]
+    return state
+
+
+def test_state_round_trip() -> None:
+    state = _rich_state()
+    assert state.hits
+    decoded = decode_state(encode(state))
+    assert decoded == state
+    assert isinstance(decoded.trait_at["title"], tuple)
+    assert decode_state(encode(decoded)) == decoded
+
+
+def test_forwarding_state_round_trip() -> None:
+    state = _rich_state()
+    state.merged_into = "user-2"
+    assert decode_state(encode(state)).merged_into == "user-2"
+
+
+def test_state_with_a_newer_version_is_refused() -> None:
+    state = dataclasses.replace(_rich_state(), v=2)
+    with pytest.raises(UnsupportedVersion, match="contact state version 2"):
+        decode_state(encode(state))
+
+
+def test_link_round_trip_and_version() -> None:
+    link = IdentityLink(contact_id="user-1", linked_ms=T0, message_id="m")
+    assert decode_link(encode(link)) == link
+    with pytest.raises(UnsupportedVersion):
+        decode_link(encode(IdentityLink(contact_id="user-1", linked_ms=T0, message_id="m", v=9)))
+
+
+def test_event_round_trip() -> None:
+    event = make_event(properties={"total": 12.5, "tags": ["a", "b"], "nested": {"x": None}}, anonymous_id="a")
+    assert decode_event(encode(event)) == event
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        Envelope(kind="event", event=make_event(properties={"k": 1})),
+        Envelope(kind="merge", merge=MergeInto(target="user-1", message_id="m"), hops=2),
+        Envelope(kind="absorb", state=_rich_state(), hops=1),
+    ],
+)
+def test_envelope_round_trip(envelope: Envelope) -> None:
+    assert decode_envelope(encode(envelope)) == envelope
+
+
+def test_envelope_with_a_newer_version_is_refused() -> None:
+    raw = encode(Envelope(kind="merge", merge=MergeInto(target="u", message_id="m"), v=2))
+    with pytest.raises(UnsupportedVersion, match="envelope version 2"):
+        decode_envelope(raw)
+
+
+def test_garbage_state_bytes_raise() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        decode_state(encode({"contact_id": 1}))
+    with pytest.raises(msgspec.DecodeError):
+        decode_state(orjson.dumps({"not": "msgpack"}))
