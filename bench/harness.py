@@ -1,0 +1,84 @@
+"""Shared pieces of the benchmarks: a broker, prefilled topics, lag probes, a scorestream deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from deploy.traffic import Traffic
+
+
+async def prefill(bootstrap: str, topics: dict[str, str], events: int, contacts: int, seed: int, now_ms: int) -> float:
+    """Publish ``events`` synthetic events (channel -> topic); returns events/s of the publish."""
+    span = 30 * 86_400_000
+    traffic = Traffic(contacts, seed=seed, start_ms=now_ms - span, span_ms=span)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20, compression_type=None
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for record in traffic.records(events):
+            pending.append(await producer.send(topics[record.channel], record.value, key=record.key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return events / (time.perf_counter() - started)
+
+
+@dataclass
+class Lag:
+    total: int
+    committed: int
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.committed
+
+
+async def group_lag(bootstrap: str, group: str, topics: list[str]) -> Lag:
+    """End offsets vs the group's committed offsets over ``topics``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    done = sum(min(committed[tp].offset, ends[tp]) for tp in tps if tp in committed and committed[tp].offset >= 0)
+    return Lag(total=sum(ends.values()), committed=done)
+
+
+def wait_drained(bootstrap: str, group: str, topics: list[str], timeout_s: float, quiet_s: float = 2.0) -> float:
+    """Seconds until the group has committed everything on ``topics`` (internal topics included)."""
+    started = time.perf_counter()
+    stable_since: float | None = None
+    last_total = -1
+    while time.perf_counter() - started < timeout_s:
+        lag = asyncio.run(group_lag(bootstrap, group, topics))
+        if lag.remaining == 0 and lag.total == last_total:
+            stable_since = stable_since or time.perf_counter()
+            if time.perf_counter() - stable_since >= quiet_s:
+                return stable_since - started
+        else:
+            stable_since = None
+        last_total = lag.total
+        time.sleep(0.25)
+    raise TimeoutError(f"group {group} not drained in {timeout_s} s")
