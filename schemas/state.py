@@ -14,7 +14,7 @@ import msgspec
 
 from scorestream import ContactState, Event, IdentityLink
 
-__all__ = ["ContactState", "Envelope", "Event", "IdentityLink", "MergeInto", "UnsupportedVersion"]
+__all__ = ["Batch", "ContactState", "Envelope", "Event", "IdentityLink", "Item", "MergeInto", "UnsupportedVersion"]
 from scorestream.identity import MergeInto
 
 ENVELOPE_VERSION = 1
@@ -32,6 +32,23 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     v: int = ENVELOPE_VERSION
 
 
+class Item(msgspec.Struct, array_like=True):
+    """One keyed message inside a :class:`Batch`."""
+
+    key: str
+    env: Envelope
+
+
+class Batch(msgspec.Struct):
+    """One Kafka record on an internal topic: many messages whose keys share its partition.
+
+    Batching internal traffic makes the per-record cost of the framework per batch, not per event.
+    """
+
+    items: list[Item]
+    v: int = ENVELOPE_VERSION
+
+
 class UnsupportedVersion(ValueError):
     pass
 
@@ -41,6 +58,7 @@ _state_decoder = msgspec.msgpack.Decoder(ContactState)
 _link_decoder = msgspec.msgpack.Decoder(IdentityLink)
 _event_decoder = msgspec.msgpack.Decoder(Event)
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+_batch_decoder = msgspec.msgpack.Decoder(Batch)
 
 encode = _encoder.encode
 
@@ -70,3 +88,9 @@ def decode_envelope(raw: bytes) -> Envelope:
     env = _envelope_decoder.decode(raw)
     _check(env.v, ENVELOPE_VERSION, "envelope")
     return env
+
+
+def decode_batch(raw: bytes) -> Batch:
+    batch = _batch_decoder.decode(raw)
+    _check(batch.v, ENVELOPE_VERSION, "batch")
+    return batch

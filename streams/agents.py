@@ -1,9 +1,10 @@
 """The pipeline, batch by batch: decode -> validate (or dead-letter) -> route -> fold -> persist.
 
-Every agent takes a batch of records (``stream.take_events``), does the per-record work with the
-pure core, writes each changed table key once per batch, and produces its output with
-``send_soon`` (buffered; Faust flushes the producer before it commits offsets, so output is
-durable before the input is acknowledged: at-least-once, made idempotent by message ids).
+Every agent takes a batch of records (``stream.take_events``), does the per-event work with the
+pure core, reads and writes each table key once per batch, and produces its output as one
+:class:`~schemas.state.Batch` record per destination partition with ``send_soon``. Faust flushes
+the producer before it commits offsets, so output is durable before input is acknowledged:
+at-least-once, made idempotent by message ids.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import EventT, TopicT
 
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
-from schemas.state import MAX_HOPS, Envelope, decode_envelope, decode_event, decode_link, decode_state, encode
-from scorestream import Event, Model
-from scorestream.contact import Absorb, ContactState, step
+from schemas.state import MAX_HOPS, Batch, Envelope, Item, decode_batch, decode_link, decode_state, encode
+from scorestream import ContactState, Event, IdentityLink, Model
+from scorestream.contact import Absorb, step
 from scorestream.identity import MergeInto, resolve, routing_key
 from streams.app import Wiring
 
@@ -36,6 +38,7 @@ DEADLETTER_HEADERS = (
     "scorestream.source.partition",
     "scorestream.source.offset",
 )
+MAX_ITEMS_PER_RECORD = 1000
 
 
 @contextmanager
@@ -60,106 +63,27 @@ def deadletter_headers(reason: str, detail: str, topic: str, partition: int, off
     return [(k, v.encode()) for k, v in zip(DEADLETTER_HEADERS, values, strict=True)]
 
 
-def register(w: Wiring, settings: Settings, model: Model) -> None:
-    """Attach the three agents to the app."""
-    channels = settings.source_topics
-    within = settings.batch_within_ms / 1000
-    batch = settings.batch_max
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), as the Java client and aiokafka compute it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
-    def dead(message: Any, raw: bytes | None, reason: str, detail: str) -> None:
-        log.warning("dead-letter %s[%s] %s: %s: %s", message.topic, message.partition, message.offset, reason, detail)
-        w.deadletter.send_soon(
-            key=message.key,
-            value=raw or b"",
-            headers=deadletter_headers(reason, detail, message.topic, message.partition, message.offset),
-        )
 
-    @w.app.agent(w.sources, name="ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for events in stream.take_events(batch, within=within):
-            for record in events:
-                message = record.message
-                raw = record.value
-                try:
-                    if not isinstance(raw, bytes):
-                        raise InvalidMessage("invalid_json", "empty record value")
-                    event = decode(raw, channels[message.topic], int(message.timestamp * 1000))
-                except InvalidMessage as exc:
-                    dead(message, raw if isinstance(raw, bytes) else None, exc.reason, exc.detail)
-                    continue
-                where, key = routing_key(event)
-                if where == "identity":
-                    w.identity_topic.send_soon(key=key.encode(), value=encode(event))
-                else:
-                    w.contacts_topic.send_soon(key=key.encode(), value=encode(Envelope(kind="event", event=event)))
-            yield None
+class Outbox:
+    """Collects keyed envelopes for internal topics; sends one record per partition per batch."""
 
-    @w.app.agent(w.identity_topic, name="identity")
-    async def identity(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        table = w.identity
-        async for events in stream.take_events(batch, within=within):
-            for group in by_partition(events).values():
-                with as_current(group[-1]):
-                    links: dict[str, Any] = {}
-                    changed: set[str] = set()
-                    for record in group:
-                        key = record.key.decode()
-                        try:
-                            event = decode_event(record.value)
-                        except ValueError as exc:
-                            dead(record.message, record.value, "internal_decode", str(exc))
-                            continue
-                        if key not in links:
-                            raw = table.get(key)
-                            links[key] = decode_link(raw) if raw is not None else None
-                        link, routed = resolve(links[key], key, event)
-                        if link is not links[key]:
-                            links[key] = link
-                            changed.add(key)
-                        for r in routed:
-                            env = (
-                                Envelope(kind="merge", merge=r.merge)
-                                if r.merge
-                                else Envelope(kind="event", event=r.event)
-                            )
-                            w.contacts_topic.send_soon(key=r.key.encode(), value=encode(env))
-                    for key in changed:
-                        table[key] = encode(links[key])
-            yield None
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.pending: dict[tuple[TopicT, int], list[Item]] = defaultdict(list)
 
-    @w.app.agent(w.contacts_topic, name="contacts")
-    async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        table = w.contacts
-        async for events in stream.take_events(batch, within=within):
-            for group in by_partition(events).values():
-                with as_current(group[-1]):
-                    inbox: dict[str, list[Event | MergeInto | Absorb]] = defaultdict(list)
-                    hops: dict[str, int] = defaultdict(int)
-                    for record in group:
-                        try:
-                            env = decode_envelope(record.value)
-                        except ValueError as exc:
-                            dead(record.message, record.value, "internal_decode", str(exc))
-                            continue
-                        key = record.key.decode()
-                        if env.hops > MAX_HOPS:
-                            dead(record.message, record.value, "merge_loop", f"dropped after {env.hops} forwards")
-                            continue
-                        item = env.event or env.merge or (Absorb(env.state) if env.state else None)
-                        if item is not None:
-                            inbox[key].append(item)
-                            hops[key] = max(hops[key], env.hops)
-                    for key, items in inbox.items():
-                        raw = table.get(key)
-                        before: ContactState | None = decode_state(raw) if raw is not None else None
-                        state, out = step(before, key, items, model)
-                        if state is not None:
-                            table[key] = encode(state)
-                        for o in out:
-                            w.contacts_topic.send_soon(
-                                key=o.key.encode(), value=encode(_envelope(o.item, hops[key] + 1))
-                            )
-            yield None
+    def add(self, topic: TopicT, key: str, env: Envelope) -> None:
+        self.pending[(topic, partition_for(key.encode(), self.partitions))].append(Item(key=key, env=env))
+
+    def flush(self) -> None:
+        for (topic, partition), items in self.pending.items():
+            for start in range(0, len(items), MAX_ITEMS_PER_RECORD):
+                chunk = items[start : start + MAX_ITEMS_PER_RECORD]
+                topic.send_soon(key=chunk[0].key.encode(), value=encode(Batch(items=chunk)), partition=partition)
+        self.pending.clear()
 
 
 def _envelope(item: Event | MergeInto | Absorb, hops: int) -> Envelope:
@@ -170,4 +94,100 @@ def _envelope(item: Event | MergeInto | Absorb, hops: int) -> Envelope:
     return Envelope(kind="absorb", state=item.state, hops=hops)
 
 
-Handler = Callable[..., Any]
+def register(w: Wiring, settings: Settings, model: Model) -> None:
+    """Attach the three agents to the app."""
+    channels = settings.source_topics
+    within = settings.batch_within_ms / 1000
+    batch = settings.batch_max
+    partitions = settings.partitions
+
+    def dead(message: Any, raw: bytes | None, reason: str, detail: str) -> None:
+        log.warning("dead-letter %s[%s] %s: %s: %s", message.topic, message.partition, message.offset, reason, detail)
+        w.deadletter.send_soon(
+            key=message.key,
+            value=raw or b"",
+            headers=deadletter_headers(reason, detail, message.topic, message.partition, message.offset),
+        )
+
+    def unpack(records: list[EventT]) -> Iterator[Item]:
+        for record in records:
+            try:
+                yield from decode_batch(record.value).items
+            except ValueError as exc:
+                dead(record.message, record.value, "internal_decode", str(exc))
+
+    @w.app.agent(w.sources, name="ingest")
+    async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for records in stream.take_events(batch, within=within):
+            out = Outbox(partitions)
+            for record in records:
+                message = record.message
+                raw = record.value
+                try:
+                    if not isinstance(raw, bytes):
+                        raise InvalidMessage("invalid_json", "empty record value")
+                    event = decode(raw, channels[message.topic], int(message.timestamp * 1000))
+                except InvalidMessage as exc:
+                    dead(message, raw if isinstance(raw, bytes) else None, exc.reason, exc.detail)
+                    continue
+                where, key = routing_key(event)
+                topic = w.identity_topic if where == "identity" else w.contacts_topic
+                out.add(topic, key, Envelope(kind="event", event=event))
+            out.flush()
+            yield None
+
+    @w.app.agent(w.identity_topic, name="identity")
+    async def identity(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        table = w.identity
+        async for records in stream.take_events(batch, within=within):
+            out = Outbox(partitions)
+            for group in by_partition(records).values():
+                with as_current(group[-1]):
+                    links: dict[str, IdentityLink | None] = {}
+                    changed: set[str] = set()
+                    for item in unpack(group):
+                        key, event = item.key, item.env.event
+                        if event is None:
+                            continue
+                        if key not in links:
+                            raw = table.get(key)
+                            links[key] = decode_link(raw) if raw is not None else None
+                        link, routed = resolve(links[key], key, event)
+                        if link is not links[key]:
+                            links[key] = link
+                            changed.add(key)
+                        for r in routed:
+                            out.add(w.contacts_topic, r.key, _envelope(r.merge or r.event, 0))  # type: ignore[arg-type]
+                    for key in changed:
+                        table[key] = encode(links[key])
+            out.flush()
+            yield None
+
+    @w.app.agent(w.contacts_topic, name="contacts")
+    async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        table = w.contacts
+        async for records in stream.take_events(batch, within=within):
+            out = Outbox(partitions)
+            for group in by_partition(records).values():
+                with as_current(group[-1]):
+                    inbox: dict[str, list[Event | MergeInto | Absorb]] = defaultdict(list)
+                    hops: dict[str, int] = defaultdict(int)
+                    for item in unpack(group):
+                        env = item.env
+                        if env.hops > MAX_HOPS:
+                            log.error("dropped a message for %s after %d forwards (merge loop?)", item.key, env.hops)
+                            continue
+                        message = env.event or env.merge or (Absorb(env.state) if env.state else None)
+                        if message is not None:
+                            inbox[item.key].append(message)
+                            hops[item.key] = max(hops[item.key], env.hops)
+                    for key, messages in inbox.items():
+                        raw = table.get(key)
+                        before: ContactState | None = decode_state(raw) if raw is not None else None
+                        state, sent = step(before, key, messages, model)
+                        if state is not None:
+                            table[key] = encode(state)
+                        for o in sent:
+                            out.add(w.contacts_topic, o.key, _envelope(o.item, hops[key] + 1))
+            out.flush()
+            yield None
