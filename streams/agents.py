@@ -65,7 +65,7 @@ def deadletter_headers(reason: str, detail: str, topic: str, partition: int, off
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), as the Java client and aiokafka compute it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 class Outbox:
