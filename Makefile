@@ -47,3 +47,6 @@ schemas: install ## regenerate schemas/json/*.json from the models
 
 clean: ## remove local state (var/) and the virtualenv
 	rm -rf var $(VENV)
+
+bench: install kafka ## benchmarks on a local broker; writes bench/results/<date>-<name>.json and .md
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from deploy.traffic import Traffic
 
@@ -72,7 +73,11 @@ def wait_drained(bootstrap: str, group: str, topics: list[str], timeout_s: float
     stable_since: float | None = None
     last_total = -1
     while time.perf_counter() - started < timeout_s:
-        lag = asyncio.run(group_lag(bootstrap, group, topics))
+        try:
+            lag = asyncio.run(group_lag(bootstrap, group, topics))
+        except KafkaError:  # the group's coordinator is not there until the worker joins
+            time.sleep(0.25)
+            continue
         if lag.remaining == 0 and lag.total == last_total:
             stable_since = stable_since or time.perf_counter()
             if time.perf_counter() - stable_since >= quiet_s:

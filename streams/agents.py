@@ -1,7 +1,8 @@
 """The pipeline, batch by batch: decode -> validate (or dead-letter) -> route -> fold -> persist.
 
-Every agent takes a batch of records (``stream.take_events``), does the per-event work with the
-pure core, reads and writes each table key once per batch, and produces its output as one
+Every agent receives a fetched batch of one partition's records as one stream event
+(:mod:`streams.transport`), does the per-event work with the pure core, reads and writes each
+table key once per batch, and produces its output as one
 :class:`~schemas.state.Batch` record per destination partition with ``send_soon``. Faust flushes
 the producer before it commits offsets, so output is durable before input is acknowledged:
 at-least-once, made idempotent by message ids.
@@ -10,16 +11,13 @@ at-least-once, made idempotent by message ids.
 from __future__ import annotations
 
 import logging
-import weakref
+import zlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
-from faust.streams import _current_event
-from faust.types import EventT, TopicT
+from faust.types import TopicT
 
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
@@ -28,6 +26,7 @@ from scorestream import ContactState, Event, IdentityLink, Model
 from scorestream.contact import Absorb, step
 from scorestream.identity import MergeInto, resolve, routing_key
 from streams.app import Wiring
+from streams.transport import records_of
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +40,10 @@ DEADLETTER_HEADERS = (
 MAX_ITEMS_PER_RECORD = 1000
 
 
-@contextmanager
-def as_current(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event, so table reads and writes use its partition."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
-    groups: dict[int, list[EventT]] = defaultdict(list)
-    for event in events:
-        groups[event.message.partition].append(event)
-    return groups
+def record_ms(record: Any) -> int:
+    """Kafka record timestamp in ms (aiokafka records carry ms, Faust messages seconds)."""
+    ts = record.timestamp
+    return int(ts * 1000) if isinstance(ts, float) else int(ts or 0)
 
 
 def deadletter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
@@ -64,8 +52,9 @@ def deadletter_headers(reason: str, detail: str, topic: str, partition: int, off
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), as the Java client and aiokafka compute it."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+    """Partition of an internal-topic key. Only scorestream writes these topics, so any stable hash
+    works; CRC32 is in C (aiokafka's murmur2 is pure Python)."""
+    return zlib.crc32(key) % partitions
 
 
 class Outbox:
@@ -97,11 +86,10 @@ def _envelope(item: Event | MergeInto | Absorb, hops: int) -> Envelope:
 def register(w: Wiring, settings: Settings, model: Model) -> None:
     """Attach the three agents to the app."""
     channels = settings.source_topics
-    within = settings.batch_within_ms / 1000
-    batch = settings.batch_max
     partitions = settings.partitions
 
     def dead(message: Any, raw: bytes | None, reason: str, detail: str) -> None:
+        """Dead-letter a record (an aiokafka record or a Faust message: same attribute names)."""
         log.warning("dead-letter %s[%s] %s: %s: %s", message.topic, message.partition, message.offset, reason, detail)
         w.deadletter.send_soon(
             key=message.key,
@@ -109,26 +97,25 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             headers=deadletter_headers(reason, detail, message.topic, message.partition, message.offset),
         )
 
-    def unpack(records: list[EventT]) -> Iterator[Item]:
+    def unpack(records: list[Any]) -> Iterator[Item]:
         for record in records:
             try:
                 yield from decode_batch(record.value).items
             except ValueError as exc:
-                dead(record.message, record.value, "internal_decode", str(exc))
+                dead(record, record.value, "internal_decode", str(exc))
 
     @w.app.agent(w.sources, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for records in stream.take_events(batch, within=within):
+        async for batch_event in stream.events():
             out = Outbox(partitions)
-            for record in records:
-                message = record.message
+            for record in records_of(batch_event):
                 raw = record.value
                 try:
                     if not isinstance(raw, bytes):
                         raise InvalidMessage("invalid_json", "empty record value")
-                    event = decode(raw, channels[message.topic], int(message.timestamp * 1000))
+                    event = decode(raw, channels[record.topic], record_ms(record))
                 except InvalidMessage as exc:
-                    dead(message, raw if isinstance(raw, bytes) else None, exc.reason, exc.detail)
+                    dead(record, raw if isinstance(raw, bytes) else None, exc.reason, exc.detail)
                     continue
                 where, key = routing_key(event)
                 topic = w.identity_topic if where == "identity" else w.contacts_topic
@@ -139,55 +126,51 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
     @w.app.agent(w.identity_topic, name="identity")
     async def identity(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         table = w.identity
-        async for records in stream.take_events(batch, within=within):
+        async for batch_event in stream.events():
             out = Outbox(partitions)
-            for group in by_partition(records).values():
-                with as_current(group[-1]):
-                    links: dict[str, IdentityLink | None] = {}
-                    changed: set[str] = set()
-                    for item in unpack(group):
-                        key, event = item.key, item.env.event
-                        if event is None:
-                            continue
-                        if key not in links:
-                            raw = table.get(key)
-                            links[key] = decode_link(raw) if raw is not None else None
-                        link, routed = resolve(links[key], key, event)
-                        if link is not links[key]:
-                            links[key] = link
-                            changed.add(key)
-                        for r in routed:
-                            out.add(w.contacts_topic, r.key, _envelope(r.merge or r.event, 0))  # type: ignore[arg-type]
-                    for key in changed:
-                        table[key] = encode(links[key])
+            links: dict[str, IdentityLink | None] = {}
+            changed: set[str] = set()
+            for item in unpack(records_of(batch_event)):
+                key, event = item.key, item.env.event
+                if event is None:
+                    continue
+                if key not in links:
+                    raw = table.get(key)
+                    links[key] = decode_link(raw) if raw is not None else None
+                link, routed = resolve(links[key], key, event)
+                if link is not links[key]:
+                    links[key] = link
+                    changed.add(key)
+                for r in routed:
+                    out.add(w.contacts_topic, r.key, _envelope(r.merge or r.event, 0))  # type: ignore[arg-type]
+            for key in changed:
+                table[key] = encode(links[key])
             out.flush()
             yield None
 
     @w.app.agent(w.contacts_topic, name="contacts")
     async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         table = w.contacts
-        async for records in stream.take_events(batch, within=within):
+        async for batch_event in stream.events():
             out = Outbox(partitions)
-            for group in by_partition(records).values():
-                with as_current(group[-1]):
-                    inbox: dict[str, list[Event | MergeInto | Absorb]] = defaultdict(list)
-                    hops: dict[str, int] = defaultdict(int)
-                    for item in unpack(group):
-                        env = item.env
-                        if env.hops > MAX_HOPS:
-                            log.error("dropped a message for %s after %d forwards (merge loop?)", item.key, env.hops)
-                            continue
-                        message = env.event or env.merge or (Absorb(env.state) if env.state else None)
-                        if message is not None:
-                            inbox[item.key].append(message)
-                            hops[item.key] = max(hops[item.key], env.hops)
-                    for key, messages in inbox.items():
-                        raw = table.get(key)
-                        before: ContactState | None = decode_state(raw) if raw is not None else None
-                        state, sent = step(before, key, messages, model)
-                        if state is not None:
-                            table[key] = encode(state)
-                        for o in sent:
-                            out.add(w.contacts_topic, o.key, _envelope(o.item, hops[key] + 1))
+            inbox: dict[str, list[Event | MergeInto | Absorb]] = defaultdict(list)
+            hops: dict[str, int] = defaultdict(int)
+            for item in unpack(records_of(batch_event)):
+                env = item.env
+                if env.hops > MAX_HOPS:
+                    log.error("dropped a message for %s after %d forwards (merge loop?)", item.key, env.hops)
+                    continue
+                message = env.event or env.merge or (Absorb(env.state) if env.state else None)
+                if message is not None:
+                    inbox[item.key].append(message)
+                    hops[item.key] = max(hops[item.key], env.hops)
+            for key, messages in inbox.items():
+                raw = table.get(key)
+                before: ContactState | None = decode_state(raw) if raw is not None else None
+                state, sent = step(before, key, messages, model)
+                if state is not None:
+                    table[key] = encode(state)
+                for o in sent:
+                    out.add(w.contacts_topic, o.key, _envelope(o.item, hops[key] + 1))
             out.flush()
             yield None

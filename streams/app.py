@@ -18,6 +18,7 @@ import faust
 from faust.types import TopicT
 
 from schemas.settings import Settings
+from streams.transport import ScorestreamApp
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ class Wiring:
 
 def create_app(settings: Settings) -> Wiring:
     """Build the Faust app for ``settings``: raw bytes everywhere, we own the codecs."""
-    app = faust.App(
+    app = ScorestreamApp(
         settings.app_id,
+        batched_topics=frozenset([*settings.source_topics, settings.identity_topic, settings.contacts_topic]),
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         store="rocksdb://",
         datadir=str(settings.data_dir / "worker"),

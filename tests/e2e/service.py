@@ -144,8 +144,8 @@ class Service:
         finally:
             await producer.stop()
 
-    def read_topic(self, topic: str, expect: int, timeout: float = 30) -> list[Any]:
-        return asyncio.run(self._read(topic, expect, timeout))
+    def read_topic(self, topic: str, expect: int, wait_s: float = 30) -> list[Any]:
+        return asyncio.run(self._read(topic, expect, wait_s))
 
     async def _read(self, topic: str, expect: int, wait_s: float) -> list[Any]:
         consumer = AIOKafkaConsumer(

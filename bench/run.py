@@ -1,0 +1,77 @@
+"""``make bench``: run the benchmarks on a local broker, write JSON + Markdown, print the table.
+
+Absolute numbers are reported, never asserted: the machines are shared and noisy. Comparisons
+are made in the same run, on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import scenarios
+from tests.e2e.service import free_port
+from tests.kafka_broker import ensure_broker, stop_broker
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["| figure | value |", "| --- | --- |"]
+    for section, values in results["figures"].items():
+        for key, value in values.items():
+            lines.append(f"| {section}.{key} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", default="spine")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--contacts", type=int, default=20_000)
+    parser.add_argument("--rates", default="1000", help="comma-separated latency rates (events/s)")
+    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: throughput,latency")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(tempfile.mkdtemp(prefix="scorestream-bench-"))
+    port = free_port()
+    bootstrap = ensure_broker(work / "kafka", port)
+    figures: dict[str, dict[str, Any]] = {}
+    try:
+        if "throughput" not in skip:
+            figures["throughput_spine"] = scenarios.worker_throughput(bootstrap, work, args.events, args.contacts)
+        if "latency" not in skip:
+            for rate in (float(r) for r in args.rates.split(",")):
+                figures[f"latency_{int(rate)}"] = scenarios.publish_to_api_latency(bootstrap, work, rate)
+    finally:
+        stop_broker(work / "kafka", port)
+    results = {
+        "name": args.name,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "figures": figures,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"{time.strftime('%Y-%m-%d')}-{args.name}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(results))
+    table = Table(title=f"scorestream bench: {args.name}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for section, values in figures.items():
+        for key, value in values.items():
+            table.add_row(f"{section}.{key}", str(value))
+    Console().print(table)
+    Console().print(f"written: {stem}.json, {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
