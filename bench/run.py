@@ -56,7 +56,11 @@ def main() -> None:
     results = {
         "name": args.name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": __import__("os").cpu_count(),
+            "platform": platform.platform(),
+        },
         "figures": figures,
     }
     RESULTS.mkdir(exist_ok=True)

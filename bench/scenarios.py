@@ -36,7 +36,9 @@ def worker_throughput(bootstrap: str, work: Path, events: int, contacts: int) ->
     """
     svc = Service(bootstrap=bootstrap, data_dir=work / f"tp-{events}")
     _create_topics(svc)
-    publish_rate = asyncio.run(prefill(bootstrap, _topics(svc), events, contacts, seed=3, now_ms=int(time.time() * 1000)))
+    publish_rate = asyncio.run(
+        prefill(bootstrap, _topics(svc), events, contacts, seed=3, now_ms=int(time.time() * 1000))
+    )
     group = f"ss-{svc.suffix}"
     stages = [*_topics(svc).values(), f"{group}.identity", f"{group}.contacts"]
     started_wall_ms = int(time.time() * 1000)
@@ -89,8 +91,15 @@ async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: i
 
     async def probe(http: httpx.AsyncClient, i: int) -> None:
         uid = f"probe-{i}-{time.time_ns()}"
-        body = orjson.dumps({"type": "track", "event": "Demo Requested", "messageId": uid, "userId": uid,
-                             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        body = orjson.dumps(
+            {
+                "type": "track",
+                "event": "Demo Requested",
+                "messageId": uid,
+                "userId": uid,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
         t0 = time.perf_counter()
         await producer.send(topics["web"], body, key=uid.encode())
         while True:
@@ -124,7 +133,9 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def publish_to_api_latency(bootstrap: str, work: Path, rate: float, duration_s: float = 30, probes: int = 300) -> dict[str, Any]:
+def publish_to_api_latency(
+    bootstrap: str, work: Path, rate: float, duration_s: float = 30, probes: int = 300
+) -> dict[str, Any]:
     """Publish -> visible in GET /v1/contacts/{id}, for probe events among steady background load."""
     svc = Service(bootstrap=bootstrap, data_dir=work / f"lat-{int(rate)}")
     svc.start()

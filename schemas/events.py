@@ -7,7 +7,7 @@ dead-letter topic with the original bytes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -131,7 +131,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _ms(value: datetime) -> int:
-    return (value - _EPOCH) // timedelta(milliseconds=1)
+    delta = value - _EPOCH  # exact integer arithmetic: no float rounding of milliseconds
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def page_path(properties: Props, context: Props) -> str | None:

@@ -32,6 +32,15 @@ class Worker(faust.Worker):
         body = {"worker": worker_id(), "state": state, "model": self.model_version, "at_ms": int(time.time() * 1000)}
         await self.wiring.status_topic.send(key=worker_id().encode(), value=orjson.dumps(body))
 
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # mode leaves the root logger at DEBUG here; every aiokafka/faust debug call then builds a
+        # LogRecord (6% of the worker's CPU, measured with py-spy). Apply the configured level.
+        configured = self.loglevel
+        level_no = logging.getLevelName(configured.upper()) if isinstance(configured, str) else int(configured)
+        logger.setLevel(level_no)
+        for name in ("aiokafka", "faust", "mode"):
+            logging.getLogger(name).setLevel(max(level_no, logging.INFO))
+
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         await self.announce("ready")

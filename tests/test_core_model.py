@@ -413,7 +413,7 @@ def test_default_model_loads() -> None:
     assert model.name == "default"
     assert model.version.startswith("default@")
     assert model.half_life_ms == 14 * DAY
-    assert model.max_hits == 2000
+    assert model.max_hits == 500
     assert model.fold_after_ms == 30 * DAY
     assert model.dedupe_memory == 512
     ids = [r.id for r in model.rules]

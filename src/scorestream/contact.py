@@ -14,9 +14,10 @@ counted, with its cap and once-only award judged against what was kept.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from scorestream.events import Event
 from scorestream.identity import ANONYMOUS_PREFIX, MergeInto
@@ -32,13 +33,16 @@ def decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
     return points * math.pow(2.0, -(to_ms - from_ms) / half_life_ms)
 
 
-@dataclass(slots=True)
-class Hit:
-    """One scored event: its time, message id and the raw points of every rule it matched."""
+class Hit(NamedTuple):
+    """One scored event: its time, message id and the ids of the rules it matched.
+
+    A plain tuple, so hits sort by ``(ts, mid)`` natively and decode cheaply; the points come
+    from the model when they are evaluated.
+    """
 
     ts: int
     mid: str
-    rules: list[tuple[str, float]]
+    rules: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -77,31 +81,40 @@ def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, 
     """Points each hit actually earns after once-only awards and rolling-window caps.
 
     Evaluated over hits in ``(timestamp, messageId)`` order, so the answer does not depend on
-    arrival order. A cap limits the magnitude a rule awards within any trailing window.
+    arrival order. A cap limits the magnitude a rule awards within any trailing window; awards
+    already folded into the base but still inside their window count against it.
     """
     awarded_once = set(state.base_once)
-    windows: dict[str, list[tuple[int, float]]] = {k: [(t, v) for t, v in w] for k, w in state.capped.items()}
+    windows: dict[str, deque[tuple[int, float]]] = {k: deque(w) for k, w in state.capped.items()}
+    used: dict[str, float] = {k: sum(abs(v) for _, v in w) for k, w in windows.items()}
+    rule_of = model.by_id.get
     out: list[list[tuple[str, float]]] = []
     for hit in state.hits:
         earned: list[tuple[str, float]] = []
-        for rule_id, points in hit.rules:
-            rule = model.rule(rule_id)
-            value = points
-            if rule is not None:
-                if rule.once:
-                    if rule_id in awarded_once:
-                        value = 0.0
-                    else:
-                        awarded_once.add(rule_id)
-                if rule.cap_points is not None and rule.cap_window_ms is not None and value:
-                    window = windows.setdefault(rule_id, [])
-                    start = hit.ts - rule.cap_window_ms
-                    while window and window[0][0] <= start:
-                        window.pop(0)
-                    room = max(rule.cap_points - sum(abs(v) for _, v in window), 0.0)
-                    value = math.copysign(min(abs(value), room), value)
-                    if value:
-                        window.append((hit.ts, value))
+        for rule_id in hit.rules:
+            rule = rule_of(rule_id)
+            if rule is None:  # the rule left the model: it earns nothing now
+                earned.append((rule_id, 0.0))
+                continue
+            value = rule.points
+            if rule.once:
+                if rule_id in awarded_once:
+                    value = 0.0
+                else:
+                    awarded_once.add(rule_id)
+            if value and rule.cap_points is not None and rule.cap_window_ms is not None:
+                window = windows.get(rule_id)
+                if window is None:
+                    window = windows[rule_id] = deque()
+                    used[rule_id] = 0.0
+                start = hit.ts - rule.cap_window_ms
+                while window and window[0][0] <= start:
+                    used[rule_id] -= abs(window.popleft()[1])
+                room = max(rule.cap_points - used[rule_id], 0.0)
+                value = math.copysign(min(abs(value), room), value) if room > 1e-12 else 0.0
+                if value:
+                    window.append((hit.ts, value))
+                    used[rule_id] += abs(value)
             earned.append((rule_id, value))
         out.append(earned)
     return out
@@ -129,7 +142,6 @@ def _add_unique(items: list[str], value: str, limit: int) -> None:
 
 def _normalise(state: ContactState, model: Model) -> None:
     """Sort hits, fold the oldest beyond ``max_hits`` into the base, derive the email."""
-    state.hits.sort(key=lambda h: (h.ts, h.mid))
     overflow = max(len(state.hits) - model.max_hits, 0)
     if state.hits:
         horizon = state.hits[-1].ts - model.fold_after_ms
@@ -178,6 +190,7 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
     if state is None:
         state = new_contact(contact_id, model)
     seen: set[str] | None = None
+    added: list[Hit] = []
     for event in events:
         ts = event.timestamp_ms
         if state.first_seen_ms is None or ts < state.first_seen_ms:
@@ -200,9 +213,21 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
         if event.message_id in seen:
             continue
         seen.add(event.message_id)
-        state.hits.append(Hit(ts=ts, mid=event.message_id, rules=[(r.id, r.points) for r in matched]))
+        added.append(Hit(ts, event.message_id, tuple(r.id for r in matched)))
+    _add_hits(state, added)
     _normalise(state, model)
     return state
+
+
+def _add_hits(state: ContactState, added: list[Hit]) -> None:
+    """Insert hits keeping ``state.hits`` sorted (appending when they come in time order)."""
+    if not added:
+        return
+    added.sort()
+    in_order = not state.hits or state.hits[-1] < added[0]
+    state.hits.extend(added)
+    if not in_order:
+        state.hits.sort()
 
 
 def absorb(target: ContactState, source: ContactState, model: Model) -> ContactState:
@@ -212,10 +237,9 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
     evaluated once over the union, by the same code as live events, never by adding totals.
     """
     seen = _seen_ids(target)
-    for hit in source.hits:
-        if hit.mid not in seen:
-            seen.add(hit.mid)
-            target.hits.append(Hit(ts=hit.ts, mid=hit.mid, rules=list(hit.rules)))
+    fresh = [hit for hit in source.hits if hit.mid not in seen]
+    seen.update(hit.mid for hit in fresh)
+    _add_hits(target, fresh)
     if source.base and source.contact_id not in target.merged_ids:
         ref = max(target.base_ms, source.base_ms)
         merged = {k: decay(v, target.base_ms, ref, model.half_life_ms) for k, v in target.base.items()}

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import fnmatchcase, translate
 from typing import Any
 
 from scorestream.events import CHANNELS, KINDS, Event
@@ -177,6 +177,7 @@ class EngagementRule:
     paths: tuple[str, ...] = ()
     where: tuple[Predicate, ...] = ()
     once: bool = False
+    path_pattern: re.Pattern[str] | None = None
     cap_points: float | None = None
     cap_window_ms: int | None = None
 
@@ -215,6 +216,7 @@ class EngagementRule:
             events=_str_set(match.get("event"), f"{where}.match.event"),
             channels=_str_set(match.get("channel"), f"{where}.match.channel", CHANNELS),
             paths=tuple(sorted(paths or ())),
+            path_pattern=re.compile("|".join(f"(?:{translate(p)})" for p in sorted(paths))) if paths else None,
             where=tuple(Predicate.parse(p, f"{where}.match.where[{i}]") for i, p in enumerate(preds)),
             once=bool(raw.get("once", False)),
             cap_points=cap_points,
@@ -228,7 +230,7 @@ class EngagementRule:
             return False
         if self.channels is not None and event.channel not in self.channels:
             return False
-        if self.paths and not (event.path and any(fnmatchcase(event.path, p) for p in self.paths)):
+        if self.path_pattern is not None and not (event.path and self.path_pattern.match(event.path)):
             return False
         source = event.traits if event.kind in ("identify", "group") else event.properties
         return all(p.test(source) for p in self.where)
@@ -299,7 +301,7 @@ class Model:
     source: Mapping[str, Any]
     _by_key: Mapping[tuple[str, str | None], tuple[EngagementRule, ...]]
     _wildcard: Mapping[str, tuple[EngagementRule, ...]]
-    _by_id: Mapping[str, EngagementRule]
+    by_id: Mapping[str, EngagementRule]
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Model:
@@ -326,7 +328,7 @@ class Model:
             if dupes:
                 raise ModelError(f"duplicate {kind} rule id(s): {dupes}")
         storage = raw.get("storage") or {}
-        max_hits = int(storage.get("max_hits_per_contact", 2000))
+        max_hits = int(storage.get("max_hits_per_contact", 500))
         dedupe_memory = int(storage.get("dedupe_memory", 512))
         if max_hits < 8 or dedupe_memory < 0:
             raise ModelError("storage.max_hits_per_contact must be >= 8 and dedupe_memory >= 0")
@@ -374,7 +376,7 @@ class Model:
             source=raw,
             _by_key={k: tuple(v) for k, v in by_key.items()},
             _wildcard={k: tuple(v) for k, v in wildcard.items()},
-            _by_id={r.id: r for r in rules},
+            by_id={r.id: r for r in rules},
         )
 
     def matching_rules(self, event: Event) -> list[EngagementRule]:
@@ -390,4 +392,4 @@ class Model:
         return found
 
     def rule(self, rule_id: str) -> EngagementRule | None:
-        return self._by_id.get(rule_id)
+        return self.by_id.get(rule_id)

@@ -35,6 +35,7 @@ class Service:
     bootstrap: str
     data_dir: Path
     partitions: int = 4
+    model: Path | None = None
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     api_port: int = field(default_factory=free_port)
     worker: subprocess.Popen[bytes] | None = None
@@ -61,6 +62,8 @@ class Service:
                 "SCORESTREAM_SESSION_TIMEOUT_S": "6",
             }
         )
+        if self.model is not None:
+            env["SCORESTREAM_MODEL"] = str(self.model)
         return env
 
     def topic(self, channel: str) -> str:
