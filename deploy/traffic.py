@@ -100,7 +100,8 @@ class Traffic:
         c = self._pick()
         ts = self.start_ms + int(self.rng.random() * self.span_ms)
         roll = self.rng.random()
-        if c not in self.identified and roll < 0.06:
+        if c not in self.identified and (roll < 0.06 or 0.70 <= roll < 0.90):
+            # newly known: the CRM or the ESP identifies the person with their traits
             self.identified.add(c)
             msg = self._base(c, "identify", ts)
             msg["anonymousId"] = self.anonymous_id(c)
@@ -125,8 +126,6 @@ class Traffic:
             msg["properties"] = {"product_id": sku, "name": name, "price": price}
             return "web", c, msg
         if roll < 0.90:
-            if c not in self.identified:
-                self.identified.add(c)
             msg = self._base(c, "track", ts)
             msg["event"] = self.rng.choice(
                 ["Email Delivered", "Email Opened", "Email Opened", "Email Link Clicked", "Unsubscribed"]
