@@ -80,7 +80,7 @@ async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: i
     async def background() -> None:
         sent = 0
         started = time.perf_counter()
-        records = traffic.records(int(rate * duration_s * 2))
+        records = traffic.records(10**12)
         while not stop.is_set():
             record = next(records)
             await producer.send(topics[record.channel], record.value, key=record.key)
@@ -153,3 +153,12 @@ def publish_to_api_latency(
         "max_ms": round(max(finite), 1),
         "mean_ms": round(statistics.fmean(finite), 1),
     }
+
+
+def pure_fold(events: int, contacts: int) -> dict[str, Any]:
+    """The same stages in one process, no Kafka: the Python ceiling for this model and data."""
+    from bench.pure import measure
+
+    span = 30 * 86_400_000
+    traffic = Traffic(contacts, seed=3, start_ms=int(time.time() * 1000) - span, span_ms=span)
+    return measure([(r.channel, r.value) for r in traffic.records(events)])

@@ -38,8 +38,15 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("var"), description="Where local state lives (RocksDB tables, broker data).")
     model: Path | None = Field(default=None, description="Scoring model YAML file; default: the bundled model.")
-    batch_max: int = Field(default=5000, ge=1, description="Most events a worker applies in one batch.")
-    batch_within_ms: int = Field(default=25, ge=1, description="Longest a batch waits to fill, in milliseconds.")
+    batch_max: int = Field(
+        default=5000, ge=1, description="Most records a worker fetches, and applies as one batch, per poll."
+    )
+    fetch_max_wait_ms: int = Field(
+        default=20,
+        ge=1,
+        le=5000,
+        description="Longest a worker's fetch waits on the broker for new records (latency vs. requests).",
+    )
     commit_interval_s: float = Field(default=1.0, gt=0, description="Seconds between offset commits.")
     session_timeout_s: float = Field(
         default=10.0,

@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> Wiring:
     app = ScorestreamApp(
         settings.app_id,
         batched_topics=frozenset([*settings.source_topics, settings.identity_topic, settings.contacts_topic]),
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         store="rocksdb://",
         datadir=str(settings.data_dir / "worker"),

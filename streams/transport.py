@@ -7,14 +7,17 @@ delivers each ``getmany`` batch of a partition to the agent's channel as **one**
 value is the list of raw records. Everything else in Faust is unchanged: agents, tables and
 their changelogs, recovery, rebalancing, flow control, offset commits.
 
-Offsets stay correct: the batch's last record is the event's message; the offsets before it are
-registered as a commit gap, so the commit can pass them only when that message is acked, i.e.
-after the agent has processed the whole batch (at-least-once, as before).
+Offsets stay correct: the batch's last record is the event's message; when the agent has
+processed the whole batch and the event is acked, every offset of the batch is acked with it
+(at-least-once, as before). Faust's commit gaps (an interval tree rebuilt on every insertion,
+18% of the worker's time at 1k events/s under py-spy) are used only for offsets that have no
+record at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import Any, cast
 
@@ -22,14 +25,40 @@ import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage, ack_lock
 
 log = logging.getLogger(__name__)
+
+
+class BatchMessage(ConsumerMessage):
+    """The last record of a batch, standing for the whole batch: acking it acks every offset."""
+
+    earlier: list[int]
+
+    def on_final_ack(self, consumer: Any) -> bool:
+        return bool(consumer.ack_batch(self))
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    fetch_max_wait_ms: int = 1500
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust hard-codes a 1.5 s long poll; a partition whose buffered records were drained
+        # can wait for it before its next fetch. Latency is set here instead.
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
     """aiokafka consumer whose drain loop delivers batched topics one batch at a time."""
 
     batched_topics: frozenset[str] = frozenset()
+    fetch_max_wait_ms: int = 1500
+
+    def _new_consumer_thread(self) -> Any:
+        thread_class = type("BoundConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": self.fetch_max_wait_ms})
+        return thread_class(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end
         callback = self.callback
@@ -86,10 +115,30 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
+    def ack_batch(self, message: BatchMessage) -> bool:
+        """Ack every offset of a batch, then its last message (Faust's own ``ack`` bookkeeping)."""
+        tp = message.tp
+        if self.app.topics.acks_enabled_for(message.topic):
+            with ack_lock:
+                committed = self._committed_offset[tp]
+                acked_index = self._acked_index[tp]
+                acked = self._acked[tp]
+                for offset in message.earlier:
+                    if (committed is None or offset >= committed) and offset not in acked_index:
+                        acked_index.add(offset)
+                        acked.append(offset)
+                        self._n_acked += 1
+        return bool(self.ack(message))
+
     async def _deliver_batch(self, tp: TP, records: list[Any], channels: Any) -> None:
-        carrier = self._to_message(tp, records[-1])
-        if len(records) > 1:
-            await self._add_gap(tp, records[0].offset, records[-1].offset - 1)
+        last = records[-1]
+        carrier = BatchMessage.from_message(last, tp)
+        carrier.generation_id = self.app.consumer_generation_id
+        carrier.timestamp = last.timestamp / 1000.0 if last.timestamp is not None else None
+        carrier.earlier = [r.offset for r in records[:-1]]
+        gaps = [(a.offset + 1, b.offset - 1) for a, b in itertools.pairwise(records) if b.offset - a.offset > 1]
+        for start, end in gaps:  # offsets with no record (compaction, transaction markers)
+            await self._add_gap(tp, start, end)
         if not channels:
             carrier.ack(self)
             return
@@ -107,8 +156,14 @@ class BatchingTransport(faust_aiokafka.Transport):
 class ScorestreamApp(faust.App):
     """A Faust app whose consumer batches delivery for the topics named in ``batched_topics``."""
 
-    def __init__(self, *args: Any, batched_topics: frozenset[str] = frozenset(), **kwargs: Any) -> None:
-        consumer_class = type("BoundBatchingConsumer", (BatchingConsumer,), {"batched_topics": batched_topics})
+    def __init__(
+        self, *args: Any, batched_topics: frozenset[str] = frozenset(), fetch_max_wait_ms: int = 1500, **kwargs: Any
+    ) -> None:
+        consumer_class = type(
+            "BoundBatchingConsumer",
+            (BatchingConsumer,),
+            {"batched_topics": batched_topics, "fetch_max_wait_ms": fetch_max_wait_ms},
+        )
         self._transport_class = type("BoundBatchingTransport", (BatchingTransport,), {"Consumer": consumer_class})
         super().__init__(*args, **kwargs)
 
