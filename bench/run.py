@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +42,9 @@ def main() -> None:
     parser.add_argument("--rates", default="1000", help="comma-separated latency rates (events/s)")
     parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: throughput,latency")
     args = parser.parse_args()
+    # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
+    # worker, the API and the broker this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="scorestream-bench-"))
     port = free_port()
