@@ -12,18 +12,10 @@ from typing import Any
 
 from schemas.events import InvalidMessage, decode
 from schemas.model_file import load_model
-from schemas.state import Batch, Envelope, Item, decode_batch, decode_link, decode_state, encode
-from scorestream import Event, Model
+from schemas.state import Batch, Envelope, Item, decode_batch, decode_link, decode_state, encode, envelope_for
+from scorestream import Model
 from scorestream.contact import Absorb, step
-from scorestream.identity import MergeInto, resolve, routing_key
-
-
-def _envelope(item: Event | MergeInto | Absorb, hops: int) -> Envelope:
-    if isinstance(item, Event):
-        return Envelope(kind="event", event=item, hops=hops)
-    if isinstance(item, MergeInto):
-        return Envelope(kind="merge", merge=item, hops=hops)
-    return Envelope(kind="absorb", state=item.state, hops=hops)
+from scorestream.identity import resolve, routing_key
 
 
 class PurePipeline:
@@ -53,7 +45,7 @@ class PurePipeline:
                 if new is not link:
                     self.links[item.key] = encode(new)
                 for r in routed:
-                    contact_items.append(Item(key=r.key, env=_envelope(r.merge or r.event, 0)))  # type: ignore[arg-type]
+                    contact_items.append(Item(key=r.key, env=envelope_for(r.merge or r.event, 0)))  # type: ignore[arg-type]
             pending = decode_batch(encode(Batch(items=contact_items))).items
             while pending:
                 inbox: dict[str, list[Any]] = defaultdict(list)
@@ -66,7 +58,7 @@ class PurePipeline:
                     state, out = step(decode_state(raw_state) if raw_state else None, key, messages, self.model)
                     if state is not None:
                         self.contacts[key] = encode(state)
-                    pending.extend(Item(key=o.key, env=_envelope(o.item, 1)) for o in out)
+                    pending.extend(Item(key=o.key, env=envelope_for(o.item, 1)) for o in out)
 
 
 def measure(records: list[tuple[str, bytes]]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import sys
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--contacts", type=int, default=20_000)
     parser.add_argument("--rates", default="1000", help="comma-separated latency rates (events/s)")
-    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: throughput,latency")
+    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: pure,throughput,latency")
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
     # worker, the API and the broker this run started.
@@ -50,28 +51,32 @@ def main() -> None:
     port = free_port()
     bootstrap = ensure_broker(work / "kafka", port)
     figures: dict[str, dict[str, Any]] = {}
-    try:
-        if "throughput" not in skip:
-            figures["throughput_spine"] = scenarios.worker_throughput(bootstrap, work, args.events, args.contacts)
-        if "latency" not in skip:
-            for rate in (float(r) for r in args.rates.split(",")):
-                figures[f"latency_{int(rate)}"] = scenarios.publish_to_api_latency(bootstrap, work, rate)
-    finally:
-        stop_broker(work / "kafka", port)
     results = {
         "name": args.name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": __import__("os").cpu_count(),
-            "platform": platform.platform(),
-        },
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "figures": figures,
     }
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"{time.strftime('%Y-%m-%d')}-{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+
+    def save() -> None:  # after every scenario, so a later failure keeps what was measured
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(results))
+
+    try:
+        if "pure" not in skip:
+            figures["pure_python_fold"] = scenarios.pure_fold(args.events, args.contacts)
+            save()
+        if "throughput" not in skip:
+            figures["throughput_spine"] = scenarios.worker_throughput(bootstrap, work, args.events, args.contacts)
+            save()
+        if "latency" not in skip:
+            for rate in (float(r) for r in args.rates.split(",")):
+                figures[f"latency_{int(rate)}"] = scenarios.publish_to_api_latency(bootstrap, work, rate)
+                save()
+    finally:
+        stop_broker(work / "kafka", port)
     table = Table(title=f"scorestream bench: {args.name}")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -15,6 +15,7 @@ import msgspec
 from scorestream import ContactState, Event, IdentityLink
 
 __all__ = ["Batch", "ContactState", "Envelope", "Event", "IdentityLink", "Item", "MergeInto", "UnsupportedVersion"]
+from scorestream.contact import Absorb
 from scorestream.identity import MergeInto
 
 ENVELOPE_VERSION = 1
@@ -47,6 +48,15 @@ class Batch(msgspec.Struct):
 
     items: list[Item]
     v: int = ENVELOPE_VERSION
+
+
+def envelope_for(item: Event | MergeInto | Absorb, hops: int = 0) -> Envelope:
+    """Wrap what the core produced (an event, a merge, an absorbed state) for the contacts topic."""
+    if isinstance(item, Event):
+        return Envelope(kind="event", event=item, hops=hops)
+    if isinstance(item, MergeInto):
+        return Envelope(kind="merge", merge=item, hops=hops)
+    return Envelope(kind="absorb", state=item.state, hops=hops)
 
 
 class UnsupportedVersion(ValueError):

@@ -21,7 +21,7 @@ from faust.types import TopicT
 
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
-from schemas.state import MAX_HOPS, Batch, Envelope, Item, decode_batch, decode_link, decode_state, encode
+from schemas.state import MAX_HOPS, Batch, Envelope, Item, decode_batch, decode_link, decode_state, encode, envelope_for
 from scorestream import ContactState, Event, IdentityLink, Model
 from scorestream.contact import Absorb, step
 from scorestream.identity import MergeInto, resolve, routing_key
@@ -73,14 +73,6 @@ class Outbox:
                 chunk = items[start : start + MAX_ITEMS_PER_RECORD]
                 topic.send_soon(key=chunk[0].key.encode(), value=encode(Batch(items=chunk)), partition=partition)
         self.pending.clear()
-
-
-def _envelope(item: Event | MergeInto | Absorb, hops: int) -> Envelope:
-    if isinstance(item, Event):
-        return Envelope(kind="event", event=item, hops=hops)
-    if isinstance(item, MergeInto):
-        return Envelope(kind="merge", merge=item, hops=hops)
-    return Envelope(kind="absorb", state=item.state, hops=hops)
 
 
 def register(w: Wiring, settings: Settings, model: Model) -> None:
@@ -142,7 +134,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     links[key] = link
                     changed.add(key)
                 for r in routed:
-                    out.add(w.contacts_topic, r.key, _envelope(r.merge or r.event, 0))  # type: ignore[arg-type]
+                    out.add(w.contacts_topic, r.key, envelope_for(r.merge or r.event, 0))  # type: ignore[arg-type]
             for key in changed:
                 table[key] = encode(links[key])
             out.flush()
@@ -171,6 +163,6 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                 if state is not None:
                     table[key] = encode(state)
                 for o in sent:
-                    out.add(w.contacts_topic, o.key, _envelope(o.item, hops[key] + 1))
+                    out.add(w.contacts_topic, o.key, envelope_for(o.item, hops[key] + 1))
             out.flush()
             yield None
