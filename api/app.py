@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -71,7 +71,6 @@ def create_api(
         version="1",
         description="Real-time engagement and fit scores for contacts, read from a replica of the worker's state.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
         responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
     )
     app.state.replica = replica
@@ -125,7 +124,7 @@ def create_api(
         }
         if replica.caught_up.is_set() and replica.ready_workers:
             return Health(status="ready", detail=detail)
-        return ORJSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
+        return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
 
     @app.get(
         "/v1/contacts/{contact_id}",

@@ -134,7 +134,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     links[key] = link
                     changed.add(key)
                 for r in routed:
-                    out.add(w.contacts_topic, r.key, envelope_for(r.merge or r.event, 0))  # type: ignore[arg-type]
+                    out.add(w.contacts_topic, r.key, envelope_for(r.item, 0))
             for key in changed:
                 table[key] = encode(links[key])
             out.flush()

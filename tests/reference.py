@@ -11,7 +11,7 @@ from collections import deque
 
 from scorestream import ContactState, Event, IdentityLink, Model
 from scorestream.contact import Absorb, Outgoing, step
-from scorestream.identity import MergeInto, resolve, routing_key
+from scorestream.identity import resolve, routing_key
 
 
 class Reference:
@@ -27,9 +27,7 @@ class Reference:
             if where == "identity":
                 link, routed = resolve(self.links.get(key), key, event)
                 self.links[key] = link
-                for r in routed:
-                    item: Event | MergeInto = r.merge if r.merge is not None else r.event  # type: ignore[assignment]
-                    queue.append(Outgoing(r.key, item))
+                queue.extend(Outgoing(r.key, r.item) for r in routed)
             else:
                 queue.append(Outgoing(key, event))
             self._drain(queue)

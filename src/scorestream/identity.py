@@ -39,6 +39,12 @@ class Routed:
     event: Event | None = None
     merge: MergeInto | None = None
 
+    @property
+    def item(self) -> Event | MergeInto:
+        item = self.merge or self.event
+        assert item is not None, "a routed message carries an event or a merge"
+        return item
+
 
 ANONYMOUS_PREFIX = "anonymous:"
 
