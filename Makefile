@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install kafka run demo test test-unit lint format schemas bench clean
+.PHONY: help install kafka run demo test test-unit lint format schemas bench peer clean
 .DEFAULT_GOAL := help
 
 help: ## list the commands
@@ -46,7 +46,16 @@ schemas: install ## regenerate schemas/json/*.json from the models
 	$(BIN)/python -m schemas.generate
 
 clean: ## remove local state (var/) and the virtualenv
-	rm -rf var $(VENV)
+	rm -rf var $(VENV) .venv-peer
 
-bench: install kafka ## benchmarks on a local broker; writes bench/results/<date>-<name>.json and .md
+PEER_STAMP := .venv-peer/.installed-quixstreams-3.28.1
+$(PEER_STAMP):
+	test -x .venv-peer/bin/python || $(PY) -m venv .venv-peer
+	.venv-peer/bin/python -m pip install -q --upgrade pip
+	.venv-peer/bin/python -m pip install -q quixstreams==3.28.1 confluent-kafka==2.12.2 msgspec==0.22.0 orjson==3.13.0 pyyaml==6.0.3
+	touch $@
+
+peer: $(PEER_STAMP) ## the Quix Streams peer's own virtualenv (its pydantic pin differs from ours)
+
+bench: install kafka peer ## benchmarks on a local broker; writes bench/results/<date>-<name>.json and .md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

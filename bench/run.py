@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--contacts", type=int, default=20_000)
     parser.add_argument("--rates", default="1000", help="comma-separated latency rates (events/s)")
-    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: pure,throughput,latency")
+    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: pure,throughput,peers,latency")
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
     # worker, the API and the broker this run started.
@@ -70,6 +70,16 @@ def main() -> None:
             save()
         if "throughput" not in skip:
             figures["throughput_spine"] = scenarios.worker_throughput(bootstrap, work, args.events, args.contacts)
+            save()
+        if "peers" not in skip:
+            figures.update(scenarios.limits_and_peers(bootstrap, work, args.events, args.contacts))
+            ours = figures.get("throughput_spine", {}).get("events_per_s_after_startup")
+            if ours:
+                figures["ratios"] = {
+                    f"scorestream_vs_{name}": round(ours / rate, 2)
+                    for name in ("hand_rolled_durable", "stock_faust_table_per_event", "quix_streams_peer")
+                    if (rate := figures.get(name, {}).get("events_per_s"))
+                }
             save()
         if "latency" not in skip:
             for rate in (float(r) for r in args.rates.split(",")):

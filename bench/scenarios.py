@@ -162,3 +162,56 @@ def pure_fold(events: int, contacts: int) -> dict[str, Any]:
     span = 30 * 86_400_000
     traffic = Traffic(contacts, seed=3, start_ms=int(time.time() * 1000) - span, span_ms=span)
     return measure([(r.channel, r.value) for r in traffic.records(events)])
+
+
+async def _single_topic(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        pending = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def limits_and_peers(bootstrap: str, work: Path, events: int, contacts: int) -> dict[str, dict[str, Any]]:
+    """The machine's limit and the peers, on one topic holding the same generated events.
+
+    Kafka's own consumer, raw aiokafka + orjson, a hand-rolled durable aiokafka loop, a textbook
+    Faust agent (a table write per event) and the Quix Streams peer (same rules, decay and data;
+    its scores are checked against the core's).
+    """
+    from bench import baselines, quix_peer
+
+    traffic = Traffic(contacts, seed=3)
+    records = [(r.key, r.value) for r in traffic.records(events)]
+    topic = "bench-source"
+    asyncio.run(_single_topic(bootstrap, topic, records))
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in (
+        ("kafka_consumer_perf", baselines.kafka_consumer_perf),
+        ("raw_aiokafka_orjson", baselines.raw_aiokafka_decode),
+        ("hand_rolled_durable", baselines.hand_rolled_durable),
+        ("stock_faust_table_per_event", baselines.stock_faust),
+    ):
+        try:
+            out[name] = run(bootstrap, topic, events, work)
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    try:
+        peer = quix_peer.run_quix_peer(bootstrap, topic, events, work)
+        theirs = quix_peer.load_scores(peer["scores_path"])
+        ours = quix_peer.reference_scores(records, incremental=True)
+        peer["score_mismatches"] = len(quix_peer.compare_scores(ours, theirs))
+        out["quix_streams_peer"] = {k: v for k, v in peer.items() if not str(k).endswith("_path")}
+    except Exception as exc:
+        out["quix_streams_peer"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return out
