@@ -501,26 +501,11 @@ async def _hand_rolled_durable(bootstrap: str, topic: str, events: int, work: Pa
 # ------------------------------------------------------------------------------------------ main
 async def prefill_topic(bootstrap: str, topic: str, events: int, partitions: int = 4) -> None:
     """Create ``topic`` and publish ``Traffic(5000, seed=3).records(events)`` (keyed by contact)."""
+    from bench.harness import create_topic, publish
     from deploy.traffic import Traffic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        pending = []
-        for record in Traffic(5000, seed=3).records(events):
-            pending.append(await producer.send(topic, record.value, key=record.key))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    await create_topic(bootstrap, topic, partitions)
+    await publish(bootstrap, ((topic, r.key, r.value) for r in Traffic(5000, seed=3).records(events)))
 
 
 def main() -> None:

@@ -4,35 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from deploy.traffic import Traffic
 
 
-async def prefill(bootstrap: str, topics: dict[str, str], events: int, contacts: int, seed: int, now_ms: int) -> float:
-    """Publish ``events`` synthetic events (channel -> topic); returns events/s of the publish."""
-    span = 30 * 86_400_000
-    traffic = Traffic(contacts, seed=seed, start_ms=now_ms - span, span_ms=span)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20, compression_type=None
-    )
+async def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]]) -> float:
+    """Publish ``(topic, key, value)`` records with acks=all; returns records/s of the publish."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     started = time.perf_counter()
+    count = 0
     try:
         pending = []
-        for record in traffic.records(events):
-            pending.append(await producer.send(topics[record.channel], record.value, key=record.key))
+        for topic, key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            count += 1
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return events / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started)
+
+
+async def prefill(bootstrap: str, topics: dict[str, str], events: int, contacts: int, seed: int, now_ms: int) -> float:
+    """Publish ``events`` synthetic events (channel -> topic); returns events/s of the publish."""
+    span = 30 * 86_400_000
+    traffic = Traffic(contacts, seed=seed, start_ms=now_ms - span, span_ms=span)
+    return await publish(bootstrap, ((topics[r.channel], r.key, r.value) for r in traffic.records(events)))
 
 
 @dataclass

@@ -247,29 +247,10 @@ def compare_scores(
 async def _create_and_fill(
     bootstrap: str, topic: str, partitions: int, records: list[tuple[bytes | None, bytes]]
 ) -> float:
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from bench.harness import create_topic, publish
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    started = time.perf_counter()
-    try:
-        pending = []
-        for key, value in records:
-            pending.append(await producer.send(topic, value, key=key))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return len(records) / (time.perf_counter() - started)
+    await create_topic(bootstrap, topic, partitions)
+    return await publish(bootstrap, ((topic, key, value) for key, value in records))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.harness import prefill, wait_drained
+from bench.harness import create_topic, prefill, publish, wait_drained
 from deploy.traffic import Traffic
 from tests.e2e.service import API_KEY, REPO, Service
 
@@ -164,24 +164,6 @@ def pure_fold(events: int, contacts: int) -> dict[str, Any]:
     return measure([(r.channel, r.value) for r in traffic.records(events)])
 
 
-async def _single_topic(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        pending = [await producer.send(topic, value, key=key) for key, value in records]
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
 def limits_and_peers(bootstrap: str, work: Path, events: int, contacts: int) -> dict[str, dict[str, Any]]:
     """The machine's limit and the peers, on one topic holding the same generated events.
 
@@ -194,7 +176,8 @@ def limits_and_peers(bootstrap: str, work: Path, events: int, contacts: int) -> 
     traffic = Traffic(contacts, seed=3)
     records = [(r.key, r.value) for r in traffic.records(events)]
     topic = "bench-source"
-    asyncio.run(_single_topic(bootstrap, topic, records))
+    asyncio.run(create_topic(bootstrap, topic))
+    asyncio.run(publish(bootstrap, ((topic, key, value) for key, value in records)))
     out: dict[str, dict[str, Any]] = {}
     for name, run in (
         ("kafka_consumer_perf", baselines.kafka_consumer_perf),
