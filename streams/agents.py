@@ -89,6 +89,18 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             headers=deadletter_headers(reason, detail, message.topic, message.partition, message.offset),
         )
 
+    def park(batch_event: Any, items: list[Item], reason: str, detail: str) -> None:
+        """Internal messages that cannot be applied go to the dead-letter topic, replayable as is."""
+        message = batch_event.message
+        log.error(
+            "parked %d message(s) from %s[%s]: %s: %s", len(items), message.topic, message.partition, reason, detail
+        )
+        w.deadletter.send_soon(
+            key=items[0].key.encode(),
+            value=encode(Batch(items=items)),
+            headers=deadletter_headers(reason, detail, message.topic, message.partition, message.offset),
+        )
+
     def unpack(records: list[Any]) -> Iterator[Item]:
         for record in records:
             try:
@@ -150,16 +162,26 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             for item in unpack(records_of(batch_event)):
                 env = item.env
                 if env.hops > MAX_HOPS:
-                    log.error("dropped a message for %s after %d forwards (merge loop?)", item.key, env.hops)
+                    park(batch_event, [item], "merge_loop", f"{env.hops} forwards")
                     continue
                 message = env.event or env.merge or (Absorb(env.state) if env.state else None)
                 if message is not None:
                     inbox[item.key].append(message)
                     hops[item.key] = max(hops[item.key], env.hops)
             for key, messages in inbox.items():
-                raw = table.get(key)
-                before: ContactState | None = decode_state(raw) if raw is not None else None
-                state, sent = step(before, key, messages, model)
+                try:
+                    raw = table.get(key)
+                    before: ContactState | None = decode_state(raw) if raw is not None else None
+                    state, sent = step(before, key, messages, model)
+                except Exception as exc:  # a bug or an unreadable state must not cost the batch
+                    log.exception("contact %s: messages parked on the dead-letter topic", key)
+                    park(
+                        batch_event,
+                        [Item(key=key, env=envelope_for(m, hops[key])) for m in messages],
+                        "processing_error",
+                        repr(exc),
+                    )
+                    continue
                 if state is not None:
                     table[key] = encode(state)
                 for o in sent:
