@@ -46,6 +46,7 @@ from schemas.events import InvalidMessage, decode
 from schemas.model_file import load_model
 from schemas.state import decode_state, encode
 from scorestream import ContactState, Event, Model, apply_events
+from scorestream.identity import anonymous_contact_id
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -61,7 +62,7 @@ def _rate(events: int, seconds: float) -> int:
 
 def contact_key(event: Event) -> str:
     """The contact an event belongs to before identity resolution: its user id, else its device."""
-    return event.user_id or f"anonymous:{event.anonymous_id}"
+    return event.user_id or anonymous_contact_id(event.anonymous_id or "")
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:

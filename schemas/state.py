@@ -66,8 +66,6 @@ class UnsupportedVersion(ValueError):
 _encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(ContactState)
 _link_decoder = msgspec.msgpack.Decoder(IdentityLink)
-_event_decoder = msgspec.msgpack.Decoder(Event)
-_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
 
 encode = _encoder.encode
@@ -90,17 +88,9 @@ def decode_link(raw: bytes) -> IdentityLink:
     return link
 
 
-def decode_event(raw: bytes) -> Event:
-    return _event_decoder.decode(raw)
-
-
-def decode_envelope(raw: bytes) -> Envelope:
-    env = _envelope_decoder.decode(raw)
-    _check(env.v, ENVELOPE_VERSION, "envelope")
-    return env
-
-
 def decode_batch(raw: bytes) -> Batch:
     batch = _batch_decoder.decode(raw)
     _check(batch.v, ENVELOPE_VERSION, "batch")
+    for item in batch.items:
+        _check(item.env.v, ENVELOPE_VERSION, "envelope")
     return batch

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 
 from scorestream import ContactState, Event, IdentityLink, Model
-from scorestream.contact import Absorb, Outgoing, step
+from scorestream.contact import Outgoing, step
 from scorestream.identity import resolve, routing_key
 
 
@@ -42,6 +42,3 @@ class Reference:
     def live(self) -> dict[str, ContactState]:
         """Contacts that were not merged away."""
         return {k: s for k, s in self.contacts.items() if s is not None and s.merged_into is None}
-
-
-__all__ = ["Absorb", "Reference"]

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import orjson
 
 from schemas.events import decode
@@ -206,11 +207,11 @@ def test_api_contract(service: Service) -> None:
         model = http.get("/v1/model").json()
         assert model["version"] == MODEL.version
     unauthorised = [
-        __import__("httpx").get(f"{service.url}/v1/contacts/u-1"),
-        __import__("httpx").get(f"{service.url}/v1/contacts/u-1", headers={"Authorization": "Bearer wrong-key"}),
+        httpx.get(f"{service.url}/v1/contacts/u-1"),
+        httpx.get(f"{service.url}/v1/contacts/u-1", headers={"Authorization": "Bearer wrong-key"}),
     ]
     assert all(r.status_code == 401 and r.json()["error"]["code"] == "unauthorized" for r in unauthorised)
-    assert __import__("httpx").get(f"{service.url}/healthz").status_code == 200
+    assert httpx.get(f"{service.url}/healthz").status_code == 200
 
 
 def test_fit_only_from_traits(service: Service) -> None:
