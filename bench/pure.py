@@ -12,7 +12,19 @@ from typing import Any
 
 from schemas.events import InvalidMessage, decode
 from schemas.model_file import load_model
-from schemas.state import Batch, Envelope, Item, decode_batch, decode_link, decode_state, encode, envelope_for
+from schemas.state import (
+    Envelope,
+    Item,
+    RawBatch,
+    RawItem,
+    decode_batch,
+    decode_heads,
+    decode_link,
+    decode_state,
+    encode,
+    envelope_for,
+    raw_item,
+)
 from scorestream import Model
 from scorestream.contact import Absorb, step
 from scorestream.identity import resolve, routing_key
@@ -26,8 +38,8 @@ class PurePipeline:
 
     def run(self, records: list[tuple[str, bytes]], batch: int = 5000) -> None:
         for start in range(0, len(records), batch):
-            identity_items: list[Item] = []
-            contact_items: list[Item] = []
+            identity_items: list[RawItem] = []
+            contact_items: list[RawItem] = []
             for channel, raw in records[start : start + batch]:
                 try:
                     event = decode(raw, channel, 0)
@@ -35,23 +47,23 @@ class PurePipeline:
                     continue
                 where, key = routing_key(event)
                 (identity_items if where == "identity" else contact_items).append(
-                    Item(key=key, env=Envelope(kind="event", event=event))
+                    raw_item(key, Envelope(kind="event", event=event))
                 )
-            for item in decode_batch(encode(Batch(items=identity_items))).items:
-                raw_link = self.links.get(item.key)
+            for key, env, head in decode_heads(encode(RawBatch(items=identity_items))):
+                raw_link = self.links.get(key)
                 link = decode_link(raw_link) if raw_link is not None else None
-                assert item.env.event is not None
-                new, routed = resolve(link, item.key, item.env.event)
+                assert head.event is not None
+                new, routed = resolve(link, key, head.event)
                 if new is not link:
-                    self.links[item.key] = encode(new)
+                    self.links[key] = encode(new)
                 for r in routed:
-                    contact_items.append(Item(key=r.key, env=envelope_for(r.merge or r.event, 0)))  # type: ignore[arg-type]
-            pending = decode_batch(encode(Batch(items=contact_items))).items
+                    contact_items.append(raw_item(r.key, env if r.merge is None else envelope_for(r.merge, 0)))
+            pending: list[Item] = decode_batch(encode(RawBatch(items=contact_items))).items
             while pending:
                 inbox: dict[str, list[Any]] = defaultdict(list)
                 for item in pending:
-                    env = item.env
-                    inbox[item.key].append(env.event or env.merge or Absorb(env.state))  # type: ignore[arg-type]
+                    envelope = item.env
+                    inbox[item.key].append(envelope.event or envelope.merge or Absorb(envelope.state))  # type: ignore[arg-type]
                 pending = []
                 for key, messages in inbox.items():
                     raw_state = self.contacts.get(key)

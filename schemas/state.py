@@ -14,7 +14,20 @@ import msgspec
 
 from scorestream import ContactState, Event, IdentityLink
 
-__all__ = ["Batch", "ContactState", "Envelope", "Event", "IdentityLink", "Item", "MergeInto", "UnsupportedVersion"]
+__all__ = [
+    "Batch",
+    "ContactState",
+    "Envelope",
+    "EnvelopeHead",
+    "Event",
+    "EventHead",
+    "IdentityLink",
+    "Item",
+    "MergeInto",
+    "RawBatch",
+    "RawItem",
+    "UnsupportedVersion",
+]
 from scorestream.contact import Absorb
 from scorestream.identity import MergeInto
 
@@ -50,6 +63,41 @@ class Batch(msgspec.Struct):
     v: int = ENVELOPE_VERSION
 
 
+class RawItem(msgspec.Struct, array_like=True):
+    """An :class:`Item` whose envelope stays encoded: the same bytes on the wire."""
+
+    key: str
+    env: msgspec.Raw
+
+
+class RawBatch(msgspec.Struct):
+    """A :class:`Batch` whose envelopes stay encoded. Stages that only forward events use it."""
+
+    items: list[RawItem]
+    v: int = ENVELOPE_VERSION
+
+
+class EventHead(msgspec.Struct):
+    """The identity fields of an encoded :class:`~scorestream.events.Event` (same names; the
+    decoder skips the rest: properties and traits are never built)."""
+
+    message_id: str
+    kind: str
+    timestamp_ms: int
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+
+
+class EnvelopeHead(msgspec.Struct):
+    """The parts of an :class:`Envelope` the identity stage reads."""
+
+    kind: str
+    event: EventHead | None = None
+    hops: int = 0
+    v: int = ENVELOPE_VERSION
+
+
 def envelope_for(item: Event | MergeInto | Absorb, hops: int = 0) -> Envelope:
     """Wrap what the core produced (an event, a merge, an absorbed state) for the contacts topic."""
     if isinstance(item, Event):
@@ -67,6 +115,8 @@ _encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(ContactState)
 _link_decoder = msgspec.msgpack.Decoder(IdentityLink)
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
+_raw_batch_decoder = msgspec.msgpack.Decoder(RawBatch)
+_head_decoder = msgspec.msgpack.Decoder(EnvelopeHead)
 
 encode = _encoder.encode
 
@@ -94,3 +144,20 @@ def decode_batch(raw: bytes) -> Batch:
     for item in batch.items:
         _check(item.env.v, ENVELOPE_VERSION, "envelope")
     return batch
+
+
+def decode_heads(raw: bytes) -> list[tuple[str, msgspec.Raw, EnvelopeHead]]:
+    """A batch's items as (key, encoded envelope, its head): for stages that forward envelopes."""
+    batch = _raw_batch_decoder.decode(raw)
+    _check(batch.v, ENVELOPE_VERSION, "batch")
+    out = []
+    for item in batch.items:
+        head = _head_decoder.decode(item.env)
+        _check(head.v, ENVELOPE_VERSION, "envelope")
+        out.append((item.key, item.env, head))
+    return out
+
+
+def raw_item(key: str, env: Envelope | msgspec.Raw) -> RawItem:
+    """An item for a :class:`RawBatch`: an envelope encoded now, or one received encoded."""
+    return RawItem(key=key, env=env if isinstance(env, msgspec.Raw) else msgspec.Raw(_encoder.encode(env)))

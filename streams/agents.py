@@ -17,11 +17,27 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import faust
+import msgspec
 from faust.types import TopicT
 
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
-from schemas.state import MAX_HOPS, Batch, Envelope, Item, decode_batch, decode_link, decode_state, encode, envelope_for
+from schemas.state import (
+    MAX_HOPS,
+    Batch,
+    Envelope,
+    EnvelopeHead,
+    Item,
+    RawBatch,
+    RawItem,
+    decode_batch,
+    decode_heads,
+    decode_link,
+    decode_state,
+    encode,
+    envelope_for,
+    raw_item,
+)
 from scorestream import ContactState, Event, IdentityLink, Model
 from scorestream.contact import Absorb, step
 from scorestream.identity import MergeInto, resolve, routing_key
@@ -58,20 +74,24 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 class Outbox:
-    """Collects keyed envelopes for internal topics; sends one record per partition per batch."""
+    """Collects keyed envelopes for internal topics; sends one record per partition per batch.
+
+    Envelopes are added as objects or, when forwarded unchanged, as the bytes they arrived in
+    (``msgspec.Raw``): an event is encoded once by ingest and decoded once by contacts.
+    """
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
-        self.pending: dict[tuple[TopicT, int], list[Item]] = defaultdict(list)
+        self.pending: dict[tuple[TopicT, int], list[RawItem]] = defaultdict(list)
 
-    def add(self, topic: TopicT, key: str, env: Envelope) -> None:
-        self.pending[(topic, partition_for(key.encode(), self.partitions))].append(Item(key=key, env=env))
+    def add(self, topic: TopicT, key: str, env: Envelope | msgspec.Raw) -> None:
+        self.pending[(topic, partition_for(key.encode(), self.partitions))].append(raw_item(key, env))
 
     def flush(self) -> None:
         for (topic, partition), items in self.pending.items():
             for start in range(0, len(items), MAX_ITEMS_PER_RECORD):
                 chunk = items[start : start + MAX_ITEMS_PER_RECORD]
-                topic.send_soon(key=chunk[0].key.encode(), value=encode(Batch(items=chunk)), partition=partition)
+                topic.send_soon(key=chunk[0].key.encode(), value=encode(RawBatch(items=chunk)), partition=partition)
         self.pending.clear()
 
 
@@ -108,6 +128,13 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             except ValueError as exc:
                 dead(record, record.value, "internal_decode", str(exc))
 
+    def heads(records: list[Any]) -> Iterator[tuple[str, msgspec.Raw, EnvelopeHead]]:
+        for record in records:
+            try:
+                yield from decode_heads(record.value)
+            except ValueError as exc:
+                dead(record, record.value, "internal_decode", str(exc))
+
     @w.app.agent(w.sources, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for batch_event in stream.events():
@@ -134,19 +161,18 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             out = Outbox(partitions)
             links: dict[str, IdentityLink | None] = {}
             changed: set[str] = set()
-            for item in unpack(records_of(batch_event)):
-                key, event = item.key, item.env.event
-                if event is None:
+            for key, env, head in heads(records_of(batch_event)):
+                if head.event is None:
                     continue
                 if key not in links:
                     raw = table.get(key)
                     links[key] = decode_link(raw) if raw is not None else None
-                link, routed = resolve(links[key], key, event)
+                link, routed = resolve(links[key], key, head.event)
                 if link is not links[key]:
                     links[key] = link
                     changed.add(key)
-                for r in routed:
-                    out.add(w.contacts_topic, r.key, envelope_for(r.item, 0))
+                for r in routed:  # the event itself is forwarded as received
+                    out.add(w.contacts_topic, r.key, env if r.merge is None else envelope_for(r.merge, 0))
             for key in changed:
                 table[key] = encode(links[key])
             out.flush()

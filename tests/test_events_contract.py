@@ -12,12 +12,16 @@ from schemas.events import MAX_MESSAGE_BYTES, InvalidMessage, decode
 from schemas.state import (
     Batch,
     Envelope,
+    EventHead,
     Item,
+    RawBatch,
     UnsupportedVersion,
     decode_batch,
+    decode_heads,
     decode_link,
     decode_state,
     encode,
+    raw_item,
 )
 from scorestream import ContactState, Event, IdentityLink, apply_events
 from scorestream.identity import MergeInto
@@ -341,6 +345,36 @@ def test_envelope_with_a_newer_version_is_refused() -> None:
     newer = Envelope(kind="merge", merge=MergeInto(target="u", message_id="m"), v=2)
     with pytest.raises(UnsupportedVersion, match="envelope version 2"):
         _through_a_batch(newer)
+
+
+def test_event_head_fields_are_event_fields() -> None:
+    event_fields = {f.name: f.type for f in dataclasses.fields(Event)}
+    for name in EventHead.__struct_fields__:
+        assert name in event_fields, f"EventHead.{name} is not an Event field: the decoder would never fill it"
+
+
+def test_forwarded_envelopes_keep_their_bytes_and_heads_read_them() -> None:
+    event = make_event(properties={"total": 3}, anonymous_id="a", user_id="u", kind="identify")
+    merge = Envelope(kind="merge", merge=MergeInto(target="u", message_id="m"), hops=1)
+    first = encode(Batch(items=[Item(key="a", env=Envelope(kind="event", event=event)), Item(key="x", env=merge)]))
+    heads = decode_heads(first)
+    key, raw, head = heads[0]
+    assert (key, head.event and head.event.message_id, head.event and head.event.user_id) == (
+        "a",
+        event.message_id,
+        "u",
+    )
+    assert head.event is not None and head.event.anonymous_id == "a" and head.event.timestamp_ms == event.timestamp_ms
+    assert heads[1][2].kind == "merge" and heads[1][2].event is None and heads[1][2].hops == 1
+    # forwarded as received, mixed with a newly built envelope: contacts read the same envelopes
+    again = encode(RawBatch(items=[raw_item(key, raw), raw_item("x", merge)]))
+    assert decode_batch(again) == decode_batch(first)
+
+
+def test_heads_refuse_a_newer_envelope() -> None:
+    newer = Envelope(kind="merge", merge=MergeInto(target="u", message_id="m"), v=2)
+    with pytest.raises(UnsupportedVersion, match="envelope version 2"):
+        decode_heads(encode(Batch(items=[Item(key="k", env=newer)])))
 
 
 def test_garbage_state_bytes_raise() -> None:

@@ -9,8 +9,26 @@ anonymous id is linked to keeps it; later conflicting links do not move data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from scorestream.events import Event
+
+
+class Identified(Protocol):
+    """What identity resolution reads of an event. :class:`Event` has it; so does a decoder's
+    partial view of an encoded event, which lets the identity stage forward events undecoded."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def user_id(self) -> str | None: ...
+
+
+E = TypeVar("E", bound=Identified)
 
 
 @dataclass(slots=True)
@@ -32,15 +50,16 @@ class MergeInto:
 
 
 @dataclass(frozen=True, slots=True)
-class Routed:
-    """A message for the contacts stage, keyed by contact id."""
+class Routed(Generic[E]):
+    """A message for the contacts stage, keyed by contact id: the event given to :func:`resolve`,
+    or a merge instruction."""
 
     key: str
-    event: Event | None = None
+    event: E | None = None
     merge: MergeInto | None = None
 
     @property
-    def item(self) -> Event | MergeInto:
+    def item(self) -> E | MergeInto:
         item = self.merge or self.event
         assert item is not None, "a routed message carries an event or a merge"
         return item
@@ -64,7 +83,7 @@ def routing_key(event: Event) -> tuple[str, str]:
     return ("contact", event.user_id)
 
 
-def resolve(link: IdentityLink | None, key: str, event: Event) -> tuple[IdentityLink | None, list[Routed]]:
+def resolve(link: IdentityLink | None, key: str, event: E) -> tuple[IdentityLink | None, list[Routed[E]]]:
     """Decide the contact for ``event`` arriving at identity partition key ``key``.
 
     Returns the (possibly new) link and the messages to send. A new link sends ``MergeInto`` to
@@ -76,7 +95,7 @@ def resolve(link: IdentityLink | None, key: str, event: Event) -> tuple[Identity
         if link is None or link.message_id == event.message_id:
             link = IdentityLink(contact_id=user, linked_ms=event.timestamp_ms, message_id=event.message_id)
             merge = MergeInto(target=user, message_id=event.message_id)
-            routed = [Routed(key=anonymous_contact_id(key), merge=merge)]
+            routed: list[Routed[E]] = [Routed(key=anonymous_contact_id(key), merge=merge)]
             if event.kind == "alias":
                 routed.append(Routed(key=key, merge=merge))
             routed.append(Routed(key=user, event=event))

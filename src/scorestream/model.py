@@ -232,8 +232,13 @@ class EngagementRule:
             return False
         if self.path_pattern is not None and not (event.path and self.path_pattern.match(event.path)):
             return False
+        if not self.where:
+            return True
         source = event.traits if event.kind in ("identify", "group") else event.properties
-        return all(p.test(source) for p in self.where)
+        for predicate in self.where:  # a loop, not all(genexpr): this runs for every candidate rule
+            if not predicate.test(source):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +379,9 @@ class Model:
             fold_after_ms=parse_duration_ms(storage.get("fold_after", "30d"), "storage.fold_after"),
             dedupe_memory=dedupe_memory,
             source=raw,
-            _by_key={k: tuple(v) for k, v in by_key.items()},
+            # each named key's candidates include its kind's wildcard rules, in model order, so
+            # matching needs one lookup and no sort
+            _by_key={k: tuple(sorted((*v, *wildcard[k[0]]), key=rules.index)) for k, v in by_key.items()},
             _wildcard={k: tuple(v) for k, v in wildcard.items()},
             by_id={r.id: r for r in rules},
         )
@@ -382,14 +389,10 @@ class Model:
     def matching_rules(self, event: Event) -> list[EngagementRule]:
         """Rules whose match clause accepts ``event``, in model order."""
         name = event.event if event.kind == "track" else event.name
-        candidates = self._by_key.get((event.kind, name), ()) + self._wildcard.get(event.kind, ())
-        if not candidates:
-            return []
-        found = [r for r in candidates if r.matches(event)]
-        if len(found) > 1:
-            order = {r.id: i for i, r in enumerate(self.rules)}
-            found.sort(key=lambda r: order[r.id])
-        return found
+        candidates = self._by_key.get((event.kind, name))
+        if candidates is None:
+            candidates = self._wildcard.get(event.kind, ())
+        return [r for r in candidates if r.matches(event)]
 
     def rule(self, rule_id: str) -> EngagementRule | None:
         return self.by_id.get(rule_id)
