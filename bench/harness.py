@@ -102,3 +102,27 @@ def wait_drained(bootstrap: str, group: str, topics: list[str], timeout_s: float
         last_total = lag.total
         time.sleep(0.25)
     raise TimeoutError(f"group {group} not drained in {timeout_s} s")
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    """CPU seconds (user + system) and resident memory of a process, from ``/proc``."""
+
+    cpu_s: float
+    rss_mb: float
+    peak_rss_mb: float
+
+
+def process_usage(pid: int) -> ProcessUsage:
+    import os
+    from pathlib import Path
+
+    proc = Path("/proc") / str(pid)
+    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
+
+    def mb(name: str) -> float:
+        return int(status[name].split()[0]) / 1024
+
+    return ProcessUsage(cpu_s=cpu, rss_mb=mb("VmRSS"), peak_rss_mb=mb("VmHWM"))

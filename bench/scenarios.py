@@ -14,7 +14,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.harness import create_topic, prefill, publish, wait_drained
+from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic
 from tests.e2e.service import API_KEY, REPO, Service
 
@@ -43,8 +43,10 @@ def worker_throughput(bootstrap: str, work: Path, events: int, contacts: int) ->
     stages = [*_topics(svc).values(), f"{group}.identity", f"{group}.contacts"]
     started_wall_ms = int(time.time() * 1000)
     svc.start_worker()
+    assert svc.worker is not None
     try:
         drained = wait_drained(bootstrap, group, stages, timeout_s=1800)
+        usage = process_usage(svc.worker.pid)
         ready_s = _first_ready_s(svc, started_wall_ms)
     finally:
         svc.stop()
@@ -57,6 +59,11 @@ def worker_throughput(bootstrap: str, work: Path, events: int, contacts: int) ->
         "worker_startup_s": round(ready_s, 2) if ready_s else None,
         "events_per_s": round(events / drained),
         "events_per_s_after_startup": round(events / busy) if busy > 0 else None,
+        # CPU the worker used over the wall time (1.0 = one core busy throughout): below 1 means
+        # it waited on the broker or on itself, not on Python
+        "worker_cpu_utilisation": round(usage.cpu_s / drained, 2),
+        "worker_cpu_us_per_event": round(usage.cpu_s / events * 1e6, 1),
+        "worker_peak_rss_mb": round(usage.peak_rss_mb),
     }
 
 

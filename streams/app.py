@@ -39,6 +39,7 @@ def create_app(settings: Settings) -> Wiring:
         settings.app_id,
         batched_topics=frozenset([*settings.source_topics, settings.identity_topic, settings.contacts_topic]),
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        producer_buffer_max=4 * settings.batch_max,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         store="rocksdb://",
         datadir=str(settings.data_dir / "worker"),

@@ -45,6 +45,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     batched_topics: frozenset[str] = frozenset()
     fetch_max_wait_ms: int = 1500
+    producer_buffer_max: int = 20_000
 
     def _new_consumer_thread(self) -> Any:
         thread_class = type("BoundConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": self.fetch_max_wait_ms})
@@ -59,7 +60,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         app = self.app
         batched = type(self).batched_topics
         acquire_flow_control = app.flow_control.acquire
-        wait_until_producer_ebb = app.producer.buffer.wait_until_ebb
+        wait_until_producer_ebb = self._wait_producer_ebb
         tp_index = app.topics._tp_index
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -105,6 +106,22 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
+    async def _wait_producer_ebb(self) -> None:
+        """Back-pressure from the producer buffer (table changelog and ``send_soon`` records).
+
+        Faust's own ``wait_until_ebb`` waits for 100 more messages as soon as 100 are queued, and
+        gives up after any 0.1 s gap: a batch that updates a few thousand keys queues a few
+        thousand changelog records, so it stalled every fetch. Here fetching pauses only above
+        ``producer_buffer_max`` queued messages and resumes below half of it.
+        """
+        buffer = self.app.producer.buffer
+        high = type(self).producer_buffer_max
+        if buffer.size <= high:
+            return
+        # polled: the buffer's ``message_sent`` event would wake this task once per sent message
+        while buffer.size > high // 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+
     async def _deliver_batch(self, tp: TP, records: list[Any], channels: Any) -> None:
         carrier = self._to_message(tp, records[-1])
         if len(records) > 1:
@@ -128,12 +145,21 @@ class ScorestreamApp(faust.App):
     """A Faust app whose consumer batches delivery for the topics named in ``batched_topics``."""
 
     def __init__(
-        self, *args: Any, batched_topics: frozenset[str] = frozenset(), fetch_max_wait_ms: int = 1500, **kwargs: Any
+        self,
+        *args: Any,
+        batched_topics: frozenset[str] = frozenset(),
+        fetch_max_wait_ms: int = 1500,
+        producer_buffer_max: int = 20_000,
+        **kwargs: Any,
     ) -> None:
         consumer_class = type(
             "BoundBatchingConsumer",
             (BatchingConsumer,),
-            {"batched_topics": batched_topics, "fetch_max_wait_ms": fetch_max_wait_ms},
+            {
+                "batched_topics": batched_topics,
+                "fetch_max_wait_ms": fetch_max_wait_ms,
+                "producer_buffer_max": producer_buffer_max,
+            },
         )
         self._transport_class = type("BoundBatchingTransport", (BatchingTransport,), {"Consumer": consumer_class})
         super().__init__(*args, **kwargs)

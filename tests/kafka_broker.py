@@ -13,6 +13,7 @@ starts take a few seconds, and a broker already running from the same data direc
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,10 +76,15 @@ def ensure_broker(
 ) -> str:
     """Start (or reuse) a broker whose data lives in ``data_dir``; return its bootstrap address.
 
-    The controller listens on ``controller_port`` (default ``port + 1``). ``extra_props`` are
+    The controller listens on ``controller_port`` (default: a free port the system picks; ``port
+    + 1`` may belong to another process's connection). ``extra_props`` are
     appended to server.properties (for example ``{"log.segment.bytes": "1048576"}``); they only
     take effect when this call starts the broker, not when it reuses a running one.
     """
+    if controller_port is None:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            controller_port = int(s.getsockname()[1])
     env = _env(data_dir, port, controller_port, extra_props)
     proc = _run(["start"], env, _START_TIMEOUT_S)
     if proc.returncode != 0:
