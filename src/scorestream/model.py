@@ -235,7 +235,7 @@ class EngagementRule:
         if not self.where:
             return True
         source = event.traits if event.kind in ("identify", "group") else event.properties
-        for predicate in self.where:  # a loop, not all(genexpr): this runs for every candidate rule
+        for predicate in self.where:  # noqa: SIM110 (a genexpr per candidate rule costs ~3% of the worker)
             if not predicate.test(source):
                 return False
         return True
