@@ -16,7 +16,10 @@ own fresh consumer group, or no group) and returns at least ``events``, ``second
   RocksDB write and one changelog record (acks=all, awaited) per changed contact, then the commit.
 
 Every baseline decodes with the same channel (``"web"``) and ``record_ms=0`` (the traffic always
-carries a timestamp), so their decode costs are comparable. ``python -m bench.baselines`` starts a
+carries a timestamp), so their decode costs are comparable. The in-process ceilings (raw aiokafka,
+pure decode + fold, hand-rolled durable) run with the worker's garbage-collector settings
+(:func:`bench.harness.worker_gc`); the stock-Faust baseline, like the Quix Streams peer, is a
+textbook application and runs with the defaults. ``python -m bench.baselines`` starts a
 broker, prefills a topic and prints all five.
 """
 
@@ -41,7 +44,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.harness import wait_drained
+from bench.harness import wait_drained, worker_gc
 from schemas.events import InvalidMessage, decode
 from schemas.model_file import load_model
 from schemas.state import decode_state, encode
@@ -187,7 +190,8 @@ def _parse_perf(stdout: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------- 2. raw aiokafka
 def raw_aiokafka_decode(bootstrap: str, topic: str, events: int, work: Path) -> dict[str, Any]:
     """aiokafka ``getmany`` (no group) + ``orjson.loads`` + a plain dict update per record."""
-    return asyncio.run(_raw_aiokafka_decode(bootstrap, topic, events))
+    with worker_gc():
+        return asyncio.run(_raw_aiokafka_decode(bootstrap, topic, events))
 
 
 async def _raw_aiokafka_decode(bootstrap: str, topic: str, events: int) -> dict[str, Any]:
@@ -239,10 +243,11 @@ def pure_decode_fold(bootstrap: str, topic: str, events: int, work: Path) -> dic
     model = load_model()
     states: dict[str, ContactState] = {}
     invalid = 0
-    started = time.perf_counter()
-    for start in range(0, len(raws), BATCH):
-        invalid += _fold_batch(raws[start : start + BATCH], states, model)[1]
-    elapsed = time.perf_counter() - started
+    with worker_gc():
+        started = time.perf_counter()
+        for start in range(0, len(raws), BATCH):
+            invalid += _fold_batch(raws[start : start + BATCH], states, model)[1]
+        elapsed = time.perf_counter() - started
     return {
         "events": len(raws),
         "seconds": round(elapsed, 3),
@@ -405,7 +410,8 @@ def hand_rolled_durable(bootstrap: str, topic: str, events: int, work: Path) -> 
     each changed key once, each changed key produced once to a compacted changelog (acks=all,
     awaited), then the offsets committed.
     """
-    return asyncio.run(_hand_rolled_durable(bootstrap, topic, events, work))
+    with worker_gc():  # the same collector settings as the worker: a ceiling, not a straw man
+        return asyncio.run(_hand_rolled_durable(bootstrap, topic, events, work))
 
 
 async def _hand_rolled_durable(bootstrap: str, topic: str, events: int, work: Path) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -126,3 +128,18 @@ def process_usage(pid: int) -> ProcessUsage:
         return int(status[name].split()[0]) / 1024
 
     return ProcessUsage(cpu_s=cpu, rss_mb=mb("VmRSS"), peak_rss_mb=mb("VmHWM"))
+
+
+@contextmanager
+def worker_gc() -> Iterator[None]:
+    """Run a measurement with the garbage-collector settings of scorestream's worker
+    (:func:`streams.worker.tune_gc`), so in-process ceilings get the same treatment."""
+    from streams.worker import tune_gc
+
+    previous = gc.get_threshold()
+    tune_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*previous)

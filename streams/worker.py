@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -63,4 +64,17 @@ def run(settings: Settings | None = None) -> None:
     worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
     worker.wiring = wiring
     worker.model_version = model.version
+    tune_gc()
     worker.execute_from_commandline()
+
+
+def tune_gc() -> None:
+    """Fewer garbage collections: every batch allocates (and frees) tens of thousands of objects.
+
+    With CPython's default thresholds (700, 10, 10) a batch triggers dozens of collections, each
+    traversing the young objects it just decoded: about a quarter of the pure fold's time
+    (``bench.pure``: 32k -> 43k events/s). Objects alive after start-up (modules, the model, Faust's
+    services) are frozen out of collection altogether. Reference cycles are still collected.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
