@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install kafka run demo test test-unit lint format schemas bench peer clean
+.PHONY: help install kafka run demo test test-unit lint format schemas bench bench-tools peer clean
 .DEFAULT_GOAL := help
 
 help: ## list the commands
@@ -57,5 +57,8 @@ $(PEER_STAMP):
 
 peer: $(PEER_STAMP) ## the Quix Streams peer's own virtualenv (its pydantic pin differs from ours)
 
-bench: install kafka peer ## benchmarks on a local broker; writes bench/results/<date>-<name>.json and .md
+bench-tools: ## install the load generator the API benchmark uses (wrk; apt-get, needs root)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+bench: install kafka peer bench-tools ## benchmarks on a local broker; writes bench/results/<date>-<name>.json and .md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

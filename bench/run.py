@@ -27,11 +27,18 @@ from tests.kafka_broker import ensure_broker, stop_broker
 RESULTS = Path(__file__).parent / "results"
 
 
+def flat(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``section.key.subkey`` rows from the nested figures."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in figures.items():
+        name = f"{prefix}{key}"
+        rows.extend(flat(value, f"{name}.") if isinstance(value, dict) else [(name, value)])
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| figure | value |", "| --- | --- |"]
-    for section, values in results["figures"].items():
-        for key, value in values.items():
-            lines.append(f"| {section}.{key} | {value} |")
+    lines += [f"| {name} | {value} |" for name, value in flat(results["figures"])]
     return "\n".join(lines) + "\n"
 
 
@@ -40,8 +47,20 @@ def main() -> None:
     parser.add_argument("--name", default="spine")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--contacts", type=int, default=20_000)
-    parser.add_argument("--rates", default="1000", help="comma-separated latency rates (events/s)")
-    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: pure,throughput,peers,latency")
+    parser.add_argument("--big-events", type=int, default=1_000_000, help="events of the large throughput run")
+    parser.add_argument("--big-contacts", type=int, default=100_000, help="contacts of the large throughput run")
+    parser.add_argument("--recovery-contacts", type=int, default=1_000_000, help="contacts held for recovery/memory")
+    parser.add_argument("--rates", default="1000,5000,10000", help="comma-separated latency rates (events/s)")
+    parser.add_argument(
+        "--sustain-rates",
+        default="4000,6000,8000,10000,12000,14000,16000",
+        help="rates tried for the sustained maximum",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated scenarios to skip: pure,throughput,big,peers,latency,sustained,api,recovery",
+    )
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
     # worker, the API and the broker this run started.
@@ -81,18 +100,34 @@ def main() -> None:
                     if (rate := figures.get(name, {}).get("events_per_s"))
                 }
             save()
+        if "big" not in skip:
+            figures["throughput_spine_large"] = scenarios.worker_throughput(
+                bootstrap, work, args.big_events, args.big_contacts
+            )
+            save()
         if "latency" not in skip:
             for rate in (float(r) for r in args.rates.split(",")):
                 figures[f"latency_{int(rate)}"] = scenarios.publish_to_api_latency(bootstrap, work, rate)
                 save()
+        if "sustained" not in skip:
+            rates = [float(r) for r in args.sustain_rates.split(",")]
+            figures["sustained"] = scenarios.max_sustained_rate(bootstrap, work, rates)
+            save()
+        if "api" not in skip:
+            from bench.api_load import api_lookups
+
+            figures["api"] = api_lookups(bootstrap, work)
+            save()
+        if "recovery" not in skip:
+            figures["recovery"] = scenarios.recovery_and_memory(bootstrap, work, args.recovery_contacts)
+            save()
     finally:
         stop_broker(work / "kafka", port)
     table = Table(title=f"scorestream bench: {args.name}")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for section, values in figures.items():
-        for key, value in values.items():
-            table.add_row(f"{section}.{key}", str(value))
+    for name, value in flat(figures):
+        table.add_row(name, str(value))
     Console().print(table)
     Console().print(f"written: {stem}.json, {stem}.md")
 

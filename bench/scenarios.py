@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
+from bench.harness import create_topic, group_lag, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic
 from tests.e2e.service import API_KEY, REPO, Service
 
@@ -205,3 +207,200 @@ def limits_and_peers(bootstrap: str, work: Path, events: int, contacts: int) -> 
     except Exception as exc:
         out["quix_streams_peer"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     return out
+
+
+def _known_contacts(count: int, now_ms: int) -> Iterator[tuple[str, bytes, bytes]]:
+    """Two events per contact, each contact known by user id: an identify with the traits the fit
+    rules read, and an email click. (channel, key, value) for :func:`bench.harness.publish`."""
+    day = 86_400_000
+    for i in range(count):
+        user = f"user-{i}"
+        ts = now_ms - (i % 30) * day
+        identify = {
+            "type": "identify",
+            "messageId": f"id-{i}",
+            "userId": user,
+            "timestamp": _iso(ts),
+            "traits": {"email": f"{user}@acme.com", "title": "VP Marketing", "employees": 250, "industry": "software"},
+        }
+        click = {
+            "type": "track",
+            "event": "Email Link Clicked",
+            "messageId": f"click-{i}",
+            "userId": user,
+            "timestamp": _iso(ts + 60_000),
+            "properties": {"campaign_id": f"cmp-{i % 20}", "url": "https://acme.com/pricing"},
+        }
+        yield "web", user.encode(), orjson.dumps(identify)
+        yield "email", user.encode(), orjson.dumps(click)
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+async def _wait_status(bootstrap: str, topic: str, state: str, since_ms: int, timeout_s: float) -> int:
+    """``at_ms`` of the first ``state`` announcement on the worker status topic at or after ``since_ms``."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    body = orjson.loads(record.value)
+                    if body.get("state") == state and int(body["at_ms"]) >= since_ms:
+                        return int(body["at_ms"])
+        raise TimeoutError(f"no {state!r} announcement on {topic} in {timeout_s} s")
+    finally:
+        await consumer.stop()
+
+
+def _restart_worker_s(svc: Service, timeout_s: float = 900) -> float:
+    """Start the worker and return seconds until it announces ``ready`` (tables recovered)."""
+    started_ms = int(time.time() * 1000)
+    svc.start_worker()
+    ready_ms = asyncio.run(_wait_status(svc.bootstrap, f"ss-{svc.suffix}.workers", "ready", started_ms, timeout_s))
+    return (ready_ms - started_ms) / 1000
+
+
+def _stop_worker(svc: Service) -> None:
+    assert svc.worker is not None
+    svc.worker.terminate()
+    svc.worker.wait(timeout=120)
+
+
+def recovery_and_memory(bootstrap: str, work: Path, contacts: int) -> dict[str, Any]:
+    """A worker and an API holding ``contacts`` contacts: resident memory, and how long a restarted
+    worker takes to be ready again, with its local RocksDB (warm) and without it (cold: every table
+    rebuilt from its changelog topic, as on a new machine)."""
+    svc = Service(bootstrap=bootstrap, data_dir=work / f"rec-{contacts}")
+    svc.start()
+    try:
+        now_ms = int(time.time() * 1000)
+        asyncio.run(
+            publish(bootstrap, ((svc.topic(ch), key, value) for ch, key, value in _known_contacts(contacts, now_ms)))
+        )
+        group = f"ss-{svc.suffix}"
+        stages = [*_topics(svc).values(), f"{group}.identity", f"{group}.contacts"]
+        applied_s = wait_drained(bootstrap, group, stages, timeout_s=3600)
+        assert svc.worker is not None and svc.api is not None
+        worker_mem = process_usage(svc.worker.pid)
+        last = f"user-{contacts - 1}"
+        with svc.client() as http:  # the API has caught up with the changelog
+            svc.wait_for(lambda: http.get(f"/v1/contacts/{last}").status_code == 200, timeout=600, interval=1)
+        api_mem = process_usage(svc.api.pid)
+        _stop_worker(svc)
+        warm_s = _restart_worker_s(svc)
+        _stop_worker(svc)
+        shutil.rmtree(svc.data_dir / "worker")  # the tables' RocksDB files: gone, as on a new machine
+        cold_s = _restart_worker_s(svc)
+        recovered_mem = process_usage(svc.worker.pid)
+        svc.api.terminate()
+        svc.api.wait(timeout=60)
+        api_started = time.perf_counter()
+        svc.api = svc._spawn("api", "api.log")
+        svc.wait_ready(timeout=900)  # /readyz: the replica has read the whole changelog
+        api_ready_s = time.perf_counter() - api_started
+        with svc.client() as http:
+            body = http.get(f"/v1/contacts/{last}").json()
+        assert body["contact_id"] == last, body
+    finally:
+        svc.stop()
+    per_million = 1_000_000 / contacts
+    return {
+        "contacts": contacts,
+        "events": 2 * contacts,
+        "seconds_to_applied": round(applied_s, 1),
+        "worker_rss_mb": round(worker_mem.rss_mb),
+        "worker_rss_mb_per_million_contacts": round(worker_mem.rss_mb * per_million),
+        "api_rss_mb": round(api_mem.rss_mb),
+        "api_rss_mb_per_million_contacts": round(api_mem.rss_mb * per_million),
+        "warm_restart_ready_s": round(warm_s, 2),
+        "cold_recovery_ready_s": round(cold_s, 2),
+        "cold_recovery_contacts_per_s": round(contacts / cold_s) if cold_s > 0 else None,
+        "worker_rss_mb_after_cold_recovery": round(recovered_mem.rss_mb),
+        "api_restart_ready_s": round(api_ready_s, 2),
+    }
+
+
+async def _paced_publish(
+    producer: AIOKafkaProducer, topics: dict[str, str], rate: float, seconds: float, seed: int
+) -> int:
+    """Publish generated traffic at ``rate`` events/s for ``seconds``; returns the events sent."""
+    span = 86_400_000
+    records = Traffic(20_000, seed=seed, start_ms=int(time.time() * 1000) - span, span_ms=span).records(10**12)
+    sent = 0
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        due = int(elapsed * rate) + 1
+        while sent < due:
+            record = next(records)
+            await producer.send(topics[record.channel], record.value, key=record.key)
+            sent += 1
+        await asyncio.sleep(0.005)
+    await producer.flush()
+    return sent
+
+
+async def _hold_rate(svc: Service, rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    """Publish at ``rate`` and sample the group's backlog (uncommitted records on every stage)."""
+    group = f"ss-{svc.suffix}"
+    stages = [*_topics(svc).values(), f"{group}.identity", f"{group}.contacts"]
+    producer = AIOKafkaProducer(bootstrap_servers=svc.bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
+    await producer.start()
+    samples: list[tuple[float, int]] = []
+    try:
+        task = asyncio.create_task(_paced_publish(producer, _topics(svc), rate, seconds, seed))
+        started = time.perf_counter()
+        while not task.done():
+            lag = await group_lag(svc.bootstrap, group, stages)
+            samples.append((time.perf_counter() - started, lag.remaining))
+            await asyncio.sleep(1.0)
+        sent = await task
+    finally:
+        await producer.stop()
+    half = seconds / 2
+    early = [n for t, n in samples if seconds / 4 <= t < half]
+    late = [n for t, n in samples if t >= half]
+    return {
+        "sent": sent,
+        "achieved_rate": round(sent / seconds),
+        "backlog_early": round(statistics.fmean(early)) if early else None,
+        "backlog_late": round(statistics.fmean(late)) if late else None,
+    }
+
+
+def max_sustained_rate(bootstrap: str, work: Path, rates: list[float], seconds: float = 20) -> dict[str, Any]:
+    """The highest of ``rates`` (events/s, tried in increasing order) that one worker keeps up with.
+
+    Each rate is held for ``seconds`` against a running worker while the backlog (records published
+    and not yet committed, on every stage) is sampled each second. A rate is sustained when the
+    publisher achieved it (within 3%) and the backlog's mean over the second half is no larger
+    than over the second quarter plus half a second of traffic: the lag does not grow. The
+    publisher shares the machine's two cores with the broker and the worker.
+    """
+    svc = Service(bootstrap=bootstrap, data_dir=work / "sustained")
+    svc.start()
+    tried: dict[str, Any] = {}
+    best = 0.0
+    try:
+        for i, rate in enumerate(sorted(rates)):
+            held = asyncio.run(_hold_rate(svc, rate, seconds, seed=100 + i))
+            early, late = held["backlog_early"], held["backlog_late"]
+            ok = (
+                held["achieved_rate"] >= 0.97 * rate
+                and early is not None
+                and late is not None
+                and late <= early + 0.5 * rate
+            )
+            tried[str(int(rate))] = {**held, "sustained": ok}
+            if not ok:
+                break
+            best = rate
+            wait_drained(svc.bootstrap, f"ss-{svc.suffix}", [*_topics(svc).values()], timeout_s=300, quiet_s=1)
+    finally:
+        svc.stop()
+    return {"max_sustained_events_per_s": best, "seconds_per_rate": seconds, "tried": tried}

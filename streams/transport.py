@@ -89,10 +89,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         await acquire_flow_control()
                         await wait_until_producer_ebb()
                         await self._deliver_batch(tp, fresh, tp_index.get(tp, ()))
-                    else:
-                        for record in fresh:
-                            await self.wait_first(callback(self._to_message(tp, record)), self.suspend_flow.wait())
-                    set_read_offset(tp, fresh[-1].offset)
+                        set_read_offset(tp, fresh[-1].offset)
+                    else:  # table changelogs (recovery, standbys) and other plain topics
+                        await self.wait_first(
+                            self._deliver_each(tp, fresh, callback, set_read_offset), self.suspend_flow.wait()
+                        )
                     if self._commit_every is not None and self._n_acked >= self._commit_every:  # type: ignore[has-type]
                         self._n_acked = 0
                         await self.commit()
@@ -121,6 +122,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # polled: the buffer's ``message_sent`` event would wake this task once per sent message
         while buffer.size > high // 2:  # noqa: ASYNC110
             await asyncio.sleep(0.002)
+
+    async def _deliver_each(self, tp: TP, records: list[Any], callback: Any, set_read_offset: Any) -> None:
+        """Records one at a time, as Faust does, but under one ``wait_first`` per fetched batch:
+        Faust races every record against a flow suspension with four new tasks, which made
+        table recovery from a changelog run at a few thousand records/s. A suspension still
+        stops delivery between records; the read offset is that of the last record delivered."""
+        for i, record in enumerate(records, 1):
+            await callback(self._to_message(tp, record))
+            set_read_offset(tp, record.offset)
+            if i % 1000 == 0:
+                await asyncio.sleep(0)  # let the tasks consuming these records run
 
     async def _deliver_batch(self, tp: TP, records: list[Any], channels: Any) -> None:
         carrier = self._to_message(tp, records[-1])
