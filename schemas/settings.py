@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         description="Kafka consumer session timeout: how soon a dead worker's partitions move to another.",
     )
     rocksdb_cache_mb: int = Field(default=64, ge=8, description="RocksDB block cache per table partition, in MiB.")
+    restore_tables: bool = Field(
+        default=True,
+        description="Before joining, bulk-load every table partition from its changelog into local RocksDB "
+        "(fast cold start; each worker holds all partitions on disk). false: Faust's own recovery only.",
+    )
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
 
     @field_validator("api_keys", mode="before")

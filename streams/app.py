@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> Wiring:
         store_check_exists=False,
         logging_config=None,
     )
+    app.use_fast_changelog_queue()
     rocks = {"block_cache_size": settings.rocksdb_cache_mb << 20}
 
     def internal(name: str) -> TopicT:

@@ -15,6 +15,7 @@ from schemas.model_file import load_model
 from schemas.settings import Settings
 from streams.agents import register
 from streams.app import Wiring, create_app
+from streams.restore import restore_before_start, table_files
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def run(settings: Settings | None = None) -> None:
     model = load_model(settings.model)
     wiring = create_app(settings)
     register(wiring, settings, model)
+    if settings.restore_tables:
+        restore_before_start(settings.kafka_bootstrap, [table_files(wiring.identity), table_files(wiring.contacts)])
     worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
     worker.wiring = wiring
     worker.model_version = model.version

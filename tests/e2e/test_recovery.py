@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +100,60 @@ def _as_of(body: dict[str, Any]) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(body["engagement"]["as_of"]).timestamp() * 1000)
+
+
+def _converge(service: Service, expected: dict[str, Any]) -> None:
+    ids = sorted(expected)
+    detail = ["nothing yet"]
+
+    def converged() -> bool:
+        got = _snapshot(service, ids)
+        wrong = [
+            cid
+            for cid, state in expected.items()
+            if cid not in got
+            or not math.isclose(
+                got[cid]["engagement"]["score"], engagement_at(state, MODEL, _as_of(got[cid])).score, abs_tol=1e-4
+            )
+        ]
+        detail[0] = f"{len(wrong)} of {len(expected)} contacts differ, e.g. {wrong[:5]}"
+        return not wrong
+
+    try:
+        service.wait_for(converged, timeout=180, interval=1.0)
+    except AssertionError:
+        raise AssertionError(detail[0]) from None
+
+
+def test_worker_on_a_fresh_disk_restores_its_tables_and_carries_on(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The worker's RocksDB files are lost (a new machine): it restores the tables from their
+    changelogs before joining, and new events for the same contacts add to the old state."""
+    folder = Path(tmp_path_factory.mktemp("fresh-disk"))
+    (folder / "model.yaml").write_text(yaml.safe_dump(ROOMY))
+    svc = Service(bootstrap=kafka_bootstrap, data_dir=folder, model=folder / "model.yaml")
+    svc.start()
+    try:
+        now = int(time.time() * 1000)
+        span = 10 * 86_400_000
+        before = list(Traffic(contacts=300, seed=21, start_ms=now - span, span_ms=span).records(3_000))
+        after = list(Traffic(contacts=300, seed=22, start_ms=now - span, span_ms=span).records(3_000))
+        reference = Reference(MODEL)
+        reference.feed([decode(r.value, r.channel, now) for r in before])
+        svc.publish((r.channel, r.key, r.value) for r in before)
+        _converge(svc, reference.live())
+
+        assert svc.worker is not None
+        svc.worker.terminate()
+        svc.worker.wait(timeout=60)
+        tables = svc.data_dir / "worker"
+        assert any(tables.rglob("*.db")), "the worker kept no RocksDB files: nothing to lose"
+        shutil.rmtree(tables)
+        svc.start_worker()
+
+        reference.feed([decode(r.value, r.channel, now) for r in after])
+        svc.publish((r.channel, r.key, r.value) for r in after)
+        _converge(svc, reference.live())
+    finally:
+        svc.stop()
