@@ -18,12 +18,14 @@ table-writing agents; not understood yet, so the gap route stays.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from mode.utils.queues import ThrowableQueue
 
@@ -150,8 +152,54 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             await channel.put(event)
 
 
+class SnapshotFlushBuffer(ProducerBuffer):
+    """Faust's producer buffer with a flush that waits for what was queued before it, and only that.
+
+    Faust flushes this buffer before every offset commit, and its flush waited until the buffer
+    was *empty*: under steady load agents keep queueing changelog records, so a commit could wait
+    tens of seconds (measured: 32 s at 3k events/s) and offsets fell ever further behind. Faust's
+    flush also gave up after any 0.1 s without a send, letting a commit pass messages not yet
+    produced. This one counts: a flush returns once every message queued before it has been
+    handed to the Kafka producer, whose own flush then waits for their acks.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.queued = 0
+        self.handed_over = 0
+
+    def put(self, fut: Any) -> None:
+        self.queued += 1
+        super().put(fut)
+
+    async def _send_pending(self, fut: Any) -> None:
+        await super()._send_pending(fut)
+        self.handed_over += 1
+
+    async def flush(self) -> None:
+        target = self.queued
+        while self.handed_over < target:
+            if self.should_stop:
+                raise RuntimeError("producer buffer stopped with messages still queued")
+            self.message_sent.clear()
+            # woken by each send; the timeout only re-checks should_stop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
+
+
+class BatchingProducer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer with :class:`SnapshotFlushBuffer` as its buffer."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.threaded_producer is None, "producer_threaded is not supported"
+        self.buffer = SnapshotFlushBuffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = self.app
+
+
 class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
+    Producer = BatchingProducer
 
 
 class ChangelogQueue(ThrowableQueue):
