@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.harness import create_topic, group_lag, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic
@@ -78,12 +79,20 @@ def _first_ready_s(svc: Service, started_wall_ms: int) -> float | None:
     return None
 
 
-async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: int) -> list[float]:
+@dataclass
+class Probe:
+    uid: str
+    sent_ms: int  # wall clock at publish
+    latency_ms: float  # publish -> first 200 from the API (inf: never)
+    changelog_ms: int | None = None  # CreateTime of the probe's first contacts-changelog record
+
+
+async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: int) -> list[Probe]:
     traffic = Traffic(20_000, seed=5, start_ms=int(time.time() * 1000) - 86_400_000, span_ms=86_400_000)
     topics = _topics(svc)
     producer = AIOKafkaProducer(bootstrap_servers=svc.bootstrap, acks="all", linger_ms=1)
     await producer.start()
-    latencies: list[float] = []
+    latencies: list[Probe] = []
     stop = asyncio.Event()
 
     async def background() -> None:
@@ -109,15 +118,16 @@ async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: i
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
         )
+        sent_ms = int(time.time() * 1000)
         t0 = time.perf_counter()
         await producer.send(topics["web"], body, key=uid.encode())
         while True:
             r = await http.get(f"/v1/contacts/{uid}")
             if r.status_code == 200:
-                latencies.append((time.perf_counter() - t0) * 1000)
+                latencies.append(Probe(uid, sent_ms, (time.perf_counter() - t0) * 1000))
                 return
             if time.perf_counter() - t0 > 30:
-                latencies.append(float("inf"))
+                latencies.append(Probe(uid, sent_ms, float("inf")))
                 return
             await asyncio.sleep(0.002)
 
@@ -142,25 +152,63 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
+async def _changelog_times(bootstrap: str, topic: str, probes: list[Probe]) -> None:
+    """Fill each probe's ``changelog_ms``: when the worker wrote its state (the record's CreateTime)."""
+    wanted = {p.uid.encode(): p for p in probes}
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(
+            [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        )
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
+                for record in records:
+                    probe = wanted.get(record.key)
+                    if probe is not None and probe.changelog_ms is None:
+                        probe.changelog_ms = record.timestamp
+    finally:
+        await consumer.stop()
+
+
 def publish_to_api_latency(
     bootstrap: str, work: Path, rate: float, duration_s: float = 30, probes: int = 300
 ) -> dict[str, Any]:
-    """Publish -> visible in GET /v1/contacts/{id}, for probe events among steady background load."""
+    """Publish -> visible in GET /v1/contacts/{id}, for probe events among steady background load.
+
+    Each probe is also split at the moment the worker wrote its state to the contacts changelog
+    (the record's CreateTime): ``worker`` = publish -> changelog, ``api`` = changelog -> visible.
+    """
     svc = Service(bootstrap=bootstrap, data_dir=work / f"lat-{int(rate)}")
     svc.start()
     try:
-        latencies = asyncio.run(_probe_latency(svc, rate, duration_s, probes))
+        measured = asyncio.run(_probe_latency(svc, rate, duration_s, probes))
+        asyncio.run(_changelog_times(bootstrap, f"ss-{svc.suffix}-contacts-changelog", measured))
     finally:
         svc.stop()
-    finite = [x for x in latencies if x != float("inf")]
+    finite = [p.latency_ms for p in measured if p.latency_ms != float("inf")]
+    split = [p for p in measured if p.changelog_ms is not None and p.latency_ms != float("inf")]
+    worker = [float(p.changelog_ms - p.sent_ms) for p in split if p.changelog_ms is not None]
+    api = [p.sent_ms + p.latency_ms - p.changelog_ms for p in split if p.changelog_ms is not None]
     return {
         "rate_events_per_s": rate,
-        "probes": len(latencies),
-        "lost": len(latencies) - len(finite),
+        "probes": len(measured),
+        "lost": len(measured) - len(finite),
         "p50_ms": _pct(finite, 0.50),
         "p99_ms": _pct(finite, 0.99),
+        "p999_ms": _pct(finite, 0.999),
         "max_ms": round(max(finite), 1),
         "mean_ms": round(statistics.fmean(finite), 1),
+        "worker_p50_ms": _pct(worker, 0.50) if worker else None,
+        "worker_p99_ms": _pct(worker, 0.99) if worker else None,
+        "api_p50_ms": _pct(api, 0.50) if api else None,
+        "api_p99_ms": _pct(api, 0.99) if api else None,
     }
 
 
