@@ -2,18 +2,22 @@
 
 import hmac
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
 
-from api.replica import Replica
+from api.render import ContactRenderer
+from api.replica import Decoded, Replica
 from schemas.api import (
     BatchGetIn,
     BatchGetOut,
@@ -21,7 +25,6 @@ from schemas.api import (
     ErrorBody,
     Health,
     ModelOut,
-    contact_out,
     model_out,
 )
 from schemas.model_file import load_model
@@ -29,6 +32,7 @@ from schemas.settings import Settings
 from scorestream import Model
 
 log = logging.getLogger(__name__)
+JSON = "application/json"
 
 
 class ApiError(Exception):
@@ -45,10 +49,68 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+CONTACT_PATH = re.compile(r"^/v1/contacts/(?P<contact_id>[^/]+)$")  # Starlette's pattern for the route
+FastGet = Callable[[Scope, str], Awaitable[Response]]
+
+
+class ScorestreamApi(FastAPI):
+    """FastAPI with a direct path for ``GET /v1/contacts/{id}``, the hot route.
+
+    FastAPI's per-request machinery (middleware stack, routing, dependency solving) cost more CPU
+    than the lookup itself. A single-contact ``GET`` is dispatched straight to ``fast_get``, which
+    runs the route's own dependency, endpoint and error handler (the same functions, in the same
+    order), so status, headers and body are those of the declared route; ``tests/api`` compares
+    the two paths. Everything else, including any request ``fast_get`` fails on with an unexpected
+    error, goes through the full stack (which then answers and logs as usual). The declared route
+    stays for the OpenAPI document and as that fallback. The full stack also serves every request
+    while the app has middleware or dependency overrides, or FastAPI's OpenTelemetry
+    instrumentation is on.
+    """
+
+    fast_get: FastGet | None = None
+    _otel_cached = False
+    _otel_checked = -1.0
+
+    def _otel_on(self) -> bool:
+        """Whether FastAPI's OpenTelemetry instrumentation is on; asked at most once a second
+        (the question reads the environment and three global providers)."""
+        now = time.monotonic()
+        if now - self._otel_checked >= 1.0:
+            self._otel_cached = self._native_telemetry.enabled()
+            self._otel_checked = now
+        return self._otel_cached
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.fast_get is not None
+            and scope["type"] == "http"
+            and scope["method"] == "GET"
+            and not scope.get("root_path")
+            and not self.root_path
+            and not self.user_middleware
+            and not self.dependency_overrides
+            and (match := CONTACT_PATH.match(scope["path"])) is not None
+            and not self._otel_on()
+        ):
+            try:
+                response = await self.fast_get(scope, match["contact_id"])
+            except Exception:
+                log.debug("direct path failed; answering through the full stack", exc_info=True)
+            else:
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_api(
-    settings: Settings, model: Model | None = None, replica: Replica | None = None, clock: Callable[[], int] = now_ms
+    settings: Settings,
+    model: Model | None = None,
+    replica: Replica | None = None,
+    clock: Callable[[], int] = now_ms,
+    fast_path: bool = True,
 ) -> FastAPI:
-    """Build the API. ``replica`` and ``clock`` are injectable for tests."""
+    """Build the API. ``replica`` and ``clock`` are injectable for tests; ``fast_path=False`` serves
+    every request through FastAPI's full stack (see :class:`ScorestreamApi`)."""
     model = model or load_model(settings.model)
     replica = replica or Replica(
         bootstrap=settings.kafka_bootstrap,
@@ -66,7 +128,7 @@ def create_api(
         finally:
             await replica.stop()
 
-    app = FastAPI(
+    app = ScorestreamApi(
         title="scorestream",
         version="1",
         description="Real-time engagement and fit scores for contacts, read from a replica of the worker's state.",
@@ -75,8 +137,9 @@ def create_api(
     )
     app.state.replica = replica
     app.state.model = model
+    render = ContactRenderer(model)
 
-    def authorise(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    def check_key(creds: HTTPAuthorizationCredentials | None) -> None:
         if not keys:
             raise ApiError(401, "unauthorized", "no API keys are configured (set SCORESTREAM_API_KEYS)")
         if creds is None or creds.scheme.lower() != "bearer":
@@ -85,8 +148,18 @@ def create_api(
         if not any(hmac.compare_digest(given, k) for k in keys):
             raise ApiError(401, "unauthorized", "unknown API key")
 
+    # Dependencies are ``async def`` (a plain ``def`` is run in the threadpool, per request) and the
+    # contact routes have one (authorisation, then readiness): each dependency costs per request.
+    async def authorise(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        check_key(creds)
+
+    async def authorise_ready(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        check_key(creds)
+        if not replica.caught_up.is_set():
+            raise ApiError(503, "not_ready", "the API is still loading contact state; retry shortly")
+
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(_: Request | None, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.code, exc.message, headers)
 
@@ -102,11 +175,7 @@ def create_api(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
-    def require_ready() -> None:
-        if not replica.caught_up.is_set():
-            raise ApiError(503, "not_ready", "the API is still loading contact state; retry shortly")
-
-    guarded: list[Any] = [Depends(authorise), Depends(require_ready)]
+    guarded: list[Any] = [Depends(authorise_ready)]
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
@@ -133,26 +202,36 @@ def create_api(
         tags=["contacts"],
         responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
-    async def get_contact(contact_id: str) -> ContactOut:
+    async def get_contact(contact_id: str) -> Response:
         """A contact by user id, anonymous id or email, with scores decayed to now."""
-        state = replica.lookup(contact_id)
-        if state is None:
+        entry = replica.find(contact_id)
+        if entry is None:
             raise ApiError(404, "not_found", f"no contact with id, anonymous id or email {contact_id!r}")
-        return contact_out(state, model, clock())
+        return Response(render.contact_json(entry, clock()), media_type=JSON)
 
     @app.post("/v1/contacts:batchGet", response_model=BatchGetOut, dependencies=guarded, tags=["contacts"])
-    async def batch_get(body: BatchGetIn) -> BatchGetOut:
+    async def batch_get(body: BatchGetIn) -> Response:
         """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``."""
         now = clock()
-        found: list[ContactOut] = []
+        found: list[Decoded] = []
         missing: list[str] = []
         for ident in body.ids:
-            state = replica.lookup(ident)
-            if state is None:
+            entry = replica.find(ident)
+            if entry is None:
                 missing.append(ident)
             else:
-                found.append(contact_out(state, model, now))
-        return BatchGetOut(contacts=found, not_found=missing)
+                found.append(entry)
+        return Response(render.batch_json(found, missing, now), media_type=JSON)
+
+    async def fast_get(scope: Scope, contact_id: str) -> Response:
+        try:
+            await authorise_ready(await bearer(HTTPConnection(scope)))
+            return await get_contact(contact_id)
+        except ApiError as exc:
+            return await _api_error(None, exc)
+
+    if fast_path:
+        app.fast_get = fast_get
 
     @app.get("/v1/model", response_model=ModelOut, dependencies=[Depends(authorise)], tags=["model"])
     async def get_model() -> ModelOut:

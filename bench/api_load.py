@@ -41,6 +41,7 @@ from tests.e2e.service import API_KEY, Service
 
 SCRIPT = Path(__file__).parent / "wrk" / "contacts.lua"
 WRK_THREADS = 2
+API_PROCESSES = 1  # the figures are per API process (``scorestream api`` runs one; scale with more)
 BATCH_SIZE = 100
 MAX_ERROR_RATIO = 0.001
 SEED = 11
@@ -230,6 +231,7 @@ def api_lookups(
     single.check("GET /v1/contacts/{id}")
     batch.check("POST /v1/contacts:batchGet")
     return {
+        "api_processes": API_PROCESSES,
         "contacts": len(ids),
         "events": events,
         "connections": connections,

@@ -82,6 +82,9 @@ def pred(op: str, value: Any = None, field: str = "f") -> Predicate:
         ("in", ["US", "GB"], "DE", False),
         ("not_in", ["US", "GB"], "gb", False),
         ("not_in", ["US", "GB"], "DE", True),
+        ("in", ["software"], ["software"], False),  # a list trait is not one of the values
+        ("in", ["software"], {"a": 1}, False),
+        ("not_in", ["software"], ["software"], True),
         ("gt", 10, "11", True),
         ("gt", 10, "10", False),
         ("gt", "10", 10.5, True),

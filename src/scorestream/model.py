@@ -116,10 +116,10 @@ class Predicate:
             return bool(_fold(actual) == _fold(self.value))
         if op == "ne":
             return bool(_fold(actual) != _fold(self.value))
-        if op == "in":
-            return _fold(actual) in self.value
-        if op == "not_in":
-            return _fold(actual) not in self.value
+        if op in ("in", "not_in"):
+            # a list or object trait is never one of the listed (scalar) values
+            found = not isinstance(actual, list | dict) and _fold(actual) in self.value
+            return found if op == "in" else not found
         if op == "contains":
             if isinstance(actual, str):
                 return str(self.value).casefold() in actual.casefold()

@@ -1,0 +1,210 @@
+"""The orjson bodies of the contact routes are byte for byte what the pydantic models produce.
+
+FastAPI would serialise ``ContactOut`` / ``BatchGetOut`` with pydantic's Rust core
+(``TypeAdapter.dump_json``); ``api.render`` builds the same JSON from plain dicts. These tests
+keep the two in step (field order, float and datetime formatting, escaping) and check that the
+per-state caches never serve a stale answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import httpx
+from pydantic import TypeAdapter
+
+from api.app import create_api
+from api.render import ContactRenderer
+from api.replica import Decoded, Replica, WorkerStatus
+from schemas.api import BatchGetOut, ContactOut, contact_out
+from schemas.model_file import load_model
+from schemas.settings import Settings
+from schemas.state import encode
+from scorestream import ContactState, apply_events
+from tests.factories import DAY, T0, make_event
+
+MODEL = load_model()
+KEY = "unit-test-key-0123456789"
+contact_adapter = TypeAdapter(ContactOut)
+batch_adapter = TypeAdapter(BatchGetOut)
+
+PAGES = ["/", "/pricing", "/demo", "/careers/x", "/blog/pricing", "/jobs"]
+TRACKS = ["Email Opened", "Email Link Clicked", "Demo Requested", "Order Completed", "Product Added", "Order Refunded"]
+SCALARS: list[Any] = [
+    "CEO",
+    "Engineering Manager",
+    "software",
+    1e16,
+    1e-6,
+    0.1 + 0.2,
+    -0.0,
+    2**63 - 1,
+    12,
+    5000,
+    True,
+    None,
+    'tab\there "quoted" \\ / \u2028 é 😀 \x00\x1f',
+]
+# Containers only where no fit rule tests with ``in`` (the core's fit predicates hash the value).
+CONTAINERS: list[Any] = [{"country": "GB", "city": "Zagreb", "nested": [1, 2.5, {"deep": None}]}, ["a", 1, 2.0]]
+
+
+def random_state(rng: random.Random, n: int) -> ContactState:
+    user = f"u-{n}"
+    events = []
+    for _ in range(rng.randint(1, 40)):
+        ts = T0 - rng.randint(0, 40 * DAY) + rng.randint(0, 999)
+        roll = rng.random()
+        if roll < 0.4:
+            events.append(
+                make_event(
+                    kind="page", event=None, channel="web", user_id=user, path=rng.choice(PAGES), timestamp_ms=ts
+                )
+            )
+        elif roll < 0.8:
+            channel = rng.choice(["email", "web", "store"])
+            events.append(
+                make_event(
+                    event=rng.choice(TRACKS),
+                    channel=channel,
+                    user_id=user,
+                    timestamp_ms=ts,
+                    properties={"total": rng.choice([10, 500, 999.99])},
+                )
+            )
+        else:
+            traits = {rng.choice(["title", "industry", "employees", "note", "score"]): rng.choice(SCALARS)}
+            traits[rng.choice(["note", "tags", "address"])] = rng.choice(CONTAINERS)
+            if rng.random() < 0.5:
+                traits["email"] = rng.choice([f"{user}@acme.com", f"{user}@gmail.com", f"{user}@uni.edu"])
+            events.append(
+                make_event(
+                    kind="identify",
+                    event=None,
+                    user_id=user,
+                    anonymous_id=f"a-{n}-{rng.randint(0, 3)}",
+                    traits=traits,
+                    timestamp_ms=ts,
+                )
+            )
+    state = apply_events(None, user, events, MODEL)
+    if rng.random() < 0.2:
+        state.merged_ids = [f"anonymous:a-{n}-x"]
+    return state
+
+
+def entry(state: ContactState) -> Decoded:
+    return Decoded(encode(state), state)
+
+
+def test_contact_bodies_match_pydantic() -> None:
+    rng = random.Random(5)
+    render = ContactRenderer(MODEL)
+    for n in range(300):
+        state = random_state(rng, n)
+        decoded = entry(state)
+        for now in (T0, T0 + rng.randint(0, 60 * DAY) + rng.randint(0, 999), T0 - 50 * DAY):
+            expected = contact_adapter.dump_json(contact_out(state, MODEL, now))
+            assert render.contact_json(decoded, now) == expected
+            assert decoded.derived is not None
+            assert render.contact_json(decoded, now) == expected  # with the cached parts
+
+
+def test_batch_body_matches_pydantic() -> None:
+    rng = random.Random(9)
+    states = [random_state(rng, n) for n in range(50)]
+    render = ContactRenderer(MODEL)
+    now = T0 + 123
+    expected = batch_adapter.dump_json(
+        BatchGetOut(contacts=[contact_out(s, MODEL, now) for s in states], not_found=["x", "é"])
+    )
+    assert render.batch_json([entry(s) for s in states], ["x", "é"], now) == expected
+    assert render.batch_json([], [], now) == b'{"contacts":[],"not_found":[]}'
+
+
+def test_traits_orjson_cannot_encode_use_pydantic() -> None:
+    state = apply_events(None, "u-big", [make_event(user_id="u-big")], MODEL)
+    state.traits = {"huge": 2**70}
+    render = ContactRenderer(MODEL)
+    decoded = Decoded(b"", state)
+    assert render.contact_json(decoded, T0) == contact_adapter.dump_json(contact_out(state, MODEL, T0))
+    assert b'"huge":1180591620717411303424' in render.batch_json([decoded], [], T0)
+
+
+def test_cached_parts_belong_to_one_model() -> None:
+    state = apply_events(
+        None, "u-1", [make_event(kind="identify", event=None, user_id="u-1", traits={"title": "CEO"})], MODEL
+    )
+    decoded = entry(state)
+    other = load_model()  # an equal model, but another object: its renderer computes its own parts
+    ContactRenderer(MODEL).contact_json(decoded, T0)
+    first = decoded.derived
+    assert ContactRenderer(other).contact_json(decoded, T0) == contact_adapter.dump_json(contact_out(state, other, T0))
+    assert decoded.derived is not first
+
+
+def test_replica_cache_follows_new_values_and_is_bounded() -> None:
+    first = apply_events(None, "u-1", [make_event(user_id="u-1")], MODEL)
+    size = len(encode(first))
+    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s", decoded_cache_bytes=2 * size)
+    replica.apply(b"u-1", encode(first))
+    a = replica.find("u-1")
+    assert a is not None and a is replica.find("u-1")  # cached
+    ContactRenderer(MODEL).contact_json(a, T0)
+    assert a.derived is not None
+    second = apply_events(
+        first, "u-1", [make_event(kind="identify", event=None, user_id="u-1", traits={"title": "CEO"})], MODEL
+    )
+    replica.apply(b"u-1", encode(second))
+    b = replica.find("u-1")
+    assert b is not None and b is not a and b.derived is None and b.state.traits == {"title": "CEO"}
+    for i in range(2, 6):
+        replica.apply(f"u-{i}".encode(), encode(apply_events(None, f"u-{i}", [make_event(user_id=f"u-{i}")], MODEL)))
+        assert replica.find(f"u-{i}") is not None
+    assert len(replica._decoded) <= 2 and replica._decoded_bytes == sum(len(e.raw) for e in replica._decoded.values())
+    assert replica.lookup("u-1") == b.state  # decoded again after eviction
+    replica.states["u-1"] = encode(first)  # bytes replaced behind the cache's back: not served stale
+    assert replica.lookup("u-1") == first
+    replica.apply(b"u-1", None)
+    assert replica.lookup("u-1") is None
+    assert replica._decoded_bytes == sum(len(e.raw) for e in replica._decoded.values())
+
+
+def test_http_bodies_after_an_update() -> None:
+    """Over HTTP: a changed contact is served with its new traits and fit, not the cached ones."""
+    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    state = apply_events(None, "u-1", [make_event(user_id="u-1", anonymous_id="a-1")], MODEL)
+    replica.apply(b"u-1", encode(state))
+    replica.caught_up.set()
+    replica.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=T0)
+    app = create_api(Settings(api_keys=KEY), model=MODEL, replica=replica, clock=lambda: T0 + 5)  # type: ignore[arg-type]
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def get(path: str) -> httpx.Response:
+        return await client.get(path, headers=headers)
+
+    async def go() -> list[httpx.Response]:
+        async with client:
+            before = await get("/v1/contacts/u-1")
+            updated = apply_events(
+                state, "u-1", [make_event(kind="identify", event=None, user_id="u-1", traits={"title": "CEO"})], MODEL
+            )
+            replica.apply(b"u-1", encode(updated))
+            after = await get("/v1/contacts/u-1")
+            batch = await client.post("/v1/contacts:batchGet", json={"ids": ["u-1", "nobody"]}, headers=headers)
+            return [before, after, batch]
+
+    before, after, batch = asyncio.run(go())
+    assert before.headers["content-type"] == after.headers["content-type"] == "application/json"
+    assert before.json()["traits"] == {}
+    current = replica.lookup("u-1")
+    assert current is not None
+    assert after.content == contact_adapter.dump_json(contact_out(current, MODEL, T0 + 5))
+    assert after.json()["traits"] == {"title": "CEO"}
+    assert "senior-title" in {c["rule"] for c in after.json()["fit"]["top"]}
+    assert batch.content == batch_adapter.dump_json(
+        BatchGetOut(contacts=[contact_out(current, MODEL, T0 + 5)], not_found=["nobody"])
+    )
