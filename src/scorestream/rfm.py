@@ -1,0 +1,624 @@
+"""Customer value: a per-contact purchase ledger, RFM facts, population quintile scores and RFM segments.
+
+The ledger rule: **the state depends on the set of messages, not on their order or how often they
+arrive.** Every recognised message becomes one record; records are joined by a deterministic
+minimum, and everything else (net revenue, refunds, facts) is derived from the records at read
+time. So ``apply_purchase_events`` is commutative, associative and idempotent.
+
+Purchases
+    ``track`` events named in ``ValueConfig.order_events`` (``Order Completed``) from any channel.
+    Order identity: ``properties.order_id``, else ``checkout_id``, else the message id. Copies of
+    one order (a web order re-sent by the store system, a retried producer) count once: the copy
+    with the smallest ``(timestamp, message id)`` wins (then the rest of the record, so even
+    conflicting copies with one message id resolve the same way). Amount: ``total``, else
+    ``revenue``, else the sum of ``products[].price * quantity`` (quantity defaults to 1), else 0;
+    a negative amount counts as 0. ``currency`` defaults to ``ValueConfig.base_currency``.
+Refunds
+    ``track`` events named in ``ValueConfig.refund_events`` (``Order Refunded``) with an
+    ``order_id`` (or ``checkout_id``; a refund naming no order is ignored). No amount (no
+    ``total``, ``revenue`` or ``products``): a full refund. Otherwise a partial refund of that
+    amount (its absolute value: some systems send refunds negative). A refund without
+    ``currency`` is in the order's currency. Refunds add up, and an order's net value never goes
+    below 0. A refund's identity is ``properties.refund_id`` when present, else its message id. A
+    refund for an order not (yet) seen is kept and applies as soon as the order arrives.
+Currencies
+    ``ValueConfig.rates`` maps a currency code to the multiplier into the base currency (a fixed
+    table: amounts are converted with the configured rate, not the rate on the day). An order in
+    a currency without a rate is kept: it counts for frequency and recency but adds nothing to
+    ``monetary`` (it cannot be valued), and it is counted in ``CustomerValue.unconverted``, as is a
+    refund in an unknown currency other than its order's (such a refund is not applied).
+    The raw amount and the rate used are stored, so the ledger can be revalued later.
+
+Facts are read at an explicit ``as_of_ms`` (no clock): orders and refunds stamped after it are
+ignored, as in :func:`scorestream.clv.summarise`. ``frequency`` counts orders whose net value (after
+refunds) is above 0, so fully refunded and zero-value orders are not purchases, for recency
+either.
+
+Population scores
+    R, F and M are quintile scores 1-5 (5 = best) against the whole population of customers
+    (contacts with ``frequency > 0``). :func:`boundaries` computes the four exact quintile
+    boundaries from all current facts; the worker recomputes them periodically (every ``P``) and
+    scores contacts against the latest ones. Error bound: exact at each refresh; in between, every
+    rank is off by at most ``k / N`` of the population, where ``k`` is the number of contacts whose
+    facts changed since the refresh (each changed contact moves any other contact's rank by at most
+    one). Refresh delay: at most ``P``. Recency is scored on ``last_order_ms`` (later = better),
+    which gives exactly the scores of reversed ``recency_days`` at the same instant but does not
+    drift as the clock moves: only purchases and refunds change it, so stale boundaries stay
+    meaningful (``boundaries`` over ``recency_days`` would be stale by the time elapsed).
+Segments
+    A name per (R, F) cell, from rules evaluated in order (first match wins), overridable in the
+    model file (``ValueConfig.from_dict``); every cell of 1..5 x 1..5 must be covered and every
+    rule must win at least one cell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from scorestream.clv import RfmSummary, summarise
+from scorestream.events import Event
+from scorestream.model import ModelError
+
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_SEGMENTS",
+    "VALUE_VERSION",
+    "CustomerValue",
+    "NetOrder",
+    "Order",
+    "Refund",
+    "RfmBoundaries",
+    "RfmFacts",
+    "RfmScore",
+    "SegmentRule",
+    "ValueConfig",
+    "apply_purchase_events",
+    "boundaries",
+    "check_segments",
+    "clv_summary",
+    "net_orders",
+    "parse_segments",
+    "population_boundaries",
+    "rfm_score",
+    "score",
+    "segment_of",
+    "summary",
+]
+
+VALUE_VERSION = 1
+DAY_MS = 86_400_000
+SCORES = range(1, 6)
+
+
+# --- segments ----------------------------------------------------------------------------------
+
+
+class SegmentRule(NamedTuple):
+    """``name`` for R score in ``r`` and F score in ``f`` (inclusive ``(low, high)`` ranges)."""
+
+    name: str
+    r: tuple[int, int]
+    f: tuple[int, int]
+
+    def matches(self, r: int, f: int) -> bool:
+        return self.r[0] <= r <= self.r[1] and self.f[0] <= f <= self.f[1]
+
+
+# The widely used R x F grid (the regular-expression ``seg_map`` of pandas RFM tutorials: [1-2][1-2]
+# hibernating, [1-2][3-4] at risk, [1-2]5 can't lose, 3[1-2] about to sleep, 33 need attention,
+# [3-4][4-5] loyal, 41 promising, 51 new customers, [4-5][2-3] potential loyalists, 5[4-5] champions),
+# with one change so that all eleven names of the issue exist: its hibernating square gives cell
+# R1 F1 to "Lost". The grid (R down, F across):
+#
+#   R5  New Customers       Potential Loyalist  Potential Loyalist  Champions        Champions
+#   R4  Promising           Potential Loyalist  Potential Loyalist  Loyal            Loyal
+#   R3  About To Sleep      About To Sleep      Need Attention      Loyal            Loyal
+#   R2  Hibernating         Hibernating         At Risk             At Risk          Can't Lose Them
+#   R1  Lost                Hibernating         At Risk             At Risk          Can't Lose Them
+#       F1                  F2                  F3                  F4               F5
+DEFAULT_SEGMENTS: tuple[SegmentRule, ...] = (
+    SegmentRule("Champions", (5, 5), (4, 5)),
+    SegmentRule("Loyal", (3, 4), (4, 5)),
+    SegmentRule("Potential Loyalist", (4, 5), (2, 3)),
+    SegmentRule("New Customers", (5, 5), (1, 1)),
+    SegmentRule("Promising", (4, 4), (1, 1)),
+    SegmentRule("Need Attention", (3, 3), (3, 3)),
+    SegmentRule("About To Sleep", (3, 3), (1, 2)),
+    SegmentRule("Can't Lose Them", (1, 2), (5, 5)),
+    SegmentRule("At Risk", (1, 2), (3, 4)),
+    SegmentRule("Lost", (1, 1), (1, 1)),
+    SegmentRule("Hibernating", (1, 2), (1, 2)),
+)
+
+
+def segment_of(r: int, f: int, rules: Sequence[SegmentRule] = DEFAULT_SEGMENTS) -> str:
+    """The name of the first rule whose ranges hold (R, F); scores are 1..5."""
+    if r not in SCORES or f not in SCORES:
+        raise ValueError(f"R and F scores are 1..5, got R={r}, F={f}")
+    for rule in rules:
+        if rule.matches(r, f):
+            return rule.name
+    raise ValueError(f"no segment rule covers R={r}, F={f}")
+
+
+def check_segments(rules: Sequence[SegmentRule], where: str = "value.segments") -> None:
+    """Every (R, F) cell has a segment and every rule wins at least one cell; else ``ModelError``."""
+    if not rules:
+        raise ModelError(f"{where}: at least one segment rule is needed")
+    won: set[int] = set()
+    for r in SCORES:
+        for f in SCORES:
+            index = next((i for i, rule in enumerate(rules) if rule.matches(r, f)), None)
+            if index is None:
+                raise ModelError(f"{where}: no rule covers R={r}, F={f}")
+            won.add(index)
+    dead = [rules[i].name for i in range(len(rules)) if i not in won]
+    if dead:
+        raise ModelError(f"{where}: rule(s) {dead} never match (earlier rules take all their cells)")
+
+
+def _score_range(raw: object, where: str) -> tuple[int, int]:
+    items = [raw, raw] if isinstance(raw, int) else raw
+    if isinstance(items, list | tuple) and len(items) == 2:
+        low, high = items
+        if all(isinstance(s, int) and not isinstance(s, bool) and s in SCORES for s in (low, high)) and low <= high:
+            return (low, high)
+    raise ModelError(f"{where}: expected a score 1..5 or a range [low, high] within 1..5, got {raw!r}")
+
+
+def parse_segments(raw: object, where: str = "value.segments") -> tuple[SegmentRule, ...]:
+    """Segment rules from ``[{name: Champions, r: [4, 5], f: [4, 5]}, ...]`` (a bare score means [s, s])."""
+    if not isinstance(raw, list):
+        raise ModelError(f"{where}: expected a list of {{name, r, f}} rules")
+    rules = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ModelError(f"{at}: a rule is a mapping {{name, r, f}}")
+        unknown = set(item) - {"name", "r", "f"}
+        if unknown:
+            raise ModelError(f"{at}: unknown key(s) {sorted(unknown)}")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"{at}: 'name' must be a non-empty string")
+        rules.append(SegmentRule(name, _score_range(item.get("r"), f"{at}.r"), _score_range(item.get("f"), f"{at}.f")))
+    check_segments(rules, where)
+    return tuple(rules)
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def _currency(raw: object) -> str | None:
+    return (raw.strip().upper() or None) if isinstance(raw, str) else None
+
+
+def _names(raw: object, where: str) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not items or not all(isinstance(i, str) and i for i in items):
+        raise ModelError(f"{where}: expected an event name or a non-empty list of them")
+    return tuple(items)
+
+
+@dataclass(frozen=True, slots=True)
+class ValueConfig:
+    """What counts as a purchase or a refund, how to convert currencies, how to name segments.
+
+    ``rates`` maps a currency code (any case) to the multiplier that converts it into
+    ``base_currency``; the base currency itself is always 1.
+    """
+
+    base_currency: str = "USD"
+    rates: Mapping[str, float] = field(default_factory=dict)
+    order_events: tuple[str, ...] = ("Order Completed",)
+    refund_events: tuple[str, ...] = ("Order Refunded",)
+    segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
+
+    def __post_init__(self) -> None:
+        base = _currency(self.base_currency)
+        if base is None:
+            raise ModelError("value.base_currency: expected a currency code such as 'EUR'")
+        rates: dict[str, float] = {}
+        for code, rate in self.rates.items():
+            key = _currency(code)
+            if key is None or isinstance(rate, bool) or not isinstance(rate, int | float):
+                raise ModelError(f"value.rates: expected currency code -> number, got {code!r}: {rate!r}")
+            if not (math.isfinite(rate) and rate > 0.0):
+                raise ModelError(f"value.rates.{key}: a rate must be positive and finite, got {rate!r}")
+            if key == base and rate != 1.0:
+                raise ModelError(f"value.rates.{key}: the base currency's rate is 1, got {rate!r}")
+            rates[key] = float(rate)
+        rates[base] = 1.0
+        if set(self.order_events) & set(self.refund_events):
+            raise ModelError("value: an event cannot be both an order and a refund")
+        check_segments(self.segments)
+        object.__setattr__(self, "base_currency", base)
+        object.__setattr__(self, "rates", rates)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ValueConfig:
+        """From the model file's ``value`` mapping: ``base_currency``, ``rates``, ``order_events``,
+        ``refund_events``, ``segments``; every key optional (defaults as the class)."""
+        unknown = set(raw) - {"base_currency", "rates", "order_events", "refund_events", "segments"}
+        if unknown:
+            raise ModelError(f"value: unknown key(s) {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        if "base_currency" in raw:
+            kwargs["base_currency"] = raw["base_currency"]
+        if "rates" in raw:
+            if not isinstance(raw["rates"], Mapping):
+                raise ModelError("value.rates: expected a mapping of currency code -> multiplier")
+            kwargs["rates"] = dict(raw["rates"])
+        for key in ("order_events", "refund_events"):
+            if key in raw:
+                kwargs[key] = _names(raw[key], f"value.{key}")
+        if "segments" in raw:
+            kwargs["segments"] = parse_segments(raw["segments"])
+        return cls(**kwargs)
+
+    def rate(self, currency: str) -> float | None:
+        return self.rates.get(currency)
+
+
+# --- the ledger --------------------------------------------------------------------------------
+
+
+class Order(NamedTuple):
+    """One purchase: ``amount`` in ``currency``; ``rate`` converts it to base (None: unknown currency)."""
+
+    order_id: str
+    ts: int
+    mid: str
+    channel: str
+    currency: str
+    amount: float
+    rate: float | None
+
+    @property
+    def base_amount(self) -> float | None:
+        """Gross amount in the base currency, before refunds (None when it cannot be converted)."""
+        return None if self.rate is None else self.amount * self.rate
+
+
+class Refund(NamedTuple):
+    """A refund of ``order_id``: ``amount`` None refunds the whole order.
+
+    ``currency`` None means the order's currency; ``rate`` is the configured rate of an explicit
+    currency (None when absent or unknown). ``key`` is the refund's identity within the order.
+    """
+
+    order_id: str
+    key: str
+    ts: int
+    mid: str
+    amount: float | None
+    currency: str | None
+    rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerValue:
+    """A contact's purchase ledger (a table value; versioned by ``v``).
+
+    ``orders`` hold one record per order id, sorted by it; ``refunds`` one per (order id, refund
+    key), sorted. ``unconverted`` counts the records whose currency has no configured rate.
+    """
+
+    base_currency: str
+    v: int = VALUE_VERSION
+    orders: tuple[Order, ...] = ()
+    refunds: tuple[Refund, ...] = ()
+    unconverted: int = 0
+
+
+def _money(raw: object) -> float | None:
+    """A finite number from a number or numeric string; None otherwise."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _products_total(raw: object) -> float | None:
+    if not isinstance(raw, list) or not raw:
+        return None
+    parts = []
+    for product in raw:
+        if not isinstance(product, Mapping):
+            continue
+        price = _money(product.get("price"))
+        quantity = _money(product.get("quantity"))
+        if price is not None:
+            parts.append(price * (1.0 if quantity is None else quantity))
+    return math.fsum(parts)
+
+
+def _amount(props: Mapping[str, Any]) -> float | None:
+    """``total``, else ``revenue``, else the products' sum; None when none is given."""
+    for key in ("total", "revenue"):
+        value = _money(props.get(key))
+        if value is not None:
+            return value
+    return _products_total(props.get("products"))
+
+
+def _order_id(props: Mapping[str, Any]) -> str | None:
+    for key in ("order_id", "checkout_id"):
+        raw = props.get(key)
+        if isinstance(raw, str) and raw.strip():
+            return raw.strip()
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return str(raw)
+    return None
+
+
+def _order_of(event: Event, config: ValueConfig) -> Order:
+    props = event.properties
+    currency = _currency(props.get("currency")) or config.base_currency
+    amount = max(_amount(props) or 0.0, 0.0)
+    order_id = _order_id(props) or event.message_id
+    return Order(order_id, event.timestamp_ms, event.message_id, event.channel, currency, amount, config.rate(currency))
+
+
+def _refund_of(event: Event, config: ValueConfig) -> Refund | None:
+    props = event.properties
+    order_id = _order_id(props)
+    if order_id is None:
+        return None
+    amount = _amount(props)
+    currency = _currency(props.get("currency"))
+    raw_key = props.get("refund_id")
+    key = str(raw_key).strip() if isinstance(raw_key, str | int) and not isinstance(raw_key, bool) else ""
+    return Refund(
+        order_id,
+        key or event.message_id,
+        event.timestamp_ms,
+        event.message_id,
+        None if amount is None else abs(amount),
+        currency,
+        None if currency is None else config.rate(currency),
+    )
+
+
+def _rank(record: Order | Refund) -> tuple[Any, ...]:
+    """A total order on records (None sorts first), so the winner among copies never depends on arrival."""
+    return tuple((0, 0.0) if x is None else (1, x) for x in record)
+
+
+def _unconverted(orders: Iterable[Order], refunds: Iterable[Refund]) -> int:
+    return sum(o.rate is None for o in orders) + sum(r.currency is not None and r.rate is None for r in refunds)
+
+
+def apply_purchase_events(value: CustomerValue | None, events: Iterable[Event], config: ValueConfig) -> CustomerValue:
+    """Fold purchase and refund events into the contact's ledger and return the new ledger.
+
+    The same events in any order, in any batches, any number of times give an equal ledger;
+    events that are neither orders nor refunds are ignored. A ledger kept in another base currency
+    or written by a newer version is refused (``ValueError``).
+    """
+    if value is None:
+        value = CustomerValue(base_currency=config.base_currency)
+    if value.v > VALUE_VERSION:
+        raise ValueError(f"customer value version {value.v} is newer than this build understands ({VALUE_VERSION})")
+    if value.base_currency != config.base_currency:
+        raise ValueError(f"ledger is kept in {value.base_currency}, the configuration's base is {config.base_currency}")
+    orders: dict[str, Order] | None = None
+    refunds: dict[tuple[str, str], Refund] | None = None
+    for event in events:
+        if event.kind != "track" or event.event is None:
+            continue
+        if event.event in config.order_events:
+            if orders is None:
+                orders = {o.order_id: o for o in value.orders}
+            order = _order_of(event, config)
+            current = orders.get(order.order_id)
+            if current is None or _rank(order) < _rank(current):
+                orders[order.order_id] = order
+        elif event.event in config.refund_events:
+            refund = _refund_of(event, config)
+            if refund is None:
+                continue
+            if refunds is None:
+                refunds = {(r.order_id, r.key): r for r in value.refunds}
+            held = refunds.get((refund.order_id, refund.key))
+            if held is None or _rank(refund) < _rank(held):
+                refunds[(refund.order_id, refund.key)] = refund
+    if orders is None and refunds is None:
+        return value
+    new_orders = value.orders if orders is None else tuple(orders[k] for k in sorted(orders))
+    new_refunds = value.refunds if refunds is None else tuple(refunds[k] for k in sorted(refunds))
+    return CustomerValue(
+        base_currency=value.base_currency,
+        orders=new_orders,
+        refunds=new_refunds,
+        unconverted=_unconverted(new_orders, new_refunds),
+    )
+
+
+# --- facts -------------------------------------------------------------------------------------
+
+
+class NetOrder(NamedTuple):
+    """An order after the refunds known at ``as_of``: ``net`` in its own currency, ``base`` converted."""
+
+    order: Order
+    net: float
+    base: float | None
+
+
+def _refund_in_order_currency(refund: Refund, order: Order) -> float | None:
+    assert refund.amount is not None
+    if refund.currency is None or refund.currency == order.currency:
+        return refund.amount
+    if refund.rate is None or order.rate is None:
+        return None  # cannot convert: not applied (and counted in ``unconverted``)
+    return refund.amount * refund.rate / order.rate
+
+
+def net_orders(value: CustomerValue, as_of_ms: int) -> list[NetOrder]:
+    """Every order stamped at or before ``as_of_ms`` with the refunds stamped at or before it applied.
+
+    A full refund zeroes the order; partial refunds add up; the net never goes below 0. Sorted by
+    ``(timestamp, message id)``.
+    """
+    by_order: dict[str, list[Refund]] = {}
+    for refund in value.refunds:
+        if refund.ts <= as_of_ms:
+            by_order.setdefault(refund.order_id, []).append(refund)
+    out = []
+    for order in sorted((o for o in value.orders if o.ts <= as_of_ms), key=lambda o: (o.ts, o.mid, o.order_id)):
+        refunds = by_order.get(order.order_id, [])
+        if any(r.amount is None for r in refunds):
+            net = 0.0
+        else:
+            parts = [_refund_in_order_currency(r, order) for r in refunds]
+            net = max(order.amount - math.fsum(p for p in parts if p is not None), 0.0)
+        out.append(NetOrder(order, net, None if order.rate is None else net * order.rate))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RfmFacts:
+    """A contact's purchase facts at ``as_of_ms``, money in the base currency.
+
+    ``frequency`` counts orders with a net value above 0 and ``recency_days``, ``first_order_ms``
+    and ``last_order_ms`` refer to those (None without any). ``unvalued`` of them are in a currency
+    without a rate: they count in ``frequency`` but not in ``monetary``; ``aov`` is ``monetary``
+    over the valued ones (0 without any).
+    """
+
+    as_of_ms: int
+    recency_days: float | None
+    frequency: int
+    monetary: float
+    aov: float
+    first_order_ms: int | None
+    last_order_ms: int | None
+    unvalued: int = 0
+
+
+def summary(value: CustomerValue | None, as_of_ms: int) -> RfmFacts:
+    """The contact's RFM facts as seen at ``as_of_ms`` (orders and refunds after it are ignored)."""
+    live = [n for n in net_orders(value, as_of_ms) if n.net > 0.0] if value is not None else []
+    if not live:
+        return RfmFacts(as_of_ms, None, 0, 0.0, 0.0, None, None, 0)
+    valued = [n.base for n in live if n.base is not None]
+    monetary = math.fsum(valued)
+    first, last = live[0].order.ts, live[-1].order.ts
+    return RfmFacts(
+        as_of_ms=as_of_ms,
+        recency_days=(as_of_ms - last) / DAY_MS,
+        frequency=len(live),
+        monetary=monetary,
+        aov=monetary / len(valued) if valued else 0.0,
+        first_order_ms=first,
+        last_order_ms=last,
+        unvalued=len(live) - len(valued),
+    )
+
+
+def clv_summary(value: CustomerValue | None, as_of_ms: int, unit_ms: int = DAY_MS) -> RfmSummary | None:
+    """The ledger as :func:`scorestream.clv.summarise` input: net base values of the valued live orders.
+
+    None when the contact had no such purchase by ``as_of_ms``. Feed these to ``fit_bgnbd`` /
+    ``fit_gamma_gamma``.
+    """
+    if value is None:
+        return None
+    purchases = [(n.order.ts, n.base) for n in net_orders(value, as_of_ms) if n.net > 0.0 and n.base is not None]
+    return summarise(purchases, as_of_ms, unit_ms) if purchases else None
+
+
+# --- population scores -------------------------------------------------------------------------
+
+Boundaries = tuple[float, float, float, float]
+
+
+def boundaries(values: Iterable[float], reverse: bool = False) -> Boundaries:
+    """The quintile boundaries of ``values``: the empirical 20/40/60/80% quantiles.
+
+    Quantile definition: the inverted empirical CDF (Hyndman & Fan type 1), q(p) = the smallest
+    value x with at least p of the population <= x, i.e. ``sorted[ceil(p * n) - 1]``. With
+    ``reverse`` (smaller is better, e.g. ``recency_days``) the quantiles are taken of the negated
+    values, so both directions split distinct values into quintiles of sizes differing by at
+    most one. Independent of the order of ``values``.
+    """
+    xs = sorted(-v if reverse else v for v in values)
+    if not xs:
+        raise ValueError("cannot compute boundaries of an empty population")
+    if any(math.isnan(x) for x in xs):
+        raise ValueError("boundaries of NaN are undefined")
+    n = len(xs)
+    q = [xs[(k * n + 4) // 5 - 1] for k in range(1, 5)]
+    if reverse:
+        q = [-x for x in q]
+    return (q[0], q[1], q[2], q[3])
+
+
+def score(value: float, bounds: Boundaries, reverse: bool = False) -> int:
+    """1..5: one plus the number of boundaries ``value`` beats (is above; below with ``reverse``).
+
+    ``bounds`` must come from :func:`boundaries` with the same ``reverse``. A value equal to a
+    boundary does not beat it, so equal values always get equal scores and ties sit in the lower
+    (worse) quintile: when 60% of customers have one order, they all score F = 1, the next value
+    up scores 4, and scores 2 and 3 stay empty. Values outside the population's range score 1 or 5.
+    """
+    if reverse:
+        return 1 + sum(value < b for b in bounds)
+    return 1 + sum(value > b for b in bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class RfmBoundaries:
+    """Quintile boundaries of the customer population (contacts with ``frequency > 0``).
+
+    Recency is bounded on ``last_order_ms`` (later is better), which does not drift with time.
+    """
+
+    last_order_ms: Boundaries
+    frequency: Boundaries
+    monetary: Boundaries
+    customers: int
+
+
+def population_boundaries(facts: Iterable[RfmFacts]) -> RfmBoundaries:
+    """Exact quintile boundaries over every customer's facts (non-customers are left out)."""
+    customers = [f for f in facts if f.frequency > 0 and f.last_order_ms is not None]
+    if not customers:
+        raise ValueError("no customers: cannot compute RFM boundaries")
+    return RfmBoundaries(
+        last_order_ms=boundaries(float(f.last_order_ms) for f in customers if f.last_order_ms is not None),
+        frequency=boundaries(float(f.frequency) for f in customers),
+        monetary=boundaries(f.monetary for f in customers),
+        customers=len(customers),
+    )
+
+
+class RfmScore(NamedTuple):
+    r: int
+    f: int
+    m: int
+    segment: str
+
+
+def rfm_score(
+    facts: RfmFacts, bounds: RfmBoundaries, segments: Sequence[SegmentRule] = DEFAULT_SEGMENTS
+) -> RfmScore | None:
+    """R, F, M scores (5 = best) and the R-F segment of a contact; None for a non-customer."""
+    if facts.frequency <= 0 or facts.last_order_ms is None:
+        return None
+    r = score(float(facts.last_order_ms), bounds.last_order_ms)
+    f = score(float(facts.frequency), bounds.frequency)
+    m = score(facts.monetary, bounds.monetary)
+    return RfmScore(r, f, m, segment_of(r, f, segments))
