@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="Before joining, bulk-load every table partition from its changelog into local RocksDB "
         "(fast cold start; each worker holds all partitions on disk). false: Faust's own recovery only.",
     )
+    state_cache_entries: int = Field(
+        default=10_000,
+        ge=0,
+        description="Decoded contact states the worker keeps between batches (checked against the stored bytes).",
+    )
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
 
     @field_validator("api_keys", mode="before")

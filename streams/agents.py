@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -93,6 +93,42 @@ class Outbox:
                 chunk = items[start : start + MAX_ITEMS_PER_RECORD]
                 topic.send_soon(key=chunk[0].key.encode(), value=encode(RawBatch(items=chunk)), partition=partition)
         self.pending.clear()
+
+
+class DecodedStates:
+    """Decoded contact states kept between batches, least recently used out.
+
+    Under live traffic a batch holds a few dozen events, and the busiest contacts appear in
+    nearly every one: decoding their states again each time was the largest cost of the contacts
+    stage (py-spy). An entry is used only if the bytes the table holds now are the bytes it was
+    made from (a memcmp), so a value written by anyone else (recovery, another owner before a
+    rebalance) is decoded afresh.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, tuple[bytes, ContactState]] = OrderedDict()
+
+    def get(self, key: str, raw: bytes | None) -> ContactState | None:
+        if raw is None:
+            self.entries.pop(key, None)
+            return None
+        hit = self.entries.get(key)
+        if hit is not None and hit[0] == raw:
+            self.entries.move_to_end(key)
+            return hit[1]
+        return decode_state(raw)
+
+    def put(self, key: str, raw: bytes, state: ContactState) -> None:
+        if self.max_entries <= 0:
+            return
+        self.entries[key] = (raw, state)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self.entries.pop(key, None)
 
 
 def register(w: Wiring, settings: Settings, model: Model) -> None:
@@ -181,6 +217,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
     @w.app.agent(w.contacts_topic, name="contacts")
     async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         table = w.contacts
+        decoded = DecodedStates(settings.state_cache_entries)
         async for batch_event in stream.events():
             out = Outbox(partitions)
             inbox: dict[str, list[Event | MergeInto | Absorb]] = defaultdict(list)
@@ -196,10 +233,11 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     hops[item.key] = max(hops[item.key], env.hops)
             for key, messages in inbox.items():
                 try:
-                    raw = table.get(key)
-                    before: ContactState | None = decode_state(raw) if raw is not None else None
+                    # step() may change ``before`` in place: a failure drops it from the cache
+                    before = decoded.get(key, table.get(key))
                     state, sent = step(before, key, messages, model)
                 except Exception as exc:  # a bug or an unreadable state must not cost the batch
+                    decoded.drop(key)
                     log.exception("contact %s: messages parked on the dead-letter topic", key)
                     park(
                         batch_event,
@@ -209,7 +247,9 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     )
                     continue
                 if state is not None:
-                    table[key] = encode(state)
+                    raw = encode(state)
+                    table[key] = raw
+                    decoded.put(key, raw, state)
                 for o in sent:
                     out.add(w.contacts_topic, o.key, envelope_for(o.item, hops[key] + 1))
             out.flush()
