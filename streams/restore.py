@@ -101,12 +101,12 @@ async def restore_tables(bootstrap: str, tables: list[TableFiles]) -> RestoreSta
     )
     await consumer.start()
     try:
+        # every topic's metadata: a consumer with no subscription knows only what it was told
+        cluster = await consumer._client.fetch_all_metadata()
         for table in tables:
-            partitions = consumer.partitions_for_topic(table.changelog_topic)
-            if partitions is None:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(table.changelog_topic)
+            partitions = cluster.partitions_for_topic(table.changelog_topic)
             if not partitions:  # first start: no changelog yet
+                log.info("restore: no changelog %s yet", table.changelog_topic)
                 continue
             tps = [TopicPartition(table.changelog_topic, p) for p in sorted(partitions)]
             ends = await consumer.end_offsets(tps)
@@ -115,10 +115,12 @@ async def restore_tables(bootstrap: str, tables: list[TableFiles]) -> RestoreSta
                 path.parent.mkdir(parents=True, exist_ok=True)
                 db = table.open_db(path)
                 try:
-                    stats.records += await _restore_partition(consumer, tp, ends[tp], db)
-                    stats.partitions += 1
+                    applied = await _restore_partition(consumer, tp, ends[tp], db)
                 finally:
                     db.close()
+                stats.records += applied
+                stats.partitions += 1
+                log.info("restore: %s: %d records, now at offset %d", tp, applied, ends[tp])
     finally:
         await consumer.stop()
     stats.seconds = time.perf_counter() - started

@@ -40,6 +40,7 @@ class Service:
     api_port: int = field(default_factory=free_port)
     worker: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -64,6 +65,7 @@ class Service:
         )
         if self.model is not None:
             env["SCORESTREAM_MODEL"] = str(self.model)
+        env.update(self.extra_env)
         return env
 
     def topic(self, channel: str) -> str:

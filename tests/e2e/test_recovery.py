@@ -125,14 +125,21 @@ def _converge(service: Service, expected: dict[str, Any]) -> None:
         raise AssertionError(detail[0]) from None
 
 
+@pytest.mark.parametrize("bulk_restore", [True, False], ids=["bulk-restore", "faust-recovery"])
 def test_worker_on_a_fresh_disk_restores_its_tables_and_carries_on(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, bulk_restore: bool
 ) -> None:
     """The worker's RocksDB files are lost (a new machine): it restores the tables from their
-    changelogs before joining, and new events for the same contacts add to the old state."""
+    changelogs (in bulk before joining, or through Faust's recovery, the path a partition that
+    moves between workers takes), and new events for the same contacts add to the old state."""
     folder = Path(tmp_path_factory.mktemp("fresh-disk"))
     (folder / "model.yaml").write_text(yaml.safe_dump(ROOMY))
-    svc = Service(bootstrap=kafka_bootstrap, data_dir=folder, model=folder / "model.yaml")
+    svc = Service(
+        bootstrap=kafka_bootstrap,
+        data_dir=folder,
+        model=folder / "model.yaml",
+        extra_env={"SCORESTREAM_RESTORE_TABLES": str(bulk_restore).lower()},
+    )
     svc.start()
     try:
         now = int(time.time() * 1000)
