@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--rates", default="1000,5000,10000", help="comma-separated latency rates (events/s)")
     parser.add_argument(
         "--sustain-rates",
-        default="4000,6000,8000,10000,12000,14000,16000",
+        default="1000,2000,3000,4000,6000,8000,12000,16000",
         help="rates tried for the sustained maximum",
     )
     parser.add_argument(
