@@ -18,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
-from deploy.traffic import Traffic
+from deploy.traffic import Traffic, iso
 from tests.e2e.service import API_KEY, REPO, Service
 
 
@@ -72,11 +72,11 @@ def worker_throughput(bootstrap: str, work: Path, events: int, contacts: int) ->
 
 def _first_ready_s(svc: Service, started_wall_ms: int) -> float | None:
     """Seconds from launch to the worker's ``ready`` announcement on the status topic."""
-    for record in svc.read_topic(f"ss-{svc.suffix}.workers", expect=1, wait_s=5):
-        body = orjson.loads(record.value)
-        if body.get("state") == "ready":
-            return max(0.0, (int(body["at_ms"]) - started_wall_ms) / 1000)
-    return None
+    try:
+        ready_ms = asyncio.run(_wait_status(svc.bootstrap, f"ss-{svc.suffix}.workers", "ready", started_wall_ms, 5))
+    except TimeoutError:
+        return None
+    return (ready_ms - started_wall_ms) / 1000
 
 
 @dataclass
@@ -277,7 +277,7 @@ def _known_contacts(count: int, now_ms: int) -> Iterator[tuple[str, bytes, bytes
             "type": "identify",
             "messageId": f"id-{i}",
             "userId": user,
-            "timestamp": _iso(ts),
+            "timestamp": iso(ts),
             "traits": {"email": f"{user}@acme.com", "title": "VP Marketing", "employees": 250, "industry": "software"},
         }
         click = {
@@ -285,15 +285,11 @@ def _known_contacts(count: int, now_ms: int) -> Iterator[tuple[str, bytes, bytes
             "event": "Email Link Clicked",
             "messageId": f"click-{i}",
             "userId": user,
-            "timestamp": _iso(ts + 60_000),
+            "timestamp": iso(ts + 60_000),
             "properties": {"campaign_id": f"cmp-{i % 20}", "url": "https://acme.com/pricing"},
         }
         yield "web", user.encode(), orjson.dumps(identify)
         yield "email", user.encode(), orjson.dumps(click)
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 async def _wait_status(bootstrap: str, topic: str, state: str, since_ms: int, timeout_s: float) -> int:

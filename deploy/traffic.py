@@ -49,7 +49,8 @@ class Record:
     contact: int
 
 
-def _iso(ms: int) -> str:
+def iso(ms: int) -> str:
+    """ISO 8601 UTC with a trailing ``Z``, as Segment producers write event times."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -87,7 +88,7 @@ class Traffic:
 
     def _base(self, c: int, kind: str, ts: int) -> dict[str, Any]:
         self.seq += 1
-        msg: dict[str, Any] = {"type": kind, "messageId": f"m-{self.seq}", "timestamp": _iso(ts)}
+        msg: dict[str, Any] = {"type": kind, "messageId": f"m-{self.seq}", "timestamp": iso(ts)}
         if c in self.identified:
             msg["userId"] = self.user_id(c)
             msg["anonymousId"] = self.anonymous_id(c) if self.rng.random() < 0.5 else None

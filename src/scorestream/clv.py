@@ -294,6 +294,13 @@ def _minimise_logs(nll: Callable[[Sequence[float]], float], start: Sequence[floa
 # --- BG/NBD ------------------------------------------------------------------------------------
 
 
+def _require_positive(params: object, model: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(params, name)
+        if not (math.isfinite(value) and value > 0.0):
+            raise ValueError(f"{model} parameter {name} must be positive and finite, got {value}")
+
+
 @dataclass(frozen=True, slots=True)
 class BgNbdParams:
     """Purchase rate ~ Gamma(shape r, rate alpha); drop-out probability after each purchase ~ Beta(a, b)."""
@@ -304,10 +311,7 @@ class BgNbdParams:
     b: float
 
     def __post_init__(self) -> None:
-        for name in ("r", "alpha", "a", "b"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f"BG/NBD parameter {name} must be positive and finite, got {value}")
+        _require_positive(self, "BG/NBD", ("r", "alpha", "a", "b"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,10 +444,7 @@ class GammaGammaParams:
     v: float
 
     def __post_init__(self) -> None:
-        for name in ("p", "q", "v"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f"Gamma-Gamma parameter {name} must be positive and finite, got {value}")
+        _require_positive(self, "Gamma-Gamma", ("p", "q", "v"))
 
 
 @dataclass(frozen=True, slots=True)

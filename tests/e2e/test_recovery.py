@@ -69,27 +69,7 @@ def test_sigkill_mid_stream_recovers_exact_state(service: Service) -> None:
     service.kill_worker()
     service.start_worker()
 
-    detail = ["nothing yet"]
-
-    def converged() -> bool:
-        got = _snapshot(service, ids)
-        wrong = [
-            cid
-            for cid, state in expected.items()
-            if cid not in got
-            or not math.isclose(
-                got[cid]["engagement"]["score"],
-                engagement_at(state, MODEL, _as_of(got[cid])).score,
-                abs_tol=1e-4,
-            )
-        ]
-        detail[0] = f"{len(wrong)} of {len(expected)} contacts differ, e.g. {wrong[:5]}"
-        return not wrong
-
-    try:
-        service.wait_for(converged, timeout=180, interval=1.0)
-    except AssertionError:
-        raise AssertionError(detail[0]) from None
+    _converge(service, expected)
     got = _snapshot(service, ids)
     assert set(got) == set(expected)
     for cid, state in expected.items():
