@@ -17,10 +17,19 @@ log = logging.getLogger(__name__)
 def wanted(settings: Settings) -> list[NewTopic]:
     p, r = settings.partitions, settings.replication_factor
     compact = {"cleanup.policy": "compact"}
-    plain = [*settings.source_topics, settings.topic_deadletter, settings.identity_topic, settings.contacts_topic]
+    plain = [
+        *settings.source_topics,
+        settings.topic_deadletter,
+        settings.topic_triggers,
+        settings.identity_topic,
+        settings.contacts_topic,
+        settings.accounts_topic,
+    ]
     topics = [NewTopic(name, p, r) for name in plain]
-    topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in ("identity", "contacts")]
+    tables = ("identity", "contacts", "timers", "accounts")
+    topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in tables]
     topics.append(NewTopic(settings.status_topic, 1, r, topic_configs=compact))
+    topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=compact))
     return topics
 
 

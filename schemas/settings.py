@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     topic_email: str = Field(default="events.email", description="Source topic for email events.")
     topic_store: str = Field(default="events.store", description="Source topic for offline-store events.")
     topic_deadletter: str = Field(default="events.deadletter", description="Dead-letter topic for rejected input.")
+    topic_triggers: str = Field(
+        default="triggers", description="Topic of trigger events (stage changes, thresholds, timers), JSON."
+    )
     app_id: str = Field(
         default="scorestream",
         description="Faust app id: consumer group and prefix of internal topics (`<app_id>.contacts`, "
@@ -94,6 +97,14 @@ class Settings(BaseSettings):
     @property
     def contacts_topic(self) -> str:
         return f"{self.app_id}.contacts"
+
+    @property
+    def accounts_topic(self) -> str:
+        return f"{self.app_id}.accounts"
+
+    @property
+    def population_topic(self) -> str:
+        return f"{self.app_id}.population"
 
     @property
     def status_topic(self) -> str:

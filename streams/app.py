@@ -8,6 +8,10 @@ Topics (``P`` = ``SCORESTREAM_PARTITIONS``)::
     <app>.contacts      key contact id         events, merges and absorbs for one contact
     <app>-identity-changelog, <app>-contacts-changelog   table changelogs (compacted)
     <app>.workers       key worker id          worker status (starting / ready / stopped)
+    <app>.accounts      key account id         contacts' membership updates for their account
+    <app>.population    key partition          per-partition customer summaries (RFM quintiles, CLV fit)
+    triggers            key contact/account id stage changes, thresholds, timers (public, JSON)
+    <app>-timers-changelog, <app>-accounts-changelog   the timers and accounts tables
 """
 
 from __future__ import annotations
@@ -29,15 +33,22 @@ class Wiring:
     identity_topic: TopicT
     contacts_topic: TopicT
     status_topic: TopicT
+    triggers_topic: TopicT
+    accounts_topic: TopicT
+    population_topic: TopicT
     identity: faust.Table
     contacts: faust.Table
+    timers: faust.Table
+    accounts: faust.Table
 
 
 def create_app(settings: Settings) -> Wiring:
     """Build the Faust app for ``settings``: raw bytes everywhere, we own the codecs."""
     app = ScorestreamApp(
         settings.app_id,
-        batched_topics=frozenset([*settings.source_topics, settings.identity_topic, settings.contacts_topic]),
+        batched_topics=frozenset(
+            [*settings.source_topics, settings.identity_topic, settings.contacts_topic, settings.accounts_topic]
+        ),
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         producer_buffer_max=4 * settings.batch_max,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
@@ -92,6 +103,21 @@ def create_app(settings: Settings) -> Wiring:
         identity_topic=internal(settings.identity_topic),
         contacts_topic=internal(settings.contacts_topic),
         status_topic=app.topic(settings.status_topic, key_type=bytes, value_type=bytes),
+        triggers_topic=app.topic(
+            settings.topic_triggers, key_type=bytes, value_type=bytes, partitions=settings.partitions
+        ),
+        accounts_topic=internal(settings.accounts_topic),
+        population_topic=app.topic(
+            settings.population_topic,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=1,
+            replicas=settings.replication_factor,
+            internal=True,
+            compacting=True,
+        ),
         identity=table("identity"),
         contacts=table("contacts"),
+        timers=table("timers"),
+        accounts=table("accounts"),
     )

@@ -63,7 +63,8 @@ def run(settings: Settings | None = None) -> None:
     wiring = create_app(settings)
     register(wiring, settings, model)
     if settings.restore_tables:
-        restore_before_start(settings.kafka_bootstrap, [table_files(wiring.identity), table_files(wiring.contacts)])
+        tables = (wiring.identity, wiring.contacts, wiring.timers, wiring.accounts)
+        restore_before_start(settings.kafka_bootstrap, [table_files(t) for t in tables])
     worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
     worker.wiring = wiring
     worker.model_version = model.version

@@ -21,7 +21,9 @@ from typing import Any, NamedTuple
 
 from scorestream.events import Event
 from scorestream.identity import ANONYMOUS_PREFIX, MergeInto
+from scorestream.journey import Journey
 from scorestream.model import Model
+from scorestream.rfm import CustomerValue, apply_purchase_events
 
 MAX_ANONYMOUS_IDS = 64
 MAX_GROUPS = 32
@@ -68,6 +70,19 @@ class ContactState:
     merged_into: str | None = None
     first_seen_ms: int | None = None
     last_seen_ms: int | None = None
+    # customer value: the purchase ledger (orders, refunds), see scorestream.rfm
+    value: CustomerValue | None = None
+    # event-matched flag rules: rule id -> the earliest matching (timestamp, message id)
+    flag_hits: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # rule id -> latest timestamp among its hits folded into the base (timers start from it)
+    rule_last: dict[str, int] = field(default_factory=dict)
+    # the B2B account: the group id of the latest ``group`` call, and its (timestamp, message id)
+    account_id: str | None = None
+    account_at: tuple[int, str] | None = None
+    # lifecycle stage, its history, timers and thresholds (scorestream.lifecycle)
+    journey: Journey | None = None
+    # the latest instant the lifecycle has been advanced to by a timer tick (event time otherwise)
+    ticked_ms: int | None = None
 
 
 def new_contact(contact_id: str, model: Model) -> ContactState:
@@ -191,6 +206,10 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
         state = new_contact(contact_id, model)
     seen: set[str] | None = None
     added: list[Hit] = []
+    events = list(events)
+    value_events = model.value.order_events + model.value.refund_events
+    if any(e.kind == "track" and e.event in value_events for e in events):
+        state.value = apply_purchase_events(state.value, events, model.value)
     for event in events:
         ts = event.timestamp_ms
         if state.first_seen_ms is None or ts < state.first_seen_ms:
@@ -205,6 +224,9 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
                 _set_trait(state, key, value, stamp)
         elif event.kind == "group" and event.group_id:
             _add_unique(state.groups, event.group_id, MAX_GROUPS)
+            stamp = (ts, event.message_id)
+            if state.account_at is None or tuple(state.account_at) < stamp:
+                state.account_id, state.account_at = event.group_id, stamp
         matched = model.matching_rules(event)
         if not matched:
             continue

@@ -12,9 +12,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase, translate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scorestream.events import CHANNELS, KINDS, Event
+
+if TYPE_CHECKING:
+    from scorestream.rfm import ValueConfig
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -304,6 +307,7 @@ class Model:
     fold_after_ms: int
     dedupe_memory: int
     source: Mapping[str, Any]
+    value: ValueConfig
     _by_key: Mapping[tuple[str, str | None], tuple[EngagementRule, ...]]
     _wildcard: Mapping[str, tuple[EngagementRule, ...]]
     by_id: Mapping[str, EngagementRule]
@@ -337,6 +341,11 @@ class Model:
         dedupe_memory = int(storage.get("dedupe_memory", 512))
         if max_hits < 8 or dedupe_memory < 0:
             raise ModelError("storage.max_hits_per_contact must be >= 8 and dedupe_memory >= 0")
+        from scorestream.rfm import ValueConfig  # rfm imports this module
+
+        value = raw.get("value") or {}
+        if not isinstance(value, Mapping):
+            raise ModelError("'value' must be a mapping")
         canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
         by_key: dict[tuple[str, str | None], list[EngagementRule]] = {}
@@ -379,6 +388,7 @@ class Model:
             fold_after_ms=parse_duration_ms(storage.get("fold_after", "30d"), "storage.fold_after"),
             dedupe_memory=dedupe_memory,
             source=raw,
+            value=ValueConfig.from_dict(value),
             # each named key's candidates include its kind's wildcard rules, in model order, so
             # matching needs one lookup and no sort
             _by_key={k: tuple(sorted((*v, *wildcard[k[0]]), key=rules.index)) for k, v in by_key.items()},

@@ -1,0 +1,64 @@
+"""The lifecycle part of a contact's state: its stage, stage history, and what fired on the way.
+
+Plain data (a table value, encoded by ``schemas.state``); :mod:`scorestream.lifecycle` computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class StageEntry(NamedTuple):
+    """One stay in a stage: when it began and ended (None: current), the transition that led into
+    it (``initial`` for the first) and the message id of the event that caused it (None when time
+    caused it: a timer or engagement decaying past a guard)."""
+
+    stage: str
+    entered_ms: int
+    exited_ms: int | None
+    rule: str
+    cause: str | None
+
+
+class Fired(NamedTuple):
+    """A timer that fired (``kind`` "timer", ``name`` its id) or an engagement threshold crossed
+    (``kind`` "crossing", ``name`` the threshold, ``direction`` "up"/"down"), at ``at_ms``."""
+
+    kind: str
+    name: str
+    at_ms: int
+    direction: str
+    cause: str | None
+
+
+@dataclass(slots=True)
+class Cursor:
+    """Where a walk through a contact's history stands at ``at_ms``: enough to continue it."""
+
+    at_ms: int
+    stage: str
+    since_ms: int
+    pending: dict[str, int] = field(default_factory=dict)
+    above: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Journey:
+    """A contact's lifecycle at ``walked_to_ms``.
+
+    ``history`` is oldest first and ends with the current stage; ``anchor`` is the walk's state at
+    the fold horizon (history before it is settled), None while nothing has been folded;
+    ``next_due_ms`` is the next instant something would happen with no further events (a timer,
+    a decay-driven transition or threshold crossing), None if nothing would.
+    """
+
+    stage: str
+    since_ms: int
+    walked_to_ms: int
+    history: list[StageEntry] = field(default_factory=list)
+    fired: list[Fired] = field(default_factory=list)
+    flags: dict[str, str] = field(default_factory=dict)
+    persona: str | None = None
+    anchor: Cursor | None = None
+    next_due_ms: int | None = None
