@@ -54,6 +54,7 @@ class Service:
                 "SCORESTREAM_TOPIC_EMAIL": f"email-{self.suffix}",
                 "SCORESTREAM_TOPIC_STORE": f"store-{self.suffix}",
                 "SCORESTREAM_TOPIC_DEADLETTER": f"dead-{self.suffix}",
+                "SCORESTREAM_TOPIC_TRIGGERS": f"triggers-{self.suffix}",
                 "SCORESTREAM_PARTITIONS": str(self.partitions),
                 "SCORESTREAM_DATA_DIR": str(self.data_dir),
                 "SCORESTREAM_API_KEYS": API_KEY,
