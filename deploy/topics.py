@@ -26,7 +26,7 @@ def wanted(settings: Settings) -> list[NewTopic]:
         settings.accounts_topic,
     ]
     topics = [NewTopic(name, p, r) for name in plain]
-    tables = ("identity", "contacts", "timers", "accounts")
+    tables = ("identity", "contacts", "accounts")
     topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in tables]
     topics.append(NewTopic(settings.status_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=compact))

@@ -222,6 +222,9 @@ def _ms(value: datetime) -> int:
 MIN_TIMESTAMP_MS = _ms(MIN_TIMESTAMP)
 
 
+MAX_USER_AGENT = 512
+
+
 def page_path(properties: Props, context: Props) -> str | None:
     path = properties.get("path")
     if not isinstance(path, str):
@@ -257,6 +260,9 @@ def _to_event(msg: Any, channel: str, record_ms: int) -> Event:
         "user_id": msg.userId or None,
         "anonymous_id": msg.anonymousId or None,
     }
+    agent = msg.context.get("userAgent")
+    if isinstance(agent, str) and agent:
+        common["user_agent"] = agent[:MAX_USER_AGENT]
     kind = msg.type
     if kind == "track":
         return Event(**common, event=msg.event, properties=msg.properties)

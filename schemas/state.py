@@ -28,7 +28,7 @@ __all__ = [
     "RawItem",
     "UnsupportedVersion",
 ]
-from scorestream.contact import Absorb
+from scorestream.contact import Absorb, Tick
 from scorestream.identity import MergeInto
 
 ENVELOPE_VERSION = 1
@@ -38,10 +38,11 @@ MAX_HOPS = 8
 class Envelope(msgspec.Struct, omit_defaults=True):
     """A message on ``scorestream.contacts``: an event, a merge instruction, or a merged state."""
 
-    kind: Literal["event", "merge", "absorb"]
+    kind: Literal["event", "merge", "absorb", "tick"]
     event: Event | None = None
     merge: MergeInto | None = None
     state: ContactState | None = None
+    tick: Tick | None = None
     hops: int = 0
     v: int = ENVELOPE_VERSION
 
@@ -98,12 +99,15 @@ class EnvelopeHead(msgspec.Struct):
     v: int = ENVELOPE_VERSION
 
 
-def envelope_for(item: Event | MergeInto | Absorb, hops: int = 0) -> Envelope:
-    """Wrap what the core produced (an event, a merge, an absorbed state) for the contacts topic."""
+def envelope_for(item: Event | MergeInto | Absorb | Tick, hops: int = 0) -> Envelope:
+    """Wrap what the core produced (an event, a merge, an absorbed state, a tick) for the
+    contacts topic."""
     if isinstance(item, Event):
         return Envelope(kind="event", event=item, hops=hops)
     if isinstance(item, MergeInto):
         return Envelope(kind="merge", merge=item, hops=hops)
+    if isinstance(item, Tick):
+        return Envelope(kind="tick", tick=item, hops=hops)
     return Envelope(kind="absorb", state=item.state, hops=hops)
 
 

@@ -11,7 +11,7 @@ Topics (``P`` = ``SCORESTREAM_PARTITIONS``)::
     <app>.accounts      key account id         contacts' membership updates for their account
     <app>.population    key partition          per-partition customer summaries (RFM quintiles, CLV fit)
     triggers            key contact/account id stage changes, thresholds, timers (public, JSON)
-    <app>-timers-changelog, <app>-accounts-changelog   the timers and accounts tables
+    <app>-accounts-changelog                   the accounts table
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class Wiring:
     population_topic: TopicT
     identity: faust.Table
     contacts: faust.Table
-    timers: faust.Table
     accounts: faust.Table
 
 
@@ -118,6 +117,5 @@ def create_app(settings: Settings) -> Wiring:
         ),
         identity=table("identity"),
         contacts=table("contacts"),
-        timers=table("timers"),
         accounts=table("accounts"),
     )

@@ -63,7 +63,7 @@ def run(settings: Settings | None = None) -> None:
     wiring = create_app(settings)
     register(wiring, settings, model)
     if settings.restore_tables:
-        tables = (wiring.identity, wiring.contacts, wiring.timers, wiring.accounts)
+        tables = (wiring.identity, wiring.contacts, wiring.accounts)
         restore_before_start(settings.kafka_bootstrap, [table_files(t) for t in tables])
     worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
     worker.wiring = wiring

@@ -23,7 +23,7 @@ from scorestream.events import Event
 from scorestream.identity import ANONYMOUS_PREFIX, MergeInto
 from scorestream.journey import Journey
 from scorestream.model import Model
-from scorestream.rfm import CustomerValue, apply_purchase_events
+from scorestream.rfm import CustomerValue, apply_purchase_events, merge_values
 
 MAX_ANONYMOUS_IDS = 64
 MAX_GROUPS = 32
@@ -83,6 +83,8 @@ class ContactState:
     journey: Journey | None = None
     # the latest instant the lifecycle has been advanced to by a timer tick (event time otherwise)
     ticked_ms: int | None = None
+    # the account traits of the latest ``group`` call (the one at ``account_at``; scorestream.accounts)
+    account_traits: dict[str, Any] = field(default_factory=dict)
 
 
 def new_contact(contact_id: str, model: Model) -> ContactState:
@@ -163,6 +165,11 @@ def _normalise(state: ContactState, model: Model) -> None:
         while overflow < len(state.hits) and state.hits[overflow].ts < horizon:
             overflow += 1
     if overflow > 0:
+        if model.lifecycle is not None:
+            from scorestream.lifecycle import anchor_at
+
+            last = state.hits[overflow - 1]
+            anchor_at(state, model, model.lifecycle, last.ts, last.mid)
         earned = effective_points(state, model)
         ref = max(state.base_ms, state.hits[overflow - 1].ts)
         half_life = model.half_life_ms
@@ -179,6 +186,8 @@ def _normalise(state: ContactState, model: Model) -> None:
                     if rule is not None and rule.cap_window_ms is not None:
                         capped.setdefault(rule_id, []).append((hit.ts, value))
             state.folded_ids.append(hit.mid)
+            for rule_id in hit.rules:
+                state.rule_last[rule_id] = max(state.rule_last.get(rule_id, hit.ts), hit.ts)
         state.capped = {}
         for rule_id, entries in capped.items():
             rule = model.rule(rule_id)
@@ -210,6 +219,13 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
     value_events = model.value.order_events + model.value.refund_events
     if any(e.kind == "track" and e.event in value_events for e in events):
         state.value = apply_purchase_events(state.value, events, model.value)
+    lifecycle = model.lifecycle
+    if lifecycle is not None and lifecycle.flags:
+        from scorestream.lifecycle import flag_event
+
+        for event in events:
+            for rule_id in flag_event(lifecycle, event):
+                _earliest(state.flag_hits, rule_id, (event.timestamp_ms, event.message_id))
     for event in events:
         ts = event.timestamp_ms
         if state.first_seen_ms is None or ts < state.first_seen_ms:
@@ -227,6 +243,7 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
             stamp = (ts, event.message_id)
             if state.account_at is None or tuple(state.account_at) < stamp:
                 state.account_id, state.account_at = event.group_id, stamp
+                state.account_traits = dict(event.traits)
         matched = model.matching_rules(event)
         if not matched:
             continue
@@ -239,6 +256,12 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
     _add_hits(state, added)
     _normalise(state, model)
     return state
+
+
+def _earliest(stamps: dict[str, tuple[int, str]], key: str, stamp: tuple[int, str]) -> None:
+    current = stamps.get(key)
+    if current is None or stamp < tuple(current):
+        stamps[key] = stamp
 
 
 def _add_hits(state: ContactState, added: list[Hit]) -> None:
@@ -279,6 +302,17 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
         stamp = source.trait_at.get(key)
         if stamp is not None:
             _set_trait(target, key, value, (stamp[0], stamp[1]))
+    if source.value is not None:
+        target.value = merge_values(target.value, source.value, model.value)
+    for rule_id, stamp in source.flag_hits.items():
+        _earliest(target.flag_hits, rule_id, (stamp[0], stamp[1]))
+    for rule_id, ts in source.rule_last.items():
+        target.rule_last[rule_id] = max(target.rule_last.get(rule_id, ts), ts)
+    if source.account_at is not None and (
+        target.account_at is None or tuple(target.account_at) < tuple(source.account_at)
+    ):
+        target.account_id, target.account_at = source.account_id, source.account_at
+        target.account_traits = dict(source.account_traits)
     for anon in source.anonymous_ids:
         _add_unique(target.anonymous_ids, anon, MAX_ANONYMOUS_IDS)
     for group in source.groups:
@@ -308,6 +342,13 @@ class Absorb:
 
 
 @dataclass(frozen=True, slots=True)
+class Tick:
+    """The worker's clock reached ``at_ms``: let time-driven transitions and timers happen."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Outgoing:
     """A message the contacts stage sends on: to ``key``, an event, merge or absorb."""
 
@@ -318,14 +359,16 @@ class Outgoing:
 def step(
     state: ContactState | None,
     contact_id: str,
-    inbox: Iterable[Event | MergeInto | Absorb],
+    inbox: Iterable[Event | MergeInto | Absorb | Tick],
     model: Model,
 ) -> tuple[ContactState | None, list[Outgoing]]:
     """Apply one contact's messages, in partition order: the whole per-contact fold.
 
     Events fold into the state; ``MergeInto`` sends the state to its new owner and turns this
     contact into a forwarding record (which keeps its data, so a redelivered merge re-sends it);
-    ``Absorb`` merges another contact's state in. Messages for a forwarding record pass through.
+    ``Absorb`` merges another contact's state in; ``Tick`` moves the contact's clock on (a
+    contact not known yet ignores it). Messages for a forwarding record pass through. The
+    lifecycle is then walked once, to the later of the newest event and the latest tick.
     """
     out: list[Outgoing] = []
     pending: list[Event] = []
@@ -342,11 +385,17 @@ def step(
             if isinstance(item, MergeInto):
                 if item.target == target:
                     out.append(Outgoing(target, Absorb(state)))
+            elif isinstance(item, Tick):
+                continue  # the contact it merged into keeps its own clock
             else:
                 out.append(Outgoing(target, item))
             continue
         if isinstance(item, Event):
             pending.append(item)
+            continue
+        if isinstance(item, Tick):
+            if state is not None and (state.ticked_ms is None or item.at_ms > state.ticked_ms):
+                state.ticked_ms = item.at_ms
             continue
         flush()
         if isinstance(item, Absorb):
@@ -360,4 +409,9 @@ def step(
             state.merged_into = item.target
             out.append(Outgoing(item.target, Absorb(state)))
     flush()
+    if state is not None and state.merged_into is None and model.lifecycle is not None:
+        from scorestream.lifecycle import walk
+
+        as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
+        state.journey = walk(state, model, model.lifecycle, as_of)
     return state, out

@@ -30,6 +30,7 @@ class Event:
     traits: dict[str, Any] = field(default_factory=dict)
     previous_id: str | None = None
     group_id: str | None = None
+    user_agent: str | None = None
 
     @property
     def order_key(self) -> tuple[int, str]:

@@ -34,11 +34,13 @@ class Fired(NamedTuple):
 
 @dataclass(slots=True)
 class Cursor:
-    """Where a walk through a contact's history stands at ``at_ms``: enough to continue it."""
+    """Where a walk through a contact's history stands just after the checkpoint
+    ``(at_ms, mid)``: enough to continue it."""
 
     at_ms: int
     stage: str
     since_ms: int
+    mid: str = ""
     pending: dict[str, int] = field(default_factory=dict)
     above: list[float] = field(default_factory=list)
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from scorestream.events import CHANNELS, KINDS, Event
 
 if TYPE_CHECKING:
+    from scorestream.accounts import AccountsConfig
+    from scorestream.lifecycle import Lifecycle
     from scorestream.rfm import ValueConfig
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -308,9 +310,11 @@ class Model:
     dedupe_memory: int
     source: Mapping[str, Any]
     value: ValueConfig
+    lifecycle: Lifecycle | None
     _by_key: Mapping[tuple[str, str | None], tuple[EngagementRule, ...]]
     _wildcard: Mapping[str, tuple[EngagementRule, ...]]
     by_id: Mapping[str, EngagementRule]
+    accounts: AccountsConfig
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Model:
@@ -341,11 +345,15 @@ class Model:
         dedupe_memory = int(storage.get("dedupe_memory", 512))
         if max_hits < 8 or dedupe_memory < 0:
             raise ModelError("storage.max_hits_per_contact must be >= 8 and dedupe_memory >= 0")
-        from scorestream.rfm import ValueConfig  # rfm imports this module
+        from scorestream.lifecycle import parse_lifecycle  # these import this module
+        from scorestream.rfm import ValueConfig
 
         value = raw.get("value") or {}
         if not isinstance(value, Mapping):
             raise ModelError("'value' must be a mapping")
+        from scorestream.accounts import AccountsConfig  # accounts imports this module
+
+        accounts = AccountsConfig.from_dict(raw.get("accounts"))
         canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
         by_key: dict[tuple[str, str | None], list[EngagementRule]] = {}
@@ -389,11 +397,13 @@ class Model:
             dedupe_memory=dedupe_memory,
             source=raw,
             value=ValueConfig.from_dict(value),
+            lifecycle=parse_lifecycle(raw, [r.id for r in rules]),
             # each named key's candidates include its kind's wildcard rules, in model order, so
             # matching needs one lookup and no sort
             _by_key={k: tuple(sorted((*v, *wildcard[k[0]]), key=rules.index)) for k, v in by_key.items()},
             _wildcard={k: tuple(v) for k, v in wildcard.items()},
             by_id={r.id: r for r in rules},
+            accounts=accounts,
         )
 
     def matching_rules(self, event: Event) -> list[EngagementRule]:

@@ -79,6 +79,7 @@ __all__ = [
     "boundaries",
     "check_segments",
     "clv_summary",
+    "merge_values",
     "net_orders",
     "parse_segments",
     "population_boundaries",
@@ -440,6 +441,33 @@ def apply_purchase_events(value: CustomerValue | None, events: Iterable[Event], 
     new_refunds = value.refunds if refunds is None else tuple(refunds[k] for k in sorted(refunds))
     return CustomerValue(
         base_currency=value.base_currency,
+        orders=new_orders,
+        refunds=new_refunds,
+        unconverted=_unconverted(new_orders, new_refunds),
+    )
+
+
+def merge_values(a: CustomerValue | None, b: CustomerValue, config: ValueConfig) -> CustomerValue:
+    """The union of two ledgers (a contact merged into another), by the same rule as
+    :func:`apply_purchase_events`: per order id and per refund the smallest record wins."""
+    if a is None:
+        return b
+    for ledger in (a, b):
+        if ledger.base_currency != config.base_currency:
+            raise ValueError(f"ledger is kept in {ledger.base_currency}, the base is {config.base_currency}")
+    orders = {o.order_id: o for o in a.orders}
+    for o in b.orders:
+        if o.order_id not in orders or _rank(o) < _rank(orders[o.order_id]):
+            orders[o.order_id] = o
+    refunds = {(r.order_id, r.key): r for r in a.refunds}
+    for r in b.refunds:
+        k = (r.order_id, r.key)
+        if k not in refunds or _rank(r) < _rank(refunds[k]):
+            refunds[k] = r
+    new_orders = tuple(orders[k] for k in sorted(orders))
+    new_refunds = tuple(refunds[k] for k in sorted(refunds))
+    return CustomerValue(
+        base_currency=a.base_currency,
         orders=new_orders,
         refunds=new_refunds,
         unconverted=_unconverted(new_orders, new_refunds),

@@ -1,0 +1,787 @@
+"""Lifecycle: flags, personas, a configurable stage graph, timers and engagement thresholds.
+
+**The walk.** A contact's stage history is computed, not accumulated: :func:`walk` goes through
+the contact's checkpoints (its scored events, orders, refunds and flag-matching events) in event
+time order, ``(timestamp, message id)``, from an *anchor* (the start of the contact, or the point
+where old events were folded away) to ``as_of``. At each checkpoint it applies the event, then the
+transitions whose guards hold; between checkpoints, time alone moves it: engagement decays
+(``2^(-dt/H)``, so a guard such as ``engagement < 20`` becomes true at a computable instant),
+timers come due (``cart.abandoned`` one hour after the last cart activity without an order) and
+thresholds are crossed. Each of those happens at its exact instant, stamped with it. So the
+history depends on the set of events and on ``as_of``, never on their arrival order or batching,
+and a late event rewrites what followed it. ``as_of`` is the contact's newest event or the latest
+timer tick the worker sent it (a message on the contacts topic), whichever is later.
+
+**Guards** are predicates (``scorestream.model.Predicate``) over the contact's signals at that
+instant: ``engagement`` (decayed score), ``fit``, ``fit_grade``, ``orders`` (completed orders net
+of refunds), ``monetary``, ``customer``, ``flagged``, ``flags`` (list of names), ``traits.<name>``,
+``stage``. Only ``engagement`` changes between checkpoints. A transition may also require the
+checkpoint to be one of its ``events``: engagement rule ids, ``order``, ``refund`` or a timer id.
+
+**Traits are facts about a person, not events**: fit and trait-based flags use the contact's
+latest known traits throughout the walk (a title learned on day 10 was true on day 3 too).
+Event-based flags (a careers page view, a crawler's user agent) hold from the first matching event.
+
+Two rules hold whatever the model says: a contact with a completed order is at least a customer
+(it moves to ``customer.stage`` unless its stage is one of ``customer.stages``), and a flagged
+contact cannot enter a ``qualified`` stage (MQL, SQL).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scorestream.contact import ContactState, decay, effective_points
+from scorestream.events import Event
+from scorestream.journey import Cursor, Fired, Journey, StageEntry
+from scorestream.model import EngagementRule, Model, ModelError, Predicate, parse_duration_ms
+from scorestream.rfm import summary
+from scorestream.scoring import fit_of
+from scorestream.triggers import make_trigger
+
+MAX_HISTORY = 100
+MAX_FIRED = 64
+MAX_CHAIN = 8
+NUMERIC_OPS = ("gt", "gte", "lt", "lte")
+ORDER_TAG = "order"
+REFUND_TAG = "refund"
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRule:
+    """Raises ``flag`` with ``reason``: from the latest traits (``when``) or from the first event
+    matching ``match`` (an engagement-rule match clause, plus ``user_agent``)."""
+
+    id: str
+    flag: str
+    reason: str
+    when: tuple[Predicate, ...] = ()
+    match: EngagementRule | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    id: str
+    when: tuple[Predicate, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    id: str
+    to: str
+    sources: frozenset[str] | None
+    on: frozenset[str]
+    guards: tuple[Predicate, ...]
+    engagement_guards: tuple[Predicate, ...]
+    static_guards: tuple[Predicate, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """Due ``after`` the latest ``start`` event unless a ``cancel`` event came in between; emits
+    the trigger ``emit`` when it fires. Events are rule ids, ``order`` or ``refund``."""
+
+    id: str
+    start: frozenset[str]
+    cancel: frozenset[str]
+    after_ms: int
+    emit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    initial: str
+    stages: tuple[str, ...]
+    descriptions: Mapping[str, str]
+    qualified: frozenset[str]
+    customer_stage: str | None
+    customer_stages: frozenset[str]
+    disqualified: str | None
+    transitions: tuple[Transition, ...]
+    by_source: Mapping[str, tuple[Transition, ...]]
+    timers: tuple[Timer, ...]
+    thresholds: tuple[float, ...]
+    flags: tuple[FlagRule, ...]
+    personas: tuple[Persona, ...]
+
+    flag_rules: Mapping[str, FlagRule]
+    timer_of: Mapping[str, Timer]
+
+    @property
+    def event_flags(self) -> tuple[FlagRule, ...]:
+        return tuple(f for f in self.flags if f.match is not None)
+
+
+def _mapping(raw: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ModelError(f"{where}: expected a mapping")
+    return raw
+
+
+def _list(raw: object, where: str) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ModelError(f"{where}: expected a list")
+    return raw
+
+
+def _ident(raw: object, where: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ModelError(f"{where}: expected a non-empty string id")
+    return raw
+
+
+def _names(raw: object, where: str) -> frozenset[str]:
+    items = [raw] if isinstance(raw, str) else _list(raw, where)
+    if not all(isinstance(i, str) and i for i in items):
+        raise ModelError(f"{where}: expected a name or a list of names")
+    return frozenset(items)
+
+
+def _predicates(raw: object, where: str) -> tuple[Predicate, ...]:
+    return tuple(Predicate.parse(p, f"{where}[{i}]") for i, p in enumerate(_list(raw, where)))
+
+
+def _parse_flags(raw: object) -> tuple[FlagRule, ...]:
+    rules = []
+    for i, item in enumerate(_list(raw, "flags")):
+        at = f"flags[{i}]"
+        item = _mapping(item, at)
+        rule_id = _ident(item.get("id"), f"{at}.id")
+        at = f"flag rule {rule_id!r}"
+        flag = _ident(item.get("flag", rule_id), f"{at}.flag")
+        when = _predicates(item.get("when"), f"{at}.when")
+        match = None
+        if "match" in item:
+            clause = dict(_mapping(item["match"], f"{at}.match"))
+            agent = clause.pop("user_agent", None)
+            where = list(_list(clause.get("where"), f"{at}.match.where"))
+            if agent is not None:
+                where.append({"field": "user_agent", "op": "matches", "value": agent})
+            clause["where"] = where
+            match = EngagementRule.parse({"id": rule_id, "points": 0, "match": clause}, i)
+        if bool(when) == (match is not None):
+            raise ModelError(f"{at}: give either 'when' (trait predicates) or 'match' (an event clause)")
+        rules.append(FlagRule(rule_id, flag, str(item.get("reason", flag)), when, match))
+    ids = [r.id for r in rules]
+    if len(set(ids)) != len(ids):
+        raise ModelError("flags: rule ids must be unique")
+    return tuple(rules)
+
+
+def _parse_personas(raw: object) -> tuple[Persona, ...]:
+    out = []
+    for i, item in enumerate(_list(raw, "personas")):
+        item = _mapping(item, f"personas[{i}]")
+        persona_id = _ident(item.get("id"), f"personas[{i}].id")
+        when = _predicates(item.get("when"), f"persona {persona_id!r}.when")
+        if not when:
+            raise ModelError(f"persona {persona_id!r}: 'when' must be a non-empty list of predicates")
+        out.append(Persona(persona_id, when, str(item.get("description", ""))))
+    return tuple(out)
+
+
+def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycle | None:
+    """The ``lifecycle``, ``flags``, ``personas`` and ``triggers`` sections of a model file."""
+    flags = _parse_flags(raw.get("flags"))
+    personas = _parse_personas(raw.get("personas"))
+    triggers = _mapping(raw.get("triggers") or {}, "triggers")
+    thresholds = []
+    for i, t in enumerate(_list(triggers.get("engagement_thresholds"), "triggers.engagement_thresholds")):
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t == 0:
+            raise ModelError(f"triggers.engagement_thresholds[{i}]: expected a non-zero number")
+        thresholds.append(float(t))
+    section = raw.get("lifecycle")
+    if section is None:
+        if flags or personas or thresholds:
+            raise ModelError("flags, personas and triggers need a 'lifecycle' section")
+        return None
+    section = _mapping(section, "lifecycle")
+    stages: list[str] = []
+    descriptions: dict[str, str] = {}
+    qualified: set[str] = set()
+    for i, item in enumerate(_list(section.get("stages"), "lifecycle.stages")):
+        if isinstance(item, str):
+            item = {"id": item}
+        item = _mapping(item, f"lifecycle.stages[{i}]")
+        stage = _ident(item.get("id"), f"lifecycle.stages[{i}].id")
+        if stage in descriptions:
+            raise ModelError(f"lifecycle.stages: {stage!r} is listed twice")
+        stages.append(stage)
+        descriptions[stage] = str(item.get("description", ""))
+        if item.get("qualified"):
+            qualified.add(stage)
+    if not stages:
+        raise ModelError("lifecycle.stages: at least one stage is needed")
+
+    def known(name: object, where: str) -> str:
+        stage = _ident(name, where)
+        if stage not in descriptions:
+            raise ModelError(f"{where}: unknown stage {stage!r}; stages: {', '.join(stages)}")
+        return stage
+
+    initial = known(section.get("initial", stages[0]), "lifecycle.initial")
+    customer = _mapping(section.get("customer") or {}, "lifecycle.customer")
+    customer_stage = known(customer["stage"], "lifecycle.customer.stage") if "stage" in customer else None
+    customer_stages = frozenset(
+        known(s, "lifecycle.customer.stages") for s in _names(customer.get("stages", []), "lifecycle.customer.stages")
+    )
+    if customer_stage is not None:
+        customer_stages |= {customer_stage}
+    disqualified = known(section["disqualified"], "lifecycle.disqualified") if "disqualified" in section else None
+    timers = []
+    for i, item in enumerate(_list(section.get("timers"), "lifecycle.timers")):
+        item = _mapping(item, f"lifecycle.timers[{i}]")
+        timer_id = _ident(item.get("id"), f"lifecycle.timers[{i}].id")
+        at = f"timer {timer_id!r}"
+        emit = item.get("emit")
+        if emit is not None and emit not in ("cart.abandoned", "customer.lapsed"):
+            raise ModelError(f"{at}.emit: one of cart.abandoned, customer.lapsed")
+        start = _names(item.get("start"), f"{at}.start")
+        if not start:
+            raise ModelError(f"{at}.start: name the events that start it")
+        timers.append(
+            Timer(
+                timer_id,
+                start,
+                _names(item.get("cancel", []), f"{at}.cancel"),
+                parse_duration_ms(item.get("after"), f"{at}.after"),
+                emit,
+            )
+        )
+    events = {*rule_ids, ORDER_TAG, REFUND_TAG, *(t.id for t in timers)}
+    for timer in timers:
+        unknown = (timer.start | timer.cancel) - events
+        if unknown:
+            raise ModelError(f"timer {timer.id!r}: unknown event(s) {sorted(unknown)}")
+    transitions = []
+    for i, item in enumerate(_list(section.get("transitions"), "lifecycle.transitions")):
+        item = _mapping(item, f"lifecycle.transitions[{i}]")
+        tid = _ident(item.get("id"), f"lifecycle.transitions[{i}].id")
+        at = f"transition {tid!r}"
+        raw_from = item.get("from", "*")
+        sources = None if raw_from == "*" else frozenset(known(s, f"{at}.from") for s in _names(raw_from, f"{at}.from"))
+        if any(not isinstance(k, str) for k in item) or "on" in item:
+            raise ModelError(f"{at}: name its events with 'events:' (YAML reads a bare 'on' as true)")
+        on = _names(item.get("events", []), f"{at}.events")
+        if on - events:
+            raise ModelError(f"{at}.events: unknown event(s) {sorted(on - events)}")
+        guards = _predicates(item.get("when"), f"{at}.when")
+        for g in guards:
+            if g.field == "engagement" and g.op not in NUMERIC_OPS:
+                raise ModelError(f"{at}: an engagement guard compares with gt, gte, lt or lte")
+        transitions.append(
+            Transition(
+                id=tid,
+                to=known(item.get("to"), f"{at}.to"),
+                sources=sources,
+                on=on,
+                guards=guards,
+                engagement_guards=tuple(g for g in guards if g.field == "engagement"),
+                static_guards=tuple(g for g in guards if g.field != "engagement"),
+                description=str(item.get("description", "")),
+            )
+        )
+    ids = [t.id for t in transitions] + [t.id for t in timers]
+    if len(set(ids)) != len(ids):
+        raise ModelError("lifecycle: transition and timer ids must be unique")
+    by_source = {s: tuple(t for t in transitions if t.sources is None or s in t.sources) for s in stages}
+    return Lifecycle(
+        initial=initial,
+        stages=tuple(stages),
+        descriptions=descriptions,
+        qualified=frozenset(qualified),
+        customer_stage=customer_stage,
+        customer_stages=customer_stages,
+        disqualified=disqualified,
+        transitions=tuple(transitions),
+        by_source=by_source,
+        timers=tuple(timers),
+        thresholds=tuple(sorted(set(thresholds))),
+        flags=flags,
+        personas=personas,
+        flag_rules={f.id: f for f in flags},
+        timer_of={t.id: t for t in timers},
+    )
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+def flag_event(lc: Lifecycle, event: Event) -> list[str]:
+    """Ids of the event-based flag rules ``event`` matches."""
+    out = []
+    for rule in lc.event_flags:
+        assert rule.match is not None
+        if _flag_matches(rule.match, event):
+            out.append(rule.id)
+    return out
+
+
+def _flag_matches(rule: EngagementRule, event: Event) -> bool:
+    if not rule.where:
+        return rule.matches(event)
+    bare = EngagementRule(
+        id=rule.id,
+        points=0,
+        kinds=rule.kinds,
+        events=rule.events,
+        channels=rule.channels,
+        paths=rule.paths,
+        path_pattern=rule.path_pattern,
+    )
+    if not bare.matches(event):
+        return False
+    source = {**(event.traits if event.kind in ("identify", "group") else event.properties)}
+    source["user_agent"] = event.user_agent
+    return all(p.test(source) for p in rule.where)
+
+
+# --- the walk ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    ts: int
+    mid: str
+    earned: float = 0.0
+    tags: set[str] = field(default_factory=set)
+    flags: list[str] = field(default_factory=list)
+    value_changed: bool = False
+
+
+def _checkpoints(state: ContactState, model: Model, lc: Lifecycle, after: tuple[int, str] | None) -> list[_Checkpoint]:
+    """Every checkpoint after ``after`` (all when None), in ``(timestamp, message id)`` order."""
+    points: dict[tuple[int, str], _Checkpoint] = {}
+
+    def at(ts: int, mid: str) -> _Checkpoint:
+        cp = points.get((ts, mid))
+        if cp is None:
+            cp = points[(ts, mid)] = _Checkpoint(ts, mid)
+        return cp
+
+    for hit, earned in zip(state.hits, effective_points(state, model), strict=True):
+        cp = at(hit.ts, hit.mid)
+        cp.earned += math.fsum(v for _, v in earned)
+        cp.tags.update(hit.rules)
+    if state.value is not None:
+        for order in state.value.orders:
+            if after is None or (order.ts, order.mid) > after:
+                cp = at(order.ts, order.mid)
+                cp.tags.add(ORDER_TAG)
+                cp.value_changed = True
+        for refund in state.value.refunds:
+            if after is None or (refund.ts, refund.mid) > after:
+                cp = at(refund.ts, refund.mid)
+                cp.tags.add(REFUND_TAG)
+                cp.value_changed = True
+    for rule_id, (ts, mid) in state.flag_hits.items():
+        if rule_id in lc.flag_rules and (after is None or (ts, mid) > after):
+            at(ts, mid).flags.append(rule_id)
+    return [points[k] for k in sorted(points)]
+
+
+def _trait_flags(state: ContactState, lc: Lifecycle) -> dict[str, str]:
+    source = {"traits": state.traits, "email": state.email}
+    out: dict[str, str] = {}
+    for rule in lc.flags:
+        if rule.when and rule.flag not in out and all(p.test(source) for p in rule.when):
+            out[rule.flag] = rule.reason
+    return out
+
+
+def _holds(op: str, value: float, limit: float) -> bool:
+    if op == "gt":
+        return value > limit
+    if op == "gte":
+        return value >= limit
+    if op == "lt":
+        return value < limit
+    return value <= limit
+
+
+def _window(guard: Predicate, score: float, now: int, half_life: int) -> tuple[int, int | None] | None:
+    """Instants ``[start, end)`` from ``now`` on at which ``engagement op value`` holds while the
+    score only decays (``end`` None: for ever); None if never."""
+    limit = float(guard.value)
+    holds_now = _holds(guard.op, score, limit)
+    if score == 0.0:
+        return (now, None) if holds_now else None
+    tiny = math.copysign(1e-300, score)  # the score tends to 0 without reaching it
+    holds_later = _holds(guard.op, tiny, limit)
+    if holds_now == holds_later:
+        return (now, None) if holds_now else None
+    # the one crossing: where the decayed score passes ``limit`` (same sign as the score)
+    ratio = score / limit if limit != 0.0 else math.inf
+    t = now + max(0, math.ceil(half_life * math.log2(ratio))) if math.isfinite(ratio) and ratio > 0 else now + 1
+    t = max(t, now + 1)
+    while _holds(guard.op, decay(score, now, t, half_life), limit) == holds_now:
+        t += 1
+    while t - 1 > now and _holds(guard.op, decay(score, now, t - 1, half_life), limit) != holds_now:
+        t -= 1
+    return (now, t) if holds_now else (t, None)
+
+
+@dataclass(slots=True)
+class _Walker:
+    state: ContactState
+    model: Model
+    lc: Lifecycle
+    now: int
+    stage: str
+    since: int
+    score: float
+    pending: dict[str, int]
+    above: set[float]
+    history: list[StageEntry]
+    fired: list[Fired]
+    signals: dict[str, Any]
+    event_flags: dict[str, str]
+    trait_flags: dict[str, str]
+
+    def _decay_to(self, t: int) -> None:
+        if t > self.now:
+            self.score = decay(self.score, self.now, t, self.model.half_life_ms)
+            self.now = t
+
+    def _flags(self) -> dict[str, str]:
+        return {**self.trait_flags, **self.event_flags}
+
+    def _refresh_signals(self) -> None:
+        flags = self._flags()
+        self.signals["flags"] = sorted(flags)
+        self.signals["flagged"] = bool(flags)
+        self.signals["stage"] = self.stage
+
+    def _refresh_value(self) -> None:
+        facts = summary(self.state.value, self.now)
+        self.signals["orders"] = facts.frequency
+        self.signals["monetary"] = facts.monetary
+        self.signals["customer"] = facts.frequency > 0
+
+    def _guards_hold(self, tr: Transition) -> bool:
+        self.signals["engagement"] = self.score
+        return all(g.test(self.signals) for g in tr.static_guards) and all(
+            _holds(g.op, self.score, float(g.value)) for g in tr.engagement_guards
+        )
+
+    def _enter(self, stage: str, rule: str, cause: str | None) -> None:
+        if self.history and self.history[-1].exited_ms is None:
+            last = self.history[-1]
+            self.history[-1] = last._replace(exited_ms=self.now)
+        self.history.append(StageEntry(stage, self.now, None, rule, cause))
+        self.stage, self.since = stage, self.now
+        self.signals["stage"] = stage
+
+    def settle(self, tags: set[str], cause: str | None) -> None:
+        """Apply the transitions that hold now, chained (at most MAX_CHAIN, never back to a stage
+        visited at this instant)."""
+        visited = {self.stage}
+        for _ in range(MAX_CHAIN):
+            lc = self.lc
+            if (
+                lc.customer_stage is not None
+                and self.signals.get("customer")
+                and self.stage not in lc.customer_stages
+                and lc.customer_stage not in visited
+            ):
+                self._enter(lc.customer_stage, "completed-order", cause)
+                visited.add(self.stage)
+                continue
+            blocked = bool(self.signals.get("flagged"))
+            for tr in lc.by_source.get(self.stage, ()):
+                if tr.to in visited or (tr.on and not (tr.on & tags)):
+                    continue
+                if blocked and tr.to in lc.qualified:
+                    continue
+                if self._guards_hold(tr):
+                    self._enter(tr.to, tr.id, cause)
+                    visited.add(tr.to)
+                    break
+            else:
+                return
+
+    def _cross(self, cause: str | None) -> None:
+        for th in self.lc.thresholds:
+            was, now = th in self.above, self.score >= th
+            if was != now:
+                self.fired.append(Fired("crossing", _num(th), self.now, "up" if now else "down", cause))
+                if now:
+                    self.above.add(th)
+                else:
+                    self.above.discard(th)
+
+    def apply(self, cp: _Checkpoint) -> None:
+        if cp.ts >= self.now:
+            self.advance(cp.ts, inclusive=False)
+            self._decay_to(cp.ts)
+            self.score += cp.earned
+        else:  # older than the anchor (a merged contact's events): counted from the anchor on
+            self.score += decay(cp.earned, cp.ts, self.now, self.model.half_life_ms)
+        for rule_id in cp.flags:
+            rule = self.lc.flag_rules[rule_id]
+            self.event_flags.setdefault(rule.flag, rule.reason)
+        if cp.flags:
+            self._refresh_signals()
+        if cp.value_changed:
+            self._refresh_value()
+        for timer in self.lc.timers:
+            if timer.cancel & cp.tags:
+                self.pending.pop(timer.id, None)
+            if timer.start & cp.tags:
+                self.pending[timer.id] = cp.ts
+        self._cross(cp.mid)
+        self.settle(cp.tags, cp.mid)
+
+    def _next_due(self) -> int | None:
+        """The next instant after ``now`` at which time alone changes something."""
+        half_life = self.model.half_life_ms
+        due: list[int] = []
+        timer_of = self.lc.timer_of
+        due.extend(start + timer_of[tid].after_ms for tid, start in self.pending.items() if tid in timer_of)
+        for th in self.lc.thresholds:
+            guard = Predicate("engagement", "gte", th)
+            window = _window(guard, self.score, self.now, half_life)
+            if th in self.above and window is not None and window[1] is not None:
+                due.append(window[1])
+            elif th not in self.above and window is not None and window[0] > self.now:
+                due.append(window[0])
+        blocked = bool(self.signals.get("flagged"))
+        for tr in self.lc.by_source.get(self.stage, ()):
+            if tr.on or (blocked and tr.to in self.lc.qualified) or not tr.engagement_guards:
+                continue
+            self.signals["engagement"] = self.score
+            if not all(g.test(self.signals) for g in tr.static_guards):
+                continue
+            start, end = self.now, None
+            for g in tr.engagement_guards:
+                w = _window(g, self.score, self.now, half_life)
+                if w is None:
+                    break
+                start = max(start, w[0])
+                end = w[1] if end is None else (end if w[1] is None else min(end, w[1]))
+            else:
+                if start > self.now and (end is None or start < end):
+                    due.append(start)
+        later = [d for d in due if d > self.now]
+        return min(later) if later else None
+
+    def _fire_timers(self) -> set[str]:
+        tags: set[str] = set()
+        for tid, start in sorted(self.pending.items()):
+            timer = self.lc.timer_of.get(tid)
+            if timer is None:
+                del self.pending[tid]
+            elif start + timer.after_ms <= self.now:
+                del self.pending[tid]
+                tags.add(tid)
+                self.fired.append(Fired("timer", tid, self.now, "", None))
+        return tags
+
+    def advance(self, limit: int, inclusive: bool) -> None:
+        """Let time pass up to ``limit``: timers, thresholds and decay-driven transitions. A timer
+        due at the instant of a checkpoint fires after it (an order at the deadline is in time)."""
+        if self.now < limit or inclusive:
+            tags = self._fire_timers()
+            if tags:
+                self.settle(tags, None)
+        for _ in range(10_000):
+            t = self._next_due()
+            if t is None or t > limit or (t == limit and not inclusive):
+                return
+            self._decay_to(t)
+            tags = self._fire_timers()
+            self._cross(None)
+            self.settle(tags, None)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def _run(state: ContactState, model: Model, lc: Lifecycle, until: tuple[int, str], inclusive: bool) -> _Walker:
+    """Walk from the anchor through the checkpoints up to ``until`` = (instant, message id)."""
+    old = state.journey
+    anchor = old.anchor if old is not None else None
+    after: tuple[int, str] | None = None
+    if anchor is not None and old is not None:
+        start, stage, since = anchor.at_ms, anchor.stage, anchor.since_ms
+        history = [e for e in old.history if e.entered_ms <= start]
+        if history and history[-1].stage == stage and history[-1].exited_ms is not None:
+            history[-1] = history[-1]._replace(exited_ms=None)
+        fired = [f for f in old.fired if f.at_ms <= start]
+        pending, above = dict(anchor.pending), set(anchor.above)
+        after = (anchor.at_ms, anchor.mid)
+    else:
+        first = state.first_seen_ms if state.first_seen_ms is not None else until[0]
+        start, stage, since = first, lc.initial, first
+        history = [StageEntry(stage, first, None, "initial", None)]
+        fired, pending, above = [], {}, set()
+    score = 0.0
+    if state.base:
+        half_life = model.half_life_ms
+        score = math.fsum(decay(v, state.base_ms, max(start, state.base_ms), half_life) for v in state.base.values())
+    fit = fit_of(state, model, top=0)
+    w = _Walker(
+        state=state,
+        model=model,
+        lc=lc,
+        now=start,
+        stage=stage,
+        since=since,
+        score=score,
+        pending=pending,
+        above=above,
+        history=history,
+        fired=fired,
+        signals={"traits": state.traits, "fit": fit.score, "fit_grade": fit.grade},
+        event_flags={},
+        trait_flags=_trait_flags(state, lc),
+    )
+    if after is not None:
+        for rule_id, stamp in state.flag_hits.items():
+            rule = lc.flag_rules.get(rule_id)
+            if rule is not None and tuple(stamp) <= after:
+                w.event_flags.setdefault(rule.flag, rule.reason)
+    w._refresh_signals()
+    w._refresh_value()
+    w.settle(set(), None)
+    for cp in _checkpoints(state, model, lc, after):
+        if (cp.ts, cp.mid) > until:
+            break
+        w.apply(cp)
+    w.advance(until[0], inclusive=inclusive)
+    w._decay_to(until[0])
+    return w
+
+
+def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int) -> Journey:
+    """The contact's journey at ``as_of_ms`` (see the module docstring)."""
+    w = _run(state, model, lc, (as_of_ms, "\U0010ffff"), inclusive=True)
+    old = state.journey
+    persona = None
+    w.signals["engagement"] = w.score
+    for p in lc.personas:
+        if all(g.test(w.signals) for g in p.when):
+            persona = p.id
+            break
+    return Journey(
+        stage=w.stage,
+        since_ms=w.since,
+        walked_to_ms=as_of_ms,
+        history=w.history[-MAX_HISTORY:],
+        fired=w.fired[-MAX_FIRED:],
+        flags=dict(sorted(w._flags().items())),
+        persona=persona,
+        anchor=old.anchor if old is not None else None,
+        next_due_ms=w._next_due(),
+    )
+
+
+def anchor_at(state: ContactState, model: Model, lc: Lifecycle, ts: int, mid: str) -> None:
+    """Settle the journey up to checkpoint ``(ts, mid)``: called before the hits up to it are
+    folded away, so later walks start there with the history before it fixed."""
+    w = _run(state, model, lc, (ts, mid), inclusive=False)
+    cursor = Cursor(at_ms=ts, stage=w.stage, since_ms=w.since, mid=mid, pending=dict(w.pending), above=sorted(w.above))
+    old = state.journey  # replaced, not changed: callers compare the old journey with the new
+    state.journey = Journey(
+        stage=w.stage,
+        since_ms=w.since,
+        walked_to_ms=ts,
+        history=w.history[-MAX_HISTORY:],
+        fired=w.fired[-MAX_FIRED:],
+        flags=old.flags if old is not None else {},
+        persona=old.persona if old is not None else None,
+        anchor=cursor,
+    )
+
+
+# --- triggers --------------------------------------------------------------------------------------
+
+
+def journey_triggers(
+    before: Journey | None, after: Journey, contact_id: str, model: Model, lc: Lifecycle
+) -> list[dict[str, Any]]:
+    """Triggers for what ``after`` holds that ``before`` did not: stage entries, timers that
+    fired, thresholds crossed. Each has a stable id, so one recomputed later is recognisable."""
+    out: list[dict[str, Any]] = []
+    old_entries = {(e.stage, e.entered_ms, e.rule) for e in before.history} if before is not None else set()
+    old_fired = set(before.fired) if before is not None else set()
+    version = model.version
+    previous: str | None = None
+    for entry in after.history:
+        if (entry.stage, entry.entered_ms, entry.rule) not in old_entries and entry.rule != "initial":
+            out.append(
+                make_trigger(
+                    "stage.changed",
+                    at_ms=entry.entered_ms,
+                    model_version=version,
+                    contact_id=contact_id,
+                    before=previous,
+                    after=entry.stage,
+                    rule=entry.rule,
+                    cause=entry.cause,
+                )
+            )
+            if entry.stage == lc.disqualified:
+                out.append(
+                    make_trigger(
+                        "contact.disqualified",
+                        at_ms=entry.entered_ms,
+                        model_version=version,
+                        contact_id=contact_id,
+                        before=previous,
+                        after={"stage": entry.stage, "flags": after.flags},
+                        rule=entry.rule,
+                        cause=entry.cause,
+                    )
+                )
+        previous = entry.stage
+    for f in after.fired:
+        if f in old_fired:
+            continue
+        if f.kind == "timer":
+            timer = lc.timer_of.get(f.name)
+            if timer is not None and timer.emit is not None:
+                out.append(
+                    make_trigger(
+                        timer.emit,
+                        at_ms=f.at_ms,
+                        model_version=version,
+                        contact_id=contact_id,
+                        after={"timer": f.name, "stage": _stage_at(after, f.at_ms)},
+                        rule=f.name,
+                    )
+                )
+        else:
+            threshold = float(f.name)
+            out.append(
+                make_trigger(
+                    "score.threshold_crossed",
+                    at_ms=f.at_ms,
+                    model_version=version,
+                    contact_id=contact_id,
+                    before={"score": "engagement", "threshold": threshold, "above": f.direction == "down"},
+                    after={"score": "engagement", "threshold": threshold, "above": f.direction == "up"},
+                    rule=f"engagement-{f.direction}-{f.name}",
+                    cause=f.cause,
+                )
+            )
+    return out
+
+
+def _stage_at(journey: Journey, at_ms: int) -> str | None:
+    stage = None
+    for entry in journey.history:
+        if entry.entered_ms <= at_ms:
+            stage = entry.stage
+    return stage
