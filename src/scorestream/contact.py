@@ -393,11 +393,11 @@ def step(
         if isinstance(item, Event):
             pending.append(item)
             continue
+        flush()
         if isinstance(item, Tick):
             if state is not None and (state.ticked_ms is None or item.at_ms > state.ticked_ms):
                 state.ticked_ms = item.at_ms
             continue
-        flush()
         if isinstance(item, Absorb):
             if state is None:
                 state = new_contact(contact_id, model)

@@ -400,6 +400,9 @@ def _trait_flags(state: ContactState, lc: Lifecycle) -> dict[str, str]:
 
 
 def _holds(op: str, value: float, limit: float) -> bool:
+    """``value op limit`` on the score as the API shows it (rounded to 6 decimals), so a contact
+    never appears at 20.0 yet below 20."""
+    value = round(value, 6)
     if op == "gt":
         return value > limit
     if op == "gte":

@@ -354,6 +354,7 @@ class Model:
         from scorestream.accounts import AccountsConfig  # accounts imports this module
 
         accounts = AccountsConfig.from_dict(raw.get("accounts"))
+        lifecycle = parse_lifecycle(raw, [r.id for r in rules])
         canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
         by_key: dict[tuple[str, str | None], list[EngagementRule]] = {}
@@ -397,7 +398,7 @@ class Model:
             dedupe_memory=dedupe_memory,
             source=raw,
             value=ValueConfig.from_dict(value),
-            lifecycle=parse_lifecycle(raw, [r.id for r in rules]),
+            lifecycle=lifecycle,
             # each named key's candidates include its kind's wildcard rules, in model order, so
             # matching needs one lookup and no sort
             _by_key={k: tuple(sorted((*v, *wildcard[k[0]]), key=rules.index)) for k, v in by_key.items()},
