@@ -1,0 +1,54 @@
+"""Binary contracts of the accounts stage: members' updates on ``<app>.accounts`` and the
+``accounts`` table value (its changelog ``<app>-accounts-changelog`` feeds the API).
+
+MessagePack via msgspec straight from the core's dataclasses, like :mod:`schemas.state`. Both
+carry a version (``MemberBatch.v``, ``AccountState.v``); a decoder meeting a newer one refuses it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.state import UnsupportedVersion
+from scorestream.accounts import ACCOUNT_STATE_VERSION, AccountState, MemberUpdate
+
+__all__ = [
+    "ACCOUNT_STATE_VERSION",
+    "MEMBERS_VERSION",
+    "AccountState",
+    "MemberBatch",
+    "MemberUpdate",
+    "decode_account",
+    "decode_members",
+    "encode",
+]
+
+MEMBERS_VERSION = 1
+
+
+class MemberBatch(msgspec.Struct):
+    """One record on ``<app>.accounts``: members' updates whose accounts share its partition."""
+
+    items: list[MemberUpdate]
+    v: int = MEMBERS_VERSION
+
+
+_encoder = msgspec.msgpack.Encoder()
+_members_decoder = msgspec.msgpack.Decoder(MemberBatch)
+_account_decoder = msgspec.msgpack.Decoder(AccountState)
+
+encode = _encoder.encode
+
+
+def decode_members(raw: bytes) -> MemberBatch:
+    batch = _members_decoder.decode(raw)
+    if batch.v > MEMBERS_VERSION:
+        raise UnsupportedVersion(f"member batch version {batch.v} is newer than this build understands")
+    return batch
+
+
+def decode_account(raw: bytes) -> AccountState:
+    state = _account_decoder.decode(raw)
+    if state.v > ACCOUNT_STATE_VERSION:
+        raise UnsupportedVersion(f"account state version {state.v} is newer than this build understands")
+    return state

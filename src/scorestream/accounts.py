@@ -1,0 +1,642 @@
+"""B2B accounts and buying centres: members' roles, role-weighted account engagement, account fit,
+buying-centre coverage and an account stage graph with history.
+
+A contact that made a ``group`` call belongs to the account of its latest one. The contacts stage
+reports each member's current state to its account as a :class:`MemberUpdate` (role, engagement
+at an event-time instant, fit, lifecycle stage, customer or not, the account traits of its latest
+group call); the accounts stage folds them into an :class:`AccountState`.
+
+The rules this module keeps:
+
+- **the member set does not depend on arrival order**: per member, the snapshot with the greater
+  :func:`snapshot_key` wins (later ``at_ms``, then more evidence, then a departure, then content),
+  so any interleaving or repetition of the same updates gives the same members and traits;
+- account engagement is computed at read time: at ``t``, the sum over members of
+  ``role_weight x score x 2^(-(t - at_ms)/H)`` with the model's engagement half-life;
+- the account stage is advanced, in event time, whenever updates arrive: transitions are tried in
+  model order from the current stage (several may chain) at the account's latest update instant.
+  Stage history is path-dependent by design (hysteresis): it records what the account went
+  through as updates arrived.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from scorestream.contact import ContactState, decay
+from scorestream.model import Band, FitRule, ModelError, Predicate, lookup
+from scorestream.rfm import summary
+from scorestream.scoring import engagement_at, fit_of
+
+if TYPE_CHECKING:
+    from scorestream.model import Model
+
+ACCOUNT_STATE_VERSION = 1
+ROLES = ("decision_maker", "buyer", "specifier", "influencer", "gatekeeper")
+OTHER = "other"
+"""The role of a member no rule places: it adds engagement (at its weight) but no coverage."""
+ROLE_ALIASES = {
+    "decision maker": "decision_maker",
+    "decision-maker": "decision_maker",
+    "economic buyer": "buyer",
+    "user": "specifier",
+    "champion": "influencer",
+}
+SIGNALS = ("engagement", "fit", "coverage", "roles", "members", "engaged_members", "customers", "traits")
+MAX_CHAIN = 8
+"""Most transitions taken in one evaluation (a graph with a cycle of always-true guards stops)."""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Holds when at least one of its predicates holds (``{any: [...]}`` in a guard list)."""
+
+    predicates: tuple[Predicate, ...]
+
+    def test(self, source: Mapping[str, Any]) -> bool:
+        return any(p.test(source) for p in self.predicates)
+
+
+Guard = Predicate | AnyOf
+
+
+def _guards(raw: object, where: str) -> tuple[Guard, ...]:
+    if not isinstance(raw, list):
+        raise ModelError(f"{where}: expected a list of predicates")
+    out: list[Guard] = []
+    for i, item in enumerate(raw):
+        if isinstance(item, Mapping) and "any" in item:
+            options = item["any"]
+            if len(item) != 1 or not isinstance(options, list) or not options:
+                raise ModelError(f"{where}[{i}]: 'any' takes a non-empty list of predicates and nothing else")
+            out.append(AnyOf(tuple(Predicate.parse(p, f"{where}[{i}].any[{j}]") for j, p in enumerate(options))))
+        else:
+            out.append(Predicate.parse(item, f"{where}[{i}]"))
+    return tuple(out)
+
+
+def normalise_role(value: object) -> str | None:
+    """A role name from a trait value (``"Decision Maker"``, ``"user"``, ``"buyer"``), or None."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().casefold()
+    text = ROLE_ALIASES.get(text, text).replace(" ", "_").replace("-", "_")
+    return text if text in ROLES else None
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRule:
+    """Members whose traits satisfy every predicate take ``role`` (rules are tried in model order)."""
+
+    role: str
+    when: tuple[Guard, ...]
+
+    @classmethod
+    def parse(cls, raw: object, index: int) -> RoleRule:
+        where = f"accounts.roles[{index}]"
+        if not isinstance(raw, Mapping):
+            raise ModelError(f"{where}: a role rule is a mapping {{role: buyer, when: [...]}}")
+        unknown = set(raw) - {"role", "when", "description"}
+        if unknown:
+            raise ModelError(f"{where}: unknown key(s) {sorted(unknown)}")
+        role = raw.get("role")
+        if role not in ROLES:
+            raise ModelError(f"{where}: 'role' must be one of {', '.join(ROLES)}, got {role!r}")
+        when = raw.get("when")
+        if not isinstance(when, list) or not when:
+            raise ModelError(f"{where} ({role}): 'when' must be a non-empty list of predicates")
+        return cls(role=str(role), when=_guards(when, f"{where}.when"))
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """``from`` stages (``None``: any stage but ``to``) -> ``to`` when every guard holds over the
+    account's signals (:func:`signals`)."""
+
+    id: str
+    sources: frozenset[str] | None
+    to: str
+    when: tuple[Guard, ...]
+
+    def applies(self, stage: str, facts: Mapping[str, Any]) -> bool:
+        if stage == self.to or (self.sources is not None and stage not in self.sources):
+            return False
+        return all(g.test(facts) for g in self.when)
+
+
+def _transition(raw: object, index: int) -> Transition:
+    where = f"accounts.stages.transitions[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ModelError(f"{where}: a transition is a mapping {{id, from, to, when}}")
+    unknown = set(raw) - {"id", "from", "to", "when", "description"}
+    if unknown:
+        raise ModelError(f"{where}: unknown key(s) {sorted(unknown)}")
+    tid = raw.get("id")
+    if not isinstance(tid, str) or not tid:
+        raise ModelError(f"{where}: needs a non-empty string 'id'")
+    where = f"account transition {tid!r}"
+    to = raw.get("to")
+    if not isinstance(to, str) or not to:
+        raise ModelError(f"{where}: 'to' must be a stage name")
+    source = raw.get("from")
+    sources: frozenset[str] | None
+    if source == "*":
+        sources = None
+    else:
+        items = [source] if isinstance(source, str) else source
+        if not isinstance(items, list) or not items or not all(isinstance(s, str) and s for s in items):
+            raise ModelError(f"{where}: 'from' must be a stage, a list of stages or '*'")
+        sources = frozenset(items)
+    guards = _guards(raw.get("when", []), f"{where}.when")
+    for guard in guards:
+        for pred in guard.predicates if isinstance(guard, AnyOf) else (guard,):
+            if pred.field.split(".")[0] not in SIGNALS:
+                raise ModelError(f"{where}: unknown signal {pred.field!r}; one of {', '.join(SIGNALS)} (traits.<name>)")
+    return Transition(id=tid, sources=sources, to=to, when=guards)
+
+
+def _number(raw: object, where: str, minimum: float | None = None) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise ModelError(f"{where}: expected a number, got {raw!r}")
+    if minimum is not None and raw < minimum:
+        raise ModelError(f"{where}: must be >= {minimum}, got {raw!r}")
+    return float(raw)
+
+
+def _bands(raw: object, where: str, default: Sequence[tuple[str, float]]) -> tuple[Band, ...]:
+    if raw is None:
+        return tuple(Band(label, low) for label, low in default)
+    if not isinstance(raw, list) or not raw:
+        raise ModelError(f"{where}: expected a non-empty list of {{label, min}}")
+    bands = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or "label" not in item or "min" not in item:
+            raise ModelError(f"{where}[{i}]: expected {{label: A, min: 60}}")
+        low = item["min"]
+        if isinstance(low, bool) or not isinstance(low, int | float):
+            raise ModelError(f"{where}[{i}]: 'min' must be a number")
+        bands.append(Band(label=str(item["label"]), min=float(low)))
+    return tuple(sorted(bands, key=lambda b: -b.min))
+
+
+DEFAULT_FIT_GRADES = (Band("A", 60), Band("B", 35), Band("C", 15), Band("D", -math.inf))
+DEFAULT_ENGAGEMENT_BANDS = (Band("1", 100), Band("2", 50), Band("3", 15), Band("4", -math.inf))
+DEFAULT_WEIGHTS: Mapping[str, float] = {
+    "decision_maker": 1.5,
+    "buyer": 1.25,
+    "specifier": 1.0,
+    "influencer": 0.75,
+    "gatekeeper": 0.5,
+    OTHER: 0.5,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsConfig:
+    """The model file's ``accounts`` section (every key optional)."""
+
+    role_trait: str = "buying_role"
+    roles: tuple[RoleRule, ...] = ()
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    engaged_member: float = 10.0
+    fit_rules: tuple[FitRule, ...] = ()
+    fit_grades: tuple[Band, ...] = DEFAULT_FIT_GRADES
+    engagement_bands: tuple[Band, ...] = DEFAULT_ENGAGEMENT_BANDS
+    initial_stage: str = "target"
+    transitions: tuple[Transition, ...] = ()
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Every stage named by the graph, the initial one first."""
+        seen = [self.initial_stage]
+        for t in self.transitions:
+            for s in (*sorted(t.sources or ()), t.to):
+                if s not in seen:
+                    seen.append(s)
+        return tuple(seen)
+
+    @classmethod
+    def from_dict(cls, raw: object) -> AccountsConfig:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ModelError("'accounts' must be a mapping")
+        unknown = set(raw) - {"role_trait", "roles", "weights", "engaged_member", "fit", "engagement", "stages"}
+        if unknown:
+            raise ModelError(f"accounts: unknown key(s) {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        if "role_trait" in raw:
+            if not isinstance(raw["role_trait"], str) or not raw["role_trait"]:
+                raise ModelError("accounts.role_trait: expected a trait name (dotted path)")
+            kwargs["role_trait"] = raw["role_trait"]
+        roles = raw.get("roles", [])
+        if not isinstance(roles, list):
+            raise ModelError("accounts.roles: expected a list of {role, when}")
+        kwargs["roles"] = tuple(RoleRule.parse(r, i) for i, r in enumerate(roles))
+        weights = dict(DEFAULT_WEIGHTS)
+        given = raw.get("weights", {})
+        if not isinstance(given, Mapping):
+            raise ModelError("accounts.weights: expected a mapping of role -> weight")
+        for role, weight in given.items():
+            if role not in (*ROLES, OTHER):
+                raise ModelError(f"accounts.weights: unknown role {role!r}; one of {', '.join((*ROLES, OTHER))}")
+            weights[role] = _number(weight, f"accounts.weights.{role}", minimum=0.0)
+        kwargs["weights"] = weights
+        if "engaged_member" in raw:
+            kwargs["engaged_member"] = _number(raw["engaged_member"], "accounts.engaged_member")
+        fit = raw.get("fit", {})
+        if not isinstance(fit, Mapping) or set(fit) - {"rules", "grades"}:
+            raise ModelError("accounts.fit: expected a mapping with 'rules' and/or 'grades'")
+        fit_rules = fit.get("rules", [])
+        if not isinstance(fit_rules, list):
+            raise ModelError("accounts.fit.rules: expected a list of fit rules")
+        parsed = []
+        for i, rule in enumerate(fit_rules):
+            try:
+                parsed.append(FitRule.parse(rule, i))
+            except ModelError as exc:
+                raise ModelError(f"accounts.{exc}") from exc
+        ids = [r.id for r in parsed]
+        if len(set(ids)) != len(ids):
+            raise ModelError(f"accounts.fit.rules: duplicate rule id(s) {sorted({i for i in ids if ids.count(i) > 1})}")
+        kwargs["fit_rules"] = tuple(parsed)
+        kwargs["fit_grades"] = _bands(
+            fit.get("grades"), "accounts.fit.grades", [(b.label, b.min) for b in DEFAULT_FIT_GRADES]
+        )
+        engagement = raw.get("engagement", {})
+        if not isinstance(engagement, Mapping) or set(engagement) - {"bands"}:
+            raise ModelError("accounts.engagement: expected a mapping with 'bands'")
+        kwargs["engagement_bands"] = _bands(
+            engagement.get("bands"), "accounts.engagement.bands", [(b.label, b.min) for b in DEFAULT_ENGAGEMENT_BANDS]
+        )
+        stages = raw.get("stages", {})
+        if not isinstance(stages, Mapping) or set(stages) - {"initial", "transitions"}:
+            raise ModelError("accounts.stages: expected a mapping with 'initial' and 'transitions'")
+        if "initial" in stages:
+            if not isinstance(stages["initial"], str) or not stages["initial"]:
+                raise ModelError("accounts.stages.initial: expected a stage name")
+            kwargs["initial_stage"] = stages["initial"]
+        transitions = stages.get("transitions", [])
+        if not isinstance(transitions, list):
+            raise ModelError("accounts.stages.transitions: expected a list of {id, from, to, when}")
+        parsed_t = tuple(_transition(t, i) for i, t in enumerate(transitions))
+        tids = [t.id for t in parsed_t]
+        if len(set(tids)) != len(tids):
+            raise ModelError(
+                f"accounts.stages.transitions: duplicate id(s) {sorted({i for i in tids if tids.count(i) > 1})}"
+            )
+        kwargs["transitions"] = parsed_t
+        config = cls(**kwargs)
+        reachable = {config.initial_stage, *(t.to for t in parsed_t)}
+        for t in parsed_t:
+            dead = sorted((t.sources or frozenset()) - reachable)
+            if dead:
+                raise ModelError(f"account transition {t.id!r}: 'from' names stage(s) {dead} no transition reaches")
+        return config
+
+    def role_of(self, traits: Mapping[str, Any]) -> str:
+        """The explicit role trait when it names a role, else the first matching rule, else ``other``."""
+        explicit = normalise_role(lookup(traits, self.role_trait))
+        if explicit is not None:
+            return explicit
+        for rule in self.roles:
+            if all(g.test(traits) for g in rule.when):
+                return rule.role
+        return OTHER
+
+    def weight(self, role: str) -> float:
+        return self.weights.get(role, self.weights.get(OTHER, 0.0))
+
+
+# --- what a contact reports ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdate:
+    """A contact's snapshot for its account, valid at event time ``at_ms``.
+
+    ``member`` False says the contact left the account (it moved to another or merged into
+    another contact). ``traits`` are the account traits of the contact's latest group call to
+    this account, stamped ``traits_at`` (its timestamp and message id).
+    """
+
+    contact_id: str
+    account_id: str
+    at_ms: int
+    evidence: int
+    role: str
+    score: float
+    fit: float
+    stage: str | None = None
+    customer: bool = False
+    member: bool = True
+    traits: dict[str, Any] = field(default_factory=dict)
+    traits_at: tuple[int, str] | None = None
+
+
+class Member(NamedTuple):
+    """A member's latest snapshot as the account holds it."""
+
+    role: str
+    score: float
+    at_ms: int
+    evidence: int
+    fit: float
+    stage: str | None
+    customer: bool
+    active: bool
+
+
+def snapshot_key(m: Member) -> tuple[Any, ...]:
+    """Total order on snapshots of one member: the greater one wins.
+
+    Later event time first; at the same instant (a late event changed the score at the contact's
+    newest event) the one built from more evidence; then a departure over a stay; then content,
+    so two replicas that saw the same snapshots in any order keep the same one.
+    """
+    return (m.at_ms, m.evidence, not m.active, m.role, m.score, m.fit, m.stage or "", m.customer)
+
+
+def _evidence(state: ContactState) -> int:
+    return len(state.hits) + len(state.folded_ids)
+
+
+def _update(state: ContactState, model: Model, account_id: str, member: bool) -> MemberUpdate:
+    at_ms = state.last_seen_ms if state.last_seen_ms is not None else 0
+    config = model.accounts
+    own = account_id == state.account_id and state.account_at is not None
+    return MemberUpdate(
+        contact_id=state.contact_id,
+        account_id=account_id,
+        at_ms=at_ms,
+        evidence=_evidence(state),
+        role=config.role_of(state.traits),
+        score=engagement_at(state, model, at_ms, top=0).score,
+        fit=fit_of(state, model, top=0).score,
+        stage=state.journey.stage if state.journey is not None else None,
+        customer=summary(state.value, at_ms).frequency > 0,
+        member=member,
+        traits=dict(state.account_traits) if own and member else {},
+        traits_at=(state.account_at[0], state.account_at[1]) if own and member and state.account_at else None,
+    )
+
+
+def member_update(state: ContactState, model: Model) -> MemberUpdate | None:
+    """What the contact reports to its account now; None when it has no account.
+
+    A contact merged into another reports that it left (the contact it merged into reports the
+    membership from then on).
+    """
+    if state.account_id is None:
+        return None
+    return _update(state, model, state.account_id, member=state.merged_into is None)
+
+
+def member_updates(state: ContactState, model: Model) -> list[MemberUpdate]:
+    """:func:`member_update` plus a departure for every other account the contact was grouped with
+    (it moved: the latest group call decides the account)."""
+    current = member_update(state, model)
+    out = [] if current is None else [current]
+    for group in state.groups:
+        if group != state.account_id:
+            out.append(_update(state, model, group, member=False))
+    return out
+
+
+# --- the account -------------------------------------------------------------------------------
+
+
+class AccountStageEntry(NamedTuple):
+    """One stay in an account stage; ``exited_ms`` None while current; ``rule`` the transition that
+    led into it (``initial`` for the first)."""
+
+    stage: str
+    entered_ms: int
+    exited_ms: int | None
+    rule: str
+
+
+class AccountStageChange(NamedTuple):
+    account_id: str
+    before: str
+    after: str
+    at_ms: int
+    rule: str
+
+
+@dataclass(slots=True)
+class AccountState:
+    """An account (a table value; versioned by ``v``)."""
+
+    account_id: str
+    model_version: str
+    v: int = ACCOUNT_STATE_VERSION
+    traits: dict[str, Any] = field(default_factory=dict)
+    trait_at: dict[str, tuple[int, str]] = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)
+    stage: str | None = None
+    history: list[AccountStageEntry] = field(default_factory=list)
+    updated_ms: int = 0
+
+
+def _merge_member(state: AccountState, update: MemberUpdate) -> bool:
+    new = Member(
+        role=update.role,
+        score=update.score,
+        at_ms=update.at_ms,
+        evidence=update.evidence,
+        fit=update.fit,
+        stage=update.stage,
+        customer=update.customer,
+        active=update.member,
+    )
+    old = state.members.get(update.contact_id)
+    if old is not None and snapshot_key(old) >= snapshot_key(new):
+        return False
+    state.members[update.contact_id] = new
+    return True
+
+
+def _merge_traits(state: AccountState, update: MemberUpdate) -> bool:
+    """Per trait, the value from the latest group call wins (ties: the greater ``repr``)."""
+    if update.traits_at is None:
+        return False
+    stamp = (update.traits_at[0], update.traits_at[1])
+    changed = False
+    for key, value in update.traits.items():
+        current = state.trait_at.get(key)
+        if current is None or (tuple(current), repr(state.traits.get(key))) < (stamp, repr(value)):
+            state.traits[key] = value
+            state.trait_at[key] = stamp
+            changed = True
+    return changed
+
+
+def member_engagement(member: Member, half_life_ms: int, at_ms: int) -> float:
+    """The member's engagement decayed from its snapshot to ``at_ms`` (never grown before it)."""
+    return decay(member.score, member.at_ms, max(at_ms, member.at_ms), half_life_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    contact_id: str
+    role: str
+    engagement: float
+    fit: float
+    stage: str | None
+    customer: bool
+    engaged: bool
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """An account read at ``as_of_ms``: scores, grade, buying-centre coverage, stage."""
+
+    account_id: str
+    as_of_ms: int
+    engagement: float
+    band: str
+    fit: float
+    fit_grade: str
+    grade: str
+    fit_rules: tuple[str, ...]
+    roles_engaged: tuple[str, ...]
+    missing_roles: tuple[str, ...]
+    members: tuple[MemberView, ...]
+    customers: int
+    stage: str | None
+    since_ms: int | None
+
+
+def _band(bands: tuple[Band, ...], score: float) -> str:
+    for band in bands:
+        if score >= band.min:
+            return band.label
+    return bands[-1].label
+
+
+def _round(value: float) -> float:
+    return round(value, 6) + 0.0
+
+
+def account_view(state: AccountState, model: Model, now_ms: int) -> AccountView:
+    """The account at ``now_ms``: engagement = sum of role weight x member engagement decayed to
+    ``now_ms``, fit from the account fit rules over its traits, the roles engaged (members whose
+    decayed engagement reaches ``accounts.engaged_member``). Sums use ``math.fsum`` over members
+    sorted by id, so the answer does not depend on the order updates arrived in."""
+    config = model.accounts
+    half_life = model.half_life_ms
+    members: list[MemberView] = []
+    weighted: list[float] = []
+    for contact_id in sorted(state.members):
+        m = state.members[contact_id]
+        if not m.active:
+            continue
+        score = member_engagement(m, half_life, now_ms)
+        weighted.append(config.weight(m.role) * score)
+        members.append(
+            MemberView(
+                contact_id=contact_id,
+                role=m.role,
+                engagement=_round(score),
+                fit=m.fit,
+                stage=m.stage,
+                customer=m.customer,
+                engaged=score >= config.engaged_member,
+                at_ms=m.at_ms,
+            )
+        )
+    engagement = math.fsum(weighted)
+    matched = [r for r in config.fit_rules if all(p.test(state.traits) for p in r.when)]
+    fit = math.fsum(r.points for r in matched)
+    roles = tuple(r for r in ROLES if any(mv.engaged and mv.role == r for mv in members))
+    band, letter = _band(config.engagement_bands, engagement), _band(config.fit_grades, fit)
+    current = state.history[-1] if state.history else None
+    return AccountView(
+        account_id=state.account_id,
+        as_of_ms=now_ms,
+        engagement=_round(engagement),
+        band=band,
+        fit=_round(fit),
+        fit_grade=letter,
+        grade=f"{letter}{band}",
+        fit_rules=tuple(r.id for r in matched),
+        roles_engaged=roles,
+        missing_roles=tuple(r for r in ROLES if r not in roles),
+        members=tuple(members),
+        customers=sum(1 for mv in members if mv.customer),
+        stage=state.stage,
+        since_ms=current.entered_ms if current is not None else None,
+    )
+
+
+def signals(view: AccountView, traits: Mapping[str, Any]) -> dict[str, Any]:
+    """What account transitions test: ``engagement``, ``fit``, ``coverage`` (roles engaged),
+    ``roles`` (their names), ``members``, ``engaged_members``, ``customers``, ``traits.<name>``."""
+    return {
+        "engagement": view.engagement,
+        "fit": view.fit,
+        "coverage": len(view.roles_engaged),
+        "roles": list(view.roles_engaged),
+        "members": len(view.members),
+        "engaged_members": sum(1 for m in view.members if m.engaged),
+        "customers": view.customers,
+        "traits": traits,
+    }
+
+
+def _enter(state: AccountState, stage: str, at_ms: int, rule: str) -> None:
+    if state.history:
+        last = state.history[-1]
+        state.history[-1] = last._replace(exited_ms=at_ms)
+    state.history.append(AccountStageEntry(stage, at_ms, None, rule))
+    state.stage = stage
+
+
+def advance(state: AccountState, model: Model, at_ms: int) -> list[AccountStageChange]:
+    """Take the transitions that apply at ``at_ms``, in model order, chaining (each stage at most
+    once per call); returns the changes made."""
+    config = model.accounts
+    if state.stage is None:
+        _enter(state, config.initial_stage, at_ms, "initial")
+    changes: list[AccountStageChange] = []
+    visited = {state.stage}
+    for _ in range(MAX_CHAIN):
+        facts = signals(account_view(state, model, at_ms), state.traits)
+        stage = state.stage
+        assert stage is not None
+        taken = next((t for t in config.transitions if t.applies(stage, facts)), None)
+        if taken is None or taken.to in visited:
+            break
+        _enter(state, taken.to, at_ms, taken.id)
+        visited.add(taken.to)
+        changes.append(AccountStageChange(state.account_id, stage, taken.to, at_ms, taken.id))
+    return changes
+
+
+def apply_member_updates(
+    state: AccountState | None, account_id: str, updates: Iterable[MemberUpdate], model: Model
+) -> tuple[AccountState, list[AccountStageChange]]:
+    """Fold members' snapshots into the account and advance its stage at the account's latest
+    update instant (event time). The member set and traits depend on the set of updates only."""
+    if state is None:
+        state = AccountState(account_id=account_id, model_version=model.version)
+    state.model_version = model.version
+    changed = False
+    for update in updates:
+        if update.account_id != account_id:
+            raise ValueError(f"update for account {update.account_id!r} applied to {account_id!r}")
+        changed |= _merge_traits(state, update)
+        changed |= _merge_member(state, update)
+    latest = max((m.at_ms for m in state.members.values()), default=0)
+    state.updated_ms = max(state.updated_ms, latest)
+    if not changed and state.stage is not None:
+        return state, []
+    return state, advance(state, model, state.updated_ms)
