@@ -57,8 +57,9 @@ class AccountFeed:
             return
         for update in member_updates(state, self.model):
             key = (update.contact_id, update.account_id)
-            if self.sent.get(key) == update:
-                continue
+            last = self.sent.get(key)
+            if last == update or (last is not None and not last.member and not update.member):
+                continue  # unchanged, or already told it left
             self.sent[key] = update
             self.sent.move_to_end(key)
             if len(self.sent) > self.memory:

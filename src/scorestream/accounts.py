@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from scorestream.contact import ContactState, decay
@@ -403,9 +403,11 @@ def member_updates(state: ContactState, model: Model) -> list[MemberUpdate]:
     (it moved: the latest group call decides the account)."""
     current = member_update(state, model)
     out = [] if current is None else [current]
-    for group in state.groups:
-        if group != state.account_id:
-            out.append(_update(state, model, group, member=False))
+    others = [g for g in state.groups if g != state.account_id]
+    if others:
+        base = current if current is not None else _update(state, model, others[0], member=False)
+        for group in others:  # the same snapshot, scored once
+            out.append(replace(base, account_id=group, member=False, traits={}, traits_at=None))
     return out
 
 
