@@ -442,3 +442,15 @@ def test_decay_guard_instant_is_exact_for_negative_scores_too() -> None:
     state = run([track("Unsubscribed", T0)], until=T0 + 365 * DAY)
     assert [f for f in journey(state).fired if f.kind == "crossing"] == []
     assert math.isclose(engagement_at(state, DEFAULT_MODEL, T0).score, -25.0)
+
+
+def test_live_delivery_one_event_at_a_time_with_ticks_between_gives_the_same_journey() -> None:
+    state: ContactState | None = None
+    for event in sorted(STORY, key=lambda e: e.timestamp_ms):
+        state, _ = step(state, "user-1", [event], DEFAULT_MODEL)  # in time order: the walk resumes
+        state, _ = step(state, "user-1", [Tick(event.timestamp_ms + 20 * MINUTE)], DEFAULT_MODEL)
+        assert state is not None
+        state = decode_state(encode(state))
+    state, _ = step(state, "user-1", [Tick(AS_OF)], DEFAULT_MODEL)
+    assert state is not None
+    assert journey(state) == _journey_of([STORY])

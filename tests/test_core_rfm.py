@@ -476,3 +476,37 @@ def test_a_segment_grid_with_gaps_or_dead_rules_is_refused(segments: object, mes
 def test_segment_rules_are_plain_data() -> None:
     assert DEFAULT_SEGMENTS[0] == SegmentRule("Champions", (5, 5), (4, 5))
     assert ValueConfig().segments is DEFAULT_SEGMENTS
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["o", "r"]),
+            st.sampled_from(["A", "B", "C", "D"]),
+            st.sampled_from([None, 10.0, 35.5, 120.0]),
+            st.sampled_from([None, "USD", "EUR", "XYZ"]),
+        ),
+        max_size=12,
+    )
+)
+def test_facts_timeline_steps_equal_summary_at_each_instant(records: list[tuple[str, str, Any, Any]]) -> None:
+    from scorestream.rfm import facts_timeline
+
+    config = ValueConfig(rates={"EUR": 1.1})
+    events = []
+    for i, (kind, oid, amount, currency) in enumerate(records):
+        props: dict[str, Any] = {"order_id": oid}
+        if amount is not None:
+            props["total"] = amount
+        if currency is not None:
+            props["currency"] = currency
+        make = order if kind == "o" else refund
+        events.append(make(ts=T0 + i * HOUR, **props))
+    value = apply_purchase_events(None, events, config)
+    steps = facts_timeline(value)
+    assert [s.key for s in steps] == sorted(s.key for s in steps)
+    for s in steps:
+        facts = summary(value, s.key[0])  # one record per instant: the step is the instant
+        assert (s.frequency, s.monetary) == (facts.frequency, facts.monetary)
+    assert all(s.monetary == 0.0 for s in facts_timeline(value, monetary=False))

@@ -372,6 +372,8 @@ def step(
     """
     out: list[Outgoing] = []
     pending: list[Event] = []
+    walked_to = state.journey.walked_to_ms if state is not None and state.journey is not None else None
+    resume = walked_to is not None  # the lifecycle walk may continue where it stopped (see below)
 
     def flush() -> None:
         nonlocal state
@@ -392,7 +394,10 @@ def step(
             continue
         if isinstance(item, Event):
             pending.append(item)
+            if resume and (item.timestamp_ms <= walked_to or (item.kind == "identify" and item.traits)):  # type: ignore[operator]
+                resume = False  # an event at or before the last walk, or new traits: walk again
             continue
+        resume = resume and isinstance(item, Tick)
         flush()
         if isinstance(item, Tick):
             if state is not None and (state.ticked_ms is None or item.at_ms > state.ticked_ms):
@@ -413,5 +418,5 @@ def step(
         from scorestream.lifecycle import walk
 
         as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
-        state.journey = walk(state, model, model.lifecycle, as_of)
+        state.journey = walk(state, model, model.lifecycle, as_of, resume=resume)
     return state, out

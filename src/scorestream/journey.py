@@ -43,6 +43,9 @@ class Cursor:
     mid: str = ""
     pending: dict[str, int] = field(default_factory=dict)
     above: list[float] = field(default_factory=list)
+    # engagement: ``ref_score`` at ``ref_ms`` (the last checkpoint), decayed from there
+    ref_score: float = 0.0
+    ref_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -64,3 +67,5 @@ class Journey:
     persona: str | None = None
     anchor: Cursor | None = None
     next_due_ms: int | None = None
+    # where the walk stopped (at ``walked_to_ms``): a later walk over newer events only resumes here
+    cursor: Cursor | None = None

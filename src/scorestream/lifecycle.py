@@ -30,6 +30,7 @@ contact cannot enter a ``qualified`` stage (MQL, SQL).
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from scorestream.contact import ContactState, decay, effective_points
 from scorestream.events import Event
 from scorestream.journey import Cursor, Fired, Journey, StageEntry
 from scorestream.model import EngagementRule, Model, ModelError, Predicate, parse_duration_ms
-from scorestream.rfm import summary
+from scorestream.rfm import FactsStep, facts_timeline
 from scorestream.scoring import fit_of
 from scorestream.triggers import make_trigger
 
@@ -114,6 +115,11 @@ class Lifecycle:
 
     flag_rules: Mapping[str, FlagRule]
     timer_of: Mapping[str, Timer]
+    # per stage: the raw scores at which a threshold or an engagement guard of a transition out
+    # of it flips (a walk between events skips the search when the decay passes none of them)
+    edges: Mapping[str, tuple[float, ...]]
+    threshold_guards: tuple[tuple[float, Predicate], ...]
+    uses_monetary: bool
 
     @property
     def event_flags(self) -> tuple[FlagRule, ...]:
@@ -311,6 +317,18 @@ def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycl
         personas=personas,
         flag_rules={f.id: f for f in flags},
         timer_of={t.id: t for t in timers},
+        uses_monetary=any(g.field == "monetary" for t in transitions for g in t.guards)
+        or any(g.field == "monetary" for p in personas for g in p.when),
+        threshold_guards=tuple((t, Predicate("engagement", "gte", t)) for t in sorted(set(thresholds))),
+        edges={
+            s: tuple(
+                sorted(
+                    {_edge("gte", t) for t in thresholds}
+                    | {_edge(g.op, float(g.value)) for tr in by_source[s] for g in tr.engagement_guards}
+                )
+            )
+            for s in stages
+        },
     )
 
 
@@ -399,37 +417,37 @@ def _trait_flags(state: ContactState, lc: Lifecycle) -> dict[str, str]:
     return out
 
 
+ROUND_EPS = 5e-7  # half of the last decimal the API shows (scores are rounded to 6 decimals)
+
+
+def _edge(op: str, limit: float) -> float:
+    """The raw score at which ``op limit`` flips for the score as the API shows it (rounded to 6
+    decimals), so a contact never appears at 20.0 yet below 20: ``gte``/``lt`` flip at
+    ``limit - 0.5e-6``, ``gt``/``lte`` at ``limit + 0.5e-6``."""
+    return limit - ROUND_EPS if op in ("gte", "lt") else limit + ROUND_EPS
+
+
 def _holds(op: str, value: float, limit: float) -> bool:
-    """``value op limit`` on the score as the API shows it (rounded to 6 decimals), so a contact
-    never appears at 20.0 yet below 20."""
-    value = round(value, 6)
-    if op == "gt":
-        return value > limit
-    if op == "gte":
-        return value >= limit
-    if op == "lt":
-        return value < limit
-    return value <= limit
+    above = value >= _edge(op, limit)
+    return above if op in ("gt", "gte") else not above
 
 
 def _window(guard: Predicate, score: float, now: int, half_life: int) -> tuple[int, int | None] | None:
     """Instants ``[start, end)`` from ``now`` on at which ``engagement op value`` holds while the
     score only decays (``end`` None: for ever); None if never."""
-    limit = float(guard.value)
-    holds_now = _holds(guard.op, score, limit)
+    op, limit = guard.op, float(guard.value)
+    holds_now = _holds(op, score, limit)
     if score == 0.0:
         return (now, None) if holds_now else None
     tiny = math.copysign(1e-300, score)  # the score tends to 0 without reaching it
-    holds_later = _holds(guard.op, tiny, limit)
-    if holds_now == holds_later:
+    if holds_now == _holds(op, tiny, limit):
         return (now, None) if holds_now else None
-    # the one crossing: where the decayed score passes ``limit`` (same sign as the score)
-    ratio = score / limit if limit != 0.0 else math.inf
-    t = now + max(0, math.ceil(half_life * math.log2(ratio))) if math.isfinite(ratio) and ratio > 0 else now + 1
-    t = max(t, now + 1)
-    while _holds(guard.op, decay(score, now, t, half_life), limit) == holds_now:
+    # the one crossing: where the decayed score passes the edge (of the same sign as the score)
+    ratio = score / _edge(op, limit)
+    t = now + max(1, math.ceil(half_life * math.log2(ratio))) if ratio > 0 else now + 1
+    while _holds(op, decay(score, now, t, half_life), limit) == holds_now:
         t += 1
-    while t - 1 > now and _holds(guard.op, decay(score, now, t - 1, half_life), limit) != holds_now:
+    while t - 1 > now and _holds(op, decay(score, now, t - 1, half_life), limit) != holds_now:
         t -= 1
     return (now, t) if holds_now else (t, None)
 
@@ -442,6 +460,8 @@ class _Walker:
     now: int
     stage: str
     since: int
+    ref_score: float
+    ref_ms: int
     score: float
     pending: dict[str, int]
     above: set[float]
@@ -450,10 +470,13 @@ class _Walker:
     signals: dict[str, Any]
     event_flags: dict[str, str]
     trait_flags: dict[str, str]
+    value_steps: list[FactsStep]
 
     def _decay_to(self, t: int) -> None:
+        """Move the clock on. The score is always decayed from the last checkpoint (``ref``), so a
+        walk resumed at any instant continues with exactly the same numbers."""
         if t > self.now:
-            self.score = decay(self.score, self.now, t, self.model.half_life_ms)
+            self.score = decay(self.ref_score, self.ref_ms, t, self.model.half_life_ms)
             self.now = t
 
     def _flags(self) -> dict[str, str]:
@@ -465,11 +488,14 @@ class _Walker:
         self.signals["flagged"] = bool(flags)
         self.signals["stage"] = self.stage
 
-    def _refresh_value(self) -> None:
-        facts = summary(self.state.value, self.now)
-        self.signals["orders"] = facts.frequency
-        self.signals["monetary"] = facts.monetary
-        self.signals["customer"] = facts.frequency > 0
+    def _refresh_value(self, key: tuple[int, str]) -> None:
+        """Purchase signals with every order and refund up to ``key`` known."""
+        steps = self.value_steps
+        at = bisect_right(steps, key, key=lambda s: s.key) - 1
+        frequency, monetary = (steps[at].frequency, steps[at].monetary) if at >= 0 else (0, 0.0)
+        self.signals["orders"] = frequency
+        self.signals["monetary"] = monetary
+        self.signals["customer"] = frequency > 0
 
     def _guards_hold(self, tr: Transition) -> bool:
         self.signals["engagement"] = self.score
@@ -515,7 +541,7 @@ class _Walker:
 
     def _cross(self, cause: str | None) -> None:
         for th in self.lc.thresholds:
-            was, now = th in self.above, self.score >= th
+            was, now = th in self.above, _holds("gte", self.score, th)
             if was != now:
                 self.fired.append(Fired("crossing", _num(th), self.now, "up" if now else "down", cause))
                 if now:
@@ -530,13 +556,14 @@ class _Walker:
             self.score += cp.earned
         else:  # older than the anchor (a merged contact's events): counted from the anchor on
             self.score += decay(cp.earned, cp.ts, self.now, self.model.half_life_ms)
+        self.ref_score, self.ref_ms = self.score, self.now
         for rule_id in cp.flags:
             rule = self.lc.flag_rules[rule_id]
             self.event_flags.setdefault(rule.flag, rule.reason)
         if cp.flags:
             self._refresh_signals()
         if cp.value_changed:
-            self._refresh_value()
+            self._refresh_value((cp.ts, cp.mid))
         for timer in self.lc.timers:
             if timer.cancel & cp.tags:
                 self.pending.pop(timer.id, None)
@@ -551,8 +578,7 @@ class _Walker:
         due: list[int] = []
         timer_of = self.lc.timer_of
         due.extend(start + timer_of[tid].after_ms for tid, start in self.pending.items() if tid in timer_of)
-        for th in self.lc.thresholds:
-            guard = Predicate("engagement", "gte", th)
+        for th, guard in self.lc.threshold_guards:
             window = _window(guard, self.score, self.now, half_life)
             if th in self.above and window is not None and window[1] is not None:
                 due.append(window[1])
@@ -590,6 +616,21 @@ class _Walker:
                 self.fired.append(Fired("timer", tid, self.now, "", None))
         return tags
 
+    def _quiet(self, limit: int) -> bool:
+        """Nothing can happen up to ``limit``: no timer comes due and the decaying score passes
+        no threshold or guard edge (a cheap test before the exact search)."""
+        timer_of = self.lc.timer_of
+        for tid, start in self.pending.items():
+            timer = timer_of.get(tid)
+            if timer is not None and start + timer.after_ms <= limit:
+                return False
+        score = self.score
+        if score == 0.0 or limit <= self.now:
+            return True
+        low = decay(score, self.now, limit, self.model.half_life_ms)
+        lo, hi = (low, score) if score > 0 else (score, low)
+        return not any(lo <= edge <= hi for edge in self.lc.edges.get(self.stage, ()))
+
     def advance(self, limit: int, inclusive: bool) -> None:
         """Let time pass up to ``limit``: timers, thresholds and decay-driven transitions. A timer
         due at the instant of a checkpoint fires after it (an order at the deadline is in time)."""
@@ -597,6 +638,8 @@ class _Walker:
             tags = self._fire_timers()
             if tags:
                 self.settle(tags, None)
+        if self._quiet(limit):
+            return
         for _ in range(10_000):
             t = self._next_due()
             if t is None or t > limit or (t == limit and not inclusive):
@@ -609,6 +652,31 @@ class _Walker:
 
 def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
+
+
+def _walker(
+    state: ContactState, model: Model, lc: Lifecycle, now: int, stage: str, since: int, score: float
+) -> _Walker:
+    fit = fit_of(state, model, top=0)
+    return _Walker(
+        state=state,
+        model=model,
+        lc=lc,
+        now=now,
+        stage=stage,
+        since=since,
+        ref_score=score,
+        ref_ms=now,
+        score=score,
+        pending={},
+        above=set(),
+        history=[],
+        fired=[],
+        signals={"traits": state.traits, "fit": fit.score, "fit_grade": fit.grade},
+        event_flags={},
+        trait_flags=_trait_flags(state, lc),
+        value_steps=facts_timeline(state.value, monetary=lc.uses_monetary),
+    )
 
 
 def _run(state: ContactState, model: Model, lc: Lifecycle, until: tuple[int, str], inclusive: bool) -> _Walker:
@@ -633,44 +701,71 @@ def _run(state: ContactState, model: Model, lc: Lifecycle, until: tuple[int, str
     if state.base:
         half_life = model.half_life_ms
         score = math.fsum(decay(v, state.base_ms, max(start, state.base_ms), half_life) for v in state.base.values())
-    fit = fit_of(state, model, top=0)
-    w = _Walker(
-        state=state,
-        model=model,
-        lc=lc,
-        now=start,
-        stage=stage,
-        since=since,
-        score=score,
-        pending=pending,
-        above=above,
-        history=history,
-        fired=fired,
-        signals={"traits": state.traits, "fit": fit.score, "fit_grade": fit.grade},
-        event_flags={},
-        trait_flags=_trait_flags(state, lc),
-    )
+    w = _walker(state, model, lc, start, stage, since, score)
+    w.history, w.fired, w.pending, w.above = history, fired, pending, above
     if after is not None:
-        for rule_id, stamp in state.flag_hits.items():
-            rule = lc.flag_rules.get(rule_id)
-            if rule is not None and tuple(stamp) <= after:
-                w.event_flags.setdefault(rule.flag, rule.reason)
+        _flags_until(w, after)
     w._refresh_signals()
-    w._refresh_value()
+    w._refresh_value(after if after is not None else (start, ""))
     w.settle(set(), None)
-    for cp in _checkpoints(state, model, lc, after):
-        if (cp.ts, cp.mid) > until:
-            break
-        w.apply(cp)
-    w.advance(until[0], inclusive=inclusive)
-    w._decay_to(until[0])
+    _continue(w, after, until, inclusive)
     return w
 
 
-def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int) -> Journey:
-    """The contact's journey at ``as_of_ms`` (see the module docstring)."""
-    w = _run(state, model, lc, (as_of_ms, "\U0010ffff"), inclusive=True)
+def _flags_until(w: _Walker, key: tuple[int, str]) -> None:
+    for rule_id, stamp in w.state.flag_hits.items():
+        rule = w.lc.flag_rules.get(rule_id)
+        if rule is not None and tuple(stamp) <= key:
+            w.event_flags.setdefault(rule.flag, rule.reason)
+
+
+def _continue(
+    w: _Walker, after: tuple[int, str] | None, until: tuple[int, str], inclusive: bool, resumed: bool = False
+) -> None:
+    """Apply the checkpoints up to ``until``, then let time pass to it. From an anchor, scored
+    events older than it (a merged contact's) still count, decayed; a resumed walk has seen all
+    checkpoints up to ``after`` already."""
+    for cp in _checkpoints(w.state, w.model, w.lc, after):
+        if (cp.ts, cp.mid) > until:
+            break
+        if resumed and after is not None and (cp.ts, cp.mid) <= after:
+            continue
+        w.apply(cp)
+    w.advance(until[0], inclusive=inclusive)
+    w._decay_to(until[0])
+
+
+def _resume(state: ContactState, model: Model, lc: Lifecycle, old: Journey, cursor: Cursor, as_of: int) -> _Walker:
+    """Continue a walk stopped at ``cursor`` (every new checkpoint is later than it)."""
+    w = _walker(state, model, lc, cursor.at_ms, cursor.stage, cursor.since_ms, 0.0)
+    w.ref_score, w.ref_ms = cursor.ref_score, cursor.ref_ms
+    w.score = decay(cursor.ref_score, cursor.ref_ms, cursor.at_ms, model.half_life_ms)
+    w.history, w.fired = list(old.history), list(old.fired)
+    w.pending, w.above = dict(cursor.pending), set(cursor.above)
+    after = (cursor.at_ms, _LAST_MID)
+    _flags_until(w, after)
+    w._refresh_signals()
+    w._refresh_value(after)
+    _continue(w, after, (as_of, _LAST_MID), inclusive=True, resumed=True)
+    return w
+
+
+_LAST_MID = "\U0010ffff"
+
+
+def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume: bool = False) -> Journey:
+    """The contact's journey at ``as_of_ms`` (see the module docstring).
+
+    ``resume``: the caller knows that nothing changed at or before the previous walk's instant (no
+    event stamped then or earlier, no new traits, no merge): the walk continues from where the
+    previous one stopped instead of starting again from the anchor, with the same result.
+    """
     old = state.journey
+    cursor = old.cursor if old is not None else None
+    if resume and old is not None and cursor is not None and as_of_ms >= cursor.at_ms:
+        w = _resume(state, model, lc, old, cursor, as_of_ms)
+    else:
+        w = _run(state, model, lc, (as_of_ms, _LAST_MID), inclusive=True)
     persona = None
     w.signals["engagement"] = w.score
     for p in lc.personas:
@@ -687,6 +782,15 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int) -> Jou
         persona=persona,
         anchor=old.anchor if old is not None else None,
         next_due_ms=w._next_due(),
+        cursor=Cursor(
+            at_ms=as_of_ms,
+            stage=w.stage,
+            since_ms=w.since,
+            pending=dict(w.pending),
+            above=sorted(w.above),
+            ref_score=w.ref_score,
+            ref_ms=w.ref_ms,
+        ),
     )
 
 

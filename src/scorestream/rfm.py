@@ -79,6 +79,7 @@ __all__ = [
     "boundaries",
     "check_segments",
     "clv_summary",
+    "facts_timeline",
     "merge_values",
     "net_orders",
     "parse_segments",
@@ -554,6 +555,52 @@ def summary(value: CustomerValue | None, as_of_ms: int) -> RfmFacts:
         last_order_ms=last,
         unvalued=len(live) - len(valued),
     )
+
+
+class FactsStep(NamedTuple):
+    """``frequency`` and ``monetary`` (as :func:`summary` counts them) once every order and refund
+    up to ``key`` = (timestamp, message id) is known."""
+
+    key: tuple[int, str]
+    frequency: int
+    monetary: float
+
+
+def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[FactsStep]:
+    """The ledger's facts as steps, one per order or refund in ``(timestamp, message id)`` order:
+    what :func:`summary` gives at each instant, computed in one pass (a walk through a contact's
+    history reads it at every checkpoint). ``monetary=False`` leaves it 0 (a linear pass)."""
+    if value is None:
+        return []
+    records: list[tuple[tuple[int, str], int, Order | Refund]] = [((o.ts, o.mid), 0, o) for o in value.orders]
+    records += [((r.ts, r.mid), 1, r) for r in value.refunds]
+    records.sort(key=lambda rec: (rec[0], rec[1], rec[2].order_id))
+    orders: dict[str, Order] = {}
+    refunds: dict[str, list[Refund]] = {}
+    live: dict[str, tuple[float, float | None]] = {}
+    frequency = 0
+    out: list[FactsStep] = []
+    for key, kind, record in records:
+        order_id = record.order_id
+        if isinstance(record, Refund):
+            refunds.setdefault(order_id, []).append(record)
+        else:
+            orders[order_id] = record
+        order = orders.get(order_id)
+        if order is not None:
+            applied = refunds.get(order_id, [])
+            if any(r.amount is None for r in applied):
+                net = 0.0
+            else:
+                parts = [_refund_in_order_currency(r, order) for r in applied]
+                net = max(order.amount - math.fsum(p for p in parts if p is not None), 0.0)
+            before = live.get(order_id)
+            frequency += (net > 0.0) - (before is not None and before[0] > 0.0)
+            live[order_id] = (net, None if order.rate is None else net * order.rate)
+        del kind
+        total = math.fsum(b for n, b in live.values() if n > 0.0 and b is not None) if monetary else 0.0
+        out.append(FactsStep(key, frequency, total))
+    return out
 
 
 def clv_summary(value: CustomerValue | None, as_of_ms: int, unit_ms: int = DAY_MS) -> RfmSummary | None:
