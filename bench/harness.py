@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -47,11 +48,21 @@ async def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, byt
     return count / (time.perf_counter() - started)
 
 
-async def prefill(bootstrap: str, topics: dict[str, str], events: int, contacts: int, seed: int, now_ms: int) -> float:
-    """Publish ``events`` synthetic events (channel -> topic); returns events/s of the publish."""
+async def prefill(
+    bootstrap: str, topics: dict[str, str], events: int, contacts: int, seed: int, now_ms: int, ordered: bool = False
+) -> float:
+    """Publish ``events`` synthetic events (channel -> topic); returns events/s of the publish.
+
+    The events' times are spread at random over the last 30 days, so each contact's events arrive
+    out of time order (the hard case for the lifecycle walk); ``ordered`` publishes the same events
+    sorted by event time, as a live stream or a time-ordered backfill arrives.
+    """
     span = 30 * 86_400_000
     traffic = Traffic(contacts, seed=seed, start_ms=now_ms - span, span_ms=span)
-    return await publish(bootstrap, ((topics[r.channel], r.key, r.value) for r in traffic.records(events)))
+    records = traffic.records(events)
+    if ordered:
+        records = iter(sorted(records, key=lambda r: orjson.loads(r.value)["timestamp"]))
+    return await publish(bootstrap, ((topics[r.channel], r.key, r.value) for r in records))
 
 
 @dataclass

@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated scenarios to skip: pure,throughput,big,peers,latency,sustained,api,recovery",
+        help="comma-separated scenarios to skip: pure,throughput,timers,big,peers,latency,sustained,api,recovery",
     )
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
@@ -88,7 +88,33 @@ def main() -> None:
             figures["pure_python_fold"] = scenarios.pure_fold(args.events, args.contacts)
             save()
         if "throughput" not in skip:
-            figures["throughput_spine"] = scenarios.worker_throughput(bootstrap, work, args.events, args.contacts)
+            # the same events under the spine's engagement-only model and under the full model
+            spine = scenarios.spine_model(work)
+            figures["throughput_spine"] = scenarios.worker_throughput(
+                bootstrap, work, args.events, args.contacts, model=spine, label="-spine"
+            )
+            save()
+            figures["throughput_full_model"] = scenarios.worker_throughput(
+                bootstrap, work, args.events, args.contacts, label="-full"
+            )
+            spine_rate = figures["throughput_spine"]["events_per_s_after_startup"]
+            full_rate = figures["throughput_full_model"]["events_per_s_after_startup"]
+            if spine_rate and full_rate:
+                figures["throughput_full_model"]["vs_spine_model"] = round(full_rate / spine_rate, 2)
+            save()
+            # the same events in event-time order (live traffic, a time-ordered backfill)
+            for name, path in (("spine", spine), ("full_model", None)):
+                figures[f"throughput_{name}_in_time_order"] = scenarios.worker_throughput(
+                    bootstrap, work, args.events, args.contacts, model=path, label=f"-{name}-ordered", ordered=True
+                )
+                save()
+            spine_rate = figures["throughput_spine_in_time_order"]["events_per_s_after_startup"]
+            full_rate = figures["throughput_full_model_in_time_order"]["events_per_s_after_startup"]
+            if spine_rate and full_rate:
+                figures["throughput_full_model_in_time_order"]["vs_spine_model"] = round(full_rate / spine_rate, 2)
+            save()
+        if "timers" not in skip:
+            figures["timer_lateness"] = scenarios.timer_lateness(bootstrap, work)
             save()
         if "peers" not in skip:
             figures.update(scenarios.limits_and_peers(bootstrap, work, args.events, args.contacts))
@@ -101,7 +127,7 @@ def main() -> None:
                 }
             save()
         if "big" not in skip:
-            figures["throughput_spine_large"] = scenarios.worker_throughput(
+            figures["throughput_large"] = scenarios.worker_throughput(
                 bootstrap, work, args.big_events, args.big_contacts
             )
             save()

@@ -15,10 +15,12 @@ from typing import Any
 
 import httpx
 import orjson
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic, iso
+from schemas.model_file import read_model_source
 from tests.e2e.service import API_KEY, REPO, Service
 
 
@@ -31,19 +33,41 @@ def _create_topics(svc: Service) -> None:
     subprocess.run([sys.executable, "-m", "deploy.cli", "topics"], env=svc.env, cwd=REPO, check=True)
 
 
-def worker_throughput(bootstrap: str, work: Path, events: int, contacts: int) -> dict[str, Any]:
+def spine_model(work: Path) -> Path:
+    """The default model cut to the spine's engagement and fit scoring: no ledger, lifecycle,
+    flags, personas, triggers or accounts (the issue-3 model, for side-by-side figures)."""
+    source = read_model_source()
+    for section in ("value", "lifecycle", "flags", "personas", "triggers", "accounts"):
+        source.pop(section, None)
+    source["name"] = "spine"
+    path = work / "spine-model.yaml"
+    path.write_text(yaml.safe_dump(source))
+    return path
+
+
+def worker_throughput(
+    bootstrap: str,
+    work: Path,
+    events: int,
+    contacts: int,
+    model: Path | None = None,
+    label: str = "",
+    ordered: bool = False,
+) -> dict[str, Any]:
     """Events/s from a prefilled topic to the state fully applied (all stages committed).
 
     The clock starts when the worker process is launched, so worker start-up (Faust's group join
     and table recovery, a few seconds) is inside the figure; it is also reported separately.
+    ``model``: a model file (default: the bundled full model). The events are the same for the
+    same ``events``/``contacts`` (a seeded generator).
     """
-    svc = Service(bootstrap=bootstrap, data_dir=work / f"tp-{events}")
+    svc = Service(bootstrap=bootstrap, data_dir=work / f"tp-{events}{label}", model=model)
     _create_topics(svc)
     publish_rate = asyncio.run(
-        prefill(bootstrap, _topics(svc), events, contacts, seed=3, now_ms=int(time.time() * 1000))
+        prefill(bootstrap, _topics(svc), events, contacts, seed=3, now_ms=int(time.time() * 1000), ordered=ordered)
     )
     group = f"ss-{svc.suffix}"
-    stages = [*_topics(svc).values(), f"{group}.identity", f"{group}.contacts"]
+    stages = [*_topics(svc).values(), f"{group}.identity", f"{group}.contacts", f"{group}.accounts"]
     started_wall_ms = int(time.time() * 1000)
     svc.start_worker()
     assert svc.worker is not None
@@ -57,6 +81,7 @@ def worker_throughput(bootstrap: str, work: Path, events: int, contacts: int) ->
     return {
         "events": events,
         "contacts": contacts,
+        "events_in_time_order": ordered,
         "prefill_events_per_s": round(publish_rate),
         "seconds_to_applied": round(drained, 2),
         "worker_startup_s": round(ready_s, 2) if ready_s else None,
@@ -408,3 +433,70 @@ def max_sustained_rate(bootstrap: str, work: Path, rates: list[float], seconds: 
             break
         best = rate
     return {"max_sustained_events_per_s": best, "seconds_per_rate": seconds, "tried": tried}
+
+
+def timer_lateness(bootstrap: str, work: Path, contacts: int = 2000, timeout_s: float = 10.0) -> dict[str, Any]:
+    """How late a time-driven trigger is written after its due time: ``contacts`` carts left
+    open (one ``Product Added`` each, stamped now), a cart timer of ``timeout_s``, the default tick
+    interval; lateness = the ``cart.abandoned`` record's time on the triggers topic - its ``at_ms``."""
+    source = read_model_source()
+    for timer in source["lifecycle"]["timers"]:
+        if timer["id"] == "cart-abandoned":
+            timer["after"] = f"{timeout_s}s"
+    model = work / "timers-model.yaml"
+    model.write_text(yaml.safe_dump(source))
+    svc = Service(bootstrap=bootstrap, data_dir=work / "timers", model=model)
+    svc.start()
+    try:
+        now = int(time.time() * 1000)
+        spread_ms = 5_000  # carts over 5 s, so timers come due continuously, not all at one tick
+        records = [
+            (
+                svc.topic("web"),
+                f"cart-{i}".encode(),
+                orjson.dumps(
+                    {
+                        "type": "track",
+                        "event": "Product Added",
+                        "messageId": f"cart-{i}",
+                        "userId": f"cart-{i}",
+                        "timestamp": iso(now + i * spread_ms // contacts),
+                        "properties": {"product_id": "sku-1", "price": 10},
+                    }
+                ),
+            )
+            for i in range(contacts)
+        ]
+        asyncio.run(publish(bootstrap, iter(records)))
+        time.sleep(max(0.0, (now + spread_ms + timeout_s * 1000) / 1000 - time.time()))
+        found = asyncio.run(_read_triggers(bootstrap, f"triggers-{svc.suffix}", "cart.abandoned", contacts, 60.0))
+    finally:
+        svc.stop()
+    late = sorted(float(written - due) for due, written in found)
+    return {
+        "carts": contacts,
+        "timer_s": timeout_s,
+        "tick_interval_s": 1.0,
+        "fired": len(late),
+        "late_ms_p50": round(_pct(late, 0.50)) if late else None,
+        "late_ms_p99": round(_pct(late, 0.99)) if late else None,
+        "late_ms_max": round(late[-1]) if late else None,
+    }
+
+
+async def _read_triggers(bootstrap: str, topic: str, kind: str, expect: int, wait_s: float) -> list[tuple[int, int]]:
+    """(due ``at_ms``, record timestamp) of the ``kind`` triggers on ``topic``, up to ``expect``."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[tuple[int, int]] = []
+    try:
+        deadline = time.monotonic() + wait_s
+        while len(out) < expect and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    body = orjson.loads(r.value)
+                    if body["type"] == kind:
+                        out.append((int(body["at_ms"]), int(r.timestamp)))
+    finally:
+        await consumer.stop()
+    return out

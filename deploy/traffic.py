@@ -27,6 +27,7 @@ TITLES = [
 INDUSTRIES = ["software", "retail", "e-commerce", "manufacturing", "education", "financial services", "media"]
 COUNTRIES = ["US", "GB", "DE", "PL", "CZ", "HR", "FR", "BR", "IN"]
 DOMAINS = ["acme.com", "globex.io", "initech.pl", "gmail.com", "umbrella.cz", "example.edu", "hooli.hr"]
+ACCOUNTS = 400
 PAGES = [
     "/",
     "/pricing",
@@ -112,6 +113,17 @@ class Traffic:
                 "industry": INDUSTRIES[c % len(INDUSTRIES)],
                 "employees": [10, 80, 400, 2500][c % 4],
                 "address": {"country": COUNTRIES[c % len(COUNTRIES)]},
+            }
+            return "web", c, msg
+        if c in self.identified and 0.06 <= roll < 0.08:
+            # a B2B contact is tied to its company's account (a few hundred accounts)
+            msg = self._base(c, "group", ts)
+            company = c % ACCOUNTS
+            msg["groupId"] = f"acct-{company}"
+            msg["traits"] = {
+                "name": f"Company {company}",
+                "industry": INDUSTRIES[company % len(INDUSTRIES)],
+                "employees": [10, 80, 400, 2500][company % 4],
             }
             return "web", c, msg
         if roll < 0.55:

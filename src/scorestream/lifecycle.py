@@ -377,9 +377,14 @@ class _Checkpoint:
     value_changed: bool = False
 
 
-def _checkpoints(state: ContactState, model: Model, lc: Lifecycle, after: tuple[int, str] | None) -> list[_Checkpoint]:
-    """Every checkpoint after ``after`` (all when None), in ``(timestamp, message id)`` order."""
+def _checkpoints(
+    state: ContactState, model: Model, lc: Lifecycle, after: tuple[int, str] | None, hits_after: bool = False
+) -> list[_Checkpoint]:
+    """Every checkpoint after ``after`` (all when None), in ``(timestamp, message id)`` order;
+    scored events before it too unless ``hits_after`` (a merged contact's older events count from
+    an anchor on; a resumed walk has seen them)."""
     points: dict[tuple[int, str], _Checkpoint] = {}
+    skip = after if hits_after else None
 
     def at(ts: int, mid: str) -> _Checkpoint:
         cp = points.get((ts, mid))
@@ -388,6 +393,8 @@ def _checkpoints(state: ContactState, model: Model, lc: Lifecycle, after: tuple[
         return cp
 
     for hit, earned in zip(state.hits, effective_points(state, model), strict=True):
+        if skip is not None and (hit.ts, hit.mid) <= skip:
+            continue
         cp = at(hit.ts, hit.mid)
         cp.earned += math.fsum(v for _, v in earned)
         cp.tags.update(hit.rules)
@@ -725,11 +732,9 @@ def _continue(
     """Apply the checkpoints up to ``until``, then let time pass to it. From an anchor, scored
     events older than it (a merged contact's) still count, decayed; a resumed walk has seen all
     checkpoints up to ``after`` already."""
-    for cp in _checkpoints(w.state, w.model, w.lc, after):
+    for cp in _checkpoints(w.state, w.model, w.lc, after, hits_after=resumed):
         if (cp.ts, cp.mid) > until:
             break
-        if resumed and after is not None and (cp.ts, cp.mid) <= after:
-            continue
         w.apply(cp)
     w.advance(until[0], inclusive=inclusive)
     w._decay_to(until[0])
