@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated scenarios to skip: pure,throughput,timers,big,peers,latency,sustained,api,recovery",
+        help="comma-separated scenarios to skip: pure,throughput,clv,timers,big,peers,latency,sustained,api,recovery",
     )
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
@@ -112,6 +112,9 @@ def main() -> None:
             full_rate = figures["throughput_full_model_in_time_order"]["events_per_s_after_startup"]
             if spine_rate and full_rate:
                 figures["throughput_full_model_in_time_order"]["vs_spine_model"] = round(full_rate / spine_rate, 2)
+            save()
+        if "clv" not in skip:
+            figures["clv_fit_cdnow"] = scenarios.clv_fit_cdnow()
             save()
         if "timers" not in skip:
             figures["timer_lateness"] = scenarios.timer_lateness(bootstrap, work)

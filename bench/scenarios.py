@@ -500,3 +500,46 @@ async def _read_triggers(bootstrap: str, topic: str, kind: str, expect: int, wai
     finally:
         await consumer.stop()
     return out
+
+
+def clv_fit_cdnow() -> dict[str, Any]:
+    """The population fitter on the CDNOW calibration data against the published parameters."""
+    from scorestream.clv import fit_bgnbd, fit_gamma_gamma, summarise
+    from tests.cdnow import (
+        CALIBRATION_END_MS,
+        PUBLISHED_BGNBD,
+        PUBLISHED_BGNBD_LL,
+        PUBLISHED_GG,
+        WEEK_MS,
+        purchases,
+    )
+
+    summaries = [summarise(p, CALIBRATION_END_MS, WEEK_MS) for p in purchases().values()]
+    started = time.perf_counter()
+    bg = fit_bgnbd(summaries)
+    bg_s = time.perf_counter() - started
+    started = time.perf_counter()
+    gg = fit_gamma_gamma(summaries)
+    gg_s = time.perf_counter() - started
+    return {
+        "customers": len(summaries),
+        "bgnbd": {
+            "r": round(bg.params.r, 4),
+            "alpha_weeks": round(bg.params.alpha, 4),
+            "a": round(bg.params.a, 4),
+            "b": round(bg.params.b, 4),
+            "log_likelihood": round(bg.log_likelihood, 2),
+            "seconds": round(bg_s, 2),
+        },
+        "bgnbd_published": {
+            **{k: getattr(PUBLISHED_BGNBD, k) for k in ("r", "alpha", "a", "b")},
+            "ll": PUBLISHED_BGNBD_LL,
+        },
+        "gamma_gamma": {
+            "p": round(gg.params.p, 3),
+            "q": round(gg.params.q, 3),
+            "v": round(gg.params.v, 3),
+            "seconds": round(gg_s, 2),
+        },
+        "gamma_gamma_published": {k: getattr(PUBLISHED_GG, k) for k in ("p", "q", "v")},
+    }

@@ -7,11 +7,8 @@ fitter is never used: the reference is the published numbers).
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.util
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 
@@ -30,39 +27,21 @@ from scorestream.clv import (
     p_alive,
     summarise,
 )
-
-DAY_MS = 86_400_000
-WEEK_MS = 7 * DAY_MS
-
-# Fader, Hardie & Lee (2005), table/fig. of the CDNOW calibration fit (39 weeks, 2,357 customers).
-PUBLISHED_BGNBD = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
-PUBLISHED_BGNBD_LL = -9582.4
-# Fader & Hardie (2013), "The Gamma-Gamma Model of Monetary Value", same calibration data.
-PUBLISHED_GG = GammaGammaParams(p=6.25, q=3.74, v=15.44)
-
-
-def _dataset(name: str) -> Path:
-    spec = importlib.util.find_spec("lifetimes")  # locates the package without importing it
-    assert spec is not None and spec.submodule_search_locations, "pip install -e '.[dev]' (lifetimes==0.11.3)"
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / name
-
-
-def _day_ms(yyyymmdd: str) -> int:
-    day = dt.datetime.strptime(yyyymmdd, "%Y%m%d").replace(tzinfo=dt.UTC)
-    return int(day.timestamp()) * 1000
-
-
-CALIBRATION_END_MS = _day_ms("19970930")
+from tests.cdnow import (
+    CALIBRATION_END_MS,
+    DAY_MS,
+    PUBLISHED_BGNBD,
+    PUBLISHED_BGNBD_LL,
+    PUBLISHED_GG,
+    WEEK_MS,
+    dataset,
+    purchases,
+)
 
 
 @pytest.fixture(scope="module")
 def cdnow_purchases() -> dict[int, list[tuple[int, float]]]:
-    """Customer id -> (day timestamp, dollars): dates only, so same-day purchases share a timestamp."""
-    purchases: dict[int, list[tuple[int, float]]] = {}
-    for line in _dataset("CDNOW_sample.txt").read_text().splitlines():
-        _master_id, customer, day, _cds, dollars = line.split()
-        purchases.setdefault(int(customer), []).append((_day_ms(day), float(dollars)))
-    return purchases
+    return purchases()
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +71,7 @@ def test_cdnow_sample_has_the_published_size(
 
 
 def test_our_summaries_match_the_published_calibration_summary(cdnow: dict[int, RfmSummary]) -> None:
-    rows = _dataset("cdnow_customers_summary_with_transactions.csv").read_text().splitlines()
+    rows = dataset("cdnow_customers_summary_with_transactions.csv").read_text().splitlines()
     assert rows[0] == "ID,x,t_x,T,zbar"
     assert len(rows) - 1 == len(cdnow)
     for row in rows[1:]:

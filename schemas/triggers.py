@@ -1,0 +1,47 @@
+"""The public contract of the ``triggers`` topic (``SCORESTREAM_TOPIC_TRIGGERS``), v1.
+
+One JSON object per record, keyed by the contact id (or the account id for
+``account.stage_changed``): per key, records are in the order the changes were computed. The
+record is built by :func:`scorestream.triggers.make_trigger`; ``tests/test_triggers_contract.py``
+validates what the core builds against this model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from scorestream.triggers import TRIGGER_VERSION, TYPES
+
+def _known(kind: str) -> str:
+    if kind not in TYPES:
+        raise ValueError(f"unknown trigger type {kind!r}; one of {', '.join(TYPES)}")
+    return kind
+
+
+TriggerType = Annotated[str, AfterValidator(_known), WithJsonSchema({"type": "string", "enum": list(TYPES)})]
+
+
+class Trigger(BaseModel):
+    """A change that matters, with everything needed to act on it idempotently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        pattern=r"^trg_[0-9a-f]{24}$",
+        description="Stable id: the same change computed again (redelivery, replay) has the same id. "
+        "Deliver each id once.",
+    )
+    type: TriggerType
+    at_ms: int = Field(description="When the change happened, event time (ms since the epoch, UTC).")
+    contact_id: str | None = Field(description="The contact (null for account triggers).")
+    account_id: str | None = Field(description="The account (`account.stage_changed`), else null.")
+    before: Any = Field(description="The value before: a stage name, a threshold state, a segment; null when none.")
+    after: Any = Field(description="The value after (for timers: the timer id and the stage at that time).")
+    rule: str | None = Field(description="The transition, timer or threshold that fired.")
+    cause: str | None = Field(
+        description="Message id of the event that caused it; null when time did (a timer, decay)."
+    )
+    model_version: str = Field(description="The model that computed it (`name@hash`).")
+    v: Literal[1] = Field(default=TRIGGER_VERSION, description="Contract version.")
