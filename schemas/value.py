@@ -1,0 +1,174 @@
+"""HTTP bodies of customer value (v1): a contact's ``rfm`` and ``clv``, and ``GET /v1/models/clv``.
+
+The builders return plain dicts shaped like these models (datetimes as ``datetime``), ready for
+orjson like the rest of the contact body; the models document them in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from scorestream.population import HORIZON_DAYS, PopulationModel, ValueView
+
+__all__ = [
+    "BgNbdOut",
+    "ClvModelOut",
+    "ClvOut",
+    "GammaGammaOut",
+    "RfmBoundariesOut",
+    "RfmOut",
+    "ValueOut",
+    "clv_model_body",
+    "value_body",
+]
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class RfmOut(BaseModel):
+    recency_days: float = Field(description="Days since the last order with a net value above 0.")
+    frequency: int = Field(description="Orders with a net value above 0 (after refunds), every channel.")
+    monetary: float = Field(description="Net revenue in the model's base currency.")
+    aov: float = Field(description="Average order value (monetary over the valued orders).")
+    first_order: datetime
+    last_order: datetime
+    r: int | None = Field(description="Recency quintile 1-5 (5 = most recent); null before the first population model.")
+    f: int | None = Field(
+        description="Frequency quintile 1-5 (5 = most orders); null before the first population model."
+    )
+    m: int | None = Field(
+        description="Monetary quintile 1-5 (5 = most revenue); null before the first population model."
+    )
+    segment: str | None = Field(description="Named R x F segment (Champions, At Risk, ...); null with r/f.")
+
+
+class ClvOut(BaseModel):
+    p_alive: float | None = Field(description="BG/NBD probability that the customer is still active.")
+    expected_purchases_90d: float | None = Field(description="Expected purchases in the next 90 days.")
+    clv_90d: float | None = Field(
+        description="Expected purchases times Gamma-Gamma expected spend, next 90 days, base currency, undiscounted."
+    )
+    model_fitted_at: datetime | None = Field(description="When the model used was fitted; null: no fit yet.")
+
+
+class ValueOut(BaseModel):
+    rfm: RfmOut | None = Field(description="Null for a contact who is not a customer (no order with a net value).")
+    clv: ClvOut | None = Field(description="Null for a contact who is not a customer.")
+
+
+def value_body(view: ValueView | None) -> dict[str, Any]:
+    """``{"rfm": ..., "clv": ...}`` (a :class:`ValueOut`) of a contact's value view."""
+    if view is None:
+        return {"rfm": None, "clv": None}
+    facts, score = view.facts, view.score
+    return {
+        "rfm": {
+            "recency_days": facts.recency_days,
+            "frequency": facts.frequency,
+            "monetary": facts.monetary,
+            "aov": facts.aov,
+            "first_order": _dt(facts.first_order_ms),
+            "last_order": _dt(facts.last_order_ms),
+            "r": None if score is None else score.r,
+            "f": None if score is None else score.f,
+            "m": None if score is None else score.m,
+            "segment": None if score is None else score.segment,
+        },
+        "clv": {
+            "p_alive": view.p_alive,
+            "expected_purchases_90d": view.expected_purchases_90d,
+            "clv_90d": view.clv_90d,
+            "model_fitted_at": _dt(view.model_fitted_at_ms),
+        },
+    }
+
+
+class BgNbdOut(BaseModel):
+    r: float
+    alpha: float = Field(description="In days.")
+    a: float
+    b: float
+    log_likelihood: float
+    customers: int = Field(description="Customers the fit used.")
+    converged: bool = Field(description="False: the optimiser stopped at its iteration limit (a boundary maximum).")
+
+
+class GammaGammaOut(BaseModel):
+    p: float
+    q: float
+    v: float = Field(description="gamma in Fader & Hardie's notation, in the base currency.")
+    log_likelihood: float
+    customers: int = Field(description="Customers with repeat purchases the fit used.")
+    converged: bool = Field(description="False: the optimiser stopped at its iteration limit (a boundary maximum).")
+
+
+class RfmBoundariesOut(BaseModel):
+    last_order: list[datetime] = Field(description="R quintile boundaries (on the last order's time).")
+    frequency: list[float]
+    monetary: list[float]
+    customers: int
+    rank_error: float = Field(description="Each boundary is the exact quantile of a rank at most this fraction above.")
+    computed_at: datetime
+
+
+class ClvModelOut(BaseModel):
+    fitted_at: datetime
+    sample_size: int = Field(description="Customers in the fitting sample (the lowest hashes of contact ids).")
+    customers: int = Field(description="Customers in the whole population when the model was computed.")
+    time_unit: Literal["day"] = "day"
+    horizon_days: float
+    bgnbd: BgNbdOut
+    gamma_gamma: GammaGammaOut
+    rfm_boundaries: RfmBoundariesOut | None
+    last_fit_error: str | None = Field(
+        description="Why the latest refit was refused (the fit shown was kept); null when it succeeded."
+    )
+
+
+def clv_model_body(model: PopulationModel) -> dict[str, Any] | None:
+    """The :class:`ClvModelOut` of a population model; None before its first successful fit."""
+    fit = model.fit
+    if fit is None:
+        return None
+    bg, gg = fit.bgnbd, fit.gamma_gamma
+    bounds = model.boundaries
+    return {
+        "fitted_at": _dt(fit.fitted_at_ms),
+        "sample_size": fit.sample_size,
+        "customers": model.customers,
+        "time_unit": "day",
+        "horizon_days": HORIZON_DAYS,
+        "bgnbd": {
+            "r": bg.params.r,
+            "alpha": bg.params.alpha,
+            "a": bg.params.a,
+            "b": bg.params.b,
+            "log_likelihood": bg.log_likelihood,
+            "customers": bg.n_customers,
+            "converged": bg.converged,
+        },
+        "gamma_gamma": {
+            "p": gg.params.p,
+            "q": gg.params.q,
+            "v": gg.params.v,
+            "log_likelihood": gg.log_likelihood,
+            "customers": gg.n_customers,
+            "converged": gg.converged,
+        },
+        "rfm_boundaries": None
+        if bounds is None
+        else {
+            "last_order": [_dt(int(b)) for b in bounds.last_order_ms],
+            "frequency": list(bounds.frequency),
+            "monetary": list(bounds.monetary),
+            "customers": bounds.customers,
+            "rank_error": model.rank_error,
+            "computed_at": _dt(model.computed_at_ms),
+        },
+        "last_fit_error": model.fit_error,
+    }
