@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
+from api.accounts import AccountReplica, mount_accounts
+from api.population import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Decoded, Replica
 from schemas.api import (
@@ -29,6 +31,7 @@ from schemas.api import (
 )
 from schemas.model_file import load_model
 from schemas.settings import Settings
+from schemas.value import ClvModelOut
 from scorestream import Model
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,8 @@ def create_api(
     replica: Replica | None = None,
     clock: Callable[[], int] = now_ms,
     fast_path: bool = True,
+    population: PopulationReader | None = None,
+    accounts: AccountReplica | None = None,
 ) -> FastAPI:
     """Build the API. ``replica`` and ``clock`` are injectable for tests; ``fast_path=False`` serves
     every request through FastAPI's full stack (see :class:`ScorestreamApi`)."""
@@ -117,15 +122,25 @@ def create_api(
         changelog_topic=settings.changelog_topic("contacts"),
         status_topic=settings.status_topic,
     )
+    population = population or PopulationReader(
+        bootstrap=settings.kafka_bootstrap, topic=settings.population_topic, segments=model.value.segments
+    )
+    accounts = accounts or AccountReplica(
+        bootstrap=settings.kafka_bootstrap, changelog_topic=settings.changelog_topic("accounts")
+    )
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
     bearer = HTTPBearer(auto_error=False)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await replica.start()
+        await accounts.start()
+        await population.start()
         try:
             yield
         finally:
+            await population.stop()
+            await accounts.stop()
             await replica.stop()
 
     app = ScorestreamApi(
@@ -137,7 +152,8 @@ def create_api(
     )
     app.state.replica = replica
     app.state.model = model
-    render = ContactRenderer(model)
+    app.state.population = population
+    render = ContactRenderer(model, population.value_body)
 
     def check_key(creds: HTTPAuthorizationCredentials | None) -> None:
         if not keys:
@@ -238,4 +254,29 @@ def create_api(
         """The active scoring model and its version id."""
         return model_out(model)
 
+    @app.get(
+        "/v1/models/clv",
+        response_model=ClvModelOut,
+        dependencies=[Depends(authorise)],
+        tags=["model"],
+        responses={503: {"model": ErrorBody}},
+    )
+    async def get_clv_model() -> Any:
+        """The CLV model fitted on the customer population (BG/NBD, Gamma-Gamma) and the RFM quintile
+        boundaries. 503 ``not_fitted`` until the first successful fit."""
+        body = population.clv_model_body()
+        if body is None:
+            current = population.model
+            seen = "no population model yet" if current is None else f"{current.customers} customers so far"
+            reason = "" if current is None or current.fit_error is None else f" ({current.fit_error})"
+            return _error(
+                503,
+                "not_fitted",
+                f"no CLV model has been fitted yet: {seen}{reason}; the population is refreshed every "
+                f"{settings.population_interval_s:g} s",
+                headers={"Retry-After": str(max(1, round(settings.population_interval_s)))},
+            )
+        return body
+
+    mount_accounts(app, accounts, model, [Depends(authorise)], clock)
     return app

@@ -14,6 +14,7 @@ request, at the request's time, by the core function: answers are the same as wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +22,19 @@ import orjson
 from pydantic import TypeAdapter
 
 from api.replica import Decoded
-from schemas.api import BatchGetOut, ContactOut, contact_out
+from schemas.api import BatchGetOut, ContactOut, contact_out, current_journey, lifecycle_body
 from scorestream import ContactState, Model, engagement_at, fit_of
 from scorestream.scoring import Contribution
 
 _OPTIONS = orjson.OPT_UTC_Z  # pydantic writes UTC datetimes with "Z"
 _contact_adapter = TypeAdapter(ContactOut)
 _batch_adapter = TypeAdapter(BatchGetOut)
+ValueBody = Callable[[ContactState, int], dict[str, Any]]
+_NO_VALUE: dict[str, Any] = {"rfm": None, "clv": None}
+
+
+def no_value(_state: ContactState, _now_ms: int) -> dict[str, Any]:
+    return _NO_VALUE
 
 
 def _dt(ms: int | None) -> datetime | None:
@@ -41,7 +48,7 @@ def _contributions(items: tuple[Contribution, ...]) -> list[dict[str, Any]]:
 class _Fixed:
     """The parts of a contact's body that do not depend on the time of the request."""
 
-    __slots__ = ("first_seen", "fit", "fit_grade", "head", "last_seen", "model")
+    __slots__ = ("due_ms", "first_seen", "fit", "fit_grade", "head", "journey", "last_seen", "model")
 
     def __init__(self, state: ContactState, model: Model) -> None:
         fit = fit_of(state, model)
@@ -60,13 +67,17 @@ class _Fixed:
         self.fit_grade = fit.grade
         self.first_seen = _dt(state.first_seen_ms)
         self.last_seen = _dt(state.last_seen_ms)
+        self.journey = state.journey
+        journey = state.journey
+        self.due_ms = journey.next_due_ms if journey is not None else None
 
 
 class ContactRenderer:
     """Turns decoded contacts into response bodies (dicts shaped like ``ContactOut``) and bytes."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, value: ValueBody = no_value) -> None:
         self.model = model
+        self.value = value
         self._half_life_days = model.half_life_ms / 86_400_000
 
     def _fixed(self, entry: Decoded) -> _Fixed:
@@ -80,6 +91,9 @@ class ContactRenderer:
         fixed = self._fixed(entry)
         state = entry.state
         engagement = engagement_at(state, self.model, now_ms)
+        due = fixed.due_ms
+        journey = fixed.journey if due is None or due > now_ms else current_journey(state, self.model, now_ms)
+        value = self.value(state, now_ms)
         return {
             **fixed.head,
             "engagement": {
@@ -91,6 +105,10 @@ class ContactRenderer:
             },
             "fit": fixed.fit,
             "grade": f"{fixed.fit_grade}{engagement.band}",
+            **lifecycle_body(journey, now_ms),
+            "account_id": state.account_id,
+            "rfm": value["rfm"],
+            "clv": value["clv"],
             "first_seen": fixed.first_seen,
             "last_seen": fixed.last_seen,
             "model_version": state.model_version,
@@ -102,7 +120,8 @@ class ContactRenderer:
             return orjson.dumps(self.body(entry, now_ms), option=_OPTIONS)
         except orjson.JSONEncodeError:
             # a trait orjson cannot encode (e.g. an integer beyond 64 bits): the pydantic path
-            return _contact_adapter.dump_json(contact_out(entry.state, self.model, now_ms))
+            value = self.value(entry.state, now_ms)
+            return _contact_adapter.dump_json(contact_out(entry.state, self.model, now_ms, value))
 
     def batch_json(self, entries: list[Decoded], not_found: list[str], now_ms: int) -> bytes:
         """The response body of ``POST /v1/contacts:batchGet``."""
@@ -111,5 +130,5 @@ class ContactRenderer:
                 {"contacts": [self.body(e, now_ms) for e in entries], "not_found": not_found}, option=_OPTIONS
             )
         except orjson.JSONEncodeError:
-            found = [contact_out(e.state, self.model, now_ms) for e in entries]
+            found = [contact_out(e.state, self.model, now_ms, self.value(e.state, now_ms)) for e in entries]
             return _batch_adapter.dump_json(BatchGetOut(contacts=found, not_found=not_found))

@@ -7,7 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from schemas.value import ClvOut, RfmOut
 from scorestream import ContactState, Model, engagement_at, fit_of, grade_of
+from scorestream.journey import Journey
+from scorestream.lifecycle import walk
 from scorestream.scoring import Contribution
 
 MAX_BATCH_IDS = 1000
@@ -49,6 +52,32 @@ class FitOut(BaseModel):
     top: list[ContributionOut]
 
 
+class StageEntryOut(BaseModel):
+    stage: str
+    entered_at: datetime
+    exited_at: datetime | None = Field(description="Null for the current stage.")
+    days: float | None = Field(description="Time spent in the stage, in days; null for the current stage.")
+    rule: str = Field(description="The transition that led here (`initial`, `completed-order` or a model id).")
+    cause: str | None = Field(
+        description="Message id of the event that caused it; null when time did (a timer, decay)."
+    )
+
+
+class StageOut(BaseModel):
+    name: str
+    since: datetime
+    days_in_stage: float = Field(description="Days in the current stage at the time of the request.")
+    history: list[StageEntryOut] = Field(description="Oldest first; the last entry is the current stage.")
+    next_change_at: datetime | None = Field(
+        description="When time alone would next change the contact (a timer, a decay-driven move), if ever."
+    )
+
+
+class FlagOut(BaseModel):
+    flag: str = Field(description="`competitor`, `job_seeker`, `student`, `bot` or a model's own.")
+    reason: str
+
+
 class ContactOut(BaseModel):
     contact_id: str
     identity: Identity
@@ -56,6 +85,16 @@ class ContactOut(BaseModel):
     engagement: EngagementOut
     fit: FitOut
     grade: str = Field(description="Fit letter x engagement band, `A1` best, `D4` worst.")
+    stage: StageOut | None = Field(description="Lifecycle stage and its history; null for a model without one.")
+    flags: list[FlagOut] = Field(
+        description="Why this contact is not a buyer, if it is not; flagged contacts never qualify."
+    )
+    persona: str | None
+    account_id: str | None = Field(description="The account of the contact's latest `group` call.")
+    rfm: RfmOut | None = Field(
+        description="Purchase facts and quintile scores; null for a contact who is not a customer."
+    )
+    clv: ClvOut | None = Field(description="Customer lifetime value (BG/NBD + Gamma-Gamma); null for a non-customer.")
     first_seen: datetime | None
     last_seen: datetime | None
     model_version: str
@@ -92,11 +131,59 @@ def _contributions(items: tuple[Contribution, ...]) -> list[ContributionOut]:
     return [ContributionOut(rule=c.rule_id, points=c.points, description=c.description) for c in items]
 
 
-def contact_out(state: ContactState, model: Model, now_ms: int) -> ContactOut:
-    """The API view of a contact: scores computed by the core at ``now_ms``."""
+DAY_MS = 86_400_000
+
+
+def current_journey(state: ContactState, model: Model, now_ms: int) -> Journey | None:
+    """The contact's journey at ``now_ms``: the stored one, or walked on when something came due
+    since (the worker's tick for it is at most a second away; the answer does not wait for it)."""
+    journey = state.journey
+    if journey is None or model.lifecycle is None or state.merged_into is not None:
+        return journey
+    if journey.next_due_ms is not None and journey.next_due_ms <= now_ms:
+        return walk(state, model, model.lifecycle, now_ms)
+    return journey
+
+
+def lifecycle_body(journey: Journey | None, now_ms: int) -> dict[str, Any]:
+    """``stage``, ``flags`` and ``persona`` of a contact body (shapes of :class:`ContactOut`)."""
+    if journey is None:
+        return {"stage": None, "flags": [], "persona": None}
+    history = [
+        {
+            "stage": e.stage,
+            "entered_at": _dt(e.entered_ms),
+            "exited_at": _dt(e.exited_ms),
+            "days": None if e.exited_ms is None else (e.exited_ms - e.entered_ms) / DAY_MS,
+            "rule": e.rule,
+            "cause": e.cause,
+        }
+        for e in journey.history
+    ]
+    return {
+        "stage": {
+            "name": journey.stage,
+            "since": _dt(journey.since_ms),
+            "days_in_stage": max(now_ms - journey.since_ms, 0) / DAY_MS,
+            "history": history,
+            "next_change_at": _dt(journey.next_due_ms),
+        },
+        "flags": [{"flag": k, "reason": v} for k, v in journey.flags.items()],
+        "persona": journey.persona,
+    }
+
+
+def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str, Any] | None = None) -> ContactOut:
+    """The API view of a contact: scores computed by the core at ``now_ms``; ``value`` is its
+    ``{"rfm", "clv"}`` (from the population model; both null when not given)."""
     engagement = engagement_at(state, model, now_ms)
     fit = fit_of(state, model)
+    value = value or {"rfm": None, "clv": None}
     return ContactOut(
+        **lifecycle_body(current_journey(state, model, now_ms), now_ms),
+        account_id=state.account_id,
+        rfm=value["rfm"],
+        clv=value["clv"],
         contact_id=state.contact_id,
         identity=Identity(
             user_id=state.user_id, anonymous_ids=state.anonymous_ids, email=state.email, merged_ids=state.merged_ids

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, TypeAdapter
 
-from schemas import api, events, state
+from schemas import accounts, api, api_accounts, events, population, state, triggers, value
 
 OUT = Path(__file__).parent / "json"
 
@@ -31,12 +31,31 @@ def documents() -> dict[str, dict[str, Any]]:
     }
     for model in (events.Identify, events.Track, events.Page, events.Screen, events.Group, events.Alias):
         docs[f"segment-{model.__name__.lower()}.v{events.CONTRACT_VERSION}.json"] = _pydantic(model, model.__name__)
-    for body in (api.ContactOut, api.BatchGetIn, api.BatchGetOut, api.ModelOut, api.ErrorBody):
+    bodies: tuple[type[BaseModel], ...] = (
+        api.ContactOut,
+        api.BatchGetIn,
+        api.BatchGetOut,
+        api.ModelOut,
+        api.ErrorBody,
+        value.ValueOut,
+        value.ClvModelOut,
+        api_accounts.AccountOut,
+    )
+    docs[f"triggers-trigger.v{triggers.TRIGGER_VERSION}.json"] = _pydantic(triggers.Trigger, "Trigger")
+    for body in bodies:
         docs[f"api-{body.__name__}.v1.json"] = _pydantic(body, body.__name__)
     internal = {
         "state-contact.v1.json": msgspec.json.schema(state.ContactState),
         "state-identity-link.v1.json": msgspec.json.schema(state.IdentityLink),
         f"internal-envelope.v{state.ENVELOPE_VERSION}.json": msgspec.json.schema(state.Envelope),
+        f"internal-population-summary.v{population.POPULATION_VERSION}.json": msgspec.json.schema(
+            population.PartitionSummary
+        ),
+        f"internal-population-model.v{population.POPULATION_VERSION}.json": msgspec.json.schema(
+            population.PopulationModel
+        ),
+        f"state-account.v{accounts.ACCOUNT_STATE_VERSION}.json": msgspec.json.schema(accounts.AccountState),
+        f"internal-member-batch.v{accounts.MEMBERS_VERSION}.json": msgspec.json.schema(accounts.MemberBatch),
     }
     for name, doc in internal.items():
         doc["$comment"] = "Encoded as MessagePack on the wire; this schema describes its structure."

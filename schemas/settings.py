@@ -67,6 +67,29 @@ class Settings(BaseSettings):
         ge=0,
         description="Decoded contact states the worker keeps between batches (checked against the stored bytes).",
     )
+    population_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds between population refreshes: each worker publishes its partitions' customer "
+        "summaries and the owner of contacts partition 0 recomputes the RFM quintile boundaries and refits CLV.",
+    )
+    population_sample_size: int = Field(
+        default=5000,
+        ge=1,
+        description="Customers in the CLV fitting sample (the lowest hashes of contact ids; each partition "
+        "publishes at most this many).",
+    )
+    population_min_fit_customers: int = Field(
+        default=100,
+        ge=1,
+        description="Fewest customers in the sample for a CLV fit; until then (or when a fit fails) the previous "
+        "fit stays.",
+    )
+    timer_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a worker sends ticks to contacts whose timers or decay-driven transitions are due.",
+    )
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
 
     @field_validator("api_keys", mode="before")

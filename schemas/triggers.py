@@ -14,6 +14,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from scorestream.triggers import TRIGGER_VERSION, TYPES
 
+__all__ = ["TRIGGER_VERSION", "Trigger", "TriggerType"]
+
+
 def _known(kind: str) -> str:
     if kind not in TYPES:
         raise ValueError(f"unknown trigger type {kind!r}; one of {', '.join(TYPES)}")
@@ -44,4 +47,4 @@ class Trigger(BaseModel):
         description="Message id of the event that caused it; null when time did (a timer, decay)."
     )
     model_version: str = Field(description="The model that computed it (`name@hash`).")
-    v: Literal[1] = Field(default=TRIGGER_VERSION, description="Contract version.")
+    v: Literal[1] = Field(default=1, description="Contract version (`TRIGGER_VERSION`).")

@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 import msgspec
+import orjson
 from faust.types import TopicT
 
 from schemas.events import InvalidMessage, decode
@@ -39,9 +40,15 @@ from schemas.state import (
     raw_item,
 )
 from scorestream import ContactState, Event, IdentityLink, Model
-from scorestream.contact import Absorb, step
+from scorestream.contact import Absorb, Tick, step
 from scorestream.identity import MergeInto, resolve, routing_key
+from scorestream.journey import Journey
+from scorestream.lifecycle import journey_triggers
+from scorestream.triggers import make_trigger
+from streams.accounts import register_accounts
 from streams.app import Wiring
+from streams.population import register_population
+from streams.timers import Clock, TimerIndex
 from streams.transport import records_of
 
 log = logging.getLogger(__name__)
@@ -134,7 +141,56 @@ class DecodedStates:
 def register(w: Wiring, settings: Settings, model: Model) -> None:
     """Attach the three agents to the app."""
     channels = settings.source_topics
+    population = register_population(w, settings, model)
+    feed = register_accounts(w, settings, model)
     partitions = settings.partitions
+    lifecycle = model.lifecycle
+    timer_index = TimerIndex()
+
+    def send_ticks(ticks: list[tuple[str, Tick]]) -> None:
+        out = Outbox(partitions)
+        for key, tick in ticks:
+            out.add(w.contacts_topic, key, envelope_for(tick))
+        out.flush()
+
+    def assigned() -> frozenset[int]:
+        topic = settings.contacts_topic
+        return frozenset(tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == topic)
+
+    clock = Clock(timer_index, assigned, w.contacts.items, send_ticks, max_ticks=settings.batch_max)
+
+    @w.app.timer(interval=settings.timer_interval_s, name="clock")
+    async def beat() -> None:
+        if lifecycle is None or w.app.in_recovery or w.app.rebalancing:
+            return
+        await clock.tick()
+
+    def changes(key: str, journey: Journey | None, state: ContactState) -> list[dict[str, Any]]:
+        """Triggers for what changed in this contact (``journey``: its lifecycle before), and the
+        contact's next due instant for the clock. The RFM segment is recorded in the state."""
+        if state.merged_into is not None:
+            timer_index.set(key, None)
+            return []
+        out: list[dict[str, Any]] = []
+        if lifecycle is not None and state.journey is not None and state.journey is not journey:
+            out.extend(journey_triggers(journey, state.journey, key, model, lifecycle))
+            timer_index.set(key, state.journey.next_due_ms)
+        as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
+        segment = population.segment_of(state, as_of)
+        if segment != state.rfm_segment:
+            out.append(
+                make_trigger(
+                    "rfm.segment_changed",
+                    at_ms=as_of,
+                    model_version=model.version,
+                    contact_id=key,
+                    before=state.rfm_segment,
+                    after=segment,
+                    rule="rfm-segments",
+                )
+            )
+            state.rfm_segment = segment
+        return out
 
     def dead(message: Any, raw: bytes | None, reason: str, detail: str) -> None:
         """Dead-letter a record (an aiokafka record or a Faust message: same attribute names)."""
@@ -220,14 +276,14 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
         decoded = DecodedStates(settings.state_cache_entries)
         async for batch_event in stream.events():
             out = Outbox(partitions)
-            inbox: dict[str, list[Event | MergeInto | Absorb]] = defaultdict(list)
+            inbox: dict[str, list[Event | MergeInto | Absorb | Tick]] = defaultdict(list)
             hops: dict[str, int] = defaultdict(int)
             for item in unpack(records_of(batch_event)):
                 env = item.env
                 if env.hops > MAX_HOPS:
                     park(batch_event, [item], "merge_loop", f"{env.hops} forwards")
                     continue
-                message = env.event or env.merge or (Absorb(env.state) if env.state else None)
+                message = env.event or env.merge or env.tick or (Absorb(env.state) if env.state else None)
                 if message is not None:
                     inbox[item.key].append(message)
                     hops[item.key] = max(hops[item.key], env.hops)
@@ -235,6 +291,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                 try:
                     # step() may change ``before`` in place: a failure drops it from the cache
                     before = decoded.get(key, table.get(key))
+                    journey = before.journey if before is not None else None
                     state, sent = step(before, key, messages, model)
                 except Exception as exc:  # a bug or an unreadable state must not cost the batch
                     decoded.drop(key)
@@ -247,10 +304,15 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     )
                     continue
                 if state is not None:
+                    for trigger in changes(key, journey, state):
+                        w.triggers_topic.send_soon(key=key.encode(), value=orjson.dumps(trigger))
                     raw = encode(state)
                     table[key] = raw
                     decoded.put(key, raw, state)
+                    feed.add(state)
+                    population.add(batch_event.message.partition, state)
                 for o in sent:
                     out.add(w.contacts_topic, o.key, envelope_for(o.item, hops[key] + 1))
             out.flush()
+            feed.flush()
             yield None

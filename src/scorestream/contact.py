@@ -85,6 +85,8 @@ class ContactState:
     ticked_ms: int | None = None
     # the account traits of the latest ``group`` call (the one at ``account_at``; scorestream.accounts)
     account_traits: dict[str, Any] = field(default_factory=dict)
+    # the RFM segment last announced (worker-side: it depends on the population's quintiles)
+    rfm_segment: str | None = None
 
 
 def new_contact(contact_id: str, model: Model) -> ContactState:
