@@ -8,18 +8,15 @@ computes the time-dependent parts (decayed engagement, coverage) at request time
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from api.follow import Following, follow
 from schemas.accounts import decode_account
 from schemas.api import ErrorBody
 from schemas.api_accounts import AccountOut, account_out
@@ -31,7 +28,7 @@ JSON = "application/json"
 
 
 @dataclass
-class AccountReplica:
+class AccountReplica(Following):
     """In-memory view of ``<app>-accounts-changelog``: account id -> encoded AccountState."""
 
     bootstrap: str
@@ -48,67 +45,14 @@ class AccountReplica:
         else:
             self.states[account_id] = value
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="accounts-replica")
+    def apply_record(self, record: Any) -> None:
+        if record.key is not None:
+            self.apply(record.key, record.value)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError) as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("accounts replica consumer failed (%s); retrying in 1 s", self.error)
-                await asyncio.sleep(1.0)
-
-    async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            max_partition_fetch_bytes=4 << 20,
+    async def follow(self) -> None:
+        await follow(
+            self, self.bootstrap, [self.changelog_topic], self.apply_record, "accounts replica", FETCH_MAX_WAIT_MS
         )
-        await consumer.start()
-        try:
-            partitions: list[TopicPartition] = []
-            while not partitions:
-                cluster = await consumer._client.fetch_all_metadata()
-                found = cluster.partitions_for_topic(self.changelog_topic) or set()
-                partitions = [TopicPartition(self.changelog_topic, p) for p in sorted(found)]
-                if not partitions:
-                    self.error = f"waiting for topic {self.changelog_topic}"
-                    await asyncio.sleep(1.0)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            pending = {tp for tp, end in ends.items() if end > 0}
-            self.error = None
-            started = time.monotonic()
-            while True:
-                batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
-                for records in batches.values():
-                    for r in records:
-                        if r.key is not None:
-                            self.apply(r.key, r.value)
-                if pending:
-                    pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-                if not pending and not self.caught_up.is_set():
-                    self.caught_up.set()
-                    log.info(
-                        "accounts replica caught up: %d accounts in %.1f s",
-                        len(self.states),
-                        time.monotonic() - started,
-                    )
-        finally:
-            await consumer.stop()
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

@@ -9,15 +9,13 @@ so recency, ``p_alive`` and CLV are as of the request time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
+from api.follow import Following, follow
 from schemas.population import decode_record
 from schemas.value import clv_model_body, value_body
 from scorestream import ContactState
@@ -29,7 +27,7 @@ FETCH_MAX_WAIT_MS = 500  # the model changes every few minutes: an idle reader p
 
 
 @dataclass
-class PopulationReader:
+class PopulationReader(Following):
     """The latest population model on ``topic`` (None before the first)."""
 
     bootstrap: str
@@ -38,6 +36,7 @@ class PopulationReader:
     model: PopulationModel | None = None
     records: int = 0
     error: str | None = None
+    caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -59,40 +58,8 @@ class PopulationReader:
         """The ``GET /v1/models/clv`` body, or None before the first successful fit."""
         return None if self.model is None else clv_model_body(self.model)
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="population")
+    def apply_record(self, record: Any) -> None:
+        self.apply(record.key, record.value)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError) as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("population reader failed (%s); retrying in 1 s", self.error)
-                await asyncio.sleep(1.0)
-
-    async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
-        )
-        await consumer.start()
-        try:
-            tp = TopicPartition(self.topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            self.error = None
-            while True:
-                batches = await consumer.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    for r in records:
-                        self.apply(r.key, r.value)
-        finally:
-            await consumer.stop()
+    async def follow(self) -> None:
+        await follow(self, self.bootstrap, [self.topic], self.apply_record, "population reader", FETCH_MAX_WAIT_MS)

@@ -12,18 +12,15 @@ contact they merged into.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
+from api.follow import Following, follow
 from schemas.state import decode_state
 from scorestream import ContactState
 from scorestream.identity import anonymous_contact_id
@@ -70,7 +67,7 @@ class WorkerStatus:
 
 
 @dataclass
-class Replica:
+class Replica(Following):
     """In-memory view of ``<app>-contacts-changelog`` and the worker status topic."""
 
     bootstrap: str
@@ -169,69 +166,14 @@ class Replica:
     def ready_workers(self) -> list[str]:
         return sorted(w for w, s in self.workers.items() if s.state == "ready")
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="replica")
+    def apply_record(self, record: Any) -> None:
+        if record.topic == self.changelog_topic:
+            if record.key is not None:
+                self.apply(record.key, record.value)
+        else:
+            self.apply_status(record.value)
+        self.last_record_ms = record.timestamp
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError) as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("replica consumer failed (%s); retrying in 1 s", self.error)
-                await asyncio.sleep(1.0)
-
-    async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            max_partition_fetch_bytes=4 << 20,
-            isolation_level="read_uncommitted",
-        )
-        await consumer.start()
-        try:
-            partitions: list[TopicPartition] = []
-            while not partitions:
-                cluster = await consumer._client.fetch_all_metadata()
-                for topic in (self.changelog_topic, self.status_topic):
-                    found = cluster.partitions_for_topic(topic) or set()
-                    partitions += [TopicPartition(topic, p) for p in sorted(found)]
-                if not any(tp.topic == self.changelog_topic for tp in partitions):
-                    partitions = []
-                    self.error = f"waiting for topic {self.changelog_topic}"
-                    await asyncio.sleep(1.0)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            pending = {tp for tp, end in ends.items() if end > 0}
-            self.error = None
-            started = time.monotonic()
-            while True:
-                batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
-                for tp, records in batches.items():
-                    if tp.topic == self.changelog_topic:
-                        for r in records:
-                            if r.key is not None:
-                                self.apply(r.key, r.value)
-                    else:
-                        for r in records:
-                            self.apply_status(r.value)
-                    if records:
-                        self.last_record_ms = records[-1].timestamp
-                if pending:
-                    pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-                if not pending and not self.caught_up.is_set():
-                    self.caught_up.set()
-                    log.info("replica caught up: %d contacts in %.1f s", len(self.states), time.monotonic() - started)
-        finally:
-            await consumer.stop()
+    async def follow(self) -> None:
+        topics = (self.changelog_topic, self.status_topic)
+        await follow(self, self.bootstrap, topics, self.apply_record, "contacts replica", FETCH_MAX_WAIT_MS)

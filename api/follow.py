@@ -1,0 +1,113 @@
+"""Following Kafka topics from the beginning, for ever: the API's in-memory replicas.
+
+The contacts replica, the accounts replica and the population reader all do the same: wait for
+their topic, read every partition from the beginning, hand each record to their ``apply``, say
+when they have caught up with the end offsets seen at start, and start again after a broker error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+
+class Follower(Protocol):
+    """What :func:`follow` reports to: the last error (None when reading) and the catch-up event."""
+
+    error: str | None
+    caught_up: asyncio.Event
+
+
+class Following:
+    """``start``/``stop`` for a reader whose :meth:`follow` runs until cancelled (a mixin:
+    subclasses are dataclasses with a ``_task`` field)."""
+
+    _task: asyncio.Task[None] | None
+
+    async def follow(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.follow(), name=type(self).__name__)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def follow(
+    reader: Follower,
+    bootstrap: str,
+    topics: Sequence[str],
+    apply: Callable[[Any], None],
+    label: str,
+    fetch_max_wait_ms: int,
+) -> None:
+    """Read ``topics`` (every partition, from the beginning) into ``apply(record)`` for ever.
+
+    The first topic must exist before reading starts (the others are read if they exist);
+    ``reader.caught_up`` is set once every partition reached the end offset it had at the start.
+    Broker errors are reported in ``reader.error`` and reading starts again after a second.
+    """
+    while True:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 << 20,
+            isolation_level="read_uncommitted",
+        )
+        try:
+            await consumer.start()
+            await _consume(consumer, reader, topics, apply, label)
+        except asyncio.CancelledError:
+            raise
+        except (KafkaError, OSError) as exc:
+            reader.error = f"{type(exc).__name__}: {exc}"
+            log.warning("%s failed (%s); retrying in 1 s", label, reader.error)
+            await asyncio.sleep(1.0)
+        finally:
+            await consumer.stop()
+
+
+async def _consume(
+    consumer: AIOKafkaConsumer, reader: Follower, topics: Sequence[str], apply: Callable[[Any], None], label: str
+) -> None:
+    partitions: list[TopicPartition] = []
+    while not partitions:
+        cluster = await consumer._client.fetch_all_metadata()
+        for topic in topics:
+            found = cluster.partitions_for_topic(topic) or set()
+            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        if not any(tp.topic == topics[0] for tp in partitions):
+            partitions = []
+            reader.error = f"waiting for topic {topics[0]}"
+            await asyncio.sleep(1.0)
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    ends = await consumer.end_offsets(partitions)
+    pending = {tp for tp, end in ends.items() if end > 0}
+    reader.error = None
+    started = time.monotonic()
+    while True:
+        batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+        for records in batches.values():
+            for record in records:
+                apply(record)
+        if pending:
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        if not pending and not reader.caught_up.is_set():
+            reader.caught_up.set()
+            log.info("%s caught up in %.1f s", label, time.monotonic() - started)
