@@ -454,3 +454,13 @@ def test_live_delivery_one_event_at_a_time_with_ticks_between_gives_the_same_jou
     state, _ = step(state, "user-1", [Tick(AS_OF)], DEFAULT_MODEL)
     assert state is not None
     assert journey(state) == _journey_of([STORY])
+
+
+def test_a_new_model_walks_the_history_again_instead_of_resuming() -> None:
+    events = hot_lead()
+    state = run(events[:-1])
+    assert journey(state).history[0].stage == "subscriber"
+    later, _ = step(state, "user-1", [events[-1]], B2C)  # in time order, but under another model
+    assert later is not None
+    assert journey(later) == journey(run(events, model=B2C))
+    assert journey(later).history[0].stage == "visitor"

@@ -69,3 +69,5 @@ class Journey:
     next_due_ms: int | None = None
     # where the walk stopped (at ``walked_to_ms``): a later walk over newer events only resumes here
     cursor: Cursor | None = None
+    # the model version that walked it (another model walks again from the anchor)
+    model_version: str = ""

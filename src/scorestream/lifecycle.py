@@ -767,7 +767,8 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
     """
     old = state.journey
     cursor = old.cursor if old is not None else None
-    if resume and old is not None and cursor is not None and as_of_ms >= cursor.at_ms:
+    same_model = old is not None and old.model_version == model.version
+    if resume and same_model and old is not None and cursor is not None and as_of_ms >= cursor.at_ms:
         w = _resume(state, model, lc, old, cursor, as_of_ms)
     else:
         w = _run(state, model, lc, (as_of_ms, _LAST_MID), inclusive=True)
@@ -787,6 +788,7 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
         persona=persona,
         anchor=old.anchor if old is not None else None,
         next_due_ms=w._next_due(),
+        model_version=model.version,
         cursor=Cursor(
             at_ms=as_of_ms,
             stage=w.stage,
