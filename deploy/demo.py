@@ -16,7 +16,7 @@ from schemas.settings import Settings
 
 def _table(contacts: list[dict[str, object]]) -> Table:
     table = Table(title="most active contacts")
-    for col in ("contact", "email", "engagement", "fit", "grade", "top rule"):
+    for col in ("contact", "email", "engagement", "fit", "grade", "stage", "flags", "top rule"):
         table.add_column(col)
     for c in contacts:
         eng = c["engagement"]
@@ -25,12 +25,17 @@ def _table(contacts: list[dict[str, object]]) -> Table:
         identity = c["identity"]
         assert isinstance(identity, dict)
         top = eng["top"][0]["rule"] if eng["top"] else "-"
+        stage = c.get("stage")
+        flags = c.get("flags") or []
+        assert isinstance(flags, list)
         table.add_row(
             str(c["contact_id"]),
             str(identity.get("email") or "-"),
             f"{eng['score']:.1f}",
             f"{fit['score']:.0f}",
             str(c["grade"]),
+            str(stage["name"]) if isinstance(stage, dict) else "-",
+            ", ".join(str(f["flag"]) for f in flags) or "-",
             top,
         )
     return table

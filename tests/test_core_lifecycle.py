@@ -464,3 +464,13 @@ def test_a_new_model_walks_the_history_again_instead_of_resuming() -> None:
     assert later is not None
     assert journey(later) == journey(run(events, model=B2C))
     assert journey(later).history[0].stage == "visitor"
+
+
+def test_a_backfill_behind_the_clock_resumes_and_ends_where_one_walk_ends() -> None:
+    # the worker's clock ticks every contact to "now" while old events are still arriving in order
+    state: ContactState | None = None
+    for event in sorted(STORY, key=lambda e: e.timestamp_ms):
+        state, _ = step(state, "user-1", [event, Tick(AS_OF)], DEFAULT_MODEL)
+        assert state is not None and journey(state).cursor is not None
+        assert journey(state).cursor.at_ms == state.last_seen_ms  # type: ignore[union-attr]
+    assert state is not None and journey(state) == _journey_of([STORY])

@@ -367,6 +367,17 @@ def _evidence(state: ContactState) -> int:
     return len(state.hits) + len(state.folded_ids)
 
 
+def _engagement(state: ContactState, model: Model, at_ms: int) -> float:
+    """The contact's engagement at ``at_ms``: from its lifecycle walk when that went through its
+    newest checkpoint under this model (the walk keeps the score; recomputing it is O(hits))."""
+    journey = state.journey
+    cursor = journey.cursor if journey is not None else None
+    walked = journey is not None and cursor is not None and journey.model_version == model.version
+    if walked and cursor is not None and journey is not None and cursor.ref_ms <= at_ms <= journey.walked_to_ms:
+        return round(decay(cursor.ref_score, cursor.ref_ms, at_ms, model.half_life_ms), 6) + 0.0
+    return engagement_at(state, model, at_ms, top=0).score
+
+
 def _update(state: ContactState, model: Model, account_id: str, member: bool) -> MemberUpdate:
     at_ms = state.last_seen_ms if state.last_seen_ms is not None else 0
     config = model.accounts
@@ -377,7 +388,7 @@ def _update(state: ContactState, model: Model, account_id: str, member: bool) ->
         at_ms=at_ms,
         evidence=_evidence(state),
         role=config.role_of(state.traits),
-        score=engagement_at(state, model, at_ms, top=0).score,
+        score=_engagement(state, model, at_ms),
         fit=fit_of(state, model, top=0).score,
         stage=state.journey.stage if state.journey is not None else None,
         customer=summary(state.value, at_ms).frequency > 0,

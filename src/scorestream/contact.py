@@ -374,8 +374,9 @@ def step(
     """
     out: list[Outgoing] = []
     pending: list[Event] = []
-    walked_to = state.journey.walked_to_ms if state is not None and state.journey is not None else None
-    resume = walked_to is not None  # the lifecycle walk may continue where it stopped (see below)
+    journey = state.journey if state is not None else None
+    walked_to = journey.cursor.at_ms if journey is not None and journey.cursor is not None else None
+    resume = walked_to is not None  # the lifecycle walk may continue from its cursor (see below)
 
     def flush() -> None:
         nonlocal state
@@ -396,7 +397,8 @@ def step(
             continue
         if isinstance(item, Event):
             pending.append(item)
-            if resume and (item.timestamp_ms <= walked_to or (item.kind == "identify" and item.traits)):  # type: ignore[operator]
+            late = walked_to is not None and item.timestamp_ms <= walked_to
+            if resume and (late or (item.kind == "identify" and item.traits)):
                 resume = False  # an event at or before the last walk, or new traits: walk again
             continue
         resume = resume and isinstance(item, Tick)

@@ -740,18 +740,22 @@ def _continue(
     w._decay_to(until[0])
 
 
-def _resume(state: ContactState, model: Model, lc: Lifecycle, old: Journey, cursor: Cursor, as_of: int) -> _Walker:
-    """Continue a walk stopped at ``cursor`` (every new checkpoint is later than it)."""
+def _resume(state: ContactState, model: Model, lc: Lifecycle, old: Journey, cursor: Cursor, until: int) -> _Walker:
+    """Continue a walk from ``cursor`` (every new checkpoint is later than it). What the previous
+    walk found after the cursor (time passing up to a tick) is dropped and walked again."""
     w = _walker(state, model, lc, cursor.at_ms, cursor.stage, cursor.since_ms, 0.0)
     w.ref_score, w.ref_ms = cursor.ref_score, cursor.ref_ms
     w.score = decay(cursor.ref_score, cursor.ref_ms, cursor.at_ms, model.half_life_ms)
-    w.history, w.fired = list(old.history), list(old.fired)
+    w.history = [e for e in old.history if e.entered_ms <= cursor.at_ms]
+    if w.history and w.history[-1].exited_ms is not None and w.history[-1].exited_ms > cursor.at_ms:
+        w.history[-1] = w.history[-1]._replace(exited_ms=None)
+    w.fired = [f for f in old.fired if f.at_ms <= cursor.at_ms]
     w.pending, w.above = dict(cursor.pending), set(cursor.above)
     after = (cursor.at_ms, _LAST_MID)
     _flags_until(w, after)
     w._refresh_signals()
     w._refresh_value(after)
-    _continue(w, after, (as_of, _LAST_MID), inclusive=True, resumed=True)
+    _continue(w, after, (until, _LAST_MID), inclusive=True, resumed=True)
     return w
 
 
@@ -761,17 +765,31 @@ _LAST_MID = "\U0010ffff"
 def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume: bool = False) -> Journey:
     """The contact's journey at ``as_of_ms`` (see the module docstring).
 
-    ``resume``: the caller knows that nothing changed at or before the previous walk's instant (no
-    event stamped then or earlier, no new traits, no merge): the walk continues from where the
-    previous one stopped instead of starting again from the anchor, with the same result.
+    The walk goes through the contact's checkpoints to its newest event, keeps its position there
+    (``cursor``), then lets time pass to ``as_of_ms`` (a tick). ``resume``: the caller knows that
+    nothing changed at or before the cursor (no event stamped then or earlier, no new traits, no
+    merge): the walk continues from the cursor instead of starting again from the anchor, with
+    the same result.
     """
     old = state.journey
     cursor = old.cursor if old is not None else None
+    frontier = min(as_of_ms, state.last_seen_ms if state.last_seen_ms is not None else as_of_ms)
     same_model = old is not None and old.model_version == model.version
-    if resume and same_model and old is not None and cursor is not None and as_of_ms >= cursor.at_ms:
-        w = _resume(state, model, lc, old, cursor, as_of_ms)
+    if resume and same_model and old is not None and cursor is not None and frontier >= cursor.at_ms:
+        w = _resume(state, model, lc, old, cursor, frontier)
     else:
-        w = _run(state, model, lc, (as_of_ms, _LAST_MID), inclusive=True)
+        w = _run(state, model, lc, (frontier, _LAST_MID), inclusive=True)
+    position = Cursor(
+        at_ms=frontier,
+        stage=w.stage,
+        since_ms=w.since,
+        pending=dict(w.pending),
+        above=sorted(w.above),
+        ref_score=w.ref_score,
+        ref_ms=w.ref_ms,
+    )
+    w.advance(as_of_ms, inclusive=True)
+    w._decay_to(as_of_ms)
     persona = None
     w.signals["engagement"] = w.score
     for p in lc.personas:
@@ -789,15 +807,7 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
         anchor=old.anchor if old is not None else None,
         next_due_ms=w._next_due(),
         model_version=model.version,
-        cursor=Cursor(
-            at_ms=as_of_ms,
-            stage=w.stage,
-            since_ms=w.since,
-            pending=dict(w.pending),
-            above=sorted(w.above),
-            ref_score=w.ref_score,
-            ref_ms=w.ref_ms,
-        ),
+        cursor=position,
     )
 
 
