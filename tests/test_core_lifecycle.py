@@ -474,3 +474,29 @@ def test_a_backfill_behind_the_clock_resumes_and_ends_where_one_walk_ends() -> N
         assert state is not None and journey(state).cursor is not None
         assert journey(state).cursor.at_ms == state.last_seen_ms  # type: ignore[union-attr]
     assert state is not None and journey(state) == _journey_of([STORY])
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_periodic_positions_change_nothing_but_the_speed(monkeypatch: pytest.MonkeyPatch, every: int) -> None:
+    """With a position kept every ``every`` checkpoints (and only 3 kept), walks resumed from any of
+    them give the same journey as one walk, for shuffled, duplicated, re-batched deliveries."""
+    import random
+
+    import scorestream.lifecycle as lifecycle
+
+    monkeypatch.setattr(lifecycle, "SNAPSHOT_EVERY", every)
+    monkeypatch.setattr(lifecycle, "MAX_CURSORS", 3)
+    expected = _journey_of([STORY])
+    rng = random.Random(every)
+    for _ in range(150):
+        events = list(STORY) + rng.sample(STORY, 2)
+        if rng.random() < 0.5:
+            rng.shuffle(events)
+        else:  # nearly in order: a few swapped neighbours
+            events.sort(key=lambda e: e.timestamp_ms)
+            for _ in range(3):
+                i = rng.randrange(len(events) - 1)
+                events[i], events[i + 1] = events[i + 1], events[i]
+        cuts = sorted(rng.sample(range(1, len(events)), rng.randint(0, 6)))
+        batches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+        assert _journey_of(batches) == expected

@@ -343,6 +343,9 @@ class Absorb:
     state: ContactState
 
 
+_NO_EVENT = 1 << 62  # later than any event: a step with ticks only resumes from the newest position
+
+
 @dataclass(frozen=True, slots=True)
 class Tick:
     """The worker's clock reached ``at_ms``: let time-driven transitions and timers happen."""
@@ -374,9 +377,9 @@ def step(
     """
     out: list[Outgoing] = []
     pending: list[Event] = []
-    journey = state.journey if state is not None else None
-    walked_to = journey.cursor.at_ms if journey is not None and journey.cursor is not None else None
-    resume = walked_to is not None  # the lifecycle walk may continue from its cursor (see below)
+    # the lifecycle walk resumes before the earliest new event, unless traits changed or a merge
+    # happened (then it walks again from its anchor)
+    resume_before: int | None = _NO_EVENT
 
     def flush() -> None:
         nonlocal state
@@ -397,11 +400,13 @@ def step(
             continue
         if isinstance(item, Event):
             pending.append(item)
-            late = walked_to is not None and item.timestamp_ms <= walked_to
-            if resume and (late or (item.kind == "identify" and item.traits)):
-                resume = False  # an event at or before the last walk, or new traits: walk again
+            if resume_before is not None:
+                resume_before = (
+                    None if item.kind == "identify" and item.traits else min(resume_before, item.timestamp_ms)
+                )
             continue
-        resume = resume and isinstance(item, Tick)
+        if not isinstance(item, Tick):
+            resume_before = None
         flush()
         if isinstance(item, Tick):
             if state is not None and (state.ticked_ms is None or item.at_ms > state.ticked_ms):
@@ -422,5 +427,5 @@ def step(
         from scorestream.lifecycle import walk
 
         as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
-        state.journey = walk(state, model, model.lifecycle, as_of, resume=resume)
+        state.journey = walk(state, model, model.lifecycle, as_of, resume_before=resume_before)
     return state, out

@@ -46,6 +46,10 @@ class Cursor:
     # engagement: ``ref_score`` at ``ref_ms`` (the last checkpoint), decayed from there
     ref_score: float = 0.0
     ref_ms: int = 0
+    # checkpoints applied since the anchor; a periodic position (every so many checkpoints) or
+    # the one at the newest event
+    index: int = 0
+    periodic: bool = False
 
 
 @dataclass(slots=True)
@@ -67,7 +71,13 @@ class Journey:
     persona: str | None = None
     anchor: Cursor | None = None
     next_due_ms: int | None = None
-    # where the walk stopped (at ``walked_to_ms``): a later walk over newer events only resumes here
-    cursor: Cursor | None = None
+    # positions of the walk (oldest first, the last at the newest event): a later walk resumes
+    # from the latest one before the earliest new event instead of walking again from the anchor
+    cursors: list[Cursor] = field(default_factory=list)
     # the model version that walked it (another model walks again from the anchor)
     model_version: str = ""
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """The walk's position at the contact's newest event."""
+        return self.cursors[-1] if self.cursors else None

@@ -46,6 +46,8 @@ from scorestream.triggers import make_trigger
 MAX_HISTORY = 100
 MAX_FIRED = 64
 MAX_CHAIN = 8
+MAX_CURSORS = 8  # walk positions kept per contact
+SNAPSHOT_EVERY = 32  # checkpoints between the positions a long walk keeps
 NUMERIC_OPS = ("gt", "gte", "lt", "lte")
 ORDER_TAG = "order"
 REFUND_TAG = "refund"
@@ -478,6 +480,7 @@ class _Walker:
     event_flags: dict[str, str]
     trait_flags: dict[str, str]
     value_steps: list[FactsStep]
+    applied: int = 0
 
     def _decay_to(self, t: int) -> None:
         """Move the clock on. The score is always decayed from the last checkpoint (``ref``), so a
@@ -623,6 +626,21 @@ class _Walker:
                 self.fired.append(Fired("timer", tid, self.now, "", None))
         return tags
 
+    def position(self, periodic: bool = False, at_ms: int | None = None) -> Cursor:
+        """Where the walk stands now (every checkpoint and happening up to ``now``, or up to
+        ``at_ms`` when the walk has applied all of them, applied)."""
+        return Cursor(
+            index=self.applied,
+            periodic=periodic,
+            at_ms=self.now if at_ms is None else at_ms,
+            stage=self.stage,
+            since_ms=self.since,
+            pending=dict(self.pending),
+            above=sorted(self.above),
+            ref_score=self.ref_score,
+            ref_ms=self.ref_ms,
+        )
+
     def _quiet(self, limit: int) -> bool:
         """Nothing can happen up to ``limit``: no timer comes due and the decaying score passes
         no threshold or guard edge (a cheap test before the exact search)."""
@@ -686,7 +704,14 @@ def _walker(
     )
 
 
-def _run(state: ContactState, model: Model, lc: Lifecycle, until: tuple[int, str], inclusive: bool) -> _Walker:
+def _run(
+    state: ContactState,
+    model: Model,
+    lc: Lifecycle,
+    until: tuple[int, str],
+    inclusive: bool,
+    snapshots: list[Cursor] | None = None,
+) -> _Walker:
     """Walk from the anchor through the checkpoints up to ``until`` = (instant, message id)."""
     old = state.journey
     anchor = old.anchor if old is not None else None
@@ -715,7 +740,7 @@ def _run(state: ContactState, model: Model, lc: Lifecycle, until: tuple[int, str
     w._refresh_signals()
     w._refresh_value(after if after is not None else (start, ""))
     w.settle(set(), None)
-    _continue(w, after, until, inclusive)
+    _continue(w, after, until, inclusive, snapshots=snapshots)
     return w
 
 
@@ -727,25 +752,49 @@ def _flags_until(w: _Walker, key: tuple[int, str]) -> None:
 
 
 def _continue(
-    w: _Walker, after: tuple[int, str] | None, until: tuple[int, str], inclusive: bool, resumed: bool = False
+    w: _Walker,
+    after: tuple[int, str] | None,
+    until: tuple[int, str],
+    inclusive: bool,
+    resumed: bool = False,
+    snapshots: list[Cursor] | None = None,
 ) -> None:
     """Apply the checkpoints up to ``until``, then let time pass to it. From an anchor, scored
     events older than it (a merged contact's) still count, decayed; a resumed walk has seen all
-    checkpoints up to ``after`` already."""
+    checkpoints up to ``after`` already. ``snapshots`` collects the walk's position every
+    ``SNAPSHOT_EVERY`` checkpoints (where the next one is later), for later walks to resume from."""
+    previous = w.ref_ms if resumed else None  # the last checkpoint's time
     for cp in _checkpoints(w.state, w.model, w.lc, after, hits_after=resumed):
         if (cp.ts, cp.mid) > until:
             break
+        periodic = w.applied > 0 and w.applied % SNAPSHOT_EVERY == 0
+        if snapshots is not None and periodic and previous is not None and cp.ts > previous:
+            # the position just before this checkpoint: what its own step does first, so the
+            # walk's result is unchanged; it exists whenever the events do, however batched
+            w.advance(cp.ts - 1, inclusive=True)
+            snapshots.append(w.position(periodic=True, at_ms=cp.ts - 1))
         w.apply(cp)
+        w.applied += 1
+        previous = cp.ts
     w.advance(until[0], inclusive=inclusive)
     w._decay_to(until[0])
 
 
-def _resume(state: ContactState, model: Model, lc: Lifecycle, old: Journey, cursor: Cursor, until: int) -> _Walker:
+def _resume(
+    state: ContactState,
+    model: Model,
+    lc: Lifecycle,
+    old: Journey,
+    cursor: Cursor,
+    until: int,
+    snapshots: list[Cursor] | None = None,
+) -> _Walker:
     """Continue a walk from ``cursor`` (every new checkpoint is later than it). What the previous
     walk found after the cursor (time passing up to a tick) is dropped and walked again."""
     w = _walker(state, model, lc, cursor.at_ms, cursor.stage, cursor.since_ms, 0.0)
     w.ref_score, w.ref_ms = cursor.ref_score, cursor.ref_ms
     w.score = decay(cursor.ref_score, cursor.ref_ms, cursor.at_ms, model.half_life_ms)
+    w.applied = cursor.index
     w.history = [e for e in old.history if e.entered_ms <= cursor.at_ms]
     if w.history and w.history[-1].exited_ms is not None and w.history[-1].exited_ms > cursor.at_ms:
         w.history[-1] = w.history[-1]._replace(exited_ms=None)
@@ -755,39 +804,42 @@ def _resume(state: ContactState, model: Model, lc: Lifecycle, old: Journey, curs
     _flags_until(w, after)
     w._refresh_signals()
     w._refresh_value(after)
-    _continue(w, after, (until, _LAST_MID), inclusive=True, resumed=True)
+    _continue(w, after, (until, _LAST_MID), inclusive=True, resumed=True, snapshots=snapshots)
     return w
 
 
 _LAST_MID = "\U0010ffff"
 
 
-def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume: bool = False) -> Journey:
+def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume_before: int | None = None) -> Journey:
     """The contact's journey at ``as_of_ms`` (see the module docstring).
 
-    The walk goes through the contact's checkpoints to its newest event, keeps its position there
-    (``cursor``), then lets time pass to ``as_of_ms`` (a tick). ``resume``: the caller knows that
-    nothing changed at or before the cursor (no event stamped then or earlier, no new traits, no
-    merge): the walk continues from the cursor instead of starting again from the anchor, with
-    the same result.
+    The walk goes through the contact's checkpoints to its newest event, then lets time pass to
+    ``as_of_ms`` (a tick). It keeps a few of its positions (``Journey.cursors``). ``resume_before``:
+    the caller knows that nothing changed at or after that instant but new events (no new traits,
+    no merge): the walk resumes from the latest position before it instead of walking again from
+    the anchor, with the same result. None: walk from the anchor.
     """
     old = state.journey
-    cursor = old.cursor if old is not None else None
     frontier = min(as_of_ms, state.last_seen_ms if state.last_seen_ms is not None else as_of_ms)
-    same_model = old is not None and old.model_version == model.version
-    if resume and same_model and old is not None and cursor is not None and frontier >= cursor.at_ms:
-        w = _resume(state, model, lc, old, cursor, frontier)
+    start: Cursor | None = None
+    kept: list[Cursor] = []
+    if resume_before is not None and old is not None and old.model_version == model.version:
+        kept = [c for c in old.cursors if c.at_ms < resume_before and c.at_ms <= frontier]
+        start = kept[-1] if kept else None
+    snapshots: list[Cursor] = []
+    if old is not None and start is not None:
+        w = _resume(state, model, lc, old, start, frontier, snapshots)
     else:
-        w = _run(state, model, lc, (frontier, _LAST_MID), inclusive=True)
-    position = Cursor(
-        at_ms=frontier,
-        stage=w.stage,
-        since_ms=w.since,
-        pending=dict(w.pending),
-        above=sorted(w.above),
-        ref_score=w.ref_score,
-        ref_ms=w.ref_ms,
-    )
+        kept = []
+        w = _run(state, model, lc, (frontier, _LAST_MID), inclusive=True, snapshots=snapshots)
+    # the positions kept depend on the events only (the periodic ones and the newest), not on
+    # how they were batched: the state is the same whatever the arrival order
+    periodic: dict[int, Cursor] = {}
+    for c in (*kept, *snapshots):  # a walk resumed from a periodic position makes it again: once
+        if c.periodic and c.index > w.applied - MAX_CURSORS * SNAPSHOT_EVERY:
+            periodic.setdefault(c.index, c)
+    positions = [*periodic.values(), w.position()]
     w.advance(as_of_ms, inclusive=True)
     w._decay_to(as_of_ms)
     persona = None
@@ -807,7 +859,7 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
         anchor=old.anchor if old is not None else None,
         next_due_ms=w._next_due(),
         model_version=model.version,
-        cursor=position,
+        cursors=positions,
     )
 
 
