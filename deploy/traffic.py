@@ -7,6 +7,7 @@ identify. Events mix website pages and e-commerce, email engagement and offline-
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,9 +57,22 @@ def iso(ms: int) -> str:
 
 
 class Traffic:
-    """Seeded generator; the same seed gives the same messages."""
+    """Seeded generator; the same seed gives the same messages.
 
-    def __init__(self, contacts: int, seed: int = 7, start_ms: int = 1_790_000_000_000, span_ms: int = 30 * 86_400_000):
+    Event times are spread at random over ``[start_ms, start_ms + span_ms)`` (a backfill: each
+    contact's events out of order), or with ``live_jitter_ms`` stamped at generation time minus up
+    to that much (live traffic: SDKs batch and clocks differ by seconds, not days).
+    """
+
+    def __init__(
+        self,
+        contacts: int,
+        seed: int = 7,
+        start_ms: int = 1_790_000_000_000,
+        span_ms: int = 30 * 86_400_000,
+        live_jitter_ms: int | None = None,
+    ):
+        self.live_jitter_ms = live_jitter_ms
         self.rng = random.Random(seed)
         self.contacts = contacts
         self.start_ms = start_ms
@@ -100,7 +114,11 @@ class Traffic:
 
     def message(self) -> tuple[str, int, dict[str, Any]]:
         c = self._pick()
-        ts = self.start_ms + int(self.rng.random() * self.span_ms)
+        offset = self.rng.random()
+        if self.live_jitter_ms is not None:
+            ts = int(time.time() * 1000) - int(offset * self.live_jitter_ms)
+        else:
+            ts = self.start_ms + int(offset * self.span_ms)
         roll = self.rng.random()
         if c not in self.identified and (roll < 0.06 or 0.70 <= roll < 0.90):
             # newly known: the CRM or the ESP identifies the person with their traits

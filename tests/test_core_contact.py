@@ -394,9 +394,11 @@ def test_overflow_folds_oldest_hits_and_keeps_the_score() -> None:
     events = _thirty()
     now = T0 + 4 * DAY
     for state in (fold(events, FOLDING), fold_batches([[e] for e in events], FOLDING)):
-        assert len(state.hits) == 8
-        assert [h.mid for h in state.hits] == [f"m{i:02d}" for i in range(22, 30)]
-        assert state.folded_ids == [f"m{i:02d}" for i in range(22)]
+        # folded in steps: at most max_hits kept, at least max_hits - max_hits // 8 after a fold
+        assert 7 <= len(state.hits) <= 8
+        first = 30 - len(state.hits)
+        assert [h.mid for h in state.hits] == [f"m{i:02d}" for i in range(first, 30)]
+        assert state.folded_ids == [f"m{i:02d}" for i in range(first)]
         assert close(score(state, now, FOLDING), _expected(events, now, FOLDING))
         assert close(score(state, now + 9 * DAY, FOLDING), _expected(events, now + 9 * DAY, FOLDING))
 
@@ -417,7 +419,8 @@ def test_dedupe_memory_is_bounded() -> None:
         storage={"max_hits_per_contact": 8, "dedupe_memory": 5},
     )
     state = fold(_thirty(), model)
-    assert state.folded_ids == [f"m{i:02d}" for i in range(17, 22)]
+    first = 30 - len(state.hits)
+    assert state.folded_ids == [f"m{i:02d}" for i in range(first - 5, first)]
 
 
 def test_once_only_survives_folding() -> None:
@@ -766,5 +769,6 @@ def test_folding_uncapped_rules_is_order_independent(specs: list[tuple[str, int]
         decay(3 if e.event == "Email Opened" else -2, e.timestamp_ms, now, model.half_life_ms) for e in events
     )
     for state in (fold(events, model), fold_batches([*batches, events], model)):
-        assert len(state.hits) == min(8, len(events))
+        kept = len(state.hits)
+        assert kept == len(events) if len(events) <= 8 else 7 <= kept <= 8
         assert close(score(state, now, model), expected)

@@ -160,12 +160,23 @@ def _add_unique(items: list[str], value: str, limit: int) -> None:
 
 
 def _normalise(state: ContactState, model: Model) -> None:
-    """Sort hits, fold the oldest beyond ``max_hits`` into the base, derive the email."""
-    overflow = max(len(state.hits) - model.max_hits, 0)
-    if state.hits:
-        horizon = state.hits[-1].ts - model.fold_after_ms
-        while overflow < len(state.hits) and state.hits[overflow].ts < horizon:
-            overflow += 1
+    """Sort hits, fold the oldest beyond ``max_hits`` into the base, derive the email.
+
+    Folding is done in steps, not one hit at a time: past ``max_hits`` the oldest are folded down
+    to ``max_hits - max_hits // 8``, and hits older than ``fold_after`` are folded once the oldest
+    is ``fold_after / 8`` beyond it. A busy contact thus folds every few dozen events instead of
+    on every one (each fold settles the lifecycle's anchor, and the next walk starts from it).
+    Hits are kept at least ``fold_after`` and at most ``max_hits``, as before.
+    """
+    overflow = 0
+    hits = state.hits
+    if len(hits) > model.max_hits:
+        overflow = len(hits) - model.max_hits + model.max_hits // 8
+    if hits:
+        horizon = hits[-1].ts - model.fold_after_ms
+        if overflow > 0 or hits[0].ts < horizon - model.fold_after_ms // 8:
+            while overflow < len(hits) and hits[overflow].ts < horizon:
+                overflow += 1
     if overflow > 0:
         if model.lifecycle is not None:
             from scorestream.lifecycle import anchor_at
