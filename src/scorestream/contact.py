@@ -96,22 +96,51 @@ def new_contact(contact_id: str, model: Model) -> ContactState:
     return state
 
 
-def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, float]]]:
-    """Points each hit actually earns after once-only awards and rolling-window caps.
+class Caps:
+    """Once-only awards and rolling-window caps, evaluated hit by hit in ``(timestamp, messageId)``
+    order: what :func:`effective_points` runs over all hits, kept as an object so a walk can stop
+    and later go on (``snapshot`` / ``restore``) with exactly the same arithmetic."""
 
-    Evaluated over hits in ``(timestamp, messageId)`` order, so the answer does not depend on
-    arrival order. A cap limits the magnitude a rule awards within any trailing window; awards
-    already folded into the base but still inside their window count against it.
-    """
-    awarded_once = set(state.base_once)
-    windows: dict[str, deque[tuple[int, float]]] = {k: deque(w) for k, w in state.capped.items()}
-    used: dict[str, float] = {k: sum(abs(v) for _, v in w) for k, w in windows.items()}
-    rule_of = model.by_id.get
-    out: list[list[tuple[str, float]]] = []
-    for hit in state.hits:
+    __slots__ = ("awarded_once", "rule_of", "used", "windows")
+
+    def __init__(
+        self,
+        model: Model,
+        windows: dict[str, deque[tuple[int, float]]],
+        used: dict[str, float],
+        awarded_once: set[str],
+    ) -> None:
+        self.rule_of = model.by_id.get
+        self.windows = windows
+        self.used = used
+        self.awarded_once = awarded_once
+
+    @classmethod
+    def start(cls, state: ContactState, model: Model) -> Caps:
+        """Before the first kept hit: the folded base's once-only awards and capped entries."""
+        windows = {k: deque(w) for k, w in state.capped.items()}
+        return cls(model, windows, {k: sum(abs(v) for _, v in w) for k, w in windows.items()}, set(state.base_once))
+
+    def snapshot(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float], list[str]]:
+        return {k: list(w) for k, w in self.windows.items()}, dict(self.used), sorted(self.awarded_once)
+
+    @classmethod
+    def restore(
+        cls,
+        model: Model,
+        windows: dict[str, list[tuple[int, float]]],
+        used: dict[str, float],
+        awarded_once: list[str],
+    ) -> Caps:
+        restored = {k: deque((int(t), float(v)) for t, v in w) for k, w in windows.items()}
+        return cls(model, restored, dict(used), set(awarded_once))
+
+    def earn(self, hit: Hit) -> list[tuple[str, float]]:
+        """The points ``hit`` earns after once-only awards and caps (the next hit in order)."""
         earned: list[tuple[str, float]] = []
+        windows, used, awarded_once = self.windows, self.used, self.awarded_once
         for rule_id in hit.rules:
-            rule = rule_of(rule_id)
+            rule = self.rule_of(rule_id)
             if rule is None:  # the rule left the model: it earns nothing now
                 earned.append((rule_id, 0.0))
                 continue
@@ -135,8 +164,18 @@ def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, 
                     window.append((hit.ts, value))
                     used[rule_id] += abs(value)
             earned.append((rule_id, value))
-        out.append(earned)
-    return out
+        return earned
+
+
+def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, float]]]:
+    """Points each hit actually earns after once-only awards and rolling-window caps.
+
+    Evaluated over hits in ``(timestamp, messageId)`` order, so the answer does not depend on
+    arrival order. A cap limits the magnitude a rule awards within any trailing window; awards
+    already folded into the base but still inside their window count against it.
+    """
+    caps = Caps.start(state, model)
+    return [caps.earn(hit) for hit in state.hits]
 
 
 def _seen_ids(state: ContactState) -> set[str]:

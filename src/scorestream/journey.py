@@ -50,6 +50,10 @@ class Cursor:
     # the one at the newest event
     index: int = 0
     periodic: bool = False
+    # the caps' state after the hits up to here (``scorestream.contact.Caps``)
+    cap_windows: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    cap_used: dict[str, float] = field(default_factory=dict)
+    once: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scorestream.contact import ContactState, decay, effective_points
+from scorestream.contact import Caps, ContactState, Hit, decay
 from scorestream.events import Event
 from scorestream.journey import Cursor, Fired, Journey, StageEntry
 from scorestream.model import EngagementRule, Model, ModelError, Predicate, parse_duration_ms
@@ -373,7 +373,7 @@ def _flag_matches(rule: EngagementRule, event: Event) -> bool:
 class _Checkpoint:
     ts: int
     mid: str
-    earned: float = 0.0
+    hits: list[Hit] = field(default_factory=list)
     tags: set[str] = field(default_factory=set)
     flags: list[str] = field(default_factory=list)
     value_changed: bool = False
@@ -394,11 +394,11 @@ def _checkpoints(
             cp = points[(ts, mid)] = _Checkpoint(ts, mid)
         return cp
 
-    for hit, earned in zip(state.hits, effective_points(state, model), strict=True):
+    for hit in state.hits:
         if skip is not None and (hit.ts, hit.mid) <= skip:
             continue
         cp = at(hit.ts, hit.mid)
-        cp.earned += math.fsum(v for _, v in earned)
+        cp.hits.append(hit)
         cp.tags.update(hit.rules)
     if state.value is not None:
         for order in state.value.orders:
@@ -480,6 +480,7 @@ class _Walker:
     event_flags: dict[str, str]
     trait_flags: dict[str, str]
     value_steps: list[FactsStep]
+    caps: Caps
     applied: int = 0
 
     def _decay_to(self, t: int) -> None:
@@ -560,12 +561,15 @@ class _Walker:
                     self.above.discard(th)
 
     def apply(self, cp: _Checkpoint) -> None:
+        earned = 0.0
+        for hit in cp.hits:  # the points it earns after caps, in order (the caps go on with it)
+            earned += math.fsum(v for _, v in self.caps.earn(hit))
         if cp.ts >= self.now:
             self.advance(cp.ts, inclusive=False)
             self._decay_to(cp.ts)
-            self.score += cp.earned
+            self.score += earned
         else:  # older than the anchor (a merged contact's events): counted from the anchor on
-            self.score += decay(cp.earned, cp.ts, self.now, self.model.half_life_ms)
+            self.score += decay(earned, cp.ts, self.now, self.model.half_life_ms)
         self.ref_score, self.ref_ms = self.score, self.now
         for rule_id in cp.flags:
             rule = self.lc.flag_rules[rule_id]
@@ -629,7 +633,11 @@ class _Walker:
     def position(self, periodic: bool = False, at_ms: int | None = None) -> Cursor:
         """Where the walk stands now (every checkpoint and happening up to ``now``, or up to
         ``at_ms`` when the walk has applied all of them, applied)."""
+        windows, used, once = self.caps.snapshot()
         return Cursor(
+            cap_windows=windows,
+            cap_used=used,
+            once=once,
             index=self.applied,
             periodic=periodic,
             at_ms=self.now if at_ms is None else at_ms,
@@ -701,6 +709,7 @@ def _walker(
         event_flags={},
         trait_flags=_trait_flags(state, lc),
         value_steps=facts_timeline(state.value, monetary=lc.uses_monetary),
+        caps=Caps.start(state, model),
     )
 
 
@@ -795,6 +804,7 @@ def _resume(
     w.ref_score, w.ref_ms = cursor.ref_score, cursor.ref_ms
     w.score = decay(cursor.ref_score, cursor.ref_ms, cursor.at_ms, model.half_life_ms)
     w.applied = cursor.index
+    w.caps = Caps.restore(model, cursor.cap_windows, cursor.cap_used, cursor.once)
     w.history = [e for e in old.history if e.entered_ms <= cursor.at_ms]
     if w.history and w.history[-1].exited_ms is not None and w.history[-1].exited_ms > cursor.at_ms:
         w.history[-1] = w.history[-1]._replace(exited_ms=None)
