@@ -138,6 +138,10 @@ def main() -> None:
             for rate in (float(r) for r in args.rates.split(",")):
                 figures[f"latency_{int(rate)}"] = scenarios.publish_to_api_latency(bootstrap, work, rate)
                 save()
+                figures[f"latency_{int(rate)}_spine_model"] = scenarios.publish_to_api_latency(
+                    bootstrap, work, rate, model=scenarios.spine_model(work)
+                )
+                save()
         if "sustained" not in skip:
             rates = [float(r) for r in args.sustain_rates.split(",")]
             figures["sustained"] = scenarios.max_sustained_rate(bootstrap, work, rates)

@@ -23,6 +23,10 @@ from deploy.traffic import Traffic, iso
 from schemas.model_file import read_model_source
 from tests.e2e.service import API_KEY, REPO, Service
 
+# How late live events are stamped, at most, behind their sending: clients batch and clocks
+# differ by about a second (the throughput scenarios cover a backfill in random order).
+LIVE_JITTER_MS = 1_000
+
 
 def _topics(svc: Service) -> dict[str, str]:
     return {"web": svc.topic("web"), "email": svc.topic("email"), "store": svc.topic("store")}
@@ -114,9 +118,8 @@ class Probe:
 
 async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: int) -> tuple[list[Probe], float]:
     """Probes among background traffic at ``rate``; returns them and the background rate achieved."""
-    # live traffic: stamped as it is sent, up to 5 s late (the throughput scenarios cover a
-    # backfill with each contact's events out of order)
-    traffic = Traffic(20_000, seed=5, live_jitter_ms=5_000)
+    # live traffic: stamped as it is sent, up to LIVE_JITTER_MS late
+    traffic = Traffic(20_000, seed=5, live_jitter_ms=LIVE_JITTER_MS)
     topics = _topics(svc)
     producer = AIOKafkaProducer(bootstrap_servers=svc.bootstrap, acks="all", linger_ms=1)
     await producer.start()
@@ -212,14 +215,16 @@ async def _changelog_times(bootstrap: str, topic: str, probes: list[Probe]) -> N
 
 
 def publish_to_api_latency(
-    bootstrap: str, work: Path, rate: float, duration_s: float = 30, probes: int = 300
+    bootstrap: str, work: Path, rate: float, duration_s: float = 30, probes: int = 300, model: Path | None = None
 ) -> dict[str, Any]:
     """Publish -> visible in GET /v1/contacts/{id}, for probe events among steady background load.
 
     Each probe is also split at the moment the worker wrote its state to the contacts changelog
     (the record's CreateTime): ``worker`` = publish -> changelog, ``api`` = changelog -> visible.
     """
-    svc = Service(bootstrap=bootstrap, data_dir=work / f"lat-{int(rate)}")
+    svc = Service(
+        bootstrap=bootstrap, data_dir=work / f"lat-{int(rate)}{'-' + model.stem if model else ''}", model=model
+    )
     svc.start()
     try:
         measured, achieved = asyncio.run(_probe_latency(svc, rate, duration_s, probes))

@@ -54,6 +54,9 @@ class Cursor:
     cap_windows: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     cap_used: dict[str, float] = field(default_factory=dict)
     once: list[str] = field(default_factory=list)
+    # purchase signals here (completed orders net of refunds, net revenue)
+    orders: int = 0
+    monetary: float = 0.0
 
 
 @dataclass(slots=True)

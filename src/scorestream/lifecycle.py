@@ -46,8 +46,8 @@ from scorestream.triggers import make_trigger
 MAX_HISTORY = 100
 MAX_FIRED = 64
 MAX_CHAIN = 8
-MAX_CURSORS = 8  # walk positions kept per contact
-SNAPSHOT_EVERY = 32  # checkpoints between the positions a long walk keeps
+MAX_CURSORS = 16  # periodic walk positions kept per contact (plus the newest)
+SNAPSHOT_EVERY = 8  # checkpoints between the positions a long walk keeps
 NUMERIC_OPS = ("gt", "gte", "lt", "lte")
 ORDER_TAG = "order"
 REFUND_TAG = "refund"
@@ -479,7 +479,7 @@ class _Walker:
     signals: dict[str, Any]
     event_flags: dict[str, str]
     trait_flags: dict[str, str]
-    value_steps: list[FactsStep]
+    value_steps: list[FactsStep] | None
     caps: Caps
     applied: int = 0
 
@@ -502,6 +502,8 @@ class _Walker:
     def _refresh_value(self, key: tuple[int, str]) -> None:
         """Purchase signals with every order and refund up to ``key`` known."""
         steps = self.value_steps
+        if steps is None:  # built on first use: a resumed walk without purchases never needs it
+            steps = self.value_steps = facts_timeline(self.state.value, monetary=self.lc.uses_monetary)
         at = bisect_right(steps, key, key=lambda s: s.key) - 1
         frequency, monetary = (steps[at].frequency, steps[at].monetary) if at >= 0 else (0, 0.0)
         self.signals["orders"] = frequency
@@ -635,6 +637,8 @@ class _Walker:
         ``at_ms`` when the walk has applied all of them, applied)."""
         windows, used, once = self.caps.snapshot()
         return Cursor(
+            orders=int(self.signals.get("orders", 0)),
+            monetary=float(self.signals.get("monetary", 0.0)),
             cap_windows=windows,
             cap_used=used,
             once=once,
@@ -708,7 +712,7 @@ def _walker(
         signals={"traits": state.traits, "fit": fit.score, "fit_grade": fit.grade},
         event_flags={},
         trait_flags=_trait_flags(state, lc),
-        value_steps=facts_timeline(state.value, monetary=lc.uses_monetary),
+        value_steps=None,
         caps=Caps.start(state, model),
     )
 
@@ -813,7 +817,9 @@ def _resume(
     after = (cursor.at_ms, _LAST_MID)
     _flags_until(w, after)
     w._refresh_signals()
-    w._refresh_value(after)
+    w.signals["orders"] = cursor.orders  # as the walk had them at the cursor
+    w.signals["monetary"] = cursor.monetary
+    w.signals["customer"] = cursor.orders > 0
     _continue(w, after, (until, _LAST_MID), inclusive=True, resumed=True, snapshots=snapshots)
     return w
 
