@@ -500,3 +500,20 @@ def test_periodic_positions_change_nothing_but_the_speed(monkeypatch: pytest.Mon
         cuts = sorted(rng.sample(range(1, len(events)), rng.randint(0, 6)))
         batches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
         assert _journey_of(batches) == expected
+
+
+def test_late_events_for_a_contact_walked_under_a_second_ago_wait_for_the_clock() -> None:
+    events = hot_lead()
+    first = run(events[:3])  # walked to T0 + 2 h
+    walked = journey(first)
+    late = track("Webinar Registered", T0 + 2 * HOUR - 500)  # half a second before the newest event
+    state, _ = step(first, "user-1", [late], DEFAULT_MODEL)
+    assert state is not None
+    put_off = journey(state)
+    assert put_off.deferred_since == late.timestamp_ms
+    assert put_off.history == walked.history and put_off.walked_to_ms == walked.walked_to_ms
+    assert put_off.next_due_ms is not None and put_off.next_due_ms <= walked.walked_to_ms + 1000
+    # the tick the worker sends at that instant walks everything: as if there had been no delay
+    state, _ = step(state, "user-1", [Tick(put_off.next_due_ms)], DEFAULT_MODEL)
+    assert state is not None and journey(state).deferred_since is None
+    assert journey(state) == journey(run([*events[:3], late], until=put_off.next_due_ms))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from scorestream.events import Event
@@ -393,6 +393,7 @@ class Absorb:
     state: ContactState
 
 
+WALK_DEBOUNCE_MS = 1_000
 _NO_EVENT = 1 << 62  # later than any event: a step with ticks only resumes from the newest position
 
 
@@ -430,6 +431,7 @@ def step(
     # the lifecycle walk resumes before the earliest new event, unless traits changed or a merge
     # happened (then it walks again from its anchor)
     resume_before: int | None = _NO_EVENT
+    ticked = False
 
     def flush() -> None:
         nonlocal state
@@ -455,7 +457,9 @@ def step(
                     None if item.kind == "identify" and item.traits else min(resume_before, item.timestamp_ms)
                 )
             continue
-        if not isinstance(item, Tick):
+        if isinstance(item, Tick):
+            ticked = True
+        else:
             resume_before = None
         flush()
         if isinstance(item, Tick):
@@ -477,5 +481,28 @@ def step(
         from scorestream.lifecycle import walk
 
         as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
-        state.journey = walk(state, model, model.lifecycle, as_of, resume_before=resume_before)
+        journey = state.journey
+        if journey is not None and journey.deferred_since is not None and resume_before is not None:
+            resume_before = min(resume_before, journey.deferred_since)
+        cursor = journey.cursor if journey is not None else None
+        if (
+            journey is not None
+            and cursor is not None
+            and not ticked
+            and resume_before is not None
+            and resume_before <= cursor.at_ms
+            and as_of - journey.walked_to_ms < WALK_DEBOUNCE_MS
+        ):
+            # Late events for a contact walked less than a second ago (a very busy contact whose
+            # events arrive slightly out of order): walking again would redo everything after
+            # them on every batch. The walk is put off; the worker's clock ticks the contact
+            # within a second and the walk then covers all of them, with the same result.
+            due = journey.walked_to_ms + WALK_DEBOUNCE_MS
+            state.journey = replace(
+                journey,
+                deferred_since=resume_before,
+                next_due_ms=due if journey.next_due_ms is None else min(journey.next_due_ms, due),
+            )
+        else:
+            state.journey = walk(state, model, model.lifecycle, as_of, resume_before=resume_before)
     return state, out

@@ -83,6 +83,8 @@ class Journey:
     cursors: list[Cursor] = field(default_factory=list)
     # the model version that walked it (another model walks again from the anchor)
     model_version: str = ""
+    # a walk put off (see ``scorestream.contact.step``): the earliest event time not walked yet
+    deferred_since: int | None = None
 
     @property
     def cursor(self) -> Cursor | None:
