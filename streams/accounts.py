@@ -55,6 +55,8 @@ class AccountFeed:
     def add(self, state: ContactState) -> None:
         if state.account_id is None and not state.groups:
             return
+        if state.journey is not None and state.journey.deferred_since is not None:
+            return  # its lifecycle walk was put off for a moment: the walk's step reports it
         for update in member_updates(state, self.model):
             key = (update.contact_id, update.account_id)
             last = self.sent.get(key)

@@ -67,6 +67,9 @@ class TimerIndex:
         if self.due.get(key) != due_ms:
             self.due[key] = due_ms
             heapq.heappush(self._heap, (due_ms, key))
+            if len(self._heap) > 2 * len(self.due) + 1024:  # superseded entries: compact
+                self._heap = [(d, k) for k, d in self.due.items()]
+                heapq.heapify(self._heap)
 
     def pop_due(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
         """Up to ``limit`` contacts due at ``now_ms`` (removed: the tick's answer re-adds them)."""
