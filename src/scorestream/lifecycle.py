@@ -46,7 +46,7 @@ from scorestream.triggers import make_trigger
 MAX_HISTORY = 100
 MAX_FIRED = 64
 MAX_CHAIN = 8
-MAX_CURSORS = 16  # periodic walk positions kept per contact (plus the newest)
+MAX_CURSORS = 4  # periodic walk positions kept per contact (plus the newest)
 SNAPSHOT_EVERY = 8  # checkpoints between the positions a long walk keeps
 NUMERIC_OPS = ("gt", "gte", "lt", "lte")
 ORDER_TAG = "order"
