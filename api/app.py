@@ -200,14 +200,18 @@ def create_api(
 
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def readyz() -> Any:
-        """Ready once the replica has caught up with the table and a worker has recovered its tables."""
+        """Ready once the replicas (contacts, accounts, the population model) have caught up with
+        their topics and a worker has recovered its tables."""
+        caught_up = replica.caught_up.is_set() and accounts.caught_up.is_set() and population.caught_up.is_set()
         detail = {
             "replica_caught_up": replica.caught_up.is_set(),
+            "accounts_caught_up": accounts.caught_up.is_set(),
+            "population_caught_up": population.caught_up.is_set(),
             "contacts": len(replica.states),
             "workers_ready": replica.ready_workers,
-            "error": replica.error,
+            "error": replica.error or accounts.error or population.error,
         }
-        if replica.caught_up.is_set() and replica.ready_workers:
+        if caught_up and replica.ready_workers:
             return Health(status="ready", detail=detail)
         return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
 
