@@ -517,3 +517,21 @@ def test_late_events_for_a_contact_walked_under_a_second_ago_wait_for_the_clock(
     state, _ = step(state, "user-1", [Tick(put_off.next_due_ms)], DEFAULT_MODEL)
     assert state is not None and journey(state).deferred_since is None
     assert journey(state) == journey(run([*events[:3], late], until=put_off.next_due_ms))
+
+
+def test_timers_and_crossings_trimmed_from_a_full_list_are_not_announced_again() -> None:
+    import scorestream.lifecycle as lifecycle
+
+    events = [track("Product Added", T0 + h * 2 * HOUR) for h in range(0, 80)]  # a cart abandoned every 2 h
+    state = run(events[:70])
+    before = journey(state)
+    assert len(before.fired) == lifecycle.MAX_FIRED
+    # a late order cancels one of the recent carts: the list loses an entry at the back, and an
+    # old one that had been trimmed comes back at the front. It was announced long ago.
+    late = [order(T0 + 120 * HOUR + 30 * MINUTE, "o-late"), identify(T0 + 121 * HOUR, email="c@acme.com")]
+    again, _ = step(state, "user-1", late, DEFAULT_MODEL)  # new traits: a walk from the anchor
+    assert again is not None
+    after = journey(again)
+    assert after.fired[0] not in before.fired  # the old one is back
+    triggers = journey_triggers(before, after, "user-1", DEFAULT_MODEL, _lc())
+    assert [t for t in triggers if t["type"] == "cart.abandoned"] == []

@@ -908,10 +908,14 @@ def journey_triggers(
     out: list[dict[str, Any]] = []
     old_entries = {(e.stage, e.entered_ms, e.rule) for e in before.history} if before is not None else set()
     old_fired = set(before.fired) if before is not None else set()
+    # what fell off the front of full lists is old news, not new: it is not announced again
+    history_floor = before.history[0].entered_ms if before is not None and len(before.history) >= MAX_HISTORY else None
+    fired_floor = before.fired[0].at_ms if before is not None and len(before.fired) >= MAX_FIRED else None
     version = model.version
     previous: str | None = None
     for entry in after.history:
-        if (entry.stage, entry.entered_ms, entry.rule) not in old_entries and entry.rule != "initial":
+        trimmed = history_floor is not None and entry.entered_ms < history_floor
+        if (entry.stage, entry.entered_ms, entry.rule) not in old_entries and entry.rule != "initial" and not trimmed:
             out.append(
                 make_trigger(
                     "stage.changed",
@@ -939,7 +943,7 @@ def journey_triggers(
                 )
         previous = entry.stage
     for f in after.fired:
-        if f in old_fired:
+        if f in old_fired or (fired_floor is not None and f.at_ms < fired_floor):
             continue
         if f.kind == "timer":
             timer = lc.timer_of.get(f.name)
