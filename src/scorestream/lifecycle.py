@@ -12,6 +12,14 @@ history depends on the set of events and on ``as_of``, never on their arrival or
 and a late event rewrites what followed it. ``as_of`` is the contact's newest event or the latest
 timer tick the worker sent it (a message on the contacts topic), whichever is later.
 
+**Walking less.** A walk keeps positions (``Journey.cursors``: one every ``SNAPSHOT_EVERY``
+checkpoints, the last ``MAX_CURSORS`` of them, and the one at the newest event), each with the
+caps' state and the purchase signals; they depend on the events only, not on how they were
+batched. A walk over new events resumes from the latest position before the earliest of them
+and earns only the new hits' points; new traits or a merge walk again from the anchor. The
+caller (``contact.step``) may also put a walk off for up to ``WALK_DEBOUNCE_MS`` (a busy contact
+with late events); the clock's tick then walks it, with the same result.
+
 **Guards** are predicates (``scorestream.model.Predicate``) over the contact's signals at that
 instant: ``engagement`` (decayed score), ``fit``, ``fit_grade``, ``orders`` (completed orders net
 of refunds), ``monetary``, ``customer``, ``flagged``, ``flags`` (list of names), ``traits.<name>``,
