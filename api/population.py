@@ -13,10 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from api.follow import Following, follow
-from schemas.population import decode_record
+from schemas.population import read_record
 from schemas.value import clv_model_body, value_body
 from scorestream import ContactState
 from scorestream.population import PopulationModel, value_view
@@ -41,11 +39,7 @@ class PopulationReader(Following):
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         self.records += 1
-        try:
-            record = decode_record(key, value)
-        except (msgspec.DecodeError, ValueError) as exc:
-            log.warning("population record %r unreadable: %s", key, exc)
-            return
+        record = read_record(key, value)
         if isinstance(record, PopulationModel):
             self.model = record
 

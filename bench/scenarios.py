@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic, iso
 from schemas.model_file import read_model_source
+from schemas.settings import Settings
 from tests.e2e.service import API_KEY, REPO, Service
 
 # How late live events are stamped, at most, behind their sending: clients batch and clocks
@@ -483,7 +484,7 @@ def timer_lateness(bootstrap: str, work: Path, contacts: int = 2000, timeout_s: 
     return {
         "carts": contacts,
         "timer_s": timeout_s,
-        "tick_interval_s": 1.0,
+        "tick_interval_s": Settings.model_fields["timer_interval_s"].default,
         "fired": len(late),
         "late_ms_p50": round(_pct(late, 0.50)) if late else None,
         "late_ms_p99": round(_pct(late, 0.99)) if late else None,

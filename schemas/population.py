@@ -9,10 +9,14 @@ newer one is refused.
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 
 from schemas.state import UnsupportedVersion
 from scorestream.population import POPULATION_VERSION, PartitionSummary, PopulationModel
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_KEY",
@@ -40,6 +44,16 @@ def encode_record(record: PartitionSummary | PopulationModel) -> tuple[bytes, by
     """The (key, value) of a record on the population topic."""
     key = MODEL_KEY if isinstance(record, PopulationModel) else partition_key(record.partition)
     return key, _encoder.encode(record)
+
+
+def read_record(key: bytes | None, value: bytes | None) -> PartitionSummary | PopulationModel | None:
+    """:func:`decode_record` for a reader that must keep going: an unreadable record is logged
+    and skipped (None)."""
+    try:
+        return decode_record(key, value)
+    except (msgspec.DecodeError, ValueError) as exc:
+        log.warning("population record %r unreadable: %s", key, exc)
+        return None
 
 
 def decode_record(key: bytes | None, value: bytes | None) -> PartitionSummary | PopulationModel | None:

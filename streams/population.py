@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from schemas.population import decode_record, encode_record
+from schemas.population import encode_record, read_record
 from schemas.settings import Settings
 from scorestream import ContactState, Model
 from scorestream.population import (
@@ -258,11 +258,7 @@ class PopulationFeed:
     # --- reading the topic -------------------------------------------------------------------
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
-        try:
-            record = decode_record(key, value)
-        except (msgspec.DecodeError, ValueError) as exc:
-            log.warning("population: unreadable record %r: %s", key, exc)
-            return
+        record = read_record(key, value)
         if isinstance(record, PopulationModel):
             self.model = record
         elif isinstance(record, PartitionSummary):

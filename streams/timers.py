@@ -21,7 +21,8 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -97,7 +98,7 @@ class Clock:
         self,
         index: TimerIndex,
         assignment: Callable[[], frozenset[int]],
-        table_items: Callable[[], object],
+        table_items: Callable[[], Iterable[tuple[Any, bytes | None]]],
         send_ticks: Callable[[list[tuple[str, Tick]]], None],
         max_ticks: int,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -109,14 +110,11 @@ class Clock:
         self.max_ticks = max_ticks
         self.wall_ms = wall_ms
         self.built_for: frozenset[int] | None = None
-        self.lateness_ms: list[int] = []
 
     async def rebuild(self, partitions: frozenset[int]) -> None:
         self.index.clear()
         count = 0
-        items = self.table_items()
-        assert hasattr(items, "__iter__")
-        for raw_key, raw in items:
+        for raw_key, raw in self.table_items():
             count += 1
             if count % REBUILD_YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -136,6 +134,4 @@ class Clock:
         due = self.index.pop_due(now, self.max_ticks)
         if due:
             self.send_ticks([(key, Tick(now)) for key, _ in due])
-            self.lateness_ms.extend(now - d for _, d in due)
-            del self.lateness_ms[:-10_000]
         return len(due)

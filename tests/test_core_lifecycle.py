@@ -73,13 +73,14 @@ def hot_lead(start: int = T0) -> list[Event]:
 
 
 def test_identified_contact_becomes_lead_then_mql_when_engagement_reaches_40() -> None:
-    state = run(hot_lead())
+    events = hot_lead()
+    state = run(events)
     assert stages(state) == [("subscriber", "initial"), ("lead", "identified"), ("mql", "marketing-qualified")]
     mql = journey(state).history[-1]
     assert mql.entered_ms == T0 + 3 * HOUR  # the third engagement event takes the score to 40
-    assert engagement_at(run(hot_lead()[:4]), DEFAULT_MODEL, T0 + 3 * HOUR).score >= 40
-    assert engagement_at(run(hot_lead()[:3]), DEFAULT_MODEL, T0 + 2 * HOUR).score < 40
-    assert mql.cause == hot_lead()[3].message_id or mql.cause is not None
+    assert engagement_at(run(events[:4]), DEFAULT_MODEL, T0 + 3 * HOUR).score >= 40
+    assert engagement_at(run(events[:3]), DEFAULT_MODEL, T0 + 2 * HOUR).score < 40
+    assert mql.cause == events[3].message_id  # the pricing page at T0 + 3 h
     assert journey(state).stage == "mql" and journey(state).since_ms == mql.entered_ms
 
 

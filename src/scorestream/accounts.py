@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from scorestream.contact import ContactState, decay
+from scorestream.lifecycle import walked_engagement
 from scorestream.model import Band, FitRule, ModelError, Predicate, lookup
 from scorestream.rfm import summary
-from scorestream.scoring import engagement_at, fit_of
+from scorestream.scoring import band_of, engagement_at, fit_of, round_score
 
 if TYPE_CHECKING:
     from scorestream.model import Model
@@ -368,14 +369,10 @@ def _evidence(state: ContactState) -> int:
 
 
 def _engagement(state: ContactState, model: Model, at_ms: int) -> float:
-    """The contact's engagement at ``at_ms``: from its lifecycle walk when that went through its
-    newest checkpoint under this model (the walk keeps the score; recomputing it is O(hits))."""
-    journey = state.journey
-    cursor = journey.cursor if journey is not None else None
-    walked = journey is not None and cursor is not None and journey.model_version == model.version
-    if walked and cursor is not None and journey is not None and cursor.ref_ms <= at_ms <= journey.walked_to_ms:
-        return round(decay(cursor.ref_score, cursor.ref_ms, at_ms, model.half_life_ms), 6) + 0.0
-    return engagement_at(state, model, at_ms, top=0).score
+    """The contact's engagement at ``at_ms``: from its lifecycle walk when that covers it (the
+    walk keeps the score; recomputing it is O(hits))."""
+    walked = walked_engagement(state, model, at_ms)
+    return walked if walked is not None else engagement_at(state, model, at_ms, top=0).score
 
 
 def _update(state: ContactState, model: Model, account_id: str, member: bool) -> MemberUpdate:
@@ -528,17 +525,6 @@ class AccountView:
     since_ms: int | None
 
 
-def _band(bands: tuple[Band, ...], score: float) -> str:
-    for band in bands:
-        if score >= band.min:
-            return band.label
-    return bands[-1].label
-
-
-def _round(value: float) -> float:
-    return round(value, 6) + 0.0
-
-
 def account_view(state: AccountState, model: Model, now_ms: int) -> AccountView:
     """The account at ``now_ms``: engagement = sum of role weight x member engagement decayed to
     ``now_ms``, fit from the account fit rules over its traits, the roles engaged (members whose
@@ -558,7 +544,7 @@ def account_view(state: AccountState, model: Model, now_ms: int) -> AccountView:
             MemberView(
                 contact_id=contact_id,
                 role=m.role,
-                engagement=_round(score),
+                engagement=round_score(score),
                 fit=m.fit,
                 stage=m.stage,
                 customer=m.customer,
@@ -570,14 +556,14 @@ def account_view(state: AccountState, model: Model, now_ms: int) -> AccountView:
     matched = [r for r in config.fit_rules if all(p.test(state.traits) for p in r.when)]
     fit = math.fsum(r.points for r in matched)
     roles = tuple(r for r in ROLES if any(mv.engaged and mv.role == r for mv in members))
-    band, letter = _band(config.engagement_bands, engagement), _band(config.fit_grades, fit)
+    band, letter = band_of(config.engagement_bands, engagement), band_of(config.fit_grades, fit)
     current = state.history[-1] if state.history else None
     return AccountView(
         account_id=state.account_id,
         as_of_ms=now_ms,
-        engagement=_round(engagement),
+        engagement=round_score(engagement),
         band=band,
-        fit=_round(fit),
+        fit=round_score(fit),
         fit_grade=letter,
         grade=f"{letter}{band}",
         fit_rules=tuple(r.id for r in matched),

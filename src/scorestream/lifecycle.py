@@ -46,9 +46,9 @@ from typing import Any
 from scorestream.contact import Caps, ContactState, Hit, decay
 from scorestream.events import Event
 from scorestream.journey import Cursor, Fired, Journey, StageEntry
-from scorestream.model import EngagementRule, Model, ModelError, Predicate, parse_duration_ms
+from scorestream.model import EngagementRule, Model, ModelError, Predicate, _str_set, parse_duration_ms
 from scorestream.rfm import FactsStep, facts_timeline
-from scorestream.scoring import fit_of
+from scorestream.scoring import fit_of, round_score
 from scorestream.triggers import make_trigger
 
 MAX_HISTORY = 100
@@ -67,13 +67,24 @@ REFUND_TAG = "refund"
 @dataclass(frozen=True, slots=True)
 class FlagRule:
     """Raises ``flag`` with ``reason``: from the latest traits (``when``) or from the first event
-    matching ``match`` (an engagement-rule match clause, plus ``user_agent``)."""
+    matching ``match`` (an engagement-rule match clause without ``where``) and ``event_where``
+    (its ``where`` predicates over the event's properties, plus ``user_agent``)."""
 
     id: str
     flag: str
     reason: str
     when: tuple[Predicate, ...] = ()
     match: EngagementRule | None = None
+    event_where: tuple[Predicate, ...] = ()
+
+    def matches(self, event: Event) -> bool:
+        if self.match is None or not self.match.matches(event):
+            return False
+        if not self.event_where:
+            return True
+        source = dict(event.traits if event.kind in ("identify", "group") else event.properties)
+        source["user_agent"] = event.user_agent
+        return all(p.test(source) for p in self.event_where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +136,12 @@ class Lifecycle:
 
     flag_rules: Mapping[str, FlagRule]
     timer_of: Mapping[str, Timer]
+    event_flags: tuple[FlagRule, ...]
     # per stage: the raw scores at which a threshold or an engagement guard of a transition out
     # of it flips (a walk between events skips the search when the decay passes none of them)
     edges: Mapping[str, tuple[float, ...]]
     threshold_guards: tuple[tuple[float, Predicate], ...]
     uses_monetary: bool
-
-    @property
-    def event_flags(self) -> tuple[FlagRule, ...]:
-        return tuple(f for f in self.flags if f.match is not None)
 
 
 def _mapping(raw: object, where: str) -> Mapping[str, Any]:
@@ -157,10 +165,8 @@ def _ident(raw: object, where: str) -> str:
 
 
 def _names(raw: object, where: str) -> frozenset[str]:
-    items = [raw] if isinstance(raw, str) else _list(raw, where)
-    if not all(isinstance(i, str) and i for i in items):
-        raise ModelError(f"{where}: expected a name or a list of names")
-    return frozenset(items)
+    """A name or a list of names (none when absent)."""
+    return _str_set(raw, where) or frozenset()
 
 
 def _predicates(raw: object, where: str) -> tuple[Predicate, ...]:
@@ -177,17 +183,18 @@ def _parse_flags(raw: object) -> tuple[FlagRule, ...]:
         flag = _ident(item.get("flag", rule_id), f"{at}.flag")
         when = _predicates(item.get("when"), f"{at}.when")
         match = None
+        event_where: tuple[Predicate, ...] = ()
         if "match" in item:
             clause = dict(_mapping(item["match"], f"{at}.match"))
             agent = clause.pop("user_agent", None)
-            where = list(_list(clause.get("where"), f"{at}.match.where"))
+            where = list(_list(clause.pop("where", None), f"{at}.match.where"))
             if agent is not None:
                 where.append({"field": "user_agent", "op": "matches", "value": agent})
-            clause["where"] = where
+            event_where = _predicates(where, f"{at}.match.where")
             match = EngagementRule.parse({"id": rule_id, "points": 0, "match": clause}, i)
         if bool(when) == (match is not None):
             raise ModelError(f"{at}: give either 'when' (trait predicates) or 'match' (an event clause)")
-        rules.append(FlagRule(rule_id, flag, str(item.get("reason", flag)), when, match))
+        rules.append(FlagRule(rule_id, flag, str(item.get("reason", flag)), when, match, event_where))
     ids = [r.id for r in rules]
     if len(set(ids)) != len(ids):
         raise ModelError("flags: rule ids must be unique")
@@ -327,6 +334,7 @@ def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycl
         personas=personas,
         flag_rules={f.id: f for f in flags},
         timer_of={t.id: t for t in timers},
+        event_flags=tuple(f for f in flags if f.match is not None),
         uses_monetary=any(g.field == "monetary" for t in transitions for g in t.guards)
         or any(g.field == "monetary" for p in personas for g in p.when),
         threshold_guards=tuple((t, Predicate("engagement", "gte", t)) for t in sorted(set(thresholds))),
@@ -347,31 +355,7 @@ def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycl
 
 def flag_event(lc: Lifecycle, event: Event) -> list[str]:
     """Ids of the event-based flag rules ``event`` matches."""
-    out = []
-    for rule in lc.event_flags:
-        assert rule.match is not None
-        if _flag_matches(rule.match, event):
-            out.append(rule.id)
-    return out
-
-
-def _flag_matches(rule: EngagementRule, event: Event) -> bool:
-    if not rule.where:
-        return rule.matches(event)
-    bare = EngagementRule(
-        id=rule.id,
-        points=0,
-        kinds=rule.kinds,
-        events=rule.events,
-        channels=rule.channels,
-        paths=rule.paths,
-        path_pattern=rule.path_pattern,
-    )
-    if not bare.matches(event):
-        return False
-    source = {**(event.traits if event.kind in ("identify", "group") else event.properties)}
-    source["user_agent"] = event.user_agent
-    return all(p.test(source) for p in rule.where)
+    return [rule.id for rule in lc.event_flags if rule.matches(event)]
 
 
 # --- the walk ------------------------------------------------------------------------------------
@@ -885,6 +869,19 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
         model_version=model.version,
         cursors=positions,
     )
+
+
+def walked_engagement(state: ContactState, model: Model, at_ms: int) -> float | None:
+    """Engagement at ``at_ms`` as the last walk holds it (rounded as the API shows it), or None when
+    the walk does not cover that instant: no walk, another model, a walk put off, or ``at_ms``
+    outside its last checkpoint .. the instant it walked to."""
+    journey = state.journey
+    if journey is None or journey.model_version != model.version or journey.deferred_since is not None:
+        return None
+    cursor = journey.cursor
+    if cursor is None or not cursor.ref_ms <= at_ms <= journey.walked_to_ms:
+        return None
+    return round_score(decay(cursor.ref_score, cursor.ref_ms, at_ms, model.half_life_ms))
 
 
 def anchor_at(state: ContactState, model: Model, lc: Lifecycle, ts: int, mid: str) -> None:

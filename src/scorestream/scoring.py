@@ -31,14 +31,16 @@ class FitView:
     top: tuple[Contribution, ...]
 
 
-def _band(bands: tuple[Band, ...], score: float) -> str:
+def band_of(bands: tuple[Band, ...], score: float) -> str:
+    """The label of the first band (highest first) whose minimum ``score`` reaches."""
     for band in bands:
         if score >= band.min:
             return band.label
     return bands[-1].label
 
 
-def _round(value: float) -> float:
+def round_score(value: float) -> float:
+    """A score as the API shows it: 6 decimals, never ``-0.0``."""
     return round(value, 6) + 0.0
 
 
@@ -60,12 +62,12 @@ def engagement_at(state: ContactState, model: Model, now_ms: int, top: int = 5) 
     score = math.fsum(totals[k] for k in sorted(totals))
     ranked = sorted(totals.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
     contributions = tuple(
-        Contribution(rule_id=k, points=_round(v), description=(r.description if (r := model.rule(k)) else ""))
+        Contribution(rule_id=k, points=round_score(v), description=(r.description if (r := model.rule(k)) else ""))
         for k, v in ranked
         if abs(v) >= 1e-6
     )
     return EngagementView(
-        score=_round(score), as_of_ms=now_ms, band=_band(model.engagement_bands, score), top=contributions
+        score=round_score(score), as_of_ms=now_ms, band=band_of(model.engagement_bands, score), top=contributions
     )
 
 
@@ -75,8 +77,8 @@ def fit_of(state: ContactState, model: Model, top: int = 5) -> FitView:
     score = math.fsum(r.points for r in matched)
     ranked = sorted(matched, key=lambda r: (-abs(r.points), r.id))[:top]
     return FitView(
-        score=_round(score),
-        grade=_band(model.fit_grades, score),
+        score=round_score(score),
+        grade=band_of(model.fit_grades, score),
         top=tuple(Contribution(rule_id=r.id, points=r.points, description=r.description) for r in ranked),
     )
 
