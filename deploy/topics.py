@@ -30,6 +30,12 @@ def wanted(settings: Settings) -> list[NewTopic]:
     topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in tables]
     topics.append(NewTopic(settings.status_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=compact))
+    topics.append(NewTopic(settings.webhooks_topic, 1, r, topic_configs=compact))
+    # A delivery's record is rewritten on every attempt (at most a day apart), so 14 days of
+    # retention drops only finished deliveries; compaction keeps the latest state of each.
+    deliveries = {"cleanup.policy": "compact,delete", "retention.ms": str(14 * 86400 * 1000)}
+    topics.append(NewTopic(settings.deliveries_topic, p, r, topic_configs=deliveries))
+    topics.append(NewTopic(settings.commands_topic, p, r, topic_configs={"retention.ms": str(7 * 86400 * 1000)}))
     return topics
 
 

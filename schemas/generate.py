@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, TypeAdapter
 
-from schemas import accounts, api, api_accounts, events, population, state, triggers, value
+from schemas import accounts, api, api_accounts, events, population, state, triggers, value, webhooks
 
 OUT = Path(__file__).parent / "json"
 
@@ -40,6 +40,12 @@ def documents() -> dict[str, dict[str, Any]]:
         value.ValueOut,
         value.ClvModelOut,
         api_accounts.AccountOut,
+        webhooks.WebhookIn,
+        webhooks.WebhookPatch,
+        webhooks.WebhookOut,
+        webhooks.WebhookCreated,
+        webhooks.RotateOut,
+        webhooks.DeliveryOut,
     )
     docs[f"triggers-trigger.v{triggers.TRIGGER_VERSION}.json"] = _pydantic(triggers.Trigger, "Trigger")
     for body in bodies:
@@ -57,6 +63,15 @@ def documents() -> dict[str, dict[str, Any]]:
         f"state-account.v{accounts.ACCOUNT_STATE_VERSION}.json": msgspec.json.schema(accounts.AccountState),
         f"internal-member-batch.v{accounts.MEMBERS_VERSION}.json": msgspec.json.schema(accounts.MemberBatch),
     }
+    records = {
+        "webhook-subscription": webhooks.SubscriptionRecord,
+        "webhook-delivery": webhooks.DeliveryRecord,
+        "webhook-command": webhooks.CommandRecord,
+    }
+    for name, record in records.items():
+        doc = msgspec.json.schema(record)
+        doc["$comment"] = "JSON records of a webhook topic (see schemas/webhooks.py)."
+        docs[f"internal-{name}.v{webhooks.WEBHOOKS_VERSION}.json"] = doc
     for name, doc in internal.items():
         doc["$comment"] = "Encoded as MessagePack on the wire; this schema describes its structure."
         docs[name] = doc

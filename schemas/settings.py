@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from scorestream.webhooks import DEFAULT_SCHEDULE_S
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCORESTREAM_", extra="ignore")
@@ -90,9 +92,59 @@ class Settings(BaseSettings):
         gt=0,
         description="How often a worker sends ticks to contacts whose timers or decay-driven transitions are due.",
     )
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SCHEDULE_S),
+        description="Seconds between a webhook delivery's attempts, comma-separated (after the first attempt; "
+        "each drawn within +-10%). Default: the Standard Webhooks example, 5 s up to 24 h, ten attempts in all.",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Timeout of one webhook request.")
+    webhook_max_response_bytes: int = Field(
+        default=64 * 1024, ge=0, description="Most bytes of a subscriber's answer read (the rest is dropped)."
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook URLs on loopback, private, link-local or metadata addresses, and plain HTTP "
+        "(local development and tests only).",
+    )
+    webhook_concurrency: int = Field(
+        default=16, ge=1, description="Most requests in flight to one subscription (per dispatcher process)."
+    )
+    webhook_disable_after_s: float = Field(
+        default=5 * 86400.0,
+        gt=0,
+        description="A subscription failing every attempt for this long is disabled (and the event recorded).",
+    )
+    webhook_secret_overlap_s: int = Field(
+        default=86400, ge=0, description="After a secret rotation, how long the old secret keeps signing too."
+    )
+    write_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Write keys of the HTTP collector, comma-separated, each `key` or `key:channel` "
+        "(`web`, `email`, `store`: the channel of its messages without `context.channel`; default `web`).",
+    )
+    collector_max_in_flight: int = Field(
+        default=20_000,
+        ge=1,
+        description="Messages the collector may have waiting for Kafka's acknowledgement; beyond, it answers "
+        "429 with Retry-After.",
+    )
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(s) for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule_positive(cls, value: list[float]) -> list[float]:
+        if any(s < 0 for s in value):
+            raise ValueError("retry delays are seconds >= 0")
+        return value
+
+    @field_validator("api_keys", "write_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -106,6 +158,11 @@ class Settings(BaseSettings):
         for key in self.api_keys:
             if len(key.get_secret_value()) < 16:
                 raise ValueError("every API key must be at least 16 characters")
+        for write_key, channel in self.write_key_channels().items():
+            if not write_key or channel not in ("web", "email", "store"):
+                raise ValueError(
+                    f"a write key is `key` or `key:channel` with channel web, email or store (got {channel!r})"
+                )
         return self
 
     @property
@@ -132,6 +189,26 @@ class Settings(BaseSettings):
     @property
     def status_topic(self) -> str:
         return f"{self.app_id}.workers"
+
+    @property
+    def webhooks_topic(self) -> str:
+        return f"{self.app_id}.webhooks"
+
+    @property
+    def deliveries_topic(self) -> str:
+        return f"{self.app_id}.webhook-deliveries"
+
+    @property
+    def commands_topic(self) -> str:
+        return f"{self.app_id}.webhook-commands"
+
+    def write_key_channels(self) -> dict[str, str]:
+        """Write key -> default channel of its messages."""
+        out: dict[str, str] = {}
+        for entry in self.write_keys:
+            key, _, channel = entry.get_secret_value().partition(":")
+            out[key] = channel or "web"
+        return out
 
     def changelog_topic(self, table: str) -> str:
         return f"{self.app_id}-{table}-changelog"

@@ -1,0 +1,189 @@
+"""Webhook delivery rules: what a subscriber is sent, how it is signed, when it is retried.
+
+Pure: the dispatcher (``streams/webhooks.py``) does the I/O and the API (``api/webhooks.py``) the
+bookkeeping; both take their decisions here.
+
+- Payloads and signatures follow the Standard Webhooks specification
+  (https://www.standardwebhooks.com): body ``{"type", "timestamp", "data"}``, headers
+  ``webhook-id`` (the delivery id, the same on every attempt: receivers deduplicate on it),
+  ``webhook-timestamp`` (seconds, the attempt's time) and ``webhook-signature``
+  (``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, space-separated when several secrets
+  sign during a rotation).
+- A subscription wants a trigger when its type is in the subscription's ``events`` (``*``: every
+  type) and every filter it sets holds (see :func:`wants`).
+- A failed attempt is retried after the schedule's next delay (or the receiver's ``Retry-After``),
+  with jitter; after the last one the delivery is dead-lettered. HTTP 410 means the receiver is
+  gone: the subscription is disabled.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from scorestream.triggers import TYPES
+
+# The Standard Webhooks example schedule: the delays after the first attempt, in seconds
+# (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h): ten attempts over some three days.
+DEFAULT_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+JITTER = 0.1  # each delay is drawn from [0.9, 1.1] x the scheduled one
+MAX_RETRY_AFTER_S = 86400.0
+TEST_TYPE = "webhook.test"
+EVENT_TYPES: tuple[str, ...] = (*TYPES, TEST_TYPE)
+SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
+
+Outcome = Literal["success", "retry", "gone"]
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("a signing secret starts with 'whsec_'")
+    return base64.b64decode(secret[len(SECRET_PREFIX) :])
+
+
+def new_secret(random_bytes: bytes) -> str:
+    """A ``whsec_`` secret from 24-64 random bytes (the caller draws them)."""
+    if not 24 <= len(random_bytes) <= 64:
+        raise ValueError("a signing secret needs 24 to 64 random bytes")
+    return SECRET_PREFIX + base64.b64encode(random_bytes).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp_s: int, body: bytes) -> str:
+    """``v1,<signature>`` of one attempt: HMAC-SHA256 over ``id.timestamp.body``, base64."""
+    signed = f"{msg_id}.{timestamp_s}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_header(secrets: Iterable[str], msg_id: str, timestamp_s: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: one signature per active secret, space-separated."""
+    return " ".join(sign(s, msg_id, timestamp_s, body) for s in secrets)
+
+
+def headers(secrets: Sequence[str], msg_id: str, timestamp_s: int, body: bytes) -> dict[str, str]:
+    """Every header an attempt carries besides the transport's own."""
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp_s),
+        "webhook-signature": signature_header(secrets, msg_id, timestamp_s, body),
+    }
+
+
+def delivery_id(trigger_id: str, subscription_id: str) -> str:
+    """The ``webhook-id`` of a trigger's delivery to a subscription: stable across retries,
+    redeliveries of the trigger and restarts of the dispatcher."""
+    return "msg_" + hashlib.sha256(f"{trigger_id}\x00{subscription_id}".encode()).hexdigest()[:24]
+
+
+def iso(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds: ``2026-11-23T10:00:00.000Z``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def payload(kind: str, at_ms: int, data: Mapping[str, Any]) -> bytes:
+    """The body of a delivery: ``{"type", "timestamp", "data"}``; the timestamp is when the change
+    happened (event time), the same on every attempt."""
+    return json.dumps({"type": kind, "timestamp": iso(at_ms), "data": data}, separators=(",", ":")).encode()
+
+
+def trigger_payload(trigger: Mapping[str, Any]) -> bytes:
+    return payload(str(trigger["type"]), int(trigger["at_ms"]), trigger)
+
+
+def trigger_stage(trigger: Mapping[str, Any]) -> str | None:
+    """The stage a trigger leaves its subject in: ``after`` of a stage change, ``after.stage`` of a
+    disqualification or a timer; None for scores and segments."""
+    after = trigger.get("after")
+    if trigger.get("type") in ("stage.changed", "account.stage_changed"):
+        return after if isinstance(after, str) else None
+    if isinstance(after, Mapping) and isinstance(after.get("stage"), str):
+        return str(after["stage"])
+    return None
+
+
+def trigger_segment(trigger: Mapping[str, Any]) -> str | None:
+    """The RFM segment a ``rfm.segment_changed`` moves to; None for other types."""
+    after = trigger.get("after")
+    return after if trigger.get("type") == "rfm.segment_changed" and isinstance(after, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """What a subscription wants. ``events``: trigger types (``*`` for all). ``stages``,
+    ``segments``, ``models``: when set, a trigger must carry that field and its value must be
+    listed (a stage filter lets through only triggers that leave a contact or account in one of
+    those stages; a model is matched by name or by full ``name@hash`` version)."""
+
+    events: frozenset[str]
+    stages: frozenset[str] | None = None
+    segments: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        events: Iterable[str],
+        stages: Iterable[str] | None = None,
+        segments: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+    ) -> Filter:
+        unknown = sorted(set(events) - {*TYPES, "*"})
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; known: {', '.join(TYPES)} or '*'")
+
+        def opt(values: Iterable[str] | None) -> frozenset[str] | None:
+            return None if values is None else frozenset(values)
+
+        return cls(frozenset(events), opt(stages), opt(segments), opt(models))
+
+
+def wants(flt: Filter, trigger: Mapping[str, Any]) -> bool:
+    """Whether a subscription with this filter is sent this trigger."""
+    if "*" not in flt.events and trigger.get("type") not in flt.events:
+        return False
+    if flt.stages is not None and trigger_stage(trigger) not in flt.stages:
+        return False
+    if flt.segments is not None and trigger_segment(trigger) not in flt.segments:
+        return False
+    if flt.models is not None:
+        version = str(trigger.get("model_version", ""))
+        if version not in flt.models and version.split("@", 1)[0] not in flt.models:
+            return False
+    return True
+
+
+def outcome(status_code: int) -> Outcome:
+    """What an HTTP answer means: 2xx delivered, 410 the receiver is gone (disable), anything else
+    retried. Retried on purpose beyond 429 and 5xx: a 401/404 is usually a receiver's deploy
+    mistake, fixed within the retry window, and dropping would lose the notification."""
+    if 200 <= status_code < 300:
+        return "success"
+    return "gone" if status_code == 410 else "retry"
+
+
+def retry_delay_s(
+    schedule: Sequence[float], attempts_made: int, draw: float, retry_after_s: float | None = None
+) -> float | None:
+    """Seconds until the next attempt after ``attempts_made`` failed ones, or None when the schedule
+    is spent (dead-letter). ``draw`` is a uniform number in [0, 1) for the jitter (the caller draws
+    it); a receiver's ``Retry-After`` replaces the scheduled delay (capped at a day)."""
+    if attempts_made < 1:
+        raise ValueError("attempts_made counts the failed attempts so far (>= 1)")
+    if attempts_made > len(schedule):
+        return None
+    if retry_after_s is not None and retry_after_s >= 0:
+        return min(retry_after_s, MAX_RETRY_AFTER_S)
+    return float(schedule[attempts_made - 1]) * (1.0 - JITTER + 2.0 * JITTER * draw)
+
+
+def should_disable(failing_since_ms: int | None, now_ms: int, disable_after_ms: int) -> bool:
+    """An endpoint failing without a single success for ``disable_after_ms`` is disabled."""
+    return failing_since_ms is not None and now_ms - failing_since_ms >= disable_after_ms
