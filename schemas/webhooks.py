@@ -20,14 +20,17 @@ Topics (created by ``deploy/topics.py``; names from :class:`schemas.settings.Set
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scorestream.triggers import TYPES
 from scorestream.webhooks import Filter as CoreFilter
+from scorestream.webhooks import address_refusal
 
 WEBHOOKS_VERSION = 1
 MAX_ATTEMPTS_KEPT = 20  # a delivery record keeps its latest attempts
@@ -117,6 +120,36 @@ def encode(record: msgspec.Struct) -> bytes:
 SUBSCRIPTION_DECODER = msgspec.json.Decoder(SubscriptionRecord)
 DELIVERY_DECODER = msgspec.json.Decoder(DeliveryRecord)
 COMMAND_DECODER = msgspec.json.Decoder(CommandRecord)
+
+
+def url_refusal(url: str, allow_private: bool) -> str | None:
+    """Why a webhook URL is refused before any lookup (None: acceptable so far): it must be
+    absolute HTTP(S) with a host, HTTPS unless ``allow_private``, carry no credentials, and a
+    literal IP host must pass :func:`address_refusal` unless ``allow_private``. The host's DNS
+    answers are checked again at every connection (the dispatcher's own resolver)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "the URL must be absolute http(s)://host/..."
+    if parts.scheme == "http" and not allow_private:
+        return "webhook URLs must use HTTPS"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not allowed (the signature authenticates us)"
+    if port == 0:
+        return "port 0 is not a port"
+    if not allow_private:
+        host = parts.hostname
+        if host in ("localhost",) or host.endswith((".localhost", ".internal", ".local")):
+            return f"{host} is a local name"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        return address_refusal(host)
+    return None
 
 
 # --- API bodies (pydantic) ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from scorestream.triggers import make_trigger
 from scorestream.webhooks import (
     DEFAULT_SCHEDULE_S,
     Filter,
+    address_refusal,
     delivery_id,
     headers,
     new_secret,
@@ -104,3 +105,26 @@ def test_outcomes_and_disabling() -> None:
     assert not should_disable(None, 10 * day, 5 * day)
     assert not should_disable(6 * day, 10 * day, 5 * day)
     assert should_disable(5 * day, 10 * day, 5 * day)
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("192.168.0.1", True),
+        ("172.16.5.4", True),
+        ("169.254.169.254", True),
+        ("100.64.0.1", True),
+        ("0.0.0.0", True),
+        ("::1", True),
+        ("fd00::1", True),
+        ("fe80::1%eth0", True),
+        ("::ffff:127.0.0.1", True),
+        ("224.0.0.1", True),
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+    ],
+)
+def test_address_refusal(address: str, refused: bool) -> None:
+    assert (address_refusal(address) is not None) is refused

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -187,3 +188,33 @@ def retry_delay_s(
 def should_disable(failing_since_ms: int | None, now_ms: int, disable_after_ms: int) -> bool:
     """An endpoint failing without a single success for ``disable_after_ms`` is disabled."""
     return failing_since_ms is not None and now_ms - failing_since_ms >= disable_after_ms
+
+
+def address_refusal(address: str) -> str | None:
+    """Why a webhook may not connect to this IP address (None: it may). Anything not globally
+    routable is refused: loopback, private (RFC 1918, fc00::/7), link-local (the cloud metadata
+    address 169.254.169.254 is one), shared (100.64/10), multicast, reserved, unspecified, and
+    IPv4 addresses wrapped in IPv6."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_global and not ip.is_multicast:
+        return None
+    kind = next(
+        (
+            name
+            for name, hit in (
+                ("loopback", ip.is_loopback),
+                ("link-local", ip.is_link_local),
+                ("private", ip.is_private),
+                ("multicast", ip.is_multicast),
+                ("unspecified", ip.is_unspecified),
+            )
+            if hit
+        ),
+        "non-public",
+    )
+    return f"{ip} is a {kind} address"
