@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.model_file import load_model
+from schemas.model_file import load_model, read_model_source
 from schemas.state import decode_state, encode
 from scorestream import ContactState, Event, Model, ModelError, engagement_at
 from scorestream.contact import Tick, step
@@ -536,3 +536,65 @@ def test_timers_and_crossings_trimmed_from_a_full_list_are_not_announced_again()
     assert after.fired[0] not in before.fired  # the old one is back
     triggers = journey_triggers(before, after, "user-1", DEFAULT_MODEL, _lc())
     assert [t for t in triggers if t["type"] == "cart.abandoned"] == []
+
+
+# --- walks that resume -----------------------------------------------------------------------------
+
+
+def _small_model() -> Model:
+    source = read_model_source()
+    source["storage"] = {**source.get("storage", {}), "max_hits_per_contact": 16}
+    return Model.from_dict(source)
+
+
+SMALL = _small_model()
+BUSY = [
+    identify(T0),
+    *[page("/pricing" if i % 3 else "/demo", T0 + i * 5 * HOUR) for i in range(1, 70)],
+    *[identify(T0 + d * DAY) for d in (3, 6, 9)],  # an SDK identifies on every visit: the same traits
+    order(T0 + 8 * DAY, "o-1", 300.0),
+    track("Product Added", T0 + 12 * DAY),
+]
+BUSY.sort(key=lambda e: e.timestamp_ms)
+
+
+def _observable(state: ContactState) -> tuple[Any, ...]:
+    j = journey(state)
+    return j.stage, j.since_ms, j.history, j.fired, j.flags
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.integers(1, len(BUSY) - 1), max_size=12))
+def test_folding_a_busy_contact_keeps_the_journey_whatever_the_batches(cuts: set[int]) -> None:
+    edges = sorted(cuts)
+    state: ContactState | None = None
+    for a, b in zip([0, *edges], [*edges, len(BUSY)], strict=True):
+        state, _ = step(state, "user-1", BUSY[a:b], SMALL)
+        assert state is not None
+        state = decode_state(encode(state))
+    assert state is not None and len(state.hits) <= 16  # old hits were folded, the anchor moved
+    assert _observable(state) == _observable(run(BUSY, model=SMALL))
+
+
+def test_an_identify_that_changes_no_trait_does_not_walk_again_from_the_anchor(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scorestream.lifecycle as lifecycle
+
+    state = run(BUSY[:40], model=SMALL)
+    applied: list[int] = []
+    original = lifecycle._Walker.apply
+
+    def counting(self: Any, cp: Any) -> None:
+        applied.append(cp.ts)
+        original(self, cp)
+
+    monkeypatch.setattr(lifecycle._Walker, "apply", counting)
+    later = BUSY[40:]
+    same, _ = step(decode_state(encode(state)), "user-1", [identify(later[0].timestamp_ms), *later[:4]], SMALL)
+    assert len(state.hits) + 4 > 16, "the step folds old hits away: the anchor moves"
+    assert len(applied) <= 10, f"resumed from kept positions, not {len(applied)} checkpoints from the anchor"
+    applied.clear()
+    changed, _ = step(decode_state(encode(state)), "user-1", [identify(later[0].timestamp_ms, title="Intern")], SMALL)
+    assert len(applied) >= len(state.hits), "a changed trait counts for the whole history: walked from the anchor"
+    assert same is not None and changed is not None
+    monkeypatch.setattr(lifecycle._Walker, "apply", original)
+    assert _observable(same) == _observable(run([*BUSY[:40], *later[:4]], model=SMALL))

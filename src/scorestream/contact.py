@@ -184,11 +184,15 @@ def _seen_ids(state: ContactState) -> set[str]:
     return ids
 
 
-def _set_trait(state: ContactState, key: str, value: Any, stamp: tuple[int, str]) -> None:
+def _set_trait(state: ContactState, key: str, value: Any, stamp: tuple[int, str]) -> bool:
+    """Latest event time wins; True when the trait's value changed."""
     current = state.trait_at.get(key)
     if current is None or tuple(current) < stamp:
+        changed = key not in state.traits or state.traits[key] != value
         state.traits[key] = value
         state.trait_at[key] = stamp
+        return changed
+    return False
 
 
 def _add_unique(items: list[str], value: str, limit: int) -> None:
@@ -198,7 +202,7 @@ def _add_unique(items: list[str], value: str, limit: int) -> None:
         del items[limit:]
 
 
-def _normalise(state: ContactState, model: Model) -> None:
+def _normalise(state: ContactState, model: Model, resume_before: int | None = None) -> None:
     """Sort hits, fold the oldest beyond ``max_hits`` into the base, derive the email.
 
     Folding is done in steps, not one hit at a time: past ``max_hits`` the oldest are folded down
@@ -221,7 +225,7 @@ def _normalise(state: ContactState, model: Model) -> None:
             from scorestream.lifecycle import anchor_at
 
             last = state.hits[overflow - 1]
-            anchor_at(state, model, model.lifecycle, last.ts, last.mid)
+            anchor_at(state, model, model.lifecycle, last.ts, last.mid, resume_before)
         earned = effective_points(state, model)
         ref = max(state.base_ms, state.hits[overflow - 1].ts)
         half_life = model.half_life_ms
@@ -257,11 +261,20 @@ def _normalise(state: ContactState, model: Model) -> None:
     state.email = email.strip().casefold() if isinstance(email, str) and email.strip() else None
 
 
-def apply_events(state: ContactState | None, contact_id: str, events: Iterable[Event], model: Model) -> ContactState:
+def apply_events(
+    state: ContactState | None,
+    contact_id: str,
+    events: Iterable[Event],
+    model: Model,
+    resume_before: int | None = None,
+) -> ContactState:
     """Fold ``events`` into the contact's state and return it (the input may be reused).
 
     Replaying the same events, in any order, any number of times, gives the same state.
     The caller forwards events for contacts that were merged away (``merged_into``).
+    ``resume_before``: what :func:`step` knows of the walk (see :func:`lifecycle.walk`), used if
+    old hits fold away (unless a trait changes value); None (a caller that does not know) is
+    always right, only slower.
     """
     if state is None:
         state = new_contact(contact_id, model)
@@ -289,7 +302,8 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
         if event.kind == "identify" and event.traits:
             stamp = (ts, event.message_id)
             for key, value in event.traits.items():
-                _set_trait(state, key, value, stamp)
+                if _set_trait(state, key, value, stamp):
+                    resume_before = None  # traits count for the whole history: walk it again
         elif event.kind == "group" and event.group_id:
             _add_unique(state.groups, event.group_id, MAX_GROUPS)
             stamp = (ts, event.message_id)
@@ -306,7 +320,7 @@ def apply_events(state: ContactState | None, contact_id: str, events: Iterable[E
         seen.add(event.message_id)
         added.append(Hit(ts, event.message_id, tuple(r.id for r in matched)))
     _add_hits(state, added)
-    _normalise(state, model)
+    _normalise(state, model, resume_before)
     return state
 
 
@@ -428,16 +442,21 @@ def step(
     """
     out: list[Outgoing] = []
     pending: list[Event] = []
-    # the lifecycle walk resumes before the earliest new event, unless traits changed or a merge
-    # happened (then it walks again from its anchor)
+    # the lifecycle walk resumes before the earliest new event, unless a trait changed value or a
+    # merge happened (then it walks again from its anchor)
     resume_before: int | None = _NO_EVENT
     ticked = False
+    traits_sent = False
 
     def flush() -> None:
-        nonlocal state
+        nonlocal state, resume_before, traits_sent
         if pending:
-            state = apply_events(state, contact_id, pending, model)
+            traits = dict(state.traits) if state is not None and traits_sent else None
+            state = apply_events(state, contact_id, pending, model, resume_before)
+            if traits_sent and state.traits != traits:
+                resume_before = None
             pending.clear()
+            traits_sent = False
 
     for item in inbox:
         if state is not None and state.merged_into is not None:
@@ -452,10 +471,9 @@ def step(
             continue
         if isinstance(item, Event):
             pending.append(item)
+            traits_sent = traits_sent or (item.kind == "identify" and bool(item.traits))
             if resume_before is not None:
-                resume_before = (
-                    None if item.kind == "identify" and item.traits else min(resume_before, item.timestamp_ms)
-                )
+                resume_before = min(resume_before, item.timestamp_ms)
             continue
         if isinstance(item, Tick):
             ticked = True

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scorestream.contact import Caps, ContactState, Hit, decay
@@ -791,8 +791,9 @@ def _resume(
     lc: Lifecycle,
     old: Journey,
     cursor: Cursor,
-    until: int,
+    until: tuple[int, str],
     snapshots: list[Cursor] | None = None,
+    inclusive: bool = True,
 ) -> _Walker:
     """Continue a walk from ``cursor`` (every new checkpoint is later than it). What the previous
     walk found after the cursor (time passing up to a tick) is dropped and walked again."""
@@ -812,7 +813,7 @@ def _resume(
     w.signals["orders"] = cursor.orders  # as the walk had them at the cursor
     w.signals["monetary"] = cursor.monetary
     w.signals["customer"] = cursor.orders > 0
-    _continue(w, after, (until, _LAST_MID), inclusive=True, resumed=True, snapshots=snapshots)
+    _continue(w, after, until, inclusive=inclusive, resumed=True, snapshots=snapshots)
     return w
 
 
@@ -837,7 +838,7 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
         start = kept[-1] if kept else None
     snapshots: list[Cursor] = []
     if old is not None and start is not None:
-        w = _resume(state, model, lc, old, start, frontier, snapshots)
+        w = _resume(state, model, lc, old, start, (frontier, _LAST_MID), snapshots)
     else:
         kept = []
         w = _run(state, model, lc, (frontier, _LAST_MID), inclusive=True, snapshots=snapshots)
@@ -884,12 +885,37 @@ def walked_engagement(state: ContactState, model: Model, at_ms: int) -> float | 
     return round_score(decay(cursor.ref_score, cursor.ref_ms, at_ms, model.half_life_ms))
 
 
-def anchor_at(state: ContactState, model: Model, lc: Lifecycle, ts: int, mid: str) -> None:
+def anchor_at(
+    state: ContactState, model: Model, lc: Lifecycle, ts: int, mid: str, resume_before: int | None = None
+) -> None:
     """Settle the journey up to checkpoint ``(ts, mid)``: called before the hits up to it are
-    folded away, so later walks start there with the history before it fixed."""
-    w = _run(state, model, lc, (ts, mid), inclusive=False)
+    folded away, so later walks start there with the history before it fixed.
+
+    ``resume_before`` (as for :func:`walk`): nothing changed at or after that instant but new
+    events. The anchor is then reached from the latest kept position before both instants (a few
+    checkpoints, not every one since the previous anchor), and when every new event is later
+    than the anchor, the journey keeps its positions after it, so the walk that follows resumes
+    too. The result is the one a walk from the previous anchor gives."""
+    old = state.journey
+    start: Cursor | None = None
+    stands = old is not None and resume_before is not None and old.model_version == model.version
+    if old is not None and resume_before is not None and stands:
+        if old.deferred_since is not None:
+            resume_before = min(resume_before, old.deferred_since)
+        usable = [c for c in old.cursors if c.at_ms < min(ts, resume_before)]
+        start = usable[-1] if usable else None
+    if old is not None and start is not None:
+        w = _resume(state, model, lc, old, start, (ts, mid), inclusive=False)
+    else:
+        w = _run(state, model, lc, (ts, mid), inclusive=False)
     cursor = Cursor(at_ms=ts, stage=w.stage, since_ms=w.since, mid=mid, pending=dict(w.pending), above=sorted(w.above))
-    old = state.journey  # replaced, not changed: callers compare the old journey with the new
+    # replaced, not changed: callers compare the old journey with the new
+    if old is not None and stands and resume_before is not None and resume_before > ts:
+        # the previous walk stands up to the earliest new event: its history and positions after
+        # the anchor stay for the next walk to resume from
+        kept = [c for c in old.cursors if ts <= c.at_ms < resume_before]
+        state.journey = replace(old, anchor=cursor, cursors=kept)
+        return
     state.journey = Journey(
         stage=w.stage,
         since_ms=w.since,
