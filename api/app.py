@@ -1,4 +1,6 @@
-"""FastAPI app: contacts, batch get, model, health. Every route but health needs an API key."""
+"""FastAPI app: contacts, batch get, accounts, model, webhooks, health, and the HTTP collector
+(``api.collector``). Every route but health and the collector's needs an API key; the collector
+takes write keys."""
 
 import hmac
 import logging
@@ -17,9 +19,11 @@ from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
 from api.accounts import AccountReplica, mount_accounts
+from api.collector import Collector, Publisher, collector_for, mount_collector
 from api.population import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Decoded, Replica
+from api.webhooks import WebhookBackend, mount_webhooks
 from schemas.api import (
     BatchGetIn,
     BatchGetOut,
@@ -65,12 +69,14 @@ class ScorestreamApi(FastAPI):
     order), so status, headers and body are those of the declared route; ``tests/api`` compares
     the two paths. Everything else, including any request ``fast_get`` fails on with an unexpected
     error, goes through the full stack (which then answers and logs as usual). The declared route
-    stays for the OpenAPI document and as that fallback. The full stack also serves every request
-    while the app has middleware or dependency overrides, or FastAPI's OpenTelemetry
-    instrumentation is on.
+    stays for the OpenAPI document and as that fallback. The collector's paths go straight to the
+    :class:`~api.collector.Collector` (an ASGI app) the same way; its declared routes call the
+    same handler. The full stack also serves every request while the app has middleware or
+    dependency overrides, or FastAPI's OpenTelemetry instrumentation is on.
     """
 
     fast_get: FastGet | None = None
+    collector: Collector | None = None
     _otel_cached = False
     _otel_checked = -1.0
 
@@ -83,17 +89,31 @@ class ScorestreamApi(FastAPI):
             self._otel_checked = now
         return self._otel_cached
 
+    def _plain(self, scope: Scope) -> bool:
+        """Whether nothing in the full stack would change how this request is served."""
+        return (
+            not scope.get("root_path")
+            and not self.root_path
+            and not self.user_middleware
+            and not self.dependency_overrides
+            and not self._otel_on()
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.collector is not None
+            and scope["type"] == "http"
+            and scope["path"] in self.collector.paths
+            and self._plain(scope)
+        ):
+            await self.collector(scope, receive, send)
+            return
         if (
             self.fast_get is not None
             and scope["type"] == "http"
             and scope["method"] == "GET"
-            and not scope.get("root_path")
-            and not self.root_path
-            and not self.user_middleware
-            and not self.dependency_overrides
             and (match := CONTACT_PATH.match(scope["path"])) is not None
-            and not self._otel_on()
+            and self._plain(scope)
         ):
             try:
                 response = await self.fast_get(scope, match["contact_id"])
@@ -113,9 +133,12 @@ def create_api(
     fast_path: bool = True,
     population: PopulationReader | None = None,
     accounts: AccountReplica | None = None,
+    webhooks: WebhookBackend | None = None,
+    publisher: Publisher | None = None,
 ) -> FastAPI:
-    """Build the API. ``replica`` and ``clock`` are injectable for tests; ``fast_path=False`` serves
-    every request through FastAPI's full stack (see :class:`ScorestreamApi`)."""
+    """Build the API. ``replica``, the other readers, ``webhooks``, the collector's ``publisher`` and
+    ``clock`` are injectable for tests; ``fast_path=False`` serves every request through FastAPI's
+    full stack (see :class:`ScorestreamApi`)."""
     model = model or load_model(settings.model)
     replica = replica or Replica(
         bootstrap=settings.kafka_bootstrap,
@@ -128,6 +151,8 @@ def create_api(
     accounts = accounts or AccountReplica(
         bootstrap=settings.kafka_bootstrap, changelog_topic=settings.changelog_topic("accounts")
     )
+    webhooks = webhooks or WebhookBackend.from_settings(settings)
+    collector = collector_for(settings, publisher, clock)
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
     bearer = HTTPBearer(auto_error=False)
 
@@ -136,9 +161,13 @@ def create_api(
         await replica.start()
         await accounts.start()
         await population.start()
+        await webhooks.start()
+        await collector.start()
         try:
             yield
         finally:
+            await collector.stop()
+            await webhooks.stop()
             await population.stop()
             await accounts.stop()
             await replica.stop()
@@ -153,6 +182,7 @@ def create_api(
     app.state.replica = replica
     app.state.model = model
     app.state.population = population
+    app.state.webhooks = webhooks
     render = ContactRenderer(model, population.value_body)
 
     def check_key(creds: HTTPAuthorizationCredentials | None) -> None:
@@ -200,16 +230,24 @@ def create_api(
 
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def readyz() -> Any:
-        """Ready once the replicas (contacts, accounts, the population model) have caught up with
-        their topics and a worker has recovered its tables."""
-        caught_up = replica.caught_up.is_set() and accounts.caught_up.is_set() and population.caught_up.is_set()
+        """Ready once the replicas (contacts, accounts, the population model, webhook subscriptions)
+        have caught up with their topics and a worker has recovered its tables. The webhook delivery
+        log is reported but not waited for (its routes answer 503 until it has caught up)."""
+        caught_up = (
+            replica.caught_up.is_set()
+            and accounts.caught_up.is_set()
+            and population.caught_up.is_set()
+            and webhooks.store.caught_up.is_set()
+        )
         detail = {
             "replica_caught_up": replica.caught_up.is_set(),
             "accounts_caught_up": accounts.caught_up.is_set(),
             "population_caught_up": population.caught_up.is_set(),
+            "webhooks_caught_up": webhooks.store.caught_up.is_set(),
+            "deliveries_caught_up": webhooks.deliveries.caught_up.is_set(),
             "contacts": len(replica.states),
             "workers_ready": replica.ready_workers,
-            "error": replica.error or accounts.error or population.error,
+            "error": replica.error or accounts.error or population.error or webhooks.store.error,
         }
         if caught_up and replica.ready_workers:
             return Health(status="ready", detail=detail)
@@ -283,4 +321,8 @@ def create_api(
         return body
 
     mount_accounts(app, accounts, model, [Depends(authorise)], clock)
+    mount_collector(app, collector)
+    if fast_path:
+        app.collector = collector
+    mount_webhooks(app, webhooks, settings, [Depends(authorise)], clock, ApiError)
     return app

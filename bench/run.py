@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated scenarios to skip: pure,throughput,clv,timers,big,peers,latency,sustained,api,recovery",
+        help="comma-separated scenarios to skip: "
+        "pure,throughput,clv,timers,big,peers,latency,sustained,api,collector,recovery,webhooks",
     )
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
@@ -151,8 +152,18 @@ def main() -> None:
 
             figures["api"] = api_lookups(bootstrap, work)
             save()
+        if "collector" not in skip:
+            from bench.collector import collector_load
+
+            figures["collector"] = collector_load(bootstrap, work)
+            save()
         if "recovery" not in skip:
             figures["recovery"] = scenarios.recovery_and_memory(bootstrap, work, args.recovery_contacts)
+            save()
+        if "webhooks" not in skip:
+            from bench.webhooks import webhook_dispatch
+
+            figures["webhooks"] = webhook_dispatch(bootstrap, work)
             save()
     finally:
         stop_broker(work / "kafka", port)

@@ -1,4 +1,4 @@
-"""The ``scorestream`` command: run, worker, api, topics, demo."""
+"""The ``scorestream`` command: run, worker, api, dispatcher, topics, demo."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def wait_ready(url: str, timeout_s: float) -> bool:
 
 
 def run(settings: Settings) -> int:
-    """Broker (unless one is configured), topics, worker and API; Ctrl-C stops what it started."""
+    """Broker (unless one is configured), topics, worker, API and webhook dispatcher; Ctrl-C stops
+    what it started."""
     started_at = time.monotonic()
     own_broker = "SCORESTREAM_KAFKA_BOOTSTRAP" not in os.environ
     if own_broker:
@@ -63,7 +64,8 @@ def run(settings: Settings) -> int:
     from deploy.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
-    procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in ("worker", "api")]
+    roles = ("worker", "api", "dispatcher")
+    procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in roles]
     url = f"http://{settings.api_host}:{settings.api_port}"
     stopping = False
 
@@ -104,9 +106,10 @@ def run(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scorestream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="broker + topics + worker + API on embedded defaults")
+    sub.add_parser("run", help="broker + topics + worker + API + dispatcher on embedded defaults")
     sub.add_parser("worker", help="the Faust worker")
     sub.add_parser("api", help="the HTTP API")
+    sub.add_parser("dispatcher", help="the webhook dispatcher")
     sub.add_parser("topics", help="create the topics (idempotent)")
     demo = sub.add_parser("demo", help="publish realistic mixed traffic and show scores moving")
     demo.add_argument("--events", type=int, default=3000)
@@ -127,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         from api.server import serve
 
         serve(settings)
+        return 0
+    if args.command == "dispatcher":
+        from streams.webhooks import main as run_dispatcher
+
+        run_dispatcher(settings)
         return 0
     if args.command == "topics":
         from deploy.topics import main as topics_main

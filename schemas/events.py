@@ -185,6 +185,23 @@ def _validate(raw: bytes) -> Any:
 MESSAGE_ADAPTER: TypeAdapter[Identify | Track | Page | Screen | Group | Alias] = TypeAdapter(SegmentMessage)
 
 
+# Headers of a dead-letter record (the worker's rejected input and the collector's rejected batch
+# messages write the same ones): why, and where the message came from.
+DEADLETTER_HEADERS = (
+    "scorestream.reason",
+    "scorestream.error",
+    "scorestream.source.topic",
+    "scorestream.source.partition",
+    "scorestream.source.offset",
+)
+
+
+def deadletter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """The dead-letter headers; ``detail`` is cut to 1000 characters."""
+    values = (reason, detail[:1000], topic, str(partition), str(offset))
+    return [(k, v.encode()) for k, v in zip(DEADLETTER_HEADERS, values, strict=True)]
+
+
 class InvalidMessage(ValueError):
     """A message that is not a valid event; ``reason`` is a stable code for the dead-letter record."""
 

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(
         default=16, ge=1, description="Most requests in flight to one subscription (per dispatcher process)."
     )
+    webhook_queue_limit: int = Field(
+        default=5000,
+        ge=1,
+        description="Most pending deliveries of one subscription from one partition a dispatcher holds in memory; "
+        "beyond, they wait on the deliveries topic and are read back as the queue drains.",
+    )
     webhook_disable_after_s: float = Field(
         default=5 * 86400.0,
         gt=0,

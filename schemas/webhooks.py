@@ -98,6 +98,9 @@ class DeliveryRecord(msgspec.Struct, frozen=True):
     trigger_id: str | None = None  # None for a test send
     attempt_count: int = 0
     attempts: list[AttemptRecord] = msgspec.field(default_factory=list)  # the latest MAX_ATTEMPTS_KEPT
+    # failed attempts counted against the retry schedule since the delivery was created or sent
+    # back to pending by a "retry every failed delivery" (attempt_count keeps counting all of them)
+    scheduled_attempts: int = 0
     next_attempt_ms: int | None = None
     reason: str | None = None  # why it failed (schedule spent, 410, subscription disabled or deleted)
     v: int = WEBHOOKS_VERSION

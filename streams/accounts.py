@@ -20,6 +20,7 @@ import faust
 import orjson
 
 from schemas.accounts import MemberBatch, decode_account, decode_members, encode
+from schemas.events import deadletter_headers
 from schemas.settings import Settings
 from scorestream import ContactState, Model
 from scorestream.accounts import AccountState, MemberUpdate, apply_member_updates, member_updates
@@ -84,7 +85,6 @@ class AccountFeed:
 
 def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFeed:
     """Attach the ``accounts`` agent; return the feed the contacts stage reports through."""
-    from streams.agents import deadletter_headers
 
     def dead(record: Any, reason: str, detail: str) -> None:
         log.warning("dead-letter %s[%s] %s: %s: %s", record.topic, record.partition, record.offset, reason, detail)

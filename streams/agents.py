@@ -21,7 +21,7 @@ import msgspec
 import orjson
 from faust.types import TopicT
 
-from schemas.events import InvalidMessage, decode
+from schemas.events import InvalidMessage, deadletter_headers, decode
 from schemas.settings import Settings
 from schemas.state import (
     MAX_HOPS,
@@ -53,13 +53,6 @@ from streams.transport import records_of
 
 log = logging.getLogger(__name__)
 
-DEADLETTER_HEADERS = (
-    "scorestream.reason",
-    "scorestream.error",
-    "scorestream.source.topic",
-    "scorestream.source.partition",
-    "scorestream.source.offset",
-)
 MAX_ITEMS_PER_RECORD = 1000
 
 
@@ -67,11 +60,6 @@ def record_ms(record: Any) -> int:
     """Kafka record timestamp in ms (aiokafka records carry ms, Faust messages seconds)."""
     ts = record.timestamp
     return int(ts * 1000) if isinstance(ts, float) else int(ts or 0)
-
-
-def deadletter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    values = (reason, detail[:1000], topic, str(partition), str(offset))
-    return [(k, v.encode()) for k, v in zip(DEADLETTER_HEADERS, values, strict=True)]
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789abcdef"
+WRITE_KEY = "test-write-key-web"  # the HTTP collector's (default channel web)
 
 
 def free_port() -> int:
@@ -58,6 +59,7 @@ class Service:
                 "SCORESTREAM_PARTITIONS": str(self.partitions),
                 "SCORESTREAM_DATA_DIR": str(self.data_dir),
                 "SCORESTREAM_API_KEYS": API_KEY,
+                "SCORESTREAM_WRITE_KEYS": WRITE_KEY,
                 "SCORESTREAM_API_PORT": str(self.api_port),
                 "SCORESTREAM_LOG_LEVEL": "WARNING",
                 "SCORESTREAM_COMMIT_INTERVAL_S": "0.5",
@@ -91,11 +93,14 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "deploy.cli", "topics"], env=self.env, cwd=REPO, check=True)
         self.start_worker()
-        self.api = self._spawn("api", "api.log")
+        self.start_api()
         self.wait_ready()
 
     def start_worker(self) -> None:
         self.worker = self._spawn("worker", "worker.log")
+
+    def start_api(self) -> None:
+        self.api = self._spawn("api", "api.log")
 
     def kill_worker(self) -> None:
         assert self.worker is not None

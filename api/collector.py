@@ -1,0 +1,711 @@
+"""The HTTP collector: Segment's HTTP Tracking API in front of the source topics.
+
+Segment's libraries (analytics-python ``host=``, analytics.js ``apiHost``, ...) and plain HTTP
+clients post here exactly as they would to ``api.segment.io``; accepted messages land on
+``events.web|email|store`` for the worker, like any other producer's.
+
+* Routes (``POST``): ``/v1/track``, ``/v1/identify``, ``/v1/page``, ``/v1/screen``, ``/v1/group``,
+  ``/v1/alias`` (one message; ``type`` comes from the route) and ``/v1/batch``; also the
+  one-letter routes analytics.js posts to (``/v1/t``, ``/v1/i``, ``/v1/p``, ``/v1/s``, ``/v1/g``,
+  ``/v1/a``, ``/v1/b``). ``OPTIONS`` answers CORS preflights, and every answer allows any origin:
+  a write key is public (it ships in web pages) and only ever writes.
+* Auth: a write key (``SCORESTREAM_WRITE_KEYS``) as the Basic-auth user name, or ``writeKey`` in
+  the body, as Segment takes it; compared in constant time. None configured: every route is 401.
+  The key names the default channel of its messages; ``context.channel`` (web, email, store)
+  overrides it per message. Keys are never logged, and ``writeKey`` is removed from the message.
+* Limits (Segment's): 32 KiB a single-message request and a message (``MAX_MESSAGE_BYTES``, after
+  enrichment), 500 KiB a batch request, 2,500 messages a batch. Bodies are read with a hard cap,
+  and ``Content-Encoding: gzip`` bodies are inflated with the same cap on the output.
+* Enrichment (Segment's): ``receivedAt`` = now; ``originalTimestamp`` = the client's
+  ``timestamp`` (or ``originalTimestamp``); ``timestamp`` = ``receivedAt - (sentAt -
+  originalTimestamp)`` when ``sentAt`` is known (the message's own, else the batch's), the
+  client's timestamp without ``sentAt``, ``receivedAt`` without a client timestamp; a missing
+  ``messageId`` becomes a hash of the message content, so a client's retry of the same message
+  is counted once downstream. A batch's ``context`` and ``integrations`` are merged into each
+  message (the message's own keys win).
+* Validation: each enriched message goes through the worker's own contract
+  (:func:`schemas.events.decode`, on the very bytes published), so whatever the collector accepts
+  the worker accepts. A single-message route answers 400 with the reason code; a batch answers
+  200, publishes the valid messages, sends the invalid ones to the dead-letter topic (the
+  worker's headers and reasons) and lists them in ``rejected``. A body that is not JSON, not an
+  object, has no ``batch`` list, or is over a limit is a 400 and publishes nothing.
+* Durability: 200 means every record of the request (dead letters included) was acknowledged by
+  Kafka with ``acks=all`` (idempotent producer). More than ``collector_max_in_flight`` messages
+  waiting for acknowledgements: 429 with ``Retry-After``; Kafka unreachable or slower than
+  ``SEND_TIMEOUT_S``: 503 with ``Retry-After``. Segment's libraries retry both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import random
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request, Response
+from starlette.types import Receive, Scope, Send
+
+from schemas.events import MAX_MESSAGE_BYTES, InvalidMessage, deadletter_headers, decode
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SINGLE_ROUTES = {
+    "/v1/track": "track",
+    "/v1/identify": "identify",
+    "/v1/page": "page",
+    "/v1/screen": "screen",
+    "/v1/group": "group",
+    "/v1/alias": "alias",
+}
+SHORT_ROUTES = {
+    "/v1/t": "track",
+    "/v1/i": "identify",
+    "/v1/p": "page",
+    "/v1/s": "screen",
+    "/v1/g": "group",
+    "/v1/a": "alias",
+}
+BATCH_ROUTES = ("/v1/batch", "/v1/b")
+ROUTE_TYPES: dict[str, str | None] = {**SINGLE_ROUTES, **SHORT_ROUTES, **dict.fromkeys(BATCH_ROUTES)}
+PATHS = frozenset(ROUTE_TYPES)
+
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_MESSAGES = 2500
+SEND_TIMEOUT_S = 10.0
+BUSY_RETRY_AFTER_S = 1
+UNAVAILABLE_RETRY_AFTER_S = 5
+CHANNELS = ("web", "email", "store")
+# Fields that are not the message's content: a retry may change them, its id must not.
+_NOT_CONTENT = frozenset({"messageId", "sentAt", "receivedAt", "writeKey"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
+_PREFLIGHT_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"POST, OPTIONS"),
+    (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
+    (b"access-control-max-age", b"86400"),
+    (b"content-length", b"0"),
+]
+_OK = b'{"success":true}'
+Clock = Callable[[], int]
+
+
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+class Refusal(Exception):
+    """The whole request is refused: ``status`` with Segment's error body (``code``, ``message``)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after_s = status, code, message, retry_after_s
+
+    def reply(self) -> Reply:
+        body = orjson.dumps({"success": False, "code": self.code, "message": self.message})
+        headers = _headers(body)
+        if self.retry_after_s is not None:
+            # Segment's libraries read Retry-After; analytics.js reads X-RateLimit-Reset
+            seconds = str(self.retry_after_s).encode()
+            headers += [(b"retry-after", seconds), (b"x-ratelimit-reset", seconds)]
+        if self.status == 401:
+            headers.append((b"www-authenticate", b'Basic realm="scorestream collector"'))
+        return Reply(self.status, body, headers)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was read: nothing to answer."""
+
+
+def _headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+
+
+class Publisher(Protocol):
+    """Where accepted records go; :class:`KafkaPublisher` in production, a fake in tests."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``send`` can be called (the producer is connected)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, timestamp_ms: int, headers: list[tuple[str, bytes]] | None
+    ) -> asyncio.Future[Any]:
+        """Queue one record; the future resolves once the broker acknowledged it (or fails)."""
+        ...
+
+
+def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """Partition by CRC32 of the key (C, not aiokafka's pure-Python murmur2: 3 µs a message).
+
+    Only the ordering of one sender's messages on a source topic matters (the worker re-keys by
+    contact), and every collector maps a key to the same partition."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[zlib.crc32(key) % len(all_partitions)]
+
+
+@dataclass
+class KafkaPublisher:
+    """An idempotent ``acks=all`` producer, connected in the background (the API starts and
+    serves while Kafka is unreachable; the collector answers 503 until it connects)."""
+
+    bootstrap: str
+    _producer: AIOKafkaProducer | None = None
+    _task: asyncio.Task[None] | None = None
+    error: str | None = "not started"
+
+    @property
+    def ready(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._connect(), name="collector-producer")
+
+    async def _connect(self) -> None:
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=0,  # under load, records gather while the previous request is in flight
+                # a full batch makes every sender to its partition wait for the one in flight: room
+                # for a few batch requests' worth (the default 16 KiB is about one)
+                max_batch_size=256 * 1024,
+                partitioner=crc32_partitioner,
+                client_id="scorestream-collector",
+            )
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("collector producer cannot connect to %s (%s); retrying in 1 s", self.bootstrap, self.error)
+                await producer.stop()
+                await asyncio.sleep(1.0)
+                continue
+            self._producer, self.error = producer, None
+            log.info("collector producer connected to %s", self.bootstrap)
+            return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.stop()  # flushes what is still queued
+            self._producer = None
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, timestamp_ms: int, headers: list[tuple[str, bytes]] | None
+    ) -> asyncio.Future[Any]:
+        if self._producer is None:
+            raise Refusal(503, "unavailable", "Kafka is not reachable yet; retry shortly", UNAVAILABLE_RETRY_AFTER_S)
+        future: asyncio.Future[Any] = await self._producer.send(
+            topic, value, key=key, timestamp_ms=timestamp_ms, headers=headers
+        )
+        return future
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One record to publish: a valid message on its channel's topic, or a dead letter."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(slots=True)
+class Rejected:
+    index: int
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class _Request:
+    """What every message of one request shares."""
+
+    channel: str  # the write key's default
+    received_ms: int
+    received_iso: str
+    sent_at: Any = None  # the batch's sentAt (a message's own wins)
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+
+_SECONDS: dict[int, str] = {}
+
+
+def iso_ms(ms: int) -> str:
+    """``2026-11-22T10:15:00.123Z``: the form Segment writes its timestamps in. The text of each
+    second is kept (live traffic's corrected timestamps fall in a few seconds: a dict lookup
+    instead of a datetime a message)."""
+    seconds, millis = divmod(ms, 1000)
+    prefix = _SECONDS.get(seconds)
+    if prefix is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        prefix = _SECONDS[seconds] = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{prefix}.{millis:03d}Z"
+
+
+def _ms(value: Any) -> int | None:
+    """Epoch ms of an ISO 8601 string with a zone, parsed as the contract's fast path parses it;
+    None when it is not one (the contract then refuses the message and says why)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    delta = parsed - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def content_id(msg: dict[str, Any]) -> str:
+    """A ``messageId`` for a message that has none: a hash of its content (every field but the
+    id, ``sentAt``, ``receivedAt`` and the write key), so that a retry gets the same id. Two
+    identical messages without ``messageId`` and ``timestamp`` are therefore one event."""
+    basis = {k: v for k, v in msg.items() if k not in _NOT_CONTENT}
+    digest = hashlib.blake2b(orjson.dumps(basis, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    return f"auto-{digest}"
+
+
+def enrich(msg: dict[str, Any], req: _Request) -> None:
+    """Segment's server-side fields, in place (see the module docstring)."""
+    msg.pop("writeKey", None)
+    if req.context is not None:
+        own = msg.get("context")
+        if own is None:
+            msg["context"] = req.context
+        elif isinstance(own, dict):
+            msg["context"] = {**req.context, **own}
+    if req.integrations is not None:
+        own = msg.get("integrations")
+        if own is None:
+            msg["integrations"] = req.integrations
+        elif isinstance(own, dict):
+            msg["integrations"] = {**req.integrations, **own}
+    mid = msg.get("messageId")
+    if mid is None or mid == "":
+        msg["messageId"] = content_id(msg)
+    sent = msg.get("sentAt")
+    if sent is None and req.sent_at is not None:
+        sent = msg["sentAt"] = req.sent_at
+    msg["receivedAt"] = req.received_iso
+    client = msg.get("timestamp")
+    if client is None:
+        client = msg.get("originalTimestamp")
+    if client is None:
+        msg["timestamp"] = req.received_iso
+        return
+    msg["originalTimestamp"] = client
+    client_ms = _ms(client)
+    sent_ms = _ms(sent) if sent is not None else None
+    if client_ms is None or sent_ms is None:
+        msg["timestamp"] = client
+        return
+    try:
+        msg["timestamp"] = iso_ms(req.received_ms - (sent_ms - client_ms))
+    except (ValueError, OverflowError, OSError):
+        raise InvalidMessage(
+            "bad_timestamp", f"sentAt {sent} and timestamp {client} put the corrected time out of range"
+        ) from None
+
+
+@dataclass
+class Collector:
+    """The collector's routes as one ASGI app (``api.app`` sends its paths here directly) and as
+    :meth:`handle`, which the declared FastAPI routes call when the full stack serves them."""
+
+    settings: Settings
+    publisher: Publisher
+    clock: Clock
+    send_timeout_s: float = SEND_TIMEOUT_S
+    in_flight: int = 0
+    paths: frozenset[str] = PATHS
+    _keys: list[tuple[bytes, str]] = field(default_factory=list)
+    _topics: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._keys = [(k.encode(), channel) for k, channel in self.settings.write_key_channels().items()]
+        self._topics = {channel: topic for topic, channel in self.settings.source_topics.items()}
+
+    async def start(self) -> None:
+        if self._keys:  # without write keys every route is a 401: no producer needed
+            await self.publisher.start()
+
+    async def stop(self) -> None:
+        await self.publisher.stop()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            reply = await self.respond(scope["method"], scope["path"], scope["headers"], receive)
+        except ClientGone:
+            return
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def respond(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> Reply:
+        """Answer any request to a collector route: a CORS preflight, a POST, or 405."""
+        if method == "OPTIONS":
+            return Reply(204, b"", _PREFLIGHT_HEADERS)
+        if method != "POST":
+            return Refusal(405, "method_not_allowed", "use POST").reply()
+        return await self.handle(path, headers, receive)
+
+    async def handle(self, path: str, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> Reply:
+        """Answer one ``POST`` to a collector route; the body is read from the ASGI ``receive``."""
+        try:
+            return await self._handle(path, headers, receive)
+        except Refusal as refusal:
+            return refusal.reply()
+        except ClientGone:
+            raise
+        except Exception:
+            log.exception("collector: unexpected error on %s", path)
+            return Refusal(500, "internal_error", "unexpected error; retry").reply()
+
+    async def _handle(self, path: str, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> Reply:
+        if not self._keys:
+            raise Refusal(401, "unauthorized", "the collector has no write keys (set SCORESTREAM_WRITE_KEYS)")
+        kind = ROUTE_TYPES[path]
+        limit = MAX_MESSAGE_BYTES if kind is not None else MAX_BATCH_BYTES
+        authorization = encoding = length = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-encoding":
+                encoding = value
+            elif name == b"content-length":
+                length = value
+        channel = None
+        if authorization is not None and (user := _basic_user(authorization)) is not None:
+            channel = self._channel_of(user)
+            if channel is None:
+                raise Refusal(401, "unauthorized", "unknown write key")
+        if self.in_flight >= self.settings.collector_max_in_flight:
+            raise self._busy()
+        body = await _read(receive, length, encoding, limit)
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Refusal(400, "invalid_json", f"the body is not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise Refusal(400, "invalid_message", "the body must be a JSON object")
+        if channel is None:
+            given = parsed.get("writeKey")
+            if not isinstance(given, str) or not given:
+                raise Refusal(
+                    401, "unauthorized", "send the write key as the Basic-auth user name or as writeKey in the body"
+                )
+            channel = self._channel_of(given.encode())
+            if channel is None:
+                raise Refusal(401, "unauthorized", "unknown write key")
+        now = self.clock()
+        if kind is not None:
+            parsed["type"] = kind
+            out, rejected = self._prepare([parsed], _Request(channel, now, iso_ms(now)))
+            if rejected:
+                raise Refusal(400, rejected[0].reason, rejected[0].detail)
+            await self._publish(out, now)
+            return Reply(200, _OK, _headers(_OK))
+        return await self._batch(parsed, _Request(channel, now, iso_ms(now)), path)
+
+    async def _batch(self, body: dict[str, Any], req: _Request, path: str) -> Reply:
+        messages = body.get("batch")
+        if not isinstance(messages, list):
+            raise Refusal(400, "invalid_batch", "the body needs a 'batch' list of messages")
+        if len(messages) > MAX_BATCH_MESSAGES:
+            raise Refusal(
+                400, "too_many_messages", f"{len(messages)} messages; a batch holds at most {MAX_BATCH_MESSAGES}"
+            )
+        for name in ("context", "integrations"):
+            shared = body.get(name)
+            if shared is not None and not isinstance(shared, dict):
+                raise Refusal(400, "invalid_batch", f"the batch's '{name}' must be an object")
+        req.context, req.integrations, req.sent_at = body.get("context"), body.get("integrations"), body.get("sentAt")
+        out, rejected = self._prepare(messages, req, dead_letters=path)
+        await self._publish(out, req.received_ms)
+        if rejected:
+            first = rejected[0]
+            log.warning(
+                "collector: %d of %d batch messages dead-lettered to %s (first: #%d %s: %s)",
+                len(rejected),
+                len(messages),
+                self.settings.topic_deadletter,
+                first.index,
+                first.reason,
+                first.detail,
+            )
+        answer = orjson.dumps(
+            {
+                "success": True,
+                "accepted": len(messages) - len(rejected),
+                "rejected": [{"index": r.index, "reason": r.reason, "detail": r.detail} for r in rejected],
+            }
+        )
+        return Reply(200, answer, _headers(answer))
+
+    def _prepare(
+        self, messages: list[Any], req: _Request, dead_letters: str | None = None
+    ) -> tuple[list[Outgoing], list[Rejected]]:
+        """Enrich, serialise and validate each message: records to publish, and the refusals (as
+        dead letters too when ``dead_letters`` names the route they came through)."""
+        out: list[Outgoing] = []
+        rejected: list[Rejected] = []
+        topics = self._topics
+        for index, msg in enumerate(messages):
+            channel = req.channel
+            key: bytes | None = None
+            value: bytes | None = None
+            try:
+                if not isinstance(msg, dict):
+                    raise InvalidMessage("invalid_message", "a message must be a JSON object")
+                ident = msg.get("userId") or msg.get("anonymousId")
+                key = ident.encode() if isinstance(ident, str) else None
+                enrich(msg, req)
+                context = msg.get("context")
+                if isinstance(context, dict) and (wanted := context.get("channel")) in CHANNELS:
+                    channel = wanted
+                value = orjson.dumps(msg)
+                decode(value, channel, req.received_ms)
+            except InvalidMessage as exc:
+                rejected.append(Rejected(index, exc.reason, exc.detail))
+                if dead_letters is not None:
+                    headers = deadletter_headers(exc.reason, exc.detail, topics[channel], -1, -1)
+                    headers.append(("scorestream.source.http", f"{dead_letters}[{index}]".encode()))
+                    raw = value if value is not None else orjson.dumps(msg)
+                    out.append(Outgoing(self.settings.topic_deadletter, key, raw, headers))
+                continue
+            out.append(Outgoing(topics[channel], key, value))
+        return out, rejected
+
+    def _channel_of(self, given: bytes) -> str | None:
+        """The channel of a write key, or None; every configured key is compared, in constant time."""
+        found = None
+        for key, channel in self._keys:
+            if hmac.compare_digest(given, key):
+                found = channel
+        return found
+
+    def _busy(self) -> Refusal:
+        return Refusal(
+            429,
+            "too_many_requests",
+            f"{self.in_flight} messages are waiting for Kafka's acknowledgement; retry shortly",
+            BUSY_RETRY_AFTER_S,
+        )
+
+    async def _publish(self, records: list[Outgoing], timestamp_ms: int) -> None:
+        """Send every record and wait until Kafka acknowledged all of them (``acks=all``).
+
+        The in-flight count is taken before sending and each record leaves it when its
+        acknowledgement (or failure) arrives, also after this request gave up waiting. A request
+        is admitted while the count plus its records stays within the limit, or when nothing is
+        in flight (so no request is too large to ever pass)."""
+        n = len(records)
+        if not n:
+            return
+        if self.in_flight and self.in_flight + n > self.settings.collector_max_in_flight:
+            raise self._busy()
+        if not self.publisher.ready:
+            raise Refusal(503, "unavailable", "Kafka is not reachable yet; retry shortly", UNAVAILABLE_RETRY_AFTER_S)
+        self.in_flight += n
+        unsent = n
+        acks = _Acks(self, n, asyncio.get_running_loop().create_future())
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                for record in records:
+                    future = await self.publisher.send(
+                        record.topic, record.key, record.value, timestamp_ms, record.headers
+                    )
+                    unsent -= 1
+                    future.add_done_callback(acks.settled)
+                await acks.done
+        except TimeoutError:
+            log.warning("collector: Kafka did not acknowledge %d records within %.0f s", n, self.send_timeout_s)
+            raise Refusal(
+                503, "timeout", "Kafka did not acknowledge in time; retry", UNAVAILABLE_RETRY_AFTER_S
+            ) from None
+        except KafkaError as exc:
+            log.warning("collector: cannot send to Kafka: %r", exc)
+            raise Refusal(
+                503,
+                "unavailable",
+                f"Kafka refused the records ({type(exc).__name__}); retry",
+                UNAVAILABLE_RETRY_AFTER_S,
+            ) from None
+        finally:
+            self.in_flight -= unsent
+        if acks.failure is not None:
+            log.warning("collector: Kafka did not take a record: %r", acks.failure)
+            raise Refusal(
+                503,
+                "unavailable",
+                f"Kafka refused a record ({type(acks.failure).__name__}); retry",
+                UNAVAILABLE_RETRY_AFTER_S,
+            )
+
+
+class _Acks:
+    """One request's acknowledgements: ``done`` resolves once every record is acknowledged, or
+    at the first failure (one waiter a request, cheaper than ``asyncio.wait`` over them all).
+    Each record leaves the collector's in-flight count when it settles, whoever still waits."""
+
+    __slots__ = ("collector", "done", "failure", "remaining")
+
+    def __init__(self, collector: Collector, remaining: int, done: asyncio.Future[None]) -> None:
+        self.collector, self.remaining, self.done = collector, remaining, done
+        self.failure: BaseException | None = None
+
+    def settled(self, future: asyncio.Future[Any]) -> None:
+        self.collector.in_flight -= 1
+        self.remaining -= 1
+        failure = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if failure is not None and self.failure is None:
+            self.failure = failure
+        if (self.remaining == 0 or failure is not None) and not self.done.done():
+            self.done.set_result(None)
+
+
+def _basic_user(header: bytes) -> bytes | None:
+    """The user name of a Basic ``Authorization`` header (Segment accepts ``key`` without the
+    colon too); None for another scheme, such as Segment's OAuth ``Bearer``, whose requests carry
+    the write key in the body."""
+    scheme, _, token = header.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+    return decoded.partition(b":")[0]
+
+
+async def _read(receive: Receive, length: bytes | None, encoding: bytes | None, limit: int) -> bytes:
+    """The body, refused beyond ``limit`` bytes before reading it all, and inflated with the same
+    cap on what it inflates to."""
+    gzipped = False
+    if encoding is not None:
+        name = encoding.strip().lower()
+        if name in (b"gzip", b"x-gzip"):
+            gzipped = True
+        elif name not in (b"", b"identity"):
+            raise Refusal(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
+    cap = limit + 1024 if gzipped else limit  # gzip's own framing on an incompressible body
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise Refusal(400, "too_large", f"{int(length)} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    size = 0
+    more = True
+    while more:  # ASGI messages, not an async generator: those cost a weakref registration each
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(chunk)
+        if size > cap:
+            raise Refusal(400, "too_large", f"over {limit} bytes")
+        parts.append(chunk)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return _gunzip(body, limit) if gzipped else body
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """One gzip member inflated to at most ``limit`` bytes (a bomb stops there)."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise Refusal(400, "invalid_gzip", f"the body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise Refusal(400, "too_large", f"inflates to over {limit} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise Refusal(400, "invalid_gzip", "the body must be exactly one complete gzip stream")
+    return out
+
+
+def collector_for(settings: Settings, publisher: Publisher | None, clock: Clock) -> Collector:
+    """The collector of ``settings``, publishing through ``publisher`` (default: Kafka)."""
+    return Collector(settings, publisher or KafkaPublisher(settings.kafka_bootstrap), clock)
+
+
+_SUMMARIES = {
+    "/v1/track": "Record an action (Segment track)",
+    "/v1/identify": "Tie a user to their traits (Segment identify)",
+    "/v1/page": "Record a page view (Segment page)",
+    "/v1/screen": "Record a mobile screen view (Segment screen)",
+    "/v1/group": "Tie a user to an account (Segment group)",
+    "/v1/alias": "Merge two identities (Segment alias)",
+    "/v1/batch": "Up to 2,500 messages of any type (Segment batch)",
+}
+_DESCRIPTION = (
+    "Segment HTTP Tracking API. Auth: a write key as the Basic-auth user name (empty password) or "
+    '`writeKey` in the body; no API key. 200 `{"success": true}` once Kafka acknowledged the records; '
+    "400 invalid or over a limit, 401 write key, 429 / 503 with Retry-After."
+)
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
+
+
+def mount_collector(app: FastAPI, collector: Collector) -> None:
+    """Declare the collector's routes on ``app`` (the OpenAPI document, and the full stack's
+    path; ``api.app.ScorestreamApi`` normally hands these paths to ``collector`` directly)."""
+
+    def endpoint_for(path: str) -> Callable[[Request], Awaitable[Response]]:
+        async def collect(request: Request) -> Response:
+            try:
+                reply = await collector.respond(request.method, path, request.headers.raw, request.receive)
+            except ClientGone:
+                return Response(status_code=499)
+            return Response(reply.body, reply.status, headers={k.decode(): v.decode() for k, v in reply.headers})
+
+        return collect
+
+    for path in sorted(PATHS):
+        documented = path in _SUMMARIES
+        endpoint = endpoint_for(path)
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            tags=["collector"],
+            summary=_SUMMARIES.get(path, f"alias of {path}"),
+            description=_DESCRIPTION,
+            include_in_schema=documented,
+            openapi_extra=_BODY,
+            response_model=None,
+            name=f"collect_{path.rsplit('/', 1)[-1]}",
+        )
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["OPTIONS", "GET", "HEAD", "PUT", "PATCH", "DELETE"],
+            include_in_schema=False,
+            name=f"collect_other_{path.rsplit('/', 1)[-1]}",
+        )
