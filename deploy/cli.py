@@ -21,12 +21,12 @@ log = logging.getLogger("scorestream")
 KAFKA_SH = Path(__file__).parent / "kafka" / "kafka.sh"
 
 
-def dev_api_key(settings: Settings) -> str:
-    """The development key kept in ``<data_dir>/dev-api-key`` (created on first use)."""
-    path = settings.data_dir / "dev-api-key"
+def dev_key(settings: Settings, name: str = "dev-api-key", prefix: str = "dev_") -> str:
+    """A development key kept in ``<data_dir>/<name>`` (created on first use, readable by its owner only)."""
+    path = settings.data_dir / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"dev_{secrets.token_urlsafe(24)}\n")
+        path.write_text(f"{prefix}{secrets.token_urlsafe(24)}\n")
         path.chmod(0o600)
     return path.read_text().strip()
 
@@ -58,8 +58,10 @@ def run(settings: Settings) -> int:
     if own_broker:
         kafka("start", settings)
     if not settings.api_keys:
-        os.environ["SCORESTREAM_API_KEYS"] = dev_api_key(settings)
-        settings = Settings()
+        os.environ["SCORESTREAM_API_KEYS"] = dev_key(settings)
+    if not settings.write_keys:  # the HTTP collector's, for SDKs and curl on this machine
+        os.environ["SCORESTREAM_WRITE_KEYS"] = dev_key(settings, "dev-write-key", "wk_dev_")
+    settings = Settings()
     env = dict(os.environ)
     from deploy.topics import ensure_topics
 
@@ -78,9 +80,11 @@ def run(settings: Settings) -> int:
     try:
         if wait_ready(url, 180):
             key = env.get("SCORESTREAM_API_KEYS", "").split(",")[0]
+            write_key = env.get("SCORESTREAM_WRITE_KEYS", "").split(",")[0].split(":")[0]
             print(f"\nscorestream is ready in {time.monotonic() - started_at:.1f} s", flush=True)
             print(f"  API:      {url}   (OpenAPI: {url}/docs)")
             print(f"  API key:  {key}")
+            print(f"  write key (HTTP collector, Segment SDKs' host {url}): {write_key}")
             print(f"  Kafka:    {settings.kafka_bootstrap}")
             print(f"  try:      curl -H 'Authorization: Bearer {key}' {url}/v1/model")
             print("  Ctrl-C stops everything.\n", flush=True)
