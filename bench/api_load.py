@@ -122,10 +122,10 @@ def parse_wrk(stdout: str, cpu_s: float) -> WrkResult:
     )
 
 
-def run_wrk(
-    wrk: str, url: str, mode: str, ids_file: Path, connections: int, duration_s: float, batch: int = BATCH_SIZE
+def wrk_run(
+    wrk: str, script: Path, url: str, script_args: list[str], connections: int, duration_s: float, timeout: str = "5s"
 ) -> WrkResult:
-    """One ``wrk`` run of ``contacts.lua`` in ``mode`` ("single" or "batch")."""
+    """One ``wrk`` run of a Lua ``script`` (its arguments after ``--``), with the CPU wrk used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [
@@ -134,16 +134,13 @@ def run_wrk(
             f"-c{connections}",
             f"-d{max(1, round(duration_s))}s",
             "--timeout",
-            "5s",
+            timeout,
             "--latency",
             "-s",
-            str(SCRIPT),
+            str(script),
             url,
             "--",
-            mode,
-            str(ids_file),
-            API_KEY,
-            str(batch),
+            *script_args,
         ],
         capture_output=True,
         text=True,
@@ -155,6 +152,13 @@ def run_wrk(
         raise RuntimeError(f"wrk exited with {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return parse_wrk(proc.stdout, cpu)
+
+
+def run_wrk(
+    wrk: str, url: str, mode: str, ids_file: Path, connections: int, duration_s: float, batch: int = BATCH_SIZE
+) -> WrkResult:
+    """One ``wrk`` run of ``contacts.lua`` in ``mode`` ("single" or "batch")."""
+    return wrk_run(wrk, SCRIPT, url, [mode, str(ids_file), API_KEY, str(batch)], connections, duration_s)
 
 
 def known_ids(contacts: int, events: int, seed: int) -> list[str]:

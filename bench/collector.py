@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import base64
 import json
-import resource
 import shutil
 import signal
 import subprocess
@@ -41,7 +40,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.collector import iso_ms
-from bench.api_load import WrkResult, ensure_wrk, parse_wrk
+from bench.api_load import WrkResult, ensure_wrk, wrk_run
 from bench.harness import process_usage
 from deploy.traffic import Traffic
 from tests.e2e.service import REPO, WRITE_KEY, Service
@@ -75,34 +74,8 @@ def request_lines(singles: int, batches: int, contacts: int = 5_000) -> tuple[li
 
 
 def run_wrk(wrk: str, url: str, requests_file: Path, connections: int, duration_s: float) -> WrkResult:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     authorization = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
-    proc = subprocess.run(
-        [
-            wrk,
-            f"-t{WRK_THREADS}",
-            f"-c{connections}",
-            f"-d{max(1, round(duration_s))}s",
-            "--timeout",
-            "10s",
-            "--latency",
-            "-s",
-            str(SCRIPT),
-            url,
-            "--",
-            str(requests_file),
-            authorization,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=duration_s + 60,
-        check=False,
-    )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk exited with {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return parse_wrk(proc.stdout, cpu)
+    return wrk_run(wrk, SCRIPT, url, [str(requests_file), authorization], connections, duration_s, timeout="10s")
 
 
 def wait_accepting(svc: Service, timeout_s: float = 60) -> None:

@@ -6,7 +6,6 @@ commands and to read the records back. Used by ``tests/e2e/test_webhooks_dispatc
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from schemas.webhooks import (
 )
 from scorestream.triggers import make_trigger
 from scorestream.webhooks import delivery_id
+from tests.e2e.service import isolated_env
 from tests.webhook_receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,19 +86,9 @@ class Hooks:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCORESTREAM_")}
+        env = isolated_env(self.bootstrap, f"wh-{self.suffix}", self.suffix, self.partitions, self.data_dir)
         env.update(
             {
-                "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}",
-                "SCORESTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
-                "SCORESTREAM_APP_ID": f"wh-{self.suffix}",
-                "SCORESTREAM_TOPIC_WEB": f"web-{self.suffix}",
-                "SCORESTREAM_TOPIC_EMAIL": f"email-{self.suffix}",
-                "SCORESTREAM_TOPIC_STORE": f"store-{self.suffix}",
-                "SCORESTREAM_TOPIC_DEADLETTER": f"dead-{self.suffix}",
-                "SCORESTREAM_TOPIC_TRIGGERS": f"triggers-{self.suffix}",
-                "SCORESTREAM_PARTITIONS": str(self.partitions),
-                "SCORESTREAM_DATA_DIR": str(self.data_dir),
                 "SCORESTREAM_LOG_LEVEL": "INFO",
                 "SCORESTREAM_SESSION_TIMEOUT_S": "6",
                 "SCORESTREAM_WEBHOOK_ALLOW_PRIVATE": "true",

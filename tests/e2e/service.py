@@ -29,6 +29,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def isolated_env(bootstrap: str, app_id: str, suffix: str, partitions: int, data_dir: Path) -> dict[str, str]:
+    """The environment of one isolated deployment on a shared broker: the caller's, without its
+    ``SCORESTREAM_*`` variables, with an own app id, topic names and data directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORESTREAM_")}
+    env.update(
+        {
+            "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}",
+            "SCORESTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "SCORESTREAM_APP_ID": app_id,
+            "SCORESTREAM_TOPIC_WEB": f"web-{suffix}",
+            "SCORESTREAM_TOPIC_EMAIL": f"email-{suffix}",
+            "SCORESTREAM_TOPIC_STORE": f"store-{suffix}",
+            "SCORESTREAM_TOPIC_DEADLETTER": f"dead-{suffix}",
+            "SCORESTREAM_TOPIC_TRIGGERS": f"triggers-{suffix}",
+            "SCORESTREAM_PARTITIONS": str(partitions),
+            "SCORESTREAM_DATA_DIR": str(data_dir),
+        }
+    )
+    return env
+
+
 @dataclass
 class Service:
     """One isolated scorestream deployment (own app id, topics, data dir) on a shared broker."""
@@ -45,19 +66,9 @@ class Service:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCORESTREAM_")}
+        env = isolated_env(self.bootstrap, f"ss-{self.suffix}", self.suffix, self.partitions, self.data_dir)
         env.update(
             {
-                "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}",
-                "SCORESTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
-                "SCORESTREAM_APP_ID": f"ss-{self.suffix}",
-                "SCORESTREAM_TOPIC_WEB": f"web-{self.suffix}",
-                "SCORESTREAM_TOPIC_EMAIL": f"email-{self.suffix}",
-                "SCORESTREAM_TOPIC_STORE": f"store-{self.suffix}",
-                "SCORESTREAM_TOPIC_DEADLETTER": f"dead-{self.suffix}",
-                "SCORESTREAM_TOPIC_TRIGGERS": f"triggers-{self.suffix}",
-                "SCORESTREAM_PARTITIONS": str(self.partitions),
-                "SCORESTREAM_DATA_DIR": str(self.data_dir),
                 "SCORESTREAM_API_KEYS": API_KEY,
                 "SCORESTREAM_WRITE_KEYS": WRITE_KEY,
                 "SCORESTREAM_API_PORT": str(self.api_port),
