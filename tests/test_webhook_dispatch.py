@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -525,3 +528,71 @@ def test_keep_alive_connections_are_reused_and_a_dropped_one_is_replaced() -> No
         assert connections == [2, 1]  # the second request went out on the kept connection, then again
 
     asyncio.run(go())
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and its key (the test's own CA of one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_https_is_verified_against_the_host_name_while_connecting_to_the_vetted_address(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    receiver = Receiver(tls=server).start()
+    trusting = ssl.create_default_context(cafile=str(cert))
+
+    async def go() -> tuple[Any, Any, Any]:
+        addresses: list[str] = []
+
+        async def resolver(host: str, port: int) -> list[str]:
+            addresses.append(host)
+            return ["127.0.0.1"]
+
+        trusted = Sender(2.0, 1024, True, Connector(True, resolver=resolver, ssl_context=trusting))
+        default = Sender(2.0, 1024, True, Connector(True, resolver=resolver))
+        try:
+            ok = await trusted.post(receiver.url("/tls"), {"webhook-id": "msg_tls"}, b"{}")
+            unknown_ca = await default.post(receiver.url("/tls"), {"webhook-id": "msg_untrusted"}, b"{}")
+            # the certificate names localhost: reaching the same address as 127.0.0.1 must fail the check
+            wrong_name = await trusted.post(f"https://127.0.0.1:{receiver.port}/tls", {"webhook-id": "msg_ip"}, b"{}")
+        finally:
+            await trusted.aclose()
+            await default.aclose()
+        assert addresses[0] == "localhost", "the name was resolved by the guard, then the vetted address dialled"
+        return ok, unknown_ca, wrong_name
+
+    try:
+        ok, unknown_ca, wrong_name = asyncio.run(go())
+    finally:
+        receiver.stop()
+    assert (ok.outcome, ok.status_code) == ("success", 200)
+    assert unknown_ca.outcome == "connection_error" and "CERTIFICATE_VERIFY_FAILED" in (unknown_ca.error or "")
+    assert wrong_name.outcome == "connection_error"
+    assert [r.headers["webhook-id"] for r in receiver.received] == ["msg_tls"]
+    assert receiver.received[0].headers["host"].startswith("localhost")

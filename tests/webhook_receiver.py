@@ -13,6 +13,7 @@ play a slow or hanging endpoint. Every request is recorded with its arrival time
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import Counter
@@ -37,7 +38,10 @@ Rule = Callable[[Received, int], tuple[int, dict[str, str]]]
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: a server context; the receiver then speaks HTTPS and :meth:`url` names
+        ``localhost`` (the name its certificate must carry)."""
+        self.tls = tls
         self.received: list[Received] = []
         self.rules: dict[str, Rule] = {}
         self._seen: Counter[tuple[str, str]] = Counter()
@@ -77,6 +81,8 @@ class Receiver:
                 pass  # a client that gave up (a timeout) is part of the play
 
         self._server = Server(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
@@ -90,6 +96,8 @@ class Receiver:
         self._server.server_close()
 
     def url(self, path: str) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}{path}"
         return f"http://127.0.0.1:{self.port}{path}"
 
     def at(self, path: str) -> list[Received]:
