@@ -1,6 +1,6 @@
-"""FastAPI app: contacts, batch get, accounts, model, webhooks, health, and the HTTP collector
-(``api.collector``). Every route but health and the collector's needs an API key; the collector
-takes write keys."""
+"""FastAPI app: contacts, batch get, accounts, model, webhooks, health, the analytics reads and
+reports (``api.analytics``), and the HTTP collector (``api.collector``). Every route but health
+and the collector's needs an API key; the collector takes write keys."""
 
 import hmac
 import logging
@@ -18,7 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
+from analytics.sink import Sink
 from api.accounts import AccountReplica, mount_accounts
+from api.analytics import analytics_store, mount_analytics
 from api.collector import Collector, Publisher, collector_for, mount_collector
 from api.population import PopulationReader
 from api.render import ContactRenderer
@@ -135,10 +137,12 @@ def create_api(
     accounts: AccountReplica | None = None,
     webhooks: WebhookBackend | None = None,
     publisher: Publisher | None = None,
+    sink: Sink | None = None,
 ) -> FastAPI:
     """Build the API. ``replica``, the other readers, ``webhooks``, the collector's ``publisher`` and
     ``clock`` are injectable for tests; ``fast_path=False`` serves every request through FastAPI's
-    full stack (see :class:`ScorestreamApi`)."""
+    full stack (see :class:`ScorestreamApi`). ``sink``: the analytics sink this process runs in its
+    lifespan (embedded chDB: the API process owns it; see :mod:`analytics.sink`)."""
     model = model or load_model(settings.model)
     replica = replica or Replica(
         bootstrap=settings.kafka_bootstrap,
@@ -163,9 +167,13 @@ def create_api(
         await population.start()
         await webhooks.start()
         await collector.start()
+        if sink is not None:
+            await sink.start()
         try:
             yield
         finally:
+            if sink is not None:
+                await sink.stop()
             await collector.stop()
             await webhooks.stop()
             await population.stop()
@@ -183,6 +191,7 @@ def create_api(
     app.state.model = model
     app.state.population = population
     app.state.webhooks = webhooks
+    app.state.sink = sink
     render = ContactRenderer(model, population.value_body)
 
     def check_key(creds: HTTPAuthorizationCredentials | None) -> None:
@@ -325,4 +334,5 @@ def create_api(
     if fast_path:
         app.collector = collector
     mount_webhooks(app, webhooks, settings, [Depends(authorise)], clock, ApiError)
+    mount_analytics(app, analytics_store(settings, sink), model, [Depends(authorise)], clock, ApiError)
     return app

@@ -60,7 +60,7 @@ def main() -> None:
         "--skip",
         default="",
         help="comma-separated scenarios to skip: "
-        "pure,throughput,clv,timers,big,peers,latency,sustained,api,collector,recovery,webhooks",
+        "pure,throughput,clv,timers,big,peers,latency,sustained,api,collector,recovery,webhooks,sink",
     )
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
@@ -164,6 +164,11 @@ def main() -> None:
             from bench.webhooks import webhook_dispatch
 
             figures["webhooks"] = webhook_dispatch(bootstrap, work)
+            save()
+        if "sink" not in skip:
+            from bench.sink import sink_throughput
+
+            figures["sink"] = sink_throughput(bootstrap, work, args.events, args.contacts)
             save()
     finally:
         stop_broker(work / "kafka", port)

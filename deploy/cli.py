@@ -1,4 +1,4 @@
-"""The ``scorestream`` command: run, worker, api, dispatcher, topics, demo."""
+"""The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, demo."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def wait_ready(url: str, timeout_s: float) -> bool:
 
 
 def run(settings: Settings) -> int:
-    """Broker (unless one is configured), topics, worker, API and webhook dispatcher; Ctrl-C stops
+    """Broker (unless one is configured), topics, worker, API and webhook dispatcher (and the
+    analytics sink when ClickHouse is a server; with embedded chDB the API runs it); Ctrl-C stops
     what it started."""
     started_at = time.monotonic()
     own_broker = "SCORESTREAM_KAFKA_BOOTSTRAP" not in os.environ
@@ -66,7 +67,10 @@ def run(settings: Settings) -> int:
     from deploy.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
-    roles = ("worker", "api", "dispatcher")
+    from analytics.client import sink_in_api
+
+    # with embedded chDB the API process runs the analytics sink; with a server, a process of its own
+    roles = ("worker", "api", "dispatcher") if sink_in_api(settings) else ("worker", "api", "dispatcher", "sink")
     procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in roles]
     url = f"http://{settings.api_host}:{settings.api_port}"
     stopping = False
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="the Faust worker")
     sub.add_parser("api", help="the HTTP API")
     sub.add_parser("dispatcher", help="the webhook dispatcher")
+    sub.add_parser("sink", help="the analytics sink: the topics into ClickHouse (with a ClickHouse server)")
     sub.add_parser("topics", help="create the topics (idempotent)")
     demo = sub.add_parser("demo", help="publish realistic mixed traffic and show scores moving")
     demo.add_argument("--events", type=int, default=3000)
@@ -139,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         from streams.webhooks import main as run_dispatcher
 
         run_dispatcher(settings)
+        return 0
+    if args.command == "sink":
+        from analytics.client import clickhouse_url, embedded, sink_in_api
+        from analytics.sink import main as run_sink
+
+        if embedded(clickhouse_url(settings)) and sink_in_api(settings):
+            log.warning("embedded chDB: the API process runs the sink; this one cannot open the same directory")
+        run_sink(settings)
         return 0
     if args.command == "topics":
         from deploy.topics import main as topics_main

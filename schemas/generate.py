@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, TypeAdapter
 
-from schemas import accounts, api, api_accounts, events, population, state, triggers, value, webhooks
+from schemas import accounts, api, api_accounts, api_analytics, events, population, state, triggers, value, webhooks
 
 OUT = Path(__file__).parent / "json"
 
@@ -46,6 +46,12 @@ def documents() -> dict[str, dict[str, Any]]:
         webhooks.WebhookCreated,
         webhooks.RotateOut,
         webhooks.DeliveryOut,
+        api_analytics.ContactListOut,
+        api_analytics.HistoryOut,
+        api_analytics.FunnelOut,
+        api_analytics.RfmReportOut,
+        api_analytics.PersonasOut,
+        api_analytics.ForecastOut,
     )
     docs[f"triggers-trigger.v{triggers.TRIGGER_VERSION}.json"] = _pydantic(triggers.Trigger, "Trigger")
     for body in bodies:

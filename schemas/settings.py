@@ -134,6 +134,23 @@ class Settings(BaseSettings):
         description="Messages the collector may have waiting for Kafka's acknowledgement; beyond, it answers "
         "429 with Retry-After.",
     )
+    clickhouse_url: SecretStr | None = Field(
+        default=None,
+        description="Where the analytics archive lives: `http(s)://user:password@host:8123/database` (a ClickHouse "
+        "server; the database must exist), or `chdb:///path` (embedded chDB). Default: embedded chDB in "
+        "`<data_dir>/clickhouse`.",
+    )
+    sink_batch_rows: int = Field(
+        default=50_000, ge=1, description="Most rows the analytics sink buffers for one table before inserting them."
+    )
+    sink_batch_s: float = Field(
+        default=1.0, gt=0, description="Longest the analytics sink holds a row before inserting it (seconds)."
+    )
+    sink_in_api: bool | None = Field(
+        default=None,
+        description="Run the analytics sink inside the API process. Default: yes with embedded chDB (one process may "
+        "open a chDB directory, and the API owns it), no with a server URL (run `scorestream sink`).",
+    )
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
 
     @field_validator("webhook_retry_schedule", mode="before")

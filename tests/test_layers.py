@@ -35,7 +35,18 @@ def test_core_imports_only_the_standard_library() -> None:
 
 @pytest.mark.parametrize(
     ("package", "must_not"),
-    [("streams", "api"), ("api", "streams"), ("schemas", "streams"), ("schemas", "api"), ("schemas", "deploy")],
+    [
+        ("streams", "api"),
+        ("api", "streams"),
+        ("schemas", "streams"),
+        ("schemas", "api"),
+        ("schemas", "deploy"),
+        ("schemas", "analytics"),
+        ("analytics", "api"),
+        ("analytics", "streams"),
+        ("analytics", "deploy"),
+        ("streams", "analytics"),
+    ],
 )
 def test_adapters_do_not_import_each_other(package: str, must_not: str) -> None:
     for path, roots in imported_roots(ROOT / package).items():

@@ -75,6 +75,9 @@ class Service:
                 "SCORESTREAM_LOG_LEVEL": "WARNING",
                 "SCORESTREAM_COMMIT_INTERVAL_S": "0.5",
                 "SCORESTREAM_SESSION_TIMEOUT_S": "6",
+                # no analytics sink in the API (it would open a chDB engine in every API process of
+                # every test and benchmark); tests/e2e/test_analytics.py turns it on
+                "SCORESTREAM_SINK_IN_API": "false",
             }
         )
         if self.model is not None:

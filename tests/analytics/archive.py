@@ -1,0 +1,396 @@
+"""A realistic archive for the report tests: contacts with stage journeys through the default
+model's lifecycle, their ``contacts`` rows (with older versions and re-reads), stage-change
+triggers (re-read too) and score ledger rows; and plain-Python answers to the reports, computed
+from the generated facts (not from ClickHouse) to check the SQL against."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from analytics.client import Store
+from analytics.rows import CONTACT_COLUMNS, LEDGER_COLUMNS, TRIGGER_COLUMNS
+from scorestream import Model
+from scorestream.rfm import RfmBoundaries, boundaries, score, segment_of
+from scorestream.scoring import band_of, round_score
+from tests.factories import DAY, DEFAULT_MODEL, HOUR
+
+MODEL = DEFAULT_MODEL
+NOW = 1_790_000_000_000
+OLD_VERSION = "default@0ldversion"
+# where a journey may go next in the default model's graph (a superset of what it allows is fine:
+# the reports only count what is archived)
+MOVES: dict[str, list[str]] = {
+    "subscriber": ["lead", "lead", "sql", "customer", "disqualified"],
+    "lead": ["mql", "mql", "sql", "opportunity", "customer", "disqualified"],
+    "mql": ["sql", "opportunity", "recycled", "customer"],
+    "sql": ["opportunity", "recycled", "customer"],
+    "opportunity": ["customer", "customer", "recycled"],
+    "recycled": ["mql", "sql", "opportunity"],
+    "customer": ["evangelist"],
+    "evangelist": [],
+    "disqualified": ["lead"],
+}
+PERSONAS = ["executive", "practitioner", "shopper", ""]
+FLAGS = [[], [], [], ["job_seeker"], ["student", "bot"]]
+
+
+@dataclass
+class Transition:
+    contact: str
+    at: int
+    from_stage: str
+    to_stage: str
+    version: str
+    id: str
+
+    def row(self, offset: int) -> list[Any]:
+        values: dict[str, Any] = {
+            "id": self.id,
+            "type": "stage.changed",
+            "at": self.at,
+            "subject": self.contact,
+            "contact_id": self.contact,
+            "account_id": "",
+            "before": orjson.dumps(self.from_stage).decode(),
+            "after": orjson.dumps(self.to_stage).decode(),
+            "rule": f"to-{self.to_stage}",
+            "cause": f"m-{self.id}",
+            "model_version": self.version,
+            "kafka_topic": "triggers",
+            "kafka_partition": 0,
+            "kafka_offset": offset,
+            "written_at": self.at,
+        }
+        return [values[c] for c in TRIGGER_COLUMNS]
+
+
+@dataclass
+class Contact:
+    id: str
+    first_seen: int
+    last_seen: int
+    stage: str
+    stage_since: int
+    updated_at: int
+    offset: int
+    status: str = "active"
+    merged_into: str = ""
+    user_id: str = ""
+    email: str = ""
+    persona: str = ""
+    flags: list[str] = field(default_factory=list)
+    engagement: float = 0.0
+    fit: float = 0.0
+    segment: str = ""
+    orders: int = 0
+    revenue: float = 0.0
+    first_order: int | None = None
+    last_order: int | None = None
+
+    def row(self) -> list[Any]:
+        gone = self.status != "active"
+        values: dict[str, Any] = {
+            "contact_id": self.id,
+            "updated_at": self.updated_at,
+            "status": self.status,
+            "merged_into": self.merged_into,
+            "user_id": self.user_id,
+            "email": self.email,
+            "account_id": "",
+            "first_seen": None if gone else self.first_seen,
+            "last_seen": None if gone else self.last_seen,
+            "stage": "" if gone else self.stage,
+            "stage_since": None if gone else self.stage_since,
+            "persona": "" if gone else self.persona,
+            "flags": [] if gone else self.flags,
+            "engagement": 0.0 if gone else self.engagement,
+            "engagement_band": "" if gone else band_of(MODEL.engagement_bands, self.engagement),
+            "fit": 0.0 if gone else self.fit,
+            "fit_grade": "" if gone else band_of(MODEL.fit_grades, self.fit),
+            "rfm_segment": "" if gone else self.segment,
+            "orders": 0 if gone else self.orders,
+            "revenue": 0.0 if gone else self.revenue,
+            "first_order_at": None if gone else self.first_order,
+            "last_order_at": None if gone else self.last_order,
+            "model_version": MODEL.version,
+            "kafka_partition": 0,
+            "kafka_offset": self.offset,
+        }
+        return [values[c] for c in CONTACT_COLUMNS]
+
+    def decayed(self, now: int) -> float:
+        if self.status != "active":
+            return 0.0
+        return self.engagement * math.pow(2.0, -max(now - self.last_seen, 0) / MODEL.half_life_ms)
+
+
+@dataclass
+class Archive:
+    contacts: dict[str, Contact]
+    transitions: list[Transition]
+    ledger: list[list[Any]]
+
+    def entries(self, model: str | None = None) -> list[tuple[str, int, str, str]]:
+        """Every stage entry (contact, t, stage, from): transitions, and the initial stage at
+        first_seen of the contacts that have one (active ones)."""
+        out = [
+            (t.contact, t.at, t.to_stage, t.from_stage)
+            for t in self.transitions
+            if model is None or t.version == model or t.version.startswith(model + "@")
+        ]
+        out += [(c.id, c.first_seen, "subscriber", "") for c in self.contacts.values() if c.status == "active"]
+        return out
+
+    def active(self) -> list[Contact]:
+        return [c for c in self.contacts.values() if c.status == "active"]
+
+
+def generate(n: int = 80, seed: int = 7) -> Archive:
+    rng = random.Random(seed)
+    contacts: dict[str, Contact] = {}
+    transitions: list[Transition] = []
+    ledger: list[list[Any]] = []
+    for i in range(n):
+        cid = f"c-{i:03d}"
+        first = NOW - rng.randrange(2 * DAY, 130 * DAY)
+        at, stage = first, "subscriber"
+        for step in range(rng.randrange(0, 7)):
+            nxt = MOVES[stage]
+            if not nxt:
+                break
+            to = rng.choice(nxt)
+            at += 0 if rng.random() < 0.25 else rng.randrange(HOUR, 20 * DAY)  # chains happen at one instant
+            if at >= NOW:
+                break
+            version = OLD_VERSION if rng.random() < 0.15 else MODEL.version
+            transitions.append(Transition(cid, at, stage, to, version, f"trg_{i:03d}{step:02d}"))
+            stage = to
+        customer = stage in ("customer", "evangelist")
+        orders = rng.randrange(1, 7) if customer else 0
+        last_order = at - rng.randrange(0, 3) * DAY if customer else None
+        contacts[cid] = Contact(
+            id=cid,
+            first_seen=first,
+            last_seen=max(at, first) + rng.randrange(0, 3 * DAY),
+            stage=stage,
+            stage_since=at,
+            updated_at=NOW - rng.randrange(0, 100 * DAY),
+            offset=100 + i,
+            user_id=f"user-{i}" if i % 3 else "",
+            email=f"person{i}@example.com" if i % 2 else "",
+            persona=rng.choice(PERSONAS),
+            flags=rng.choice(FLAGS),
+            engagement=round(rng.uniform(-5, 120), 3),
+            fit=float(rng.choice([0, 15, 20, 45, 70])),
+            segment=rng.choice(["Champions", "Loyal", "At Risk", "Lost"]) if customer else "",
+            orders=orders,
+            revenue=round(orders * rng.uniform(20, 300), 2) if customer else 0.0,
+            first_order=(last_order - rng.randrange(0, 60) * DAY) if last_order is not None else None,
+            last_order=last_order,
+        )
+    # a few contacts merged into others, and one deleted: no longer in the lists
+    for i in (5, 17, 44):
+        c = contacts[f"c-{i:03d}"]
+        contacts[c.id] = replace(c, status="merged", merged_into=f"c-{i + 1:03d}", offset=c.offset + 1000)
+    contacts["c-060"] = replace(contacts["c-060"], status="deleted", offset=contacts["c-060"].offset + 1000)
+    # ledger rows of one contact (with a re-read below)
+    for k, (eng, fit, stage) in enumerate([(10.0, 20.0, "subscriber"), (45.0, 20.0, "lead"), (80.0, 45.0, "mql")]):
+        ledger.append(ledger_row("c-001", NOW - (30 - 10 * k) * DAY, eng, fit, stage, 10 + k, [f"r{k}"], [f"m{k}"]))
+    return Archive(contacts, transitions, ledger)
+
+
+def ledger_row(
+    contact: str, at: int, engagement: float, fit: float, stage: str, offset: int, rules: list[str], mids: list[str]
+) -> list[Any]:
+    values: dict[str, Any] = {
+        "contact_id": contact,
+        "at": at,
+        "kind": "score",
+        "cause": "events",
+        "engagement": engagement,
+        "engagement_band": band_of(MODEL.engagement_bands, engagement),
+        "fit": fit,
+        "fit_grade": band_of(MODEL.fit_grades, fit),
+        "stage": stage,
+        "rules": rules,
+        "message_ids": mids,
+        "merged_into": "",
+        "model_version": MODEL.version,
+        "kafka_topic": "cl",
+        "kafka_partition": 0,
+        "kafka_offset": offset,
+        "written_at": at,
+    }
+    return [values[c] for c in LEDGER_COLUMNS]
+
+
+async def load(store: Store, archive: Archive, seed: int = 7) -> None:
+    """Insert the archive as the sink would, re-reads included: stale versions of some contacts
+    (an older changelog offset, inserted after the newer one), a second copy of others, and
+    about a fifth of the triggers and the ledger inserted twice."""
+    rng = random.Random(seed)
+    await store.insert("contacts", CONTACT_COLUMNS, [c.row() for c in archive.contacts.values()])
+    stale = [
+        replace(c, status="active", stage="mql", persona="executive", flags=["competitor"], offset=c.offset - 50)
+        for c in archive.contacts.values()
+        if rng.random() < 0.3
+    ]
+    await store.insert("contacts", CONTACT_COLUMNS, [c.row() for c in stale])
+    again = [c.row() for c in archive.contacts.values() if rng.random() < 0.2]
+    await store.insert("contacts", CONTACT_COLUMNS, again)
+    rows = [t.row(i) for i, t in enumerate(archive.transitions)]
+    await store.insert("triggers", TRIGGER_COLUMNS, rows)
+    await store.insert("triggers", TRIGGER_COLUMNS, [r for r in rows if rng.random() < 0.2])
+    await store.insert("score_ledger", LEDGER_COLUMNS, archive.ledger)
+    await store.insert("score_ledger", LEDGER_COLUMNS, archive.ledger[1:])
+
+
+# --- reference answers -------------------------------------------------------------------------
+
+
+def funnel_levels(
+    entries: Sequence[tuple[str, int, str, str]], stages: Sequence[str], t0: int, t1: int, sequential: bool
+) -> dict[str, list[int]]:
+    """Contact -> the times it reached step 1, 2, ...: its entries in the window in time order
+    (one instant: funnel order), the next step taken by entering it (sequential) or it or any
+    later step (cumulative; the first step must be entered itself)."""
+    per: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for contact, t, stage, _ in entries:
+        if t0 <= t < t1 and stage in stages:
+            per[contact].append((t, stages.index(stage) + 1))
+    out: dict[str, list[int]] = {}
+    for contact, steps in per.items():
+        times: list[int] = []
+        for t, step in sorted(steps):
+            level = len(times)
+            if (step == 1) if level == 0 else (step == level + 1 if sequential else step > level):
+                times.extend([t] * (step - level))
+        out[contact] = times
+    return out
+
+
+@dataclass
+class StageExpect:
+    entered: int
+    reached: int
+    completed: int
+    open: int
+    median_stay_ms: float | None
+    median_from_start_ms: float | None
+
+
+def funnel_expect(
+    archive: Archive, stages: Sequence[str], t0: int, t1: int, sequential: bool, model: str | None = None
+) -> list[StageExpect]:
+    entries = archive.entries(model)
+    levels = funnel_levels(entries, stages, t0, t1, sequential)
+    out = []
+    for k, stage in enumerate(stages, start=1):
+        in_window = [(c, t) for c, t, s, _ in entries if s == stage and t0 <= t < t1]
+        stays = []
+        open_ = 0
+        for contact, t in in_window:
+            exits = [x for c, x, _, f in entries if c == contact and f == stage and x >= t]
+            if exits:
+                stays.append(min(exits) - t)
+            else:
+                open_ += 1
+        reached = [times for times in levels.values() if len(times) >= k]
+        out.append(
+            StageExpect(
+                entered=len({c for c, _ in in_window}),
+                reached=len(reached),
+                completed=len(stays),
+                open=open_,
+                median_stay_ms=statistics.median(stays) if stays else None,
+                median_from_start_ms=statistics.median(t[k - 1] - t[0] for t in reached) if reached else None,
+            )
+        )
+    return out
+
+
+def rfm_bounds(archive: Archive) -> RfmBoundaries:
+    customers = [c for c in archive.active() if c.orders > 0 and c.last_order is not None]
+    return RfmBoundaries(
+        last_order_ms=boundaries(float(c.last_order) for c in customers if c.last_order is not None),
+        frequency=boundaries(float(c.orders) for c in customers),
+        monetary=boundaries(c.revenue for c in customers),
+        customers=len(customers),
+    )
+
+
+def rfm_expect(archive: Archive, bounds: RfmBoundaries) -> dict[tuple[int, int], tuple[int, float]]:
+    cells: dict[tuple[int, int], tuple[int, float]] = {}
+    for c in archive.active():
+        if c.orders > 0 and c.last_order is not None:
+            key = (score(float(c.last_order), bounds.last_order_ms), score(float(c.orders), bounds.frequency))
+            n, v = cells.get(key, (0, 0.0))
+            cells[key] = (n + 1, v + c.revenue)
+    return cells
+
+
+def segments_expect(cells: dict[tuple[int, int], tuple[int, float]]) -> dict[str, tuple[int, float]]:
+    out: dict[str, tuple[int, float]] = {}
+    for (r, f), (n, v) in cells.items():
+        name = segment_of(r, f, MODEL.value.segments)
+        total_n, total_v = out.get(name, (0, 0.0))
+        out[name] = (total_n + n, total_v + v)
+    return out
+
+
+def personas_expect(archive: Archive, now: int) -> dict[tuple[str, str], tuple[int, float, float]]:
+    groups: dict[tuple[str, str], list[Contact]] = defaultdict(list)
+    for c in archive.active():
+        groups[(c.persona, c.stage)].append(c)
+    return {
+        key: (len(cs), statistics.fmean(c.decayed(now) for c in cs), statistics.fmean(c.fit for c in cs))
+        for key, cs in groups.items()
+    }
+
+
+def forecast_expect(
+    archive: Archive, model: Model, now: int, lookback: int
+) -> tuple[dict[str, tuple[int, int, int]], float, int]:
+    """stage -> (open contacts, entered in the lookback, converted since), the value per new
+    customer and how many it was averaged over."""
+    lc = model.lifecycle
+    assert lc is not None
+    won = lc.customer_stages
+    open_stages = [s for s in lc.stages if s not in won and s != lc.disqualified]
+    entries = archive.entries()
+    first: dict[tuple[str, str], int] = {}
+    for contact, t, stage, _ in entries:
+        if now - lookback <= t < now and stage in open_stages:
+            first[(contact, stage)] = min(t, first.get((contact, stage), t))
+    won_at: dict[str, int] = {}
+    for contact, t, stage, _ in entries:
+        if stage in won:
+            won_at[contact] = max(t, won_at.get(contact, t))
+    out = {}
+    for stage in open_stages:
+        keys = [(c, t) for (c, s), t in first.items() if s == stage]
+        converted = sum(1 for c, t in keys if won_at.get(c, -1) >= t)
+        open_now = sum(1 for c in archive.active() if c.stage == stage)
+        out[stage] = (open_now, len(keys), converted)
+    new = [
+        c for c in archive.active() if c.orders > 0 and c.first_order is not None and c.first_order >= now - lookback
+    ]
+    return out, statistics.fmean(c.revenue for c in new), len(new)
+
+
+def close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+
+
+def rounded(x: float) -> float:
+    return round_score(x)

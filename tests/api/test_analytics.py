@@ -1,0 +1,254 @@
+"""The analytics routes in process, over ASGI, against real chDB (the generated archive of
+``tests/analytics/archive.py``): keys, 422 and 503, that each route answers what
+:mod:`analytics.reports` computes, id resolution, and that the contact routes and their fast path
+still work beside ``GET /v1/contacts``."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from analytics import reports
+from analytics.client import Store
+from analytics.migrations import migrate
+from api.analytics import analytics_store
+from api.app import create_api
+from api.population import PopulationReader
+from api.replica import Replica, WorkerStatus
+from schemas.settings import Settings
+from schemas.state import encode
+from scorestream import apply_events
+from scorestream.population import PopulationModel
+from tests.analytics.archive import MODEL, NOW, Archive, generate, load, rfm_bounds
+from tests.factories import DAY, make_event
+
+T = TypeVar("T")
+KEY = "unit-test-key-0123456789"
+ROUTES = [
+    "/v1/contacts",
+    "/v1/contacts/c-001/history",
+    "/v1/reports/funnel",
+    "/v1/reports/rfm",
+    "/v1/reports/personas",
+    "/v1/reports/forecast",
+]
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def go() -> T:
+        return await coro
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def archive() -> Archive:
+    return generate(seed=11)
+
+
+@pytest.fixture(scope="module")
+def store(chdb_path: Path, archive: Archive) -> Iterator[Store]:
+    s = Store(f"chdb://{chdb_path}?database=api_{uuid.uuid4().hex[:8]}")
+
+    async def setup() -> None:
+        await migrate(s)
+        await load(s, archive)
+
+    run(setup())
+    yield s
+    s.close_sync()
+
+
+def replica() -> Replica:
+    """A replica that knows contact c-001 by the anonymous id anon-c1 (the archive does not)."""
+    r = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    event = make_event(kind="identify", user_id="c-001", anonymous_id="anon-c1", traits={"title": "CEO"})
+    r.apply(b"c-001", encode(apply_events(None, "c-001", [event], MODEL)))
+    r.caught_up.set()
+    r.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=NOW)
+    return r
+
+
+def make_app(store: Store | None, population: PopulationReader | None = None) -> FastAPI:
+    settings = Settings(api_keys=KEY)  # type: ignore[arg-type]
+    app = create_api(settings, model=MODEL, replica=replica(), clock=lambda: NOW, population=population)
+    if store is not None:
+
+        async def get() -> Store:
+            return store
+
+        app.state.analytics = get
+    return app
+
+
+def get(app: FastAPI, *paths: str, key: bool = True) -> list[httpx.Response]:
+    headers = {"Authorization": f"Bearer {KEY}"} if key else {}
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return [await client.get(p, headers=headers) for p in paths]
+
+    return asyncio.run(go())
+
+
+def test_every_route_needs_a_key(store: Store) -> None:
+    assert [r.status_code for r in get(make_app(store), *ROUTES, key=False)] == [401] * len(ROUTES)
+
+
+def test_not_ready_without_the_archive() -> None:
+    """The default test app: embedded chDB that this process does not run (no sink here)."""
+    for r in get(make_app(None), *ROUTES):
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "not_ready" and "SCORESTREAM_SINK_IN_API" in r.json()["error"]["message"]
+
+
+def test_not_ready_before_the_migrations(chdb_path: Path) -> None:
+    empty = Store(f"chdb://{chdb_path}?database=api_empty_{uuid.uuid4().hex[:8]}")
+    try:
+        for r in get(make_app(empty), *ROUTES):
+            assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
+    finally:
+        empty.close_sync()
+
+
+def test_a_sinks_store_is_used_once_migrated(store: Store) -> None:
+    class FakeSink:
+        def __init__(self) -> None:
+            self.migrated = asyncio.Event()
+            self.store = store
+
+    sink: Any = FakeSink()
+
+    async def go() -> tuple[str, Store]:
+        getter = analytics_store(Settings(), sink)
+        try:
+            await getter()
+        except Exception as exc:
+            refused = str(exc)
+        sink.migrated.set()
+        return refused, await getter()
+
+    refused, got = asyncio.run(go())
+    assert "migrations" in refused and got is store
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/contacts?limit=0",
+        "/v1/contacts?limit=1001",
+        "/v1/contacts?cursor=not-a-cursor",
+        "/v1/contacts?status=gone",
+        "/v1/contacts?min_engagement=lots",
+        "/v1/contacts/c-001/history?from=2026-09-01T00:00:00Z&to=2026-08-01T00:00:00Z",
+        "/v1/reports/funnel?stages=lead,nope",
+        "/v1/reports/funnel?stages=lead,lead",
+        "/v1/reports/funnel?mode=loose",
+        "/v1/reports/forecast?lookback_days=0",
+    ],
+)
+def test_bad_parameters_are_422(store: Store, path: str) -> None:
+    (r,) = get(make_app(store), path)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+
+
+def test_the_sync_list_pages_by_cursor(store: Store, archive: Archive) -> None:
+    app = make_app(store)
+    ids: list[str] = []
+    path = "/v1/contacts?stage=lead,mql,customer&limit=4"
+    while True:
+        (r,) = get(app, path)
+        assert r.status_code == 200
+        body = r.json()
+        ids += [c["contact_id"] for c in body["data"]]
+        if not body["has_more"]:
+            break
+        path = f"/v1/contacts?stage=lead,mql,customer&limit=4&cursor={body['next_cursor']}"
+    expected = sorted(c.id for c in archive.active() if c.stage in ("lead", "mql", "customer"))
+    assert sorted(ids) == expected and len(ids) > 4
+    (r,) = get(app, "/v1/contacts?min_engagement=30&flag=job_seeker&updated_since=2026-07-01T00:00:00Z")
+    wanted = {
+        c.id
+        for c in archive.active()
+        if c.decayed(NOW) >= 30 and "job_seeker" in c.flags and c.updated_at >= 1_782_864_000_000
+    }
+    assert {c["contact_id"] for c in r.json()["data"]} == wanted
+
+
+def test_history_resolves_ids_through_the_replica_and_the_archive(store: Store) -> None:
+    app = make_app(store)
+    by_anonymous, by_email, merged, missing = get(
+        app,
+        "/v1/contacts/anon-c1/history",  # only the replica knows this anonymous id
+        "/v1/contacts/person3@example.com/history",  # the archive's contacts table
+        "/v1/contacts/c-005/history",  # merged into c-006
+        "/v1/contacts/nobody/history",
+    )
+    assert by_anonymous.status_code == 200 and by_anonymous.json()["contact_id"] == "c-001"
+    assert [row["engagement"] for row in by_anonymous.json()["ledger"]] == [10.0, 45.0, 80.0]
+    assert by_email.json()["contact_id"] == "c-003" and merged.json()["contact_id"] == "c-006"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    (r,) = get(app, "/v1/contacts/c-001/history?from=2026-08-23T00:00:00Z&as_of=2026-09-06T14:13:20Z")
+    body = r.json()
+    assert body["from"].startswith("2026-08-23") and [row["engagement"] for row in body["ledger"]] == [45.0, 80.0]
+    assert body["as_of"]["ledger_at"].startswith("2026-09-01") and body["as_of"]["fit"] == 20.0
+
+
+def test_reports_answer_what_the_report_functions_compute(store: Store, archive: Archive) -> None:
+    bounds = rfm_bounds(archive)
+    population = PopulationReader(bootstrap="127.0.0.1:1", topic="p")
+    population.model = PopulationModel(
+        computed_at_ms=NOW, customers=bounds.customers, partitions=(0,), boundaries=bounds, rank_error=0.0
+    )
+    app = make_app(store, population)
+    funnel, sequential, rfm, personas, forecast = get(
+        app,
+        "/v1/reports/funnel?from=2026-06-23T14:13:20Z&to=2026-09-16T14:13:20Z",
+        "/v1/reports/funnel?stages=lead,sql,customer&mode=sequential&model=default",
+        "/v1/reports/rfm",
+        "/v1/reports/personas",
+        "/v1/reports/forecast?lookback_days=120",
+    )
+    assert all(r.status_code == 200 for r in (funnel, sequential, rfm, personas, forecast))
+    expected = run(reports.funnel(store, MODEL, reports.default_funnel(MODEL), NOW - 90 * DAY, NOW - 5 * DAY))
+    assert funnel.json() == expected.model_dump(mode="json", by_alias=True)
+    assert [s["stage"] for s in sequential.json()["stages"]] == ["lead", "sql", "customer"]
+    assert sequential.json()["mode"] == "sequential" and sequential.json()["model"] == "default"
+    assert sequential.json()["to"].startswith("2026-09-21") and sequential.json()["from"].startswith("2026-06-23")
+    assert rfm.json() == run(reports.rfm(store, MODEL, bounds)).model_dump(mode="json")
+    assert rfm.json()["segments_from"] == "boundaries" and len(rfm.json()["grid"]) == 25
+    assert personas.json() == run(reports.personas(store, MODEL, NOW)).model_dump(mode="json")
+    assert forecast.json() == run(reports.forecast(store, MODEL, NOW, 120 * DAY)).model_dump(mode="json")
+
+
+def test_the_contact_routes_still_answer_beside_the_list(store: Store) -> None:
+    """``/v1/contacts`` (the list), ``/v1/contacts/{id}`` (the replica, fast path and full stack)
+    and ``/v1/contacts:batchGet`` do not shadow each other."""
+    app = make_app(store)
+
+    async def go() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return [
+                await client.get("/v1/contacts/c-001", headers=headers),
+                await client.get("/v1/contacts/anon-c1", headers=headers),
+                await client.post("/v1/contacts:batchGet", json={"ids": ["c-001", "x"]}, headers=headers),
+                await client.get("/v1/contacts", headers=headers),
+            ]
+
+    one, anonymous, batch, listed = asyncio.run(go())
+    assert one.status_code == 200 and one.json()["contact_id"] == "c-001"
+    assert anonymous.json()["contact_id"] == "c-001"
+    assert batch.json()["not_found"] == ["x"] and len(batch.json()["contacts"]) == 1
+    assert listed.status_code == 200 and "data" in listed.json()
+    assert getattr(app, "fast_get", None) is not None
+    app.fast_get = None  # type: ignore[attr-defined]
+    (slow,) = get(app, "/v1/contacts/c-001")
+    assert slow.json() == one.json()

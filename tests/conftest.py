@@ -1,0 +1,22 @@
+"""Fixtures for the whole suite."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chDB directory of the test process: chDB runs one engine per process (a second
+    directory can be opened only once every client of the first is closed), so tests share this
+    one, each in a database of its own (:func:`chdb_url`), and close their clients."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def chdb_url(chdb_path: Path) -> str:
+    """A fresh database in the test process's chDB directory (created on first connection)."""
+    return f"chdb://{chdb_path}?database=t_{uuid.uuid4().hex[:12]}"
