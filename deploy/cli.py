@@ -1,4 +1,4 @@
-"""The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, demo."""
+"""The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, replay, demo."""
 
 from __future__ import annotations
 
@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--contacts", type=int, default=300)
     demo.add_argument("--rate", type=float, default=300.0, help="events per second")
     demo.add_argument("--seed", type=int, default=7)
+    rep = sub.add_parser("replay", help="recompute every contact under a model from history and diff it with live")
+    rep.add_argument("--model", required=True, help="the model YAML to replay under")
+    rep.add_argument("--source", choices=("kafka", "archive"), default="kafka")
+    rep.add_argument("--from", dest="from_", default=None, help="ISO time: only events at or after it (partial)")
+    rep.add_argument("--json", default=None, help="write the result as JSON to this file")
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -153,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("embedded chDB: the API process runs the sink; this one cannot open the same directory")
         run_sink(settings)
         return 0
+    if args.command == "replay":
+        from datetime import datetime
+
+        from analytics.replay import main as run_replay
+
+        from_ms = int(datetime.fromisoformat(args.from_).timestamp() * 1000) if args.from_ else None
+        return run_replay(settings, args.model, args.source, args.json, from_ms)
     if args.command == "topics":
         from deploy.topics import main as topics_main
 
