@@ -60,7 +60,7 @@ def main() -> None:
         "--skip",
         default="",
         help="comma-separated scenarios to skip: "
-        "pure,throughput,clv,timers,big,peers,latency,sustained,api,collector,recovery,webhooks,sink",
+        "pure,throughput,clv,timers,big,peers,latency,sustained,api,collector,recovery,webhooks,sink,analytics",
     )
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
@@ -169,6 +169,18 @@ def main() -> None:
             from bench.sink import sink_throughput
 
             figures["sink"] = sink_throughput(bootstrap, work, args.events, args.contacts)
+            save()
+        if "analytics" not in skip:
+            from bench.analytics import analytics_figures
+
+            figures["analytics"] = analytics_figures(bootstrap, work)
+            save()
+        if "replay" not in skip:
+            from bench.replay import replay_throughput
+
+            figures["replay"] = replay_throughput(
+                bootstrap, work, args.events, args.contacts, live=figures.get("throughput_full_model")
+            )
             save()
     finally:
         stop_broker(work / "kafka", port)
