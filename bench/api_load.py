@@ -26,16 +26,13 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import prefill, process_usage, wait_drained
+from bench.harness import prefill, process_usage, standalone, wait_drained
 from deploy.traffic import Traffic
 from tests.e2e.service import API_KEY, Service
 
@@ -269,24 +266,14 @@ def api_lookups(
 
 
 def main() -> None:
-    from tests.e2e.service import free_port
-    from tests.kafka_broker import ensure_broker, stop_broker
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contacts", type=int, default=5_000)
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through the finally blocks
-    work = Path(tempfile.mkdtemp(prefix="scorestream-api-load-"))
-    port = free_port()
-    bootstrap = ensure_broker(work / "kafka", port)
-    try:
-        result = api_lookups(bootstrap, work, args.contacts, args.duration, args.connections)
-    finally:
-        stop_broker(work / "kafka", port)
-    shutil.rmtree(work, ignore_errors=True)  # kept (logs) when the run failed
-    print(json.dumps(result, indent=2))
+    standalone(
+        "api-load", lambda bootstrap, work: api_lookups(bootstrap, work, args.contacts, args.duration, args.connections)
+    )
 
 
 if __name__ == "__main__":

@@ -25,12 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.collector import iso_ms
 from bench.api_load import WrkResult, ensure_wrk, wrk_run
-from bench.harness import process_usage
+from bench.harness import process_usage, standalone
 from deploy.traffic import Traffic
 from tests.e2e.service import REPO, WRITE_KEY, Service
 
@@ -170,23 +166,13 @@ def collector_load(
 
 
 def main() -> None:
-    from tests.e2e.service import free_port
-    from tests.kafka_broker import ensure_broker, stop_broker
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through the finally blocks
-    work = Path(tempfile.mkdtemp(prefix="scorestream-collector-load-"))
-    port = free_port()
-    bootstrap = ensure_broker(work / "kafka", port)
-    try:
-        result = collector_load(bootstrap, work, args.duration, args.connections)
-    finally:
-        stop_broker(work / "kafka", port)
-    shutil.rmtree(work, ignore_errors=True)  # kept (logs) when the run failed
-    print(json.dumps(result, indent=2))
+    standalone(
+        "collector-load", lambda bootstrap, work: collector_load(bootstrap, work, args.duration, args.connections)
+    )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ import asyncio
 import gc
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -153,3 +154,28 @@ def worker_gc() -> Iterator[None]:
     finally:
         gc.unfreeze()
         gc.set_threshold(*previous)
+
+
+def standalone(prefix: str, run: Callable[[str, Path], dict[str, Any]]) -> None:
+    """Run one scenario on a fresh local broker of its own (``python -m bench.<scenario>``), print
+    its figures as JSON, stop the broker; the work directory is removed unless the run failed
+    (it keeps the logs)."""
+    import json
+    import shutil
+    import signal
+    import sys
+    import tempfile
+
+    from tests.e2e.service import free_port
+    from tests.kafka_broker import ensure_broker, stop_broker
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through the finally blocks
+    work = Path(tempfile.mkdtemp(prefix=f"scorestream-{prefix}-"))
+    port = free_port()
+    bootstrap = ensure_broker(work / "kafka", port)
+    try:
+        result = run(bootstrap, work)
+    finally:
+        stop_broker(work / "kafka", port)
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))

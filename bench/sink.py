@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from analytics.client import Store
 from analytics.sink import Sink
-from bench.harness import prefill
+from bench.harness import prefill, publish, standalone
 from deploy.topics import ensure_topics
 from deploy.traffic import Traffic
 from schemas.events import InvalidMessage, decode
@@ -80,24 +79,6 @@ def _changelog(settings: Settings, events: int, contacts: int, now_ms: int) -> I
                 yield key.encode(), encode(state)
 
 
-async def _publish(bootstrap: str, topic: str, records: Iterator[tuple[bytes, bytes]]) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    count = 0
-    try:
-        pending = []
-        for key, value in records:
-            pending.append(await producer.send(topic, value, key=key))
-            count += 1
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return count
-
-
 async def _time_sink(settings: Settings, records: int, tables: tuple[str, ...]) -> dict[str, Any]:
     """Run a sink until it has read ``records`` records and inserted everything; the figures."""
     sink = Sink(settings, store=Store(f"chdb://{settings.data_dir / 'clickhouse'}"))
@@ -143,26 +124,16 @@ def sink_throughput(bootstrap: str, work: Path, events: int = 200_000, contacts:
 
     settings = _settings(bootstrap, work, uuid.uuid4().hex[:8], 50_000)
     asyncio.run(ensure_topics(settings))
-    records = asyncio.run(
-        _publish(bootstrap, settings.changelog_topic("contacts"), _changelog(settings, events, contacts, now_ms))
-    )
+    topic = settings.changelog_topic("contacts")
+    changelog = [(topic, key, value) for key, value in _changelog(settings, events, contacts, now_ms)]
+    asyncio.run(publish(bootstrap, changelog))
+    records = len(changelog)
     figures["contacts_changelog"] = asyncio.run(_time_sink(settings, records, ("contacts", "score_ledger")))
     return figures
 
 
 if __name__ == "__main__":
-    import json
     import sys
-    import tempfile
-
-    from tests.e2e.service import free_port
-    from tests.kafka_broker import ensure_broker, stop_broker
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    root = Path(tempfile.mkdtemp(prefix="scorestream-bench-sink-"))
-    port = free_port()
-    broker = ensure_broker(root / "kafka", port)
-    try:
-        print(json.dumps(sink_throughput(broker, root, n, max(n // 10, 100)), indent=2))
-    finally:
-        stop_broker(root / "kafka", port)
+    standalone("bench-sink", lambda bootstrap, work: sink_throughput(bootstrap, work, n, max(n // 10, 100)))

@@ -25,9 +25,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.harness import process_usage
+from bench.harness import process_usage, standalone
 from scorestream.webhooks import DEFAULT_SCHEDULE_S, delivery_id, new_secret
-from tests.e2e.hooks import Hooks, subscription, trigger, wait_for
+from tests.e2e.hooks import Hooks, subscription, trigger
+from tests.e2e.service import wait_for
 from tests.webhook_receiver import Receiver
 
 
@@ -190,25 +191,12 @@ def webhook_dispatch(
 
 
 if __name__ == "__main__":  # a small run on a fresh local broker: python -m bench.webhooks [count rate seconds]
-    import json
     import sys
-    import tempfile
-
-    from tests.e2e.service import free_port
-    from tests.kafka_broker import ensure_broker, stop_broker
 
     args = [float(a) for a in sys.argv[1:]]
-    tmp = Path(tempfile.mkdtemp(prefix="scorestream-bench-webhooks-"))
-    port = free_port()
-    broker = ensure_broker(tmp / "kafka", port)
-    try:
-        out = webhook_dispatch(
-            broker,
-            tmp,
-            int(args[0]) if args else 2000,
-            args[1] if len(args) > 1 else 100.0,
-            args[2] if len(args) > 2 else 8.0,
-        )
-        print(json.dumps(out, indent=2))
-    finally:
-        stop_broker(tmp / "kafka", port)
+    count, rate, seconds = (
+        int(args[0]) if args else 2000,
+        args[1] if len(args) > 1 else 100.0,
+        args[2] if len(args) > 2 else 8.0,
+    )
+    standalone("bench-webhooks", lambda bootstrap, work: webhook_dispatch(bootstrap, work, count, rate, seconds))

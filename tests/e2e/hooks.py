@@ -32,7 +32,7 @@ from schemas.webhooks import (
 )
 from scorestream.triggers import make_trigger
 from scorestream.webhooks import delivery_id
-from tests.e2e.service import isolated_env
+from tests.e2e.service import isolated_env, wait_for
 from tests.webhook_receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,17 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, logs: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s; last: {last!r}\n{logs()}")
 
 
 async def _read_all(bootstrap: str, topic: str) -> list[Any]:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_for(
+    check: Callable[[], Any], timeout: float, what: str, logs: Callable[[], str] = lambda: "", interval: float = 0.05
+) -> Any:
+    """Poll ``check()`` until it returns a truthy value; return it, or fail naming ``what`` with the
+    last value and ``logs()``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not met within {timeout} s; last value: {last!r}\n{logs()}")
 
 
 def isolated_env(bootstrap: str, app_id: str, suffix: str, partitions: int, data_dir: Path) -> dict[str, str]:
@@ -190,11 +205,4 @@ class Service:
 
     def wait_for(self, check: Any, timeout: float = 60, interval: float = 0.2) -> Any:
         """Poll ``check()`` until it returns a truthy value; return it (or raise with the last value)."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = check()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}\n{self.logs('worker')}")
+        return wait_for(check, timeout, "condition", lambda: self.logs("worker"), interval)
