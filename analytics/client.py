@@ -132,10 +132,6 @@ class Store:
         """Run ``fn(client)`` in the ClickHouse thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
 
-    def run_sync(self, fn: Callable[[Client], T]) -> T:
-        """Run ``fn(client)`` in the ClickHouse thread, waiting for it (outside an event loop)."""
-        return self._executor.submit(self._call, fn).result()
-
     async def insert(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str | None = None
     ) -> None:

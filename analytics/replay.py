@@ -472,10 +472,16 @@ async def fold_source(
             records += len(batch)
             fold.feed(batch)
     elif source == "archive":
-        # the client is synchronous (chDB's only one): read in a thread, fold here
-        for batch in await asyncio.to_thread(lambda: list(archive_records(settings, progress))):
-            records += len(batch)
-            fold.feed(batch)
+        # the client is synchronous (chDB's only one): read and fold batch by batch in a thread,
+        # so the archive is never held in memory whole
+        def fold_archive() -> int:
+            read = 0
+            for batch in archive_records(settings, progress):
+                read += len(batch)
+                fold.feed(batch)
+            return read
+
+        records = await asyncio.to_thread(fold_archive)
     else:
         raise ValueError(f"unknown source {source!r} (kafka or archive)")
     return fold, records, time.perf_counter() - started

@@ -57,6 +57,7 @@ from schemas.api_analytics import (
     TransitionOut,
 )
 from scorestream import Model
+from scorestream.contact import decay
 from scorestream.identity import anonymous_contact_id
 from scorestream.rfm import DEFAULT_SEGMENTS, RfmBoundaries, SegmentRule, segment_of
 from scorestream.scoring import band_of, round_score
@@ -97,7 +98,7 @@ def decayed(engagement: float, at_ms: int | None, now_ms: int, half_life_ms: int
     earlier), rounded as the API shows scores. The SQL decays with the same formula."""
     if at_ms is None or now_ms <= at_ms:
         return round_score(engagement)
-    return round_score(engagement * math.pow(2.0, -(now_ms - at_ms) / half_life_ms))
+    return round_score(decay(engagement, at_ms, now_ms, half_life_ms))
 
 
 def _decay_sql(engagement: str, at: str) -> str:

@@ -25,10 +25,10 @@ from schemas.accounts import decode_account
 from schemas.events import InvalidMessage, decode
 from schemas.state import decode_state
 from schemas.webhooks import DELIVERY_DECODER
-from scorestream import Hit, Model, engagement_at, fit_of
+from scorestream import Hit, Model, fit_of
 from scorestream.accounts import account_view
 from scorestream.contact import decay
-from scorestream.lifecycle import walked_engagement
+from scorestream.lifecycle import engagement_now
 from scorestream.rfm import CustomerValue, RfmFacts, summary
 from scorestream.scoring import band_of
 from scorestream.triggers import TRIGGER_VERSION
@@ -537,10 +537,7 @@ def read_contact(record: Record, model: Model, purchases: PurchaseFacts | None =
         return ContactChange(
             contact_id, scores, "", "", state.merged_into, state.model_version, (), coordinates, snapshot
         )
-    # the walk keeps the score at its last checkpoint: decayed from there it is the same number
-    # engagement_at computes (the core's accounts stage reads it the same way); else O(hits)
-    walked = walked_engagement(state, model, at)
-    engagement = walked if walked is not None else engagement_at(state, model, at, top=0).score
+    engagement = engagement_now(state, model, at)
     band = band_of(model.engagement_bands, engagement)
     fit = fit_of(state, model, top=0)
     journey = state.journey

@@ -28,9 +28,8 @@ from urllib.parse import urlsplit
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from scorestream.triggers import TYPES
 from scorestream.webhooks import Filter as CoreFilter
-from scorestream.webhooks import address_refusal
+from scorestream.webhooks import address_refusal, known_events
 
 WEBHOOKS_VERSION = 1
 MAX_ATTEMPTS_KEPT = 20  # a delivery record keeps its latest attempts
@@ -170,13 +169,6 @@ EventName = Annotated[str, Field(min_length=1, max_length=64)]
 Names = Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=100)]
 
 
-def _known_events(events: list[str]) -> list[str]:
-    unknown = sorted(set(events) - {*TYPES, "*"})
-    if unknown:
-        raise ValueError(f"unknown event types {unknown}; use '*' or any of {', '.join(TYPES)}")
-    return sorted(set(events))
-
-
 class WebhookIn(BaseModel):
     """``POST /v1/webhooks``."""
 
@@ -197,7 +189,7 @@ class WebhookIn(BaseModel):
     description: Annotated[str, Field(max_length=500)] = ""
     enabled: bool = True
 
-    _events = field_validator("events")(_known_events)
+    _events = field_validator("events")(known_events)
 
 
 class WebhookPatch(BaseModel):
@@ -216,7 +208,7 @@ class WebhookPatch(BaseModel):
     @field_validator("events")
     @classmethod
     def _events(cls, events: list[str] | None) -> list[str] | None:
-        return None if events is None else _known_events(events)
+        return None if events is None else known_events(events)
 
 
 class WebhookOut(BaseModel):

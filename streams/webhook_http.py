@@ -28,11 +28,9 @@ from urllib.parse import urlsplit
 import h11
 
 from schemas.webhooks import MAX_RESPONSE_EXCERPT, AttemptOutcome
-from scorestream.webhooks import address_refusal, outcome
-from streams.webhook_queue import parse_retry_after
+from scorestream.webhooks import RETRY_AFTER_STATUSES, address_refusal, outcome, parse_retry_after
 
 USER_AGENT = "scorestream-webhooks/1"
-RETRY_AFTER_STATUSES = (429, 503)
 KEEPALIVE_S = 30.0  # an idle connection older than this is closed rather than reused
 MAX_IDLE_PER_ORIGIN = 32
 READ_CHUNK = 65536

@@ -26,7 +26,6 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 import msgspec
 
@@ -131,28 +130,11 @@ def after_attempt(
     return msgspec.structs.replace(done, scheduled_attempts=made, next_attempt_ms=due), due
 
 
-def parse_retry_after(value: str | None, now_s: float) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait: delta-seconds or an HTTP date (None when
-    absent or unreadable; a date in the past is 0)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now_s)
-
-
 # --- the queue -----------------------------------------------------------------------------------
 
 
 def lane_of(record: DeliveryRecord) -> LaneKey:
-    key = TEST_LANE if record.type == TEST_TYPE and record.trigger_id is None else record.key
+    key = TEST_LANE if _is_test(record) else record.key
     return (record.partition, record.subscription_id, key)
 
 
@@ -174,8 +156,7 @@ class Entry:
     @classmethod
     def of(cls, record: DeliveryRecord, now_ms: int) -> Entry:
         due = record.next_attempt_ms if record.next_attempt_ms is not None else now_ms
-        test = record.type == TEST_TYPE and record.trigger_id is None
-        return cls(record, due, lane_of(record), counted=not test)
+        return cls(record, due, lane_of(record), counted=not _is_test(record))
 
     @classmethod
     def once_for(cls, record: DeliveryRecord, now_ms: int) -> Entry:
@@ -367,12 +348,6 @@ class Scheduler:
 
     def removed_since_watch(self, partition: int) -> set[str]:
         return self._watching.get(partition, set())
-
-    def queued_by_subscription(self) -> Counter[str]:
-        out: Counter[str] = Counter()
-        for (_, sub), n in self._queued.items():
-            out[sub] += n
-        return out
 
 
 class SeenIds:

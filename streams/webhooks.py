@@ -114,6 +114,7 @@ from streams.webhook_queue import (
     SeenIds,
     Selection,
     after_attempt,
+    attempt_summary,
     new_delivery,
     revived,
     settled,
@@ -1025,7 +1026,7 @@ class Dispatcher:
             return
         if self._failing.get(sub.id) is None:
             self._failing[sub.id] = new.attempts[-1].at_ms if new.attempts else now_ms()
-        detail = f"HTTP {answer.status_code}" if answer.status_code is not None else f"{answer.outcome}: {answer.error}"
+        detail = attempt_summary(new.attempts[-1])
         if answer.outcome == "gone":
             self._disable(sub.id, "the receiver answered 410 Gone")
         if due is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from schemas.webhooks import MAX_ATTEMPTS_KEPT, AttemptRecord, DeliveryRecord, encode
-from scorestream.webhooks import TEST_TYPE
+from scorestream.webhooks import TEST_TYPE, parse_retry_after
 from streams.webhook_http import Connector, Refused, Sender
 from streams.webhook_queue import (
     Entry,
@@ -26,7 +26,6 @@ from streams.webhook_queue import (
     Selection,
     after_attempt,
     new_delivery,
-    parse_retry_after,
     revived,
     settled,
 )

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from scorestream.contact import ContactState, decay
-from scorestream.lifecycle import walked_engagement
+from scorestream.lifecycle import engagement_now
 from scorestream.model import Band, FitRule, ModelError, Predicate, lookup
 from scorestream.rfm import summary
-from scorestream.scoring import band_of, engagement_at, fit_of, round_score
+from scorestream.scoring import band_of, fit_of, round_score
 
 if TYPE_CHECKING:
     from scorestream.model import Model
@@ -368,13 +368,6 @@ def _evidence(state: ContactState) -> int:
     return len(state.hits) + len(state.folded_ids)
 
 
-def _engagement(state: ContactState, model: Model, at_ms: int) -> float:
-    """The contact's engagement at ``at_ms``: from its lifecycle walk when that covers it (the
-    walk keeps the score; recomputing it is O(hits))."""
-    walked = walked_engagement(state, model, at_ms)
-    return walked if walked is not None else engagement_at(state, model, at_ms, top=0).score
-
-
 def _update(state: ContactState, model: Model, account_id: str, member: bool) -> MemberUpdate:
     at_ms = state.last_seen_ms if state.last_seen_ms is not None else 0
     config = model.accounts
@@ -385,7 +378,7 @@ def _update(state: ContactState, model: Model, account_id: str, member: bool) ->
         at_ms=at_ms,
         evidence=_evidence(state),
         role=config.role_of(state.traits),
-        score=_engagement(state, model, at_ms),
+        score=engagement_now(state, model, at_ms),
         fit=fit_of(state, model, top=0).score,
         stage=state.journey.stage if state.journey is not None else None,
         customer=summary(state.value, at_ms).frequency > 0,

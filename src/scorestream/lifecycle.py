@@ -48,7 +48,7 @@ from scorestream.events import Event
 from scorestream.journey import Cursor, Fired, Journey, StageEntry
 from scorestream.model import EngagementRule, Model, ModelError, Predicate, _str_set, parse_duration_ms
 from scorestream.rfm import FactsStep, facts_timeline
-from scorestream.scoring import fit_of, round_score
+from scorestream.scoring import engagement_at, fit_of, round_score
 from scorestream.triggers import make_trigger
 
 MAX_HISTORY = 100
@@ -883,6 +883,13 @@ def walked_engagement(state: ContactState, model: Model, at_ms: int) -> float | 
     if cursor is None or not cursor.ref_ms <= at_ms <= journey.walked_to_ms:
         return None
     return round_score(decay(cursor.ref_score, cursor.ref_ms, at_ms, model.half_life_ms))
+
+
+def engagement_now(state: ContactState, model: Model, at_ms: int) -> float:
+    """The contact's engagement at ``at_ms``: from its lifecycle walk when that covers it (the
+    walk keeps the score; recomputing it is O(hits)), else computed from its hits."""
+    walked = walked_engagement(state, model, at_ms)
+    return walked if walked is not None else engagement_at(state, model, at_ms, top=0).score
 
 
 def anchor_at(

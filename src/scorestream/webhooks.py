@@ -26,6 +26,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from scorestream.triggers import TYPES
@@ -36,8 +37,9 @@ DEFAULT_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400
 JITTER = 0.1  # each delay is drawn from [0.9, 1.1] x the scheduled one
 MAX_RETRY_AFTER_S = 86400.0
 TEST_TYPE = "webhook.test"
-EVENT_TYPES: tuple[str, ...] = (*TYPES, TEST_TYPE)
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
+
+RETRY_AFTER_STATUSES = (429, 503)  # answers whose Retry-After header is honoured
 
 Outcome = Literal["success", "retry", "gone"]
 
@@ -116,6 +118,14 @@ def trigger_segment(trigger: Mapping[str, Any]) -> str | None:
     return after if trigger.get("type") == "rfm.segment_changed" and isinstance(after, str) else None
 
 
+def known_events(events: Iterable[str]) -> list[str]:
+    """The subscribed event types, sorted and once each; every one a trigger type or ``*``."""
+    unknown = sorted(set(events) - {*TYPES, "*"})
+    if unknown:
+        raise ValueError(f"unknown event types {unknown}; use '*' or any of {', '.join(TYPES)}")
+    return sorted(set(events))
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     """What a subscription wants. ``events``: trigger types (``*`` for all). ``stages``,
@@ -136,9 +146,7 @@ class Filter:
         segments: Iterable[str] | None = None,
         models: Iterable[str] | None = None,
     ) -> Filter:
-        unknown = sorted(set(events) - {*TYPES, "*"})
-        if unknown:
-            raise ValueError(f"unknown event types {unknown}; known: {', '.join(TYPES)} or '*'")
+        events = known_events(events)
 
         def opt(values: Iterable[str] | None) -> frozenset[str] | None:
             return None if values is None else frozenset(values)
@@ -183,6 +191,23 @@ def retry_delay_s(
     if retry_after_s is not None and retry_after_s >= 0:
         return min(retry_after_s, MAX_RETRY_AFTER_S)
     return float(schedule[attempts_made - 1]) * (1.0 - JITTER + 2.0 * JITTER * draw)
+
+
+def parse_retry_after(value: str | None, now_s: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait: delta-seconds or an HTTP date (None when
+    absent or unreadable; a date in the past is 0)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now_s)
 
 
 def should_disable(failing_since_ms: int | None, now_ms: int, disable_after_ms: int) -> bool:
