@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, error_name_from_body
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query
 
 from analytics import reports
 from analytics.client import Store, clickhouse_url, embedded
@@ -99,8 +99,8 @@ def mount_analytics(
     unless a test replaces it); ``app.state.replica`` and ``app.state.population``, when there,
     resolve contact ids and give the RFM boundaries."""
     app.state.analytics = store_getter
-    guarded = list(dependencies)
     errors: dict[int | str, dict[str, Any]] = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+    router = APIRouter(dependencies=list(dependencies), responses=errors)
 
     async def answer(query: Callable[[Store], Awaitable[T]]) -> T:
         try:
@@ -133,12 +133,10 @@ def mount_analytics(
             raise error(422, "invalid_request", "from: must be before to")
         return from_ms, to_ms
 
-    @app.get(
+    @router.get(
         "/v1/contacts",
         response_model=ContactListOut,
-        dependencies=guarded,
         tags=["contacts"],
-        responses=errors,
     )
     async def list_contacts(
         stage: Annotated[str | None, Query(description="Stage(s), comma-separated.")] = None,
@@ -174,12 +172,11 @@ def mount_analytics(
 
         return await answer(query)
 
-    @app.get(
+    @router.get(
         "/v1/contacts/{contact_id}/history",
         response_model=HistoryOut,
-        dependencies=guarded,
         tags=["contacts"],
-        responses={**errors, 404: {"model": ErrorBody}},
+        responses={404: {"model": ErrorBody}},
     )
     async def contact_history(
         contact_id: str,
@@ -215,12 +212,10 @@ def mount_analytics(
         entry = replica.find(ident)
         return None if entry is None else str(entry.state.contact_id)
 
-    @app.get(
+    @router.get(
         "/v1/reports/funnel",
         response_model=FunnelOut,
-        dependencies=guarded,
         tags=["reports"],
-        responses=errors,
     )
     async def funnel_report(
         model_: Annotated[
@@ -248,12 +243,10 @@ def mount_analytics(
 
         return await answer(query)
 
-    @app.get(
+    @router.get(
         "/v1/reports/rfm",
         response_model=RfmReportOut,
-        dependencies=guarded,
         tags=["reports"],
-        responses=errors,
     )
     async def rfm_report() -> RfmReportOut:
         """The R x F grid of the customers (contacts and revenue per cell) under the population's
@@ -263,23 +256,19 @@ def mount_analytics(
         bounds = getattr(current, "boundaries", None)
         return await answer(lambda store: reports.rfm(store, model, bounds))
 
-    @app.get(
+    @router.get(
         "/v1/reports/personas",
         response_model=PersonasOut,
-        dependencies=guarded,
         tags=["reports"],
-        responses=errors,
     )
     async def personas_report() -> PersonasOut:
         """Persona x stage: active contacts per cell, with their mean engagement (decayed to now) and fit."""
         return await answer(lambda store: reports.personas(store, model, clock()))
 
-    @app.get(
+    @router.get(
         "/v1/reports/forecast",
         response_model=ForecastOut,
-        dependencies=guarded,
         tags=["reports"],
-        responses=errors,
     )
     async def forecast_report(
         lookback_days: Annotated[float, Query(gt=0, le=3650, description="History the rates are taken from.")] = 180,
@@ -290,3 +279,5 @@ def mount_analytics(
         new customer; with the rates and the value it used."""
         lookback = int(lookback_days * DAY_MS)
         return await answer(lambda store: reports.forecast(store, model, clock(), lookback, model_ or None))
+
+    app.include_router(router)
