@@ -31,7 +31,7 @@ import binascii
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -56,13 +56,15 @@ from schemas.api_analytics import (
     RfmSegmentOut,
     TransitionOut,
 )
+from schemas.times import DAY_MS
+from schemas.times import at_of as _at
+from schemas.times import dt_of as _dt
 from scorestream import Model
 from scorestream.contact import decay
 from scorestream.identity import anonymous_contact_id
 from scorestream.rfm import DEFAULT_SEGMENTS, RfmBoundaries, SegmentRule, segment_of
 from scorestream.scoring import band_of, round_score
 
-DAY_MS = 86_400_000
 CURSOR_VERSION = 1
 MAX_MERGE_HOPS = 8
 Rows = list[tuple[Any, ...]]
@@ -74,14 +76,6 @@ class InvalidParameter(ValueError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(f"{param}: {message}")
         self.param = param
-
-
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _text(value: Any) -> str | None:

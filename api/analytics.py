@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, error_name_from_body
@@ -32,13 +32,14 @@ from analytics.sink import Sink
 from schemas.api import ErrorBody
 from schemas.api_analytics import ContactListOut, ForecastOut, FunnelOut, HistoryOut, PersonasOut, RfmReportOut
 from schemas.settings import Settings
+from schemas.times import DAY_MS
+from schemas.times import ms_of as _ms
 from scorestream import Model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 StoreGetter = Callable[[], Awaitable[Store]]
 ErrorFactory = Callable[[int, str, str], Exception]
-DAY_MS = 86_400_000
 SERVER_SETTLE_MS = 5_000  # sync list: rows younger than this are held back (inserts still in flight)
 DEFAULT_FUNNEL_DAYS = 90
 # ClickHouse errors that mean "the archive is not there yet" (no migrations applied), not a bug
@@ -76,10 +77,6 @@ def analytics_store(settings: Settings, sink: Sink | None) -> StoreGetter:
         return store
 
     return server
-
-
-def _ms(at: datetime) -> int:
-    return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def _names(raw: str | None) -> tuple[str, ...]:

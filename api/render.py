@@ -23,6 +23,7 @@ from pydantic import TypeAdapter
 
 from api.replica import Decoded
 from schemas.api import BatchGetOut, ContactOut, contact_out, current_journey, lifecycle_body
+from schemas.times import dt_of as _dt
 from scorestream import ContactState, Model, engagement_at, fit_of
 from scorestream.scoring import Contribution
 
@@ -35,10 +36,6 @@ _NO_VALUE: dict[str, Any] = {"rfm": None, "clv": None}
 
 def no_value(_state: ContactState, _now_ms: int) -> dict[str, Any]:
     return _NO_VALUE
-
-
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _contributions(items: tuple[Contribution, ...]) -> list[dict[str, Any]]:

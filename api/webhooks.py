@@ -28,7 +28,7 @@ import socket
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -49,6 +49,8 @@ from api.webhook_store import (
 )
 from schemas.api import ErrorBody
 from schemas.settings import Settings
+from schemas.times import at_of as _at
+from schemas.times import ms_of as _ms
 from schemas.webhooks import (
     Accepted,
     CommandRecord,
@@ -118,14 +120,6 @@ class WebhookBackend:
         await self.store.stop()
         if self.producer is not None:
             await self.producer.stop()
-
-
-def _ms(at: datetime) -> int:
-    return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp() * 1000)
-
-
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def new_record(sub_id: str, body: WebhookIn, secret: str, now_ms: int) -> SubscriptionRecord:

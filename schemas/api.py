@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from schemas.times import DAY_MS
+from schemas.times import dt_of as _dt
 from schemas.value import ClvOut, RfmOut
 from scorestream import ContactState, Model, engagement_at, fit_of, grade_of
 from scorestream.journey import Journey
@@ -123,15 +125,8 @@ class Health(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def _contributions(items: tuple[Contribution, ...]) -> list[ContributionOut]:
     return [ContributionOut(rule=c.rule_id, points=c.points, description=c.description) for c in items]
-
-
-DAY_MS = 86_400_000
 
 
 def current_journey(state: ContactState, model: Model, now_ms: int) -> Journey | None:

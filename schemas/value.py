@@ -6,11 +6,12 @@ orjson like the rest of the contact body; the models document them in the OpenAP
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.times import dt_of as _dt
 from scorestream.population import HORIZON_DAYS, PopulationModel, ValueView
 
 __all__ = [
@@ -24,10 +25,6 @@ __all__ = [
     "clv_model_body",
     "value_body",
 ]
-
-
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 class RfmOut(BaseModel):

@@ -21,13 +21,15 @@ Topics (created by ``deploy/topics.py``; names from :class:`schemas.settings.Set
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.times import at_of as _at
+from schemas.times import dt_of as _dt
 from scorestream.webhooks import Filter as CoreFilter
 from scorestream.webhooks import address_refusal, known_events
 
@@ -155,14 +157,6 @@ def url_refusal(url: str, allow_private: bool) -> str | None:
 
 
 # --- API bodies (pydantic) ------------------------------------------------------------------------
-
-
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else _at(ms)
 
 
 EventName = Annotated[str, Field(min_length=1, max_length=64)]
