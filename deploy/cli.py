@@ -136,9 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run(settings)
     if args.command == "worker":
+        from deploy.topics import ensure_topics
         from streams.worker import run as run_worker
 
-        run_worker(settings)
+        def create_topics(resolved: Settings) -> None:
+            asyncio.run(ensure_topics(resolved))
+
+        run_worker(settings, create_topics)
         return 0
     if args.command == "api":
         from api.server import serve

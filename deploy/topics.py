@@ -17,20 +17,23 @@ log = logging.getLogger(__name__)
 def wanted(settings: Settings) -> list[NewTopic]:
     p, r = settings.partitions, settings.replication_factor
     compact = {"cleanup.policy": "compact"}
+    sources = {"retention.ms": str(settings.source_retention_ms)}
+    topics = [NewTopic(name, p, r, topic_configs=sources) for name in settings.source_topics]
     plain = [
-        *settings.source_topics,
         settings.topic_deadletter,
         settings.topic_triggers,
         settings.identity_topic,
         settings.contacts_topic,
         settings.accounts_topic,
     ]
-    topics = [NewTopic(name, p, r) for name in plain]
+    plain += [settings.private_triggers_topic, settings.private_deadletter_topic]
+    topics += [NewTopic(name, p, r) for name in plain]
     tables = ("identity", "contacts", "accounts")
     topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in tables]
     topics.append(NewTopic(settings.status_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.webhooks_topic, 1, r, topic_configs=compact))
+    topics.append(NewTopic(settings.models_topic, 1, r, topic_configs=compact))
     # A delivery's record is rewritten on every attempt (at most a day apart), so 14 days of
     # retention drops only finished deliveries; compaction keeps the latest state of each.
     deliveries = {"cleanup.policy": "compact,delete", "retention.ms": str(14 * 86400 * 1000)}

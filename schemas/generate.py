@@ -12,7 +12,19 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, TypeAdapter
 
-from schemas import accounts, api, api_accounts, api_analytics, events, population, state, triggers, value, webhooks
+from schemas import (
+    accounts,
+    api,
+    api_accounts,
+    api_analytics,
+    events,
+    population,
+    registry,
+    state,
+    triggers,
+    value,
+    webhooks,
+)
 
 OUT = Path(__file__).parent / "json"
 
@@ -74,6 +86,10 @@ def documents() -> dict[str, dict[str, Any]]:
         "webhook-delivery": webhooks.DeliveryRecord,
         "webhook-command": webhooks.CommandRecord,
     }
+    for name, rec in (("models-namespace", registry.NamespaceRecord), ("models-active", registry.ActiveRecord)):
+        doc = msgspec.json.schema(rec)
+        doc["$comment"] = "JSON records of the models registry topic <app>.models (see schemas/registry.py)."
+        docs[f"internal-{name}.v{registry.REGISTRY_VERSION}.json"] = doc
     for name, record in records.items():
         doc = msgspec.json.schema(record)
         doc["$comment"] = "JSON records of a webhook topic (see schemas/webhooks.py)."

@@ -34,6 +34,18 @@ class Settings(BaseSettings):
         description="Faust app id: consumer group and prefix of internal topics (`<app_id>.contacts`, "
         "`<app_id>-contacts-changelog`, ...).",
     )
+    namespace: str | None = Field(
+        default=None,
+        description="The model namespace a worker runs (its group, tables and topics: `<namespace>.contacts`, "
+        "`<namespace>-contacts-changelog`, ...). Default: the active namespace of the models registry "
+        "(`<app_id>.models`), which is `app_id` until a `scorestream promote`.",
+    )
+    source_retention_ms: int = Field(
+        default=-1,
+        ge=-1,
+        description="Retention of the source topics scorestream creates (-1: for ever). A shadow model "
+        "(`scorestream shadow`) recomputes its state from the beginning of the source topics.",
+    )
     partitions: int = Field(default=4, ge=1, description="Partitions of the topics scorestream creates.")
     replication_factor: int = Field(default=1, ge=1, description="Replication factor of the topics it creates.")
     api_host: str = Field(default="127.0.0.1", description="API bind address.")
@@ -195,23 +207,23 @@ class Settings(BaseSettings):
 
     @property
     def identity_topic(self) -> str:
-        return f"{self.app_id}.identity"
+        return f"{self.ns}.identity"
 
     @property
     def contacts_topic(self) -> str:
-        return f"{self.app_id}.contacts"
+        return f"{self.ns}.contacts"
 
     @property
     def accounts_topic(self) -> str:
-        return f"{self.app_id}.accounts"
+        return f"{self.ns}.accounts"
 
     @property
     def population_topic(self) -> str:
-        return f"{self.app_id}.population"
+        return f"{self.ns}.population"
 
     @property
     def status_topic(self) -> str:
-        return f"{self.app_id}.workers"
+        return f"{self.ns}.workers"
 
     @property
     def webhooks_topic(self) -> str:
@@ -234,4 +246,33 @@ class Settings(BaseSettings):
         return out
 
     def changelog_topic(self, table: str) -> str:
-        return f"{self.app_id}-{table}-changelog"
+        return f"{self.ns}-{table}-changelog"
+
+    @property
+    def ns(self) -> str:
+        """The model namespace of the worker topics and tables above (``namespace`` or ``app_id``)."""
+        return self.namespace or self.app_id
+
+    @property
+    def models_topic(self) -> str:
+        """The models registry (``schemas/registry.py``): namespaces and promotions."""
+        return f"{self.app_id}.models"
+
+    @property
+    def private_triggers_topic(self) -> str:
+        """Where this namespace's triggers go while another namespace is responsible for them."""
+        return f"{self.ns}.triggers"
+
+    @property
+    def private_deadletter_topic(self) -> str:
+        """Where this namespace's dead letters go while another namespace is responsible for them."""
+        return f"{self.ns}.deadletter"
+
+    @property
+    def worker_dir(self) -> Path:
+        """The worker's local tables (RocksDB) for this namespace."""
+        return self.data_dir / ("worker" if self.ns == self.app_id else f"worker-{self.ns}")
+
+    def in_namespace(self, namespace: str) -> Settings:
+        """These settings for another model namespace."""
+        return self.model_copy(update={"namespace": namespace})

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
-import orjson
 
 from schemas.accounts import MemberBatch, decode_account, decode_members, encode
 from schemas.events import deadletter_headers
@@ -26,7 +25,7 @@ from scorestream import ContactState, Model
 from scorestream.accounts import AccountState, MemberUpdate, apply_member_updates, member_updates
 from scorestream.triggers import make_trigger
 from streams.app import Wiring
-from streams.transport import records_of
+from streams.transport import record_ms, records_of
 
 log = logging.getLogger(__name__)
 SENT_MEMORY = 100_000
@@ -88,11 +87,8 @@ def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFee
 
     def dead(record: Any, reason: str, detail: str) -> None:
         log.warning("dead-letter %s[%s] %s: %s: %s", record.topic, record.partition, record.offset, reason, detail)
-        w.deadletter.send_soon(
-            key=record.key,
-            value=record.value or b"",
-            headers=deadletter_headers(reason, detail, record.topic, record.partition, record.offset),
-        )
+        headers = deadletter_headers(reason, detail, record.topic, record.partition, record.offset)
+        w.send_dead(record.key, record.value or b"", headers, record_ms(record))
 
     @w.app.agent(w.accounts_topic, name="accounts")
     async def accounts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
@@ -115,13 +111,10 @@ def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFee
                 except Exception as exc:  # a bug or an unreadable state must not cost the batch
                     log.exception("account %s: member updates parked on the dead-letter topic", account_id)
                     message = batch_event.message
-                    w.deadletter.send_soon(
-                        key=account_id.encode(),
-                        value=encode(MemberBatch(items=updates)),
-                        headers=deadletter_headers(
-                            "processing_error", repr(exc), message.topic, message.partition, message.offset
-                        ),
+                    headers = deadletter_headers(
+                        "processing_error", repr(exc), message.topic, message.partition, message.offset
                     )
+                    w.send_dead(account_id.encode(), encode(MemberBatch(items=updates)), headers, record_ms(message))
                     continue
                 encoded = encode(state)
                 if encoded != raw:  # a redelivered batch changes nothing: no changelog record
@@ -136,7 +129,7 @@ def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFee
                         after=change.after,
                         rule=change.rule,
                     )
-                    w.triggers_topic.send_soon(key=account_id.encode(), value=orjson.dumps(trigger))
+                    w.send_trigger(account_id.encode(), trigger)
             yield None
 
     return AccountFeed(w, model, settings.partitions)

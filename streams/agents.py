@@ -18,7 +18,6 @@ from typing import Any
 
 import faust
 import msgspec
-import orjson
 from faust.types import TopicT
 
 from schemas.events import InvalidMessage, deadletter_headers, decode
@@ -49,17 +48,11 @@ from streams.accounts import register_accounts
 from streams.app import Wiring
 from streams.population import register_population
 from streams.timers import Clock, TimerIndex
-from streams.transport import records_of
+from streams.transport import record_ms, records_of
 
 log = logging.getLogger(__name__)
 
 MAX_ITEMS_PER_RECORD = 1000
-
-
-def record_ms(record: Any) -> int:
-    """Kafka record timestamp in ms (aiokafka records carry ms, Faust messages seconds)."""
-    ts = record.timestamp
-    return int(ts * 1000) if isinstance(ts, float) else int(ts or 0)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -183,11 +176,8 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
     def dead(message: Any, raw: bytes | None, reason: str, detail: str) -> None:
         """Dead-letter a record (an aiokafka record or a Faust message: same attribute names)."""
         log.warning("dead-letter %s[%s] %s: %s: %s", message.topic, message.partition, message.offset, reason, detail)
-        w.deadletter.send_soon(
-            key=message.key,
-            value=raw or b"",
-            headers=deadletter_headers(reason, detail, message.topic, message.partition, message.offset),
-        )
+        headers = deadletter_headers(reason, detail, message.topic, message.partition, message.offset)
+        w.send_dead(message.key, raw or b"", headers, record_ms(message))
 
     def park(batch_event: Any, items: list[Item], reason: str, detail: str) -> None:
         """Internal messages that cannot be applied go to the dead-letter topic, replayable as is."""
@@ -195,11 +185,8 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
         log.error(
             "parked %d message(s) from %s[%s]: %s: %s", len(items), message.topic, message.partition, reason, detail
         )
-        w.deadletter.send_soon(
-            key=items[0].key.encode(),
-            value=encode(Batch(items=items)),
-            headers=deadletter_headers(reason, detail, message.topic, message.partition, message.offset),
-        )
+        headers = deadletter_headers(reason, detail, message.topic, message.partition, message.offset)
+        w.send_dead(items[0].key.encode(), encode(Batch(items=items)), headers, record_ms(message))
 
     def unpack(records: list[Any]) -> Iterator[Item]:
         for record in records:
@@ -293,7 +280,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     continue
                 if state is not None:
                     for trigger in changes(key, journey, state):
-                        w.triggers_topic.send_soon(key=key.encode(), value=orjson.dumps(trigger))
+                        w.send_trigger(key.encode(), trigger)
                     raw = encode(state)
                     table[key] = raw
                     decoded.put(key, raw, state)

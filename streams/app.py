@@ -12,15 +12,24 @@ Topics (``P`` = ``SCORESTREAM_PARTITIONS``)::
     <app>.population    key partition          per-partition customer summaries (RFM quintiles, CLV fit)
     triggers            key contact/account id stage changes, thresholds, timers (public, JSON)
     <app>-accounts-changelog                   the accounts table
+    <app>.triggers | <app>.deadletter          the same, while another namespace is responsible
+
+``<app>`` is the model namespace (``Settings.ns``): several namespaces (an active model and
+shadows) read the same source topics side by side; only the one the models registry makes
+responsible for a record's instant publishes to ``triggers`` and ``events.deadletter``
+(``schemas/registry.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import faust
+import orjson
 from faust.types import TopicT
 
+from schemas.registry import Registry
 from schemas.settings import Settings
 from streams.transport import ScorestreamApp
 
@@ -39,12 +48,31 @@ class Wiring:
     identity: faust.Table
     contacts: faust.Table
     accounts: faust.Table
+    private_triggers: TopicT
+    private_deadletter: TopicT
+    namespace: str
+    registry: Registry
+
+    def public(self, at_ms: int) -> bool:
+        """Whether this namespace announces what happened at ``at_ms`` (see schemas/registry.py)."""
+        return self.registry.responsible(at_ms) == self.namespace
+
+    def send_trigger(self, key: bytes, trigger: dict[str, Any]) -> None:
+        topic = self.triggers_topic if self.public(int(trigger["at_ms"])) else self.private_triggers
+        topic.send_soon(key=key, value=orjson.dumps(trigger))
+
+    def send_dead(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], at_ms: int) -> None:
+        """Dead-letter a record received at ``at_ms`` (its Kafka timestamp)."""
+        topic = self.deadletter if self.public(at_ms) else self.private_deadletter
+        topic.send_soon(key=key, value=value, headers=headers)
 
 
-def create_app(settings: Settings) -> Wiring:
-    """Build the Faust app for ``settings``: raw bytes everywhere, we own the codecs."""
+def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
+    """Build the Faust app for ``settings`` (its namespace ``settings.ns``): raw bytes everywhere,
+    we own the codecs. ``registry``: who announces what (default: an empty registry, so this
+    namespace is responsible when it is the app id)."""
     app = ScorestreamApp(
-        settings.app_id,
+        settings.ns,
         batched_topics=frozenset(
             [*settings.source_topics, settings.identity_topic, settings.contacts_topic, settings.accounts_topic]
         ),
@@ -52,7 +80,7 @@ def create_app(settings: Settings) -> Wiring:
         producer_buffer_max=4 * settings.batch_max,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         store="rocksdb://",
-        datadir=str(settings.data_dir / "worker"),
+        datadir=str(settings.worker_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",
@@ -118,4 +146,10 @@ def create_app(settings: Settings) -> Wiring:
         identity=table("identity"),
         contacts=table("contacts"),
         accounts=table("accounts"),
+        private_triggers=app.topic(
+            settings.private_triggers_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions
+        ),
+        private_deadletter=app.topic(settings.private_deadletter_topic, key_type=bytes, value_type=bytes),
+        namespace=settings.ns,
+        registry=registry or Registry(settings.app_id),
     )

@@ -266,6 +266,12 @@ class ScorestreamApp(faust.App):
         )
 
 
+def record_ms(record: Any) -> int:
+    """Kafka record timestamp in ms (aiokafka records carry ms, Faust messages seconds)."""
+    ts = record.timestamp
+    return int(ts * 1000) if isinstance(ts, float) else int(ts or 0)
+
+
 def records_of(event: Any) -> list[Any]:
     """The raw records an agent received: the batch, or the single record of a plain event."""
     value = event.value

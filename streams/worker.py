@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import faust
 import orjson
 
 from schemas.model_file import load_model
+from schemas.registry import Registry
 from schemas.settings import Settings
+from scorestream import Model
 from streams.agents import register
 from streams.app import Wiring, create_app
+from streams.registry import follow_registry, read_registry
 from streams.restore import restore_before_start, table_files
 
 log = logging.getLogger(__name__)
@@ -56,12 +61,54 @@ class Worker(faust.Worker):
         await super().on_stop()
 
 
-def run(settings: Settings | None = None) -> None:
+class WrongModel(SystemExit):
+    pass
+
+
+def resolve(settings: Settings, registry: Registry) -> tuple[Settings, Model]:
+    """The namespace this worker runs (``SCORESTREAM_NAMESPACE``, else the registry's active one)
+    and its model: the one registered for the namespace, else ``SCORESTREAM_MODEL`` (the default
+    namespace before any shadow or promotion)."""
+    settings = settings.in_namespace(settings.namespace or registry.active)
+    record = registry.namespaces.get(settings.ns)
+    if record is None:
+        return settings, load_model(settings.model)
+    model = Model.from_dict(record.model)
+    if settings.model is not None and load_model(settings.model).version != model.version:
+        raise WrongModel(
+            f"namespace {settings.ns} runs model {model.version} (models registry), not "
+            f"{settings.model}: run a new model as a shadow (`scorestream shadow`) and promote it"
+        )
+    return settings, model
+
+
+def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | None = None) -> None:
+    """Run the worker of ``settings``' namespace (resolved from the models registry);
+    ``prepare(settings)`` runs once the namespace is known (``scorestream worker``: create its topics)."""
     settings = settings or Settings()
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
-    model = load_model(settings.model)
-    wiring = create_app(settings)
+    registry = asyncio.run(read_registry(settings))
+    settings, model = resolve(settings, registry)
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    if prepare is not None:
+        prepare(settings)
+    wiring = create_app(settings, registry)
     register(wiring, settings, model)
+
+    @wiring.app.task
+    async def models_registry() -> None:
+        active = registry.active
+
+        def changed() -> None:
+            nonlocal active
+            if registry.active != active:
+                active = registry.active
+                cut = registry.promotions[-1].from_ms
+                log.warning(
+                    "model namespace %s promoted (changes from %d ms on); this worker runs %s", active, cut, settings.ns
+                )
+
+        await follow_registry(settings, registry, changed)
+
     if settings.restore_tables:
         tables = (wiring.identity, wiring.contacts, wiring.accounts)
         restore_before_start(settings.kafka_bootstrap, [table_files(t) for t in tables])

@@ -1,0 +1,122 @@
+"""The models registry, v1: which models run, in which namespace, and which one is live.
+
+A *namespace* is one model's whole world: its worker group and Kafka topics
+(``<ns>.identity``, ``<ns>.contacts``, ``<ns>-contacts-changelog``, ``<ns>.population``,
+``<ns>.workers``, ...), its tables and its private triggers topic ``<ns>.triggers``. The default
+namespace is the app id (``scorestream``). Several namespaces read the same source topics at once:
+the *active* one is what the API answers with by default and what the public ``triggers`` topic
+(and so the webhooks) carries; the others are *shadows*, visible in the API with ``?model=`` and
+writing their triggers to their own topic only.
+
+Topic ``<app>.models`` (1 partition, compacted), JSON records:
+
+``ns:<namespace>``
+    :class:`NamespaceRecord`: the model (its source, ``extends`` resolved, and version), when it was
+    registered, and when it was retired (a tombstone-free "stopped"; its topics are left in place).
+``active``
+    :class:`ActiveRecord`: every promotion so far, oldest first. The namespace *responsible* for an
+    instant of event time ``t`` is the last one promoted ``from_ms <= t`` (before any promotion: the
+    app id). A worker publishes a trigger (or dead-letters a record) publicly only when its
+    namespace is responsible for the trigger's ``at_ms`` (the record's time): so at a promotion
+    every change dated before the cut is announced by the old model and every change dated at or
+    after it by the new one, once, whatever moment each worker learns of the promotion, provided it
+    learns before events dated after the cut reach it (``scorestream promote`` puts the cut a few
+    seconds in the future for that).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+REGISTRY_VERSION = 1
+ACTIVE_KEY = "active"
+NAMESPACE_PREFIX = "ns:"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class NamespaceRecord(msgspec.Struct, frozen=True):
+    namespace: str
+    model_version: str
+    model: dict[str, Any]  # the model file's mapping, ``extends`` resolved (Model.from_dict reads it)
+    registered_ms: int
+    retired_ms: int | None = None
+    v: int = REGISTRY_VERSION
+
+
+class Promotion(msgspec.Struct, frozen=True):
+    namespace: str
+    from_ms: int  # the cut, in event time: changes dated at or after it are this namespace's
+    promoted_ms: int  # when ``promote`` was run
+    previous: str
+
+
+class ActiveRecord(msgspec.Struct, frozen=True):
+    promotions: list[Promotion] = []
+    v: int = REGISTRY_VERSION
+
+
+def namespace_refusal(name: str) -> str | None:
+    """Why ``name`` cannot be a namespace (it prefixes Kafka topic names), or None."""
+    if not _NAME.match(name):
+        return f"namespace {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    return None
+
+
+class Registry:
+    """The registry as read from its topic: namespaces and promotions (a plain in-memory view)."""
+
+    def __init__(self, default: str) -> None:
+        self.default = default
+        self.namespaces: dict[str, NamespaceRecord] = {}
+        self.promotions: list[Promotion] = []
+
+    def apply(self, key: bytes | str | None, value: bytes | None) -> None:
+        """Fold one record of the registry topic in (a tombstone removes its key)."""
+        if key is None:
+            return
+        name = key.decode() if isinstance(key, bytes) else key
+        if name == ACTIVE_KEY:
+            self.promotions = [] if value is None else list(msgspec.json.decode(value, type=ActiveRecord).promotions)
+        elif name.startswith(NAMESPACE_PREFIX):
+            ns = name[len(NAMESPACE_PREFIX) :]
+            if value is None:
+                self.namespaces.pop(ns, None)
+            else:
+                self.namespaces[ns] = msgspec.json.decode(value, type=NamespaceRecord)
+
+    @property
+    def active(self) -> str:
+        """The namespace promoted last (whatever its cut): the API's default."""
+        return self.promotions[-1].namespace if self.promotions else self.default
+
+    def responsible(self, at_ms: int) -> str:
+        """The namespace that announces changes dated ``at_ms``."""
+        owner = self.default
+        for promotion in self.promotions:
+            if promotion.from_ms <= at_ms:
+                owner = promotion.namespace
+            else:
+                break
+        return owner
+
+    def live(self) -> list[str]:
+        """Every namespace not retired: the active one first, then the shadows by name."""
+        names = {ns for ns, rec in self.namespaces.items() if rec.retired_ms is None} | {self.active}
+        return [self.active, *sorted(names - {self.active})]
+
+
+def encode_record(record: NamespaceRecord | ActiveRecord) -> bytes:
+    return msgspec.json.encode(record)
+
+
+def promoted(current: list[Promotion], promotion: Promotion) -> ActiveRecord:
+    """The active record after ``promotion`` (cuts must move forward: an earlier cut than the last
+    one would hand already-announced instants to another namespace)."""
+    if current and promotion.from_ms <= current[-1].from_ms:
+        raise ValueError(
+            f"the cut must be later than the last one ({current[-1].from_ms} ms, to {current[-1].namespace})"
+        )
+    return ActiveRecord(promotions=[*current, promotion])

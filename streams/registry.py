@@ -1,0 +1,99 @@
+"""The worker's view of the models registry (``schemas/registry.py``): read whole before the
+worker starts (to know its namespace and model), then followed for promotions while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.registry import (
+    ACTIVE_KEY,
+    NAMESPACE_PREFIX,
+    ActiveRecord,
+    NamespaceRecord,
+    Promotion,
+    Registry,
+    encode_record,
+    promoted,
+)
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _consume(
+    settings: Settings, registry: Registry, until_end: bool, on_change: Callable[[], None] | None = None
+) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=500
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.models_topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while True:
+            if until_end and await consumer.position(tp) >= end:
+                return
+            fetched = await consumer.getmany(tp, timeout_ms=1000)
+            for record in fetched.get(tp, []):
+                registry.apply(record.key, record.value)
+                if on_change is not None:
+                    on_change()
+    finally:
+        await consumer.stop()
+
+
+async def read_registry(settings: Settings) -> Registry:
+    """The registry as its topic holds it now (an empty one if the topic does not exist yet)."""
+    registry = Registry(settings.app_id)
+    try:
+        await _consume(settings, registry, until_end=True)
+    except KafkaError as exc:
+        log.warning("models registry %s not read (%s): running the default namespace", settings.models_topic, exc)
+    return registry
+
+
+async def follow_registry(settings: Settings, registry: Registry, on_change: Callable[[], None] | None = None) -> None:
+    """Keep ``registry`` current for ever (re-reading from the start after a broker error)."""
+    while True:
+        fresh = Registry(registry.default)
+        try:
+            await _consume(settings, fresh, until_end=True)
+            registry.namespaces, registry.promotions = fresh.namespaces, fresh.promotions
+            if on_change is not None:
+                on_change()
+            await _consume(settings, registry, until_end=False, on_change=on_change)
+        except asyncio.CancelledError:
+            raise
+        except (KafkaError, OSError) as exc:
+            log.warning("models registry: %s; reading again in 1 s", exc)
+            await asyncio.sleep(1.0)
+
+
+async def write(settings: Settings, key: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.models_topic, key=key.encode(), value=value, partition=0)
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+
+
+async def register_namespace(settings: Settings, record: NamespaceRecord) -> None:
+    await write(settings, NAMESPACE_PREFIX + record.namespace, encode_record(record))
+
+
+async def promote(settings: Settings, promotion: Promotion) -> ActiveRecord:
+    """Append ``promotion`` to the active record (read, check, write: run one promote at a time)."""
+    registry = await read_registry(settings)
+    record = promoted(registry.promotions, promotion)
+    await write(settings, ACTIVE_KEY, encode_record(record))
+    return record
