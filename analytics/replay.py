@@ -325,8 +325,13 @@ async def _read_to_end(
     try:
         # the cluster's metadata, fetched for these topics (as api/follow.py does: aiokafka has no
         # public call for partitions of topics a group-less consumer has not been assigned yet)
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
+        tps: list[TopicPartition] = []
+        for _ in range(6):  # a topic whose leader is moving is missing from one answer
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
+            if {tp.topic for tp in tps} == set(topics):
+                break
+            await asyncio.sleep(0.5)
         if not tps:
             return
         consumer.assign(tps)
@@ -567,18 +572,79 @@ def replay(
     )
 
 
+async def compare_namespaces(
+    settings: Settings, left: tuple[str, Model], right: tuple[str, Model], as_of_ms: int | None = None
+) -> Diff:
+    """Two running model namespaces' contacts tables, read from their changelogs, compared at one
+    instant (``left``: the active one, as "live"; ``right``: a shadow, as "replay")."""
+    left_states = await read_changelog(settings.in_namespace(left[0]))
+    right_states = await read_changelog(settings.in_namespace(right[0]))
+    at = as_of_ms if as_of_ms is not None else int(time.time() * 1000)
+    return diff(views(left_states, left[1], at), views(right_states, right[1], at))
+
+
 __all__ = [
     "ContactView",
     "Diff",
     "Fold",
     "ReplayResult",
     "areplay",
+    "compare_namespaces",
     "diff",
+    "print_diff",
     "read_changelog",
     "replay",
     "view_of",
     "views",
 ]
+
+
+def print_diff(console: Any, d: Diff, left: str, right: str) -> None:
+    """The diff as rich tables: contacts, score distributions, stage moves (``left -> right``)."""
+    from rich.table import Table
+
+    summary = Table(title="contacts")
+    for name in (left, right, "both", "changed", "engagement", "band", "fit", "grade", "stage", "flags"):
+        summary.add_column(name, justify="right")
+    summary.add_row(
+        *(
+            str(v)
+            for v in (
+                d.live,
+                d.replay,
+                d.both,
+                d.changed,
+                d.engagement_changed,
+                d.band_changed,
+                d.fit_changed,
+                d.grade_changed,
+                d.stage_changed,
+                d.flags_changed,
+            )
+        )
+    )
+    console.print(summary)
+    scores = Table(title="score distributions")
+    scores.add_column("score")
+    for q in ("p10", "p50", "p90", "mean"):
+        scores.add_column(q, justify="right")
+    for label, dist in (
+        (f"engagement {left}", d.engagement_live),
+        (f"engagement {right}", d.engagement_replay),
+        (f"fit {left}", d.fit_live),
+        (f"fit {right}", d.fit_replay),
+    ):
+        scores.add_row(label, *("-" if dist[q] is None else f"{dist[q]:.2f}" for q in ("p10", "p50", "p90", "mean")))
+    console.print(scores)
+    if d.stage_moves:
+        targets = sorted({t for row in d.stage_moves.values() for t in row})
+        moves = Table(title=f"stage changes ({left} -> {right})")
+        moves.add_column("from \\ to")
+        for t in targets:
+            moves.add_column(t, justify="right")
+        for src, row in d.stage_moves.items():
+            moves.add_row(src, *(str(row.get(t, "")) for t in targets))
+        console.print(moves)
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -589,7 +655,6 @@ def main(settings: Settings, model_path: str, source: str, json_out: str | None,
     import orjson
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
 
     from schemas.model_file import load_model
 
@@ -618,48 +683,7 @@ def main(settings: Settings, model_path: str, source: str, json_out: str | None,
         f"{result.events_per_s:,.0f} records/s; compared at {result.as_of_ms} "
         f"(live {result.live_model_version} vs replay {result.model_version})"
     )
-    summary = Table(title="contacts")
-    for name in ("live", "replay", "both", "changed", "engagement", "band", "fit", "grade", "stage", "flags"):
-        summary.add_column(name, justify="right")
-    summary.add_row(
-        *(
-            str(v)
-            for v in (
-                d.live,
-                d.replay,
-                d.both,
-                d.changed,
-                d.engagement_changed,
-                d.band_changed,
-                d.fit_changed,
-                d.grade_changed,
-                d.stage_changed,
-                d.flags_changed,
-            )
-        )
-    )
-    console.print(summary)
-    scores = Table(title="score distributions")
-    scores.add_column("score")
-    for q in ("p10", "p50", "p90", "mean"):
-        scores.add_column(q, justify="right")
-    for label, dist in (
-        ("engagement live", d.engagement_live),
-        ("engagement replay", d.engagement_replay),
-        ("fit live", d.fit_live),
-        ("fit replay", d.fit_replay),
-    ):
-        scores.add_row(label, *("-" if dist[q] is None else f"{dist[q]:.2f}" for q in ("p10", "p50", "p90", "mean")))
-    console.print(scores)
-    if d.stage_moves:
-        targets = sorted({t for row in d.stage_moves.values() for t in row})
-        moves = Table(title="stage changes (live -> replay)")
-        moves.add_column("from \\ to")
-        for t in targets:
-            moves.add_column(t, justify="right")
-        for src, row in d.stage_moves.items():
-            moves.add_row(src, *(str(row.get(t, "")) for t in targets))
-        console.print(moves)
+    print_diff(console, d, "live", "replay")
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2))
         console.print(f"written: {json_out}")

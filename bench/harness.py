@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from deploy.lag import group_lag
 from deploy.traffic import Traffic
 
 
@@ -64,38 +65,6 @@ async def prefill(
     if ordered:
         records = iter(sorted(records, key=lambda r: orjson.loads(r.value)["timestamp"]))
     return await publish(bootstrap, ((topics[r.channel], r.key, r.value) for r in records))
-
-
-@dataclass
-class Lag:
-    total: int
-    committed: int
-
-    @property
-    def remaining(self) -> int:
-        return self.total - self.committed
-
-
-async def group_lag(bootstrap: str, group: str, topics: list[str]) -> Lag:
-    """End offsets vs the group's committed offsets over ``topics``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    done = sum(min(committed[tp].offset, ends[tp]) for tp in tps if tp in committed and committed[tp].offset >= 0)
-    return Lag(total=sum(ends.values()), committed=done)
 
 
 def wait_drained(bootstrap: str, group: str, topics: list[str], timeout_s: float, quiet_s: float = 2.0) -> float:

@@ -1,4 +1,5 @@
-"""The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, replay, demo."""
+"""The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, replay, shadow, promote, retire,
+models, demo."""
 
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ def run(settings: Settings) -> int:
     # with embedded chDB the API process runs the analytics sink; with a server, a process of its own
     roles = ("worker", "api", "dispatcher") if sink_in_api(settings) else ("worker", "api", "dispatcher", "sink")
     procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in roles]
+    from deploy.models import live_shadows, worker_env
+
+    shadows = live_shadows(settings)  # a worker for every shadow model namespace too
+    procs += [subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=worker_env(ns)) for ns in shadows]
     url = f"http://{settings.api_host}:{settings.api_port}"
     stopping = False
 
@@ -90,6 +95,8 @@ def run(settings: Settings) -> int:
             print(f"  API key:  {key}")
             print(f"  write key (HTTP collector, Segment SDKs' host {url}): {write_key}")
             print(f"  Kafka:    {settings.kafka_bootstrap}")
+            if shadows:
+                print(f"  shadow models: {', '.join(shadows)}   (GET /v1/models; ?model=<namespace>)")
             print(f"  try:      curl -H 'Authorization: Bearer {key}' {url}/v1/model")
             print("  Ctrl-C stops everything.\n", flush=True)
         else:
@@ -130,6 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--source", choices=("kafka", "archive"), default="kafka")
     rep.add_argument("--from", dest="from_", default=None, help="ISO time: only events at or after it (partial)")
     rep.add_argument("--json", default=None, help="write the result as JSON to this file")
+    sh = sub.add_parser("shadow", help="run a model as a shadow beside the active one (from the start of the sources)")
+    sh.add_argument("--model", required=True, help="the model YAML")
+    sh.add_argument("--name", default=None, help="its namespace (default: <app_id>-<model version>)")
+    sh.add_argument("--until-caught-up", action="store_true", help="stop once caught up and compared")
+    sh.add_argument("--json", default=None, help="write the comparison with the active model as JSON to this file")
+    pr = sub.add_parser("promote", help="make a shadow namespace the active model")
+    pr.add_argument("namespace")
+    pr.add_argument("--at", default=None, help="ISO time of the cut (default: now + --delay)")
+    pr.add_argument("--delay", type=float, default=10.0, help="seconds from now to the cut (default 10)")
+    pr.add_argument("--max-lag", type=int, default=10_000, help="refuse if the shadow is further behind")
+    rt = sub.add_parser("retire", help="stop serving and starting a (non-active) model namespace")
+    rt.add_argument("namespace")
+    sub.add_parser("models", help="list the model namespaces: active, shadows, retired, how far behind")
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -169,6 +189,16 @@ def main(argv: list[str] | None = None) -> int:
 
         from_ms = int(datetime.fromisoformat(args.from_).timestamp() * 1000) if args.from_ else None
         return run_replay(settings, args.model, args.source, args.json, from_ms)
+    if args.command in ("shadow", "promote", "retire", "models"):
+        from deploy import models
+
+        if args.command == "shadow":
+            return models.shadow(settings, args.model, args.name, args.until_caught_up, args.json)
+        if args.command == "promote":
+            return models.promote(settings, args.namespace, args.at, args.delay, args.max_lag)
+        if args.command == "retire":
+            return models.retire(settings, args.namespace)
+        return models.list_models(settings)
     if args.command == "topics":
         from deploy.topics import main as topics_main
 

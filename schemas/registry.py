@@ -27,9 +27,13 @@ Topic ``<app>.models`` (1 partition, compacted), JSON records:
 from __future__ import annotations
 
 import re
-from typing import Any
+from pathlib import Path
 
 import msgspec
+import yaml
+
+from schemas.model_file import read_model_source
+from scorestream import Model
 
 REGISTRY_VERSION = 1
 ACTIVE_KEY = "active"
@@ -40,10 +44,22 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 class NamespaceRecord(msgspec.Struct, frozen=True):
     namespace: str
     model_version: str
-    model: dict[str, Any]  # the model file's mapping, ``extends`` resolved (Model.from_dict reads it)
+    model_yaml: str  # the model file, ``extends`` resolved, as YAML (JSON has no infinity)
     registered_ms: int
     retired_ms: int | None = None
     v: int = REGISTRY_VERSION
+
+    def load_model(self) -> Model:
+        return Model.from_dict(yaml.safe_load(self.model_yaml))
+
+
+def namespace_record(namespace: str, model_path: Path | str | None, registered_ms: int) -> NamespaceRecord:
+    """The record of ``namespace`` running the model file at ``model_path`` (None: the default)."""
+    source = read_model_source(model_path)
+    model = Model.from_dict(read_model_source(model_path))
+    return NamespaceRecord(
+        namespace=namespace, model_version=model.version, model_yaml=yaml.safe_dump(source), registered_ms=registered_ms
+    )
 
 
 class Promotion(msgspec.Struct, frozen=True):
@@ -103,8 +119,11 @@ class Registry:
         return owner
 
     def live(self) -> list[str]:
-        """Every namespace not retired: the active one first, then the shadows by name."""
+        """Every namespace not retired: the active one first, then the shadows by name (the app
+        id's namespace counts until retired, registered or not: it was the first active one)."""
         names = {ns for ns, rec in self.namespaces.items() if rec.retired_ms is None} | {self.active}
+        if self.default not in self.namespaces:
+            names.add(self.default)
         return [self.active, *sorted(names - {self.active})]
 
 

@@ -73,7 +73,7 @@ def resolve(settings: Settings, registry: Registry) -> tuple[Settings, Model]:
     record = registry.namespaces.get(settings.ns)
     if record is None:
         return settings, load_model(settings.model)
-    model = Model.from_dict(record.model)
+    model = record.load_model()
     if settings.model is not None and load_model(settings.model).version != model.version:
         raise WrongModel(
             f"namespace {settings.ns} runs model {model.version} (models registry), not "

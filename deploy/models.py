@@ -1,0 +1,252 @@
+"""``scorestream shadow | promote | retire | models``: run a new model beside the active one, and
+switch (see ``schemas/registry.py`` for the registry and the cut)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from deploy.lag import group_lag
+from schemas.model_file import load_model
+from schemas.registry import NamespaceRecord, Promotion, Registry, namespace_record, namespace_refusal
+from schemas.settings import Settings
+from scorestream import Model
+from streams.registry import promote as write_promotion
+from streams.registry import read_registry, register_namespace
+
+console = Console()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iso(ms: int | None) -> str:
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def default_namespace(settings: Settings, model: Model) -> str:
+    """``<app_id>-<model name>-<hash>``: a namespace per model version."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"{settings.app_id}-{model.version}")[:100]
+
+
+def model_of(settings: Settings, registry: Registry, namespace: str) -> Model:
+    """The model a namespace runs: its registered one, else (the app id's namespace before any
+    registration) the configured one."""
+    record = registry.namespaces.get(namespace)
+    return record.load_model() if record is not None else load_model(settings.model)
+
+
+def source_and_internal_topics(settings: Settings) -> tuple[list[str], list[str]]:
+    return list(settings.source_topics), [settings.identity_topic, settings.contacts_topic, settings.accounts_topic]
+
+
+async def lag_of(settings: Settings, namespace: str) -> tuple[int, int, int]:
+    """(source records read, source records in all, internal records still to read) of a
+    namespace's worker group."""
+    ns = settings.in_namespace(namespace)
+    sources, internal = source_and_internal_topics(ns)
+    src = await group_lag(ns.kafka_bootstrap, namespace, sources)
+    inner = await group_lag(ns.kafka_bootstrap, namespace, internal)
+    return src.committed, src.total, inner.remaining
+
+
+def register(settings: Settings, model_path: str, name: str | None) -> tuple[str, Model]:
+    """Register ``model_path`` as a shadow namespace (idempotent for the same model)."""
+    from deploy.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    registry = asyncio.run(read_registry(settings))
+    model = load_model(model_path)
+    namespace = name or default_namespace(settings, model)
+    if (why := namespace_refusal(namespace)) is not None:
+        raise SystemExit(why)
+    if namespace == registry.active:
+        raise SystemExit(f"{namespace} is the active namespace; a shadow needs a namespace of its own (--name)")
+    existing = registry.namespaces.get(namespace)
+    if existing is not None and existing.model_version != model.version:
+        raise SystemExit(
+            f"namespace {namespace} already runs {existing.model_version}; choose another --name for {model.version}"
+        )
+    if existing is None or existing.retired_ms is not None:
+        record = namespace_record(namespace, model_path, now_ms())
+        asyncio.run(register_namespace(settings, record))
+    asyncio.run(ensure_topics(settings.in_namespace(namespace)))
+    return namespace, model
+
+
+def worker_env(namespace: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SCORESTREAM_MODEL"}
+    env["SCORESTREAM_NAMESPACE"] = namespace
+    return env
+
+
+def shadow(
+    settings: Settings, model_path: str, name: str | None, until_caught_up: bool, json_out: str | None = None
+) -> int:
+    """Register the model as a shadow, run its worker from the beginning of the source topics with
+    a progress bar, print its difference from the active model once caught up, then keep it running
+    live (Ctrl-C stops it; ``--until-caught-up`` stops there)."""
+    from analytics.replay import compare_namespaces, print_diff
+
+    namespace, model = register(settings, model_path, name)
+    registry = asyncio.run(read_registry(settings))
+    active = registry.active
+    console.print(f"shadow namespace [bold]{namespace}[/] runs {model.version} beside [bold]{active}[/]")
+    worker = subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=worker_env(namespace))
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    started = time.monotonic()
+    try:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"{namespace}: source events", total=None)
+            settled = None  # caught up: everything read, twice in a row with the same totals
+            while not stopping and worker.poll() is None:
+                try:
+                    done, total, internal = asyncio.run(lag_of(settings, namespace))
+                except Exception:  # the group's coordinator is not there until the worker joins
+                    done, total, internal = 0, 0, -1
+                bar.update(task, completed=done, total=total or None)
+                if total and done >= total and internal == 0:
+                    if settled == total:
+                        break
+                    settled = total
+                else:
+                    settled = None
+                time.sleep(1.0)
+        if worker.poll() is not None:
+            console.print(f"[red]the shadow worker stopped (exit {worker.returncode})[/]")
+            return 1
+        if stopping:
+            return 0
+        console.print(
+            f"caught up in {time.monotonic() - started:.1f} s ({done} source events); comparing with {active}"
+        )
+        active_model = model_of(settings, registry, active)
+        d = asyncio.run(compare_namespaces(settings, (active, active_model), (namespace, model)))
+        print_diff(console, d, active, namespace)
+        if json_out:
+            body = {"active": active, "shadow": namespace, "model_version": model.version, "diff": d.to_json()}
+            Path(json_out).write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        if until_caught_up:
+            return 0
+        console.print(
+            f"the shadow runs live: compare in the API with ?model={namespace} (GET /v1/models lists both); "
+            f"make it live with `scorestream promote {namespace}`. Ctrl-C stops this worker."
+        )
+        while not stopping and worker.poll() is None:
+            time.sleep(0.5)
+        return 0 if worker.poll() is None else 1
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def promote(settings: Settings, namespace: str, at: str | None, delay_s: float, max_lag: int) -> int:
+    """Make ``namespace`` the active one. Changes dated from the cut (``--at``, else now +
+    ``--delay``) are announced by it, earlier ones by the previous active namespace."""
+    registry = asyncio.run(read_registry(settings))
+    record = registry.namespaces.get(namespace)
+    if namespace == registry.active:
+        console.print(f"{namespace} is already active")
+        return 0
+    if namespace != settings.app_id and (record is None or record.retired_ms is not None):
+        known = ", ".join(registry.live())
+        console.print(f"[red]{namespace} is not a running namespace (known: {known})[/]")
+        return 2
+    try:
+        done, total, internal = asyncio.run(lag_of(settings, namespace))
+    except Exception as exc:
+        console.print(f"[red]cannot read {namespace}'s progress ({exc}); is its worker running?[/]")
+        return 2
+    behind = (total - done) + max(internal, 0)
+    if (done == 0 and total > 0) or behind > max_lag:
+        console.print(
+            f"[red]{namespace} is {behind} records behind (limit --max-lag {max_lag}); let it catch up first[/]"
+        )
+        return 2
+    cut = int(datetime.fromisoformat(at).timestamp() * 1000) if at else now_ms() + int(delay_s * 1000)
+    promotion = Promotion(namespace=namespace, from_ms=cut, promoted_ms=now_ms(), previous=registry.active)
+    try:
+        asyncio.run(write_promotion(settings, promotion))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    console.print(
+        f"[bold]{namespace}[/] is active: the API answers with it now; changes dated from {iso(cut)} are "
+        f"announced (triggers, webhooks) by it, earlier ones by {registry.active}.\n"
+        f"Keep {registry.active}'s workers running while events dated before the cut can still arrive, then "
+        f"stop them and run `scorestream retire {registry.active}`."
+    )
+    return 0
+
+
+def retire(settings: Settings, namespace: str) -> int:
+    """Mark a namespace retired: no longer served by the API nor started by ``scorestream run``
+    (its topics stay; delete them with Kafka's tools when no longer wanted)."""
+    registry = asyncio.run(read_registry(settings))
+    if namespace == registry.active:
+        console.print(f"[red]{namespace} is active: promote another namespace first[/]")
+        return 2
+    record = registry.namespaces.get(namespace)
+    if record is None:
+        if namespace != settings.app_id:
+            console.print(f"[red]no namespace {namespace}[/]")
+            return 2
+        record = namespace_record(namespace, settings.model, 0)
+    fields: dict[str, Any] = {f: getattr(record, f) for f in record.__struct_fields__}
+    asyncio.run(register_namespace(settings, NamespaceRecord(**{**fields, "retired_ms": now_ms()})))
+    console.print(f"{namespace} retired")
+    return 0
+
+
+def list_models(settings: Settings) -> int:
+    registry = asyncio.run(read_registry(settings))
+    table = Table(title=f"model namespaces ({settings.models_topic})")
+    for column in ("namespace", "role", "model", "registered", "active from", "source read", "behind"):
+        table.add_column(column)
+    cuts = {p.namespace: p.from_ms for p in registry.promotions}
+    names = registry.live() + sorted(ns for ns, r in registry.namespaces.items() if r.retired_ms is not None)
+    for ns in names:
+        record = registry.namespaces.get(ns)
+        role = "active" if ns == registry.active else ("retired" if record and record.retired_ms else "shadow")
+        version = record.model_version if record else load_model(settings.model).version
+        try:
+            done, total, internal = asyncio.run(lag_of(settings, ns))
+            read, behind = f"{done}/{total}", str((total - done) + max(internal, 0))
+        except Exception:
+            read, behind = "-", "-"
+        registered = iso(record.registered_ms) if record and record.registered_ms else "-"
+        table.add_row(ns, role, version, registered, iso(cuts.get(ns)), read, behind)
+    console.print(table)
+    return 0
+
+
+def live_shadows(settings: Settings) -> list[str]:
+    """The namespaces ``scorestream run`` starts a worker for besides the active one."""
+    registry = asyncio.run(read_registry(settings))
+    return registry.live()[1:]
