@@ -5,15 +5,15 @@ table's changelog into memory (raw bytes, decoded per request) instead of asking
 computes the time-dependent parts (decayed engagement, coverage) at request time with the core.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI evaluates the route's annotations, and
+# ``get_account``'s name ``mount_accounts``' local ``readers``.
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from api.follow import Following, follow
@@ -60,9 +60,14 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def mount_accounts(
-    app: FastAPI, replica: AccountReplica, model: Model, dependencies: Sequence[Any], clock: Callable[[], int]
+    app: FastAPI,
+    readers: Callable[..., Awaitable[tuple[AccountReplica, Model]]],
+    dependencies: Sequence[Any],
+    clock: Callable[[], int],
 ) -> None:
-    """Add ``GET /v1/accounts/{account_id}`` to ``app`` behind ``dependencies`` (the API keys)."""
+    """Add ``GET /v1/accounts/{account_id}`` to ``app`` behind ``dependencies`` (the API keys).
+    ``readers``: the dependency giving the accounts replica and the model to answer with (those of
+    the model namespace the request names with ``?model=``, or of the active one)."""
 
     @app.get(
         "/v1/accounts/{account_id}",
@@ -71,9 +76,12 @@ def mount_accounts(
         tags=["accounts"],
         responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
-    async def get_account(account_id: str) -> Response:
+    async def get_account(
+        account_id: str, picked: Annotated[tuple[AccountReplica, Model], Depends(readers)]
+    ) -> Response:
         """An account (a ``group`` call's ``groupId``): scores decayed to now, buying-centre
         coverage, stage with history, and members with their roles and scores."""
+        replica, model = picked
         if not replica.caught_up.is_set():
             return _error(503, "not_ready", "the API is still loading account state; retry shortly")
         raw = replica.states.get(account_id)

@@ -1,6 +1,9 @@
 """FastAPI app: contacts, batch get, accounts, model, webhooks, health, the analytics reads and
 reports (``api.analytics``), and the HTTP collector (``api.collector``). Every route but health
-and the collector's needs an API key; the collector takes write keys."""
+and the collector's needs an API key; the collector takes write keys.
+
+The contact, account and model routes answer from the active model namespace, or from the one
+named by ``?model=`` (a namespace or a model version; see :mod:`api.namespaces`)."""
 
 import hmac
 import logging
@@ -10,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,8 +25,8 @@ from analytics.sink import Sink
 from api.accounts import AccountReplica, mount_accounts
 from api.analytics import analytics_store, mount_analytics
 from api.collector import Collector, Publisher, collector_for, mount_collector
+from api.namespaces import Namespaces, Readers, UnknownModel
 from api.population import PopulationReader
-from api.render import ContactRenderer
 from api.replica import Decoded, Replica
 from api.webhooks import WebhookBackend, mount_webhooks
 from schemas.api import (
@@ -33,6 +36,7 @@ from schemas.api import (
     ErrorBody,
     Health,
     ModelOut,
+    ModelsOut,
     model_out,
 )
 from schemas.model_file import load_model
@@ -60,6 +64,14 @@ def now_ms() -> int:
 
 CONTACT_PATH = re.compile(r"^/v1/contacts/(?P<contact_id>[^/]+)$")  # Starlette's pattern for the route
 FastGet = Callable[[Scope, str], Awaitable[Response]]
+ModelParam = Annotated[
+    str | None,
+    Query(
+        alias="model",
+        description="A model namespace or model version (`name@hash`), as `GET /v1/models` lists them; "
+        "default: the active one.",
+    ),
+]
 
 
 class ScorestreamApi(FastAPI):
@@ -74,7 +86,8 @@ class ScorestreamApi(FastAPI):
     stays for the OpenAPI document and as that fallback. The collector's paths go straight to the
     :class:`~api.collector.Collector` (an ASGI app) the same way; its declared routes call the
     same handler. The full stack also serves every request while the app has middleware or
-    dependency overrides, or FastAPI's OpenTelemetry instrumentation is on.
+    dependency overrides, or FastAPI's OpenTelemetry instrumentation is on, and a contact ``GET``
+    with a query string (``?model=`` names another namespace than the active one).
     """
 
     fast_get: FastGet | None = None
@@ -114,6 +127,7 @@ class ScorestreamApi(FastAPI):
             self.fast_get is not None
             and scope["type"] == "http"
             and scope["method"] == "GET"
+            and not scope.get("query_string")
             and (match := CONTACT_PATH.match(scope["path"])) is not None
             and self._plain(scope)
         ):
@@ -139,21 +153,16 @@ def create_api(
     publisher: Publisher | None = None,
     sink: Sink | None = None,
 ) -> FastAPI:
-    """Build the API. ``replica``, the other readers, ``webhooks``, the collector's ``publisher`` and
-    ``clock`` are injectable for tests; ``fast_path=False`` serves every request through FastAPI's
-    full stack (see :class:`ScorestreamApi`). ``sink``: the analytics sink this process runs in its
-    lifespan (embedded chDB: the API process owns it; see :mod:`analytics.sink`)."""
+    """Build the API. ``model`` (the default namespace's while the registry has no record of it;
+    default: ``settings.model``), ``replica``, ``population`` and ``accounts`` are the default
+    namespace's (``settings.app_id``); the other namespaces' readers are built as the models
+    registry names them. The readers, ``webhooks``, the collector's ``publisher`` and ``clock`` are
+    injectable for tests; ``fast_path=False`` serves every request through FastAPI's full stack
+    (see :class:`ScorestreamApi`). ``sink``: the analytics sink this process runs in its lifespan
+    (embedded chDB: the API process owns it; see :mod:`analytics.sink`)."""
     model = model or load_model(settings.model)
-    replica = replica or Replica(
-        bootstrap=settings.kafka_bootstrap,
-        changelog_topic=settings.changelog_topic("contacts"),
-        status_topic=settings.status_topic,
-    )
-    population = population or PopulationReader(
-        bootstrap=settings.kafka_bootstrap, topic=settings.population_topic, segments=model.value.segments
-    )
-    accounts = accounts or AccountReplica(
-        bootstrap=settings.kafka_bootstrap, changelog_topic=settings.changelog_topic("accounts")
+    default = Readers.build(
+        settings.in_namespace(settings.app_id), model, replica=replica, accounts=accounts, population=population
     )
     webhooks = webhooks or WebhookBackend.from_settings(settings)
     collector = collector_for(settings, publisher, clock)
@@ -162,9 +171,7 @@ def create_api(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await replica.start()
-        await accounts.start()
-        await population.start()
+        await namespaces.start()
         await webhooks.start()
         await collector.start()
         if sink is not None:
@@ -176,9 +183,7 @@ def create_api(
                 await sink.stop()
             await collector.stop()
             await webhooks.stop()
-            await population.stop()
-            await accounts.stop()
-            await replica.stop()
+            await namespaces.stop()
 
     app = ScorestreamApi(
         title="scorestream",
@@ -187,12 +192,18 @@ def create_api(
         lifespan=lifespan,
         responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
     )
-    app.state.replica = replica
-    app.state.model = model
-    app.state.population = population
+
+    def on_active(readers: Readers) -> None:
+        """``app.state``'s readers are the active namespace's (the analytics routes use them)."""
+        app.state.replica = readers.replica
+        app.state.model = readers.model
+        app.state.population = readers.population
+        app.state.accounts = readers.accounts
+
+    namespaces = Namespaces(settings, default, on_active)
+    app.state.namespaces = namespaces
     app.state.webhooks = webhooks
     app.state.sink = sink
-    render = ContactRenderer(model, population.value_body)
 
     def check_key(creds: HTTPAuthorizationCredentials | None) -> None:
         if not keys:
@@ -208,10 +219,27 @@ def create_api(
     async def authorise(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         check_key(creds)
 
-    async def authorise_ready(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    def pick(name: str | None) -> Readers:
+        try:
+            return namespaces.pick(name)
+        except UnknownModel as exc:
+            raise ApiError(404, "unknown_model", str(exc)) from None
+
+    async def authorised_readers(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], model_: ModelParam = None
+    ) -> Readers:
         check_key(creds)
-        if not replica.caught_up.is_set():
-            raise ApiError(503, "not_ready", "the API is still loading contact state; retry shortly")
+        return pick(model_)
+
+    async def ready_readers(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], model_: ModelParam = None
+    ) -> Readers:
+        check_key(creds)
+        readers = pick(model_) if model_ else namespaces.active()
+        if not readers.replica.caught_up.is_set():
+            of = f" of model namespace {readers.namespace}" if model_ else ""
+            raise ApiError(503, "not_ready", f"the API is still loading contact state{of}; retry shortly")
+        return readers
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request | None, exc: ApiError) -> JSONResponse:
@@ -230,7 +258,8 @@ def create_api(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
-    guarded: list[Any] = [Depends(authorise_ready)]
+    Ready = Annotated[Readers, Depends(ready_readers)]
+    Authorised = Annotated[Readers, Depends(authorised_readers)]
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
@@ -239,16 +268,23 @@ def create_api(
 
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def readyz() -> Any:
-        """Ready once the replicas (contacts, accounts, the population model, webhook subscriptions)
-        have caught up with their topics and a worker has recovered its tables. The webhook delivery
-        log is reported but not waited for (its routes answer 503 until it has caught up)."""
+        """Ready once the models registry has been read, the active namespace's replicas (contacts,
+        accounts, the population model) and the webhook subscriptions have caught up with their
+        topics, and a worker of the active namespace has recovered its tables. The webhook delivery
+        log is reported but not waited for (its routes answer 503 until it has caught up), and so
+        are the shadow namespaces (``GET /v1/models``)."""
+        active = namespaces.active()
+        replica, accounts, population = active.replica, active.accounts, active.population
         caught_up = (
-            replica.caught_up.is_set()
+            namespaces.caught_up.is_set()
+            and replica.caught_up.is_set()
             and accounts.caught_up.is_set()
             and population.caught_up.is_set()
             and webhooks.store.caught_up.is_set()
         )
         detail = {
+            "namespace": active.namespace,
+            "registry_caught_up": namespaces.caught_up.is_set(),
             "replica_caught_up": replica.caught_up.is_set(),
             "accounts_caught_up": accounts.caught_up.is_set(),
             "population_caught_up": population.caught_up.is_set(),
@@ -256,7 +292,7 @@ def create_api(
             "deliveries_caught_up": webhooks.deliveries.caught_up.is_set(),
             "contacts": len(replica.states),
             "workers_ready": replica.ready_workers,
-            "error": replica.error or accounts.error or population.error or webhooks.store.error,
+            "error": namespaces.error or active.error or webhooks.store.error,
         }
         if caught_up and replica.ready_workers:
             return Health(status="ready", detail=detail)
@@ -265,56 +301,69 @@ def create_api(
     @app.get(
         "/v1/contacts/{contact_id}",
         response_model=ContactOut,
-        dependencies=guarded,
         tags=["contacts"],
         responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
-    async def get_contact(contact_id: str) -> Response:
+    async def get_contact(contact_id: str, readers: Ready) -> Response:
         """A contact by user id, anonymous id or email, with scores decayed to now."""
-        entry = replica.find(contact_id)
+        entry = readers.replica.find(contact_id)
         if entry is None:
             raise ApiError(404, "not_found", f"no contact with id, anonymous id or email {contact_id!r}")
-        return Response(render.contact_json(entry, clock()), media_type=JSON)
+        return Response(readers.renderer.contact_json(entry, clock()), media_type=JSON)
 
-    @app.post("/v1/contacts:batchGet", response_model=BatchGetOut, dependencies=guarded, tags=["contacts"])
-    async def batch_get(body: BatchGetIn) -> Response:
+    @app.post(
+        "/v1/contacts:batchGet",
+        response_model=BatchGetOut,
+        tags=["contacts"],
+        responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def batch_get(body: BatchGetIn, readers: Ready) -> Response:
         """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``."""
         now = clock()
         found: list[Decoded] = []
         missing: list[str] = []
+        replica = readers.replica
         for ident in body.ids:
             entry = replica.find(ident)
             if entry is None:
                 missing.append(ident)
             else:
                 found.append(entry)
-        return Response(render.batch_json(found, missing, now), media_type=JSON)
+        return Response(readers.renderer.batch_json(found, missing, now), media_type=JSON)
 
     async def fast_get(scope: Scope, contact_id: str) -> Response:
+        """``get_contact`` of the active namespace (a request without a query string)."""
         try:
-            await authorise_ready(await bearer(HTTPConnection(scope)))
-            return await get_contact(contact_id)
+            readers = await ready_readers(await bearer(HTTPConnection(scope)))
+            return await get_contact(contact_id, readers)
         except ApiError as exc:
             return await _api_error(None, exc)
 
     if fast_path:
         app.fast_get = fast_get
 
-    @app.get("/v1/model", response_model=ModelOut, dependencies=[Depends(authorise)], tags=["model"])
-    async def get_model() -> ModelOut:
-        """The active scoring model and its version id."""
-        return model_out(model)
+    @app.get("/v1/model", response_model=ModelOut, tags=["model"], responses={404: {"model": ErrorBody}})
+    async def get_model(readers: Authorised) -> ModelOut:
+        """The active scoring model (or the one of ``model``) and its version id."""
+        return model_out(readers.model)
+
+    @app.get("/v1/models", response_model=ModelsOut, dependencies=[Depends(authorise)], tags=["model"])
+    async def list_models() -> ModelsOut:
+        """Every live model namespace: the active one (what the API answers with by default and the
+        public triggers carry) and the shadows (``?model=<namespace>``), with their model version,
+        when they were registered and promoted, and how far this API has read their state."""
+        return namespaces.models_out()
 
     @app.get(
         "/v1/models/clv",
         response_model=ClvModelOut,
-        dependencies=[Depends(authorise)],
         tags=["model"],
-        responses={503: {"model": ErrorBody}},
+        responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
-    async def get_clv_model() -> Any:
+    async def get_clv_model(readers: Authorised) -> Any:
         """The CLV model fitted on the customer population (BG/NBD, Gamma-Gamma) and the RFM quintile
         boundaries. 503 ``not_fitted`` until the first successful fit."""
+        population = readers.population
         body = population.clv_model_body()
         if body is None:
             current = population.model
@@ -329,7 +378,11 @@ def create_api(
             )
         return body
 
-    mount_accounts(app, accounts, model, [Depends(authorise)], clock)
+    async def account_readers(model_: ModelParam = None) -> tuple[AccountReplica, Model]:
+        readers = pick(model_)
+        return readers.accounts, readers.model
+
+    mount_accounts(app, account_readers, [Depends(authorise)], clock)
     mount_collector(app, collector)
     if fast_path:
         app.collector = collector

@@ -53,11 +53,15 @@ async def follow(
     apply: Callable[[Any], None],
     label: str,
     fetch_max_wait_ms: int,
+    *,
+    absent_is_empty: bool = False,
 ) -> None:
     """Read ``topics`` (every partition, from the beginning) into ``apply(record)`` for ever.
 
     The first topic must exist before reading starts (the others are read if they exist);
     ``reader.caught_up`` is set once every partition reached the end offset it had at the start.
+    ``absent_is_empty``: while the first topic does not exist, the reader counts as caught up (with
+    nothing: a topic no one has written yet) instead of waiting; it is read once it appears.
     Broker errors are reported in ``reader.error`` and reading starts again after a second.
     """
     while True:
@@ -71,7 +75,7 @@ async def follow(
         )
         try:
             await consumer.start()
-            await _consume(consumer, reader, topics, apply, label)
+            await _consume(consumer, reader, topics, apply, label, absent_is_empty)
         except asyncio.CancelledError:
             raise
         except (KafkaError, OSError) as exc:
@@ -83,7 +87,12 @@ async def follow(
 
 
 async def _consume(
-    consumer: AIOKafkaConsumer, reader: Follower, topics: Sequence[str], apply: Callable[[Any], None], label: str
+    consumer: AIOKafkaConsumer,
+    reader: Follower,
+    topics: Sequence[str],
+    apply: Callable[[Any], None],
+    label: str,
+    absent_is_empty: bool,
 ) -> None:
     partitions: list[TopicPartition] = []
     while not partitions:
@@ -93,7 +102,11 @@ async def _consume(
             partitions += [TopicPartition(topic, p) for p in sorted(found)]
         if not any(tp.topic == topics[0] for tp in partitions):
             partitions = []
-            reader.error = f"waiting for topic {topics[0]}"
+            if absent_is_empty:
+                reader.error = None
+                reader.caught_up.set()
+            else:
+                reader.error = f"waiting for topic {topics[0]}"
             await asyncio.sleep(1.0)
     consumer.assign(partitions)
     await consumer.seek_to_beginning(*partitions)

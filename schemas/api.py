@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -118,6 +118,31 @@ class ModelOut(BaseModel):
     engagement_rules: int
     fit_rules: int
     source: dict[str, Any] = Field(description="The model file as parsed.")
+
+
+class NamespaceOut(BaseModel):
+    namespace: str = Field(description="The model namespace (its worker group, tables and topics).")
+    model_version: str = Field(description="The version id (`name@hash`) of the model it runs.")
+    role: Literal["active", "shadow"] = Field(
+        description="`active`: what the API answers with by default and what the public triggers carry; "
+        "`shadow`: visible with `?model=`."
+    )
+    registered_at: datetime | None = Field(
+        description="When the namespace was registered; null for the default namespace before it was."
+    )
+    active_from: datetime | None = Field(
+        description="For the active namespace, the cut (in event time) of the promotion that made it active; "
+        "null otherwise, and before any promotion."
+    )
+    contacts: int = Field(description="Contacts in this API's replica of the namespace's contacts table.")
+    workers_ready: list[str] = Field(description="The namespace's workers that have recovered their tables.")
+    caught_up: bool = Field(
+        description="Whether this API's readers of the namespace (contacts, accounts, population) have caught up."
+    )
+
+
+class ModelsOut(BaseModel):
+    models: list[NamespaceOut] = Field(description="Every live namespace: the active one first, then the shadows.")
 
 
 class Health(BaseModel):

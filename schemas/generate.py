@@ -48,6 +48,7 @@ def documents() -> dict[str, dict[str, Any]]:
         api.BatchGetIn,
         api.BatchGetOut,
         api.ModelOut,
+        api.ModelsOut,
         api.ErrorBody,
         value.ValueOut,
         value.ClvModelOut,
