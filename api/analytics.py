@@ -93,9 +93,15 @@ def mount_analytics(
 ) -> None:
     """Add the sync list, the history and the reports to ``app`` behind ``dependencies`` (the API
     keys). The store is asked for per request through ``app.state.analytics`` (``store_getter``
-    unless a test replaces it); ``app.state.replica`` and ``app.state.population``, when there,
-    resolve contact ids and give the RFM boundaries."""
+    unless a test replaces it); ``app.state.replica``, ``app.state.population`` and
+    ``app.state.model``, when there, resolve contact ids, give the RFM boundaries and the model
+    (the active namespace's: they follow promotions)."""
     app.state.analytics = store_getter
+
+    def active_model() -> Model:
+        """The active namespace's model (``app.state.model`` follows promotions), else ``model``."""
+        current = getattr(app.state, "model", None)
+        return current if isinstance(current, Model) else model
     errors: dict[int | str, dict[str, Any]] = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     router = APIRouter(dependencies=list(dependencies), responses=errors)
 
@@ -165,7 +171,7 @@ def mount_analytics(
 
         async def query(store: Store) -> ContactListOut:
             settle = 0 if store.embedded else SERVER_SETTLE_MS
-            return await reports.contact_list(store, model, filters, after, limit, clock(), settle)
+            return await reports.contact_list(store, active_model(), filters, after, limit, clock(), settle)
 
         return await answer(query)
 
@@ -198,7 +204,7 @@ def mount_analytics(
                 raise error(
                     404, "not_found", f"no contact with id, anonymous id or email {contact_id!r} in the archive"
                 )
-            return await reports.history(store, model, found, from_ms, to_ms, at, limit)
+            return await reports.history(store, active_model(), found, from_ms, to_ms, at, limit)
 
         return await answer(query)
 
@@ -231,12 +237,12 @@ def mount_analytics(
         step (velocity)."""
         from_ms, to_ms = window(from_, to, DEFAULT_FUNNEL_DAYS)
         assert from_ms is not None
-        names = list(_names(stages)) or reports.default_funnel(model)
+        names = list(_names(stages)) or reports.default_funnel(active_model())
 
-        valid(reports.check_stages, names, model)
+        valid(reports.check_stages, names, active_model())
 
         async def query(store: Store) -> FunnelOut:
-            return await reports.funnel(store, model, names, from_ms, to_ms, mode == "sequential", model_ or None)
+            return await reports.funnel(store, active_model(), names, from_ms, to_ms, mode == "sequential", model_ or None)
 
         return await answer(query)
 
@@ -251,7 +257,7 @@ def mount_analytics(
         population = getattr(app.state, "population", None)
         current = getattr(population, "model", None)
         bounds = getattr(current, "boundaries", None)
-        return await answer(lambda store: reports.rfm(store, model, bounds))
+        return await answer(lambda store: reports.rfm(store, active_model(), bounds))
 
     @router.get(
         "/v1/reports/personas",
@@ -260,7 +266,7 @@ def mount_analytics(
     )
     async def personas_report() -> PersonasOut:
         """Persona x stage: active contacts per cell, with their mean engagement (decayed to now) and fit."""
-        return await answer(lambda store: reports.personas(store, model, clock()))
+        return await answer(lambda store: reports.personas(store, active_model(), clock()))
 
     @router.get(
         "/v1/reports/forecast",
@@ -275,6 +281,6 @@ def mount_analytics(
         that entered that stage in the lookback and have become customers since x the value of a
         new customer; with the rates and the value it used."""
         lookback = int(lookback_days * DAY_MS)
-        return await answer(lambda store: reports.forecast(store, model, clock(), lookback, model_ or None))
+        return await answer(lambda store: reports.forecast(store, active_model(), clock(), lookback, model_ or None))
 
     app.include_router(router)
