@@ -102,6 +102,7 @@ def mount_analytics(
         """The active namespace's model (``app.state.model`` follows promotions), else ``model``."""
         current = getattr(app.state, "model", None)
         return current if isinstance(current, Model) else model
+
     errors: dict[int | str, dict[str, Any]] = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     router = APIRouter(dependencies=list(dependencies), responses=errors)
 
@@ -242,7 +243,9 @@ def mount_analytics(
         valid(reports.check_stages, names, active_model())
 
         async def query(store: Store) -> FunnelOut:
-            return await reports.funnel(store, active_model(), names, from_ms, to_ms, mode == "sequential", model_ or None)
+            return await reports.funnel(
+                store, active_model(), names, from_ms, to_ms, mode == "sequential", model_ or None
+            )
 
         return await answer(query)
 
