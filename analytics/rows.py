@@ -604,12 +604,12 @@ class Ledger:
     the contact's engagement (beyond decay), fit or stage, or merged or deleted it.
 
     The rule: a record's row depends only on the contact's last ledger row before the record's
-    changelog offset. So any re-read (a restart, a rebalance, a second sink from the beginning,
-    a compacted changelog) writes rows with the keys already there, or none. The ledger remembers
-    each contact's last row as it goes (``capacity`` contacts, least recently used dropped); for
-    a contact it does not remember, the sink asks ClickHouse for the last row before the offset
-    (:meth:`unknown`, :data:`LAST_LEDGER_ROWS`, :meth:`prime`). A contact with no row yet gets
-    ``cause = 'first'``.
+    changelog offset, in the same changelog (each model namespace has its own). So any re-read (a
+    restart, a rebalance, a second sink from the beginning, a compacted changelog) writes rows
+    with the keys already there, or none. The ledger remembers each contact's last row as it goes
+    (``capacity`` contacts, least recently used dropped); for a contact it does not remember, the
+    sink asks ClickHouse for the last row before the offset (:meth:`unknown`,
+    :data:`LAST_LEDGER_ROWS`, :meth:`prime`). A contact with no row yet gets ``cause = 'first'``.
     """
 
     def __init__(self, model: Model, capacity: int = 200_000) -> None:
@@ -707,21 +707,24 @@ def _listed(hits: list[Hit]) -> tuple[list[str], list[str]]:
     return list(rules), [h.mid for h in hits]
 
 
-# The last ledger row of each contact before an offset (a contact's changelog records are all on
-# one partition, so its offsets are comparable); parameters ``ids`` and ``before``, in step.
+# The last ledger row of each contact before an offset of a changelog topic (a contact's records
+# are all on one partition, so its offsets are comparable; another model namespace's changelog has
+# offsets of its own); parameters ``ids`` and ``before``, in step, and ``topic``.
 LAST_LEDGER_ROWS = """
 SELECT contact_id, argMax(tuple(toString(kind), toUnixTimestamp64Milli(at), engagement, fit, stage), kafka_offset)
 FROM score_ledger
 WHERE contact_id IN {ids:Array(String)}
+  AND kafka_topic = {topic:String}
   AND kafka_offset < transform(contact_id, {ids:Array(String)}, {before:Array(UInt64)}, toUInt64(0))
 GROUP BY contact_id
 """
 
 
-def last_rows_parameters(unknown: Mapping[str, int]) -> dict[str, Any]:
-    """The parameters of :data:`LAST_LEDGER_ROWS` for :meth:`Ledger.unknown`'s answer."""
+def last_rows_parameters(unknown: Mapping[str, int], topic: str) -> dict[str, Any]:
+    """The parameters of :data:`LAST_LEDGER_ROWS` for :meth:`Ledger.unknown`'s answer about the
+    records of changelog ``topic``."""
     ids = sorted(unknown)
-    return {"ids": ids, "before": [unknown[i] for i in ids]}
+    return {"ids": ids, "before": [unknown[i] for i in ids], "topic": topic}
 
 
 def scores_of(rows: Iterable[tuple[Any, ...]]) -> dict[str, Scores]:

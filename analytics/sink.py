@@ -6,8 +6,8 @@ What goes where (rows built by :mod:`analytics.rows`; tables by ``deploy/clickho
     events.deadletter       --rejected-->  events            (reason, detail, source coordinates)
     triggers                ------------>  triggers  --MV-->  stage_transitions
     <app>.webhook-deliveries ----------->  webhook_deliveries (latest state per delivery)
-    <app>-contacts-changelog ----------->  contacts (latest per contact), score_ledger (changes)
-    <app>-accounts-changelog ----------->  account_changes
+    <ns>-contacts-changelog  ----------->  contacts (latest per contact), score_ledger (changes)
+    <ns>-accounts-changelog  ----------->  account_changes
     anything it cannot read ----------->  sink_rejects      (with the reason; never stops the sink)
 
 One consumer group (``<app_id>-sink``) reads every topic; any number of sink processes share the
@@ -42,6 +42,26 @@ there, with the reason): the sink skips it on the source topic and stores it onc
 dead-letter record. Both decide with the same ``schemas.events.decode`` over the same bytes and
 record time, so they agree.
 
+The changelogs are those of the models registry's *active* namespace ``<ns>`` (``schemas/registry.py``;
+the app id until a ``scorestream promote``), scored with the model registered for it. The sink
+reads the registry (``<app>.models``, :mod:`analytics.registry`) before it subscribes, then every
+``registry_poll_s`` seconds. On a promotion it stops fetching, inserts and commits what it has
+read, and subscribes to the new namespace's changelogs instead (the other topics are public and
+stay). A changelog partition's commits carry ``<ns>@<promoted_ms>:<since>``: the promotion being
+followed, and when (ClickHouse's clock) this sink started to follow it. A partition whose commit
+is not of the current promotion is read from its beginning (a namespace followed for the first
+time, or again after it was left), else from the commit (a restart). Across namespaces:
+
+- ``score_ledger`` and ``account_changes`` rows of both namespaces stay, told apart by
+  ``kafka_topic`` and ``model_version``; the ledger compares a record with the last row of *its*
+  changelog; the insert deduplication tokens of changelog batches include ``<since>`` (a batch
+  read again after a switch is inserted again, never dropped as a duplicate of an older one);
+- ``contacts`` keeps one row per contact, the one with the highest changelog offset, and offsets
+  do not compare across namespaces: once the sink has inserted every contacts partition it holds
+  up to the end offsets it saw when they were assigned, it deletes the rows of those partitions
+  inserted before ``<since>`` (the previous namespace's). Until then a contact may show either
+  namespace's row.
+
 Embedded chDB: one process may open a chDB directory, and only through the synchronous client.
 With the default (``SCORESTREAM_CLICKHOUSE_URL`` unset, ``SCORESTREAM_SINK_IN_API`` auto) the API
 process owns it and runs this sink in its lifespan; with a server URL, ``scorestream sink`` runs
@@ -56,7 +76,7 @@ import hashlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +86,7 @@ from aiokafka.errors import KafkaError
 
 from analytics.client import Store, clickhouse_url, redacted
 from analytics.migrations import migrate
+from analytics.registry import RegistryReader
 from analytics.rows import (
     ACCOUNT_COLUMNS,
     CONTACT_COLUMNS,
@@ -91,7 +112,9 @@ from analytics.rows import (
     trigger_row,
 )
 from schemas.model_file import load_model
+from schemas.registry import Registry
 from schemas.settings import Settings
+from schemas.times import at_of
 from scorestream import Model
 
 log = logging.getLogger(__name__)
@@ -109,6 +132,7 @@ MAX_RECORDS = 2000  # per poll
 MAX_BATCH_BYTES = 64 << 20  # a batch is inserted at this many bytes of records, whatever its rows
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
+REGISTRY_POLL_S = 5.0  # how often the models registry is read again (a promotion is followed within that)
 
 
 @dataclass
@@ -123,6 +147,8 @@ class SinkStats:
     skipped: int = 0  # records with no row: refused source records (stored from the dead-letter topic), tombstones
     commits: int = 0
     last_error: str | None = None
+    namespace: str = ""  # the model namespace whose changelogs are archived (the registry's active one)
+    switches: int = 0  # promotions followed since start
 
 
 @dataclass
@@ -156,10 +182,12 @@ class Batch:
             for tp in sorted(self.next, key=lambda t: (t.topic, t.partition))
         )
 
-    def token(self, table: str) -> str:
-        """The insert deduplication token of ``table``'s rows: the same records, the same token."""
+    def token(self, table: str, since: Mapping[TopicPartition, int] | None = None) -> str:
+        """The insert deduplication token of ``table``'s rows: the same records, the same token
+        (``since``: of changelog partitions, when the sink started following their namespace)."""
         ranges = ",".join(
             f"{tp.topic}:{tp.partition}:{self.first[tp]}-{self.next[tp]}"
+            + (f"@{s}" if (s := (since or {}).get(tp)) else "")
             for tp in sorted(self.next, key=lambda t: (t.topic, t.partition))
         )
         return hashlib.sha256(f"{table}|{ranges}".encode()).hexdigest()[:32]
@@ -179,6 +207,41 @@ class Stream:
     sealed: Batch | None = None  # a batch being inserted (or waiting to be retried)
 
 
+class _ClickHouseDown(Exception):
+    """A ClickHouse call failed (the cause) where the sink cannot go on without it."""
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """The model namespace whose changelogs the sink archives, since which promotion, by which model."""
+
+    name: str
+    epoch_ms: int  # ``promoted_ms`` of the promotion that made it active (0: never promoted)
+    model_version: str
+    model: Model = field(compare=False)
+
+    @property
+    def marker(self) -> str:
+        """What the commits of its changelog partitions carry (before ``:<since>``)."""
+        return f"{self.name}@{self.epoch_ms}"
+
+    def __str__(self) -> str:
+        promoted = f"promoted {at_of(self.epoch_ms).isoformat()}" if self.epoch_ms else "never promoted"
+        return f"{self.name} ({promoted}, model {self.model_version})"
+
+
+def epoch_of(registry: Registry) -> int:
+    """When the active namespace became active: the first of the last promotions to it (0: never
+    promoted). Promoting the active namespace again changes nothing."""
+    promotions = registry.promotions
+    if not promotions:
+        return 0
+    first = len(promotions) - 1
+    while first > 0 and promotions[first - 1].namespace == promotions[-1].namespace:
+        first -= 1
+    return promotions[first].promoted_ms
+
+
 class Sink:
     """The sink as an asyncio component: :meth:`start`, :meth:`stop`."""
 
@@ -189,9 +252,11 @@ class Sink:
         store: Store | None = None,
         group_id: str | None = None,
         max_records: int = MAX_RECORDS,
+        registry_poll_s: float = REGISTRY_POLL_S,
     ) -> None:
         self.settings = settings
         self.model = model or load_model(settings.model)
+        self.configured = self.model  # the model of the default namespace while it has no registry record
         self.store = store or Store(clickhouse_url(settings))
         self.group_id = group_id or f"{settings.app_id}-sink"
         self.max_records = max_records
@@ -199,21 +264,35 @@ class Sink:
         self.batch_s = settings.sink_batch_s
         self.stats = SinkStats()
         self.migrated = asyncio.Event()
-        self.ledger = Ledger(self.model)
-        self.purchases = PurchaseFacts()
         self.channels = settings.source_topics
+        # until the registry is read: the default namespace
+        self.namespace = Namespace(settings.app_id, 0, self.model.version, self.model)
+        self.stats.namespace = self.namespace.name
+        self.registry = RegistryReader(settings)
+        self.registry_poll_s = registry_poll_s
+        self._wanted = self.namespace  # the registry's active namespace (followed once drained)
+        self._registry_read = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._models: dict[str, Model] = {}  # registered models by version
+        self._refused: set[str] = set()  # registered models that do not load (logged once)
+        self.contacts = Stream("contacts", [], self._add_contact)
+        self.accounts = Stream("accounts", [], self._adder("account_changes", lambda r: account_row(r, self.model)))
         self.streams = [
             Stream("events", [*settings.source_topics, settings.topic_deadletter], self._add_event),
             Stream("triggers", [settings.topic_triggers], self._adder("triggers", trigger_row)),
             Stream("deliveries", [settings.deliveries_topic], self._adder("webhook_deliveries", delivery_row)),
-            Stream("contacts", [settings.changelog_topic("contacts")], self._add_contact),
-            Stream(
-                "accounts",
-                [settings.changelog_topic("accounts")],
-                self._adder("account_changes", lambda r: account_row(r, self.model)),
-            ),
+            self.contacts,
+            self.accounts,
         ]
-        self._by_topic = {topic: s for s in self.streams for topic in s.topics}
+        self._by_topic: dict[str, Stream] = {}
+        self._follow(self.namespace)
+        # per changelog partition of the current assignment
+        self._since: dict[TopicPartition, int] = {}  # when this namespace's promotion began to be followed
+        self._catch_up: dict[TopicPartition, int] = {}  # contacts: end offset to reach before the cleanup
+        self._undecided: set[TopicPartition] = set()  # assigned, start offset not chosen yet (paused)
+        self._assignments = 0
+        self._fresh_since = 0  # ``since`` of partitions read from their beginning (ClickHouse's clock)
+        self._clean_at = 0.0  # the cleanup's next attempt (monotonic) after a failure
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._rows = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analytics-rows")
@@ -222,6 +301,102 @@ class Sink:
     @property
     def topics(self) -> list[str]:
         return list(self._by_topic)
+
+    # --- the model namespace -----------------------------------------------------------------
+    def _follow(self, namespace: Namespace) -> None:
+        """Archive ``namespace``'s changelogs, scored with its model, from now on (nothing read
+        may be pending)."""
+        self.namespace = namespace
+        self.stats.namespace = namespace.name
+        self.model = namespace.model
+        self.ledger = Ledger(namespace.model)
+        self.purchases = PurchaseFacts()
+        topics = self.settings.in_namespace(namespace.name)
+        self.contacts.topics = [topics.changelog_topic("contacts")]
+        self.accounts.topics = [topics.changelog_topic("accounts")]
+        self._by_topic = {topic: s for s in self.streams for topic in s.topics}
+
+    def _consider(self, registry: Registry) -> None:
+        """Follow the registry's active namespace (once drained), unless its model does not load."""
+        name = registry.active
+        model = self._model_of(registry, name)
+        if model is not None:
+            self._wanted = Namespace(name, epoch_of(registry), model.version, model)
+
+    def _model_of(self, registry: Registry, name: str) -> Model | None:
+        """The model registered for namespace ``name`` (the configured one when it has no record),
+        or None when it does not load."""
+        record = registry.namespaces.get(name)
+        if record is None:
+            return self.configured
+        model = self._models.get(record.model_version)
+        if model is None:
+            try:
+                model = self._models[record.model_version] = record.load_model()
+            except Exception as exc:
+                if record.model_version not in self._refused:
+                    self._refused.add(record.model_version)
+                    log.error(
+                        "sink: model namespace %s is active but its model %s does not load (%s); "
+                        "still archiving namespace %s",
+                        name,
+                        record.model_version,
+                        exc,
+                        self.namespace.name,
+                    )
+        return model
+
+    async def _watch_registry(self) -> None:
+        """Read the registry again every ``registry_poll_s`` seconds, for ever."""
+        while True:
+            await asyncio.sleep(self.registry_poll_s)
+            try:
+                self._consider(await self.registry.read())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "sink: models registry %s not read (%s: %s)", self.settings.models_topic, type(exc).__name__, exc
+                )
+
+    async def _clickhouse_now(self) -> int:
+        """A millisecond after ClickHouse's clock now (``inserted_at``'s): rows inserted before
+        are earlier, rows inserted from now on are not."""
+        try:
+            rows = await self.store.query("SELECT toUnixTimestamp64Milli(now64(3))")
+        except Exception as exc:
+            raise _ClickHouseDown from exc
+        await asyncio.sleep(0.005)
+        return int(rows[0][0]) + 1
+
+    async def _since_of_fresh(self) -> int:
+        """``since`` of the partitions read from their beginning: none before any promotion (the
+        tables only ever held the default namespace), else ClickHouse's clock now."""
+        return 0 if self.namespace.epoch_ms == 0 else await self._clickhouse_now()
+
+    async def _switch(self, consumer: AIOKafkaConsumer) -> None:
+        """Follow ``self._wanted`` (everything read is inserted and committed)."""
+        old, new = self.namespace, self._wanted
+        if old.name == new.name:  # a new model for the namespace, or promoted again: same changelogs
+            self._follow(new)
+            log.info("sink: model namespace %s is active", new)
+            return
+        self._follow(new)
+        try:
+            self._fresh_since = await self._since_of_fresh()
+        except BaseException:
+            self._follow(old)
+            raise
+        self.stats.switches += 1
+        log.info(
+            "sink: model namespace %s is active: archiving %s and %s instead of namespace %s's "
+            "(each partition from its beginning unless already read since this promotion)",
+            new,
+            self.contacts.topics[0],
+            self.accounts.topics[0],
+            old.name,
+        )
+        consumer.subscribe(self.topics, listener=_Rebalance(self, consumer))
 
     # --- records to rows ---------------------------------------------------------------------
     def _add_event(self, batch: Batch, record: Any) -> None:
@@ -292,6 +467,7 @@ class Sink:
         """Start reading in the background (returns at once; ClickHouse and Kafka are waited for
         and retried there)."""
         self._stop.clear()
+        self._registry_read = False  # read it again: start on the active namespace
         self._task = asyncio.create_task(self._run(), name="analytics-sink")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -342,37 +518,72 @@ class Sink:
                 )
                 await self._sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-        while not self._stop.is_set():
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                group_id=self.group_id,
-                client_id=self.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=200,
-                max_partition_fetch_bytes=4 << 20,
-                session_timeout_ms=int(self.settings.session_timeout_s * 1000),
-                heartbeat_interval_ms=max(100, int(self.settings.session_timeout_s * 1000) // 4),
-                metadata_max_age_ms=30_000,  # topics created after the sink started are found soon
-            )
-            try:
-                await consumer.start()
-                consumer.subscribe(self.topics, listener=_Revoked(self))
-                await self._consume(consumer)
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError) as exc:
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("sink: Kafka error (%s); reconnecting in 1 s", self.stats.last_error)
-                self.drop_pending()
-                await self._sleep(1.0)
-            except Exception as exc:  # a bug: start again from the committed offsets, not too often
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("sink: unexpected error; starting again from the committed offsets in 5 s")
-                self.drop_pending()
-                await self._sleep(5.0)
-            finally:
-                await consumer.stop()
+        try:
+            await self._read_kafka()
+        finally:
+            await self.registry.close()
+
+    async def _read_kafka(self) -> None:
+        try:
+            while not self._stop.is_set():
+                await self._connect()
+        finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watcher
+                self._watcher = None
+
+    async def _connect(self) -> None:
+        """One consumer, until the sink stops or reading fails."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=200,
+            max_partition_fetch_bytes=4 << 20,
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(100, int(self.settings.session_timeout_s * 1000) // 4),
+            metadata_max_age_ms=30_000,  # topics created after the sink started are found soon
+        )
+        try:
+            if not self._registry_read:  # start on the active namespace
+                self._consider(await self.registry.read())
+                self._follow(self._wanted)
+                self._registry_read = True
+                self._watcher = asyncio.create_task(self._watch_registry(), name="analytics-sink-registry")
+                log.info(
+                    "sink: model namespace %s is active: archiving %s and %s",
+                    self.namespace,
+                    self.contacts.topics[0],
+                    self.accounts.topics[0],
+                )
+            self._fresh_since = await self._since_of_fresh()
+            await consumer.start()
+            consumer.subscribe(self.topics, listener=_Rebalance(self, consumer))
+            await self._consume(consumer)
+        except asyncio.CancelledError:
+            raise
+        except _ClickHouseDown as exc:
+            self.stats.failures += 1
+            self.stats.last_error = f"{type(exc.__cause__).__name__}: {exc.__cause__}"
+            log.warning("sink: ClickHouse unavailable (%s); trying again in 1 s", self.stats.last_error)
+            self.drop_pending()
+            await self._sleep(1.0)
+        except (KafkaError, OSError) as exc:
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("sink: Kafka error (%s); reconnecting in 1 s", self.stats.last_error)
+            self.drop_pending()
+            await self._sleep(1.0)
+        except Exception as exc:  # a bug: start again from the committed offsets, not too often
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("sink: unexpected error; starting again from the committed offsets in 5 s")
+            self.drop_pending()
+            await self._sleep(5.0)
+        finally:
+            await consumer.stop()
 
     def drop_pending(self) -> None:
         """Forget what is not committed (it is read again from the committed offsets)."""
@@ -384,40 +595,146 @@ class Sink:
 
     # --- the loop ----------------------------------------------------------------------------
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        switch_at = 0.0  # after a failed switch: when to try again
         while not self._stop.is_set():
             now = time.monotonic()
+            if self._undecided:
+                await self._decide(consumer)
+            switching = self._wanted != self.namespace
             assigned = consumer.assignment()
-            if any(s.sealed is not None or s.pending.full(self.batch_rows) for s in self.streams):
-                consumer.pause(*assigned)  # a batch waits for ClickHouse: hold the rest in Kafka
+            if switching or any(s.sealed is not None or s.pending.full(self.batch_rows) for s in self.streams):
+                # a batch waits for ClickHouse, or a promotion for what was read to be inserted:
+                # hold the rest in Kafka
+                consumer.pause(*assigned)
             else:
-                consumer.resume(*assigned)
-            batches = await consumer.getmany(timeout_ms=int(self._wait(now) * 1000), max_records=self.max_records)
+                consumer.resume(*(assigned - self._undecided))
+            if switching and self.idle and now >= switch_at:
+                try:
+                    await self._switch(consumer)
+                except _ClickHouseDown as exc:
+                    self.stats.failures += 1
+                    self.stats.last_error = f"{type(exc.__cause__).__name__}: {exc.__cause__}"
+                    log.warning("sink: ClickHouse unavailable (%s); switching in 1 s", self.stats.last_error)
+                    switch_at = now + 1.0
+                continue
+            batches = await consumer.getmany(
+                timeout_ms=int(self._wait(now, switching) * 1000), max_records=self.max_records
+            )
             if batches:
                 # decoding and scoring are CPU work: off the event loop (in embedded mode it is
                 # the API's), so requests keep being served meanwhile
                 await asyncio.get_running_loop().run_in_executor(self._rows, self._take_all, batches, self._generation)
             for stream in self.streams:
-                if self._due(stream, time.monotonic()):
+                if self._due(stream, time.monotonic(), switching):
                     await self._flush(consumer, stream)
+            if self._catch_up and self.contacts.sealed is None and self.contacts.pending.since is None:
+                await self._clean(consumer)
         for stream in self.streams:  # stopping: one last attempt at what is buffered
             for _ in range(2):
                 if stream.sealed is not None or stream.pending.since is not None:
                     await self._flush(consumer, stream)
 
-    def _due(self, stream: Stream, now: float) -> bool:
+    def _assigned(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """A new assignment: hold the changelog partitions until :meth:`_decide` chose where
+        each starts (called before the consumer can fetch from them)."""
+        self._assignments += 1
+        self._since, self._catch_up = {}, {}
+        changelogs = {*self.contacts.topics, *self.accounts.topics}
+        self._undecided = {tp for tp in assigned if tp.topic in changelogs}
+        if self._undecided:
+            consumer.pause(*self._undecided)
+
+    def _since_in(self, metadata: str) -> int | None:
+        """``since`` of a changelog partition whose commit carries ``metadata``, when that commit is
+        of the namespace and promotion followed now (else None: the partition is read again)."""
+        marker = f"{self.namespace.marker}:"
+        if metadata.startswith(marker) and metadata[len(marker) :].isdigit():
+            return int(metadata[len(marker) :])
+        if not metadata and self.namespace.epoch_ms == 0 and self.namespace.name == self.settings.app_id:
+            return 0  # committed by a sink that did not know namespaces: the default one's
+        return None
+
+    async def _decide(self, consumer: AIOKafkaConsumer) -> None:
+        """Where each newly assigned changelog partition starts: at its committed offset when that
+        was committed while following the current promotion, else at its beginning."""
+        assignments, tps = self._assignments, sorted(self._undecided, key=lambda t: (t.topic, t.partition))
+        committed = await consumer._coordinator.fetch_committed_offsets(tps)  # committed() drops the metadata
+        since = {tp: self._since_in(committed[tp].metadata) if tp in committed else None for tp in tps}
+        fresh = [tp for tp in tps if since[tp] is None]
+        contacts = [tp for tp in tps if tp.topic == self.contacts.topics[0]]
+        ends = await consumer.end_offsets(contacts) if contacts else {}
+        if assignments != self._assignments:
+            return  # assigned again meanwhile: decided anew
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+            log.info(
+                "sink: reading %s from the beginning (not read since model namespace %s became active)",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fresh),
+                self.namespace,
+            )
+        for tp in tps:
+            known = since[tp]
+            self._since[tp] = self._fresh_since if known is None else known
+        self._catch_up = {tp: ends[tp] for tp in contacts if self._since[tp] > 0}
+        self._undecided = set()
+
+    async def _clean(self, consumer: AIOKafkaConsumer) -> None:
+        """Once the contacts partitions held are in ClickHouse up to the end offsets they had when
+        assigned: delete their rows inserted before this namespace was followed (the previous
+        namespace's; its offsets are not comparable with this one's)."""
+        if time.monotonic() < self._clean_at:
+            return
+        for tp, end in self._catch_up.items():  # what was read is inserted: read up to the end?
+            if tp not in consumer.assignment() or await consumer.position(tp) < end:
+                return
+        topic = self.contacts.topics[0]
+        by_since: dict[int, list[int]] = {}
+        for tp in self._catch_up:
+            by_since.setdefault(self._since[tp], []).append(tp.partition)
+        every = len(by_since) == 1 and set(next(iter(by_since.values()))) >= (
+            consumer.partitions_for_topic(topic) or set()
+        )
+        try:
+            for since, partitions in sorted(by_since.items()):
+                where = f"inserted_at < fromUnixTimestamp64Milli({int(since)}, 'UTC')"
+                if not every:  # another sink holds the other partitions (same count in every namespace)
+                    where += f" AND kafka_partition IN ({', '.join(str(int(p)) for p in sorted(partitions))})"
+                stale = int((await self.store.query(f"SELECT count() FROM contacts WHERE {where}"))[0][0])  # noqa: S608
+                if stale:
+                    await self.store.command(f"DELETE FROM contacts WHERE {where}")  # noqa: S608 (integers)
+                log.info(
+                    "sink: contacts: %s read up to its end offsets at assignment (partitions %s); "
+                    "deleted %d rows archived before following namespace %s",
+                    topic,
+                    "all" if every else ", ".join(map(str, sorted(partitions))),
+                    stale,
+                    self.namespace.name,
+                )
+        except Exception as exc:
+            self.stats.failures += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("sink: contacts: deleting the previous namespace's rows failed (%s); retrying in 5 s", exc)
+            self._clean_at = time.monotonic() + 5.0
+            return
+        self._catch_up = {}
+
+    def _due(self, stream: Stream, now: float, switching: bool = False) -> bool:
+        """Whether to insert a stream's batch now (all of them, when switching namespaces)."""
         if stream.sealed is not None:
             return now >= stream.sealed.retry_at
         batch = stream.pending
-        return batch.since is not None and (batch.full(self.batch_rows) or now - batch.since >= self.batch_s)
+        return batch.since is not None and (
+            switching or batch.full(self.batch_rows) or now - batch.since >= self.batch_s
+        )
 
-    def _wait(self, now: float) -> float:
+    def _wait(self, now: float, switching: bool = False) -> float:
         """Seconds the next poll may wait: until the next batch is due (at most ``batch_s``)."""
         wait = self.batch_s
         for stream in self.streams:
             if stream.sealed is not None:
                 wait = min(wait, stream.sealed.retry_at - now)
             elif stream.pending.since is not None:
-                wait = min(wait, stream.pending.since + self.batch_s - now)
+                wait = min(wait, 0.0 if switching else stream.pending.since + self.batch_s - now)
         return max(0.0, wait)
 
     async def _flush(self, consumer: AIOKafkaConsumer, stream: Stream) -> None:
@@ -432,7 +749,7 @@ class Sink:
             for table, rows in batch.rows.items():
                 if table in batch.done or not rows:
                     continue
-                await self.store.insert(table, COLUMNS[table], rows, batch.token(table))
+                await self.store.insert(table, COLUMNS[table], rows, batch.token(table, self._since))
                 batch.done.add(table)
                 self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
                 self.stats.inserts += 1
@@ -460,10 +777,11 @@ class Sink:
     async def _ledger_rows(self, batch: Batch) -> None:
         """Build the batch's ledger rows (once: a retry inserts the same rows), after looking up
         the last row (before the batch) of the contacts the ledger does not remember."""
-        unknown = self.ledger.unknown(batch.changes)
-        if unknown:
-            found = scores_of(await self.store.query(LAST_LEDGER_ROWS, last_rows_parameters(unknown)))
-            self.ledger.prime(unknown, found)
+        for topic in sorted({c.record[0] for c in batch.changes}):  # one: the namespace's changelog
+            unknown = self.ledger.unknown(c for c in batch.changes if c.record[0] == topic)
+            if unknown:
+                found = scores_of(await self.store.query(LAST_LEDGER_ROWS, last_rows_parameters(unknown, topic)))
+                self.ledger.prime(unknown, found)
         batch.rows.setdefault("score_ledger", []).extend(self.ledger.rows(batch.changes))
         batch.changes = []
 
@@ -472,8 +790,12 @@ class Sink:
         offsets = {tp: offset for tp, offset in batch.next.items() if tp in assigned}
         if not offsets:
             return
+        marker = self.namespace.marker
         try:
-            await consumer.commit(offsets)
+            # a changelog partition's commit says which promotion it follows, and since when
+            await consumer.commit(
+                {tp: (o, f"{marker}:{self._since[tp]}") if tp in self._since else o for tp, o in offsets.items()}
+            )
             self.stats.commits += 1
         except KafkaError as exc:
             # the rows are in ClickHouse; the records will be read again and deduplicated
@@ -482,12 +804,14 @@ class Sink:
             )
 
 
-class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """On a rebalance, drop what is buffered: every partition is read again from its committed
-    offset (aiokafka revokes all partitions, then assigns)."""
+    offset (aiokafka revokes all partitions, then assigns); the changelog partitions wait until the
+    sink chose where each starts."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, consumer: AIOKafkaConsumer) -> None:
         self.sink = sink
+        self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         if any(s.sealed is not None or s.pending.since is not None for s in self.sink.streams):
@@ -495,7 +819,9 @@ class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink.drop_pending()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        log.info("sink: assigned %d partitions", len(list(assigned)))
+        partitions = set(assigned)
+        self.sink._assigned(self.consumer, partitions)  # before anything is fetched from them
+        log.info("sink: assigned %d partitions", len(partitions))
 
 
 def main(settings: Settings) -> None:
@@ -509,7 +835,12 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("sink: %s -> %s (group %s)", ", ".join(sink.topics), redacted(sink.store.url), sink.group_id)
+    log.info(
+        "sink: -> %s (group %s); the changelogs of the active namespace of %s",
+        redacted(sink.store.url),
+        sink.group_id,
+        settings.models_topic,
+    )
     await sink.start()
     await stop.wait()
     await sink.stop()

@@ -286,7 +286,7 @@ def test_a_contact_not_remembered_is_compared_with_what_clickhouse_holds() -> No
     ledger = Ledger(MODEL, capacity=1)
     again = read_contact(rec(record.value, record.topic, record.offset + 5, key=record.key), MODEL)
     assert ledger.unknown([again, change]) == {"user-1": record.offset}
-    assert last_rows_parameters({"b": 7, "a": 3}) == {"ids": ["a", "b"], "before": [3, 7]}
+    assert last_rows_parameters({"b": 7, "a": 3}, "cl") == {"ids": ["a", "b"], "before": [3, 7], "topic": "cl"}
     ledger.prime(["user-1"], {"user-1": change.scores})  # a restart: the row is already there
     assert ledger.rows([change]) == []
     other = read_contact(History("user-2").record(make_event(user_id="user-2", timestamp_ms=T0)), MODEL)

@@ -27,7 +27,7 @@ def with_store(url: str, body: Callable[[Store], Awaitable[None]]) -> None:
     asyncio.run(go())
 
 
-def ledger_row(contact: str, offset: int, engagement: float) -> list[object]:
+def ledger_row(contact: str, offset: int, engagement: float, topic: str = "cl") -> list[object]:
     values = {
         "contact_id": contact,
         "at": T0 + offset,
@@ -42,7 +42,7 @@ def ledger_row(contact: str, offset: int, engagement: float) -> list[object]:
         "message_ids": [f"m{offset}"],
         "merged_into": "",
         "model_version": "m@1",
-        "kafka_topic": "cl",
+        "kafka_topic": topic,
         "kafka_partition": 0,
         "kafka_offset": offset,
         "written_at": T0,
@@ -68,10 +68,15 @@ def test_a_retried_insert_with_the_same_token_is_dropped_and_final_collapses_rer
 def test_the_last_ledger_row_before_an_offset(chdb_url: str) -> None:
     async def body(store: Store) -> None:
         rows = [ledger_row("c-1", o, float(o)) for o in (5, 9, 12)] + [ledger_row("c-2", 3, 3.0)]
+        # another model namespace's changelog: offsets of its own, never compared with these
+        rows += [ledger_row("c-1", 8, 80.0, "b-cl"), ledger_row("c-3", 1, 1.0, "b-cl")]
         await store.insert("score_ledger", LEDGER_COLUMNS, rows)
-        found = scores_of(await store.query(LAST_LEDGER_ROWS, last_rows_parameters({"c-1": 10, "c-2": 3, "c-3": 99})))
+        unknown = {"c-1": 10, "c-2": 3, "c-3": 99}
+        found = scores_of(await store.query(LAST_LEDGER_ROWS, last_rows_parameters(unknown, "cl")))
         assert set(found) == {"c-1"}  # c-2 has nothing before offset 3, c-3 nothing at all
         assert (found["c-1"].engagement, found["c-1"].at_ms, found["c-1"].kind) == (9.0, T0 + 9, "score")
+        found = scores_of(await store.query(LAST_LEDGER_ROWS, last_rows_parameters(unknown, "b-cl")))
+        assert {c: s.engagement for c, s in found.items()} == {"c-1": 80.0, "c-3": 1.0}
 
     with_store(chdb_url, body)
 
