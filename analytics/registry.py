@@ -40,7 +40,11 @@ class RegistryReader:
     async def _read(self) -> Registry:
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=100,
+                auto_offset_reset="earliest",
             )
             await self._consumer.start()
             self._reading = Registry(self.registry.default)

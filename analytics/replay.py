@@ -52,7 +52,7 @@ from schemas.state import (
     raw_item,
 )
 from scorestream import ContactState, Model, engagement_at, fit_of
-from scorestream.contact import Absorb, step
+from scorestream.contact import Absorb, Tick, step
 from scorestream.identity import resolve, routing_key
 from scorestream.lifecycle import walk
 
@@ -92,6 +92,18 @@ class Fold:
                 chunk = []
         if chunk:
             self.feed(chunk)
+        self.settle()
+
+    def settle(self) -> None:
+        """Walk the contacts whose walk was put off (the worker's clock ticks them within a second
+        of their last batch; the fold has no clock, so it ticks them when the records end)."""
+        for key, raw_state in list(self.contacts.items()):
+            state = decode_state(raw_state)
+            journey = state.journey
+            if journey is not None and journey.deferred_since is not None and journey.next_due_ms is not None:
+                ticked, _ = step(state, key, [Tick(journey.next_due_ms)], self.model)
+                if ticked is not None:
+                    self.contacts[key] = encode(ticked)
 
     def feed(self, records: list[Record]) -> None:
         """Fold one batch of source records."""
@@ -320,7 +332,11 @@ async def _read_to_end(
 ) -> AsyncIterator[list[tuple[str, Any]]]:
     """Every record of ``topics`` up to their end offsets at the start, batch by batch, as
     ``(topic, record)``: a consumer with manual assignment and no group (nothing committed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    # earliest: with the default (latest), the reset that assign() starts can land after the seek
+    # to the beginning below and move the position to the end (a read of nothing, ~10% of runs)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         # the cluster's metadata, fetched for these topics (as api/follow.py does: aiokafka has no
@@ -489,6 +505,7 @@ async def fold_source(
         records = await asyncio.to_thread(fold_archive)
     else:
         raise ValueError(f"unknown source {source!r} (kafka or archive)")
+    fold.settle()
     return fold, records, time.perf_counter() - started
 
 

@@ -30,7 +30,11 @@ async def _consume(
     settings: Settings, registry: Registry, until_end: bool, on_change: Callable[[], None] | None = None
 ) -> None:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=500
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=500,
+        auto_offset_reset="earliest",  # the reset assign() starts must not move past the seek
     )
     await consumer.start()
     try:
