@@ -9,12 +9,25 @@ The rules they keep:
   against one server (two sinks, a sink and an API) may both apply it: the outcome is the same,
   and ``schema_migrations`` (a ReplacingMergeTree keyed by version) keeps one row.
 - Statements end with ``;`` at the end of a line; lines starting with ``--`` are comments.
+
+ClickHouse has no conditional DDL, and a rebuild (create a table, copy the rows, swap the names)
+is not idempotent statement by statement: swapping twice undoes it. Two comment lines make such a
+file safe to apply again, and to apply from two processes at once:
+
+- ``-- when: <SELECT>`` guards the statement it precedes: the statement runs only when the query's
+  first value is true (non-zero; no row is false). When the statement fails and the condition no
+  longer holds, another process took that step meanwhile: the step is done, not failed.
+- ``-- expect: <SELECT>`` states what must hold once the file has been applied. When it does not
+  (two processes both took a step that undoes itself, such as a swap), the file is applied again
+  after a short random pause, up to :data:`APPLY_ATTEMPTS` times, then :class:`MigrationError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -25,6 +38,10 @@ from analytics.client import Store
 
 log = logging.getLogger(__name__)
 FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+WHEN = re.compile(r"^--\s*when:\s*(?P<sql>\S.*)$")
+EXPECT = re.compile(r"^--\s*expect:\s*(?P<sql>\S.*)$")
+STATEMENT_END = re.compile(r";[ \t]*$")
+APPLY_ATTEMPTS = 5
 MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations
 (
@@ -43,6 +60,14 @@ class MigrationError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Step:
+    """A statement, and the condition (a SELECT) it runs under, if any."""
+
+    sql: str
+    when: str | None = None
+
+
+@dataclass(frozen=True)
 class Migration:
     version: int
     name: str
@@ -54,9 +79,49 @@ class Migration:
 
     def statements(self) -> list[str]:
         """The file's statements, comments dropped."""
-        lines = [line for line in self.sql.splitlines() if not line.lstrip().startswith("--")]
-        text = "\n".join(lines)
-        return [s.strip() for s in re.split(r";[ \t]*(?:\n|$)", text) if s.strip()]
+        return [step.sql for step in self.steps()]
+
+    def steps(self) -> list[Step]:
+        """The file's statements with their ``-- when:`` conditions (one at most, anywhere before
+        the statement's end)."""
+        out: list[Step] = []
+        lines: list[str] = []
+        when: str | None = None
+        for line in self.sql.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("--"):
+                guard = WHEN.match(stripped)
+                if guard is not None:
+                    if when is not None:
+                        raise MigrationError(f"{self.label}: two `-- when:` lines for one statement")
+                    when = guard["sql"].strip()
+                continue
+            lines.append(line)
+            if STATEMENT_END.search(line):
+                sql = STATEMENT_END.sub("", "\n".join(lines)).strip()
+                if sql:
+                    out.append(Step(sql, when))
+                    when = None
+                lines = []
+        rest = "\n".join(lines).strip()
+        if rest:
+            out.append(Step(rest, when))
+        elif when is not None:
+            raise MigrationError(f"{self.label}: a `-- when:` line guards no statement")
+        return out
+
+    def expectations(self) -> list[str]:
+        """The ``-- expect:`` queries of the file."""
+        out = []
+        for line in self.sql.splitlines():
+            found = EXPECT.match(line.strip())
+            if found is not None:
+                out.append(found["sql"].strip())
+        return out
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
 
 
 def default_directory() -> Path:
@@ -99,8 +164,7 @@ async def migrate(store: Store, directory: Path | None = None, force: bool = Fal
             )
         if recorded is not None and not force:
             continue
-        for statement in migration.statements():
-            await store.command(statement)
+        await apply(store, migration)
         if recorded is None:
             await store.insert(
                 "schema_migrations",
@@ -110,3 +174,38 @@ async def migrate(store: Store, directory: Path | None = None, force: bool = Fal
             log.info("applied ClickHouse migration %04d_%s", migration.version, migration.name)
         ran.append(migration.version)
     return ran
+
+
+async def holds(store: Store, condition: str) -> bool:
+    """Whether a ``-- when:``/``-- expect:`` query's first value is true (no row: false)."""
+    rows = await store.query(condition)
+    return bool(rows) and bool(rows[0][0])
+
+
+async def apply(store: Store, migration: Migration, pause_s: float = 0.2) -> None:
+    """Run the file's statements (those whose condition holds), then check its expectations; apply
+    it again while they fail (another process was applying it at the same time), up to
+    :data:`APPLY_ATTEMPTS` times."""
+    for attempt in range(1, APPLY_ATTEMPTS + 1):
+        for step in migration.steps():
+            await run_step(store, migration, step)
+        failed = [e for e in migration.expectations() if not await holds(store, e)]
+        if not failed:
+            return
+        if attempt == APPLY_ATTEMPTS:
+            raise MigrationError(f"migration {migration.label}: after {attempt} attempts, still not true: {failed[0]}")
+        log.warning("migration %s: not done yet (another process applying it?), applying it again", migration.label)
+        await asyncio.sleep(random.uniform(0.5, 1.5) * pause_s * attempt)
+
+
+async def run_step(store: Store, migration: Migration, step: Step) -> None:
+    """One statement, if its condition holds; failed while its condition no longer holds, it was
+    taken by another process meanwhile: done."""
+    if step.when is not None and not await holds(store, step.when):
+        return
+    try:
+        await store.command(step.sql)
+    except Exception:
+        if step.when is None or await holds(store, step.when):
+            raise
+        log.info("migration %s: a step was taken by another process meanwhile", migration.label)

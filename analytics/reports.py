@@ -18,6 +18,8 @@ Rules the queries keep:
   page was read comes again later, and no other is skipped or repeated. Arrival times come from
   the ClickHouse server's clock at insert; against a server, rows younger than ``settle_ms`` are
   held back so that an insert still in progress when a page was read cannot land behind it.
+- A contact's history is of one model (``?model=``, default the active model's version): after a
+  promotion ``score_ledger`` holds two namespaces' rows for the same period.
 - Stage history: the initial stage is entered without a trigger (the core emits none for it), so
   entries into it are the contacts' ``first_seen`` (``contacts``); every other entry is a row of
   ``stage_transitions``. Several transitions at one instant (a chain) are ordered by following
@@ -353,43 +355,52 @@ async def follow_merges(store: Store, contact_id: str) -> str:
 
 # --- history -----------------------------------------------------------------------------------
 
-LEDGER = """
+# History is of one model (parameter ``model``, see :func:`model_filter_sql`; the API's default is
+# the active model's version). After a promotion ``score_ledger`` holds the rows of two namespaces'
+# changelogs for the same period (the sink reads the new one from its beginning): mixed, they would
+# interleave two models' scores. The stage transitions (public triggers, each tagged with the model
+# that announced it: the old one before the promotion's cut, the new one from it) are filtered the
+# same way, so that the as-of stage never takes another model's move; the new model's stages before
+# the cut are in its ledger rows.
+
+LEDGER = f"""
 SELECT toUnixTimestamp64Milli(at), toString(kind), toString(cause), engagement, engagement_band, fit, fit_grade,
        stage, rules, message_ids, merged_into, model_version
 FROM score_ledger FINAL
-WHERE contact_id = {id:String}
-  AND at >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND at < fromUnixTimestamp64Milli({to:Int64}, 'UTC')
-ORDER BY at, kafka_partition, kafka_offset
-LIMIT {limit:UInt32}
-"""
+WHERE contact_id = {{id:String}} AND {model_filter_sql("model_version")}
+  AND at >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') AND at < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC')
+ORDER BY at, kafka_topic, kafka_partition, kafka_offset
+LIMIT {{limit:UInt32}}
+"""  # noqa: S608 (constant fragments; values are bound as parameters)
 
-TRANSITIONS = """
+TRANSITIONS = f"""
 SELECT toUnixTimestamp64Milli(at), from_stage, to_stage, rule, cause, model_version, trigger_id
 FROM stage_transitions FINAL
-WHERE subject_kind = 'contact' AND subject_id = {id:String}
-  AND at >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') AND at < fromUnixTimestamp64Milli({to:Int64}, 'UTC')
+WHERE subject_kind = 'contact' AND subject_id = {{id:String}} AND {model_filter_sql("model_version")}
+  AND at >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') AND at < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC')
 ORDER BY at, trigger_id
-LIMIT {limit:UInt32}
-"""
+LIMIT {{limit:UInt32}}
+"""  # noqa: S608 (constant fragments; values are bound as parameters)
 
 # the last ledger row at or before an instant (duplicates of a row are the same row: no FINAL)
-LEDGER_AS_OF = """
+LEDGER_AS_OF = f"""
 SELECT count(),
        argMax(tuple(toUnixTimestamp64Milli(at), toString(kind), engagement, fit, fit_grade, stage, model_version),
               tuple(at, kafka_offset))
 FROM score_ledger
-WHERE contact_id = {id:String} AND at <= fromUnixTimestamp64Milli({as_of:Int64}, 'UTC')
-"""
+WHERE contact_id = {{id:String}} AND {model_filter_sql("model_version")}
+  AND at <= fromUnixTimestamp64Milli({{as_of:Int64}}, 'UTC')
+"""  # noqa: S608 (constant fragments; values are bound as parameters)
 
 # the transitions at the last instant at or before one (a chain has several)
-LAST_TRANSITIONS = """
+LAST_TRANSITIONS = f"""
 SELECT toUnixTimestamp64Milli(at), from_stage, to_stage, rule, cause, model_version, trigger_id
 FROM stage_transitions FINAL
-WHERE subject_kind = 'contact' AND subject_id = {id:String}
+WHERE subject_kind = 'contact' AND subject_id = {{id:String}} AND {model_filter_sql("model_version")}
   AND at = (SELECT max(at) FROM stage_transitions
-            WHERE subject_kind = 'contact' AND subject_id = {id:String}
-              AND at <= fromUnixTimestamp64Milli({as_of:Int64}, 'UTC'))
-"""
+            WHERE subject_kind = 'contact' AND subject_id = {{id:String}} AND {model_filter_sql("model_version")}
+              AND at <= fromUnixTimestamp64Milli({{as_of:Int64}}, 'UTC'))
+"""  # noqa: S608 (constant fragments; values are bound as parameters)
 
 
 def chain_order(transitions: Iterable[TransitionOut]) -> list[TransitionOut]:
@@ -476,18 +487,29 @@ def as_of_view(as_of_ms: int, ledger: Rows, last_transitions: Sequence[Transitio
 
 
 async def history(
-    store: Store, model: Model, contact_id: str, from_ms: int | None, to_ms: int, as_of_ms: int, limit: int
+    store: Store,
+    model: Model,
+    contact_id: str,
+    from_ms: int | None,
+    to_ms: int,
+    as_of_ms: int,
+    limit: int,
+    model_version: str | None = None,
 ) -> HistoryOut:
     """The contact's ledger rows and stage transitions in ``[from_ms, to_ms)`` (at most ``limit``
-    of each, oldest first) and its scores as of ``as_of_ms``."""
-    window = {"id": contact_id, "from": from_ms or 0, "to": to_ms, "limit": limit + 1}
+    of each, oldest first) and its scores as of ``as_of_ms``, all of the model ``model_version``
+    (a version or a name; default: ``model``'s version). ``model`` decays and bands the as-of
+    scores: the model the rows are of, when the caller has it."""
+    chosen = model_version or model.version
+    window = {"id": contact_id, "from": from_ms or 0, "to": to_ms, "limit": limit + 1, "model": chosen}
     ledger = await store.query(LEDGER, window)
     transitions = await store.query(TRANSITIONS, window)
-    point = {"id": contact_id, "as_of": as_of_ms}
+    point = {"id": contact_id, "as_of": as_of_ms, "model": chosen}
     last = await store.query(LEDGER_AS_OF, point)
     at_last = [transition_out(r) for r in await store.query(LAST_TRANSITIONS, point)]
     return HistoryOut(
         contact_id=contact_id,
+        model=chosen,
         **{"from": _dt(from_ms)},  # "from" is a Python keyword: the field is from_, aliased
         to=_at(to_ms),
         ledger=[ledger_out(r) for r in ledger[:limit]],

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, error_name_from_body
 from fastapi import APIRouter, FastAPI, Query
@@ -77,6 +77,11 @@ def analytics_store(settings: Settings, sink: Sink | None) -> StoreGetter:
         return store
 
     return server
+
+
+def _matches(model: Model, name: str) -> bool:
+    """Whether ``name`` (a version or a name) names ``model``, as ``reports.model_filter_sql`` does."""
+    return model.version == name or model.version.startswith(name + "@")
 
 
 def _names(raw: str | None) -> tuple[str, ...]:
@@ -190,12 +195,26 @@ def mount_analytics(
             datetime | None, Query(description="The instant of the as-of view (default: the window end).")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000, description="Most rows of each list.")] = 1000,
+        model_: Annotated[
+            str | None,
+            Query(
+                alias="model",
+                description="The model whose history this is: a version (`name@hash`) or a name (every version of "
+                "it); default: the active model's version. After a promotion the archive holds both models' "
+                "histories of the same period; `GET /v1/models` lists the versions.",
+            ),
+        ] = None,
     ) -> HistoryOut:
-        """Why a contact scores what it does: every change of its scores (with the rules and events
-        behind it) and its stage changes in the window, and its scores as they were at `as_of`
-        (what the CRM saw when it last synced). By user id, anonymous id or email."""
+        """Why a contact scores what it does under one model (`model`, default the active one): every
+        change of its scores (with the rules and events behind it) and its stage changes in the window,
+        and its scores as they were at `as_of` (what the CRM saw when it last synced). By user id,
+        anonymous id or email. The stage changes are those the model announced: after a promotion,
+        the new model's from the promotion's cut on (its ledger rows show its stages before it)."""
         from_ms, to_ms = window(from_, to, None)
         at = to_ms if as_of is None else _ms(as_of)
+        active = active_model()
+        chosen = model_ or active.version
+        scoring = model_of(chosen, active)
 
         async def query(store: Store) -> HistoryOut:
             found = _replica_id(contact_id)
@@ -205,9 +224,20 @@ def mount_analytics(
                 raise error(
                     404, "not_found", f"no contact with id, anonymous id or email {contact_id!r} in the archive"
                 )
-            return await reports.history(store, active_model(), found, from_ms, to_ms, at, limit)
+            return await reports.history(store, scoring, found, from_ms, to_ms, at, limit, chosen)
 
         return await answer(query)
+
+    def model_of(name: str, active: Model) -> Model:
+        """The model that decays and bands the as-of scores of model ``name`` (a version or a name):
+        the active one, else a live namespace's running it, else (a retired model) the active one."""
+        if _matches(active, name):
+            return active
+        namespaces = getattr(app.state, "namespaces", None)
+        for readers in namespaces.live() if namespaces is not None else ():
+            if _matches(readers.model, name):
+                return cast(Model, readers.model)
+        return active
 
     def _replica_id(ident: str) -> str | None:
         replica = getattr(app.state, "replica", None)

@@ -104,6 +104,10 @@ class AsOfOut(BaseModel):
 
 class HistoryOut(BaseModel):
     contact_id: str
+    model: str = Field(
+        description="The model the ledger, the transitions and `as_of` are of: a version (`name@hash`), or a name "
+        "(every version of it); default: the active model's version."
+    )
     from_: datetime | None = Field(alias="from", description="Start of the window (inclusive); null: the beginning.")
     to: datetime = Field(description="End of the window (exclusive).")
     ledger: list[LedgerRowOut] = Field(description="Oldest first.")

@@ -253,6 +253,30 @@ async def load(store: Store, archive: Archive, seed: int = 7) -> None:
     await store.insert("score_ledger", LEDGER_COLUMNS, archive.ledger[1:])
 
 
+async def two_namespaces(store: Store, other: str) -> None:
+    """Contact x archived from two namespaces: A (model ``other``) until B (the active ``MODEL``) was
+    promoted, and B, whose changelog the sink read from its beginning. Their first rows have the same
+    contact, instant, partition and offset; each model changed x's stage once."""
+
+    def row(at: int, engagement: float, stage: str, offset: int, version: str, topic: str) -> list[Any]:
+        values = dict(zip(LEDGER_COLUMNS, ledger_row("x", at, engagement, 30.0, stage, offset, [], []), strict=True))
+        values.update(model_version=version, kafka_topic=topic)
+        return list(values.values())
+
+    a, b = "a-contacts-changelog", "b-contacts-changelog"
+    await store.insert("score_ledger", LEDGER_COLUMNS, [row(NOW, 10.0, "lead", 1, other, a)])
+    await store.insert("score_ledger", LEDGER_COLUMNS, [row(NOW, 20.0, "lead", 1, MODEL.version, b)])
+    await store.insert("score_ledger", LEDGER_COLUMNS, [row(NOW + DAY, 60.0, "sql", 2, other, a)])
+    await store.insert("score_ledger", LEDGER_COLUMNS, [row(NOW + 2 * DAY, 70.0, "mql", 3, MODEL.version, b)])
+    moves = [
+        Transition("x", NOW + DAY, "lead", "sql", other, "trg_a1"),
+        Transition("x", NOW + 2 * DAY, "lead", "mql", MODEL.version, "trg_b1"),
+    ]
+    await store.insert("triggers", TRIGGER_COLUMNS, [t.row(i) for i, t in enumerate(moves)])
+    x = Contact("x", NOW, NOW + 2 * DAY, "mql", NOW + 2 * DAY, NOW + 2 * DAY, 3, engagement=70.0, fit=30.0)
+    await store.insert("contacts", CONTACT_COLUMNS, [x.row()])
+
+
 # --- reference answers -------------------------------------------------------------------------
 
 

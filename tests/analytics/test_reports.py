@@ -38,6 +38,7 @@ from tests.analytics.archive import (
     rfm_expect,
     rounded,
     segments_expect,
+    two_namespaces,
 )
 from tests.factories import DAY
 
@@ -222,7 +223,9 @@ def _with(row: list[Any], **changes: Any) -> list[Any]:
 
 def test_history_window_and_as_of(store: Store, archive: Archive) -> None:
     contact = "c-001"
-    mine = sorted((t for t in archive.transitions if t.contact == contact), key=lambda t: t.at)
+    mine = sorted(
+        (t for t in archive.transitions if t.contact == contact and t.version == MODEL.version), key=lambda t: t.at
+    )
     ledger_ats = [NOW - 30 * DAY, NOW - 20 * DAY, NOW - 10 * DAY]
     h = run(reports.history(store, MODEL, contact, None, NOW, NOW, 100))
     assert [r.at.timestamp() * 1000 for r in h.ledger] == ledger_ats  # the re-read rows once each
@@ -270,6 +273,38 @@ def test_as_of_takes_the_stage_a_later_transition_set(chdb_path: Path) -> None:
         assert h.as_of.engagement == rounded(50.0 * math.pow(2.0, -4 * DAY / MODEL.half_life_ms))
         h = await reports.history(store, MODEL, "x", None, NOW + 5 * DAY, NOW + 2 * DAY, 10)
         assert h.as_of is not None and h.as_of.stage == "mql"
+
+    fresh(chdb_path, body)
+
+
+OTHER = "b2c@0123456789ab"  # the model of the namespace promoted away from
+
+
+def test_history_is_of_one_model(chdb_path: Path) -> None:
+    """After a promotion: the active model's history by default, the other one's when named (by
+    version or by name); the as-of view never takes the other model's row or stage change."""
+
+    async def body(store: Store) -> None:
+        await two_namespaces(store, OTHER)
+        await store.command("OPTIMIZE TABLE score_ledger FINAL")
+        end, as_of = NOW + 5 * DAY, NOW + DAY + DAY // 2
+        h = await reports.history(store, MODEL, "x", None, end, as_of, 10)
+        assert h.model == MODEL.version
+        assert [(r.engagement, r.model_version) for r in h.ledger] == [(20.0, MODEL.version), (70.0, MODEL.version)]
+        assert [t.trigger_id for t in h.transitions] == ["trg_b1"]
+        assert h.as_of is not None and h.as_of.ledger_at.timestamp() * 1000 == NOW and h.as_of.stage == "lead"
+        assert h.as_of.model_version == MODEL.version
+        for name in (OTHER, "b2c"):
+            h = await reports.history(store, MODEL, "x", None, end, as_of, 10, name)
+            assert h.model == name
+            assert [(r.engagement, r.stage) for r in h.ledger] == [(10.0, "lead"), (60.0, "sql")]
+            assert [t.trigger_id for t in h.transitions] == ["trg_a1"]
+            assert h.as_of is not None and h.as_of.ledger_at.timestamp() * 1000 == NOW + DAY
+            assert h.as_of.stage == "sql" and h.as_of.model_version == OTHER
+        # as of before B's stage change, after A's: B's row's stage, not A's move
+        h = await reports.history(store, MODEL, "x", None, end, NOW + DAY + 1, 10)
+        assert h.as_of is not None and h.as_of.stage == "lead"
+        assert (await reports.history(store, MODEL, "x", None, end, as_of, 10, "nobody")).ledger == []
 
     fresh(chdb_path, body)
 

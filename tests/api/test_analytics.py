@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
@@ -18,15 +20,19 @@ from fastapi import FastAPI
 from analytics import reports
 from analytics.client import Store
 from analytics.migrations import migrate
+from analytics.reports import decayed
 from api.analytics import analytics_store
 from api.app import create_api
 from api.population import PopulationReader
 from api.replica import Replica, WorkerStatus
+from schemas.model_file import MODELS, load_model
 from schemas.settings import Settings
 from schemas.state import encode
+from schemas.times import at_of
 from scorestream import apply_events
 from scorestream.population import PopulationModel
-from tests.analytics.archive import MODEL, NOW, Archive, generate, load, rfm_bounds
+from scorestream.scoring import band_of
+from tests.analytics.archive import MODEL, NOW, Archive, generate, load, rfm_bounds, two_namespaces
 from tests.factories import DAY, make_event
 
 T = TypeVar("T")
@@ -252,3 +258,55 @@ def test_the_contact_routes_still_answer_beside_the_list(store: Store) -> None:
     app.fast_get = None  # type: ignore[attr-defined]
     (slow,) = get(app, "/v1/contacts/c-001")
     assert slow.json() == one.json()
+
+
+def test_history_is_the_active_models_unless_another_is_named(chdb_path: Path) -> None:
+    """Contact x archived from two namespaces (A: the b2c model, B: the active one): the history of
+    B by default, of A by version or name; A's as-of scores decayed with A's half-life while a live
+    namespace runs it."""
+    b2c = load_model(MODELS / "b2c.yaml")
+    b2c = replace(b2c, half_life_ms=b2c.half_life_ms // 2)  # (the bundled one decays like the default)
+    as_of = NOW + 3 * DAY
+
+    async def go() -> list[httpx.Response]:
+        store = Store(f"chdb://{chdb_path}?database=api_ns_{uuid.uuid4().hex[:8]}")
+        try:
+            await migrate(store)
+            await two_namespaces(store, b2c.version)
+            app = make_app(store)
+            iso = {t: at_of(t).isoformat().replace("+00:00", "Z") for t in (NOW + 5 * DAY, as_of)}
+            window = f"to={iso[NOW + 5 * DAY]}&as_of={iso[as_of]}"
+            responses = []
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+                headers = {"Authorization": f"Bearer {KEY}"}
+                for query in ("", f"&model={b2c.version}", "&model=b2c", "&model="):
+                    responses.append(await client.get(f"/v1/contacts/x/history?{window}{query}", headers=headers))
+                app.state.namespaces = SimpleNamespace(live=lambda: [SimpleNamespace(model=b2c)])
+                responses.append(await client.get(f"/v1/contacts/x/history?{window}&model=b2c", headers=headers))
+            return responses
+        finally:
+            await store.close()
+
+    default, by_version, by_name, empty, live = (r.json() for r in asyncio.run(go()))
+    assert default["model"] == MODEL.version == empty["model"]
+    assert [(r["engagement"], r["model_version"]) for r in default["ledger"]] == [
+        (20.0, MODEL.version),
+        (70.0, MODEL.version),
+    ]
+    assert [t["trigger_id"] for t in default["transitions"]] == ["trg_b1"] and default["as_of"]["stage"] == "mql"
+    assert empty == default
+    assert by_version["model"] == b2c.version and by_name["model"] == "b2c"
+    for body in (by_version, by_name):
+        assert [r["engagement"] for r in body["ledger"]] == [10.0, 60.0]
+        assert [t["trigger_id"] for t in body["transitions"]] == ["trg_a1"]
+        assert body["as_of"]["model_version"] == b2c.version and body["as_of"]["stage"] == "sql"
+    # no live namespace runs b2c: the active model's half-life; one does: b2c's
+    assert by_name["as_of"]["engagement"] == decayed(60.0, NOW + DAY, as_of, MODEL.half_life_ms)
+    assert live["as_of"]["engagement"] == decayed(60.0, NOW + DAY, as_of, b2c.half_life_ms)
+    assert live["as_of"]["engagement_band"] == band_of(b2c.engagement_bands, live["as_of"]["engagement"])
+
+
+def test_the_history_route_documents_model() -> None:
+    doc = make_app(None).openapi()
+    parameters = {p["name"]: p for p in doc["paths"]["/v1/contacts/{contact_id}/history"]["get"]["parameters"]}
+    assert "active model" in parameters["model"]["description"]

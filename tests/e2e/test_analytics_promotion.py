@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from analytics import reports
 from analytics.rows import LEDGER_COLUMNS, Ledger, read_contact
 from analytics.sink import Sink
 from schemas.accounts import encode as encode_account
@@ -26,7 +27,7 @@ from schemas.state import encode as encode_state
 from scorestream import ContactState, Model
 from scorestream.accounts import apply_member_updates, member_update
 from scorestream.contact import step
-from tests.factories import DEFAULT_MODEL, HOUR, T0, make_event
+from tests.factories import DAY, DEFAULT_MODEL, HOUR, T0, make_event
 
 MODEL_A = DEFAULT_MODEL
 MODEL_B = load_model(MODELS / "b2c.yaml")
@@ -179,6 +180,12 @@ async def scenario(settings: Settings, a: Namespace, b: Namespace) -> None:
             assert ("first",) in firsts  # compared with B's rows only, not with A's
             accounts = await sink.store.query("SELECT DISTINCT kafka_topic, model_version FROM account_changes FINAL")
             assert (b.accounts_topic, MODEL_B.version) in accounts
+            # a contact's history is of one model: B's (active) by default, A's when named
+            for ns, named in ((b, None), (a, MODEL_A.version)):
+                h = await reports.history(sink.store, MODEL_B, CONTACTS[0], None, T0 + DAY, T0 + DAY, 1000, named)
+                expected = sorted(r[1] for r in ns.ledger() if r[0] == CONTACTS[0])
+                assert sorted(int(r.at.timestamp() * 1000) for r in h.ledger) == expected
+                assert {r.model_version for r in h.ledger} == {ns.model.version}
 
             # both keep running: only B's changes are archived
             archived_a = a.ledger()
