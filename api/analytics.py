@@ -199,8 +199,8 @@ def mount_analytics(
             str | None,
             Query(
                 alias="model",
-                description="The model whose history this is: a version (`name@hash`) or a name (every version of "
-                "it); default: the active model's version. After a promotion the archive holds both models' "
+                description="The model whose history this is: a live namespace (its model's version), a version "
+                "(`name@hash`) or a name (every version of it); default: the active model's version. After a promotion the archive holds both models' "
                 "histories of the same period; `GET /v1/models` lists the versions.",
             ),
         ] = None,
@@ -214,6 +214,10 @@ def mount_analytics(
         at = to_ms if as_of is None else _ms(as_of)
         active = active_model()
         chosen = model_ or active.version
+        namespaces = getattr(app.state, "namespaces", None)
+        for readers in namespaces.live() if model_ and namespaces is not None else ():
+            if getattr(readers, "namespace", None) == model_:  # a namespace's name: its model's version
+                chosen = readers.model.version
         scoring = model_of(chosen, active)
 
         async def query(store: Store) -> HistoryOut:

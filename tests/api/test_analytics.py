@@ -281,13 +281,15 @@ def test_history_is_the_active_models_unless_another_is_named(chdb_path: Path) -
                 headers = {"Authorization": f"Bearer {KEY}"}
                 for query in ("", f"&model={b2c.version}", "&model=b2c", "&model="):
                     responses.append(await client.get(f"/v1/contacts/x/history?{window}{query}", headers=headers))
-                app.state.namespaces = SimpleNamespace(live=lambda: [SimpleNamespace(model=b2c)])
+                app.state.namespaces = SimpleNamespace(live=lambda: [SimpleNamespace(namespace="old-ns", model=b2c)])
                 responses.append(await client.get(f"/v1/contacts/x/history?{window}&model=b2c", headers=headers))
+                responses.append(await client.get(f"/v1/contacts/x/history?{window}&model=old-ns", headers=headers))
             return responses
         finally:
             await store.close()
 
-    default, by_version, by_name, empty, live = (r.json() for r in asyncio.run(go()))
+    default, by_version, by_name, empty, live, by_namespace = (r.json() for r in asyncio.run(go()))
+    assert by_namespace["model"] == b2c.version and by_namespace["ledger"] == by_version["ledger"]
     assert default["model"] == MODEL.version == empty["model"]
     assert [(r["engagement"], r["model_version"]) for r in default["ledger"]] == [
         (20.0, MODEL.version),
