@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.command == "run":
         return run(settings)
     if args.command == "worker":

@@ -106,7 +106,16 @@ def shadow(
     registry = asyncio.run(read_registry(settings))
     active = registry.active
     console.print(f"shadow namespace [bold]{namespace}[/] runs {model.version} beside [bold]{active}[/]")
-    worker = subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=worker_env(namespace))
+    log_path = settings.data_dir / f"worker-{namespace}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"its worker's log: {log_path}")
+    with log_path.open("ab") as log_file:  # the worker's own output would bury the progress bar
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "worker"],
+            env=worker_env(namespace),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     stopping = False
 
     def stop(*_: object) -> None:
@@ -135,7 +144,7 @@ def shadow(
                     settled = None
                 time.sleep(1.0)
         if worker.poll() is not None:
-            console.print(f"[red]the shadow worker stopped (exit {worker.returncode})[/]")
+            console.print(f"[red]the shadow worker stopped (exit {worker.returncode}); see {log_path}[/]")
             return 1
         if stopping:
             return 0

@@ -48,12 +48,17 @@ class Worker(faust.Worker):
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(max(level_no, logging.INFO))
 
+    stopping = False
+
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
+        if self.stopping:  # stopped while starting: "stopped" is already announced, not "ready" after it
+            return
         await self.announce("ready")
         log.info("worker %s ready: tables recovered, model %s", worker_id(), self.model_version)
 
     async def on_stop(self) -> None:
+        self.stopping = True
         try:
             await self.announce("stopped")
         except Exception:
