@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
@@ -43,6 +42,7 @@ from scorestream.population import (
 )
 from scorestream.rfm import CustomerValue
 from streams.app import Wiring
+from streams.topic_reader import read_topic
 
 log = logging.getLogger(__name__)
 REBUILD_YIELD_EVERY = 2000  # table records decoded between yields to the event loop
@@ -273,23 +273,6 @@ class PopulationFeed:
             except (KafkaError, OSError) as exc:
                 log.warning("population: reader failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
-
-
-async def read_topic(bootstrap: str, topic: str, apply: Any) -> None:
-    """Feed every record of the one-partition ``topic``, from the beginning, to ``apply(key, value)``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=500)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000)
-            for records in batches.values():
-                for r in records:
-                    apply(r.key, r.value)
-    finally:
-        await consumer.stop()
 
 
 def register_population(w: Wiring, settings: Settings, model: Model) -> PopulationFeed:

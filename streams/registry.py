@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas.registry import (
@@ -22,6 +22,7 @@ from schemas.registry import (
     promoted,
 )
 from schemas.settings import Settings
+from streams.topic_reader import read_topic
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +30,12 @@ log = logging.getLogger(__name__)
 async def _consume(
     settings: Settings, registry: Registry, until_end: bool, on_change: Callable[[], None] | None = None
 ) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        fetch_max_wait_ms=500,
-        auto_offset_reset="earliest",  # the reset assign() starts must not move past the seek
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(settings.models_topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while True:
-            if until_end and await consumer.position(tp) >= end:
-                return
-            fetched = await consumer.getmany(tp, timeout_ms=1000)
-            for record in fetched.get(tp, []):
-                registry.apply(record.key, record.value)
-                if on_change is not None:
-                    on_change()
-    finally:
-        await consumer.stop()
+    def apply(key: bytes | None, value: bytes | None) -> None:
+        registry.apply(key, value)
+        if on_change is not None:
+            on_change()
+
+    await read_topic(settings.kafka_bootstrap, settings.models_topic, apply, until_end=until_end)
 
 
 async def read_registry(settings: Settings) -> Registry:
