@@ -142,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--name", default=None, help="its namespace (default: <app_id>-<model version>)")
     sh.add_argument("--until-caught-up", action="store_true", help="stop once caught up and compared")
     sh.add_argument("--json", default=None, help="write the comparison with the active model as JSON to this file")
+    sh.add_argument(
+        "--source",
+        choices=("kafka", "archive"),
+        default="kafka",
+        help="archive: also copy the ClickHouse archive's events for it (when the source topics no longer hold "
+        "them all; embedded chDB: with the API stopped)",
+    )
     pr = sub.add_parser("promote", help="make a shadow namespace the active model")
     pr.add_argument("namespace")
     pr.add_argument("--at", default=None, help="ISO time of the cut (default: now + --delay)")
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         from deploy import models
 
         if args.command == "shadow":
-            return models.shadow(settings, args.model, args.name, args.until_caught_up, args.json)
+            return models.shadow(settings, args.model, args.name, args.until_caught_up, args.json, args.source)
         if args.command == "promote":
             return models.promote(settings, args.namespace, args.at, args.delay, args.max_lag)
         if args.command == "retire":

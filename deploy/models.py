@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from deploy.lag import group_lag
 from schemas.model_file import load_model
-from schemas.registry import NamespaceRecord, Promotion, Registry, namespace_record, namespace_refusal
+from schemas.registry import NamespaceRecord, Promotion, Registry, namespace_record, namespace_refusal, settings_of
 from schemas.settings import Settings
 from scorestream import Model
 from streams.registry import promote as write_promotion
@@ -54,18 +55,19 @@ def source_and_internal_topics(settings: Settings) -> tuple[list[str], list[str]
     return list(settings.source_topics), [settings.identity_topic, settings.contacts_topic, settings.accounts_topic]
 
 
-async def lag_of(settings: Settings, namespace: str) -> tuple[int, int, int]:
+async def lag_of(settings: Settings, namespace: str, registry: Registry | None = None) -> tuple[int, int, int]:
     """(source records read, source records in all, internal records still to read) of a
-    namespace's worker group."""
-    ns = settings.in_namespace(namespace)
+    namespace's worker group (its backfill topics count as sources)."""
+    ns = settings_of(settings, registry or await read_registry(settings), namespace)
     sources, internal = source_and_internal_topics(ns)
     src = await group_lag(ns.kafka_bootstrap, namespace, sources)
     inner = await group_lag(ns.kafka_bootstrap, namespace, internal)
     return src.committed, src.total, inner.remaining
 
 
-def register(settings: Settings, model_path: str, name: str | None) -> tuple[str, Model]:
-    """Register ``model_path`` as a shadow namespace (idempotent for the same model)."""
+def register(settings: Settings, model_path: str, name: str | None, backfill: bool = False) -> tuple[str, Model]:
+    """Register ``model_path`` as a shadow namespace (idempotent for the same model); ``backfill``:
+    its workers also read the archive's events, copied to ``<ns>.backfill.*``."""
     from deploy.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
@@ -81,11 +83,59 @@ def register(settings: Settings, model_path: str, name: str | None) -> tuple[str
         raise SystemExit(
             f"namespace {namespace} already runs {existing.model_version}; choose another --name for {model.version}"
         )
+    if existing is not None and existing.backfill != backfill and existing.retired_ms is None:
+        raise SystemExit(
+            f"namespace {namespace} was registered with{'' if existing.backfill else 'out'} --source archive"
+        )
     if existing is None or existing.retired_ms is not None:
-        record = namespace_record(namespace, model_path, now_ms())
+        record = namespace_record(namespace, model_path, now_ms(), backfill=backfill)
         asyncio.run(register_namespace(settings, record))
-    asyncio.run(ensure_topics(settings.in_namespace(namespace)))
+    asyncio.run(ensure_topics(settings_of(settings, asyncio.run(read_registry(settings)), namespace)))
     return namespace, model
+
+
+def copy_archive(settings: Settings, namespace: str) -> int:
+    """Copy the accepted events of the ClickHouse archive to ``namespace``'s backfill topics, with
+    the record times the worker saw (once: nothing is copied if they hold records already).
+    Duplicates of events still on the source topics fold once (message ids)."""
+    from analytics.replay import archive_records
+
+    ns = settings_of(settings, asyncio.run(read_registry(settings)), namespace)
+    topics = ns.backfill_topics
+    held = asyncio.run(group_lag(ns.kafka_bootstrap, f"{namespace}-backfill-check", list(topics.values()))).total
+    if held:
+        console.print(f"the backfill topics of {namespace} hold {held} events already: not copied again")
+        return 0
+
+    async def produce(batches: Any) -> int:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=ns.kafka_bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
+        )
+        await producer.start()
+        sent = 0
+        try:
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                futures = [
+                    await producer.send(topics[channel], raw, timestamp_ms=ms or None)
+                    for channel, raw, ms in batch
+                    if channel in topics
+                ]
+                await asyncio.gather(*futures)
+                sent += len(futures)
+        finally:
+            await producer.stop()
+        return sent
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"{namespace}: copying the archive", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        sent = asyncio.run(produce(iter(archive_records(settings, progress))))
+    console.print(f"copied {sent} archived events to {', '.join(topics.values())}")
+    return sent
 
 
 def worker_env(namespace: str) -> dict[str, str]:
@@ -95,14 +145,21 @@ def worker_env(namespace: str) -> dict[str, str]:
 
 
 def shadow(
-    settings: Settings, model_path: str, name: str | None, until_caught_up: bool, json_out: str | None = None
+    settings: Settings,
+    model_path: str,
+    name: str | None,
+    until_caught_up: bool,
+    json_out: str | None = None,
+    source: str = "kafka",
 ) -> int:
     """Register the model as a shadow, run its worker from the beginning of the source topics with
     a progress bar, print its difference from the active model once caught up, then keep it running
     live (Ctrl-C stops it; ``--until-caught-up`` stops there)."""
     from analytics.replay import compare_namespaces, print_diff
 
-    namespace, model = register(settings, model_path, name)
+    namespace, model = register(settings, model_path, name, backfill=source == "archive")
+    if source == "archive":
+        copy_archive(settings, namespace)
     registry = asyncio.run(read_registry(settings))
     active = registry.active
     console.print(f"shadow namespace [bold]{namespace}[/] runs {model.version} beside [bold]{active}[/]")
@@ -132,7 +189,7 @@ def shadow(
             settled = None  # caught up: everything read, twice in a row with the same totals
             while not stopping and worker.poll() is None:
                 try:
-                    done, total, internal = asyncio.run(lag_of(settings, namespace))
+                    done, total, internal = asyncio.run(lag_of(settings, namespace, registry))
                 except Exception:  # the group's coordinator is not there until the worker joins
                     done, total, internal = 0, 0, -1
                 bar.update(task, completed=done, total=total or None)
@@ -188,7 +245,7 @@ def promote(settings: Settings, namespace: str, at: str | None, delay_s: float, 
         console.print(f"[red]{namespace} is not a running namespace (known: {known})[/]")
         return 2
     try:
-        done, total, internal = asyncio.run(lag_of(settings, namespace))
+        done, total, internal = asyncio.run(lag_of(settings, namespace, registry))
     except Exception as exc:
         console.print(f"[red]cannot read {namespace}'s progress ({exc}); is its worker running?[/]")
         return 2
@@ -245,7 +302,7 @@ def list_models(settings: Settings) -> int:
         role = "active" if ns == registry.active else ("retired" if record and record.retired_ms else "shadow")
         version = record.model_version if record else load_model(settings.model).version
         try:
-            done, total, internal = asyncio.run(lag_of(settings, ns))
+            done, total, internal = asyncio.run(lag_of(settings, ns, registry))
             read, behind = f"{done}/{total}", str((total - done) + max(internal, 0))
         except Exception:
             read, behind = "-", "-"

@@ -33,6 +33,7 @@ import msgspec
 import yaml
 
 from schemas.model_file import read_model_source
+from schemas.settings import Settings
 from scorestream import Model
 
 REGISTRY_VERSION = 1
@@ -47,19 +48,33 @@ class NamespaceRecord(msgspec.Struct, frozen=True):
     model_yaml: str  # the model file, ``extends`` resolved, as YAML (JSON has no infinity)
     registered_ms: int
     retired_ms: int | None = None
+    backfill: bool = False  # filled from the ClickHouse archive too: its workers read <ns>.backfill.*
     v: int = REGISTRY_VERSION
 
     def load_model(self) -> Model:
         return Model.from_dict(yaml.safe_load(self.model_yaml))
 
 
-def namespace_record(namespace: str, model_path: Path | str | None, registered_ms: int) -> NamespaceRecord:
+def namespace_record(
+    namespace: str, model_path: Path | str | None, registered_ms: int, backfill: bool = False
+) -> NamespaceRecord:
     """The record of ``namespace`` running the model file at ``model_path`` (None: the default)."""
     source = read_model_source(model_path)
     model = Model.from_dict(read_model_source(model_path))
     return NamespaceRecord(
-        namespace=namespace, model_version=model.version, model_yaml=yaml.safe_dump(source), registered_ms=registered_ms
+        namespace=namespace,
+        model_version=model.version,
+        model_yaml=yaml.safe_dump(source),
+        registered_ms=registered_ms,
+        backfill=backfill,
     )
+
+
+def settings_of(settings: Settings, registry: Registry, namespace: str) -> Settings:
+    """``settings`` for ``namespace``'s worker topics, its backfill topics included if it has them."""
+    record = registry.namespaces.get(namespace)
+    ns = settings.in_namespace(namespace)
+    return ns.model_copy(update={"backfill": True}) if record is not None and record.backfill else ns
 
 
 class Promotion(msgspec.Struct, frozen=True):

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         "`<namespace>-contacts-changelog`, ...). Default: the active namespace of the models registry "
         "(`<app_id>.models`), which is `app_id` until a `scorestream promote`.",
     )
+    backfill: bool = Field(
+        default=False,
+        description="Set by the models registry for a namespace filled from the ClickHouse archive "
+        "(`scorestream shadow --source archive`): its worker also reads `<namespace>.backfill.{web,email,store}`. "
+        "Not set by hand.",
+    )
     source_retention_ms: int = Field(
         default=-1,
         ge=-1,
@@ -202,8 +208,16 @@ class Settings(BaseSettings):
 
     @property
     def source_topics(self) -> dict[str, str]:
-        """Source topic -> channel name."""
-        return {self.topic_web: "web", self.topic_email: "email", self.topic_store: "store"}
+        """Source topic -> channel name (with the namespace's backfill topics when it has them)."""
+        topics = {self.topic_web: "web", self.topic_email: "email", self.topic_store: "store"}
+        if self.backfill:
+            topics.update({topic: channel for channel, topic in self.backfill_topics.items()})
+        return topics
+
+    @property
+    def backfill_topics(self) -> dict[str, str]:
+        """Channel -> the topic the archive's events of that channel are copied to for this namespace."""
+        return {channel: f"{self.ns}.backfill.{channel}" for channel in ("web", "email", "store")}
 
     @property
     def identity_topic(self) -> str:

@@ -14,7 +14,7 @@ import faust
 import orjson
 
 from schemas.model_file import load_model
-from schemas.registry import Registry
+from schemas.registry import Registry, settings_of
 from schemas.settings import Settings
 from scorestream import Model
 from streams.agents import register
@@ -74,7 +74,7 @@ def resolve(settings: Settings, registry: Registry) -> tuple[Settings, Model]:
     """The namespace this worker runs (``SCORESTREAM_NAMESPACE``, else the registry's active one)
     and its model: the one registered for the namespace, else ``SCORESTREAM_MODEL`` (the default
     namespace before any shadow or promotion)."""
-    settings = settings.in_namespace(settings.namespace or registry.active)
+    settings = settings_of(settings, registry, settings.namespace or registry.active)
     record = registry.namespaces.get(settings.ns)
     if record is None:
         return settings, load_model(settings.model)

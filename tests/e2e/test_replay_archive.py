@@ -25,6 +25,7 @@ from analytics.client import clickhouse_url, connect
 from analytics.replay import replay
 from bench.harness import wait_drained
 from deploy.traffic import Traffic
+from schemas.model_file import DEFAULT_MODEL as MODEL_FILE
 from schemas.state import decode_state
 from tests.analytics.test_replay_fold import doubled_source
 from tests.e2e.service import REPO, Service
@@ -128,3 +129,65 @@ def test_the_archive_replays_to_the_live_state_and_to_the_kafka_replays(service:
     assert c["contacts"] == {"live": d.live, "replay": d.replay, "both": d.both}
     assert c["changed"] > 0 and c["engagement_changed"] > 0
     assert c["engagement"]["replay"]["mean"] > c["engagement"]["live"]["mean"]
+
+
+async def truncate(bootstrap: str, topics: list[str]) -> None:
+    """Delete every record of ``topics`` (as retention would): their beginning moves to their end."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        await consumer.topics()  # the cluster's metadata
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        ends = await consumer.end_offsets(tps)
+        await admin.delete_records({tp: RecordsToDelete(before_offset=end) for tp, end in ends.items() if end})
+        starts = await consumer.beginning_offsets(tps)
+        assert starts == ends
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+def test_a_shadow_filled_from_the_archive_has_the_events_kafka_no_longer_holds(
+    service: Service, tmp_path: Path
+) -> None:
+    """After the first test (the events archived, the API stopped): the source topics lose every
+    event (as retention would); a shadow of the same model filled from the archive still holds every
+    contact, exactly as the live namespace does."""
+    import asyncio
+
+    assert service.api is not None and service.api.poll() is not None  # chDB released
+    settings = settings_for(service, service.env["SCORESTREAM_CLICKHOUSE_URL"])
+    asyncio.run(truncate(service.bootstrap, list(settings.source_topics)))
+    out = tmp_path / "shadow.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "shadow",
+            "--model",
+            str(MODEL_FILE),
+            "--name",
+            "from-archive",
+            "--source",
+            "archive",
+            "--until-caught-up",
+            "--json",
+            str(out),
+        ],
+        env=service.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "copied" in done.stdout
+    d = orjson.loads(out.read_bytes())["diff"]
+    assert d["contacts"]["live"] == d["contacts"]["replay"] == d["contacts"]["both"] > 40
+    assert d["changed"] == 0, d["examples"]
