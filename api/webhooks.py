@@ -403,7 +403,12 @@ def mount_webhooks(
             )
         request_id = _request_id()
         command = CommandRecord(
-            op="retry", subscription_id=webhook_id, request_id=request_id, requested_ms=clock(), delivery_id=delivery_id
+            op="retry",
+            subscription_id=webhook_id,
+            request_id=request_id,
+            requested_ms=clock(),
+            delivery_id=delivery_id,
+            since_ms=record.created_ms,
         )
         await send(record.partition, command)
         return Accepted(request_id=request_id, delivery_id=delivery_id)

@@ -113,7 +113,9 @@ class CommandRecord(msgspec.Struct, frozen=True):
     request_id: str
     requested_ms: int
     delivery_id: str | None = None  # retry: the delivery
-    since_ms: int | None = None  # retry_failed: failed deliveries created since then
+    # retry_failed: failed deliveries created since then; retry: the delivery's creation (its
+    # records are all at or after it: the dispatcher reads the partition from there, not from 0)
+    since_ms: int | None = None
     v: int = WEBHOOKS_VERSION
 
 

@@ -125,7 +125,7 @@ log = logging.getLogger(__name__)
 SEEN_LIMIT = 50_000  # latest delivery ids per partition remembered against duplicates
 BATCH_MAX = 500  # records per poll of the triggers and commands topics
 FAILING_PERSIST_MS = 5000  # least time between two writes of a subscription's failing_since
-REVIVE_MARGIN_MS = 60_000  # a retry_failed scan starts this much before since_ms (producer clocks)
+REVIVE_MARGIN_MS = 60_000  # a retry scan starts this much before its since_ms (producer clocks)
 STATS_EVERY_S = 60.0
 TEST_MESSAGE = "A test delivery from scorestream: your endpoint is reachable and verifies signatures."
 
@@ -575,7 +575,7 @@ class Dispatcher:
         """A manual retry of a delivery not in memory: a settled one gets one attempt alone (it
         stays failed if that fails); a parked one joins the queue, due now."""
         assert cmd.delivery_id is not None
-        record = await self._latest(p, cmd.delivery_id)
+        record = await self._latest(p, cmd.delivery_id, cmd.since_ms)
         if record is None or record.subscription_id != cmd.subscription_id:
             log.warning(
                 "retry of unknown delivery %s of webhook %s at %s: skipped", cmd.delivery_id, cmd.subscription_id, where
@@ -786,10 +786,13 @@ class Dispatcher:
         found = (await self._meta.offsets_for_times({tp: max(0, ms)}))[tp]
         return int(found.offset) if found is not None else await self._end_offset(p)
 
-    async def _latest(self, p: int, delivery: str) -> DeliveryRecord | None:
+    async def _latest(self, p: int, delivery: str, created_ms: int | None = None) -> DeliveryRecord | None:
+        """The latest record of ``delivery`` on partition ``p``, read from its creation (less the
+        producers' clock margin) when known, else from the beginning."""
         key = delivery.encode()
         value: bytes | None = None
-        async for record in self._scan(p, None):
+        start = None if created_ms is None else await self._offset_at(p, created_ms - REVIVE_MARGIN_MS)
+        async for record in self._scan(p, start):
             if record.key == key:
                 value = record.value
         return None if value is None else DELIVERY_DECODER.decode(value)

@@ -490,6 +490,8 @@ def test_retry_goes_to_the_deliverys_partition(api: Api) -> None:
     [(partition, command)] = api.commands.sent
     assert partition == 3
     assert (command.op, command.subscription_id, command.delivery_id) == ("retry", sub, f"msg_{sub}_007")
+    # the dispatcher reads the deliveries partition from the delivery's creation, not from 0
+    assert command.since_ms == api.log.by_id[f"msg_{sub}_007"].created_ms == NOW - 93_000
     assert r.json() == {"status": "queued", "request_id": command.request_id, "delivery_id": f"msg_{sub}_007"}
     assert error(api.one("POST", f"/v1/webhooks/{sub}/deliveries/msg_unknown/retry")) == (404, "not_found")
 
