@@ -43,6 +43,9 @@ from schemas.api_analytics import (
     AsOfOut,
     ContactListOut,
     ContactRowOut,
+    ForecastAccountsOut,
+    ForecastAccountStageOut,
+    ForecastAccountValueOut,
     ForecastOut,
     ForecastStageOut,
     ForecastValueOut,
@@ -829,30 +832,40 @@ async def personas(store: Store, model: Model, now_ms: int) -> PersonasOut:
 
 # --- forecast ----------------------------------------------------------------------------------
 
+# The forecast's totals are of the contacts pipeline only. The accounts pipeline is forecast beside
+# it, the same way per account, and not added: an account becomes a customer when one of its
+# members (a contact) orders, and its value is its members' order revenue, which the contacts
+# pipeline already forecasts through those members; adding the two would count that money twice.
+
 OPEN_CONTACTS = """
 SELECT toString(stage), count() FROM contacts FINAL
 WHERE status = 'active' AND has({open:Array(String)}, toString(stage))
 GROUP BY stage
 """
 
-# Of the contacts that entered an open stage in the lookback, how many entered a customer stage
-# at or after (their first entry into it in the lookback).
-STAGE_CONVERSION = f"""
+
+def _stage_conversion_sql(entries: str, key: str) -> str:
+    """Of the subjects (``key``: contacts, accounts) that entered an open stage in the lookback, how
+    many entered a customer stage at or after (their first entry into it in the lookback)."""
+    return f"""
 SELECT e.stage, count(), countIf(w.last_won >= e.first_t)
 FROM (
-    SELECT contact, stage, min(t) AS first_t
-    FROM ({STAGE_ENTRIES})
+    SELECT {key}, stage, min(t) AS first_t
+    FROM ({entries})
     WHERE t >= {{since:Int64}} AND t < {{now:Int64}} AND has({{open:Array(String)}}, stage)
-    GROUP BY contact, stage
+    GROUP BY {key}, stage
 ) AS e
 LEFT JOIN (
-    SELECT contact, max(t) AS last_won
-    FROM ({STAGE_ENTRIES})
+    SELECT {key}, max(t) AS last_won
+    FROM ({entries})
     WHERE has({{won:Array(String)}}, stage)
-    GROUP BY contact
-) AS w ON e.contact = w.contact
+    GROUP BY {key}
+) AS w ON e.{key} = w.{key}
 GROUP BY e.stage
 """  # noqa: S608 (constant fragments; values are bound as parameters)
+
+
+STAGE_CONVERSION = _stage_conversion_sql(STAGE_ENTRIES, "contact")
 
 CUSTOMER_VALUE = """
 SELECT countIf(first_order_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')),
@@ -860,6 +873,54 @@ SELECT countIf(first_order_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC'))
        count(), avg(revenue)
 FROM contacts FINAL
 WHERE status = 'active' AND orders > 0
+"""
+
+# Accounts have no summary table: an account's current stage is that of its latest row in
+# ``account_changes`` (one per accounts changelog record; within a namespace ``at``, the latest
+# member report, and the offset only grow), of one model: after a promotion the table holds both
+# namespaces' rows. Duplicates of a row are the same row: no FINAL. An account whose members all
+# left is not open (nobody in it can buy).
+OPEN_ACCOUNTS = f"""
+SELECT latest.1 AS stage, count()
+FROM (
+    SELECT account_id, argMax(tuple(toString(stage), members), tuple(at, kafka_offset)) AS latest
+    FROM account_changes
+    WHERE {model_filter_sql("model_version")}
+    GROUP BY account_id
+)
+WHERE latest.2 > 0 AND has({{open:Array(String)}}, latest.1)
+GROUP BY stage
+"""  # noqa: S608 (constant fragments; values are bound as parameters)
+
+# Every entry into an account stage: (account, t, stage). The initial stage is entered without a
+# trigger (as for contacts), and the archive keeps no creation time for accounts: the account's
+# first archived row stands for it (the changelog record written when it was created, unless
+# compaction removed it before the sink read it). Parameters: model, initial.
+ACCOUNT_STAGE_ENTRIES = f"""
+SELECT subject_id AS account, toUnixTimestamp64Milli(at) AS t, toString(to_stage) AS stage
+FROM stage_transitions FINAL
+WHERE subject_kind = 'account' AND {model_filter_sql("model_version")}
+UNION ALL
+SELECT account_id AS account, min(toUnixTimestamp64Milli(at)) AS t, {{initial:String}} AS stage
+FROM account_changes
+WHERE {model_filter_sql("model_version")}
+GROUP BY account_id
+"""  # noqa: S608 (constant fragments; values are bound as parameters)
+
+ACCOUNT_STAGE_CONVERSION = _stage_conversion_sql(ACCOUNT_STAGE_ENTRIES, "account")
+
+# The value of a customer account: the net revenue to date of its active contacts (each counts for
+# the account it belongs to now); new ones: their first member order in the lookback.
+ACCOUNT_VALUE = """
+SELECT countIf(first_order >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')),
+       avgIf(revenue, first_order >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')),
+       count(), avg(revenue)
+FROM (
+    SELECT account_id, sum(revenue) AS revenue, min(first_order_at) AS first_order
+    FROM contacts FINAL
+    WHERE status = 'active' AND orders > 0 AND account_id != ''
+    GROUP BY account_id
+)
 """
 
 
@@ -873,6 +934,14 @@ def forecast_stages(model: Model) -> tuple[list[str], list[str]]:
     return [s for s in lc.stages if s not in lc.customer_stages and s != lc.disqualified], won
 
 
+def account_forecast_stages(model: Model) -> tuple[list[str], list[str]]:
+    """(open account stages, customer account stages), in the account graph's order: open = every
+    stage that is not a customer one (``AccountsConfig.customer_stages``)."""
+    config = model.accounts
+    won = list(config.customer_stages)
+    return [s for s in config.stages if s not in won], won
+
+
 def customer_value(row: Sequence[Any]) -> ForecastValueOut:
     """The value of a new customer from :data:`CUSTOMER_VALUE`'s row."""
     new, new_avg, everyone, all_avg = row
@@ -881,6 +950,67 @@ def customer_value(row: Sequence[Any]) -> ForecastValueOut:
     if int(everyone):
         return ForecastValueOut(per_customer=float(all_avg), customers=int(everyone), basis="all_customers")
     return ForecastValueOut(per_customer=0.0, customers=0, basis="none")
+
+
+def account_value(row: Sequence[Any]) -> ForecastAccountValueOut:
+    """The value of a new customer account from :data:`ACCOUNT_VALUE`'s row (as :func:`customer_value`)."""
+    value = customer_value(row)
+    return ForecastAccountValueOut(per_customer=value.per_customer, customers=value.customers, basis=value.basis)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    stage: str
+    open: int
+    entered: int
+    converted: int
+    conversion: float | None
+    expected_customers: float
+    expected_revenue: float
+
+
+def _pipeline(open_stages: Sequence[str], open_rows: Rows, conversion_rows: Rows, per_customer: float) -> list[_Stage]:
+    """Per open stage: open now x conversion (0 when nobody entered it) x the value per customer."""
+    open_now = {str(s): int(n) for s, n in open_rows}
+    conversions = {str(s): (int(e), int(c)) for s, e, c in conversion_rows}
+    out = []
+    for stage in open_stages:
+        entered, converted = conversions.get(stage, (0, 0))
+        rate = converted / entered if entered else None
+        expected = open_now.get(stage, 0) * (rate or 0.0)
+        out.append(_Stage(stage, open_now.get(stage, 0), entered, converted, rate, expected, expected * per_customer))
+    return out
+
+
+def forecast_accounts_body(
+    open_stages: Sequence[str],
+    won: Sequence[str],
+    open_rows: Rows,
+    conversion_rows: Rows,
+    value: ForecastAccountValueOut,
+    model_version: str,
+) -> ForecastAccountsOut:
+    """The accounts pipeline: open accounts x conversion x the value of a new customer account."""
+    stages = [
+        ForecastAccountStageOut(
+            stage=s.stage,
+            open_accounts=s.open,
+            entered=s.entered,
+            converted=s.converted,
+            conversion=s.conversion,
+            expected_customers=s.expected_customers,
+            expected_revenue=s.expected_revenue,
+        )
+        for s in _pipeline(open_stages, open_rows, conversion_rows, value.per_customer)
+    ]
+    return ForecastAccountsOut(
+        model=model_version,
+        customer_stages=list(won),
+        value=value,
+        stages=stages,
+        expected_customers=math.fsum(s.expected_customers for s in stages),
+        expected_revenue=math.fsum(s.expected_revenue for s in stages),
+    )
 
 
 def forecast_body(
@@ -892,26 +1022,25 @@ def forecast_body(
     now_ms: int,
     lookback_ms: int,
     model_version: str | None,
+    accounts: ForecastAccountsOut | None = None,
 ) -> ForecastOut:
-    """Expected customers and revenue per open stage: open contacts x conversion x value."""
-    open_now = {str(s): int(n) for s, n in open_rows}
-    conversions = {str(s): (int(e), int(c)) for s, e, c in conversion_rows}
-    stages: list[ForecastStageOut] = []
-    for stage in open_stages:
-        entered, converted = conversions.get(stage, (0, 0))
-        rate = converted / entered if entered else None
-        expected = open_now.get(stage, 0) * (rate or 0.0)
-        stages.append(
-            ForecastStageOut(
-                stage=stage,
-                open_contacts=open_now.get(stage, 0),
-                entered=entered,
-                converted=converted,
-                conversion=rate,
-                expected_customers=expected,
-                expected_revenue=expected * value.per_customer,
-            )
+    """Expected customers and revenue per open stage: open contacts x conversion x value; the
+    totals are of these (``accounts``, default an empty pipeline, is beside them, not in them)."""
+    stages = [
+        ForecastStageOut(
+            stage=s.stage,
+            open_contacts=s.open,
+            entered=s.entered,
+            converted=s.converted,
+            conversion=s.conversion,
+            expected_customers=s.expected_customers,
+            expected_revenue=s.expected_revenue,
         )
+        for s in _pipeline(open_stages, open_rows, conversion_rows, value.per_customer)
+    ]
+    if accounts is None:
+        none = account_value((0, math.nan, 0, math.nan))
+        accounts = forecast_accounts_body([], [], [], [], none, model_version or "")
     return ForecastOut(
         as_of=_at(now_ms),
         lookback_days=lookback_ms / DAY_MS,
@@ -921,7 +1050,30 @@ def forecast_body(
         stages=stages,
         expected_customers=math.fsum(s.expected_customers for s in stages),
         expected_revenue=math.fsum(s.expected_revenue for s in stages),
+        accounts=accounts,
     )
+
+
+async def forecast_accounts(
+    store: Store, model: Model, now_ms: int, lookback_ms: int, model_version: str | None = None
+) -> ForecastAccountsOut:
+    """The accounts pipeline of :func:`forecast`: transitions of ``model_version`` (default: every
+    model's, as for contacts); current stages from the account rows of ``model_version``, default
+    ``model``'s version (the active model)."""
+    open_stages, won = account_forecast_stages(model)
+    current = model_version or model.version
+    open_rows = await store.query(OPEN_ACCOUNTS, {"open": open_stages, "model": current})
+    parameters = {
+        "since": now_ms - lookback_ms,
+        "now": now_ms,
+        "open": open_stages,
+        "won": won,
+        "model": model_version or "",
+        "initial": model.accounts.initial_stage,
+    }
+    conversion_rows = await store.query(ACCOUNT_STAGE_CONVERSION, parameters)
+    value = account_value((await store.query(ACCOUNT_VALUE, {"since": now_ms - lookback_ms}))[0])
+    return forecast_accounts_body(open_stages, won, open_rows, conversion_rows, value, current)
 
 
 async def forecast(
@@ -940,4 +1092,7 @@ async def forecast(
     }
     conversion_rows = await store.query(STAGE_CONVERSION, parameters)
     value = customer_value((await store.query(CUSTOMER_VALUE, {"since": since}))[0])
-    return forecast_body(open_stages, won, open_rows, conversion_rows, value, now_ms, lookback_ms, model_version)
+    accounts = await forecast_accounts(store, model, now_ms, lookback_ms, model_version)
+    return forecast_body(
+        open_stages, won, open_rows, conversion_rows, value, now_ms, lookback_ms, model_version, accounts
+    )

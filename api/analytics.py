@@ -312,11 +312,23 @@ def mount_analytics(
     )
     async def forecast_report(
         lookback_days: Annotated[float, Query(gt=0, le=3650, description="History the rates are taken from.")] = 180,
-        model_: Annotated[str | None, Query(alias="model", description="Count transitions of this model only.")] = None,
+        model_: Annotated[
+            str | None,
+            Query(
+                alias="model",
+                description="Count transitions of this model only (a version or a name; default: every model's); "
+                "the accounts' current stages are read from this model's rows (default: the active model's version).",
+            ),
+        ] = None,
     ) -> ForecastOut:
         """Revenue expected from the open pipeline: contacts per open stage x the share of contacts
         that entered that stage in the lookback and have become customers since x the value of a
-        new customer; with the rates and the value it used."""
+        new customer; with the rates and the value it used. Beside it, `accounts`: the B2B accounts
+        pipeline forecast the same way per account (open accounts per account stage x the share that
+        became customer accounts x the value of a new customer account, its members' revenue).
+        The top-level totals are the contacts pipeline's only and do not include `accounts`: an
+        account converts when one of its members orders, and its revenue is its members' orders,
+        which the contacts pipeline already forecasts; adding the two would count it twice."""
         lookback = int(lookback_days * DAY_MS)
         return await answer(lambda store: reports.forecast(store, active_model(), clock(), lookback, model_ or None))
 

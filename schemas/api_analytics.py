@@ -229,12 +229,79 @@ class ForecastStageOut(BaseModel):
     expected_revenue: float
 
 
+class ForecastAccountValueOut(BaseModel):
+    per_customer: float = Field(
+        description="The expected value of one new customer account: the net revenue to date of its members' orders."
+    )
+    customers: int = Field(description="Customer accounts it was averaged over.")
+    basis: str = Field(
+        description="`new_customers`: mean, over the accounts whose first member order was in the lookback, of the net "
+        "revenue to date of their active contacts (a contact counts for the account it belongs to now); "
+        "`all_customers` when there were none; `none` without any account with an order."
+    )
+
+
+class ForecastAccountStageOut(BaseModel):
+    stage: str
+    open_accounts: int = Field(
+        description="Accounts in the stage now: the stage of each account's latest archived row of `accounts.model`, "
+        "accounts with no member left not counted."
+    )
+    entered: int = Field(
+        description="Accounts that entered the stage in the lookback (the initial stage: at the account's first "
+        "archived row; the others: `account.stage_changed` triggers)."
+    )
+    converted: int = Field(
+        description="Of those, how many entered a customer stage (`accounts.customer_stages`) since."
+    )
+    conversion: float | None = Field(description="`converted / entered`; null when none entered (counted as 0).")
+    expected_customers: float = Field(description="New customer accounts expected: `open_accounts x conversion`.")
+    expected_revenue: float = Field(description="`expected_customers x accounts.value.per_customer`.")
+
+
+class ForecastAccountsOut(BaseModel):
+    """The B2B accounts pipeline, beside the contacts one: open accounts per open account stage x the
+    share of the accounts that entered that stage in the lookback and have become customer accounts
+    since x the value of a new customer account. The same revenue seen per account, not more of it:
+    an account becomes a customer when one of its members (a contact) orders, and its value is its
+    members' order revenue, which the contacts pipeline (`stages`) already forecasts; so it is not
+    added to the top-level totals."""
+
+    model: str = Field(
+        description="The model whose archived account rows give the accounts' current stages: the request's `model`, "
+        "else the active model's version (after a promotion the archive holds both models' rows). Transitions are "
+        "counted as for the contacts (the top-level `model`; null: every model's)."
+    )
+    customer_stages: list[str] = Field(
+        description="The account stages of customer accounts: those every transition into which needs a customer "
+        "member (e.g. `customers >= 1`)."
+    )
+    value: ForecastAccountValueOut
+    stages: list[ForecastAccountStageOut] = Field(
+        description="The open account stages (every other stage of the model's account graph), in the graph's order."
+    )
+    expected_customers: float = Field(description="Sum over `stages`: new customer accounts expected.")
+    expected_revenue: float = Field(
+        description="Sum over `stages`. The money it stands for (the members' orders) is forecast by the contacts "
+        "pipeline too, so it is not in the top-level `expected_revenue`: never add the two."
+    )
+
+
 class ForecastOut(BaseModel):
     as_of: datetime
     lookback_days: float
-    model: str | None
+    model: str | None = Field(description="The model version (or name) whose transitions were counted; null: all.")
     customer_stages: list[str]
     value: ForecastValueOut
     stages: list[ForecastStageOut]
-    expected_customers: float
-    expected_revenue: float
+    expected_customers: float = Field(
+        description="Sum over `stages` (the contacts pipeline): new customers expected. `accounts` is not included."
+    )
+    expected_revenue: float = Field(
+        description="Sum over `stages` (the contacts pipeline). `accounts.expected_revenue` is not added: an account's "
+        "revenue is its members' orders, which the contacts pipeline already forecasts (the accounts pipeline is the "
+        "same money per account, a B2B view of it), and adding it would count it twice."
+    )
+    accounts: ForecastAccountsOut = Field(
+        description="The B2B accounts pipeline, forecast the same way per account; not included in the totals above."
+    )

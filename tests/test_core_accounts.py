@@ -394,6 +394,35 @@ def test_the_default_model_parses_its_accounts_section() -> None:
     assert Model.from_dict(raw).version != MODEL.version
 
 
+def test_customer_stages_are_those_only_a_customer_member_enters() -> None:
+    assert CONFIG.customer_stages == ("customer",)
+    assert Model.from_dict({"name": "t"}).accounts.customer_stages == ()
+
+    def stages(*transitions: dict[str, Any]) -> tuple[str, ...]:
+        model = Model.from_dict(raw_model({"stages": {"transitions": list(transitions)}}))
+        return model.accounts.customer_stages
+
+    won = {"field": "customers", "op": "gte", "value": 1}
+    assert stages({"id": "w", "from": "*", "to": "won", "when": [won]}) == ("won",)
+    gt0 = {"field": "customers", "op": "gt", "value": 0}
+    hot = {"field": "engagement", "op": "gte", "value": 50}
+    assert stages({"id": "w", "from": "*", "to": "won", "when": [hot, gt0]}) == ("won",)
+    assert stages({"id": "w", "from": "*", "to": "won", "when": [{"any": [won, gt0]}]}) == ("won",)
+    # not when a customer member is only one option, or another way in needs none
+    assert stages({"id": "w", "from": "*", "to": "won", "when": [{"any": [won, hot]}]}) == ()
+    assert stages({"id": "w", "from": "*", "to": "won", "when": [won]}, {"id": "h", "from": "*", "to": "won"}) == ()
+    assert (
+        stages({"id": "w", "from": "*", "to": "won", "when": [{"field": "customers", "op": "gte", "value": 0}]}) == ()
+    )
+    # a stage beyond a customer stage that needs more customers is one too; the initial stage never
+    more = {"field": "customers", "op": "gte", "value": 3}
+    assert stages(
+        {"id": "w", "from": "*", "to": "won", "when": [won]},
+        {"id": "x", "from": ["won"], "to": "expanded", "when": [more]},
+        {"id": "back", "from": ["won"], "to": "target", "when": [won]},
+    ) == ("won", "expanded")
+
+
 @pytest.mark.parametrize(
     ("accounts", "message"),
     [

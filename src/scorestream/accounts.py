@@ -162,6 +162,20 @@ def _transition(raw: object, index: int) -> Transition:
     return Transition(id=tid, sources=sources, to=to, when=guards)
 
 
+def needs_customer(guard: Guard) -> bool:
+    """Whether ``guard`` holds only for an account with at least one customer member (``customers``
+    is a count: ``gte`` above 0, ``gt`` 0 or more, ``eq`` above 0; an ``any`` of such guards)."""
+    if isinstance(guard, AnyOf):
+        return all(needs_customer(p) for p in guard.predicates)
+    if guard.field != "customers" or isinstance(guard.value, bool):
+        return False
+    try:
+        bound = float(guard.value)
+    except (TypeError, ValueError):
+        return False
+    return (guard.op in ("gte", "eq") and bound > 0) or (guard.op == "gt" and bound >= 0)
+
+
 def _number(raw: object, where: str, minimum: float | None = None) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
         raise ModelError(f"{where}: expected a number, got {raw!r}")
@@ -221,6 +235,18 @@ class AccountsConfig:
                 if s not in seen:
                     seen.append(s)
         return tuple(seen)
+
+    @property
+    def customer_stages(self) -> tuple[str, ...]:
+        """The stages of customer accounts, in :attr:`stages` order: every transition into them
+        needs a customer member (:func:`needs_customer`; the default's ``became-customer``:
+        ``customers >= 1``). The initial stage never is one (it is entered without a guard)."""
+        out = []
+        for stage in self.stages:
+            into = [t for t in self.transitions if t.to == stage]
+            if stage != self.initial_stage and into and all(any(map(needs_customer, t.when)) for t in into):
+                out.append(stage)
+        return tuple(out)
 
     @classmethod
     def from_dict(cls, raw: object) -> AccountsConfig:

@@ -1,7 +1,8 @@
 """A realistic archive for the report tests: contacts with stage journeys through the default
 model's lifecycle, their ``contacts`` rows (with older versions and re-reads), stage-change
-triggers (re-read too) and score ledger rows; and plain-Python answers to the reports, computed
-from the generated facts (not from ClickHouse) to check the SQL against."""
+triggers (re-read too) and score ledger rows; B2B accounts with journeys through the default
+model's account graph (:func:`generate_accounts`); and plain-Python answers to the reports,
+computed from the generated facts (not from ClickHouse) to check the SQL against."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from analytics.client import Store
-from analytics.rows import CONTACT_COLUMNS, LEDGER_COLUMNS, TRIGGER_COLUMNS
+from analytics.rows import ACCOUNT_COLUMNS, CONTACT_COLUMNS, LEDGER_COLUMNS, TRIGGER_COLUMNS
 from scorestream import Model
 from scorestream.rfm import RfmBoundaries, boundaries, score, segment_of
 from scorestream.scoring import band_of, round_score
@@ -94,6 +95,7 @@ class Contact:
     revenue: float = 0.0
     first_order: int | None = None
     last_order: int | None = None
+    account_id: str = ""
 
     def row(self) -> list[Any]:
         gone = self.status != "active"
@@ -104,7 +106,7 @@ class Contact:
             "merged_into": self.merged_into,
             "user_id": self.user_id,
             "email": self.email,
-            "account_id": "",
+            "account_id": self.account_id,
             "first_seen": None if gone else self.first_seen,
             "last_seen": None if gone else self.last_seen,
             "stage": "" if gone else self.stage,
@@ -275,6 +277,211 @@ async def two_namespaces(store: Store, other: str) -> None:
     await store.insert("triggers", TRIGGER_COLUMNS, [t.row(i) for i, t in enumerate(moves)])
     x = Contact("x", NOW, NOW + 2 * DAY, "mql", NOW + 2 * DAY, NOW + 2 * DAY, 3, engagement=70.0, fit=30.0)
     await store.insert("contacts", CONTACT_COLUMNS, [x.row()])
+
+
+# --- accounts ----------------------------------------------------------------------------------
+
+# where an account may go next in the default model's account graph
+ACCOUNT_MOVES: dict[str, list[str]] = {
+    "target": ["engaged", "engaged", "buying", "customer"],
+    "engaged": ["buying", "buying", "target", "customer"],
+    "buying": ["customer", "customer", "engaged"],
+    "customer": ["target"],
+}
+
+
+@dataclass
+class AccountRow:
+    """A row of ``account_changes`` (an accounts changelog record)."""
+
+    account: str
+    at: int
+    stage: str
+    members: int
+    offset: int
+    version: str = MODEL.version
+    topic: str = "scorestream-accounts-changelog"
+    customers: int = 0
+
+    def row(self) -> list[Any]:
+        values: dict[str, Any] = {
+            "account_id": self.account,
+            "at": self.at,
+            "stage": self.stage,
+            "engagement": 40.0,
+            "engagement_band": "3",
+            "fit": 30.0,
+            "fit_grade": "C",
+            "members": self.members,
+            "engaged_members": min(self.members, 1),
+            "customers": self.customers,
+            "roles_engaged": [],
+            "model_version": self.version,
+            "kafka_topic": self.topic,
+            "kafka_partition": 0,
+            "kafka_offset": self.offset,
+            "written_at": self.at,
+        }
+        return [values[c] for c in ACCOUNT_COLUMNS]
+
+
+def account_trigger(t: Transition, offset: int) -> list[Any]:
+    """An ``account.stage_changed`` trigger (``t.contact`` is the account)."""
+    values = dict(zip(TRIGGER_COLUMNS, t.row(offset), strict=True))
+    values.update(type="account.stage_changed", contact_id="", account_id=t.contact, rule=f"account-{t.to_stage}")
+    return [values[c] for c in TRIGGER_COLUMNS]
+
+
+@dataclass
+class Accounts:
+    """Accounts as archived: their rows (the latest of each account's active-model rows gives its
+    stage; other rows are older, re-read, or another model's), their stage changes, and their
+    members (contacts with an ``account_id``; those with orders give the accounts' value)."""
+
+    rows: list[AccountRow]
+    transitions: list[Transition]
+    members: list[Contact]
+
+
+async def load_accounts(store: Store, accounts: Accounts, seed: int = 7) -> None:
+    """Insert as the sink would, with about a fifth of the rows and triggers inserted twice."""
+    rng = random.Random(seed)
+    rows = [r.row() for r in accounts.rows]
+    await store.insert("account_changes", ACCOUNT_COLUMNS, rows)
+    await store.insert("account_changes", ACCOUNT_COLUMNS, [r for r in rows if rng.random() < 0.2])
+    triggers = [account_trigger(t, 10_000 + i) for i, t in enumerate(accounts.transitions)]
+    await store.insert("triggers", TRIGGER_COLUMNS, triggers)
+    await store.insert("triggers", TRIGGER_COLUMNS, [r for r in triggers if rng.random() < 0.2])
+    await store.insert("contacts", CONTACT_COLUMNS, [c.row() for c in accounts.members])
+
+
+def generate_accounts(n: int = 60, seed: int = 5) -> Accounts:
+    """Accounts created over the last 200 days, each walking the account graph; a row for its
+    creation and each change (several changes at one instant: a chain); about 15% of the changes
+    announced by an older model; another namespace's later rows for some (to be ignored), stale
+    rows inserted after newer ones, accounts left with no member; members that ordered (customer
+    accounts) and some that did not, a merged one."""
+    rng = random.Random(seed)
+    rows: list[AccountRow] = []
+    transitions: list[Transition] = []
+    members: list[Contact] = []
+    offset = 0
+    for i in range(n):
+        aid = f"a-{i:03d}"
+        at = NOW - rng.randrange(2 * DAY, 200 * DAY)
+        stage = "target"
+        size = rng.choice([0, 1, 2, 3, 5])
+        offset += 10
+        rows.append(AccountRow(aid, at, stage, max(size, 1), offset))
+        won_at: int | None = None
+        for step in range(rng.randrange(0, 6)):
+            to = rng.choice(ACCOUNT_MOVES[stage])
+            at += 0 if rng.random() < 0.25 else rng.randrange(HOUR, 25 * DAY)
+            if at >= NOW:
+                break
+            version = OLD_VERSION if rng.random() < 0.15 else MODEL.version
+            transitions.append(Transition(aid, at, stage, to, version, f"acc_{i:03d}{step:02d}"))
+            stage = to
+            won_at = at if to == "customer" and won_at is None else won_at
+            offset += 10
+            rows.append(AccountRow(aid, at, stage, max(size, 1), offset, customers=int(stage == "customer")))
+        if size == 0:  # every member left since
+            offset += 10
+            rows.append(AccountRow(aid, min(at + HOUR, NOW - 1), stage, 0, offset))
+        if rng.random() < 0.2:  # an older record at the same instant, re-read after the newer ones
+            rows.append(replace(rows[-1], stage="buying", members=3, offset=rows[-1].offset - 5))
+        if rng.random() < 0.2:  # another namespace's row, later
+            rows.append(AccountRow(aid, at + HOUR, "engaged", 2, 1, OLD_VERSION, "old-accounts-changelog"))
+        for k in range(size):
+            ordered = won_at is not None and k < 2
+            first_order = won_at - rng.randrange(0, 3) * DAY if won_at is not None and ordered else None
+            revenue = round(rng.uniform(50, 900), 2) if ordered else 0.0
+            members.append(
+                Contact(
+                    id=f"m-{i:03d}-{k}",
+                    first_seen=NOW - 210 * DAY,
+                    last_seen=NOW - DAY,
+                    stage="customer" if ordered else "lead",
+                    stage_since=NOW - 200 * DAY,
+                    updated_at=NOW - DAY,
+                    offset=5000 + 10 * i + k,
+                    status="merged" if k == 4 else "active",
+                    merged_into=f"m-{i:03d}-0" if k == 4 else "",
+                    orders=rng.randrange(1, 4) if ordered else 0,
+                    revenue=revenue,
+                    first_order=first_order,
+                    last_order=first_order,
+                    account_id=aid,
+                )
+            )
+    # a contact with orders and no account does not count for any account
+    members.append(replace(members[0], id="m-lone", account_id="", orders=2, revenue=5000.0, first_order=NOW - DAY))
+    return Accounts(rows, transitions, members)
+
+
+@dataclass
+class AccountsExpect:
+    stages: dict[str, tuple[int, int, int]]  # stage -> (open accounts, entered, converted)
+    value: float
+    customers: int
+    basis: str
+
+
+def forecast_accounts_expect(
+    accounts: Accounts, model: Model, now: int, lookback: int, model_version: str | None = None
+) -> AccountsExpect:
+    """The accounts pipeline computed from the facts: current stage from the latest row of the
+    chosen model (default: ``model``'s version) with members left; entries: the transitions of
+    ``model_version`` (all by default) and the initial stage at each account's first row."""
+
+    def of(version: str, name: str | None) -> bool:
+        return name is None or version == name or version.startswith(name + "@")
+
+    config = model.accounts
+    won = set(config.customer_stages)
+    open_stages = [s for s in config.stages if s not in won]
+    latest: dict[str, AccountRow] = {}
+    for r in accounts.rows:
+        if of(r.version, model_version or model.version):
+            best = latest.get(r.account)
+            if best is None or (r.at, r.offset) > (best.at, best.offset):
+                latest[r.account] = r
+    first_row: dict[str, int] = {}
+    for r in accounts.rows:
+        if of(r.version, model_version):
+            first_row[r.account] = min(r.at, first_row.get(r.account, r.at))
+    entries = [(t.contact, t.at, t.to_stage) for t in accounts.transitions if of(t.version, model_version)]
+    entries += [(a, t, config.initial_stage) for a, t in first_row.items()]
+    first: dict[tuple[str, str], int] = {}
+    for account, t, stage in entries:
+        if now - lookback <= t < now and stage in open_stages:
+            first[(account, stage)] = min(t, first.get((account, stage), t))
+    won_at: dict[str, int] = {}
+    for account, t, stage in entries:
+        if stage in won:
+            won_at[account] = max(t, won_at.get(account, t))
+    out = {}
+    for stage in open_stages:
+        keys = [(a, t) for (a, s), t in first.items() if s == stage]
+        converted = sum(1 for a, t in keys if won_at.get(a, -1) >= t)
+        open_now = sum(1 for r in latest.values() if r.stage == stage and r.members > 0)
+        out[stage] = (open_now, len(keys), converted)
+    revenue: dict[str, float] = defaultdict(float)
+    first_order: dict[str, int | None] = {}
+    for c in accounts.members:
+        if c.status == "active" and c.orders > 0 and c.account_id:
+            revenue[c.account_id] += c.revenue
+            if c.first_order is not None:
+                prior = first_order.get(c.account_id)
+                first_order[c.account_id] = c.first_order if prior is None else min(prior, c.first_order)
+            else:
+                first_order.setdefault(c.account_id, None)
+    new = [a for a, t in first_order.items() if t is not None and t >= now - lookback]
+    if new:
+        return AccountsExpect(out, statistics.fmean(revenue[a] for a in new), len(new), "new_customers")
+    if revenue:
+        return AccountsExpect(out, statistics.fmean(revenue.values()), len(revenue), "all_customers")
+    return AccountsExpect(out, 0.0, 0, "none")
 
 
 # --- reference answers -------------------------------------------------------------------------

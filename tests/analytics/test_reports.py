@@ -25,14 +25,21 @@ from tests.analytics.archive import (
     MODEL,
     NOW,
     OLD_VERSION,
+    AccountRow,
+    Accounts,
     Archive,
+    Contact,
+    Transition,
     close,
+    forecast_accounts_expect,
     forecast_expect,
     funnel_expect,
     funnel_levels,
     generate,
+    generate_accounts,
     ledger_row,
     load,
+    load_accounts,
     personas_expect,
     rfm_bounds,
     rfm_expect,
@@ -461,3 +468,161 @@ def test_forecast(store: Store, archive: Archive) -> None:
         assert math.isclose(stage.expected_revenue, open_now * rate * value)
     assert any(s.converted for s in got.stages) and got.expected_revenue > 0
     assert math.isclose(got.expected_revenue, sum(s.expected_revenue for s in got.stages))
+
+
+def test_forecast_without_accounts_has_an_empty_accounts_section(store: Store, archive: Archive) -> None:
+    """The archive has no account: the accounts pipeline lists the model's open account stages
+    with nothing in them, and the contacts pipeline and totals are as without it."""
+    got = run(reports.forecast(store, MODEL, NOW, 120 * DAY))
+    accounts = got.accounts
+    assert (accounts.model, accounts.customer_stages) == (MODEL.version, ["customer"])
+    assert [s.stage for s in accounts.stages] == ["target", "engaged", "buying"]
+    assert all(
+        (s.open_accounts, s.entered, s.converted, s.conversion, s.expected_revenue) == (0, 0, 0, None, 0.0)
+        for s in accounts.stages
+    )
+    assert (accounts.value.basis, accounts.value.customers, accounts.value.per_customer) == ("none", 0, 0.0)
+    assert (accounts.expected_customers, accounts.expected_revenue) == (0.0, 0.0)
+    assert got.expected_revenue > 0 and math.isclose(got.expected_revenue, sum(s.expected_revenue for s in got.stages))
+
+
+def known_accounts() -> Accounts:
+    """Eight accounts with hand-counted numbers (lookback 100 days; see the test)."""
+    d = DAY
+    v, old = MODEL.version, OLD_VERSION
+
+    def move(account: str, days_ago: int, a: str, b: str, version: str = v) -> Transition:
+        return Transition(account, NOW - days_ago * d, a, b, version, f"t-{account}-{days_ago}-{b}")
+
+    rows = [
+        # a1: target -90, engaged -80, buying -60, customer -30
+        AccountRow("a1", NOW - 90 * d, "target", 2, 10),
+        AccountRow("a1", NOW - 30 * d, "customer", 3, 11, customers=1),
+        # a2: target -70, engaged -50; a stale record re-read after the newer one
+        AccountRow("a2", NOW - 70 * d, "target", 2, 20),
+        AccountRow("a2", NOW - 50 * d, "engaged", 2, 21),
+        AccountRow("a2", NOW - 50 * d, "buying", 2, 19),
+        # a3: target -40; another namespace's later row says buying (not the active model's)
+        AccountRow("a3", NOW - 40 * d, "target", 1, 30),
+        AccountRow("a3", NOW - 1 * d, "buying", 1, 3, old, "old-accounts-changelog"),
+        # a4: target -200 and engaged -150 (before the lookback), buying -20, customer -5
+        AccountRow("a4", NOW - 200 * d, "target", 1, 40),
+        AccountRow("a4", NOW - 5 * d, "customer", 1, 41, customers=1),
+        # a5: target -30, engaged and buying -10 (a chain)
+        AccountRow("a5", NOW - 30 * d, "target", 4, 50),
+        AccountRow("a5", NOW - 10 * d, "buying", 4, 51),
+        # a6: target -60, every member left since: not open
+        AccountRow("a6", NOW - 60 * d, "target", 1, 60),
+        AccountRow("a6", NOW - 59 * d, "target", 0, 61),
+        # a7: only in a retired model's namespace: target -25, buying -20
+        AccountRow("a7", NOW - 25 * d, "target", 2, 1, old, "old-accounts-changelog"),
+        AccountRow("a7", NOW - 20 * d, "buying", 2, 2, old, "old-accounts-changelog"),
+        # a8: target -50, customer -45, lost -20: back in target
+        AccountRow("a8", NOW - 50 * d, "target", 2, 80),
+        AccountRow("a8", NOW - 20 * d, "target", 2, 81),
+    ]
+    transitions = [
+        move("a1", 80, "target", "engaged"),
+        move("a1", 60, "engaged", "buying"),
+        move("a1", 30, "buying", "customer"),
+        move("a2", 50, "target", "engaged"),
+        move("a4", 150, "target", "engaged"),
+        move("a4", 20, "engaged", "buying"),
+        move("a4", 5, "buying", "customer"),
+        move("a5", 10, "target", "engaged"),
+        move("a5", 10, "engaged", "buying"),
+        move("a7", 20, "target", "buying", old),
+        move("a8", 45, "target", "customer"),
+        move("a8", 20, "customer", "target"),
+    ]
+
+    def member(cid: str, account: str, revenue: float, first_order_days_ago: int | None, **kw: Any) -> Contact:
+        first = None if first_order_days_ago is None else NOW - first_order_days_ago * d
+        return Contact(
+            cid, NOW - 300 * d, NOW - d, "customer", NOW - d, NOW - d, 1, orders=1 if first else 0,
+            revenue=revenue, first_order=first, last_order=first, account_id=account, **kw,
+        )  # fmt: skip
+
+    members = [
+        member("k1", "a1", 300.0, 30),  # a1: 400, first member order -30: a new customer account
+        member("k2", "a1", 100.0, 20),
+        member("k3", "a4", 200.0, 5),  # a4: 200, new
+        member("k4", "a9", 1000.0, 300),  # a9: a customer account since before the lookback
+        member("k5", "", 50.0, 10),  # no account
+        member("k6", "a2", 0.0, None),  # no order
+        member("k7", "a1", 999.0, 10, status="merged", merged_into="k1"),  # merged into k1
+    ]
+    return Accounts(rows, transitions, members)
+
+
+def test_forecast_of_a_known_accounts_pipeline(chdb_path: Path) -> None:
+    """Lookback 100 days. Entries in it (every model's transitions; the initial stage at the first
+    row): target a1 a2 a3 a5 a6 a7 a8 (a1, a8 became customers since: a8 at -45 after entering
+    target at -50, then lost), engaged a1 a2 a5 (a1), buying a1 a4 a5 a7 (a1, a4). Open now (the
+    active model's latest rows, members left): target a3 a8, engaged a2, buying a5. Value: new
+    customer accounts a1 (300 + 100; k7 merged) and a4 (200): 300 each."""
+    lookback = 100 * DAY
+    accounts = known_accounts()
+
+    async def body(s: Store) -> None:
+        await load_accounts(s, accounts)
+        got = await reports.forecast(s, MODEL, NOW, lookback)
+        section = got.accounts
+        assert section.model == MODEL.version and section.customer_stages == ["customer"]
+        assert [(a.stage, a.open_accounts, a.entered, a.converted) for a in section.stages] == [
+            ("target", 2, 7, 2),
+            ("engaged", 1, 3, 1),
+            ("buying", 1, 4, 2),
+        ]
+        assert [a.conversion for a in section.stages] == [2 / 7, 1 / 3, 1 / 2]
+        assert (section.value.basis, section.value.customers, section.value.per_customer) == ("new_customers", 2, 300.0)
+        expected = [2 * 2 / 7, 1 / 3, 1 / 2]
+        assert all(math.isclose(a.expected_customers, e) for a, e in zip(section.stages, expected, strict=True))
+        assert all(math.isclose(a.expected_revenue, 300 * e) for a, e in zip(section.stages, expected, strict=True))
+        assert math.isclose(section.expected_customers, sum(expected))
+        assert math.isclose(section.expected_revenue, 300 * sum(expected))
+        # the contacts pipeline and its totals do not take the accounts in
+        assert math.isclose(got.expected_revenue, math.fsum(s.expected_revenue for s in got.stages))
+        # of the active model only: a7 and the old model's a7 move are gone; open accounts the same
+        mine = await reports.forecast(s, MODEL, NOW, lookback, MODEL.version)
+        assert [(a.stage, a.open_accounts, a.entered, a.converted) for a in mine.accounts.stages] == [
+            ("target", 2, 6, 2),
+            ("engaged", 1, 3, 1),
+            ("buying", 1, 3, 2),
+        ]
+        # the retired model's rows: a3 is buying there, a7 buying
+        theirs = await reports.forecast(s, MODEL, NOW, lookback, OLD_VERSION)
+        assert theirs.accounts.model == OLD_VERSION
+        assert [(a.stage, a.open_accounts, a.entered) for a in theirs.accounts.stages] == [
+            ("target", 0, 2),
+            ("engaged", 0, 0),
+            ("buying", 2, 1),
+        ]
+        # no customer account in the lookback: every customer account's value
+        later = await reports.forecast(s, MODEL, NOW, 4 * DAY)
+        assert (later.accounts.value.basis, later.accounts.value.customers) == ("all_customers", 3)
+        assert math.isclose(later.accounts.value.per_customer, (400 + 200 + 1000) / 3)
+
+    fresh(chdb_path, body)
+
+
+@pytest.mark.parametrize("model_version", [None, MODEL.version, OLD_VERSION])
+def test_forecast_accounts_match_an_independent_computation(chdb_path: Path, model_version: str | None) -> None:
+    accounts = generate_accounts()
+    lookback = 120 * DAY
+    expected = forecast_accounts_expect(accounts, MODEL, NOW, lookback, model_version)
+    assert any(c for _, _, c in expected.stages.values()) and any(o for o, _, _ in expected.stages.values())
+
+    async def body(s: Store) -> None:
+        await load_accounts(s, accounts)
+        got = (await reports.forecast(s, MODEL, NOW, lookback, model_version)).accounts
+        assert {a.stage: (a.open_accounts, a.entered, a.converted) for a in got.stages} == expected.stages
+        assert (got.value.basis, got.value.customers) == (expected.basis, expected.customers)
+        assert math.isclose(got.value.per_customer, expected.value)
+        for a in got.stages:
+            open_now, entered, converted = expected.stages[a.stage]
+            rate = converted / entered if entered else 0.0
+            assert math.isclose(a.expected_revenue, open_now * rate * expected.value)
+        assert got.expected_revenue > 0 or model_version == OLD_VERSION
+
+    fresh(chdb_path, body)

@@ -12,7 +12,7 @@ import pytest
 
 from analytics import reports
 from analytics.reports import InvalidParameter, Position
-from schemas.api_analytics import ForecastValueOut, TransitionOut
+from schemas.api_analytics import ForecastAccountValueOut, ForecastValueOut, TransitionOut
 from schemas.model_file import load_model
 from scorestream.identity import anonymous_contact_id
 from tests.factories import DAY, DEFAULT_MODEL, model_from
@@ -191,6 +191,45 @@ def test_forecast_body_uses_zero_for_a_stage_nobody_entered() -> None:
     assert (lead.conversion, lead.expected_customers, lead.expected_revenue) == (0.25, 2.5, 250.0)
     assert (mql.open_contacts, mql.conversion, mql.expected_revenue) == (3, None, 0.0)
     assert (body.expected_customers, body.expected_revenue, body.lookback_days) == (2.5, 250.0, 90.0)
+
+
+def test_forecast_body_without_accounts_has_an_empty_accounts_pipeline() -> None:
+    value = ForecastValueOut(per_customer=100.0, customers=4, basis="new_customers")
+    body = reports.forecast_body(["lead"], ["customer"], [("lead", 10)], [("lead", 20, 5)], value, NOW, DAY, "m@1")
+    assert body.accounts.stages == [] and body.accounts.value.basis == "none"
+    assert (body.accounts.expected_revenue, body.expected_revenue) == (0.0, 250.0)
+
+
+def test_the_accounts_pipeline_is_beside_the_totals_not_in_them() -> None:
+    open_stages, won = reports.account_forecast_stages(MODEL)
+    assert (open_stages, won) == (["target", "engaged", "buying"], ["customer"])
+    accounts = reports.forecast_accounts_body(
+        open_stages,
+        won,
+        [("target", 8), ("buying", 2), ("customer", 5)],
+        [("target", 10, 1), ("engaged", 4, 2), ("buying", 5, 4)],
+        ForecastAccountValueOut(per_customer=1000.0, customers=3, basis="new_customers"),
+        "m@1",
+    )
+    target, engaged, buying = accounts.stages
+    assert (target.open_accounts, target.conversion, target.expected_customers) == (8, 0.1, 0.8)
+    assert (engaged.open_accounts, engaged.conversion, engaged.expected_revenue) == (0, 0.5, 0.0)
+    assert (buying.expected_customers, buying.expected_revenue) == (1.6, 1600.0)
+    assert accounts.model == "m@1" and math.isclose(accounts.expected_customers, 2.4)
+    assert math.isclose(accounts.expected_revenue, 2400.0)
+    value = ForecastValueOut(per_customer=100.0, customers=4, basis="new_customers")
+    body = reports.forecast_body(
+        ["lead"], ["customer"], [("lead", 10)], [("lead", 20, 5)], value, NOW, DAY, None, accounts
+    )
+    assert body.accounts == accounts and (body.expected_customers, body.expected_revenue) == (2.5, 250.0)
+
+
+def test_account_value_falls_back_like_the_customer_value() -> None:
+    assert reports.account_value((2, 500.0, 9, 800.0)) == ForecastAccountValueOut(
+        per_customer=500.0, customers=2, basis="new_customers"
+    )
+    assert reports.account_value((0, math.nan, 9, 800.0)).basis == "all_customers"
+    assert reports.account_value((0, math.nan, 0, math.nan)).per_customer == 0.0
 
 
 def test_customer_value_falls_back_to_all_customers_then_none() -> None:
