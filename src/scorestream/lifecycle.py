@@ -683,10 +683,29 @@ def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+# What a walk reads from the traits alone (fit, fit grade, trait flags), by model version and
+# traits: a busy contact is walked on every batch with the same traits (computing these was a
+# sixth of a resumed walk's cost, bench/walk_counts.py's traffic under cProfile). Bounded; values
+# are a function of the key, so the cache changes no result.
+_TRAIT_VIEWS: dict[tuple[str, str, str | None], tuple[float, str, dict[str, str]]] = {}
+_TRAIT_VIEWS_MAX = 20_000
+
+
+def _trait_view(state: ContactState, model: Model, lc: Lifecycle) -> tuple[float, str, dict[str, str]]:
+    key = (model.version, repr(state.traits), state.email)
+    view = _TRAIT_VIEWS.get(key)
+    if view is None:
+        if len(_TRAIT_VIEWS) >= _TRAIT_VIEWS_MAX:
+            _TRAIT_VIEWS.clear()
+        fit = fit_of(state, model, top=0)
+        view = _TRAIT_VIEWS[key] = (fit.score, fit.grade, _trait_flags(state, lc))
+    return view
+
+
 def _walker(
     state: ContactState, model: Model, lc: Lifecycle, now: int, stage: str, since: int, score: float
 ) -> _Walker:
-    fit = fit_of(state, model, top=0)
+    fit_score, fit_grade, trait_flags = _trait_view(state, model, lc)
     return _Walker(
         state=state,
         model=model,
@@ -701,9 +720,9 @@ def _walker(
         above=set(),
         history=[],
         fired=[],
-        signals={"traits": state.traits, "fit": fit.score, "fit_grade": fit.grade},
+        signals={"traits": state.traits, "fit": fit_score, "fit_grade": fit_grade},
         event_flags={},
-        trait_flags=_trait_flags(state, lc),
+        trait_flags=dict(trait_flags),
         value_steps=None,
         caps=Caps.start(state, model),
     )
