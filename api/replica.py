@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,7 @@ class WorkerStatus:
     state: str
     model: str
     at_ms: int
+    lease_until_ms: int | None = None  # "ready" holds until then unless renewed (None: until it says otherwise)
 
 
 @dataclass
@@ -109,8 +111,12 @@ class Replica(Following):
         if not value:
             return
         body = orjson.loads(value)
+        lease = body.get("lease_until_ms")
         self.workers[str(body["worker"])] = WorkerStatus(
-            state=str(body["state"]), model=str(body.get("model", "")), at_ms=int(body["at_ms"])
+            state=str(body["state"]),
+            model=str(body.get("model", "")),
+            at_ms=int(body["at_ms"]),
+            lease_until_ms=None if lease is None else int(lease),
         )
 
     def decoded(self, contact_id: str) -> Decoded | None:
@@ -164,7 +170,14 @@ class Replica(Following):
 
     @property
     def ready_workers(self) -> list[str]:
-        return sorted(w for w, s in self.workers.items() if s.state == "ready")
+        """Workers whose latest status is "ready" and whose lease has not run out (a worker killed
+        without announcing "stopped" stops renewing it)."""
+        now = time.time() * 1000
+        return sorted(
+            w
+            for w, s in self.workers.items()
+            if s.state == "ready" and (s.lease_until_ms is None or s.lease_until_ms >= now)
+        )
 
     def apply_record(self, record: Any) -> None:
         if record.topic == self.changelog_topic:

@@ -29,6 +29,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+HEARTBEAT_S = 10.0  # a ready worker says so again this often
+# how long a "ready" holds without the next one: three heartbeats, plus a minute of clock skew
+# between the worker's host and the API's
+LEASE_MS = int(3 * HEARTBEAT_S * 1000) + 60_000
+
+
 class Worker(faust.Worker):
     """Faust's worker, announcing its state on the status topic (read by the API's ``/readyz``)."""
 
@@ -36,7 +42,10 @@ class Worker(faust.Worker):
     model_version: str
 
     async def announce(self, state: str) -> None:
-        body = {"worker": worker_id(), "state": state, "model": self.model_version, "at_ms": int(time.time() * 1000)}
+        at_ms = int(time.time() * 1000)
+        body: dict[str, object] = {"worker": worker_id(), "state": state, "model": self.model_version, "at_ms": at_ms}
+        if state == "ready":  # a SIGKILLed worker stops renewing it: readers stop counting it
+            body["lease_until_ms"] = at_ms + LEASE_MS
         await self.wiring.status_topic.send(key=worker_id().encode(), value=orjson.dumps(body))
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -49,12 +58,18 @@ class Worker(faust.Worker):
             logging.getLogger(name).setLevel(max(level_no, logging.INFO))
 
     stopping = False
+    ready = False
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         if self.stopping:  # stopped while starting: "stopped" is already announced, not "ready" after it
             return
         await self.announce("ready")
+        self.ready = True
+
+    async def heartbeat(self) -> None:
+        if self.ready and not self.stopping:
+            await self.announce("ready")
         log.info("worker %s ready: tables recovered, model %s", worker_id(), self.model_version)
 
     async def on_stop(self) -> None:
@@ -120,6 +135,11 @@ def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | 
     worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
     worker.wiring = wiring
     worker.model_version = model.version
+
+    @wiring.app.timer(interval=HEARTBEAT_S, name="heartbeat")
+    async def heartbeat() -> None:
+        await worker.heartbeat()
+
     tune_gc()
     worker.execute_from_commandline()
 
