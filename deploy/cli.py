@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from deploy.signals import StopOnSignal
 from schemas.settings import Settings
 
 log = logging.getLogger("scorestream")
@@ -78,14 +78,7 @@ def run(settings: Settings) -> int:
     shadows = live_shadows(settings)  # a worker for every shadow model namespace too
     procs += [subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=worker_env(ns)) for ns in shadows]
     url = f"http://{settings.api_host}:{settings.api_port}"
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signals = StopOnSignal()
     try:
         if wait_ready(url, 180):
             key = env.get("SCORESTREAM_API_KEYS", "").split(",")[0]
@@ -101,8 +94,8 @@ def run(settings: Settings) -> int:
             print("  Ctrl-C stops everything.\n", flush=True)
         else:
             log.error("the service did not become ready in 180 s")
-            stopping = True
-        while not stopping and all(p.poll() is None for p in procs):
+            signals.stop()
+        while not signals.stopping and all(p.poll() is None for p in procs):
             time.sleep(0.3)
     finally:
         for p in procs:

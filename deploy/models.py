@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from deploy.lag import group_lag
+from deploy.signals import StopOnSignal
 from schemas.model_file import load_model
 from schemas.registry import NamespaceRecord, Promotion, Registry, namespace_record, namespace_refusal, settings_of
 from schemas.settings import Settings
@@ -173,21 +173,14 @@ def shadow(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signals = StopOnSignal()
     started = time.monotonic()
     try:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(f"{namespace}: source events", total=None)
             settled = None  # caught up: everything read, twice in a row with the same totals
-            while not stopping and worker.poll() is None:
+            while not signals.stopping and worker.poll() is None:
                 try:
                     done, total, internal = asyncio.run(lag_of(settings, namespace, registry))
                 except Exception:  # the group's coordinator is not there until the worker joins
@@ -203,7 +196,7 @@ def shadow(
         if worker.poll() is not None:
             console.print(f"[red]the shadow worker stopped (exit {worker.returncode}); see {log_path}[/]")
             return 1
-        if stopping:
+        if signals.stopping:
             return 0
         console.print(
             f"caught up in {time.monotonic() - started:.1f} s ({done} source events); comparing with {active}"
@@ -220,7 +213,7 @@ def shadow(
             f"the shadow runs live: compare in the API with ?model={namespace} (GET /v1/models lists both); "
             f"make it live with `scorestream promote {namespace}`. Ctrl-C stops this worker."
         )
-        while not stopping and worker.poll() is None:
+        while not signals.stopping and worker.poll() is None:
             time.sleep(0.5)
         return 0 if worker.poll() is None else 1
     finally:
