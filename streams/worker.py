@@ -66,11 +66,11 @@ class Worker(faust.Worker):
             return
         await self.announce("ready")
         self.ready = True
+        log.info("worker %s ready: tables recovered, model %s", worker_id(), self.model_version)
 
     async def heartbeat(self) -> None:
         if self.ready and not self.stopping:
             await self.announce("ready")
-        log.info("worker %s ready: tables recovered, model %s", worker_id(), self.model_version)
 
     async def on_stop(self) -> None:
         self.stopping = True
