@@ -667,8 +667,17 @@ def print_diff(console: Any, d: Diff, left: str, right: str) -> None:
 # --- the command ----------------------------------------------------------------------------------
 
 
-def main(settings: Settings, model_path: str, source: str, json_out: str | None, from_ms: int | None) -> int:
-    """``scorestream replay``: replay with a progress bar, print the diff, optionally write JSON."""
+def main(
+    settings: Settings,
+    model_path: str,
+    source: str,
+    json_out: str | None,
+    from_ms: int | None,
+    live_model: Model | None = None,
+) -> int:
+    """``scorestream replay``: replay with a progress bar, print the diff, optionally write JSON.
+    ``settings``: those of the live namespace (its changelog is the live side), ``live_model`` its
+    model (default: the configured one)."""
     import orjson
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -693,7 +702,9 @@ def main(settings: Settings, model_path: str, source: str, json_out: str | None,
         def on_live(done: int, total: int) -> None:
             bar.update(live_task, completed=done, total=total)
 
-        result = replay(settings, model, source, from_ms, progress=on_events, changelog_progress=on_live)
+        result = replay(
+            settings, model, source, from_ms, live_model=live_model, progress=on_events, changelog_progress=on_live
+        )
     d = result.diff
     console.print(
         f"{result.records} records ({result.events} events, {result.invalid} invalid) in {result.seconds:.1f} s, "

@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         from analytics.replay import main as run_replay
 
         from_ms = int(datetime.fromisoformat(args.from_).timestamp() * 1000) if args.from_ else None
-        return run_replay(settings, args.model, args.source, args.json, from_ms)
+        from deploy.models import active_namespace
+
+        live, live_model = active_namespace(settings)  # the live side: the registry's active model
+        return run_replay(live, args.model, args.source, args.json, from_ms, live_model)
     if args.command in ("shadow", "promote", "retire", "models"):
         from deploy import models
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deploy.lag import group_lag
+from deploy.lag import group_lag, records_in
 from deploy.signals import StopOnSignal
 from schemas.model_file import load_model
 from schemas.registry import NamespaceRecord, Promotion, Registry, namespace_record, namespace_refusal, settings_of
@@ -45,20 +45,24 @@ def default_namespace(settings: Settings, model: Model) -> str:
 
 
 def model_of(settings: Settings, registry: Registry, namespace: str) -> Model:
-    """The model a namespace runs: its registered one, else (the app id's namespace before any
-    registration) the configured one."""
-    record = registry.namespaces.get(namespace)
-    return record.load_model() if record is not None else load_model(settings.model)
+    """The model a namespace runs (:meth:`Registry.model_of`, the configured one by default)."""
+    return registry.model_of(namespace, load_model(settings.model))
+
+
+def active_namespace(settings: Settings) -> tuple[Settings, Model]:
+    """The settings and model of the registry's active namespace (what the API serves as live)."""
+    registry = asyncio.run(read_registry(settings))
+    return settings_of(settings, registry, registry.active), model_of(settings, registry, registry.active)
 
 
 def source_and_internal_topics(settings: Settings) -> tuple[list[str], list[str]]:
     return list(settings.source_topics), [settings.identity_topic, settings.contacts_topic, settings.accounts_topic]
 
 
-async def lag_of(settings: Settings, namespace: str, registry: Registry | None = None) -> tuple[int, int, int]:
+async def lag_of(settings: Settings, namespace: str, registry: Registry) -> tuple[int, int, int]:
     """(source records read, source records in all, internal records still to read) of a
     namespace's worker group (its backfill topics count as sources)."""
-    ns = settings_of(settings, registry or await read_registry(settings), namespace)
+    ns = settings_of(settings, registry, namespace)
     sources, internal = source_and_internal_topics(ns)
     src = await group_lag(ns.kafka_bootstrap, namespace, sources)
     inner = await group_lag(ns.kafka_bootstrap, namespace, internal)
@@ -90,7 +94,8 @@ def register(settings: Settings, model_path: str, name: str | None, backfill: bo
     if existing is None or existing.retired_ms is not None:
         record = namespace_record(namespace, model_path, now_ms(), backfill=backfill)
         asyncio.run(register_namespace(settings, record))
-    asyncio.run(ensure_topics(settings_of(settings, asyncio.run(read_registry(settings)), namespace)))
+    # its topics (the backfill ones too: an existing record has the same ``backfill``, checked above)
+    asyncio.run(ensure_topics(settings.in_namespace(namespace).model_copy(update={"backfill": backfill})))
     return namespace, model
 
 
@@ -100,16 +105,15 @@ def copy_archive(settings: Settings, namespace: str) -> int:
     Duplicates of events still on the source topics fold once (message ids)."""
     from analytics.replay import archive_records
 
-    ns = settings_of(settings, asyncio.run(read_registry(settings)), namespace)
-    topics = ns.backfill_topics
-    held = asyncio.run(group_lag(ns.kafka_bootstrap, f"{namespace}-backfill-check", list(topics.values()))).total
+    topics = settings.in_namespace(namespace).backfill_topics
+    held = asyncio.run(records_in(settings.kafka_bootstrap, list(topics.values())))
     if held:
         console.print(f"the backfill topics of {namespace} hold {held} events already: not copied again")
         return 0
 
     async def produce(batches: Any) -> int:
         producer = AIOKafkaProducer(
-            bootstrap_servers=ns.kafka_bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
         )
         await producer.start()
         sent = 0

@@ -133,6 +133,12 @@ class Registry:
                 break
         return owner
 
+    def model_of(self, namespace: str, configured: Model) -> Model:
+        """The model ``namespace`` runs: the one registered for it, else ``configured`` (the app
+        id's namespace before any registration)."""
+        record = self.namespaces.get(namespace)
+        return record.load_model() if record is not None else configured
+
     def live(self) -> list[str]:
         """Every namespace not retired: the active one first, then the shadows by name (the app
         id's namespace counts until retired, registered or not: it was the first active one)."""
