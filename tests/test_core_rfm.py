@@ -510,3 +510,52 @@ def test_facts_timeline_steps_equal_summary_at_each_instant(records: list[tuple[
         facts = summary(value, s.key[0])  # one record per instant: the step is the instant
         assert (s.frequency, s.monetary) == (facts.frequency, facts.monetary)
     assert all(s.monetary == 0.0 for s in facts_timeline(value, monetary=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.floats(min_value=1e-9, max_value=1e12, allow_nan=False, allow_infinity=False),
+        ),
+        max_size=60,
+    )
+)
+def test_the_timelines_running_total_is_fsum_of_what_is_still_counted(ops: list[tuple[bool, float]]) -> None:
+    """The timeline keeps its monetary total with exact partials (added, and taken away by adding
+    the negation); at every step it is ``math.fsum`` of the values still counted, to the bit."""
+    from scorestream.rfm import _add_exact
+
+    partials: list[float] = []
+    counted: list[float] = []
+    for remove, x in ops:
+        if remove and counted:
+            y = counted.pop(len(counted) // 2)
+            _add_exact(partials, -y)
+        else:
+            counted.append(x)
+            _add_exact(partials, x)
+        assert math.fsum(partials) == math.fsum(counted)
+
+
+def test_a_long_ledgers_timeline_matches_summary_at_every_step() -> None:
+    """Hundreds of orders of very different sizes, some refunded in part or in full: each step's
+    totals are what :func:`summary` computes from scratch at that instant."""
+    from scorestream.rfm import facts_timeline
+
+    config = ValueConfig(rates={"EUR": 1.1, "JPY": 0.0067})
+    events = []
+    for i in range(300):
+        currency = ("USD", "EUR", "JPY")[i % 3]
+        events.append(order(ts=T0 + 2 * i * HOUR, order_id=f"o{i}", total=0.01 * 7.3 ** (i % 17), currency=currency))
+        if i % 5 == 0:
+            events.append(refund(ts=T0 + (2 * i + 1) * HOUR, order_id=f"o{i // 2}", total=0.5))
+        if i % 11 == 0:
+            events.append(refund(ts=T0 + (2 * i + 1) * HOUR + 60_000, order_id=f"o{i}"))  # one record per instant
+    value = apply_purchase_events(None, events, config)
+    steps = facts_timeline(value)
+    assert len(steps) == len(value.orders) + len(value.refunds)
+    for s in steps:
+        facts = summary(value, s.key[0])
+        assert (s.frequency, s.monetary) == (facts.frequency, facts.monetary)

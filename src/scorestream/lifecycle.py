@@ -47,7 +47,7 @@ from scorestream.contact import Caps, ContactState, Hit, decay
 from scorestream.events import Event
 from scorestream.journey import Cursor, Fired, Journey, StageEntry
 from scorestream.model import EngagementRule, Model, ModelError, Predicate, _str_set, parse_duration_ms
-from scorestream.rfm import FactsStep, facts_timeline
+from scorestream.rfm import CustomerValue, FactsStep, Order, Refund, facts_timeline
 from scorestream.scoring import engagement_at, fit_of, round_score
 from scorestream.triggers import make_trigger
 
@@ -386,9 +386,9 @@ def _checkpoints(
             cp = points[(ts, mid)] = _Checkpoint(ts, mid)
         return cp
 
-    for hit in state.hits:
-        if skip is not None and (hit.ts, hit.mid) <= skip:
-            continue
+    hits = state.hits  # sorted: a resumed walk starts at the first hit after ``after``
+    first = 0 if skip is None else bisect_right(hits, skip, key=lambda h: (h.ts, h.mid))
+    for hit in hits[first:] if first else hits:
         cp = at(hit.ts, hit.mid)
         cp.hits.append(hit)
         cp.tags.update(hit.rules)
@@ -495,7 +495,7 @@ class _Walker:
         """Purchase signals with every order and refund up to ``key`` known."""
         steps = self.value_steps
         if steps is None:  # built on first use: a resumed walk without purchases never needs it
-            steps = self.value_steps = facts_timeline(self.state.value, monetary=self.lc.uses_monetary)
+            steps = self.value_steps = _timeline(self.state.value, self.lc.uses_monetary)
         at = bisect_right(steps, key, key=lambda s: s.key) - 1
         frequency, monetary = (steps[at].frequency, steps[at].monetary) if at >= 0 else (0, 0.0)
         self.signals["orders"] = frequency
@@ -701,6 +701,26 @@ def _trait_view(state: ContactState, model: Model, lc: Lifecycle) -> tuple[float
         fit = fit_of(state, model, top=0)
         view = _TRAIT_VIEWS[key] = (fit.score, fit.grade, _trait_flags(state, lc))
     return view
+
+
+# A ledger's purchase timeline, by its orders and refunds: a contact's walks (from the anchor on
+# every batch in a backfill, several per batch when old hits fold) read the same ledger until
+# it buys again, and building the timeline is a sort and a pass over every order. Bounded;
+# values are a function of the key (equal ledgers, same timeline), so the cache changes no result.
+_TIMELINES: dict[tuple[tuple[Order, ...], tuple[Refund, ...], bool], list[FactsStep]] = {}
+_TIMELINES_MAX = 4_096
+
+
+def _timeline(value: CustomerValue | None, monetary: bool) -> list[FactsStep]:
+    if value is None:
+        return []
+    key = (value.orders, value.refunds, monetary)
+    steps = _TIMELINES.get(key)
+    if steps is None:
+        if len(_TIMELINES) >= _TIMELINES_MAX:
+            _TIMELINES.clear()
+        steps = _TIMELINES[key] = facts_timeline(value, monetary=monetary)
+    return steps
 
 
 def _walker(

@@ -49,6 +49,7 @@ from scorestream.clv import (
     fit_bgnbd,
     fit_gamma_gamma,
     p_alive,
+    summarise,
 )
 from scorestream.rfm import (
     DAY_MS,
@@ -63,6 +64,7 @@ from scorestream.rfm import (
     net_orders,
     rfm_score,
     summary,
+    summary_of,
 )
 
 __all__ = [
@@ -144,14 +146,14 @@ def customer_facts(value: CustomerValue | None) -> CustomerFacts | None:
     if value is None or not value.orders:
         return None
     as_of = max([o.ts for o in value.orders] + [r.ts for r in value.refunds])
-    facts = summary(value, as_of)
+    nets = net_orders(value, as_of)  # once: summary and clv_summary both start from it
+    facts = summary_of(nets, as_of)
     if facts.frequency <= 0 or facts.last_order_ms is None:
         return None
-    valued = [(n.order.ts, n.base) for n in net_orders(value, as_of) if n.net > 0.0 and n.base is not None]
+    valued = [(n.order.ts, n.base) for n in nets if n.net > 0.0 and n.base is not None]
     inputs = None
     if valued:
-        s = clv_summary(value, as_of, unit_ms=1)
-        assert s is not None
+        s = summarise(valued, as_of, 1)  # what clv_summary(value, as_of, unit_ms=1) gives
         inputs = ClvInputs(min(ts for ts, _ in valued), max(ts for ts, _ in valued), s.frequency, s.monetary)
     return CustomerFacts(facts.last_order_ms, facts.frequency, facts.monetary, inputs)
 
