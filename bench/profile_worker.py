@@ -103,7 +103,11 @@ def main() -> None:
         svc.stop()
     finally:
         stop_broker(work / "kafka", port)
-    for share, frame in summarise(raw, args.top):
+    try:
+        shares = summarise(raw, args.top)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the broker's logs: hundreds of MB a run
+    for share, frame in shares:
         print(f"{share:5.1f}%  {frame}")
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -62,6 +63,7 @@ def main() -> None:
         help="comma-separated scenarios to skip: "
         "pure,throughput,clv,timers,big,peers,latency,sustained,api,collector,recovery,webhooks,sink,analytics",
     )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (broker logs, worker data)")
     args = parser.parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
     # worker, the API and the broker this run started.
@@ -192,6 +194,11 @@ def main() -> None:
             save()
     finally:
         stop_broker(work / "kafka", port)
+        # a run leaves gigabytes of broker logs: gone unless asked for (the figures are saved)
+        if args.keep:
+            print("work directory:", work, flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     table = Table(title=f"scorestream bench: {args.name}")
     table.add_column("figure")
     table.add_column("value", justify="right")
