@@ -105,25 +105,15 @@ def _converge(service: Service, expected: dict[str, Any]) -> None:
         raise AssertionError(detail[0]) from None
 
 
-FAUST_RECOVERY_RACE = pytest.mark.xfail(
-    strict=False,
-    reason="known bug, under investigation: about one run in five (measured at a9cea5c and at this commit), "
-    "after Faust's own recovery on a fresh disk, about a quarter of the contacts (one partition's worth) "
-    "never reach the expected engagement; the bulk-restore case (the default at start) did not fail in the same runs",
-)
-
-
-@pytest.mark.parametrize(
-    "bulk_restore",
-    [True, pytest.param(False, marks=FAUST_RECOVERY_RACE)],
-    ids=["bulk-restore", "faust-recovery"],
-)
+@pytest.mark.parametrize("bulk_restore", [True, False], ids=["bulk-restore", "faust-recovery"])
 def test_worker_on_a_fresh_disk_restores_its_tables_and_carries_on(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, bulk_restore: bool
 ) -> None:
     """The worker's RocksDB files are lost (a new machine): it restores the tables from their
     changelogs (in bulk before joining, or through Faust's recovery, the path a partition that
-    moves between workers takes), and new events for the same contacts add to the old state."""
+    moves between workers takes), and new events for the same contacts add to the old state.
+    They are published while the worker starts: some are fetched before its rebalance is over,
+    which lost them in 3 runs of 10 before the consumer held such records back (streams/transport.py)."""
     folder = Path(tmp_path_factory.mktemp("fresh-disk"))
     (folder / "model.yaml").write_text(yaml.safe_dump(ROOMY))
     svc = Service(

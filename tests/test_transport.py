@@ -1,0 +1,151 @@
+"""Batch delivery around a rebalance (``streams.transport``), without a broker.
+
+Faust empties every agent's channel queue when a rebalance ends (``flow_control.resume()``), after
+its seek to the committed offsets; a batch handed to an agent in between was lost. The drain loop
+runs here on a real ``ScorestreamApp`` consumer with the fetch replaced by prepared records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.errors import IllegalStateError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from streams.transport import ScorestreamApp, rewind
+
+SOURCE = TopicPartition("src", 0)
+CHANGELOG = TopicPartition("t-unit-contacts-changelog", 0)
+
+
+def _record(tp: TopicPartition, offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=1_000,
+        timestamp_type=0,
+        key=b"k",
+        value=b"v",
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=1,
+        headers=(),
+    )
+
+
+class Drain:
+    """One pass of the consumer's drain loop over ``records`` of one partition."""
+
+    def __init__(self, rebalancing: bool) -> None:
+        self.app = ScorestreamApp(
+            "t-unit", batched_topics=frozenset({SOURCE.topic}), broker="kafka://127.0.0.1:1", store="memory://"
+        )
+        self.channel: Any = self.app.topic(SOURCE.topic, key_type=bytes, value_type=bytes).clone(is_iterator=True)
+        self.app.topics._tp_index[SOURCE].add(self.channel)
+        self.app.flow_control.resume()
+        self.app.rebalancing = rebalancing
+        self.consumer: Any = self.app.consumer
+        self.fetched_again: list[tuple[Any, int, int]] = []
+        self.handed: list[int] = []  # offsets given to the (changelog) callback
+
+    async def run(self, tp: TopicPartition, offsets: range) -> None:
+        consumer = self.consumer
+        pending = [({tp: [_record(tp, o) for o in offsets]}, {tp})]
+
+        async def wait_next_records(_timeout: float) -> tuple[Any, Any]:
+            if pending:
+                return pending.pop()
+            consumer._stopped.set()
+            return None, None
+
+        async def fetch_again_later(tp: Any, first: int, last: int) -> None:
+            self.fetched_again.append((tp, first, last))
+
+        async def callback(message: Any) -> None:
+            self.handed.append(message.offset)
+
+        consumer._wait_next_records = wait_next_records
+        consumer._fetch_again_later = fetch_again_later
+        consumer.callback = callback
+        consumer.highwater = lambda tp: offsets[-1] + 1
+
+        class Fetcher:
+            _stopped = asyncio.Event()
+
+        try:
+            await consumer._drain_messages(Fetcher())
+        finally:
+            consumer._thread.thread_loop.close()  # made for the consumer's thread, never started here
+
+
+def test_a_source_batch_fetched_during_a_rebalance_waits_for_its_end() -> None:
+    async def scenario() -> Drain:
+        drain = Drain(rebalancing=True)
+        await drain.run(SOURCE, range(5, 8))
+        return drain
+
+    drain = asyncio.run(scenario())
+    assert drain.channel.queue.qsize() == 0  # nothing for the end of the rebalance to clear
+    assert drain.fetched_again == [(SOURCE, 5, 7)]  # the partition is set back to its first record
+    assert drain.consumer._read_offset[SOURCE] is None  # and nothing counts as read
+
+
+def test_what_the_end_of_a_rebalance_does_to_a_batch_already_delivered() -> None:
+    """Why: Faust's ``flow_control.resume()`` drops what the agents have not taken yet, while the
+    read offset (and the fetch position) stay past it. Outside a rebalance nothing clears it."""
+
+    async def scenario() -> tuple[Drain, int]:
+        drain = Drain(rebalancing=False)
+        await drain.run(SOURCE, range(5, 8))
+        delivered = drain.channel.queue.qsize()
+        drain.app.flow_control.resume()
+        return drain, delivered
+
+    drain, delivered = asyncio.run(scenario())
+    assert delivered == 1 and drain.fetched_again == []
+    assert drain.channel.queue.qsize() == 0
+    assert drain.consumer._read_offset[SOURCE] == 7
+
+
+def test_changelog_records_being_recovered_are_delivered_during_a_rebalance() -> None:
+    async def scenario() -> Drain:
+        drain = Drain(rebalancing=True)
+        drain.app.tables.recovery.active_tps.add(CHANGELOG)
+        await drain.run(CHANGELOG, range(0, 3))
+        return drain
+
+    drain = asyncio.run(scenario())
+    assert drain.handed == [0, 1, 2] and drain.fetched_again == []
+
+
+class FakeConsumer:
+    def __init__(self, position: int | None) -> None:
+        self._position = position
+        self.sought: list[tuple[Any, int]] = []
+
+    async def position(self, tp: Any) -> int:
+        if self._position is None:
+            raise IllegalStateError("not assigned")
+        return self._position
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+
+@pytest.mark.parametrize(
+    ("position", "sought"),
+    [
+        (8, [(SOURCE, 5)]),  # just past the records handed out: back to the first
+        (11, [(SOURCE, 5)]),  # past them by a gap (compaction, transaction markers): the same
+        (5, []),  # moved since (Faust's seek to the committed offset): that seek decides
+        (7, []),
+        (None, []),  # no longer assigned
+    ],
+)
+def test_rewind_only_a_partition_nothing_moved_since_the_fetch(position: int | None, sought: list[Any]) -> None:
+    consumer = FakeConsumer(position)
+    assert asyncio.run(rewind(consumer, SOURCE, 5, 7)) is bool(sought)
+    assert consumer.sought == sought
