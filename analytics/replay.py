@@ -667,6 +667,14 @@ def print_diff(console: Any, d: Diff, left: str, right: str) -> None:
 # --- the command ----------------------------------------------------------------------------------
 
 
+def progress_bar(console: Any) -> Any:
+    """The commands' progress bar (``replay``, ``shadow``): what, a bar, done of total, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console)
+
+
 def main(
     settings: Settings,
     model_path: str,
@@ -680,7 +688,6 @@ def main(
     model (default: the configured one)."""
     import orjson
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from schemas.model_file import load_model
 
@@ -691,8 +698,7 @@ def main(
             "[yellow]--from: contacts start from nothing at that instant; the diff against the live "
             "(full-history) state is not like for like.[/]"
         )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
+    with progress_bar(console) as bar:
         events_task = bar.add_task(f"replaying {source} under {model.version}", total=None)
         live_task = bar.add_task("reading the live contacts", total=None)
 

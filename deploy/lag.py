@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -20,35 +21,35 @@ class Lag:
 
 async def group_lag(bootstrap: str, group: str, topics: list[str]) -> Lag:
     """End offsets vs the group's committed offsets over ``topics``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
-    ends = await end_offsets(bootstrap, tps)
-    done = sum(min(committed[tp].offset, ends[tp]) for tp in tps if tp in committed and committed[tp].offset >= 0)
+    ends, committed = await _offsets(bootstrap, topics, group)
+    done = sum(
+        min(committed[tp].offset, end) for tp, end in ends.items() if tp in committed and committed[tp].offset >= 0
+    )
     return Lag(total=sum(ends.values()), committed=done)
-
-
-async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
 
 
 async def records_in(bootstrap: str, topics: list[str]) -> int:
     """Records ever written to ``topics`` (their end offsets, summed)."""
+    ends, _ = await _offsets(bootstrap, topics)
+    return sum(ends.values())
+
+
+async def _offsets(
+    bootstrap: str, topics: list[str], group: str | None = None
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, Any]]:
+    """The end offset of every partition of ``topics``, and ``group``'s committed offsets (none
+    without a group)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        committed = await admin.list_consumer_group_offsets(group) if group is not None else {}
         described = await admin.describe_topics(topics)
     finally:
         await admin.close()
     tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
-    return sum((await end_offsets(bootstrap, tps)).values())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(tps)), committed
+    finally:
+        await consumer.stop()

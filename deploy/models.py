@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from deploy.lag import group_lag, records_in
@@ -103,7 +102,7 @@ def copy_archive(settings: Settings, namespace: str) -> int:
     """Copy the accepted events of the ClickHouse archive to ``namespace``'s backfill topics, with
     the record times the worker saw (once: nothing is copied if they hold records already).
     Duplicates of events still on the source topics fold once (message ids)."""
-    from analytics.replay import archive_records
+    from analytics.replay import archive_records, progress_bar
 
     topics = settings.in_namespace(namespace).backfill_topics
     held = asyncio.run(records_in(settings.kafka_bootstrap, list(topics.values())))
@@ -130,8 +129,7 @@ def copy_archive(settings: Settings, namespace: str) -> int:
             await producer.stop()
         return sent
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task(f"{namespace}: copying the archive", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -159,7 +157,7 @@ def shadow(
     """Register the model as a shadow, run its worker from the beginning of the source topics with
     a progress bar, print its difference from the active model once caught up, then keep it running
     live (Ctrl-C stops it; ``--until-caught-up`` stops there)."""
-    from analytics.replay import compare_namespaces, print_diff
+    from analytics.replay import compare_namespaces, print_diff, progress_bar
 
     namespace, model = register(settings, model_path, name, backfill=source == "archive")
     if source == "archive":
@@ -180,8 +178,7 @@ def shadow(
     signals = StopOnSignal()
     started = time.monotonic()
     try:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console) as bar:
+        with progress_bar(console) as bar:
             task = bar.add_task(f"{namespace}: source events", total=None)
             settled = None  # caught up: everything read, twice in a row with the same totals
             while not signals.stopping and worker.poll() is None:
