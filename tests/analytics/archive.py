@@ -10,7 +10,7 @@ import math
 import random
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -427,6 +427,26 @@ class AccountsExpect:
     basis: str
 
 
+def _conversions(
+    entries: Sequence[tuple[str, int, str]], open_stages: Sequence[str], won: Collection[str], now: int, lookback: int
+) -> dict[str, tuple[int, int]]:
+    """stage -> (who entered it in the lookback, how many of them entered a ``won`` stage at or
+    after their first entry), from ``(who, instant, stage)`` entries: the forecasts' conversion."""
+    first: dict[tuple[str, str], int] = {}
+    for who, t, stage in entries:
+        if now - lookback <= t < now and stage in open_stages:
+            first[(who, stage)] = min(t, first.get((who, stage), t))
+    won_at: dict[str, int] = {}
+    for who, t, stage in entries:
+        if stage in won:
+            won_at[who] = max(t, won_at.get(who, t))
+    out = {}
+    for stage in open_stages:
+        keys = [(w, t) for (w, s), t in first.items() if s == stage]
+        out[stage] = (len(keys), sum(1 for w, t in keys if won_at.get(w, -1) >= t))
+    return out
+
+
 def forecast_accounts_expect(
     accounts: Accounts, model: Model, now: int, lookback: int, model_version: str | None = None
 ) -> AccountsExpect:
@@ -452,20 +472,11 @@ def forecast_accounts_expect(
             first_row[r.account] = min(r.at, first_row.get(r.account, r.at))
     entries = [(t.contact, t.at, t.to_stage) for t in accounts.transitions if of(t.version, model_version)]
     entries += [(a, t, config.initial_stage) for a, t in first_row.items()]
-    first: dict[tuple[str, str], int] = {}
-    for account, t, stage in entries:
-        if now - lookback <= t < now and stage in open_stages:
-            first[(account, stage)] = min(t, first.get((account, stage), t))
-    won_at: dict[str, int] = {}
-    for account, t, stage in entries:
-        if stage in won:
-            won_at[account] = max(t, won_at.get(account, t))
+    conversions = _conversions(entries, open_stages, won, now, lookback)
     out = {}
     for stage in open_stages:
-        keys = [(a, t) for (a, s), t in first.items() if s == stage]
-        converted = sum(1 for a, t in keys if won_at.get(a, -1) >= t)
         open_now = sum(1 for r in latest.values() if r.stage == stage and r.members > 0)
-        out[stage] = (open_now, len(keys), converted)
+        out[stage] = (open_now, *conversions[stage])
     revenue: dict[str, float] = defaultdict(float)
     first_order: dict[str, int | None] = {}
     for c in accounts.members:
@@ -597,20 +608,11 @@ def forecast_expect(
     won = lc.customer_stages
     open_stages = [s for s in lc.stages if s not in won and s != lc.disqualified]
     entries = archive.entries()
-    first: dict[tuple[str, str], int] = {}
-    for contact, t, stage, _ in entries:
-        if now - lookback <= t < now and stage in open_stages:
-            first[(contact, stage)] = min(t, first.get((contact, stage), t))
-    won_at: dict[str, int] = {}
-    for contact, t, stage, _ in entries:
-        if stage in won:
-            won_at[contact] = max(t, won_at.get(contact, t))
+    conversions = _conversions([(c, t, stage) for c, t, stage, _ in entries], open_stages, won, now, lookback)
     out = {}
     for stage in open_stages:
-        keys = [(c, t) for (c, s), t in first.items() if s == stage]
-        converted = sum(1 for c, t in keys if won_at.get(c, -1) >= t)
         open_now = sum(1 for c in archive.active() if c.stage == stage)
-        out[stage] = (open_now, len(keys), converted)
+        out[stage] = (open_now, *conversions[stage])
     new = [
         c for c in archive.active() if c.orders > 0 and c.first_order is not None and c.first_order >= now - lookback
     ]
