@@ -8,11 +8,18 @@ clients post here exactly as they would to ``api.segment.io``; accepted messages
   ``/v1/alias`` (one message; ``type`` comes from the route) and ``/v1/batch``; also the
   one-letter routes analytics.js posts to (``/v1/t``, ``/v1/i``, ``/v1/p``, ``/v1/s``, ``/v1/g``,
   ``/v1/a``, ``/v1/b``). ``OPTIONS`` answers CORS preflights, and every answer allows any origin:
-  a write key is public (it ships in web pages) and only ever writes.
+  a write key is public (it ships in web pages) and only ever writes. A preflight allows the
+  request headers the browser asks for (``X-Retry-Count``, which analytics.js adds to every retry,
+  and any custom header a page configures) when they are a plain list of header names, else the
+  fixed list the SDKs use; every answer exposes ``Retry-After`` and ``X-RateLimit-Reset`` to the
+  page, so a browser SDK can read when to retry. ``POST /v1/m`` (analytics.js' own telemetry)
+  needs no write key: its body (capped like a message) is read and discarded, answered 200.
 * Auth: a write key (``SCORESTREAM_WRITE_KEYS``) as the Basic-auth user name, or ``writeKey`` in
   the body, as Segment takes it; compared in constant time. None configured: every route is 401.
-  The key names the default channel of its messages; ``context.channel`` (web, email, store)
-  overrides it per message. Keys are never logged, and ``writeKey`` is removed from the message.
+  A key may send to its channels only (``key:web+email``; ``SCORESTREAM_WRITE_KEYS``); the first is
+  the default of its messages, ``context.channel`` (web, email, store) picks another of them per
+  message, and a message asking for a channel its key may not send to is refused
+  (``channel_not_allowed``: 403 for a single message, dead-lettered and listed in a batch). Keys are never logged, and ``writeKey`` is removed from the message.
 * Limits (Segment's): 32 KiB a single-message request and a message (``MAX_MESSAGE_BYTES``, after
   enrichment), 500 KiB a batch request, 2,500 messages a batch. Bodies are read with a hard cap,
   and ``Content-Encoding: gzip`` bodies are inflated with the same cap on the output.
@@ -44,6 +51,7 @@ import hashlib
 import hmac
 import logging
 import random
+import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -80,7 +88,8 @@ SHORT_ROUTES = {
 }
 BATCH_ROUTES = ("/v1/batch", "/v1/b")
 ROUTE_TYPES: dict[str, str | None] = {**SINGLE_ROUTES, **SHORT_ROUTES, **dict.fromkeys(BATCH_ROUTES)}
-PATHS = frozenset(ROUTE_TYPES)
+METRICS_PATH = "/v1/m"  # analytics.js' telemetry: accepted and discarded
+PATHS = frozenset(ROUTE_TYPES) | {METRICS_PATH}
 
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
@@ -88,17 +97,29 @@ SEND_TIMEOUT_S = 10.0
 BUSY_RETRY_AFTER_S = 1
 UNAVAILABLE_RETRY_AFTER_S = 5
 CHANNELS = ("web", "email", "store")
+CHANNEL_NOT_ALLOWED = "channel_not_allowed"
 # Fields that are not the message's content: a retry may change them, its id must not.
 _NOT_CONTENT = frozenset({"messageId", "sentAt", "receivedAt", "writeKey"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_JSON_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
+_JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"access-control-allow-origin", b"*"),
+    # a cross-origin page reads only the headers listed here: a browser SDK needs these two to wait
+    (b"access-control-expose-headers", b"Retry-After, X-RateLimit-Reset"),
+]
+# the request headers Segment's SDKs send (X-Retry-Count on every retry of analytics.js)
+_ALLOWED_HEADERS = b"Authorization, Content-Type, Content-Encoding, X-Retry-Count"
 _PREFLIGHT_HEADERS = [
     (b"access-control-allow-origin", b"*"),
     (b"access-control-allow-methods", b"POST, OPTIONS"),
-    (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
     (b"access-control-max-age", b"86400"),
+    (b"vary", b"Access-Control-Request-Headers"),
     (b"content-length", b"0"),
 ]
+# Access-Control-Request-Headers echoed back: a comma-separated list of header names (RFC 9110
+# tokens), bounded; anything else gets the fixed list above
+_HEADER_LIST = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
+_MAX_HEADER_LIST_BYTES = 1024
 _OK = b'{"success":true}'
 Clock = Callable[[], int]
 
@@ -250,6 +271,7 @@ class _Request:
     channel: str  # the write key's default
     received_ms: int
     received_iso: str
+    allowed: tuple[str, ...]  # the channels the write key may send to
     sent_at: Any = None  # the batch's sentAt (a message's own wins)
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
@@ -348,11 +370,11 @@ class Collector:
     send_timeout_s: float = SEND_TIMEOUT_S
     in_flight: int = 0
     paths: frozenset[str] = PATHS
-    _keys: list[tuple[bytes, str]] = field(default_factory=list)
+    _keys: list[tuple[bytes, tuple[str, ...]]] = field(default_factory=list)
     _topics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._keys = [(k.encode(), channel) for k, channel in self.settings.write_key_channels().items()]
+        self._keys = [(k.encode(), channels) for k, channels in self.settings.write_key_channels().items()]
         self._topics = {channel: topic for topic, channel in self.settings.source_topics.items()}
 
     async def start(self) -> None:
@@ -373,9 +395,11 @@ class Collector:
     async def respond(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> Reply:
         """Answer any request to a collector route: a CORS preflight, a POST, or 405."""
         if method == "OPTIONS":
-            return Reply(204, b"", _PREFLIGHT_HEADERS)
+            return _preflight(headers)
         if method != "POST":
             return Refusal(405, "method_not_allowed", "use POST").reply()
+        if path == METRICS_PATH:
+            return await _discard(headers, receive)
         return await self.handle(path, headers, receive)
 
     async def handle(self, path: str, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> Reply:
@@ -403,10 +427,10 @@ class Collector:
                 encoding = value
             elif name == b"content-length":
                 length = value
-        channel = None
+        channels = None
         if authorization is not None and (user := _basic_user(authorization)) is not None:
-            channel = self._channel_of(user)
-            if channel is None:
+            channels = self._channels_of(user)
+            if channels is None:
                 raise Refusal(401, "unauthorized", "unknown write key")
         if self.in_flight >= self.settings.collector_max_in_flight:
             raise self._busy()
@@ -417,24 +441,25 @@ class Collector:
             raise Refusal(400, "invalid_json", f"the body is not JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise Refusal(400, "invalid_message", "the body must be a JSON object")
-        if channel is None:
+        if channels is None:
             given = parsed.get("writeKey")
             if not isinstance(given, str) or not given:
                 raise Refusal(
                     401, "unauthorized", "send the write key as the Basic-auth user name or as writeKey in the body"
                 )
-            channel = self._channel_of(given.encode())
-            if channel is None:
+            channels = self._channels_of(given.encode())
+            if channels is None:
                 raise Refusal(401, "unauthorized", "unknown write key")
         now = self.clock()
         if kind is not None:
             parsed["type"] = kind
-            out, rejected = self._prepare([parsed], _Request(channel, now, iso_ms(now)))
+            out, rejected = self._prepare([parsed], _Request(channels[0], now, iso_ms(now), channels))
             if rejected:
-                raise Refusal(400, rejected[0].reason, rejected[0].detail)
+                first = rejected[0]
+                raise Refusal(403 if first.reason == CHANNEL_NOT_ALLOWED else 400, first.reason, first.detail)
             await self._publish(out, now)
             return Reply(200, _OK, _headers(_OK))
-        return await self._batch(parsed, _Request(channel, now, iso_ms(now)), path)
+        return await self._batch(parsed, _Request(channels[0], now, iso_ms(now), channels), path)
 
     async def _batch(self, body: dict[str, Any], req: _Request, path: str) -> Reply:
         messages = body.get("batch")
@@ -492,6 +517,11 @@ class Collector:
                 context = msg.get("context")
                 if isinstance(context, dict) and (wanted := context.get("channel")) in CHANNELS:
                     channel = wanted
+                    if wanted not in req.allowed:
+                        raise InvalidMessage(
+                            CHANNEL_NOT_ALLOWED,
+                            f"context.channel is {wanted!r}; this write key may send to {', '.join(req.allowed)} only",
+                        )
                 value = orjson.dumps(msg)
                 decode(value, channel, req.received_ms)
             except InvalidMessage as exc:
@@ -505,12 +535,13 @@ class Collector:
             out.append(Outgoing(topics[channel], key, value))
         return out, rejected
 
-    def _channel_of(self, given: bytes) -> str | None:
-        """The channel of a write key, or None; every configured key is compared, in constant time."""
+    def _channels_of(self, given: bytes) -> tuple[str, ...] | None:
+        """The channels of a write key (its default first), or None; every configured key is
+        compared, in constant time."""
         found = None
-        for key, channel in self._keys:
+        for key, channels in self._keys:
             if hmac.compare_digest(given, key):
-                found = channel
+                found = channels
         return found
 
     def _busy(self) -> Refusal:
@@ -591,6 +622,32 @@ class _Acks:
             self.failure = failure
         if (self.remaining == 0 or failure is not None) and not self.done.done():
             self.done.set_result(None)
+
+
+def _preflight(headers: Iterable[tuple[bytes, bytes]]) -> Reply:
+    """A CORS preflight's answer: the SDKs' headers, and those the browser asks to send when they
+    are a plain list of header names (the collector reads only its own, so another is harmless).
+    The SDKs' list is always there, so the browser's cached preflight covers their retries too."""
+    requested = next((v for k, v in headers if k == b"access-control-request-headers"), b"").strip()
+    good = requested and len(requested) <= _MAX_HEADER_LIST_BYTES and _HEADER_LIST.fullmatch(requested)
+    allowed = _ALLOWED_HEADERS + b", " + requested if good else _ALLOWED_HEADERS
+    return Reply(204, b"", [*_PREFLIGHT_HEADERS, (b"access-control-allow-headers", allowed)])
+
+
+async def _discard(headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> Reply:
+    """``POST /v1/m``: analytics.js' telemetry (``{"series": [...]}``, no write key), read with a
+    message's cap and dropped, so that pages loading the SDK log no errors."""
+    encoding = length = None
+    for name, value in headers:
+        if name == b"content-encoding":
+            encoding = value
+        elif name == b"content-length":
+            length = value
+    try:
+        await _read(receive, length, encoding, MAX_MESSAGE_BYTES)
+    except Refusal as refusal:
+        return refusal.reply()
+    return Reply(200, _OK, _headers(_OK))
 
 
 def _basic_user(header: bytes) -> bytes | None:

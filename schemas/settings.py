@@ -14,9 +14,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from scorestream.webhooks import DEFAULT_SCHEDULE_S
 
+CHANNELS = ("web", "email", "store")  # the source channels, in the order `key:*` lists them
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SCORESTREAM_", extra="ignore")
+    # an error never repeats the input: it may be a key, or a URL with a password
+    model_config = SettingsConfigDict(env_prefix="SCORESTREAM_", extra="ignore", hide_input_in_errors=True)
 
     env: Literal["development", "production"] = Field(
         default="development", description="`production` refuses to start without API keys."
@@ -143,8 +146,11 @@ class Settings(BaseSettings):
     )
     write_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Write keys of the HTTP collector, comma-separated, each `key` or `key:channel` "
-        "(`web`, `email`, `store`: the channel of its messages without `context.channel`; default `web`).",
+        description="Write keys of the HTTP collector, comma-separated, each `key`, `key:channel`, "
+        "`key:channel+channel...` or `key:*` (channels `web`, `email`, `store`): the channels the key may send "
+        "to, the first one also the channel of its messages without `context.channel`; `*` is all three (default "
+        "`web`); a bare `key` is `key:web`. A message whose `context.channel` is not one of its key's is refused "
+        "(`channel_not_allowed`).",
     )
     collector_max_in_flight: int = Field(
         default=20_000,
@@ -199,11 +205,12 @@ class Settings(BaseSettings):
         for key in self.api_keys:
             if len(key.get_secret_value()) < 16:
                 raise ValueError("every API key must be at least 16 characters")
-        for write_key, channel in self.write_key_channels().items():
-            if not write_key or channel not in ("web", "email", "store"):
-                raise ValueError(
-                    f"a write key is `key` or `key:channel` with channel web, email or store (got {channel!r})"
-                )
+        if self.env == "production" and self.webhook_allow_private:
+            raise ValueError(
+                "SCORESTREAM_WEBHOOK_ALLOW_PRIVATE=true is refused when SCORESTREAM_ENV=production: it lets webhooks "
+                "reach loopback, private and cloud-metadata addresses over plain HTTP (development and tests only)"
+            )
+        self.write_key_channels()  # refuses a malformed entry
         return self
 
     @property
@@ -251,12 +258,25 @@ class Settings(BaseSettings):
     def commands_topic(self) -> str:
         return f"{self.app_id}.webhook-commands"
 
-    def write_key_channels(self) -> dict[str, str]:
-        """Write key -> default channel of its messages."""
-        out: dict[str, str] = {}
+    def write_key_channels(self) -> dict[str, tuple[str, ...]]:
+        """Write key -> the channels it may send to, the default channel of its messages first.
+
+        ``key`` is ``key:web``; ``key:store`` may send to store only; ``key:web+email`` to both
+        (web by default); ``key:*`` to every channel (web by default). ValueError names a
+        malformed entry without its key."""
+        out: dict[str, tuple[str, ...]] = {}
         for entry in self.write_keys:
-            key, _, channel = entry.get_secret_value().partition(":")
-            out[key] = channel or "web"
+            key, _, spec = entry.get_secret_value().partition(":")
+            if spec == "*":
+                channels: tuple[str, ...] = CHANNELS
+            else:
+                channels = tuple(dict.fromkeys((spec or "web").split("+")))
+            if not key or not channels or any(c not in CHANNELS for c in channels):
+                raise ValueError(
+                    "a write key is `key`, `key:channel`, `key:channel+channel...` or `key:*` with channels web, "
+                    f"email or store (got channels {spec!r})"
+                )
+            out[key] = channels
         return out
 
     def changelog_topic(self, table: str) -> str:

@@ -124,6 +124,21 @@ def test_outcomes_and_disabling() -> None:
         ("224.0.0.1", True),
         ("8.8.8.8", False),
         ("2606:4700:4700::1111", False),
+        ("64:ff9b::7f00:1", True),  # NAT64 (well-known prefix) of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", True),
+        ("64:ff9b::808:808", False),  # NAT64 of a public address: DNS64 networks reach it so
+        ("64:ff9b:1::808:808", True),  # local-use NAT64: refused whatever it embeds
+        ("::7f00:1", True),  # IPv4-compatible (deprecated)
+        ("::808:808", True),
+        ("::ffff:0:7f00:1", True),  # SIIT
+        ("::ffff:8.8.8.8", False),
+        ("2002:7f00:1::", True),  # 6to4 of 127.0.0.1
+        ("2002:c0a8:0101::1", True),  # 6to4 of 192.168.1.1
+        ("2002:808:808::1", False),
+        ("2001::1", True),  # Teredo
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", True),
+        ("fec0::1", True),  # site-local (deprecated)
+        ("feff::1", True),
     ],
 )
 def test_address_refusal(address: str, refused: bool) -> None:

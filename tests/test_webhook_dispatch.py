@@ -423,6 +423,54 @@ def test_the_guard_connects_to_vetted_addresses_only() -> None:
     asyncio.run(go())
 
 
+def test_the_guard_refuses_ipv6_wrappings_of_private_addresses_at_connect_time() -> None:
+    """DNS rebinding: the name passed at subscription time; at connect time it answers addresses
+    that wrap a private IPv4 address (or a deprecated or opaque IPv6 prefix)."""
+    opened: list[str] = []
+    wrapped = {
+        "nat64.example": "64:ff9b::7f00:1",
+        "nat64-local.example": "64:ff9b:1::a00:1",
+        "compatible.example": "::7f00:1",
+        "mapped.example": "::ffff:169.254.169.254",
+        "siit.example": "::ffff:0:7f00:1",
+        "6to4.example": "2002:0a00:0001::1",
+        "teredo.example": "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "site-local.example": "fec0::1",
+    }
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return [wrapped[host]] if host in wrapped else ["64:ff9b::5db8:d70e"]  # NAT64 of a public address
+
+    async def opener(host: str, port: int, **kwargs: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        opened.append(host)
+        raise ConnectionRefusedError("recorded only")
+
+    async def go() -> list[str]:
+        guard = Connector(allow_private=False, resolver=resolver, opener=opener)
+        reasons = []
+        for host in wrapped:
+            with pytest.raises(Refused) as refused:
+                await guard.open("https", host, 443)
+            reasons.append(str(refused.value))
+        assert opened == []
+        with pytest.raises(ConnectionRefusedError):
+            await guard.open("https", "dns64.example", 443)
+        assert opened == ["64:ff9b::5db8:d70e"]
+        return reasons
+
+    reasons = asyncio.run(go())
+    assert [r.split(": ", 1)[1] for r in reasons] == [
+        "127.0.0.1 is a loopback address (embedded in 64:ff9b::7f00:1)",
+        "64:ff9b:1::a00:1 is in 64:ff9b:1::/48 (local-use NAT64)",
+        "::7f00:1 is in ::/96 (IPv4-compatible, deprecated)",
+        "169.254.169.254 is a link-local address (embedded in ::ffff:a9fe:a9fe)",
+        "::ffff:0:7f00:1 is in ::ffff:0:0:0/96 (SIIT IPv4-translated)",
+        "10.0.0.1 is a private address (embedded in 2002:a00:1::1)",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2 is in 2001::/32 (Teredo)",
+        "fec0::1 is in fec0::/10 (site-local, deprecated)",
+    ]
+
+
 def test_an_attempt_to_a_loopback_address_is_refused_before_connecting(receiver: Receiver) -> None:
     async def go() -> None:
         sender = Sender(2.0, 1024, allow_private=False)

@@ -215,17 +215,54 @@ def should_disable(failing_since_ms: int | None, now_ms: int, disable_after_ms: 
     return failing_since_ms is not None and now_ms - failing_since_ms >= disable_after_ms
 
 
+# IPv6 prefixes that wrap an IPv4 address at a known place: a connection to one reaches that IPv4
+# address (through the dual-stack socket, a NAT64 gateway or a 6to4 relay), judged as such.
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # RFC 4291: ::ffff:a.b.c.d
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix: 64:ff9b::a.b.c.d
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056: 2002:aabb:ccdd::/48 is a.b.c.d's
+# IPv6 prefixes refused outright: deprecated, or translating/tunnelling to an IPv4 address that
+# cannot be read from the address alone.
+_REFUSED_V6 = (
+    (ipaddress.IPv6Network("::/96"), "IPv4-compatible, deprecated"),  # RFC 4291: ::a.b.c.d
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), "SIIT IPv4-translated"),  # RFC 2765: ::ffff:0:a.b.c.d
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), "local-use NAT64"),  # RFC 8215: the network's own embedding
+    (ipaddress.IPv6Network("2001::/32"), "Teredo"),  # RFC 4380: tunnels to an obfuscated IPv4 client
+    (ipaddress.IPv6Network("fec0::/10"), "site-local, deprecated"),  # RFC 3879: deprecated, still routed internally
+)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, well-known-prefix NAT64 or 6to4 address reaches."""
+    if ip in _IPV4_MAPPED or ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _SIX_TO_FOUR:
+        return ipaddress.IPv4Address((int(ip) >> 80) & 0xFFFFFFFF)
+    return None
+
+
 def address_refusal(address: str) -> str | None:
     """Why a webhook may not connect to this IP address (None: it may). Anything not globally
     routable is refused: loopback, private (RFC 1918, fc00::/7), link-local (the cloud metadata
-    address 169.254.169.254 is one), shared (100.64/10), multicast, reserved, unspecified, and
-    IPv4 addresses wrapped in IPv6."""
+    address 169.254.169.254 is one), shared (100.64/10), multicast, reserved, unspecified.
+
+    IPv6 addresses that wrap an IPv4 address at a known place (IPv4-mapped ``::ffff:0:0/96``,
+    NAT64's well-known ``64:ff9b::/96``, 6to4 ``2002::/16``) are judged by that IPv4 address, which
+    is where a connection goes. Refused outright, whatever they embed: IPv4-compatible
+    ``::/96``, SIIT ``::ffff:0:0:0/96``, local-use NAT64 ``64:ff9b:1::/48``, Teredo ``2001::/32``
+    and site-local ``fec0::/10``."""
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            inner = address_refusal(str(embedded))
+            return None if inner is None else f"{inner} (embedded in {ip})"
+        if not (ip.is_loopback or ip.is_unspecified):
+            for network, name in _REFUSED_V6:
+                if ip in network:
+                    return f"{ip} is in {network} ({name})"
     if ip.is_global and not ip.is_multicast:
         return None
     kind = next(

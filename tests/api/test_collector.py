@@ -18,10 +18,11 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI
+from pydantic import ValidationError
 from starlette.types import Message, Receive
 
 from api.app import ScorestreamApi, create_api
-from api.collector import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, PATHS, Collector, content_id
+from api.collector import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, METRICS_PATH, PATHS, Collector, content_id
 from api.replica import Replica
 from schemas.events import DEADLETTER_HEADERS, MAX_MESSAGE_BYTES, decode
 from schemas.model_file import load_model
@@ -30,7 +31,7 @@ from tests.factories import T0
 
 API_KEY = "unit-test-key-0123456789"
 WEB_KEY, STORE_KEY = "wk-web-0001", "wk-store-0002"
-WRITE_KEYS = f"{WEB_KEY},{STORE_KEY}:store"
+WRITE_KEYS = f"{WEB_KEY}:*,{STORE_KEY}:store"  # web by default and every channel; store only
 NOW = T0  # 2026-09-21T14:13:20Z, the collector's clock
 NOW_ISO = "2026-09-21T14:13:20.000Z"
 MODEL = load_model()
@@ -171,7 +172,7 @@ def test_missing_or_unknown_write_keys_are_401_and_the_api_key_is_not_one() -> N
 def test_without_write_keys_every_route_is_401_and_no_producer_starts() -> None:
     pub = FakePublisher()
     app = make_app(pub, write_keys="")
-    for path in sorted(PATHS):
+    for path in sorted(PATHS - {METRICS_PATH}):
         r = post(app, path, json={"batch": [track()]} if path in ("/v1/batch", "/v1/b") else track(), auth=AUTH)
         assert refusal(r) == (401, "unauthorized"), path
         assert "SCORESTREAM_WRITE_KEYS" in r.json()["message"]
@@ -193,6 +194,96 @@ def test_write_keys_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> No
     for secret in (WEB_KEY, STORE_KEY, "secret-guess-123"):
         assert secret not in caplog.text
         assert all(secret.encode() not in r.value for r in pub.records)
+
+
+# --- channels a write key may send to ------------------------------------------------------------
+
+
+def test_write_key_channels_parse_and_malformed_entries_are_refused() -> None:
+    keys = "bare,pos:store,mix:web+email,all:*,again:email+email,old:"
+    assert Settings(write_keys=keys).write_key_channels() == {  # type: ignore[arg-type]
+        "bare": ("web",),
+        "pos": ("store",),
+        "mix": ("web", "email"),
+        "all": ("web", "email", "store"),
+        "again": ("email",),
+        "old": ("web",),
+    }
+    for bad in ("k:fax", "k:web+fax", "k:*+store", "k:web+", ":web", "k:Web"):
+        with pytest.raises(ValidationError, match="a write key is `key`") as refused:
+            Settings(write_keys=bad)  # type: ignore[arg-type]
+        assert "k:" not in str(refused.value).replace("`key:", "")  # the key itself is not shown
+
+
+def test_a_write_key_sends_to_its_channels_only() -> None:
+    pub = FakePublisher()
+    app = make_app(pub, write_keys="bare,pos:store,mix:web+email,all:*")
+
+    def single(key: str, channel: str | None, mid: str) -> httpx.Response:
+        context = {} if channel is None else {"context": {"channel": channel}}
+        return post(app, "/v1/track", json=track(messageId=mid, **context), auth=(key, ""))
+
+    answers = {
+        ("bare", None): single("bare", None, "b0"),
+        ("bare", "web"): single("bare", "web", "b1"),
+        ("bare", "fax"): single("bare", "fax", "b2"),  # not a channel: the key's default, as before
+        ("bare", "store"): single("bare", "store", "b3"),
+        ("bare", "email"): single("bare", "email", "b4"),
+        ("pos", None): single("pos", None, "p0"),
+        ("pos", "web"): single("pos", "web", "p1"),
+        ("mix", None): single("mix", None, "m0"),
+        ("mix", "email"): single("mix", "email", "m1"),
+        ("mix", "store"): single("mix", "store", "m2"),
+        ("all", "store"): single("all", "store", "a0"),
+        ("all", "email"): single("all", "email", "a1"),
+    }
+    refused = {k for k, r in answers.items() if r.status_code != 200}
+    assert refused == {("bare", "store"), ("bare", "email"), ("pos", "web"), ("mix", "store")}
+    for k in refused:
+        assert refusal(answers[k]) == (403, "channel_not_allowed"), k
+    assert "context.channel is 'store'; this write key may send to web only" in answers["bare", "store"].text
+    assert "may send to web, email only" in answers["mix", "store"].text
+    assert [(r.topic, r.message["messageId"]) for r in pub.records] == [
+        ("events.web", "b0"),
+        ("events.web", "b1"),
+        ("events.web", "b2"),
+        ("events.store", "p0"),
+        ("events.web", "m0"),
+        ("events.email", "m1"),
+        ("events.store", "a0"),
+        ("events.email", "a1"),
+    ]
+
+
+def test_a_batch_refuses_each_message_asking_for_a_channel_of_another_key() -> None:
+    pub = FakePublisher()
+    app = make_app(pub, write_keys="bare")
+    order = track(event="Order Completed", properties={"order_id": "o-1", "total": 120.0})
+    batch = [
+        track(messageId="ok-1"),
+        {**order, "messageId": "order-1", "context": {"channel": "store"}},
+        track(messageId="ok-2", context={"channel": "web"}),
+        track(messageId="mail-1", context={"channel": "email"}),
+    ]
+    r = post(app, "/v1/b", json={"batch": batch, "writeKey": "bare"})
+    assert r.status_code == 200 and r.json()["accepted"] == 2
+    assert [(x["index"], x["reason"]) for x in r.json()["rejected"]] == [
+        (1, "channel_not_allowed"),
+        (3, "channel_not_allowed"),
+    ]
+    assert [x.message["messageId"] for x in pub.on("events.web")] == ["ok-1", "ok-2"]
+    assert pub.on("events.store") == [] and pub.on("events.email") == []
+    dead = pub.on("events.deadletter")
+    assert [d.message["messageId"] for d in dead] == ["order-1", "mail-1"]  # nothing is lost
+    headers = dict(dead[0].headers or [])
+    assert headers["scorestream.reason"] == b"channel_not_allowed"
+    assert headers["scorestream.source.topic"] == b"events.store"  # where it asked to go
+    assert headers["scorestream.source.http"] == b"/v1/b[1]"
+    # a batch-wide context asking for the store channel: every message is refused, nothing published
+    pub.records.clear()
+    r = post(app, "/v1/batch", json={"batch": batch[:1], "context": {"channel": "store"}}, auth=("bare", ""))
+    assert [(x["index"], x["reason"]) for x in r.json()["rejected"]] == [(0, "channel_not_allowed")]
+    assert [x.topic for x in pub.records] == ["events.deadletter"]
 
 
 # --- routes, enrichment, routing -----------------------------------------------------------------
@@ -499,6 +590,77 @@ def test_cors_preflight_and_headers() -> None:
     assert refusal(wrong) == (405, "method_not_allowed")
 
 
+EXPOSED = "Retry-After, X-RateLimit-Reset"
+
+
+def test_a_preflight_allows_the_sdks_retry_header_and_the_headers_asked_for() -> None:
+    app = make_app(FakePublisher())
+
+    def preflight(requested: str | None) -> httpx.Response:
+        headers = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+        if requested is not None:
+            headers["Access-Control-Request-Headers"] = requested
+
+        async def go() -> httpx.Response:
+            async with client(app) as http:
+                return await http.options("/v1/t", headers=headers)
+
+        return asyncio.run(go())
+
+    def allowed(r: httpx.Response) -> list[str]:
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        return [h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")]
+
+    sdk = ["authorization", "content-type", "content-encoding", "x-retry-count"]
+    # analytics.js' retry (Chromium lower-cases and sorts the names it asks for)
+    assert set(allowed(preflight("authorization,content-type,x-retry-count"))) == set(sdk)
+    assert set(allowed(preflight("x-retry-count, x-custom-tenant"))) == {*sdk, "x-custom-tenant"}
+    assert allowed(preflight(None)) == sdk
+    for odd in ('x-a;b="c"', "x-a, , x-b", "x" * 1100, "x-a\tx-b"):
+        assert allowed(preflight(odd)) == sdk, odd
+    r = preflight("x-retry-count")
+    assert "access-control-request-headers" in r.headers["vary"].lower()
+    assert int(r.headers["access-control-max-age"]) >= 600
+
+
+def test_every_answer_exposes_the_retry_headers_to_the_page() -> None:
+    pub = FakePublisher()
+    app = make_app(pub, collector_max_in_flight=1)
+    answers = {
+        200: post(app, "/v1/t", json=track(), auth=AUTH),
+        400: post(app, "/v1/t", content=b"{", auth=AUTH),
+        401: post(app, "/v1/t", json=track()),
+        403: post(app, "/v1/t", json=track(context={"channel": "web"}), auth=(STORE_KEY, "")),
+        405: asyncio.run(client(app).get("/v1/t")),
+    }
+    collector_of(app).in_flight = 1
+    answers[429] = post(app, "/v1/t", json=track(), auth=AUTH)
+    collector_of(app).in_flight, pub.ready = 0, False
+    answers[503] = post(app, "/v1/t", json=track(), auth=AUTH)
+    for status, r in answers.items():
+        assert r.status_code == status
+        assert r.headers["access-control-allow-origin"] == "*", status
+        assert r.headers["access-control-expose-headers"] == EXPOSED, status
+    assert answers[429].headers["retry-after"] == answers[429].headers["x-ratelimit-reset"] == "1"
+
+
+def test_the_sdks_telemetry_is_accepted_and_discarded() -> None:
+    series = {"series": [{"type": "Counter", "metric": "analytics_js.invoke", "value": 1, "tags": {"type": "page"}}]}
+    for keys in (WRITE_KEYS, ""):  # no write key needed, none configured either
+        pub = FakePublisher()
+        app = make_app(pub, write_keys=keys)
+        ok = post(app, METRICS_PATH, content=orjson.dumps(series), headers={"Content-Type": "text/plain"})
+        assert (ok.status_code, ok.json()) == (200, {"success": True})
+        assert ok.headers["access-control-allow-origin"] == "*"
+        zipped = post(app, METRICS_PATH, content=gzip.compress(b"not even JSON"), headers={"Content-Encoding": "gzip"})
+        assert zipped.status_code == 200
+        big = post(app, METRICS_PATH, content=b" " * (MAX_MESSAGE_BYTES + 1))
+        assert refusal(big) == (400, "too_large") and big.headers["access-control-allow-origin"] == "*"
+        assert refusal(asyncio.run(client(app).get(METRICS_PATH))) == (405, "method_not_allowed")
+        assert pub.records == [] and pub.starts == 0
+
+
 def test_the_full_stack_answers_like_the_direct_path() -> None:
     requests: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/v1/track", {"json": track(messageId="x"), "auth": AUTH}),
@@ -507,6 +669,9 @@ def test_the_full_stack_answers_like_the_direct_path() -> None:
         ("POST", "/v1/track", {"content": b"{", "auth": AUTH}),
         ("POST", "/v1/track", {"json": track()}),
         ("OPTIONS", "/v1/b", {}),
+        ("OPTIONS", "/v1/t", {"headers": {"Access-Control-Request-Headers": "authorization,x-retry-count"}}),
+        ("POST", "/v1/t", {"json": track(context={"channel": "web"}), "auth": (STORE_KEY, "")}),
+        ("POST", "/v1/m", {"content": b'{"series": []}'}),
         ("GET", "/v1/batch", {}),
     ]
 

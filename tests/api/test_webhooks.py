@@ -8,6 +8,8 @@ delivery topics) are covered in ``tests/e2e/test_webhooks_api.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import socket
 import zlib
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from pydantic import ValidationError
 
 from api.app import create_api
 from api.replica import Replica
@@ -46,6 +49,9 @@ ADDRESSES = {
     "hooks.example.com": ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
     "rebind.example.com": ["93.184.215.14", "10.0.0.5"],
     "metadata.example.com": ["169.254.169.254"],
+    "nat64.example.com": ["64:ff9b::7f00:1"],  # an AAAA that reaches 127.0.0.1 through NAT64
+    "sixtofour.example.com": ["2002:a9fe:a9fe::1"],  # 6to4 of 169.254.169.254
+    "dns64.example.com": ["64:ff9b::5db8:d70e"],  # NAT64 of the public 93.184.215.14: allowed
 }
 
 
@@ -103,6 +109,8 @@ class Commands:
 
 
 async def resolve(host: str, port: int) -> list[str]:
+    with contextlib.suppress(ValueError):
+        return [str(ipaddress.ip_address(host))]  # an IP literal resolves to itself, as getaddrinfo does
     if host not in ADDRESSES:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     return ADDRESSES[host]
@@ -209,6 +217,44 @@ def test_refused_urls(api: Api, url: str, reason: str) -> None:
     assert error(r) == (422, "invalid_url")
     assert reason in r.json()["error"]["message"]
     assert api.store.writes == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://[64:ff9b::7f00:1]/in", "127.0.0.1 is a loopback address (embedded in 64:ff9b::7f00:1)"),
+        ("https://[64:ff9b::a9fe:a9fe]/in", "169.254.169.254 is a link-local address"),
+        ("https://[64:ff9b:1::808:808]/in", "local-use NAT64"),
+        ("https://[::7f00:1]/in", "IPv4-compatible"),
+        ("https://[::127.0.0.1]/in", "IPv4-compatible"),
+        ("https://[::ffff:127.0.0.1]/in", "127.0.0.1 is a loopback address"),
+        ("https://[::ffff:10.0.0.1]/in", "10.0.0.1 is a private address"),
+        ("https://[::ffff:0:7f00:1]/in", "SIIT"),
+        ("https://[2002:7f00:1::]/in", "127.0.0.1 is a loopback address (embedded in 2002:7f00:1::)"),
+        ("https://[2001::1]/in", "Teredo"),
+        ("https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/in", "Teredo"),
+        ("https://[fec0::1]/in", "site-local"),
+        ("https://nat64.example.com/in", "nat64.example.com resolves to a non-public address: 127.0.0.1"),
+        ("https://sixtofour.example.com/in", "169.254.169.254 is a link-local address"),
+    ],
+)
+def test_ipv6_wrappings_of_private_addresses_are_refused(api: Api, url: str, reason: str) -> None:
+    r = api.one("POST", "/v1/webhooks", {"url": url, "events": ["*"]})
+    assert error(r) == (422, "invalid_url")
+    assert reason in r.json()["error"]["message"]
+    assert api.store.writes == []
+
+
+def test_ipv6_wrappings_of_public_addresses_are_accepted(api: Api) -> None:
+    for url in ("https://[64:ff9b::808:808]/in", "https://[2002:808:808::1]/in", "https://dns64.example.com/in"):
+        assert api.one("POST", "/v1/webhooks", {"url": url, "events": ["*"]}).status_code == 201, url
+
+
+def test_private_webhooks_are_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="SCORESTREAM_WEBHOOK_ALLOW_PRIVATE=true is refused"):
+        Settings(env="production", api_keys=KEY, webhook_allow_private=True)  # type: ignore[arg-type]
+    assert Settings(env="production", api_keys=KEY).webhook_allow_private is False  # type: ignore[arg-type]
+    assert Settings(env="development", webhook_allow_private=True).webhook_allow_private is True
 
 
 def test_private_urls_when_allowed() -> None:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789abcdef"
-WRITE_KEY = "test-write-key-web"  # the HTTP collector's (default channel web)
+WRITE_KEY = "test-write-key-web"  # the HTTP collector's (default channel web, may send to every channel)
 
 
 def free_port() -> int:
@@ -85,7 +85,7 @@ class Service:
         env.update(
             {
                 "SCORESTREAM_API_KEYS": API_KEY,
-                "SCORESTREAM_WRITE_KEYS": WRITE_KEY,
+                "SCORESTREAM_WRITE_KEYS": f"{WRITE_KEY}:*",
                 "SCORESTREAM_API_PORT": str(self.api_port),
                 "SCORESTREAM_LOG_LEVEL": "WARNING",
                 "SCORESTREAM_COMMIT_INTERVAL_S": "0.5",
