@@ -193,13 +193,21 @@ DEADLETTER_HEADERS = (
     "scorestream.source.topic",
     "scorestream.source.partition",
     "scorestream.source.offset",
+    "scorestream.exception",
 )
 
 
-def deadletter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """The dead-letter headers; ``detail`` is cut to 1000 characters."""
-    values = (reason, detail[:1000], topic, str(partition), str(offset))
-    return [(k, v.encode()) for k, v in zip(DEADLETTER_HEADERS, values, strict=True)]
+def deadletter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int, exception: BaseException | str | None = None
+) -> list[tuple[str, bytes]]:
+    """The dead-letter headers; ``detail`` is cut to 1000 characters. ``exception``: what failed
+    (an exception, or its class name), recorded by class as ``module.Class`` (builtins bare); the
+    contract's own refusal is ``schemas.events.InvalidMessage``. Without one the header is empty."""
+    if isinstance(exception, BaseException):
+        kind = type(exception)
+        exception = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    values = (reason, detail[:1000], topic, str(partition), str(offset), exception or "")
+    return [(k, v.encode(errors="replace")) for k, v in zip(DEADLETTER_HEADERS, values, strict=True)]
 
 
 class InvalidMessage(ValueError):

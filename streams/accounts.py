@@ -19,13 +19,13 @@ from typing import Any
 import faust
 
 from schemas.accounts import MemberBatch, decode_account, decode_members, encode
-from schemas.events import deadletter_headers
 from schemas.settings import Settings
 from scorestream import ContactState, Model
 from scorestream.accounts import AccountState, MemberUpdate, apply_member_updates, member_updates
 from scorestream.triggers import make_trigger
 from streams.app import Wiring
-from streams.transport import record_ms, records_of
+from streams.deadletter import batch_error, dead_letter
+from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, records_of
 
 log = logging.getLogger(__name__)
 SENT_MEMORY = 100_000
@@ -44,6 +44,7 @@ class AccountFeed:
     def __init__(self, w: Wiring, model: Model, partitions: int, memory: int = SENT_MEMORY) -> None:
         from streams.agents import partition_for  # agents imports this module
 
+        self.w = w
         self.topic = w.accounts_topic
         self.model = model
         self.partitions = partitions
@@ -69,58 +70,71 @@ class AccountFeed:
             partition = self.partition_for(update.account_id.encode(), self.partitions)
             self.pending[partition][key] = update
 
-    def flush(self) -> None:
+    def flush(self, source: Any = None) -> None:
+        """Send what was queued: one record per partition (per 1000 updates). An update that cannot
+        be written is dead-lettered alone, with the coordinates of ``source`` (the contacts record
+        its batch was made from), and the others are sent."""
         from streams.agents import MAX_ITEMS_PER_RECORD
+
+        def refuse(update: MemberUpdate, exc: Exception) -> None:
+            if source is None:
+                log.error("member update %s of account %s not sent: %s", update.contact_id, update.account_id, exc)
+                return
+            try:
+                value = encode(MemberBatch(items=[update]))
+            except Exception:
+                value = repr(update).encode(errors="replace")
+            dead_letter(self.w, source, value, "unsendable", str(exc), exc, update.account_id.encode())
 
         for partition, queued in self.pending.items():
             items = sorted(queued.values(), key=lambda u: (u.account_id, u.contact_id))
-            for start in range(0, len(items), MAX_ITEMS_PER_RECORD):
-                chunk = items[start : start + MAX_ITEMS_PER_RECORD]
-                self.topic.send_soon(
-                    key=chunk[0].account_id.encode(), value=encode(MemberBatch(items=chunk)), partition=partition
-                )
+            for chunk, value in encode_chunks(items, _encode_members, refuse, MAX_ITEMS_PER_RECORD):
+                self.topic.send_soon(key=chunk[0].account_id.encode(), value=value, partition=partition)
         self.pending.clear()
+
+
+def _encode_members(items: list[MemberUpdate]) -> bytes:
+    return encode(MemberBatch(items=items))
 
 
 def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFeed:
     """Attach the ``accounts`` agent; return the feed the contacts stage reports through."""
 
-    def dead(record: Any, reason: str, detail: str) -> None:
-        log.warning("dead-letter %s[%s] %s: %s: %s", record.topic, record.partition, record.offset, reason, detail)
-        headers = deadletter_headers(reason, detail, record.topic, record.partition, record.offset)
-        w.send_dead(record.key, record.value or b"", headers, record_ms(record))
-
     @w.app.agent(w.accounts_topic, name="accounts")
     async def accounts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        table = w.accounts
         async for batch_event in stream.events():
-            inbox: dict[str, list[MemberUpdate]] = defaultdict(list)
-            for record in records_of(batch_event):
-                try:
-                    batch = decode_members(record.value or b"")
-                except ValueError as exc:
-                    dead(record, "internal_decode", str(exc))
-                    continue
-                for update in batch.items:
-                    inbox[update.account_id].append(update)
-            for account_id, updates in inbox.items():
-                try:
-                    raw = table.get(account_id)
-                    before: AccountState | None = decode_account(raw) if raw is not None else None
-                    state, changes = apply_member_updates(before, account_id, updates, model)
-                except Exception as exc:  # a bug or an unreadable state must not cost the batch
-                    log.exception("account %s: member updates parked on the dead-letter topic", account_id)
-                    message = batch_event.message
-                    headers = deadletter_headers(
-                        "processing_error", repr(exc), message.topic, message.partition, message.offset
-                    )
-                    w.send_dead(account_id.encode(), encode(MemberBatch(items=updates)), headers, record_ms(message))
-                    continue
+            try:
+                accounts_batch(batch_event)
+            except Exception as exc:
+                batch_error(w, "accounts", batch_event, exc)
+            yield None
+
+    def accounts_batch(batch_event: Any) -> None:
+        """One fetched batch: each account's updates folded at once, one account at a time; an
+        account whose fold, encoding or writes fail has its updates dead-lettered (as a batch of
+        them, replayable as is), and the others are applied."""
+        table = w.accounts
+        inbox: dict[str, list[MemberUpdate]] = defaultdict(list)
+        source: dict[str, Any] = {}
+        for record in records_of(batch_event):
+            try:
+                batch = decode_members(record.value or b"")
+            except Exception as exc:
+                dead_letter(w, record, None, "internal_decode", str(exc), exc)
+                continue
+            for update in batch.items:
+                inbox[update.account_id].append(update)
+                source.setdefault(update.account_id, record)
+        for account_id, updates in inbox.items():
+            try:
+                raw = table.get(account_id)
+                before: AccountState | None = decode_account(raw) if raw is not None else None
+                state, changes = apply_member_updates(before, account_id, updates, model)
                 encoded = encode(state)
-                if encoded != raw:  # a redelivered batch changes nothing: no changelog record
-                    table[account_id] = encoded
-                for change in changes:
-                    trigger = make_trigger(
+                if len(encoded) + len(account_id) > MAX_RECORD_BYTES:
+                    raise TooLarge(f"the account's state is {len(encoded)} bytes; a record holds {MAX_RECORD_BYTES}")
+                triggers = [
+                    make_trigger(
                         "account.stage_changed",
                         at_ms=change.at_ms,
                         model_version=model.version,
@@ -129,7 +143,18 @@ def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFee
                         after=change.after,
                         rule=change.rule,
                     )
+                    for change in changes
+                ]
+                for trigger in triggers:
                     w.send_trigger(account_id.encode(), trigger)
-            yield None
+                if encoded != raw:  # a redelivered batch changes nothing: no changelog record
+                    table[account_id] = encoded
+            except Exception as exc:  # a bug or an unreadable state must not cost the batch
+                log.exception("account %s: member updates parked on the dead-letter topic", account_id)
+                try:
+                    value = encode(MemberBatch(items=updates))
+                except Exception:
+                    value = None
+                dead_letter(w, source[account_id], value, "processing_error", repr(exc), exc, account_id.encode())
 
     return AccountFeed(w, model, settings.partitions)

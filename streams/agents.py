@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import zlib
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import faust
 import msgspec
 from faust.types import TopicT
 
-from schemas.events import InvalidMessage, deadletter_headers, decode
+from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
 from schemas.state import (
     MAX_HOPS,
@@ -46,13 +46,16 @@ from scorestream.lifecycle import journey_triggers
 from scorestream.triggers import make_trigger
 from streams.accounts import register_accounts
 from streams.app import Wiring
+from streams.deadletter import Unprocessable, batch_error, dead_letter
 from streams.population import register_population
 from streams.timers import Clock, TimerIndex
-from streams.transport import record_ms, records_of
+from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, exception_name, record_ms, records_of
 
 log = logging.getLogger(__name__)
 
 MAX_ITEMS_PER_RECORD = 1000
+# One envelope must fit a record on its own, with room for the batch around it.
+MAX_ITEM_BYTES = MAX_RECORD_BYTES - 1024
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -66,21 +69,45 @@ class Outbox:
 
     Envelopes are added as objects or, when forwarded unchanged, as the bytes they arrived in
     (``msgspec.Raw``): an event is encoded once by ingest and decoded once by contacts.
+
+    Each envelope is encoded (and its size checked) when it is added, so one that cannot be
+    written fails there, alone, in the caller's per-record handling; at flush a record that does
+    not encode is halved until the one bad item is found (``refuse``), and the others are sent.
     """
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, refuse: Callable[[RawItem, Exception], None] | None = None) -> None:
         self.partitions = partitions
         self.pending: dict[tuple[TopicT, int], list[RawItem]] = defaultdict(list)
+        self.refuse = refuse or _log_refused
+
+    def item(self, topic: TopicT, key: str, env: Envelope | msgspec.Raw) -> tuple[TopicT, int, RawItem]:
+        """An envelope made ready to send (encoded now; raises if it cannot be written)."""
+        item = raw_item(key, env)
+        size = len(item.env) + len(key)
+        if size > MAX_ITEM_BYTES:
+            raise TooLarge(f"an envelope of {size} bytes; the limit is {MAX_ITEM_BYTES}")
+        return topic, partition_for(key.encode(), self.partitions), item
+
+    def put(self, staged: tuple[TopicT, int, RawItem]) -> None:
+        topic, partition, item = staged
+        self.pending[(topic, partition)].append(item)
 
     def add(self, topic: TopicT, key: str, env: Envelope | msgspec.Raw) -> None:
-        self.pending[(topic, partition_for(key.encode(), self.partitions))].append(raw_item(key, env))
+        self.put(self.item(topic, key, env))
 
     def flush(self) -> None:
         for (topic, partition), items in self.pending.items():
-            for start in range(0, len(items), MAX_ITEMS_PER_RECORD):
-                chunk = items[start : start + MAX_ITEMS_PER_RECORD]
-                topic.send_soon(key=chunk[0].key.encode(), value=encode(RawBatch(items=chunk)), partition=partition)
+            for chunk, value in encode_chunks(items, _encode_raw, self.refuse, MAX_ITEMS_PER_RECORD):
+                topic.send_soon(key=chunk[0].key.encode(), value=value, partition=partition)
         self.pending.clear()
+
+
+def _encode_raw(items: list[RawItem]) -> bytes:
+    return encode(RawBatch(items=items))
+
+
+def _log_refused(item: RawItem, exc: Exception) -> None:
+    log.error("envelope for %s not sent: %s: %s", item.key, exception_name(exc), exc)
 
 
 class DecodedStates:
@@ -144,7 +171,10 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
     async def beat() -> None:
         if lifecycle is None or w.app.in_recovery or w.app.rebalancing:
             return
-        await clock.tick()
+        try:
+            await clock.tick()
+        except Exception:  # the next beat tries again (the due instants live in the states)
+            log.exception("clock: a beat failed")
 
     def changes(key: str, journey: Journey | None, state: ContactState) -> list[dict[str, Any]]:
         """Triggers for what changed in this contact (``journey``: its lifecycle before), and the
@@ -173,121 +203,182 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             state.rfm_segment = segment
         return out
 
-    def dead(message: Any, raw: bytes | None, reason: str, detail: str) -> None:
-        """Dead-letter a record (an aiokafka record or a Faust message: same attribute names)."""
-        log.warning("dead-letter %s[%s] %s: %s: %s", message.topic, message.partition, message.offset, reason, detail)
-        headers = deadletter_headers(reason, detail, message.topic, message.partition, message.offset)
-        w.send_dead(message.key, raw or b"", headers, record_ms(message))
+    def refuser(batch_event: Any) -> Callable[[RawItem, Exception], None]:
+        """Where an item that cannot be sent at flush goes: the dead-letter topic, with the
+        coordinates of the batch it was produced from."""
 
-    def park(batch_event: Any, items: list[Item], reason: str, detail: str) -> None:
-        """Internal messages that cannot be applied go to the dead-letter topic, replayable as is."""
-        message = batch_event.message
-        log.error(
-            "parked %d message(s) from %s[%s]: %s: %s", len(items), message.topic, message.partition, reason, detail
-        )
-        headers = deadletter_headers(reason, detail, message.topic, message.partition, message.offset)
-        w.send_dead(items[0].key.encode(), encode(Batch(items=items)), headers, record_ms(message))
+        def refuse(item: RawItem, exc: Exception) -> None:
+            value = encode(RawBatch(items=[item])) if not isinstance(exc, TooLarge) else bytes(item.env)
+            dead_letter(w, batch_event.message, value, "unsendable", str(exc), exc, item.key.encode())
 
-    def unpack(records: list[Any]) -> Iterator[Item]:
+        return refuse
+
+    def park(record: Any, items: list[Item], reason: str, detail: str, exc: BaseException | None = None) -> None:
+        """Internal messages that cannot be applied go to the dead-letter topic, replayable as is
+        (a batch of these items; the record's own bytes if they cannot be encoded again)."""
+        try:
+            value = encode(Batch(items=items))
+        except Exception:
+            value = record.value
+        dead_letter(w, record, value, reason, detail, exc, items[0].key.encode() if items else None)
+
+    def unpack(records: list[Any]) -> Iterator[tuple[Any, Item]]:
         for record in records:
             try:
-                yield from decode_batch(record.value).items
-            except ValueError as exc:
-                dead(record, record.value, "internal_decode", str(exc))
+                items = decode_batch(record.value).items
+            except Exception as exc:
+                dead_letter(w, record, None, "internal_decode", str(exc), exc)
+                continue
+            for item in items:
+                yield record, item
 
-    def heads(records: list[Any]) -> Iterator[tuple[str, msgspec.Raw, EnvelopeHead]]:
+    def heads(records: list[Any]) -> Iterator[tuple[Any, str, msgspec.Raw, EnvelopeHead]]:
         for record in records:
             try:
-                yield from decode_heads(record.value)
-            except ValueError as exc:
-                dead(record, record.value, "internal_decode", str(exc))
+                items = decode_heads(record.value)
+            except Exception as exc:
+                dead_letter(w, record, None, "internal_decode", str(exc), exc)
+                continue
+            for key, env, head in items:
+                yield record, key, env, head
+
+    def one_item(key: str, env: msgspec.Raw) -> bytes:
+        return encode(RawBatch(items=[RawItem(key=key, env=env)]))
 
     @w.app.agent(w.sources, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for batch_event in stream.events():
-            out = Outbox(partitions)
-            for record in records_of(batch_event):
-                raw = record.value
-                try:
-                    if not isinstance(raw, bytes):
-                        raise InvalidMessage("invalid_json", "empty record value")
-                    event = decode(raw, channels[record.topic], record_ms(record))
-                except InvalidMessage as exc:
-                    dead(record, raw if isinstance(raw, bytes) else None, exc.reason, exc.detail)
-                    continue
-                where, key = routing_key(event)
-                topic = w.identity_topic if where == "identity" else w.contacts_topic
-                out.add(topic, key, Envelope(kind="event", event=event))
-            out.flush()
+            try:
+                out = Outbox(partitions, refuser(batch_event))
+                for record in records_of(batch_event):
+                    raw = record.value
+                    try:
+                        if not isinstance(raw, bytes):
+                            raise InvalidMessage("invalid_json", "empty record value")
+                        event = decode(raw, channels[record.topic], record_ms(record))
+                        where, key = routing_key(event)
+                        topic = w.identity_topic if where == "identity" else w.contacts_topic
+                        out.add(topic, key, Envelope(kind="event", event=event))  # encoded here: fails alone
+                    except InvalidMessage as exc:
+                        dead_letter(w, record, None, exc.reason, exc.detail, exc)
+                    except Exception as exc:  # not the contract's refusal: a bug, a limit; never the batch
+                        log.exception("ingest: %s[%s] %s failed", record.topic, record.partition, record.offset)
+                        dead_letter(w, record, None, "processing_error", repr(exc), exc)
+                out.flush()
+            except Exception as exc:
+                batch_error(w, "ingest", batch_event, exc)
             yield None
 
     @w.app.agent(w.identity_topic, name="identity")
     async def identity(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         table = w.identity
         async for batch_event in stream.events():
-            out = Outbox(partitions)
-            links: dict[str, IdentityLink | None] = {}
-            changed: set[str] = set()
-            for key, env, head in heads(records_of(batch_event)):
-                if head.event is None:
-                    continue
-                if key not in links:
-                    raw = table.get(key)
-                    links[key] = decode_link(raw) if raw is not None else None
-                link, routed = resolve(links[key], key, head.event)
-                if link is not links[key]:
-                    links[key] = link
-                    changed.add(key)
-                for r in routed:  # the event itself is forwarded as received
-                    out.add(w.contacts_topic, r.key, env if r.merge is None else envelope_for(r.merge, 0))
-            for key in changed:
-                table[key] = encode(links[key])
-            out.flush()
+            try:
+                out = Outbox(partitions, refuser(batch_event))
+                links: dict[str, IdentityLink | None] = {}
+                changed: dict[str, list[tuple[Any, str, msgspec.Raw]]] = defaultdict(list)
+                for record, key, env, head in heads(records_of(batch_event)):
+                    try:
+                        if head.event is None:
+                            raise Unprocessable("not_an_event", f"a {head.kind!r} envelope on the identity topic")
+                        if key not in links:
+                            raw = table.get(key)
+                            links[key] = decode_link(raw) if raw is not None else None
+                        link, routed = resolve(links[key], key, head.event)
+                        # every output made ready before any is kept: an item fails whole
+                        staged = [
+                            out.item(w.contacts_topic, r.key, env if r.merge is None else envelope_for(r.merge, 0))
+                            for r in routed  # the event itself is forwarded as received
+                        ]
+                    except Exception as exc:
+                        reason = exc.reason if isinstance(exc, Unprocessable) else "processing_error"
+                        detail = exc.detail if isinstance(exc, Unprocessable) else repr(exc)
+                        if not isinstance(exc, Unprocessable):
+                            log.exception(
+                                "identity: %s in %s[%s] %s failed", key, record.topic, record.partition, record.offset
+                            )
+                        dead_letter(w, record, one_item(key, env), reason, detail, exc, key.encode())
+                        continue
+                    if link is not links[key]:
+                        links[key] = link
+                        changed[key].append((record, key, env))
+                    for item in staged:
+                        out.put(item)
+                for key, sources in changed.items():
+                    try:
+                        value = encode(links[key])
+                        if len(value) + len(key) > MAX_RECORD_BYTES:
+                            raise TooLarge(f"identity link of {len(value)} bytes")
+                        table[key] = value
+                    except Exception as exc:  # its events were forwarded; the link change is parked
+                        log.exception("identity: link %s not written", key)
+                        for record, k, env in sources:
+                            dead_letter(w, record, one_item(k, env), "processing_error", repr(exc), exc, k.encode())
+                out.flush()
+            except Exception as exc:
+                batch_error(w, "identity", batch_event, exc)
             yield None
 
     @w.app.agent(w.contacts_topic, name="contacts")
     async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        table = w.contacts
         decoded = DecodedStates(settings.state_cache_entries)
         async for batch_event in stream.events():
-            out = Outbox(partitions)
-            inbox: dict[str, list[Event | MergeInto | Absorb | Tick]] = defaultdict(list)
-            hops: dict[str, int] = defaultdict(int)
-            for item in unpack(records_of(batch_event)):
+            try:
+                contacts_batch(batch_event, decoded)
+            except Exception as exc:
+                batch_error(w, "contacts", batch_event, exc)
+            yield None
+
+    def contacts_batch(batch_event: Any, decoded: DecodedStates) -> None:
+        """One fetched batch of the contacts topic: every message of a key folded at once, one
+        key at a time; a key whose fold, encoding or writes fail has its messages parked."""
+        table = w.contacts
+        partition = batch_event.message.partition
+        out = Outbox(partitions, refuser(batch_event))
+        inbox: dict[str, list[Event | MergeInto | Absorb | Tick]] = defaultdict(list)
+        items_of: dict[str, list[tuple[Any, Item]]] = defaultdict(list)
+        hops: dict[str, int] = defaultdict(int)
+        for record, item in unpack(records_of(batch_event)):
+            try:
                 env = item.env
                 if env.hops > MAX_HOPS:
-                    park(batch_event, [item], "merge_loop", f"{env.hops} forwards")
-                    continue
+                    raise Unprocessable("merge_loop", f"{env.hops} forwards")
                 message = env.event or env.merge or env.tick or (Absorb(env.state) if env.state else None)
-                if message is not None:
-                    inbox[item.key].append(message)
-                    hops[item.key] = max(hops[item.key], env.hops)
-            for key, messages in inbox.items():
-                try:
-                    # step() may change ``before`` in place: a failure drops it from the cache
-                    before = decoded.get(key, table.get(key))
-                    journey = before.journey if before is not None else None
-                    state, sent = step(before, key, messages, model)
-                except Exception as exc:  # a bug or an unreadable state must not cost the batch
-                    decoded.drop(key)
-                    log.exception("contact %s: messages parked on the dead-letter topic", key)
-                    park(
-                        batch_event,
-                        [Item(key=key, env=envelope_for(m, hops[key])) for m in messages],
-                        "processing_error",
-                        repr(exc),
-                    )
-                    continue
+                if message is None:
+                    raise Unprocessable("empty_envelope", f"a {env.kind!r} envelope without its content")
+            except Exception as exc:
+                reason = exc.reason if isinstance(exc, Unprocessable) else "processing_error"
+                park(record, [item], reason, exc.detail if isinstance(exc, Unprocessable) else repr(exc), exc)
+                continue
+            inbox[item.key].append(message)
+            items_of[item.key].append((record, item))
+            hops[item.key] = max(hops[item.key], env.hops)
+        for key, messages in inbox.items():
+            try:
+                # step() may change ``before`` in place: a failure drops it from the cache
+                before = decoded.get(key, table.get(key))
+                journey = before.journey if before is not None else None
+                state, sent = step(before, key, messages, model)
+                staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hops[key] + 1)) for o in sent]
                 if state is not None:
+                    raw = encode(state)
+                    if len(raw) + len(key) > MAX_RECORD_BYTES:
+                        raise TooLarge(
+                            f"the contact's state is {len(raw)} bytes; a changelog record holds {MAX_RECORD_BYTES}"
+                        )
                     for trigger in changes(key, journey, state):
                         w.send_trigger(key.encode(), trigger)
-                    raw = encode(state)
+                    feed.add(state)
+                    population.add(partition, state)
                     table[key] = raw
                     decoded.put(key, raw, state)
-                    feed.add(state)
-                    population.add(batch_event.message.partition, state)
-                for o in sent:
-                    out.add(w.contacts_topic, o.key, envelope_for(o.item, hops[key] + 1))
-            out.flush()
-            feed.flush()
-            yield None
+            except Exception as exc:  # a bug, an unreadable state, a limit: never the batch
+                decoded.drop(key)
+                log.exception("contact %s: messages parked on the dead-letter topic", key)
+                sources = items_of[key]
+                park(sources[0][0], [item for _, item in sources], "processing_error", repr(exc), exc)
+                continue
+            for ready in staged:
+                out.put(ready)
+        out.flush()
+        feed.flush(batch_event.message)

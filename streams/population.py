@@ -104,6 +104,7 @@ class PopulationFeed:
         self.rebuilt = 0  # the value of ``rebalances`` the indexes were last rebuilt for
         self._contacts_topic = settings.contacts_topic
         self._reader: asyncio.Task[None] | None = None
+        self.unreadable = 0  # population records skipped
 
     # --- called by the contacts agent and the lifecycle --------------------------------------
 
@@ -258,7 +259,20 @@ class PopulationFeed:
     # --- reading the topic -------------------------------------------------------------------
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
-        record = read_record(key, value)
+        """One record of the population topic; one that cannot be read is logged, counted and
+        skipped (the next summary of its partition replaces it)."""
+        try:
+            record = read_record(key, value)
+        except Exception as exc:
+            self.unreadable += 1
+            log.error(
+                "population: unreadable record %r on %s (%s: %s); skipped",
+                key,
+                self.settings.population_topic,
+                type(exc).__name__,
+                exc,
+            )
+            return
         if isinstance(record, PopulationModel):
             self.model = record
         elif isinstance(record, PartitionSummary):
@@ -273,6 +287,9 @@ class PopulationFeed:
             except (KafkaError, OSError) as exc:
                 log.warning("population: reader failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
+            except Exception:  # a bug: read again rather than stop following the model
+                log.exception("population: reader failed; reading again in 5 s")
+                await asyncio.sleep(5.0)
 
 
 def register_population(w: Wiring, settings: Settings, model: Model) -> PopulationFeed:

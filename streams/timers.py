@@ -110,6 +110,7 @@ class Clock:
         self.max_ticks = max_ticks
         self.wall_ms = wall_ms
         self.built_for: frozenset[int] | None = None
+        self.unreadable = 0  # table values skipped by rebuilds (logged with their key)
 
     async def rebuild(self, partitions: frozenset[int]) -> None:
         self.index.clear()
@@ -120,8 +121,16 @@ class Clock:
                 await asyncio.sleep(0)
             if raw is None:
                 continue
-            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            self.index.set(key, due_of(raw))
+            try:
+                key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+                due = due_of(raw)
+            except Exception as exc:  # one unreadable state must not stop every contact's timers
+                self.unreadable += 1
+                log.error(
+                    "timer index: contacts key %r: unreadable state (%s: %s); skipped", raw_key, type(exc).__name__, exc
+                )
+                continue
+            self.index.set(key, due)
         self.built_for = partitions
         log.info("timer index rebuilt: %d due contacts on partitions %s", len(self.index), sorted(partitions))
 

@@ -3,9 +3,15 @@ model and of the models registry."""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+unreadable: Counter[str] = Counter()
+"""Records skipped because ``apply`` failed on them, by topic."""
 
 
 async def read_topic(
@@ -28,6 +34,12 @@ async def read_topic(
         end = (await consumer.end_offsets([tp]))[tp]
         while not (until_end and await consumer.position(tp) >= end):
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                apply(record.key, record.value)
+                try:
+                    apply(record.key, record.value)
+                except Exception as exc:  # one record it cannot read never stops the follower
+                    unreadable[topic] += 1
+                    log.error(
+                        "%s[0] %d: unreadable record skipped (%s: %s)", topic, record.offset, type(exc).__name__, exc
+                    )
     finally:
         await consumer.stop()

@@ -34,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka.errors import IllegalStateError
@@ -326,3 +327,52 @@ def records_of(event: Any) -> list[Any]:
     """The raw records an agent received: the batch, or the single record of a plain event."""
     value = event.value
     return value if isinstance(value, list) else [event.message]
+
+
+# Faust's producer refuses a record above ``producer_max_request_size`` (1,000,000 bytes by
+# default) by crashing its buffer task, which stops the worker; every record scorestream writes
+# (internal batches, changelog values, dead letters) stays below this, with room for key and headers.
+MAX_RECORD_BYTES = 900_000
+
+
+T = TypeVar("T")
+
+
+class TooLarge(ValueError):
+    """A value that cannot be written as one Kafka record (see :data:`MAX_RECORD_BYTES`)."""
+
+
+def encode_chunks(
+    items: list[T],
+    encode_chunk: Callable[[list[T]], bytes],
+    refuse: Callable[[T, Exception], None],
+    max_items: int,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> Iterator[tuple[list[T], bytes]]:
+    """``items`` as encoded records of at most ``max_items`` items and ``max_bytes`` bytes.
+
+    A chunk that does not encode, or encodes too large, is halved until it does; an item that
+    fails alone goes to ``refuse`` with the reason, and every other item is still written (one bad
+    item never costs the others)."""
+    for start in range(0, len(items), max_items):
+        todo = [items[start : start + max_items]]
+        while todo:
+            chunk = todo.pop()
+            try:
+                value = encode_chunk(chunk)
+                if len(value) > max_bytes:
+                    raise TooLarge(f"{len(value)} bytes; a record holds at most {max_bytes}")
+            except Exception as exc:
+                if len(chunk) == 1:
+                    refuse(chunk[0], exc)
+                else:
+                    half = len(chunk) // 2
+                    todo += [chunk[half:], chunk[:half]]  # the first half is popped (written) first
+                continue
+            yield chunk, value
+
+
+def exception_name(exc: BaseException) -> str:
+    """``module.Class`` of an exception (builtins bare), as the dead-letter header carries it."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

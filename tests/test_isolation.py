@@ -1,0 +1,442 @@
+"""Per-message isolation in the worker's agents (``streams.agents``, ``streams.accounts``), without a broker.
+
+The real agent functions run over prepared batches of records: one poison record (or key) among
+good ones is dead-lettered alone (original bytes, reason, exception class, source coordinates)
+and every other record of its batch is processed; no exception escapes an agent (Faust would
+restart it and acknowledge the whole batch). Faust itself is the edge faked here (its app's
+decorators, topics that record what is sent, tables as dicts); the same flow on the real broker
+is ``tests/e2e/test_isolation.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import msgspec
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+import streams.accounts
+import streams.agents
+from schemas.accounts import MemberBatch, decode_members
+from schemas.accounts import encode as encode_account
+from schemas.events import DEADLETTER_HEADERS, decode
+from schemas.model_file import load_model
+from schemas.registry import Registry
+from schemas.settings import Settings
+from schemas.state import Batch, Envelope, Item, RawBatch, decode_batch, decode_state, encode, envelope_for
+from scorestream.accounts import MemberUpdate
+from scorestream.contact import Tick
+from streams.app import Wiring
+from streams.deadletter import dead_lettered
+from streams.transport import TooLarge, encode_chunks
+from tests.factories import T0, make_event, segment_json
+
+MODEL = load_model()
+SETTINGS = Settings()
+
+
+@dataclass
+class Sent:
+    key: bytes | None
+    value: bytes
+    partition: int | None
+    headers: dict[str, str]
+
+
+class FakeTopic:
+    """A Faust topic that records what is sent to it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[Sent] = []
+
+    def send_soon(
+        self,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.sent.append(Sent(key, value or b"", partition, {k: v.decode() for k, v in headers or []}))
+
+
+class FakeTable(dict[str, bytes]):
+    def items(self) -> Any:  # the clock reads (key, value) pairs
+        return list(super().items())
+
+
+class Signal:
+    def connect(self, fn: Any) -> None:
+        pass
+
+
+@dataclass
+class FakeApp:
+    """The parts of ``faust.App`` the agents' registration uses."""
+
+    agents: dict[str, Callable[..., AsyncIterator[None]]] = field(default_factory=dict)
+    in_recovery: bool = False
+    rebalancing: bool = False
+    on_rebalance_complete: Signal = field(default_factory=Signal)
+
+    def agent(self, topic: Any, name: str) -> Callable[[Any], Any]:
+        def register(fn: Any) -> Any:
+            self.agents[name] = fn
+            return fn
+
+        return register
+
+    def timer(self, interval: float, name: str) -> Callable[[Any], Any]:
+        return lambda fn: fn
+
+    def task(self, fn: Any) -> Any:
+        return fn
+
+
+@dataclass
+class BatchEvent:
+    value: list[Any]
+
+    @property
+    def message(self) -> Any:
+        return self.value[-1]
+
+
+class Stream:
+    def __init__(self, batches: list[list[Any]]) -> None:
+        self.batches = batches
+
+    async def events(self) -> AsyncIterator[BatchEvent]:
+        for batch in self.batches:
+            yield BatchEvent(batch)
+
+
+def record(topic: str, offset: int, value: bytes | None, key: bytes | None = b"k", partition: int = 0) -> Any:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=T0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=(),
+    )
+
+
+class Worker:
+    """The three agents and the accounts agent registered on fakes of Faust."""
+
+    def __init__(self) -> None:
+        self.app = FakeApp()
+        s = SETTINGS
+        self.topics = {
+            name: FakeTopic(name)
+            for name in ("deadletter", "identity", "contacts", "status", "triggers", "accounts", "population")
+        }
+        self.tables = {name: FakeTable() for name in ("identity", "contacts", "accounts")}
+        t = self.topics
+        self.w = Wiring(
+            app=cast(Any, self.app),
+            sources=cast(Any, FakeTopic("sources")),
+            deadletter=cast(Any, t["deadletter"]),
+            identity_topic=cast(Any, t["identity"]),
+            contacts_topic=cast(Any, t["contacts"]),
+            status_topic=cast(Any, t["status"]),
+            triggers_topic=cast(Any, t["triggers"]),
+            accounts_topic=cast(Any, t["accounts"]),
+            population_topic=cast(Any, t["population"]),
+            identity=cast(Any, self.tables["identity"]),
+            contacts=cast(Any, self.tables["contacts"]),
+            accounts=cast(Any, self.tables["accounts"]),
+            private_triggers=cast(Any, FakeTopic("private-triggers")),
+            private_deadletter=cast(Any, FakeTopic("private-deadletter")),
+            namespace=s.ns,
+            registry=Registry(s.app_id),
+        )
+        streams.agents.register(self.w, s, MODEL)
+
+    def run(self, agent: str, *batches: list[Any]) -> None:
+        async def go() -> None:
+            async for _ in self.app.agents[agent](Stream(list(batches))):
+                pass
+
+        asyncio.run(go())
+
+    @property
+    def dead(self) -> list[Sent]:
+        return self.topics["deadletter"].sent
+
+    def forwarded(self, topic: str) -> list[Item]:
+        return [item for sent in self.topics[topic].sent for item in decode_batch(sent.value).items]
+
+
+def headers_of(sent: Sent) -> tuple[str, str, str, str, str]:
+    h = sent.headers
+    assert list(h)[: len(DEADLETTER_HEADERS)] == list(DEADLETTER_HEADERS)
+    return (
+        h["scorestream.reason"],
+        h["scorestream.exception"],
+        h["scorestream.source.topic"],
+        h["scorestream.source.partition"],
+        h["scorestream.source.offset"],
+    )
+
+
+def page(user: str) -> bytes:
+    return segment_json(type="page", userId=user, anonymousId=None, name="Home", properties={"path": "/"})
+
+
+def internal(key: str, *envs: Envelope) -> bytes:
+    return encode(Batch(items=[Item(key=key, env=env) for env in envs]))
+
+
+def contact_event(user: str) -> Envelope:
+    return Envelope(kind="event", event=make_event(kind="page", event=None, channel="web", user_id=user, path="/"))
+
+
+# --- ingest ----------------------------------------------------------------------------------
+
+
+def test_ingest_dead_letters_a_failing_record_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = streams.agents.routing_key
+
+    def routing_key(event: Any) -> tuple[str, str]:  # a bug that strikes one event
+        if event.user_id == "poison":
+            raise OverflowError("int too big to convert")
+        return real(event)
+
+    monkeypatch.setattr(streams.agents, "routing_key", routing_key)
+    worker = Worker()
+    users = [f"u{i}" for i in range(10)]
+    values = [page(u) for u in users[:5]] + [page("poison"), None] + [page(u) for u in users[5:]]
+    batch = [record("events.web", 100 + i, v) for i, v in enumerate(values)]
+    worker.run("ingest", batch)
+
+    assert sorted(i.key for i in worker.forwarded("contacts")) == sorted(users)
+    failed, empty = worker.dead
+    assert headers_of(failed) == ("processing_error", "OverflowError", "events.web", "0", "105")
+    assert failed.value == values[5] and "int too big" in failed.headers["scorestream.error"]
+    assert headers_of(empty)[:2] == ("invalid_json", "schemas.events.InvalidMessage")
+    assert headers_of(empty)[4] == "106"
+
+
+def test_ingest_refuses_an_envelope_too_large_for_a_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams.agents, "MAX_ITEM_BYTES", 2000)
+    worker = Worker()
+    big = segment_json(type="identify", userId="big", anonymousId=None, traits={"bio": "x" * 3000})
+    batch = [record("events.web", 0, page("a")), record("events.web", 1, big), record("events.web", 2, page("b"))]
+    worker.run("ingest", batch)
+
+    assert sorted(i.key for i in worker.forwarded("contacts")) == ["a", "b"]
+    (dead,) = worker.dead
+    assert headers_of(dead) == ("processing_error", "streams.transport.TooLarge", "events.web", "0", "1")
+    assert dead.value == big
+
+
+def test_a_batch_failing_outside_the_per_record_steps_is_dead_lettered_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def flush(self: Any) -> None:
+        raise RuntimeError("a bug at flush")
+
+    monkeypatch.setattr(streams.agents.Outbox, "flush", flush)
+    worker = Worker()
+    values = [page("a"), page("b")]
+    second = [record("events.web", 2, page("c"))]
+    worker.run("ingest", [record("events.web", i, v) for i, v in enumerate(values)], second)  # the agent goes on
+
+    assert [headers_of(d)[0] for d in worker.dead] == ["batch_error"] * 3
+    assert [d.value for d in worker.dead] == [*values, second[0].value]
+
+
+# --- identity ----------------------------------------------------------------------------------
+
+
+def test_identity_dead_letters_garbage_and_non_events_alone() -> None:
+    worker = Worker()
+    anon_event = Envelope(
+        kind="event", event=make_event(kind="page", event=None, channel="web", user_id=None, anonymous_id="an-1")
+    )
+    tick = envelope_for(Tick(T0))
+    batch = [
+        record("t.identity", 0, internal("an-1", anon_event)),
+        record("t.identity", 1, b"\x00garbage"),
+        record("t.identity", 2, internal("an-2", tick, anon_event)),
+    ]
+    worker.run("identity", batch)
+
+    assert len(worker.forwarded("contacts")) == 2  # the event, twice (offsets 0 and 2)
+    garbage, not_event = worker.dead
+    assert headers_of(garbage)[0] == "internal_decode" and headers_of(garbage)[1].startswith("msgspec.")
+    assert headers_of(garbage)[2:] == ("t.identity", "0", "1") and garbage.value == b"\x00garbage"
+    assert headers_of(not_event)[:2] == ("not_an_event", "streams.deadletter.Unprocessable")
+    assert headers_of(not_event)[4] == "2"
+    (item,) = msgspec.msgpack.decode(not_event.value, type=RawBatch).items  # a batch of one: replayable
+    assert item.key == "an-2"
+
+
+def test_identity_isolates_a_failing_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = streams.agents.resolve
+
+    def resolve(link: Any, key: str, event: Any) -> Any:
+        if key == "an-bad":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(link, key, event)
+
+    monkeypatch.setattr(streams.agents, "resolve", resolve)
+    worker = Worker()
+
+    def anon(a: str) -> Envelope:
+        return Envelope(kind="event", event=make_event(kind="page", event=None, user_id=None, anonymous_id=a))
+
+    batch = [
+        record("t.identity", 7, internal("an-bad", anon("an-bad"))),
+        record("t.identity", 8, internal("an-ok", anon("an-ok"))),
+    ]
+    worker.run("identity", batch)
+
+    assert [i.key for i in worker.forwarded("contacts")] == ["anonymous:an-ok"]
+    (dead,) = worker.dead
+    assert headers_of(dead) == ("processing_error", "RecursionError", "t.identity", "0", "7")
+
+
+# --- contacts ----------------------------------------------------------------------------------
+
+
+def test_contacts_isolates_garbage_empty_envelopes_loops_and_failing_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = streams.agents.step
+
+    def step(before: Any, key: str, messages: Any, model: Any) -> Any:
+        if key == "u-bug":
+            raise ZeroDivisionError("division by zero")
+        return real(before, key, messages, model)
+
+    monkeypatch.setattr(streams.agents, "step", step)
+    worker = Worker()
+    looping = Envelope(kind="event", event=make_event(kind="page", event=None, user_id="u-1"), hops=99)
+    batch = [
+        record("t.contacts", 10, internal("u-1", contact_event("u-1"))),
+        record("t.contacts", 11, b"\xc1"),
+        record("t.contacts", 12, internal("u-2", Envelope(kind="event"), contact_event("u-2"))),
+        record("t.contacts", 13, internal("u-bug", contact_event("u-bug"))),
+        record("t.contacts", 14, internal("u-1", looping, contact_event("u-1"))),
+        record("t.contacts", 15, internal("u-3", contact_event("u-3"))),
+    ]
+    worker.run("contacts", batch)
+
+    contacts = worker.tables["contacts"]
+    assert sorted(contacts) == ["u-1", "u-2", "u-3"]
+    assert decode_state(contacts["u-1"]).contact_id == "u-1"
+    reasons = [(headers_of(d)[0], headers_of(d)[1], headers_of(d)[4]) for d in worker.dead]
+    assert reasons[0][1].startswith("msgspec.")
+    assert reasons == [
+        ("internal_decode", reasons[0][1], "11"),
+        ("empty_envelope", "streams.deadletter.Unprocessable", "12"),
+        ("merge_loop", "streams.deadletter.Unprocessable", "14"),
+        ("processing_error", "ZeroDivisionError", "13"),
+    ]
+    parked = decode_batch(worker.dead[3].value)  # the key's messages, replayable as they are
+    assert [i.key for i in parked.items] == ["u-bug"] and parked.items[0].env.event is not None
+
+
+def test_contacts_park_a_state_too_large_for_the_changelog(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams.agents, "MAX_RECORD_BYTES", 4000)
+    worker = Worker()
+    raw = segment_json(type="identify", userId="u-big", anonymousId=None, traits={"bio": "x" * 5000})
+    big = Envelope(kind="event", event=decode(raw, "web", T0))
+    batch = [
+        record("t.contacts", 0, internal("u-big", big)),
+        record("t.contacts", 1, internal("u-small", contact_event("u-small"))),
+    ]
+    worker.run("contacts", batch)
+
+    assert list(worker.tables["contacts"]) == ["u-small"]
+    (dead,) = worker.dead
+    assert headers_of(dead) == ("processing_error", "streams.transport.TooLarge", "t.contacts", "0", "0")
+    assert "changelog record" in dead.headers["scorestream.error"]
+
+
+# --- accounts ----------------------------------------------------------------------------------
+
+
+def member(account: str, contact: str) -> MemberUpdate:
+    return MemberUpdate(contact_id=contact, account_id=account, at_ms=T0, evidence=1, role="other", score=10.0, fit=0.5)
+
+
+def test_accounts_isolates_garbage_and_a_failing_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = streams.accounts.apply_member_updates
+
+    def apply(before: Any, account_id: str, updates: Any, model: Any) -> Any:
+        if account_id == "acct-bug":
+            raise KeyError("stage")
+        return real(before, account_id, updates, model)
+
+    monkeypatch.setattr(streams.accounts, "apply_member_updates", apply)
+    worker = Worker()
+    good = MemberBatch(items=[member("acct-1", "c1"), member("acct-bug", "c2"), member("acct-2", "c3")])
+    batch = [record("t.accounts", 3, encode_account(good)), record("t.accounts", 4, b"not msgpack \xff")]
+    worker.run("accounts", batch)
+
+    assert sorted(worker.tables["accounts"]) == ["acct-1", "acct-2"]
+    garbage, failed = worker.dead  # records are read first, then each account folded
+    assert headers_of(failed) == ("processing_error", "KeyError", "t.accounts", "0", "3")
+    assert [u.contact_id for u in decode_members(failed.value).items] == ["c2"]
+    assert headers_of(garbage)[0] == "internal_decode" and headers_of(garbage)[1].startswith("msgspec.")
+    assert headers_of(garbage)[4] == "4"
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+
+def test_encode_chunks_refuses_only_the_item_that_fails() -> None:
+    refused: list[tuple[int, str]] = []
+
+    def encode_chunk(items: list[int]) -> bytes:
+        if 13 in items:
+            raise OverflowError("13 does not encode")
+        return b"x" * (100 * len(items) + (5000 if 7 in items else 0))
+
+    chunks = list(
+        encode_chunks(
+            list(range(30)), encode_chunk, lambda i, e: refused.append((i, type(e).__name__)), 10, max_bytes=3000
+        )
+    )
+    assert sorted(refused) == [(7, "TooLarge"), (13, "OverflowError")]
+    assert sorted(i for chunk, _ in chunks for i in chunk) == [i for i in range(30) if i not in (7, 13)]
+    assert all(len(value) <= 3000 and len(chunk) <= 10 for chunk, value in chunks)
+    # order within a partition is kept
+    assert [i for chunk, _ in chunks for i in chunk] == [i for i in range(30) if i not in (7, 13)]
+
+
+def test_outbox_sends_every_item_but_the_one_that_cannot_be_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = FakeTopic("t")
+    refused: list[str] = []
+    out = streams.agents.Outbox(1, lambda item, exc: refused.append(item.key))
+    for key in ("a", "b", "c"):
+        out.add(cast(Any, topic), key, contact_event(key))
+    real = streams.agents._encode_raw
+
+    def encode_raw(items: list[Any]) -> bytes:
+        if any(i.key == "b" for i in items):
+            raise TooLarge("b")
+        return real(items)
+
+    monkeypatch.setattr(streams.agents, "_encode_raw", encode_raw)
+    out.flush()
+    assert refused == ["b"]
+    assert [i.key for s in topic.sent for i in decode_batch(s.value).items] == ["a", "c"]
+
+
+def test_the_counter_counts_dead_letters_by_reason() -> None:
+    before = dead_lettered["internal_decode"]
+    worker = Worker()
+    worker.run("accounts", [record("t.accounts", 0, b"\x00")])
+    assert dead_lettered["internal_decode"] == before + 1
