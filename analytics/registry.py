@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.registry import Registry
@@ -28,6 +27,7 @@ class RegistryReader:
         self.registry = Registry(settings.app_id)  # the last complete view
         self._reading: Registry | None = None  # being read from the beginning
         self._consumer: AIOKafkaConsumer | None = None
+        self.unreadable = 0  # records skipped (logged with their offset)
 
     async def read(self) -> Registry:
         """The registry as its topic holds it now (raises the broker's error, if any)."""
@@ -65,8 +65,15 @@ class RegistryReader:
     def _apply(self, record: Any) -> None:
         try:
             (self._reading or self.registry).apply(record.key, record.value)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-            log.error("models registry: record at offset %s skipped (%s)", record.offset, exc)
+        except Exception as exc:  # one record it cannot read never stops the reader
+            self.unreadable += 1
+            log.error(
+                "models registry: record %s[0] %s skipped (%s: %s)",
+                self.tp.topic,
+                record.offset,
+                type(exc).__name__,
+                exc,
+            )
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None

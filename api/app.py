@@ -25,6 +25,8 @@ from analytics.sink import Sink
 from api.accounts import AccountReplica, mount_accounts
 from api.analytics import analytics_store, mount_analytics
 from api.collector import Collector, Publisher, collector_for, mount_collector
+from api.follow import Following
+from api.follow import unreadable as unreadable_records
 from api.namespaces import Namespaces, Readers, UnknownModel
 from api.population import PopulationReader
 from api.replica import Decoded, Replica
@@ -272,7 +274,9 @@ def create_api(
         accounts, the population model) and the webhook subscriptions have caught up with their
         topics, and a worker of the active namespace has recovered its tables. The webhook delivery
         log is reported but not waited for (its routes answer 503 until it has caught up), and so
-        are the shadow namespaces (``GET /v1/models``)."""
+        are the shadow namespaces (``GET /v1/models``). A reader whose task died (its name and
+        exception in ``detail.failed``) makes it 503 whatever else holds; records a reader could
+        not read and skipped are counted in ``detail.unreadable_records``."""
         active = namespaces.active()
         replica, accounts, population = active.replica, active.accounts, active.population
         caught_up = (
@@ -293,7 +297,16 @@ def create_api(
             "contacts": len(replica.states),
             "workers_ready": replica.ready_workers,
             "error": namespaces.error or active.error or webhooks.store.error,
+            "unreadable_records": dict(unreadable_records),
         }
+        # a reader whose task died no longer follows its topic: what it serves goes stale
+        failed = namespaces.failures() + [
+            f for r in (webhooks.store, webhooks.deliveries) if isinstance(r, Following) and (f := r.failure)
+        ]
+        if failed:
+            detail["failed"] = failed
+            detail["error"] = "reader stopped: " + "; ".join(failed)
+            return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
         if caught_up and replica.ready_workers:
             return Health(status="ready", detail=detail)
         return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)

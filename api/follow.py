@@ -3,6 +3,9 @@
 The contacts replica, the accounts replica and the population reader all do the same: wait for
 their topic, read every partition from the beginning, hand each record to their ``apply``, say
 when they have caught up with the end offsets seen at start, and start again after a broker error.
+A record ``apply`` fails on is logged with its coordinates, counted (:data:`unreadable`) and
+skipped (the API has no producer to dead-letter it); a reader whose task dies anyway reports it
+in :attr:`Following.failure`, and ``/readyz`` answers 503 with it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -27,11 +31,31 @@ class Follower(Protocol):
     caught_up: asyncio.Event
 
 
+unreadable: Counter[str] = Counter()
+"""Records the API's followers skipped because they could not read them, by follower label."""
+
+
+def task_failure(task: asyncio.Task[Any] | None) -> str | None:
+    """Why a follower's task (which runs until cancelled) is no longer running: its name and
+    exception, or None while it runs (or after it was cancelled by ``stop``)."""
+    if task is None or not task.done() or task.cancelled():
+        return None
+    exc = task.exception()
+    if exc is None:
+        return f"{task.get_name()}: stopped"
+    return f"{task.get_name()}: {type(exc).__name__}: {exc}"
+
+
 class Following:
     """``start``/``stop`` for a reader whose :meth:`follow` runs until cancelled (a mixin:
     subclasses are dataclasses with a ``_task`` field)."""
 
     _task: asyncio.Task[None] | None
+
+    @property
+    def failure(self) -> str | None:
+        """Set if the reader's task died (``/readyz`` then answers 503 with it)."""
+        return task_failure(self._task)
 
     async def follow(self) -> None:
         raise NotImplementedError
@@ -118,7 +142,19 @@ async def _consume(
         batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
         for records in batches.values():
             for record in records:
-                apply(record)
+                try:
+                    apply(record)
+                except Exception as exc:  # one record it cannot read never stops the reader
+                    unreadable[label] += 1
+                    log.error(
+                        "%s: unreadable record %s[%s] %s skipped (%s: %s)",
+                        label,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        type(exc).__name__,
+                        exc,
+                    )
         if pending:
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
         if not pending and not reader.caught_up.is_set():

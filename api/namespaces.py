@@ -27,7 +27,7 @@ from typing import Any, Literal
 import msgspec
 
 from api.accounts import AccountReplica
-from api.follow import follow
+from api.follow import follow, task_failure
 from api.population import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Replica
@@ -106,6 +106,11 @@ class Readers:
     @property
     def error(self) -> str | None:
         return self.replica.error or self.accounts.error or self.population.error
+
+    @property
+    def failures(self) -> list[str]:
+        """Readers whose task died (see :attr:`api.follow.Following.failure`)."""
+        return [f for f in (self.replica.failure, self.accounts.failure, self.population.failure) if f]
 
     async def start(self) -> None:
         self.state = "running"
@@ -281,6 +286,14 @@ class Namespaces:
             asyncio.create_task(self.follow(), name="models registry"),
             asyncio.create_task(self._manage(), name="model namespaces"),
         ]
+
+    def failures(self) -> list[str]:
+        """The registry follower's and manager's tasks, and the running readers', that died."""
+        out = [f for task in self._tasks if (f := task_failure(task))]
+        for readers in self._all.values():
+            if readers.state != "stopped":
+                out += readers.failures
+        return out
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -82,6 +82,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
 
+from schemas.events import deadletter_headers
 from schemas.settings import Settings
 from schemas.webhooks import (
     COMMAND_DECODER,
@@ -128,6 +129,18 @@ FAILING_PERSIST_MS = 5000  # least time between two writes of a subscription's f
 REVIVE_MARGIN_MS = 60_000  # a retry scan starts this much before its since_ms (producer clocks)
 STATS_EVERY_S = 60.0
 TEST_MESSAGE = "A test delivery from scorestream: your endpoint is reachable and verifies signatures."
+
+
+MAX_DEAD_BYTES = 900_000  # a dead letter fits a record (the producer's default limit: 1,000,000 bytes)
+
+
+class Unhandled(ValueError):
+    """A trigger or command record the dispatcher cannot read; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 def now_ms() -> int:
@@ -336,7 +349,7 @@ class Dispatcher:
     def _apply_subscription(self, key: bytes | None, value: bytes | None, offset: int) -> None:
         if key is None:
             return
-        sub_id = key.decode()
+        sub_id = key.decode(errors="replace")
         if value is None:
             if self.subs.pop(sub_id, None) is not None:
                 self._matchers = None
@@ -346,10 +359,17 @@ class Dispatcher:
             return
         try:
             record = SUBSCRIPTION_DECODER.decode(value)
-        except msgspec.DecodeError as exc:
-            log.warning("unreadable subscription %s at %s@%d: %s", sub_id, self.settings.webhooks_topic, offset, exc)
-            return
-        self._put_subscription(record, own=self._written_subs.get(sub_id) == value)
+            self._put_subscription(record, own=self._written_subs.get(sub_id) == value)
+        except Exception as exc:  # one subscription it cannot read never stops the others
+            self.stats["unreadable_subscriptions"] += 1
+            log.warning(
+                "unreadable subscription %s at %s@%d: %s: %s",
+                sub_id,
+                self.settings.webhooks_topic,
+                offset,
+                type(exc).__name__,
+                exc,
+            )
 
     def _put_subscription(self, record: SubscriptionRecord, own: bool) -> None:
         old = self.subs.get(record.id)
@@ -435,21 +455,30 @@ class Dispatcher:
             return
         now = now_ms()
         writes: list[_Write] = []
+        dead: list[Coroutine[Any, Any, None]] = []
         commits: dict[TopicPartition, int] = {}
         self._admitting.clear()
         for tp, records in batches.items():
             p = tp.partition
             if p not in self._owned or not records:
                 continue
+            on_record = self._on_trigger if tp.topic == self.settings.topic_triggers else self._on_command
+            for record in records:
+                try:
+                    on_record(p, record, now, writes)
+                except Exception as exc:  # one record never costs the others: it is dead-lettered
+                    reason, detail = (
+                        (exc.reason, exc.detail) if isinstance(exc, Unhandled) else ("processing_error", repr(exc))
+                    )
+                    if not isinstance(exc, Unhandled):
+                        log.exception("handling %s[%d]@%d failed", record.topic, p, record.offset)
+                    dead.append(self._dead_letter(record, reason, detail, exc))
             if tp.topic == self.settings.topic_triggers:
-                for record in records:
-                    self._on_trigger(p, record, now, writes)
                 commits[tp] = records[-1].offset + 1
             else:
-                for record in records:
-                    self._on_command(p, record, now, writes)
                 self._cmd_read[p] = records[-1].offset + 1
         await self._write_all(writes)
+        await self._written_dead(dead)
         self._wake.set()
         await self._commit(commits)
         await self._commit_commands()
@@ -462,9 +491,8 @@ class Dispatcher:
             if not isinstance(trigger["at_ms"], int):
                 raise ValueError("at_ms is not an integer")
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
-            log.warning("unreadable trigger at %s[%d]@%d: %s", msg.topic, p, msg.offset, exc)
             self.stats["unreadable_triggers"] += 1
-            return
+            raise Unhandled("unreadable_trigger", f"{type(exc).__name__}: {exc}") from exc
         key = msg.key.decode(errors="replace") if msg.key is not None else ""
         body: str | None = None
         for sub, flt in self.matchers():
@@ -509,8 +537,8 @@ class Dispatcher:
         try:
             cmd = COMMAND_DECODER.decode(msg.value)
         except (msgspec.DecodeError, TypeError) as exc:
-            log.warning("unreadable command at %s: %s", where, exc)
-            return
+            self.stats["unreadable_commands"] += 1
+            raise Unhandled("unreadable_command", f"{type(exc).__name__}: {exc}") from exc
         sub = self.subs.get(cmd.subscription_id)
         if cmd.op == "test":
             if sub is None:
@@ -614,6 +642,25 @@ class Dispatcher:
                     parked.from_offset = offset if parked.from_offset is None else min(parked.from_offset, offset)
             elif w.entry is not None and w.record.partition in self._owned:
                 self.queue.add(w.entry)
+
+    def _dead_letter(self, msg: Any, reason: str, detail: str, exc: BaseException) -> Coroutine[Any, Any, None]:
+        """Put a trigger or command record it cannot handle on the dead-letter topic (original bytes,
+        reason, exception class, coordinates); awaited before the batch's offsets are committed."""
+        self.stats["dead_lettered"] += 1
+        log.warning("dead-letter %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail[:300])
+        headers = deadletter_headers(reason, detail, msg.topic, msg.partition, msg.offset, exc)
+        value = msg.value if isinstance(msg.value, bytes) else b""
+        return self._send_dead(msg.key, value[:MAX_DEAD_BYTES], headers)
+
+    async def _send_dead(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(self.settings.topic_deadletter, value, key=key, headers=headers)
+
+    async def _written_dead(self, dead: list[Coroutine[Any, Any, None]]) -> None:
+        """Dead letters written (acks=all) before the offsets that cover them are committed; a
+        failed write stops the process, as a failed delivery write does (they are read again)."""
+        if dead:
+            await asyncio.gather(*dead)
 
     async def _send_delivery(self, record: DeliveryRecord, parked: bool = False) -> asyncio.Future[Any]:
         """Send a delivery's record to its partition. Headers carry what scans filter on without
@@ -808,9 +855,9 @@ class Dispatcher:
             count += 1
             if record.key is None:
                 continue
-            delivery = record.key.decode()
+            delivery = record.key.decode(errors="replace")
             seen.add(delivery)
-            selection.offer(record.offset, delivery, record.value, *_hints(record.headers))
+            self._offer(selection, p, record, delivery)
         now = now_ms()
         queued = parked = 0
         for sub, picked in selection.result().items():
@@ -828,6 +875,23 @@ class Dispatcher:
             queued,
             parked,
         )
+
+    def _offer(self, selection: Selection, p: int, record: Any, delivery: str) -> None:
+        """A scanned delivery record to ``selection``; one it cannot read is logged and counted
+        (it stays on the deliveries topic as it is) and the scan goes on."""
+        try:
+            selection.offer(record.offset, delivery, record.value, *_hints(record.headers))
+        except Exception as exc:
+            self.stats["unreadable_deliveries"] += 1
+            log.error(
+                "unreadable delivery %s at %s[%d]@%d skipped: %s: %s",
+                delivery,
+                self.settings.deliveries_topic,
+                p,
+                record.offset,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _refill(self, p: int) -> None:
         """Bring parked deliveries of partition ``p`` back into memory for the subscriptions whose
@@ -872,7 +936,7 @@ class Dispatcher:
             if starts:
                 async for record in self._scan(p, min(starts), end):
                     if record.key is not None:
-                        selection.offer(record.offset, record.key.decode(), record.value, *_hints(record.headers))
+                        self._offer(selection, p, record, record.key.decode(errors="replace"))
         finally:
             removed = self.queue.unwatch(p)
         now = now_ms()

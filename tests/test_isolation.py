@@ -19,6 +19,9 @@ import msgspec
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+import scorestream.accounts
+import scorestream.contact
+import scorestream.identity
 import streams.accounts
 import streams.agents
 from schemas.accounts import MemberBatch, decode_members
@@ -206,7 +209,7 @@ def contact_event(user: str) -> Envelope:
 
 
 def test_ingest_dead_letters_a_failing_record_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = streams.agents.routing_key
+    real = scorestream.identity.routing_key
 
     def routing_key(event: Any) -> tuple[str, str]:  # a bug that strikes one event
         if event.user_id == "poison":
@@ -284,7 +287,7 @@ def test_identity_dead_letters_garbage_and_non_events_alone() -> None:
 
 
 def test_identity_isolates_a_failing_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = streams.agents.resolve
+    real = scorestream.identity.resolve
 
     def resolve(link: Any, key: str, event: Any) -> Any:
         if key == "an-bad":
@@ -312,7 +315,7 @@ def test_identity_isolates_a_failing_resolve(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_contacts_isolates_garbage_empty_envelopes_loops_and_failing_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = streams.agents.step
+    real = scorestream.contact.step
 
     def step(before: Any, key: str, messages: Any, model: Any) -> Any:
         if key == "u-bug":
@@ -350,7 +353,8 @@ def test_contacts_isolates_garbage_empty_envelopes_loops_and_failing_keys(monkey
 def test_contacts_park_a_state_too_large_for_the_changelog(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streams.agents, "MAX_RECORD_BYTES", 4000)
     worker = Worker()
-    raw = segment_json(type="identify", userId="u-big", anonymousId=None, traits={"bio": "x" * 5000})
+    traits = {f"t{i}": "x" * 100 for i in range(40)}  # within the core's bounds per trait, 4 KB together
+    raw = segment_json(type="identify", userId="u-big", anonymousId=None, traits=traits)
     big = Envelope(kind="event", event=decode(raw, "web", T0))
     batch = [
         record("t.contacts", 0, internal("u-big", big)),
@@ -372,7 +376,7 @@ def member(account: str, contact: str) -> MemberUpdate:
 
 
 def test_accounts_isolates_garbage_and_a_failing_account(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = streams.accounts.apply_member_updates
+    real = scorestream.accounts.apply_member_updates
 
     def apply(before: Any, account_id: str, updates: Any, model: Any) -> Any:
         if account_id == "acct-bug":
@@ -440,3 +444,38 @@ def test_the_counter_counts_dead_letters_by_reason() -> None:
     worker = Worker()
     worker.run("accounts", [record("t.accounts", 0, b"\x00")])
     assert dead_lettered["internal_decode"] == before + 1
+
+
+def test_the_timer_index_skips_an_unreadable_state() -> None:
+    from streams.timers import Clock, TimerIndex
+
+    def state(user: str) -> bytes:
+        return encode(
+            scorestream.contact.step(None, user, [make_event(kind="page", event=None, user_id=user)], MODEL)[0]
+        )
+
+    items = [(b"u-1", state("u-1")), (b"u-bad", b"\xc1\x00"), (b"u-2", state("u-2")), (b"u-3", None)]
+    index = TimerIndex()
+    clock = Clock(index, lambda: frozenset({0}), lambda: items, lambda ticks: None, max_ticks=10)
+    asyncio.run(clock.rebuild(frozenset({0})))
+    assert clock.unreadable == 1 and clock.built_for == frozenset({0})
+
+
+def test_the_population_follower_skips_a_record_it_fails_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas.population
+    import streams.population
+    from schemas.population import encode_record
+    from scorestream.population import build_partition_summary
+
+    real = schemas.population.read_record
+
+    def read_record(key: bytes | None, value: bytes | None) -> Any:
+        if key == b"partition:1":
+            raise TypeError("a bug in reading")
+        return real(key, value)
+
+    monkeypatch.setattr(streams.population, "read_record", read_record)
+    feed = streams.population.PopulationFeed(cast(Wiring, None), SETTINGS, MODEL)
+    feed.apply(*encode_record(build_partition_summary(1, [], T0, 10)))
+    feed.apply(*encode_record(build_partition_summary(2, [], T0, 10)))
+    assert feed.unreadable == 1 and sorted(feed.summaries) == [2]

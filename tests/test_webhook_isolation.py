@@ -1,0 +1,162 @@
+"""The webhook dispatcher's per-record isolation (``streams.webhooks``), without a broker.
+
+A trigger or command record it cannot read or handle is dead-lettered (original bytes, reason,
+exception class, coordinates) before the batch's offsets are committed, and every other record of
+the batch is handled; an unreadable subscription or delivery record is logged, counted and
+skipped. The producer and consumer are fakes that record what is sent and committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+import scorestream.webhooks
+import streams.webhooks
+from schemas.settings import Settings
+from schemas.webhooks import SigningSecret, SubscriptionRecord, encode
+from scorestream.triggers import make_trigger
+from streams.webhook_queue import SeenIds, Selection
+from streams.webhooks import Dispatcher
+
+NOW = 1_800_000_000_000
+SETTINGS = Settings()
+
+
+@dataclass
+class Meta:
+    offset: int
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Meta]:
+        self.sent.append((topic, key, value, dict(headers or [])))
+        fut: asyncio.Future[Meta] = asyncio.get_running_loop().create_future()
+        fut.set_result(Meta(len(self.sent)))
+        return fut
+
+    async def send_and_wait(self, *args: Any, **kwargs: Any) -> Meta:
+        return await (await self.send(*args, **kwargs))
+
+    def to(self, topic: str) -> list[tuple[str, bytes | None, bytes, dict[str, bytes]]]:
+        return [s for s in self.sent if s[0] == topic]
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.committed: dict[TopicPartition, int] = {}
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
+
+
+def rec(topic: str, offset: int, value: bytes | None, key: bytes | None = b"u-1") -> Any:
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=NOW,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        headers=(),
+    )
+
+
+def trigger(n: int) -> bytes:
+    body = make_trigger(
+        "stage.changed", at_ms=NOW + n, model_version="m@1", contact_id="u-1", before="lead", after=f"s{n}"
+    )
+    return orjson.dumps(body)
+
+
+def dispatcher() -> tuple[Dispatcher, FakeProducer, FakeConsumer]:
+    d = Dispatcher(SETTINGS)
+    producer, consumer = FakeProducer(), FakeConsumer()
+    d._producer = cast(Any, producer)
+    d._consumer = cast(Any, consumer)
+    d._owned = {0}
+    d._seen[0] = SeenIds(100)
+    sub = SubscriptionRecord(
+        id="wh_1", url="https://example.com/h", events=["*"], secrets=[SigningSecret("s" * 32, NOW)],
+        created_ms=NOW, updated_ms=NOW,
+    )  # fmt: skip
+    d._apply_subscription(b"wh_1", encode(sub), 0)
+    return d, producer, consumer
+
+
+def test_a_bad_trigger_or_command_is_dead_lettered_and_the_others_handled(monkeypatch: pytest.MonkeyPatch) -> None:
+    d, producer, consumer = dispatcher()
+    real = scorestream.webhooks.trigger_payload
+
+    def payload(t: dict[str, Any]) -> bytes:  # a bug that strikes one trigger
+        if t["after"] == "s2":
+            raise OverflowError("cannot render")
+        return real(t)
+
+    monkeypatch.setattr(streams.webhooks, "trigger_payload", payload)
+    triggers, commands = SETTINGS.topic_triggers, SETTINGS.commands_topic
+    batch = {
+        TopicPartition(triggers, 0): [
+            rec(triggers, 10, trigger(1)),
+            rec(triggers, 11, b"{not json"),
+            rec(triggers, 12, trigger(2)),
+            rec(triggers, 13, orjson.dumps({"type": "x"})),  # no id
+            rec(triggers, 14, trigger(3)),
+        ],
+        TopicPartition(commands, 0): [rec(commands, 5, b"\x00 not a command")],
+    }
+    asyncio.run(d._handle(batch))
+
+    deliveries = producer.to(SETTINGS.deliveries_topic)
+    assert len(deliveries) == 2  # triggers 1 and 3
+    dead = producer.to(SETTINGS.topic_deadletter)
+    found = [
+        (
+            h["scorestream.reason"].decode(),
+            h["scorestream.exception"].decode(),
+            h["scorestream.source.topic"].decode(),
+            int(h["scorestream.source.offset"]),
+        )
+        for _, _, _, h in dead
+    ]
+    assert found == [
+        ("unreadable_trigger", "streams.webhooks.Unhandled", triggers, 11),
+        ("processing_error", "OverflowError", triggers, 12),
+        ("unreadable_trigger", "streams.webhooks.Unhandled", triggers, 13),
+        ("unreadable_command", "streams.webhooks.Unhandled", commands, 5),
+    ]
+    assert [v for _, _, v, _ in dead][:2] == [b"{not json", trigger(2)]  # the original bytes
+    assert consumer.committed[TopicPartition(triggers, 0)] == 15  # the batch is done
+    assert d.stats["dead_lettered"] == 4
+
+
+def test_unreadable_subscriptions_and_deliveries_are_skipped_and_counted() -> None:
+    d, _, _ = dispatcher()
+    d._apply_subscription(b"wh_2", b"\xc1garbage", 1)
+    d._apply_subscription(b"\xff", b"{}", 2)
+    assert list(d.subs) == ["wh_1"] and d.stats["unreadable_subscriptions"] == 2
+
+    selection = Selection(10, skip=lambda _: False, recovery=True)
+    d._offer(selection, 0, rec(SETTINGS.deliveries_topic, 3, b"\xc1 not a delivery", key=b"d1"), "d1")
+    assert d.stats["unreadable_deliveries"] == 1
+    assert selection.result() == {}
