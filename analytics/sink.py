@@ -33,7 +33,12 @@ A slow or unavailable ClickHouse delays only the sink: inserts run in the client
 (:class:`analytics.client.Store`), a failed batch is kept and retried with backoff (0.5 s doubling
 to 30 s, for ever, never skipped), and while it waits the consumer is paused (it keeps polling, so
 it stays in the group) so memory stays bounded; the topics hold the backlog, and the sink catches
-up when ClickHouse is back. Scoring (the worker) never waits for it. Decoding and scoring the
+up when ClickHouse is back (``tests/e2e/test_sink_outage.py``: inserts failing for a while, some
+of them after landing, end with every event archived exactly once). A batch that keeps failing
+while ClickHouse answers a probe (``SELECT 1``) after :data:`SPLIT_AFTER` attempts holds a row
+ClickHouse refuses: its rows are then inserted in halves, down to single rows, each part with a
+token derived from the batch's; a row refused alone goes to ``sink_rejects`` (reason
+``insert_refused``) and every other row is archived. Scoring (the worker) never waits for it. Decoding and scoring the
 records (the ledger computes engagement and fit with the core) runs in a thread of its own too,
 so the event loop, the API's in embedded mode, keeps serving requests meanwhile.
 
@@ -132,6 +137,7 @@ MAX_RECORDS = 2000  # per poll
 MAX_BATCH_BYTES = 64 << 20  # a batch is inserted at this many bytes of records, whatever its rows
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
+SPLIT_AFTER = 3  # failed attempts of a batch, with ClickHouse answering, before its rows are inserted apart
 REGISTRY_POLL_S = 5.0  # how often the models registry is read again (a promotion is followed within that)
 
 
@@ -144,6 +150,7 @@ class SinkStats:
     inserts: int = 0
     failures: int = 0  # failed insert or lookup attempts (each retried)
     unreadable: int = 0  # records stored in sink_rejects
+    refused_rows: int = 0  # rows ClickHouse refused alone (stored in sink_rejects instead)
     skipped: int = 0  # records with no row: refused source records (stored from the dead-letter topic), tombstones
     commits: int = 0
     last_error: str | None = None
@@ -746,12 +753,18 @@ class Sink:
         try:
             if batch.changes:
                 await self._ledger_rows(batch)
-            for table, rows in batch.rows.items():
+            for table, rows in list(batch.rows.items()):
                 if table in batch.done or not rows:
                     continue
-                await self.store.insert(table, COLUMNS[table], rows, batch.token(table, self._since))
+                token = batch.token(table, self._since)
+                if batch.attempts >= SPLIT_AFTER and await self._reachable():
+                    # ClickHouse answers but this insert keeps failing: some rows are refused
+                    inserted = await self._insert_apart(table, rows, token)
+                else:
+                    await self.store.insert(table, COLUMNS[table], rows, token)
+                    inserted = len(rows)
                 batch.done.add(table)
-                self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
+                self.stats.rows[table] = self.stats.rows.get(table, 0) + inserted
                 self.stats.inserts += 1
         except Exception as exc:
             batch.attempts += 1
@@ -773,6 +786,50 @@ class Sink:
         if stream.sealed is batch:
             stream.sealed = None
         await self._commit(consumer, stream, batch)
+
+    async def _reachable(self) -> bool:
+        """Whether ClickHouse answers a query now (an outage, not the rows, failed the insert)."""
+        try:
+            await self.store.query("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def _insert_apart(self, table: str, rows: list[Row], token: str) -> int:
+        """Insert ``rows`` in halves, down to single rows: a row ClickHouse refuses alone goes to
+        ``sink_rejects`` with the reason, and the others are archived. Each part has a token of its
+        own derived from the batch's (the same parts on a retry, so a part that landed is not
+        inserted twice). Raises when ClickHouse stops answering (the batch is retried whole).
+        Returns the rows inserted into ``table``."""
+        columns = COLUMNS[table]
+        inserted = 0
+        todo = [(0, len(rows))]
+        while todo:
+            lo, hi = todo.pop()
+            try:
+                await self.store.insert(table, columns, rows[lo:hi], f"{token}:{lo}-{hi}")
+                inserted += hi - lo
+                continue
+            except Exception as exc:
+                if not await self._reachable():
+                    raise
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    todo += [(mid, hi), (lo, mid)]
+                    continue
+                reject = refused_row(table, columns, rows[lo], exc)
+            log.error(
+                "sink: %s: a row ClickHouse refuses (%s[%s] %s) goes to sink_rejects: %s",
+                table,
+                reject[0],
+                reject[1],
+                reject[2],
+                reject[-1],
+            )
+            await self.store.insert("sink_rejects", REJECT_COLUMNS, [reject], f"{token}:{lo}-{hi}:rejected")
+            self.stats.unreadable += 1
+            self.stats.refused_rows += 1
+        return inserted
 
     async def _ledger_rows(self, batch: Batch) -> None:
         """Build the batch's ledger rows (once: a retry inserts the same rows), after looking up
@@ -802,6 +859,30 @@ class Sink:
             log.warning(
                 "sink: %s: commit failed (%s: %s) for %s", stream.name, type(exc).__name__, exc, batch.covered()
             )
+
+
+def refused_row(table: str, columns: tuple[str, ...], row: Row, exc: BaseException) -> Row:
+    """A ``sink_rejects`` row for a row ``table`` refuses: its Kafka coordinates when the table
+    has them, the record's bytes when it keeps them (else the row as text), the reason."""
+    values = dict(zip(columns, row, strict=False))
+
+    def number(name: str) -> int:
+        value = values.get(name)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    raw = values.get("raw")
+    value = raw if isinstance(raw, bytes) else repr(row).encode(errors="replace")[:100_000]
+    written = values.get("written_at", values.get("received_at", 0))
+    return [
+        str(values.get("kafka_topic") or table),
+        number("kafka_partition"),
+        number("kafka_offset"),
+        written if isinstance(written, int) else 0,
+        b"",
+        value,
+        "insert_refused",
+        f"{table}: {type(exc).__name__}: {exc}"[:1000],
+    ]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
