@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install kafka run demo test test-unit lint format schemas bench bench-tools peer clean
+.PHONY: help install kafka browser run demo test test-unit lint format schemas bench bench-tools peer clean
 .DEFAULT_GOAL := help
 
 help: ## list the commands
@@ -21,13 +21,24 @@ install: $(STAMP) ## create .venv and install the project with its pinned depend
 kafka: ## fetch the Kafka jars from Maven Central (once)
 	bash deploy/kafka/kafka.sh fetch
 
+CHROMIUM := /usr/lib/chromium/chromium
+BROWSER_LOCK := tests/browser/package-lock.json
+BROWSER_STAMP := tests/browser/node_modules/.installed-$(shell cksum $(BROWSER_LOCK) | cut -d' ' -f1)
+$(BROWSER_STAMP): $(BROWSER_LOCK) tests/browser/package.json
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	cd tests/browser && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+browser: $(BROWSER_STAMP) ## Debian's chromium and Segment's browser SDK (npm ci) for the browser test (apt-get: needs root)
+	test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium)
+
 run: install kafka ## the whole service on embedded defaults: local Kafka, worker, API (Ctrl-C stops)
 	$(BIN)/scorestream run
 
 demo: install ## publish realistic mixed traffic to a running service and watch scores move
 	$(BIN)/scorestream demo
 
-test: install kafka ## the whole suite, end-to-end tests on a real local broker included
+test: install kafka browser ## the whole suite, end-to-end tests on a real local broker and in Chromium included
 	$(BIN)/pytest
 
 test-unit: install ## only the tests that need no broker
