@@ -839,7 +839,25 @@ class Sink:
             if unknown:
                 found = scores_of(await self.store.query(LAST_LEDGER_ROWS, last_rows_parameters(unknown, topic)))
                 self.ledger.prime(unknown, found)
-        batch.rows.setdefault("score_ledger", []).extend(self.ledger.rows(batch.changes))
+        ledger = batch.rows.setdefault("score_ledger", [])
+        for change in batch.changes:  # one change the ledger fails on costs that change only
+            try:
+                ledger.extend(self.ledger.rows([change]))
+            except Exception as exc:
+                topic, partition, offset, written = change.record
+                log.exception("sink: score_ledger: %s[%s] %s failed", topic, partition, offset)
+                self.stats.unreadable += 1
+                reject = [
+                    topic,
+                    partition,
+                    offset,
+                    written,
+                    change.contact_id.encode(),
+                    b"",
+                    "ledger_error",
+                    repr(exc)[:1000],
+                ]
+                batch.rows.setdefault("sink_rejects", []).append(reject)
         batch.changes = []
 
     async def _commit(self, consumer: AIOKafkaConsumer, stream: Stream, batch: Batch) -> None:
