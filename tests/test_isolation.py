@@ -36,7 +36,7 @@ from scorestream.contact import Tick
 from streams.app import Wiring
 from streams.deadletter import dead_lettered
 from streams.transport import TooLarge, encode_chunks
-from tests.factories import T0, make_event, segment_json
+from tests.factories import T0, iso, make_event, segment_json
 
 MODEL = load_model()
 SETTINGS = Settings()
@@ -479,3 +479,30 @@ def test_the_population_follower_skips_a_record_it_fails_on(monkeypatch: pytest.
     feed.apply(*encode_record(build_partition_summary(1, [], T0, 10)))
     feed.apply(*encode_record(build_partition_summary(2, [], T0, 10)))
     assert feed.unreadable == 1 and sorted(feed.summaries) == [2]
+
+
+def test_the_issues_three_messages_cost_only_themselves() -> None:
+    """The report of issue 14: a message nested 3,000 levels deep, one with a 40-digit integer and
+    one with a bare NaN, each between valid page events: every valid event goes on, and each of
+    the three is either dead-lettered or accepted (the contract decides which), never both, and
+    never costs the batch."""
+    worker = Worker()
+    base = '{"type":"page","messageId":"%s","userId":"%s","timestamp":"' + iso(T0) + '","properties":%s}'
+    hostile = {
+        "deep": (base % ("deep", "h-deep", "[" * 3000 + "]" * 3000)).encode(),
+        "big": (base % ("big", "h-big", '{"n": 1234567890123456789012345678901234567890}')).encode(),
+        "nan": (base % ("nan", "h-nan", '{"x": NaN}')).encode(),
+    }
+    values: list[bytes] = []
+    users = [f"v{i}" for i in range(60)]
+    for i, user in enumerate(users):
+        values.append(page(user))
+        if i % 20 == 10:
+            values.append(list(hostile.values())[i // 20])
+    worker.run("ingest", [record("events.web", n, v) for n, v in enumerate(values)])
+
+    forwarded = {i.key for i in worker.forwarded("contacts")}
+    assert set(users) <= forwarded
+    dead = {d.value for d in worker.dead}
+    for name, raw in hostile.items():
+        assert (raw in dead) != (f"h-{name}" in forwarded), name
