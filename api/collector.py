@@ -725,7 +725,8 @@ _SUMMARIES = {
 _DESCRIPTION = (
     "Segment HTTP Tracking API. Auth: a write key as the Basic-auth user name (empty password) or "
     '`writeKey` in the body; no API key. 200 `{"success": true}` once Kafka acknowledged the records; '
-    "400 invalid or over a limit, 401 write key, 429 / 503 with Retry-After."
+    "400 invalid or over a limit, 401 write key, 403 `channel_not_allowed` (a channel the write key may not "
+    "send to), 429 / 503 with Retry-After."
 )
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
 

@@ -119,6 +119,14 @@ def post(app: FastAPI, path: str, **kwargs: Any) -> httpx.Response:
     return asyncio.run(go())
 
 
+def get(app: FastAPI, path: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with client(app) as http:
+            return await http.get(path)
+
+    return asyncio.run(go())
+
+
 def track(**fields: Any) -> dict[str, Any]:
     return {"type": "track", "userId": "u-1", "event": "Demo Requested", "timestamp": "2026-09-21T14:00:00Z", **fields}
 
@@ -632,7 +640,7 @@ def test_every_answer_exposes_the_retry_headers_to_the_page() -> None:
         400: post(app, "/v1/t", content=b"{", auth=AUTH),
         401: post(app, "/v1/t", json=track()),
         403: post(app, "/v1/t", json=track(context={"channel": "web"}), auth=(STORE_KEY, "")),
-        405: asyncio.run(client(app).get("/v1/t")),
+        405: get(app, "/v1/t"),
     }
     collector_of(app).in_flight = 1
     answers[429] = post(app, "/v1/t", json=track(), auth=AUTH)
@@ -657,7 +665,7 @@ def test_the_sdks_telemetry_is_accepted_and_discarded() -> None:
         assert zipped.status_code == 200
         big = post(app, METRICS_PATH, content=b" " * (MAX_MESSAGE_BYTES + 1))
         assert refusal(big) == (400, "too_large") and big.headers["access-control-allow-origin"] == "*"
-        assert refusal(asyncio.run(client(app).get(METRICS_PATH))) == (405, "method_not_allowed")
+        assert refusal(get(app, METRICS_PATH)) == (405, "method_not_allowed")
         assert pub.records == [] and pub.starts == 0
 
 
