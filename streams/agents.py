@@ -6,6 +6,10 @@ table key once per batch, and produces its output as one
 :class:`~schemas.state.Batch` record per destination partition with ``send_soon``. Faust flushes
 the producer before it commits offsets, so output is durable before input is acknowledged:
 at-least-once, made idempotent by message ids.
+
+Each record (and each key of a fold) is handled inside its own ``try``: one that fails, for any
+reason, is dead-lettered alone and the rest of the batch goes on; no exception leaves an agent
+(:mod:`streams.deadletter` has the policy and the reasons).
 """
 
 from __future__ import annotations
