@@ -70,7 +70,7 @@ def documents() -> dict[str, dict[str, Any]]:
     for body in bodies:
         docs[f"api-{body.__name__}.v1.json"] = _pydantic(body, body.__name__)
     internal = {
-        "state-contact.v1.json": msgspec.json.schema(state.ContactState),
+        f"state-contact.v{state.STATE_VERSION}.json": msgspec.json.schema(state.ContactState),
         "state-identity-link.v1.json": msgspec.json.schema(state.IdentityLink),
         f"internal-envelope.v{state.ENVELOPE_VERSION}.json": msgspec.json.schema(state.Envelope),
         f"internal-population-summary.v{population.POPULATION_VERSION}.json": msgspec.json.schema(

@@ -3,7 +3,9 @@
 Encoded as MessagePack with msgspec straight from the core's dataclasses (no per-message model
 construction on the hot path). Every value carries a version: ``ContactState.v``,
 ``IdentityLink.v`` and ``Envelope.v``; a decoder meeting a newer version refuses it loudly rather
-than misreading it.
+than misreading it. Older versions still decode (fields added since take their defaults), and a
+state the fold touches is written at the current version (contact state 2: the bounds'
+``traits_capped`` and the purchase ledger's ``folded`` orders, see docs/architecture.md "Bounds").
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import msgspec
 from scorestream import ContactState, Event, IdentityLink
 
 __all__ = [
+    "STATE_VERSION",
     "Batch",
     "ContactState",
     "Envelope",
@@ -28,7 +31,7 @@ __all__ = [
     "RawItem",
     "UnsupportedVersion",
 ]
-from scorestream.contact import Absorb, Tick
+from scorestream.contact import STATE_VERSION, Absorb, Tick
 from scorestream.identity import MergeInto
 
 ENVELOPE_VERSION = 1
@@ -132,7 +135,7 @@ def _check(v: int, supported: int, what: str) -> None:
 
 def decode_state(raw: bytes) -> ContactState:
     state = _state_decoder.decode(raw)
-    _check(state.v, 1, "contact state")
+    _check(state.v, STATE_VERSION, "contact state")
     return state
 
 

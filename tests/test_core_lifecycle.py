@@ -598,3 +598,11 @@ def test_an_identify_that_changes_no_trait_does_not_walk_again_from_the_anchor(m
     assert same is not None and changed is not None
     monkeypatch.setattr(lifecycle._Walker, "apply", original)
     assert _observable(same) == _observable(run([*BUSY[:40], *later[:4]], model=SMALL))
+
+
+@pytest.mark.parametrize("total", [0, 0.0, None])
+def test_a_free_order_makes_a_customer(total: float | None) -> None:
+    props = {"order_id": "o-free"} if total is None else {"order_id": "o-free", "total": total}
+    state = run([track("Order Completed", T0, **props)])
+    assert journey(state).stage == "customer"
+    assert journey(state).history[-1].rule == "completed-order"

@@ -16,6 +16,7 @@ from scorestream.clv import summarise
 from scorestream.rfm import (
     DAY_MS,
     DEFAULT_SEGMENTS,
+    VALUE_VERSION,
     CustomerValue,
     RfmFacts,
     SegmentRule,
@@ -295,7 +296,7 @@ def test_a_ledger_in_another_base_currency_or_a_newer_version_is_refused() -> No
     with pytest.raises(ValueError, match="kept in EUR"):
         apply_purchase_events(value, [], ValueConfig(base_currency="USD"))
     with pytest.raises(ValueError, match="newer"):
-        apply_purchase_events(CustomerValue(base_currency="EUR", v=2), [], CONFIG)
+        apply_purchase_events(CustomerValue(base_currency="EUR", v=VALUE_VERSION + 1), [], CONFIG)
 
 
 @pytest.mark.parametrize(
@@ -559,3 +560,42 @@ def test_a_long_ledgers_timeline_matches_summary_at_every_step() -> None:
     for s in steps:
         facts = summary(value, s.key[0])
         assert (s.frequency, s.monetary) == (facts.frequency, facts.monetary)
+
+
+# --- a free order is an order ------------------------------------------------------------------
+
+
+def test_a_free_order_counts_for_frequency_and_recency_and_adds_nothing() -> None:
+    paid, free = order("O1", ts=T0, total=30), order("O2", ts=T0 + DAY, total=0)
+    f = facts(paid, free, as_of=T0 + 3 * DAY)
+    assert (f.frequency, f.monetary, f.last_order_ms, f.recency_days) == (2, 30.0, T0 + DAY, 2.0)
+    assert f.aov == 15.0  # two valued orders, one of them free
+    only = facts(order("O3", ts=T0, revenue=0))
+    assert (only.frequency, only.monetary, only.aov, only.first_order_ms) == (1, 0.0, 0.0, T0)
+    assert facts(order("O4", ts=T0)).frequency == 1  # no amount at all: a free order too
+    assert facts(order("O5", ts=T0, products=[])).frequency == 1
+
+
+def test_only_a_refund_removes_an_order_free_or_not() -> None:
+    free = order("O1", ts=T0, total=0)
+    assert facts(free, refund("O1")).frequency == 0  # a full refund
+    assert facts(free, refund("O1", total=0)).frequency == 0  # a refund that leaves nothing, as for a paid order
+    paid = order("O2", ts=T0, total=10)
+    assert facts(paid, refund("O2", total=10)).frequency == 0
+    assert facts(paid, refund("O2", total=4)).frequency == 1
+    assert facts(paid, refund("O2", total=4), refund("O2", total=6, refund_id="r2")).frequency == 0
+
+
+def test_a_free_order_is_a_clv_transaction() -> None:
+    events = [order("O1", ts=T0, total=20), order("O2", ts=T0 + 10 * DAY, total=0)]
+    s = clv_summary(fold(*events), T0 + 20 * DAY)
+    assert s is not None
+    assert (s.frequency, s.recency, s.T, s.monetary) == (1, 10.0, 20.0, 0.0)
+    assert s == summarise([(T0, 20.0), (T0 + 10 * DAY, 0.0)], T0 + 20 * DAY, DAY_MS)
+
+
+def test_the_timeline_counts_a_free_order_from_its_instant() -> None:
+    from scorestream.rfm import facts_timeline
+
+    steps = facts_timeline(fold(order("O1", ts=T0, total=0), refund("O1", ts=T0 + DAY)))
+    assert [(s.key[0], s.frequency, s.monetary) for s in steps] == [(T0, 1, 0.0), (T0 + DAY, 0, 0.0)]

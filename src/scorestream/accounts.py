@@ -35,7 +35,12 @@ from scorestream.scoring import band_of, fit_of, round_score
 if TYPE_CHECKING:
     from scorestream.model import Model
 
-ACCOUNT_STATE_VERSION = 1
+ACCOUNT_STATE_VERSION = 2
+"""2: ``members_capped`` (the bounds: at most ``MAX_MEMBERS`` members and ``MAX_ACCOUNT_TRAITS`` traits)."""
+MAX_MEMBERS = 1_000
+"""Members kept per account: those with the latest snapshots (ties by contact id)."""
+MAX_ACCOUNT_TRAITS = 128
+"""Account traits kept: the most recently set (ties by name)."""
 ROLES = ("decision_maker", "buyer", "specifier", "influencer", "gatekeeper")
 OTHER = "other"
 """The role of a member no rule places: it adds engagement (at its weight) but no coverage."""
@@ -472,6 +477,27 @@ class AccountState:
     stage: str | None = None
     history: list[AccountStageEntry] = field(default_factory=list)
     updated_ms: int = 0
+    # members or traits were left out at the bounds (the oldest ones)
+    members_capped: bool = False
+
+
+def _cap(state: AccountState) -> None:
+    """Keep the ``MAX_MEMBERS`` members with the latest snapshot instants and the
+    ``MAX_ACCOUNT_TRAITS`` most recently set traits (ties by id, by name). A function of the set
+    of updates: whatever is left out is older than everything kept, so an older snapshot of it
+    arriving later is left out again, and a newer one comes back in."""
+    if len(state.members) > MAX_MEMBERS:
+        ranked = sorted(state.members, key=lambda c: (state.members[c].at_ms, c), reverse=True)
+        for contact_id in ranked[MAX_MEMBERS:]:
+            del state.members[contact_id]
+        state.members_capped = True
+    if len(state.traits) > MAX_ACCOUNT_TRAITS:
+        names = sorted(state.traits)
+        names.sort(key=lambda k: tuple(state.trait_at[k]) if k in state.trait_at else (0, ""), reverse=True)
+        for key in names[MAX_ACCOUNT_TRAITS:]:
+            del state.traits[key]
+            state.trait_at.pop(key, None)
+        state.members_capped = True
 
 
 def _merge_member(state: AccountState, update: MemberUpdate) -> bool:
@@ -653,6 +679,8 @@ def apply_member_updates(
             raise ValueError(f"update for account {update.account_id!r} applied to {account_id!r}")
         changed |= _merge_traits(state, update)
         changed |= _merge_member(state, update)
+    _cap(state)
+    state.v = ACCOUNT_STATE_VERSION
     latest = max((m.at_ms for m in state.members.values()), default=0)
     state.updated_ms = max(state.updated_ms, latest)
     if not changed and state.stage is not None:

@@ -73,7 +73,8 @@ def summarise(purchases: Iterable[tuple[int, float]], now_ms: int, unit_ms: int)
 
     Purchases after ``now_ms`` are outside the observation window and ignored, so a calibration
     summary can be cut from a full history. Purchases sharing a timestamp count as ONE transaction
-    whose value is their sum; nothing else is merged. ``lifetimes`` collapses purchases of the same
+    whose value is their sum; nothing else is merged. ``monetary`` is the mean repeat transaction
+    value, from the exact sum of the repeat purchases rounded once. ``lifetimes`` collapses purchases of the same
     day, which is what passing day-truncated timestamps reproduces. The order of ``purchases`` does
     not matter.
     """
@@ -89,10 +90,12 @@ def summarise(purchases: Iterable[tuple[int, float]], now_ms: int, unit_ms: int)
         raise ValueError("no purchase at or before now_ms: the customer does not exist yet")
     times = sorted(by_time)
     first, last = times[0], times[-1]
-    repeat_values = [math.fsum(by_time[ts]) for ts in times[1:]]
-    monetary = math.fsum(repeat_values) / len(repeat_values) if repeat_values else 0.0
+    repeats = len(times) - 1
+    # the correctly rounded exact sum of every repeat purchase (one rounding, not one per
+    # transaction): a ledger that folded its old orders into an exact sum gives the same number
+    monetary = math.fsum(v for ts in times[1:] for v in by_time[ts]) / repeats if repeats else 0.0
     return RfmSummary(
-        frequency=len(repeat_values),
+        frequency=repeats,
         recency=(last - first) / unit_ms,
         T=(now_ms - first) / unit_ms,
         monetary=monetary,

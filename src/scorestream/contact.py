@@ -13,7 +13,9 @@ counted, with its cap and once-only award judged against what was kept.
 
 from __future__ import annotations
 
+import json
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -23,11 +25,25 @@ from scorestream.events import Event
 from scorestream.identity import ANONYMOUS_PREFIX, MergeInto
 from scorestream.journey import Journey
 from scorestream.model import Model
-from scorestream.rfm import CustomerValue, apply_purchase_events, merge_values
+from scorestream.rfm import (
+    CustomerValue,
+    apply_purchase_events,
+    bound_ledger,
+    fold_cut,
+    fold_ledger,
+    merge_values,
+)
 
 MAX_ANONYMOUS_IDS = 64
 MAX_GROUPS = 32
-STATE_VERSION = 1
+MAX_TRAITS = 128
+"""Traits kept per contact (and account traits per group call): the most recently set, ``email`` first."""
+MAX_TRAIT_KEY = 128
+"""Longest trait name kept, in characters."""
+MAX_TRAIT_BYTES = 512
+"""Largest trait value kept, in bytes of compact JSON."""
+STATE_VERSION = 2
+"""2: ``traits_capped``, and the purchase ledger's folded orders (``CustomerValue.folded``)."""
 
 
 def decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
@@ -87,6 +103,8 @@ class ContactState:
     account_traits: dict[str, Any] = field(default_factory=dict)
     # the RFM segment last announced (worker-side: it depends on the population's quintiles)
     rfm_segment: str | None = None
+    # a trait (or account trait) was left out at the bounds: too many, too long a name, too large
+    traits_capped: bool = False
 
 
 def new_contact(contact_id: str, model: Model) -> ContactState:
@@ -195,6 +213,52 @@ def _set_trait(state: ContactState, key: str, value: Any, stamp: tuple[int, str]
     return False
 
 
+def _trait_fits(key: str, value: Any) -> bool:
+    """A trait within the bounds: a name of at most ``MAX_TRAIT_KEY`` characters, a value of at
+    most ``MAX_TRAIT_BYTES`` bytes as compact JSON."""
+    if len(key) > MAX_TRAIT_KEY:
+        return False
+    if isinstance(value, str) and len(value) * 4 <= MAX_TRAIT_BYTES - 2:
+        return True  # short enough whatever its characters
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "replace"))
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return size <= MAX_TRAIT_BYTES
+
+
+def _trait_rank(keys: Iterable[str], stamp: dict[str, tuple[int, str]]) -> list[str]:
+    """``email`` first, then the most recently set, ties by name: the order in which traits are kept."""
+    ranked = sorted(keys)
+    ranked.sort(key=lambda k: tuple(stamp[k]) if k in stamp else (0, ""), reverse=True)  # stable: ties keep names
+    ranked.sort(key=lambda k: k != "email")
+    return ranked
+
+
+def _cap_traits(state: ContactState) -> None:
+    """Keep the ``MAX_TRAITS`` first traits of :func:`_trait_rank`. A function of the set of
+    identify calls: a trait left out is older than every kept one, so it stays out whenever it
+    arrives, and comes back only with a newer value."""
+    if len(state.traits) <= MAX_TRAITS:
+        return
+    for key in _trait_rank(state.traits, state.trait_at)[MAX_TRAITS:]:
+        del state.traits[key]
+        state.trait_at.pop(key, None)
+    state.traits_capped = True
+
+
+def _bounded_traits(state: ContactState, traits: dict[str, Any]) -> dict[str, Any]:
+    """Account traits of a group call within the bounds (the first ``MAX_TRAITS`` names that fit)."""
+    kept = {k: traits[k] for k in sorted(traits) if _trait_fits(k, traits[k])}
+    if len(kept) > MAX_TRAITS:
+        kept = {k: kept[k] for k in sorted(kept)[:MAX_TRAITS]}
+    if len(kept) < len(traits):
+        state.traits_capped = True
+    return kept
+
+
 def _add_unique(items: list[str], value: str, limit: int) -> None:
     if value not in items:
         items.append(value)
@@ -211,6 +275,7 @@ def _normalise(state: ContactState, model: Model, resume_before: int | None = No
     on every one (each fold settles the lifecycle's anchor, and the next walk starts from it).
     Hits are kept at least ``fold_after`` and at most ``max_hits``, as before.
     """
+    state.v = STATE_VERSION  # written at the current version once the fold touched it
     overflow = 0
     hits = state.hits
     if len(hits) > model.max_hits:
@@ -220,12 +285,28 @@ def _normalise(state: ContactState, model: Model, resume_before: int | None = No
         if overflow > 0 or hits[0].ts < horizon - model.fold_after_ms // 8:
             while overflow < len(hits) and hits[overflow].ts < horizon:
                 overflow += 1
+    # the purchase ledger folds its oldest orders past ``ValueConfig.max_orders``: the hits up to
+    # the same point fold too and the journey settles there first, so no later walk starts
+    # before orders it can no longer see
+    cut = fold_cut(state.value, model.value) if state.value is not None else None
+    if cut is not None:
+        overflow = max(overflow, bisect_right(hits, cut, key=lambda h: (h.ts, h.mid)))
+    anchor: tuple[int, str] | None = None
     if overflow > 0:
-        if model.lifecycle is not None:
-            from scorestream.lifecycle import anchor_at
+        anchor = (hits[overflow - 1].ts, hits[overflow - 1].mid)
+    if cut is not None:
+        settled = state.journey.anchor if state.journey is not None else None
+        if (anchor is None or cut > anchor) and (settled is None or (settled.at_ms, settled.mid) < cut):
+            anchor = cut
+    if anchor is not None and model.lifecycle is not None:
+        from scorestream.lifecycle import anchor_at
 
-            last = state.hits[overflow - 1]
-            anchor_at(state, model, model.lifecycle, last.ts, last.mid, resume_before)
+        anchor_at(state, model, model.lifecycle, anchor[0], anchor[1], resume_before)
+    if cut is not None and state.value is not None:
+        state.value = fold_ledger(state.value, cut, model.value)
+    elif state.value is not None and state.value.refunds:
+        state.value = bound_ledger(state.value, model.value)
+    if overflow > 0:
         earned = effective_points(state, model)
         ref = max(state.base_ms, state.hits[overflow - 1].ts)
         half_life = model.half_life_ms
@@ -283,7 +364,7 @@ def apply_events(
     events = list(events)
     value_events = model.value.order_events + model.value.refund_events
     if any(e.kind == "track" and e.event in value_events for e in events):
-        state.value = apply_purchase_events(state.value, events, model.value)
+        state.value = apply_purchase_events(state.value, events, model.value, fold=False)
     lifecycle = model.lifecycle
     if lifecycle is not None and lifecycle.flags:
         from scorestream.lifecycle import flag_event
@@ -302,14 +383,17 @@ def apply_events(
         if event.kind == "identify" and event.traits:
             stamp = (ts, event.message_id)
             for key, value in event.traits.items():
-                if _set_trait(state, key, value, stamp):
+                if not _trait_fits(key, value):
+                    state.traits_capped = True
+                elif _set_trait(state, key, value, stamp):
                     resume_before = None  # traits count for the whole history: walk it again
+            _cap_traits(state)
         elif event.kind == "group" and event.group_id:
             _add_unique(state.groups, event.group_id, MAX_GROUPS)
             stamp = (ts, event.message_id)
             if state.account_at is None or tuple(state.account_at) < stamp:
                 state.account_id, state.account_at = event.group_id, stamp
-                state.account_traits = dict(event.traits)
+                state.account_traits = _bounded_traits(state, event.traits)
         matched = model.matching_rules(event)
         if not matched:
             continue
@@ -368,8 +452,10 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
         stamp = source.trait_at.get(key)
         if stamp is not None:
             _set_trait(target, key, value, (stamp[0], stamp[1]))
+    _cap_traits(target)
+    target.traits_capped = target.traits_capped or source.traits_capped
     if source.value is not None:
-        target.value = merge_values(target.value, source.value, model.value)
+        target.value = merge_values(target.value, source.value, model.value, fold=False)
     for rule_id, stamp in source.flag_hits.items():
         _earliest(target.flag_hits, rule_id, (stamp[0], stamp[1]))
     for rule_id, ts in source.rule_last.items():

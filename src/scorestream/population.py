@@ -49,7 +49,6 @@ from scorestream.clv import (
     fit_bgnbd,
     fit_gamma_gamma,
     p_alive,
-    summarise,
 )
 from scorestream.rfm import (
     DAY_MS,
@@ -143,18 +142,21 @@ def customer_facts(value: CustomerValue | None) -> CustomerFacts | None:
 
     Read as of the ledger's newest record, so every order and refund it holds counts.
     """
-    if value is None or not value.orders:
+    if value is None or value.empty:
         return None
-    as_of = max([o.ts for o in value.orders] + [r.ts for r in value.refunds])
+    stamps = [o.ts for o in value.orders] + [r.ts for r in value.refunds]
+    if value.folded is not None:
+        stamps.append(value.folded.until[0])
+    as_of = max(stamps)
     nets = net_orders(value, as_of)  # once: summary and clv_summary both start from it
-    facts = summary_of(nets, as_of)
+    facts = summary_of(nets, as_of, value.folded)
     if facts.frequency <= 0 or facts.last_order_ms is None:
         return None
-    valued = [(n.order.ts, n.base) for n in nets if n.net > 0.0 and n.base is not None]
     inputs = None
-    if valued:
-        s = summarise(valued, as_of, 1)  # what clv_summary(value, as_of, unit_ms=1) gives
-        inputs = ClvInputs(min(ts for ts, _ in valued), max(ts for ts, _ in valued), s.frequency, s.monetary)
+    s = clv_summary(value, as_of, 1)
+    if s is not None:  # times in milliseconds: the first and last valued purchase are exact
+        first = as_of - int(s.T)
+        inputs = ClvInputs(first, first + int(s.recency), s.frequency, s.monetary)
     return CustomerFacts(facts.last_order_ms, facts.frequency, facts.monetary, inputs)
 
 

@@ -53,9 +53,11 @@ Segments
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 from scorestream.clv import RfmSummary, summarise
@@ -67,6 +69,7 @@ __all__ = [
     "DEFAULT_SEGMENTS",
     "VALUE_VERSION",
     "CustomerValue",
+    "FoldedOrders",
     "NetOrder",
     "Order",
     "Refund",
@@ -76,10 +79,13 @@ __all__ = [
     "SegmentRule",
     "ValueConfig",
     "apply_purchase_events",
+    "bound_ledger",
     "boundaries",
     "check_segments",
     "clv_summary",
     "facts_timeline",
+    "fold_cut",
+    "fold_ledger",
     "merge_values",
     "net_orders",
     "parse_segments",
@@ -90,7 +96,7 @@ __all__ = [
     "summary",
 ]
 
-VALUE_VERSION = 1
+VALUE_VERSION = 2
 DAY_MS = 86_400_000
 SCORES = range(1, 6)
 
@@ -218,8 +224,17 @@ class ValueConfig:
     order_events: tuple[str, ...] = ("Order Completed",)
     refund_events: tuple[str, ...] = ("Order Refunded",)
     segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
+    # the ledger's bounds (see "Bounds" in the module docstring)
+    max_orders: int = 512
+    max_refunds_per_order: int = 16
+    max_refunds: int = 512
+    max_pending_refunds: int = 128
 
     def __post_init__(self) -> None:
+        if self.max_orders < 8 or min(self.max_refunds_per_order, self.max_refunds) < 1 or self.max_pending_refunds < 0:
+            raise ModelError(
+                "value: max_orders >= 8, max_refunds_per_order >= 1, max_refunds >= 1 and max_pending_refunds >= 0"
+            )
         base = _currency(self.base_currency)
         if base is None:
             raise ModelError("value.base_currency: expected a currency code such as 'EUR'")
@@ -301,12 +316,40 @@ class Refund(NamedTuple):
     rate: float | None
 
 
+class FoldedOrders(NamedTuple):
+    """The orders folded out of a ledger: exactly what the facts need of them.
+
+    Every order stamped at or before ``until`` = (timestamp, message id) is folded, with the
+    refunds it had when it was folded. ``orders`` counts them all (the fold's position),
+    ``live`` those still counted (not refunded), ``unvalued`` the live ones without a rate.
+    ``monetary`` is the exact sum of the live valued orders' net base values, as a fraction
+    ``"numerator/denominator"`` (a float sum would depend on the order of additions).
+    ``first_ms``/``last_ms``: the earliest/latest live order. For CLV (valued live orders, one
+    transaction per timestamp as :func:`scorestream.clv.summarise` counts them): ``times``
+    distinct timestamps, the first one and its exact value, the last one.
+    """
+
+    until: tuple[int, str]
+    orders: int = 0
+    live: int = 0
+    unvalued: int = 0
+    monetary: str = "0"
+    first_ms: int | None = None
+    last_ms: int | None = None
+    times: int = 0
+    first_time_ms: int | None = None
+    first_time_value: str = "0"
+    last_time_ms: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CustomerValue:
     """A contact's purchase ledger (a table value; versioned by ``v``).
 
     ``orders`` hold one record per order id, sorted by it; ``refunds`` one per (order id, refund
     key), sorted. ``unconverted`` counts the records whose currency has no configured rate.
+    ``folded``: the orders beyond the newest ``ValueConfig.max_orders``, summarised (see
+    :class:`FoldedOrders`; version 2, None in version 1 ledgers).
     """
 
     base_currency: str
@@ -314,6 +357,12 @@ class CustomerValue:
     orders: tuple[Order, ...] = ()
     refunds: tuple[Refund, ...] = ()
     unconverted: int = 0
+    folded: FoldedOrders | None = None
+
+    @property
+    def empty(self) -> bool:
+        """No order, itemised or folded."""
+        return not self.orders and (self.folded is None or self.folded.orders == 0)
 
 
 def _money(raw: object) -> float | None:
@@ -355,13 +404,23 @@ def _amount(props: Mapping[str, Any]) -> float | None:
     return _products_total(props.get("products"))
 
 
+MAX_ORDER_ID = 128
+"""Longer order ids are kept as a digest (``"#"`` + 32 hex digits of BLAKE2b): same id, same digest."""
+
+
+def _bounded_id(raw: str) -> str:
+    if len(raw) <= MAX_ORDER_ID:
+        return raw
+    return "#" + hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 def _order_id(props: Mapping[str, Any]) -> str | None:
     for key in ("order_id", "checkout_id"):
         raw = props.get(key)
         if isinstance(raw, str) and raw.strip():
-            return raw.strip()
+            return _bounded_id(raw.strip())
         if isinstance(raw, int) and not isinstance(raw, bool):
-            return str(raw)
+            return _bounded_id(str(raw))
     return None
 
 
@@ -384,7 +443,7 @@ def _refund_of(event: Event, config: ValueConfig) -> Refund | None:
     key = str(raw_key).strip() if isinstance(raw_key, str | int) and not isinstance(raw_key, bool) else ""
     return Refund(
         order_id,
-        key or event.message_id,
+        _bounded_id(key or event.message_id),
         event.timestamp_ms,
         event.message_id,
         None if amount is None else abs(amount),
@@ -402,12 +461,20 @@ def _unconverted(orders: Iterable[Order], refunds: Iterable[Refund]) -> int:
     return sum(o.rate is None for o in orders) + sum(r.currency is not None and r.rate is None for r in refunds)
 
 
-def apply_purchase_events(value: CustomerValue | None, events: Iterable[Event], config: ValueConfig) -> CustomerValue:
+def _key(record: Order | Refund) -> tuple[int, str]:
+    return (record.ts, record.mid)
+
+
+def apply_purchase_events(
+    value: CustomerValue | None, events: Iterable[Event], config: ValueConfig, fold: bool = True
+) -> CustomerValue:
     """Fold purchase and refund events into the contact's ledger and return the new ledger.
 
-    The same events in any order, in any batches, any number of times give an equal ledger;
-    events that are neither orders nor refunds are ignored. A ledger kept in another base currency
-    or written by a newer version is refused (``ValueError``).
+    The same events in any order, in any batches, any number of times give an equal ledger, as
+    long as each arrives before the ledger folded past it (see "Bounds"); events that are neither
+    orders nor refunds are ignored. A ledger kept in another base currency or written by a newer
+    version is refused (``ValueError``). ``fold=False`` leaves the folding of the oldest orders to
+    the caller (:func:`fold_cut`, :func:`fold_ledger`: the contact settles its journey first).
     """
     if value is None:
         value = CustomerValue(base_currency=config.base_currency)
@@ -415,12 +482,15 @@ def apply_purchase_events(value: CustomerValue | None, events: Iterable[Event], 
         raise ValueError(f"customer value version {value.v} is newer than this build understands ({VALUE_VERSION})")
     if value.base_currency != config.base_currency:
         raise ValueError(f"ledger is kept in {value.base_currency}, the configuration's base is {config.base_currency}")
+    until = value.folded.until if value.folded is not None else None
     orders: dict[str, Order] | None = None
     refunds: dict[tuple[str, str], Refund] | None = None
     for event in events:
         if event.kind != "track" or event.event is None:
             continue
         if event.event in config.order_events:
+            if until is not None and (event.timestamp_ms, event.message_id) <= until:
+                continue  # older than the fold: cannot be told from a copy of a folded order
             if orders is None:
                 orders = {o.order_id: o for o in value.orders}
             order = _order_of(event, config)
@@ -440,17 +510,205 @@ def apply_purchase_events(value: CustomerValue | None, events: Iterable[Event], 
         return value
     new_orders = value.orders if orders is None else tuple(orders[k] for k in sorted(orders))
     new_refunds = value.refunds if refunds is None else tuple(refunds[k] for k in sorted(refunds))
-    return CustomerValue(
-        base_currency=value.base_currency,
-        orders=new_orders,
-        refunds=new_refunds,
-        unconverted=_unconverted(new_orders, new_refunds),
+    ledger = replace(value, v=VALUE_VERSION, orders=new_orders, refunds=new_refunds)
+    if not fold:  # the caller folds, then bounds the total (fold_ledger or bound_ledger)
+        refunds_now = _bounded_refunds(new_orders, new_refunds, until, config, total=False)
+        return replace(ledger, refunds=refunds_now, unconverted=_unconverted(new_orders, refunds_now))
+    cut = fold_cut(ledger, config)
+    return bound_ledger(ledger, config) if cut is None else fold_ledger(ledger, cut, config)
+
+
+def bound_ledger(value: CustomerValue, config: ValueConfig) -> CustomerValue:
+    """The ledger with its refunds within the bounds (:func:`_bounded_refunds`), after any fold:
+    bounding after folding makes the result the same however the orders were batched."""
+    until = value.folded.until if value.folded is not None else None
+    refunds = _bounded_refunds(value.orders, value.refunds, until, config)
+    return replace(value, refunds=refunds, unconverted=_unconverted(value.orders, refunds))
+
+
+def _bounded_refunds(
+    orders: Sequence[Order],
+    refunds: Sequence[Refund],
+    until: tuple[int, str] | None,
+    config: ValueConfig,
+    total: bool = True,
+) -> tuple[Refund, ...]:
+    """At most ``max_refunds_per_order`` refunds per order and ``max_refunds`` in all (the earliest
+    by (timestamp, message id, key)) and ``max_pending_refunds`` refunds of orders not in the
+    ledger (the latest);
+    a refund of no itemised order stamped at or before the fold is dropped (its order was
+    folded, or is older than anything the ledger still takes). A function of the set. ``total``
+    False leaves the bound in all to after a fold (it depends on which orders stay itemised)."""
+    itemised = {o.order_id for o in orders}
+    by_order: dict[str, list[Refund]] = {}
+    pending: list[Refund] = []
+    for refund in refunds:
+        if refund.order_id in itemised:
+            by_order.setdefault(refund.order_id, []).append(refund)
+        elif until is None or _key(refund) > until:
+            pending.append(refund)
+    kept: list[Refund] = []
+    for group in by_order.values():
+        kept += _earliest_refunds(group, config)
+    if total and len(kept) > config.max_refunds:
+        kept = sorted(kept, key=lambda r: (r.ts, r.mid, r.order_id, r.key))[: config.max_refunds]
+    if len(pending) > config.max_pending_refunds:
+        pending.sort(key=lambda r: (r.ts, r.mid, r.order_id, r.key))
+        pending = pending[len(pending) - config.max_pending_refunds :] if config.max_pending_refunds else []
+    kept += pending
+    if len(kept) == len(refunds):
+        return tuple(refunds)
+    return tuple(sorted(kept, key=lambda r: (r.order_id, r.key)))
+
+
+def _earliest_refunds(group: list[Refund], config: ValueConfig) -> list[Refund]:
+    """One order's refunds within ``max_refunds_per_order``: the earliest."""
+    if len(group) <= config.max_refunds_per_order:
+        return group
+    return sorted(group, key=lambda r: (r.ts, r.mid, r.key))[: config.max_refunds_per_order]
+
+
+def fold_cut(value: CustomerValue, config: ValueConfig) -> tuple[int, str] | None:
+    """Where the ledger should fold: the key (timestamp, message id) up to which orders go into
+    the summary, or None while it holds at most ``max_orders``.
+
+    The count folded is a function of the number of orders ever taken (folded and itemised): a
+    multiple of ``max_orders // 8``, so that at most ``max_orders`` stay itemised and the ledger
+    folds once every ``max_orders // 8`` orders, whatever the batching. The oldest go first.
+    """
+    if len(value.orders) <= config.max_orders:
+        return None
+    step = max(config.max_orders // 8, 1)
+    folded = value.folded.orders if value.folded is not None else 0
+    total = folded + len(value.orders)
+    due = -(-(total - config.max_orders) // step) * step - folded
+    ordered = sorted(value.orders, key=lambda o: (o.ts, o.mid, o.order_id))
+    last = ordered[min(due, len(ordered)) - 1]
+    return (last.ts, last.mid)
+
+
+def _fraction(text: str) -> Fraction:
+    return Fraction(text)
+
+
+def _text(value: Fraction) -> str:
+    return f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator)
+
+
+def _floats(value: Fraction) -> list[float]:
+    """Floats whose exact sum is ``value`` (a sum of floats, so a dyadic fraction): with them,
+    ``math.fsum`` rounds the exact total once, as over the original numbers."""
+    out: list[float] = []
+    while value:
+        part = float(value)
+        out.append(part)
+        value -= Fraction(part)
+    return out
+
+
+def _net(order: Order, refunds: Sequence[Refund]) -> tuple[float, bool]:
+    """An order's net value after ``refunds`` and whether it still counts: an order is removed by
+    a full refund, or by partial refunds that leave nothing (a free order counts until then)."""
+    if any(r.amount is None for r in refunds):
+        return 0.0, False
+    parts = [p for p in (_refund_in_order_currency(r, order) for r in refunds) if p is not None]
+    net = max(order.amount - math.fsum(parts), 0.0)
+    return net, not (parts and net <= 0.0)
+
+
+def fold_ledger(value: CustomerValue, cut: tuple[int, str], config: ValueConfig) -> CustomerValue:
+    """Move every order stamped at or before ``cut`` (with its refunds) into ``value.folded``.
+
+    Folding in key order keeps the summary a function of the folded orders: counts, sums (exact)
+    and extremes add up, and a timestamp split across two folds is one CLV transaction.
+    """
+    old = value.folded if value.folded is not None else FoldedOrders(until=cut)
+    going = sorted((o for o in value.orders if _key(o) <= cut), key=lambda o: (o.ts, o.mid, o.order_id))
+    if not going and (value.folded is None or cut <= value.folded.until):
+        return value
+    ids = {o.order_id for o in going}
+    refunds_of: dict[str, list[Refund]] = {}
+    for refund in value.refunds:
+        if refund.order_id in ids:
+            refunds_of.setdefault(refund.order_id, []).append(refund)
+    live, unvalued = old.live, old.unvalued
+    monetary = _fraction(old.monetary)
+    first_ms, last_ms = old.first_ms, old.last_ms
+    times, first_time, last_time = old.times, old.first_time_ms, old.last_time_ms
+    first_value = _fraction(old.first_time_value)
+    for order in going:
+        net, counted = _net(order, _earliest_refunds(refunds_of.get(order.order_id, []), config))
+        if not counted:
+            continue
+        live += 1
+        first_ms = order.ts if first_ms is None else min(first_ms, order.ts)
+        last_ms = order.ts if last_ms is None else max(last_ms, order.ts)
+        if order.rate is None:
+            unvalued += 1
+            continue
+        base = Fraction(net * order.rate)
+        monetary += base
+        if last_time != order.ts:
+            times += 1
+            last_time = order.ts
+            if first_time is None:
+                first_time = order.ts
+        if order.ts == first_time:
+            first_value += base
+    folded = FoldedOrders(
+        until=max(cut, old.until),
+        orders=old.orders + len(going),
+        live=live,
+        unvalued=unvalued,
+        monetary=_text(monetary),
+        first_ms=first_ms,
+        last_ms=last_ms,
+        times=times,
+        first_time_ms=first_time,
+        first_time_value=_text(first_value),
+        last_time_ms=last_time,
+    )
+    orders = tuple(o for o in value.orders if o.order_id not in ids)
+    refunds = _bounded_refunds(orders, [r for r in value.refunds if r.order_id not in ids], folded.until, config)
+    return replace(
+        value, v=VALUE_VERSION, orders=orders, refunds=refunds, folded=folded, unconverted=_unconverted(orders, refunds)
     )
 
 
-def merge_values(a: CustomerValue | None, b: CustomerValue, config: ValueConfig) -> CustomerValue:
+def _combine(a: FoldedOrders | None, b: FoldedOrders | None) -> FoldedOrders | None:
+    """Two summaries of different orders (two contacts merged) as one. Exact, except that a
+    timestamp both hold counts as two CLV transactions."""
+    if a is None or b is None:
+        return a if b is None else b
+    if (b.first_time_ms, b.until) < (a.first_time_ms, a.until) and b.first_time_ms is not None:
+        a, b = b, a
+    firsts = [x for x in (a.first_ms, b.first_ms) if x is not None]
+    lasts = [x for x in (a.last_ms, b.last_ms) if x is not None]
+    first_time, first_value = a.first_time_ms, _fraction(a.first_time_value)
+    if first_time is None:
+        first_time, first_value = b.first_time_ms, _fraction(b.first_time_value)
+    elif b.first_time_ms == first_time:
+        first_value += _fraction(b.first_time_value)
+    last_times = [x for x in (a.last_time_ms, b.last_time_ms) if x is not None]
+    return FoldedOrders(
+        until=max(a.until, b.until),
+        orders=a.orders + b.orders,
+        live=a.live + b.live,
+        unvalued=a.unvalued + b.unvalued,
+        monetary=_text(_fraction(a.monetary) + _fraction(b.monetary)),
+        first_ms=min(firsts) if firsts else None,
+        last_ms=max(lasts) if lasts else None,
+        times=a.times + b.times - (a.last_time_ms is not None and a.last_time_ms == b.first_time_ms),
+        first_time_ms=first_time,
+        first_time_value=_text(first_value),
+        last_time_ms=max(last_times) if last_times else None,
+    )
+
+
+def merge_values(a: CustomerValue | None, b: CustomerValue, config: ValueConfig, fold: bool = True) -> CustomerValue:
     """The union of two ledgers (a contact merged into another), by the same rule as
-    :func:`apply_purchase_events`: per order id and per refund the smallest record wins."""
+    :func:`apply_purchase_events`: per order id and per refund the smallest record wins. Their
+    folded summaries add up; itemised orders at or before the later fold are folded too."""
     if a is None:
         return b
     for ledger in (a, b):
@@ -467,23 +725,31 @@ def merge_values(a: CustomerValue | None, b: CustomerValue, config: ValueConfig)
             refunds[k] = r
     new_orders = tuple(orders[k] for k in sorted(orders))
     new_refunds = tuple(refunds[k] for k in sorted(refunds))
-    return CustomerValue(
-        base_currency=a.base_currency,
-        orders=new_orders,
-        refunds=new_refunds,
-        unconverted=_unconverted(new_orders, new_refunds),
+    folded = _combine(a.folded, b.folded)
+    merged = CustomerValue(base_currency=a.base_currency, orders=new_orders, refunds=new_refunds)
+    if folded is not None:
+        carried = folded._replace(until=min(x.until for x in (a.folded, b.folded) if x is not None))
+        merged = fold_ledger(replace(merged, folded=carried), folded.until, config)
+    merged = replace(
+        merged,
+        refunds=_bounded_refunds(merged.orders, merged.refunds, folded.until if folded else None, config),
     )
+    merged = replace(merged, unconverted=_unconverted(merged.orders, merged.refunds))
+    cut = fold_cut(merged, config) if fold else None
+    return merged if cut is None else fold_ledger(merged, cut, config)
 
 
 # --- facts -------------------------------------------------------------------------------------
 
 
 class NetOrder(NamedTuple):
-    """An order after the refunds known at ``as_of``: ``net`` in its own currency, ``base`` converted."""
+    """An order after the refunds known at ``as_of``: ``net`` in its own currency, ``base``
+    converted; ``live``: it still counts as a purchase (not refunded; a free order is live)."""
 
     order: Order
     net: float
     base: float | None
+    live: bool = True
 
 
 def _refund_in_order_currency(refund: Refund, order: Order) -> float | None:
@@ -499,7 +765,7 @@ def net_orders(value: CustomerValue, as_of_ms: int) -> list[NetOrder]:
     """Every order stamped at or before ``as_of_ms`` with the refunds stamped at or before it applied.
 
     A full refund zeroes the order; partial refunds add up; the net never goes below 0. Sorted by
-    ``(timestamp, message id)``.
+    ``(timestamp, message id)``. Itemised orders only: folded ones are in ``value.folded``.
     """
     by_order: dict[str, list[Refund]] = {}
     for refund in value.refunds:
@@ -507,13 +773,8 @@ def net_orders(value: CustomerValue, as_of_ms: int) -> list[NetOrder]:
             by_order.setdefault(refund.order_id, []).append(refund)
     out = []
     for order in sorted((o for o in value.orders if o.ts <= as_of_ms), key=lambda o: (o.ts, o.mid, o.order_id)):
-        refunds = by_order.get(order.order_id, [])
-        if any(r.amount is None for r in refunds):
-            net = 0.0
-        else:
-            parts = [_refund_in_order_currency(r, order) for r in refunds]
-            net = max(order.amount - math.fsum(p for p in parts if p is not None), 0.0)
-        out.append(NetOrder(order, net, None if order.rate is None else net * order.rate))
+        net, live = _net(order, by_order.get(order.order_id, []))
+        out.append(NetOrder(order, net, None if order.rate is None else net * order.rate, live))
     return out
 
 
@@ -521,7 +782,8 @@ def net_orders(value: CustomerValue, as_of_ms: int) -> list[NetOrder]:
 class RfmFacts:
     """A contact's purchase facts at ``as_of_ms``, money in the base currency.
 
-    ``frequency`` counts orders with a net value above 0 and ``recency_days``, ``first_order_ms``
+    ``frequency`` counts the orders not refunded (a free order counts; a full refund, or partial
+    refunds leaving nothing, remove one) and ``recency_days``, ``first_order_ms``
     and ``last_order_ms`` refer to those (None without any). ``unvalued`` of them are in a currency
     without a rate: they count in ``frequency`` but not in ``monetary``; ``aov`` is ``monetary``
     over the valued ones (0 without any).
@@ -538,27 +800,42 @@ class RfmFacts:
 
 
 def summary(value: CustomerValue | None, as_of_ms: int) -> RfmFacts:
-    """The contact's RFM facts as seen at ``as_of_ms`` (orders and refunds after it are ignored)."""
-    return summary_of(net_orders(value, as_of_ms) if value is not None else [], as_of_ms)
+    """The contact's RFM facts as seen at ``as_of_ms`` (orders and refunds after it are ignored;
+    folded orders count whatever ``as_of_ms``: facts before the fold are not kept)."""
+    if value is None:
+        return summary_of([], as_of_ms)
+    return summary_of(net_orders(value, as_of_ms), as_of_ms, value.folded)
 
 
-def summary_of(nets: Sequence[NetOrder], as_of_ms: int) -> RfmFacts:
-    """:func:`summary` from the ledger's :func:`net_orders` at ``as_of_ms``."""
-    live = [n for n in nets if n.net > 0.0]
-    if not live:
+def summary_of(nets: Sequence[NetOrder], as_of_ms: int, folded: FoldedOrders | None = None) -> RfmFacts:
+    """:func:`summary` from the ledger's :func:`net_orders` at ``as_of_ms`` and its folded orders."""
+    live = [n for n in nets if n.live]
+    old = folded if folded is not None and folded.live > 0 else None
+    if not live and old is None:
         return RfmFacts(as_of_ms, None, 0, 0.0, 0.0, None, None, 0)
     valued = [n.base for n in live if n.base is not None]
+    frequency = len(live)
+    unvalued = len(live) - len(valued)
+    firsts = [live[0].order.ts] if live else []
+    lasts = [live[-1].order.ts] if live else []
+    if old is not None:
+        valued += _floats(_fraction(old.monetary))
+        frequency += old.live
+        unvalued += old.unvalued
+        firsts += [old.first_ms] if old.first_ms is not None else []
+        lasts += [old.last_ms] if old.last_ms is not None else []
     monetary = math.fsum(valued)
-    first, last = live[0].order.ts, live[-1].order.ts
+    priced = frequency - unvalued
+    last = max(lasts)
     return RfmFacts(
         as_of_ms=as_of_ms,
         recency_days=(as_of_ms - last) / DAY_MS,
-        frequency=len(live),
+        frequency=frequency,
         monetary=monetary,
-        aov=monetary / len(valued) if valued else 0.0,
-        first_order_ms=first,
+        aov=monetary / priced if priced else 0.0,
+        first_order_ms=min(firsts),
         last_order_ms=last,
-        unvalued=len(live) - len(valued),
+        unvalued=unvalued,
     )
 
 
@@ -574,7 +851,8 @@ class FactsStep(NamedTuple):
 def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[FactsStep]:
     """The ledger's facts as steps, one per order or refund in ``(timestamp, message id)`` order:
     what :func:`summary` gives at each instant, computed in one pass (a walk through a contact's
-    history reads it at every checkpoint). ``monetary=False`` leaves it 0."""
+    history reads it at every checkpoint). ``monetary=False`` leaves it 0. A ledger with folded orders
+    starts with a step at the fold: its orders count from there on."""
     if value is None:
         return []
     records: list[tuple[tuple[int, str], int, Order | Refund]] = [((o.ts, o.mid), 0, o) for o in value.orders]
@@ -582,11 +860,19 @@ def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[F
     records.sort(key=lambda rec: (rec[0], rec[1], rec[2].order_id))
     orders: dict[str, Order] = {}
     refunds: dict[str, list[Refund]] = {}
-    live: dict[str, tuple[float, float | None]] = {}
+    live: dict[str, tuple[bool, float | None]] = {}
     frequency = 0
     total = 0.0
     exact: list[float] = []  # the exact sum of the counted base values (see _add_exact)
     out: list[FactsStep] = []
+    folded = value.folded
+    if folded is not None:
+        frequency = folded.live
+        if monetary:
+            for part in _floats(_fraction(folded.monetary)):
+                _add_exact(exact, part)
+            total = math.fsum(exact)
+        out.append(FactsStep(folded.until, frequency, total))
     for key, kind, record in records:
         order_id = record.order_id
         if isinstance(record, Refund):
@@ -595,20 +881,15 @@ def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[F
             orders[order_id] = record
         order = orders.get(order_id)
         if order is not None:
-            applied = refunds.get(order_id, [])
-            if any(r.amount is None for r in applied):
-                net = 0.0
-            else:
-                parts = [_refund_in_order_currency(r, order) for r in applied]
-                net = max(order.amount - math.fsum(p for p in parts if p is not None), 0.0)
+            net, counted = _net(order, refunds.get(order_id, []))
             before = live.get(order_id)
-            frequency += (net > 0.0) - (before is not None and before[0] > 0.0)
-            now = (net, None if order.rate is None else net * order.rate)
+            frequency += counted - (before is not None and before[0])
+            now = (counted, None if order.rate is None else net * order.rate)
             live[order_id] = now
             if monetary:
-                if before is not None and before[0] > 0.0 and before[1] is not None:
+                if before is not None and before[0] and before[1] is not None:
                     _add_exact(exact, -before[1])
-                if now[0] > 0.0 and now[1] is not None:
+                if now[0] and now[1] is not None:
                     _add_exact(exact, now[1])
                 total = math.fsum(exact)
         del kind
@@ -640,12 +921,38 @@ def clv_summary(value: CustomerValue | None, as_of_ms: int, unit_ms: int = DAY_M
     """The ledger as :func:`scorestream.clv.summarise` input: net base values of the valued live orders.
 
     None when the contact had no such purchase by ``as_of_ms``. Feed these to ``fit_bgnbd`` /
-    ``fit_gamma_gamma``.
+    ``fit_gamma_gamma``. Folded orders enter through their summary, with the same result as
+    :func:`~scorestream.clv.summarise` over every order (its monetary value is the correctly
+    rounded exact mean).
     """
     if value is None:
         return None
-    purchases = [(n.order.ts, n.base) for n in net_orders(value, as_of_ms) if n.net > 0.0 and n.base is not None]
-    return summarise(purchases, as_of_ms, unit_ms) if purchases else None
+    purchases = [(n.order.ts, n.base) for n in net_orders(value, as_of_ms) if n.live and n.base is not None]
+    folded = value.folded
+    if folded is None or folded.first_time_ms is None or folded.last_time_ms is None:
+        return summarise(purchases, as_of_ms, unit_ms) if purchases else None
+    if unit_ms <= 0:
+        raise ValueError(f"unit_ms must be positive, got {unit_ms}")
+    first, last = folded.first_time_ms, folded.last_time_ms
+    times = folded.times
+    repeat = _floats(_fraction(folded.monetary) - _fraction(folded.first_time_value))
+    seen: set[int] = set()
+    for ts, base in purchases:
+        if ts == first:
+            continue  # still the first transaction: not a repeat
+        repeat.append(base)
+        if ts != folded.last_time_ms and ts not in seen:
+            seen.add(ts)
+            times += 1
+        last = max(last, ts)
+    if as_of_ms < last:
+        as_of_ms = last  # folded orders count whatever ``as_of_ms`` (see summary)
+    return RfmSummary(
+        frequency=times - 1,
+        recency=(last - first) / unit_ms,
+        T=(as_of_ms - first) / unit_ms,
+        monetary=math.fsum(repeat) / (times - 1) if times > 1 else 0.0,
+    )
 
 
 # --- population scores -------------------------------------------------------------------------

@@ -1,0 +1,377 @@
+"""The state's bounds (docs/architecture.md, "Bounds"): past them the fold is still a function of the
+set of events, duplicates change nothing, and what the scores need is kept exactly.
+
+Ledger: at most ``max_orders`` orders itemised, the older ones folded into an exact summary; the
+facts (RFM, CLV inputs, the walk's purchase timeline) read from the bounded ledger equal those read
+from the full list. Traits and account members: the most recent kept, whatever the arrival order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from bisect import bisect_right
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.accounts import decode_account
+from schemas.accounts import encode as encode_account
+from schemas.state import decode_state, encode
+from scorestream import ContactState, Event, apply_events
+from scorestream.accounts import MAX_MEMBERS, AccountState, MemberUpdate, apply_member_updates
+from scorestream.contact import MAX_TRAIT_BYTES, MAX_TRAIT_KEY, MAX_TRAITS, STATE_VERSION, step
+from scorestream.rfm import (
+    DAY_MS,
+    CustomerValue,
+    ValueConfig,
+    apply_purchase_events,
+    clv_summary,
+    facts_timeline,
+    summary,
+)
+from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event
+
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+SMALL = ValueConfig(
+    base_currency="EUR",
+    rates={"USD": 0.5, "GBP": 1.17},
+    max_orders=32,
+    max_refunds_per_order=3,
+    max_refunds=200,  # out of reach here: see test_the_refunds_of_itemised_orders_are_bounded_in_all
+    max_pending_refunds=16,
+)
+FULL = dataclasses.replace(SMALL, max_orders=10**9)
+WINDOW = 8  # how far an event may arrive from its place in event-time order (see _arrival)
+
+
+def order(order_id: str, ts: int, **props: Any) -> Event:
+    return make_event(
+        event="Order Completed", channel="store", timestamp_ms=ts, properties={"order_id": order_id, **props}
+    )
+
+
+def refund(order_id: str, ts: int, **props: Any) -> Event:
+    return make_event(
+        event="Order Refunded", channel="store", timestamp_ms=ts, properties={"order_id": order_id, **props}
+    )
+
+
+def _history(rnd: random.Random, n: int) -> list[Event]:
+    """``n`` orders in event-time order, some sharing an instant (one CLV transaction), free ones,
+    unknown currencies, and refunds (full, partial, several) shortly after their order."""
+    events: list[Event] = []
+    ts = T0
+    for i in range(n):
+        if rnd.random() < 0.7:
+            ts += rnd.choice([MINUTE, HOUR, DAY, 3 * DAY])
+        amount = rnd.choice([0, 0.0, 9.99, 0.1, 1234.5, 7.3 ** rnd.randint(-3, 9), None])
+        props: dict[str, Any] = {"currency": rnd.choice(["EUR", "EUR", "USD", "GBP", "XXX"])}
+        if amount is not None:
+            props["total"] = amount
+        events.append(order(f"o{i}", ts, **props))
+        for k in range(rnd.choice([0, 0, 0, 1, 1, 2, 4])):
+            part = {"total": rnd.choice([1, 5.5, 10_000])} if rnd.random() < 0.7 else {}
+            events.append(refund(f"o{i}", ts + (k + 1) * 1000, refund_id=f"r{i}-{k}", **part))
+    return events
+
+
+def _arrival(rnd: random.Random, events: list[Event], copies: int) -> list[Event]:
+    """The events displaced by at most ``WINDOW`` places from event-time order, ``copies`` of them
+    re-sent within the same distance (at-least-once delivery, a producer retry)."""
+    keyed = [(i + rnd.uniform(0, WINDOW), e) for i, e in enumerate(events)]
+    for _ in range(copies):
+        i = rnd.randrange(len(events))
+        keyed.append((i + rnd.uniform(0, WINDOW), events[i]))
+    keyed.sort(key=lambda pair: pair[0])
+    return [e for _, e in keyed]
+
+
+def _batches(rnd: random.Random, events: list[Event]) -> list[list[Event]]:
+    out, i = [], 0
+    while i < len(events):
+        size = rnd.choice([1, 1, 2, 3, 7, 20])
+        out.append(events[i : i + size])
+        i += size
+    return out
+
+
+def _ledger(batches: list[list[Event]], config: ValueConfig) -> CustomerValue:
+    value: CustomerValue | None = None
+    for batch in batches:
+        value = apply_purchase_events(value, batch, config)
+    assert value is not None
+    return value
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(40, 160), copies=st.integers(0, 30))
+def test_past_the_bound_the_ledger_is_a_function_of_the_set_and_its_facts_are_exact(
+    seed: int, n: int, copies: int
+) -> None:
+    rnd = random.Random(seed)
+    history = _history(rnd, n)
+    calm = apply_purchase_events(None, history, SMALL)
+    shuffled = _ledger(_batches(rnd, _arrival(rnd, history, copies)), SMALL)
+    one_by_one = _ledger([[e] for e in history], SMALL)
+    assert shuffled == calm == one_by_one
+    assert len(calm.orders) <= SMALL.max_orders
+    assert calm.folded is not None and calm.folded.orders == n - len(calm.orders)
+    assert len(calm.refunds) <= SMALL.max_refunds + SMALL.max_pending_refunds
+
+    full = apply_purchase_events(None, history, FULL)
+    assert full.folded is None and len(full.orders) == n
+    newest = max(e.timestamp_ms for e in history)
+    for as_of in (newest, newest + 40 * DAY):
+        assert summary(calm, as_of) == summary(full, as_of)
+        for unit in (DAY_MS, 1):
+            assert clv_summary(calm, as_of, unit) == clv_summary(full, as_of, unit)
+    # the walk's purchase timeline: from the fold on, every step as the full ledger's, once the
+    # refunds folded with their orders are due (they count from the fold: see "Bounds")
+    steps, reference = facts_timeline(calm), facts_timeline(full)
+    assert steps[0].key == calm.folded.until
+    kept = {o.order_id for o in calm.orders}
+    folded_refunds = [(e.timestamp_ms, e.message_id) for e in history if e.event == "Order Refunded"]
+    folded_refunds = [
+        k
+        for k, e in zip(folded_refunds, [e for e in history if e.event == "Order Refunded"], strict=True)
+        if e.properties["order_id"] not in kept
+    ]
+    due = max([calm.folded.until, *folded_refunds])
+    compared = 0
+    for s in steps:
+        if s.key >= due:
+            at = bisect_right(reference, s.key, key=lambda r: r.key) - 1
+            assert (s.frequency, s.monetary) == (reference[at].frequency, reference[at].monetary)
+            compared += 1
+    assert compared >= 1 and steps[-1].key == reference[-1].key
+
+
+def test_an_order_older_than_the_fold_is_taken_for_a_copy_and_ignored() -> None:
+    history = [order(f"o{i}", T0 + i * HOUR, total=10) for i in range(100)]
+    value = apply_purchase_events(None, history, SMALL)
+    assert value.folded is not None and summary(value, T0 + 100 * HOUR).frequency == 100
+    assert apply_purchase_events(value, [history[0], history[40]], SMALL) == value  # re-sent: no double count
+    # an order that late cannot be told from a copy: it is not counted (docs/architecture.md, Bounds)
+    late = order("brand-new", T0 + 5 * HOUR + 1, total=99)
+    assert apply_purchase_events(value, [late], SMALL) == value
+    # a refund of a folded order is not applied either; one of an itemised order is
+    assert apply_purchase_events(value, [refund("o3", T0 + 200 * HOUR)], SMALL).folded == value.folded
+    refunded = apply_purchase_events(value, [refund("o99", T0 + 200 * HOUR)], SMALL)
+    assert summary(refunded, T0 + 300 * HOUR).frequency == 99
+
+
+def test_an_over_long_order_id_is_kept_as_a_digest() -> None:
+    long_id = "x" * 5000
+    value = apply_purchase_events(None, [order(long_id, T0, total=1), order(long_id, T0 + 1, total=1)], SMALL)
+    (only,) = value.orders
+    assert only.order_id.startswith("#") and len(only.order_id) == 33
+    cancelled = apply_purchase_events(value, [refund(long_id, T0 + HOUR)], SMALL)
+    assert summary(cancelled, T0 + DAY).frequency == 0
+
+
+def test_pending_refunds_and_refunds_per_order_are_bounded() -> None:
+    first = order("o1", T0, total=10)
+    strays = [refund(f"unknown-{i}", T0 + i, total=1) for i in range(100)]
+    many = [refund("o1", T0 + HOUR + i, total=0.01, refund_id=f"r{i}") for i in range(50)]
+    value = apply_purchase_events(None, [first, *strays, *many], SMALL)
+    pending = [r for r in value.refunds if r.order_id != "o1"]
+    assert [r.order_id for r in pending] == sorted(f"unknown-{i}" for i in range(84, 100))  # the latest 16
+    kept = [r for r in value.refunds if r.order_id == "o1"]
+    assert [r.key for r in kept] == ["r0", "r1", "r2"]  # the earliest, whatever the arrival
+    assert apply_purchase_events(None, [first, *reversed(many), *strays[::-1]], SMALL) == value
+    rnd = random.Random(5)
+    arrival = [*strays, *many]
+    rnd.shuffle(arrival)
+    assert _ledger([[first], *(arrival[i : i + 9] for i in range(0, len(arrival), 9))], SMALL) == value
+
+
+def test_the_refunds_of_itemised_orders_are_bounded_in_all() -> None:
+    tight = dataclasses.replace(SMALL, max_refunds=10)
+    history = [order(f"o{i}", T0 + i * HOUR, total=10) for i in range(8)]
+    history += [
+        refund(f"o{i}", T0 + 100 * HOUR + i * 10 + k, total=1, refund_id=f"r{k}") for i in range(8) for k in range(2)
+    ]
+    value = apply_purchase_events(None, history, tight)
+    assert len(value.refunds) == 10  # the earliest ten by (timestamp, message id)
+    assert {(r.order_id, r.key) for r in value.refunds} == {(f"o{i}", f"r{k}") for i in range(5) for k in range(2)}
+    assert summary(value, T0 + 200 * HOUR).monetary == 80 - 10
+    assert _ledger([[e] for e in reversed(history)], tight) == value
+
+
+# --- the contact: the ledger's bound with the journey, traits, the wire size -------------------------
+
+
+def _fold(batches: list[list[Event]], user: str = "big") -> ContactState:
+    state: ContactState | None = None
+    for batch in batches:
+        state, _ = step(state, user, batch, DEFAULT_MODEL)
+    assert state is not None
+    return state
+
+
+def test_a_contact_with_thousands_of_orders_stays_small_and_counts_every_order() -> None:
+    orders = [order(f"o{i}", T0 + i * MINUTE, total=1.25, currency="USD") for i in range(3000)]
+    by_50 = _fold([orders[i : i + 50] for i in range(0, len(orders), 50)])
+    by_7 = _fold([orders[i : i + 7] for i in range(0, len(orders), 7)])
+    for state in (by_50, by_7):
+        assert state.value is not None and state.value.folded is not None
+        assert len(state.value.orders) <= DEFAULT_MODEL.value.max_orders
+        facts = summary(state.value, T0 + DAY * 3)
+        assert (facts.frequency, facts.first_order_ms, facts.last_order_ms) == (3000, T0, T0 + 2999 * MINUTE)
+        assert facts.monetary == 3000 * 1.25 * DEFAULT_MODEL.value.rates["USD"]
+        # the journey settled past every folded order: no walk starts before orders it cannot see
+        assert state.journey is not None and state.journey.anchor is not None
+        assert (state.journey.anchor.at_ms, state.journey.anchor.mid) >= state.value.folded.until
+        assert state.journey.stage == "customer"
+        assert len(encode(state)) < 256 * 1024
+        assert decode_state(encode(state)) == state
+    assert by_50.value == by_7.value
+    assert by_50.journey is not None and by_7.journey is not None
+    assert by_50.journey.history == by_7.journey.history
+
+
+def identify(ts: int, traits: dict[str, Any], mid: str | None = None) -> Event:
+    fields: dict[str, Any] = {"kind": "identify", "event": None, "timestamp_ms": ts, "traits": traits}
+    if mid is not None:
+        fields["message_id"] = mid
+    return make_event(**fields)
+
+
+def test_traits_past_the_bound_keep_the_most_recent_and_email() -> None:
+    calls = [identify(T0, {"email": "ann@example.com"})]
+    calls += [identify(T0 + (i + 1) * HOUR, {f"t{i:03}-{j:02}": i * 100 + j for j in range(50)}) for i in range(200)]
+    state = apply_events(None, "u1", calls, DEFAULT_MODEL)
+    assert len(state.traits) == MAX_TRAITS and state.traits_capped
+    assert state.traits["email"] == "ann@example.com" and state.email == "ann@example.com"
+    # the newest call's 50 keys, the one before, then the third newest by name
+    assert {k for k in state.traits if k.startswith(("t199", "t198"))} == {
+        f"t{i}-{j:02}" for i in (198, 199) for j in range(50)
+    }
+    assert sorted(k for k in state.traits if k.startswith("t197")) == [f"t197-{j:02}" for j in range(27)]
+    assert set(state.trait_at) == set(state.traits)
+    rnd = random.Random(7)
+    shuffled = calls + calls[:20]
+    rnd.shuffle(shuffled)
+    again = apply_events(None, "u1", [], DEFAULT_MODEL)
+    for i in range(0, len(shuffled), 13):
+        again = apply_events(again, "u1", shuffled[i : i + 13], DEFAULT_MODEL)
+    assert (again.traits, again.trait_at) == (state.traits, state.trait_at)
+
+
+def test_a_trait_past_the_size_bounds_is_left_out_with_a_flag() -> None:
+    big = "é" * MAX_TRAIT_BYTES  # 2 bytes a character in UTF-8
+    state = apply_events(
+        None,
+        "u1",
+        [identify(T0, {"ok": "x" * (MAX_TRAIT_BYTES - 2), "big": big, "k" * (MAX_TRAIT_KEY + 1): 1, "n": {"a": [1]}})],
+        DEFAULT_MODEL,
+    )
+    assert set(state.traits) == {"ok", "n"} and state.traits_capped
+    group = make_event(kind="group", event=None, group_id="acme", traits={"name": "Acme", "logo": big})
+    state = apply_events(None, "u2", [group], DEFAULT_MODEL)
+    assert state.account_traits == {"name": "Acme"} and state.traits_capped
+    assert not apply_events(None, "u3", [identify(T0, {"ok": 1})], DEFAULT_MODEL).traits_capped
+
+
+_names = st.sampled_from([f"k{i}" for i in range(MAX_TRAITS + 60)] + ["email"])
+_calls = st.lists(
+    st.tuples(st.integers(0, 50), st.dictionaries(_names, st.integers(0, 3), min_size=1, max_size=40)),
+    min_size=1,
+    max_size=25,
+)
+
+
+@PROPERTY
+@given(calls=_calls, data=st.data())
+def test_kept_traits_do_not_depend_on_order_batching_or_duplicates(
+    calls: list[tuple[int, dict[str, int]]], data: st.DataObject
+) -> None:
+    events = [identify(T0 + ts * MINUTE, traits, mid=f"m{i}") for i, (ts, traits) in enumerate(calls)]
+    calm = apply_events(None, "u1", events, DEFAULT_MODEL)
+    arrival = data.draw(st.permutations(events + data.draw(st.lists(st.sampled_from(events), max_size=10))))
+    cut = data.draw(st.integers(1, max(1, len(arrival))))
+    state = apply_events(None, "u1", arrival[:cut], DEFAULT_MODEL)
+    state = apply_events(state, "u1", arrival[cut:], DEFAULT_MODEL)
+    assert (state.traits, state.trait_at, state.traits_capped) == (calm.traits, calm.trait_at, calm.traits_capped)
+    assert len(state.traits) <= MAX_TRAITS
+
+
+# --- accounts -----------------------------------------------------------------------------------------
+
+
+def member(i: int, at_ms: int, active: bool = True) -> MemberUpdate:
+    return MemberUpdate(
+        contact_id=f"c{i:05}",
+        account_id="acme",
+        at_ms=at_ms,
+        evidence=1,
+        role="influencer",
+        score=10.0,
+        fit=0.0,
+        member=active,
+    )
+
+
+def _account(updates: list[MemberUpdate], batch: int) -> AccountState:
+    state: AccountState | None = None
+    for i in range(0, len(updates), batch):
+        state, _ = apply_member_updates(state, "acme", updates[i : i + batch], DEFAULT_MODEL)
+    assert state is not None
+    return state
+
+
+def test_an_account_keeps_its_most_recent_members_whatever_the_order() -> None:
+    updates = [member(i, T0 + (i % 1500) * MINUTE) for i in range(1500)]
+    updates += [member(i, T0 - DAY) for i in range(0, 1500, 3)]  # stale snapshots, late
+    updates += [member(i, T0 + 2000 * MINUTE, active=False) for i in range(0, 200, 7)]  # recent departures
+    calm = _account(updates, len(updates))
+    assert len(calm.members) == MAX_MEMBERS and calm.members_capped
+    left = [f"c{i:05}" for i in range(0, 200, 7)]
+    assert all(not calm.members[c].active for c in left)
+    expected = set(left) | {f"c{i:05}" for i in range(1500 - (MAX_MEMBERS - len(left)), 1500)}
+    assert set(calm.members) == expected
+    rnd = random.Random(3)
+    shuffled = updates[:]
+    rnd.shuffle(shuffled)
+    again = _account(shuffled, 37)
+    assert (again.members, again.traits) == (calm.members, calm.traits)
+    assert len(encode_account(again)) < 256 * 1024
+
+
+# --- versions: states written before the bounds still load ---------------------------------------------
+
+
+def test_a_version_1_state_and_ledger_still_decode_and_are_written_at_the_new_version() -> None:
+    state = apply_events(None, "u1", [order("o1", T0, total=5), identify(T0, {"email": "a@b.c"})], DEFAULT_MODEL)
+    raw: dict[str, Any] = msgspec.msgpack.decode(encode(state))
+    raw["v"] = 1
+    del raw["traits_capped"]
+    raw["value"]["v"] = 1
+    del raw["value"]["folded"]
+    old = decode_state(msgspec.msgpack.encode(raw))
+    assert old.v == 1 and old.value is not None and old.value.v == 1 and old.value.folded is None
+    assert summary(old.value, T0).frequency == 1
+    new = apply_events(old, "u1", [order("o2", T0 + DAY, total=0)], DEFAULT_MODEL)
+    assert new.v == STATE_VERSION and new.value is not None and new.value.v == 2
+    assert summary(new.value, T0 + DAY).frequency == 2
+
+    account, _ = apply_member_updates(None, "acme", [member(1, T0)], DEFAULT_MODEL)
+    raw_account: dict[str, Any] = msgspec.msgpack.decode(encode_account(account))
+    raw_account["v"] = 1
+    del raw_account["members_capped"]
+    assert decode_account(msgspec.msgpack.encode(raw_account)).members == account.members
+
+
+@pytest.mark.parametrize("version", [STATE_VERSION + 1])
+def test_a_newer_state_is_refused(version: int) -> None:
+    from schemas.state import UnsupportedVersion
+
+    raw: dict[str, Any] = msgspec.msgpack.decode(encode(apply_events(None, "u1", [], DEFAULT_MODEL)))
+    raw["v"] = version
+    with pytest.raises(UnsupportedVersion):
+        decode_state(msgspec.msgpack.encode(raw))
