@@ -51,10 +51,26 @@ def wait_ready(url: str, timeout_s: float) -> bool:
     return False
 
 
-def run(settings: Settings) -> int:
-    """Broker (unless one is configured), topics, worker, API and webhook dispatcher (and the
-    analytics sink when ClickHouse is a server; with embedded chDB the API runs it); Ctrl-C stops
-    what it started."""
+def default_workers(settings: Settings) -> int:
+    """One worker per core, never more than the partitions (a worker beyond them would sit idle)."""
+    return max(1, min(os.cpu_count() or 1, settings.partitions))
+
+
+def run(settings: Settings, workers: int | None = None) -> int:
+    """Broker (unless one is configured), topics, ``workers`` workers (default: one per core, at
+    most the partitions), API and webhook dispatcher (and the analytics sink when ClickHouse is a
+    server; with embedded chDB the API runs it); Ctrl-C stops what it started.
+
+    The workers share ``SCORESTREAM_DATA_DIR``: worker ``i`` keeps its tables in
+    ``<data_dir>/worker/<i>`` (``SCORESTREAM_WORKER_INDEX``)."""
+    workers = default_workers(settings) if workers is None else workers
+    if workers > settings.partitions:
+        log.warning(
+            "%d workers for %d partitions: %d of them stay idle (standbys) until another one stops",
+            workers,
+            settings.partitions,
+            workers - settings.partitions,
+        )
     started_at = time.monotonic()
     own_broker = "SCORESTREAM_KAFKA_BOOTSTRAP" not in os.environ
     if own_broker:
@@ -71,12 +87,22 @@ def run(settings: Settings) -> int:
     from analytics.client import sink_in_api
 
     # with embedded chDB the API process runs the analytics sink; with a server, a process of its own
-    roles = ("worker", "api", "dispatcher") if sink_in_api(settings) else ("worker", "api", "dispatcher", "sink")
-    procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in roles]
+    roles = ("api", "dispatcher") if sink_in_api(settings) else ("api", "dispatcher", "sink")
     from deploy.models import live_shadows, worker_env
 
-    shadows = live_shadows(settings)  # a worker for every shadow model namespace too
-    procs += [subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=worker_env(ns)) for ns in shadows]
+    def start_workers(base_env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+        return [
+            subprocess.Popen(
+                [sys.executable, "-m", "deploy.cli", "worker"], env={**base_env, "SCORESTREAM_WORKER_INDEX": str(i)}
+            )
+            for i in range(workers)
+        ]
+
+    procs = start_workers(env)
+    procs += [subprocess.Popen([sys.executable, "-m", "deploy.cli", role], env=env) for role in roles]
+    shadows = live_shadows(settings)  # as many workers for every shadow model namespace too
+    for ns in shadows:
+        procs += start_workers(worker_env(ns))
     url = f"http://{settings.api_host}:{settings.api_port}"
     signals = StopOnSignal()
     try:
@@ -87,7 +113,7 @@ def run(settings: Settings) -> int:
             print(f"  API:      {url}   (OpenAPI: {url}/docs)")
             print(f"  API key:  {key}")
             print(f"  write key (HTTP collector, Segment SDKs' host {url}): {write_key}")
-            print(f"  Kafka:    {settings.kafka_bootstrap}")
+            print(f"  Kafka:    {settings.kafka_bootstrap}   ({workers} worker{'s' if workers > 1 else ''})")
             if shadows:
                 print(f"  shadow models: {', '.join(shadows)}   (GET /v1/models; ?model=<namespace>)")
             print(f"  try:      curl -H 'Authorization: Bearer {key}' {url}/v1/model")
@@ -111,11 +137,27 @@ def run(settings: Settings) -> int:
     return 0 if all(p.returncode in (0, -15) for p in procs) else 1
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 (got {value})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scorestream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="broker + topics + worker + API + dispatcher on embedded defaults")
-    sub.add_parser("worker", help="the Faust worker")
+    run_parser = sub.add_parser("run", help="broker + topics + workers + API + dispatcher on embedded defaults")
+    run_parser.add_argument(
+        "--workers",
+        type=positive,
+        default=None,
+        help="worker processes (default: one per core, at most SCORESTREAM_PARTITIONS); worker i keeps its "
+        "tables in <data_dir>/worker/<i>",
+    )
+    sub.add_parser(
+        "worker", help="one Faust worker (start as many as partitions, on one host or several, same SCORESTREAM_APP_ID)"
+    )
     sub.add_parser("api", help="the HTTP API")
     sub.add_parser("dispatcher", help="the webhook dispatcher")
     sub.add_parser("sink", help="the analytics sink: the topics into ClickHouse (with a ClickHouse server)")
@@ -156,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.command == "run":
-        return run(settings)
+        return run(settings, args.workers)
     if args.command == "worker":
         from deploy.topics import ensure_topics
         from streams.worker import run as run_worker

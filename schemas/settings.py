@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="Before joining, bulk-load every table partition from its changelog into local RocksDB "
         "(fast cold start; each worker holds all partitions on disk). false: Faust's own recovery only.",
     )
+    worker_index: int | None = Field(
+        default=None,
+        ge=0,
+        description="This worker's slot on its host: its tables live in `<data_dir>/worker/<index>` "
+        "(`<data_dir>/worker-<namespace>/<index>` for a shadow namespace), locked while it runs. Default: the "
+        "lowest slot no running worker of the namespace holds. `scorestream run --workers N` sets 0 to N-1.",
+    )
     state_cache_entries: int = Field(
         default=10_000,
         ge=0,
@@ -303,9 +310,14 @@ class Settings(BaseSettings):
         return f"{self.ns}.deadletter"
 
     @property
-    def worker_dir(self) -> Path:
-        """The worker's local tables (RocksDB) for this namespace."""
+    def workers_dir(self) -> Path:
+        """The local tables of this namespace's workers on this host: a directory per worker slot."""
         return self.data_dir / ("worker" if self.ns == self.app_id else f"worker-{self.ns}")
+
+    @property
+    def worker_dir(self) -> Path:
+        """This worker's local tables (RocksDB): ``workers_dir/<worker_index>`` (slot 0 when unset)."""
+        return self.workers_dir / str(self.worker_index or 0)
 
     def in_namespace(self, namespace: str) -> Settings:
         """These settings for another model namespace."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
+import itertools
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TextIO
 
 import faust
 import orjson
@@ -102,13 +105,50 @@ def resolve(settings: Settings, registry: Registry) -> tuple[Settings, Model]:
     return settings, model
 
 
+class SlotTaken(SystemExit):
+    pass
+
+
+def claim_slot(settings: Settings) -> tuple[Settings, TextIO]:
+    """This worker's slot on its host: ``settings`` with ``worker_index`` set, and the open lock
+    file that holds the slot until the process ends (a SIGKILLed worker's lock goes with it).
+
+    Several workers on one host share ``SCORESTREAM_DATA_DIR``: each keeps its RocksDB tables in
+    its own ``<workers_dir>/<index>`` (RocksDB allows one process per database). With
+    ``SCORESTREAM_WORKER_INDEX`` set, that slot or a clear refusal; unset, the lowest free one.
+    """
+    slots: Iterable[int] = (settings.worker_index,) if settings.worker_index is not None else itertools.count()
+    for index in slots:
+        claimed = settings.model_copy(update={"worker_index": index})
+        claimed.worker_dir.mkdir(parents=True, exist_ok=True)
+        handle = (claimed.worker_dir / "worker.lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = (claimed.worker_dir / "worker.lock").read_text().strip()
+            handle.close()
+            if settings.worker_index is not None:
+                raise SlotTaken(
+                    f"worker slot {index} ({claimed.worker_dir}) is held by the running worker {holder or '?'}: "
+                    "give each worker on this host its own SCORESTREAM_WORKER_INDEX (or leave it unset)"
+                ) from None
+            continue
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{worker_id()}\n")
+        handle.flush()
+        return claimed, handle
+    raise AssertionError("unreachable: the slots never run out")
+
+
 def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | None = None) -> None:
     """Run the worker of ``settings``' namespace (resolved from the models registry);
     ``prepare(settings)`` runs once the namespace is known (``scorestream worker``: create its topics)."""
     settings = settings or Settings()
     registry = asyncio.run(read_registry(settings))
     settings, model = resolve(settings, registry)
-    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    settings, slot_lock = claim_slot(settings)
+    log.info("worker %s: slot %s, tables in %s", worker_id(), settings.worker_index, settings.worker_dir)
     if prepare is not None:
         prepare(settings)
     wiring = create_app(settings, registry)
@@ -141,7 +181,10 @@ def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | 
         await worker.heartbeat()
 
     tune_gc()
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        slot_lock.close()
 
 
 def tune_gc() -> None:

@@ -78,6 +78,8 @@ class Service:
     worker: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # worker processes sharing data_dir (worker i: SCORESTREAM_WORKER_INDEX=i)
+    more_workers: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)  # index >= 1
 
     @property
     def env(self) -> dict[str, str]:
@@ -112,35 +114,53 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def _spawn(self, role: str, log: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, role: str, log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         out = (self.data_dir / log).open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", role], env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "deploy.cli", role],
+            env={**self.env, **(env or {})},
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "deploy.cli", "topics"], env=self.env, cwd=REPO, check=True)
-        self.start_worker()
+        for index in range(self.workers):
+            self.start_worker(index)
         self.start_api()
         self.wait_ready()
 
-    def start_worker(self) -> None:
-        self.worker = self._spawn("worker", "worker.log")
+    def start_worker(self, index: int = 0) -> None:
+        """Start worker ``index`` (its log: ``worker.log`` for 0, ``worker-<index>.log`` for others)."""
+        proc = self._spawn("worker", self.worker_log(index), {"SCORESTREAM_WORKER_INDEX": str(index)})
+        if index == 0:
+            self.worker = proc
+        else:
+            self.more_workers[index] = proc
+
+    @staticmethod
+    def worker_log(index: int) -> str:
+        return "worker.log" if index == 0 else f"worker-{index}.log"
+
+    def worker_proc(self, index: int = 0) -> subprocess.Popen[bytes] | None:
+        return self.worker if index == 0 else self.more_workers.get(index)
 
     def start_api(self) -> None:
         self.api = self._spawn("api", "api.log")
 
-    def kill_worker(self) -> None:
-        assert self.worker is not None
-        self.worker.send_signal(signal.SIGKILL)
-        self.worker.wait(timeout=30)
+    def kill_worker(self, index: int = 0) -> None:
+        proc = self.worker_proc(index)
+        assert proc is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
-            for proc, name in ((self.worker, "worker"), (self.api, "api")):
+            for proc, name in self._processes():
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}: {self.logs(name)}")
             try:
@@ -153,15 +173,21 @@ class Service:
             time.sleep(0.3)
         raise TimeoutError(f"not ready in {timeout} s: {last}\n{self.logs('worker')}")
 
+    def _processes(self) -> list[tuple[subprocess.Popen[bytes] | None, str]]:
+        """Every process with the name of its log (``<name>.log``)."""
+        workers = [(self.worker_proc(i), self.worker_log(i).removesuffix(".log")) for i in range(self.workers)]
+        return [*workers, (self.api, "api")]
+
     def logs(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"
         return path.read_text()[-4000:] if path.exists() else ""
 
     def stop(self) -> None:
-        for proc in (self.api, self.worker):
+        procs = [self.api, self.worker, *self.more_workers.values()]
+        for proc in procs:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (self.api, self.worker):
+        for proc in procs:
             if proc is not None:
                 try:
                     proc.wait(timeout=30)
