@@ -5,7 +5,7 @@ construction on the hot path). Every value carries a version: ``ContactState.v``
 ``IdentityLink.v`` and ``Envelope.v``; a decoder meeting a newer version refuses it loudly rather
 than misreading it. Older versions still decode (fields added since take their defaults), and a
 state the fold touches is written at the current version (contact state 2: the bounds'
-``traits_capped`` and the purchase ledger's ``folded`` orders, see docs/architecture.md "Bounds").
+``traits_capped``, ``anonymous_at`` and the purchase ledger's ``folded`` orders, see docs/architecture.md "Bounds").
 """
 
 from __future__ import annotations

@@ -351,6 +351,7 @@ def test_a_version_1_state_and_ledger_still_decode_and_are_written_at_the_new_ve
     raw: dict[str, Any] = msgspec.msgpack.decode(encode(state))
     raw["v"] = 1
     del raw["traits_capped"]
+    del raw["anonymous_at"]
     raw["value"]["v"] = 1
     del raw["value"]["folded"]
     old = decode_state(msgspec.msgpack.encode(raw))
@@ -375,3 +376,41 @@ def test_a_newer_state_is_refused(version: int) -> None:
     raw["v"] = version
     with pytest.raises(UnsupportedVersion):
         decode_state(msgspec.msgpack.encode(raw))
+
+
+def test_orders_sharing_one_message_id_and_instant_fold_together_and_the_ledger_goes_on() -> None:
+    clash = [
+        make_event(
+            message_id="same",
+            event="Order Completed",
+            channel="store",
+            timestamp_ms=T0,
+            properties={"order_id": f"o{i}", "total": 1},
+        )
+        for i in range(40)
+    ]
+    value = apply_purchase_events(None, clash, SMALL)
+    assert value.folded is not None and value.folded.orders == 40 and not value.orders
+    later = [order(f"n{i}", T0 + (i + 1) * HOUR, total=2) for i in range(60)]
+    for event in later:
+        value = apply_purchase_events(value, [event], SMALL)
+    assert 0 < len(value.orders) <= SMALL.max_orders
+    facts = summary(value, T0 + 100 * HOUR)
+    assert (facts.frequency, facts.monetary) == (100, 40 + 120)
+
+
+def test_a_contact_keeps_its_most_recently_seen_anonymous_ids() -> None:
+    from scorestream.contact import MAX_ANONYMOUS_IDS
+
+    visits = [make_event(anonymous_id=f"device-{i:03}", timestamp_ms=T0 + i * MINUTE) for i in range(200)]
+    visits += [make_event(anonymous_id="device-000", timestamp_ms=T0 + 500 * MINUTE)]  # an old device, back
+    calm = apply_events(None, "u1", visits, DEFAULT_MODEL)
+    newest = {f"device-{i:03}" for i in range(200 - MAX_ANONYMOUS_IDS + 1, 200)} | {"device-000"}
+    assert set(calm.anonymous_ids) == newest and calm.anonymous_ids == sorted(newest)
+    assert set(calm.anonymous_at) == newest
+    shuffled = visits + visits[:30]
+    random.Random(11).shuffle(shuffled)
+    state: ContactState | None = None
+    for i in range(0, len(shuffled), 17):
+        state = apply_events(state, "u1", shuffled[i : i + 17], DEFAULT_MODEL)
+    assert state is not None and (state.anonymous_ids, state.anonymous_at) == (calm.anonymous_ids, calm.anonymous_at)

@@ -35,6 +35,8 @@ from scorestream.rfm import (
 )
 
 MAX_ANONYMOUS_IDS = 64
+"""Anonymous ids kept per contact: the most recently seen (ties by id). One left out still
+resolves through the identity table, which is keyed by anonymous id."""
 MAX_GROUPS = 32
 MAX_TRAITS = 128
 """Traits kept per contact (and account traits per group call): the most recently set, ``email`` first."""
@@ -43,7 +45,7 @@ MAX_TRAIT_KEY = 128
 MAX_TRAIT_BYTES = 512
 """Largest trait value kept, in bytes of compact JSON."""
 STATE_VERSION = 2
-"""2: ``traits_capped``, and the purchase ledger's folded orders (``CustomerValue.folded``)."""
+"""2: ``traits_capped``, ``anonymous_at`` and the purchase ledger's folded orders (``CustomerValue.folded``)."""
 
 
 def decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
@@ -105,6 +107,8 @@ class ContactState:
     rfm_segment: str | None = None
     # a trait (or account trait) was left out at the bounds: too many, too long a name, too large
     traits_capped: bool = False
+    # anonymous id -> the latest (timestamp, message id) it was seen at (which ids are kept)
+    anonymous_at: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def new_contact(contact_id: str, model: Model) -> ContactState:
@@ -259,6 +263,24 @@ def _bounded_traits(state: ContactState, traits: dict[str, Any]) -> dict[str, An
     return kept
 
 
+def _see_anonymous(state: ContactState, anon: str, stamp: tuple[int, str]) -> None:
+    """Remember ``anon`` as seen at ``stamp`` and keep the ``MAX_ANONYMOUS_IDS`` most recently seen
+    (ties by id; ids of a version 1 state have no stamp and count as the oldest). The list stays
+    sorted by id. A function of the set of events, as for traits (:func:`_cap_traits`)."""
+    current = state.anonymous_at.get(anon)
+    if current is None or tuple(current) < stamp:
+        state.anonymous_at[anon] = stamp
+    if anon not in state.anonymous_ids:
+        state.anonymous_ids.append(anon)
+        state.anonymous_ids.sort()
+    if len(state.anonymous_ids) > MAX_ANONYMOUS_IDS:
+        ranked = sorted(state.anonymous_ids)
+        ranked.sort(key=lambda k: tuple(state.anonymous_at.get(k, (0, ""))), reverse=True)  # stable
+        for gone in ranked[MAX_ANONYMOUS_IDS:]:
+            state.anonymous_ids.remove(gone)
+            state.anonymous_at.pop(gone, None)
+
+
 def _add_unique(items: list[str], value: str, limit: int) -> None:
     if value not in items:
         items.append(value)
@@ -379,7 +401,7 @@ def apply_events(
         if state.last_seen_ms is None or ts > state.last_seen_ms:
             state.last_seen_ms = ts
         if event.anonymous_id:
-            _add_unique(state.anonymous_ids, event.anonymous_id, MAX_ANONYMOUS_IDS)
+            _see_anonymous(state, event.anonymous_id, (ts, event.message_id))
         if event.kind == "identify" and event.traits:
             stamp = (ts, event.message_id)
             for key, value in event.traits.items():
@@ -466,7 +488,8 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
         target.account_id, target.account_at = source.account_id, source.account_at
         target.account_traits = dict(source.account_traits)
     for anon in source.anonymous_ids:
-        _add_unique(target.anonymous_ids, anon, MAX_ANONYMOUS_IDS)
+        seen_at = source.anonymous_at.get(anon)
+        _see_anonymous(target, anon, (0, "") if seen_at is None else (seen_at[0], seen_at[1]))
     for group in source.groups:
         _add_unique(target.groups, group, MAX_GROUPS)
     for merged_id in [source.contact_id, *source.merged_ids]:

@@ -582,6 +582,8 @@ def fold_cut(value: CustomerValue, config: ValueConfig) -> tuple[int, str] | Non
     folded = value.folded.orders if value.folded is not None else 0
     total = folded + len(value.orders)
     due = -(-(total - config.max_orders) // step) * step - folded
+    # at least the excess (len - max_orders >= 1), even after copies sharing one (timestamp,
+    # message id) folded more than their share: ceil rounds the total up
     ordered = sorted(value.orders, key=lambda o: (o.ts, o.mid, o.order_id))
     last = ordered[min(due, len(ordered)) - 1]
     return (last.ts, last.mid)
