@@ -1014,6 +1014,30 @@ class Dispatcher:
                 pass
 
     async def _attempt(self, entry: Entry) -> None:
+        """One attempt; whatever fails inside the dispatcher (not the receiver: that is an
+        outcome) settles the delivery ``failed`` with the reason, so its lane goes on (a
+        ``retry`` command replays it)."""
+        try:
+            await self._attempt_once(entry)
+        except Exception as exc:
+            self.stats["attempt_errors"] += 1
+            record = entry.record
+            log.exception(
+                "delivery %s (%s[%d]) failed inside the dispatcher",
+                record.id,
+                self.settings.deliveries_topic,
+                record.partition,
+            )
+            if not entry.in_flight:  # finished already: the failure came after its record was written
+                return
+            now = now_ms()
+            self._in_flight.pop(record.id, None)
+            new = settled(record, "failed", f"dispatcher error: {type(exc).__name__}: {exc}"[:500], now)
+            self.queue.finish(entry, new, None, now)
+            self._wake.set()
+            self._spawn(self._write_delivery(new), f"settle {record.id}")
+
+    async def _attempt_once(self, entry: Entry) -> None:
         record = entry.record
         sub = self.subs.get(record.subscription_id)
         started = now_ms()

@@ -20,10 +20,11 @@ from aiokafka.structs import ConsumerRecord
 import scorestream.webhooks
 import streams.webhooks
 from schemas.settings import Settings
-from schemas.webhooks import SigningSecret, SubscriptionRecord, encode
+from schemas.webhooks import DELIVERY_DECODER, SigningSecret, SubscriptionRecord, encode
 from scorestream.triggers import make_trigger
-from streams.webhook_queue import SeenIds, Selection
-from streams.webhooks import Dispatcher
+from streams.webhook_http import Answer
+from streams.webhook_queue import Entry, SeenIds, Selection, new_delivery
+from streams.webhooks import Dispatcher, now_ms
 
 NOW = 1_800_000_000_000
 SETTINGS = Settings()
@@ -160,3 +161,40 @@ def test_unreadable_subscriptions_and_deliveries_are_skipped_and_counted() -> No
     d._offer(selection, 0, rec(SETTINGS.deliveries_topic, 3, b"\xc1 not a delivery", key=b"d1"), "d1")
     assert d.stats["unreadable_deliveries"] == 1
     assert selection.result() == {}
+
+
+def test_a_failure_inside_an_attempt_settles_the_delivery_and_frees_its_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    d, producer, _ = dispatcher()
+
+    async def post(sub: Any, record: Any, now: int) -> Answer:
+        return Answer(outcome="success", latency_ms=1.0, status_code=200)
+
+    def after_attempt(*args: Any, **kwargs: Any) -> Any:  # a bug in the dispatcher, not the receiver
+        raise AttributeError("a bug after the answer")
+
+    monkeypatch.setattr(d, "_post", post)
+    monkeypatch.setattr(streams.webhooks, "after_attempt", after_attempt)
+    now = now_ms()
+    first, second = (
+        new_delivery(
+            delivery_id=f"d{i}", subscription_id="wh_1", kind="stage.changed", key="u-1", partition=0, seq=i,
+            body="{}", now_ms=now, trigger_id=f"t{i}",
+        )
+        for i in (1, 2)
+    )  # fmt: skip
+    d.queue.add(Entry.of(first, now))
+    d.queue.add(Entry.of(second, now))
+
+    async def go() -> list[Entry]:
+        (started,) = d.queue.take_due(now)  # the lane's head only
+        d._in_flight[started.id] = started
+        await d._attempt(started)
+        await asyncio.gather(*d._background)
+        return d.queue.take_due(now_ms())
+
+    after = asyncio.run(go())
+    assert [e.id for e in after] == ["d2"]  # the lane went on
+    written = [DELIVERY_DECODER.decode(v) for _, _, v, _ in producer.to(SETTINGS.deliveries_topic)]
+    assert [(r.id, r.status) for r in written] == [("d1", "failed")]
+    assert "dispatcher error: AttributeError" in str(written[0])
+    assert d.stats["attempt_errors"] == 1 and "d1" not in d._in_flight
