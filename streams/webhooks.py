@@ -768,7 +768,7 @@ class Dispatcher:
         asked."""
         try:
             await self._recover(p)
-        except (KafkaError, OSError):
+        except Exception:  # never a silent dead partition: the process stops, its successor recovers
             log.exception("recovering webhook deliveries partition %d failed; stopping", p)
             self.stop()
             return
@@ -786,6 +786,11 @@ class Dispatcher:
             except (KafkaError, OSError) as exc:
                 log.warning("scan of deliveries partition %d failed (%s); again in 1 s", p, exc)
                 await asyncio.sleep(1.0)
+                wanted.set()
+            except Exception:  # a bug must not end the partition's scans for ever
+                self.stats["scan_errors"] += 1
+                log.exception("scan of deliveries partition %d failed; again in 5 s", p)
+                await asyncio.sleep(5.0)
                 wanted.set()
 
     def _want_scan(self, p: int) -> None:
