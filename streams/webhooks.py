@@ -26,7 +26,10 @@ Guarantees and rules:
   (at most the request timeout) for those in flight, so the next owner never overlaps with them.
 - **Isolation.** Attempts run in their own tasks; the consume loop never waits on HTTP. Each
   subscription has at most ``webhook_concurrency`` requests in flight; lanes and subscriptions
-  never wait on each other.
+  never wait on each other. A record it cannot read or handle costs that record only: a trigger
+  or command goes to the dead-letter topic (with its reason, exception class and coordinates), a
+  subscription or delivery record is logged and counted, and an attempt that fails inside the
+  dispatcher settles its delivery ``failed`` with the reason.
 - **Bounded memory.** At most ``webhook_queue_limit`` deliveries per subscription and partition
   are held in memory (~1.5 KB each with a trigger's body). Beyond, deliveries are *parked*: their
   pending record is written with the Kafka header ``parked: 1`` and nothing is kept in memory;
