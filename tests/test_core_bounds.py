@@ -414,3 +414,38 @@ def test_a_contact_keeps_its_most_recently_seen_anonymous_ids() -> None:
     for i in range(0, len(shuffled), 17):
         state = apply_events(state, "u1", shuffled[i : i + 17], DEFAULT_MODEL)
     assert state is not None and (state.anonymous_ids, state.anonymous_at) == (calm.anonymous_ids, calm.anonymous_at)
+
+
+def test_the_journey_of_a_contact_past_the_ledger_bound_is_the_one_of_the_full_ledger() -> None:
+    """B2C stages read ``orders`` (repeat, loyal) and order timers (at risk after 90 days, lapsed
+    after 180, won back by an order): folding orders must not change one stage entry."""
+    from pathlib import Path
+
+    from schemas.model_file import load_model
+
+    b2c = load_model(Path(__file__).parents[1] / "schemas" / "models" / "b2c.yaml")
+    unbounded = dataclasses.replace(b2c, value=dataclasses.replace(b2c.value, max_orders=10**9))
+    rnd = random.Random(13)
+    events: list[Event] = []
+    ts = T0
+    for i in range(1500):
+        ts += rnd.choice([HOUR, DAY, 3 * DAY]) if i % 300 else 200 * DAY  # long gaps: at risk, lapsed, won back
+        events.append(order(f"o{i}", ts, total=rnd.choice([0, 5, 50])))
+        if i % 7 == 0:
+            events.append(refund(f"o{i}", ts + MINUTE))
+        if i % 5 == 0:
+            events.append(make_event(kind="page", event=None, name="Home", timestamp_ms=ts - MINUTE))
+
+    def journey_of(model: Any, size: int) -> Any:
+        state: ContactState | None = None
+        for i in range(0, len(events), size):
+            state, _ = step(state, "buyer", events[i : i + size], model)
+        assert state is not None and state.journey is not None
+        return state
+
+    bounded, full = journey_of(b2c, 40), journey_of(unbounded, 40)
+    assert bounded.value.folded is not None and full.value.folded is None
+    assert bounded.journey.history == full.journey.history
+    assert bounded.journey.fired == full.journey.fired
+    assert bounded.journey.stage == full.journey.stage
+    assert summary(bounded.value, ts) == summary(full.value, ts)
