@@ -503,7 +503,7 @@ class PurchaseFacts:
     def of(self, contact_id: str, value: CustomerValue | None, as_of_ms: int) -> RfmFacts:
         if value is None or not value.orders:
             return summary(value, as_of_ms)
-        fingerprint = hash((value.base_currency, value.orders, value.refunds))
+        fingerprint = hash((value.base_currency, value.orders, value.refunds, value.folded))
         known = self._known.get(contact_id)
         if known is not None and known[0] == fingerprint:
             self._known.move_to_end(contact_id)

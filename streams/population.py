@@ -72,10 +72,10 @@ class PartitionIndex:
     ready: bool = False
     touched: set[str] | None = None
     # the ledger each customer's facts were computed from: an unchanged ledger is not read again
-    ledgers: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    ledgers: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def put(self, contact_id: str, value: CustomerValue | None) -> None:
-        ledger = None if value is None else (value.orders, value.refunds)
+        ledger = None if value is None else (value.orders, value.refunds, value.folded)
         if ledger is not None and self.ledgers.get(contact_id) == ledger and contact_id in self.customers:
             return  # most changed contacts bought nothing new: their facts stand
         if ledger is None:
