@@ -506,3 +506,40 @@ def test_the_issues_three_messages_cost_only_themselves() -> None:
     dead = {d.value for d in worker.dead}
     for name, raw in hostile.items():
         assert (raw in dead) != (f"h-{name}" in forwarded), name
+
+
+def test_the_worker_topic_reader_goes_on_past_a_record_it_fails_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.topic_reader
+
+    records = [record("t.models", i, v) for i, v in enumerate([b"a", b"bad", b"c"])]
+
+    class Consumer:
+        def __init__(self, **_: Any) -> None:
+            self.read = 0
+
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+        def assign(self, tps: Any) -> None: ...
+        async def seek_to_beginning(self, *tps: Any) -> None: ...
+
+        async def end_offsets(self, tps: Any) -> dict[Any, int]:
+            return dict.fromkeys(tps, len(records))
+
+        async def position(self, tp: Any) -> int:
+            return self.read
+
+        async def getmany(self, tp: Any, timeout_ms: int = 0) -> dict[Any, list[Any]]:
+            self.read = len(records)
+            return {tp: records}
+
+    monkeypatch.setattr(streams.topic_reader, "AIOKafkaConsumer", Consumer)
+    seen: list[bytes | None] = []
+
+    def apply(key: bytes | None, value: bytes | None) -> None:
+        if value == b"bad":
+            raise KeyError("a bug")
+        seen.append(value)
+
+    before = streams.topic_reader.unreadable["t.models"]
+    asyncio.run(streams.topic_reader.read_topic("127.0.0.1:1", "t.models", apply, until_end=True))
+    assert seen == [b"a", b"c"] and streams.topic_reader.unreadable["t.models"] == before + 1

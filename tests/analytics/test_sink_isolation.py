@@ -137,3 +137,13 @@ def test_a_ledger_failure_costs_one_change(monkeypatch: pytest.MonkeyPatch) -> N
     assert [r[0] for r in batch.rows["score_ledger"]] == ["u-1", "u-2"]
     (reject,) = batch.rows["sink_rejects"]
     assert reject[2] == 1 and reject[6] == "ledger_error" and "ArithmeticError" in reject[7]
+
+
+def test_the_registry_reader_skips_a_record_it_cannot_read() -> None:
+    from analytics.registry import RegistryReader
+    from schemas.registry import NAMESPACE_PREFIX
+
+    reader = RegistryReader(Settings())
+    reader._apply(Rec("scorestream.models", 0, 4, T0, f"{NAMESPACE_PREFIX}v2".encode(), b"\xc1 not a record"))
+    reader._apply(Rec("scorestream.models", 0, 5, T0, b"\xff\xfe", b"{}"))
+    assert reader.unreadable == 2 and reader.registry.active == Settings().app_id
