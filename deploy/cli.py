@@ -77,8 +77,8 @@ def run(settings: Settings, workers: int | None = None) -> int:
         kafka("start", settings)
     if not settings.api_keys:
         os.environ["SCORESTREAM_API_KEYS"] = dev_key(settings)
-    if not settings.write_keys:  # the HTTP collector's, for SDKs and curl on this machine
-        os.environ["SCORESTREAM_WRITE_KEYS"] = dev_key(settings, "dev-write-key", "wk_dev_")
+    if not settings.write_keys:  # the HTTP collector's, for SDKs and curl on this machine: every channel
+        os.environ["SCORESTREAM_WRITE_KEYS"] = dev_key(settings, "dev-write-key", "wk_dev_") + ":*"
     settings = Settings()
     env = dict(os.environ)
     from deploy.topics import ensure_topics
