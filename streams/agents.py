@@ -15,6 +15,7 @@ reason, is dead-lettered alone and the rest of the batch goes on; no exception l
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -259,7 +260,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     try:
                         if not isinstance(raw, bytes):
                             raise InvalidMessage("invalid_json", "empty record value")
-                        event = decode(raw, channels[record.topic], record_ms(record))
+                        event = decode(raw, channels[record.topic], record_ms(record), time.time_ns() // 1_000_000)
                         where, key = routing_key(event)
                         topic = w.identity_topic if where == "identity" else w.contacts_topic
                         out.add(topic, key, Envelope(kind="event", event=event))  # encoded here: fails alone

@@ -8,8 +8,9 @@ import msgspec
 import orjson
 import pytest
 
-from schemas.events import MAX_MESSAGE_BYTES, InvalidMessage, decode
+from schemas.events import MAX_DEPTH, MAX_MESSAGE_BYTES, InvalidMessage, decode
 from schemas.state import (
+    STATE_VERSION,
     Batch,
     Envelope,
     EventHead,
@@ -308,8 +309,8 @@ def test_forwarding_state_round_trip() -> None:
 
 
 def test_state_with_a_newer_version_is_refused() -> None:
-    state = dataclasses.replace(_rich_state(), v=2)
-    with pytest.raises(UnsupportedVersion, match="contact state version 2"):
+    state = dataclasses.replace(_rich_state(), v=STATE_VERSION + 1)
+    with pytest.raises(UnsupportedVersion, match=f"contact state version {STATE_VERSION + 1}"):
         decode_state(encode(state))
 
 
@@ -382,3 +383,189 @@ def test_garbage_state_bytes_raise() -> None:
         decode_state(encode({"contact_id": 1}))
     with pytest.raises(msgspec.DecodeError):
         decode_state(orjson.dumps({"not": "msgpack"}))
+
+
+# --- the JSON rules (schemas.events.check_json): one decision for every malformed input ----------
+
+
+def _with_properties(text: bytes) -> bytes:
+    raw = segment_json(type="track", properties={"x": "PLACEHOLDER"})
+    return raw.replace(b'"PLACEHOLDER"', text)
+
+
+def _nested(levels: int) -> bytes:
+    """A message whose properties.x holds ``levels`` nested arrays (the message itself is level 1,
+    properties level 2)."""
+    return _with_properties(b"[" * levels + b"]" * levels)
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    assert ok(_nested(MAX_DEPTH - 2)).properties["x"]  # 1 + 1 + 30 = 32 levels
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH - 1, 100, 3000, 10_000])
+def test_deeper_nesting_is_refused_before_any_parser(levels: int) -> None:
+    raw = _nested(levels)
+    assert len(raw) <= MAX_MESSAGE_BYTES  # not refused as too_large first
+    error = rejected(raw)
+    assert error.reason == "too_deep"
+    assert str(MAX_DEPTH) in error.detail
+
+
+def test_deep_objects_in_an_unknown_field_are_refused_too() -> None:
+    # msgspec skips unknown fields recursively: it would raise RecursionError at ~1000 levels
+    raw = segment_json(type="track").replace(b"{", b'{"zzz":' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b",", 1)
+    assert rejected(raw).reason == "too_deep"
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    raw = segment_json(type="track", properties={"x": "[" * 500 + "{" * 500, "y": 'q"[[[' * 20})
+    assert ok(raw).properties["x"].startswith("[[")
+
+
+@pytest.mark.parametrize("raw", [_with_properties(b"[" * 40 + b"}" * 40), _with_properties(b"[[[[" * 10 + b"]")])
+def test_unbalanced_brackets_never_reach_a_parser(raw: bytes) -> None:
+    assert rejected(raw).reason in ("invalid_json", "too_deep")
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        b"9223372036854775808",
+        b"-9223372036854775809",
+        b"18446744073709551615",
+        b"1234567890123456789012345678901234567890",
+        b"-1234567890123456789012345678901234567890",
+    ],
+)
+def test_integers_outside_signed_64_bits_are_refused(number: bytes) -> None:
+    error = rejected(_with_properties(b'{"n": ' + number + b"}"))
+    assert error.reason == "number_out_of_range"
+    assert "properties.x.n" in error.detail
+
+
+@pytest.mark.parametrize(
+    "where",
+    [b'"version": %s', b'"zzz": %s', b'"context": {"a": [%s]}', b'"traits": {"a": %s}'],
+)
+def test_big_integers_are_refused_in_any_field(where: bytes) -> None:
+    raw = segment_json(type="track").replace(b"{", b"{" + where % b"123456789012345678901234567890" + b",", 1)
+    assert rejected(raw).reason == "number_out_of_range"
+
+
+@pytest.mark.parametrize("number", [9223372036854775807, -9223372036854775808, 0, 10**18])
+def test_integers_at_the_bounds_are_accepted(number: int) -> None:
+    event = ok(segment_json(type="track", properties={"n": number}))
+    assert event.properties["n"] == number
+    assert _through_a_batch(Envelope(kind="event", event=event)).event == event
+
+
+def test_long_digit_runs_inside_strings_are_fine() -> None:
+    raw = segment_json(type="track", messageId="1" * 40, properties={"card": "9" * 60, "t": "4e123"})
+    assert ok(raw).message_id == "1" * 40
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1.5E+309", b"123456789e999"])
+def test_numbers_past_a_double_are_refused(number: bytes) -> None:
+    assert rejected(_with_properties(number)).reason == "number_out_of_range"
+    unknown = segment_json(type="track").replace(b"{", b'{"zzz": ' + number + b",", 1)
+    assert rejected(unknown).reason == "number_out_of_range"
+
+
+def test_small_and_tiny_exponents_are_accepted() -> None:
+    assert ok(_with_properties(b"1e308")).properties["x"] == 1e308
+    assert ok(_with_properties(b"1e-400")).properties["x"] == 0.0
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"nan", b"inf"])
+@pytest.mark.parametrize("field", [b"properties", b"zzz", b"context"])
+def test_nan_and_infinity_are_not_json(literal: bytes, field: bytes) -> None:
+    raw = segment_json(type="track").replace(b"{", b'{"' + field + b'": {"a": ' + literal + b"},", 1)
+    assert rejected(raw).reason == "invalid_json"
+
+
+@pytest.mark.parametrize("bad", [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\xe2\x82"])
+@pytest.mark.parametrize("field", [b"properties", b"zzz"])
+def test_invalid_utf8_is_refused_anywhere(bad: bytes, field: bytes) -> None:
+    raw = segment_json(type="track").replace(b"{", b'{"' + field + b'": {"a": "x' + bad + b'y"},', 1)
+    error = rejected(raw)
+    assert error.reason == "invalid_json"
+    assert "UTF-8" in error.detail
+
+
+@pytest.mark.parametrize("escape", [rb"\ud800", rb"\udfff", rb"\ud83dx", rb"\ude00\ud83d", rb"\ud800\u0041"])
+@pytest.mark.parametrize("field", [b"properties", b"zzz"])
+def test_lone_surrogate_escapes_are_refused(escape: bytes, field: bytes) -> None:
+    raw = segment_json(type="track").replace(b"{", b'{"' + field + b'": {"a": "' + escape + b'"},', 1)
+    assert rejected(raw).reason == "invalid_json"
+
+
+def test_surrogate_pairs_are_text() -> None:
+    event = ok(_with_properties(rb'"\ud83d\ude00 \u00e9"'))
+    assert event.properties["x"] == "\U0001f600 \u00e9"
+    assert _through_a_batch(Envelope(kind="event", event=event)).event == event
+
+
+def test_escaped_backslashes_before_quotes_are_read_as_json_reads_them() -> None:
+    raw = _with_properties(rb'"a\\", "y": [[[[' + b"[" * 40 + b"]" * 44)
+    assert rejected(raw).reason == "too_deep"  # the brackets are outside the string "a\\"
+    assert ok(_with_properties(rb'"a\\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["')).properties["x"].startswith("a\\")
+
+
+def test_duplicate_keys_last_wins_at_every_level() -> None:
+    raw = (
+        b'{"type": "track", "event": "A", "event": "Order Completed", "messageId": "m", "userId": "u1",'
+        b' "userId": "u2", "timestamp": "2026-09-21T14:13:20Z", "properties": {"total": 1, "total": 2}}'
+    )
+    event = ok(raw)
+    assert (event.event, event.user_id, event.properties) == ("Order Completed", "u2", {"total": 2})
+
+
+def test_a_repeated_type_takes_the_last() -> None:
+    raw = b'{"type": "track", "type": "page", "messageId": "m", "userId": "u", "timestamp": "2026-09-21T14:13:20Z"}'
+    assert ok(raw).kind == "page"
+
+
+# --- record timestamps ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record_ms", [-1, 0])
+def test_a_message_without_timestamp_needs_a_record_timestamp(record_ms: int) -> None:
+    error = rejected(segment_json(timestamp=OMIT), record_ms=record_ms)
+    assert error.reason == "bad_timestamp"
+    assert "no event time" in error.detail
+
+
+def test_without_record_timestamp_the_event_time_is_checked_against_the_clock() -> None:
+    raw = segment_json(timestamp=iso(T0 + DAY + 1))
+    assert decode(raw, "web", -1, now_ms=T0 + 2).timestamp_ms == T0 + DAY + 1
+    with pytest.raises(InvalidMessage) as info:
+        decode(raw, "web", -1, now_ms=T0)
+    assert info.value.reason == "bad_timestamp"
+    assert "clock" in info.value.detail
+    assert decode(raw, "web", -1).timestamp_ms == T0 + DAY + 1  # no clock given (a replay): not checked
+
+
+def test_a_record_timestamp_far_ahead_of_the_clock_is_refused() -> None:
+    raw = segment_json(timestamp=OMIT)
+    assert decode(raw, "web", RECORD_MS + DAY, now_ms=RECORD_MS).timestamp_ms == RECORD_MS + DAY
+    with pytest.raises(InvalidMessage) as info:
+        decode(raw, "web", RECORD_MS + DAY + 1, now_ms=RECORD_MS)
+    assert info.value.reason == "bad_timestamp"
+    # the message's own timestamp does not make the record's acceptable
+    with pytest.raises(InvalidMessage):
+        decode(segment_json(timestamp=iso(RECORD_MS)), "web", RECORD_MS + 30 * DAY, now_ms=RECORD_MS)
+
+
+def test_decode_is_deterministic_given_its_arguments() -> None:
+    raw = segment_json(timestamp=iso(T0 + 3))
+    assert decode(raw, "web", RECORD_MS, RECORD_MS) == decode(raw, "web", RECORD_MS, RECORD_MS)
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH - 1, MAX_DEPTH + 40])
+def test_alternating_objects_and_arrays_count_every_level(levels: int) -> None:
+    opening = b'{"a":[' * (levels // 2) + b"{" * (levels % 2)
+    closing = b"}" * (levels % 2) + b"]}" * (levels // 2)
+    assert rejected(_with_properties(opening + closing)).reason == "too_deep"
+    shallow = b'{"a":[' * ((MAX_DEPTH - 2) // 2)
+    assert ok(_with_properties(shallow + b"]}" * ((MAX_DEPTH - 2) // 2))).properties["x"]
