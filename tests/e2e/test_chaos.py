@@ -212,6 +212,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     stop_broker(b.data, b.port)
 
 
+@pytest.mark.timeout(600)  # about 2 minutes alone; the suite's 300 s is tight on a busy 2-core machine
 def test_two_workers_killed_and_a_broker_killed_end_equal_to_a_calm_run(broker: Broker, tmp_path: Path) -> None:
     test_started = time.monotonic()
     folder = tmp_path / "svc"
