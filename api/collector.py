@@ -35,7 +35,10 @@ clients post here exactly as they would to ``api.segment.io``; accepted messages
   the worker accepts. A single-message route answers 400 with the reason code; a batch answers
   200, publishes the valid messages, sends the invalid ones to the dead-letter topic (the
   worker's headers and reasons) and lists them in ``rejected``. A body that is not JSON, not an
-  object, has no ``batch`` list, or is over a limit is a 400 and publishes nothing.
+  object, has no ``batch`` list, or is over a limit is a 400 and publishes nothing. The
+  contract's JSON rules (UTF-8, 32 levels of nesting, 64-bit integers, no ``NaN``) are checked on
+  a single message's body before it is parsed (:func:`parse_body`): the same 400 reason as the
+  worker's dead letter, never a 500.
 * Durability: 200 means every record of the request (dead letters included) was acknowledged by
   Kafka with ``acks=all`` (idempotent producer). More than ``collector_max_in_flight`` messages
   waiting for acknowledgements: 429 with ``Retry-After``; Kafka unreachable or slower than
@@ -65,7 +68,15 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request, Response
 from starlette.types import Receive, Scope, Send
 
-from schemas.events import MAX_MESSAGE_BYTES, InvalidMessage, deadletter_headers, decode
+from schemas.events import (
+    MAX_DEPTH,
+    MAX_MESSAGE_BYTES,
+    InvalidMessage,
+    check_json,
+    deadletter_headers,
+    decode,
+    may_hold_long_integers,
+)
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -435,10 +446,7 @@ class Collector:
         if self.in_flight >= self.settings.collector_max_in_flight:
             raise self._busy()
         body = await _read(receive, length, encoding, limit)
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise Refusal(400, "invalid_json", f"the body is not JSON: {exc}") from None
+        parsed = parse_body(body, single=kind is not None)
         if not isinstance(parsed, dict):
             raise Refusal(400, "invalid_message", "the body must be a JSON object")
         if channels is None:
@@ -524,12 +532,13 @@ class Collector:
                         )
                 value = orjson.dumps(msg)
                 decode(value, channel, req.received_ms)
-            except InvalidMessage as exc:
+            except (InvalidMessage, orjson.JSONEncodeError) as error:
+                exc = error if isinstance(error, InvalidMessage) else _unencodable(error)
                 rejected.append(Rejected(index, exc.reason, exc.detail))
                 if dead_letters is not None:
                     headers = deadletter_headers(exc.reason, exc.detail, topics[channel], -1, -1)
                     headers.append(("scorestream.source.http", f"{dead_letters}[{index}]".encode()))
-                    raw = value if value is not None else orjson.dumps(msg)
+                    raw = value if value is not None else _any_json(msg, index)
                     out.append(Outgoing(self.settings.topic_deadletter, key, raw, headers))
                 continue
             out.append(Outgoing(topics[channel], key, value))
@@ -648,6 +657,61 @@ async def _discard(headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> 
     except Refusal as refusal:
         return refusal.reply()
     return Reply(200, _OK, _headers(_OK))
+
+
+def parse_body(body: bytes, single: bool) -> Any:
+    """The request body, parsed under the contract's JSON rules (the worker's decision).
+
+    A single-message body is the message: :func:`schemas.events.check_json` refuses it with the
+    reason the worker would give (400). A batch body is parsed whole (orjson: at most 1,024
+    levels, or 400 ``too_deep``); each message then meets the rules when it is validated and is
+    dead-lettered alone. orjson reads an integer past 64 bits as a float: a batch that may hold
+    one is read again with msgspec, which keeps it exact, so that its message is refused rather
+    than altered."""
+    if single:
+        try:
+            check_json(body)
+        except InvalidMessage as exc:
+            raise Refusal(400, exc.reason, exc.detail) from None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        text = str(exc)
+        reason = (
+            "too_deep" if "depth limit" in text else "number_out_of_range" if "infinity" in text else "invalid_json"
+        )
+        raise Refusal(400, reason, f"the body is not JSON: {exc}") from None
+    if not single and may_hold_long_integers(body):
+        try:
+            parsed = msgspec.json.decode(body)
+        except RecursionError:  # msgspec's limit (about 1,000 levels) is below orjson's
+            raise Refusal(400, "too_deep", "the body nests too deep to be read") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise Refusal(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    return parsed
+
+
+def _unencodable(exc: orjson.JSONEncodeError) -> InvalidMessage:
+    """A parsed batch message orjson cannot write back: an integer past 64 bits, or more than 255
+    levels (both beyond the contract, which would refuse the message for the same reason)."""
+    text = str(exc)
+    if "Integer" in text:
+        return InvalidMessage("number_out_of_range", f"an integer is outside the signed 64-bit range ({text})")
+    if "Recursion" in text:
+        return InvalidMessage("too_deep", f"objects and arrays nest deeper than {MAX_DEPTH} levels ({text})")
+    return InvalidMessage("invalid_message", text)
+
+
+def _any_json(msg: Any, index: int) -> bytes:
+    """A refused batch message as JSON for its dead letter, whatever it holds."""
+    try:
+        return orjson.dumps(msg)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return msgspec.json.encode(msg)  # exact big integers; about 1,000 levels
+    except RecursionError:
+        raise Refusal(400, "too_deep", f"message {index} nests too deep to be dead-lettered") from None
 
 
 def _basic_user(header: bytes) -> bytes | None:

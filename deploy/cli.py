@@ -61,8 +61,9 @@ def run(settings: Settings, workers: int | None = None) -> int:
     most the partitions), API and webhook dispatcher (and the analytics sink when ClickHouse is a
     server; with embedded chDB the API runs it); Ctrl-C stops what it started.
 
-    The workers share ``SCORESTREAM_DATA_DIR``: worker ``i`` keeps its tables in
-    ``<data_dir>/worker/<i>`` (``SCORESTREAM_WORKER_INDEX``)."""
+    The workers share ``SCORESTREAM_DATA_DIR``: each takes the lowest free slot on the host
+    (``<data_dir>/worker/<index>`` for its tables; ``streams.worker.claim_slot``), so a worker
+    started by hand beside them (``scorestream shadow``, another ``scorestream worker``) is no clash."""
     workers = default_workers(settings) if workers is None else workers
     if workers > settings.partitions:
         log.warning(
@@ -93,9 +94,10 @@ def run(settings: Settings, workers: int | None = None) -> int:
     def start_workers(base_env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
         return [
             subprocess.Popen(
-                [sys.executable, "-m", "deploy.cli", "worker"], env={**base_env, "SCORESTREAM_WORKER_INDEX": str(i)}
+                [sys.executable, "-m", "deploy.cli", "worker"],
+                env={k: v for k, v in base_env.items() if k != "SCORESTREAM_WORKER_INDEX"},
             )
-            for i in range(workers)
+            for _ in range(workers)
         ]
 
     procs = start_workers(env)
@@ -152,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=positive,
         default=None,
-        help="worker processes (default: one per core, at most SCORESTREAM_PARTITIONS); worker i keeps its "
-        "tables in <data_dir>/worker/<i>",
+        help="worker processes (default: one per core, at most SCORESTREAM_PARTITIONS); each takes the lowest "
+        "free slot <data_dir>/worker/<index> for its tables",
     )
     sub.add_parser(
         "worker", help="one Faust worker (start as many as partitions, on one host or several, same SCORESTREAM_APP_ID)"

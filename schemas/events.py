@@ -237,6 +237,12 @@ def check_json(raw: bytes, max_depth: int = MAX_DEPTH) -> None:
         _check_numbers(raw, ints=long_digits)
 
 
+def may_hold_long_integers(raw: bytes) -> bool:
+    """Whether ``raw`` has a run of 19 digits: an integer past 64 bits needs one (a parser that
+    reads those as floats, as orjson does, must not be trusted with it)."""
+    return _LONG_DIGITS in raw.translate(_SHAPE, _SIGNS)
+
+
 def _check_depth(raw: bytes, max_depth: int) -> None:
     """Nesting of the brackets outside strings: each round removes the innermost pairs, one level."""
     outside = _STRING.sub(b'""', raw) if b"\\" in raw else b'""'.join(raw.split(b'"')[::2])

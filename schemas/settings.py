@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         ge=0,
         description="This worker's slot on its host: its tables live in `<data_dir>/worker/<index>` "
         "(`<data_dir>/worker-<namespace>/<index>` for a shadow namespace), locked while it runs. Default: the "
-        "lowest slot no running worker of the namespace holds. `scorestream run --workers N` sets 0 to N-1.",
+        "lowest slot no running worker of the namespace holds. `scorestream run` leaves it unset.",
     )
     state_cache_entries: int = Field(
         default=10_000,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import msgspec
 import orjson
@@ -25,8 +26,11 @@ from schemas.state import (
     raw_item,
 )
 from scorestream import ContactState, Event, IdentityLink, apply_events
+from scorestream.contact import step
 from scorestream.identity import MergeInto
+from tests import hostile
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, OMIT, T0, iso, make_event, segment_json
+from tests.hostile import build as hostile_build
 
 RECORD_MS = T0 + 5 * 60_000
 
@@ -569,3 +573,49 @@ def test_alternating_objects_and_arrays_count_every_level(levels: int) -> None:
     assert rejected(_with_properties(opening + closing)).reason == "too_deep"
     shallow = b'{"a":[' * ((MAX_DEPTH - 2) // 2)
     assert ok(_with_properties(shallow + b"]}" * ((MAX_DEPTH - 2) // 2))).properties["x"]
+
+
+# --- the hostile corpus (tests/hostile/) ---------------------------------------------------------
+
+CORPUS = hostile.load()
+
+
+def test_the_hostile_corpus_is_built_from_its_script_and_covers_every_kind() -> None:
+    assert hostile.CORPUS.read_text() == hostile_build.build(), "run: python -m tests.hostile.build"
+    reasons = Counter(case.reason for case in CORPUS)
+    assert sum(n for reason, n in reasons.items() if reason != hostile.ACCEPTED) >= 50
+    for reason in (
+        "too_deep",
+        "number_out_of_range",
+        "invalid_json",
+        "invalid_field",
+        "invalid_message",
+        "unknown_type",
+        "missing_identity",
+        "bad_timestamp",
+        "too_large",
+        hostile.ACCEPTED,
+    ):
+        assert reasons[reason], reason
+
+
+def _history() -> ContactState:
+    events = [make_event(timestamp_ms=T0 - DAY * i, message_id=f"old-{i}") for i in range(5)]
+    return apply_events(None, "c", events, DEFAULT_MODEL)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
+def test_every_hostile_message_gets_its_decision(case: hostile.Case) -> None:
+    if case.reason != hostile.ACCEPTED:
+        error = rejected(case.raw)
+        assert error.reason == case.reason, error.detail
+        assert error.detail
+        return
+    event = ok(case.raw)
+    assert event.user_id == case.user_id
+    assert _through_a_batch(Envelope(kind="event", event=event)).event == event
+    for before in (None, _history()):
+        seen = before.last_seen_ms or 0 if before is not None else 0
+        state, _ = step(before, case.user_id, [event], DEFAULT_MODEL)  # the worker's fold: never raises
+        assert state is not None and state.last_seen_ms == max(seen, event.timestamp_ms)
+        assert decode_state(encode(state)) == state

@@ -226,9 +226,10 @@ def test_two_workers_killed_and_a_broker_killed_end_equal_to_a_calm_run(broker: 
     span = 10 * 86_400_000
     records: list[Record] = list(Traffic(contacts=CONTACTS, seed=31, start_ms=now - span, span_ms=span).records(EVENTS))
     rng = random.Random(31)
-    resent = [records[rng.randrange(len(records) // 2)] for _ in range(int(EVENTS * DUPLICATES))]
     stream = [Outgoing(service.topic(r.channel), r.value, r.key) for r in records]
-    stream += [Outgoing(service.topic(r.channel), r.value, r.key) for r in resent]  # duplicates, later
+    for _ in range(int(EVENTS * DUPLICATES)):  # a record sent again later, anywhere in the stream
+        original = rng.randrange(len(stream) - 1)
+        stream.insert(rng.randrange(original + 1, len(stream)), stream[original])
     size = math.ceil(len(stream) / SEGMENTS)
     segments = [stream[i : i + size] for i in range(0, len(stream), size)]
     sent_probes: list[tuple[Outgoing, str]] = []  # with their channel, for the calm run
@@ -289,6 +290,8 @@ def test_two_workers_killed_and_a_broker_killed_end_equal_to_a_calm_run(broker: 
         print(f"\nchaos figures: {json.dumps(figures)}")
         sample = {cid: diff[:5] for cid, diff in list(wrong.items())[:10]}
         assert not wrong, f"{len(wrong)} of {len(expected)} contacts differ from the calm run: {sample}"
+        dead = service.read_topic(service.topic("dead"), expect=1, wait_s=3)
+        assert not dead, f"valid events dead-lettered: {[dict(r.headers) for r in dead[:5]]}"
         for proc, name in service._processes():
             assert proc is not None and proc.poll() is None, f"{name} exited: {service.logs(name)}"
     finally:
