@@ -28,8 +28,8 @@ __all__ = [
 
 
 class RfmOut(BaseModel):
-    recency_days: float = Field(description="Days since the last order with a net value above 0.")
-    frequency: int = Field(description="Orders with a net value above 0 (after refunds), every channel.")
+    recency_days: float = Field(description="Days since the last order not refunded (a free order counts).")
+    frequency: int = Field(description="Orders not refunded (a free order counts), every channel.")
     monetary: float = Field(description="Net revenue in the model's base currency.")
     aov: float = Field(description="Average order value (monetary over the valued orders).")
     first_order: datetime
@@ -54,7 +54,7 @@ class ClvOut(BaseModel):
 
 
 class ValueOut(BaseModel):
-    rfm: RfmOut | None = Field(description="Null for a contact who is not a customer (no order with a net value).")
+    rfm: RfmOut | None = Field(description="Null for a contact who is not a customer (no order that was not refunded).")
     clv: ClvOut | None = Field(description="Null for a contact who is not a customer.")
 
 

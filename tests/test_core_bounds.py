@@ -156,13 +156,54 @@ def test_an_order_older_than_the_fold_is_taken_for_a_copy_and_ignored() -> None:
     value = apply_purchase_events(None, history, SMALL)
     assert value.folded is not None and summary(value, T0 + 100 * HOUR).frequency == 100
     assert apply_purchase_events(value, [history[0], history[40]], SMALL) == value  # re-sent: no double count
+    # a copy re-stamped later (a store system re-sending a web order) of a recently folded order
+    assert apply_purchase_events(value, [order("o3", T0 + 150 * HOUR, total=10)], SMALL) == value
     # an order that late cannot be told from a copy: it is not counted (docs/architecture.md, Bounds)
     late = order("brand-new", T0 + 5 * HOUR + 1, total=99)
     assert apply_purchase_events(value, [late], SMALL) == value
-    # a refund of a folded order is not applied either; one of an itemised order is
-    assert apply_purchase_events(value, [refund("o3", T0 + 200 * HOUR)], SMALL).folded == value.folded
-    refunded = apply_purchase_events(value, [refund("o99", T0 + 200 * HOUR)], SMALL)
-    assert summary(refunded, T0 + 300 * HOUR).frequency == 99
+
+
+def test_a_refund_arriving_after_its_order_folded_still_applies() -> None:
+    history = [order(f"o{i}", T0 + i * HOUR, total=10 + i % 3, currency=("EUR", "USD")[i % 2]) for i in range(100)]
+    value = apply_purchase_events(None, history, SMALL)
+    assert value.folded is not None and {"o3", "o7", "o20"} <= {fo.order_id for fo in value.folded.recent}
+    refunds = [
+        refund("o3", T0 + 200 * HOUR),  # full
+        refund("o7", T0 + 201 * HOUR, total=4, refund_id="a"),  # partial, then the rest
+        refund("o7", T0 + 202 * HOUR, total=40, refund_id="b"),
+        refund("o20", T0 + 203 * HOUR, total=2.5),  # partial: the order still counts
+        refund("o99", T0 + 204 * HOUR, total=1),  # an itemised order
+    ]
+    late = apply_purchase_events(value, refunds, SMALL)
+    full = apply_purchase_events(None, history + refunds, FULL)
+    for as_of in (T0 + 202 * HOUR, T0 + 300 * HOUR):
+        assert summary(late, as_of) == summary(full, as_of)
+    # CLV: partial refunds exactly; a late refund that removes a folded order leaves its
+    # transaction counted (one per instant: the summary does not know who else bought then)
+    partial = [refunds[3], refunds[4]]
+    assert clv_summary(apply_purchase_events(value, partial, SMALL), T0 + 300 * HOUR) == clv_summary(
+        apply_purchase_events(None, history + partial, FULL), T0 + 300 * HOUR
+    )
+    clv_late, clv_full = clv_summary(late, T0 + 300 * HOUR), clv_summary(full, T0 + 300 * HOUR)
+    assert clv_late is not None and clv_full is not None and clv_late.frequency == clv_full.frequency + 2
+    steps, reference = facts_timeline(late), facts_timeline(full)
+    for s in steps[1:]:  # each late refund at its own instant, as in the full ledger
+        at = bisect_right(reference, s.key, key=lambda r: r.key) - 1
+        assert (s.frequency, s.monetary) == (reference[at].frequency, reference[at].monetary)
+    # copies of a refund change nothing, whether it came before the fold or after
+    assert apply_purchase_events(late, refunds, SMALL) == late
+    first_refund = refund("o1", T0 + 4 * HOUR)
+    early = apply_purchase_events(None, [*history[:5], first_refund, *history[5:]], SMALL)
+    assert early.folded is not None and apply_purchase_events(early, [first_refund], SMALL) == early
+    # folding on: the refunded orders leave ``recent`` and their refunds stay applied in the summary
+    more = [order(f"n{i}", T0 + (300 + i) * HOUR, total=1) for i in range(600)]
+    later = apply_purchase_events(late, more, SMALL)
+    assert later.folded is not None and "o7" not in {fo.order_id for fo in later.folded.recent}
+    assert not [r for r in later.refunds if r.order_id in ("o3", "o7", "o20")]
+    after = summary(apply_purchase_events(full, more, FULL), T0 + 1000 * HOUR)
+    assert summary(later, T0 + 1000 * HOUR) == after
+    # a refund of an order folded and forgotten cannot be valued: it is not applied
+    assert summary(apply_purchase_events(later, [refund("o50", T0 + 999 * HOUR)], SMALL), T0 + 1000 * HOUR) == after
 
 
 def test_an_over_long_order_id_is_kept_as_a_digest() -> None:

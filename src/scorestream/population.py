@@ -60,10 +60,8 @@ from scorestream.rfm import (
     RfmScore,
     SegmentRule,
     clv_summary,
-    net_orders,
     rfm_score,
     summary,
-    summary_of,
 )
 
 __all__ = [
@@ -138,7 +136,7 @@ class CustomerFacts(NamedTuple):
 
 
 def customer_facts(value: CustomerValue | None) -> CustomerFacts | None:
-    """Everything the ledger holds, as index facts; None for a non-customer (no order with a net value).
+    """Everything the ledger holds, as index facts; None for a non-customer (no order not refunded).
 
     Read as of the ledger's newest record, so every order and refund it holds counts.
     """
@@ -148,8 +146,7 @@ def customer_facts(value: CustomerValue | None) -> CustomerFacts | None:
     if value.folded is not None:
         stamps.append(value.folded.until[0])
     as_of = max(stamps)
-    nets = net_orders(value, as_of)  # once: summary and clv_summary both start from it
-    facts = summary_of(nets, as_of, value.folded)
+    facts = summary(value, as_of)
     if facts.frequency <= 0 or facts.last_order_ms is None:
         return None
     inputs = None
@@ -441,7 +438,7 @@ def value_view(
     segments: Sequence[SegmentRule] = DEFAULT_SEGMENTS,
 ) -> ValueView | None:
     """The contact's value at ``as_of_ms`` against ``population``; None for a non-customer
-    (no order with a net value above 0 by ``as_of_ms``)."""
+    (no order not refunded by ``as_of_ms``)."""
     facts = summary(value, as_of_ms)
     if facts.frequency <= 0:
         return None

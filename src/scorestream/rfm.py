@@ -3,7 +3,8 @@
 The ledger rule: **the state depends on the set of messages, not on their order or how often they
 arrive.** Every recognised message becomes one record; records are joined by a deterministic
 minimum, and everything else (net revenue, refunds, facts) is derived from the records at read
-time. So ``apply_purchase_events`` is commutative, associative and idempotent.
+time. So, within the bounds below, ``apply_purchase_events`` is commutative, associative and
+idempotent.
 
 Purchases
     ``track`` events named in ``ValueConfig.order_events`` (``Order Completed``) from any channel.
@@ -30,9 +31,17 @@ Currencies
     The raw amount and the rate used are stored, so the ledger can be revalued later.
 
 Facts are read at an explicit ``as_of_ms`` (no clock): orders and refunds stamped after it are
-ignored, as in :func:`scorestream.clv.summarise`. ``frequency`` counts orders whose net value (after
-refunds) is above 0, so fully refunded and zero-value orders are not purchases, for recency
-either.
+ignored, as in :func:`scorestream.clv.summarise`. ``frequency`` counts the orders not refunded: a
+free order (amount 0) is a purchase that adds 0; a full refund, or partial refunds that leave
+nothing, remove an order, for recency too.
+Bounds
+    A ledger itemises at most ``ValueConfig.max_orders`` orders; the oldest fold, in steps, into
+    an exact summary (:class:`FoldedOrders`), so facts, CLV inputs and the walk's purchase
+    timeline still count every order. Records stamped at or before the fold that arrive after it
+    are taken for copies and ignored; the latest ``max_recent_folded`` folded orders are kept so
+    that their copies are recognised and their later refunds still apply. Refunds are bounded
+    per order, in all, and while their order is unknown. docs/architecture.md ("Bounds") has the
+    answer at each bound.
 
 Population scores
     R, F and M are quintile scores 1-5 (5 = best) against the whole population of customers
@@ -229,11 +238,17 @@ class ValueConfig:
     max_refunds_per_order: int = 16
     max_refunds: int = 512
     max_pending_refunds: int = 128
+    max_recent_folded: int = 256
 
     def __post_init__(self) -> None:
-        if self.max_orders < 8 or min(self.max_refunds_per_order, self.max_refunds) < 1 or self.max_pending_refunds < 0:
+        if (
+            self.max_orders < 8
+            or min(self.max_refunds_per_order, self.max_refunds) < 1
+            or min(self.max_pending_refunds, self.max_recent_folded) < 0
+        ):
             raise ModelError(
-                "value: max_orders >= 8, max_refunds_per_order >= 1, max_refunds >= 1 and max_pending_refunds >= 0"
+                "value: max_orders >= 8, max_refunds_per_order >= 1, max_refunds >= 1, max_pending_refunds >= 0"
+                " and max_recent_folded >= 0"
             )
         base = _currency(self.base_currency)
         if base is None:
@@ -316,6 +331,22 @@ class Refund(NamedTuple):
     rate: float | None
 
 
+class FoldedOrder(NamedTuple):
+    """One of the latest folded orders as it was folded: enough to apply a refund that arrives
+    after the fold. ``parts``: the partial refunds it had then (in its currency), ``full``: it
+    had a full refund, ``refunds``: their keys (a re-sent copy of one is not applied again)."""
+
+    order_id: str
+    ts: int
+    mid: str
+    currency: str
+    amount: float
+    rate: float | None
+    parts: tuple[float, ...] = ()
+    full: bool = False
+    refunds: tuple[str, ...] = ()
+
+
 class FoldedOrders(NamedTuple):
     """The orders folded out of a ledger: exactly what the facts need of them.
 
@@ -326,7 +357,10 @@ class FoldedOrders(NamedTuple):
     ``"numerator/denominator"`` (a float sum would depend on the order of additions).
     ``first_ms``/``last_ms``: the earliest/latest live order. For CLV (valued live orders, one
     transaction per timestamp as :func:`scorestream.clv.summarise` counts them): ``times``
-    distinct timestamps, the first one and its exact value, the last one.
+    distinct timestamps, the first one and its exact value, the last one. ``recent``: the latest
+    ``ValueConfig.max_recent_folded`` folded orders (:class:`FoldedOrder`), by (timestamp,
+    message id): a refund of one of them arriving after the fold still applies, and a re-sent
+    copy of one is recognised.
     """
 
     until: tuple[int, str]
@@ -340,6 +374,7 @@ class FoldedOrders(NamedTuple):
     first_time_ms: int | None = None
     first_time_value: str = "0"
     last_time_ms: int | None = None
+    recent: tuple[FoldedOrder, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +518,7 @@ def apply_purchase_events(
     if value.base_currency != config.base_currency:
         raise ValueError(f"ledger is kept in {value.base_currency}, the configuration's base is {config.base_currency}")
     until = value.folded.until if value.folded is not None else None
+    recent = {fo.order_id for fo in value.folded.recent} if value.folded is not None else set()
     orders: dict[str, Order] | None = None
     refunds: dict[tuple[str, str], Refund] | None = None
     for event in events:
@@ -494,6 +530,8 @@ def apply_purchase_events(
             if orders is None:
                 orders = {o.order_id: o for o in value.orders}
             order = _order_of(event, config)
+            if order.order_id in recent:
+                continue  # a copy of an order folded a moment ago
             current = orders.get(order.order_id)
             if current is None or _rank(order) < _rank(current):
                 orders[order.order_id] = order
@@ -512,7 +550,7 @@ def apply_purchase_events(
     new_refunds = value.refunds if refunds is None else tuple(refunds[k] for k in sorted(refunds))
     ledger = replace(value, v=VALUE_VERSION, orders=new_orders, refunds=new_refunds)
     if not fold:  # the caller folds, then bounds the total (fold_ledger or bound_ledger)
-        refunds_now = _bounded_refunds(new_orders, new_refunds, until, config, total=False)
+        refunds_now = _bounded_refunds(new_orders, new_refunds, value.folded, config, total=False)
         return replace(ledger, refunds=refunds_now, unconverted=_unconverted(new_orders, refunds_now))
     cut = fold_cut(ledger, config)
     return bound_ledger(ledger, config) if cut is None else fold_ledger(ledger, cut, config)
@@ -521,35 +559,45 @@ def apply_purchase_events(
 def bound_ledger(value: CustomerValue, config: ValueConfig) -> CustomerValue:
     """The ledger with its refunds within the bounds (:func:`_bounded_refunds`), after any fold:
     bounding after folding makes the result the same however the orders were batched."""
-    until = value.folded.until if value.folded is not None else None
-    refunds = _bounded_refunds(value.orders, value.refunds, until, config)
+    refunds = _bounded_refunds(value.orders, value.refunds, value.folded, config)
     return replace(value, refunds=refunds, unconverted=_unconverted(value.orders, refunds))
 
 
 def _bounded_refunds(
     orders: Sequence[Order],
     refunds: Sequence[Refund],
-    until: tuple[int, str] | None,
+    folded: FoldedOrders | None,
     config: ValueConfig,
     total: bool = True,
 ) -> tuple[Refund, ...]:
     """At most ``max_refunds_per_order`` refunds per order and ``max_refunds`` in all (the earliest
     by (timestamp, message id, key)) and ``max_pending_refunds`` refunds of orders not in the
     ledger (the latest);
-    a refund of no itemised order stamped at or before the fold is dropped (its order was
-    folded, or is older than anything the ledger still takes). A function of the set. ``total``
-    False leaves the bound in all to after a fold (it depends on which orders stay itemised)."""
+    a refund of no itemised or recently folded order stamped at or before the fold is dropped
+    (its order was folded, or is older than anything the ledger still takes), as is one a
+    recently folded order had when it was folded. Other refunds of a recently folded order are
+    kept like those of an itemised order. A function of the set. ``total`` False leaves the
+    bound in all to after a fold (it depends on which orders stay itemised)."""
     itemised = {o.order_id for o in orders}
+    until = folded.until if folded is not None else None
+    recent = {fo.order_id: fo for fo in folded.recent} if folded is not None else {}
     by_order: dict[str, list[Refund]] = {}
+    late: dict[str, list[Refund]] = {}
     pending: list[Refund] = []
     for refund in refunds:
         if refund.order_id in itemised:
             by_order.setdefault(refund.order_id, []).append(refund)
+        elif refund.order_id in recent:
+            if refund.key not in recent[refund.order_id].refunds:
+                late.setdefault(refund.order_id, []).append(refund)
         elif until is None or _key(refund) > until:
             pending.append(refund)
     kept: list[Refund] = []
     for group in by_order.values():
         kept += _earliest_refunds(group, config)
+    for order_id, group in late.items():  # within the room its refunds at the fold left
+        room = max(config.max_refunds_per_order - len(recent[order_id].refunds), 0)
+        kept += sorted(group, key=lambda r: (r.ts, r.mid, r.key))[:room]
     if total and len(kept) > config.max_refunds:
         kept = sorted(kept, key=lambda r: (r.ts, r.mid, r.order_id, r.key))[: config.max_refunds]
     if len(pending) > config.max_pending_refunds:
@@ -618,11 +666,61 @@ def _net(order: Order, refunds: Sequence[Refund]) -> tuple[float, bool]:
     return net, not (parts and net <= 0.0)
 
 
+def _folded_net(fo: FoldedOrder, late: Sequence[Refund]) -> tuple[float, bool]:
+    """:func:`_net` of a folded order with the refunds it had when folded and ``late`` ones."""
+    if fo.full or any(r.amount is None for r in late):
+        return 0.0, False
+    as_order = Order(fo.order_id, fo.ts, fo.mid, "", fo.currency, fo.amount, fo.rate)
+    late_parts = (_refund_in_order_currency(r, as_order) for r in late)
+    parts = [*fo.parts, *(p for p in late_parts if p is not None)]
+    net = max(fo.amount - math.fsum(parts), 0.0)
+    return net, not (parts and net <= 0.0)
+
+
+def _base(net: float, counted: bool, rate: float | None) -> Fraction:
+    return Fraction(net * rate) if counted and rate is not None else Fraction(0)
+
+
+class _Late(NamedTuple):
+    """What refunds arriving after their order folded change in the summary."""
+
+    live: int = 0
+    unvalued: int = 0
+    monetary: Fraction = Fraction(0)
+    first_value: Fraction = Fraction(0)
+
+
+def _late(folded: FoldedOrders | None, refunds: Iterable[Refund], as_of_ms: int | None = None) -> _Late:
+    if folded is None or not folded.recent:
+        return _Late()
+    recent = {fo.order_id: fo for fo in folded.recent}
+    by_order: dict[str, list[Refund]] = {}
+    for refund in refunds:
+        if refund.order_id in recent and (as_of_ms is None or refund.ts <= as_of_ms):
+            by_order.setdefault(refund.order_id, []).append(refund)
+    live = unvalued = 0
+    monetary = first_value = Fraction(0)
+    for order_id, late in by_order.items():
+        fo = recent[order_id]
+        (n0, l0), (n1, l1) = _folded_net(fo, []), _folded_net(fo, late)
+        live += l1 - l0
+        if fo.rate is None:
+            unvalued += l1 - l0
+        change = _base(n1, l1, fo.rate) - _base(n0, l0, fo.rate)
+        monetary += change
+        if fo.ts == folded.first_time_ms:
+            first_value += change
+    return _Late(live, unvalued, monetary, first_value)
+
+
 def fold_ledger(value: CustomerValue, cut: tuple[int, str], config: ValueConfig) -> CustomerValue:
     """Move every order stamped at or before ``cut`` (with its refunds) into ``value.folded``.
 
     Folding in key order keeps the summary a function of the folded orders: counts, sums (exact)
-    and extremes add up, and a timestamp split across two folds is one CLV transaction.
+    and extremes add up, and a timestamp split across two folds is one CLV transaction. The
+    latest ``max_recent_folded`` folded orders are remembered (``FoldedOrders.recent``); the
+    refunds that arrived after one of them folded are applied to the summary when it is
+    forgotten.
     """
     old = value.folded if value.folded is not None else FoldedOrders(until=cut)
     going = sorted((o for o in value.orders if _key(o) <= cut), key=lambda o: (o.ts, o.mid, o.order_id))
@@ -638,8 +736,25 @@ def fold_ledger(value: CustomerValue, cut: tuple[int, str], config: ValueConfig)
     first_ms, last_ms = old.first_ms, old.last_ms
     times, first_time, last_time = old.times, old.first_time_ms, old.last_time_ms
     first_value = _fraction(old.first_time_value)
+    remembered: list[FoldedOrder] = []
     for order in going:
-        net, counted = _net(order, _earliest_refunds(refunds_of.get(order.order_id, []), config))
+        present = refunds_of.get(order.order_id, [])
+        applied = _earliest_refunds(present, config)
+        net, counted = _net(order, applied)
+        parts = [_refund_in_order_currency(r, order) for r in applied if r.amount is not None]
+        remembered.append(
+            FoldedOrder(
+                order.order_id,
+                order.ts,
+                order.mid,
+                order.currency,
+                order.amount,
+                order.rate,
+                tuple(p for p in parts if p is not None),
+                any(r.amount is None for r in applied),
+                tuple(sorted(r.key for r in applied)),
+            )
+        )
         if not counted:
             continue
         live += 1
@@ -657,6 +772,9 @@ def fold_ledger(value: CustomerValue, cut: tuple[int, str], config: ValueConfig)
                 first_time = order.ts
         if order.ts == first_time:
             first_value += base
+    recent = sorted([*old.recent, *remembered], key=lambda fo: (fo.ts, fo.mid, fo.order_id))
+    forgotten = recent[: max(len(recent) - config.max_recent_folded, 0)]
+    recent = recent[len(forgotten) :]
     folded = FoldedOrders(
         until=max(cut, old.until),
         orders=old.orders + len(going),
@@ -669,9 +787,21 @@ def fold_ledger(value: CustomerValue, cut: tuple[int, str], config: ValueConfig)
         first_time_ms=first_time,
         first_time_value=_text(first_value),
         last_time_ms=last_time,
+        recent=tuple(forgotten),
+    )
+    gone = {fo.order_id for fo in forgotten}
+    candidates = [r for r in value.refunds if r.order_id in gone and r.order_id not in ids]
+    late = _late(folded, _bounded_refunds((), candidates, folded, config, total=False))
+    folded = folded._replace(
+        live=folded.live + late.live,
+        unvalued=folded.unvalued + late.unvalued,
+        monetary=_text(_fraction(folded.monetary) + late.monetary),
+        first_time_value=_text(_fraction(folded.first_time_value) + late.first_value),
+        recent=tuple(recent),
     )
     orders = tuple(o for o in value.orders if o.order_id not in ids)
-    refunds = _bounded_refunds(orders, [r for r in value.refunds if r.order_id not in ids], folded.until, config)
+    kept = [r for r in value.refunds if r.order_id not in ids and r.order_id not in gone]
+    refunds = _bounded_refunds(orders, kept, folded, config)
     return replace(
         value, v=VALUE_VERSION, orders=orders, refunds=refunds, folded=folded, unconverted=_unconverted(orders, refunds)
     )
@@ -704,6 +834,12 @@ def _combine(a: FoldedOrders | None, b: FoldedOrders | None) -> FoldedOrders | N
         first_time_ms=first_time,
         first_time_value=_text(first_value),
         last_time_ms=max(last_times) if last_times else None,
+        recent=tuple(
+            sorted(
+                {**{fo.order_id: fo for fo in b.recent}, **{fo.order_id: fo for fo in a.recent}}.values(),
+                key=lambda fo: (fo.ts, fo.mid, fo.order_id),
+            )
+        ),
     )
 
 
@@ -734,7 +870,7 @@ def merge_values(a: CustomerValue | None, b: CustomerValue, config: ValueConfig,
         merged = fold_ledger(replace(merged, folded=carried), folded.until, config)
     merged = replace(
         merged,
-        refunds=_bounded_refunds(merged.orders, merged.refunds, folded.until if folded else None, config),
+        refunds=_bounded_refunds(merged.orders, merged.refunds, merged.folded, config),
     )
     merged = replace(merged, unconverted=_unconverted(merged.orders, merged.refunds))
     cut = fold_cut(merged, config) if fold else None
@@ -806,12 +942,22 @@ def summary(value: CustomerValue | None, as_of_ms: int) -> RfmFacts:
     folded orders count whatever ``as_of_ms``: facts before the fold are not kept)."""
     if value is None:
         return summary_of([], as_of_ms)
-    return summary_of(net_orders(value, as_of_ms), as_of_ms, value.folded)
+    late = _late(value.folded, value.refunds, as_of_ms)
+    return summary_of(net_orders(value, as_of_ms), as_of_ms, value.folded, late)
 
 
-def summary_of(nets: Sequence[NetOrder], as_of_ms: int, folded: FoldedOrders | None = None) -> RfmFacts:
-    """:func:`summary` from the ledger's :func:`net_orders` at ``as_of_ms`` and its folded orders."""
+def summary_of(
+    nets: Sequence[NetOrder], as_of_ms: int, folded: FoldedOrders | None = None, late: _Late | None = None
+) -> RfmFacts:
+    """:func:`summary` from the ledger's :func:`net_orders` at ``as_of_ms``, its folded orders and
+    what refunds of recently folded orders changed in them (``late``)."""
     live = [n for n in nets if n.live]
+    if folded is not None and late is not None and late != _Late():
+        folded = folded._replace(
+            live=folded.live + late.live,
+            unvalued=folded.unvalued + late.unvalued,
+            monetary=_text(_fraction(folded.monetary) + late.monetary),
+        )
     old = folded if folded is not None and folded.live > 0 else None
     if not live and old is None:
         return RfmFacts(as_of_ms, None, 0, 0.0, 0.0, None, None, 0)
@@ -868,25 +1014,57 @@ def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[F
     exact: list[float] = []  # the exact sum of the counted base values (see _add_exact)
     out: list[FactsStep] = []
     folded = value.folded
+    recent = {fo.order_id: fo for fo in folded.recent} if folded is not None else {}
+    late: dict[str, list[Refund]] = {}
     if folded is not None:
         frequency = folded.live
         if monetary:
             for part in _floats(_fraction(folded.monetary)):
                 _add_exact(exact, part)
             total = math.fsum(exact)
+        for entry in folded.recent:  # counted in the summary as they were folded
+            net, counted = _folded_net(entry, [])
+            live[entry.order_id] = (counted, None if entry.rate is None else net * entry.rate)
+        # refunds of recently folded orders stamped before the fold count from the fold on
+        early = [r for _, _, r in records if isinstance(r, Refund) and r.order_id in recent and _key(r) <= folded.until]
+        if early:
+            records = [rec for rec in records if not (isinstance(rec[2], Refund) and rec[2] in early)]
+            for r in early:
+                late.setdefault(r.order_id, []).append(r)
+            for order_id, group in late.items():
+                entry = recent[order_id]
+                net, counted = _folded_net(entry, group)
+                was = live[order_id]
+                live[order_id] = (counted, None if entry.rate is None else net * entry.rate)
+                frequency += counted - was[0]
+                if was[0] and was[1] is not None:
+                    _add_exact(exact, -was[1])
+                if counted and entry.rate is not None:
+                    _add_exact(exact, net * entry.rate)
+            total = math.fsum(exact) if monetary else 0.0
         out.append(FactsStep(folded.until, frequency, total))
     for key, kind, record in records:
         order_id = record.order_id
+        fo: FoldedOrder | None = None
         if isinstance(record, Refund):
             refunds.setdefault(order_id, []).append(record)
+            fo = recent.get(order_id) if order_id not in orders else None
+            if fo is not None:  # a refund of an order folded before it came
+                late.setdefault(order_id, []).append(record)
         else:
             orders[order_id] = record
         order = orders.get(order_id)
-        if order is not None:
-            net, counted = _net(order, refunds.get(order_id, []))
+        if fo is not None or order is not None:
+            if fo is not None:
+                net, counted = _folded_net(fo, late[order_id])
+                rate = fo.rate
+            else:
+                assert order is not None
+                net, counted = _net(order, refunds.get(order_id, []))
+                rate = order.rate
             before = live.get(order_id)
             frequency += counted - (before is not None and before[0])
-            now = (counted, None if order.rate is None else net * order.rate)
+            now = (counted, None if rate is None else net * rate)
             live[order_id] = now
             if monetary:
                 if before is not None and before[0] and before[1] is not None:
@@ -937,7 +1115,8 @@ def clv_summary(value: CustomerValue | None, as_of_ms: int, unit_ms: int = DAY_M
         raise ValueError(f"unit_ms must be positive, got {unit_ms}")
     first, last = folded.first_time_ms, folded.last_time_ms
     times = folded.times
-    repeat = _floats(_fraction(folded.monetary) - _fraction(folded.first_time_value))
+    late = _late(folded, value.refunds, as_of_ms)
+    repeat = _floats(_fraction(folded.monetary) + late.monetary - _fraction(folded.first_time_value) - late.first_value)
     seen: set[int] = set()
     for ts, base in purchases:
         if ts == first:
