@@ -490,3 +490,31 @@ def test_the_journey_of_a_contact_past_the_ledger_bound_is_the_one_of_the_full_l
     assert bounded.journey.fired == full.journey.fired
     assert bounded.journey.stage == full.journey.stage
     assert summary(bounded.value, ts) == summary(full.value, ts)
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(40, 250))
+def test_refunds_arriving_long_after_their_orders_folded_count_as_in_the_full_list(seed: int, n: int) -> None:
+    """Every refund held back until all orders are in (most of their orders folded by then):
+    frequency, monetary and the purchase timeline from the fold on equal the full list's."""
+    rnd = random.Random(seed)
+    history = _history(rnd, n)
+    orders = [e for e in history if e.event == "Order Completed"]
+    refunds = [e for e in history if e.event == "Order Refunded"]
+    rnd.shuffle(refunds)
+    value = _ledger([orders, *(refunds[i : i + 5] for i in range(0, len(refunds), 5))], SMALL)
+    full = apply_purchase_events(None, history, FULL)
+    assert value.folded is not None and len(value.folded.recent) == min(n - len(value.orders), 256)
+    as_of = max(e.timestamp_ms for e in history)
+    got, want = summary(value, as_of), summary(full, as_of)
+    assert (got.frequency, got.monetary, got.unvalued, got.aov) == (
+        want.frequency,
+        want.monetary,
+        want.unvalued,
+        want.aov,
+    )
+    steps, reference = facts_timeline(value), facts_timeline(full)
+    assert steps[0].key == value.folded.until
+    for s in steps:  # a refund stamped before the fold counts from the fold, as the full list has it there
+        at = bisect_right(reference, s.key, key=lambda r: r.key) - 1
+        assert (s.frequency, s.monetary) == (reference[at].frequency, reference[at].monetary)
