@@ -47,7 +47,7 @@ from scorestream.contact import Caps, ContactState, Hit, decay
 from scorestream.events import Event
 from scorestream.journey import Cursor, Fired, Journey, StageEntry
 from scorestream.model import EngagementRule, Model, ModelError, Predicate, _str_set, parse_duration_ms
-from scorestream.rfm import CustomerValue, FactsStep, Order, Refund, facts_timeline
+from scorestream.rfm import CustomerValue, FactsStep, FoldedOrders, Order, Refund, facts_timeline
 from scorestream.scoring import engagement_at, fit_of, round_score
 from scorestream.triggers import make_trigger
 
@@ -707,14 +707,14 @@ def _trait_view(state: ContactState, model: Model, lc: Lifecycle) -> tuple[float
 # every batch in a backfill, several per batch when old hits fold) read the same ledger until
 # it buys again, and building the timeline is a sort and a pass over every order. Bounded;
 # values are a function of the key (equal ledgers, same timeline), so the cache changes no result.
-_TIMELINES: dict[tuple[tuple[Order, ...], tuple[Refund, ...], bool], list[FactsStep]] = {}
+_TIMELINES: dict[tuple[tuple[Order, ...], tuple[Refund, ...], FoldedOrders | None, bool], list[FactsStep]] = {}
 _TIMELINES_MAX = 4_096
 
 
 def _timeline(value: CustomerValue | None, monetary: bool) -> list[FactsStep]:
     if value is None:
         return []
-    key = (value.orders, value.refunds, monetary)
+    key = (value.orders, value.refunds, value.folded, monetary)
     steps = _TIMELINES.get(key)
     if steps is None:
         if len(_TIMELINES) >= _TIMELINES_MAX:
