@@ -181,7 +181,50 @@ def flipped(draw: st.DrawFn, msg: dict[str, Any]) -> bytes:
     return bytes(raw)
 
 
-MUTATIONS = [deep, big_numbers, not_json_literals, text_breaks, duplicate_keys, wrong_types, huge, truncated, flipped]
+_EXTREMES = st.sampled_from([1e308, -1e308, 1.7e308, -1.7e308, 1e15, 1e16, -0.0, 5e-324])
+amounts = st.one_of(
+    _EXTREMES,
+    _EXTREMES,
+    _EXTREMES,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from(["12.5", "1e400", "-1e308", "x", ""]),
+    json_values,
+)
+
+
+@st.composite
+def orders(draw: st.DrawFn, msg: dict[str, Any]) -> bytes:
+    """An order or a refund whose amounts are anything a number can be (the fold sums them)."""
+    products = st.lists(st.fixed_dictionaries({}, optional={"price": amounts, "quantity": amounts}), max_size=6)
+    properties = draw(
+        st.fixed_dictionaries(
+            {"order_id": st.sampled_from(["o-1", "o-2", 7])},
+            optional={
+                "total": amounts,
+                "revenue": amounts,
+                "products": products,
+                "currency": st.sampled_from(["EUR", 5]),
+            },
+        )
+    )
+    event = draw(st.sampled_from(["Order Completed", "Order Refunded"]))
+    return _dumps({**msg, "type": "track", "event": event, "userId": "u-1", "properties": properties})
+
+
+MUTATIONS = [
+    orders,
+    orders,
+    deep,
+    big_numbers,
+    not_json_literals,
+    text_breaks,
+    duplicate_keys,
+    wrong_types,
+    huge,
+    truncated,
+    flipped,
+]
 mutated = st.tuples(schema_messages, st.sampled_from(MUTATIONS)).flatmap(lambda pair: pair[1](pair[0]))
 hostile_bytes = st.one_of(
     schema_messages.map(_dumps), mutated, mutated, mutated, st.binary(max_size=200), json_values.map(_dumps)
@@ -194,6 +237,15 @@ _HISTORY: ContactState = apply_events(
     None,
     "u-1",
     [make_event(timestamp_ms=T0 - DAY * i, message_id=f"old-{i}", user_id="u-1") for i in range(5)],
+    DEFAULT_MODEL,
+)
+_BUYER: ContactState = apply_events(
+    None,
+    "u-1",
+    [
+        make_event(event="Order Completed", properties={"order_id": "o-1", "total": 1e15}, user_id="u-1"),
+        make_event(event="Order Completed", properties={"order_id": "o-3", "revenue": 1.5e15}, user_id="u-1"),
+    ],
     DEFAULT_MODEL,
 )
 seen = {"accepted": 0, "refused": 0}
@@ -212,7 +264,7 @@ def _holds(raw: bytes, record_ms: int, now_ms: int | None) -> None:
     wire = encode(Batch(items=[Item(key="k", env=Envelope(kind="event", event=event))]))
     assert decode_batch(wire).items[0].env.event == event
     key = event.user_id or event.anonymous_id or "x"
-    for before in (None, _HISTORY):
+    for before in (None, _HISTORY, _BUYER):
         state, _ = step(before, key, [event], DEFAULT_MODEL)
         if state is not None:
             assert decode_state(encode(state)) == state

@@ -400,8 +400,14 @@ class CustomerValue:
         return not self.orders and (self.folded is None or self.folded.orders == 0)
 
 
+MAX_AMOUNT = 1e15
+"""A price, quantity or amount of larger magnitude is not read (as if absent): a product of two
+and the sums of them stay finite (``math.fsum`` raises on ``inf - inf`` and on overflow)."""
+
+
 def _money(raw: object) -> float | None:
-    """A finite number from a number or numeric string; None otherwise."""
+    """A finite number of magnitude at most ``MAX_AMOUNT`` from a number or numeric string; None
+    otherwise."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int | float):
@@ -413,7 +419,7 @@ def _money(raw: object) -> float | None:
             return None
     else:
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and abs(value) <= MAX_AMOUNT else None
 
 
 def _products_total(raw: object) -> float | None:

@@ -226,6 +226,25 @@ def cases() -> Iterator[tuple[str, str, bytes]]:
         ("unicode-everywhere", {"event": "Produkt \u00e9\u4e2d\U0001f600", "properties": {"\u00e9": "\u4e2d"}}),
         ("group-odd-traits", {"type": "group", "groupId": "acct-odd", "traits": {"employees": [1], "industry": {}}}),
         ("version-string", {"version": "two"}),
+        (
+            "products-overflowing",
+            {
+                "event": "Order Completed",
+                "properties": {
+                    "order_id": "o7",
+                    "products": [
+                        {"price": 1e308, "quantity": 1e308},
+                        {"price": -1e308, "quantity": 1e308},
+                        {"price": 1.7e308},
+                    ],
+                },
+            },
+        ),
+        (
+            "amounts-at-the-double-limit",
+            {"event": "Order Completed", "properties": {"order_id": "o8", "total": 1.7e308}},
+        ),
+        ("amount-numeric-strings", {"event": "Order Completed", "properties": {"order_id": "o9", "revenue": "1e400"}}),
     ]
     for name, fields in accepted:
         yield name, "accepted", _json(_msg(name, **fields))
