@@ -149,3 +149,48 @@ def test_rewind_only_a_partition_nothing_moved_since_the_fetch(position: int | N
     consumer = FakeConsumer(position)
     assert asyncio.run(rewind(consumer, SOURCE, 5, 7)) is bool(sought)
     assert consumer.sought == sought
+
+
+class Seeks:
+    """The consumer's seek to committed offsets, failing ``failures`` times as a revoked partition does."""
+
+    def __init__(self, failures: int, assigned: set[TopicPartition]) -> None:
+        self.app = ScorestreamApp("t-unit", broker="kafka://127.0.0.1:1", store="memory://")
+        self.consumer: Any = self.app.consumer
+        self.calls = 0
+        self.failures = failures
+
+        async def perform_seek() -> None:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise IllegalStateError(f"No current assignment for partition {SOURCE}")
+
+        self.consumer.perform_seek = perform_seek
+        self.consumer.assignment = lambda: assigned
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self.consumer._seek_assigned_to_committed(attempts=3))
+        finally:
+            self.consumer._thread.thread_loop.close()
+
+
+def test_a_seek_a_rebalance_interrupts_is_made_again_over_the_new_assignment() -> None:
+    """A partition revoked while aiokafka seeks partition by partition leaves the ones after it
+    unsought, past records the drain loop dropped: seek again until one pass succeeds."""
+    seeks = Seeks(failures=2, assigned={SOURCE})
+    seeks.run()
+    assert seeks.calls == 3
+
+
+def test_a_seek_that_keeps_failing_crashes_the_worker() -> None:
+    seeks = Seeks(failures=3, assigned={SOURCE})
+    with pytest.raises(IllegalStateError):
+        seeks.run()
+    assert seeks.calls == 3
+
+
+def test_nothing_assigned_nothing_to_seek() -> None:
+    seeks = Seeks(failures=0, assigned=set())
+    seeks.run()
+    assert seeks.calls == 0
