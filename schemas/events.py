@@ -193,7 +193,7 @@ def _validate(raw: bytes) -> Any:
     except msgspec.ValidationError:  # a subclass of DecodeError: first
         msg = None
     except msgspec.DecodeError as exc:
-        raise InvalidMessage("invalid_json", str(exc)) from None
+        raise _not_json(exc, raw) from None
     if msg is not None:
         required = _REQUIRED.get(msg.type)
         identified = msg.userId if msg.type == "alias" else (msg.userId or msg.anonymousId)
@@ -266,9 +266,19 @@ def _check_numbers(raw: bytes, ints: bool) -> None:
     except msgspec.ValidationError as exc:  # untyped, only for a number past a double
         raise InvalidMessage("number_out_of_range", f"{exc}: a number a double cannot hold") from None
     except msgspec.DecodeError as exc:
-        raise InvalidMessage("invalid_json", str(exc)) from None
+        raise _not_json(exc, raw) from None
     if ints:
         _check_ints(tree, "$")
+
+
+def _not_json(exc: msgspec.DecodeError, raw: bytes) -> InvalidMessage:
+    """``invalid_json`` with the parser's words, and a hint for the two causes they hide."""
+    hints = []
+    if b"NaN" in raw or b"Infinity" in raw:
+        hints.append("NaN and Infinity are not JSON")
+    if b"\\ud" in raw.lower():
+        hints.append("a surrogate escape (\\ud800-\\udfff) must be a high-low pair")
+    return InvalidMessage("invalid_json", f"{exc}{' (' + '; '.join(hints) + ')' if hints else ''}")
 
 
 def _check_ints(value: Any, where: str) -> None:

@@ -485,7 +485,9 @@ def test_small_and_tiny_exponents_are_accepted() -> None:
 @pytest.mark.parametrize("field", [b"properties", b"zzz", b"context"])
 def test_nan_and_infinity_are_not_json(literal: bytes, field: bytes) -> None:
     raw = segment_json(type="track").replace(b"{", b'{"' + field + b'": {"a": ' + literal + b"},", 1)
-    assert rejected(raw).reason == "invalid_json"
+    error = rejected(raw)
+    assert error.reason == "invalid_json"
+    assert ("NaN and Infinity are not JSON" in error.detail) == (literal in (b"NaN", b"Infinity", b"-Infinity"))
 
 
 @pytest.mark.parametrize("bad", [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\xe2\x82"])
@@ -501,7 +503,9 @@ def test_invalid_utf8_is_refused_anywhere(bad: bytes, field: bytes) -> None:
 @pytest.mark.parametrize("field", [b"properties", b"zzz"])
 def test_lone_surrogate_escapes_are_refused(escape: bytes, field: bytes) -> None:
     raw = segment_json(type="track").replace(b"{", b'{"' + field + b'": {"a": "' + escape + b'"},', 1)
-    assert rejected(raw).reason == "invalid_json"
+    error = rejected(raw)
+    assert error.reason == "invalid_json"
+    assert "surrogate" in error.detail
 
 
 def test_surrogate_pairs_are_text() -> None:
