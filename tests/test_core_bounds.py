@@ -23,7 +23,8 @@ from schemas.accounts import encode as encode_account
 from schemas.state import decode_state, encode
 from scorestream import ContactState, Event, apply_events
 from scorestream.accounts import MAX_MEMBERS, AccountState, MemberUpdate, apply_member_updates
-from scorestream.contact import MAX_TRAIT_BYTES, MAX_TRAIT_KEY, MAX_TRAITS, STATE_VERSION, step
+from scorestream.contact import MAX_TRAIT_BYTES, MAX_TRAIT_KEY, MAX_TRAITS, STATE_VERSION, read_traits, step
+from scorestream.scoring import fit_of
 from scorestream.rfm import (
     DAY_MS,
     CustomerValue,
@@ -302,6 +303,19 @@ def test_traits_past_the_bound_keep_the_most_recent_and_email() -> None:
     for i in range(0, len(shuffled), 13):
         again = apply_events(again, "u1", shuffled[i : i + 13], DEFAULT_MODEL)
     assert (again.traits, again.trait_at) == (state.traits, state.trait_at)
+
+
+def test_traits_the_model_reads_are_kept_before_newer_ones_past_the_bound() -> None:
+    read = read_traits(DEFAULT_MODEL)
+    assert {"title", "employees", "industry", "address"} <= read  # fit rules' fields (top-level names)
+    scored = {"title": "VP Marketing", "employees": 250, "industry": "saas", "address": {"country": "PL"}}
+    calls = [identify(T0, {"email": "ann@example.com", **scored})]
+    before = fit_of(apply_events(None, "u1", calls, DEFAULT_MODEL), DEFAULT_MODEL)
+    calls += [identify(T0 + (i + 1) * HOUR, {f"t{i:03}-{j:02}": j for j in range(50)}) for i in range(10)]
+    state = apply_events(None, "u1", calls, DEFAULT_MODEL)
+    assert len(state.traits) == MAX_TRAITS and state.traits_capped
+    assert {k: state.traits[k] for k in scored} == scored
+    assert fit_of(state, DEFAULT_MODEL) == before and before.score > 0
 
 
 def test_a_trait_past_the_size_bounds_is_left_out_with_a_flag() -> None:

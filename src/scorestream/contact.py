@@ -233,21 +233,44 @@ def _trait_fits(key: str, value: Any) -> bool:
     return size <= MAX_TRAIT_BYTES
 
 
-def _trait_rank(keys: Iterable[str], stamp: dict[str, tuple[int, str]]) -> list[str]:
-    """``email`` first, then the most recently set, ties by name: the order in which traits are kept."""
+_READ_TRAITS: dict[str, frozenset[str]] = {}
+
+
+def read_traits(model: Model) -> frozenset[str]:
+    """The trait names the model reads (fit rules, and ``traits.<name>`` in lifecycle guards,
+    flags and personas; the accounts' role trait): kept before any other past the bound, so a
+    flood of other traits never changes fit, grade, stage or role."""
+    names = _READ_TRAITS.get(model.version)
+    if names is None:
+        fields = [p.field for rule in model.fit_rules for p in rule.when]
+        lc = model.lifecycle
+        if lc is not None:
+            scoped = [p.field for t in lc.transitions for p in (*t.guards, *t.static_guards)]
+            scoped += [p.field for rule in lc.flags for p in rule.when]
+            scoped += [p.field for persona in lc.personas for p in persona.when]
+            fields += [f.removeprefix("traits.") for f in scoped if f.startswith("traits.")]
+        fields.append(model.accounts.role_trait)
+        names = frozenset(f.split(".", 1)[0] for f in fields)
+        _READ_TRAITS[model.version] = names
+    return names
+
+
+def _trait_rank(keys: Iterable[str], stamp: dict[str, tuple[int, str]], read: frozenset[str]) -> list[str]:
+    """``email`` first, then the traits the model reads, then the most recently set, ties by
+    name: the order in which traits are kept."""
     ranked = sorted(keys)
     ranked.sort(key=lambda k: tuple(stamp[k]) if k in stamp else (0, ""), reverse=True)  # stable: ties keep names
-    ranked.sort(key=lambda k: k != "email")
+    ranked.sort(key=lambda k: (k != "email", k not in read))
     return ranked
 
 
-def _cap_traits(state: ContactState) -> None:
+def _cap_traits(state: ContactState, model: Model) -> None:
     """Keep the ``MAX_TRAITS`` first traits of :func:`_trait_rank`. A function of the set of
-    identify calls: a trait left out is older than every kept one, so it stays out whenever it
-    arrives, and comes back only with a newer value."""
+    identify calls (and the model): a trait left out ranks below every kept one, so it stays out
+    whenever it arrives, and comes back only with a newer value."""
     if len(state.traits) <= MAX_TRAITS:
         return
-    for key in _trait_rank(state.traits, state.trait_at)[MAX_TRAITS:]:
+    for key in _trait_rank(state.traits, state.trait_at, read_traits(model))[MAX_TRAITS:]:
         del state.traits[key]
         state.trait_at.pop(key, None)
     state.traits_capped = True
@@ -409,7 +432,7 @@ def apply_events(
                     state.traits_capped = True
                 elif _set_trait(state, key, value, stamp):
                     resume_before = None  # traits count for the whole history: walk it again
-            _cap_traits(state)
+            _cap_traits(state, model)
         elif event.kind == "group" and event.group_id:
             _add_unique(state.groups, event.group_id, MAX_GROUPS)
             stamp = (ts, event.message_id)
@@ -474,7 +497,7 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
         stamp = source.trait_at.get(key)
         if stamp is not None:
             _set_trait(target, key, value, (stamp[0], stamp[1]))
-    _cap_traits(target)
+    _cap_traits(target, model)
     target.traits_capped = target.traits_capped or source.traits_capped
     if source.value is not None:
         target.value = merge_values(target.value, source.value, model.value, fold=False)
