@@ -446,6 +446,13 @@ class Collector:
         if self.in_flight >= self.settings.collector_max_in_flight:
             raise self._busy()
         body = await _read(receive, length, encoding, limit)
+        if kind is None and channels is not None:
+            try:
+                return await self._handle_batch(body, channels, path)
+            except Refusal as refusal:
+                if refusal.status == 400:  # refused before anything was published
+                    await self._keep_unreadable(body, refusal, channels[0], path)
+                raise
         parsed = parse_body(body, single=kind is not None)
         if not isinstance(parsed, dict):
             raise Refusal(400, "invalid_message", "the body must be a JSON object")
@@ -467,6 +474,14 @@ class Collector:
                 raise Refusal(403 if first.reason == CHANNEL_NOT_ALLOWED else 400, first.reason, first.detail)
             await self._publish(out, now)
             return Reply(200, _OK, _headers(_OK))
+        return await self._batch(parsed, _Request(channels[0], now, iso_ms(now), channels), path)
+
+    async def _handle_batch(self, body: bytes, channels: tuple[str, ...], path: str) -> Reply:
+        """A batch whose write key came in the header."""
+        parsed = parse_body(body, single=False)
+        if not isinstance(parsed, dict):
+            raise Refusal(400, "invalid_message", "the body must be a JSON object")
+        now = self.clock()
         return await self._batch(parsed, _Request(channels[0], now, iso_ms(now), channels), path)
 
     async def _batch(self, body: dict[str, Any], req: _Request, path: str) -> Reply:
@@ -543,6 +558,19 @@ class Collector:
                 continue
             out.append(Outgoing(topics[channel], key, value))
         return out, rejected
+
+    async def _keep_unreadable(self, body: bytes, refusal: Refusal, channel: str, path: str) -> None:
+        """A batch refused whole (400: its body cannot be read as JSON, a message in it cannot be
+        written back, it is not a batch) is, when its write key came in the header, kept on the
+        dead-letter topic as it arrived with the reason: the valid messages beside the hostile one
+        are not lost to an SDK that does not retry a 400."""
+        headers = deadletter_headers(refusal.code, refusal.message, self._topics[channel], -1, -1)
+        headers.append(("scorestream.source.http", path.encode()))
+        now = self.clock()
+        await self._publish([Outgoing(self.settings.topic_deadletter, None, body, headers)], now)
+        log.warning(
+            "collector: an unreadable batch body on %s (%d bytes) dead-lettered: %s", path, len(body), refusal.code
+        )
 
     def _channels_of(self, given: bytes) -> tuple[str, ...] | None:
         """The channels of a write key (its default first), or None; every configured key is

@@ -410,7 +410,7 @@ def test_an_invalid_single_message_is_400_with_the_contract_reason() -> None:
     assert pub.records == []  # the client was told: no dead letter either
 
 
-def test_malformed_bodies_are_400_and_publish_nothing() -> None:
+def test_malformed_bodies_are_400_and_publish_nothing_but_the_batch_body_as_a_dead_letter() -> None:
     pub = FakePublisher()
     app = make_app(pub)
     cases = [
@@ -419,9 +419,17 @@ def test_malformed_bodies_are_400_and_publish_nothing() -> None:
         ("/v1/batch", b'{"batch": {"type": "track"}}', "invalid_batch"),
         ("/v1/batch", b'{"messages": []}', "invalid_batch"),
         ("/v1/batch", orjson.dumps({"batch": [track()], "context": "web"}), "invalid_batch"),
+        ("/v1/batch", b'{"batch": [' + orjson.dumps(track()) + b', {"x": NaN}]}', "invalid_json"),
     ]
     for path, body, code in cases:
         assert refusal(post(app, path, content=body, auth=AUTH)) == (400, code), body
+    # a refused batch body is kept whole, with its reason, for the messages beside the bad one
+    kept = [(r.topic, r.value, dict(r.headers or [])["scorestream.reason"]) for r in pub.records]
+    assert kept == [("events.deadletter", body, code.encode()) for path, body, code in cases if path == "/v1/batch"]
+    # without a write key in the header the body is not trusted: nothing is kept
+    pub.records.clear()
+    unsigned = b'{"writeKey": "wk-web-0001", "batch": {"type": "track"}}'
+    assert refusal(post(app, "/v1/batch", content=unsigned)) == (400, "invalid_batch")
     assert pub.records == []
 
 

@@ -3,7 +3,7 @@
 with, or accepts it and publishes a message the worker reads as the same event; in a batch the
 message is dead-lettered alone with that reason, or the whole body is refused with it when the
 body itself cannot be read (a message that is not JSON, past a double, or nested past orjson's
-1,024 levels). Never a 500: Segment's libraries retry those for ever."""
+1,024 levels), and kept whole on the dead-letter topic: the valid messages beside it are not lost. Never a 500: Segment's libraries retry those for ever."""
 
 from __future__ import annotations
 
@@ -49,10 +49,14 @@ def test_a_batch_dead_letters_the_message_alone_or_refuses_an_unreadable_body(ca
     valid = b'{"type":"track","event":"Demo Requested","userId":"u-ok","timestamp":"2026-09-21T14:00:00Z"}'
     body = b'{"batch":[' + valid + b"," + case.raw + b"]}"
     r = post(make_app(pub), "/v1/batch", content=body, auth=AUTH, headers={"content-type": "application/json"})
-    if r.status_code == 400:  # the body cannot be read: nothing published, the reason is the message's
+    if r.status_code == 400:  # the body cannot be read: it is kept whole on the dead-letter topic
         assert case.reason != hostile.ACCEPTED
         assert r.json()["code"] == case.reason, r.json()
-        assert pub.records == []
+        [letter] = pub.records
+        assert letter.topic == "events.deadletter" and letter.value == body
+        headers = dict(letter.headers or [])
+        assert headers["scorestream.reason"] == case.reason.encode()
+        assert headers["scorestream.source.http"] == b"/v1/batch"
         return
     assert r.status_code == 200, r.text
     answer = r.json()
