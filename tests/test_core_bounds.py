@@ -24,7 +24,6 @@ from schemas.state import decode_state, encode
 from scorestream import ContactState, Event, apply_events
 from scorestream.accounts import MAX_MEMBERS, AccountState, MemberUpdate, apply_member_updates
 from scorestream.contact import MAX_TRAIT_BYTES, MAX_TRAIT_KEY, MAX_TRAITS, STATE_VERSION, read_traits, step
-from scorestream.scoring import fit_of
 from scorestream.rfm import (
     DAY_MS,
     CustomerValue,
@@ -34,6 +33,7 @@ from scorestream.rfm import (
     facts_timeline,
     summary,
 )
+from scorestream.scoring import fit_of
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
