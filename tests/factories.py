@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
 
 import orjson
+from aiokafka.structs import ConsumerRecord
 
 from schemas.model_file import load_model
 from scorestream import Event, Model
@@ -105,3 +106,22 @@ def model_from(
         raw["storage"] = storage
     raw.update(extra)
     return Model.from_dict(raw)
+
+
+def consumer_record(
+    topic: str, offset: int, value: bytes | None, key: bytes | None = b"k", partition: int = 0, timestamp: int = T0
+) -> Any:
+    """A record as aiokafka's consumer gives it (for consumers tested without a broker)."""
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=timestamp,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=(),
+    )

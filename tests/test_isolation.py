@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import msgspec
 import pytest
-from aiokafka.structs import ConsumerRecord
 
 import scorestream.accounts
 import scorestream.contact
@@ -36,7 +35,7 @@ from scorestream.contact import Tick
 from streams.app import Wiring
 from streams.deadletter import dead_lettered
 from streams.transport import TooLarge, encode_chunks
-from tests.factories import T0, iso, make_event, segment_json
+from tests.factories import T0, consumer_record, iso, make_event, segment_json
 
 MODEL = load_model()
 SETTINGS = Settings()
@@ -119,19 +118,7 @@ class Stream:
 
 
 def record(topic: str, offset: int, value: bytes | None, key: bytes | None = b"k", partition: int = 0) -> Any:
-    return ConsumerRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=T0,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
-        headers=(),
-    )
+    return consumer_record(topic, offset, value, key, partition)
 
 
 class Worker:

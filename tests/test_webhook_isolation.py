@@ -15,7 +15,6 @@ from typing import Any, cast
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 import scorestream.webhooks
 import streams.webhooks
@@ -25,6 +24,7 @@ from scorestream.triggers import make_trigger
 from streams.webhook_http import Answer
 from streams.webhook_queue import Entry, SeenIds, Selection, new_delivery
 from streams.webhooks import Dispatcher, now_ms
+from tests.factories import consumer_record
 
 NOW = 1_800_000_000_000
 SETTINGS = Settings()
@@ -68,19 +68,7 @@ class FakeConsumer:
 
 
 def rec(topic: str, offset: int, value: bytes | None, key: bytes | None = b"u-1") -> Any:
-    return ConsumerRecord(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        timestamp=NOW,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=0,
-        headers=(),
-    )
+    return consumer_record(topic, offset, value, key, timestamp=NOW)
 
 
 def trigger(n: int) -> bytes:

@@ -15,7 +15,6 @@ import httpx
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
 import api.follow
@@ -27,7 +26,7 @@ from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import apply_events
-from tests.factories import T0, make_event
+from tests.factories import T0, consumer_record, make_event
 
 KEY = "unit-test-key-0123456789"
 MODEL = load_model()
@@ -39,19 +38,7 @@ def state_bytes(user: str) -> bytes:
 
 
 def rec(topic: str, offset: int, key: bytes | None, value: bytes | None) -> Any:
-    return ConsumerRecord(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        timestamp=T0,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=0,
-        headers=(),
-    )
+    return consumer_record(topic, offset, value, key)
 
 
 @dataclass
