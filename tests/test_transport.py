@@ -8,13 +8,17 @@ runs here on a real ``ScorestreamApp`` consumer with the fetch replaced by prepa
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import faust
 import pytest
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from faust.types import TP
+from faust.types.tuples import RecordMetadata
 
-from streams.transport import ScorestreamApp, rewind
+from streams.transport import ContiguousOffsetTable, ScorestreamApp, rewind
 
 SOURCE = TopicPartition("src", 0)
 CHANGELOG = TopicPartition("t-unit-contacts-changelog", 0)
@@ -194,3 +198,46 @@ def test_nothing_assigned_nothing_to_seek() -> None:
     seeks = Seeks(failures=0, assigned=set())
     seeks.run()
     assert seeks.calls == 0
+
+
+class Acked:
+    """What Faust hands a table's changelog callback once the broker acknowledged a write."""
+
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.metadata = RecordMetadata(topic=tp.topic, partition=tp.partition, topic_partition=tp, offset=offset)
+
+    def result(self) -> RecordMetadata:
+        return self.metadata
+
+
+def test_a_worker_stores_the_offset_of_its_own_write_only_when_nothing_was_written_before_it(
+    tmp_path: Path,
+) -> None:
+    """The partition database's stored offset is where its next recovery starts reading. A write
+    of another worker (one still writing after a broker outage cost both their group memberships)
+    between two of this worker's must not be skipped by it (tests/e2e/test_chaos.py)."""
+    app = ScorestreamApp("t-unit", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path))
+    table: Any = app.Table("contacts", partitions=1, key_type=bytes, value_type=bytes)
+    assert isinstance(table, ContiguousOffsetTable)
+    tp = TP(table.changelog_topic.get_topic_name(), 0)
+    stored = []
+    for offset in (0, 1, 2, 4, 5):  # offset 3: another worker's write, not in this database
+        table._on_changelog_sent(Acked(tp, offset))
+        stored.append(table.persisted_offset(tp))
+    assert stored == [0, 1, 2, 2, 2]  # the next recovery reads 3, 4 and 5, in order
+
+    table.data.set_persisted_offset(tp, 5)  # what a recovery that read them stores
+    table._on_changelog_sent(Acked(tp, 6))
+    assert table.persisted_offset(tp) == 6
+
+
+def test_faust_own_table_would_skip_it(tmp_path: Path) -> None:
+    """Why: Faust stores every acknowledged write's offset, so its next recovery starts past 3."""
+    app = ScorestreamApp(
+        "t-unit", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path), Table=faust.Table
+    )
+    table: Any = app.Table("contacts", partitions=1, key_type=bytes, value_type=bytes)
+    tp = TP(table.changelog_topic.get_topic_name(), 0)
+    for offset in (0, 1, 2, 4):
+        table._on_changelog_sent(Acked(tp, offset))
+    assert table.persisted_offset(tp) == 4
