@@ -366,12 +366,13 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                 state, sent = step(before, key, messages, model)
                 staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hops[key] + 1)) for o in sent]
                 if state is not None:
+                    triggers = changes(key, journey, state)  # records the RFM segment in the state: before encoding
                     raw = encode(state)
                     if len(raw) + len(key) > MAX_RECORD_BYTES:
                         raise TooLarge(
                             f"the contact's state is {len(raw)} bytes; a changelog record holds {MAX_RECORD_BYTES}"
                         )
-                    for trigger in changes(key, journey, state):
+                    for trigger in triggers:
                         w.send_trigger(key.encode(), trigger)
                     feed.add(state)
                     population.add(partition, state)
