@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import pytest
 
@@ -18,19 +18,10 @@ from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import apply_events
+from tests.analytics.test_rows import Rec
 from tests.factories import T0, make_event, segment_json
 
 MODEL = load_model()
-
-
-class Rec(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class FakeStore:
