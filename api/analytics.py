@@ -28,13 +28,13 @@ from fastapi import APIRouter, FastAPI, Query
 from analytics import reports
 from analytics.client import Store, clickhouse_url, embedded
 from analytics.reports import ContactFilter, InvalidParameter
-from analytics.sink import Sink
 from schemas.api import ErrorBody
 from schemas.api_analytics import ContactListOut, ForecastOut, FunnelOut, HistoryOut, PersonasOut, RfmReportOut
 from schemas.settings import Settings
 from schemas.times import DAY_MS
 from schemas.times import ms_of as _ms
 from scorestream import Model
+from sink.service import Sink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,5 +1,5 @@
 """FastAPI app: contacts, batch get, accounts, model, webhooks, health, the analytics reads and
-reports (``api.analytics``), and the HTTP collector (``api.collector``). Every route but health
+reports (``api.analytics``), and the HTTP collector (``collector.service``). Every route but health
 and the collector's needs an API key; the collector takes write keys.
 
 The contact, account and model routes answer from the active model namespace, or from the one
@@ -21,16 +21,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from analytics.sink import Sink
 from api.accounts import AccountReplica, mount_accounts
 from api.analytics import analytics_store, mount_analytics
-from api.collector import Collector, Publisher, collector_for, mount_collector
 from api.follow import Following
 from api.follow import unreadable as unreadable_records
 from api.namespaces import Namespaces, Readers, UnknownModel
 from api.population import PopulationReader
 from api.replica import Decoded, Replica
 from api.webhooks import WebhookBackend, mount_webhooks
+from collector.service import Collector, Publisher, collector_for, mount_collector
 from schemas.api import (
     BatchGetIn,
     BatchGetOut,
@@ -45,6 +44,7 @@ from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.value import ClvModelOut
 from scorestream import Model
+from sink.service import Sink
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -86,7 +86,7 @@ class ScorestreamApi(FastAPI):
     the two paths. Everything else, including any request ``fast_get`` fails on with an unexpected
     error, goes through the full stack (which then answers and logs as usual). The declared route
     stays for the OpenAPI document and as that fallback. The collector's paths go straight to the
-    :class:`~api.collector.Collector` (an ASGI app) the same way; its declared routes call the
+    :class:`~collector.service.Collector` (an ASGI app) the same way; its declared routes call the
     same handler. The full stack also serves every request while the app has middleware or
     dependency overrides, or FastAPI's OpenTelemetry instrumentation is on, and a contact ``GET``
     with a query string (``?model=`` names another namespace than the active one).
@@ -161,7 +161,7 @@ def create_api(
     registry names them. The readers, ``webhooks``, the collector's ``publisher`` and ``clock`` are
     injectable for tests; ``fast_path=False`` serves every request through FastAPI's full stack
     (see :class:`ScorestreamApi`). ``sink``: the analytics sink this process runs in its lifespan
-    (embedded chDB: the API process owns it; see :mod:`analytics.sink`)."""
+    (embedded chDB: the API process owns it; see :mod:`sink.service`)."""
     model = model or load_model(settings.model)
     default = Readers.build(
         settings.in_namespace(settings.app_id), model, replica=replica, accounts=accounts, population=population

@@ -11,9 +11,9 @@ from __future__ import annotations
 import uvicorn
 
 from analytics.client import sink_in_api
-from analytics.sink import Sink
 from api.app import create_api
 from schemas.settings import Settings
+from sink.service import Sink
 
 
 def serve(settings: Settings) -> None:

@@ -1,6 +1,6 @@
 """``/v1/webhooks``: subscriptions, their signing secrets, test sends, the delivery log, retries.
 
-The API only keeps books; the dispatcher (``streams/webhooks.py``) sends. Subscriptions live on
+The API only keeps books; the dispatcher (``dispatcher/service.py``) sends. Subscriptions live on
 the compacted ``<app>.webhooks`` topic (read back into memory by every API process, see
 :mod:`api.webhook_store`); test sends and retries are commands on ``<app>.webhook-commands`` for
 the dispatcher owning the partition; the delivery log is read from ``<app>.webhook-deliveries``.

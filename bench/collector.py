@@ -35,9 +35,9 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from api.collector import iso_ms
 from bench.api_load import WrkResult, ensure_wrk, wrk_run
 from bench.harness import process_usage, standalone
+from collector.service import iso_ms
 from deploy.traffic import Traffic
 from tests.e2e.service import REPO, WRITE_KEY, Service
 

@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 
 from analytics.client import Store
-from analytics.sink import Sink
 from bench.harness import prefill, publish, standalone
 from deploy.topics import ensure_topics
 from deploy.traffic import Traffic
@@ -34,6 +33,7 @@ from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import ContactState, Event
 from scorestream.contact import step
+from sink.service import Sink
 
 EVERY = 4  # a changelog record after every EVERY events of a contact (the worker writes one per batch)
 

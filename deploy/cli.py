@@ -216,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings)
         return 0
     if args.command == "dispatcher":
-        from streams.webhooks import main as run_dispatcher
+        from dispatcher.service import main as run_dispatcher
 
         run_dispatcher(settings)
         return 0
     if args.command == "sink":
         from analytics.client import clickhouse_url, embedded, sink_in_api
-        from analytics.sink import main as run_sink
+        from sink.service import main as run_sink
 
         if embedded(clickhouse_url(settings)) and sink_in_api(settings):
             log.warning("embedded chDB: the API process runs the sink; this one cannot open the same directory")

@@ -15,10 +15,7 @@ from typing import Any
 
 import pytest
 
-from schemas.webhooks import MAX_ATTEMPTS_KEPT, AttemptRecord, DeliveryRecord, encode
-from scorestream.webhooks import TEST_TYPE, parse_retry_after
-from streams.webhook_http import Connector, Refused, Sender
-from streams.webhook_queue import (
+from dispatcher.schedule import (
     Entry,
     Revive,
     Scheduler,
@@ -29,6 +26,9 @@ from streams.webhook_queue import (
     revived,
     settled,
 )
+from dispatcher.sender import Connector, Refused, Sender
+from schemas.webhooks import MAX_ATTEMPTS_KEPT, AttemptRecord, DeliveryRecord, encode
+from scorestream.webhooks import TEST_TYPE, parse_retry_after
 from tests.webhook_receiver import Receiver, hang
 
 NOW = 1_800_000_000_000

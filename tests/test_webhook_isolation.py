@@ -1,4 +1,4 @@
-"""The webhook dispatcher's per-record isolation (``streams.webhooks``), without a broker.
+"""The webhook dispatcher's per-record isolation (``dispatcher.service``), without a broker.
 
 A trigger or command record it cannot read or handle is dead-lettered (original bytes, reason,
 exception class, coordinates) before the batch's offsets are committed, and every other record of
@@ -17,13 +17,13 @@ import pytest
 from aiokafka import TopicPartition
 
 import scorestream.webhooks
-import streams.webhooks
+from dispatcher import service as dispatcher_service
+from dispatcher.schedule import Entry, SeenIds, Selection, new_delivery
+from dispatcher.sender import Answer
+from dispatcher.service import Dispatcher, now_ms
 from schemas.settings import Settings
 from schemas.webhooks import DELIVERY_DECODER, SigningSecret, SubscriptionRecord, encode
 from scorestream.triggers import make_trigger
-from streams.webhook_http import Answer
-from streams.webhook_queue import Entry, SeenIds, Selection, new_delivery
-from streams.webhooks import Dispatcher, now_ms
 from tests.factories import consumer_record
 
 NOW = 1_800_000_000_000
@@ -102,7 +102,7 @@ def test_a_bad_trigger_or_command_is_dead_lettered_and_the_others_handled(monkey
             raise OverflowError("cannot render")
         return real(t)
 
-    monkeypatch.setattr(streams.webhooks, "trigger_payload", payload)
+    monkeypatch.setattr(dispatcher_service, "trigger_payload", payload)
     triggers, commands = SETTINGS.topic_triggers, SETTINGS.commands_topic
     batch = {
         TopicPartition(triggers, 0): [
@@ -129,10 +129,10 @@ def test_a_bad_trigger_or_command_is_dead_lettered_and_the_others_handled(monkey
         for _, _, _, h in dead
     ]
     assert found == [
-        ("unreadable_trigger", "streams.webhooks.Unhandled", triggers, 11),
+        ("unreadable_trigger", "dispatcher.service.Unhandled", triggers, 11),
         ("processing_error", "OverflowError", triggers, 12),
-        ("unreadable_trigger", "streams.webhooks.Unhandled", triggers, 13),
-        ("unreadable_command", "streams.webhooks.Unhandled", commands, 5),
+        ("unreadable_trigger", "dispatcher.service.Unhandled", triggers, 13),
+        ("unreadable_command", "dispatcher.service.Unhandled", commands, 5),
     ]
     assert [v for _, _, v, _ in dead][:2] == [b"{not json", trigger(2)]  # the original bytes
     assert consumer.committed[TopicPartition(triggers, 0)] == 15  # the batch is done
@@ -161,7 +161,7 @@ def test_a_failure_inside_an_attempt_settles_the_delivery_and_frees_its_lane(mon
         raise AttributeError("a bug after the answer")
 
     monkeypatch.setattr(d, "_post", post)
-    monkeypatch.setattr(streams.webhooks, "after_attempt", after_attempt)
+    monkeypatch.setattr(dispatcher_service, "after_attempt", after_attempt)
     now = now_ms()
     first, second = (
         new_delivery(

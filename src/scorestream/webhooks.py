@@ -1,6 +1,6 @@
 """Webhook delivery rules: what a subscriber is sent, how it is signed, when it is retried.
 
-Pure: the dispatcher (``streams/webhooks.py``) does the I/O and the API (``api/webhooks.py``) the
+Pure: the dispatcher (``dispatcher/service.py``) does the I/O and the API (``api/webhooks.py``) the
 bookkeeping; both take their decisions here.
 
 - Payloads and signatures follow the Standard Webhooks specification

@@ -28,7 +28,6 @@ from analytics.rows import (
     reject_row,
     trigger_row,
 )
-from analytics.sink import Batch
 from schemas.accounts import encode as encode_account
 from schemas.events import deadletter_headers
 from schemas.state import encode as encode_state
@@ -38,6 +37,7 @@ from scorestream import ContactState, engagement_at, fit_of
 from scorestream.accounts import apply_member_updates, member_update
 from scorestream.contact import step
 from scorestream.triggers import make_trigger
+from sink.service import Batch
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, OMIT, T0, make_event, segment_json
 
 MODEL = DEFAULT_MODEL

@@ -1,4 +1,4 @@
-"""The sink's per-row isolation (``analytics.sink``), without Kafka or ClickHouse: a row ClickHouse
+"""The sink's per-row isolation (``sink.service``), without Kafka or ClickHouse: a row ClickHouse
 refuses on its own is found by inserting in halves and stored in ``sink_rejects``; a contacts
 change the ledger fails on costs that change only. The store is a fake at the client edge (the
 same with chDB and the broker: ``tests/e2e/test_sink_outage.py``)."""
@@ -13,11 +13,11 @@ import pytest
 
 from analytics.client import Store
 from analytics.rows import EVENT_COLUMNS, REJECT_COLUMNS, Ledger, event_row, read_contact
-from analytics.sink import Batch, Sink, refused_row
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import apply_events
+from sink.service import Batch, Sink, refused_row
 from tests.analytics.test_rows import Rec
 from tests.factories import T0, make_event, segment_json
 

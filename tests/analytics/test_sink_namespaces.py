@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from analytics.sink import Batch, Namespace, Sink, epoch_of
 from schemas.registry import ActiveRecord, Promotion, Registry, encode_record, promoted
 from schemas.settings import Settings
+from sink.service import Batch, Namespace, Sink, epoch_of
 from tests.factories import DEFAULT_MODEL
 
 

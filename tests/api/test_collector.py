@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from starlette.types import Message, Receive
 
 from api.app import ScorestreamApi, create_api
-from api.collector import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, METRICS_PATH, PATHS, Collector, content_id
 from api.replica import Replica
+from collector.service import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, METRICS_PATH, PATHS, Collector, content_id
 from schemas.events import DEADLETTER_HEADERS, MAX_MESSAGE_BYTES, decode
 from schemas.model_file import load_model
 from schemas.settings import Settings

@@ -26,10 +26,10 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from analytics.client import Store, connect
-from analytics.sink import Sink
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.webhooks import DELIVERY_DECODER
+from sink.service import Sink
 from tests.e2e.service import Service
 from tests.webhook_receiver import Receiver
 

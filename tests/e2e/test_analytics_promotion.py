@@ -18,7 +18,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from analytics import reports
 from analytics.rows import LEDGER_COLUMNS, Ledger, read_contact
-from analytics.sink import Sink
 from schemas.accounts import encode as encode_account
 from schemas.model_file import MODELS, load_model
 from schemas.registry import ACTIVE_KEY, NAMESPACE_PREFIX, Promotion, encode_record, namespace_record, promoted
@@ -27,6 +26,7 @@ from schemas.state import encode as encode_state
 from scorestream import ContactState, Model
 from scorestream.accounts import apply_member_updates, member_update
 from scorestream.contact import step
+from sink.service import Sink
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, T0, make_event
 
 MODEL_A = DEFAULT_MODEL

@@ -27,8 +27,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
 from analytics.client import Store
-from analytics.sink import Sink
 from schemas.settings import Settings
+from sink.service import Sink
 from tests.e2e.test_analytics import Background, _committed, wait
 
 OUTAGE_S = 8.0

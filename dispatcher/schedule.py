@@ -1,7 +1,7 @@
 """The webhook dispatcher's bookkeeping, without I/O: delivery records' state changes, the
 in-memory queue that orders attempts, and what a scan of a deliveries partition brings back.
 
-Rules kept here (``streams/webhooks.py`` does the Kafka and HTTP around them):
+Rules kept here (``dispatcher/service.py`` does the Kafka and HTTP around them):
 
 - **Order.** Deliveries of one subscription for one key (a contact or account id) form a *lane*,
   ordered by ``seq`` (the trigger's offset in its partition). Only the lowest ``seq`` of a lane is

@@ -22,7 +22,7 @@ Guarantees and rules:
   ``webhook-id`` (the delivery id, the same on every attempt and every redelivery).
 - **Order per key.** Deliveries of one subscription for one contact (or account) go out in
   trigger order: the next only after the previous one succeeded or failed for good
-  (``streams/webhook_queue.py``). On revocation the dispatcher stops starting attempts and waits
+  (``dispatcher/schedule.py``). On revocation the dispatcher stops starting attempts and waits
   (at most the request timeout) for those in flight, so the next owner never overlaps with them.
 - **Isolation.** Attempts run in their own tasks; the consume loop never waits on HTTP. Each
   subscription has at most ``webhook_concurrency`` requests in flight; lanes and subscriptions
@@ -85,6 +85,20 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
 
+from dispatcher.schedule import (
+    Entry,
+    Picked,
+    Revive,
+    Scheduler,
+    SeenIds,
+    Selection,
+    after_attempt,
+    attempt_summary,
+    new_delivery,
+    revived,
+    settled,
+)
+from dispatcher.sender import Answer, Sender
 from schemas.events import deadletter_headers
 from schemas.settings import Settings
 from schemas.webhooks import (
@@ -108,20 +122,6 @@ from scorestream.webhooks import (
     should_disable,
     trigger_payload,
     wants,
-)
-from streams.webhook_http import Answer, Sender
-from streams.webhook_queue import (
-    Entry,
-    Picked,
-    Revive,
-    Scheduler,
-    SeenIds,
-    Selection,
-    after_attempt,
-    attempt_summary,
-    new_delivery,
-    revived,
-    settled,
 )
 
 log = logging.getLogger(__name__)
