@@ -68,7 +68,7 @@ from scorestream import Model
 from scorestream.contact import decay
 from scorestream.identity import anonymous_contact_id
 from scorestream.rfm import DEFAULT_SEGMENTS, RfmBoundaries, SegmentRule, segment_of
-from scorestream.scoring import band_of, round_score
+from scorestream.scoring import band_of, grade, round_score
 
 CURSOR_VERSION = 1
 MAX_MERGE_HOPS = 8
@@ -257,7 +257,7 @@ def contact_row(row: Sequence[Any], model: Model, now_ms: int) -> ContactRowOut:
         engagement_at_last_seen=round_score(float(engagement)),
         fit=float(fit),
         fit_grade=str(fit_grade),
-        grade=f"{fit_grade}{band}" if status == "active" else "",
+        grade=grade(str(fit_grade), band) if status == "active" else "",
         rfm_segment=_text(segment),
         orders=int(orders),
         revenue=float(revenue),
@@ -444,7 +444,7 @@ def transition_out(row: Sequence[Any]) -> TransitionOut:
 
 
 def ledger_out(row: Sequence[Any]) -> LedgerRowOut:
-    at, kind, cause, engagement, band, fit, grade, stage, rules, mids, merged_into, model_version = row
+    at, kind, cause, engagement, band, fit, fit_grade, stage, rules, mids, merged_into, model_version = row
     return LedgerRowOut(
         at=_at(int(at)),
         kind=str(kind),
@@ -452,7 +452,7 @@ def ledger_out(row: Sequence[Any]) -> LedgerRowOut:
         engagement=round_score(float(engagement)),
         engagement_band=str(band),
         fit=float(fit),
-        fit_grade=str(grade),
+        fit_grade=str(fit_grade),
         stage=_text(stage),
         rules=[str(r) for r in rules],
         message_ids=[str(m) for m in mids],
@@ -482,7 +482,7 @@ def as_of_view(as_of_ms: int, ledger: Rows, last_transitions: Sequence[Transitio
         engagement_band=band,
         fit=float(fit),
         fit_grade=str(fit_grade),
-        grade=f"{fit_grade}{band}" if kind == "score" else "",
+        grade=grade(str(fit_grade), band) if kind == "score" else "",
         stage=current if kind == "score" else None,
         ledger_at=_at(at),
         model_version=str(model_version),

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scorestream import ContactState, Event, Model, absorb, apply_events, engagement_at, fit_of, grade_of
 from scorestream.contact import Absorb, Outgoing, can_merge_into, decay, effective_points, new_contact, step
 from scorestream.identity import MergeInto
-from scorestream.scoring import EngagementView, FitView
+from scorestream.scoring import EngagementView, FitView, grade
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event, model_from
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -706,6 +706,12 @@ def test_grade_is_fit_letter_and_engagement_band() -> None:
     assert fit.grade == "A"
     assert engagement.band == "1"
     assert grade_of(fit_of(new_contact("x", MODEL), MODEL), engagement_at(new_contact("x", MODEL), MODEL, T0)) == "D4"
+
+
+def test_grade_is_the_fit_letter_then_the_engagement_band() -> None:
+    assert grade("A", "1") == "A1"
+    assert grade("D", "4") == "D4"
+    assert grade("B", "") == "B"
 
 
 def test_default_model_grades_a_vp_at_a_mid_size_us_software_company_as_a() -> None:

@@ -83,6 +83,15 @@ def fit_of(state: ContactState, model: Model, top: int = 5) -> FitView:
     )
 
 
+def grade(fit_grade: str, band: str) -> str:
+    """The grade: the fit letter followed by the engagement band, as HubSpot and Pardot show it.
+
+    ``grade("A", "1") == "A1"``: ``A1`` is best, ``D4`` worst. The one place this rule is written;
+    the API and the analytics reports call it.
+    """
+    return f"{fit_grade}{band}"
+
+
 def grade_of(fit: FitView, engagement: EngagementView) -> str:
-    """Fit letter x engagement band, as HubSpot and Pardot show it: ``A1`` is best, ``D4`` worst."""
-    return f"{fit.grade}{engagement.band}"
+    """Fit letter x engagement band of a contact's views (:func:`grade`)."""
+    return grade(fit.grade, engagement.band)
