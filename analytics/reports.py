@@ -1,5 +1,5 @@
 """Reads and reports over the ClickHouse archive: the SQL, and the shaping of its rows into the API
-bodies (``schemas.api_analytics``). No HTTP here; :mod:`api.analytics` mounts the routes.
+bodies (``schemas.api_analytics``). No HTTP here; :mod:`api.routers.reports` and :mod:`api.routers.contacts` serve them.
 
 Rules the queries keep:
 
@@ -65,10 +65,11 @@ from schemas.times import DAY_MS
 from schemas.times import at_of as _at
 from schemas.times import dt_of as _dt
 from scorestream import Model
-from scorestream.contact import decay
 from scorestream.identity import anonymous_contact_id
-from scorestream.rfm import DEFAULT_SEGMENTS, RfmBoundaries, SegmentRule, segment_of
+from scorestream.rfm import RfmBoundaries
+from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule, segment_of
 from scorestream.scoring import band_of, grade, round_score
+from scorestream.state import decay
 
 CURSOR_VERSION = 1
 MAX_MERGE_HOPS = 8

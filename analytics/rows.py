@@ -27,10 +27,9 @@ from schemas.state import decode_state
 from schemas.webhooks import DELIVERY_DECODER
 from scorestream import Hit, Model, fit_of
 from scorestream.accounts import account_view
-from scorestream.contact import decay
-from scorestream.lifecycle import engagement_now
 from scorestream.rfm import CustomerValue, RfmFacts, summary
-from scorestream.scoring import band_of
+from scorestream.scoring import band_of, engagement_now
+from scorestream.state import decay
 from scorestream.triggers import TRIGGER_VERSION
 
 Row = list[Any]

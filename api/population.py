@@ -18,7 +18,7 @@ from schemas.population import read_record
 from schemas.value import clv_model_body, value_body
 from scorestream import ContactState
 from scorestream.population import PopulationModel, value_view
-from scorestream.rfm import DEFAULT_SEGMENTS, SegmentRule
+from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
 
 log = logging.getLogger(__name__)
 FETCH_MAX_WAIT_MS = 500  # the model changes every few minutes: an idle reader polls twice a second

@@ -14,8 +14,10 @@ from __future__ import annotations
 import collections
 import sys
 from typing import Any
+from unittest.mock import patch
 
-import scorestream.lifecycle as lifecycle
+import scorestream.fold as fold_module
+import scorestream.walk as walk_module
 from analytics.replay import Fold
 from deploy.traffic import Traffic
 from schemas.model_file import load_model
@@ -24,7 +26,7 @@ from schemas.model_file import load_model
 def walk_counts(events: int, contacts: int, seed: int = 3) -> dict[str, int]:
     counts: collections.Counter[str] = collections.Counter()
     walking: list[str] = []
-    original_walk, original_apply = lifecycle.walk, lifecycle._Walker.apply
+    original_walk, original_apply = walk_module.walk, walk_module._Walker.apply
 
     def walk(state: Any, model: Any, lc: Any, as_of_ms: int, resume_before: int | None = None) -> Any:
         old = state.journey
@@ -47,13 +49,11 @@ def walk_counts(events: int, contacts: int, seed: int = 3) -> dict[str, int]:
         counts[f"applied_{walking[-1] if walking else 'fold'}"] += 1
         original_apply(self, cp)
 
-    lifecycle.walk, lifecycle._Walker.apply = walk, apply  # type: ignore[method-assign]
-    try:
+    # the fold calls the walk it imported: patched there
+    with patch.object(fold_module, "walk", walk), patch.object(walk_module._Walker, "apply", apply):
         span = 30 * 86_400_000
         traffic = Traffic(contacts, seed=seed, start_ms=1_790_000_000_000 - span, span_ms=span)
         Fold(load_model()).run((r.channel, r.value, 0) for r in traffic.records(events))
-    finally:
-        lifecycle.walk, lifecycle._Walker.apply = original_walk, original_apply  # type: ignore[method-assign]
     return dict(sorted(counts.items()))
 
 

@@ -31,8 +31,9 @@ __all__ = [
     "RawItem",
     "UnsupportedVersion",
 ]
-from scorestream.contact import STATE_VERSION, Absorb, Tick
+from scorestream.fold import Absorb, Tick
 from scorestream.identity import MergeInto
+from scorestream.state import STATE_VERSION
 
 ENVELOPE_VERSION = 1
 MAX_HOPS = 8
@@ -112,6 +113,12 @@ def envelope_for(item: Event | MergeInto | Absorb | Tick, hops: int = 0) -> Enve
     if isinstance(item, Tick):
         return Envelope(kind="tick", tick=item, hops=hops)
     return Envelope(kind="absorb", state=item.state, hops=hops)
+
+
+def message_of(env: Envelope) -> Event | MergeInto | Absorb | Tick | None:
+    """What an envelope brings the contacts fold (the inverse of :func:`envelope_for`); None for
+    an envelope without its content."""
+    return env.event or env.merge or env.tick or (Absorb(env.state) if env.state is not None else None)
 
 
 class UnsupportedVersion(ValueError):

@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 
 from scorestream import Model, ModelError, apply_events, engagement_at
 from scorestream.accounts import (
-    OTHER,
-    ROLES,
     AccountState,
     MemberUpdate,
     account_view,
@@ -22,7 +20,8 @@ from scorestream.accounts import (
     member_updates,
 )
 from scorestream.contact import absorb
-from scorestream.model import Predicate
+from scorestream.rules.accounts import OTHER, ROLES
+from scorestream.rules.common import Predicate
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, T0, make_event
 
 MODEL = DEFAULT_MODEL

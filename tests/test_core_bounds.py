@@ -23,17 +23,19 @@ from schemas.accounts import encode as encode_account
 from schemas.state import decode_state, encode
 from scorestream import ContactState, Event, apply_events
 from scorestream.accounts import MAX_MEMBERS, AccountState, MemberUpdate, apply_member_updates
-from scorestream.contact import MAX_TRAIT_BYTES, MAX_TRAIT_KEY, MAX_TRAITS, STATE_VERSION, read_traits, step
+from scorestream.contact import MAX_TRAIT_BYTES, MAX_TRAIT_KEY, MAX_TRAITS, read_traits
+from scorestream.fold import step
 from scorestream.rfm import (
     DAY_MS,
     CustomerValue,
-    ValueConfig,
     apply_purchase_events,
     clv_summary,
     facts_timeline,
     summary,
 )
+from scorestream.rules.value import ValueConfig
 from scorestream.scoring import fit_of
+from scorestream.state import STATE_VERSION
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -251,7 +253,7 @@ def test_the_refunds_of_itemised_orders_are_bounded_in_all() -> None:
 def _fold(batches: list[list[Event]], user: str = "big") -> ContactState:
     state: ContactState | None = None
     for batch in batches:
-        state, _ = step(state, user, batch, DEFAULT_MODEL)
+        state, *_ = step(state, user, batch, DEFAULT_MODEL)
     assert state is not None
     return state
 
@@ -494,7 +496,7 @@ def test_the_journey_of_a_contact_past_the_ledger_bound_is_the_one_of_the_full_l
     def journey_of(model: Any, size: int) -> Any:
         state: ContactState | None = None
         for i in range(0, len(events), size):
-            state, _ = step(state, "buyer", events[i : i + size], model)
+            state, *_ = step(state, "buyer", events[i : i + size], model)
         assert state is not None and state.journey is not None
         return state
 

@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scorestream import ContactState, Event, Model, absorb, apply_events, engagement_at, fit_of, grade_of
-from scorestream.contact import Absorb, Outgoing, can_merge_into, decay, effective_points, new_contact, step
+from scorestream.contact import can_merge_into
+from scorestream.fold import Absorb, Outgoing, step
 from scorestream.identity import MergeInto
 from scorestream.scoring import EngagementView, FitView, grade
+from scorestream.state import decay, effective_points, new_contact
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event, model_from
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -596,22 +598,22 @@ def test_absorb_with_folded_source_is_idempotent_and_keeps_score() -> None:
 
 def test_merge_into_turns_the_contact_into_a_forwarding_record() -> None:
     anon_events = [make_event(user_id=None, anonymous_id="a1", timestamp_ms=T0 + i) for i in range(2)]
-    state, out = step(None, "anonymous:a1", anon_events, MODEL)
+    state, out, *_ = step(None, "anonymous:a1", anon_events, MODEL)
     assert state is not None
     assert out == []
-    state, out = step(state, "anonymous:a1", [MergeInto(target="user-9", message_id="link-1")], MODEL)
+    state, out, *_ = step(state, "anonymous:a1", [MergeInto(target="user-9", message_id="link-1")], MODEL)
     assert state is not None
     assert state.merged_into == "user-9"
     assert out == [Outgoing("user-9", Absorb(state))]
     assert len(state.hits) == 2  # kept, so a redelivered merge can re-send it
 
     late = make_event(user_id=None, anonymous_id="a1", timestamp_ms=T0 + DAY)
-    state, out = step(state, "anonymous:a1", [late], MODEL)
+    state, out, *_ = step(state, "anonymous:a1", [late], MODEL)
     assert state is not None
     assert out == [Outgoing("user-9", late)]
     assert len(state.hits) == 2
 
-    state, out = step(state, "anonymous:a1", [MergeInto(target="user-9", message_id="link-1")], MODEL)
+    state, out, *_ = step(state, "anonymous:a1", [MergeInto(target="user-9", message_id="link-1")], MODEL)
     assert state is not None
     assert out == [Outgoing("user-9", Absorb(state))]
 
@@ -620,7 +622,7 @@ def test_forwarding_record_passes_absorbs_on_and_ignores_other_merges() -> None:
     state = new_contact("anonymous:a1", MODEL)
     state.merged_into = "user-9"
     other = Absorb(new_contact("anonymous:zz", MODEL))
-    after, out = step(state, "anonymous:a1", [other, MergeInto(target="user-7", message_id="x")], MODEL)
+    after, out, *_ = step(state, "anonymous:a1", [other, MergeInto(target="user-7", message_id="x")], MODEL)
     assert after is state
     assert out == [Outgoing("user-9", other)]
 
@@ -628,7 +630,7 @@ def test_forwarding_record_passes_absorbs_on_and_ignores_other_merges() -> None:
 def test_step_flushes_events_before_a_merge_and_forwards_after() -> None:
     before = make_event(user_id=None, timestamp_ms=T0)
     after = make_event(user_id=None, timestamp_ms=T0 + HOUR)
-    state, out = step(None, "anonymous:a1", [before, MergeInto("user-9", "l"), after], MODEL)
+    state, out, *_ = step(None, "anonymous:a1", [before, MergeInto("user-9", "l"), after], MODEL)
     assert state is not None
     assert [h.mid for h in state.hits] == [before.message_id]
     assert out == [Outgoing("user-9", Absorb(state)), Outgoing("user-9", after)]
@@ -636,9 +638,9 @@ def test_step_flushes_events_before_a_merge_and_forwards_after() -> None:
 
 def test_step_absorb_gives_the_target_everything() -> None:
     user_events, anon_events = _user_and_anon_events()
-    anon, out = step(None, "anonymous:anon-a", [*anon_events, MergeInto("user-1", "link")], MODEL)
+    anon, out, *_ = step(None, "anonymous:anon-a", [*anon_events, MergeInto("user-1", "link")], MODEL)
     assert len(out) == 1
-    user, out2 = step(None, "user-1", [*user_events, out[0].item], MODEL)
+    user, out2, *_ = step(None, "user-1", [*user_events, out[0].item], MODEL)
     assert out2 == []
     assert user is not None
     assert user.user_id == "user-1"
@@ -647,13 +649,13 @@ def test_step_absorb_gives_the_target_everything() -> None:
     assert engagement_at(user, MODEL, NOW) == engagement_at(everything, MODEL, NOW)
     # redelivered absorb: nothing changes
     assert anon is not None
-    user2, _ = step(copy.deepcopy(user), "user-1", [Absorb(copy.deepcopy(anon))], MODEL)
+    user2, *_ = step(copy.deepcopy(user), "user-1", [Absorb(copy.deepcopy(anon))], MODEL)
     assert user2 == user
 
 
 def test_absorb_of_own_state_is_ignored() -> None:
     state = fold([make_event()])
-    same, out = step(copy.deepcopy(state), "user-1", [Absorb(copy.deepcopy(state))], MODEL)
+    same, out, *_ = step(copy.deepcopy(state), "user-1", [Absorb(copy.deepcopy(state))], MODEL)
     assert same == state
     assert out == []
 
@@ -662,18 +664,18 @@ def test_merge_loop_is_refused() -> None:
     user_events, anon_events = _user_and_anon_events()
     user = absorb(fold(user_events), fold(anon_events, contact_id="anonymous:anon-a"), MODEL)
     assert not can_merge_into(user, "anonymous:anon-a")
-    after, out = step(copy.deepcopy(user), "user-1", [MergeInto("anonymous:anon-a", "bad")], MODEL)
+    after, out, *_ = step(copy.deepcopy(user), "user-1", [MergeInto("anonymous:anon-a", "bad")], MODEL)
     assert after == user
     assert after is not None
     assert after.merged_into is None
     assert out == []
-    self_merge, out = step(copy.deepcopy(user), "user-1", [MergeInto("user-1", "bad")], MODEL)
+    self_merge, out, *_ = step(copy.deepcopy(user), "user-1", [MergeInto("user-1", "bad")], MODEL)
     assert self_merge == user
     assert out == []
 
 
 def test_merge_into_on_an_unknown_contact() -> None:
-    state, out = step(None, "anonymous:new", [MergeInto("user-3", "l")], MODEL)
+    state, out, *_ = step(None, "anonymous:new", [MergeInto("user-3", "l")], MODEL)
     assert state is not None
     assert state.merged_into == "user-3"
     assert out == [Outgoing("user-3", Absorb(state))]

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from schemas.model_file import load_model, read_model_source
 from schemas.state import decode_state, encode
 from scorestream import ContactState, Event, Model, ModelError, engagement_at
-from scorestream.contact import Tick, step
+from scorestream.fold import Tick, step
 from scorestream.journey import Journey
-from scorestream.lifecycle import journey_triggers, walk
+from scorestream.triggers import journey_triggers
+from scorestream.walk import walk
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event
 
 B2C = load_model(Path(__file__).parents[1] / "schemas" / "models" / "b2c.yaml")
@@ -28,7 +29,7 @@ def run(
     inbox: list[Any] = list(events)
     if until is not None:
         inbox.append(Tick(until))
-    state, _ = step(None, key, inbox, model)
+    state, *_ = step(None, key, inbox, model)
     assert state is not None
     return state
 
@@ -206,7 +207,7 @@ def test_cart_abandoned_fires_an_hour_after_the_last_cart_event_without_any_new_
     assert [f for f in journey(before).fired if f.kind == "timer"] == []
     assert journey(before).next_due_ms == T0 + 80 * MINUTE
     old = journey(before)
-    after, _ = step(before, "user-1", [Tick(T0 + 2 * HOUR)], DEFAULT_MODEL)
+    after, *_ = step(before, "user-1", [Tick(T0 + 2 * HOUR)], DEFAULT_MODEL)
     assert after is not None
     timers = [f for f in journey(after).fired if f.kind == "timer"]
     assert [(f.name, f.at_ms) for f in timers] == [("cart-abandoned", T0 + 80 * MINUTE)]
@@ -307,10 +308,10 @@ AS_OF = T0 + 400 * DAY
 def _journey_of(batches: list[list[Event]]) -> Journey:
     state: ContactState | None = None
     for batch in batches:
-        state, _ = step(state, "user-1", batch, DEFAULT_MODEL)
+        state, *_ = step(state, "user-1", batch, DEFAULT_MODEL)
         assert state is not None
         state = decode_state(encode(state))  # through the wire format, as the worker does
-    state, _ = step(state, "user-1", [Tick(AS_OF)], DEFAULT_MODEL)
+    state, *_ = step(state, "user-1", [Tick(AS_OF)], DEFAULT_MODEL)
     assert state is not None
     return journey(state)
 
@@ -351,7 +352,7 @@ def test_history_survives_folding_old_events_away() -> None:
     # batch by batch the same
     incremental: ContactState | None = None
     for e in events:
-        incremental, _ = step(incremental, "user-1", [e], DEFAULT_MODEL)
+        incremental, *_ = step(incremental, "user-1", [e], DEFAULT_MODEL)
     assert incremental is not None and journey(incremental).history == j.history
 
 
@@ -448,11 +449,11 @@ def test_decay_guard_instant_is_exact_for_negative_scores_too() -> None:
 def test_live_delivery_one_event_at_a_time_with_ticks_between_gives_the_same_journey() -> None:
     state: ContactState | None = None
     for event in sorted(STORY, key=lambda e: e.timestamp_ms):
-        state, _ = step(state, "user-1", [event], DEFAULT_MODEL)  # in time order: the walk resumes
-        state, _ = step(state, "user-1", [Tick(event.timestamp_ms + 20 * MINUTE)], DEFAULT_MODEL)
+        state, *_ = step(state, "user-1", [event], DEFAULT_MODEL)  # in time order: the walk resumes
+        state, *_ = step(state, "user-1", [Tick(event.timestamp_ms + 20 * MINUTE)], DEFAULT_MODEL)
         assert state is not None
         state = decode_state(encode(state))
-    state, _ = step(state, "user-1", [Tick(AS_OF)], DEFAULT_MODEL)
+    state, *_ = step(state, "user-1", [Tick(AS_OF)], DEFAULT_MODEL)
     assert state is not None
     assert journey(state) == _journey_of([STORY])
 
@@ -461,7 +462,7 @@ def test_a_new_model_walks_the_history_again_instead_of_resuming() -> None:
     events = hot_lead()
     state = run(events[:-1])
     assert journey(state).history[0].stage == "subscriber"
-    later, _ = step(state, "user-1", [events[-1]], B2C)  # in time order, but under another model
+    later, *_ = step(state, "user-1", [events[-1]], B2C)  # in time order, but under another model
     assert later is not None
     assert journey(later) == journey(run(events, model=B2C))
     assert journey(later).history[0].stage == "visitor"
@@ -471,7 +472,7 @@ def test_a_backfill_behind_the_clock_resumes_and_ends_where_one_walk_ends() -> N
     # the worker's clock ticks every contact to "now" while old events are still arriving in order
     state: ContactState | None = None
     for event in sorted(STORY, key=lambda e: e.timestamp_ms):
-        state, _ = step(state, "user-1", [event, Tick(AS_OF)], DEFAULT_MODEL)
+        state, *_ = step(state, "user-1", [event, Tick(AS_OF)], DEFAULT_MODEL)
         assert state is not None and journey(state).cursor is not None
         assert journey(state).cursor.at_ms == state.last_seen_ms  # type: ignore[union-attr]
     assert state is not None and journey(state) == _journey_of([STORY])
@@ -483,10 +484,10 @@ def test_periodic_positions_change_nothing_but_the_speed(monkeypatch: pytest.Mon
     them give the same journey as one walk, for shuffled, duplicated, re-batched deliveries."""
     import random
 
-    import scorestream.lifecycle as lifecycle
+    import scorestream.walk as walk_module
 
-    monkeypatch.setattr(lifecycle, "SNAPSHOT_EVERY", every)
-    monkeypatch.setattr(lifecycle, "MAX_CURSORS", 3)
+    monkeypatch.setattr(walk_module, "SNAPSHOT_EVERY", every)
+    monkeypatch.setattr(walk_module, "MAX_CURSORS", 3)
     expected = _journey_of([STORY])
     rng = random.Random(every)
     for _ in range(150):
@@ -508,29 +509,29 @@ def test_late_events_for_a_contact_walked_under_a_second_ago_wait_for_the_clock(
     first = run(events[:3])  # walked to T0 + 2 h
     walked = journey(first)
     late = track("Webinar Registered", T0 + 2 * HOUR - 500)  # half a second before the newest event
-    state, _ = step(first, "user-1", [late], DEFAULT_MODEL)
+    state, *_ = step(first, "user-1", [late], DEFAULT_MODEL)
     assert state is not None
     put_off = journey(state)
     assert put_off.deferred_since == late.timestamp_ms
     assert put_off.history == walked.history and put_off.walked_to_ms == walked.walked_to_ms
     assert put_off.next_due_ms is not None and put_off.next_due_ms <= walked.walked_to_ms + 1000
     # the tick the worker sends at that instant walks everything: as if there had been no delay
-    state, _ = step(state, "user-1", [Tick(put_off.next_due_ms)], DEFAULT_MODEL)
+    state, *_ = step(state, "user-1", [Tick(put_off.next_due_ms)], DEFAULT_MODEL)
     assert state is not None and journey(state).deferred_since is None
     assert journey(state) == journey(run([*events[:3], late], until=put_off.next_due_ms))
 
 
 def test_timers_and_crossings_trimmed_from_a_full_list_are_not_announced_again() -> None:
-    import scorestream.lifecycle as lifecycle
+    import scorestream.journey as journey_module
 
     events = [track("Product Added", T0 + h * 2 * HOUR) for h in range(0, 80)]  # a cart abandoned every 2 h
     state = run(events[:70])
     before = journey(state)
-    assert len(before.fired) == lifecycle.MAX_FIRED
+    assert len(before.fired) == journey_module.MAX_FIRED
     # a late order cancels one of the recent carts: the list loses an entry at the back, and an
     # old one that had been trimmed comes back at the front. It was announced long ago.
     late = [order(T0 + 120 * HOUR + 30 * MINUTE, "o-late"), identify(T0 + 121 * HOUR, email="c@acme.com")]
-    again, _ = step(state, "user-1", late, DEFAULT_MODEL)  # new traits: a walk from the anchor
+    again, *_ = step(state, "user-1", late, DEFAULT_MODEL)  # new traits: a walk from the anchor
     assert again is not None
     after = journey(again)
     assert after.fired[0] not in before.fired  # the old one is back
@@ -569,7 +570,7 @@ def test_folding_a_busy_contact_keeps_the_journey_whatever_the_batches(cuts: set
     edges = sorted(cuts)
     state: ContactState | None = None
     for a, b in zip([0, *edges], [*edges, len(BUSY)], strict=True):
-        state, _ = step(state, "user-1", BUSY[a:b], SMALL)
+        state, *_ = step(state, "user-1", BUSY[a:b], SMALL)
         assert state is not None
         state = decode_state(encode(state))
     assert state is not None and len(state.hits) <= 16  # old hits were folded, the anchor moved
@@ -577,26 +578,26 @@ def test_folding_a_busy_contact_keeps_the_journey_whatever_the_batches(cuts: set
 
 
 def test_an_identify_that_changes_no_trait_does_not_walk_again_from_the_anchor(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scorestream.lifecycle as lifecycle
+    import scorestream.walk as walk_module
 
     state = run(BUSY[:40], model=SMALL)
     applied: list[int] = []
-    original = lifecycle._Walker.apply
+    original = walk_module._Walker.apply
 
     def counting(self: Any, cp: Any) -> None:
         applied.append(cp.ts)
         original(self, cp)
 
-    monkeypatch.setattr(lifecycle._Walker, "apply", counting)
+    monkeypatch.setattr(walk_module._Walker, "apply", counting)
     later = BUSY[40:]
-    same, _ = step(decode_state(encode(state)), "user-1", [identify(later[0].timestamp_ms), *later[:4]], SMALL)
+    same, *_ = step(decode_state(encode(state)), "user-1", [identify(later[0].timestamp_ms), *later[:4]], SMALL)
     assert len(state.hits) + 4 > 16, "the step folds old hits away: the anchor moves"
     assert len(applied) <= 10, f"resumed from kept positions, not {len(applied)} checkpoints from the anchor"
     applied.clear()
-    changed, _ = step(decode_state(encode(state)), "user-1", [identify(later[0].timestamp_ms, title="Intern")], SMALL)
+    changed, *_ = step(decode_state(encode(state)), "user-1", [identify(later[0].timestamp_ms, title="Intern")], SMALL)
     assert len(applied) >= len(state.hits), "a changed trait counts for the whole history: walked from the anchor"
     assert same is not None and changed is not None
-    monkeypatch.setattr(lifecycle._Walker, "apply", original)
+    monkeypatch.setattr(walk_module._Walker, "apply", original)
     assert _observable(same) == _observable(run([*BUSY[:40], *later[:4]], model=SMALL))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.model_file import load_model
 from scorestream import Model, ModelError
-from scorestream.model import Predicate, parse_duration_ms
+from scorestream.rules.common import Predicate, parse_duration_ms
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, make_event, model_from
 
 # --- durations ---------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from scorestream.rfm import (
     DAY_MS,
     CustomerValue,
     RfmBoundaries,
-    ValueConfig,
     apply_purchase_events,
     boundaries,
     clv_summary,
@@ -42,6 +41,7 @@ from scorestream.rfm import (
     rfm_score,
     summary,
 )
+from scorestream.rules.value import ValueConfig
 from tests.factories import DAY, HOUR, T0, make_event
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

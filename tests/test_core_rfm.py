@@ -15,21 +15,18 @@ from scorestream import Event, ModelError
 from scorestream.clv import summarise
 from scorestream.rfm import (
     DAY_MS,
-    DEFAULT_SEGMENTS,
     VALUE_VERSION,
     CustomerValue,
     RfmFacts,
-    SegmentRule,
-    ValueConfig,
     apply_purchase_events,
     boundaries,
     clv_summary,
     population_boundaries,
     rfm_score,
     score,
-    segment_of,
     summary,
 )
+from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule, ValueConfig, segment_of
 from tests.factories import DAY, HOUR, T0, make_event
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,9 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.triggers import Trigger
-from scorestream.contact import Tick, step
-from scorestream.lifecycle import journey_triggers
-from scorestream.triggers import make_trigger
+from scorestream.fold import Tick, step
+from scorestream.triggers import journey_triggers, make_trigger
 from tests.factories import DEFAULT_MODEL, HOUR, T0, make_event
 
 
@@ -23,7 +22,7 @@ def test_every_trigger_the_lifecycle_emits_validates_against_the_contract() -> N
         make_event(event="Whitepaper Downloaded", channel="web", timestamp_ms=T0 + 4 * HOUR),
         make_event(event="Webinar Registered", channel="web", timestamp_ms=T0 + 4 * HOUR + 1),
     ]
-    state, _ = step(None, "user-1", [*events, Tick(T0 + 400 * 86_400_000)], DEFAULT_MODEL)
+    state, *_ = step(None, "user-1", [*events, Tick(T0 + 400 * 86_400_000)], DEFAULT_MODEL)
     assert state is not None and state.journey is not None
     found = journey_triggers(None, state.journey, "user-1", DEFAULT_MODEL, lc)
     kinds = {t["type"] for t in found}

@@ -4,11 +4,13 @@ Pure Python: no I/O, no clock, no framework import. Time always comes from the e
 explicit ``now_ms`` argument, so the same fold serves live scoring, replay and tests.
 """
 
-from scorestream.contact import ContactState, Hit, absorb, apply_events, new_contact
+from scorestream.contact import absorb, apply_events
+from scorestream.errors import ModelError, ScorestreamError
 from scorestream.events import CHANNELS, KINDS, Event
 from scorestream.identity import IdentityLink, resolve
-from scorestream.model import Model, ModelError
+from scorestream.rules.model import Model
 from scorestream.scoring import EngagementView, FitView, engagement_at, fit_of, grade_of
+from scorestream.state import ContactState, Hit, new_contact
 
 __all__ = [
     "CHANNELS",
@@ -21,6 +23,7 @@ __all__ = [
     "IdentityLink",
     "Model",
     "ModelError",
+    "ScorestreamError",
     "absorb",
     "apply_events",
     "engagement_at",

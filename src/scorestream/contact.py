@@ -1,4 +1,4 @@
-"""Per-contact state and the fold that updates it.
+"""How events and merges change a contact's state (:mod:`scorestream.state`).
 
 The rule this module keeps: **the state depends on the set of events, not on the order or the
 number of times they arrive.** Events are kept as hits sorted by ``(timestamp, messageId)``; caps
@@ -14,25 +14,22 @@ counted, with its cap and once-only award judged against what was kept.
 from __future__ import annotations
 
 import json
-import math
 from bisect import bisect_right
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 from scorestream.events import Event
-from scorestream.identity import ANONYMOUS_PREFIX, MergeInto
-from scorestream.journey import Journey
-from scorestream.model import Model
 from scorestream.rfm import (
-    CustomerValue,
     apply_purchase_events,
     bound_ledger,
     fold_cut,
     fold_ledger,
     merge_values,
 )
+from scorestream.rules.lifecycle import flag_event
+from scorestream.rules.model import Model
+from scorestream.state import STATE_VERSION, ContactState, Hit, decay, effective_points, new_contact
+from scorestream.walk import anchor_at
 
 MAX_ANONYMOUS_IDS = 64
 """Anonymous ids kept per contact: the most recently seen (ties by id). One left out still
@@ -44,160 +41,6 @@ MAX_TRAIT_KEY = 128
 """Longest trait name kept, in characters."""
 MAX_TRAIT_BYTES = 512
 """Largest trait value kept, in bytes of compact JSON."""
-STATE_VERSION = 2
-"""2: ``traits_capped``, ``anonymous_at`` and the purchase ledger's folded orders (``CustomerValue.folded``)."""
-
-
-def decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
-    """``points * 2^(-(to - from)/H)``: exponential decay on event time."""
-    return points * math.pow(2.0, -(to_ms - from_ms) / half_life_ms)
-
-
-class Hit(NamedTuple):
-    """One scored event: its time, message id and the ids of the rules it matched.
-
-    A plain tuple, so hits sort by ``(ts, mid)`` natively and decode cheaply; the points come
-    from the model when they are evaluated.
-    """
-
-    ts: int
-    mid: str
-    rules: tuple[str, ...]
-
-
-@dataclass(slots=True)
-class ContactState:
-    """Everything scorestream knows about one contact (a table value; versioned by ``v``)."""
-
-    contact_id: str
-    model_version: str
-    v: int = STATE_VERSION
-    user_id: str | None = None
-    anonymous_ids: list[str] = field(default_factory=list)
-    email: str | None = None
-    traits: dict[str, Any] = field(default_factory=dict)
-    trait_at: dict[str, tuple[int, str]] = field(default_factory=dict)
-    hits: list[Hit] = field(default_factory=list)
-    base: dict[str, float] = field(default_factory=dict)
-    base_ms: int = 0
-    base_once: list[str] = field(default_factory=list)
-    capped: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    folded_ids: list[str] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-    merged_ids: list[str] = field(default_factory=list)
-    merged_into: str | None = None
-    first_seen_ms: int | None = None
-    last_seen_ms: int | None = None
-    # customer value: the purchase ledger (orders, refunds), see scorestream.rfm
-    value: CustomerValue | None = None
-    # event-matched flag rules: rule id -> the earliest matching (timestamp, message id)
-    flag_hits: dict[str, tuple[int, str]] = field(default_factory=dict)
-    # rule id -> latest timestamp among its hits folded into the base (timers start from it)
-    rule_last: dict[str, int] = field(default_factory=dict)
-    # the B2B account: the group id of the latest ``group`` call, and its (timestamp, message id)
-    account_id: str | None = None
-    account_at: tuple[int, str] | None = None
-    # lifecycle stage, its history, timers and thresholds (scorestream.lifecycle)
-    journey: Journey | None = None
-    # the latest instant the lifecycle has been advanced to by a timer tick (event time otherwise)
-    ticked_ms: int | None = None
-    # the account traits of the latest ``group`` call (the one at ``account_at``; scorestream.accounts)
-    account_traits: dict[str, Any] = field(default_factory=dict)
-    # the RFM segment last announced (worker-side: it depends on the population's quintiles)
-    rfm_segment: str | None = None
-    # a trait (or account trait) was left out at the bounds: too many, too long a name, too large
-    traits_capped: bool = False
-    # anonymous id -> the latest (timestamp, message id) it was seen at (which ids are kept)
-    anonymous_at: dict[str, tuple[int, str]] = field(default_factory=dict)
-
-
-def new_contact(contact_id: str, model: Model) -> ContactState:
-    state = ContactState(contact_id=contact_id, model_version=model.version)
-    if not contact_id.startswith(ANONYMOUS_PREFIX):
-        state.user_id = contact_id
-    return state
-
-
-class Caps:
-    """Once-only awards and rolling-window caps, evaluated hit by hit in ``(timestamp, messageId)``
-    order: what :func:`effective_points` runs over all hits, kept as an object so a walk can stop
-    and later go on (``snapshot`` / ``restore``) with exactly the same arithmetic."""
-
-    __slots__ = ("awarded_once", "rule_of", "used", "windows")
-
-    def __init__(
-        self,
-        model: Model,
-        windows: dict[str, deque[tuple[int, float]]],
-        used: dict[str, float],
-        awarded_once: set[str],
-    ) -> None:
-        self.rule_of = model.by_id.get
-        self.windows = windows
-        self.used = used
-        self.awarded_once = awarded_once
-
-    @classmethod
-    def start(cls, state: ContactState, model: Model) -> Caps:
-        """Before the first kept hit: the folded base's once-only awards and capped entries."""
-        windows = {k: deque(w) for k, w in state.capped.items()}
-        return cls(model, windows, {k: sum(abs(v) for _, v in w) for k, w in windows.items()}, set(state.base_once))
-
-    def snapshot(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float], list[str]]:
-        return {k: list(w) for k, w in self.windows.items()}, dict(self.used), sorted(self.awarded_once)
-
-    @classmethod
-    def restore(
-        cls,
-        model: Model,
-        windows: dict[str, list[tuple[int, float]]],
-        used: dict[str, float],
-        awarded_once: list[str],
-    ) -> Caps:
-        restored = {k: deque((int(t), float(v)) for t, v in w) for k, w in windows.items()}
-        return cls(model, restored, dict(used), set(awarded_once))
-
-    def earn(self, hit: Hit) -> list[tuple[str, float]]:
-        """The points ``hit`` earns after once-only awards and caps (the next hit in order)."""
-        earned: list[tuple[str, float]] = []
-        windows, used, awarded_once = self.windows, self.used, self.awarded_once
-        for rule_id in hit.rules:
-            rule = self.rule_of(rule_id)
-            if rule is None:  # the rule left the model: it earns nothing now
-                earned.append((rule_id, 0.0))
-                continue
-            value = rule.points
-            if rule.once:
-                if rule_id in awarded_once:
-                    value = 0.0
-                else:
-                    awarded_once.add(rule_id)
-            if value and rule.cap_points is not None and rule.cap_window_ms is not None:
-                window = windows.get(rule_id)
-                if window is None:
-                    window = windows[rule_id] = deque()
-                    used[rule_id] = 0.0
-                start = hit.ts - rule.cap_window_ms
-                while window and window[0][0] <= start:
-                    used[rule_id] -= abs(window.popleft()[1])
-                room = max(rule.cap_points - used[rule_id], 0.0)
-                value = math.copysign(min(abs(value), room), value) if room > 1e-12 else 0.0
-                if value:
-                    window.append((hit.ts, value))
-                    used[rule_id] += abs(value)
-            earned.append((rule_id, value))
-        return earned
-
-
-def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, float]]]:
-    """Points each hit actually earns after once-only awards and rolling-window caps.
-
-    Evaluated over hits in ``(timestamp, messageId)`` order, so the answer does not depend on
-    arrival order. A cap limits the magnitude a rule awards within any trailing window; awards
-    already folded into the base but still inside their window count against it.
-    """
-    caps = Caps.start(state, model)
-    return [caps.earn(hit) for hit in state.hits]
 
 
 def _seen_ids(state: ContactState) -> set[str]:
@@ -344,8 +187,6 @@ def _normalise(state: ContactState, model: Model, resume_before: int | None = No
         if (anchor is None or cut > anchor) and (settled is None or (settled.at_ms, settled.mid) < cut):
             anchor = cut
     if anchor is not None and model.lifecycle is not None:
-        from scorestream.lifecycle import anchor_at
-
         anchor_at(state, model, model.lifecycle, anchor[0], anchor[1], resume_before)
     if cut is not None and state.value is not None:
         state.value = fold_ledger(state.value, cut, model.value)
@@ -398,7 +239,7 @@ def apply_events(
 
     Replaying the same events, in any order, any number of times, gives the same state.
     The caller forwards events for contacts that were merged away (``merged_into``).
-    ``resume_before``: what :func:`step` knows of the walk (see :func:`lifecycle.walk`), used if
+    ``resume_before``: what :func:`step` knows of the walk (see :func:`scorestream.walk.walk`), used if
     old hits fold away (unless a trait changes value); None (a caller that does not know) is
     always right, only slower.
     """
@@ -412,8 +253,6 @@ def apply_events(
         state.value = apply_purchase_events(state.value, events, model.value, fold=False)
     lifecycle = model.lifecycle
     if lifecycle is not None and lifecycle.flags:
-        from scorestream.lifecycle import flag_event
-
         for event in events:
             for rule_id in flag_event(lifecycle, event):
                 _earliest(state.flag_hits, rule_id, (event.timestamp_ms, event.message_id))
@@ -530,129 +369,3 @@ def can_merge_into(state: ContactState | None, target: str) -> bool:
     if state is None:
         return True
     return target != state.contact_id and target not in state.merged_ids and state.merged_into in (None, target)
-
-
-@dataclass(frozen=True, slots=True)
-class Absorb:
-    """A contact's full state on its way into the contact it merged into."""
-
-    state: ContactState
-
-
-WALK_DEBOUNCE_MS = 1_000
-_NO_EVENT = 1 << 62  # later than any event: a step with ticks only resumes from the newest position
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """The worker's clock reached ``at_ms``: let time-driven transitions and timers happen."""
-
-    at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message the contacts stage sends on: to ``key``, an event, merge or absorb."""
-
-    key: str
-    item: Event | MergeInto | Absorb
-
-
-def step(
-    state: ContactState | None,
-    contact_id: str,
-    inbox: Iterable[Event | MergeInto | Absorb | Tick],
-    model: Model,
-) -> tuple[ContactState | None, list[Outgoing]]:
-    """Apply one contact's messages, in partition order: the whole per-contact fold.
-
-    Events fold into the state; ``MergeInto`` sends the state to its new owner and turns this
-    contact into a forwarding record (which keeps its data, so a redelivered merge re-sends it);
-    ``Absorb`` merges another contact's state in; ``Tick`` moves the contact's clock on (a
-    contact not known yet ignores it). Messages for a forwarding record pass through. The
-    lifecycle is then walked once, to the later of the newest event and the latest tick.
-    """
-    out: list[Outgoing] = []
-    pending: list[Event] = []
-    # the lifecycle walk resumes before the earliest new event, unless a trait changed value or a
-    # merge happened (then it walks again from its anchor)
-    resume_before: int | None = _NO_EVENT
-    ticked = False
-    traits_sent = False
-
-    def flush() -> None:
-        nonlocal state, resume_before, traits_sent
-        if pending:
-            traits = dict(state.traits) if state is not None and traits_sent else None
-            state = apply_events(state, contact_id, pending, model, resume_before)
-            if traits_sent and state.traits != traits:
-                resume_before = None
-            pending.clear()
-            traits_sent = False
-
-    for item in inbox:
-        if state is not None and state.merged_into is not None:
-            target = state.merged_into
-            if isinstance(item, MergeInto):
-                if item.target == target:
-                    out.append(Outgoing(target, Absorb(state)))
-            elif isinstance(item, Tick):
-                continue  # the contact it merged into keeps its own clock
-            else:
-                out.append(Outgoing(target, item))
-            continue
-        if isinstance(item, Event):
-            pending.append(item)
-            traits_sent = traits_sent or (item.kind == "identify" and bool(item.traits))
-            if resume_before is not None:
-                resume_before = min(resume_before, item.timestamp_ms)
-            continue
-        if isinstance(item, Tick):
-            ticked = True
-        else:
-            resume_before = None
-        flush()
-        if isinstance(item, Tick):
-            if state is not None and (state.ticked_ms is None or item.at_ms > state.ticked_ms):
-                state.ticked_ms = item.at_ms
-            continue
-        if isinstance(item, Absorb):
-            if state is None:
-                state = new_contact(contact_id, model)
-            if item.state.contact_id != contact_id:
-                state = absorb(state, item.state, model)
-        elif can_merge_into(state, item.target):
-            if state is None:
-                state = new_contact(contact_id, model)
-            state.merged_into = item.target
-            out.append(Outgoing(item.target, Absorb(state)))
-    flush()
-    if state is not None and state.merged_into is None and model.lifecycle is not None:
-        from scorestream.lifecycle import walk
-
-        as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
-        journey = state.journey
-        if journey is not None and journey.deferred_since is not None and resume_before is not None:
-            resume_before = min(resume_before, journey.deferred_since)
-        cursor = journey.cursor if journey is not None else None
-        if (
-            journey is not None
-            and cursor is not None
-            and not ticked
-            and resume_before is not None
-            and resume_before <= cursor.at_ms
-            and as_of - journey.walked_to_ms < WALK_DEBOUNCE_MS
-        ):
-            # Late events for a contact walked less than a second ago (a very busy contact whose
-            # events arrive slightly out of order): walking again would redo everything after
-            # them on every batch. The walk is put off; the worker's clock ticks the contact
-            # within a second and the walk then covers all of them, with the same result.
-            due = journey.walked_to_ms + WALK_DEBOUNCE_MS
-            state.journey = replace(
-                journey,
-                deferred_since=resume_before,
-                next_due_ms=due if journey.next_due_ms is None else min(journey.next_due_ms, due),
-            )
-        else:
-            state.journey = walk(state, model, model.lifecycle, as_of, resume_before=resume_before)
-    return state, out

@@ -1,12 +1,17 @@
 """The lifecycle part of a contact's state: its stage, stage history, and what fired on the way.
 
-Plain data (a table value, encoded by ``schemas.state``); :mod:`scorestream.lifecycle` computes it.
+Plain data (a table value, encoded by ``schemas.state``); :mod:`scorestream.walk` computes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+MAX_HISTORY = 100
+"""Stage entries a journey keeps (the latest)."""
+MAX_FIRED = 64
+"""Timers and thresholds fired a journey keeps (the latest)."""
 
 
 class StageEntry(NamedTuple):
@@ -83,7 +88,7 @@ class Journey:
     cursors: list[Cursor] = field(default_factory=list)
     # the model version that walked it (another model walks again from the anchor)
     model_version: str = ""
-    # a walk put off (see ``scorestream.contact.step``): the earliest event time not walked yet
+    # a walk put off (see ``scorestream.fold.step``): the earliest event time not walked yet
     deferred_since: int | None = None
 
     @property

@@ -52,17 +52,16 @@ from scorestream.clv import (
 )
 from scorestream.rfm import (
     DAY_MS,
-    DEFAULT_SEGMENTS,
     Boundaries,
     CustomerValue,
     RfmBoundaries,
     RfmFacts,
     RfmScore,
-    SegmentRule,
     clv_summary,
     rfm_score,
     summary,
 )
+from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
 
 __all__ = [
     "HORIZON_DAYS",

@@ -1,12 +1,14 @@
-"""Scores read from a contact's state: engagement decayed to a given instant, fit, grade."""
+"""Scores read from a contact's state: engagement decayed to a given instant (from its hits, or as
+its last lifecycle walk holds it), fit, grade."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from scorestream.contact import ContactState, decay, effective_points
-from scorestream.model import Band, Model
+from scorestream.rules.common import Band
+from scorestream.rules.model import Model
+from scorestream.state import ContactState, decay, effective_points
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +97,23 @@ def grade(fit_grade: str, band: str) -> str:
 def grade_of(fit: FitView, engagement: EngagementView) -> str:
     """Fit letter x engagement band of a contact's views (:func:`grade`)."""
     return grade(fit.grade, engagement.band)
+
+
+def walked_engagement(state: ContactState, model: Model, at_ms: int) -> float | None:
+    """Engagement at ``at_ms`` as the last walk holds it (rounded as the API shows it), or None when
+    the walk does not cover that instant: no walk, another model, a walk put off, or ``at_ms``
+    outside its last checkpoint .. the instant it walked to."""
+    journey = state.journey
+    if journey is None or journey.model_version != model.version or journey.deferred_since is not None:
+        return None
+    cursor = journey.cursor
+    if cursor is None or not cursor.ref_ms <= at_ms <= journey.walked_to_ms:
+        return None
+    return round_score(decay(cursor.ref_score, cursor.ref_ms, at_ms, model.half_life_ms))
+
+
+def engagement_now(state: ContactState, model: Model, at_ms: int) -> float:
+    """The contact's engagement at ``at_ms``: from its lifecycle walk when that covers it (the
+    walk keeps the score; recomputing it is O(hits)), else computed from its hits."""
+    walked = walked_engagement(state, model, at_ms)
+    return walked if walked is not None else engagement_at(state, model, at_ms, top=0).score

@@ -1,4 +1,5 @@
-"""Triggers: the changes that matter, as plain records for the ``triggers`` topic.
+"""Triggers: the changes that matter, as plain records for the ``triggers`` topic, and their
+derivation from a contact's journey (:func:`journey_triggers`).
 
 Every trigger has a stable ``id``: the same change, computed again (a redelivered batch, a replay,
 a second walk over the same history), gets the same id, so a consumer (the webhook dispatcher, a
@@ -11,6 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+
+from scorestream.journey import MAX_FIRED, MAX_HISTORY, Journey
+from scorestream.rules.lifecycle import Lifecycle
+from scorestream.rules.model import Model
 
 TRIGGER_VERSION = 1
 TYPES = (
@@ -62,3 +67,86 @@ def make_trigger(
         "model_version": model_version,
         "v": TRIGGER_VERSION,
     }
+
+
+def journey_triggers(
+    before: Journey | None, after: Journey, contact_id: str, model: Model, lc: Lifecycle
+) -> list[dict[str, Any]]:
+    """Triggers for what ``after`` holds that ``before`` did not: stage entries, timers that
+    fired, thresholds crossed. Each has a stable id, so one recomputed later is recognisable."""
+    out: list[dict[str, Any]] = []
+    old_entries = {(e.stage, e.entered_ms, e.rule) for e in before.history} if before is not None else set()
+    old_fired = set(before.fired) if before is not None else set()
+    # what fell off the front of full lists is old news, not new: it is not announced again
+    history_floor = before.history[0].entered_ms if before is not None and len(before.history) >= MAX_HISTORY else None
+    fired_floor = before.fired[0].at_ms if before is not None and len(before.fired) >= MAX_FIRED else None
+    version = model.version
+    previous: str | None = None
+    for entry in after.history:
+        trimmed = history_floor is not None and entry.entered_ms < history_floor
+        if (entry.stage, entry.entered_ms, entry.rule) not in old_entries and entry.rule != "initial" and not trimmed:
+            out.append(
+                make_trigger(
+                    "stage.changed",
+                    at_ms=entry.entered_ms,
+                    model_version=version,
+                    contact_id=contact_id,
+                    before=previous,
+                    after=entry.stage,
+                    rule=entry.rule,
+                    cause=entry.cause,
+                )
+            )
+            if entry.stage == lc.disqualified:
+                out.append(
+                    make_trigger(
+                        "contact.disqualified",
+                        at_ms=entry.entered_ms,
+                        model_version=version,
+                        contact_id=contact_id,
+                        before=previous,
+                        after={"stage": entry.stage, "flags": after.flags},
+                        rule=entry.rule,
+                        cause=entry.cause,
+                    )
+                )
+        previous = entry.stage
+    for f in after.fired:
+        if f in old_fired or (fired_floor is not None and f.at_ms < fired_floor):
+            continue
+        if f.kind == "timer":
+            timer = lc.timer_of.get(f.name)
+            if timer is not None and timer.emit is not None:
+                out.append(
+                    make_trigger(
+                        timer.emit,
+                        at_ms=f.at_ms,
+                        model_version=version,
+                        contact_id=contact_id,
+                        after={"timer": f.name, "stage": _stage_at(after, f.at_ms)},
+                        rule=f.name,
+                    )
+                )
+        else:
+            threshold = float(f.name)
+            out.append(
+                make_trigger(
+                    "score.threshold_crossed",
+                    at_ms=f.at_ms,
+                    model_version=version,
+                    contact_id=contact_id,
+                    before={"score": "engagement", "threshold": threshold, "above": f.direction == "down"},
+                    after={"score": "engagement", "threshold": threshold, "above": f.direction == "up"},
+                    rule=f"engagement-{f.direction}-{f.name}",
+                    cause=f.cause,
+                )
+            )
+    return out
+
+
+def _stage_at(journey: Journey, at_ms: int) -> str | None:
+    stage = None
+    for entry in journey.history:
+        if entry.entered_ms <= at_ms:
+            stage = entry.stage
+    return stage

@@ -19,7 +19,8 @@ import orjson
 from analytics.client import Store
 from analytics.rows import ACCOUNT_COLUMNS, CONTACT_COLUMNS, LEDGER_COLUMNS, TRIGGER_COLUMNS
 from scorestream import Model
-from scorestream.rfm import RfmBoundaries, boundaries, score, segment_of
+from scorestream.rfm import RfmBoundaries, boundaries, score
+from scorestream.rules.value import segment_of
 from scorestream.scoring import band_of, round_score
 from tests.factories import DAY, DEFAULT_MODEL, HOUR
 

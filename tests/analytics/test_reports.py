@@ -19,7 +19,7 @@ from analytics.migrations import migrate
 from analytics.reports import ContactFilter, Position
 from analytics.rows import CONTACT_COLUMNS, LEDGER_COLUMNS
 from schemas.api_analytics import ContactListOut
-from scorestream.rfm import segment_of
+from scorestream.rules.value import segment_of
 from scorestream.scoring import band_of
 from tests.analytics.archive import (
     MODEL,

@@ -1,4 +1,5 @@
-"""Lifecycle: flags, personas, a configurable stage graph, timers and engagement thresholds.
+"""The lifecycle walk: a contact's stage history, flags, persona, timers and thresholds, computed
+from its state and the model's lifecycle rules (:mod:`scorestream.rules.lifecycle`).
 
 **The walk.** A contact's stage history is computed, not accumulated: :func:`walk` goes through
 the contact's checkpoints (its scored events, orders, refunds and flag-matching events) in event
@@ -17,10 +18,10 @@ checkpoints, the last ``MAX_CURSORS`` of them, and the one at the newest event),
 caps' state and the purchase signals; they depend on the events only, not on how they were
 batched. A walk over new events resumes from the latest position before the earliest of them
 and earns only the new hits' points; new traits or a merge walk again from the anchor. The
-caller (``contact.step``) may also put a walk off for up to ``WALK_DEBOUNCE_MS`` (a busy contact
+caller (``fold.step``) may also put a walk off for up to ``WALK_DEBOUNCE_MS`` (a busy contact
 with late events); the clock's tick then walks it, with the same result.
 
-**Guards** are predicates (``scorestream.model.Predicate``) over the contact's signals at that
+**Guards** are predicates (``scorestream.rules.common.Predicate``) over the contact's signals at that
 instant: ``engagement`` (decayed score), ``fit``, ``fit_grade``, ``orders`` (completed orders net
 of refunds), ``monetary``, ``customer``, ``flagged``, ``flags`` (list of names), ``traits.<name>``,
 ``stage``. Only ``engagement`` changes between checkpoints. A transition may also require the
@@ -39,323 +40,20 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scorestream.contact import Caps, ContactState, Hit, decay
-from scorestream.events import Event
-from scorestream.journey import Cursor, Fired, Journey, StageEntry
-from scorestream.model import EngagementRule, Model, ModelError, Predicate, _str_set, parse_duration_ms
+from scorestream.journey import MAX_FIRED, MAX_HISTORY, Cursor, Fired, Journey, StageEntry
 from scorestream.rfm import CustomerValue, FactsStep, FoldedOrders, Order, Refund, facts_timeline
-from scorestream.scoring import engagement_at, fit_of, round_score
-from scorestream.triggers import make_trigger
+from scorestream.rules.common import Predicate
+from scorestream.rules.lifecycle import ORDER_TAG, REFUND_TAG, Lifecycle, StageTransition, score_edge
+from scorestream.rules.model import Model
+from scorestream.scoring import fit_of
+from scorestream.state import Caps, ContactState, Hit, decay
 
-MAX_HISTORY = 100
-MAX_FIRED = 64
 MAX_CHAIN = 8
 MAX_CURSORS = 4  # periodic walk positions kept per contact (plus the newest)
 SNAPSHOT_EVERY = 8  # checkpoints between the positions a long walk keeps
-NUMERIC_OPS = ("gt", "gte", "lt", "lte")
-ORDER_TAG = "order"
-REFUND_TAG = "refund"
-
-
-# --- configuration -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FlagRule:
-    """Raises ``flag`` with ``reason``: from the latest traits (``when``) or from the first event
-    matching ``match`` (an engagement-rule match clause without ``where``) and ``event_where``
-    (its ``where`` predicates over the event's properties, plus ``user_agent``)."""
-
-    id: str
-    flag: str
-    reason: str
-    when: tuple[Predicate, ...] = ()
-    match: EngagementRule | None = None
-    event_where: tuple[Predicate, ...] = ()
-
-    def matches(self, event: Event) -> bool:
-        if self.match is None or not self.match.matches(event):
-            return False
-        if not self.event_where:
-            return True
-        source = dict(event.traits if event.kind in ("identify", "group") else event.properties)
-        source["user_agent"] = event.user_agent
-        return all(p.test(source) for p in self.event_where)
-
-
-@dataclass(frozen=True, slots=True)
-class Persona:
-    id: str
-    when: tuple[Predicate, ...]
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    id: str
-    to: str
-    sources: frozenset[str] | None
-    on: frozenset[str]
-    guards: tuple[Predicate, ...]
-    engagement_guards: tuple[Predicate, ...]
-    static_guards: tuple[Predicate, ...]
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Timer:
-    """Due ``after`` the latest ``start`` event unless a ``cancel`` event came in between; emits
-    the trigger ``emit`` when it fires. Events are rule ids, ``order`` or ``refund``."""
-
-    id: str
-    start: frozenset[str]
-    cancel: frozenset[str]
-    after_ms: int
-    emit: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Lifecycle:
-    initial: str
-    stages: tuple[str, ...]
-    descriptions: Mapping[str, str]
-    qualified: frozenset[str]
-    customer_stage: str | None
-    customer_stages: frozenset[str]
-    disqualified: str | None
-    transitions: tuple[Transition, ...]
-    by_source: Mapping[str, tuple[Transition, ...]]
-    timers: tuple[Timer, ...]
-    thresholds: tuple[float, ...]
-    flags: tuple[FlagRule, ...]
-    personas: tuple[Persona, ...]
-
-    flag_rules: Mapping[str, FlagRule]
-    timer_of: Mapping[str, Timer]
-    event_flags: tuple[FlagRule, ...]
-    # per stage: the raw scores at which a threshold or an engagement guard of a transition out
-    # of it flips (a walk between events skips the search when the decay passes none of them)
-    edges: Mapping[str, tuple[float, ...]]
-    threshold_guards: tuple[tuple[float, Predicate], ...]
-    uses_monetary: bool
-
-
-def _mapping(raw: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise ModelError(f"{where}: expected a mapping")
-    return raw
-
-
-def _list(raw: object, where: str) -> list[Any]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise ModelError(f"{where}: expected a list")
-    return raw
-
-
-def _ident(raw: object, where: str) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise ModelError(f"{where}: expected a non-empty string id")
-    return raw
-
-
-def _names(raw: object, where: str) -> frozenset[str]:
-    """A name or a list of names (none when absent)."""
-    return _str_set(raw, where) or frozenset()
-
-
-def _predicates(raw: object, where: str) -> tuple[Predicate, ...]:
-    return tuple(Predicate.parse(p, f"{where}[{i}]") for i, p in enumerate(_list(raw, where)))
-
-
-def _parse_flags(raw: object) -> tuple[FlagRule, ...]:
-    rules = []
-    for i, item in enumerate(_list(raw, "flags")):
-        at = f"flags[{i}]"
-        item = _mapping(item, at)
-        rule_id = _ident(item.get("id"), f"{at}.id")
-        at = f"flag rule {rule_id!r}"
-        flag = _ident(item.get("flag", rule_id), f"{at}.flag")
-        when = _predicates(item.get("when"), f"{at}.when")
-        match = None
-        event_where: tuple[Predicate, ...] = ()
-        if "match" in item:
-            clause = dict(_mapping(item["match"], f"{at}.match"))
-            agent = clause.pop("user_agent", None)
-            where = list(_list(clause.pop("where", None), f"{at}.match.where"))
-            if agent is not None:
-                where.append({"field": "user_agent", "op": "matches", "value": agent})
-            event_where = _predicates(where, f"{at}.match.where")
-            match = EngagementRule.parse({"id": rule_id, "points": 0, "match": clause}, i)
-        if bool(when) == (match is not None):
-            raise ModelError(f"{at}: give either 'when' (trait predicates) or 'match' (an event clause)")
-        rules.append(FlagRule(rule_id, flag, str(item.get("reason", flag)), when, match, event_where))
-    ids = [r.id for r in rules]
-    if len(set(ids)) != len(ids):
-        raise ModelError("flags: rule ids must be unique")
-    return tuple(rules)
-
-
-def _parse_personas(raw: object) -> tuple[Persona, ...]:
-    out = []
-    for i, item in enumerate(_list(raw, "personas")):
-        item = _mapping(item, f"personas[{i}]")
-        persona_id = _ident(item.get("id"), f"personas[{i}].id")
-        when = _predicates(item.get("when"), f"persona {persona_id!r}.when")
-        if not when:
-            raise ModelError(f"persona {persona_id!r}: 'when' must be a non-empty list of predicates")
-        out.append(Persona(persona_id, when, str(item.get("description", ""))))
-    return tuple(out)
-
-
-def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycle | None:
-    """The ``lifecycle``, ``flags``, ``personas`` and ``triggers`` sections of a model file."""
-    flags = _parse_flags(raw.get("flags"))
-    personas = _parse_personas(raw.get("personas"))
-    triggers = _mapping(raw.get("triggers") or {}, "triggers")
-    thresholds = []
-    for i, t in enumerate(_list(triggers.get("engagement_thresholds"), "triggers.engagement_thresholds")):
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t == 0:
-            raise ModelError(f"triggers.engagement_thresholds[{i}]: expected a non-zero number")
-        thresholds.append(float(t))
-    section = raw.get("lifecycle")
-    if section is None:
-        if flags or personas or thresholds:
-            raise ModelError("flags, personas and triggers need a 'lifecycle' section")
-        return None
-    section = _mapping(section, "lifecycle")
-    stages: list[str] = []
-    descriptions: dict[str, str] = {}
-    qualified: set[str] = set()
-    for i, item in enumerate(_list(section.get("stages"), "lifecycle.stages")):
-        if isinstance(item, str):
-            item = {"id": item}
-        item = _mapping(item, f"lifecycle.stages[{i}]")
-        stage = _ident(item.get("id"), f"lifecycle.stages[{i}].id")
-        if stage in descriptions:
-            raise ModelError(f"lifecycle.stages: {stage!r} is listed twice")
-        stages.append(stage)
-        descriptions[stage] = str(item.get("description", ""))
-        if item.get("qualified"):
-            qualified.add(stage)
-    if not stages:
-        raise ModelError("lifecycle.stages: at least one stage is needed")
-
-    def known(name: object, where: str) -> str:
-        stage = _ident(name, where)
-        if stage not in descriptions:
-            raise ModelError(f"{where}: unknown stage {stage!r}; stages: {', '.join(stages)}")
-        return stage
-
-    initial = known(section.get("initial", stages[0]), "lifecycle.initial")
-    customer = _mapping(section.get("customer") or {}, "lifecycle.customer")
-    customer_stage = known(customer["stage"], "lifecycle.customer.stage") if "stage" in customer else None
-    customer_stages = frozenset(
-        known(s, "lifecycle.customer.stages") for s in _names(customer.get("stages", []), "lifecycle.customer.stages")
-    )
-    if customer_stage is not None:
-        customer_stages |= {customer_stage}
-    disqualified = known(section["disqualified"], "lifecycle.disqualified") if "disqualified" in section else None
-    timers = []
-    for i, item in enumerate(_list(section.get("timers"), "lifecycle.timers")):
-        item = _mapping(item, f"lifecycle.timers[{i}]")
-        timer_id = _ident(item.get("id"), f"lifecycle.timers[{i}].id")
-        at = f"timer {timer_id!r}"
-        emit = item.get("emit")
-        if emit is not None and emit not in ("cart.abandoned", "customer.lapsed"):
-            raise ModelError(f"{at}.emit: one of cart.abandoned, customer.lapsed")
-        start = _names(item.get("start"), f"{at}.start")
-        if not start:
-            raise ModelError(f"{at}.start: name the events that start it")
-        timers.append(
-            Timer(
-                timer_id,
-                start,
-                _names(item.get("cancel", []), f"{at}.cancel"),
-                parse_duration_ms(item.get("after"), f"{at}.after"),
-                emit,
-            )
-        )
-    events = {*rule_ids, ORDER_TAG, REFUND_TAG, *(t.id for t in timers)}
-    for timer in timers:
-        unknown = (timer.start | timer.cancel) - events
-        if unknown:
-            raise ModelError(f"timer {timer.id!r}: unknown event(s) {sorted(unknown)}")
-    transitions = []
-    for i, item in enumerate(_list(section.get("transitions"), "lifecycle.transitions")):
-        item = _mapping(item, f"lifecycle.transitions[{i}]")
-        tid = _ident(item.get("id"), f"lifecycle.transitions[{i}].id")
-        at = f"transition {tid!r}"
-        raw_from = item.get("from", "*")
-        sources = None if raw_from == "*" else frozenset(known(s, f"{at}.from") for s in _names(raw_from, f"{at}.from"))
-        if any(not isinstance(k, str) for k in item) or "on" in item:
-            raise ModelError(f"{at}: name its events with 'events:' (YAML reads a bare 'on' as true)")
-        on = _names(item.get("events", []), f"{at}.events")
-        if on - events:
-            raise ModelError(f"{at}.events: unknown event(s) {sorted(on - events)}")
-        guards = _predicates(item.get("when"), f"{at}.when")
-        for g in guards:
-            if g.field == "engagement" and g.op not in NUMERIC_OPS:
-                raise ModelError(f"{at}: an engagement guard compares with gt, gte, lt or lte")
-        transitions.append(
-            Transition(
-                id=tid,
-                to=known(item.get("to"), f"{at}.to"),
-                sources=sources,
-                on=on,
-                guards=guards,
-                engagement_guards=tuple(g for g in guards if g.field == "engagement"),
-                static_guards=tuple(g for g in guards if g.field != "engagement"),
-                description=str(item.get("description", "")),
-            )
-        )
-    ids = [t.id for t in transitions] + [t.id for t in timers]
-    if len(set(ids)) != len(ids):
-        raise ModelError("lifecycle: transition and timer ids must be unique")
-    by_source = {s: tuple(t for t in transitions if t.sources is None or s in t.sources) for s in stages}
-    return Lifecycle(
-        initial=initial,
-        stages=tuple(stages),
-        descriptions=descriptions,
-        qualified=frozenset(qualified),
-        customer_stage=customer_stage,
-        customer_stages=customer_stages,
-        disqualified=disqualified,
-        transitions=tuple(transitions),
-        by_source=by_source,
-        timers=tuple(timers),
-        thresholds=tuple(sorted(set(thresholds))),
-        flags=flags,
-        personas=personas,
-        flag_rules={f.id: f for f in flags},
-        timer_of={t.id: t for t in timers},
-        event_flags=tuple(f for f in flags if f.match is not None),
-        uses_monetary=any(g.field == "monetary" for t in transitions for g in t.guards)
-        or any(g.field == "monetary" for p in personas for g in p.when),
-        threshold_guards=tuple((t, Predicate("engagement", "gte", t)) for t in sorted(set(thresholds))),
-        edges={
-            s: tuple(
-                sorted(
-                    {_edge("gte", t) for t in thresholds}
-                    | {_edge(g.op, float(g.value)) for tr in by_source[s] for g in tr.engagement_guards}
-                )
-            )
-            for s in stages
-        },
-    )
-
-
-# --- events --------------------------------------------------------------------------------------
-
-
-def flag_event(lc: Lifecycle, event: Event) -> list[str]:
-    """Ids of the event-based flag rules ``event`` matches."""
-    return [rule.id for rule in lc.event_flags if rule.matches(event)]
 
 
 # --- the walk ------------------------------------------------------------------------------------
@@ -418,18 +116,8 @@ def _trait_flags(state: ContactState, lc: Lifecycle) -> dict[str, str]:
     return out
 
 
-ROUND_EPS = 5e-7  # half of the last decimal the API shows (scores are rounded to 6 decimals)
-
-
-def _edge(op: str, limit: float) -> float:
-    """The raw score at which ``op limit`` flips for the score as the API shows it (rounded to 6
-    decimals), so a contact never appears at 20.0 yet below 20: ``gte``/``lt`` flip at
-    ``limit - 0.5e-6``, ``gt``/``lte`` at ``limit + 0.5e-6``."""
-    return limit - ROUND_EPS if op in ("gte", "lt") else limit + ROUND_EPS
-
-
 def _holds(op: str, value: float, limit: float) -> bool:
-    above = value >= _edge(op, limit)
+    above = value >= score_edge(op, limit)
     return above if op in ("gt", "gte") else not above
 
 
@@ -444,7 +132,7 @@ def _window(guard: Predicate, score: float, now: int, half_life: int) -> tuple[i
     if holds_now == _holds(op, tiny, limit):
         return (now, None) if holds_now else None
     # the one crossing: where the decayed score passes the edge (of the same sign as the score)
-    ratio = score / _edge(op, limit)
+    ratio = score / score_edge(op, limit)
     t = now + max(1, math.ceil(half_life * math.log2(ratio))) if ratio > 0 else now + 1
     while _holds(op, decay(score, now, t, half_life), limit) == holds_now:
         t += 1
@@ -502,7 +190,7 @@ class _Walker:
         self.signals["monetary"] = monetary
         self.signals["customer"] = frequency > 0
 
-    def _guards_hold(self, tr: Transition) -> bool:
+    def _guards_hold(self, tr: StageTransition) -> bool:
         self.signals["engagement"] = self.score
         return all(g.test(self.signals) for g in tr.static_guards) and all(
             _holds(g.op, self.score, float(g.value)) for g in tr.engagement_guards
@@ -912,26 +600,6 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
     )
 
 
-def walked_engagement(state: ContactState, model: Model, at_ms: int) -> float | None:
-    """Engagement at ``at_ms`` as the last walk holds it (rounded as the API shows it), or None when
-    the walk does not cover that instant: no walk, another model, a walk put off, or ``at_ms``
-    outside its last checkpoint .. the instant it walked to."""
-    journey = state.journey
-    if journey is None or journey.model_version != model.version or journey.deferred_since is not None:
-        return None
-    cursor = journey.cursor
-    if cursor is None or not cursor.ref_ms <= at_ms <= journey.walked_to_ms:
-        return None
-    return round_score(decay(cursor.ref_score, cursor.ref_ms, at_ms, model.half_life_ms))
-
-
-def engagement_now(state: ContactState, model: Model, at_ms: int) -> float:
-    """The contact's engagement at ``at_ms``: from its lifecycle walk when that covers it (the
-    walk keeps the score; recomputing it is O(hits)), else computed from its hits."""
-    walked = walked_engagement(state, model, at_ms)
-    return walked if walked is not None else engagement_at(state, model, at_ms, top=0).score
-
-
 def anchor_at(
     state: ContactState, model: Model, lc: Lifecycle, ts: int, mid: str, resume_before: int | None = None
 ) -> None:
@@ -973,89 +641,3 @@ def anchor_at(
         persona=old.persona if old is not None else None,
         anchor=cursor,
     )
-
-
-# --- triggers --------------------------------------------------------------------------------------
-
-
-def journey_triggers(
-    before: Journey | None, after: Journey, contact_id: str, model: Model, lc: Lifecycle
-) -> list[dict[str, Any]]:
-    """Triggers for what ``after`` holds that ``before`` did not: stage entries, timers that
-    fired, thresholds crossed. Each has a stable id, so one recomputed later is recognisable."""
-    out: list[dict[str, Any]] = []
-    old_entries = {(e.stage, e.entered_ms, e.rule) for e in before.history} if before is not None else set()
-    old_fired = set(before.fired) if before is not None else set()
-    # what fell off the front of full lists is old news, not new: it is not announced again
-    history_floor = before.history[0].entered_ms if before is not None and len(before.history) >= MAX_HISTORY else None
-    fired_floor = before.fired[0].at_ms if before is not None and len(before.fired) >= MAX_FIRED else None
-    version = model.version
-    previous: str | None = None
-    for entry in after.history:
-        trimmed = history_floor is not None and entry.entered_ms < history_floor
-        if (entry.stage, entry.entered_ms, entry.rule) not in old_entries and entry.rule != "initial" and not trimmed:
-            out.append(
-                make_trigger(
-                    "stage.changed",
-                    at_ms=entry.entered_ms,
-                    model_version=version,
-                    contact_id=contact_id,
-                    before=previous,
-                    after=entry.stage,
-                    rule=entry.rule,
-                    cause=entry.cause,
-                )
-            )
-            if entry.stage == lc.disqualified:
-                out.append(
-                    make_trigger(
-                        "contact.disqualified",
-                        at_ms=entry.entered_ms,
-                        model_version=version,
-                        contact_id=contact_id,
-                        before=previous,
-                        after={"stage": entry.stage, "flags": after.flags},
-                        rule=entry.rule,
-                        cause=entry.cause,
-                    )
-                )
-        previous = entry.stage
-    for f in after.fired:
-        if f in old_fired or (fired_floor is not None and f.at_ms < fired_floor):
-            continue
-        if f.kind == "timer":
-            timer = lc.timer_of.get(f.name)
-            if timer is not None and timer.emit is not None:
-                out.append(
-                    make_trigger(
-                        timer.emit,
-                        at_ms=f.at_ms,
-                        model_version=version,
-                        contact_id=contact_id,
-                        after={"timer": f.name, "stage": _stage_at(after, f.at_ms)},
-                        rule=f.name,
-                    )
-                )
-        else:
-            threshold = float(f.name)
-            out.append(
-                make_trigger(
-                    "score.threshold_crossed",
-                    at_ms=f.at_ms,
-                    model_version=version,
-                    contact_id=contact_id,
-                    before={"score": "engagement", "threshold": threshold, "above": f.direction == "down"},
-                    after={"score": "engagement", "threshold": threshold, "above": f.direction == "up"},
-                    rule=f"engagement-{f.direction}-{f.name}",
-                    cause=f.cause,
-                )
-            )
-    return out
-
-
-def _stage_at(journey: Journey, at_ms: int) -> str | None:
-    stage = None
-    for entry in journey.history:
-        if entry.entered_ms <= at_ms:
-            stage = entry.stage
-    return stage

@@ -1,0 +1,137 @@
+"""The scoring model: every section of the model file, parsed into one immutable :class:`Model`.
+
+The YAML file is read by an adapter (``schemas.model_file``); the core only sees the parsed
+mapping, so tests and replays build models from literals. Each section has its module under
+:mod:`scorestream.rules`; this one assembles them and indexes the engagement rules for matching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scorestream.errors import ModelError
+from scorestream.events import KINDS, Event
+from scorestream.rules.accounts import AccountsConfig
+from scorestream.rules.common import Band, parse_bands, parse_duration_ms
+from scorestream.rules.engagement import EngagementRule
+from scorestream.rules.fit import FitRule
+from scorestream.rules.lifecycle import Lifecycle, parse_lifecycle
+from scorestream.rules.value import ValueConfig
+
+DEFAULT_FIT_GRADES = (Band("A", 60.0), Band("B", 35.0), Band("C", 15.0), Band("D", -math.inf))
+DEFAULT_ENGAGEMENT_BANDS = (Band("1", 60.0), Band("2", 30.0), Band("3", 10.0), Band("4", -math.inf))
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A parsed, immutable scoring model. ``version`` is ``name@<content hash>``."""
+
+    name: str
+    version: str
+    half_life_ms: int
+    rules: tuple[EngagementRule, ...]
+    fit_rules: tuple[FitRule, ...]
+    fit_grades: tuple[Band, ...]
+    engagement_bands: tuple[Band, ...]
+    max_hits: int
+    fold_after_ms: int
+    dedupe_memory: int
+    source: Mapping[str, Any]
+    value: ValueConfig
+    lifecycle: Lifecycle | None
+    _by_key: Mapping[tuple[str, str | None], tuple[EngagementRule, ...]]
+    _wildcard: Mapping[str, tuple[EngagementRule, ...]]
+    by_id: Mapping[str, EngagementRule]
+    accounts: AccountsConfig
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Model:
+        if not isinstance(raw, Mapping):
+            raise ModelError("the model must be a mapping at the top level")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise ModelError("model needs a non-empty 'name'")
+        engagement = raw.get("engagement") or {}
+        fit = raw.get("fit") or {}
+        if not isinstance(engagement, Mapping) or not isinstance(fit, Mapping):
+            raise ModelError("'engagement' and 'fit' must be mappings")
+        raw_rules = engagement.get("rules", [])
+        if not isinstance(raw_rules, list):
+            raise ModelError("engagement.rules must be a list")
+        rules = tuple(EngagementRule.parse(r, i) for i, r in enumerate(raw_rules))
+        raw_fit = fit.get("rules", [])
+        if not isinstance(raw_fit, list):
+            raise ModelError("fit.rules must be a list")
+        fit_rules = tuple(FitRule.parse(r, i) for i, r in enumerate(raw_fit))
+        for kind, group in (("engagement", rules), ("fit", fit_rules)):
+            ids = [r.id for r in group]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ModelError(f"duplicate {kind} rule id(s): {dupes}")
+        storage = raw.get("storage") or {}
+        max_hits = int(storage.get("max_hits_per_contact", 500))
+        dedupe_memory = int(storage.get("dedupe_memory", 512))
+        if max_hits < 8 or dedupe_memory < 0:
+            raise ModelError("storage.max_hits_per_contact must be >= 8 and dedupe_memory >= 0")
+        value = raw.get("value") or {}
+        if not isinstance(value, Mapping):
+            raise ModelError("'value' must be a mapping")
+        accounts = AccountsConfig.from_dict(raw.get("accounts"))
+        lifecycle = parse_lifecycle(raw, [r.id for r in rules])
+        canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        by_key: dict[tuple[str, str | None], list[EngagementRule]] = {}
+        wildcard: dict[str, list[EngagementRule]] = {k: [] for k in KINDS}
+        for rule in rules:
+            kinds = sorted(rule.kinds) if rule.kinds is not None else list(KINDS)
+            for kind in kinds:
+                if rule.events is None:
+                    wildcard[kind].append(rule)
+                else:
+                    for name_ in rule.events:
+                        by_key.setdefault((kind, name_), []).append(rule)
+        return cls(
+            name=name,
+            version=f"{name}@{digest}",
+            half_life_ms=parse_duration_ms(engagement.get("half_life", "14d"), "engagement.half_life"),
+            rules=rules,
+            fit_rules=fit_rules,
+            fit_grades=parse_bands(
+                fit.get("grades"),
+                "fit.grades",
+                DEFAULT_FIT_GRADES,
+            ),
+            engagement_bands=parse_bands(
+                engagement.get("bands"),
+                "engagement.bands",
+                DEFAULT_ENGAGEMENT_BANDS,
+            ),
+            max_hits=max_hits,
+            fold_after_ms=parse_duration_ms(storage.get("fold_after", "30d"), "storage.fold_after"),
+            dedupe_memory=dedupe_memory,
+            source=raw,
+            value=ValueConfig.from_dict(value),
+            lifecycle=lifecycle,
+            # each named key's candidates include its kind's wildcard rules, in model order, so
+            # matching needs one lookup and no sort
+            _by_key={k: tuple(sorted((*v, *wildcard[k[0]]), key=rules.index)) for k, v in by_key.items()},
+            _wildcard={k: tuple(v) for k, v in wildcard.items()},
+            by_id={r.id: r for r in rules},
+            accounts=accounts,
+        )
+
+    def matching_rules(self, event: Event) -> list[EngagementRule]:
+        """Rules whose match clause accepts ``event``, in model order."""
+        name = event.event if event.kind == "track" else event.name
+        candidates = self._by_key.get((event.kind, name))
+        if candidates is None:
+            candidates = self._wildcard.get(event.kind, ())
+        return [r for r in candidates if r.matches(event)]
+
+    def rule(self, rule_id: str) -> EngagementRule | None:
+        return self.by_id.get(rule_id)

@@ -1,0 +1,173 @@
+"""A contact's state: what scorestream knows about one contact, and the points its hits earn.
+
+Plain data and the arithmetic every floor above reads it with (:func:`decay`, :class:`Caps`,
+:func:`effective_points`). How events and merges change it is :mod:`scorestream.contact`; its
+lifecycle part (:class:`scorestream.journey.Journey`) is computed by :mod:`scorestream.walk`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from scorestream.identity import ANONYMOUS_PREFIX
+from scorestream.journey import Journey
+from scorestream.rfm import CustomerValue
+from scorestream.rules.model import Model
+
+STATE_VERSION = 2
+"""2: ``traits_capped``, ``anonymous_at`` and the purchase ledger's folded orders (``CustomerValue.folded``)."""
+
+
+def decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
+    """``points * 2^(-(to - from)/H)``: exponential decay on event time."""
+    return points * math.pow(2.0, -(to_ms - from_ms) / half_life_ms)
+
+
+class Hit(NamedTuple):
+    """One scored event: its time, message id and the ids of the rules it matched.
+
+    A plain tuple, so hits sort by ``(ts, mid)`` natively and decode cheaply; the points come
+    from the model when they are evaluated.
+    """
+
+    ts: int
+    mid: str
+    rules: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class ContactState:
+    """Everything scorestream knows about one contact (a table value; versioned by ``v``)."""
+
+    contact_id: str
+    model_version: str
+    v: int = STATE_VERSION
+    user_id: str | None = None
+    anonymous_ids: list[str] = field(default_factory=list)
+    email: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    trait_at: dict[str, tuple[int, str]] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    base: dict[str, float] = field(default_factory=dict)
+    base_ms: int = 0
+    base_once: list[str] = field(default_factory=list)
+    capped: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    folded_ids: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    merged_ids: list[str] = field(default_factory=list)
+    merged_into: str | None = None
+    first_seen_ms: int | None = None
+    last_seen_ms: int | None = None
+    # customer value: the purchase ledger (orders, refunds), see scorestream.rfm
+    value: CustomerValue | None = None
+    # event-matched flag rules: rule id -> the earliest matching (timestamp, message id)
+    flag_hits: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # rule id -> latest timestamp among its hits folded into the base (timers start from it)
+    rule_last: dict[str, int] = field(default_factory=dict)
+    # the B2B account: the group id of the latest ``group`` call, and its (timestamp, message id)
+    account_id: str | None = None
+    account_at: tuple[int, str] | None = None
+    # lifecycle stage, its history, timers and thresholds (computed by scorestream.walk)
+    journey: Journey | None = None
+    # the latest instant the lifecycle has been advanced to by a timer tick (event time otherwise)
+    ticked_ms: int | None = None
+    # the account traits of the latest ``group`` call (the one at ``account_at``; scorestream.accounts)
+    account_traits: dict[str, Any] = field(default_factory=dict)
+    # the RFM segment last announced (worker-side: it depends on the population's quintiles)
+    rfm_segment: str | None = None
+    # a trait (or account trait) was left out at the bounds: too many, too long a name, too large
+    traits_capped: bool = False
+    # anonymous id -> the latest (timestamp, message id) it was seen at (which ids are kept)
+    anonymous_at: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def new_contact(contact_id: str, model: Model) -> ContactState:
+    state = ContactState(contact_id=contact_id, model_version=model.version)
+    if not contact_id.startswith(ANONYMOUS_PREFIX):
+        state.user_id = contact_id
+    return state
+
+
+class Caps:
+    """Once-only awards and rolling-window caps, evaluated hit by hit in ``(timestamp, messageId)``
+    order: what :func:`effective_points` runs over all hits, kept as an object so a walk can stop
+    and later go on (``snapshot`` / ``restore``) with exactly the same arithmetic."""
+
+    __slots__ = ("awarded_once", "rule_of", "used", "windows")
+
+    def __init__(
+        self,
+        model: Model,
+        windows: dict[str, deque[tuple[int, float]]],
+        used: dict[str, float],
+        awarded_once: set[str],
+    ) -> None:
+        self.rule_of = model.by_id.get
+        self.windows = windows
+        self.used = used
+        self.awarded_once = awarded_once
+
+    @classmethod
+    def start(cls, state: ContactState, model: Model) -> Caps:
+        """Before the first kept hit: the folded base's once-only awards and capped entries."""
+        windows = {k: deque(w) for k, w in state.capped.items()}
+        return cls(model, windows, {k: sum(abs(v) for _, v in w) for k, w in windows.items()}, set(state.base_once))
+
+    def snapshot(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float], list[str]]:
+        return {k: list(w) for k, w in self.windows.items()}, dict(self.used), sorted(self.awarded_once)
+
+    @classmethod
+    def restore(
+        cls,
+        model: Model,
+        windows: dict[str, list[tuple[int, float]]],
+        used: dict[str, float],
+        awarded_once: list[str],
+    ) -> Caps:
+        restored = {k: deque((int(t), float(v)) for t, v in w) for k, w in windows.items()}
+        return cls(model, restored, dict(used), set(awarded_once))
+
+    def earn(self, hit: Hit) -> list[tuple[str, float]]:
+        """The points ``hit`` earns after once-only awards and caps (the next hit in order)."""
+        earned: list[tuple[str, float]] = []
+        windows, used, awarded_once = self.windows, self.used, self.awarded_once
+        for rule_id in hit.rules:
+            rule = self.rule_of(rule_id)
+            if rule is None:  # the rule left the model: it earns nothing now
+                earned.append((rule_id, 0.0))
+                continue
+            value = rule.points
+            if rule.once:
+                if rule_id in awarded_once:
+                    value = 0.0
+                else:
+                    awarded_once.add(rule_id)
+            if value and rule.cap_points is not None and rule.cap_window_ms is not None:
+                window = windows.get(rule_id)
+                if window is None:
+                    window = windows[rule_id] = deque()
+                    used[rule_id] = 0.0
+                start = hit.ts - rule.cap_window_ms
+                while window and window[0][0] <= start:
+                    used[rule_id] -= abs(window.popleft()[1])
+                room = max(rule.cap_points - used[rule_id], 0.0)
+                value = math.copysign(min(abs(value), room), value) if room > 1e-12 else 0.0
+                if value:
+                    window.append((hit.ts, value))
+                    used[rule_id] += abs(value)
+            earned.append((rule_id, value))
+        return earned
+
+
+def effective_points(state: ContactState, model: Model) -> list[list[tuple[str, float]]]:
+    """Points each hit actually earns after once-only awards and rolling-window caps.
+
+    Evaluated over hits in ``(timestamp, messageId)`` order, so the answer does not depend on
+    arrival order. A cap limits the magnitude a rule awards within any trailing window; awards
+    already folded into the base but still inside their window count against it.
+    """
+    caps = Caps.start(state, model)
+    return [caps.earn(hit) for hit in state.hits]
