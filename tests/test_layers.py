@@ -1,4 +1,5 @@
-"""The layering promise: the core imports no framework; adapters never import each other."""
+"""The layering promise: the core imports no framework and stands in floors without a circle;
+adapters never import each other."""
 
 from __future__ import annotations
 
@@ -9,6 +10,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "src" / "scorestream"
+
+# The core's floors, bottom first: a floor's modules (relative to ``scorestream``; "" is the
+# package itself) and the floors they may import besides their own. Modules of one floor may import
+# each other as long as no circle forms (test_the_core_has_no_import_cycle). docs/architecture.md
+# shows this table.
+FLOORS: tuple[tuple[str, str, str], ...] = (
+    # (floor, its modules, the floors it may import)
+    ("base", "errors events", ""),
+    (
+        "rules",
+        "rules rules.common rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model",
+        "base",
+    ),
+    ("state", "identity journey clv rfm state scoring accounts population", "rules base"),
+    ("walk", "walk", "state rules base"),
+    ("contact", "contact", "walk state rules base"),
+    ("triggers", "triggers webhooks", "state rules base"),
+    ("fold", "fold", "contact walk triggers state rules base"),
+    ("package", "", "fold contact walk triggers state rules base"),
+)
+FLOOR_OF = {module: floor for floor, modules, _ in FLOORS for module in (modules.split() or [""])}
+MAY_IMPORT = {floor: {floor, *below.split()} for floor, _, below in FLOORS}
 
 
 def imported_roots(package: Path) -> dict[str, set[str]]:
@@ -70,3 +94,156 @@ def test_the_check_would_catch_a_framework_import(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "bad.py").write_text("import faust\nfrom fastapi import FastAPI\n")
     roots = imported_roots(tmp_path / "pkg")["pkg/bad.py"]
     assert {"faust", "fastapi"} <= roots
+
+
+# --- the core's floors ------------------------------------------------------------------------------
+
+
+def core_module_name(path: Path, package: Path = CORE) -> str:
+    """``rules/model.py`` -> ``rules.model``; a package's ``__init__.py`` -> the package (``""`` at the top)."""
+    parts = list(path.relative_to(package).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def core_imports(package: Path = CORE, root: str = "scorestream") -> dict[str, set[str]]:
+    """Per module of ``package``, the modules of ``package`` it imports: ``from root.rules import x``
+    counts as ``rules.x`` when ``x`` is a module, else as ``rules`` (the package)."""
+    modules = {core_module_name(p, package): p for p in package.rglob("*.py")}
+
+    def inner(dotted: str) -> str | None:
+        if dotted == root:
+            return ""
+        return dotted.removeprefix(root + ".") if dotted.startswith(root + ".") else None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(m for alias in node.names if (m := inner(alias.name)) in modules)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                base = inner(node.module)
+                if base is None:
+                    continue
+                named = {f"{base}.{alias.name}".lstrip(".") for alias in node.names}
+                submodules = named & modules.keys()
+                targets.update(submodules if submodules else {base} & modules.keys())
+        targets.discard(name)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of imports (``[a, b, ..., a]``) if the graph has one, else None (depth-first)."""
+    done: set[str] = set()
+    path: list[str] = []
+    on_path: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        path.append(node)
+        on_path.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in on_path:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in done and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        on_path.discard(node)
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if start not in done and (found := visit(start)) is not None:
+            return found
+    return None
+
+
+def test_every_core_module_has_a_floor() -> None:
+    modules = {core_module_name(p) for p in CORE.rglob("*.py")}
+    assert modules - FLOOR_OF.keys() == set(), "a new core module needs a row in FLOORS"
+    assert FLOOR_OF.keys() - modules == set(), "FLOORS names a module that does not exist"
+
+
+def test_core_modules_import_only_their_floor_and_the_floors_below() -> None:
+    for module, targets in core_imports().items():
+        allowed = MAY_IMPORT[FLOOR_OF[module]]
+        for target in targets:
+            assert FLOOR_OF[target] in allowed, (
+                f"scorestream.{module} ({FLOOR_OF[module]}) imports scorestream.{target} ({FLOOR_OF[target]})"
+            )
+
+
+def test_the_rules_import_only_the_standard_library_events_and_errors() -> None:
+    above = {m for m, floor in FLOOR_OF.items() if floor not in ("rules", "base")}
+    for module, targets in core_imports().items():
+        if FLOOR_OF[module] == "rules":
+            assert not targets & above, f"scorestream.{module} imports {sorted(targets & above)}"
+            assert targets <= {m for m, floor in FLOOR_OF.items() if floor == "rules"} | {"events", "errors"}
+
+
+def nested_imports(package: Path) -> list[str]:
+    """``file:line`` of every import that is not a statement of its module's body (inside a
+    function, a class, an ``if`` or a ``try``)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in top:
+                found.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    return found
+
+
+def type_checking_uses(package: Path) -> list[str]:
+    """``file:line`` of every use of ``TYPE_CHECKING`` (``typing.TYPE_CHECKING`` included)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            name: str | None
+            if isinstance(node, ast.Name):
+                name = node.id
+            elif isinstance(node, ast.Attribute):
+                name = node.attr
+            else:
+                name = node.name if isinstance(node, ast.alias) else None
+            if name == "TYPE_CHECKING":
+                found.append(f"{path.relative_to(package.parent)}:{getattr(node, 'lineno', 0)}")
+    return found
+
+
+def test_the_core_imports_only_at_module_level() -> None:
+    assert nested_imports(CORE) == []
+
+
+def test_the_core_has_no_type_checking_imports() -> None:
+    assert type_checking_uses(CORE) == []
+
+
+def test_the_core_has_no_import_cycle() -> None:
+    graph = core_imports()
+    assert graph["contact"] >= {"walk", "state"}, "the graph is built from the real imports"
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_the_cycle_finder_finds_a_planted_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_checks_would_catch_a_function_level_import_a_type_checking_import_and_a_cycle(tmp_path: Path) -> None:
+    pkg = tmp_path / "core"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(
+        "import typing\n\nif typing.TYPE_CHECKING:\n    from core.c import z\nfrom core.b import x\n"
+    )
+    (pkg / "b.py").write_text("def x() -> None:\n    from core.a import y\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\n")
+    graph = core_imports(pkg, "core")
+    assert graph["a"] == {"b", "c"} and graph["b"] == {"a"} and graph["c"] == set()
+    assert find_cycle(graph) == ["a", "b", "a"]
+    assert nested_imports(pkg) == ["core/a.py:4", "core/b.py:2"]
+    assert type_checking_uses(pkg) == ["core/a.py:3", "core/c.py:1"]
