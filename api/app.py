@@ -1,63 +1,39 @@
-"""FastAPI app: contacts, batch get, accounts, model, webhooks, health, the analytics reads and
-reports (``api.analytics``), and the HTTP collector (``collector.service``). Every route but health
-and the collector's needs an API key; the collector takes write keys.
+"""The API process's app: its parts in ``app.state``, their lifespan, the error handlers, and one
+router per resource (``api/routers/``): health, contacts, models, accounts, the collector,
+webhooks and reports. Every route but health and the collector's needs an API key; the collector
+takes write keys. The routes read what they need through :mod:`api.deps`.
 
 The contact, account and model routes answer from the active model namespace, or from the one
 named by ``?model=`` (a namespace or a model version; see :mod:`api.namespaces`)."""
 
-import hmac
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
+from fastapi.responses import Response
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from api.accounts import AccountReplica, mount_accounts
-from api.analytics import analytics_store, mount_analytics
-from api.follow import Following
-from api.follow import unreadable as unreadable_records
-from api.namespaces import Namespaces, Readers, UnknownModel
+from api import deps
+from api.account_replica import AccountReplica
+from api.archive import analytics_store
+from api.errors import ApiError, api_error, install_error_handlers
+from api.namespaces import Namespaces, Readers
 from api.population import PopulationReader
-from api.replica import Decoded, Replica
-from api.webhooks import WebhookBackend, mount_webhooks
-from collector.service import Collector, Publisher, collector_for, mount_collector
-from schemas.api import (
-    BatchGetIn,
-    BatchGetOut,
-    ContactOut,
-    ErrorBody,
-    Health,
-    ModelOut,
-    ModelsOut,
-    model_out,
-)
+from api.replica import Replica
+from api.routers import ROUTERS, contacts
+from api.webhook_backend import WebhookBackend
+from collector.service import Collector, Publisher, collector_for
+from schemas.api import ErrorBody
 from schemas.model_file import load_model
 from schemas.settings import Settings
-from schemas.value import ClvModelOut
 from scorestream import Model
 from sink.service import Sink
 
 log = logging.getLogger(__name__)
-JSON = "application/json"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def now_ms() -> int:
@@ -66,30 +42,23 @@ def now_ms() -> int:
 
 CONTACT_PATH = re.compile(r"^/v1/contacts/(?P<contact_id>[^/]+)$")  # Starlette's pattern for the route
 FastGet = Callable[[Scope, str], Awaitable[Response]]
-ModelParam = Annotated[
-    str | None,
-    Query(
-        alias="model",
-        description="A model namespace or model version (`name@hash`), as `GET /v1/models` lists them; "
-        "default: the active one.",
-    ),
-]
 
 
 class ScorestreamApi(FastAPI):
     """FastAPI with a direct path for ``GET /v1/contacts/{id}``, the hot route.
 
     FastAPI's per-request machinery (middleware stack, routing, dependency solving) cost more CPU
-    than the lookup itself. A single-contact ``GET`` is dispatched straight to ``fast_get``, which
-    runs the route's own dependency, endpoint and error handler (the same functions, in the same
-    order), so status, headers and body are those of the declared route; ``tests/api`` compares
-    the two paths. Everything else, including any request ``fast_get`` fails on with an unexpected
-    error, goes through the full stack (which then answers and logs as usual). The declared route
-    stays for the OpenAPI document and as that fallback. The collector's paths go straight to the
-    :class:`~collector.service.Collector` (an ASGI app) the same way; its declared routes call the
-    same handler. The full stack also serves every request while the app has middleware or
-    dependency overrides, or FastAPI's OpenTelemetry instrumentation is on, and a contact ``GET``
-    with a query string (``?model=`` names another namespace than the active one).
+    than the lookup itself. A single-contact ``GET`` is dispatched straight to ``fast_get``
+    (:meth:`direct_get`), which runs the route's own dependencies, endpoint and error handler
+    (the same functions, in the same order), so status, headers and body are those of the
+    declared route; ``tests/api`` compares the two paths. Everything else, including any request
+    ``fast_get`` fails on with an unexpected error, goes through the full stack (which then
+    answers and logs as usual). The declared route stays for the OpenAPI document and as that
+    fallback. The collector's paths go straight to the :class:`~collector.service.Collector` (an
+    ASGI app) the same way; its declared routes call the same handler. The full stack also serves
+    every request while the app has middleware or dependency overrides, or FastAPI's
+    OpenTelemetry instrumentation is on, and a contact ``GET`` with a query string (``?model=``
+    names another namespace than the active one).
     """
 
     fast_get: FastGet | None = None
@@ -115,6 +84,17 @@ class ScorestreamApi(FastAPI):
             and not self.dependency_overrides
             and not self._otel_on()
         )
+
+    async def direct_get(self, scope: Scope, contact_id: str) -> Response:
+        """:func:`api.routers.contacts.get_contact` of the active namespace (a request without a
+        query string), with its dependencies and the :class:`~api.errors.ApiError` handler."""
+        scope["app"] = self  # as Starlette sets it for the full stack: the dependencies read app.state
+        conn = HTTPConnection(scope)
+        try:
+            readers = await deps.ready_readers(conn, await deps.bearer(conn))
+            return await contacts.get_contact(contact_id, readers, await deps.clock(conn))
+        except ApiError as exc:
+            return await api_error(None, exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -166,239 +146,50 @@ def create_api(
     default = Readers.build(
         settings.in_namespace(settings.app_id), model, replica=replica, accounts=accounts, population=population
     )
-    webhooks = webhooks or WebhookBackend.from_settings(settings)
-    collector = collector_for(settings, publisher, clock)
-    keys = [k.get_secret_value().encode() for k in settings.api_keys]
-    bearer = HTTPBearer(auto_error=False)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await namespaces.start()
-        await webhooks.start()
-        await collector.start()
-        if sink is not None:
-            await sink.start()
-        try:
-            yield
-        finally:
-            if sink is not None:
-                await sink.stop()
-            await collector.stop()
-            await webhooks.stop()
-            await namespaces.stop()
-
     app = ScorestreamApi(
         title="scorestream",
         version="1",
         description="Real-time engagement and fit scores for contacts, read from a replica of the worker's state.",
-        lifespan=lifespan,
+        lifespan=_lifespan,
         responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
     )
+    state = app.state
+    state.settings, state.clock, state.sink = settings, clock, sink
+    state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    state.webhooks = webhooks or WebhookBackend.from_settings(settings)
+    state.collector = collector_for(settings, publisher, clock)
+    state.analytics = analytics_store(settings, sink)
 
     def on_active(readers: Readers) -> None:
         """``app.state``'s readers are the active namespace's (the analytics routes use them)."""
-        app.state.replica = readers.replica
-        app.state.model = readers.model
-        app.state.population = readers.population
-        app.state.accounts = readers.accounts
+        state.replica, state.model = readers.replica, readers.model
+        state.population, state.accounts = readers.population, readers.accounts
 
-    namespaces = Namespaces(settings, default, on_active)
-    app.state.namespaces = namespaces
-    app.state.webhooks = webhooks
-    app.state.sink = sink
-
-    def check_key(creds: HTTPAuthorizationCredentials | None) -> None:
-        if not keys:
-            raise ApiError(401, "unauthorized", "no API keys are configured (set SCORESTREAM_API_KEYS)")
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
-        given = creds.credentials.encode()
-        if not any(hmac.compare_digest(given, k) for k in keys):
-            raise ApiError(401, "unauthorized", "unknown API key")
-
-    # Dependencies are ``async def`` (a plain ``def`` is run in the threadpool, per request) and the
-    # contact routes have one (authorisation, then readiness): each dependency costs per request.
-    async def authorise(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        check_key(creds)
-
-    def pick(name: str | None) -> Readers:
-        try:
-            return namespaces.pick(name)
-        except UnknownModel as exc:
-            raise ApiError(404, "unknown_model", str(exc)) from None
-
-    async def authorised_readers(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], model_: ModelParam = None
-    ) -> Readers:
-        check_key(creds)
-        return pick(model_)
-
-    async def ready_readers(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], model_: ModelParam = None
-    ) -> Readers:
-        check_key(creds)
-        readers = pick(model_) if model_ else namespaces.active()
-        if not readers.replica.caught_up.is_set():
-            of = f" of model namespace {readers.namespace}" if model_ else ""
-            raise ApiError(503, "not_ready", f"the API is still loading contact state{of}; retry shortly")
-        return readers
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request | None, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return _error(exc.status, exc.code, exc.message, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, "invalid_request", f"{where}: {first.get('msg')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
-
-    Ready = Annotated[Readers, Depends(ready_readers)]
-    Authorised = Annotated[Readers, Depends(authorised_readers)]
-
-    @app.get("/healthz", response_model=Health, tags=["health"])
-    async def healthz() -> Health:
-        """The process is up."""
-        return Health(status="ok")
-
-    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
-    async def readyz() -> Any:
-        """Ready once the models registry has been read, the active namespace's replicas (contacts,
-        accounts, the population model) and the webhook subscriptions have caught up with their
-        topics, and a worker of the active namespace has recovered its tables. The webhook delivery
-        log is reported but not waited for (its routes answer 503 until it has caught up), and so
-        are the shadow namespaces (``GET /v1/models``). A reader whose task died (its name and
-        exception in ``detail.failed``) makes it 503 whatever else holds; records a reader could
-        not read and skipped are counted in ``detail.unreadable_records``."""
-        active = namespaces.active()
-        replica, accounts, population = active.replica, active.accounts, active.population
-        caught_up = (
-            namespaces.caught_up.is_set()
-            and replica.caught_up.is_set()
-            and accounts.caught_up.is_set()
-            and population.caught_up.is_set()
-            and webhooks.store.caught_up.is_set()
-        )
-        detail = {
-            "namespace": active.namespace,
-            "registry_caught_up": namespaces.caught_up.is_set(),
-            "replica_caught_up": replica.caught_up.is_set(),
-            "accounts_caught_up": accounts.caught_up.is_set(),
-            "population_caught_up": population.caught_up.is_set(),
-            "webhooks_caught_up": webhooks.store.caught_up.is_set(),
-            "deliveries_caught_up": webhooks.deliveries.caught_up.is_set(),
-            "contacts": len(replica.states),
-            "workers_ready": replica.ready_workers,
-            "error": namespaces.error or active.error or webhooks.store.error,
-            "unreadable_records": dict(unreadable_records),
-        }
-        # a reader whose task died no longer follows its topic: what it serves goes stale
-        failed = namespaces.failures() + [
-            f for r in (webhooks.store, webhooks.deliveries) if isinstance(r, Following) and (f := r.failure)
-        ]
-        if failed:
-            detail["failed"] = failed
-            detail["error"] = "reader stopped: " + "; ".join(failed)
-            return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
-        if caught_up and replica.ready_workers:
-            return Health(status="ready", detail=detail)
-        return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
-
-    @app.get(
-        "/v1/contacts/{contact_id}",
-        response_model=ContactOut,
-        tags=["contacts"],
-        responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-    )
-    async def get_contact(contact_id: str, readers: Ready) -> Response:
-        """A contact by user id, anonymous id or email, with scores decayed to now."""
-        entry = readers.replica.find(contact_id)
-        if entry is None:
-            raise ApiError(404, "not_found", f"no contact with id, anonymous id or email {contact_id!r}")
-        return Response(readers.renderer.contact_json(entry, clock()), media_type=JSON)
-
-    @app.post(
-        "/v1/contacts:batchGet",
-        response_model=BatchGetOut,
-        tags=["contacts"],
-        responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-    )
-    async def batch_get(body: BatchGetIn, readers: Ready) -> Response:
-        """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``."""
-        now = clock()
-        found: list[Decoded] = []
-        missing: list[str] = []
-        replica = readers.replica
-        for ident in body.ids:
-            entry = replica.find(ident)
-            if entry is None:
-                missing.append(ident)
-            else:
-                found.append(entry)
-        return Response(readers.renderer.batch_json(found, missing, now), media_type=JSON)
-
-    async def fast_get(scope: Scope, contact_id: str) -> Response:
-        """``get_contact`` of the active namespace (a request without a query string)."""
-        try:
-            readers = await ready_readers(await bearer(HTTPConnection(scope)))
-            return await get_contact(contact_id, readers)
-        except ApiError as exc:
-            return await _api_error(None, exc)
-
+    state.namespaces = Namespaces(settings, default, on_active)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
     if fast_path:
-        app.fast_get = fast_get
-
-    @app.get("/v1/model", response_model=ModelOut, tags=["model"], responses={404: {"model": ErrorBody}})
-    async def get_model(readers: Authorised) -> ModelOut:
-        """The active scoring model (or the one of ``model``) and its version id."""
-        return model_out(readers.model)
-
-    @app.get("/v1/models", response_model=ModelsOut, dependencies=[Depends(authorise)], tags=["model"])
-    async def list_models() -> ModelsOut:
-        """Every live model namespace: the active one (what the API answers with by default and the
-        public triggers carry) and the shadows (``?model=<namespace>``), with their model version,
-        when they were registered and promoted, and how far this API has read their state."""
-        return namespaces.models_out()
-
-    @app.get(
-        "/v1/models/clv",
-        response_model=ClvModelOut,
-        tags=["model"],
-        responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-    )
-    async def get_clv_model(readers: Authorised) -> Any:
-        """The CLV model fitted on the customer population (BG/NBD, Gamma-Gamma) and the RFM quintile
-        boundaries. 503 ``not_fitted`` until the first successful fit."""
-        population = readers.population
-        body = population.clv_model_body()
-        if body is None:
-            current = population.model
-            seen = "no population model yet" if current is None else f"{current.customers} customers so far"
-            reason = "" if current is None or current.fit_error is None else f" ({current.fit_error})"
-            return _error(
-                503,
-                "not_fitted",
-                f"no CLV model has been fitted yet: {seen}{reason}; the population is refreshed every "
-                f"{settings.population_interval_s:g} s",
-                headers={"Retry-After": str(max(1, round(settings.population_interval_s)))},
-            )
-        return body
-
-    async def account_readers(model_: ModelParam = None) -> tuple[AccountReplica, Model]:
-        readers = pick(model_)
-        return readers.accounts, readers.model
-
-    mount_accounts(app, account_readers, [Depends(authorise)], clock)
-    mount_collector(app, collector)
-    if fast_path:
-        app.collector = collector
-    mount_webhooks(app, webhooks, settings, [Depends(authorise)], clock, ApiError)
-    mount_analytics(app, analytics_store(settings, sink), model, [Depends(authorise)], clock, ApiError)
+        app.fast_get = app.direct_get
+        app.collector = state.collector
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the process's parts (the namespaces' readers, the webhook backend, the collector's
+    producer, the analytics sink when it runs here) and stop them in reverse."""
+    state = app.state
+    await state.namespaces.start()
+    await state.webhooks.start()
+    await state.collector.start()
+    if state.sink is not None:
+        await state.sink.start()
+    try:
+        yield
+    finally:
+        if state.sink is not None:
+            await state.sink.stop()
+        await state.collector.stop()
+        await state.webhooks.stop()
+        await state.namespaces.stop()

@@ -26,11 +26,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from api.accounts import AccountReplica
-from api.follow import follow, task_failure
+from api.account_replica import AccountReplica
+from api.errors import ApiError
+from api.follow import task_failure
 from api.population import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Replica
+from kafka_io.reader import follow
 from schemas.api import ModelsOut, NamespaceOut
 from schemas.registry import Registry
 from schemas.settings import Settings
@@ -43,11 +45,12 @@ log = logging.getLogger(__name__)
 FETCH_MAX_WAIT_MS = 500
 
 
-class UnknownModel(LookupError):
-    """No live namespace has this name or model version."""
+class UnknownModel(ApiError, LookupError):
+    """No live namespace has this name or model version: 404 ``unknown_model``."""
 
     def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"no live model namespace or model version {name!r}; the namespaces are: {', '.join(known)}")
+        message = f"no live model namespace or model version {name!r}; the namespaces are: {', '.join(known)}"
+        super().__init__(404, "unknown_model", message)
         self.name, self.known = name, known
 
 
@@ -272,7 +275,7 @@ class Namespaces:
     async def follow(self) -> None:
         await follow(
             self,
-            self.settings.kafka_bootstrap,
+            self.settings,
             [self.settings.models_topic],
             self.apply_record,
             "models registry",

@@ -1,10 +1,13 @@
-"""Response bodies of the contact routes, built as plain dicts and encoded with orjson.
+"""The one rendering of a contact: the bodies of ``GET /v1/contacts/{id}`` and ``POST
+/v1/contacts:batchGet``, built as plain dicts and encoded with orjson.
 
-The bytes are exactly those FastAPI would produce from the pydantic models in ``schemas/api.py``
-(``ContactOut`` via :func:`schemas.api.contact_out`, serialised by pydantic's Rust core):
-same fields, order, float and datetime formatting (``tests/api/test_render.py`` compares them).
-Building the models and validating them on every request cost more than the lookup itself; the
-routes keep ``response_model=`` for the OpenAPI document.
+The bytes are those FastAPI would produce from the pydantic models in ``schemas/api.py``
+(``ContactOut``, ``BatchGetOut``) holding the same values, serialised by pydantic's Rust core:
+same fields, order, float and datetime formatting. The routes keep ``response_model=`` for the
+OpenAPI document; ``tests/api/test_render.py`` checks that every body validates against
+``ContactOut`` and that pydantic writes it back byte for byte, so the document cannot drift from
+this renderer. Building the models and validating them on every request cost more than the
+lookup itself. A body orjson cannot encode (a trait beyond 64 bits) goes through the models.
 
 What depends on a contact's state only (identity, traits, fit, timestamps) is computed once per
 decoded state and kept with it in the replica's cache (``Decoded.derived``, dropped with the entry
@@ -22,10 +25,13 @@ import orjson
 from pydantic import TypeAdapter
 
 from api.replica import Decoded
-from schemas.api import BatchGetOut, ContactOut, contact_out, current_journey, lifecycle_body
+from schemas.api import BatchGetOut, ContactOut
+from schemas.times import DAY_MS
 from schemas.times import dt_of as _dt
 from scorestream import ContactState, Model, engagement_at, fit_of
-from scorestream.scoring import Contribution
+from scorestream.fold import journey_at
+from scorestream.journey import Journey
+from scorestream.scoring import Contribution, grade
 
 _OPTIONS = orjson.OPT_UTC_Z  # pydantic writes UTC datetimes with "Z"
 _contact_adapter = TypeAdapter(ContactOut)
@@ -36,6 +42,34 @@ _NO_VALUE: dict[str, Any] = {"rfm": None, "clv": None}
 
 def no_value(_state: ContactState, _now_ms: int) -> dict[str, Any]:
     return _NO_VALUE
+
+
+def lifecycle_body(journey: Journey | None, now_ms: int) -> dict[str, Any]:
+    """``stage``, ``flags`` and ``persona`` of a contact body (shapes of :class:`~schemas.api.ContactOut`)."""
+    if journey is None:
+        return {"stage": None, "flags": [], "persona": None}
+    history = [
+        {
+            "stage": e.stage,
+            "entered_at": _dt(e.entered_ms),
+            "exited_at": _dt(e.exited_ms),
+            "days": None if e.exited_ms is None else (e.exited_ms - e.entered_ms) / DAY_MS,
+            "rule": e.rule,
+            "cause": e.cause,
+        }
+        for e in journey.history
+    ]
+    return {
+        "stage": {
+            "name": journey.stage,
+            "since": _dt(journey.since_ms),
+            "days_in_stage": max(now_ms - journey.since_ms, 0) / DAY_MS,
+            "history": history,
+            "next_change_at": _dt(journey.next_due_ms),
+        },
+        "flags": [{"flag": k, "reason": v} for k, v in journey.flags.items()],
+        "persona": journey.persona,
+    }
 
 
 def _contributions(items: tuple[Contribution, ...]) -> list[dict[str, Any]]:
@@ -89,7 +123,7 @@ class ContactRenderer:
         state = entry.state
         engagement = engagement_at(state, self.model, now_ms)
         due = fixed.due_ms
-        journey = fixed.journey if due is None or due > now_ms else current_journey(state, self.model, now_ms)
+        journey = fixed.journey if due is None or due > now_ms else journey_at(state, self.model, now_ms)
         value = self.value(state, now_ms)
         return {
             **fixed.head,
@@ -101,7 +135,7 @@ class ContactRenderer:
                 "top": _contributions(engagement.top),
             },
             "fit": fixed.fit,
-            "grade": f"{fixed.fit_grade}{engagement.band}",
+            "grade": grade(fixed.fit_grade, engagement.band),
             **lifecycle_body(journey, now_ms),
             "account_id": state.account_id,
             "rfm": value["rfm"],
@@ -117,15 +151,12 @@ class ContactRenderer:
             return orjson.dumps(self.body(entry, now_ms), option=_OPTIONS)
         except orjson.JSONEncodeError:
             # a trait orjson cannot encode (e.g. an integer beyond 64 bits): the pydantic path
-            value = self.value(entry.state, now_ms)
-            return _contact_adapter.dump_json(contact_out(entry.state, self.model, now_ms, value))
+            return _contact_adapter.dump_json(_contact_adapter.validate_python(self.body(entry, now_ms)))
 
     def batch_json(self, entries: list[Decoded], not_found: list[str], now_ms: int) -> bytes:
         """The response body of ``POST /v1/contacts:batchGet``."""
+        body = {"contacts": [self.body(e, now_ms) for e in entries], "not_found": not_found}
         try:
-            return orjson.dumps(
-                {"contacts": [self.body(e, now_ms) for e in entries], "not_found": not_found}, option=_OPTIONS
-            )
+            return orjson.dumps(body, option=_OPTIONS)
         except orjson.JSONEncodeError:
-            found = [contact_out(e.state, self.model, now_ms, self.value(e.state, now_ms)) for e in entries]
-            return _batch_adapter.dump_json(BatchGetOut(contacts=found, not_found=not_found))
+            return _batch_adapter.dump_json(_batch_adapter.validate_python(body))

@@ -28,7 +28,11 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from api.follow import Following, follow
+from api.errors import ApiError
+from api.follow import Following
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
+from kafka_io.reader import follow
 from schemas.webhooks import (
     DELIVERY_DECODER,
     SUBSCRIPTION_DECODER,
@@ -51,12 +55,20 @@ _RECENT_WRITES = 256  # offsets whose replaced record a late writer can still lo
 _TRIM_SLACK = 100  # trim a subscription's deliveries once it holds this many more than the maximum
 
 
-class WriteFailed(Exception):
-    """A write to a webhook topic failed or was not acknowledged in time (it may still land)."""
+class WriteFailed(ApiError):
+    """A write to a webhook topic failed or was not acknowledged in time (it may still land):
+    503 ``unavailable`` (the routes say what they were writing)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "unavailable", message)
 
 
-class NotVisible(Exception):
-    """A write was acknowledged but this process's follower has not applied it in time."""
+class NotVisible(ApiError):
+    """A write was acknowledged but this process's follower has not applied it in time: 503
+    ``unavailable`` (the routes say what they were writing, or answer anyway)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "unavailable", message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +119,8 @@ class LazyProducer:
     async def get(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap,
+                producer = clients.producer(
+                    KafkaConnection(self.bootstrap),
                     acks="all",
                     enable_idempotence=True,
                     request_timeout_ms=int(WRITE_TIMEOUT_S * 1000),
@@ -190,7 +202,8 @@ class KafkaSubscriptionStore(Following):
             self.apply(record.key, record.value, record.offset)
 
     async def follow(self) -> None:
-        await follow(self, self.bootstrap, [self.topic], self.apply_record, "webhook subscriptions", FETCH_MAX_WAIT_MS)
+        kafka = KafkaConnection(self.bootstrap)
+        await follow(self, kafka, [self.topic], self.apply_record, "webhook subscriptions", FETCH_MAX_WAIT_MS)
 
     async def write(self, sub_id: str, record: SubscriptionRecord | None) -> Written:
         value = None if record is None else encode(record)
@@ -257,7 +270,8 @@ class DeliveryLog(Following):
             self.apply(record.key, record.value, f"{record.topic}[{record.partition}]@{record.offset}")
 
     async def follow(self) -> None:
-        await follow(self, self.bootstrap, [self.topic], self.apply_record, "webhook deliveries", FETCH_MAX_WAIT_MS)
+        kafka = KafkaConnection(self.bootstrap)
+        await follow(self, kafka, [self.topic], self.apply_record, "webhook deliveries", FETCH_MAX_WAIT_MS)
 
     def get(self, delivery_id: str) -> DeliveryRecord | None:
         return self.by_id.get(delivery_id)

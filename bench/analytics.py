@@ -336,7 +336,7 @@ async def _rfm_bounds(store: Store) -> RfmBoundaries:
 
 
 async def _reports(store: Store, model: Model, now_ms: int, runs: int) -> dict[str, Any]:
-    """Each report timed ``runs`` times, called as :mod:`api.analytics` calls it."""
+    """Each report timed ``runs`` times, called as :mod:`api.routers.reports` calls it."""
     busy = str(
         (await store.query("SELECT contact_id FROM score_ledger GROUP BY contact_id ORDER BY count() DESC LIMIT 1"))[0][
             0

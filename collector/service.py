@@ -53,10 +53,9 @@ import binascii
 import hashlib
 import hmac
 import logging
-import random
 import re
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -65,9 +64,11 @@ import msgspec
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, Request, Response
 from starlette.types import Receive, Scope, Send
 
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
+from kafka_io.partitioner import crc32_partitioner
 from schemas.events import (
     MAX_DEPTH,
     MAX_MESSAGE_BYTES,
@@ -187,22 +188,12 @@ class Publisher(Protocol):
         ...
 
 
-def crc32_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-    """Partition by CRC32 of the key (C, not aiokafka's pure-Python murmur2: 3 µs a message).
-
-    Only the ordering of one sender's messages on a source topic matters (the worker re-keys by
-    contact), and every collector maps a key to the same partition."""
-    if key is None:
-        return random.choice(available or all_partitions)
-    return all_partitions[zlib.crc32(key) % len(all_partitions)]
-
-
 @dataclass
 class KafkaPublisher:
     """An idempotent ``acks=all`` producer, connected in the background (the API starts and
     serves while Kafka is unreachable; the collector answers 503 until it connects)."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     _producer: AIOKafkaProducer | None = None
     _task: asyncio.Task[None] | None = None
     error: str | None = "not started"
@@ -216,8 +207,10 @@ class KafkaPublisher:
 
     async def _connect(self) -> None:
         while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
+            # crc32: only the ordering of one sender's messages on a source topic matters (the
+            # worker re-keys by contact), and every collector maps a key to the same partition
+            producer = clients.producer(
+                self.kafka,
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=0,  # under load, records gather while the previous request is in flight
@@ -231,12 +224,14 @@ class KafkaPublisher:
                 await producer.start()
             except (KafkaError, OSError) as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("collector producer cannot connect to %s (%s); retrying in 1 s", self.bootstrap, self.error)
+                log.warning(
+                    "collector producer cannot connect to %s (%s); retrying in 1 s", self.kafka.bootstrap, self.error
+                )
                 await producer.stop()
                 await asyncio.sleep(1.0)
                 continue
             self._producer, self.error = producer, None
-            log.info("collector producer connected to %s", self.bootstrap)
+            log.info("collector producer connected to %s", self.kafka.bootstrap)
             return
 
     async def stop(self) -> None:
@@ -373,7 +368,8 @@ def enrich(msg: dict[str, Any], req: _Request) -> None:
 @dataclass
 class Collector:
     """The collector's routes as one ASGI app (``api.app`` sends its paths here directly) and as
-    :meth:`handle`, which the declared FastAPI routes call when the full stack serves them."""
+    :meth:`respond`, which the declared FastAPI routes (``api.routers.collector``) call when the
+    full stack serves them."""
 
     settings: Settings
     publisher: Publisher
@@ -802,60 +798,4 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 def collector_for(settings: Settings, publisher: Publisher | None, clock: Clock) -> Collector:
     """The collector of ``settings``, publishing through ``publisher`` (default: Kafka)."""
-    return Collector(settings, publisher or KafkaPublisher(settings.kafka_bootstrap), clock)
-
-
-_SUMMARIES = {
-    "/v1/track": "Record an action (Segment track)",
-    "/v1/identify": "Tie a user to their traits (Segment identify)",
-    "/v1/page": "Record a page view (Segment page)",
-    "/v1/screen": "Record a mobile screen view (Segment screen)",
-    "/v1/group": "Tie a user to an account (Segment group)",
-    "/v1/alias": "Merge two identities (Segment alias)",
-    "/v1/batch": "Up to 2,500 messages of any type (Segment batch)",
-}
-_DESCRIPTION = (
-    "Segment HTTP Tracking API. Auth: a write key as the Basic-auth user name (empty password) or "
-    '`writeKey` in the body; no API key. 200 `{"success": true}` once Kafka acknowledged the records; '
-    "400 invalid or over a limit, 401 write key, 403 `channel_not_allowed` (a channel the write key may not "
-    "send to), 429 / 503 with Retry-After."
-)
-_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
-
-
-def mount_collector(app: FastAPI, collector: Collector) -> None:
-    """Declare the collector's routes on ``app`` (the OpenAPI document, and the full stack's
-    path; ``api.app.ScorestreamApi`` normally hands these paths to ``collector`` directly)."""
-
-    def endpoint_for(path: str) -> Callable[[Request], Awaitable[Response]]:
-        async def collect(request: Request) -> Response:
-            try:
-                reply = await collector.respond(request.method, path, request.headers.raw, request.receive)
-            except ClientGone:
-                return Response(status_code=499)
-            return Response(reply.body, reply.status, headers={k.decode(): v.decode() for k, v in reply.headers})
-
-        return collect
-
-    for path in sorted(PATHS):
-        documented = path in _SUMMARIES
-        endpoint = endpoint_for(path)
-        app.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            tags=["collector"],
-            summary=_SUMMARIES.get(path, f"alias of {path}"),
-            description=_DESCRIPTION,
-            include_in_schema=documented,
-            openapi_extra=_BODY,
-            response_model=None,
-            name=f"collect_{path.rsplit('/', 1)[-1]}",
-        )
-        app.add_api_route(
-            path,
-            endpoint,
-            methods=["OPTIONS", "GET", "HEAD", "PUT", "PATCH", "DELETE"],
-            include_in_schema=False,
-            name=f"collect_other_{path.rsplit('/', 1)[-1]}",
-        )
+    return Collector(settings, publisher or KafkaPublisher(KafkaConnection.of(settings)), clock)

@@ -1,19 +1,17 @@
-"""HTTP bodies of the API (v1). FastAPI renders them into the OpenAPI document at ``/docs``."""
+"""HTTP bodies of the API (v1). FastAPI renders them into the OpenAPI document at ``/docs``.
+
+The contact routes answer with bodies :mod:`api.render` builds as plain dicts; the models here
+document them (``tests/api/test_render.py`` validates the renderer's bodies against them)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.times import DAY_MS
-from schemas.times import dt_of as _dt
 from schemas.value import ClvOut, RfmOut
-from scorestream import ContactState, Model, engagement_at, fit_of, grade_of
-from scorestream.journey import Journey
-from scorestream.lifecycle import walk
-from scorestream.scoring import Contribution
+from scorestream import Model
 
 MAX_BATCH_IDS = 1000
 
@@ -148,80 +146,6 @@ class ModelsOut(BaseModel):
 class Health(BaseModel):
     status: str
     detail: dict[str, Any] = Field(default_factory=dict)
-
-
-def _contributions(items: tuple[Contribution, ...]) -> list[ContributionOut]:
-    return [ContributionOut(rule=c.rule_id, points=c.points, description=c.description) for c in items]
-
-
-def current_journey(state: ContactState, model: Model, now_ms: int) -> Journey | None:
-    """The contact's journey at ``now_ms``: the stored one, or walked on when something came due
-    since (the worker's tick for it is at most a second away; the answer does not wait for it)."""
-    journey = state.journey
-    if journey is None or model.lifecycle is None or state.merged_into is not None:
-        return journey
-    if journey.next_due_ms is not None and journey.next_due_ms <= now_ms:
-        return walk(state, model, model.lifecycle, now_ms)
-    return journey
-
-
-def lifecycle_body(journey: Journey | None, now_ms: int) -> dict[str, Any]:
-    """``stage``, ``flags`` and ``persona`` of a contact body (shapes of :class:`ContactOut`)."""
-    if journey is None:
-        return {"stage": None, "flags": [], "persona": None}
-    history = [
-        {
-            "stage": e.stage,
-            "entered_at": _dt(e.entered_ms),
-            "exited_at": _dt(e.exited_ms),
-            "days": None if e.exited_ms is None else (e.exited_ms - e.entered_ms) / DAY_MS,
-            "rule": e.rule,
-            "cause": e.cause,
-        }
-        for e in journey.history
-    ]
-    return {
-        "stage": {
-            "name": journey.stage,
-            "since": _dt(journey.since_ms),
-            "days_in_stage": max(now_ms - journey.since_ms, 0) / DAY_MS,
-            "history": history,
-            "next_change_at": _dt(journey.next_due_ms),
-        },
-        "flags": [{"flag": k, "reason": v} for k, v in journey.flags.items()],
-        "persona": journey.persona,
-    }
-
-
-def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str, Any] | None = None) -> ContactOut:
-    """The API view of a contact: scores computed by the core at ``now_ms``; ``value`` is its
-    ``{"rfm", "clv"}`` (from the population model; both null when not given)."""
-    engagement = engagement_at(state, model, now_ms)
-    fit = fit_of(state, model)
-    value = value or {"rfm": None, "clv": None}
-    return ContactOut(
-        **lifecycle_body(current_journey(state, model, now_ms), now_ms),
-        account_id=state.account_id,
-        rfm=value["rfm"],
-        clv=value["clv"],
-        contact_id=state.contact_id,
-        identity=Identity(
-            user_id=state.user_id, anonymous_ids=state.anonymous_ids, email=state.email, merged_ids=state.merged_ids
-        ),
-        traits=state.traits,
-        engagement=EngagementOut(
-            score=engagement.score,
-            band=engagement.band,
-            as_of=datetime.fromtimestamp(now_ms / 1000, tz=UTC),
-            half_life_days=model.half_life_ms / 86_400_000,
-            top=_contributions(engagement.top),
-        ),
-        fit=FitOut(score=fit.score, grade=fit.grade, top=_contributions(fit.top)),
-        grade=grade_of(fit, engagement),
-        first_seen=_dt(state.first_seen_ms),
-        last_seen=_dt(state.last_seen_ms),
-        model_version=state.model_version,
-    )
 
 
 def model_out(model: Model) -> ModelOut:

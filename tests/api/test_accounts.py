@@ -8,7 +8,7 @@ import math
 import httpx
 import pytest
 
-from api.accounts import AccountReplica
+from api.account_replica import AccountReplica
 from api.app import create_api
 from api.replica import Replica
 from schemas.accounts import encode

@@ -21,8 +21,8 @@ from analytics import reports
 from analytics.client import Store
 from analytics.migrations import migrate
 from analytics.reports import decayed
-from api.analytics import analytics_store
 from api.app import create_api
+from api.archive import analytics_store
 from api.population import PopulationReader
 from api.replica import Replica, WorkerStatus
 from schemas.model_file import MODELS, load_model

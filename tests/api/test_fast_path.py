@@ -7,14 +7,14 @@ same requests to both apps (over one replica) and compare status, headers and bo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from api.app import CONTACT_PATH, ScorestreamApi, create_api
@@ -153,11 +153,19 @@ def test_unexpected_errors_take_the_full_stack(monkeypatch: pytest.MonkeyPatch) 
         answers(fast, requests)
 
 
+def routes_in_order(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """The app's routes in the order Starlette tries them, the routers' included (``include_router``
+    keeps a router whole: its routes are tried in its place)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from routes_in_order(included.routes) if included is not None else (route,)
+
+
 def test_the_direct_path_is_the_route_starlette_would_pick() -> None:
     """No route before ``GET /v1/contacts/{contact_id}`` matches its paths, and the pattern is the route's."""
     fast, _ = apps(make_replica())
     scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/v1/contacts/some-id", "root_path": ""}
-    first = next(r for r in fast.router.routes if r.matches(scope)[0] == Match.FULL)
+    first = next(r for r in routes_in_order(fast.router.routes) if r.matches(scope)[0] == Match.FULL)
     assert getattr(first, "path", None) == "/v1/contacts/{contact_id}"
     assert first.path_regex.pattern == CONTACT_PATH.pattern  # type: ignore[attr-defined]
 

@@ -1,7 +1,8 @@
-"""The API's topic followers (``api.follow``): a record they cannot read is logged with its
-coordinates, counted and skipped, and the reader goes on; a reader whose task dies anyway turns
-``/readyz`` 503 with the task's name and exception. No broker: the consumer is a fake with the few
-calls :func:`api.follow.follow` makes (the same readers on the real broker: ``tests/e2e``)."""
+"""The API's topic followers (``api.follow``, reading with :func:`kafka_io.reader.follow`): a record
+they cannot read is logged with its coordinates, counted and skipped, and the reader goes on; a
+reader whose task dies anyway turns ``/readyz`` 503 with the task's name and exception. No broker:
+the consumer is a fake with the few calls the reader makes (the same readers on the real broker:
+``tests/e2e`` and ``tests/kafka_io``)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import pytest
 from aiokafka import TopicPartition
 from fastapi import FastAPI
 
-import api.follow
-from api.accounts import AccountReplica
+import kafka_io.reader
+from api.account_replica import AccountReplica
 from api.app import create_api
-from api.follow import unreadable
 from api.replica import Replica, WorkerStatus
+from kafka_io.reader import unreadable
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
@@ -100,7 +101,7 @@ def test_the_contacts_replica_skips_what_it_cannot_read_and_goes_on(monkeypatch:
         rec("c", 3, b"u-2", state_bytes("u-2")),
     ]
     fake = FakeConsumer(records)
-    monkeypatch.setattr(api.follow, "AIOKafkaConsumer", lambda **_: fake)
+    monkeypatch.setattr(kafka_io.reader, "consumer", lambda *_, **__: fake)
     replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
     before = unreadable["contacts replica"]
 

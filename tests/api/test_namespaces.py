@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from fastapi import FastAPI
 
-from api.accounts import AccountReplica
+from api.account_replica import AccountReplica
 from api.app import create_api
 from api.namespaces import Namespaces, Readers, UnknownModel
 from api.replica import Replica, WorkerStatus

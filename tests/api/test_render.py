@@ -18,11 +18,12 @@ from pydantic import TypeAdapter
 from api.app import create_api
 from api.render import ContactRenderer
 from api.replica import Decoded, Replica, WorkerStatus
-from schemas.api import BatchGetOut, ContactOut, contact_out
+from schemas.api import BatchGetOut, ContactOut
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import ContactState, apply_events
+from tests.api.contact_oracle import contact_out
 from tests.factories import DAY, T0, make_event
 
 MODEL = load_model()

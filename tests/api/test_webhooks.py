@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from api.app import create_api
 from api.replica import Replica
+from api.webhook_backend import MANUAL, WebhookBackend
 from api.webhook_store import DeliveryLog, KafkaSubscriptionStore, LazyProducer, NotVisible, Written
-from api.webhooks import MANUAL, WebhookBackend
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.webhooks import (

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import yaml
 
-from schemas.api import contact_out
+from api.render import ContactRenderer
+from api.replica import Decoded
 from schemas.model_file import DEFAULT_MODEL
 from schemas.value import value_body
 from scorestream import ContactState, Model
@@ -46,7 +47,8 @@ def as_of(body: dict[str, Any]) -> int:
 def expected_body(state: ContactState, now_ms: int, model: Model = MODEL) -> dict[str, Any]:
     """What the API must answer for ``state`` at ``now_ms`` (RFM facts without a population model)."""
     value = value_body(value_view(state.value, now_ms, None))
-    out: dict[str, Any] = orjson.loads(contact_out(state, model, now_ms, value).model_dump_json())
+    renderer = ContactRenderer(model, lambda _state, _now: value)
+    out: dict[str, Any] = orjson.loads(renderer.contact_json(Decoded(b"", state), now_ms))
     return out
 
 

@@ -1,0 +1,147 @@
+"""What the routes read, as FastAPI dependencies, from ``app.state`` (set by :func:`api.app.create_api`).
+
+``app.state`` holds the process's parts: ``settings``, ``clock``, ``api_keys``, ``namespaces``
+(every live model namespace's readers, :mod:`api.namespaces`), ``webhooks`` (the
+:class:`~api.webhook_backend.WebhookBackend`), ``analytics`` (how the archive is reached,
+:func:`api.archive.analytics_store`), ``collector`` and ``sink``; and the active namespace's
+readers, ``model``, ``replica``, ``population`` and ``accounts`` (they follow promotions). Tests
+inject their readers through ``create_api``'s arguments, or replace an attribute of ``app.state``.
+
+Dependencies are ``async def``: a plain ``def`` is run in the threadpool, per request. The
+contact routes have one (authorisation, then readiness): each dependency costs per request.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
+
+from api.archive import StoreGetter
+from api.errors import ApiError
+from api.namespaces import Namespaces, Readers
+from api.population import PopulationReader
+from api.replica import Replica
+from api.webhook_backend import WebhookBackend
+from collector.service import Collector
+from schemas.settings import Settings
+from scorestream import Model
+
+bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+ModelParam = Annotated[
+    str | None,
+    Query(
+        alias="model",
+        description="A model namespace or model version (`name@hash`), as `GET /v1/models` lists them; "
+        "default: the active one.",
+    ),
+]
+
+
+def check_key(keys: list[bytes], creds: HTTPAuthorizationCredentials | None) -> None:
+    """Raise 401 unless ``creds`` is a bearer token equal to one of ``keys`` (compared in constant time)."""
+    if not keys:
+        raise ApiError(401, "unauthorized", "no API keys are configured (set SCORESTREAM_API_KEYS)")
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
+    given = creds.credentials.encode()
+    if not any(hmac.compare_digest(given, k) for k in keys):
+        raise ApiError(401, "unauthorized", "unknown API key")
+
+
+async def authorise(conn: HTTPConnection, creds: Credentials) -> None:
+    """The request carries one of the API keys (``Authorization: Bearer <key>``)."""
+    check_key(conn.app.state.api_keys, creds)
+
+
+async def namespaces(conn: HTTPConnection) -> Namespaces:
+    found: Namespaces = conn.app.state.namespaces
+    return found
+
+
+async def readers(conn: HTTPConnection, model_: ModelParam = None) -> Readers:
+    """The readers of the namespace ``?model=`` names (404 ``unknown_model``), else the active one's."""
+    picked: Readers = conn.app.state.namespaces.pick(model_)
+    return picked
+
+
+async def authorised_readers(conn: HTTPConnection, creds: Credentials, model_: ModelParam = None) -> Readers:
+    """:func:`authorise`, then :func:`readers` (one dependency: each costs per request)."""
+    check_key(conn.app.state.api_keys, creds)
+    return await readers(conn, model_)
+
+
+async def ready_readers(conn: HTTPConnection, creds: Credentials, model_: ModelParam = None) -> Readers:
+    """:func:`authorised_readers` whose contacts replica has caught up (else 503 ``not_ready``)."""
+    state = conn.app.state
+    check_key(state.api_keys, creds)
+    found: Readers = state.namespaces.pick(model_) if model_ else state.namespaces.active()
+    if not found.replica.caught_up.is_set():
+        of = f" of model namespace {found.namespace}" if model_ else ""
+        raise ApiError(503, "not_ready", f"the API is still loading contact state{of}; retry shortly")
+    return found
+
+
+async def settings(conn: HTTPConnection) -> Settings:
+    found: Settings = conn.app.state.settings
+    return found
+
+
+async def clock(conn: HTTPConnection) -> Callable[[], int]:
+    """The time in epoch milliseconds (tests fix it)."""
+    found: Callable[[], int] = conn.app.state.clock
+    return found
+
+
+async def active_model(conn: HTTPConnection) -> Model:
+    """The active namespace's model (it follows promotions)."""
+    found: Model = conn.app.state.model
+    return found
+
+
+async def active_replica(conn: HTTPConnection) -> Replica | None:
+    """The active namespace's contacts replica."""
+    found: Replica | None = getattr(conn.app.state, "replica", None)
+    return found
+
+
+async def active_population(conn: HTTPConnection) -> PopulationReader | None:
+    """The active namespace's population model reader."""
+    found: PopulationReader | None = getattr(conn.app.state, "population", None)
+    return found
+
+
+async def webhook_backend(conn: HTTPConnection) -> WebhookBackend:
+    found: WebhookBackend = conn.app.state.webhooks
+    return found
+
+
+async def analytics(conn: HTTPConnection) -> StoreGetter:
+    """How this process reaches the archive (``app.state.analytics``, replaced by tests)."""
+    found: StoreGetter = conn.app.state.analytics
+    return found
+
+
+async def collector(conn: HTTPConnection) -> Collector:
+    found: Collector = conn.app.state.collector
+    return found
+
+
+Authorised = [Depends(authorise)]  # a router's or route's ``dependencies=``
+NamespacesDep = Annotated[Namespaces, Depends(namespaces)]
+ReadersDep = Annotated[Readers, Depends(readers)]
+AuthorisedReaders = Annotated[Readers, Depends(authorised_readers)]
+ReadyReaders = Annotated[Readers, Depends(ready_readers)]
+SettingsDep = Annotated[Settings, Depends(settings)]
+Clock = Annotated[Callable[[], int], Depends(clock)]
+ActiveModel = Annotated[Model, Depends(active_model)]
+ActiveReplica = Annotated[Replica | None, Depends(active_replica)]
+ActivePopulation = Annotated[PopulationReader | None, Depends(active_population)]
+Webhooks = Annotated[WebhookBackend, Depends(webhook_backend)]
+Analytics = Annotated[StoreGetter, Depends(analytics)]
+CollectorDep = Annotated[Collector, Depends(collector)]

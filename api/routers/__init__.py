@@ -1,0 +1,16 @@
+"""The API's routes, one module per resource, each with its ``router``; :data:`ROUTERS` in the
+order the app includes them (a path two routers could match goes to the first)."""
+
+from fastapi import APIRouter
+
+from api.routers import accounts, collector, contacts, health, models, reports, webhooks
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    contacts.router,
+    models.router,
+    accounts.router,
+    collector.router,
+    webhooks.router,
+    reports.router,
+)

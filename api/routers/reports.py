@@ -1,0 +1,96 @@
+"""Reports from the archive: the funnel, the RFM grid, personas x stages and the revenue forecast.
+
+Read as :mod:`api.archive` says (unavailable, not migrated yet or unreachable: 503 ``not_ready``;
+bad parameters: 422), with the active namespace's model (it follows promotions).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from analytics import reports
+from analytics.client import Store
+from api import archive
+from api.deps import ActiveModel, ActivePopulation, Analytics, Authorised, Clock
+from schemas.api_analytics import ForecastOut, FunnelOut, PersonasOut, RfmReportOut
+from schemas.times import DAY_MS
+
+router = APIRouter(prefix="/v1/reports", tags=["reports"], dependencies=Authorised, responses=archive.ERRORS)
+
+
+@router.get("/funnel", response_model=FunnelOut)
+async def funnel_report(
+    analytics: Analytics,
+    model: ActiveModel,
+    clock: Clock,
+    model_: Annotated[
+        str | None, Query(alias="model", description="A model version (`name@hash`) or name; default: all.")
+    ] = None,
+    from_: Annotated[datetime | None, Query(alias="from", description="Default: 90 days before `to`.")] = None,
+    to: Annotated[datetime | None, Query(description="Exclusive; default: now.")] = None,
+    stages: Annotated[
+        str | None, Query(description="Comma-separated; default: the model's stages up to the customer stage.")
+    ] = None,
+    mode: Annotated[Literal["cumulative", "sequential"], Query()] = "cumulative",
+) -> FunnelOut:
+    """Per stage: contacts that entered it in the window, how many of the funnel reached it
+    (`cumulative`: entering it or a later stage counts; `sequential`: entering it, in order),
+    conversion from the previous step, median time in the stage and median time from the first
+    step (velocity)."""
+    from_ms, to_ms = archive.window(from_, to, archive.DEFAULT_FUNNEL_DAYS, clock())
+    assert from_ms is not None
+    names = list(archive.names(stages)) or reports.default_funnel(model)
+
+    archive.valid(reports.check_stages, names, model)
+
+    async def query(store: Store) -> FunnelOut:
+        return await reports.funnel(store, model, names, from_ms, to_ms, mode == "sequential", model_ or None)
+
+    return await archive.answer(analytics, query)
+
+
+@router.get("/rfm", response_model=RfmReportOut)
+async def rfm_report(analytics: Analytics, model: ActiveModel, population: ActivePopulation) -> RfmReportOut:
+    """The R x F grid of the customers (contacts and revenue per cell) under the population's
+    current quintile boundaries, and the segment sizes."""
+    current = getattr(population, "model", None)
+    bounds = getattr(current, "boundaries", None)
+    return await archive.answer(analytics, lambda store: reports.rfm(store, model, bounds))
+
+
+@router.get("/personas", response_model=PersonasOut)
+async def personas_report(analytics: Analytics, model: ActiveModel, clock: Clock) -> PersonasOut:
+    """Persona x stage: active contacts per cell, with their mean engagement (decayed to now) and fit."""
+    return await archive.answer(analytics, lambda store: reports.personas(store, model, clock()))
+
+
+@router.get("/forecast", response_model=ForecastOut)
+async def forecast_report(
+    analytics: Analytics,
+    model: ActiveModel,
+    clock: Clock,
+    lookback_days: Annotated[float, Query(gt=0, le=3650, description="History the rates are taken from.")] = 180,
+    model_: Annotated[
+        str | None,
+        Query(
+            alias="model",
+            description="Count transitions of this model only (a version or a name; default: every model's); "
+            "the accounts' current stages are read from this model's rows (default: the active model's version).",
+        ),
+    ] = None,
+) -> ForecastOut:
+    """Revenue expected from the open pipeline: contacts per open stage x the share of contacts
+    that entered that stage in the lookback and have become customers since x the value of a
+    new customer; with the rates and the value it used. Beside it, `accounts`: the B2B accounts
+    pipeline forecast the same way per account (open accounts per account stage x the share that
+    became customer accounts x the value of a new customer account, its members' revenue).
+    The top-level totals are the contacts pipeline's only and do not include `accounts`: an
+    account converts when one of its members orders, and its revenue is its members' orders,
+    which the contacts pipeline already forecasts; adding the two would count it twice."""
+    lookback = int(lookback_days * DAY_MS)
+    return await archive.answer(
+        analytics, lambda store: reports.forecast(store, model, clock(), lookback, model_ or None)
+    )
