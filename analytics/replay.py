@@ -2,9 +2,10 @@
 with the live state.
 
 The fold is the worker's, in one process: the contract's ``decode`` with the record's timestamp,
-identity resolution, the contacts fold (:func:`scorestream.contact.step`), with a dict standing in
-for each table and the same codecs between stages (:class:`Fold`; ``bench/pure.py`` measures the
-same class). Because the fold's state depends on the set of events and not on their order or
+identity resolution, the contacts fold (:func:`scorestream.fold.step`, the function the worker's
+contacts agent calls), with a dict standing in for each table and the same codecs between stages
+(:class:`Fold`; ``bench/pure.py`` measures the same class). It keeps the triggers the fold emits,
+so a replay announces what live scoring announced (the RFM segment's only when given a cut). Because the fold's state depends on the set of events and not on their order or
 number (docs/architecture.md, "Determinism"), reading the source topics from the beginning, or the
 archive in ClickHouse, gives the state the worker holds, whatever batches either went through.
 
@@ -49,12 +50,13 @@ from schemas.state import (
     decode_state,
     encode,
     envelope_for,
+    message_of,
     raw_item,
 )
 from scorestream import ContactState, Model, engagement_at, fit_of
-from scorestream.contact import Absorb, Tick, step
+from scorestream.fold import Message, SegmentOf, Tick, step
 from scorestream.identity import resolve, routing_key
-from scorestream.lifecycle import walk
+from scorestream.walk import walk
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,20 @@ class Fold:
     through the same codecs as on the internal topics, so a contact absorbed into another is a
     copy, as it is when it travels through Kafka. ``from_ms``: events earlier than that (event
     time) are left out.
+
+    ``triggers``: every trigger the fold emitted, in the order it emitted them (the same records,
+    ids included, as the worker sends for the same events). ``segment_of``: the population's cut
+    for the RFM segment; None (the default: replay has no live population) judges no segment, so
+    no ``rfm.segment_changed`` and the states keep the segment they had (none, from nothing).
     """
 
-    def __init__(self, model: Model, from_ms: int | None = None) -> None:
+    def __init__(self, model: Model, from_ms: int | None = None, segment_of: SegmentOf | None = None) -> None:
         self.model = model
         self.from_ms = from_ms
+        self.segment_of = segment_of
         self.links: dict[str, bytes] = {}
         self.contacts: dict[str, bytes] = {}
+        self.triggers: list[dict[str, Any]] = []
         self.events = 0
         self.invalid = 0
         self.skipped = 0
@@ -101,9 +110,15 @@ class Fold:
             state = decode_state(raw_state)
             journey = state.journey
             if journey is not None and journey.deferred_since is not None and journey.next_due_ms is not None:
-                ticked, _ = step(state, key, [Tick(journey.next_due_ms)], self.model)
-                if ticked is not None:
-                    self.contacts[key] = encode(ticked)
+                self._step(key, state, [Tick(journey.next_due_ms)])
+
+    def _step(self, key: str, state: ContactState | None, messages: list[Message]) -> list[Item]:
+        """One contact's fold: its state written, its triggers kept; what it sends on, as items."""
+        folded = step(state, key, messages, self.model, self.segment_of)
+        if folded.state is not None:
+            self.contacts[key] = encode(folded.state)
+        self.triggers.extend(folded.triggers)
+        return [Item(key=o.key, env=envelope_for(o.item, 1)) for o in folded.outgoing]
 
     def feed(self, records: list[Record]) -> None:
         """Fold one batch of source records."""
@@ -136,21 +151,16 @@ class Fold:
                 contact_items.append(raw_item(r.key, env if r.merge is None else envelope_for(r.merge, 0)))
         pending: list[Item] = decode_batch(encode(RawBatch(items=contact_items))).items
         while pending:
-            inbox: dict[str, list[Any]] = defaultdict(list)
+            inbox: dict[str, list[Message]] = defaultdict(list)
             for item in pending:
-                envelope = item.env
-                message: Any = envelope.event or envelope.merge or (Absorb(envelope.state) if envelope.state else None)
+                message = message_of(item.env)
                 if message is not None:
                     inbox[item.key].append(message)
             pending = []
             for key, messages in inbox.items():
                 raw_state = self.contacts.get(key)
-                state, out = step(decode_state(raw_state) if raw_state else None, key, messages, self.model)
-                if state is not None:
-                    self.contacts[key] = encode(state)
-                # through the codec: the receiver gets a copy, as from the contacts topic
-                pending.extend(Item(key=o.key, env=envelope_for(o.item, 1)) for o in out)
-            if pending:
+                pending.extend(self._step(key, decode_state(raw_state) if raw_state else None, messages))
+            if pending:  # through the codec: the receiver gets a copy, as from the contacts topic
                 pending = decode_batch(encode(Batch(items=pending))).items
 
 
@@ -448,6 +458,7 @@ class ReplayResult:
     events: int
     invalid: int
     skipped: int
+    triggers: int  # the triggers the replay's fold emitted (``Fold.triggers``)
     seconds: float
     states: dict[str, bytes]  # the replayed contacts table (encoded, merged records included)
     live: dict[str, bytes]  # the live contacts table, from its changelog
@@ -471,6 +482,7 @@ class ReplayResult:
             "events": self.events,
             "invalid": self.invalid,
             "skipped_before_from": self.skipped,
+            "triggers": self.triggers,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events_per_s),
             "diff": self.diff.to_json(),
@@ -554,6 +566,7 @@ async def areplay(
         events=fold.events,
         invalid=fold.invalid,
         skipped=fold.skipped,
+        triggers=len(fold.triggers),
         seconds=seconds,
         states=fold.contacts,
         live=live,
@@ -713,7 +726,8 @@ def main(
         )
     d = result.diff
     console.print(
-        f"{result.records} records ({result.events} events, {result.invalid} invalid) in {result.seconds:.1f} s, "
+        f"{result.records} records ({result.events} events, {result.invalid} invalid, {result.triggers} triggers) "
+        f"in {result.seconds:.1f} s, "
         f"{result.events_per_s:,.0f} records/s; compared at {result.as_of_ms} "
         f"(live {result.live_model_version} vs replay {result.model_version})"
     )

@@ -32,7 +32,7 @@ from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import ContactState, Event
-from scorestream.contact import step
+from scorestream.fold import step
 from sink.service import Sink
 
 EVERY = 4  # a changelog record after every EVERY events of a contact (the worker writes one per batch)
@@ -72,7 +72,7 @@ def _changelog(settings: Settings, events: int, contacts: int, now_ms: int) -> I
         inbox = pending.setdefault(key, [])
         inbox.append(event)
         if len(inbox) >= EVERY:
-            state, _ = step(states.get(key), key, inbox, model)
+            state, *_ = step(states.get(key), key, inbox, model)
             states[key] = state
             pending[key] = []
             if state is not None:

@@ -41,14 +41,12 @@ from schemas.state import (
     decode_state,
     encode,
     envelope_for,
+    message_of,
     raw_item,
 )
-from scorestream import ContactState, Event, IdentityLink, Model
-from scorestream.contact import Absorb, Tick, step
-from scorestream.identity import MergeInto, resolve, routing_key
-from scorestream.journey import Journey
-from scorestream.lifecycle import journey_triggers
-from scorestream.triggers import make_trigger
+from scorestream import ContactState, IdentityLink, Model
+from scorestream.fold import Message, Tick, step
+from scorestream.identity import resolve, routing_key
 from streams.accounts import register_accounts
 from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
@@ -180,33 +178,6 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             await clock.tick()
         except Exception:  # the next beat tries again (the due instants live in the states)
             log.exception("clock: a beat failed")
-
-    def changes(key: str, journey: Journey | None, state: ContactState) -> list[dict[str, Any]]:
-        """Triggers for what changed in this contact (``journey``: its lifecycle before), and the
-        contact's next due instant for the clock. The RFM segment is recorded in the state."""
-        if state.merged_into is not None:
-            timer_index.set(key, None)
-            return []
-        out: list[dict[str, Any]] = []
-        if lifecycle is not None and state.journey is not None and state.journey is not journey:
-            out.extend(journey_triggers(journey, state.journey, key, model, lifecycle))
-            timer_index.set(key, state.journey.next_due_ms)
-        as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
-        segment = population.segment_of(state, as_of)
-        if segment != state.rfm_segment:
-            out.append(
-                make_trigger(
-                    "rfm.segment_changed",
-                    at_ms=as_of,
-                    model_version=model.version,
-                    contact_id=key,
-                    before=state.rfm_segment,
-                    after=segment,
-                    rule="rfm-segments",
-                )
-            )
-            state.rfm_segment = segment
-        return out
 
     def refuser(batch_event: Any) -> Callable[[RawItem, Exception], None]:
         """Where an item that cannot be sent at flush goes: the dead-letter topic, with the
@@ -340,7 +311,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
         table = w.contacts
         partition = batch_event.message.partition
         out = Outbox(partitions, refuser(batch_event))
-        inbox: dict[str, list[Event | MergeInto | Absorb | Tick]] = defaultdict(list)
+        inbox: dict[str, list[Message]] = defaultdict(list)
         items_of: dict[str, list[tuple[Any, Item]]] = defaultdict(list)
         hops: dict[str, int] = defaultdict(int)
         for record, item in unpack(records_of(batch_event)):
@@ -348,7 +319,7 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                 env = item.env
                 if env.hops > MAX_HOPS:
                     raise Unprocessable("merge_loop", f"{env.hops} forwards")
-                message = env.event or env.merge or env.tick or (Absorb(env.state) if env.state else None)
+                message = message_of(env)
                 if message is None:
                     raise Unprocessable("empty_envelope", f"a {env.kind!r} envelope without its content")
             except Exception as exc:
@@ -362,17 +333,18 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
             try:
                 # step() may change ``before`` in place: a failure drops it from the cache
                 before = decoded.get(key, table.get(key))
-                journey = before.journey if before is not None else None
-                state, sent = step(before, key, messages, model)
-                staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hops[key] + 1)) for o in sent]
+                folded = step(before, key, messages, model, segment_of=population.segment_of)
+                hop = hops[key] + 1
+                staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hop)) for o in folded.outgoing]
+                state = folded.state
                 if state is not None:
-                    triggers = changes(key, journey, state)  # records the RFM segment in the state: before encoding
+                    timer_index.set(key, folded.next_due_ms)
                     raw = encode(state)
                     if len(raw) + len(key) > MAX_RECORD_BYTES:
                         raise TooLarge(
                             f"the contact's state is {len(raw)} bytes; a changelog record holds {MAX_RECORD_BYTES}"
                         )
-                    for trigger in triggers:
+                    for trigger in folded.triggers:
                         w.send_trigger(key.encode(), trigger)
                     feed.add(state)
                     population.add(partition, state)

@@ -3,7 +3,7 @@
 Each contact's state says when time alone would next change it (``journey.next_due_ms``: a cart
 timer, a lapse timer, engagement decaying past a guard or a threshold). The worker keeps those
 instants for the contacts of the partitions it owns in a heap; every ``timer_interval_s`` it sends
-a :class:`~scorestream.contact.Tick` to each contact that is due, on the contacts topic, keyed
+a :class:`~scorestream.fold.Tick` to each contact that is due, on the contacts topic, keyed
 like its events. The contacts agent applies it like any message (so it is ordered with the
 contact's events, written to the changelog, and replayed after a crash), walks the lifecycle to
 the tick's instant, emits the triggers and records the contact's next due instant.
@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from scorestream.contact import Tick
+from scorestream.fold import Tick
 
 log = logging.getLogger(__name__)
 REBUILD_YIELD_EVERY = 5000

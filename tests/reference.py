@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 
 from scorestream import ContactState, Event, IdentityLink, Model
-from scorestream.contact import Outgoing, step
+from scorestream.fold import Outgoing, step
 from scorestream.identity import resolve, routing_key
 
 
@@ -35,7 +35,7 @@ class Reference:
     def _drain(self, queue: deque[Outgoing]) -> None:
         while queue:
             message = queue.popleft()
-            state, out = step(self.contacts.get(message.key), message.key, [message.item], self.model)
+            state, out, *_ = step(self.contacts.get(message.key), message.key, [message.item], self.model)
             self.contacts[message.key] = state
             queue.extend(out)
 

@@ -26,7 +26,7 @@ from schemas.state import (
     raw_item,
 )
 from scorestream import ContactState, Event, IdentityLink, apply_events
-from scorestream.contact import step
+from scorestream.fold import step
 from scorestream.identity import MergeInto
 from tests import hostile
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, OMIT, T0, iso, make_event, segment_json
@@ -620,6 +620,6 @@ def test_every_hostile_message_gets_its_decision(case: hostile.Case) -> None:
     assert _through_a_batch(Envelope(kind="event", event=event)).event == event
     for before in (None, _history()):
         seen = before.last_seen_ms or 0 if before is not None else 0
-        state, _ = step(before, case.user_id, [event], DEFAULT_MODEL)  # the worker's fold: never raises
+        state, *_ = step(before, case.user_id, [event], DEFAULT_MODEL)  # the worker's fold: never raises
         assert state is not None and state.last_seen_ms == max(seen, event.timestamp_ms)
         assert decode_state(encode(state)) == state

@@ -24,7 +24,7 @@ from hypothesis_jsonschema import from_schema
 from schemas.events import InvalidMessage, decode
 from schemas.state import Batch, Envelope, Item, decode_batch, decode_state, encode
 from scorestream import ContactState, Event, apply_events
-from scorestream.contact import step
+from scorestream.fold import step
 from tests.factories import DAY, DEFAULT_MODEL, T0, iso, make_event
 
 SCHEMAS = Path(__file__).parents[1] / "schemas" / "json"
@@ -265,7 +265,7 @@ def _holds(raw: bytes, record_ms: int, now_ms: int | None) -> None:
     assert decode_batch(wire).items[0].env.event == event
     key = event.user_id or event.anonymous_id or "x"
     for before in (None, _HISTORY, _BUYER):
-        state, _ = step(before, key, [event], DEFAULT_MODEL)
+        state, *_ = step(before, key, [event], DEFAULT_MODEL)
         if state is not None:
             assert decode_state(encode(state)) == state
 

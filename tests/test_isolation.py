@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 import scorestream.accounts
-import scorestream.contact
+import scorestream.fold
 import scorestream.identity
 import streams.accounts
 import streams.agents
@@ -31,7 +31,7 @@ from schemas.registry import Registry
 from schemas.settings import Settings
 from schemas.state import Batch, Envelope, Item, RawBatch, decode_batch, decode_state, encode, envelope_for
 from scorestream.accounts import MemberUpdate
-from scorestream.contact import Tick
+from scorestream.fold import Tick
 from streams.app import Wiring
 from streams.deadletter import dead_lettered
 from streams.transport import TooLarge, encode_chunks
@@ -302,12 +302,12 @@ def test_identity_isolates_a_failing_resolve(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_contacts_isolates_garbage_empty_envelopes_loops_and_failing_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = scorestream.contact.step
+    real = scorestream.fold.step
 
-    def step(before: Any, key: str, messages: Any, model: Any) -> Any:
+    def step(before: Any, key: str, messages: Any, model: Any, **kwargs: Any) -> Any:
         if key == "u-bug":
             raise ZeroDivisionError("division by zero")
-        return real(before, key, messages, model)
+        return real(before, key, messages, model, **kwargs)
 
     monkeypatch.setattr(streams.agents, "step", step)
     worker = Worker()
@@ -438,7 +438,7 @@ def test_the_timer_index_skips_an_unreadable_state() -> None:
 
     def state(user: str) -> bytes:
         return encode(
-            scorestream.contact.step(None, user, [make_event(kind="page", event=None, user_id=user)], MODEL)[0]
+            scorestream.fold.step(None, user, [make_event(kind="page", event=None, user_id=user)], MODEL).state
         )
 
     items = [(b"u-1", state("u-1")), (b"u-bad", b"\xc1\x00"), (b"u-2", state("u-2")), (b"u-3", None)]

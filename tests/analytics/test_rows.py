@@ -35,7 +35,7 @@ from schemas.webhooks import AttemptRecord, DeliveryRecord
 from schemas.webhooks import encode as encode_webhook
 from scorestream import ContactState, engagement_at, fit_of
 from scorestream.accounts import apply_member_updates, member_update
-from scorestream.contact import step
+from scorestream.fold import step
 from scorestream.triggers import make_trigger
 from sink.service import Batch
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, OMIT, T0, make_event, segment_json
@@ -178,7 +178,7 @@ def test_a_delivery_keeps_its_latest_state_and_attempts() -> None:
 
 
 def member(user: str, *events: Any) -> ContactState:
-    state, _ = step(None, user, list(events), MODEL)
+    state, *_ = step(None, user, list(events), MODEL)
     assert state is not None
     return state
 
@@ -214,7 +214,7 @@ class History:
         self.offset = 100
 
     def record(self, *events: Any) -> Rec:
-        self.state, _ = step(self.state, self.contact_id, list(events), MODEL)
+        self.state, *_ = step(self.state, self.contact_id, list(events), MODEL)
         assert self.state is not None
         self.offset += 1
         return rec(encode_state(self.state), "ss-contacts-changelog", self.offset, key=self.contact_id.encode())

@@ -25,7 +25,7 @@ from schemas.settings import Settings
 from schemas.state import encode as encode_state
 from scorestream import ContactState, Model
 from scorestream.accounts import apply_member_updates, member_update
-from scorestream.contact import step
+from scorestream.fold import step
 from sink.service import Sink
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, T0, make_event
 
@@ -56,7 +56,7 @@ class Namespace:
         self.records: list[Rec] = []  # the contacts changelog, in order
 
     def fold(self, contact: str, *events: Any) -> bytes:
-        state, _ = step(self.states.get(contact), contact, list(events), self.model)
+        state, *_ = step(self.states.get(contact), contact, list(events), self.model)
         assert state is not None
         self.states[contact] = state
         return encode_state(state)

@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas.state import Batch, Envelope, Item, encode
-from scorestream.contact import Tick
+from scorestream.fold import Tick
 from tests.e2e.service import Service
 from tests.factories import make_event
 

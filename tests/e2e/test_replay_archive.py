@@ -101,7 +101,7 @@ def test_the_archive_replays_to_the_live_state_and_to_the_kafka_replays(service:
     for key, raw in archived.states.items():
         one, other = decode_state(raw), decode_state(topics.states[key])
         if one.merged_into is not None:
-            # a forwarding record keeps what it held when it merged (contact.step): which events
+            # a forwarding record keeps what it held when it merged (fold.step): which events
             # reached it before the merge depends on the order, where they all end up does not
             merged += 1
             assert one.merged_into == other.merged_into, key
