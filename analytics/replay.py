@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
 from schemas.state import (
@@ -338,23 +340,19 @@ def diff(live: dict[str, ContactView], replay: dict[str, ContactView], examples:
 
 
 async def _read_to_end(
-    bootstrap: str, topics: list[str], progress: Progress | None = None
+    kafka: KafkaConnection | Settings, topics: list[str], progress: Progress | None = None
 ) -> AsyncIterator[list[tuple[str, Any]]]:
     """Every record of ``topics`` up to their end offsets at the start, batch by batch, as
     ``(topic, record)``: a consumer with manual assignment and no group (nothing committed)."""
     # earliest: with the default (latest), the reset that assign() starts can land after the seek
     # to the beginning below and move the position to the end (a read of nothing, ~10% of runs)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
-    )
+    # not kafka_io.reader: replay hands on whole fetches, as fast as the broker serves them
+    consumer = clients.consumer(kafka, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        # the cluster's metadata, fetched for these topics (as api/follow.py does: aiokafka has no
-        # public call for partitions of topics a group-less consumer has not been assigned yet)
         tps: list[TopicPartition] = []
         for _ in range(6):  # a topic whose leader is moving is missing from one answer
-            cluster = await consumer._client.fetch_all_metadata()
-            tps = [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
+            tps = await clients.partitions_of(consumer, topics)
             if {tp.topic for tp in tps} == set(topics):
                 break
             await asyncio.sleep(0.5)
@@ -394,7 +392,7 @@ async def read_changelog(settings: Settings, progress: Progress | None = None) -
     """The contacts table as its changelog holds it now: the latest value per key, tombstones
     dropped."""
     states: dict[str, bytes] = {}
-    async for batch in _read_to_end(settings.kafka_bootstrap, [settings.changelog_topic("contacts")], progress):
+    async for batch in _read_to_end(settings, [settings.changelog_topic("contacts")], progress):
         for _, record in batch:
             key = record.key.decode()
             if record.value is None:
@@ -407,7 +405,7 @@ async def read_changelog(settings: Settings, progress: Progress | None = None) -
 async def kafka_records(settings: Settings, progress: Progress | None = None) -> AsyncIterator[list[Record]]:
     """The source topics' records as the worker reads them: (channel, value, record time)."""
     channels = settings.source_topics
-    async for batch in _read_to_end(settings.kafka_bootstrap, list(channels), progress):
+    async for batch in _read_to_end(settings, list(channels), progress):
         yield [(channels[topic], r.value, int(r.timestamp or 0)) for topic, r in batch]
 
 

@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.follow import Following, follow
+from api.follow import Following
+from kafka_io.clients import KafkaConnection
+from kafka_io.reader import follow
 from schemas.population import read_record
 from schemas.value import clv_model_body, value_body
 from scorestream import ContactState
@@ -56,4 +58,5 @@ class PopulationReader(Following):
         self.apply(record.key, record.value)
 
     async def follow(self) -> None:
-        await follow(self, self.bootstrap, [self.topic], self.apply_record, "population reader", FETCH_MAX_WAIT_MS)
+        kafka = KafkaConnection(self.bootstrap)
+        await follow(self, kafka, [self.topic], self.apply_record, "population reader", FETCH_MAX_WAIT_MS)

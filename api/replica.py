@@ -21,7 +21,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from api.follow import Following, follow
+from api.follow import Following
+from kafka_io.clients import KafkaConnection
+from kafka_io.reader import follow
 from schemas.state import decode_state
 from scorestream import ContactState
 from scorestream.identity import anonymous_contact_id
@@ -189,4 +191,6 @@ class Replica(Following):
 
     async def follow(self) -> None:
         topics = (self.changelog_topic, self.status_topic)
-        await follow(self, self.bootstrap, topics, self.apply_record, "contacts replica", FETCH_MAX_WAIT_MS)
+        await follow(
+            self, KafkaConnection(self.bootstrap), topics, self.apply_record, "contacts replica", FETCH_MAX_WAIT_MS
+        )

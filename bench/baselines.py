@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 
 from bench.harness import wait_drained, worker_gc
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
 from schemas.events import InvalidMessage, decode
 from schemas.model_file import load_model
 from schemas.state import decode_state, encode
@@ -69,7 +71,7 @@ def contact_key(event: Event) -> str:
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients.admin(KafkaConnection(bootstrap))
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -84,7 +86,7 @@ async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
 async def _read_all(bootstrap: str, topic: str, events: int) -> list[bytes]:
     """The first ``events`` values of ``topic`` (all partitions), without a consumer group."""
     tps = await _partitions(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=None)
+    consumer = clients.consumer(KafkaConnection(bootstrap), enable_auto_commit=False, max_poll_records=None)
     await consumer.start()
     values: list[bytes] = []
     try:
@@ -197,8 +199,8 @@ def raw_aiokafka_decode(bootstrap: str, topic: str, events: int, work: Path) -> 
 async def _raw_aiokafka_decode(bootstrap: str, topic: str, events: int) -> dict[str, Any]:
     tps = await _partitions(bootstrap, topic)
     started = time.perf_counter()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = clients.consumer(
+        KafkaConnection(bootstrap),
         enable_auto_commit=False,
         max_poll_records=None,
         fetch_max_bytes=64 << 20,
@@ -420,7 +422,7 @@ async def _hand_rolled_durable(bootstrap: str, topic: str, events: int, work: Pa
     tps = await _partitions(bootstrap, topic)
     run_id = f"durable-{uuid.uuid4().hex[:10]}"
     changelog = f"{run_id}-contacts-changelog"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients.admin(KafkaConnection(bootstrap))
     await admin.start()
     try:
         await admin.create_topics(
@@ -440,9 +442,9 @@ async def _hand_rolled_durable(bootstrap: str, topic: str, events: int, work: Pa
     db: Any = Rdict(str(db_path))
     model = load_model()
     started = time.perf_counter()
-    consumer = AIOKafkaConsumer(
+    consumer = clients.consumer(
+        KafkaConnection(bootstrap),
         topic,
-        bootstrap_servers=bootstrap,
         group_id=run_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -450,8 +452,8 @@ async def _hand_rolled_durable(bootstrap: str, topic: str, events: int, work: Pa
         fetch_max_bytes=64 << 20,
         max_partition_fetch_bytes=16 << 20,
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20, enable_idempotence=True
+    producer = clients.producer(
+        KafkaConnection(bootstrap), acks="all", linger_ms=5, max_batch_size=1 << 20, enable_idempotence=True
     )
     consumed = invalid = writes = batches = 0
     first_at: float | None = None

@@ -33,12 +33,14 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.api_load import WrkResult, ensure_wrk, wrk_run
 from bench.harness import process_usage, standalone
 from collector.service import iso_ms
 from deploy.traffic import Traffic
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
 from tests.e2e.service import REPO, WRITE_KEY, Service
 
 SCRIPT = Path(__file__).parent / "wrk" / "collector.lua"
@@ -96,7 +98,7 @@ def wait_accepting(svc: Service, timeout_s: float = 60) -> None:
 
 
 async def _end_offsets(bootstrap: str, topics: list[str], partitions: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = clients.consumer(KafkaConnection(bootstrap))
     await consumer.start()
     try:
         return sum(

@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 
 from deploy.lag import group_lag
 from deploy.traffic import Traffic
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients.admin(KafkaConnection(bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
@@ -32,7 +33,7 @@ async def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
 
 async def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]]) -> float:
     """Publish ``(topic, key, value)`` records with acks=all; returns records/s of the publish."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
+    producer = clients.producer(KafkaConnection(bootstrap), acks="all", linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     started = time.perf_counter()
     count = 0
@@ -74,7 +75,7 @@ def wait_drained(bootstrap: str, group: str, topics: list[str], timeout_s: float
     last_total = -1
     while time.perf_counter() - started < timeout_s:
         try:
-            lag = asyncio.run(group_lag(bootstrap, group, topics))
+            lag = asyncio.run(group_lag(KafkaConnection(bootstrap), group, topics))
         except KafkaError:  # the group's coordinator is not there until the worker joins
             time.sleep(0.25)
             continue

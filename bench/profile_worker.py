@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from bench.harness import prefill
 from bench.scenarios import LIVE_JITTER_MS, _create_topics, _topics, spine_model
 from deploy.traffic import Traffic
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
 from tests.e2e.service import Service, free_port
 from tests.kafka_broker import ensure_broker, stop_broker
 
@@ -33,7 +34,7 @@ from tests.kafka_broker import ensure_broker, stop_broker
 async def live_load(svc: Service, rate: float, seconds: float) -> None:
     traffic = Traffic(20_000, seed=5, live_jitter_ms=LIVE_JITTER_MS)
     topics = _topics(svc)
-    producer = AIOKafkaProducer(bootstrap_servers=svc.bootstrap, acks="all", linger_ms=1)
+    producer = clients.producer(KafkaConnection(svc.bootstrap), acks="all", linger_ms=1)
     await producer.start()
     try:
         started, sent = time.perf_counter(), 0

@@ -16,10 +16,12 @@ from typing import Any
 import httpx
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic, iso
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
 from schemas.model_file import read_model_source
 from schemas.settings import Settings
 from tests.e2e.service import API_KEY, REPO, Service
@@ -122,7 +124,7 @@ async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: i
     # live traffic: stamped as it is sent, up to LIVE_JITTER_MS late
     traffic = Traffic(20_000, seed=5, live_jitter_ms=LIVE_JITTER_MS)
     topics = _topics(svc)
-    producer = AIOKafkaProducer(bootstrap_servers=svc.bootstrap, acks="all", linger_ms=1)
+    producer = clients.producer(KafkaConnection(svc.bootstrap), acks="all", linger_ms=1)
     await producer.start()
     latencies: list[Probe] = []
     stop = asyncio.Event()
@@ -193,8 +195,8 @@ def _pct(values: list[float], q: float) -> float:
 async def _changelog_times(bootstrap: str, topic: str, probes: list[Probe]) -> None:
     """Fill each probe's ``changelog_ms``: when the worker wrote its state (the record's CreateTime)."""
     wanted = {p.uid.encode(): p for p in probes}
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    consumer = clients.consumer(
+        KafkaConnection(bootstrap), topic, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -327,8 +329,8 @@ def _known_contacts(count: int, now_ms: int) -> Iterator[tuple[str, bytes, bytes
 
 async def _wait_status(bootstrap: str, topic: str, state: str, since_ms: int, timeout_s: float) -> int:
     """``at_ms`` of the first ``state`` announcement on the worker status topic at or after ``since_ms``."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    consumer = clients.consumer(
+        KafkaConnection(bootstrap), topic, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -494,7 +496,7 @@ def timer_lateness(bootstrap: str, work: Path, contacts: int = 2000, timeout_s: 
 
 async def _read_triggers(bootstrap: str, topic: str, kind: str, expect: int, wait_s: float) -> list[tuple[int, int]]:
     """(due ``at_ms``, record timestamp) of the ``kind`` triggers on ``topic``, up to ``expect``."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    consumer = clients.consumer(KafkaConnection(bootstrap), topic, auto_offset_reset="earliest")
     await consumer.start()
     out: list[tuple[int, int]] = []
     try:

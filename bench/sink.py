@@ -25,8 +25,8 @@ import orjson
 
 from analytics.client import Store
 from bench.harness import prefill, publish, standalone
-from deploy.topics import ensure_topics
 from deploy.traffic import Traffic
+from kafka_io.topics import ensure_topics
 from schemas.events import InvalidMessage, decode
 from schemas.model_file import load_model
 from schemas.settings import Settings

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from bench.harness import process_usage, standalone
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
 from scorestream.webhooks import DEFAULT_SCHEDULE_S, delivery_id, new_secret
 from tests.e2e.hooks import Hooks, subscription, trigger
 from tests.e2e.service import wait_for
@@ -57,7 +58,7 @@ def _deployment(bootstrap: str, work: Path, name: str, **env: str) -> Hooks:
 
 async def _publish_at_rate(hooks: Hooks, tag: str, rate: float, seconds: float, keys: int) -> dict[str, float]:
     """Publish triggers at ``rate`` per second; trigger id -> publish time (acknowledged)."""
-    producer = AIOKafkaProducer(bootstrap_servers=hooks.bootstrap, acks="all", linger_ms=1)
+    producer = clients.producer(KafkaConnection(hooks.bootstrap), acks="all", linger_ms=1)
     await producer.start()
     sent: dict[str, float] = {}
     pending = []

@@ -82,7 +82,7 @@ def run(settings: Settings, workers: int | None = None) -> int:
         os.environ["SCORESTREAM_WRITE_KEYS"] = dev_key(settings, "dev-write-key", "wk_dev_") + ":*"
     settings = Settings()
     env = dict(os.environ)
-    from deploy.topics import ensure_topics
+    from kafka_io.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
     from analytics.client import sink_in_api
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run(settings, args.workers)
     if args.command == "worker":
-        from deploy.topics import ensure_topics
+        from kafka_io.topics import ensure_topics
         from streams.worker import run as run_worker
 
         def create_topics(resolved: Settings) -> None:

@@ -6,11 +6,11 @@ import asyncio
 import time
 
 import httpx
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
 from deploy.traffic import Traffic
+from kafka_io import clients
 from schemas.settings import Settings
 
 
@@ -52,7 +52,7 @@ async def demo(settings: Settings, events: int, contacts: int, rate: float, seed
     span = 14 * 86_400_000
     traffic = Traffic(contacts, seed=seed, start_ms=int(time.time() * 1000) - span, span_ms=span)
     topics = {channel: topic for topic, channel in settings.source_topics.items()}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = clients.producer(settings, acks="all", linger_ms=5)
     await producer.start()
     watched = [f"user-{i}" for i in range(10)] + [f"anon-{i}" for i in range(10)]
     started = time.monotonic()

@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
 from deploy.lag import group_lag, records_in
 from deploy.signals import StopOnSignal
+from kafka_io import clients
+from kafka_io.registry import promote as write_promotion
+from kafka_io.registry import read_registry, register_namespace
 from schemas.model_file import load_model
 from schemas.registry import NamespaceRecord, Promotion, Registry, namespace_record, namespace_refusal, settings_of
 from schemas.settings import Settings
 from scorestream import Model
-from streams.registry import promote as write_promotion
-from streams.registry import read_registry, register_namespace
 
 console = Console()
 
@@ -63,15 +63,15 @@ async def lag_of(settings: Settings, namespace: str, registry: Registry) -> tupl
     namespace's worker group (its backfill topics count as sources)."""
     ns = settings_of(settings, registry, namespace)
     sources, internal = source_and_internal_topics(ns)
-    src = await group_lag(ns.kafka_bootstrap, namespace, sources)
-    inner = await group_lag(ns.kafka_bootstrap, namespace, internal)
+    src = await group_lag(ns, namespace, sources)
+    inner = await group_lag(ns, namespace, internal)
     return src.committed, src.total, inner.remaining
 
 
 def register(settings: Settings, model_path: str, name: str | None, backfill: bool = False) -> tuple[str, Model]:
     """Register ``model_path`` as a shadow namespace (idempotent for the same model); ``backfill``:
     its workers also read the archive's events, copied to ``<ns>.backfill.*``."""
-    from deploy.topics import ensure_topics
+    from kafka_io.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
     registry = asyncio.run(read_registry(settings))
@@ -105,15 +105,13 @@ def copy_archive(settings: Settings, namespace: str) -> int:
     from analytics.replay import archive_records, progress_bar
 
     topics = settings.in_namespace(namespace).backfill_topics
-    held = asyncio.run(records_in(settings.kafka_bootstrap, list(topics.values())))
+    held = asyncio.run(records_in(settings, list(topics.values())))
     if held:
         console.print(f"the backfill topics of {namespace} hold {held} events already: not copied again")
         return 0
 
     async def produce(batches: Any) -> int:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
-        )
+        producer = clients.producer(settings, acks="all", linger_ms=20, max_batch_size=1 << 20)
         await producer.start()
         sent = 0
         try:

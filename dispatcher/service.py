@@ -99,6 +99,7 @@ from dispatcher.schedule import (
     settled,
 )
 from dispatcher.sender import Answer, Sender
+from kafka_io import clients
 from schemas.events import deadletter_headers
 from schemas.settings import Settings
 from schemas.webhooks import (
@@ -243,10 +244,8 @@ class Dispatcher:
 
     async def run(self) -> None:
         s = self.settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2
-        )
-        self._meta = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False)
+        self._producer = clients.producer(s, acks="all", enable_idempotence=True, linger_ms=2)
+        self._meta = clients.consumer(s, enable_auto_commit=False)
         await self._producer.start()
         await self._meta.start()
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._follow_subscriptions(), name="subscriptions")]
@@ -257,8 +256,8 @@ class Dispatcher:
                 task.cancel()
             if self._stop.is_set():
                 return
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=s.kafka_bootstrap,
+            self._consumer = clients.consumer(
+                s,
                 group_id=self.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -321,9 +320,7 @@ class Dispatcher:
         topic = self.settings.webhooks_topic
         tp = TopicPartition(topic, 0)
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
-            )
+            consumer = clients.consumer(self.settings, enable_auto_commit=False, fetch_max_wait_ms=100)
             try:
                 await consumer.start()
                 while topic not in await consumer.topics():
@@ -805,8 +802,8 @@ class Dispatcher:
         """Records of deliveries partition ``p`` from ``start`` (None: the beginning) up to ``end``
         (None: the end offset now)."""
         tp = TopicPartition(self.settings.deliveries_topic, p)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = clients.consumer(
+            self.settings,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=50,

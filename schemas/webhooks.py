@@ -1,6 +1,6 @@
 """Webhook contracts, v1: the API's bodies and the records of the three webhook topics.
 
-Topics (created by ``deploy/topics.py``; names from :class:`schemas.settings.Settings`):
+Topics (created by ``kafka_io/topics.py``; names from :class:`schemas.settings.Settings`):
 
 ``<app>.webhooks`` (1 partition, compacted)
     key: subscription id; value: :class:`SubscriptionRecord` (JSON), the whole subscription with

@@ -91,7 +91,6 @@ from aiokafka.errors import KafkaError
 
 from analytics.client import Store, clickhouse_url, redacted
 from analytics.migrations import migrate
-from analytics.registry import RegistryReader
 from analytics.rows import (
     ACCOUNT_COLUMNS,
     CONTACT_COLUMNS,
@@ -116,6 +115,8 @@ from analytics.rows import (
     scores_of,
     trigger_row,
 )
+from kafka_io import clients
+from kafka_io.registry import RegistryReader
 from schemas.model_file import load_model
 from schemas.registry import Registry
 from schemas.settings import Settings
@@ -543,8 +544,8 @@ class Sink:
 
     async def _connect(self) -> None:
         """One consumer, until the sink stops or reading fails."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = clients.consumer(
+            self.settings,
             group_id=self.group_id,
             client_id=self.group_id,
             enable_auto_commit=False,

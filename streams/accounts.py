@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 
+from kafka_io.partitioner import partition_for
 from schemas.accounts import MemberBatch, decode_account, decode_members, encode
 from schemas.settings import Settings
 from scorestream import ContactState, Model
@@ -42,8 +43,6 @@ class AccountFeed:
     """
 
     def __init__(self, w: Wiring, model: Model, partitions: int, memory: int = SENT_MEMORY) -> None:
-        from streams.agents import partition_for  # agents imports this module
-
         self.w = w
         self.topic = w.accounts_topic
         self.model = model

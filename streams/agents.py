@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -25,6 +24,7 @@ import faust
 import msgspec
 from faust.types import TopicT
 
+from kafka_io.partitioner import partition_for
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
 from schemas.state import (
@@ -59,12 +59,6 @@ log = logging.getLogger(__name__)
 MAX_ITEMS_PER_RECORD = 1000
 # One envelope must fit a record on its own, with room for the batch around it.
 MAX_ITEM_BYTES = MAX_RECORD_BYTES - 1024
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Partition of an internal-topic key. Only scorestream writes these topics, so any stable hash
-    works; CRC32 is in C (aiokafka's murmur2 is pure Python)."""
-    return zlib.crc32(key) % partitions
 
 
 class Outbox:

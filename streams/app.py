@@ -29,6 +29,7 @@ import faust
 import orjson
 from faust.types import TopicT
 
+from kafka_io.clients import faust_broker_options
 from schemas.registry import Registry
 from schemas.settings import Settings
 from streams.transport import ScorestreamApp
@@ -78,7 +79,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
         ),
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         producer_buffer_max=4 * settings.batch_max,
-        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        **faust_broker_options(settings),
         store="rocksdb://",
         datadir=str(settings.worker_dir),
         topic_partitions=settings.partitions,

@@ -27,6 +27,7 @@ import msgspec
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
+from kafka_io.reader import read_topic
 from schemas.population import encode_record, read_record
 from schemas.settings import Settings
 from scorestream import ContactState, Model
@@ -42,7 +43,6 @@ from scorestream.population import (
 )
 from scorestream.rfm import CustomerValue
 from streams.app import Wiring
-from streams.topic_reader import read_topic
 
 log = logging.getLogger(__name__)
 REBUILD_YIELD_EVERY = 2000  # table records decoded between yields to the event loop
@@ -281,7 +281,7 @@ class PopulationFeed:
     async def _read(self) -> None:
         while True:
             try:
-                await read_topic(self.settings.kafka_bootstrap, self.settings.population_topic, self.apply)
+                await read_topic(self.settings, self.settings.population_topic, self.apply)
             except asyncio.CancelledError:
                 raise
             except (KafkaError, OSError) as exc:

@@ -31,6 +31,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rocksdict import WriteBatch
 
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
+from schemas.settings import Settings
+
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = b"__faust\0offset__"  # faust.stores.rocksdb.Store.offset_key
@@ -91,12 +95,14 @@ async def _restore_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, end
             return applied
 
 
-async def restore_tables(bootstrap: str, tables: list[TableFiles]) -> RestoreStats:
+async def restore_tables(kafka: KafkaConnection | Settings, tables: list[TableFiles]) -> RestoreStats:
     """Bring every partition database of ``tables`` up to its changelog's current end."""
     stats = RestoreStats()
     started = time.perf_counter()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    # not kafka_io.reader: a restore starts at each database's offset, writes whole fetches as
+    # RocksDB write batches, and fails on a record it cannot write rather than skip it
+    consumer = clients.consumer(
+        kafka,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_bytes=64 << 20,
@@ -104,14 +110,11 @@ async def restore_tables(bootstrap: str, tables: list[TableFiles]) -> RestoreSta
     )
     await consumer.start()
     try:
-        # every topic's metadata: a consumer with no subscription knows only what it was told
-        cluster = await consumer._client.fetch_all_metadata()
         for table in tables:
-            partitions = cluster.partitions_for_topic(table.changelog_topic)
-            if not partitions:  # first start: no changelog yet
+            tps = await clients.partitions_of(consumer, [table.changelog_topic])
+            if not tps:  # first start: no changelog yet
                 log.info("restore: no changelog %s yet", table.changelog_topic)
                 continue
-            tps = [TopicPartition(table.changelog_topic, p) for p in sorted(partitions)]
             ends = await consumer.end_offsets(tps)
             for tp in tps:
                 path = table.partition_path(tp.partition)
@@ -130,11 +133,11 @@ async def restore_tables(bootstrap: str, tables: list[TableFiles]) -> RestoreSta
     return stats
 
 
-def restore_before_start(bootstrap: str, tables: list[TableFiles]) -> RestoreStats:
+def restore_before_start(kafka: KafkaConnection | Settings, tables: list[TableFiles]) -> RestoreStats:
     """Run :func:`restore_tables` on a loop of its own (the worker's loop does not exist yet)."""
     loop = asyncio.new_event_loop()
     try:
-        stats = loop.run_until_complete(restore_tables(bootstrap, tables))
+        stats = loop.run_until_complete(restore_tables(kafka, tables))
     finally:
         loop.close()
     log.info(

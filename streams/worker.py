@@ -16,13 +16,13 @@ from typing import TextIO
 import faust
 import orjson
 
+from kafka_io.registry import follow_registry, read_registry
 from schemas.model_file import load_model
 from schemas.registry import Registry, settings_of
 from schemas.settings import Settings
 from scorestream import Model
 from streams.agents import register
 from streams.app import Wiring, create_app
-from streams.registry import follow_registry, read_registry
 from streams.restore import restore_before_start, table_files
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | 
 
     if settings.restore_tables:
         tables = (wiring.identity, wiring.contacts, wiring.accounts)
-        restore_before_start(settings.kafka_bootstrap, [table_files(t) for t in tables])
+        restore_before_start(settings, [table_files(t) for t in tables])
     worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
     worker.wiring = wiring
     worker.model_version = model.version

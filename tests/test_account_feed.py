@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from kafka_io.partitioner import partition_for
 from schemas.accounts import decode_members
 from scorestream import ContactState, apply_events
 from streams.accounts import AccountFeed
-from streams.agents import partition_for
 from streams.app import Wiring
 from tests.factories import DEFAULT_MODEL, T0, make_event
 

@@ -496,13 +496,22 @@ def test_the_issues_three_messages_cost_only_themselves() -> None:
 
 
 def test_the_worker_topic_reader_goes_on_past_a_record_it_fails_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streams.topic_reader
+    import kafka_io.reader
+    from kafka_io.clients import KafkaConnection
 
     records = [record("t.models", i, v) for i, v in enumerate([b"a", b"bad", b"c"])]
 
+    class Cluster:
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0}
+
     class Consumer:
-        def __init__(self, **_: Any) -> None:
+        def __init__(self, *_: Any, **__: Any) -> None:
             self.read = 0
+            self._client = self
+
+        async def fetch_all_metadata(self) -> Cluster:
+            return Cluster()
 
         async def start(self) -> None: ...
         async def stop(self) -> None: ...
@@ -515,11 +524,11 @@ def test_the_worker_topic_reader_goes_on_past_a_record_it_fails_on(monkeypatch: 
         async def position(self, tp: Any) -> int:
             return self.read
 
-        async def getmany(self, tp: Any, timeout_ms: int = 0) -> dict[Any, list[Any]]:
+        async def getmany(self, *tps: Any, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
             self.read = len(records)
-            return {tp: records}
+            return {"t.models[0]": records}
 
-    monkeypatch.setattr(streams.topic_reader, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(kafka_io.reader, "consumer", Consumer)
     seen: list[bytes | None] = []
 
     def apply(key: bytes | None, value: bytes | None) -> None:
@@ -527,6 +536,6 @@ def test_the_worker_topic_reader_goes_on_past_a_record_it_fails_on(monkeypatch: 
             raise KeyError("a bug")
         seen.append(value)
 
-    before = streams.topic_reader.unreadable["t.models"]
-    asyncio.run(streams.topic_reader.read_topic("127.0.0.1:1", "t.models", apply, until_end=True))
-    assert seen == [b"a", b"c"] and streams.topic_reader.unreadable["t.models"] == before + 1
+    before = kafka_io.reader.unreadable["t.models"]
+    asyncio.run(kafka_io.reader.read_topic(KafkaConnection("127.0.0.1:1"), "t.models", apply, until_end=True))
+    assert seen == [b"a", b"c"] and kafka_io.reader.unreadable["t.models"] == before + 1

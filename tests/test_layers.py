@@ -247,3 +247,44 @@ def test_the_checks_would_catch_a_function_level_import_a_type_checking_import_a
     assert find_cycle(graph) == ["a", "b", "a"]
     assert nested_imports(pkg) == ["core/a.py:4", "core/b.py:2"]
     assert type_checking_uses(pkg) == ["core/a.py:3", "core/c.py:1"]
+
+
+# --- the Kafka home -----------------------------------------------------------------------------------
+
+ADAPTERS = ("streams", "dispatcher", "api", "collector", "sink", "analytics", "deploy")
+KAFKA_CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
+
+
+def test_kafka_io_imports_only_schemas_aiokafka_and_the_standard_library() -> None:
+    allowed = set(sys.stdlib_module_names) | {"kafka_io", "schemas", "aiokafka"}
+    for path, roots in imported_roots(ROOT / "kafka_io").items():
+        assert roots <= allowed, f"{path} imports {sorted(roots - allowed)}"
+        assert not roots & set(ADAPTERS), f"{path} imports an adapter"
+
+
+def kafka_clients_built(package: Path) -> list[str]:
+    """``file:line Class`` of every construction of an aiokafka client class in ``package``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                if name in KAFKA_CLIENTS:
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} {name}")
+    return found
+
+
+@pytest.mark.parametrize("package", ["src", *ADAPTERS, "bench"])
+def test_every_kafka_client_is_built_in_kafka_io(package: str) -> None:
+    assert kafka_clients_built(ROOT / package) == [], "build Kafka clients with kafka_io.clients"
+
+
+def test_the_check_would_catch_a_kafka_client_built_elsewhere(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "bad.py").write_text(
+        "import aiokafka\nfrom aiokafka import AIOKafkaProducer\n"
+        "p = AIOKafkaProducer(bootstrap_servers='k:1')\nc = aiokafka.AIOKafkaConsumer('t')\n"
+    )
+    assert kafka_clients_built(tmp_path / "pkg") == ["pkg/bad.py:3 AIOKafkaProducer", "pkg/bad.py:4 AIOKafkaConsumer"]
+    assert kafka_clients_built(ROOT / "kafka_io") != []  # where they are built

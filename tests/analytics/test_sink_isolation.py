@@ -131,7 +131,7 @@ def test_a_ledger_failure_costs_one_change(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_the_registry_reader_skips_a_record_it_cannot_read() -> None:
-    from analytics.registry import RegistryReader
+    from kafka_io.registry import RegistryReader
     from schemas.registry import NAMESPACE_PREFIX
 
     reader = RegistryReader(Settings())

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from deploy.topics import ensure_topics
+from kafka_io.topics import ensure_topics
 from schemas.settings import Settings
 from schemas.webhooks import (
     DELIVERY_DECODER,

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from api.namespaces import Namespaces, Readers
-from deploy.topics import wanted
+from kafka_io.topics import wanted
 from schemas.model_file import load_model
 from schemas.registry import ACTIVE_KEY, NAMESPACE_PREFIX, ActiveRecord, Promotion, encode_record, namespace_record
 from schemas.settings import Settings

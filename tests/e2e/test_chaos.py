@@ -48,10 +48,10 @@ import yaml
 from aiokafka import AIOKafkaProducer
 
 from deploy.traffic import Record, Traffic, iso
+from kafka_io.partitioner import partition_for
 from schemas.events import decode
 from scorestream import ContactState
 from scorestream.identity import anonymous_contact_id
-from streams.agents import partition_for
 from tests.e2e.calm import MODEL, ROOMY, compare
 from tests.e2e.service import Service, free_port
 from tests.kafka_broker import ensure_broker, stop_broker

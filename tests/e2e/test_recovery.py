@@ -14,6 +14,7 @@ import yaml
 from faust.stores.rocksdb import RocksDBOptions
 
 from deploy.traffic import Traffic
+from kafka_io.clients import KafkaConnection
 from schemas.events import decode
 from scorestream import ContactState
 from streams.restore import TableFiles, restore_tables
@@ -92,7 +93,7 @@ def restore_identity_only(svc: Service) -> int:
         partition_path=lambda p: tables / f"identity-{p}.db",
         open_db=options.open,
     )
-    return asyncio.run(restore_tables(svc.bootstrap, [files])).records
+    return asyncio.run(restore_tables(KafkaConnection(svc.bootstrap), [files])).records
 
 
 @pytest.mark.parametrize("recovery", ["bulk-restore", "faust-recovery", "identity-bulk-contacts-faust"])

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from faust.stores.rocksdb import RocksDBOptions
 
 from bench.harness import create_topic
+from kafka_io.clients import KafkaConnection
 from streams.restore import OFFSET_KEY, TableFiles, restore_tables
 
 
@@ -40,14 +41,14 @@ def test_restore_applies_changelog_records_then_only_new_ones(kafka_bootstrap: s
     first = [(0, b"a", b"1"), (0, b"b", b"1"), (1, b"c", b"1"), (0, b"a", b"2"), (0, b"b", None)]
     asyncio.run(_produce(kafka_bootstrap, topic, first))
 
-    stats = asyncio.run(restore_tables(kafka_bootstrap, [files]))
+    stats = asyncio.run(restore_tables(KafkaConnection(kafka_bootstrap), [files]))
 
     assert (stats.records, stats.partitions) == (5, 2)
     assert _contents(files, 0) == {b"a": b"2", OFFSET_KEY: b"3"}  # b deleted by its tombstone
     assert _contents(files, 1) == {b"c": b"1", OFFSET_KEY: b"0"}
 
     asyncio.run(_produce(kafka_bootstrap, topic, [(1, b"c", b"2"), (1, b"d", b"1")]))
-    again = asyncio.run(restore_tables(kafka_bootstrap, [files]))
+    again = asyncio.run(restore_tables(KafkaConnection(kafka_bootstrap), [files]))
 
     assert again.records == 2, "only the records after each partition's stored offset"
     assert _contents(files, 0) == {b"a": b"2", OFFSET_KEY: b"3"}
@@ -59,6 +60,6 @@ def test_restore_skips_a_changelog_that_does_not_exist_yet(kafka_bootstrap: str,
     files = TableFiles(
         changelog_topic=f"absent-{tmp_path.name}", partition_path=lambda p: tmp_path / f"{p}.db", open_db=options.open
     )
-    stats = asyncio.run(restore_tables(kafka_bootstrap, [files]))
+    stats = asyncio.run(restore_tables(KafkaConnection(kafka_bootstrap), [files]))
     assert (stats.records, stats.partitions) == (0, 0)
     assert not list(tmp_path.iterdir())
