@@ -14,6 +14,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
@@ -195,3 +196,19 @@ def test_middleware_and_overrides_take_the_full_stack() -> None:
 
     assert answers(fast, requests)[0][0] == 200
     assert calls[0] == 1 and seen == ["/v1/contacts/u-1"]
+
+
+def test_the_direct_path_does_not_enter_the_full_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GET /v1/contacts/{id}`` is answered without Starlette's app (middleware, routing,
+    dependency solving): with it broken, the contact still comes back; other routes fail."""
+    fast, _ = apps(make_replica())
+    calls = count_fast(fast)
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("the full stack was entered")
+
+    monkeypatch.setattr(Starlette, "__call__", broken)
+    status, _, body = answers(fast, [("/v1/contacts/u-1", f"Bearer {KEY}")])[0]
+    assert status == 200 and b'"contact_id":"u-1"' in body and calls[0] == 1
+    with pytest.raises(RuntimeError, match="full stack"):
+        answers(fast, [("/v1/model", f"Bearer {KEY}")])

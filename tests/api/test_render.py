@@ -16,14 +16,17 @@ import httpx
 from pydantic import TypeAdapter
 
 from api.app import create_api
+from api.population import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Decoded, Replica, WorkerStatus
 from schemas.api import BatchGetOut, ContactOut
 from schemas.model_file import load_model
+from schemas.population import encode_record
 from schemas.settings import Settings
 from schemas.state import encode
-from scorestream import ContactState, apply_events
+from scorestream import ContactState, apply_events, fold
 from tests.api.contact_oracle import contact_out
+from tests.api.test_value import _model as population_model
 from tests.factories import DAY, T0, make_event
 
 MODEL = load_model()
@@ -209,3 +212,44 @@ def test_http_bodies_after_an_update() -> None:
     assert batch.content == batch_adapter.dump_json(
         BatchGetOut(contacts=[contact_out(current, MODEL, T0 + 5)], not_found=["nobody"])
     )
+
+
+def test_a_body_with_every_part_is_a_valid_contact_out() -> None:
+    """The renderer's body of a contact with a stage and its history, flags, a persona, an account,
+    RFM facts and CLV validates against ``ContactOut`` (the documented response) and pydantic
+    writes it back byte for byte: the OpenAPI document cannot drift from the renderer."""
+    user = "u-all"
+    events = [
+        make_event(
+            kind="identify",
+            event=None,
+            user_id=user,
+            traits={"email": "ann@acme.com", "title": "CEO", "employees": 5000},
+            timestamp_ms=T0,
+        ),
+        make_event(kind="page", event=None, channel="web", user_id=user, path="/careers/x", timestamp_ms=T0 + 1),
+        make_event(kind="group", event=None, user_id=user, group_id="acme", timestamp_ms=T0 + 2),
+        make_event(event="Demo Requested", channel="web", user_id=user, timestamp_ms=T0 + 3),
+        make_event(
+            event="Order Completed",
+            channel="store",
+            user_id=user,
+            timestamp_ms=T0 + 4,
+            properties={"order_id": "1", "total": 500},
+        ),
+    ]
+    state = fold.step(None, user, [*events, fold.Tick(T0 + DAY)], MODEL).state
+    assert state is not None
+    state.merged_ids = ["anonymous:a-x"]
+    population = PopulationReader(bootstrap="127.0.0.1:1", topic="p")
+    population.apply(*encode_record(population_model()))
+    render = ContactRenderer(MODEL, population.value_body)
+    now = T0 + 3 * DAY
+    body = render.body(entry(state), now)
+    out = ContactOut.model_validate(body, strict=True)
+    assert out.stage is not None and out.stage.history and out.flags and out.persona == "executive"
+    assert out.account_id == "acme" and out.identity.merged_ids == ["anonymous:a-x"]
+    assert out.rfm is not None and out.rfm.segment is not None and out.clv is not None and out.clv.p_alive is not None
+    assert out.fit.top and out.engagement.top and out.grade == f"{out.fit.grade}{out.engagement.band}"
+    assert set(body) == set(ContactOut.model_fields)
+    assert render.contact_json(entry(state), now) == contact_adapter.dump_json(out)
