@@ -154,6 +154,69 @@ def _add_unique(items: list[str], value: str, limit: int) -> None:
         del items[limit:]
 
 
+def _overflow(hits: list[Hit], model: Model) -> int:
+    """How many of the oldest hits fold into the base now (see :func:`_normalise`)."""
+    overflow = 0
+    if len(hits) > model.max_hits:
+        overflow = len(hits) - model.max_hits + model.max_hits // 8
+    if hits:
+        horizon = hits[-1].ts - model.fold_after_ms
+        if overflow > 0 or hits[0].ts < horizon - model.fold_after_ms // 8:
+            while overflow < len(hits) and hits[overflow].ts < horizon:
+                overflow += 1
+    return overflow
+
+
+def _anchor(state: ContactState, overflow: int, cut: tuple[int, str] | None) -> tuple[int, str] | None:
+    """Where the journey settles before the fold: the last folded hit, or the ledger's cut when
+    later (and not settled already)."""
+    hits = state.hits
+    anchor: tuple[int, str] | None = None
+    if overflow > 0:
+        anchor = (hits[overflow - 1].ts, hits[overflow - 1].mid)
+    if cut is not None:
+        settled = state.journey.anchor if state.journey is not None else None
+        if (anchor is None or cut > anchor) and (settled is None or (settled.at_ms, settled.mid) < cut):
+            anchor = cut
+    return anchor
+
+
+def _fold_hits(state: ContactState, model: Model, overflow: int) -> None:
+    """Fold the ``overflow`` oldest hits into the decayed per-rule base, keeping their once-only
+    awards, the capped awards still inside their window and their message ids (deduplication)."""
+    earned = effective_points(state, model)
+    ref = max(state.base_ms, state.hits[overflow - 1].ts)
+    half_life = model.half_life_ms
+    base = {k: decay(v, state.base_ms, ref, half_life) for k, v in state.base.items()}
+    once = set(state.base_once)
+    capped = {k: list(v) for k, v in state.capped.items()}
+    for hit, hit_earned in zip(state.hits[:overflow], earned[:overflow], strict=True):
+        for rule_id, value in hit_earned:
+            if value:
+                base[rule_id] = base.get(rule_id, 0.0) + decay(value, hit.ts, ref, half_life)
+                rule = model.rule(rule_id)
+                if rule is not None and rule.once:
+                    once.add(rule_id)
+                if rule is not None and rule.cap_window_ms is not None:
+                    capped.setdefault(rule_id, []).append((hit.ts, value))
+        state.folded_ids.append(hit.mid)
+        for rule_id in hit.rules:
+            state.rule_last[rule_id] = max(state.rule_last.get(rule_id, hit.ts), hit.ts)
+    state.capped = {}
+    for rule_id, entries in capped.items():
+        rule = model.rule(rule_id)
+        window = rule.cap_window_ms if rule is not None and rule.cap_window_ms is not None else 0
+        kept = sorted(e for e in entries if e[0] > ref - window)
+        if kept:
+            state.capped[rule_id] = kept
+    state.base = base
+    state.base_ms = ref
+    state.base_once = sorted(once)
+    del state.hits[:overflow]
+    if len(state.folded_ids) > model.dedupe_memory:
+        del state.folded_ids[: len(state.folded_ids) - model.dedupe_memory]
+
+
 def _normalise(state: ContactState, model: Model, resume_before: int | None = None) -> None:
     """Sort hits, fold the oldest beyond ``max_hits`` into the base, derive the email.
 
@@ -164,28 +227,14 @@ def _normalise(state: ContactState, model: Model, resume_before: int | None = No
     Hits are kept at least ``fold_after`` and at most ``max_hits``, as before.
     """
     state.v = STATE_VERSION  # written at the current version once the fold touched it
-    overflow = 0
-    hits = state.hits
-    if len(hits) > model.max_hits:
-        overflow = len(hits) - model.max_hits + model.max_hits // 8
-    if hits:
-        horizon = hits[-1].ts - model.fold_after_ms
-        if overflow > 0 or hits[0].ts < horizon - model.fold_after_ms // 8:
-            while overflow < len(hits) and hits[overflow].ts < horizon:
-                overflow += 1
+    overflow = _overflow(state.hits, model)
     # the purchase ledger folds its oldest orders past ``ValueConfig.max_orders``: the hits up to
     # the same point fold too and the journey settles there first, so no later walk starts
     # before orders it can no longer see
     cut = fold_cut(state.value, model.value) if state.value is not None else None
     if cut is not None:
-        overflow = max(overflow, bisect_right(hits, cut, key=lambda h: (h.ts, h.mid)))
-    anchor: tuple[int, str] | None = None
-    if overflow > 0:
-        anchor = (hits[overflow - 1].ts, hits[overflow - 1].mid)
-    if cut is not None:
-        settled = state.journey.anchor if state.journey is not None else None
-        if (anchor is None or cut > anchor) and (settled is None or (settled.at_ms, settled.mid) < cut):
-            anchor = cut
+        overflow = max(overflow, bisect_right(state.hits, cut, key=lambda h: (h.ts, h.mid)))
+    anchor = _anchor(state, overflow, cut)
     if anchor is not None and model.lifecycle is not None:
         anchor_at(state, model, model.lifecycle, anchor[0], anchor[1], resume_before)
     if cut is not None and state.value is not None:
@@ -193,39 +242,37 @@ def _normalise(state: ContactState, model: Model, resume_before: int | None = No
     elif state.value is not None and state.value.refunds:
         state.value = bound_ledger(state.value, model.value)
     if overflow > 0:
-        earned = effective_points(state, model)
-        ref = max(state.base_ms, state.hits[overflow - 1].ts)
-        half_life = model.half_life_ms
-        base = {k: decay(v, state.base_ms, ref, half_life) for k, v in state.base.items()}
-        once = set(state.base_once)
-        capped = {k: list(v) for k, v in state.capped.items()}
-        for hit, hit_earned in zip(state.hits[:overflow], earned[:overflow], strict=True):
-            for rule_id, value in hit_earned:
-                if value:
-                    base[rule_id] = base.get(rule_id, 0.0) + decay(value, hit.ts, ref, half_life)
-                    rule = model.rule(rule_id)
-                    if rule is not None and rule.once:
-                        once.add(rule_id)
-                    if rule is not None and rule.cap_window_ms is not None:
-                        capped.setdefault(rule_id, []).append((hit.ts, value))
-            state.folded_ids.append(hit.mid)
-            for rule_id in hit.rules:
-                state.rule_last[rule_id] = max(state.rule_last.get(rule_id, hit.ts), hit.ts)
-        state.capped = {}
-        for rule_id, entries in capped.items():
-            rule = model.rule(rule_id)
-            window = rule.cap_window_ms if rule is not None and rule.cap_window_ms is not None else 0
-            kept = sorted(e for e in entries if e[0] > ref - window)
-            if kept:
-                state.capped[rule_id] = kept
-        state.base = base
-        state.base_ms = ref
-        state.base_once = sorted(once)
-        del state.hits[:overflow]
-        if len(state.folded_ids) > model.dedupe_memory:
-            del state.folded_ids[: len(state.folded_ids) - model.dedupe_memory]
+        _fold_hits(state, model, overflow)
     email = state.traits.get("email")
     state.email = email.strip().casefold() if isinstance(email, str) and email.strip() else None
+
+
+def _see_event(state: ContactState, event: Event, model: Model) -> bool:
+    """What any event tells about the contact: when it was seen, its anonymous id, its traits
+    (``identify``), its account (``group``). True when a trait changed value."""
+    ts = event.timestamp_ms
+    changed = False
+    if state.first_seen_ms is None or ts < state.first_seen_ms:
+        state.first_seen_ms = ts
+    if state.last_seen_ms is None or ts > state.last_seen_ms:
+        state.last_seen_ms = ts
+    if event.anonymous_id:
+        _see_anonymous(state, event.anonymous_id, (ts, event.message_id))
+    if event.kind == "identify" and event.traits:
+        stamp = (ts, event.message_id)
+        for key, value in event.traits.items():
+            if not _trait_fits(key, value):
+                state.traits_capped = True
+            elif _set_trait(state, key, value, stamp):
+                changed = True
+        _cap_traits(state, model)
+    elif event.kind == "group" and event.group_id:
+        _add_unique(state.groups, event.group_id, MAX_GROUPS)
+        stamp = (ts, event.message_id)
+        if state.account_at is None or tuple(state.account_at) < stamp:
+            state.account_id, state.account_at = event.group_id, stamp
+            state.account_traits = _bounded_traits(state, event.traits)
+    return changed
 
 
 def apply_events(
@@ -239,8 +286,8 @@ def apply_events(
 
     Replaying the same events, in any order, any number of times, gives the same state.
     The caller forwards events for contacts that were merged away (``merged_into``).
-    ``resume_before``: what :func:`step` knows of the walk (see :func:`scorestream.walk.walk`), used if
-    old hits fold away (unless a trait changes value); None (a caller that does not know) is
+    ``resume_before``: what :func:`scorestream.fold.step` knows of the walk (see
+    :func:`scorestream.walk.walk`), used if old hits fold away (unless a trait changes value); None (a caller that does not know) is
     always right, only slower.
     """
     if state is None:
@@ -258,26 +305,8 @@ def apply_events(
                 _earliest(state.flag_hits, rule_id, (event.timestamp_ms, event.message_id))
     for event in events:
         ts = event.timestamp_ms
-        if state.first_seen_ms is None or ts < state.first_seen_ms:
-            state.first_seen_ms = ts
-        if state.last_seen_ms is None or ts > state.last_seen_ms:
-            state.last_seen_ms = ts
-        if event.anonymous_id:
-            _see_anonymous(state, event.anonymous_id, (ts, event.message_id))
-        if event.kind == "identify" and event.traits:
-            stamp = (ts, event.message_id)
-            for key, value in event.traits.items():
-                if not _trait_fits(key, value):
-                    state.traits_capped = True
-                elif _set_trait(state, key, value, stamp):
-                    resume_before = None  # traits count for the whole history: walk it again
-            _cap_traits(state, model)
-        elif event.kind == "group" and event.group_id:
-            _add_unique(state.groups, event.group_id, MAX_GROUPS)
-            stamp = (ts, event.message_id)
-            if state.account_at is None or tuple(state.account_at) < stamp:
-                state.account_id, state.account_at = event.group_id, stamp
-                state.account_traits = _bounded_traits(state, event.traits)
+        if _see_event(state, event, model):
+            resume_before = None  # traits count for the whole history: walk it again
         matched = model.matching_rules(event)
         if not matched:
             continue
@@ -309,12 +338,9 @@ def _add_hits(state: ContactState, added: list[Hit]) -> None:
         state.hits.sort()
 
 
-def absorb(target: ContactState, source: ContactState, model: Model) -> ContactState:
-    """Merge ``source`` (an anonymous visitor or an aliased id) into ``target``.
-
-    The source's hits re-enter the target's hit list, so caps, once-only awards and decay are
-    evaluated once over the union, by the same code as live events, never by adding totals.
-    """
+def _absorb_points(target: ContactState, source: ContactState, model: Model) -> None:
+    """The source's hits, folded base, once-only and capped awards and folded message ids (once:
+    a contact already merged in brings its base and caps no second time)."""
     seen = _seen_ids(target)
     fresh = [hit for hit in source.hits if hit.mid not in seen]
     seen.update(hit.mid for hit in fresh)
@@ -332,6 +358,11 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
     for mid in source.folded_ids:
         if mid not in seen:
             target.folded_ids.append(mid)
+
+
+def _absorb_facts(target: ContactState, source: ContactState, model: Model) -> None:
+    """Everything else the source knows: traits (latest wins), the purchase ledger, flags, rule
+    times, the account (latest group call wins), anonymous ids, groups, merged ids, first/last seen."""
     for key, value in source.traits.items():
         stamp = source.trait_at.get(key)
         if stamp is not None:
@@ -360,6 +391,16 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
         target.first_seen_ms = min(x for x in (target.first_seen_ms, source.first_seen_ms) if x is not None)
     if source.last_seen_ms is not None:
         target.last_seen_ms = max(x for x in (target.last_seen_ms, source.last_seen_ms) if x is not None)
+
+
+def absorb(target: ContactState, source: ContactState, model: Model) -> ContactState:
+    """Merge ``source`` (an anonymous visitor or an aliased id) into ``target``.
+
+    The source's hits re-enter the target's hit list, so caps, once-only awards and decay are
+    evaluated once over the union, by the same code as live events, never by adding totals.
+    """
+    _absorb_points(target, source, model)
+    _absorb_facts(target, source, model)
     _normalise(target, model)
     return target
 

@@ -162,6 +162,62 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
 }
 
 
+def _parse_weights(given: object) -> dict[str, float]:
+    """``accounts.weights``: role -> weight (at least 0) over the defaults."""
+    weights = dict(DEFAULT_WEIGHTS)
+    if not isinstance(given, Mapping):
+        raise ModelError("accounts.weights: expected a mapping of role -> weight")
+    for role, weight in given.items():
+        if role not in (*ROLES, OTHER):
+            raise ModelError(f"accounts.weights: unknown role {role!r}; one of {', '.join((*ROLES, OTHER))}")
+        weights[role] = parse_number(weight, f"accounts.weights.{role}", minimum=0.0)
+    return weights
+
+
+def _parse_fit(fit: object) -> dict[str, Any]:
+    """``accounts.fit``: the ``fit_rules`` and ``fit_grades`` of :class:`AccountsConfig`."""
+    if not isinstance(fit, Mapping) or set(fit) - {"rules", "grades"}:
+        raise ModelError("accounts.fit: expected a mapping with 'rules' and/or 'grades'")
+    fit_rules = fit.get("rules", [])
+    if not isinstance(fit_rules, list):
+        raise ModelError("accounts.fit.rules: expected a list of fit rules")
+    parsed = []
+    for i, rule in enumerate(fit_rules):
+        try:
+            parsed.append(FitRule.parse(rule, i))
+        except ModelError as exc:
+            raise ModelError(f"accounts.{exc}") from exc
+    ids = [r.id for r in parsed]
+    if len(set(ids)) != len(ids):
+        raise ModelError(f"accounts.fit.rules: duplicate rule id(s) {sorted({i for i in ids if ids.count(i) > 1})}")
+    return {
+        "fit_rules": tuple(parsed),
+        "fit_grades": parse_bands(fit.get("grades"), "accounts.fit.grades", DEFAULT_ACCOUNT_FIT_GRADES),
+    }
+
+
+def _parse_stages(stages: object) -> dict[str, Any]:
+    """``accounts.stages``: the ``initial_stage`` (when given) and ``transitions`` of :class:`AccountsConfig`."""
+    if not isinstance(stages, Mapping) or set(stages) - {"initial", "transitions"}:
+        raise ModelError("accounts.stages: expected a mapping with 'initial' and 'transitions'")
+    out: dict[str, Any] = {}
+    if "initial" in stages:
+        if not isinstance(stages["initial"], str) or not stages["initial"]:
+            raise ModelError("accounts.stages.initial: expected a stage name")
+        out["initial_stage"] = stages["initial"]
+    transitions = stages.get("transitions", [])
+    if not isinstance(transitions, list):
+        raise ModelError("accounts.stages.transitions: expected a list of {id, from, to, when}")
+    parsed = tuple(_transition(t, i) for i, t in enumerate(transitions))
+    tids = [t.id for t in parsed]
+    if len(set(tids)) != len(tids):
+        raise ModelError(
+            f"accounts.stages.transitions: duplicate id(s) {sorted({i for i in tids if tids.count(i) > 1})}"
+        )
+    out["transitions"] = parsed
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class AccountsConfig:
     """The model file's ``accounts`` section (every key optional)."""
@@ -216,57 +272,18 @@ class AccountsConfig:
         if not isinstance(roles, list):
             raise ModelError("accounts.roles: expected a list of {role, when}")
         kwargs["roles"] = tuple(RoleRule.parse(r, i) for i, r in enumerate(roles))
-        weights = dict(DEFAULT_WEIGHTS)
-        given = raw.get("weights", {})
-        if not isinstance(given, Mapping):
-            raise ModelError("accounts.weights: expected a mapping of role -> weight")
-        for role, weight in given.items():
-            if role not in (*ROLES, OTHER):
-                raise ModelError(f"accounts.weights: unknown role {role!r}; one of {', '.join((*ROLES, OTHER))}")
-            weights[role] = parse_number(weight, f"accounts.weights.{role}", minimum=0.0)
-        kwargs["weights"] = weights
+        kwargs["weights"] = _parse_weights(raw.get("weights", {}))
         if "engaged_member" in raw:
             kwargs["engaged_member"] = parse_number(raw["engaged_member"], "accounts.engaged_member")
-        fit = raw.get("fit", {})
-        if not isinstance(fit, Mapping) or set(fit) - {"rules", "grades"}:
-            raise ModelError("accounts.fit: expected a mapping with 'rules' and/or 'grades'")
-        fit_rules = fit.get("rules", [])
-        if not isinstance(fit_rules, list):
-            raise ModelError("accounts.fit.rules: expected a list of fit rules")
-        parsed = []
-        for i, rule in enumerate(fit_rules):
-            try:
-                parsed.append(FitRule.parse(rule, i))
-            except ModelError as exc:
-                raise ModelError(f"accounts.{exc}") from exc
-        ids = [r.id for r in parsed]
-        if len(set(ids)) != len(ids):
-            raise ModelError(f"accounts.fit.rules: duplicate rule id(s) {sorted({i for i in ids if ids.count(i) > 1})}")
-        kwargs["fit_rules"] = tuple(parsed)
-        kwargs["fit_grades"] = parse_bands(fit.get("grades"), "accounts.fit.grades", DEFAULT_ACCOUNT_FIT_GRADES)
+        kwargs.update(_parse_fit(raw.get("fit", {})))
         engagement = raw.get("engagement", {})
         if not isinstance(engagement, Mapping) or set(engagement) - {"bands"}:
             raise ModelError("accounts.engagement: expected a mapping with 'bands'")
         kwargs["engagement_bands"] = parse_bands(
             engagement.get("bands"), "accounts.engagement.bands", DEFAULT_ACCOUNT_ENGAGEMENT_BANDS
         )
-        stages = raw.get("stages", {})
-        if not isinstance(stages, Mapping) or set(stages) - {"initial", "transitions"}:
-            raise ModelError("accounts.stages: expected a mapping with 'initial' and 'transitions'")
-        if "initial" in stages:
-            if not isinstance(stages["initial"], str) or not stages["initial"]:
-                raise ModelError("accounts.stages.initial: expected a stage name")
-            kwargs["initial_stage"] = stages["initial"]
-        transitions = stages.get("transitions", [])
-        if not isinstance(transitions, list):
-            raise ModelError("accounts.stages.transitions: expected a list of {id, from, to, when}")
-        parsed_t = tuple(_transition(t, i) for i, t in enumerate(transitions))
-        tids = [t.id for t in parsed_t]
-        if len(set(tids)) != len(tids):
-            raise ModelError(
-                f"accounts.stages.transitions: duplicate id(s) {sorted({i for i in tids if tids.count(i) > 1})}"
-            )
-        kwargs["transitions"] = parsed_t
+        kwargs.update(_parse_stages(raw.get("stages", {})))
+        parsed_t: tuple[AccountTransition, ...] = kwargs["transitions"]
         config = cls(**kwargs)
         reachable = {config.initial_stage, *(t.to for t in parsed_t)}
         for t in parsed_t:

@@ -185,116 +185,138 @@ def _parse_personas(raw: object) -> tuple[Persona, ...]:
     return tuple(out)
 
 
-def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycle | None:
-    """The ``lifecycle``, ``flags``, ``personas`` and ``triggers`` sections of a model file."""
-    flags = _parse_flags(raw.get("flags"))
-    personas = _parse_personas(raw.get("personas"))
-    triggers = _mapping(raw.get("triggers") or {}, "triggers")
+def _parse_thresholds(raw: object) -> list[float]:
+    triggers = _mapping(raw or {}, "triggers")
     thresholds = []
     for i, t in enumerate(_list(triggers.get("engagement_thresholds"), "triggers.engagement_thresholds")):
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t == 0:
             raise ModelError(f"triggers.engagement_thresholds[{i}]: expected a non-zero number")
         thresholds.append(float(t))
+    return thresholds
+
+
+class _Stages:
+    """The ``lifecycle.stages`` list: names in order, descriptions, the qualified ones."""
+
+    def __init__(self, raw: object) -> None:
+        self.names: list[str] = []
+        self.descriptions: dict[str, str] = {}
+        self.qualified: set[str] = set()
+        for i, item in enumerate(_list(raw, "lifecycle.stages")):
+            if isinstance(item, str):
+                item = {"id": item}
+            item = _mapping(item, f"lifecycle.stages[{i}]")
+            stage = _ident(item.get("id"), f"lifecycle.stages[{i}].id")
+            if stage in self.descriptions:
+                raise ModelError(f"lifecycle.stages: {stage!r} is listed twice")
+            self.names.append(stage)
+            self.descriptions[stage] = str(item.get("description", ""))
+            if item.get("qualified"):
+                self.qualified.add(stage)
+        if not self.names:
+            raise ModelError("lifecycle.stages: at least one stage is needed")
+
+    def known(self, name: object, where: str) -> str:
+        """``name``, a stage of the list (else ``ModelError`` naming ``where``)."""
+        stage = _ident(name, where)
+        if stage not in self.descriptions:
+            raise ModelError(f"{where}: unknown stage {stage!r}; stages: {', '.join(self.names)}")
+        return stage
+
+
+def _parse_timer(raw: object, index: int) -> Timer:
+    item = _mapping(raw, f"lifecycle.timers[{index}]")
+    timer_id = _ident(item.get("id"), f"lifecycle.timers[{index}].id")
+    at = f"timer {timer_id!r}"
+    emit = item.get("emit")
+    if emit is not None and emit not in ("cart.abandoned", "customer.lapsed"):
+        raise ModelError(f"{at}.emit: one of cart.abandoned, customer.lapsed")
+    start = _names(item.get("start"), f"{at}.start")
+    if not start:
+        raise ModelError(f"{at}.start: name the events that start it")
+    return Timer(
+        timer_id,
+        start,
+        _names(item.get("cancel", []), f"{at}.cancel"),
+        parse_duration_ms(item.get("after"), f"{at}.after"),
+        emit,
+    )
+
+
+def _parse_transition(raw: object, index: int, stages: _Stages, events: set[str]) -> StageTransition:
+    """A transition whose ``events`` are among ``events`` (rule ids, ``order``, ``refund``, timer ids)."""
+    item = _mapping(raw, f"lifecycle.transitions[{index}]")
+    tid = _ident(item.get("id"), f"lifecycle.transitions[{index}].id")
+    at = f"transition {tid!r}"
+    raw_from = item.get("from", "*")
+    sources = (
+        None if raw_from == "*" else frozenset(stages.known(s, f"{at}.from") for s in _names(raw_from, f"{at}.from"))
+    )
+    if any(not isinstance(k, str) for k in item) or "on" in item:
+        raise ModelError(f"{at}: name its events with 'events:' (YAML reads a bare 'on' as true)")
+    on = _names(item.get("events", []), f"{at}.events")
+    if on - events:
+        raise ModelError(f"{at}.events: unknown event(s) {sorted(on - events)}")
+    guards = _predicates(item.get("when"), f"{at}.when")
+    for g in guards:
+        if g.field == "engagement" and g.op not in NUMERIC_OPS:
+            raise ModelError(f"{at}: an engagement guard compares with gt, gte, lt or lte")
+    return StageTransition(
+        id=tid,
+        to=stages.known(item.get("to"), f"{at}.to"),
+        sources=sources,
+        on=on,
+        guards=guards,
+        engagement_guards=tuple(g for g in guards if g.field == "engagement"),
+        static_guards=tuple(g for g in guards if g.field != "engagement"),
+        description=str(item.get("description", "")),
+    )
+
+
+def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycle | None:
+    """The ``lifecycle``, ``flags``, ``personas`` and ``triggers`` sections of a model file."""
+    flags = _parse_flags(raw.get("flags"))
+    personas = _parse_personas(raw.get("personas"))
+    thresholds = _parse_thresholds(raw.get("triggers"))
     section = raw.get("lifecycle")
     if section is None:
         if flags or personas or thresholds:
             raise ModelError("flags, personas and triggers need a 'lifecycle' section")
         return None
     section = _mapping(section, "lifecycle")
-    stages: list[str] = []
-    descriptions: dict[str, str] = {}
-    qualified: set[str] = set()
-    for i, item in enumerate(_list(section.get("stages"), "lifecycle.stages")):
-        if isinstance(item, str):
-            item = {"id": item}
-        item = _mapping(item, f"lifecycle.stages[{i}]")
-        stage = _ident(item.get("id"), f"lifecycle.stages[{i}].id")
-        if stage in descriptions:
-            raise ModelError(f"lifecycle.stages: {stage!r} is listed twice")
-        stages.append(stage)
-        descriptions[stage] = str(item.get("description", ""))
-        if item.get("qualified"):
-            qualified.add(stage)
-    if not stages:
-        raise ModelError("lifecycle.stages: at least one stage is needed")
-
-    def known(name: object, where: str) -> str:
-        stage = _ident(name, where)
-        if stage not in descriptions:
-            raise ModelError(f"{where}: unknown stage {stage!r}; stages: {', '.join(stages)}")
-        return stage
-
-    initial = known(section.get("initial", stages[0]), "lifecycle.initial")
+    stages = _Stages(section.get("stages"))
+    initial = stages.known(section.get("initial", stages.names[0]), "lifecycle.initial")
     customer = _mapping(section.get("customer") or {}, "lifecycle.customer")
-    customer_stage = known(customer["stage"], "lifecycle.customer.stage") if "stage" in customer else None
+    customer_stage = stages.known(customer["stage"], "lifecycle.customer.stage") if "stage" in customer else None
     customer_stages = frozenset(
-        known(s, "lifecycle.customer.stages") for s in _names(customer.get("stages", []), "lifecycle.customer.stages")
+        stages.known(s, "lifecycle.customer.stages")
+        for s in _names(customer.get("stages", []), "lifecycle.customer.stages")
     )
     if customer_stage is not None:
         customer_stages |= {customer_stage}
-    disqualified = known(section["disqualified"], "lifecycle.disqualified") if "disqualified" in section else None
-    timers = []
-    for i, item in enumerate(_list(section.get("timers"), "lifecycle.timers")):
-        item = _mapping(item, f"lifecycle.timers[{i}]")
-        timer_id = _ident(item.get("id"), f"lifecycle.timers[{i}].id")
-        at = f"timer {timer_id!r}"
-        emit = item.get("emit")
-        if emit is not None and emit not in ("cart.abandoned", "customer.lapsed"):
-            raise ModelError(f"{at}.emit: one of cart.abandoned, customer.lapsed")
-        start = _names(item.get("start"), f"{at}.start")
-        if not start:
-            raise ModelError(f"{at}.start: name the events that start it")
-        timers.append(
-            Timer(
-                timer_id,
-                start,
-                _names(item.get("cancel", []), f"{at}.cancel"),
-                parse_duration_ms(item.get("after"), f"{at}.after"),
-                emit,
-            )
-        )
+    disqualified = (
+        stages.known(section["disqualified"], "lifecycle.disqualified") if "disqualified" in section else None
+    )
+    timers = [_parse_timer(item, i) for i, item in enumerate(_list(section.get("timers"), "lifecycle.timers"))]
     events = {*rule_ids, ORDER_TAG, REFUND_TAG, *(t.id for t in timers)}
     for timer in timers:
         unknown = (timer.start | timer.cancel) - events
         if unknown:
             raise ModelError(f"timer {timer.id!r}: unknown event(s) {sorted(unknown)}")
-    transitions = []
-    for i, item in enumerate(_list(section.get("transitions"), "lifecycle.transitions")):
-        item = _mapping(item, f"lifecycle.transitions[{i}]")
-        tid = _ident(item.get("id"), f"lifecycle.transitions[{i}].id")
-        at = f"transition {tid!r}"
-        raw_from = item.get("from", "*")
-        sources = None if raw_from == "*" else frozenset(known(s, f"{at}.from") for s in _names(raw_from, f"{at}.from"))
-        if any(not isinstance(k, str) for k in item) or "on" in item:
-            raise ModelError(f"{at}: name its events with 'events:' (YAML reads a bare 'on' as true)")
-        on = _names(item.get("events", []), f"{at}.events")
-        if on - events:
-            raise ModelError(f"{at}.events: unknown event(s) {sorted(on - events)}")
-        guards = _predicates(item.get("when"), f"{at}.when")
-        for g in guards:
-            if g.field == "engagement" and g.op not in NUMERIC_OPS:
-                raise ModelError(f"{at}: an engagement guard compares with gt, gte, lt or lte")
-        transitions.append(
-            StageTransition(
-                id=tid,
-                to=known(item.get("to"), f"{at}.to"),
-                sources=sources,
-                on=on,
-                guards=guards,
-                engagement_guards=tuple(g for g in guards if g.field == "engagement"),
-                static_guards=tuple(g for g in guards if g.field != "engagement"),
-                description=str(item.get("description", "")),
-            )
-        )
+    transitions = [
+        _parse_transition(item, i, stages, events)
+        for i, item in enumerate(_list(section.get("transitions"), "lifecycle.transitions"))
+    ]
     ids = [t.id for t in transitions] + [t.id for t in timers]
     if len(set(ids)) != len(ids):
         raise ModelError("lifecycle: transition and timer ids must be unique")
-    by_source = {s: tuple(t for t in transitions if t.sources is None or s in t.sources) for s in stages}
+    names = stages.names
+    by_source = {s: tuple(t for t in transitions if t.sources is None or s in t.sources) for s in names}
     return Lifecycle(
         initial=initial,
-        stages=tuple(stages),
-        descriptions=descriptions,
-        qualified=frozenset(qualified),
+        stages=tuple(names),
+        descriptions=stages.descriptions,
+        qualified=frozenset(stages.qualified),
         customer_stage=customer_stage,
         customer_stages=customer_stages,
         disqualified=disqualified,
@@ -317,7 +339,7 @@ def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycl
                     | {score_edge(g.op, float(g.value)) for tr in by_source[s] for g in tr.engagement_guards}
                 )
             )
-            for s in stages
+            for s in names
         },
     )
 
