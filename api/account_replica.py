@@ -25,7 +25,7 @@ FETCH_MAX_WAIT_MS = 200
 class AccountReplica(Following):
     """In-memory view of ``<app>-accounts-changelog``: account id -> encoded AccountState."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     changelog_topic: str
     states: dict[str, bytes] = field(default_factory=dict)
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,7 +46,7 @@ class AccountReplica(Following):
     async def follow(self) -> None:
         await follow(
             self,
-            KafkaConnection(self.bootstrap),
+            self.kafka,
             [self.changelog_topic],
             self.apply_record,
             "accounts replica",

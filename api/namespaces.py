@@ -32,6 +32,7 @@ from api.follow import task_failure
 from api.population import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Replica
+from kafka_io.clients import KafkaConnection
 from kafka_io.reader import follow
 from schemas.api import ModelsOut, NamespaceOut
 from schemas.registry import Registry
@@ -79,19 +80,17 @@ class Readers:
         population: PopulationReader | None = None,
     ) -> Readers:
         """The readers of ``settings.ns`` (the given ones, for tests, or new ones on its topics)."""
-        bootstrap = settings.kafka_bootstrap
+        kafka = KafkaConnection.of(settings)
         if replica is None:
             replica = Replica(
-                bootstrap=bootstrap,
+                kafka=kafka,
                 changelog_topic=settings.changelog_topic("contacts"),
                 status_topic=settings.status_topic,
             )
         if accounts is None:
-            accounts = AccountReplica(bootstrap=bootstrap, changelog_topic=settings.changelog_topic("accounts"))
+            accounts = AccountReplica(kafka=kafka, changelog_topic=settings.changelog_topic("accounts"))
         if population is None:
-            population = PopulationReader(
-                bootstrap=bootstrap, topic=settings.population_topic, segments=model.value.segments
-            )
+            population = PopulationReader(kafka=kafka, topic=settings.population_topic, segments=model.value.segments)
         return cls(settings.ns, model, replica, accounts, population)
 
     def use_model(self, model: Model) -> None:

@@ -30,7 +30,7 @@ FETCH_MAX_WAIT_MS = 500  # the model changes every few minutes: an idle reader p
 class PopulationReader(Following):
     """The latest population model on ``topic`` (None before the first)."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     topic: str
     segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
     model: PopulationModel | None = None
@@ -58,5 +58,4 @@ class PopulationReader(Following):
         self.apply(record.key, record.value)
 
     async def follow(self) -> None:
-        kafka = KafkaConnection(self.bootstrap)
-        await follow(self, kafka, [self.topic], self.apply_record, "population reader", FETCH_MAX_WAIT_MS)
+        await follow(self, self.kafka, [self.topic], self.apply_record, "population reader", FETCH_MAX_WAIT_MS)

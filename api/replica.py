@@ -74,7 +74,7 @@ class WorkerStatus:
 class Replica(Following):
     """In-memory view of ``<app>-contacts-changelog`` and the worker status topic."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     changelog_topic: str
     status_topic: str
     states: dict[str, bytes] = field(default_factory=dict)
@@ -191,6 +191,4 @@ class Replica(Following):
 
     async def follow(self) -> None:
         topics = (self.changelog_topic, self.status_topic)
-        await follow(
-            self, KafkaConnection(self.bootstrap), topics, self.apply_record, "contacts replica", FETCH_MAX_WAIT_MS
-        )
+        await follow(self, self.kafka, topics, self.apply_record, "contacts replica", FETCH_MAX_WAIT_MS)

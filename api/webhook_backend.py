@@ -45,6 +45,7 @@ from api.webhook_store import (
     WriteFailed,
     Written,
 )
+from kafka_io.clients import KafkaConnection
 from kafka_io.partitioner import partition_for
 from schemas.settings import Settings
 from schemas.webhooks import (
@@ -85,10 +86,11 @@ class WebhookBackend:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookBackend:
-        producer = LazyProducer(settings.kafka_bootstrap)
+        kafka = KafkaConnection.of(settings)
+        producer = LazyProducer(kafka)
         return cls(
-            store=KafkaSubscriptionStore(settings.kafka_bootstrap, settings.webhooks_topic, producer),
-            deliveries=DeliveryLog(settings.kafka_bootstrap, settings.deliveries_topic),
+            store=KafkaSubscriptionStore(kafka, settings.webhooks_topic, producer),
+            deliveries=DeliveryLog(kafka, settings.deliveries_topic),
             commands=KafkaCommands(settings.commands_topic, producer),
             producer=producer,
         )

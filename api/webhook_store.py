@@ -112,7 +112,7 @@ class CommandSender(Protocol):
 class LazyProducer:
     """One idempotent ``acks=all`` producer shared by the webhook writers, started on first use."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     _producer: AIOKafkaProducer | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -120,7 +120,7 @@ class LazyProducer:
         async with self._lock:
             if self._producer is None:
                 producer = clients.producer(
-                    KafkaConnection(self.bootstrap),
+                    self.kafka,
                     acks="all",
                     enable_idempotence=True,
                     request_timeout_ms=int(WRITE_TIMEOUT_S * 1000),
@@ -154,7 +154,7 @@ class LazyProducer:
 class KafkaSubscriptionStore(Following):
     """In-memory view of the subscriptions topic, written through ``producer``."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     topic: str
     producer: LazyProducer
     records: dict[str, SubscriptionRecord] = field(default_factory=dict)
@@ -202,8 +202,7 @@ class KafkaSubscriptionStore(Following):
             self.apply(record.key, record.value, record.offset)
 
     async def follow(self) -> None:
-        kafka = KafkaConnection(self.bootstrap)
-        await follow(self, kafka, [self.topic], self.apply_record, "webhook subscriptions", FETCH_MAX_WAIT_MS)
+        await follow(self, self.kafka, [self.topic], self.apply_record, "webhook subscriptions", FETCH_MAX_WAIT_MS)
 
     async def write(self, sub_id: str, record: SubscriptionRecord | None) -> Written:
         value = None if record is None else encode(record)
@@ -236,7 +235,7 @@ class DeliveryLog(Following):
     (older ones are dropped from memory, not from the topic), without their bodies.
     """
 
-    bootstrap: str
+    kafka: KafkaConnection
     topic: str
     per_subscription: int = MAX_DELIVERIES_PER_SUBSCRIPTION
     by_id: dict[str, DeliveryRecord] = field(default_factory=dict)
@@ -270,8 +269,7 @@ class DeliveryLog(Following):
             self.apply(record.key, record.value, f"{record.topic}[{record.partition}]@{record.offset}")
 
     async def follow(self) -> None:
-        kafka = KafkaConnection(self.bootstrap)
-        await follow(self, kafka, [self.topic], self.apply_record, "webhook deliveries", FETCH_MAX_WAIT_MS)
+        await follow(self, self.kafka, [self.topic], self.apply_record, "webhook deliveries", FETCH_MAX_WAIT_MS)
 
     def get(self, delivery_id: str) -> DeliveryRecord | None:
         return self.by_id.get(delivery_id)

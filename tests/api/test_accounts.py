@@ -11,6 +11,7 @@ import pytest
 from api.account_replica import AccountReplica
 from api.app import create_api
 from api.replica import Replica
+from kafka_io.clients import KafkaConnection
 from schemas.accounts import encode
 from schemas.model_file import load_model
 from schemas.settings import Settings
@@ -39,7 +40,7 @@ def member(contact: str, role: str, score: float) -> MemberUpdate:
 
 def get(accounts: AccountReplica, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
     settings = Settings(api_keys=KEY)  # type: ignore[arg-type]
-    contacts = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     app = create_api(settings, model=MODEL, replica=contacts, clock=lambda: T0 + 14 * DAY, accounts=accounts)
 
     async def go() -> httpx.Response:
@@ -51,7 +52,7 @@ def get(accounts: AccountReplica, path: str, headers: dict[str, str] | None = No
 
 @pytest.fixture
 def replica() -> AccountReplica:
-    r = AccountReplica(bootstrap="127.0.0.1:1", changelog_topic="a")
+    r = AccountReplica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="a")
     state, _ = apply_member_updates(
         None, "acme", [member("ceo", "decision_maker", 40.0), member("eng", "specifier", 20.0)], MODEL
     )
@@ -93,6 +94,6 @@ def test_unknown_account_is_404_with_the_error_body(replica: AccountReplica) -> 
 def test_the_route_needs_a_key_and_a_loaded_replica(replica: AccountReplica) -> None:
     assert get(replica, "/v1/accounts/acme").status_code == 401
     assert get(replica, "/v1/accounts/acme", {"Authorization": "Bearer wrong-key-0123456789"}).status_code == 401
-    loading = AccountReplica(bootstrap="127.0.0.1:1", changelog_topic="a")
+    loading = AccountReplica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="a")
     r = get(loading, "/v1/accounts/acme", auth())
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"

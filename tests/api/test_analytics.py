@@ -25,6 +25,7 @@ from api.app import create_api
 from api.archive import analytics_store
 from api.population import PopulationReader
 from api.replica import Replica, WorkerStatus
+from kafka_io.clients import KafkaConnection
 from schemas.model_file import MODELS, load_model
 from schemas.settings import Settings
 from schemas.state import encode
@@ -74,7 +75,7 @@ def store(chdb_path: Path, archive: Archive) -> Iterator[Store]:
 
 def replica() -> Replica:
     """A replica that knows contact c-001 by the anonymous id anon-c1 (the archive does not)."""
-    r = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     event = make_event(kind="identify", user_id="c-001", anonymous_id="anon-c1", traits={"title": "CEO"})
     r.apply(b"c-001", encode(apply_events(None, "c-001", [event], MODEL)))
     r.caught_up.set()
@@ -209,7 +210,7 @@ def test_history_resolves_ids_through_the_replica_and_the_archive(store: Store) 
 
 def test_reports_answer_what_the_report_functions_compute(store: Store, archive: Archive) -> None:
     bounds = rfm_bounds(archive)
-    population = PopulationReader(bootstrap="127.0.0.1:1", topic="p")
+    population = PopulationReader(kafka=KafkaConnection("127.0.0.1:1"), topic="p")
     population.model = PopulationModel(
         computed_at_ms=NOW, customers=bounds.customers, partitions=(0,), boundaries=bounds, rank_error=0.0
     )

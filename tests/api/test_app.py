@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from api.app import create_api
 from api.replica import Replica, WorkerStatus
+from kafka_io.clients import KafkaConnection
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
@@ -27,7 +28,7 @@ MODEL = load_model()
 
 @pytest.fixture
 def replica() -> Replica:
-    r = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     identify = make_event(kind="identify", user_id="u-1", anonymous_id="a-1", traits={"email": "Ann@Acme.com"})
     page = make_event(kind="page", event=None, channel="web", user_id="u-1", path="/pricing")
     r.apply(b"u-1", encode(apply_events(None, "u-1", [identify, page], MODEL)))

@@ -22,6 +22,7 @@ import kafka_io.reader
 from api.account_replica import AccountReplica
 from api.app import create_api
 from api.replica import Replica, WorkerStatus
+from kafka_io.clients import KafkaConnection
 from kafka_io.reader import unreadable
 from schemas.model_file import load_model
 from schemas.settings import Settings
@@ -102,7 +103,7 @@ def test_the_contacts_replica_skips_what_it_cannot_read_and_goes_on(monkeypatch:
     ]
     fake = FakeConsumer(records)
     monkeypatch.setattr(kafka_io.reader, "consumer", lambda *_, **__: fake)
-    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     before = unreadable["contacts replica"]
 
     async def go() -> None:
@@ -121,11 +122,11 @@ def test_the_contacts_replica_skips_what_it_cannot_read_and_goes_on(monkeypatch:
 @pytest.fixture
 def app() -> FastAPI:
     settings = Settings(api_keys=KEY)  # type: ignore[arg-type]
-    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     replica.apply(b"u-1", state_bytes("u-1"))
     replica.caught_up.set()
     replica.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=T0)
-    accounts = AccountReplica(bootstrap="127.0.0.1:1", changelog_topic="a")
+    accounts = AccountReplica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="a")
     accounts.caught_up.set()
     app = create_api(settings, model=MODEL, replica=replica, accounts=accounts, clock=lambda: T0)
     namespaces = app.state.namespaces

@@ -21,6 +21,7 @@ from api.account_replica import AccountReplica
 from api.app import create_api
 from api.namespaces import Namespaces, Readers, UnknownModel
 from api.replica import Replica, WorkerStatus
+from kafka_io.clients import KafkaConnection
 from schemas.model_file import MODELS, load_model, read_model_source
 from schemas.registry import ACTIVE_KEY, NAMESPACE_PREFIX, ActiveRecord, Promotion, encode_record, namespace_record
 from schemas.settings import Settings
@@ -60,7 +61,7 @@ def promote(namespaces: Namespaces, *promotions: tuple[str, int]) -> None:
 
 def contact_replica(model: Model, path: str) -> Replica:
     """A caught-up replica with contact u-1, who viewed ``path``, scored by ``model``."""
-    r = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     feed(r, model, path)
     return r
 
@@ -76,7 +77,7 @@ def feed(r: Replica, model: Model, path: str) -> None:
 @pytest.fixture
 def app() -> FastAPI:
     settings = Settings(api_keys=KEY)  # type: ignore[arg-type]
-    accounts = AccountReplica(bootstrap="127.0.0.1:1", changelog_topic="a")
+    accounts = AccountReplica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="a")
     accounts.caught_up.set()
     replica = contact_replica(DEFAULT, "/pricing")
     return create_api(settings, model=DEFAULT, replica=replica, accounts=accounts, clock=lambda: NOW)

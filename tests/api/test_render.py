@@ -19,6 +19,7 @@ from api.app import create_api
 from api.population import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Decoded, Replica, WorkerStatus
+from kafka_io.clients import KafkaConnection
 from schemas.api import BatchGetOut, ContactOut
 from schemas.model_file import load_model
 from schemas.population import encode_record
@@ -152,7 +153,9 @@ def test_cached_parts_belong_to_one_model() -> None:
 def test_replica_cache_follows_new_values_and_is_bounded() -> None:
     first = apply_events(None, "u-1", [make_event(user_id="u-1")], MODEL)
     size = len(encode(first))
-    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s", decoded_cache_bytes=2 * size)
+    replica = Replica(
+        kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s", decoded_cache_bytes=2 * size
+    )
     replica.apply(b"u-1", encode(first))
     a = replica.find("u-1")
     assert a is not None and a is replica.find("u-1")  # cached
@@ -178,7 +181,7 @@ def test_replica_cache_follows_new_values_and_is_bounded() -> None:
 
 def test_http_bodies_after_an_update() -> None:
     """Over HTTP: a changed contact is served with its new traits and fit, not the cached ones."""
-    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     state = apply_events(None, "u-1", [make_event(user_id="u-1", anonymous_id="a-1")], MODEL)
     replica.apply(b"u-1", encode(state))
     replica.caught_up.set()
@@ -241,7 +244,7 @@ def test_a_body_with_every_part_is_a_valid_contact_out() -> None:
     state = fold.step(None, user, [*events, fold.Tick(T0 + DAY)], MODEL).state
     assert state is not None
     state.merged_ids = ["anonymous:a-x"]
-    population = PopulationReader(bootstrap="127.0.0.1:1", topic="p")
+    population = PopulationReader(kafka=KafkaConnection("127.0.0.1:1"), topic="p")
     population.apply(*encode_record(population_model()))
     render = ContactRenderer(MODEL, population.value_body)
     now = T0 + 3 * DAY

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 import api.routers
 from api.app import create_api
 from api.replica import Replica
+from kafka_io.clients import KafkaConnection
 from schemas.model_file import load_model
 from schemas.settings import Settings
 
@@ -57,7 +58,7 @@ OPEN = {("GET", "/healthz"), ("GET", "/readyz")} | {
 
 
 def app() -> FastAPI:
-    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     return create_api(Settings(api_keys="unit-test-key-0123456789"), model=load_model(), replica=replica)  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ import pytest
 from api.app import create_api
 from api.population import PopulationReader
 from api.replica import Replica
+from kafka_io.clients import KafkaConnection
 from schemas.model_file import load_model
 from schemas.population import MODEL_KEY, decode_record, encode_record, partition_key
 from schemas.settings import Settings
@@ -52,7 +53,7 @@ def test_records_round_trip_under_their_keys_and_a_newer_version_is_refused() ->
 
 
 def test_value_body_before_and_after_a_population_model() -> None:
-    reader = PopulationReader(bootstrap="127.0.0.1:1", topic="p")
+    reader = PopulationReader(kafka=KafkaConnection("127.0.0.1:1"), topic="p")
     orders = [
         make_event(event="Order Completed", channel="web", timestamp_ms=T0, properties={"order_id": "1", "total": 40}),
         make_event(
@@ -81,9 +82,9 @@ def test_value_body_before_and_after_a_population_model() -> None:
 
 
 def test_models_clv_is_503_until_the_first_fit_then_the_parameters() -> None:
-    reader = PopulationReader(bootstrap="127.0.0.1:1", topic="p")
+    reader = PopulationReader(kafka=KafkaConnection("127.0.0.1:1"), topic="p")
     settings = Settings(api_keys=KEY, population_interval_s=60)  # type: ignore[arg-type]
-    replica = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     app = create_api(settings, model=MODEL, replica=replica, population=reader)
     assert app.state.population is reader
 

@@ -27,6 +27,7 @@ from api.app import create_api
 from api.replica import Replica
 from api.webhook_backend import MANUAL, WebhookBackend
 from api.webhook_store import DeliveryLog, KafkaSubscriptionStore, LazyProducer, NotVisible, Written
+from kafka_io.clients import KafkaConnection
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.webhooks import (
@@ -125,7 +126,7 @@ class Api:
 
     def call(self, *requests: tuple[str, str, dict[str, Any] | None]) -> list[httpx.Response]:
         """Send the requests in order (``(method, path, json body or None)``) with the API key."""
-        contacts = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+        contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
         backend = WebhookBackend(store=self.store, deliveries=self.log, commands=self.commands, resolve=resolve)
         app = create_api(self.settings, model=MODEL, replica=contacts, clock=lambda: NOW, webhooks=backend)
         headers = {"Authorization": f"Bearer {KEY}"}
@@ -149,7 +150,7 @@ class Api:
 def make_api(allow_private: bool = False) -> Api:
     store = MemoryStore()
     store.caught_up.set()
-    log = DeliveryLog(bootstrap="127.0.0.1:1", topic="d")
+    log = DeliveryLog(kafka=KafkaConnection("127.0.0.1:1"), topic="d")
     log.caught_up.set()
     settings = Settings(api_keys=KEY, webhook_allow_private=allow_private)  # type: ignore[arg-type]
     return Api(store, log, Commands(), settings)
@@ -277,7 +278,7 @@ def test_bad_bodies_are_invalid_requests(api: Api) -> None:
 
 
 def test_routes_need_the_api_key(api: Api) -> None:
-    contacts = Replica(bootstrap="127.0.0.1:1", changelog_topic="c", status_topic="s")
+    contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
     backend = WebhookBackend(store=api.store, deliveries=api.log, commands=api.commands, resolve=resolve)
     app = create_api(api.settings, model=MODEL, replica=contacts, webhooks=backend)
 
@@ -508,7 +509,7 @@ def test_delivery_log_pages_newest_first(api: Api) -> None:
 
 
 def test_delivery_updates_replace_and_tombstones_remove() -> None:
-    log = DeliveryLog(bootstrap="127.0.0.1:1", topic="d", per_subscription=3)
+    log = DeliveryLog(kafka=KafkaConnection("127.0.0.1:1"), topic="d", per_subscription=3)
     feed(log, delivery("wh_a", 1, "pending"))
     feed(log, delivery("wh_a", 1, "succeeded"))
     assert [r.status for r in log.page("wh_a", None, 10, None)] == ["succeeded"]
@@ -520,7 +521,7 @@ def test_delivery_updates_replace_and_tombstones_remove() -> None:
 
 
 def test_delivery_log_keeps_the_latest_per_subscription() -> None:
-    log = DeliveryLog(bootstrap="127.0.0.1:1", topic="d", per_subscription=3)
+    log = DeliveryLog(kafka=KafkaConnection("127.0.0.1:1"), topic="d", per_subscription=3)
     feed(log, *(delivery("wh_a", n) for n in range(200)), delivery("wh_b", 1))
     kept = log.by_subscription["wh_a"]
     assert 3 <= len(kept) <= 3 + 100  # trimmed back to 3 whenever it grows 100 beyond
@@ -600,8 +601,8 @@ def record(sub: str, description: str) -> SubscriptionRecord:
 def test_store_writes_answer_once_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Kafka store's read-your-writes: a write returns the record it replaced once the follower
     has applied it, whether the follower reads it before or after the acknowledgement."""
-    producer = AckingProducer(bootstrap="127.0.0.1:1")
-    store = KafkaSubscriptionStore(bootstrap="127.0.0.1:1", topic="w", producer=producer)
+    producer = AckingProducer(kafka=KafkaConnection("127.0.0.1:1"))
+    store = KafkaSubscriptionStore(kafka=KafkaConnection("127.0.0.1:1"), topic="w", producer=producer)
     a1, a2, a3 = record("wh_a", "one"), record("wh_a", "two"), record("wh_a", "three")
 
     async def go() -> list[Written]:

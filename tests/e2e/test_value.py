@@ -21,6 +21,7 @@ import pytest
 
 from api.population import PopulationReader
 from api.replica import Replica
+from kafka_io.clients import KafkaConnection
 from schemas.events import decode
 from schemas.model_file import load_model
 from scorestream import ContactState, apply_events
@@ -127,8 +128,8 @@ async def _read_back(service: Service, contact_ids: list[str], orders: dict[str,
     """The API's replica and population reader on the real topics, until every contact shows its
     orders and a fitted model is there; then the value bodies of ``contact_ids``."""
     app_id = f"ss-{service.suffix}"
-    replica = Replica(service.bootstrap, f"{app_id}-contacts-changelog", f"{app_id}.workers")
-    reader = PopulationReader(service.bootstrap, f"{app_id}.population", MODEL.value.segments)
+    replica = Replica(KafkaConnection(service.bootstrap), f"{app_id}-contacts-changelog", f"{app_id}.workers")
+    reader = PopulationReader(KafkaConnection(service.bootstrap), f"{app_id}.population", MODEL.value.segments)
     await replica.start()
     await reader.start()
     try:

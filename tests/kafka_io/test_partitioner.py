@@ -52,7 +52,7 @@ def test_the_adapters_use_it() -> None:
     import streams.accounts
     import streams.agents
 
-    assert streams.agents.partition_for is partition_for
-    assert streams.accounts.partition_for is partition_for
-    assert collector.service.crc32_partitioner is crc32_partitioner
+    assert vars(streams.agents)["partition_for"] is partition_for
+    assert vars(streams.accounts)["partition_for"] is partition_for
+    assert vars(collector.service)["crc32_partitioner"] is crc32_partitioner
     assert api.webhook_backend.command_partition("wh_9f3a", 4) == 1
