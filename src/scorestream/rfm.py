@@ -67,7 +67,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from scorestream.clv import RfmSummary, summarise
 from scorestream.events import Event
@@ -314,6 +314,29 @@ def _key(record: Order | Refund) -> tuple[int, str]:
     return (record.ts, record.mid)
 
 
+_K = TypeVar("_K")
+_R = TypeVar("_R", Order, Refund)
+
+
+def _ledger_for(value: CustomerValue | None, config: ValueConfig) -> CustomerValue:
+    """The contact's ledger (an empty one for a new customer), refused (``ValueError``) when kept in
+    another base currency or written by a newer version."""
+    if value is None:
+        value = CustomerValue(base_currency=config.base_currency)
+    if value.v > VALUE_VERSION:
+        raise ValueError(f"customer value version {value.v} is newer than this build understands ({VALUE_VERSION})")
+    if value.base_currency != config.base_currency:
+        raise ValueError(f"ledger is kept in {value.base_currency}, the configuration's base is {config.base_currency}")
+    return value
+
+
+def _keep_first(records: dict[_K, _R], key: _K, record: _R) -> None:
+    """Copies of one record resolve to the one with the smallest :func:`_rank`, whatever the order."""
+    held = records.get(key)
+    if held is None or _rank(record) < _rank(held):
+        records[key] = record
+
+
 def apply_purchase_events(
     value: CustomerValue | None, events: Iterable[Event], config: ValueConfig, fold: bool = True
 ) -> CustomerValue:
@@ -325,12 +348,7 @@ def apply_purchase_events(
     version is refused (``ValueError``). ``fold=False`` leaves the folding of the oldest orders to
     the caller (:func:`fold_cut`, :func:`fold_ledger`: the contact settles its journey first).
     """
-    if value is None:
-        value = CustomerValue(base_currency=config.base_currency)
-    if value.v > VALUE_VERSION:
-        raise ValueError(f"customer value version {value.v} is newer than this build understands ({VALUE_VERSION})")
-    if value.base_currency != config.base_currency:
-        raise ValueError(f"ledger is kept in {value.base_currency}, the configuration's base is {config.base_currency}")
+    value = _ledger_for(value, config)
     until = value.folded.until if value.folded is not None else None
     recent = {fo.order_id for fo in value.folded.recent} if value.folded is not None else set()
     orders: dict[str, Order] | None = None
@@ -346,18 +364,14 @@ def apply_purchase_events(
             order = _order_of(event, config)
             if order.order_id in recent:
                 continue  # a copy of an order folded a moment ago
-            current = orders.get(order.order_id)
-            if current is None or _rank(order) < _rank(current):
-                orders[order.order_id] = order
+            _keep_first(orders, order.order_id, order)
         elif event.event in config.refund_events:
             refund = _refund_of(event, config)
             if refund is None:
                 continue
             if refunds is None:
                 refunds = {(r.order_id, r.key): r for r in value.refunds}
-            held = refunds.get((refund.order_id, refund.key))
-            if held is None or _rank(refund) < _rank(held):
-                refunds[(refund.order_id, refund.key)] = refund
+            _keep_first(refunds, (refund.order_id, refund.key), refund)
     if orders is None and refunds is None:
         return value
     new_orders = value.orders if orders is None else tuple(orders[k] for k in sorted(orders))
@@ -810,6 +824,60 @@ class FactsStep(NamedTuple):
     monetary: float
 
 
+class _Tally:
+    """The running facts of :func:`facts_timeline`: counted orders, their exact base-value sum."""
+
+    __slots__ = ("exact", "frequency", "live", "total")
+
+    def __init__(self) -> None:
+        self.frequency = 0
+        self.total = 0.0
+        self.exact: list[float] = []  # the exact sum of the counted base values (see _add_exact)
+        self.live: dict[str, tuple[bool, float | None]] = {}  # order id -> (counted, base value)
+
+    def count(self, order_id: str, counted: bool, value: float | None, exact: bool) -> None:
+        """The order now counts (or not) with base value ``value``; ``exact``: update the sum too."""
+        before = self.live.get(order_id)
+        self.frequency += counted - (before is not None and before[0])
+        self.live[order_id] = (counted, value)
+        if exact:
+            if before is not None and before[0] and before[1] is not None:
+                _add_exact(self.exact, -before[1])
+            if counted and value is not None:
+                _add_exact(self.exact, value)
+
+
+def _from_fold(
+    tally: _Tally,
+    folded: FoldedOrders,
+    records: list[tuple[tuple[int, str], int, Order | Refund]],
+    late: dict[str, list[Refund]],
+    monetary: bool,
+) -> list[tuple[tuple[int, str], int, Order | Refund]]:
+    """Start the tally at the fold: its summary, its recent orders, and the refunds of those stamped
+    before the fold (they count from the fold on; gathered in ``late``). The records left to go through."""
+    recent = {fo.order_id: fo for fo in folded.recent}
+    tally.frequency = folded.live
+    if monetary:
+        for part in _floats(_fraction(folded.monetary)):
+            _add_exact(tally.exact, part)
+        tally.total = math.fsum(tally.exact)
+    for entry in folded.recent:  # counted in the summary as they were folded
+        net, counted = _folded_net(entry, [])
+        tally.live[entry.order_id] = (counted, None if entry.rate is None else net * entry.rate)
+    early = [r for _, _, r in records if isinstance(r, Refund) and r.order_id in recent and _key(r) <= folded.until]
+    if early:
+        records = [rec for rec in records if not (isinstance(rec[2], Refund) and rec[2] in early)]
+        for r in early:
+            late.setdefault(r.order_id, []).append(r)
+        for order_id, group in late.items():
+            entry = recent[order_id]
+            net, counted = _folded_net(entry, group)
+            tally.count(order_id, counted, None if entry.rate is None else net * entry.rate, exact=True)
+        tally.total = math.fsum(tally.exact) if monetary else 0.0
+    return records
+
+
 def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[FactsStep]:
     """The ledger's facts as steps, one per order or refund in ``(timestamp, message id)`` order:
     what :func:`summary` gives at each instant, computed in one pass (a walk through a contact's
@@ -822,42 +890,15 @@ def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[F
     records.sort(key=lambda rec: (rec[0], rec[1], rec[2].order_id))
     orders: dict[str, Order] = {}
     refunds: dict[str, list[Refund]] = {}
-    live: dict[str, tuple[bool, float | None]] = {}
-    frequency = 0
-    total = 0.0
-    exact: list[float] = []  # the exact sum of the counted base values (see _add_exact)
+    tally = _Tally()
     out: list[FactsStep] = []
     folded = value.folded
     recent = {fo.order_id: fo for fo in folded.recent} if folded is not None else {}
     late: dict[str, list[Refund]] = {}
     if folded is not None:
-        frequency = folded.live
-        if monetary:
-            for part in _floats(_fraction(folded.monetary)):
-                _add_exact(exact, part)
-            total = math.fsum(exact)
-        for entry in folded.recent:  # counted in the summary as they were folded
-            net, counted = _folded_net(entry, [])
-            live[entry.order_id] = (counted, None if entry.rate is None else net * entry.rate)
-        # refunds of recently folded orders stamped before the fold count from the fold on
-        early = [r for _, _, r in records if isinstance(r, Refund) and r.order_id in recent and _key(r) <= folded.until]
-        if early:
-            records = [rec for rec in records if not (isinstance(rec[2], Refund) and rec[2] in early)]
-            for r in early:
-                late.setdefault(r.order_id, []).append(r)
-            for order_id, group in late.items():
-                entry = recent[order_id]
-                net, counted = _folded_net(entry, group)
-                was = live[order_id]
-                live[order_id] = (counted, None if entry.rate is None else net * entry.rate)
-                frequency += counted - was[0]
-                if was[0] and was[1] is not None:
-                    _add_exact(exact, -was[1])
-                if counted and entry.rate is not None:
-                    _add_exact(exact, net * entry.rate)
-            total = math.fsum(exact) if monetary else 0.0
-        out.append(FactsStep(folded.until, frequency, total))
-    for key, kind, record in records:
+        records = _from_fold(tally, folded, records, late, monetary)
+        out.append(FactsStep(folded.until, tally.frequency, tally.total))
+    for key, _kind, record in records:
         order_id = record.order_id
         fo: FoldedOrder | None = None
         if isinstance(record, Refund):
@@ -876,18 +917,10 @@ def facts_timeline(value: CustomerValue | None, monetary: bool = True) -> list[F
                 assert order is not None
                 net, counted = _net(order, refunds.get(order_id, []))
                 rate = order.rate
-            before = live.get(order_id)
-            frequency += counted - (before is not None and before[0])
-            now = (counted, None if rate is None else net * rate)
-            live[order_id] = now
+            tally.count(order_id, counted, None if rate is None else net * rate, exact=monetary)
             if monetary:
-                if before is not None and before[0] and before[1] is not None:
-                    _add_exact(exact, -before[1])
-                if now[0] and now[1] is not None:
-                    _add_exact(exact, now[1])
-                total = math.fsum(exact)
-        del kind
-        out.append(FactsStep(key, frequency, total))
+                tally.total = math.fsum(tally.exact)
+        out.append(FactsStep(key, tally.frequency, tally.total))
     return out
 
 
