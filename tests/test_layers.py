@@ -4,6 +4,7 @@ adapters never import each other."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -12,27 +13,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "src" / "scorestream"
 
-# The core's floors, bottom first: a floor's modules (relative to ``scorestream``; "" is the
-# package itself) and the floors they may import besides their own. Modules of one floor may import
-# each other as long as no circle forms (test_the_core_has_no_import_cycle). docs/architecture.md
-# shows this table.
-FLOORS: tuple[tuple[str, str, str], ...] = (
-    # (floor, its modules, the floors it may import)
-    ("base", "errors events", ""),
+# The core's floors, bottom first, as docs/architecture.md ("Inside the core") shows them: a
+# module imports only modules of its own floor or of the floors below (within a floor, as long as
+# no circle forms: test_the_core_has_no_import_cycle). Modules are named relative to
+# ``scorestream``; "" is the package itself, the front door the adapters import.
+FLOORS: tuple[tuple[str, str], ...] = (
+    ("0. plain data", "events journey clv errors"),
     (
-        "rules",
+        "1. rules",
         "rules rules.common rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model",
-        "base",
     ),
-    ("state", "identity journey clv rfm state scoring accounts population", "rules base"),
-    ("walk", "walk", "state rules base"),
-    ("contact", "contact", "walk state rules base"),
-    ("triggers", "triggers webhooks", "state rules base"),
-    ("fold", "fold", "contact walk triggers state rules base"),
-    ("package", "", "fold contact walk triggers state rules base"),
+    ("2. state", "state scoring rfm identity"),
+    ("3. the walk and triggers", "walk triggers"),
+    ("4. operations on a state", "contact accounts population webhooks"),
+    ("5. the fold", "fold"),
+    ("6. the front door", ""),
 )
-FLOOR_OF = {module: floor for floor, modules, _ in FLOORS for module in (modules.split() or [""])}
-MAY_IMPORT = {floor: {floor, *below.split()} for floor, _, below in FLOORS}
+FLOOR_OF = {module: floor for floor, modules in FLOORS for module in (modules.split() or [""])}
+LEVEL = {floor: level for level, (floor, _) in enumerate(FLOORS)}
 
 
 def imported_roots(package: Path) -> dict[str, set[str]]:
@@ -166,21 +164,44 @@ def test_every_core_module_has_a_floor() -> None:
     assert FLOOR_OF.keys() - modules == set(), "FLOORS names a module that does not exist"
 
 
+def documented_floors(text: str) -> dict[str, set[str]]:
+    """The floors table of docs/architecture.md ("| 2. state | `state.py`, ... |" rows): floor ->
+    modules, named as in :data:`FLOORS`."""
+    floors: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and re.fullmatch(r"\d+\. .+", cells[0]):
+            paths = re.findall(r"`([\w/]+)\.py`", cells[1])
+            floors[cells[0]] = {p.removesuffix("/__init__").replace("/", ".") for p in paths}
+    return floors
+
+
+def test_the_architecture_page_shows_these_floors() -> None:
+    documented = documented_floors((ROOT / "docs" / "architecture.md").read_text())
+    expected = {floor: set(modules.split()) for floor, modules in FLOORS if modules}
+    assert documented == expected
+
+
+def test_the_table_reader_reads_floor_rows_only() -> None:
+    text = (
+        "| floor | modules |\n| --- | --- |\n| 1. rules | `rules/model.py`, `rules/__init__.py` | parsed | `errors` |\n"
+    )
+    assert documented_floors(text) == {"1. rules": {"rules.model", "rules"}}
+
+
 def test_core_modules_import_only_their_floor_and_the_floors_below() -> None:
     for module, targets in core_imports().items():
-        allowed = MAY_IMPORT[FLOOR_OF[module]]
         for target in targets:
-            assert FLOOR_OF[target] in allowed, (
+            assert LEVEL[FLOOR_OF[target]] <= LEVEL[FLOOR_OF[module]], (
                 f"scorestream.{module} ({FLOOR_OF[module]}) imports scorestream.{target} ({FLOOR_OF[target]})"
             )
 
 
 def test_the_rules_import_only_the_standard_library_events_and_errors() -> None:
-    above = {m for m, floor in FLOOR_OF.items() if floor not in ("rules", "base")}
-    for module, targets in core_imports().items():
-        if FLOOR_OF[module] == "rules":
-            assert not targets & above, f"scorestream.{module} imports {sorted(targets & above)}"
-            assert targets <= {m for m, floor in FLOOR_OF.items() if floor == "rules"} | {"events", "errors"}
+    rules = {m for m, floor in FLOOR_OF.items() if floor == "1. rules"}
+    for module in rules:
+        targets = core_imports()[module]
+        assert targets <= rules | {"events", "errors"}, f"scorestream.{module} imports {sorted(targets - rules)}"
 
 
 def nested_imports(package: Path) -> list[str]:
