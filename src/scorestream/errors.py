@@ -1,12 +1,15 @@
-"""The core's exceptions: one root, so a caller can catch everything the core raises on purpose.
+"""The core's exceptions: one root for every exception class the core defines.
 
 ::
 
     ScorestreamError
     └── ModelError (also a ValueError): the model file is not valid; the message names the field
 
-The core raises nothing else on purpose: an invalid argument from a caller is a ``ValueError``
-(``make_trigger``, ``segment_of``), a broken invariant an ``AssertionError``.
+The core defines no other exception class; elsewhere it raises built-in ones. ``ValueError``: an
+argument it cannot take (an unknown trigger type, R or F scores outside 1..5, a purchase ledger
+kept in another base currency or by a newer version, too few customers to fit CLV: the population
+fit catches its own and keeps the previous fit). ``ArithmeticError``: a numerical method that
+does not converge (``clv``). ``AssertionError``: a broken invariant.
 """
 
 from __future__ import annotations
