@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     profile.disable()
     stats = pstats.Stats(profile)
     stats.sort_stats("cumulative").print_stats(30)
-    stats.print_callees(r"lifecycle.py:\d+\((_walker|_resume|anchor_at)\)")
+    stats.print_callees(r"walk.py:\d+\((_walker|_resume|anchor_at)\)")
 
 
 if __name__ == "__main__":

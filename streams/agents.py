@@ -143,172 +143,199 @@ class DecodedStates:
         self.entries.pop(key, None)
 
 
-def register(w: Wiring, settings: Settings, model: Model) -> None:
-    """Attach the three agents to the app."""
-    channels = settings.source_topics
-    population = register_population(w, settings, model)
-    feed = register_accounts(w, settings, model)
-    partitions = settings.partitions
-    lifecycle = model.lifecycle
-    timer_index = TimerIndex()
+class Pipeline:
+    """The worker's stages over one app: what each agent does with one fetched batch.
 
-    def send_ticks(ticks: list[tuple[str, Tick]]) -> None:
-        out = Outbox(partitions)
+    ingest: source records -> decode (or dead-letter) -> route by identity -> identity or contacts
+    topic; identity: events -> identity links (table) -> the event and any merges to the contacts
+    topic; contacts: each contact's messages -> :func:`scorestream.fold.step` -> its state
+    (table), its messages for other contacts, its triggers, its next due instant (the clock). The
+    agents registered by :func:`register` call these methods and do nothing else.
+    """
+
+    def __init__(self, w: Wiring, settings: Settings, model: Model) -> None:
+        self.w = w
+        self.settings = settings
+        self.model = model
+        self.channels = settings.source_topics
+        self.partitions = settings.partitions
+        self.population = register_population(w, settings, model)
+        self.feed = register_accounts(w, settings, model)
+        self.timer_index = TimerIndex()
+        self.clock = Clock(
+            self.timer_index, self.assigned, w.contacts.items, self.send_ticks, max_ticks=settings.batch_max
+        )
+
+    # --- the clock -----------------------------------------------------------------------------
+
+    def send_ticks(self, ticks: list[tuple[str, Tick]]) -> None:
+        out = Outbox(self.partitions)
         for key, tick in ticks:
-            out.add(w.contacts_topic, key, envelope_for(tick))
+            out.add(self.w.contacts_topic, key, envelope_for(tick))
         out.flush()
 
-    def assigned() -> frozenset[int]:
-        topic = settings.contacts_topic
-        return frozenset(tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == topic)
+    def assigned(self) -> frozenset[int]:
+        topic = self.settings.contacts_topic
+        return frozenset(tp.partition for tp in self.w.app.assignor.assigned_actives() if tp.topic == topic)
 
-    clock = Clock(timer_index, assigned, w.contacts.items, send_ticks, max_ticks=settings.batch_max)
-
-    @w.app.timer(interval=settings.timer_interval_s, name="clock")
-    async def beat() -> None:
-        if lifecycle is None or w.app.in_recovery or w.app.rebalancing:
+    async def beat(self) -> None:
+        """One beat of the clock: due contacts are sent a tick (not while tables recover)."""
+        app = self.w.app
+        if self.model.lifecycle is None or app.in_recovery or app.rebalancing:
             return
         try:
-            await clock.tick()
+            await self.clock.tick()
         except Exception:  # the next beat tries again (the due instants live in the states)
             log.exception("clock: a beat failed")
 
-    def refuser(batch_event: Any) -> Callable[[RawItem, Exception], None]:
+    # --- dead letters and decoding -------------------------------------------------------------
+
+    def refuser(self, batch_event: Any) -> Callable[[RawItem, Exception], None]:
         """Where an item that cannot be sent at flush goes: the dead-letter topic, with the
         coordinates of the batch it was produced from."""
 
         def refuse(item: RawItem, exc: Exception) -> None:
             value = encode(RawBatch(items=[item])) if not isinstance(exc, TooLarge) else bytes(item.env)
-            dead_letter(w, batch_event.message, value, "unsendable", str(exc), exc, item.key.encode())
+            dead_letter(self.w, batch_event.message, value, "unsendable", str(exc), exc, item.key.encode())
 
         return refuse
 
-    def park(record: Any, items: list[Item], reason: str, detail: str, exc: BaseException | None = None) -> None:
+    def park(self, record: Any, items: list[Item], reason: str, detail: str, exc: BaseException | None = None) -> None:
         """Internal messages that cannot be applied go to the dead-letter topic, replayable as is
         (a batch of these items; the record's own bytes if they cannot be encoded again)."""
         try:
             value = encode(Batch(items=items))
         except Exception:
             value = record.value
-        dead_letter(w, record, value, reason, detail, exc, items[0].key.encode() if items else None)
+        dead_letter(self.w, record, value, reason, detail, exc, items[0].key.encode() if items else None)
 
-    def unpack(records: list[Any]) -> Iterator[tuple[Any, Item]]:
+    def unpack(self, records: list[Any]) -> Iterator[tuple[Any, Item]]:
         for record in records:
             try:
                 items = decode_batch(record.value).items
             except Exception as exc:
-                dead_letter(w, record, None, "internal_decode", str(exc), exc)
+                dead_letter(self.w, record, None, "internal_decode", str(exc), exc)
                 continue
             for item in items:
                 yield record, item
 
-    def heads(records: list[Any]) -> Iterator[tuple[Any, str, msgspec.Raw, EnvelopeHead]]:
+    def heads(self, records: list[Any]) -> Iterator[tuple[Any, str, msgspec.Raw, EnvelopeHead]]:
         for record in records:
             try:
                 items = decode_heads(record.value)
             except Exception as exc:
-                dead_letter(w, record, None, "internal_decode", str(exc), exc)
+                dead_letter(self.w, record, None, "internal_decode", str(exc), exc)
                 continue
             for key, env, head in items:
                 yield record, key, env, head
 
-    def one_item(key: str, env: msgspec.Raw) -> bytes:
-        return encode(RawBatch(items=[RawItem(key=key, env=env)]))
+    # --- ingest ----------------------------------------------------------------------------------
 
-    @w.app.agent(w.sources, name="ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for batch_event in stream.events():
+    def ingest_batch(self, batch_event: Any) -> None:
+        """Source records -> events routed to the identity or contacts topic; one that fails is
+        dead-lettered alone."""
+        w = self.w
+        out = Outbox(self.partitions, self.refuser(batch_event))
+        for record in records_of(batch_event):
+            raw = record.value
             try:
-                out = Outbox(partitions, refuser(batch_event))
-                for record in records_of(batch_event):
-                    raw = record.value
-                    try:
-                        if not isinstance(raw, bytes):
-                            raise InvalidMessage("invalid_json", "empty record value")
-                        event = decode(raw, channels[record.topic], record_ms(record), time.time_ns() // 1_000_000)
-                        where, key = routing_key(event)
-                        topic = w.identity_topic if where == "identity" else w.contacts_topic
-                        out.add(topic, key, Envelope(kind="event", event=event))  # encoded here: fails alone
-                    except InvalidMessage as exc:
-                        dead_letter(w, record, None, exc.reason, exc.detail, exc)
-                    except Exception as exc:  # not the contract's refusal: a bug, a limit; never the batch
-                        log.exception("ingest: %s[%s] %s failed", record.topic, record.partition, record.offset)
-                        dead_letter(w, record, None, "processing_error", repr(exc), exc)
-                out.flush()
-            except Exception as exc:
-                batch_error(w, "ingest", batch_event, exc)
-            yield None
+                if not isinstance(raw, bytes):
+                    raise InvalidMessage("invalid_json", "empty record value")
+                event = decode(raw, self.channels[record.topic], record_ms(record), time.time_ns() // 1_000_000)
+                where, key = routing_key(event)
+                topic = w.identity_topic if where == "identity" else w.contacts_topic
+                out.add(topic, key, Envelope(kind="event", event=event))  # encoded here: fails alone
+            except InvalidMessage as exc:
+                dead_letter(w, record, None, exc.reason, exc.detail, exc)
+            except Exception as exc:  # not the contract's refusal: a bug, a limit; never the batch
+                log.exception("ingest: %s[%s] %s failed", record.topic, record.partition, record.offset)
+                dead_letter(w, record, None, "processing_error", repr(exc), exc)
+        out.flush()
 
-    @w.app.agent(w.identity_topic, name="identity")
-    async def identity(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        table = w.identity
-        async for batch_event in stream.events():
+    # --- identity --------------------------------------------------------------------------------
+
+    def identity_batch(self, batch_event: Any) -> None:
+        """Events keyed by anonymous id -> identity links; the event (and any merge) on to the
+        contacts topic. One event that fails is dead-lettered alone; a link that cannot be written
+        has its events' records parked (the events were forwarded)."""
+        out = Outbox(self.partitions, self.refuser(batch_event))
+        links: dict[str, IdentityLink | None] = {}
+        changed: dict[str, list[tuple[Any, str, msgspec.Raw]]] = defaultdict(list)
+        for record, key, env, head in self.heads(records_of(batch_event)):
             try:
-                out = Outbox(partitions, refuser(batch_event))
-                links: dict[str, IdentityLink | None] = {}
-                changed: dict[str, list[tuple[Any, str, msgspec.Raw]]] = defaultdict(list)
-                for record, key, env, head in heads(records_of(batch_event)):
-                    try:
-                        if head.event is None:
-                            raise Unprocessable("not_an_event", f"a {head.kind!r} envelope on the identity topic")
-                        if key not in links:
-                            raw = table.get(key)
-                            links[key] = decode_link(raw) if raw is not None else None
-                        link, routed = resolve(links[key], key, head.event)
-                        # every output made ready before any is kept: an item fails whole
-                        staged = [
-                            out.item(w.contacts_topic, r.key, env if r.merge is None else envelope_for(r.merge, 0))
-                            for r in routed  # the event itself is forwarded as received
-                        ]
-                    except Exception as exc:
-                        reason = exc.reason if isinstance(exc, Unprocessable) else "processing_error"
-                        detail = exc.detail if isinstance(exc, Unprocessable) else repr(exc)
-                        if not isinstance(exc, Unprocessable):
-                            log.exception(
-                                "identity: %s in %s[%s] %s failed", key, record.topic, record.partition, record.offset
-                            )
-                        dead_letter(w, record, one_item(key, env), reason, detail, exc, key.encode())
-                        continue
-                    if link is not links[key]:
-                        links[key] = link
-                        changed[key].append((record, key, env))
-                    for item in staged:
-                        out.put(item)
-                for key, sources in changed.items():
-                    try:
-                        value = encode(links[key])
-                        if len(value) + len(key) > MAX_RECORD_BYTES:
-                            raise TooLarge(f"identity link of {len(value)} bytes")
-                        table[key] = value
-                    except Exception as exc:  # its events were forwarded; the link change is parked
-                        log.exception("identity: link %s not written", key)
-                        for record, k, env in sources:
-                            dead_letter(w, record, one_item(k, env), "processing_error", repr(exc), exc, k.encode())
-                out.flush()
+                link, staged = self._resolve(out, links, key, env, head)
             except Exception as exc:
-                batch_error(w, "identity", batch_event, exc)
-            yield None
+                reason = exc.reason if isinstance(exc, Unprocessable) else "processing_error"
+                detail = exc.detail if isinstance(exc, Unprocessable) else repr(exc)
+                if not isinstance(exc, Unprocessable):
+                    log.exception(
+                        "identity: %s in %s[%s] %s failed", key, record.topic, record.partition, record.offset
+                    )
+                dead_letter(self.w, record, _one_item(key, env), reason, detail, exc, key.encode())
+                continue
+            if link is not links[key]:
+                links[key] = link
+                changed[key].append((record, key, env))
+            for item in staged:
+                out.put(item)
+        for key, sources in changed.items():
+            self._write_link(key, links[key], sources)
+        out.flush()
 
-    @w.app.agent(w.contacts_topic, name="contacts")
-    async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        decoded = DecodedStates(settings.state_cache_entries)
-        async for batch_event in stream.events():
-            try:
-                contacts_batch(batch_event, decoded)
-            except Exception as exc:
-                batch_error(w, "contacts", batch_event, exc)
-            yield None
+    def _resolve(
+        self, out: Outbox, links: dict[str, IdentityLink | None], key: str, env: msgspec.Raw, head: EnvelopeHead
+    ) -> tuple[IdentityLink | None, list[tuple[TopicT, int, RawItem]]]:
+        """One event's identity decision, and its outputs made ready (all of them before any is
+        kept: an event fails whole)."""
+        if head.event is None:
+            raise Unprocessable("not_an_event", f"a {head.kind!r} envelope on the identity topic")
+        if key not in links:
+            raw = self.w.identity.get(key)
+            links[key] = decode_link(raw) if raw is not None else None
+        link, routed = resolve(links[key], key, head.event)
+        staged = [
+            out.item(self.w.contacts_topic, r.key, env if r.merge is None else envelope_for(r.merge, 0))
+            for r in routed  # the event itself is forwarded as received
+        ]
+        return link, staged
 
-    def contacts_batch(batch_event: Any, decoded: DecodedStates) -> None:
+    def _write_link(self, key: str, link: IdentityLink | None, sources: list[tuple[Any, str, msgspec.Raw]]) -> None:
+        try:
+            value = encode(link)
+            if len(value) + len(key) > MAX_RECORD_BYTES:
+                raise TooLarge(f"identity link of {len(value)} bytes")
+            self.w.identity[key] = value
+        except Exception as exc:  # its events were forwarded; the link change is parked
+            log.exception("identity: link %s not written", key)
+            for record, k, env in sources:
+                dead_letter(self.w, record, _one_item(k, env), "processing_error", repr(exc), exc, k.encode())
+
+    # --- contacts --------------------------------------------------------------------------------
+
+    def contacts_batch(self, batch_event: Any, decoded: DecodedStates) -> None:
         """One fetched batch of the contacts topic: every message of a key folded at once, one
         key at a time; a key whose fold, encoding or writes fail has its messages parked."""
-        table = w.contacts
+        out = Outbox(self.partitions, self.refuser(batch_event))
+        inboxes = self._inboxes(records_of(batch_event))
         partition = batch_event.message.partition
-        out = Outbox(partitions, refuser(batch_event))
-        inbox: dict[str, list[Message]] = defaultdict(list)
-        items_of: dict[str, list[tuple[Any, Item]]] = defaultdict(list)
-        hops: dict[str, int] = defaultdict(int)
-        for record, item in unpack(records_of(batch_event)):
+        for key, inbox in inboxes.items():
+            try:
+                staged = self._fold(key, inbox, partition, out, decoded)
+            except Exception as exc:  # a bug, an unreadable state, a limit: never the batch
+                decoded.drop(key)
+                log.exception("contact %s: messages parked on the dead-letter topic", key)
+                self.park(inbox.sources[0][0], [item for _, item in inbox.sources], "processing_error", repr(exc), exc)
+                continue
+            for ready in staged:
+                out.put(ready)
+        out.flush()
+        self.feed.flush(batch_event.message)
+
+    def _inboxes(self, records: list[Any]) -> dict[str, _Messages]:
+        """The batch's messages by contact, in partition order; one that cannot be applied (an
+        empty envelope, a merge loop) is parked alone."""
+        inboxes: dict[str, _Messages] = {}
+        for record, item in self.unpack(records):
             try:
                 env = item.env
                 if env.hops > MAX_HOPS:
@@ -318,39 +345,92 @@ def register(w: Wiring, settings: Settings, model: Model) -> None:
                     raise Unprocessable("empty_envelope", f"a {env.kind!r} envelope without its content")
             except Exception as exc:
                 reason = exc.reason if isinstance(exc, Unprocessable) else "processing_error"
-                park(record, [item], reason, exc.detail if isinstance(exc, Unprocessable) else repr(exc), exc)
+                self.park(record, [item], reason, exc.detail if isinstance(exc, Unprocessable) else repr(exc), exc)
                 continue
-            inbox[item.key].append(message)
-            items_of[item.key].append((record, item))
-            hops[item.key] = max(hops[item.key], env.hops)
-        for key, messages in inbox.items():
+            inbox = inboxes.get(item.key)
+            if inbox is None:
+                inbox = inboxes[item.key] = _Messages()
+            inbox.messages.append(message)
+            inbox.sources.append((record, item))
+            inbox.hops = max(inbox.hops, env.hops)
+        return inboxes
+
+    def _fold(
+        self, key: str, inbox: _Messages, partition: int, out: Outbox, decoded: DecodedStates
+    ) -> list[tuple[TopicT, int, RawItem]]:
+        """One contact: read its state, fold its inbox, write what the fold decided (its messages
+        for other contacts are returned, ready to send, for the caller to keep once all is written)."""
+        w = self.w
+        # step() may change ``before`` in place: a failure drops it from the cache
+        before = decoded.get(key, w.contacts.get(key))
+        folded = step(before, key, inbox.messages, self.model, segment_of=self.population.segment_of)
+        hop = inbox.hops + 1
+        staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hop)) for o in folded.outgoing]
+        state = folded.state
+        if state is not None:
+            self.timer_index.set(key, folded.next_due_ms)
+            raw = encode(state)
+            if len(raw) + len(key) > MAX_RECORD_BYTES:
+                raise TooLarge(f"the contact's state is {len(raw)} bytes; a changelog record holds {MAX_RECORD_BYTES}")
+            for trigger in folded.triggers:
+                w.send_trigger(key.encode(), trigger)
+            self.feed.add(state)
+            self.population.add(partition, state)
+            w.contacts[key] = raw
+            decoded.put(key, raw, state)
+        return staged
+
+
+class _Messages:
+    """One contact's messages in a batch, the records they came in, and their most hops."""
+
+    __slots__ = ("hops", "messages", "sources")
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.sources: list[tuple[Any, Item]] = []
+        self.hops = 0
+
+
+def _one_item(key: str, env: msgspec.Raw) -> bytes:
+    return encode(RawBatch(items=[RawItem(key=key, env=env)]))
+
+
+def register(w: Wiring, settings: Settings, model: Model) -> Pipeline:
+    """Attach the clock and the three agents to the app: each batch to its :class:`Pipeline` stage,
+    whatever escapes a stage dead-lettered as a batch error (an agent never raises)."""
+    pipeline = Pipeline(w, settings, model)
+
+    @w.app.timer(interval=settings.timer_interval_s, name="clock")
+    async def beat() -> None:
+        await pipeline.beat()
+
+    @w.app.agent(w.sources, name="ingest")
+    async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for batch_event in stream.events():
             try:
-                # step() may change ``before`` in place: a failure drops it from the cache
-                before = decoded.get(key, table.get(key))
-                folded = step(before, key, messages, model, segment_of=population.segment_of)
-                hop = hops[key] + 1
-                staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hop)) for o in folded.outgoing]
-                state = folded.state
-                if state is not None:
-                    timer_index.set(key, folded.next_due_ms)
-                    raw = encode(state)
-                    if len(raw) + len(key) > MAX_RECORD_BYTES:
-                        raise TooLarge(
-                            f"the contact's state is {len(raw)} bytes; a changelog record holds {MAX_RECORD_BYTES}"
-                        )
-                    for trigger in folded.triggers:
-                        w.send_trigger(key.encode(), trigger)
-                    feed.add(state)
-                    population.add(partition, state)
-                    table[key] = raw
-                    decoded.put(key, raw, state)
-            except Exception as exc:  # a bug, an unreadable state, a limit: never the batch
-                decoded.drop(key)
-                log.exception("contact %s: messages parked on the dead-letter topic", key)
-                sources = items_of[key]
-                park(sources[0][0], [item for _, item in sources], "processing_error", repr(exc), exc)
-                continue
-            for ready in staged:
-                out.put(ready)
-        out.flush()
-        feed.flush(batch_event.message)
+                pipeline.ingest_batch(batch_event)
+            except Exception as exc:
+                batch_error(w, "ingest", batch_event, exc)
+            yield None
+
+    @w.app.agent(w.identity_topic, name="identity")
+    async def identity(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for batch_event in stream.events():
+            try:
+                pipeline.identity_batch(batch_event)
+            except Exception as exc:
+                batch_error(w, "identity", batch_event, exc)
+            yield None
+
+    @w.app.agent(w.contacts_topic, name="contacts")
+    async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        decoded = DecodedStates(settings.state_cache_entries)
+        async for batch_event in stream.events():
+            try:
+                pipeline.contacts_batch(batch_event, decoded)
+            except Exception as exc:
+                batch_error(w, "contacts", batch_event, exc)
+            yield None
+
+    return pipeline
