@@ -1,7 +1,8 @@
 """The pure-Python ceiling: decode + route + the core fold, batch by batch, with no Kafka at all.
 
 It runs :class:`analytics.replay.Fold`, the worker's stages in one process with the same codecs
-between them and a dict standing in for each table (encoded values, as RocksDB would hold them):
+between them and a dict standing in for each table (encoded values, as RocksDB would hold them),
+each contact folded by :func:`scorestream.fold.step` (the worker's entry: triggers included):
 replay's own implementation, so this is also replay's ceiling without Kafka.
 """
 
