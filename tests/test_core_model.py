@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from schemas.model_file import load_model
 from scorestream import Model, ModelError
-from scorestream.rules.common import Predicate, parse_duration_ms
+from scorestream.rules.common import Band, Predicate, as_number, parse_bands, parse_duration_ms, parse_number
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, make_event, model_from
 
 # --- durations ---------------------------------------------------------------------------------
@@ -446,3 +447,34 @@ def test_load_model_errors(tmp_path: Path) -> None:
     dup.write_text("name: x\nengagement:\n  rules:\n    - {id: a, points: 1}\n    - {id: a, points: 2}\n")
     with pytest.raises(ModelError, match=r"duplicate engagement rule id\(s\): \['a'\]"):
         load_model(dup)
+
+
+def test_bands_of_contacts_and_accounts_are_read_by_one_rule() -> None:
+    default = (Band("low", -math.inf), Band("high", 50.0))
+    assert parse_bands(None, "x", default) == (Band("high", 50.0), Band("low", -math.inf))
+    assert parse_bands([{"label": "B", "min": 1}, {"label": "A", "min": 2.5}], "x", default) == (
+        Band("A", 2.5),
+        Band("B", 1.0),
+    )
+    for bad in ("ten", True, None):
+        with pytest.raises(ModelError, match=r"fit\.grades\[0\]: 'min' must be a number"):
+            Model.from_dict({"name": "x", "fit": {"grades": [{"label": "A", "min": bad}]}})
+        with pytest.raises(ModelError, match=r"accounts\.fit\.grades\[0\]: 'min' must be a number"):
+            Model.from_dict({"name": "x", "accounts": {"fit": {"grades": [{"label": "A", "min": bad}]}}})
+    model = Model.from_dict({"name": "x"})
+    assert [(b.label, b.min) for b in model.fit_grades] == [("A", 60.0), ("B", 35.0), ("C", 15.0), ("D", -math.inf)]
+    assert [(b.label, b.min) for b in model.engagement_bands] == [("1", 60), ("2", 30), ("3", 10), ("4", -math.inf)]
+    assert [b.min for b in model.accounts.engagement_bands] == [100, 50, 15, -math.inf]
+
+
+def test_numbers_in_the_model_file() -> None:
+    assert parse_number(3, "x") == 3.0
+    assert parse_number(0.5, "x", minimum=0.0) == 0.5
+    for bad in ("3", True, math.inf, math.nan, None):
+        with pytest.raises(ModelError, match="x: expected a number"):
+            parse_number(bad, "x")
+    with pytest.raises(ModelError, match=r"x: must be >= 0\.0, got -1"):
+        parse_number(-1, "x", minimum=0.0)
+    # a predicate reads what it compares leniently: numeric strings count, booleans do not
+    assert as_number("2.5") == 2.5 and as_number(7) == 7.0
+    assert as_number(True) is None and as_number("abc") is None and as_number([1]) is None
