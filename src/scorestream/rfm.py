@@ -55,9 +55,8 @@ Population scores
     drift as the clock moves: only purchases and refunds change it, so stale boundaries stay
     meaningful (``boundaries`` over ``recency_days`` would be stale by the time elapsed).
 Segments
-    A name per (R, F) cell, from rules evaluated in order (first match wins), overridable in the
-    model file (``ValueConfig.from_dict``); every cell of 1..5 x 1..5 must be covered and every
-    rule must win at least one cell.
+    A name per (R, F) cell (:func:`rfm_score` names it): the rules and their parsing are the model
+    file's ``value`` section, :mod:`scorestream.rules.value`.
 """
 
 from __future__ import annotations
