@@ -1,5 +1,5 @@
-"""Replay's fold: the same events in any order, with duplicates, give the same states; the diff
-counts what changed."""
+"""Replay's fold: the same events in any order, with duplicates, give the same states; it keeps the
+fold's triggers; the diff counts what changed."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 
 from analytics.replay import Fold, diff, views
 from deploy.traffic import Traffic
+from schemas.events import decode
 from schemas.model_file import load_model, read_model_source
-from schemas.state import decode_link
+from schemas.state import decode_link, decode_state
 from scorestream import Model
-from tests.factories import DAY, T0
+from scorestream.fold import step
+from tests.factories import DAY, T0, iso, segment_json
 
 MODEL = load_model()
 AS_OF = T0 + 31 * DAY
@@ -77,3 +79,34 @@ def doubled_source() -> dict[str, Any]:
             rule["cap"]["points"] = rule["cap"]["points"] * 2
     source["name"] = "doubled"
     return source
+
+
+def test_the_fold_keeps_the_triggers_of_every_step_and_of_the_settle() -> None:
+    """Replay's triggers are the fold entry's: a contact walked to its newest event, then sent
+    older events, has its walk put off; ``settle`` ticks it, as the worker's clock would, and the
+    triggers that walk announces are kept with the others."""
+    traits = {"email": "ann@acme.com", "title": "CEO", "industry": "software", "employees": 200}
+
+    def rec(mid: str, ts: int, **fields: Any) -> tuple[str, bytes | None, int]:
+        return "web", segment_json(messageId=mid, userId="ann", anonymousId=None, timestamp=iso(ts), **fields), ts
+
+    pricing, plans = {"path": "/pricing"}, {"path": "/pricing/plans"}
+    first = [rec("m-1", T0, type="identify", traits=traits), rec("m-5", T0 + 5000, type="page", properties=pricing)]
+    late = [
+        rec("m-2", T0 + 2000, event="Whitepaper Downloaded"),
+        rec("m-3", T0 + 3000, event="Webinar Registered"),
+        rec("m-4", T0 + 4000, type="page", properties=plans),
+    ]
+    f = Fold(MODEL)
+    f.feed(first)
+    f.feed(late)
+    journey = decode_state(f.contacts["ann"]).journey
+    assert journey is not None and journey.deferred_since == T0 + 2000  # put off
+    walked = len(f.triggers)
+    f.settle()
+    assert len(f.triggers) > walked  # the walk the settle's tick made announced its changes
+    events = [decode(value, channel, ms) for channel, value, ms in [*first, *late] if value is not None]
+    once = step(None, "ann", events, MODEL)
+    assert sorted(t["id"] for t in f.triggers) == sorted(t["id"] for t in once.triggers)
+    assert {t["type"] for t in f.triggers} >= {"stage.changed", "score.threshold_crossed"}
+    assert not [t for t in f.triggers if t["type"] == "rfm.segment_changed"]  # no cut given
