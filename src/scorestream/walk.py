@@ -18,8 +18,11 @@ checkpoints, the last ``MAX_CURSORS`` of them, and the one at the newest event),
 caps' state and the purchase signals; they depend on the events only, not on how they were
 batched. A walk over new events resumes from the latest position before the earliest of them
 and earns only the new hits' points; new traits or a merge walk again from the anchor. The
-caller (``fold.step``) may also put a walk off for up to ``WALK_DEBOUNCE_MS`` (a busy contact
-with late events); the clock's tick then walks it, with the same result.
+caller (:func:`scorestream.fold.step`) may also put a walk off for up to ``WALK_DEBOUNCE_MS`` (a
+busy contact with late events); the clock's tick then walks it, with the same result. Before old
+hits fold away, :mod:`scorestream.contact` settles the journey there (:func:`anchor_at`): later walks
+start from that anchor. The score at the walk's newest position is kept (``Journey.cursor``), and
+:func:`scorestream.scoring.engagement_now` reads engagement from it without walking.
 
 **Guards** are predicates (``scorestream.rules.common.Predicate``) over the contact's signals at that
 instant: ``engagement`` (decayed score), ``fit``, ``fit_grade``, ``orders`` (completed orders net
