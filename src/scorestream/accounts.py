@@ -4,7 +4,8 @@ buying-centre coverage and an account stage graph with history.
 A contact that made a ``group`` call belongs to the account of its latest one. The contacts stage
 reports each member's current state to its account as a :class:`MemberUpdate` (role, engagement
 at an event-time instant, fit, lifecycle stage, customer or not, the account traits of its latest
-group call); the accounts stage folds them into an :class:`AccountState`.
+group call); the accounts stage folds them into an :class:`AccountState`. What the model file says
+about accounts (roles, weights, fit, the stage graph) is :mod:`scorestream.rules.accounts`.
 
 The rules this module keeps:
 
