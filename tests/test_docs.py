@@ -43,9 +43,7 @@ def broken_links(page: Path) -> list[str]:
             continue
         path, _, fragment = target.partition("#")
         resolved = (page.parent / path).resolve() if path else page
-        if not resolved.exists():
-            broken.append(target)
-        elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
+        if not resolved.exists() or (fragment and resolved.suffix == ".md" and fragment not in anchors(resolved)):
             broken.append(target)
     return broken
 
@@ -67,7 +65,7 @@ def test_the_link_check_catches_a_broken_link(tmp_path: Path) -> None:
     page.write_text(
         "[ok](there.md) [ok](there.md#a-heading-with-code) [web](https://example.com/x) [self](#top)\n"
         "# Top\n"
-        "[gone](missing.md) [bad anchor](there.md#nowhere)\n"
+        "[gone](missing.md) [gone too](missing.md#x) [bad anchor](there.md#nowhere)\n"
         "```\n[in a fence](ignored.md)\n```\n"
     )
-    assert broken_links(page) == ["missing.md", "there.md#nowhere"]
+    assert broken_links(page) == ["missing.md", "missing.md#x", "there.md#nowhere"]
