@@ -104,8 +104,13 @@ def step(
     one recorded in the state (the state then records it). ``segment_of`` None: no cut is known
     (a replay without the population), the segment is neither judged nor changed.
 
-    ``state`` may be changed in place. The same messages in any order and any batching give the
-    same state and the same set of triggers (within the bounds of ``scorestream.contact``).
+    ``state`` may be changed in place. Within the bounds of ``scorestream.contact``, the same
+    messages in any order and any batching give the same state. The triggers are the same for one
+    inbox in any order, and for messages in event-time order in any batching; an event older than
+    what was already walked may rewrite the history announced before (a contact that became a lead
+    by engagement turns out to have become one by identifying first): what was announced stays
+    announced and the rewritten entries are announced too, so a run may hold more triggers, never
+    fewer changes. Trigger ids are stable: a consumer delivers a redelivered one once.
     """
     before = state.journey if state is not None else None
     inbox_pass = _Inbox(state, contact_id, model)
