@@ -1,7 +1,7 @@
 """One validated settings class, read from ``SCORESTREAM_*`` environment variables.
 
-Every variable is listed in the README's configuration table; ``tests/test_docs.py`` keeps the
-two in step.
+Every variable is listed in the configuration table of docs/configuration.md; ``tests/test_docs.py``
+keeps the two in step.
 """
 
 from __future__ import annotations
