@@ -7,8 +7,9 @@
 readers, ``model``, ``replica``, ``population`` and ``accounts`` (they follow promotions). Tests
 inject their readers through ``create_api``'s arguments, or replace an attribute of ``app.state``.
 
-Dependencies are ``async def``: a plain ``def`` is run in the threadpool, per request. The
-contact routes have one (authorisation, then readiness): each dependency costs per request.
+Dependencies are ``async def``: a plain ``def`` is run in the threadpool, per request. Each costs
+per request, so the contact routes have two: :func:`ready_readers` (authorisation, then the
+namespace and its readiness, in one) and :func:`clock`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -90,3 +92,37 @@ def test_routes_are_top_level_functions_of_their_router() -> None:
                 assert getattr(module, route.endpoint.__name__) is route.endpoint
             seen |= {(m, route.path) for m in route.methods or ()}
     assert seen >= PINNED
+
+
+def api_imports() -> dict[str, set[str]]:
+    """Module of ``api/`` -> the ``api`` modules it imports (``from api import x`` counts as ``api.x``)."""
+    root = Path(api.routers.__file__).parents[1]
+    out: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "api":
+                found |= {
+                    f"{node.module}.{a.name}" if node.module in ("api", "api.routers") else node.module
+                    for a in node.names
+                }
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "api"}
+        out[name] = found
+    return out
+
+
+def test_routers_are_leaves_and_errors_the_root() -> None:
+    """Only the app (and the routers' package) imports a router, no router imports another, only
+    the routers and the app use the dependencies, and ``api.errors`` imports nothing of the API
+    (every module may raise its errors)."""
+    imports = api_imports()
+    routers = {m for m in imports if m.startswith("api.routers.")}
+    assert routers >= {f"api.routers.{r}" for r in ("contacts", "accounts", "webhooks", "reports", "models", "health")}
+    for module, imported in imports.items():
+        if module not in ("api.app", "api.routers"):
+            assert not imported & routers, module
+    assert imports["api.errors"] == set()
+    # the dependencies are the routes' (and the app's direct path's): no other module reads app.state
+    assert {m for m, imported in imports.items() if "api.deps" in imported} == routers | {"api.app"}
