@@ -12,6 +12,7 @@ from schemas.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+RESULTS = sorted((ROOT / "bench" / "results").glob("*.md"))  # their summaries link to each other and to docs/
 
 # [text](target): the target up to the first space or closing parenthesis; images included
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -48,7 +49,7 @@ def broken_links(page: Path) -> list[str]:
     return broken
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", PAGES + RESULTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(page: Path) -> None:
     assert broken_links(page) == []
 
