@@ -254,7 +254,7 @@ class KafkaPublisher:
 
 
 @dataclass(slots=True)
-class Outgoing:
+class ToPublish:
     """One record to publish: a valid message on its channel's topic, or a dead letter."""
 
     topic: str
@@ -517,10 +517,10 @@ class Collector:
 
     def _prepare(
         self, messages: list[Any], req: _Request, dead_letters: str | None = None
-    ) -> tuple[list[Outgoing], list[Rejected]]:
+    ) -> tuple[list[ToPublish], list[Rejected]]:
         """Enrich, serialise and validate each message: records to publish, and the refusals (as
         dead letters too when ``dead_letters`` names the route they came through)."""
-        out: list[Outgoing] = []
+        out: list[ToPublish] = []
         rejected: list[Rejected] = []
         topics = self._topics
         for index, msg in enumerate(messages):
@@ -550,9 +550,9 @@ class Collector:
                     headers = deadletter_headers(exc.reason, exc.detail, topics[channel], -1, -1)
                     headers.append(("scorestream.source.http", f"{dead_letters}[{index}]".encode()))
                     raw = value if value is not None else _any_json(msg, index)
-                    out.append(Outgoing(self.settings.topic_deadletter, key, raw, headers))
+                    out.append(ToPublish(self.settings.topic_deadletter, key, raw, headers))
                 continue
-            out.append(Outgoing(topics[channel], key, value))
+            out.append(ToPublish(topics[channel], key, value))
         return out, rejected
 
     async def _keep_unreadable(self, body: bytes, refusal: Refusal, channel: str, path: str) -> None:
@@ -563,7 +563,7 @@ class Collector:
         headers = deadletter_headers(refusal.code, refusal.message, self._topics[channel], -1, -1)
         headers.append(("scorestream.source.http", path.encode()))
         now = self.clock()
-        await self._publish([Outgoing(self.settings.topic_deadletter, None, body, headers)], now)
+        await self._publish([ToPublish(self.settings.topic_deadletter, None, body, headers)], now)
         log.warning(
             "collector: an unreadable batch body on %s (%d bytes) dead-lettered: %s", path, len(body), refusal.code
         )
@@ -585,7 +585,7 @@ class Collector:
             BUSY_RETRY_AFTER_S,
         )
 
-    async def _publish(self, records: list[Outgoing], timestamp_ms: int) -> None:
+    async def _publish(self, records: list[ToPublish], timestamp_ms: int) -> None:
         """Send every record and wait until Kafka acknowledged all of them (``acks=all``).
 
         The in-flight count is taken before sending and each record leaves it when its
