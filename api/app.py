@@ -22,7 +22,7 @@ from api.account_replica import AccountReplica
 from api.archive import analytics_store
 from api.errors import ApiError, api_error, install_error_handlers
 from api.namespaces import Namespaces, Readers
-from api.population import PopulationReader
+from api.population_reader import PopulationReader
 from api.replica import Replica
 from api.routers import ROUTERS, contacts
 from api.webhook_backend import WebhookBackend

@@ -25,7 +25,7 @@ from starlette.requests import HTTPConnection
 from api.archive import StoreGetter
 from api.errors import ApiError
 from api.namespaces import Namespaces, Readers
-from api.population import PopulationReader
+from api.population_reader import PopulationReader
 from api.replica import Replica
 from api.webhook_backend import WebhookBackend
 from collector.service import Collector

@@ -29,7 +29,7 @@ import msgspec
 from api.account_replica import AccountReplica
 from api.errors import ApiError
 from api.follow import task_failure
-from api.population import PopulationReader
+from api.population_reader import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Replica
 from kafka_io.clients import KafkaConnection

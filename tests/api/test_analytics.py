@@ -23,7 +23,7 @@ from analytics.migrations import migrate
 from analytics.reports import decayed
 from api.app import create_api
 from api.archive import analytics_store
-from api.population import PopulationReader
+from api.population_reader import PopulationReader
 from api.replica import Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection
 from schemas.model_file import MODELS, load_model

@@ -16,7 +16,7 @@ import httpx
 from pydantic import TypeAdapter
 
 from api.app import create_api
-from api.population import PopulationReader
+from api.population_reader import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Decoded, Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection

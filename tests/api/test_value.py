@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.app import create_api
-from api.population import PopulationReader
+from api.population_reader import PopulationReader
 from api.replica import Replica
 from kafka_io.clients import KafkaConnection
 from schemas.model_file import load_model

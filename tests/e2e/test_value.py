@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from api.population import PopulationReader
+from api.population_reader import PopulationReader
 from api.replica import Replica
 from kafka_io.clients import KafkaConnection
 from schemas.events import decode
