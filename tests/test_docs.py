@@ -70,3 +70,8 @@ def test_the_link_check_catches_a_broken_link(tmp_path: Path) -> None:
         "```\n[in a fence](ignored.md)\n```\n"
     )
     assert broken_links(page) == ["missing.md", "missing.md#x", "there.md#nowhere"]
+
+
+def test_the_readme_stays_one_screen() -> None:
+    """Quickstart and a map: the manual lives in docs/ (the README was 62 KB before issue 15)."""
+    assert len((ROOT / "README.md").read_bytes()) < 6 * 1024
