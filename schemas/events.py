@@ -121,7 +121,7 @@ SegmentMessage = Annotated[Identify | Track | Page | Screen | Group | Alias, Fie
 # The same contract as msgspec structs: about five times cheaper than pydantic per message, which
 # was a fifth of the worker's time. It may only be stricter, never looser: whatever it refuses
 # goes to the pydantic models above, which accept it or explain the refusal (the reason codes
-# come from there). tests/test_events_contract.py checks that both give the same event.
+# come from there). tests/schemas/test_events.py checks that both give the same event.
 _FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _FastTime = Annotated[datetime, msgspec.Meta(tz=True)]
 

@@ -1,6 +1,6 @@
 """Generate ``schemas/json/*.json`` from the contract models (``make schemas``).
 
-``tests/test_schemas.py`` regenerates in memory and fails when a committed file is stale.
+``tests/schemas/test_generate.py`` regenerates in memory and fails when a committed file is stale.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One JSON object per record, keyed by the contact id (or the account id for
 ``account.stage_changed``): per key, records are in the order the changes were computed. The
-record is built by :func:`scorestream.triggers.make_trigger`; ``tests/test_triggers_contract.py``
+record is built by :func:`scorestream.triggers.make_trigger`; ``tests/schemas/test_triggers.py``
 validates what the core builds against this model.
 """
 

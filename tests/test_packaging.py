@@ -44,3 +44,59 @@ def test_the_check_sees_a_sub_package(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
     assert packages_under("pkg", tmp_path / "pkg") == {"pkg", "pkg.sub"}
+
+
+REPO_WIDE = {"test_docs.py", "test_layers.py", "test_packaging.py"}
+# tests of the running service as a whole (real broker, processes, browser) and their data
+WHOLE_SERVICE = {"e2e", "browser", "hostile"}
+
+
+def source_dir(root: Path, test_dir: Path) -> Path:
+    """The source folder a test folder mirrors: tests/scorestream/rules -> src/scorestream/rules."""
+    parts = test_dir.relative_to(root / "tests").parts
+    return root / ("src/" if parts[0] == "scorestream" else "") / Path(*parts)
+
+
+def unmirrored(root: Path) -> list[str]:
+    """Unit test files that do not sit at ``tests/<package>/test_<module>[_<aspect>].py``."""
+    tests_root = root / "tests"
+    wrong: list[str] = []
+    for path in sorted(tests_root.rglob("test_*.py")):
+        rel = path.relative_to(tests_root)
+        if rel.parts[0] in WHOLE_SERVICE or "node_modules" in rel.parts:
+            continue
+        if len(rel.parts) == 1:
+            if rel.name not in REPO_WIDE:
+                wrong.append(f"{rel}: a unit test belongs in the folder of its package")
+            continue
+        source = source_dir(root, path.parent)
+        names = {p.stem for p in source.glob("*.py")} | {
+            p.name for p in source.iterdir() if (p / "__init__.py").is_file()
+        }
+        subject = path.stem.removeprefix("test_")
+        if not any(subject == n or subject.startswith(f"{n}_") for n in names if n != "__init__"):
+            wrong.append(f"{rel}: no module {source.relative_to(root)}/{subject.split('_')[0]}.py")
+    return wrong
+
+
+def test_unit_tests_mirror_the_tree() -> None:
+    assert unmirrored(ROOT) == []
+
+
+def test_the_mirror_check_catches_strays(tmp_path: Path) -> None:
+    for name in ("streams/__init__.py", "streams/agents.py", "src/scorestream/rules/__init__.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    for name in (
+        "tests/streams/test_agents_cache.py",
+        "tests/streams/test_nowhere.py",
+        "tests/scorestream/test_rules.py",
+        "tests/e2e/test_anything.py",
+        "tests/test_stray.py",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    assert unmirrored(tmp_path) == [
+        "streams/test_nowhere.py: no module streams/nowhere.py",
+        "test_stray.py: a unit test belongs in the folder of its package",
+    ]

@@ -27,7 +27,7 @@ from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import ContactState, apply_events, fold
 from tests.api.contact_oracle import contact_out
-from tests.api.test_value import _model as population_model
+from tests.api.test_population_reader import _model as population_model
 from tests.factories import DAY, T0, make_event
 
 MODEL = load_model()

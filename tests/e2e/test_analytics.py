@@ -405,7 +405,7 @@ def test_an_unavailable_clickhouse_delays_the_sink_and_loses_nothing(service: Se
 
 
 def test_the_api_runs_the_sink_with_embedded_chdb(service: Service, chdb_path: Path) -> None:
-    """SCORESTREAM_SINK_IN_API with a chdb:// URL (what auto means: ``tests/analytics/test_store.py``):
+    """SCORESTREAM_SINK_IN_API with a chdb:// URL (what auto means: ``tests/analytics/test_client.py``):
     the API process owns chDB and its sink archives what arrives; the test reads it once the API
     has stopped."""
     database = f"api_{uuid.uuid4().hex[:8]}"

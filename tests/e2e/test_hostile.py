@@ -150,7 +150,7 @@ def test_null_values_and_record_timestamps(service: Service) -> None:
     produced = [(case, c) for case, c in zip(cases, coords, strict=True) if isinstance(c, tuple)]
     # aiokafka writes a CreateTime of -1 or 0 as given and the broker keeps it; this broker (Kafka
     # 4: log.message.timestamp.after.max.ms is an hour) refuses one 3 days ahead itself. An older
-    # broker keeps it, and the worker dead-letters it (tests/test_events_contract.py).
+    # broker keeps it, and the worker dead-letters it (tests/schemas/test_events.py).
     assert [key for key, _ in refused_by_producer] in ([], [b"rec-ahead"]), refused_by_producer
     assert all(isinstance(c, InvalidTimestampError) for _, c in refused_by_producer), refused_by_producer
     expected_dead = [(case, c) for case, c in produced if case[3] is not None]

@@ -15,7 +15,7 @@ from deploy.traffic import Traffic
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import decode_state
-from tests.analytics.test_replay_fold import doubled_source
+from tests.analytics.test_replay import doubled_source
 from tests.e2e.service import Service
 
 MODEL = load_model()

@@ -27,7 +27,7 @@ from bench.harness import wait_drained
 from deploy.traffic import Traffic
 from schemas.model_file import DEFAULT_MODEL as MODEL_FILE
 from schemas.state import decode_state
-from tests.analytics.test_replay_fold import doubled_source
+from tests.analytics.test_replay import doubled_source
 from tests.e2e.service import REPO, Service
 from tests.e2e.test_analytics import BAD, settings_for, workload
 from tests.e2e.test_replay import DAY, MODEL

@@ -39,7 +39,7 @@ Record = tuple[str, bytes, bytes]
 def msg(kind: str, mid: str, ts: int, **fields: Any) -> Record:
     """A web message keyed by its anonymous id, else its user id: a contact's messages stay in order
     (a contact folded from its events out of order may announce an entry a later event rewrites,
-    see tests/test_fold.py; replay folds each contact's events at once)."""
+    see tests/scorestream/test_fold.py; replay folds each contact's events at once)."""
     key = str(fields.get("anonymousId") or fields["userId"]).encode()
     return "web", key, orjson.dumps({"type": kind, "messageId": mid, "timestamp": iso(ts), **fields})
 

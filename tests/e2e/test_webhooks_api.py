@@ -18,10 +18,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from api.webhook_backend import WebhookBackend
 from fastapi import FastAPI
 
 from api.app import create_api
+from api.webhook_backend import WebhookBackend
 from kafka_io.topics import wanted
 from schemas.model_file import load_model
 from schemas.settings import Settings

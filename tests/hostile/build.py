@@ -3,7 +3,7 @@
 One JSON object a line: ``name``, ``reason`` (a dead-letter reason code, or ``accepted`` for a
 message that is odd but valid: it must be scored, and the fold must not fail on it), and the
 message as ``text`` (UTF-8) or ``base64`` (bytes that are not UTF-8). Run ``python -m
-tests.hostile.build`` after changing a case; tests/test_events_contract.py reads the file and
+tests.hostile.build`` after changing a case; tests/schemas/test_events.py reads the file and
 fails when it is stale (``test_the_hostile_corpus_is_built_from_its_script``).
 """
 

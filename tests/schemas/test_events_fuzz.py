@@ -27,7 +27,7 @@ from scorestream import ContactState, Event, apply_events
 from scorestream.fold import step
 from tests.factories import DAY, DEFAULT_MODEL, T0, iso, make_event
 
-SCHEMAS = Path(__file__).parents[1] / "schemas" / "json"
+SCHEMAS = Path(__file__).parents[2] / "schemas" / "json"
 TYPES = ("identify", "track", "page", "screen", "group", "alias")
 RECORD_MS = T0 + 60_000
 EXAMPLES = 400  # per property; the module runs in about 15 s on a shared 2-core machine

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from schemas.events import MAX_MESSAGE_BYTES, InvalidMessage, decode
 from tests import hostile
-from tests import test_events_fuzz as fuzz
-from tests.api.test_collector import AUTH, NOW, FakePublisher, make_app, post
+from tests.collector.test_service import AUTH, NOW, FakePublisher, make_app, post
+from tests.schemas import test_events_fuzz as fuzz
 
 CORPUS = hostile.load()
 NOT_A_MESSAGE = {"empty-value", "whitespace-only"}  # in a batch these are no element at all

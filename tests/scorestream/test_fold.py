@@ -27,7 +27,7 @@ from scorestream.population import (
     segment_for,
 )
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, T0, make_event
-from tests.test_isolation import Worker, internal, record
+from tests.streams.test_agents_isolation import Worker, internal, record
 
 MODEL = DEFAULT_MODEL
 CEO = {"email": "ann@acme.com", "title": "CEO", "industry": "software", "employees": 200, "address": {"country": "US"}}

@@ -28,7 +28,7 @@ from scorestream.population import (
     customer_facts,
 )
 from tests.factories import DAY, T0, make_event
-from tests.test_core_population import END, _facts, simulate
+from tests.scorestream.test_population import END, _facts, simulate
 
 KEY = "unit-test-key-0123456789"
 MODEL = load_model()

@@ -480,7 +480,7 @@ def test_the_journey_of_a_contact_past_the_ledger_bound_is_the_one_of_the_full_l
 
     from schemas.model_file import load_model
 
-    b2c = load_model(Path(__file__).parents[1] / "schemas" / "models" / "b2c.yaml")
+    b2c = load_model(Path(__file__).parents[2] / "schemas" / "models" / "b2c.yaml")
     unbounded = dataclasses.replace(b2c, value=dataclasses.replace(b2c.value, max_orders=10**9))
     rnd = random.Random(13)
     events: list[Event] = []

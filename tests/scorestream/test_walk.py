@@ -19,7 +19,7 @@ from scorestream.triggers import journey_triggers
 from scorestream.walk import walk
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event
 
-B2C = load_model(Path(__file__).parents[1] / "schemas" / "models" / "b2c.yaml")
+B2C = load_model(Path(__file__).parents[2] / "schemas" / "models" / "b2c.yaml")
 CEO = {"email": "ann@acme.com", "title": "CEO", "industry": "software", "employees": 200, "address": {"country": "US"}}
 
 
