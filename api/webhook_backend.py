@@ -57,7 +57,7 @@ from schemas.webhooks import (
     WebhookPatch,
     url_refusal,
 )
-from scorestream import webhooks as core
+from scorestream import delivery as core
 
 log = logging.getLogger(__name__)
 Resolve = Callable[[str, int], Awaitable[list[str]]]

@@ -27,7 +27,7 @@ import orjson
 from bench.harness import process_usage, standalone
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
-from scorestream.webhooks import DEFAULT_SCHEDULE_S, delivery_id, new_secret
+from scorestream.delivery import DEFAULT_SCHEDULE_S, delivery_id, new_secret
 from tests.e2e.hooks import Hooks, subscription, trigger
 from tests.e2e.service import wait_for
 from tests.webhook_receiver import Receiver

@@ -36,7 +36,7 @@ from schemas.webhooks import (
     DeliveryRecord,
     DeliveryStatus,
 )
-from scorestream.webhooks import TEST_TYPE, retry_delay_s
+from scorestream.delivery import TEST_TYPE, retry_delay_s
 
 TEST_LANE = "\x00test"  # test sends of a subscription: a lane of their own, ordered by command offset
 ONCE_LANE = "\x00once:"  # a manual retry of a settled delivery: alone in its lane

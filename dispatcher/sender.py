@@ -8,7 +8,7 @@ dropped before reuse, and a reused one that fails before any answer byte is retr
 fresh connection (the receiver saw nothing, or deduplicates on ``webhook-id``).
 
 The SSRF guard sits where the connection is made: :class:`Connector` resolves the host itself,
-drops every address :func:`scorestream.webhooks.address_refusal` refuses (unless private
+drops every address :func:`scorestream.delivery.address_refusal` refuses (unless private
 addresses are allowed) and connects to a vetted IP, so there is no window between the check and
 the connect for a DNS answer to change (no DNS rebinding); TLS still uses the host name for SNI
 and certificate checks, and the ``Host`` header is the URL's. No proxy settings are read.
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import h11
 
 from schemas.webhooks import MAX_RESPONSE_EXCERPT, AttemptOutcome
-from scorestream.webhooks import RETRY_AFTER_STATUSES, address_refusal, outcome, parse_retry_after
+from scorestream.delivery import RETRY_AFTER_STATUSES, address_refusal, outcome, parse_retry_after
 
 USER_AGENT = "scorestream-webhooks/1"
 KEEPALIVE_S = 30.0  # an idle connection older than this is closed rather than reused
@@ -150,7 +150,7 @@ class Sender:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Answer:
-        """One attempt: ``outcome`` per :func:`scorestream.webhooks.outcome` for an answer,
+        """One attempt: ``outcome`` per :func:`scorestream.delivery.outcome` for an answer,
         ``timeout``/``connection_error``/``refused`` otherwise. At most ``max_response_bytes``
         of the answer are read."""
         started = time.perf_counter()

@@ -113,7 +113,7 @@ from schemas.webhooks import (
     encode,
     url_refusal,
 )
-from scorestream.webhooks import (
+from scorestream.delivery import (
     TEST_TYPE,
     Filter,
     delivery_id,

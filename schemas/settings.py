@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from scorestream.webhooks import DEFAULT_SCHEDULE_S
+from scorestream.delivery import DEFAULT_SCHEDULE_S
 
 CHANNELS = ("web", "email", "store")  # the source channels, in the order `key:*` lists them
 

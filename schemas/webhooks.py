@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.times import at_of as _at
 from schemas.times import dt_of as _dt
-from scorestream.webhooks import Filter as CoreFilter
-from scorestream.webhooks import address_refusal, known_events
+from scorestream.delivery import Filter as CoreFilter
+from scorestream.delivery import address_refusal, known_events
 
 WEBHOOKS_VERSION = 1
 MAX_ATTEMPTS_KEPT = 20  # a delivery record keeps its latest attempts

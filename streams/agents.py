@@ -47,10 +47,10 @@ from schemas.state import (
 from scorestream import ContactState, IdentityLink, Model
 from scorestream.fold import Message, Tick, step
 from scorestream.identity import resolve, routing_key
-from streams.accounts import register_accounts
+from streams.account_feed import register_accounts
 from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
-from streams.population import register_population
+from streams.population_feed import register_population
 from streams.timers import Clock, TimerIndex
 from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, exception_name, record_ms, records_of
 

@@ -38,7 +38,7 @@ from schemas.webhooks import (
     delivery_out,
     webhook_out,
 )
-from scorestream import webhooks as core
+from scorestream import delivery as core
 
 log = logging.getLogger(__name__)
 RETRY_FAILED_DEFAULT = timedelta(hours=24)

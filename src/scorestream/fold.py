@@ -39,7 +39,7 @@ _NO_EVENT = 1 << 62  # later than any event: a step with ticks only resumes from
 
 SegmentOf = Callable[[ContactState, int], str | None]
 """The contact's RFM segment at an instant under the population's current cut (the worker passes
-``streams.population.PopulationFeed.segment_of``; ``scorestream.population.segment_for`` is the rule)."""
+``streams.population_feed.PopulationFeed.segment_of``; ``scorestream.population.segment_for`` is the rule)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from dispatcher.schedule import (
 )
 from dispatcher.sender import Connector, Refused, Sender
 from schemas.webhooks import MAX_ATTEMPTS_KEPT, AttemptRecord, DeliveryRecord, encode
-from scorestream.webhooks import TEST_TYPE, parse_retry_after
+from scorestream.delivery import TEST_TYPE, parse_retry_after
 from tests.webhook_receiver import Receiver, hang
 
 NOW = 1_800_000_000_000

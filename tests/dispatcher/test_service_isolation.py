@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
-import scorestream.webhooks
+import scorestream.delivery
 from dispatcher import service as dispatcher_service
 from dispatcher.schedule import Entry, SeenIds, Selection, new_delivery
 from dispatcher.sender import Answer
@@ -95,7 +95,7 @@ def dispatcher() -> tuple[Dispatcher, FakeProducer, FakeConsumer]:
 
 def test_a_bad_trigger_or_command_is_dead_lettered_and_the_others_handled(monkeypatch: pytest.MonkeyPatch) -> None:
     d, producer, consumer = dispatcher()
-    real = scorestream.webhooks.trigger_payload
+    real = scorestream.delivery.trigger_payload
 
     def payload(t: dict[str, Any]) -> bytes:  # a bug that strikes one trigger
         if t["after"] == "s2":

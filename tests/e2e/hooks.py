@@ -30,8 +30,8 @@ from schemas.webhooks import (
     SubscriptionRecord,
     encode,
 )
+from scorestream.delivery import delivery_id
 from scorestream.triggers import make_trigger
-from scorestream.webhooks import delivery_id
 from tests.e2e.service import isolated_env, wait_for
 from tests.webhook_receiver import Receiver
 

@@ -26,7 +26,7 @@ from kafka_io.topics import wanted
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.webhooks import COMMAND_DECODER, SUBSCRIPTION_DECODER, AttemptRecord, CommandRecord, DeliveryRecord, encode
-from scorestream.webhooks import address_refusal, delivery_id
+from scorestream.delivery import address_refusal, delivery_id
 
 KEY = "e2e-webhook-key-0123456789"
 MODEL = load_model()

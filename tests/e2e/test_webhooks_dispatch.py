@@ -18,7 +18,7 @@ import pytest
 import standardwebhooks
 
 from schemas.webhooks import CommandRecord, SubscriptionRecord
-from scorestream.webhooks import TEST_TYPE, delivery_id, new_secret
+from scorestream.delivery import TEST_TYPE, delivery_id, new_secret
 from tests.e2e.hooks import Hooks, now_ms, subscription, trigger
 from tests.e2e.service import wait_for
 from tests.webhook_receiver import Received, Receiver, hang

@@ -49,10 +49,10 @@ def test_a_record_without_key_goes_to_an_available_partition() -> None:
 def test_the_adapters_use_it() -> None:
     import api.webhook_backend
     import collector.service
-    import streams.accounts
+    import streams.account_feed
     import streams.agents
 
     assert vars(streams.agents)["partition_for"] is partition_for
-    assert vars(streams.accounts)["partition_for"] is partition_for
+    assert vars(streams.account_feed)["partition_for"] is partition_for
     assert vars(collector.service)["crc32_partitioner"] is crc32_partitioner
     assert api.webhook_backend.command_partition("wh_9f3a", 4) == 1

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streams.agents
-import streams.population
+import streams.population_feed
 from schemas.state import Envelope, decode_state, encode
 from scorestream import ContactState, Event
 from scorestream.fold import Folded, Message, SegmentOf, Tick, step
@@ -147,7 +147,7 @@ def test_a_forwarding_record_passes_messages_on_with_no_triggers_and_nothing_due
 
 def test_the_contacts_agent_sends_what_the_fold_decides(monkeypatch: pytest.MonkeyPatch) -> None:
     feeds: list[Any] = []
-    real = streams.population.register_population
+    real = streams.population_feed.register_population
 
     def register_population(*args: Any) -> Any:
         feeds.append(real(*args))

@@ -1,4 +1,4 @@
-"""Per-message isolation in the worker's agents (``streams.agents``, ``streams.accounts``), without a broker.
+"""Per-message isolation in the worker's agents (``streams.agents``, ``streams.account_feed``), without a broker.
 
 The real agent functions run over prepared batches of records: one poison record (or key) among
 good ones is dead-lettered alone (original bytes, reason, exception class, source coordinates)
@@ -21,7 +21,7 @@ import pytest
 import scorestream.accounts
 import scorestream.fold
 import scorestream.identity
-import streams.accounts
+import streams.account_feed
 import streams.agents
 from schemas.accounts import MemberBatch, decode_members
 from schemas.accounts import encode as encode_account
@@ -370,7 +370,7 @@ def test_accounts_isolates_garbage_and_a_failing_account(monkeypatch: pytest.Mon
             raise KeyError("stage")
         return real(before, account_id, updates, model)
 
-    monkeypatch.setattr(streams.accounts, "apply_member_updates", apply)
+    monkeypatch.setattr(streams.account_feed, "apply_member_updates", apply)
     worker = Worker()
     good = MemberBatch(items=[member("acct-1", "c1"), member("acct-bug", "c2"), member("acct-2", "c3")])
     batch = [record("t.accounts", 3, encode_account(good)), record("t.accounts", 4, b"not msgpack \xff")]
@@ -450,7 +450,7 @@ def test_the_timer_index_skips_an_unreadable_state() -> None:
 
 def test_the_population_follower_skips_a_record_it_fails_on(monkeypatch: pytest.MonkeyPatch) -> None:
     import schemas.population
-    import streams.population
+    import streams.population_feed
     from schemas.population import encode_record
     from scorestream.population import build_partition_summary
 
@@ -461,8 +461,8 @@ def test_the_population_follower_skips_a_record_it_fails_on(monkeypatch: pytest.
             raise TypeError("a bug in reading")
         return real(key, value)
 
-    monkeypatch.setattr(streams.population, "read_record", read_record)
-    feed = streams.population.PopulationFeed(cast(Wiring, None), SETTINGS, MODEL)
+    monkeypatch.setattr(streams.population_feed, "read_record", read_record)
+    feed = streams.population_feed.PopulationFeed(cast(Wiring, None), SETTINGS, MODEL)
     feed.apply(*encode_record(build_partition_summary(1, [], T0, 10)))
     feed.apply(*encode_record(build_partition_summary(2, [], T0, 10)))
     assert feed.unreadable == 1 and sorted(feed.summaries) == [2]

@@ -38,7 +38,7 @@ from schemas.webhooks import (
     SubscriptionRecord,
     encode,
 )
-from scorestream.webhooks import delivery_id
+from scorestream.delivery import delivery_id
 
 KEY = "unit-test-key-0123456789"
 NOW = 1_790_000_000_000

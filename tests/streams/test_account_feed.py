@@ -1,4 +1,4 @@
-"""The contacts stage's feed to the accounts stage (``streams.accounts.AccountFeed``)."""
+"""The contacts stage's feed to the accounts stage (``streams.account_feed.AccountFeed``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, cast
 from kafka_io.partitioner import partition_for
 from schemas.accounts import decode_members
 from scorestream import ContactState, apply_events
-from streams.accounts import AccountFeed
+from streams.account_feed import AccountFeed
 from streams.app import Wiring
 from tests.factories import DEFAULT_MODEL, T0, make_event
 

@@ -12,7 +12,7 @@ from scorestream import Event, apply_events
 from scorestream.population import PopulationModel, customer_facts
 from scorestream.rfm import RfmBoundaries, rfm_score, summary
 from streams.app import Wiring
-from streams.population import PartitionIndex, PopulationFeed
+from streams.population_feed import PartitionIndex, PopulationFeed
 from tests.factories import DAY, T0, make_event
 
 MODEL = load_model()

@@ -8,8 +8,7 @@ import time
 import pytest
 import standardwebhooks
 
-from scorestream.triggers import make_trigger
-from scorestream.webhooks import (
+from scorestream.delivery import (
     DEFAULT_SCHEDULE_S,
     Filter,
     address_refusal,
@@ -22,6 +21,7 @@ from scorestream.webhooks import (
     trigger_payload,
     wants,
 )
+from scorestream.triggers import make_trigger
 
 SECRET = new_secret(bytes(range(32)))
 OTHER = new_secret(bytes(range(1, 33)))
