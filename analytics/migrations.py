@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 
 from analytics.client import Store
+from analytics.errors import AnalyticsError
 
 log = logging.getLogger(__name__)
 FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -55,7 +56,7 @@ ORDER BY version
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(AnalyticsError, RuntimeError):
     pass
 
 

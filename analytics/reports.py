@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from analytics.client import Store
+from analytics.errors import AnalyticsError
 from schemas.api_analytics import (
     AsOfOut,
     ContactListOut,
@@ -76,7 +77,7 @@ MAX_MERGE_HOPS = 8
 Rows = list[tuple[Any, ...]]
 
 
-class InvalidParameter(ValueError):
+class InvalidParameter(AnalyticsError, ValueError):
     """A request parameter the reports cannot use; ``param`` names it (the API answers 422)."""
 
     def __init__(self, param: str, message: str) -> None:

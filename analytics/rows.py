@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import msgspec
 import orjson
 
+from analytics.errors import AnalyticsError
 from schemas.accounts import decode_account
 from schemas.events import InvalidMessage, decode
 from schemas.state import decode_state
@@ -56,7 +57,7 @@ class Record(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
-class Unreadable(ValueError):
+class Unreadable(AnalyticsError, ValueError):
     """A record the sink cannot read; ``reason`` is a stable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

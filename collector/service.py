@@ -66,6 +66,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from starlette.types import Receive, Scope, Send
 
+from collector.errors import CollectorError
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
 from kafka_io.partitioner import crc32_partitioner
@@ -142,7 +143,7 @@ class Reply(NamedTuple):
     headers: list[tuple[bytes, bytes]]
 
 
-class Refusal(Exception):
+class Refusal(CollectorError):
     """The whole request is refused: ``status`` with Segment's error body (``code``, ``message``)."""
 
     def __init__(self, status: int, code: str, message: str, retry_after_s: int | None = None) -> None:
@@ -161,7 +162,7 @@ class Refusal(Exception):
         return Reply(self.status, body, headers)
 
 
-class ClientGone(Exception):
+class ClientGone(CollectorError):
     """The client disconnected before its body was read: nothing to answer."""
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from dispatcher.errors import DispatcherError
 from schemas.webhooks import MAX_RESPONSE_EXCERPT, AttemptOutcome
 from scorestream.delivery import RETRY_AFTER_STATUSES, address_refusal, outcome, parse_retry_after
 
@@ -39,7 +40,7 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 Opener = Callable[..., Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
-class Refused(Exception):
+class Refused(DispatcherError):
     """The destination may not be connected to (the message says why)."""
 
 
@@ -121,7 +122,7 @@ class _Connection:
         self.writer.close()
 
 
-class _Closed(Exception):
+class _Closed(DispatcherError):
     """A reused connection failed before any byte of an answer."""
 
 

@@ -85,6 +85,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
 
+from dispatcher.errors import DispatcherError
 from dispatcher.schedule import (
     Entry,
     Picked,
@@ -138,7 +139,7 @@ TEST_MESSAGE = "A test delivery from scorestream: your endpoint is reachable and
 MAX_DEAD_BYTES = 900_000  # a dead letter fits a record (the producer's default limit: 1,000,000 bytes)
 
 
-class Unhandled(ValueError):
+class Unhandled(DispatcherError, ValueError):
     """A trigger or command record the dispatcher cannot read; ``reason`` is a stable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

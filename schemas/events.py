@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from schemas.errors import ContractError
 from scorestream import Event
 
 CONTRACT_VERSION = "1"
@@ -323,7 +324,7 @@ def deadletter_headers(
     return [(k, v.encode(errors="replace")) for k, v in zip(DEADLETTER_HEADERS, values, strict=True)]
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(ContractError, ValueError):
     """A message that is not a valid event; ``reason`` is a stable code for the dead-letter record."""
 
     def __init__(self, reason: str, detail: str) -> None:

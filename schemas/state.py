@@ -31,6 +31,7 @@ __all__ = [
     "RawItem",
     "UnsupportedVersion",
 ]
+from schemas.errors import ContractError
 from scorestream.fold import Absorb, Tick
 from scorestream.identity import MergeInto
 from scorestream.state import STATE_VERSION
@@ -121,7 +122,7 @@ def message_of(env: Envelope) -> Event | MergeInto | Absorb | Tick | None:
     return env.event or env.merge or env.tick or (Absorb(env.state) if env.state is not None else None)
 
 
-class UnsupportedVersion(ValueError):
+class UnsupportedVersion(ContractError, ValueError):
     pass
 
 

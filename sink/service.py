@@ -122,6 +122,7 @@ from schemas.registry import Registry
 from schemas.settings import Settings
 from schemas.times import at_of
 from scorestream import Model
+from sink.errors import SinkError
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class Stream:
     sealed: Batch | None = None  # a batch being inserted (or waiting to be retried)
 
 
-class _ClickHouseDown(Exception):
+class _ClickHouseDown(SinkError):
     """A ClickHouse call failed (the cause) where the sink cannot go on without it."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from schemas.events import deadletter_headers
 from streams.app import Wiring
+from streams.errors import WorkerError
 from streams.transport import MAX_RECORD_BYTES, exception_name, record_ms, records_of
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ dead_lettered: Counter[str] = Counter()
 """Records dead-lettered by this process, by reason (logs and tests read it)."""
 
 
-class Unprocessable(ValueError):
+class Unprocessable(WorkerError, ValueError):
     """A record that decodes but that its stage cannot apply; ``reason`` is a stable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

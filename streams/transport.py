@@ -45,6 +45,8 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from mode.utils.queues import ThrowableQueue
 
+from streams.errors import WorkerError
+
 log = logging.getLogger(__name__)
 
 
@@ -393,7 +395,7 @@ MAX_RECORD_BYTES = 900_000
 T = TypeVar("T")
 
 
-class TooLarge(ValueError):
+class TooLarge(WorkerError, ValueError):
     """A value that cannot be written as one Kafka record (see :data:`MAX_RECORD_BYTES`)."""
 
 

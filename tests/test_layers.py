@@ -4,9 +4,12 @@ adapters never import each other."""
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -309,3 +312,78 @@ def test_the_check_would_catch_a_kafka_client_built_elsewhere(tmp_path: Path) ->
     )
     assert kafka_clients_built(tmp_path / "pkg") == ["pkg/bad.py:3 AIOKafkaProducer", "pkg/bad.py:4 AIOKafkaConsumer"]
     assert kafka_clients_built(ROOT / "kafka_io") != []  # where they are built
+
+
+# One exception root per layer: every exception class a package defines derives from it (the
+# per-message policy that goes with them is the table in streams/deadletter.py).
+EXCEPTION_ROOTS = {
+    "scorestream": "scorestream.errors.ScorestreamError",
+    "api": "api.errors.ApiError",
+    "schemas": "schemas.errors.ContractError",
+    "streams": "streams.errors.WorkerError",
+    "dispatcher": "dispatcher.errors.DispatcherError",
+    "collector": "collector.errors.CollectorError",
+    "sink": "sink.errors.SinkError",
+    "analytics": "analytics.errors.AnalyticsError",
+    "kafka_io": "kafka_io.errors.KafkaIoError",
+}
+
+
+def _package_modules(package: str) -> list[ModuleType]:
+    found = importlib.import_module(package)
+    modules = [found]
+    for info in pkgutil.walk_packages(found.__path__, prefix=f"{package}."):
+        modules.append(importlib.import_module(info.name))
+    return modules
+
+
+def rootless_exceptions(modules: list[ModuleType], root: type[BaseException]) -> list[str]:
+    """Exception classes defined in ``modules`` that do not derive from ``root``.
+
+    Only errors (``Exception``): a ``SystemExit`` subclass (streams.worker's ``WrongModel``,
+    ``SlotTaken``) ends the process on purpose and must stay out of reach of ``except Exception``.
+    """
+    return sorted(
+        f"{module.__name__}.{name}"
+        for module in modules
+        for name, value in vars(module).items()
+        if isinstance(value, type)
+        and issubclass(value, Exception)
+        and value.__module__ == module.__name__
+        and not issubclass(value, root)
+    )
+
+
+def _root(dotted: str) -> type[BaseException]:
+    module, _, name = dotted.rpartition(".")
+    root = getattr(importlib.import_module(module), name)
+    assert isinstance(root, type) and issubclass(root, BaseException)
+    return root
+
+
+@pytest.mark.parametrize(("package", "root"), sorted(EXCEPTION_ROOTS.items()))
+def test_every_exception_of_a_layer_derives_from_its_root(package: str, root: str) -> None:
+    modules = _package_modules(package)
+    assert any(module.__name__ == root.rpartition(".")[0] for module in modules)
+    assert rootless_exceptions(modules, _root(root)) == []
+
+
+def test_the_root_check_catches_a_stray() -> None:
+    module = ModuleType("fake_layer.service")
+
+    class Root(Exception):
+        pass
+
+    class Good(Root, ValueError):
+        pass
+
+    class Stray(ValueError):
+        pass
+
+    class Exit(SystemExit):
+        pass
+
+    for cls in (Root, Good, Stray, Exit):
+        cls.__module__ = module.__name__
+        setattr(module, cls.__name__, cls)
+    assert rootless_exceptions([module], Root) == ["fake_layer.service.Stray"]
