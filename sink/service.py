@@ -161,7 +161,7 @@ class SinkStats:
 
 
 @dataclass
-class Batch:
+class RowBatch:
     """Rows read from one stream and not inserted yet, with the offsets they cover."""
 
     rows: dict[str, list[Row]] = field(default_factory=dict)
@@ -202,7 +202,7 @@ class Batch:
         return hashlib.sha256(f"{table}|{ranges}".encode()).hexdigest()[:32]
 
 
-Add = Callable[[Batch, Any], None]
+Add = Callable[[RowBatch, Any], None]
 
 
 @dataclass
@@ -212,8 +212,8 @@ class Stream:
     name: str
     topics: list[str]
     add: Add
-    pending: Batch = field(default_factory=Batch)
-    sealed: Batch | None = None  # a batch being inserted (or waiting to be retried)
+    pending: RowBatch = field(default_factory=RowBatch)
+    sealed: RowBatch | None = None  # a batch being inserted (or waiting to be retried)
 
 
 class _ClickHouseDown(SinkError):
@@ -408,7 +408,7 @@ class Sink:
         consumer.subscribe(self.topics, listener=_Rebalance(self, consumer))
 
     # --- records to rows ---------------------------------------------------------------------
-    def _add_event(self, batch: Batch, record: Any) -> None:
+    def _add_event(self, batch: RowBatch, record: Any) -> None:
         if record.topic == self.settings.topic_deadletter:
             batch.add("events", deadletter_row(record, self.channels))
             return
@@ -419,7 +419,7 @@ class Sink:
             batch.add("events", row)
 
     def _adder(self, table: str, build: Callable[[Any], Row | None]) -> Add:
-        def add(batch: Batch, record: Any) -> None:
+        def add(batch: RowBatch, record: Any) -> None:
             row = build(record)
             if row is None:
                 self.stats.skipped += 1
@@ -428,7 +428,7 @@ class Sink:
 
         return add
 
-    def _add_contact(self, batch: Batch, record: Any) -> None:
+    def _add_contact(self, batch: RowBatch, record: Any) -> None:
         change = read_contact(record, self.model, self.purchases)
         batch.add("contacts", change.snapshot)
         batch.changes.append(change)
@@ -459,7 +459,7 @@ class Sink:
                 batch.since = time.monotonic()
             self.stats.records += len(records)
 
-    def _reject(self, batch: Batch, record: Any, exc: Unreadable) -> None:
+    def _reject(self, batch: RowBatch, record: Any, exc: Unreadable) -> None:
         log.warning(
             "sink: unreadable record %s[%s] %s: %s: %s",
             record.topic,
@@ -598,7 +598,7 @@ class Sink:
         """Forget what is not committed (it is read again from the committed offsets)."""
         self._generation += 1
         for stream in self.streams:
-            stream.pending = Batch()
+            stream.pending = RowBatch()
             stream.sealed = None
         self.ledger.clear()
 
@@ -750,7 +750,7 @@ class Sink:
         """Insert a stream's batch (table by table) and commit its offsets; on failure keep the
         batch for a retry with backoff."""
         if stream.sealed is None:
-            stream.sealed, stream.pending = stream.pending, Batch()
+            stream.sealed, stream.pending = stream.pending, RowBatch()
         batch = stream.sealed
         try:
             if batch.changes:
@@ -833,7 +833,7 @@ class Sink:
             self.stats.refused_rows += 1
         return inserted
 
-    async def _ledger_rows(self, batch: Batch) -> None:
+    async def _ledger_rows(self, batch: RowBatch) -> None:
         """Build the batch's ledger rows (once: a retry inserts the same rows), after looking up
         the last row (before the batch) of the contacts the ledger does not remember."""
         for topic in sorted({c.record[0] for c in batch.changes}):  # one: the namespace's changelog
@@ -862,7 +862,7 @@ class Sink:
                 batch.rows.setdefault("sink_rejects", []).append(reject)
         batch.changes = []
 
-    async def _commit(self, consumer: AIOKafkaConsumer, stream: Stream, batch: Batch) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, stream: Stream, batch: RowBatch) -> None:
         assigned = consumer.assignment()
         offsets = {tp: offset for tp, offset in batch.next.items() if tp in assigned}
         if not offsets:

@@ -51,7 +51,7 @@ from streams.account_feed import register_accounts
 from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
 from streams.population_feed import register_population
-from streams.timers import Clock, TimerIndex
+from streams.timers import TickClock, TimerIndex
 from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, exception_name, record_ms, records_of
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class Pipeline:
         self.population = register_population(w, settings, model)
         self.feed = register_accounts(w, settings, model)
         self.timer_index = TimerIndex()
-        self.clock = Clock(
+        self.clock = TickClock(
             self.timer_index, self.assigned, w.contacts.items, self.send_ticks, max_ticks=settings.batch_max
         )
 

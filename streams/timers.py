@@ -91,7 +91,7 @@ class TimerIndex:
         return len(self.due)
 
 
-class Clock:
+class TickClock:
     """Sends ticks to due contacts; rebuilds the index when the assignment changes."""
 
     def __init__(

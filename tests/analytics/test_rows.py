@@ -37,7 +37,7 @@ from scorestream import ContactState, engagement_at, fit_of
 from scorestream.accounts import apply_member_updates, member_update
 from scorestream.fold import step
 from scorestream.triggers import make_trigger
-from sink.service import Batch
+from sink.service import RowBatch
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, OMIT, T0, make_event, segment_json
 
 MODEL = DEFAULT_MODEL
@@ -317,7 +317,7 @@ def test_decay_alone_is_not_a_change() -> None:
 def test_a_batch_token_names_its_offset_ranges() -> None:
     from aiokafka import TopicPartition
 
-    a, b = Batch(), Batch()
+    a, b = RowBatch(), RowBatch()
     for batch in (a, b):
         batch.first[TopicPartition("t", 0)] = 10
         batch.next[TopicPartition("t", 0)] = 20

@@ -17,7 +17,7 @@ from schemas.model_file import load_model
 from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import apply_events
-from sink.service import Batch, Sink, refused_row
+from sink.service import RowBatch, Sink, refused_row
 from tests.analytics.test_rows import Rec
 from tests.factories import T0, make_event, segment_json
 
@@ -112,7 +112,7 @@ def test_refused_row_of_a_table_without_raw_bytes() -> None:
 def test_a_ledger_failure_costs_one_change(monkeypatch: pytest.MonkeyPatch) -> None:
     store = FakeStore()
     s = sink(store)
-    batch = Batch()
+    batch = RowBatch()
     for i, user in enumerate(["u-1", "u-bug", "u-2"]):
         state = apply_events(None, user, [make_event(kind="page", event=None, user_id=user, path="/")], MODEL)
         batch.changes.append(read_contact(Rec("ss-contacts-changelog", 0, i, T0, user.encode(), encode(state)), MODEL))

@@ -7,7 +7,7 @@ from aiokafka import TopicPartition
 
 from schemas.registry import ActiveRecord, Promotion, Registry, encode_record, promoted
 from schemas.settings import Settings
-from sink.service import Batch, Namespace, Sink, epoch_of
+from sink.service import Namespace, RowBatch, Sink, epoch_of
 from tests.factories import DEFAULT_MODEL
 
 
@@ -45,7 +45,7 @@ def test_a_partition_resumes_only_from_commits_of_the_current_promotion() -> Non
 
 
 def test_insert_tokens_of_changelog_partitions_include_since() -> None:
-    batch, tp, other = Batch(), TopicPartition("v2-contacts-changelog", 0), TopicPartition("events.web", 0)
+    batch, tp, other = RowBatch(), TopicPartition("v2-contacts-changelog", 0), TopicPartition("events.web", 0)
     batch.first, batch.next = {tp: 5, other: 1}, {tp: 9, other: 3}
     plain = batch.token("contacts")
     assert batch.token("contacts", {}) == plain and batch.token("contacts", {tp: 0}) == plain

@@ -434,7 +434,7 @@ def test_the_counter_counts_dead_letters_by_reason() -> None:
 
 
 def test_the_timer_index_skips_an_unreadable_state() -> None:
-    from streams.timers import Clock, TimerIndex
+    from streams.timers import TickClock, TimerIndex
 
     def state(user: str) -> bytes:
         return encode(
@@ -443,7 +443,7 @@ def test_the_timer_index_skips_an_unreadable_state() -> None:
 
     items = [(b"u-1", state("u-1")), (b"u-bad", b"\xc1\x00"), (b"u-2", state("u-2")), (b"u-3", None)]
     index = TimerIndex()
-    clock = Clock(index, lambda: frozenset({0}), lambda: items, lambda ticks: None, max_ticks=10)
+    clock = TickClock(index, lambda: frozenset({0}), lambda: items, lambda ticks: None, max_ticks=10)
     asyncio.run(clock.rebuild(frozenset({0})))
     assert clock.unreadable == 1 and clock.built_for == frozenset({0})
 
