@@ -143,6 +143,19 @@ class Reply(NamedTuple):
     headers: list[tuple[bytes, bytes]]
 
 
+def _request_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The request's ``authorization``, ``content-encoding`` and ``content-length`` (the last of each)."""
+    authorization = encoding = length = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"content-encoding":
+            encoding = value
+        elif name == b"content-length":
+            length = value
+    return authorization, encoding, length
+
+
 class Refusal(CollectorError):
     """The whole request is refused: ``status`` with Segment's error body (``code``, ``message``)."""
 
@@ -427,14 +440,7 @@ class Collector:
             raise Refusal(401, "unauthorized", "the collector has no write keys (set SCORESTREAM_WRITE_KEYS)")
         kind = ROUTE_TYPES[path]
         limit = MAX_MESSAGE_BYTES if kind is not None else MAX_BATCH_BYTES
-        authorization = encoding = length = None
-        for name, value in headers:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"content-encoding":
-                encoding = value
-            elif name == b"content-length":
-                length = value
+        authorization, encoding, length = _request_headers(headers)
         channels = None
         if authorization is not None and (user := _basic_user(authorization)) is not None:
             channels = self._channels_of(user)
@@ -454,14 +460,7 @@ class Collector:
         if not isinstance(parsed, dict):
             raise Refusal(400, "invalid_message", "the body must be a JSON object")
         if channels is None:
-            given = parsed.get("writeKey")
-            if not isinstance(given, str) or not given:
-                raise Refusal(
-                    401, "unauthorized", "send the write key as the Basic-auth user name or as writeKey in the body"
-                )
-            channels = self._channels_of(given.encode())
-            if channels is None:
-                raise Refusal(401, "unauthorized", "unknown write key")
+            channels = self._body_channels(parsed)
         now = self.clock()
         if kind is not None:
             parsed["type"] = kind
@@ -472,6 +471,18 @@ class Collector:
             await self._publish(out, now)
             return Reply(200, _OK, _headers(_OK))
         return await self._batch(parsed, _Request(channels[0], now, iso_ms(now), channels), path)
+
+    def _body_channels(self, parsed: dict[str, Any]) -> tuple[str, ...]:
+        """The channels of the write key sent as ``writeKey`` in the body (none in the header)."""
+        given = parsed.get("writeKey")
+        if not isinstance(given, str) or not given:
+            raise Refusal(
+                401, "unauthorized", "send the write key as the Basic-auth user name or as writeKey in the body"
+            )
+        channels = self._channels_of(given.encode())
+        if channels is None:
+            raise Refusal(401, "unauthorized", "unknown write key")
+        return channels
 
     async def _handle_batch(self, body: bytes, channels: tuple[str, ...], path: str) -> Reply:
         """A batch whose write key came in the header."""

@@ -146,7 +146,8 @@ def positive(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per process or operation."""
     parser = argparse.ArgumentParser(prog="scorestream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="broker + topics + workers + API + dispatcher on embedded defaults")
@@ -194,11 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     rt = sub.add_parser("retire", help="stop serving and starting a (non-active) model namespace")
     rt.add_argument("namespace")
     sub.add_parser("models", help="list the model namespaces: active, shadows, retired, how far behind")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return _command(args, settings)
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the sub-command ``args`` names; its exit status."""
     if args.command == "run":
         return run(settings, args.workers)
     if args.command == "worker":
@@ -239,15 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         live, live_model = active_namespace(settings)  # the live side: the registry's active model
         return run_replay(live, args.model, args.source, args.json, from_ms, live_model)
     if args.command in ("shadow", "promote", "retire", "models"):
-        from deploy import models
-
-        if args.command == "shadow":
-            return models.shadow(settings, args.model, args.name, args.until_caught_up, args.json, args.source)
-        if args.command == "promote":
-            return models.promote(settings, args.namespace, args.at, args.delay, args.max_lag)
-        if args.command == "retire":
-            return models.retire(settings, args.namespace)
-        return models.list_models(settings)
+        return _models_command(args, settings)
     if args.command == "topics":
         from deploy.topics import main as topics_main
 
@@ -256,6 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.demo import demo as run_demo
 
     return asyncio.run(run_demo(settings, args.events, args.contacts, args.rate, args.seed))
+
+
+def _models_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``shadow``, ``promote``, ``retire`` or ``models``: the model namespaces' console."""
+    from deploy import models
+
+    if args.command == "shadow":
+        return models.shadow(settings, args.model, args.name, args.until_caught_up, args.json, args.source)
+    if args.command == "promote":
+        return models.promote(settings, args.namespace, args.at, args.delay, args.max_lag)
+    if args.command == "retire":
+        return models.retire(settings, args.namespace)
+    return models.list_models(settings)
 
 
 if __name__ == "__main__":

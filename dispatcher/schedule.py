@@ -508,13 +508,7 @@ class Selection:
         records through without decoding."""
         if self._skip(delivery_id):
             return
-        known = self._owner.pop(delivery_id, None)
-        if known is not None:  # a later record: the earlier one no longer counts
-            known_sub, kind = known
-            if kind == "held":
-                del self._held[delivery_id]
-            else:
-                (self._parked if kind == "parked" else self._revived)[known_sub].cand.pop(delivery_id, None)
+        self._forget(delivery_id)
         if value is None:  # a tombstone: the delivery is gone
             return
         sub = subscription_hint
@@ -532,13 +526,7 @@ class Selection:
         if record is None:
             record = DELIVERY_DECODER.decode(value)
         if record.status == "pending":
-            if self._recovery and (_is_test(record) or not parked_hint):
-                self._held[delivery_id] = (offset, record)
-                self._owner[delivery_id] = (sub, "held")
-            elif parked_hint and not _is_test(record):
-                picked = self._parked.setdefault(sub, _Picked(by_seq=True))
-                if picked.offer(offset, record, self.room(sub)):
-                    self._owner[delivery_id] = (sub, "parked")
+            self._pending(offset, delivery_id, sub, record, parked_hint)
             return
         revive = self._revive.get(sub)
         if (
@@ -550,6 +538,29 @@ class Selection:
             picked = self._revived.setdefault(sub, _Picked(by_seq=False))
             if picked.offer(offset, record, self.room(sub)):
                 self._owner[delivery_id] = (sub, "revive")
+
+    def _forget(self, delivery_id: str) -> None:
+        """A later record of ``delivery_id``: the earlier one no longer counts."""
+        known = self._owner.pop(delivery_id, None)
+        if known is None:
+            return
+        known_sub, kind = known
+        if kind == "held":
+            del self._held[delivery_id]
+        else:
+            (self._parked if kind == "parked" else self._revived)[known_sub].cand.pop(delivery_id, None)
+
+    def _pending(
+        self, offset: int, delivery_id: str, sub: str, record: DeliveryRecord, parked_hint: bool | None
+    ) -> None:
+        """A pending delivery: held (recovery), or a parked candidate, or nothing."""
+        if self._recovery and (_is_test(record) or not parked_hint):
+            self._held[delivery_id] = (offset, record)
+            self._owner[delivery_id] = (sub, "held")
+        elif parked_hint and not _is_test(record):
+            picked = self._parked.setdefault(sub, _Picked(by_seq=True))
+            if picked.offer(offset, record, self.room(sub)):
+                self._owner[delivery_id] = (sub, "parked")
 
     def result(self) -> dict[str, Picked]:
         """Per subscription met: what to queue (held ones, then parked, then revived, within

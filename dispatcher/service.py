@@ -911,24 +911,7 @@ class Dispatcher:
         async with self._batch_lock:  # no parked write in flight: the arrivals counted are all below `end`
             arrivals = {sub: self._parked[(p, sub)].arrivals if (p, sub) in self._parked else 0 for sub in subs}
             end = await self._end_offset(p)
-        starts: list[int] = []
-        revive: dict[str, Revive] = {}
-        generation: dict[str, int] = {}
-        commands: dict[str, list[int]] = {}
-        for sub in subs:
-            parked = self._parked.get((p, sub))
-            if parked is not None and parked.from_offset is not None:
-                starts.append(parked.from_offset)
-            found = self._revives.get((p, sub))
-            if found is not None:
-                if found.until is None:
-                    found.until = end
-                if found.from_offset is None:
-                    found.from_offset = await self._offset_at(p, found.since_ms - REVIVE_MARGIN_MS)
-                starts.append(found.from_offset)
-                revive[sub] = found
-                generation[sub] = self._revive_generation[(p, sub)]
-                commands[sub] = list(found.commands)
+        starts, revive, generation, commands = await self._scan_plan(p, subs, end)
         room = {sub: limit - self.queue.queued(p, sub) for sub in subs}
         self.queue.watch(p)
         removed = self.queue.removed_since_watch(p)
@@ -947,43 +930,15 @@ class Dispatcher:
             removed = self.queue.unwatch(p)
         now = now_ms()
         result = selection.result()
-        back: list[DeliveryRecord] = []
-        revived_records: list[DeliveryRecord] = []
-        for sub in subs:
-            for record, is_revived in result[sub].records if sub in result else []:
-                if record.id in self.queue.entries or record.id in removed:
-                    continue
-                if is_revived:
-                    record = revived(record, now)
-                    revived_records.append(record)
-                back.append(record)
+        back, revived_records = self._brought_back(subs, result, removed, now)
         # revived records are written before they can be attempted (an attempt's record must come after)
         written = await asyncio.gather(*(self._write_delivery(r) for r in revived_records))
         failed_writes = {r.id for r, ok in zip(revived_records, written, strict=True) if not ok}
         queued = sum(self.queue.add(Entry.of(r, now)) for r in back if r.id not in failed_writes)
         for sub in subs:
-            slot = (p, sub)
-            picked = result.get(sub, Picked([], None, None))
-            parked = self._parked.get(slot)
-            grew = (parked.arrivals if parked is not None else 0) != arrivals[sub]
-            if picked.parked_from is None and not grew:
-                self._parked.pop(slot, None)
-            else:
-                parked = self._parked.setdefault(slot, Parked())
-                parked.from_offset = min(x for x in (picked.parked_from, end if grew else None) if x is not None)
-            found = self._revives.get(slot)
-            if found is None or sub not in revive:
-                continue
-            for offset in commands[sub]:  # the commands read before this scan are done
-                found.commands.remove(offset)
-                self._cmd_pending.get(p, set()).discard(offset)
-            if self._revive_generation[slot] != generation[sub]:
-                continue  # asked again meanwhile: the next scan starts over
-            if picked.revive_from is None:
-                del self._revives[slot]
-                self._revive_generation.pop(slot, None)
-            else:
-                found.from_offset = picked.revive_from
+            self._scanned(p, sub, result.get(sub, Picked([], None, None)), arrivals[sub], end)
+            if sub in revive:
+                self._revive_scanned(p, sub, result.get(sub, Picked([], None, None)), generation[sub], commands[sub])
         self._wake.set()
         log.info(
             "deliveries partition %d scanned up to offset %d for %d subscriptions: %d deliveries back in memory "
@@ -994,6 +949,78 @@ class Dispatcher:
             queued,
             len(revived_records),
         )
+
+    async def _scan_plan(
+        self, p: int, subs: list[str], end: int
+    ) -> tuple[list[int], dict[str, Revive], dict[str, int], dict[str, list[int]]]:
+        """Where a refill scan of partition ``p`` starts (one offset per parked or revived
+        subscription), and for each revive: itself (bounded by ``end``), its generation, its commands."""
+        starts: list[int] = []
+        revive: dict[str, Revive] = {}
+        generation: dict[str, int] = {}
+        commands: dict[str, list[int]] = {}
+        for sub in subs:
+            parked = self._parked.get((p, sub))
+            if parked is not None and parked.from_offset is not None:
+                starts.append(parked.from_offset)
+            found = self._revives.get((p, sub))
+            if found is not None:
+                if found.until is None:
+                    found.until = end
+                if found.from_offset is None:
+                    found.from_offset = await self._offset_at(p, found.since_ms - REVIVE_MARGIN_MS)
+                starts.append(found.from_offset)
+                revive[sub] = found
+                generation[sub] = self._revive_generation[(p, sub)]
+                commands[sub] = list(found.commands)
+        return starts, revive, generation, commands
+
+    def _brought_back(
+        self, subs: list[str], result: dict[str, Picked], removed: set[str], now: int
+    ) -> tuple[list[DeliveryRecord], list[DeliveryRecord]]:
+        """The records a scan picked that are not queued or removed meanwhile (revived ones made
+        pending as of ``now``), and the revived ones among them."""
+        back: list[DeliveryRecord] = []
+        revived_records: list[DeliveryRecord] = []
+        for sub in subs:
+            for record, is_revived in result[sub].records if sub in result else []:
+                if record.id in self.queue.entries or record.id in removed:
+                    continue
+                if is_revived:
+                    record = revived(record, now)
+                    revived_records.append(record)
+                back.append(record)
+        return back, revived_records
+
+    def _scanned(self, p: int, sub: str, picked: Picked, arrivals: int, end: int) -> None:
+        """After a scan: where the next one starts for ``sub``'s parked deliveries (none left:
+        forgotten; more parked meanwhile than the ``arrivals`` counted before: from ``end``)."""
+        slot = (p, sub)
+        parked = self._parked.get(slot)
+        grew = (parked.arrivals if parked is not None else 0) != arrivals
+        if picked.parked_from is None and not grew:
+            self._parked.pop(slot, None)
+        else:
+            parked = self._parked.setdefault(slot, Parked())
+            parked.from_offset = min(x for x in (picked.parked_from, end if grew else None) if x is not None)
+
+    def _revive_scanned(self, p: int, sub: str, picked: Picked, generation: int, commands: list[int]) -> None:
+        """After a scan that served ``sub``'s retry_failed: its commands are done; the revive ends,
+        or goes on from where the scan stopped (unless asked again meanwhile)."""
+        slot = (p, sub)
+        found = self._revives.get(slot)
+        if found is None:
+            return
+        for offset in commands:  # the commands read before this scan are done
+            found.commands.remove(offset)
+            self._cmd_pending.get(p, set()).discard(offset)
+        if self._revive_generation[slot] != generation:
+            return  # asked again meanwhile: the next scan starts over
+        if picked.revive_from is None:
+            del self._revives[slot]
+            self._revive_generation.pop(slot, None)
+        else:
+            found.from_offset = picked.revive_from
 
     # --- attempts --------------------------------------------------------------------------------
 
