@@ -73,13 +73,25 @@ def journey_triggers(
     before: Journey | None, after: Journey, contact_id: str, model: Model, lc: Lifecycle
 ) -> list[dict[str, Any]]:
     """Triggers for what ``after`` holds that ``before`` did not: stage entries, timers that
-    fired, thresholds crossed. Each has a stable id, so one recomputed later is recognisable."""
+    fired, thresholds crossed. Each has a stable id, so one recomputed later is recognisable.
+
+    A list equal to the one ``before`` holds has nothing new (most walks add nothing): it is not
+    looked through."""
     out: list[dict[str, Any]] = []
+    if before is None or after.history != before.history:
+        _stage_triggers(before, after, contact_id, model, lc, out)
+    if before is None or after.fired != before.fired:
+        _fired_triggers(before, after, contact_id, model, lc, out)
+    return out
+
+
+def _stage_triggers(
+    before: Journey | None, after: Journey, contact_id: str, model: Model, lc: Lifecycle, out: list[dict[str, Any]]
+) -> None:
+    """Stage entries of ``after`` that ``before`` did not hold (and their disqualifications)."""
     old_entries = {(e.stage, e.entered_ms, e.rule) for e in before.history} if before is not None else set()
-    old_fired = set(before.fired) if before is not None else set()
-    # what fell off the front of full lists is old news, not new: it is not announced again
+    # what fell off the front of a full list is old news, not new: it is not announced again
     history_floor = before.history[0].entered_ms if before is not None and len(before.history) >= MAX_HISTORY else None
-    fired_floor = before.fired[0].at_ms if before is not None and len(before.fired) >= MAX_FIRED else None
     version = model.version
     previous: str | None = None
     for entry in after.history:
@@ -111,6 +123,16 @@ def journey_triggers(
                     )
                 )
         previous = entry.stage
+
+
+def _fired_triggers(
+    before: Journey | None, after: Journey, contact_id: str, model: Model, lc: Lifecycle, out: list[dict[str, Any]]
+) -> None:
+    """Timers and thresholds ``after`` fired that ``before`` did not hold."""
+    old_fired = set(before.fired) if before is not None else set()
+    # what fell off the front of a full list is old news, not new: it is not announced again
+    fired_floor = before.fired[0].at_ms if before is not None and len(before.fired) >= MAX_FIRED else None
+    version = model.version
     for f in after.fired:
         if f in old_fired or (fired_floor is not None and f.at_ms < fired_floor):
             continue
@@ -141,7 +163,6 @@ def journey_triggers(
                     cause=f.cause,
                 )
             )
-    return out
 
 
 def _stage_at(journey: Journey, at_ms: int) -> str | None:
