@@ -118,101 +118,123 @@ async def scenario(settings: Settings, a: Namespace, b: Namespace) -> None:
         await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
-
-    async def contact(ns: Namespace, user: str, *events: Any) -> None:
-        value = ns.fold(user, *events)
-        meta = await producer.send_and_wait(ns.contacts_topic, value, key=user.encode())
-        ns.records.append(Rec(meta.topic, meta.partition, meta.offset, meta.timestamp, user.encode(), value))
-
-    async def registry(key: str, value: bytes) -> None:
-        await producer.send_and_wait(settings.models_topic, value, key=key.encode(), partition=0)
-
-    def events(user: str, step_no: int) -> list[Any]:
-        t = T0 + step_no * HOUR
-        out = [
-            make_event(user_id=user, kind="page", event=None, path="/pricing", timestamp_ms=t),
-            make_event(user_id=user, event="Demo Requested", timestamp_ms=t + 1),
-        ]
-        if user == CONTACTS[0] and step_no == 0:
-            traits = {"industry": "software", "employees": 300}
-            out.append(
-                make_event(user_id=user, kind="group", event=None, group_id="acct-1", traits=traits, timestamp_ms=t + 2)
-            )
-        return out
-
     try:
-        # A ran three steps for every contact; B two, the first in another order (so a contact's
-        # offsets in B are sometimes above, sometimes below its offsets in A), the second with the
-        # rest of the same events
-        for step_no in range(3):
-            for user in CONTACTS:
-                await contact(a, user, *events(user, step_no))
-        for user in reversed(CONTACTS[:-1]):
-            await contact(b, user, events(user, 0)[0])
-        for user in CONTACTS[:-1]:
-            await contact(b, user, *events(user, 0)[1:], *events(user, 1), *events(user, 2))
-        for ns in (a, b):
-            ceo = ns.states[CONTACTS[0]]
-            assert ceo is not None
-            update = member_update(ceo, ns.model)
-            assert update is not None
-            account, _ = apply_member_updates(None, "acct-1", [update], ns.model)
-            await producer.send_and_wait(ns.accounts_topic, encode_account(account), key=account.account_id.encode())
-        assert not {r[1:] for r in a.ledger()} & {r[1:] for r in b.ledger()}  # no sorting-key collisions
-
-        # no registry topic yet: namespace A
-        sink = Sink(settings, registry_poll_s=0.3)
-        await sink.start()
-        try:
-            await until(lambda: archived(sink, a.latest(), a.ledger()), "A archived")
-            assert sink.stats.namespace == a.name and sink.stats.switches == 0
-
-            # B is registered and promoted: the sink switches, B is read from its beginning
-            now = int(time.time() * 1000)
-            await registry(NAMESPACE_PREFIX + b.name, encode_record(namespace_record(b.name, MODELS / "b2c.yaml", now)))
-            to_b = Promotion(namespace=b.name, from_ms=now + 5000, promoted_ms=now, previous=a.name)
-            await registry(ACTIVE_KEY, encode_record(promoted([], to_b)))
-            await until(lambda: archived(sink, b.latest(), a.ledger() | b.ledger()), "B archived")
-            assert sink.stats.namespace == b.name and sink.stats.switches == 1
-            firsts = await sink.store.query(
-                f"SELECT DISTINCT cause FROM score_ledger FINAL WHERE kafka_topic = '{b.contacts_topic}'"
-            )
-            assert ("first",) in firsts  # compared with B's rows only, not with A's
-            accounts = await sink.store.query("SELECT DISTINCT kafka_topic, model_version FROM account_changes FINAL")
-            assert (b.accounts_topic, MODEL_B.version) in accounts
-            # a contact's history is of one model: B's (active) by default, A's when named
-            for ns, named in ((b, None), (a, MODEL_A.version)):
-                h = await reports.history(sink.store, MODEL_B, CONTACTS[0], None, T0 + DAY, T0 + DAY, 1000, named)
-                expected = sorted(r[1] for r in ns.ledger() if r[0] == CONTACTS[0])
-                assert sorted(int(r.at.timestamp() * 1000) for r in h.ledger) == expected
-                assert {r.model_version for r in h.ledger} == {ns.model.version}
-
-            # both keep running: only B's changes are archived
-            archived_a = a.ledger()
-            await contact(b, CONTACTS[0], *events(CONTACTS[0], 5))
-            await contact(a, CONTACTS[0], *events(CONTACTS[0], 5))
-            await until(lambda: archived(sink, b.latest(), archived_a | b.ledger()), "B's new record")
-        finally:
-            await sink.stop()
-
-        # a restart starts on B where it left off (and reads nothing of A)
-        await contact(b, CONTACTS[1], *events(CONTACTS[1], 6))
-        again = Sink(settings, registry_poll_s=0.3)
-        await again.start()
-        try:
-            await until(lambda: archived(again, b.latest(), archived_a | b.ledger()), "B after a restart")
-            assert again.stats.namespace == b.name and again.stats.switches == 0
-            assert again.stats.records == 1  # the one record written while it was down
-
-            # A promoted back: read again from its beginning, its contacts rows replace B's
-            back = Promotion(namespace=a.name, from_ms=now + 10_000, promoted_ms=now + 1, previous=b.name)
-            await registry(ACTIVE_KEY, encode_record(promoted([to_b], back)))
-            await until(lambda: archived(again, a.latest(), a.ledger() | b.ledger()), "A again")
-            assert again.stats.namespace == a.name and again.stats.switches == 1
-        finally:
-            await again.stop()
+        w = Writer(settings, producer)
+        await write_both(w, a, b)
+        to_b, now, archived_a = await promote_b(w, a, b)
+        await restart_and_promote_a_back(w, a, b, to_b, now, archived_a)
     finally:
         await producer.stop()
+
+
+class Writer:
+    """Writes the changelog and registry records of the scenario."""
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
+        self.settings, self.producer = settings, producer
+
+    async def contact(self, ns: Namespace, user: str, *events: Any) -> None:
+        value = ns.fold(user, *events)
+        meta = await self.producer.send_and_wait(ns.contacts_topic, value, key=user.encode())
+        ns.records.append(Rec(meta.topic, meta.partition, meta.offset, meta.timestamp, user.encode(), value))
+
+    async def registry(self, key: str, value: bytes) -> None:
+        await self.producer.send_and_wait(self.settings.models_topic, value, key=key.encode(), partition=0)
+
+
+def events(user: str, step_no: int) -> list[Any]:
+    t = T0 + step_no * HOUR
+    out = [
+        make_event(user_id=user, kind="page", event=None, path="/pricing", timestamp_ms=t),
+        make_event(user_id=user, event="Demo Requested", timestamp_ms=t + 1),
+    ]
+    if user == CONTACTS[0] and step_no == 0:
+        traits = {"industry": "software", "employees": 300}
+        out.append(
+            make_event(user_id=user, kind="group", event=None, group_id="acct-1", traits=traits, timestamp_ms=t + 2)
+        )
+    return out
+
+
+async def write_both(w: Writer, a: Namespace, b: Namespace) -> None:
+    # A ran three steps for every contact; B two, the first in another order (so a contact's
+    # offsets in B are sometimes above, sometimes below its offsets in A), the second with the
+    # rest of the same events
+    for step_no in range(3):
+        for user in CONTACTS:
+            await w.contact(a, user, *events(user, step_no))
+    for user in reversed(CONTACTS[:-1]):
+        await w.contact(b, user, events(user, 0)[0])
+    for user in CONTACTS[:-1]:
+        await w.contact(b, user, *events(user, 0)[1:], *events(user, 1), *events(user, 2))
+    for ns in (a, b):
+        ceo = ns.states[CONTACTS[0]]
+        assert ceo is not None
+        update = member_update(ceo, ns.model)
+        assert update is not None
+        account, _ = apply_member_updates(None, "acct-1", [update], ns.model)
+        await w.producer.send_and_wait(ns.accounts_topic, encode_account(account), key=account.account_id.encode())
+    assert not {r[1:] for r in a.ledger()} & {r[1:] for r in b.ledger()}  # no sorting-key collisions
+
+
+async def promote_b(w: Writer, a: Namespace, b: Namespace) -> tuple[Promotion, int, set[tuple[Any, ...]]]:
+    """A archived, then B promoted; the promotion, its time and A's rows archived."""
+    # no registry topic yet: namespace A
+    sink = Sink(w.settings, registry_poll_s=0.3)
+    await sink.start()
+    try:
+        await until(lambda: archived(sink, a.latest(), a.ledger()), "A archived")
+        assert sink.stats.namespace == a.name and sink.stats.switches == 0
+
+        # B is registered and promoted: the sink switches, B is read from its beginning
+        now = int(time.time() * 1000)
+        await w.registry(NAMESPACE_PREFIX + b.name, encode_record(namespace_record(b.name, MODELS / "b2c.yaml", now)))
+        to_b = Promotion(namespace=b.name, from_ms=now + 5000, promoted_ms=now, previous=a.name)
+        await w.registry(ACTIVE_KEY, encode_record(promoted([], to_b)))
+        await until(lambda: archived(sink, b.latest(), a.ledger() | b.ledger()), "B archived")
+        assert sink.stats.namespace == b.name and sink.stats.switches == 1
+        firsts = await sink.store.query(
+            f"SELECT DISTINCT cause FROM score_ledger FINAL WHERE kafka_topic = '{b.contacts_topic}'"
+        )
+        assert ("first",) in firsts  # compared with B's rows only, not with A's
+        accounts = await sink.store.query("SELECT DISTINCT kafka_topic, model_version FROM account_changes FINAL")
+        assert (b.accounts_topic, MODEL_B.version) in accounts
+        # a contact's history is of one model: B's (active) by default, A's when named
+        for ns, named in ((b, None), (a, MODEL_A.version)):
+            h = await reports.history(sink.store, MODEL_B, CONTACTS[0], None, T0 + DAY, T0 + DAY, 1000, named)
+            expected = sorted(r[1] for r in ns.ledger() if r[0] == CONTACTS[0])
+            assert sorted(int(r.at.timestamp() * 1000) for r in h.ledger) == expected
+            assert {r.model_version for r in h.ledger} == {ns.model.version}
+
+        # both keep running: only B's changes are archived
+        archived_a = a.ledger()
+        await w.contact(b, CONTACTS[0], *events(CONTACTS[0], 5))
+        await w.contact(a, CONTACTS[0], *events(CONTACTS[0], 5))
+        await until(lambda: archived(sink, b.latest(), archived_a | b.ledger()), "B's new record")
+    finally:
+        await sink.stop()
+    return to_b, now, archived_a
+
+
+async def restart_and_promote_a_back(
+    w: Writer, a: Namespace, b: Namespace, to_b: Promotion, now: int, archived_a: set[tuple[Any, ...]]
+) -> None:
+    # a restart starts on B where it left off (and reads nothing of A)
+    await w.contact(b, CONTACTS[1], *events(CONTACTS[1], 6))
+    again = Sink(w.settings, registry_poll_s=0.3)
+    await again.start()
+    try:
+        await until(lambda: archived(again, b.latest(), archived_a | b.ledger()), "B after a restart")
+        assert again.stats.namespace == b.name and again.stats.switches == 0
+        assert again.stats.records == 1  # the one record written while it was down
+
+        # A promoted back: read again from its beginning, its contacts rows replace B's
+        back = Promotion(namespace=a.name, from_ms=now + 10_000, promoted_ms=now + 1, previous=b.name)
+        await w.registry(ACTIVE_KEY, encode_record(promoted([to_b], back)))
+        await until(lambda: archived(again, a.latest(), a.ledger() | b.ledger()), "A again")
+        assert again.stats.namespace == a.name and again.stats.switches == 1
+    finally:
+        await again.stop()
 
 
 async def archived(sink: Sink, contacts: dict[str, tuple[int, int, str]], ledger: set[tuple[Any, ...]]) -> bool:

@@ -233,18 +233,15 @@ def test_two_workers_killed_and_a_broker_killed_end_equal_to_a_calm_run(broker: 
     )
 
     now = int(time.time() * 1000)
-    span = 10 * 86_400_000
-    records: list[Record] = list(Traffic(contacts=CONTACTS, seed=31, start_ms=now - span, span_ms=span).records(EVENTS))
-    rng = random.Random(31)
-    stream = [Outgoing(service.topic(r.channel), r.value, r.key) for r in records]
-    for _ in range(int(EVENTS * DUPLICATES)):  # a record sent again later, anywhere in the stream
-        original = rng.randrange(len(stream) - 1)
-        stream.insert(rng.randrange(original + 1, len(stream)), stream[original])
-    size = math.ceil(len(stream) / SEGMENTS)
-    segments = [stream[i : i + size] for i in range(0, len(stream), size)]
+    segments = traffic(service, now)
 
     service.start()
-    figures: dict[str, Any] = {"events": len(stream), "workers": 2, "partitions": PARTITIONS, "recover_s": []}
+    figures: dict[str, Any] = {
+        "events": sum(len(seg) for seg in segments),
+        "workers": 2,
+        "partitions": PARTITIONS,
+        "recover_s": [],
+    }
     publisher = Publisher(broker.bootstrap, segments)
     reference = Reference(MODEL)
     try:
@@ -254,61 +251,103 @@ def test_two_workers_killed_and_a_broker_killed_end_equal_to_a_calm_run(broker: 
                 assert publisher.error is None, publisher.error
                 assert publisher.is_alive(), "the publisher stopped"
                 time.sleep(0.05)
-            killed_at = time.monotonic()
-            if kind == "worker":
-                service.kill_worker(KILLED)
-                service.start_worker(KILLED)
-            else:
-                broker.kill()
-                time.sleep(2)  # down for a moment: producers and workers see it gone
-                broker.start()
-                figures["broker_restart_s"] = round(time.monotonic() - killed_at, 1)
-            probes = [probe(service, p, f"{k}", int(time.time() * 1000)) for p in range(PARTITIONS)]
-            asyncio.run(deliver(broker.bootstrap, [out for _, out in probes]))
-            reference.feed([decode(out.value, "web", now) for _, out in probes])
-            ids = [anon for anon, _ in probes]
-            service.wait_for(partial(seen, service, ids), timeout=180, interval=0.25)
-            figures["recover_s"].append({"kill": kind, "seconds": round(time.monotonic() - killed_at, 1)})
+            kill_and_recover(service, broker, reference, k, kind, now, figures)
             if k == 2:  # the worker kills are over: what was sent so far must be exact before the broker's turn
-                assert publisher.done[2].wait(timeout=120), "segment 2 not acknowledged"
-                reference.feed(
-                    [decode(o.value, channel_of(service, o.topic), now) for seg in segments[:3] for o in seg]
-                )
-                wrong = converge(service, reference.live(), 180)
-                figures["contacts_after_worker_kills"] = len(reference.live())
-                figures["contacts_equal_after_worker_kills"] = len(reference.live()) - len(wrong)
-                sample = {cid: diff[:5] for cid, diff in list(wrong.items())[:10]}
-                assert not wrong, f"after the worker kills, {len(wrong)} contacts differ from the calm run: {sample}"
+                exact_after_worker_kills(service, publisher, reference, segments, now, figures)
             publisher.gates[k + 1].set()
         publisher.join(timeout=300)
         assert publisher.error is None, publisher.error
         assert not publisher.is_alive(), "the publisher did not finish"
         figures["sends_repeated"] = publisher.repeated
-
-        reference.feed([decode(o.value, channel_of(service, o.topic), now) for seg in segments[3:] for o in seg])
-        expected = reference.live()
-        converging = time.monotonic()
-        wrong = converge(service, expected, 240)
-        figures["converge_s"] = round(time.monotonic() - converging, 1)
-        figures["contacts"] = len(expected)
-        figures["contacts_equal"] = len(expected) - len(wrong)
-        figures["test_s"] = round(time.monotonic() - test_started, 1)
-        (tmp_path / "chaos-figures.json").write_text(json.dumps(figures, indent=2))
-        print(f"\nchaos figures: {json.dumps(figures)}")
-        dead = service.read_topic(service.topic("dead"), expect=1, wait_s=3)
-        assert not dead, f"valid events dead-lettered: {[dict(r.headers) for r in dead[:5]]}"
-        for proc, name in service._processes():
-            assert proc is not None and proc.poll() is None, f"{name} exited: {service.logs(name)}"
-        if wrong:
-            sample = {cid: diff[:3] for cid, diff in list(wrong.items())[:5]}
-            # known bug, reported in issue 14's thread (docs/operations.md, "Known issue"): not hidden,
-            # not a pass either; the worker kills above are asserted strictly
-            pytest.xfail(
-                f"after the broker's SIGKILL {len(wrong)} of {len(expected)} contacts differ from the calm run "
-                f"(events on the contacts topic missing from the state): {sample}"
-            )
+        the_end(service, reference, segments, now, figures, test_started, tmp_path)
     finally:
         service.stop()
+
+
+def traffic(service: Service, now: int) -> list[list[Outgoing]]:
+    """The events to send, with duplicates (a record sent again later), in ``SEGMENTS`` segments."""
+    span = 10 * 86_400_000
+    records: list[Record] = list(Traffic(contacts=CONTACTS, seed=31, start_ms=now - span, span_ms=span).records(EVENTS))
+    rng = random.Random(31)
+    stream = [Outgoing(service.topic(r.channel), r.value, r.key) for r in records]
+    for _ in range(int(EVENTS * DUPLICATES)):  # a record sent again later, anywhere in the stream
+        original = rng.randrange(len(stream) - 1)
+        stream.insert(rng.randrange(original + 1, len(stream)), stream[original])
+    size = math.ceil(len(stream) / SEGMENTS)
+    return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+
+def kill_and_recover(
+    service: Service, broker: Broker, reference: Reference, k: int, kind: str, now: int, figures: dict[str, Any]
+) -> None:
+    """Kill a worker (restarted at once) or the broker (back 2 s later); wait until a probe sent
+    to every partition is served."""
+    killed_at = time.monotonic()
+    if kind == "worker":
+        service.kill_worker(KILLED)
+        service.start_worker(KILLED)
+    else:
+        broker.kill()
+        time.sleep(2)  # down for a moment: producers and workers see it gone
+        broker.start()
+        figures["broker_restart_s"] = round(time.monotonic() - killed_at, 1)
+    probes = [probe(service, p, f"{k}", int(time.time() * 1000)) for p in range(PARTITIONS)]
+    asyncio.run(deliver(broker.bootstrap, [out for _, out in probes]))
+    reference.feed([decode(out.value, "web", now) for _, out in probes])
+    ids = [anon for anon, _ in probes]
+    service.wait_for(partial(seen, service, ids), timeout=180, interval=0.25)
+    figures["recover_s"].append({"kill": kind, "seconds": round(time.monotonic() - killed_at, 1)})
+
+
+def exact_after_worker_kills(
+    service: Service,
+    publisher: Publisher,
+    reference: Reference,
+    segments: list[list[Outgoing]],
+    now: int,
+    figures: dict[str, Any],
+) -> None:
+    assert publisher.done[2].wait(timeout=120), "segment 2 not acknowledged"
+    reference.feed([decode(o.value, channel_of(service, o.topic), now) for seg in segments[:3] for o in seg])
+    wrong = converge(service, reference.live(), 180)
+    figures["contacts_after_worker_kills"] = len(reference.live())
+    figures["contacts_equal_after_worker_kills"] = len(reference.live()) - len(wrong)
+    sample = {cid: diff[:5] for cid, diff in list(wrong.items())[:10]}
+    assert not wrong, f"after the worker kills, {len(wrong)} contacts differ from the calm run: {sample}"
+
+
+def the_end(
+    service: Service,
+    reference: Reference,
+    segments: list[list[Outgoing]],
+    now: int,
+    figures: dict[str, Any],
+    test_started: float,
+    tmp_path: Path,
+) -> None:
+    """Everything sent: every contact equal to the calm run's, nothing dead-lettered, no process exited."""
+    reference.feed([decode(o.value, channel_of(service, o.topic), now) for seg in segments[3:] for o in seg])
+    expected = reference.live()
+    converging = time.monotonic()
+    wrong = converge(service, expected, 240)
+    figures["converge_s"] = round(time.monotonic() - converging, 1)
+    figures["contacts"] = len(expected)
+    figures["contacts_equal"] = len(expected) - len(wrong)
+    figures["test_s"] = round(time.monotonic() - test_started, 1)
+    (tmp_path / "chaos-figures.json").write_text(json.dumps(figures, indent=2))
+    print(f"\nchaos figures: {json.dumps(figures)}")
+    dead = service.read_topic(service.topic("dead"), expect=1, wait_s=3)
+    assert not dead, f"valid events dead-lettered: {[dict(r.headers) for r in dead[:5]]}"
+    for proc, name in service._processes():
+        assert proc is not None and proc.poll() is None, f"{name} exited: {service.logs(name)}"
+    if wrong:
+        sample = {cid: diff[:3] for cid, diff in list(wrong.items())[:5]}
+        # known bug, reported in issue 14's thread (docs/operations.md, "Known issue"): not hidden,
+        # not a pass either; the worker kills above are asserted strictly
+        pytest.xfail(
+            f"after the broker's SIGKILL {len(wrong)} of {len(expected)} contacts differ from the calm run "
+            f"(events on the contacts topic missing from the state): {sample}"
+        )
 
 
 def converge(service: Service, expected: dict[str, ContactState], timeout: float) -> dict[str, list[str]]:
