@@ -12,6 +12,43 @@ whatever reason, is dead-lettered *alone*, with
 and every other record of its batch is processed. An agent never lets an exception escape: Faust
 would restart it and acknowledge the whole fetched batch (``batch_error`` below is the last
 resort that dead-letters a batch whose handling failed outside the per-record steps).
+
+The per-message policy of every layer, stated once (docs/architecture.md, "Errors and bad
+input", says the same): what a record, message or request that cannot be processed gets, and
+where it is counted. Each layer's exceptions derive from its root (tests/test_layers.py); none
+stops its process for one bad input.
+
+=================  ===============================  ======================================  ==========================================
+layer              root exception                   a bad record / message / request gets   counted in
+=================  ===============================  ======================================  ==========================================
+core               scorestream.errors               (the core raises; its callers decide)   --
+                   .ScorestreamError                an invalid model file: ModelError, the
+                                                    process does not start
+wire contracts     schemas.errors.ContractError     InvalidMessage / UnsupportedVersion     (by the layer that decodes)
+                                                    raised with a stable reason code
+worker consumers   streams.errors.WorkerError       the dead-letter topic, alone, with      streams.deadletter.dead_lettered (reason)
+(streams)                                           reason, exception class, coordinates
+followers          kafka_io.errors.KafkaIoError     logged and skipped                      kafka_io.reader.unreadable (reader label)
+(kafka_io)                                          (kafka_io.reader.apply_or_skip)
+dispatcher         dispatcher.errors                a trigger or command: the dead-letter   Dispatcher.stats: dead_lettered,
+                   .DispatcherError                 topic (Unhandled, its reason); a        unreadable_triggers, unreadable_commands,
+                                                    subscription or delivery record:        unreadable_subscriptions,
+                                                    logged and skipped; a failing attempt:  unreadable_deliveries, attempt_errors
+                                                    the delivery settles failed
+collector          collector.errors                 one message: HTTP 400 (403 for a        the dead-letter topic and the collector's
+                   .CollectorError                  channel not allowed) with the reason;   WARNING logs
+                                                    in a batch: dead-lettered and listed
+                                                    in ``rejected`` (200); an unreadable
+                                                    batch body: 400, and dead-lettered
+                                                    whole when its key came in the header
+sink               sink.errors.SinkError            a row in ClickHouse's sink_rejects      SinkStats.unreadable, refused_rows
+                                                    (Unreadable: its reason)                (and the sink_rejects table)
+analytics          analytics.errors.AnalyticsError  InvalidParameter: the API answers 422;  SinkStats.failures (MigrationError)
+                                                    MigrationError: the sink logs it and
+                                                    migrates again later
+api                api.errors.ApiError              the JSON error body with its status     (the server's access log; 500s logged)
+                                                    (422 for an invalid request)
+=================  ===============================  ======================================  ==========================================
 """
 
 from __future__ import annotations
