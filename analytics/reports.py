@@ -56,8 +56,8 @@ from schemas.api_analytics import (
     LedgerRowOut,
     PersonaCellOut,
     PersonasOut,
-    RfmBoundariesOut,
     RfmCellOut,
+    RfmReportBoundariesOut,
     RfmReportOut,
     RfmSegmentOut,
     TransitionOut,
@@ -742,7 +742,7 @@ def rfm_body(
             grid.append(RfmCellOut(r=r, f=f, segment=name, contacts=n, revenue=v))
             total_n, total_v = sizes.get(name, (0, 0.0))
             sizes[name] = (total_n + n, total_v + v)
-    boundaries = RfmBoundariesOut(
+    boundaries = RfmReportBoundariesOut(
         last_order_at=[_at(int(b)) for b in bounds.last_order_ms],
         orders=list(bounds.frequency),
         customers=bounds.customers,
@@ -753,7 +753,7 @@ def rfm_body(
 def _rfm(
     sizes: dict[str, tuple[int, float]],
     grid: list[RfmCellOut],
-    boundaries: RfmBoundariesOut | None,
+    boundaries: RfmReportBoundariesOut | None,
     non_customers: int,
     source: str,
 ) -> RfmReportOut:

@@ -154,7 +154,7 @@ class FunnelOut(BaseModel):
 # --- RFM ---------------------------------------------------------------------------------------
 
 
-class RfmBoundariesOut(BaseModel):
+class RfmReportBoundariesOut(BaseModel):
     last_order_at: list[datetime] = Field(description="The four recency boundaries (later = better).")
     orders: list[float] = Field(description="The four frequency boundaries.")
     customers: int = Field(description="Customers the boundaries were computed over (by the workers).")
@@ -179,7 +179,9 @@ class RfmReportOut(BaseModel):
     customers: int
     revenue: float
     non_customers: int = Field(description="Active contacts without an order.")
-    boundaries: RfmBoundariesOut | None = Field(description="Null before the workers published a population model.")
+    boundaries: RfmReportBoundariesOut | None = Field(
+        description="Null before the workers published a population model."
+    )
     grid: list[RfmCellOut] = Field(description="The 25 R x F cells (R 5..1, F 1..5); empty without boundaries.")
     segments: list[RfmSegmentOut] = Field(description="Largest first.")
     segments_from: str = Field(
