@@ -29,9 +29,14 @@ TYPES = (
 )
 
 
+# ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` with its encoder built once (dumps
+# builds one per call: a third of the cost of an id)
+_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def trigger_id(kind: str, subject: str, at_ms: int, rule: str | None, before: Any, after: Any) -> str:
     """``trg_`` + 24 hex digits of SHA-256 over what identifies the change (not when it was seen)."""
-    canonical = json.dumps([kind, subject, at_ms, rule, before, after], sort_keys=True, separators=(",", ":"))
+    canonical = _canonical_json([kind, subject, at_ms, rule, before, after])
     return "trg_" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
