@@ -20,7 +20,7 @@ directory.
 
 Once the worker kills are over and their segments acknowledged, every contact must equal the calm
 run of what was sent so far: asserted strictly. After the broker's kill the same comparison
-found a known bug in some runs (docs/operations.md, "Known issue"): a contact missing events that
+found a known bug in some runs (docs/operations.md, "Known issues"): a contact missing events that
 are on the contacts topic. The test then ends as an expected failure (xfail, with the figures and
 the contacts that differ), never as a pass; every other check stays strict.
 """
@@ -342,7 +342,7 @@ def the_end(
         assert proc is not None and proc.poll() is None, f"{name} exited: {service.logs(name)}"
     if wrong:
         sample = {cid: diff[:3] for cid, diff in list(wrong.items())[:5]}
-        # known bug, reported in issue 14's thread (docs/operations.md, "Known issue"): not hidden,
+        # known bug, reported in issue 14's thread (docs/operations.md, "Known issues"): not hidden,
         # not a pass either; the worker kills above are asserted strictly
         pytest.xfail(
             f"after the broker's SIGKILL {len(wrong)} of {len(expected)} contacts differ from the calm run "
