@@ -7,9 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.api import ContactOut, ContributionOut, EngagementOut, FitOut, Identity
-from schemas.times import DAY_MS
-from schemas.times import dt_of as _dt
+from schemas.api import ContactOut, ContributionOut, EngagementOut, FitOut, FlagOut, Identity, StageEntryOut, StageOut
 from scorestream import ContactState, Model, engagement_at, fit_of, grade_of
 from scorestream.fold import journey_at
 from scorestream.journey import Journey
@@ -20,31 +18,34 @@ def _contributions(items: tuple[Contribution, ...]) -> list[ContributionOut]:
     return [ContributionOut(rule=c.rule_id, points=c.points, description=c.description) for c in items]
 
 
+def _at(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
 def _lifecycle(journey: Journey | None, now_ms: int) -> dict[str, Any]:
+    """Built with the documented models from plain datetimes (not the renderer's dict shapes)."""
     if journey is None:
         return {"stage": None, "flags": [], "persona": None}
-    history = [
-        {
-            "stage": e.stage,
-            "entered_at": _dt(e.entered_ms),
-            "exited_at": _dt(e.exited_ms),
-            "days": None if e.exited_ms is None else (e.exited_ms - e.entered_ms) / DAY_MS,
-            "rule": e.rule,
-            "cause": e.cause,
-        }
-        for e in journey.history
-    ]
-    return {
-        "stage": {
-            "name": journey.stage,
-            "since": _dt(journey.since_ms),
-            "days_in_stage": max(now_ms - journey.since_ms, 0) / DAY_MS,
-            "history": history,
-            "next_change_at": _dt(journey.next_due_ms),
-        },
-        "flags": [{"flag": k, "reason": v} for k, v in journey.flags.items()],
-        "persona": journey.persona,
-    }
+    day = 86_400_000
+    stage = StageOut(
+        name=journey.stage,
+        since=datetime.fromtimestamp(journey.since_ms / 1000, tz=UTC),
+        days_in_stage=max(now_ms - journey.since_ms, 0) / day,
+        history=[
+            StageEntryOut(
+                stage=e.stage,
+                entered_at=datetime.fromtimestamp(e.entered_ms / 1000, tz=UTC),
+                exited_at=_at(e.exited_ms),
+                days=None if e.exited_ms is None else (e.exited_ms - e.entered_ms) / day,
+                rule=e.rule,
+                cause=e.cause,
+            )
+            for e in journey.history
+        ],
+        next_change_at=_at(journey.next_due_ms),
+    )
+    flags = [FlagOut(flag=name, reason=reason) for name, reason in journey.flags.items()]
+    return {"stage": stage, "flags": flags, "persona": journey.persona}
 
 
 def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str, Any] | None = None) -> ContactOut:
@@ -72,7 +73,7 @@ def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str,
         ),
         fit=FitOut(score=fit.score, grade=fit.grade, top=_contributions(fit.top)),
         grade=grade_of(fit, engagement),
-        first_seen=_dt(state.first_seen_ms),
-        last_seen=_dt(state.last_seen_ms),
+        first_seen=_at(state.first_seen_ms),
+        last_seen=_at(state.last_seen_ms),
         model_version=state.model_version,
     )
