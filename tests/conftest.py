@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.service import free_port
+from tests.kafka_broker import ensure_broker, stop_broker
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,14 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def chdb_url(chdb_path: Path) -> str:
     """A fresh database in the test process's chDB directory (created on first connection)."""
     return f"chdb://{chdb_path}?database=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real single-node Kafka for the whole session (one for every test that asks), started by
+    the project's own script."""
+    data = tmp_path_factory.mktemp("kafka")
+    port = free_port()
+    bootstrap = ensure_broker(data, port)
+    yield bootstrap
+    stop_broker(data, port)

@@ -5,18 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.service import Service, free_port
-from tests.kafka_broker import ensure_broker, stop_broker
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real single-node Kafka for the whole session, started by the project's own script."""
-    data = tmp_path_factory.mktemp("kafka")
-    port = free_port()
-    bootstrap = ensure_broker(data, port)
-    yield bootstrap
-    stop_broker(data, port)
+from tests.e2e.service import Service
 
 
 @pytest.fixture(scope="module")
