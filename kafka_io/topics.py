@@ -34,6 +34,7 @@ def wanted(settings: Settings) -> list[NewTopic]:
     topics += [NewTopic(name, p, r) for name in plain]
     tables = ("identity", "contacts", "accounts")
     topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in tables]
+    topics.append(NewTopic(settings.views_topic, p, r, topic_configs=compact))
     topics.append(NewTopic(settings.status_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.webhooks_topic, 1, r, topic_configs=compact))

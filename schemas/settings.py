@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         gt=0,
         description="How often a worker sends ticks to contacts whose timers or decay-driven transitions are due.",
     )
+    view_interval_ms: int = Field(
+        default=30,
+        ge=0,
+        description="Contact views (`<app>.views`, what the API reads): a contact whose view was not sent in the "
+        "last this many milliseconds is sent at once; a busier one at most this often (its latest state). 0: every fold.",
+    )
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_SCHEDULE_S),
         description="Seconds between a webhook delivery's attempts, comma-separated (after the first attempt; "
@@ -248,6 +254,11 @@ class Settings(BaseSettings):
     @property
     def population_topic(self) -> str:
         return f"{self.ns}.population"
+
+    @property
+    def views_topic(self) -> str:
+        """Contact views (``schemas/view.py``), compacted, keyed and partitioned like the contacts topic."""
+        return f"{self.ns}.views"
 
     @property
     def status_topic(self) -> str:

@@ -53,6 +53,7 @@ from streams.deadletter import Unprocessable, batch_error, dead_letter
 from streams.population_feed import register_population
 from streams.timers import TickClock, TimerIndex
 from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, exception_name, record_ms, records_of
+from streams.views import register_views
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class Pipeline:
         self.partitions = settings.partitions
         self.population = register_population(w, settings, model)
         self.feed = register_accounts(w, settings, model)
+        self.views = register_views(w, settings, model)
         self.timer_index = TimerIndex()
         self.clock = TickClock(
             self.timer_index, self.assigned, w.contacts.items, self.send_ticks, max_ticks=settings.batch_max
@@ -378,6 +380,7 @@ class Pipeline:
             self.population.add(partition, state)
             w.contacts[key] = raw
             decoded.put(key, raw, state)
+            self.views.add(key, state)
         return staged
 
 

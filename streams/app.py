@@ -10,6 +10,7 @@ Topics (``P`` = ``SCORESTREAM_PARTITIONS``)::
     <app>.workers       key worker id          worker status (starting / ready / stopped)
     <app>.accounts      key account id         contacts' membership updates for their account
     <app>.population    key partition          per-partition customer summaries (RFM quintiles, CLV fit)
+    <app>.views         key contact id         contact views: what the API reads (compacted)
     triggers            key contact/account id stage changes, thresholds, timers (public, JSON)
     <app>-accounts-changelog                   the accounts table
     <app>.triggers | <app>.deadletter          the same, while another namespace is responsible
@@ -53,6 +54,7 @@ class Wiring:
     private_deadletter: TopicT
     namespace: str
     registry: Registry
+    views_topic: TopicT
 
     def public(self, at_ms: int) -> bool:
         """Whether this namespace announces what happened at ``at_ms`` (see schemas/registry.py)."""
@@ -153,4 +155,13 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
         private_deadletter=app.topic(settings.private_deadletter_topic, key_type=bytes, value_type=bytes),
         namespace=settings.ns,
         registry=registry or Registry(settings.app_id),
+        views_topic=app.topic(
+            settings.views_topic,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+            replicas=settings.replication_factor,
+            internal=True,
+            compacting=True,
+        ),
     )

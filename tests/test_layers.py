@@ -28,7 +28,7 @@ FLOORS: tuple[tuple[str, str], ...] = (
     ),
     ("2. state", "state scoring rfm identity"),
     ("3. the walk and triggers", "walk triggers"),
-    ("4. operations on a state", "contact accounts population delivery"),
+    ("4. operations on a state", "contact accounts population delivery view"),
     ("5. the fold", "fold"),
     ("6. the front door", ""),
 )

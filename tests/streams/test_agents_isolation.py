@@ -76,6 +76,11 @@ class Signal:
         pass
 
 
+class Sensors(list[Any]):
+    def add(self, sensor: Any) -> None:
+        self.append(sensor)
+
+
 @dataclass
 class FakeApp:
     """The parts of ``faust.App`` the agents' registration uses."""
@@ -84,6 +89,7 @@ class FakeApp:
     in_recovery: bool = False
     rebalancing: bool = False
     on_rebalance_complete: Signal = field(default_factory=Signal)
+    sensors: Sensors = field(default_factory=Sensors)
 
     def agent(self, topic: Any, name: str) -> Callable[[Any], Any]:
         def register(fn: Any) -> Any:
@@ -129,7 +135,7 @@ class Worker:
         s = SETTINGS
         self.topics = {
             name: FakeTopic(name)
-            for name in ("deadletter", "identity", "contacts", "status", "triggers", "accounts", "population")
+            for name in ("deadletter", "identity", "contacts", "status", "triggers", "accounts", "population", "views")
         }
         self.tables = {name: FakeTable() for name in ("identity", "contacts", "accounts")}
         t = self.topics
@@ -150,6 +156,7 @@ class Worker:
             private_deadletter=cast(Any, FakeTopic("private-deadletter")),
             namespace=s.ns,
             registry=Registry(s.app_id),
+            views_topic=cast(Any, t["views"]),
         )
         streams.agents.register(self.w, s, MODEL)
 

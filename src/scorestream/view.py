@@ -1,0 +1,278 @@
+"""A contact's compact read view: what the API shows of a contact, without its history.
+
+The worker folds a contact's whole state (up to 500 hits, 512 message ids, the purchase ledger);
+a reader needs only what :func:`view_of` keeps: identity, traits, fit, the lifecycle journey's
+visible part, the RFM and CLV inputs, and engagement as **per-rule totals decayed to one
+reference instant** (``engagement_ms``, the newest scored instant: the latest hit, or the folded
+base's instant). Decay is exponential, so for any ``t >= engagement_ms``::
+
+    score(t) = sum_i p_i 2^(-(t - t_i)/H) = 2^(-(t - ref)/H) * sum_i p_i 2^(-(ref - t_i)/H)
+
+and :func:`engagement_of_view` gives what :func:`scorestream.scoring.engagement_at` gives on the
+full state, up to floating-point rounding: the totals are scaled once instead of each term being
+decayed to ``t`` (a relative difference of a few units in the last place; the API shows 6
+decimals, so a shown score can differ by 1e-6 only when its exact value lies within ~1e-12 of a
+rounding midpoint; ``tests/scorestream/test_view.py`` checks it against the full fold).
+
+A reader whose clock is behind the view's instants (events stamped ahead of it) gets the contact
+as at those instants: engagement at ``engagement_ms``, customer value at the ledger's newest record.
+The full state would count the future hits undecayed and leave the future orders out; the view no
+longer holds them one by one. ``as_of`` stays the reader's time.
+
+Pure: no clock, no I/O; the worker builds views (``streams/views.py``), the API reads them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from scorestream.journey import StageEntry
+from scorestream.population import ClvInputs, PopulationModel, ValueView, _clv_figures
+from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, clv_summary, rfm_score, summary
+from scorestream.rules.model import Model
+from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
+from scorestream.scoring import Contribution, EngagementView, FitView, band_of, fit_of, round_score
+from scorestream.state import ContactState, decay, effective_points
+
+__all__ = [
+    "VIEW_VERSION",
+    "ContactView",
+    "FitSummary",
+    "JourneyView",
+    "RulePoints",
+    "ValueSummary",
+    "engagement_of_view",
+    "engagement_totals",
+    "fit_of_view",
+    "value_of_view",
+    "value_summary",
+    "view_of",
+]
+
+VIEW_VERSION = 1
+
+
+class RulePoints(NamedTuple):
+    """A rule's points: engagement totals at the view's reference instant, or a fit rule's points."""
+
+    rule_id: str
+    points: float
+
+
+@dataclass(slots=True)
+class FitSummary:
+    """Fit as :func:`scorestream.scoring.fit_of` gives it (descriptions come from the reader's model)."""
+
+    score: float
+    grade: str
+    top: list[RulePoints] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class JourneyView:
+    """The visible part of a :class:`scorestream.journey.Journey` (no walk positions, no fired list)."""
+
+    stage: str
+    since_ms: int
+    history: list[StageEntry] = field(default_factory=list)
+    flags: dict[str, str] = field(default_factory=dict)
+    persona: str | None = None
+    next_due_ms: int | None = None
+
+
+@dataclass(slots=True)
+class ValueSummary:
+    """A customer's RFM facts and CLV inputs as of the ledger's newest record (``as_of_ms``): what
+    :func:`scorestream.population.value_view` reads of the ledger at any later instant."""
+
+    as_of_ms: int
+    frequency: int
+    monetary: float
+    aov: float
+    first_order_ms: int | None
+    last_order_ms: int | None
+    unvalued: int = 0
+    clv: ClvInputs | None = None
+
+
+@dataclass(slots=True)
+class ContactView:
+    """What a reader shows of one contact (a topic record; versioned by ``v``).
+
+    A forwarding record (``merged_into`` set) keeps only its identity: readers follow it.
+    """
+
+    contact_id: str
+    model_version: str
+    v: int = VIEW_VERSION
+    user_id: str | None = None
+    anonymous_ids: list[str] = field(default_factory=list)
+    email: str | None = None
+    merged_ids: list[str] = field(default_factory=list)
+    merged_into: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    fit: FitSummary | None = None
+    # engagement: per-rule totals (rule id order, zeros left out) decayed to ``engagement_ms``
+    engagement_ms: int = 0
+    engagement: list[RulePoints] = field(default_factory=list)
+    journey: JourneyView | None = None
+    account_id: str | None = None
+    value: ValueSummary | None = None
+    first_seen_ms: int | None = None
+    last_seen_ms: int | None = None
+
+
+# --- building a view (the worker) --------------------------------------------------------------
+
+
+def engagement_totals(state: ContactState, model: Model) -> tuple[int, list[RulePoints]]:
+    """``(ref_ms, totals)``: every rule's earned points decayed to ``ref_ms``, the newest scored
+    instant, summed per rule as :func:`~scorestream.scoring.engagement_at` sums them."""
+    half_life = model.half_life_ms
+    ref = max(state.base_ms if state.base else 0, state.hits[-1].ts if state.hits else 0)
+    per_rule: dict[str, list[float]] = {}
+    for rule_id, value in state.base.items():
+        per_rule.setdefault(rule_id, []).append(decay(value, state.base_ms, ref, half_life))
+    for hit, earned in zip(state.hits, effective_points(state, model), strict=True):
+        for rule_id, value in earned:
+            if value:
+                per_rule.setdefault(rule_id, []).append(decay(value, hit.ts, ref, half_life))
+    totals = [RulePoints(k, total) for k in sorted(per_rule) if (total := math.fsum(per_rule[k]))]
+    return ref, totals
+
+
+def value_summary(value: CustomerValue | None) -> ValueSummary | None:
+    """The ledger's facts at its newest record; None for a non-customer (no order not refunded then)."""
+    if value is None:
+        return None
+    stamps = [o.ts for o in value.orders] + [r.ts for r in value.refunds]
+    if value.folded is not None:
+        stamps.append(value.folded.until[0])
+    if not stamps:
+        return None
+    as_of = max(stamps)
+    facts = summary(value, as_of)
+    if facts.frequency <= 0:
+        return None
+    inputs = None
+    s = clv_summary(value, as_of, 1)
+    if s is not None:  # times in milliseconds: the first and last valued purchase are exact
+        first = as_of - int(s.T)
+        inputs = ClvInputs(first, first + int(s.recency), s.frequency, s.monetary)
+    return ValueSummary(
+        as_of_ms=as_of,
+        frequency=facts.frequency,
+        monetary=facts.monetary,
+        aov=facts.aov,
+        first_order_ms=facts.first_order_ms,
+        last_order_ms=facts.last_order_ms,
+        unvalued=facts.unvalued,
+        clv=inputs,
+    )
+
+
+def view_of(state: ContactState, model: Model) -> ContactView:
+    """The read view of ``state`` under ``model`` (the worker's model: fit and caps are its)."""
+    view = ContactView(
+        contact_id=state.contact_id,
+        model_version=state.model_version,
+        user_id=state.user_id,
+        anonymous_ids=state.anonymous_ids,
+        email=state.email,
+        merged_ids=state.merged_ids,
+        merged_into=state.merged_into,
+    )
+    if state.merged_into is not None:
+        return view
+    fit = fit_of(state, model)
+    view.traits = state.traits
+    view.fit = FitSummary(fit.score, fit.grade, [RulePoints(c.rule_id, c.points) for c in fit.top])
+    view.engagement_ms, view.engagement = engagement_totals(state, model)
+    journey = state.journey
+    if journey is not None:
+        view.journey = JourneyView(
+            stage=journey.stage,
+            since_ms=journey.since_ms,
+            history=journey.history,
+            flags=journey.flags,
+            persona=journey.persona,
+            next_due_ms=journey.next_due_ms,
+        )
+    view.account_id = state.account_id
+    view.value = value_summary(state.value)
+    view.first_seen_ms = state.first_seen_ms
+    view.last_seen_ms = state.last_seen_ms
+    return view
+
+
+# --- reading a view (the API) ------------------------------------------------------------------
+
+
+def engagement_of_view(view: ContactView, model: Model, now_ms: int, top: int = 5) -> EngagementView:
+    """The contact's engagement at ``now_ms``: :func:`~scorestream.scoring.engagement_at` of the
+    full state, from the totals (see the module docstring for the rounding and for a ``now_ms``
+    before ``engagement_ms``, answered as at ``engagement_ms``)."""
+    ref = view.engagement_ms
+    at = max(now_ms, ref)
+    half_life = model.half_life_ms
+    totals = {k: decay(points, ref, at, half_life) for k, points in view.engagement}
+    score = math.fsum(totals[k] for k in sorted(totals))
+    ranked = sorted(totals.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
+    contributions = tuple(
+        Contribution(rule_id=k, points=round_score(v), description=(r.description if (r := model.rule(k)) else ""))
+        for k, v in ranked
+        if abs(v) >= 1e-6
+    )
+    return EngagementView(
+        score=round_score(score), as_of_ms=now_ms, band=band_of(model.engagement_bands, score), top=contributions
+    )
+
+
+def fit_of_view(view: ContactView, model: Model) -> FitView:
+    """The contact's fit (:func:`~scorestream.scoring.fit_of`), rule descriptions from ``model``."""
+    fit = view.fit
+    if fit is None:
+        return FitView(score=0.0, grade=band_of(model.fit_grades, 0.0), top=())
+    described = {r.id: r.description for r in model.fit_rules}
+    return FitView(
+        score=fit.score,
+        grade=fit.grade,
+        top=tuple(Contribution(k, points, described.get(k, "")) for k, points in fit.top),
+    )
+
+
+def value_of_view(
+    view: ContactView,
+    now_ms: int,
+    population: PopulationModel | None,
+    segments: Sequence[SegmentRule] = DEFAULT_SEGMENTS,
+) -> ValueView | None:
+    """:func:`scorestream.population.value_view` of the contact's ledger at ``now_ms`` (no earlier
+    than the ledger's newest record), from its summary; None for a non-customer."""
+    vs = view.value
+    if vs is None or vs.last_order_ms is None:
+        return None
+    as_of = max(now_ms, vs.as_of_ms)
+    facts = RfmFacts(
+        as_of_ms=as_of,
+        recency_days=(as_of - vs.last_order_ms) / DAY_MS,
+        frequency=vs.frequency,
+        monetary=vs.monetary,
+        aov=vs.aov,
+        first_order_ms=vs.first_order_ms,
+        last_order_ms=vs.last_order_ms,
+        unvalued=vs.unvalued,
+    )
+    bounds = population.boundaries if population is not None else None
+    score = rfm_score(facts, bounds, segments) if bounds is not None else None
+    fit = population.fit if population is not None else None
+    alive = expected = worth = None
+    if fit is not None and vs.clv is not None:
+        try:
+            alive, expected, worth = _clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, vs.clv.at(as_of, DAY_MS))
+        except (ValueError, ArithmeticError, OverflowError):  # a history the fit cannot evaluate
+            alive = expected = worth = None
+    return ValueView(facts, score, alive, expected, worth, fit.fitted_at_ms if fit is not None else None)

@@ -1,0 +1,130 @@
+"""Contact views: what the API reads, sent by the contacts stage to ``<app>.views``.
+
+contacts (after writing a contact) --ViewFeed.add(key, state)--> <app>.views  (compacted, key
+contact id, the contact's partition: a :class:`~scorestream.view.ContactView`, a tombstone for a
+contact that is gone)
+
+A contact whose view was not sent in the last ``view_interval_ms`` is sent at once (a click shows
+within the fold's batch); a busier one at most once per interval: its latest state waits and a
+short timer sends it (the latest view wins, so nothing but intermediate views is skipped). Every
+waiting view is queued on the producer when a commit begins (a Faust sensor), and Faust flushes
+the producer before it commits offsets: a view is never behind the offsets the worker committed.
+Records go through the producer's ``send_soon``, which batches them per partition (linger).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from faust.sensors import Sensor
+from faust.types import TopicT
+
+from kafka_io.partitioner import partition_for
+from schemas.settings import Settings
+from schemas.view import encode_view
+from scorestream import ContactState, Model
+from scorestream.view import view_of
+from streams.app import Wiring
+from streams.transport import MAX_RECORD_BYTES
+
+log = logging.getLogger(__name__)
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class ViewFeed:
+    """Sends contacts' views: at once when not sent recently, else at most every ``interval_ms``."""
+
+    def __init__(
+        self,
+        topic: TopicT,
+        model: Model,
+        partitions: int,
+        interval_ms: int,
+        clock: Callable[[], int] = _monotonic_ms,
+    ) -> None:
+        self.topic = topic
+        self.model = model
+        self.partitions = partitions
+        self.interval_ms = interval_ms
+        self.clock = clock
+        # contact id -> when its last view was sent (oldest first; only those within the interval)
+        self.sent: OrderedDict[str, int] = OrderedDict()
+        # contact id -> its latest state, waiting for its interval to pass (None: a tombstone)
+        self.pending: dict[str, ContactState | None] = {}
+        self.views_sent = 0
+        self.failed = 0
+
+    def add(self, key: str, state: ContactState | None) -> None:
+        """The contacts stage wrote ``state`` for ``key`` (None: removed). Never raises."""
+        now = self.clock()
+        last = self.sent.get(key)
+        if last is None or now - last >= self.interval_ms:
+            self.pending.pop(key, None)
+            self._send(key, state, now)
+        else:
+            self.pending[key] = state
+
+    def flush_due(self) -> None:
+        """Send the waiting views whose interval has passed (the timer's beat)."""
+        now = self.clock()
+        sent, interval = self.sent, self.interval_ms
+        while sent:  # forget contacts sent longer ago than the interval: they go at once next time
+            key, at = next(iter(sent.items()))
+            if now - at < interval:
+                break
+            del sent[key]
+            if key in self.pending:
+                self._send(key, self.pending.pop(key), now)
+
+    def flush_all(self) -> None:
+        """Send every waiting view now (before offsets are committed)."""
+        now = self.clock()
+        pending, self.pending = self.pending, {}
+        for key, state in pending.items():
+            self._send(key, state, now)
+
+    def _send(self, key: str, state: ContactState | None, now: int) -> None:
+        self.sent[key] = now
+        self.sent.move_to_end(key)
+        try:
+            value = None if state is None else encode_view(view_of(state, self.model))
+            if value is not None and len(value) + len(key) > MAX_RECORD_BYTES:
+                raise ValueError(f"a view of {len(value)} bytes; a record holds {MAX_RECORD_BYTES}")
+            raw_key = key.encode()
+            self.topic.send_soon(key=raw_key, value=value, partition=partition_for(raw_key, self.partitions))
+            self.views_sent += 1
+        except Exception:  # the state was written; the API keeps the contact's previous view
+            self.failed += 1
+            log.exception("view of contact %s not sent", key)
+
+
+class _FlushBeforeCommit(Sensor):
+    """Queues every waiting view on the producer when a commit begins (Faust then flushes the
+    producer, and only then commits the offsets)."""
+
+    def __init__(self, feed: ViewFeed) -> None:
+        super().__init__()
+        self.feed = feed
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        self.feed.flush_all()
+        return None
+
+
+def register_views(w: Wiring, settings: Settings, model: Model) -> ViewFeed:
+    """The feed the contacts stage reports through, its timer and its flush before commits."""
+    feed = ViewFeed(w.views_topic, model, settings.partitions, settings.view_interval_ms)
+    w.app.sensors.add(_FlushBeforeCommit(feed))
+
+    @w.app.timer(interval=max(settings.view_interval_ms, 5) / 1000, name="views")
+    async def views() -> None:
+        feed.flush_due()
+
+    return feed
