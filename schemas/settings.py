@@ -97,6 +97,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Decoded contact states the worker keeps between batches (checked against the stored bytes).",
     )
+    identity_fast_path: bool = Field(
+        default=True,
+        description="Ingest sends an event whose anonymous id is already linked, and that the identity stage would "
+        "only forward, straight to the contacts topic (a local replica of the identity links; a missing link costs "
+        "the identity hop, never correctness). false: every such event crosses the identity stage.",
+    )
+    identity_replica_entries: int = Field(
+        default=100_000,
+        ge=0,
+        description="Identity links the worker's replica keeps for the fast path (least recently used out; about "
+        "430 bytes each).",
+    )
     population_interval_s: float = Field(
         default=300.0,
         gt=0,

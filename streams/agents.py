@@ -44,12 +44,13 @@ from schemas.state import (
     message_of,
     raw_item,
 )
-from scorestream import ContactState, IdentityLink, Model
+from scorestream import ContactState, Event, IdentityLink, Model
 from scorestream.fold import Message, Tick, step
 from scorestream.identity import resolve, routing_key
 from streams.account_feed import register_accounts
 from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
+from streams.identity_replica import register_identity_replica
 from streams.population_feed import register_population
 from streams.timers import TickClock, TimerIndex
 from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, exception_name, record_ms, records_of
@@ -162,6 +163,7 @@ class Pipeline:
         self.partitions = settings.partitions
         self.population = register_population(w, settings, model)
         self.feed = register_accounts(w, settings, model)
+        self.replica = register_identity_replica(w, settings)
         self.views = register_views(w, settings, model)
         self.timer_index = TimerIndex()
         self.clock = TickClock(
@@ -244,8 +246,7 @@ class Pipeline:
                 if not isinstance(raw, bytes):
                     raise InvalidMessage("invalid_json", "empty record value")
                 event = decode(raw, self.channels[record.topic], record_ms(record), time.time_ns() // 1_000_000)
-                where, key = routing_key(event)
-                topic = w.identity_topic if where == "identity" else w.contacts_topic
+                topic, key = self._route(event)
                 out.add(topic, key, Envelope(kind="event", event=event))  # encoded here: fails alone
             except InvalidMessage as exc:
                 dead_letter(w, record, None, exc.reason, exc.detail, exc)
@@ -253,6 +254,18 @@ class Pipeline:
                 log.exception("ingest: %s[%s] %s failed", record.topic, record.partition, record.offset)
                 dead_letter(w, record, None, "processing_error", repr(exc), exc)
         out.flush()
+
+    def _route(self, event: Event) -> tuple[TopicT, str]:
+        """The topic and key of an event's next stage: the identity topic keyed by anonymous id,
+        or the contacts topic keyed by user id, or (the fast path, :mod:`streams.identity_replica`)
+        by the contact a known link leads to when the identity stage would only forward it."""
+        where, key = routing_key(event)
+        if where != "identity":
+            return self.w.contacts_topic, key
+        contact = self.replica.route(key, event) if self.replica is not None else None
+        if contact is not None:
+            return self.w.contacts_topic, contact
+        return self.w.identity_topic, key
 
     # --- identity --------------------------------------------------------------------------------
 
@@ -294,6 +307,8 @@ class Pipeline:
         if key not in links:
             raw = self.w.identity.get(key)
             links[key] = decode_link(raw) if raw is not None else None
+            if self.replica is not None and links[key] is not None:
+                self.replica.learn(key, links[key])  # the table's link: back in the replica if evicted
         link, routed = resolve(links[key], key, head.event)
         staged = [
             out.item(self.w.contacts_topic, r.key, env if r.merge is None else envelope_for(r.merge, 0))
