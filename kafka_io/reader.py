@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -73,12 +73,14 @@ class TopicReader:
         label: str,
         *,
         poll_ms: int = 1000,
+        after_fetch: Callable[[], None] | None = None,
         **options: Any,
     ) -> None:
         self.topics = list(topics)
         self.apply = apply
         self.label = label
         self.poll_ms = poll_ms
+        self.after_fetch = after_fetch  # called once the records of a fetch were applied
         self.skipped = 0  # records apply failed on
         self.partitions: list[TopicPartition] = []
         self._consumer: AIOKafkaConsumer = consumer(kafka, **{**READ_OPTIONS, **options})
@@ -96,15 +98,19 @@ class TopicReader:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def assign(self) -> bool:
-        """Assign every partition of the topics that exist, at their beginning; False (nothing
-        assigned) while the first topic does not exist."""
+    async def assign(self, positions: Mapping[tuple[str, int], int] | None = None) -> bool:
+        """Assign every partition of the topics that exist, at their beginning (or at the offset
+        ``positions`` gives for ``(topic, partition)``); False (nothing assigned) while the first
+        topic does not exist."""
         found = await partitions_of(self._consumer, self.topics)
         if not any(tp.topic == self.topics[0] for tp in found):
             return False
         self.partitions = found
         self._consumer.assign(found)
         await self._consumer.seek_to_beginning(*found)
+        for tp in found:
+            if (at := (positions or {}).get((tp.topic, tp.partition))) is not None:
+                self._consumer.seek(tp, at)
         return True
 
     async def read_to_end(self) -> None:
@@ -122,6 +128,8 @@ class TopicReader:
                 if not apply_or_skip(self.apply, record, self.label):
                     self.skipped += 1
                 count += 1
+        if self.after_fetch is not None:
+            self.after_fetch()
         return count
 
 
@@ -164,6 +172,8 @@ async def follow(
     fetch_max_wait_ms: int,
     *,
     absent_is_empty: bool = False,
+    positions: Callable[[], Mapping[tuple[str, int], int]] | None = None,
+    after_fetch: Callable[[], None] | None = None,
 ) -> None:
     """Read ``topics`` (every partition, from the beginning) into ``apply(record)`` for ever.
 
@@ -172,6 +182,9 @@ async def follow(
     ``absent_is_empty``: while the first topic does not exist, the follower counts as caught up
     (with nothing: a topic no one has written yet) instead of waiting; it is read once it appears.
     Broker errors are reported in ``follower.error`` and reading starts again after a second.
+    ``positions()``, asked at every (re)start, gives the offsets to resume partitions from instead
+    of their beginning (a reader that keeps what it applied on disk); ``after_fetch()`` is called
+    once the records of each fetch were applied (to write them as one batch).
     """
     while True:
         reader = TopicReader(
@@ -180,13 +193,14 @@ async def follow(
             apply,
             label,
             poll_ms=100,
+            after_fetch=after_fetch,
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_partition_fetch_bytes=4 << 20,
             isolation_level="read_uncommitted",
         )
         try:
             await reader.start()
-            await _follow(reader, follower, absent_is_empty)
+            await _follow(reader, follower, absent_is_empty, positions)
         except asyncio.CancelledError:
             raise
         except (KafkaError, OSError) as exc:
@@ -197,8 +211,13 @@ async def follow(
             await reader.stop()
 
 
-async def _follow(reader: TopicReader, follower: Follower, absent_is_empty: bool) -> None:
-    while not await reader.assign():
+async def _follow(
+    reader: TopicReader,
+    follower: Follower,
+    absent_is_empty: bool,
+    positions: Callable[[], Mapping[tuple[str, int], int]] | None = None,
+) -> None:
+    while not await reader.assign(None if positions is None else positions()):
         if absent_is_empty:
             follower.error = None
             follower.caught_up.set()
