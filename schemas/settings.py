@@ -82,8 +82,23 @@ class Settings(BaseSettings):
     rocksdb_cache_mb: int = Field(default=64, ge=8, description="RocksDB block cache per table partition, in MiB.")
     restore_tables: bool = Field(
         default=True,
-        description="Before joining, bulk-load every table partition from its changelog into local RocksDB "
-        "(fast cold start; each worker holds all partitions on disk). false: Faust's own recovery only.",
+        description="When a rebalance assigns a worker table partitions (actives and standbys), bulk-load them "
+        "from their changelogs into its RocksDB before Faust's recovery (fast start and failover; each worker "
+        "holds its share). false: Faust's own recovery only (about 10k records/s).",
+    )
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Standby replicas of each table partition (Faust's `table_standby_replicas`): other workers "
+        "keep them up to date from the changelog, so a failover replays only the last moments; each standby "
+        "costs a worker the disk and reads of that partition. 0: a partition that moves is restored by its new "
+        "owner.",
+    )
+    released_keep_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long a worker keeps on disk a table partition no longer assigned to it (reassigned "
+        "within it, only what was written meanwhile is replayed); then the partition's database is deleted.",
     )
     worker_index: int | None = Field(
         default=None,

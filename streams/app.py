@@ -98,6 +98,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
         broker_max_poll_records=max(settings.batch_max, 500),
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=3600.0,
+        table_standby_replicas=settings.standby_replicas,  # each worker restores its share: streams/restore.py
         producer_linger_ms=5,
         producer_max_batch_size=1 << 20,
         producer_acks=-1,

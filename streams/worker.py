@@ -21,9 +21,9 @@ from schemas.model_file import load_model
 from schemas.registry import Registry, settings_of
 from schemas.settings import Settings
 from scorestream import Model
+from streams import restore
 from streams.agents import register
 from streams.app import Wiring, create_app
-from streams.restore import restore_before_start, table_files
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,12 @@ def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | 
 
     if settings.restore_tables:
         tables = (wiring.identity, wiring.contacts, wiring.accounts)
-        restore_before_start(settings, [table_files(t) for t in tables])
+        share = restore.install(wiring.app, tables, settings, keep_s=settings.released_keep_s)
+
+        @wiring.app.timer(interval=restore.DROP_CHECK_S, name="drop_released_partitions")
+        async def drop_released_partitions() -> None:
+            share.drop_released()
+
     worker = Worker(wiring.app, loglevel=settings.log_level, quiet=True)
     worker.wiring = wiring
     worker.model_version = model.version
