@@ -23,7 +23,8 @@ from pathlib import Path
 import orjson
 
 from bench.harness import prefill
-from bench.scenarios import LIVE_JITTER_MS, _create_topics, _topics, spine_model
+from bench.load import LIVE_JITTER_MS
+from bench.scenarios import _create_topics, _topics, spine_model
 from deploy.traffic import Traffic
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection

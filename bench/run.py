@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import scenarios
+from bench import probes, scenarios, tables
 from tests.e2e.service import free_port
 from tests.kafka_broker import ensure_broker, stop_broker
 
@@ -39,8 +40,16 @@ def flat(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
+def command_line() -> str:
+    """The command that produced this run's figures (how to run it again)."""
+    return shlex.join(["python", "-m", "bench.run", *sys.argv[1:]])
+
+
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| figure | value |", "| --- | --- |"]
+    """The run's command, the latency and sustained tables, then every figure."""
+    lines = [f"Command: `{results.get('command', '')}` ({results.get('date', '')})", ""]
+    lines += tables.latency(results["figures"]) + tables.sustained(results["figures"])
+    lines += ["| figure | value |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in flat(results["figures"])]
     return "\n".join(lines) + "\n"
 
@@ -55,6 +64,18 @@ class Bench:
     figures: dict[str, dict[str, Any]]
     save: Callable[[], None]
 
+    @property
+    def spine(self) -> Path:
+        """The spine model's file (written once into the work directory)."""
+        path = self.work / "spine-model.yaml"
+        return path if path.exists() else scenarios.spine_model(self.work)
+
+
+SCENARIOS = (
+    "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
+    "api,collector,recovery,webhooks,sink,analytics,replay"
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -63,21 +84,70 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--contacts", type=int, default=20_000)
     parser.add_argument("--big-events", type=int, default=1_000_000, help="events of the large throughput run")
     parser.add_argument("--big-contacts", type=int, default=100_000, help="contacts of the large throughput run")
+    parser.add_argument(
+        "--prefill-events",
+        default=None,
+        help="comma-separated sizes of the prefilled topics the throughput and peers scenarios run on "
+        "(default: --events,--big-events; `big` in --skip keeps only the first)",
+    )
     parser.add_argument("--recovery-contacts", type=int, default=1_000_000, help="contacts held for recovery/memory")
-    parser.add_argument("--rates", default="1000,5000,10000", help="comma-separated latency rates (events/s)")
+    parser.add_argument("--rates", default="500,1000,2000,5000,10000", help="comma-separated latency rates (events/s)")
+    parser.add_argument("--models", default="full,spine", help="models of the latency and sustained scenarios")
+    parser.add_argument("--probes", type=int, default=3000, help="latency probes per rate and model")
+    parser.add_argument("--probe-rate", type=float, default=50.0, help="probes published per second")
+    parser.add_argument("--anonymous-share", type=float, default=1 / 3, help="share of anonymous probes")
+    parser.add_argument("--poll-ms", type=float, default=5.0, help="shortest time between API polls")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="load before the first probe")
+    parser.add_argument("--drain-s", type=float, default=30.0, help="wait after the last probe before it is lost")
     parser.add_argument(
         "--sustain-rates",
-        default="1000,2000,3000,4000,6000,8000,12000,16000",
-        help="rates tried for the sustained maximum",
+        default="1000,2000,3000,5000,7500,10000",
+        help="rates tried in increasing order for the sustained maximum (stops at the first that fails)",
     )
+    parser.add_argument("--sustain-seconds", type=float, default=120.0, help="seconds held at each sustained rate")
+    parser.add_argument("--sustain-probe-rate", type=float, default=20.0, help="probes a second while sustaining")
+    parser.add_argument("--service-rates", default=None, help="rates of the whole-service scenario (default: --rates)")
     parser.add_argument(
-        "--skip",
-        default="",
-        help="comma-separated scenarios to skip: "
-        "pure,throughput,clv,timers,big,peers,latency,sustained,api,collector,recovery,webhooks,sink,analytics",
+        "--service-sustain-rates",
+        default=None,
+        help="rates of the whole service's sustained maximum (default: --sustain-rates)",
     )
+    parser.add_argument("--skip", default="", help=f"comma-separated scenarios to skip: {SCENARIOS}")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run (the others are skipped)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (broker logs, worker data)")
     return parser
+
+
+def _rates(text: str) -> list[float]:
+    return [float(r) for r in text.split(",") if r]
+
+
+def _models(b: Bench) -> list[tuple[str, Path | None]]:
+    """(figure suffix, model file) of each model asked: the full model keeps the plain names."""
+    chosen = set(b.args.models.split(","))
+    return [
+        (suffix, path)
+        for name, suffix, path in (("full", "", None), ("spine", "_spine_model", b.spine))
+        if name in chosen
+    ]
+
+
+def _plan(b: Bench, rate: float = 0.0, sustained: bool = False) -> probes.Plan:
+    a = b.args
+    if sustained:
+        rate_per_s = a.sustain_probe_rate
+        count = max(1, round(a.sustain_seconds * rate_per_s))
+    else:
+        rate_per_s, count = a.probe_rate, a.probes
+    return probes.Plan(
+        rate=rate,
+        probes=count,
+        probe_rate=rate_per_s,
+        anonymous_share=a.anonymous_share,
+        warmup_s=a.warmup_s,
+        drain_s=a.drain_s,
+        poll_ms=a.poll_ms,
+    )
 
 
 def _worker_scenarios(b: Bench, skip: set[str]) -> None:
@@ -85,84 +155,133 @@ def _worker_scenarios(b: Bench, skip: set[str]) -> None:
     if "pure" not in skip:
         b.figures["pure_python_fold"] = scenarios.pure_fold(b.args.events, b.args.contacts)
         b.save()
-    if "throughput" not in skip:
-        _throughput(b)
+    for size in _sizes(b, skip):
+        if "throughput" not in skip:
+            _throughput(b, size)
+        if "peers" not in skip:
+            _peers(b, size)
     if "clv" not in skip:
         b.figures["clv_fit_cdnow"] = scenarios.clv_fit_cdnow()
         b.save()
     if "timers" not in skip:
         b.figures["timer_lateness"] = scenarios.timer_lateness(b.bootstrap, b.work)
         b.save()
-    if "peers" not in skip:
-        b.figures.update(scenarios.limits_and_peers(b.bootstrap, b.work, b.args.events, b.args.contacts))
-        # the peers run the spine's engagement job; the full model is set beside them too
-        # (issue 4: the full model keeps the speed issue's throughput against the peers)
-        ratios = _peer_ratios(b.figures)
-        if ratios:
-            b.figures["ratios"] = ratios
-        b.save()
-    if "big" not in skip:
-        b.figures["throughput_large"] = scenarios.worker_throughput(
-            b.bootstrap, b.work, b.args.big_events, b.args.big_contacts
-        )
-        b.save()
     if "latency" not in skip:
-        for rate in (float(r) for r in b.args.rates.split(",")):
-            b.figures[f"latency_{int(rate)}"] = scenarios.publish_to_api_latency(b.bootstrap, b.work, rate)
-            b.save()
-            b.figures[f"latency_{int(rate)}_spine_model"] = scenarios.publish_to_api_latency(
-                b.bootstrap, b.work, rate, model=scenarios.spine_model(b.work)
+        for rate in _rates(b.args.rates):
+            for suffix, model in _models(b):
+                b.figures[f"latency_{int(rate)}{suffix}"] = scenarios.publish_to_api_latency(
+                    b.bootstrap, b.work, _plan(b, rate), model=model
+                )
+                b.save()
+    if "sustained" not in skip:
+        for suffix, model in _models(b):
+
+            def at(plan: probes.Plan, model: Path | None = model) -> dict[str, Any]:
+                return scenarios.publish_to_api_latency(b.bootstrap, b.work / "sustain", plan, model=model)
+
+            b.figures[f"sustained{suffix}"] = scenarios.max_sustained_rate(
+                _rates(b.args.sustain_rates), _plan(b, sustained=True), at
             )
             b.save()
-    if "sustained" not in skip:
-        rates = [float(r) for r in b.args.sustain_rates.split(",")]
-        b.figures["sustained"] = scenarios.max_sustained_rate(b.bootstrap, b.work, rates)
-        b.save()
 
 
-def _throughput(b: Bench) -> None:
-    """The worker's throughput: spine and full model, shuffled and in event-time order."""
+def _sizes(b: Bench, skip: set[str]) -> list[int]:
+    """The prefilled topics' sizes (events) of the throughput and peers scenarios."""
+    text = b.args.prefill_events or f"{b.args.events},{b.args.big_events}"
+    sizes = [int(n) for n in text.split(",") if n]
+    return sizes[:1] if "big" in skip else sizes
+
+
+def _size_suffix(b: Bench, size: int) -> str:
+    """Figures of the first size keep the plain names (``throughput_spine``); others end in ``_<k>k``."""
+    first = int((b.args.prefill_events or str(b.args.events)).split(",")[0])
+    return "" if size == first else f"_{size // 1000}k"
+
+
+def _contacts(b: Bench, size: int) -> int:
+    events: int = b.args.events
+    return int(b.args.contacts if size <= events else b.args.big_contacts)
+
+
+def _peers(b: Bench, size: int) -> None:
+    """The machine's limit and the peers on the same events; our throughput over theirs."""
+    suffix = _size_suffix(b, size)
+    peers = scenarios.limits_and_peers(b.bootstrap, b.work, size, _contacts(b, size))
+    b.figures.update({f"{name}{suffix}": figures for name, figures in peers.items()})
+    # the peers run the spine's engagement job; the full model is set beside them too
+    # (issue 4: the full model keeps the speed issue's throughput against the peers)
+    ratios = _peer_ratios(b.figures, suffix)
+    if ratios:
+        b.figures[f"ratios{suffix}"] = ratios
+    b.save()
+
+
+def _throughput(b: Bench, size: int) -> None:
+    """The worker's throughput on ``size`` prefilled events: spine and full model, shuffled (and,
+    for the first size, in event-time order)."""
+    suffix = _size_suffix(b, size)
+    contacts = _contacts(b, size)
     # the same events under the spine's engagement-only model and under the full model
-    spine = scenarios.spine_model(b.work)
-    b.figures["throughput_spine"] = scenarios.worker_throughput(
-        b.bootstrap, b.work, b.args.events, b.args.contacts, model=spine, label="-spine"
+    b.figures[f"throughput_spine{suffix}"] = scenarios.worker_throughput(
+        b.bootstrap, b.work, size, contacts, model=b.spine, label="-spine"
     )
     b.save()
-    b.figures["throughput_full_model"] = scenarios.worker_throughput(
-        b.bootstrap, b.work, b.args.events, b.args.contacts, label="-full"
+    b.figures[f"throughput_full_model{suffix}"] = scenarios.worker_throughput(
+        b.bootstrap, b.work, size, contacts, label="-full"
     )
-    spine_rate = b.figures["throughput_spine"]["events_per_s_after_startup"]
-    full_rate = b.figures["throughput_full_model"]["events_per_s_after_startup"]
-    if spine_rate and full_rate:
-        b.figures["throughput_full_model"]["vs_spine_model"] = round(full_rate / spine_rate, 2)
+    _vs_spine(b.figures, f"throughput_spine{suffix}", f"throughput_full_model{suffix}")
     b.save()
+    if suffix:
+        return
     # the same events in event-time order (live traffic, a time-ordered backfill)
-    for name, path in (("spine", spine), ("full_model", None)):
+    for name, path in (("spine", b.spine), ("full_model", None)):
         b.figures[f"throughput_{name}_in_time_order"] = scenarios.worker_throughput(
-            b.bootstrap, b.work, b.args.events, b.args.contacts, model=path, label=f"-{name}-ordered", ordered=True
+            b.bootstrap, b.work, size, contacts, model=path, label=f"-{name}-ordered", ordered=True
         )
         b.save()
-    spine_rate = b.figures["throughput_spine_in_time_order"]["events_per_s_after_startup"]
-    full_rate = b.figures["throughput_full_model_in_time_order"]["events_per_s_after_startup"]
-    if spine_rate and full_rate:
-        b.figures["throughput_full_model_in_time_order"]["vs_spine_model"] = round(full_rate / spine_rate, 2)
+    _vs_spine(b.figures, "throughput_spine_in_time_order", "throughput_full_model_in_time_order")
     b.save()
 
 
-def _peer_ratios(figures: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Our throughput (spine and full model) over each peer's."""
+def _vs_spine(figures: dict[str, dict[str, Any]], spine: str, full: str) -> None:
+    spine_rate = figures[spine]["events_per_s_after_startup"]
+    full_rate = figures[full]["events_per_s_after_startup"]
+    if spine_rate and full_rate:
+        figures[full]["vs_spine_model"] = round(full_rate / spine_rate, 2)
+
+
+def _peer_ratios(figures: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, float]:
+    """Our throughput (spine and full model) over each peer's, on the same size."""
     ratios: dict[str, float] = {}
     for label, run in (("scorestream", "throughput_spine"), ("full_model", "throughput_full_model")):
-        ours = figures.get(run, {}).get("events_per_s_after_startup")
+        ours = figures.get(f"{run}{suffix}", {}).get("events_per_s_after_startup")
         if ours:
             ratios.update(
                 {
                     f"{label}_vs_{name}": round(ours / rate, 2)
                     for name in ("hand_rolled_durable", "stock_faust_table_per_event", "quix_streams_peer")
-                    if (rate := figures.get(name, {}).get("events_per_s"))
+                    if (rate := figures.get(f"{name}{suffix}", {}).get("events_per_s"))
                 }
             )
     return ratios
+
+
+def _whole_service(b: Bench, skip: set[str]) -> None:
+    """Everything ``make run`` starts, under live load: latency at each rate, the sustained maximum."""
+    from bench.service_load import service_latency
+
+    if "service" not in skip:
+        for rate in _rates(b.args.service_rates or b.args.rates):
+            b.figures[f"service_{int(rate)}"] = service_latency(b.bootstrap, b.work, _plan(b, rate))
+            b.save()
+    if "service_sustained" not in skip:
+
+        def at(plan: probes.Plan) -> dict[str, Any]:
+            return service_latency(b.bootstrap, b.work / "service-sustain", plan)
+
+        rates = _rates(b.args.service_sustain_rates or b.args.sustain_rates)
+        b.figures["service_sustained"] = scenarios.max_sustained_rate(rates, _plan(b, sustained=True), at)
+        b.save()
 
 
 def _service_scenarios(b: Bench, skip: set[str]) -> None:
@@ -204,18 +323,31 @@ def _service_scenarios(b: Bench, skip: set[str]) -> None:
         b.save()
 
 
+def _skipped(args: argparse.Namespace) -> set[str]:
+    every = set(SCENARIOS.split(","))
+    skip = set(filter(None, args.skip.split(",")))
+    only = set(filter(None, args.only.split(",")))
+    unknown = (skip | only) - every
+    if unknown:
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}; they are: {SCENARIOS}")
+    if only:
+        skip |= every - only - ({"big"} if "throughput" in only or "peers" in only else set())
+    return skip
+
+
 def main() -> None:
     args = _parser().parse_args()
     # SIGTERM (a timeout, Ctrl-C from make) unwinds through the finally blocks that stop the
     # worker, the API and the broker this run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    skip = set(filter(None, args.skip.split(",")))
+    skip = _skipped(args)
     work = Path(tempfile.mkdtemp(prefix="scorestream-bench-"))
     port = free_port()
     bootstrap = ensure_broker(work / "kafka", port)
     figures: dict[str, dict[str, Any]] = {}
     results = {
         "name": args.name,
+        "command": command_line(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "figures": figures,
@@ -230,6 +362,7 @@ def main() -> None:
     try:
         bench = Bench(args, bootstrap, work, figures, save)
         _worker_scenarios(bench, skip)
+        _whole_service(bench, skip)
         _service_scenarios(bench, skip)
     finally:
         stop_broker(work / "kafka", port)

@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import yaml
-from aiokafka import TopicPartition
 
+from bench import probes
 from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic, iso
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
 from schemas.model_file import read_model_source
 from schemas.settings import Settings
-from tests.e2e.service import API_KEY, REPO, Service
-
-# How late live events are stamped, at most, behind their sending: clients batch and clocks
-# differ by about a second (the throughput scenarios cover a backfill in random order).
-LIVE_JITTER_MS = 1_000
+from tests.e2e.service import REPO, Service
 
 
 def _topics(svc: Service) -> dict[str, str]:
@@ -111,149 +106,49 @@ def _first_ready_s(svc: Service, started_wall_ms: int) -> float | None:
     return (ready_ms - started_wall_ms) / 1000
 
 
-@dataclass
-class Probe:
-    uid: str
-    sent_ms: int  # wall clock at publish
-    latency_ms: float  # publish -> first 200 from the API (inf: never)
-    changelog_ms: int | None = None  # CreateTime of the probe's first contacts-changelog record
-
-
-async def _probe_latency(svc: Service, rate: float, duration_s: float, probes: int) -> tuple[list[Probe], float]:
-    """Probes among background traffic at ``rate``; returns them and the background rate achieved."""
-    # live traffic: stamped as it is sent, up to LIVE_JITTER_MS late
-    traffic = Traffic(20_000, seed=5, live_jitter_ms=LIVE_JITTER_MS)
-    topics = _topics(svc)
-    producer = clients.producer(KafkaConnection(svc.bootstrap), acks="all", linger_ms=1)
-    await producer.start()
-    latencies: list[Probe] = []
-    stop = asyncio.Event()
-
-    achieved: list[float] = []
-
-    async def background() -> None:
-        sent = 0
-        started = time.perf_counter()
-        records = traffic.records(10**12)
-        while not stop.is_set():
-            due = int((time.perf_counter() - started) * rate) + 1
-            while sent < due:  # the backlog of this tick, then a 5 ms sleep: steady at any rate
-                record = next(records)
-                await producer.send(topics[record.channel], record.value, key=record.key)
-                sent += 1
-            await asyncio.sleep(0.005)
-        achieved.append(sent / (time.perf_counter() - started))
-
-    async def probe(http: httpx.AsyncClient, i: int) -> None:
-        uid = f"probe-{i}-{time.time_ns()}"
-        body = orjson.dumps(
-            {
-                "type": "track",
-                "event": "Demo Requested",
-                "messageId": uid,
-                "userId": uid,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-        )
-        sent_ms = int(time.time() * 1000)
-        t0 = time.perf_counter()
-        await producer.send(topics["web"], body, key=uid.encode())
-        while True:
-            r = await http.get(f"/v1/contacts/{uid}")
-            if r.status_code == 200:
-                latencies.append(Probe(uid, sent_ms, (time.perf_counter() - t0) * 1000))
-                return
-            if time.perf_counter() - t0 > 10:
-                latencies.append(Probe(uid, sent_ms, float("inf")))
-                return
-            await asyncio.sleep(0.002)
-
-    bg = asyncio.create_task(background())
-    try:
-        async with httpx.AsyncClient(base_url=svc.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
-            await asyncio.sleep(3)  # let the load settle
-            interval = duration_s / probes
-            begun = time.perf_counter()
-            for i in range(probes):
-                if time.perf_counter() - begun > 2 * duration_s:
-                    break  # the worker cannot keep up: later probes would only wait longer
-                t = time.perf_counter()
-                await probe(http, i)
-                await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t)))
-    finally:
-        stop.set()
-        await bg
-        await producer.stop()
-    return latencies, achieved[0] if achieved else 0.0
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-async def _changelog_times(bootstrap: str, topic: str, probes: list[Probe]) -> None:
-    """Fill each probe's ``changelog_ms``: when the worker wrote its state (the record's CreateTime)."""
-    wanted = {p.uid.encode(): p for p in probes}
-    consumer = clients.consumer(
-        KafkaConnection(bootstrap), topic, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(
-            [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        )
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end for tp, end in ends.items()])
-
-        while await behind():
-            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
-                for record in records:
-                    probe = wanted.get(record.key)
-                    if probe is not None and probe.changelog_ms is None:
-                        probe.changelog_ms = record.timestamp
-    finally:
-        await consumer.stop()
-
-
-def publish_to_api_latency(
-    bootstrap: str, work: Path, rate: float, duration_s: float = 30, probes: int = 300, model: Path | None = None
-) -> dict[str, Any]:
-    """Publish -> visible in GET /v1/contacts/{id}, for probe events among steady background load.
-
-    Each probe is also split at the moment the worker wrote its state to the contacts changelog
-    (the record's CreateTime): ``worker`` = publish -> changelog, ``api`` = changelog -> visible.
-    """
-    svc = Service(
-        bootstrap=bootstrap, data_dir=work / f"lat-{int(rate)}{'-' + model.stem if model else ''}", model=model
-    )
+def publish_to_api_latency(bootstrap: str, work: Path, plan: probes.Plan, model: Path | None = None) -> dict[str, Any]:
+    """Publish -> visible in the API for open-loop probes among steady Zipf load at ``plan.rate``
+    on a fresh worker + API (see :mod:`bench.probes`): identified and anonymous probes, each split
+    at the record the worker writes to the topic the API follows (worker part / API part)."""
+    label = f"lat-{int(plan.rate)}{'-' + model.stem if model else ''}"
+    svc = Service(bootstrap=bootstrap, data_dir=work / f"{label}-{uuid.uuid4().hex[:6]}", model=model)
     svc.start()
     try:
-        measured, achieved = asyncio.run(_probe_latency(svc, rate, duration_s, probes))
-        asyncio.run(_changelog_times(bootstrap, f"ss-{svc.suffix}-contacts-changelog", measured))
+        return probes.measure(probes.target_of(svc.env, svc.url), plan)
     finally:
         svc.stop()
-    finite = [p.latency_ms for p in measured if p.latency_ms != float("inf")]
-    split = [p for p in measured if p.changelog_ms is not None and p.latency_ms != float("inf")]
-    worker = [float(p.changelog_ms - p.sent_ms) for p in split if p.changelog_ms is not None]
-    api = [p.sent_ms + p.latency_ms - p.changelog_ms for p in split if p.changelog_ms is not None]
-    return {
-        "rate_events_per_s": rate,
-        "achieved_events_per_s": round(achieved),
-        "probes": len(measured),
-        "probes_planned": probes,
-        "lost": len(measured) - len(finite),
-        "p50_ms": _pct(finite, 0.50),
-        "p99_ms": _pct(finite, 0.99),
-        "p999_ms": _pct(finite, 0.999),
-        "max_ms": round(max(finite), 1),
-        "mean_ms": round(statistics.fmean(finite), 1),
-        "worker_p50_ms": _pct(worker, 0.50) if worker else None,
-        "worker_p99_ms": _pct(worker, 0.99) if worker else None,
-        "api_p50_ms": _pct(api, 0.50) if api else None,
-        "api_p99_ms": _pct(api, 0.99) if api else None,
-    }
+
+
+def max_sustained_rate(
+    rates: list[float], plan: probes.Plan, measure_at: Callable[[probes.Plan], dict[str, Any]]
+) -> dict[str, Any]:
+    """The highest of ``rates`` (events/s, tried in increasing order, stopping at the first that
+    fails) held with nothing lost, publish -> visible p99 under 1 s and the worker's lag not
+    growing (:func:`bench.probes.sustained_failures`). ``plan`` gives the probes and the time
+    held (``probes / probe_rate`` seconds after the warm-up); ``measure_at`` runs it at a rate
+    on a fresh deployment. Everything shares the machine's cores with the publisher."""
+    tried: dict[str, Any] = {}
+    best = 0.0
+    for rate in sorted(rates):
+        got = measure_at(replace(plan, rate=rate))
+        failures = probes.sustained_failures(got)
+        tried[str(int(rate))] = {
+            "achieved_background_events_per_s": got["achieved_background_events_per_s"],
+            "probes": got["probes"],
+            "lost": got["lost"],
+            "p50_ms": got["p50_ms"],
+            "p99_ms": got["p99_ms"],
+            "p999_ms": got["p999_ms"],
+            "worker_p99_ms": got["worker_p99_ms"],
+            "api_p99_ms": got["api_p99_ms"],
+            "lag": got["lag"],
+            "sustained": not failures,
+            "why_not": failures,
+        }
+        if failures:
+            break
+        best = rate
+    return {"max_sustained_events_per_s": best, "seconds_per_rate": round(plan.probe_seconds), "tried": tried}
 
 
 def pure_fold(events: int, contacts: int) -> dict[str, Any]:
@@ -276,7 +171,7 @@ def limits_and_peers(bootstrap: str, work: Path, events: int, contacts: int) -> 
 
     traffic = Traffic(contacts, seed=3)
     records = [(r.key, r.value) for r in traffic.records(events)]
-    topic = "bench-source"
+    topic = f"bench-source-{events}"
     asyncio.run(create_topic(bootstrap, topic))
     asyncio.run(publish(bootstrap, ((topic, key, value) for key, value in records)))
     out: dict[str, dict[str, Any]] = {}
@@ -414,37 +309,6 @@ def recovery_and_memory(bootstrap: str, work: Path, contacts: int) -> dict[str, 
     }
 
 
-def max_sustained_rate(bootstrap: str, work: Path, rates: list[float], seconds: float = 20) -> dict[str, Any]:
-    """The highest of ``rates`` (events/s, tried in increasing order) that one worker keeps up with.
-
-    Each rate is held for ``seconds`` on a fresh deployment with probes every 200 ms (see
-    :func:`publish_to_api_latency`). A rate is sustained when the background publisher achieved it
-    (within 3%), no probe was lost, and publish -> visible in the API stayed under one second at
-    p99: had the worker fallen behind, the delay would grow with the run. The publisher shares
-    the machine's two cores with the broker, the worker and the API.
-    """
-    tried: dict[str, Any] = {}
-    best = 0.0
-    for rate in sorted(rates):
-        got = publish_to_api_latency(bootstrap, work / f"sustain-{int(rate)}", rate, seconds, int(seconds * 5))
-        ok = (
-            got["achieved_events_per_s"] >= 0.97 * rate
-            and got["lost"] == 0
-            and got["probes"] == got["probes_planned"]
-            and got["p99_ms"] <= 1000
-        )
-        tried[str(int(rate))] = {
-            "achieved": got["achieved_events_per_s"],
-            "p50_ms": got["p50_ms"],
-            "p99_ms": got["p99_ms"],
-            "sustained": ok,
-        }
-        if not ok:
-            break
-        best = rate
-    return {"max_sustained_events_per_s": best, "seconds_per_rate": seconds, "tried": tried}
-
-
 def timer_lateness(bootstrap: str, work: Path, contacts: int = 2000, timeout_s: float = 10.0) -> dict[str, Any]:
     """How late a time-driven trigger is written after its due time: ``contacts`` carts left
     open (one ``Product Added`` each, stamped now), a cart timer of ``timeout_s``, the default tick
@@ -488,8 +352,8 @@ def timer_lateness(bootstrap: str, work: Path, contacts: int = 2000, timeout_s: 
         "timer_s": timeout_s,
         "tick_interval_s": Settings.model_fields["timer_interval_s"].default,
         "fired": len(late),
-        "late_ms_p50": round(_pct(late, 0.50)) if late else None,
-        "late_ms_p99": round(_pct(late, 0.99)) if late else None,
+        "late_ms_p50": round(probes.percentile(late, 0.50) or 0) if late else None,
+        "late_ms_p99": round(probes.percentile(late, 0.99) or 0) if late else None,
         "late_ms_max": round(late[-1]) if late else None,
     }
 
