@@ -161,7 +161,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "worker", help="one Faust worker (start as many as partitions, on one host or several, same SCORESTREAM_APP_ID)"
     )
-    sub.add_parser("api", help="the HTTP API")
+    api = sub.add_parser("api", help="the HTTP API")
+    api.add_argument(
+        "--processes",
+        type=positive,
+        default=None,
+        help="API processes on the API port (default: SCORESTREAM_API_PROCESSES, 1); they share the host's view "
+        "store: one follows the topics, the others read it",
+    )
     sub.add_parser("dispatcher", help="the webhook dispatcher")
     sub.add_parser("sink", help="the analytics sink: the topics into ClickHouse (with a ClickHouse server)")
     sub.add_parser("topics", help="create the topics (idempotent)")
@@ -223,7 +230,7 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "api":
         from api.server import serve
 
-        serve(settings)
+        serve(settings, args.processes)
         return 0
     if args.command == "dispatcher":
         from dispatcher.service import main as run_dispatcher

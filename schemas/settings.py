@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys accepted as `Authorization: Bearer <key>`."
     )
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        description="API processes serving the API port (`scorestream api --processes N`). They share one view "
+        "store per model namespace on the host: one follows the topics and writes it, the others read it.",
+    )
+    api_cache_mb: int = Field(
+        default=64,
+        ge=8,
+        description="RocksDB block cache of an API process's view store (per model namespace), in MiB: what "
+        "bounds its memory, whatever the number of contacts.",
+    )
+    api_catch_up_ms: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often an API process that reads its host's view store (not the one writing it) catches "
+        "up with the writer's new writes, in ms (the delay they add; about 20 us of CPU each when idle).",
+    )
     data_dir: Path = Field(default=Path("var"), description="Where local state lives (RocksDB tables, broker data).")
     model: Path | None = Field(default=None, description="Scoring model YAML file; default: the bundled model.")
     batch_max: int = Field(
@@ -346,6 +364,11 @@ class Settings(BaseSettings):
     def private_deadletter_topic(self) -> str:
         """Where this namespace's dead letters go while another namespace is responsible for them."""
         return f"{self.ns}.deadletter"
+
+    @property
+    def api_store_dir(self) -> Path:
+        """The API's view store of this namespace on this host (shared by its API processes)."""
+        return self.data_dir / "api" / self.ns
 
     @property
     def workers_dir(self) -> Path:
