@@ -84,7 +84,7 @@ class Readers:
         if replica is None:
             replica = Replica(
                 kafka=kafka,
-                changelog_topic=settings.changelog_topic("contacts"),
+                views_topic=settings.views_topic,
                 status_topic=settings.status_topic,
             )
         if accounts is None:

@@ -2,8 +2,9 @@
 
 The workers publish the model (RFM quintile boundaries, the CLV fit) on a one-partition compacted
 topic; this reader follows it from the beginning and keeps the latest. A contact's value is
-computed per request from its ledger with the pure core (:func:`scorestream.population.value_view`),
-so recency, ``p_alive`` and CLV are as of the request time.
+computed per request from its view's ledger summary with the pure core
+(:func:`scorestream.view.value_of_view`, which gives :func:`scorestream.population.value_view` of
+the ledger), so recency, ``p_alive`` and CLV are as of the request time.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from kafka_io.clients import KafkaConnection
 from kafka_io.reader import follow
 from schemas.population import read_record
 from schemas.value import clv_model_body, value_body
-from scorestream import ContactState
-from scorestream.population import PopulationModel, value_view
+from scorestream.population import PopulationModel
 from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
+from scorestream.view import ContactView, value_of_view
 
 log = logging.getLogger(__name__)
 FETCH_MAX_WAIT_MS = 500  # the model changes every few minutes: an idle reader polls twice a second
@@ -45,10 +46,10 @@ class PopulationReader(Following):
         if isinstance(record, PopulationModel):
             self.model = record
 
-    def value_body(self, state: ContactState, now_ms: int) -> dict[str, Any]:
+    def value_body(self, view: ContactView, now_ms: int) -> dict[str, Any]:
         """``{"rfm": ..., "clv": ...}`` of a contact at ``now_ms`` (see :class:`schemas.value.ValueOut`):
         both null for a non-customer; r/f/m/segment and the CLV figures null before a model exists."""
-        return value_body(value_view(state.value, now_ms, self.model, self.segments))
+        return value_body(value_of_view(view, now_ms, self.model, self.segments))
 
     def clv_model_body(self) -> dict[str, Any] | None:
         """The ``GET /v1/models/clv`` body, or None before the first successful fit."""

@@ -9,10 +9,15 @@ OpenAPI document; ``tests/api/test_render.py`` checks that every body validates 
 this renderer. Building the models and validating them on every request cost more than the
 lookup itself. A body orjson cannot encode (a trait beyond 64 bits) goes through the models.
 
-What depends on a contact's state only (identity, traits, fit, timestamps) is computed once per
-decoded state and kept with it in the replica's cache (``Decoded.derived``, dropped with the entry
-when the contact changes or is evicted). Engagement decays with time, so it is computed on every
-request, at the request's time, by the core function: answers are the same as without the cache.
+The renderer reads a contact's compact view (:class:`scorestream.view.ContactView`, what the
+worker sends to ``<app>.views``), never the full state. What depends on the view only (identity,
+traits, fit, timestamps) is computed once per decoded view and kept with it in the replica's cache
+(``Decoded.derived``, dropped with the entry when the contact changes or is evicted). Engagement
+decays with time, so it is computed on every request, at the request's time, from the view's
+per-rule totals (:func:`scorestream.view.engagement_of_view`, which gives what
+:func:`scorestream.scoring.engagement_at` gives on the full state). The journey is the view's:
+when its ``next_change_at`` has passed, the worker's tick (at most ``SCORESTREAM_TIMER_INTERVAL_S``
+later) sends the walked view; until it arrives the answer shows the stored journey.
 """
 
 from __future__ import annotations
@@ -28,23 +33,22 @@ from api.replica import Decoded
 from schemas.api import BatchGetOut, ContactOut
 from schemas.times import DAY_MS
 from schemas.times import dt_of as _dt
-from scorestream import ContactState, Model, engagement_at, fit_of
-from scorestream.fold import journey_at
-from scorestream.journey import Journey
+from scorestream import Model
 from scorestream.scoring import Contribution, grade
+from scorestream.view import ContactView, JourneyView, engagement_of_view, fit_of_view
 
 _OPTIONS = orjson.OPT_UTC_Z  # pydantic writes UTC datetimes with "Z"
 _contact_adapter = TypeAdapter(ContactOut)
 _batch_adapter = TypeAdapter(BatchGetOut)
-ValueBody = Callable[[ContactState, int], dict[str, Any]]
+ValueBody = Callable[[ContactView, int], dict[str, Any]]
 _NO_VALUE: dict[str, Any] = {"rfm": None, "clv": None}
 
 
-def no_value(_state: ContactState, _now_ms: int) -> dict[str, Any]:
+def no_value(_view: ContactView, _now_ms: int) -> dict[str, Any]:
     return _NO_VALUE
 
 
-def lifecycle_body(journey: Journey | None, now_ms: int) -> dict[str, Any]:
+def lifecycle_body(journey: JourneyView | None, now_ms: int) -> dict[str, Any]:
     """``stage``, ``flags`` and ``persona`` of a contact body (shapes of :class:`~schemas.api.ContactOut`)."""
     if journey is None:
         return {"stage": None, "flags": [], "persona": None}
@@ -79,28 +83,25 @@ def _contributions(items: tuple[Contribution, ...]) -> list[dict[str, Any]]:
 class _Fixed:
     """The parts of a contact's body that do not depend on the time of the request."""
 
-    __slots__ = ("due_ms", "first_seen", "fit", "fit_grade", "head", "journey", "last_seen", "model")
+    __slots__ = ("first_seen", "fit", "fit_grade", "head", "last_seen", "model")
 
-    def __init__(self, state: ContactState, model: Model) -> None:
-        fit = fit_of(state, model)
+    def __init__(self, view: ContactView, model: Model) -> None:
+        fit = fit_of_view(view, model)
         self.model = model
         self.head = {
-            "contact_id": state.contact_id,
+            "contact_id": view.contact_id,
             "identity": {
-                "user_id": state.user_id,
-                "anonymous_ids": state.anonymous_ids,
-                "email": state.email,
-                "merged_ids": state.merged_ids,
+                "user_id": view.user_id,
+                "anonymous_ids": view.anonymous_ids,
+                "email": view.email,
+                "merged_ids": view.merged_ids,
             },
-            "traits": state.traits,
+            "traits": view.traits,
         }
         self.fit = {"score": float(fit.score), "grade": fit.grade, "top": _contributions(fit.top)}
         self.fit_grade = fit.grade
-        self.first_seen = _dt(state.first_seen_ms)
-        self.last_seen = _dt(state.last_seen_ms)
-        self.journey = state.journey
-        journey = state.journey
-        self.due_ms = journey.next_due_ms if journey is not None else None
+        self.first_seen = _dt(view.first_seen_ms)
+        self.last_seen = _dt(view.last_seen_ms)
 
 
 class ContactRenderer:
@@ -114,17 +115,15 @@ class ContactRenderer:
     def _fixed(self, entry: Decoded) -> _Fixed:
         fixed = entry.derived
         if not isinstance(fixed, _Fixed) or fixed.model is not self.model:
-            fixed = entry.derived = _Fixed(entry.state, self.model)
+            fixed = entry.derived = _Fixed(entry.view, self.model)
         return fixed
 
     def body(self, entry: Decoded, now_ms: int) -> dict[str, Any]:
         """The ``ContactOut`` of ``entry`` at ``now_ms``, as a dict ready for orjson."""
         fixed = self._fixed(entry)
-        state = entry.state
-        engagement = engagement_at(state, self.model, now_ms)
-        due = fixed.due_ms
-        journey = fixed.journey if due is None or due > now_ms else journey_at(state, self.model, now_ms)
-        value = self.value(state, now_ms)
+        view = entry.view
+        engagement = engagement_of_view(view, self.model, now_ms)
+        value = self.value(view, now_ms)
         return {
             **fixed.head,
             "engagement": {
@@ -136,13 +135,13 @@ class ContactRenderer:
             },
             "fit": fixed.fit,
             "grade": grade(fixed.fit_grade, engagement.band),
-            **lifecycle_body(journey, now_ms),
-            "account_id": state.account_id,
+            **lifecycle_body(view.journey, now_ms),
+            "account_id": view.account_id,
             "rfm": value["rfm"],
             "clv": value["clv"],
             "first_seen": fixed.first_seen,
             "last_seen": fixed.last_seen,
-            "model_version": state.model_version,
+            "model_version": view.model_version,
         }
 
     def contact_json(self, entry: Decoded, now_ms: int) -> bytes:

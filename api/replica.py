@@ -1,9 +1,13 @@
-"""A read replica of the contacts table, fed by its changelog topic.
+"""A read replica of the contacts' views, fed by the ``<app>.views`` topic.
 
-Why a replica: a contact's state lives on the worker that owns its partition. The API reads the
-table's changelog (every partition) into memory instead of asking workers, so answers are correct
-however many workers share the work, and API processes scale independently of them. The cost is
-a short delay (one changelog hop, typically milliseconds) and memory for the raw state bytes.
+Why a replica: a contact's state lives on the worker that owns its partition. The worker sends a
+compact view of each contact it writes (:mod:`scorestream.view`: identity, traits, fit, journey,
+value summary, engagement as per-rule totals; no history) to a compacted topic, and the API reads
+it (every partition) instead of asking workers or reading the full states' changelog, so answers
+are correct however many workers share the work, and API processes scale independently of them.
+The cost is a short delay (one hop, typically milliseconds; a busy contact's view at most
+``SCORESTREAM_VIEW_INTERVAL_MS`` apart) and memory for the views' bytes: ``states`` maps a contact
+id to its view's bytes, ``by_anonymous`` and ``by_email`` are the indexes.
 
 Lookups accept a contact id, any anonymous id, or an email; merged contacts are followed to the
 contact they merged into.
@@ -18,47 +22,34 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import orjson
 
 from api.follow import Following
 from kafka_io.clients import KafkaConnection
 from kafka_io.reader import follow
-from schemas.state import decode_state
-from scorestream import ContactState
+from schemas.view import decode_head, decode_view
 from scorestream.identity import anonymous_contact_id
+from scorestream.view import ContactView
 
 log = logging.getLogger(__name__)
 MAX_FOLLOW = 8
-# The longest a changelog fetch waits on the broker when there is nothing new. A fetch returns as
+# The longest a views fetch waits on the broker when there is nothing new. A fetch returns as
 # soon as a record arrives, so this bounds only how often an idle replica polls (5 requests/s, not
 # 100 at 10 ms, which cost the API 7-12% of its CPU), not how soon a change becomes visible.
 FETCH_MAX_WAIT_MS = 200
-# Decoded states kept, least recently used dropped first, counted in the bytes they were decoded
+# Decoded views kept, least recently used dropped first, counted in the bytes they were decoded
 # from: 8 MiB of MessagePack is some 40-60 MiB of Python objects (5-8x).
 DECODED_CACHE_BYTES = 8 << 20
 
 
-class _IndexView(msgspec.Struct):
-    """The few fields of a contact state the indexes need (decoded without the rest)."""
-
-    contact_id: str
-    anonymous_ids: list[str] = []
-    email: str | None = None
-    merged_into: str | None = None
-
-
-_index_decoder = msgspec.msgpack.Decoder(_IndexView)
-
-
 @dataclass(slots=True)
 class Decoded:
-    """A contact's state decoded from the bytes the replica holds (shared: treat it as read-only),
-    with a slot for what a reader derives from the state alone (the API's renderer keeps the
+    """A contact's view decoded from the bytes the replica holds (shared: treat it as read-only),
+    with a slot for what a reader derives from the view alone (the API's renderer keeps the
     time-independent parts of the response there). Valid while the replica holds ``raw``."""
 
     raw: bytes
-    state: ContactState
+    view: ContactView
     derived: Any = None
 
 
@@ -72,10 +63,11 @@ class WorkerStatus:
 
 @dataclass
 class Replica(Following):
-    """In-memory view of ``<app>-contacts-changelog`` and the worker status topic."""
+    """In-memory replica of ``<app>.views`` (contact id -> view bytes, and the indexes) and the
+    worker status topic."""
 
     kafka: KafkaConnection
-    changelog_topic: str
+    views_topic: str
     status_topic: str
     states: dict[str, bytes] = field(default_factory=dict)
     by_anonymous: dict[str, str] = field(default_factory=dict)
@@ -99,7 +91,7 @@ class Replica(Following):
             self.states.pop(contact_id, None)
             return
         self.states[contact_id] = value
-        view = _index_decoder.decode(value)
+        view = decode_head(value)
         if view.merged_into is None:
             for anon in view.anonymous_ids:
                 self.by_anonymous[anon] = contact_id
@@ -122,7 +114,7 @@ class Replica(Following):
         )
 
     def decoded(self, contact_id: str) -> Decoded | None:
-        """The decoded state of ``contact_id`` (merges not followed), or ``None``; cached."""
+        """The decoded view of ``contact_id`` (merges not followed), or ``None``; cached."""
         raw = self.states.get(contact_id)
         if raw is None:
             return None
@@ -133,7 +125,7 @@ class Replica(Following):
         if entry is not None:  # bytes replaced without apply() (tests): drop the stale entry
             del self._decoded[contact_id]
             self._decoded_bytes -= len(entry.raw)
-        entry = Decoded(raw, decode_state(raw))
+        entry = Decoded(raw, decode_view(raw))
         self._decoded[contact_id] = entry
         self._decoded_bytes += len(raw)
         while self._decoded_bytes > self.decoded_cache_bytes and len(self._decoded) > 1:
@@ -146,9 +138,9 @@ class Replica(Following):
             entry = self.decoded(contact_id)
             if entry is None:
                 return None
-            if entry.state.merged_into is None:
+            if entry.view.merged_into is None:
                 return entry
-            contact_id = entry.state.merged_into
+            contact_id = entry.view.merged_into
         return None
 
     def find(self, ident: str) -> Decoded | None:
@@ -161,14 +153,14 @@ class Replica(Following):
         owner = self.by_email.get(ident.strip().casefold())
         if owner is not None:
             entry = self._follow(owner)
-            if entry is not None and entry.state.email == ident.strip().casefold():
+            if entry is not None and entry.view.email == ident.strip().casefold():
                 return entry
         return None
 
-    def lookup(self, ident: str) -> ContactState | None:
-        """The state of :meth:`find`'s contact (shared: treat it as read-only), or ``None``."""
+    def lookup(self, ident: str) -> ContactView | None:
+        """The view of :meth:`find`'s contact (shared: treat it as read-only), or ``None``."""
         entry = self.find(ident)
-        return None if entry is None else entry.state
+        return None if entry is None else entry.view
 
     @property
     def ready_workers(self) -> list[str]:
@@ -182,7 +174,7 @@ class Replica(Following):
         )
 
     def apply_record(self, record: Any) -> None:
-        if record.topic == self.changelog_topic:
+        if record.topic == self.views_topic:
             if record.key is not None:
                 self.apply(record.key, record.value)
         else:
@@ -190,5 +182,5 @@ class Replica(Following):
         self.last_record_ms = record.timestamp
 
     async def follow(self) -> None:
-        topics = (self.changelog_topic, self.status_topic)
+        topics = (self.views_topic, self.status_topic)
         await follow(self, self.kafka, topics, self.apply_record, "contacts replica", FETCH_MAX_WAIT_MS)

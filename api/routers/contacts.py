@@ -158,4 +158,4 @@ def _replica_id(replica: Replica | None, ident: str) -> str | None:
     if replica is None or not replica.caught_up.is_set():
         return None
     entry = replica.find(ident)
-    return None if entry is None else str(entry.state.contact_id)
+    return None if entry is None else str(entry.view.contact_id)

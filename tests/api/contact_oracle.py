@@ -1,6 +1,11 @@
 """An independent rendering of a contact, for the tests only: the ``ContactOut`` model built field
-by field from the core's functions (what ``schemas.api.contact_out`` did before ``api.render``
-became the one renderer). ``tests/api/test_render.py`` checks the renderer's bytes against it."""
+by field from the core's functions on the contact's full state (what ``schemas.api.contact_out``
+did before ``api.render`` became the one renderer). ``tests/api/test_render.py`` checks the
+renderer's bytes, built from the contact's compact view, against it.
+
+What the API answers from a view, stated here from the full state: engagement at the request's
+time, or at the contact's newest scored instant when the request's clock is behind it (events
+stamped ahead of it); the journey as the worker last walked it (no walk at request time)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from typing import Any
 
 from schemas.api import ContactOut, ContributionOut, EngagementOut, FitOut, FlagOut, Identity, StageEntryOut, StageOut
 from scorestream import ContactState, Model, engagement_at, fit_of, grade_of
-from scorestream.fold import journey_at
 from scorestream.journey import Journey
 from scorestream.scoring import Contribution
 
@@ -51,11 +55,13 @@ def _lifecycle(journey: Journey | None, now_ms: int) -> dict[str, Any]:
 def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str, Any] | None = None) -> ContactOut:
     """The API view of a contact: scores computed by the core at ``now_ms``; ``value`` is its
     ``{"rfm", "clv"}`` (from the population model; both null when not given)."""
-    engagement = engagement_at(state, model, now_ms)
+    newest = max([state.base_ms] if state.base else [], default=0)
+    newest = max(newest, state.hits[-1].ts if state.hits else 0)
+    engagement = engagement_at(state, model, max(now_ms, newest))
     fit = fit_of(state, model)
     value = value or {"rfm": None, "clv": None}
     return ContactOut(
-        **_lifecycle(journey_at(state, model, now_ms), now_ms),
+        **_lifecycle(state.journey, now_ms),
         account_id=state.account_id,
         rfm=value["rfm"],
         clv=value["clv"],

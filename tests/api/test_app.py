@@ -17,8 +17,8 @@ from api.replica import Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection
 from schemas.model_file import load_model
 from schemas.settings import Settings
-from schemas.state import encode
 from scorestream import apply_events
+from tests.api.view_bytes import view_bytes
 from tests.factories import make_event
 
 KEY = "unit-test-key-0123456789"
@@ -28,10 +28,10 @@ MODEL = load_model()
 
 @pytest.fixture
 def replica() -> Replica:
-    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     identify = make_event(kind="identify", user_id="u-1", anonymous_id="a-1", traits={"email": "Ann@Acme.com"})
     page = make_event(kind="page", event=None, channel="web", user_id="u-1", path="/pricing")
-    r.apply(b"u-1", encode(apply_events(None, "u-1", [identify, page], MODEL)))
+    r.apply(b"u-1", view_bytes(apply_events(None, "u-1", [identify, page], MODEL), MODEL))
     r.caught_up.set()
     r.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=NOW)
     return r
@@ -110,7 +110,7 @@ def test_not_ready_until_caught_up(client: httpx.AsyncClient, replica: Replica) 
 def test_merged_contacts_are_followed(replica: Replica, client: httpx.AsyncClient) -> None:
     anon = apply_events(None, "anonymous:a-9", [make_event(kind="page", event=None, anonymous_id="a-9")], MODEL)
     anon.merged_into = "u-1"
-    replica.apply(b"anonymous:a-9", encode(anon))
+    replica.apply(b"anonymous:a-9", view_bytes(anon, MODEL))
 
     async def go() -> httpx.Response:
         async with client:

@@ -23,8 +23,8 @@ from api.replica import Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection
 from schemas.model_file import load_model
 from schemas.settings import Settings
-from schemas.state import encode
 from scorestream import apply_events
+from tests.api.view_bytes import view_bytes
 from tests.factories import T0, make_event
 
 KEY = "unit-test-key-0123456789"
@@ -59,13 +59,13 @@ AUTHS: list[str | None] = [
 
 
 def make_replica() -> Replica:
-    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     identify = make_event(kind="identify", user_id="u-1", anonymous_id="a-1", traits={"email": "Ann@Acme.com"})
     page = make_event(kind="page", event=None, channel="web", user_id="u-1", path="/pricing")
-    r.apply(b"u-1", encode(apply_events(None, "u-1", [identify, page], MODEL)))
+    r.apply(b"u-1", view_bytes(apply_events(None, "u-1", [identify, page], MODEL), MODEL))
     merged = apply_events(None, "u-9", [make_event(user_id="u-9")], MODEL)
     merged.merged_into = "u-1"
-    r.apply(b"u-9", encode(merged))
+    r.apply(b"u-9", view_bytes(merged, MODEL))
     r.caught_up.set()
     r.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=T0)
     return r

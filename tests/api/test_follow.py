@@ -26,8 +26,8 @@ from kafka_io.clients import KafkaConnection
 from kafka_io.reader import unreadable
 from schemas.model_file import load_model
 from schemas.settings import Settings
-from schemas.state import encode
 from scorestream import apply_events
+from tests.api.view_bytes import view_bytes
 from tests.factories import T0, consumer_record, make_event
 
 KEY = "unit-test-key-0123456789"
@@ -36,7 +36,7 @@ MODEL = load_model()
 
 def state_bytes(user: str) -> bytes:
     event = make_event(kind="page", event=None, channel="web", user_id=user, path="/")
-    return encode(apply_events(None, user, [event], MODEL))
+    return view_bytes(apply_events(None, user, [event], MODEL), MODEL)
 
 
 def rec(topic: str, offset: int, key: bytes | None, value: bytes | None) -> Any:
@@ -103,7 +103,7 @@ def test_the_contacts_replica_skips_what_it_cannot_read_and_goes_on(monkeypatch:
     ]
     fake = FakeConsumer(records)
     monkeypatch.setattr(kafka_io.reader, "consumer", lambda *_, **__: fake)
-    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     before = unreadable["contacts replica"]
 
     async def go() -> None:
@@ -122,7 +122,7 @@ def test_the_contacts_replica_skips_what_it_cannot_read_and_goes_on(monkeypatch:
 @pytest.fixture
 def app() -> FastAPI:
     settings = Settings(api_keys=KEY)  # type: ignore[arg-type]
-    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     replica.apply(b"u-1", state_bytes("u-1"))
     replica.caught_up.set()
     replica.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=T0)

@@ -25,8 +25,8 @@ from kafka_io.clients import KafkaConnection
 from schemas.model_file import MODELS, load_model, read_model_source
 from schemas.registry import ACTIVE_KEY, NAMESPACE_PREFIX, ActiveRecord, Promotion, encode_record, namespace_record
 from schemas.settings import Settings
-from schemas.state import encode
 from scorestream import Model, apply_events
+from tests.api.view_bytes import view_bytes
 from tests.factories import T0, make_event
 
 KEY = "unit-test-key-0123456789"
@@ -61,7 +61,7 @@ def promote(namespaces: Namespaces, *promotions: tuple[str, int]) -> None:
 
 def contact_replica(model: Model, path: str) -> Replica:
     """A caught-up replica with contact u-1, who viewed ``path``, scored by ``model``."""
-    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     feed(r, model, path)
     return r
 
@@ -69,7 +69,7 @@ def contact_replica(model: Model, path: str) -> Replica:
 def feed(r: Replica, model: Model, path: str) -> None:
     identify = make_event(kind="identify", user_id="u-1", traits={"email": "ann@acme.com"})
     page = make_event(kind="page", event=None, channel="web", user_id="u-1", path=path)
-    r.apply(b"u-1", encode(apply_events(None, "u-1", [identify, page], model)))
+    r.apply(b"u-1", view_bytes(apply_events(None, "u-1", [identify, page], model), model))
     r.caught_up.set()
     r.workers["w1"] = WorkerStatus(state="ready", model=model.version, at_ms=T0)
 

@@ -27,6 +27,7 @@ from scorestream.population import (
     contact_hash,
     customer_facts,
 )
+from scorestream.view import view_of
 from tests.factories import DAY, T0, make_event
 from tests.scorestream.test_population import END, _facts, simulate
 
@@ -63,7 +64,7 @@ def test_value_body_before_and_after_a_population_model() -> None:
             properties={"order_id": "2", "total": 60},
         ),
     ]
-    state = apply_events(None, "u-1", orders, MODEL)
+    state = view_of(apply_events(None, "u-1", orders, MODEL), MODEL)  # the view the worker sends
     now = T0 + 10 * DAY
     body = reader.value_body(state, now)
     ValueOut.model_validate(body)
@@ -77,14 +78,14 @@ def test_value_body_before_and_after_a_population_model() -> None:
     assert 0.0 < body["clv"]["p_alive"] <= 1.0
     assert body["clv"]["expected_purchases_90d"] > 0 and body["clv"]["clv_90d"] > 0
     assert body["clv"]["model_fitted_at"] == datetime.fromtimestamp(END / 1000, tz=UTC)
-    visitor = apply_events(None, "u-2", [make_event(user_id="u-2")], MODEL)
+    visitor = view_of(apply_events(None, "u-2", [make_event(user_id="u-2")], MODEL), MODEL)
     assert reader.value_body(visitor, now) == {"rfm": None, "clv": None}
 
 
 def test_models_clv_is_503_until_the_first_fit_then_the_parameters() -> None:
     reader = PopulationReader(kafka=KafkaConnection("127.0.0.1:1"), topic="p")
     settings = Settings(api_keys=KEY, population_interval_s=60)  # type: ignore[arg-type]
-    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     app = create_api(settings, model=MODEL, replica=replica, population=reader)
     assert app.state.population is reader
 

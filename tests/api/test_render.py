@@ -3,7 +3,8 @@
 FastAPI would serialise ``ContactOut`` / ``BatchGetOut`` with pydantic's Rust core
 (``TypeAdapter.dump_json``); ``api.render`` builds the same JSON from plain dicts. These tests
 keep the two in step (field order, float and datetime formatting, escaping) and check that the
-per-state caches never serve a stale answer.
+per-view caches never serve a stale answer. The renderer reads a contact's compact view
+(``scorestream.view``); the oracle renders the full state it was made from.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from schemas.api import BatchGetOut, ContactOut
 from schemas.model_file import load_model
 from schemas.population import encode_record
 from schemas.settings import Settings
-from schemas.state import encode
+from schemas.view import encode_view
 from scorestream import ContactState, apply_events, fold
+from scorestream.view import ContactView, view_of
 from tests.api.contact_oracle import contact_out
 from tests.api.test_population_reader import _model as population_model
 from tests.factories import DAY, T0, make_event
@@ -100,8 +102,13 @@ def random_state(rng: random.Random, n: int) -> ContactState:
     return state
 
 
+def view_bytes(state: ContactState) -> bytes:
+    """What the worker sends to the views topic for ``state``."""
+    return encode_view(view_of(state, MODEL))
+
+
 def entry(state: ContactState) -> Decoded:
-    return Decoded(encode(state), state)
+    return Decoded(view_bytes(state), view_of(state, MODEL))
 
 
 def test_contact_bodies_match_pydantic() -> None:
@@ -133,7 +140,7 @@ def test_traits_orjson_cannot_encode_use_pydantic() -> None:
     state = apply_events(None, "u-big", [make_event(user_id="u-big")], MODEL)
     state.traits = {"huge": 2**70}
     render = ContactRenderer(MODEL)
-    decoded = Decoded(b"", state)
+    decoded = Decoded(b"", view_of(state, MODEL))
     assert render.contact_json(decoded, T0) == contact_adapter.dump_json(contact_out(state, MODEL, T0))
     assert b'"huge":1180591620717411303424' in render.batch_json([decoded], [], T0)
 
@@ -152,11 +159,11 @@ def test_cached_parts_belong_to_one_model() -> None:
 
 def test_replica_cache_follows_new_values_and_is_bounded() -> None:
     first = apply_events(None, "u-1", [make_event(user_id="u-1")], MODEL)
-    size = len(encode(first))
+    size = len(view_bytes(first))
     replica = Replica(
-        kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s", decoded_cache_bytes=2 * size
+        kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s", decoded_cache_bytes=2 * size
     )
-    replica.apply(b"u-1", encode(first))
+    replica.apply(b"u-1", view_bytes(first))
     a = replica.find("u-1")
     assert a is not None and a is replica.find("u-1")  # cached
     ContactRenderer(MODEL).contact_json(a, T0)
@@ -164,16 +171,18 @@ def test_replica_cache_follows_new_values_and_is_bounded() -> None:
     second = apply_events(
         first, "u-1", [make_event(kind="identify", event=None, user_id="u-1", traits={"title": "CEO"})], MODEL
     )
-    replica.apply(b"u-1", encode(second))
+    replica.apply(b"u-1", view_bytes(second))
     b = replica.find("u-1")
-    assert b is not None and b is not a and b.derived is None and b.state.traits == {"title": "CEO"}
+    assert b is not None and b is not a and b.derived is None and b.view.traits == {"title": "CEO"}
     for i in range(2, 6):
-        replica.apply(f"u-{i}".encode(), encode(apply_events(None, f"u-{i}", [make_event(user_id=f"u-{i}")], MODEL)))
+        replica.apply(
+            f"u-{i}".encode(), view_bytes(apply_events(None, f"u-{i}", [make_event(user_id=f"u-{i}")], MODEL))
+        )
         assert replica.find(f"u-{i}") is not None
     assert len(replica._decoded) <= 2 and replica._decoded_bytes == sum(len(e.raw) for e in replica._decoded.values())
-    assert replica.lookup("u-1") == b.state  # decoded again after eviction
-    replica.states["u-1"] = encode(first)  # bytes replaced behind the cache's back: not served stale
-    assert replica.lookup("u-1") == first
+    assert replica.lookup("u-1") == b.view  # decoded again after eviction
+    replica.states["u-1"] = view_bytes(first)  # bytes replaced behind the cache's back: not served stale
+    assert replica.lookup("u-1") == view_of(first, MODEL)
     replica.apply(b"u-1", None)
     assert replica.lookup("u-1") is None
     assert replica._decoded_bytes == sum(len(e.raw) for e in replica._decoded.values())
@@ -181,9 +190,9 @@ def test_replica_cache_follows_new_values_and_is_bounded() -> None:
 
 def test_http_bodies_after_an_update() -> None:
     """Over HTTP: a changed contact is served with its new traits and fit, not the cached ones."""
-    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     state = apply_events(None, "u-1", [make_event(user_id="u-1", anonymous_id="a-1")], MODEL)
-    replica.apply(b"u-1", encode(state))
+    replica.apply(b"u-1", view_bytes(state))
     replica.caught_up.set()
     replica.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=T0)
     app = create_api(Settings(api_keys=KEY), model=MODEL, replica=replica, clock=lambda: T0 + 5)  # type: ignore[arg-type]
@@ -193,13 +202,14 @@ def test_http_bodies_after_an_update() -> None:
     async def get(path: str) -> httpx.Response:
         return await client.get(path, headers=headers)
 
+    updated = apply_events(
+        state, "u-1", [make_event(kind="identify", event=None, user_id="u-1", traits={"title": "CEO"})], MODEL
+    )
+
     async def go() -> list[httpx.Response]:
         async with client:
             before = await get("/v1/contacts/u-1")
-            updated = apply_events(
-                state, "u-1", [make_event(kind="identify", event=None, user_id="u-1", traits={"title": "CEO"})], MODEL
-            )
-            replica.apply(b"u-1", encode(updated))
+            replica.apply(b"u-1", view_bytes(updated))
             after = await get("/v1/contacts/u-1")
             batch = await client.post("/v1/contacts:batchGet", json={"ids": ["u-1", "nobody"]}, headers=headers)
             return [before, after, batch]
@@ -207,8 +217,8 @@ def test_http_bodies_after_an_update() -> None:
     before, after, batch = asyncio.run(go())
     assert before.headers["content-type"] == after.headers["content-type"] == "application/json"
     assert before.json()["traits"] == {}
-    current = replica.lookup("u-1")
-    assert current is not None
+    assert isinstance(replica.lookup("u-1"), ContactView)
+    current = updated
     assert after.content == contact_adapter.dump_json(contact_out(current, MODEL, T0 + 5))
     assert after.json()["traits"] == {"title": "CEO"}
     assert "senior-title" in {c["rule"] for c in after.json()["fit"]["top"]}

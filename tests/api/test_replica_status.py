@@ -19,7 +19,7 @@ def status(worker: str, state: str, lease_until_ms: int | None = None) -> bytes:
 
 def test_a_ready_worker_counts_while_its_lease_holds_and_not_after() -> None:
     now = int(time.time() * 1000)
-    replica = Replica(kafka=KafkaConnection("unused:9092"), changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("unused:9092"), views_topic="c", status_topic="s")
     replica.apply_status(status("renewed", "ready", now + 60_000))
     replica.apply_status(status("killed", "ready", now - 1))  # stopped renewing: SIGKILL, lost host
     replica.apply_status(status("stopped", "ready", now + 60_000))

@@ -60,7 +60,7 @@ OPEN = {("GET", "/healthz"), ("GET", "/readyz")} | {
 
 
 def app() -> FastAPI:
-    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     return create_api(Settings(api_keys="unit-test-key-0123456789"), model=load_model(), replica=replica)  # type: ignore[arg-type]
 
 

@@ -96,7 +96,7 @@ class FakePublisher:
 
 def make_app(publisher: FakePublisher, write_keys: str = WRITE_KEYS, fast_path: bool = True, **extra: Any) -> FastAPI:
     settings = Settings(api_keys=API_KEY, write_keys=write_keys, **extra)  # type: ignore[arg-type]
-    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    replica = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     # httpx's ASGITransport sends no lifespan events: nothing connects to Kafka
     return create_api(
         settings, model=MODEL, replica=replica, clock=lambda: NOW, publisher=publisher, fast_path=fast_path

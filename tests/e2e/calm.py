@@ -11,6 +11,7 @@ it, not on the contact's events.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +23,9 @@ from api.replica import Decoded
 from schemas.model_file import DEFAULT_MODEL
 from schemas.value import value_body
 from scorestream import ContactState, Model
+from scorestream.fold import journey_at
 from scorestream.population import value_view
+from scorestream.view import view_of
 from tests.e2e.service import Service
 
 
@@ -45,10 +48,13 @@ def as_of(body: dict[str, Any]) -> int:
 
 
 def expected_body(state: ContactState, now_ms: int, model: Model = MODEL) -> dict[str, Any]:
-    """What the API must answer for ``state`` at ``now_ms`` (RFM facts without a population model)."""
+    """What the API must answer for ``state`` at ``now_ms`` (RFM facts without a population model):
+    the renderer's body of the view the worker sends, its journey walked to ``now_ms`` as the
+    worker's tick walks it (the tick's view has reached the API by the time the tests compare)."""
     value = value_body(value_view(state.value, now_ms, None))
-    renderer = ContactRenderer(model, lambda _state, _now: value)
-    out: dict[str, Any] = orjson.loads(renderer.contact_json(Decoded(b"", state), now_ms))
+    renderer = ContactRenderer(model, lambda _view, _now: value)
+    view = view_of(replace(state, journey=journey_at(state, model, now_ms)), model)
+    out: dict[str, Any] = orjson.loads(renderer.contact_json(Decoded(b"", view), now_ms))
     return out
 
 

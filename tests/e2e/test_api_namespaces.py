@@ -60,7 +60,7 @@ def test_the_registry_is_empty_until_its_topic_exists_then_followed(kafka_bootst
                     lambda: "v2" in [r.namespace for r in namespaces.live()] and namespaces.pick("v2"), "v2"
                 )
                 await until(lambda: shadow.state == "running", "the shadow's readers")
-                assert shadow.replica.changelog_topic == "v2-contacts-changelog"
+                assert shadow.replica.views_topic == "v2.views"
                 assert namespaces.active().namespace == settings.app_id
                 promotion = Promotion(namespace="v2", from_ms=T0, promoted_ms=T0, previous=settings.app_id)
                 await producer.send_and_wait(

@@ -27,6 +27,7 @@ from schemas.model_file import load_model
 from scorestream import ContactState, apply_events
 from scorestream.clv import BgNbdParams, p_alive
 from scorestream.rfm import DAY_MS, clv_summary, population_boundaries, rfm_score, summary
+from scorestream.view import ValueSummary, value_summary
 from tests.e2e.service import Service
 from tests.factories import iso
 
@@ -124,21 +125,22 @@ def service(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     svc.stop()
 
 
-async def _read_back(service: Service, contact_ids: list[str], orders: dict[str, int], wait_s: float) -> Any:
-    """The API's replica and population reader on the real topics, until every contact shows its
-    orders and a fitted model is there; then the value bodies of ``contact_ids``."""
+async def _read_back(
+    service: Service, contact_ids: list[str], ledgers: dict[str, ValueSummary | None], wait_s: float
+) -> Any:
+    """The API's replica (of the views topic) and population reader on the real topics, until every
+    contact's view shows its whole ledger (the summary of the reference's) and a fitted model is
+    there; then the value bodies of ``contact_ids``."""
     app_id = f"ss-{service.suffix}"
-    replica = Replica(KafkaConnection(service.bootstrap), f"{app_id}-contacts-changelog", f"{app_id}.workers")
+    replica = Replica(KafkaConnection(service.bootstrap), f"{app_id}.views", f"{app_id}.workers")
     reader = PopulationReader(KafkaConnection(service.bootstrap), f"{app_id}.population", MODEL.value.segments)
     await replica.start()
     await reader.start()
     try:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            states = {c: replica.lookup(c) for c in orders}
-            complete = all(
-                s is not None and s.value is not None and len(s.value.orders) == orders[c] for c, s in states.items()
-            )
+            states = {c: replica.lookup(c) for c in ledgers}
+            complete = all(s is not None and s.value == ledgers[c] for c, s in states.items())
             model = reader.model
             if complete and model is not None and model.fit is not None and model.customers >= CUSTOMERS - 1:
                 now = int(time.time() * 1000)
@@ -164,9 +166,9 @@ def test_population_model_and_a_contacts_value(service: Service) -> None:
             ),
             timeout=120,
         )
-    orders = {c: len(s.value.orders) for c, s in expected.items() if s.value is not None}
+    ledgers = {c: value_summary(s.value) for c, s in expected.items() if s.value is not None}
     watched = ["buyer-000", "buyer-001", "buyer-002", "buyer-007"]
-    model, now, bodies = asyncio.run(_read_back(service, watched, orders, wait_s=90))
+    model, now, bodies = asyncio.run(_read_back(service, watched, ledgers, wait_s=90))
 
     # the distributed boundaries are the exact quintiles of every customer's facts
     facts = [summary(s.value, now) for s in expected.values()]

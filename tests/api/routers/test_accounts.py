@@ -40,7 +40,7 @@ def member(contact: str, role: str, score: float) -> MemberUpdate:
 
 def get(accounts: AccountReplica, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
     settings = Settings(api_keys=KEY)  # type: ignore[arg-type]
-    contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     app = create_api(settings, model=MODEL, replica=contacts, clock=lambda: T0 + 14 * DAY, accounts=accounts)
 
     async def go() -> httpx.Response:

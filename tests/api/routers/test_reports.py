@@ -28,12 +28,12 @@ from api.replica import Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection
 from schemas.model_file import MODELS, load_model
 from schemas.settings import Settings
-from schemas.state import encode
 from schemas.times import at_of
 from scorestream import apply_events
 from scorestream.population import PopulationModel
 from scorestream.scoring import band_of
 from tests.analytics.archive import MODEL, NOW, Archive, generate, load, rfm_bounds, two_namespaces
+from tests.api.view_bytes import view_bytes
 from tests.factories import DAY, make_event
 
 T = TypeVar("T")
@@ -75,9 +75,9 @@ def store(chdb_path: Path, archive: Archive) -> Iterator[Store]:
 
 def replica() -> Replica:
     """A replica that knows contact c-001 by the anonymous id anon-c1 (the archive does not)."""
-    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     event = make_event(kind="identify", user_id="c-001", anonymous_id="anon-c1", traits={"title": "CEO"})
-    r.apply(b"c-001", encode(apply_events(None, "c-001", [event], MODEL)))
+    r.apply(b"c-001", view_bytes(apply_events(None, "c-001", [event], MODEL), MODEL))
     r.caught_up.set()
     r.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=NOW)
     return r

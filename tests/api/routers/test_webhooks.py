@@ -126,7 +126,7 @@ class Api:
 
     def call(self, *requests: tuple[str, str, dict[str, Any] | None]) -> list[httpx.Response]:
         """Send the requests in order (``(method, path, json body or None)``) with the API key."""
-        contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+        contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
         backend = WebhookBackend(store=self.store, deliveries=self.log, commands=self.commands, resolve=resolve)
         app = create_api(self.settings, model=MODEL, replica=contacts, clock=lambda: NOW, webhooks=backend)
         headers = {"Authorization": f"Bearer {KEY}"}
@@ -278,7 +278,7 @@ def test_bad_bodies_are_invalid_requests(api: Api) -> None:
 
 
 def test_routes_need_the_api_key(api: Api) -> None:
-    contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="c", status_topic="s")
+    contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     backend = WebhookBackend(store=api.store, deliveries=api.log, commands=api.commands, resolve=resolve)
     app = create_api(api.settings, model=MODEL, replica=contacts, webhooks=backend)
 
