@@ -1,0 +1,131 @@
+"""The contacts stage's views feed (``streams/views.py``): at once for a contact not sent recently,
+at most every interval for a busy one (its latest state), everything waiting before a commit."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from kafka_io.partitioner import partition_for
+from schemas.state import Batch, Item, encode
+from schemas.view import decode_view
+from scorestream import ContactState, apply_events
+from scorestream.view import view_of
+from streams.views import ViewFeed, _FlushBeforeCommit
+from tests.factories import DEFAULT_MODEL, T0, make_event
+from tests.streams.test_agents_isolation import FakeTopic, Worker, contact_event, record
+
+PARTITIONS = 4
+INTERVAL = 30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = 1_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def feed() -> tuple[ViewFeed, FakeTopic, Clock]:
+    topic, clock = FakeTopic("views"), Clock()
+    return ViewFeed(cast(Any, topic), DEFAULT_MODEL, PARTITIONS, INTERVAL, clock), topic, clock
+
+
+def state(user: str, *paths: str) -> ContactState:
+    events = [
+        make_event(kind="page", event=None, channel="web", user_id=user, path=p, timestamp_ms=T0 + i)
+        for i, p in enumerate(paths)
+    ]
+    return apply_events(None, user, events, DEFAULT_MODEL)
+
+
+def test_a_contact_not_sent_recently_is_sent_at_once_keyed_and_partitioned_like_the_contacts_topic() -> None:
+    views, topic, _ = feed()
+    ann = state("ann", "/pricing")
+    views.add("ann", ann)
+    [sent] = topic.sent
+    assert sent.key == b"ann" and sent.partition == partition_for(b"ann", PARTITIONS)
+    assert decode_view(sent.value) == view_of(ann, DEFAULT_MODEL)
+
+
+def test_a_busy_contact_is_sent_at_most_every_interval_with_its_latest_state() -> None:
+    views, topic, clock = feed()
+    views.add("ann", state("ann", "/"))
+    clock.ms += 5
+    views.add("ann", state("ann", "/", "/pricing"))
+    clock.ms += 5
+    latest = state("ann", "/", "/pricing", "/demo")
+    views.add("ann", latest)
+    views.add("bob", state("bob", "/"))  # another contact is not held back
+    assert [s.key for s in topic.sent] == [b"ann", b"bob"]
+    clock.ms += INTERVAL - 11
+    views.flush_due()  # 29 ms after ann's view: not yet
+    assert len(topic.sent) == 2
+    clock.ms += 1
+    views.flush_due()
+    assert [s.key for s in topic.sent] == [b"ann", b"bob", b"ann"]
+    assert decode_view(topic.sent[-1].value) == view_of(latest, DEFAULT_MODEL)
+    views.flush_due()  # nothing waits any more
+    assert len(topic.sent) == 3
+    clock.ms += 5
+    views.add("ann", latest)  # sent 5 ms ago: waits again
+    assert len(topic.sent) == 3 and "ann" in views.pending
+
+
+def test_a_contact_quiet_for_an_interval_is_sent_at_once_again_and_forgotten() -> None:
+    views, topic, clock = feed()
+    views.add("ann", state("ann", "/"))
+    clock.ms += INTERVAL
+    views.add("ann", state("ann", "/pricing"))
+    assert len(topic.sent) == 2 and not views.pending
+    clock.ms += INTERVAL
+    views.flush_due()
+    assert not views.sent  # the memory holds only contacts sent within the interval
+
+
+def test_everything_waiting_is_sent_when_a_commit_begins() -> None:
+    views, topic, clock = feed()
+    for user in ("ann", "bob"):
+        views.add(user, state(user, "/"))
+    clock.ms += 1
+    waiting = {user: state(user, "/", "/pricing") for user in ("ann", "bob")}
+    for user, s in waiting.items():
+        views.add(user, s)
+    assert len(topic.sent) == 2
+    _FlushBeforeCommit(views).on_commit_initiated(consumer=None)
+    assert len(topic.sent) == 4 and not views.pending
+    assert {s.key: decode_view(s.value) for s in topic.sent[2:]} == {
+        u.encode(): view_of(s, DEFAULT_MODEL) for u, s in waiting.items()
+    }
+
+
+def test_a_merged_contact_and_a_removed_one_reach_the_topic() -> None:
+    views, topic, _ = feed()
+    merged = state("anonymous:a-1", "/pricing")
+    merged.merged_into = "ann"
+    views.add("anonymous:a-1", merged)
+    views.add("gone", None)
+    view = decode_view(topic.sent[0].value)
+    assert view.merged_into == "ann" and view.fit is None and view.engagement == []
+    assert topic.sent[1].key == b"gone" and topic.sent[1].value == b""  # the fake records None as b""
+
+
+def test_a_view_that_cannot_be_built_is_logged_and_never_raises() -> None:
+    views, topic, _ = feed()
+    broken = state("ann", "/")
+    broken.hits = cast(Any, None)
+    views.add("ann", broken)
+    assert topic.sent == [] and views.failed == 1
+    views.add("bob", state("bob", "/"))
+    assert [s.key for s in topic.sent] == [b"bob"]
+
+
+def test_the_contacts_agent_sends_a_view_of_every_contact_it_writes() -> None:
+    worker = Worker()
+    batch = [record("ss.contacts", 0, encode(Batch(items=[Item(key=u, env=contact_event(u)) for u in ("u1", "u2")])))]
+    worker.run("contacts", batch)
+    sent = worker.topics["views"].sent
+    assert sorted(s.key for s in sent) == [b"u1", b"u2"]
+    for s in sent:
+        view = decode_view(s.value)
+        assert view.contact_id == s.key.decode() and view.engagement_ms == T0
