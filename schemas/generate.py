@@ -23,6 +23,7 @@ from schemas import (
     state,
     triggers,
     value,
+    view,
     webhooks,
 )
 
@@ -80,6 +81,7 @@ def documents() -> dict[str, dict[str, Any]]:
             population.PopulationModel
         ),
         f"state-account.v{accounts.ACCOUNT_STATE_VERSION}.json": msgspec.json.schema(accounts.AccountState),
+        f"state-contact-view.v{view.VIEW_VERSION}.json": msgspec.json.schema(view.ContactView),
         f"internal-member-batch.v{accounts.MEMBERS_VERSION}.json": msgspec.json.schema(accounts.MemberBatch),
     }
     records = {
