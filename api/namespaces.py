@@ -32,6 +32,7 @@ from api.follow import task_failure
 from api.population_reader import PopulationReader
 from api.render import ContactRenderer
 from api.replica import Replica
+from api.view_store import StoreOptions
 from kafka_io.clients import KafkaConnection
 from kafka_io.reader import follow
 from schemas.api import ModelsOut, NamespaceOut
@@ -86,6 +87,9 @@ class Readers:
                 kafka=kafka,
                 views_topic=settings.views_topic,
                 status_topic=settings.status_topic,
+                store_dir=settings.api_store_dir,
+                store_options=StoreOptions(cache_mb=settings.api_cache_mb),
+                catch_up_s=settings.api_catch_up_ms / 1000,
             )
         if accounts is None:
             accounts = AccountReplica(kafka=kafka, changelog_topic=settings.changelog_topic("accounts"))
@@ -191,7 +195,7 @@ class Namespaces:
                     role="active" if active else "shadow",
                     registered_at=None if record is None else dt_of(record.registered_ms),
                     active_from=at_of(promotions[-1].from_ms) if active and promotions else None,
-                    contacts=len(readers.replica.states),
+                    contacts=len(readers.replica.store),
                     workers_ready=readers.replica.ready_workers,
                     caught_up=readers.caught_up,
                 )

@@ -131,6 +131,11 @@ class ViewStore:
             raise KeyError(key)
         return value
 
+    def __setitem__(self, key: str, value: bytes) -> None:
+        """Put ``value`` and commit (tests, tools; a follower commits once per fetch)."""
+        self.put(key, value)
+        self.commit()
+
     # -- writing (the writer) ----------------------------------------------------------------------
     def put(self, key: str, value: bytes) -> None:
         self._views[key] = value
@@ -420,7 +425,10 @@ class RocksViewStore(ViewStore):
     def _exists(self, key: str) -> bool:
         if key in self._pending:
             return self._pending[key] is not None
-        return self._read().get(key.encode()) is not None
+        raw = key.encode()
+        db = self._read()
+        # the bloom filter answers most new keys without reading a block
+        return bool(db.key_may_exist(raw)) and db.get(raw) is not None
 
     def put(self, key: str, value: bytes) -> None:
         self._writable()

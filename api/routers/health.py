@@ -47,7 +47,8 @@ async def readyz(namespaces: NamespacesDep, webhooks: Webhooks) -> Any:
         "population_caught_up": population.caught_up.is_set(),
         "webhooks_caught_up": webhooks.store.caught_up.is_set(),
         "deliveries_caught_up": webhooks.deliveries.caught_up.is_set(),
-        "contacts": len(replica.states),
+        "contacts": len(replica.store),
+        "view_store": replica.store.role,  # memory, or on disk: writer (follows the topics) or secondary
         "workers_ready": replica.ready_workers,
         "error": namespaces.error or active.error or webhooks.store.error,
         "unreadable_records": dict(unreadable_records),
