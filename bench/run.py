@@ -50,7 +50,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Command: `{results.get('command', '')}` ({results.get('date', '')})", ""]
     lines += tables.latency(results["figures"]) + tables.sustained(results["figures"])
     lines += ["| figure | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value} |" for name, value in flat(results["figures"])]
+    lines += [f"| {name} | {value} |" for name, value in flat(results["figures"]) if not name.endswith(".command")]
     return "\n".join(lines) + "\n"
 
 
@@ -356,6 +356,8 @@ def main() -> None:
     stem = RESULTS / f"{time.strftime('%Y-%m-%d')}-{args.name}"
 
     def save() -> None:  # after every scenario, so a later failure keeps what was measured
+        for section in figures.values():  # each figure carries the command that produced it
+            section.setdefault("command", results["command"])
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(results))
 
@@ -375,7 +377,8 @@ def main() -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for name, value in flat(figures):
-        table.add_row(name, str(value))
+        if not name.endswith(".command"):
+            table.add_row(name, str(value))
     Console().print(table)
     Console().print(f"written: {stem}.json, {stem}.md")
 

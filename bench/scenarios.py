@@ -114,7 +114,16 @@ def publish_to_api_latency(bootstrap: str, work: Path, plan: probes.Plan, model:
     svc = Service(bootstrap=bootstrap, data_dir=work / f"{label}-{uuid.uuid4().hex[:6]}", model=model)
     svc.start()
     try:
-        return probes.measure(probes.target_of(svc.env, svc.url), plan)
+        assert svc.worker is not None and svc.api is not None
+        pids = {"worker": svc.worker.pid, "api": svc.api.pid}
+        before = {name: process_usage(pid).cpu_s for name, pid in pids.items()}
+        started = time.perf_counter()
+        figures = probes.measure(probes.target_of(svc.env, svc.url), plan)
+        wall = time.perf_counter() - started
+        # the API's share includes answering the probes' polls (``polls`` in the figures)
+        for name, pid in pids.items():
+            figures[f"{name}_cpu_cores"] = round((process_usage(pid).cpu_s - before[name]) / wall, 2)
+        return figures
     finally:
         svc.stop()
 
