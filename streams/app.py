@@ -23,7 +23,7 @@ responsible for a record's instant publishes to ``triggers`` and ``events.deadle
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -33,6 +33,7 @@ from faust.types import TopicT
 from kafka_io.clients import faust_broker_options
 from schemas.registry import Registry
 from schemas.settings import Settings
+from streams.sends import BatchedSends, Headers
 from streams.transport import ScorestreamApp
 
 
@@ -55,6 +56,8 @@ class Wiring:
     namespace: str
     registry: Registry
     views_topic: TopicT
+    # triggers and dead letters in one producer-buffer item per batch (None: one send_soon each)
+    sends: BatchedSends | None = field(default=None, kw_only=True)
 
     def public(self, at_ms: int) -> bool:
         """Whether this namespace announces what happened at ``at_ms`` (see schemas/registry.py)."""
@@ -62,12 +65,19 @@ class Wiring:
 
     def send_trigger(self, key: bytes, trigger: dict[str, Any]) -> None:
         topic = self.triggers_topic if self.public(int(trigger["at_ms"])) else self.private_triggers
-        topic.send_soon(key=key, value=orjson.dumps(trigger))
+        self._send(topic, key, orjson.dumps(trigger))
 
     def send_dead(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], at_ms: int) -> None:
         """Dead-letter a record received at ``at_ms`` (its Kafka timestamp)."""
         topic = self.deadletter if self.public(at_ms) else self.private_deadletter
-        topic.send_soon(key=key, value=value, headers=headers)
+        self._send(topic, key, value, headers)
+
+    def _send(self, topic: TopicT, key: bytes | None, value: bytes, headers: Headers = None) -> None:
+        """One record, in the producer buffer before the caller's batch is acknowledged."""
+        if self.sends is not None:
+            self.sends.add(topic, key, value, headers)
+        else:
+            topic.send_soon(key=key, value=value, headers=headers)
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
@@ -156,6 +166,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
         private_deadletter=app.topic(settings.private_deadletter_topic, key_type=bytes, value_type=bytes),
         namespace=settings.ns,
         registry=registry or Registry(settings.app_id),
+        sends=BatchedSends(app),
         views_topic=app.topic(
             settings.views_topic,
             key_type=bytes,

@@ -149,8 +149,8 @@ class FastWorker(Worker):
     def __init__(self, settings: Settings = SETTINGS) -> None:
         real = streams.agents.register
 
-        def register(w: Any, _: Settings, model: Any) -> streams.agents.Pipeline:
-            self.pipeline = real(w, settings, MODEL)
+        def register(w: Any, _: Settings, model: Any, *args: Any) -> streams.agents.Pipeline:
+            self.pipeline = real(w, settings, MODEL, *args)
             return self.pipeline
 
         streams.agents.register = register  # type: ignore[assignment]
