@@ -15,7 +15,12 @@ server, or ``SCORESTREAM_SINK_IN_API=false`` with ``scorestream sink``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
@@ -25,6 +30,9 @@ from analytics.client import sink_in_api
 from api.app import create_api
 from schemas.settings import Settings
 from sink.service import Sink
+
+log = logging.getLogger(__name__)
+READY_WAIT_S = 120.0  # the longest a process of several waits for its readers before it accepts requests
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -40,8 +48,39 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 def app_of_environment() -> FastAPI:
     """The app of one of several API processes (a uvicorn worker builds its own from the
-    ``SCORESTREAM_*`` environment; the analytics sink never runs in it)."""
-    return create_api(Settings())
+    ``SCORESTREAM_*`` environment; the analytics sink never runs in it).
+
+    Its startup ends once its readers have caught up (at most :data:`READY_WAIT_S`): the
+    processes share one socket, and one that has not started accepts no connection, so a process
+    started late (or again, after one died) takes no request it would answer 503 to while the
+    others can answer it."""
+    app = create_api(Settings())
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with started(app) as state:
+            await _caught_up(app, READY_WAIT_S)
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+async def _caught_up(app: FastAPI, timeout_s: float) -> None:
+    """Wait until the registry, the active namespace's readers and the webhook subscriptions have
+    caught up with their topics, or ``timeout_s`` (then ``/readyz`` says what is missing)."""
+    deadline = time.monotonic() + timeout_s
+    state = app.state
+    while time.monotonic() < deadline:
+        if (
+            state.namespaces.caught_up.is_set()
+            and state.namespaces.active().caught_up
+            and state.webhooks.store.caught_up.is_set()
+        ):
+            return
+        await asyncio.sleep(0.05)
+    log.warning("API process %s: its readers have not caught up in %.0f s; serving anyway", os.getpid(), timeout_s)
 
 
 def serve(settings: Settings, processes: int | None = None) -> None:
