@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         le=5000,
         description="Longest a worker's fetch waits on the broker for new records (latency vs. requests).",
     )
+    producer_linger_ms: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="How long the worker's producer waits to fill a batch before sending it (internal topics, "
+        "changelogs, triggers): each internal hop adds up to this much latency.",
+    )
     commit_interval_s: float = Field(default=1.0, gt=0, description="Seconds between offset commits.")
     session_timeout_s: float = Field(
         default=10.0,
