@@ -231,6 +231,7 @@ class Plan:
     drain_s: float = 30.0
     poll_ms: float = 5.0
     lag_tolerance_s: float = 2.0  # lag may grow by this many seconds of traffic and still be "not growing"
+    load_processes: int = 1  # generator processes sharing the background rate
 
     @property
     def probe_seconds(self) -> float:
@@ -249,6 +250,7 @@ class _Run:
     lag: list[tuple[float, int]] = field(default_factory=list)
     sending_done: bool = False
     polls: int = 0
+    poll_errors: int = 0
 
 
 def make_probes(plan: Plan) -> list[Probe]:
@@ -378,7 +380,11 @@ async def _poll(run: _Run, http: httpx.AsyncClient) -> None:
             await asyncio.sleep(base_s)
             continue
         asked = time.perf_counter()
-        found = await _batch_get(http, [p.contact_id for p in outstanding])
+        try:
+            found = await _batch_get(http, [p.contact_id for p in outstanding])
+        except httpx.HTTPError:  # a 503 while the API catches up, a timeout: ask again next round
+            run.poll_errors += 1
+            found = {}
         answered_ms = time.time() * 1000
         run.polls += 1
         still: list[Probe] = []
@@ -433,17 +439,25 @@ def _start_load(target: Target, rate: float, seconds: float, seed: int) -> subpr
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _stop_load(proc: subprocess.Popen[str] | None) -> dict[str, Any]:
-    if proc is None:
-        return {"sent": 0, "events_per_s": 0.0}
-    if proc.poll() is None:
-        proc.terminate()
-    out, err = proc.communicate(timeout=60)
-    lines = out.strip().splitlines()
-    if not lines:
-        raise RuntimeError(f"the load generator exited with {proc.returncode}: {err[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+def _stop_load(procs: list[subprocess.Popen[str] | None]) -> dict[str, Any]:
+    """Stop the generators; what they sent, summed (``most_behind_events``: the largest of any)."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+    total: dict[str, Any] = {"sent": 0, "events_per_s": 0.0, "most_behind_events": 0, "cpu_cores": 0.0}
+    for proc in procs:
+        if proc is None:
+            continue
+        out, err = proc.communicate(timeout=60)
+        lines = out.strip().splitlines()
+        if not lines:
+            raise RuntimeError(f"the load generator exited with {proc.returncode}: {err[-2000:]}")
+        result = json.loads(lines[-1])
+        total["sent"] += result["sent"]
+        total["events_per_s"] += result["events_per_s"]
+        total["cpu_cores"] += result.get("cpu_cores", 0.0)
+        total["most_behind_events"] = max(total["most_behind_events"], result["most_behind_events"])
+    return total
 
 
 async def _measure(target: Target, plan: Plan, seed: int) -> tuple[_Run, dict[str, Any], float]:
@@ -452,7 +466,8 @@ async def _measure(target: Target, plan: Plan, seed: int) -> tuple[_Run, dict[st
     async with httpx.AsyncClient(base_url=target.url, headers=headers, timeout=30) as http:
         link_s = await _link_anonymous(run, http)
         longest = plan.warmup_s + plan.probe_seconds + plan.drain_s + 60
-        load = _start_load(target, plan.background_rate, longest, seed)
+        share = plan.background_rate / plan.load_processes
+        load = [_start_load(target, share, longest, seed + i) for i in range(plan.load_processes)]
         stop_lag = asyncio.Event()
         try:
             await asyncio.sleep(plan.warmup_s)
@@ -518,7 +533,9 @@ def _key_text(key: bytes | None) -> str:
 
 def measure(target: Target, plan: Plan, seed: int = 5) -> dict[str, Any]:
     """Run ``plan`` against ``target``; the figures (see the module's docstring)."""
+    cpu_started, started = time.process_time(), time.perf_counter()
     run, generated, link_s = asyncio.run(_measure(target, plan, seed))
+    prober_cpu = (time.process_time() - cpu_started) / (time.perf_counter() - started)
     sent = [p for p in run.probes if p.sent_ms is not None]
     if sent:
         since = int(min(p.sent_ms for p in sent if p.sent_ms is not None)) - 1000
@@ -533,11 +550,15 @@ def measure(target: Target, plan: Plan, seed: int = 5) -> dict[str, Any]:
         "background_events_per_s": round(plan.background_rate),
         "achieved_background_events_per_s": round(achieved_bg),
         "load_most_behind_events": generated.get("most_behind_events"),
+        "load_cpu_cores": round(float(generated.get("cpu_cores", 0.0)), 2),
+        "prober_cpu_cores": round(prober_cpu, 2),  # this process: the probes' sender and poller
         "probe_rate_per_s": plan.probe_rate,
         "probes_planned": plan.probes,
         "anonymous_share": round(plan.anonymous_share, 3),
         "poll_ms": plan.poll_ms,
         "polls": run.polls,
+        "poll_errors": run.poll_errors,
+        "load_processes": plan.load_processes,
         "api_topic": target.api_topic,
         "anonymous_links_served_s": round(link_s, 2),
         "schedule_slip_p99_ms": percentile(slips, 0.99),

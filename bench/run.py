@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--anonymous-share", type=float, default=1 / 3, help="share of anonymous probes")
     parser.add_argument("--poll-ms", type=float, default=5.0, help="shortest time between API polls")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="load before the first probe")
+    parser.add_argument(
+        "--load-processes", type=int, default=1, help="load generator processes sharing the background rate"
+    )
     parser.add_argument("--drain-s", type=float, default=30.0, help="wait after the last probe before it is lost")
     parser.add_argument(
         "--sustain-rates",
@@ -147,6 +150,7 @@ def _plan(b: Bench, rate: float = 0.0, sustained: bool = False) -> probes.Plan:
         warmup_s=a.warmup_s,
         drain_s=a.drain_s,
         poll_ms=a.poll_ms,
+        load_processes=a.load_processes,
     )
 
 
