@@ -51,8 +51,8 @@ class Cursor:
     # engagement: ``ref_score`` at ``ref_ms`` (the last checkpoint), decayed from there
     ref_score: float = 0.0
     ref_ms: int = 0
-    # checkpoints applied since the anchor; a periodic position (every so many checkpoints) or
-    # the one at the newest event
+    # checkpoints applied since the anchor; a kept position before the newest (just before a
+    # checkpoint, spaced by event time: ``scorestream.walk._keep``) or the one at the newest event
     index: int = 0
     periodic: bool = False
     # the caps' state after the hits up to here (``scorestream.contact.Caps``)
@@ -83,8 +83,9 @@ class Journey:
     persona: str | None = None
     anchor: Cursor | None = None
     next_due_ms: int | None = None
-    # positions of the walk (oldest first, the last at the newest event): a later walk resumes
-    # from the latest one before the earliest new event instead of walking again from the anchor
+    # positions of the walk (oldest first, at roughly geometric ages behind the last one, which is
+    # at the newest event): a later walk resumes from the latest one before the earliest new event
+    # instead of walking again from the anchor
     cursors: list[Cursor] = field(default_factory=list)
     # the model version that walked it (another model walks again from the anchor)
     model_version: str = ""

@@ -13,12 +13,15 @@ history depends on the set of events and on ``as_of``, never on their arrival or
 and a late event rewrites what followed it. ``as_of`` is the contact's newest event or the latest
 timer tick the worker sent it (a message on the contacts topic), whichever is later.
 
-**Walking less.** A walk keeps positions (``Journey.cursors``: one every ``SNAPSHOT_EVERY``
-checkpoints, the last ``MAX_CURSORS`` of them, and the one at the newest event), each with the
-caps' state and the purchase signals; they depend on the events only, not on how they were
-batched. A walk over new events resumes from the latest position before the earliest of them
-and earns only the new hits' points; new traits or a merge walk again from the anchor. The
-caller (:func:`scorestream.fold.step`) may also put a walk off for up to ``WALK_DEBOUNCE_MS`` (a
+**Walking less.** A walk keeps positions (``Journey.cursors``), each with the caps' state and the
+purchase signals: the one at the newest event, and positions spaced by event time behind it, at
+roughly geometric ages (the starts of the latest two cells of grids of 1 s, 4 s, 16 s, ... up to
+half the allowed lateness ``fold_after``; two per grid at most, see :func:`_keep`). They depend
+on the events' instants only, not on how they were batched or how fast they came. A walk over new
+events resumes from the latest position before the earliest of them (for an event ``d`` late,
+one at most about ``5d`` before it, typically ``2d`` to ``3d``, however busy the contact) and
+earns only the new hits' points; new traits or a merge walk again from the anchor. The caller
+(:func:`scorestream.fold.step`) may also put a walk off for up to ``WALK_DEBOUNCE_MS`` (a
 busy contact with late events); the clock's tick then walks it, with the same result. Before old
 hits fold away, :mod:`scorestream.contact` settles the journey there (:func:`anchor_at`): later walks
 start from that anchor. The score at the walk's newest position is kept (``Journey.cursor``), and
@@ -55,8 +58,9 @@ from scorestream.scoring import fit_of
 from scorestream.state import Caps, ContactState, Hit, decay
 
 MAX_CHAIN = 8
-MAX_CURSORS = 4  # periodic walk positions kept per contact (plus the newest)
-SNAPSHOT_EVERY = 8  # checkpoints between the positions a long walk keeps
+POSITION_GRAIN_MS = 1_000  # the finest grid of kept walk positions (event time)
+POSITION_RATIO = 4  # each grid's spacing is this many times the previous one's
+POSITIONS_PER_GRID = 2  # the latest this many crossings of each grid are kept
 
 
 # --- the walk ------------------------------------------------------------------------------------
@@ -165,6 +169,8 @@ class _Walker:
     value_steps: list[FactsStep] | None
     caps: Caps
     applied: int = 0
+    # this walk's candidate positions crossing each grid (see :func:`_keep`)
+    crossings: list[int] = field(default_factory=list)
 
     def _decay_to(self, t: int) -> None:
         """Move the clock on. The score is always decayed from the last checkpoint (``ref``), so a
@@ -374,6 +380,56 @@ def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+# --- where a walk keeps its positions ------------------------------------------------------------
+#
+# A candidate position stands just before a checkpoint (at its instant - 1 ms, everything earlier
+# applied) that is the first one past a line of a grid in event time: grids of ``POSITION_GRAIN_MS``
+# times powers of ``POSITION_RATIO`` (1 s, 4 s, 16 s, ... up to half the allowed lateness). Its
+# level is the coarsest grid it crosses; it is kept while fewer than ``POSITIONS_PER_GRID`` later
+# candidates cross that grid. So a contact keeps, at each grid, the starts of its latest two
+# non-empty cells: positions at ages spread geometrically behind its newest event (for a busy
+# contact roughly 0-1 s, 1-2 s, 0-4 s, 4-8 s, ..., up to weeks), two per grid at most, however
+# fast its events come. Both rules read only the checkpoints' instants, and a position once
+# dropped is never wanted again (later events only add later candidates), so a walk resumed from
+# a kept position keeps the positions a walk from the anchor keeps.
+
+
+def _grains(model: Model) -> list[int]:
+    """The grids' spacings, finest first: up to half the allowed lateness (``fold_after``; a
+    later event older than every kept position walks from the anchor)."""
+    grains = [POSITION_GRAIN_MS]
+    while grains[-1] * POSITION_RATIO * 2 <= model.fold_after_ms:
+        grains.append(grains[-1] * POSITION_RATIO)
+    return grains
+
+
+def _level(grains: list[int], before: int, ts: int) -> int:
+    """The coarsest grid with a line in ``(before, ts]`` (-1: none): the level of the position
+    just before a checkpoint at ``ts`` whose previous checkpoint (or the walk's start) is at
+    ``before``."""
+    level = -1
+    for grain in grains:
+        if ts // grain <= before // grain:
+            break
+        level += 1
+    return level
+
+
+def _keep(levels: list[int], counts: list[int]) -> list[bool]:
+    """Which candidates stay (``levels``: oldest first, each its level, -1 for a checkpoint that is
+    not one): those with fewer than ``POSITIONS_PER_GRID`` later candidates crossing their
+    grid. ``counts[k]``, the later candidates crossing grid ``k``, starts with those after the last
+    of ``levels`` and ends with all of them counted."""
+    keep = [False] * len(levels)
+    for i in range(len(levels) - 1, -1, -1):
+        level = levels[i]
+        if level >= 0:
+            keep[i] = counts[level] < POSITIONS_PER_GRID
+            for k in range(level + 1):
+                counts[k] += 1
+    return keep
+
+
 # What a walk reads from the traits alone (fit, fit grade, trait flags), by model version and
 # traits: a busy contact is walked on every batch with the same traits (setting up the walker
 # was about a quarter of a resumed walk's time, ``python -m bench.profile_fold --sorted``: 2.5 of
@@ -497,21 +553,29 @@ def _continue(
 ) -> None:
     """Apply the checkpoints up to ``until``, then let time pass to it. From an anchor, scored
     events older than it (a merged contact's) still count, decayed; a resumed walk has seen all
-    checkpoints up to ``after`` already. ``snapshots`` collects the walk's position every
-    ``SNAPSHOT_EVERY`` checkpoints (where the next one is later), for later walks to resume from."""
-    previous = w.ref_ms if resumed else None  # the last checkpoint's time
-    for cp in _checkpoints(w.state, w.model, w.lc, after, hits_after=resumed):
-        if (cp.ts, cp.mid) > until:
-            break
-        periodic = w.applied > 0 and w.applied % SNAPSHOT_EVERY == 0
-        if snapshots is not None and periodic and previous is not None and cp.ts > previous:
+    checkpoints up to ``after`` already. ``snapshots`` collects the positions of the walk that
+    stay (see :func:`_keep`), for later walks to resume from; ``w.crossings`` then counts the
+    walk's candidates crossing each grid."""
+    points = _checkpoints(w.state, w.model, w.lc, after, hits_after=resumed)
+    points = points[: bisect_right(points, until, key=lambda cp: (cp.ts, cp.mid))]
+    keep: list[bool] | None = None
+    if snapshots is not None:
+        grains = _grains(w.model)
+        levels: list[int] = []
+        previous = w.ref_ms  # the last checkpoint's instant (the walk's start before the first)
+        for cp in points:
+            levels.append(_level(grains, previous, cp.ts))
+            previous = max(previous, cp.ts)
+        w.crossings = [0] * len(grains)
+        keep = _keep(levels, w.crossings)
+    for i, cp in enumerate(points):
+        if snapshots is not None and keep is not None and keep[i]:
             # the position just before this checkpoint: what its own step does first, so the
             # walk's result is unchanged; it exists whenever the events do, however batched
             w.advance(cp.ts - 1, inclusive=True)
             snapshots.append(w.position(periodic=True, at_ms=cp.ts - 1))
         w.apply(cp)
         w.applied += 1
-        previous = cp.ts
     w.advance(until[0], inclusive=inclusive)
     w._decay_to(until[0])
 
@@ -573,13 +637,15 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
     else:
         kept = []
         w = _run(state, model, lc, (frontier, _LAST_MID), inclusive=True, snapshots=snapshots)
-    # the positions kept depend on the events only (the periodic ones and the newest), not on
-    # how they were batched: the state is the same whatever the arrival order
-    periodic: dict[int, Cursor] = {}
-    for c in (*kept, *snapshots):  # a walk resumed from a periodic position makes it again: once
-        if c.periodic and c.index > w.applied - MAX_CURSORS * SNAPSHOT_EVERY:
-            periodic.setdefault(c.index, c)
-    positions = [*periodic.values(), w.position()]
+    # the positions kept depend on the events' instants only (see :func:`_keep`), not on how
+    # they were batched: the state is the same whatever the arrival order. Those before the
+    # start stay while fewer than so many later ones (this walk's candidates included) cross
+    # their grid; the start itself, when it is one of them, this walk made again.
+    grains = _grains(model)
+    older = [c for c in kept[:-1] if c.periodic]
+    counts = w.crossings or [0] * len(grains)
+    stays = _keep([_level(grains, c.ref_ms, c.at_ms + 1) for c in older], counts)
+    positions = [*(c for c, stay in zip(older, stays, strict=True) if stay), *snapshots, w.position()]
     w.advance(as_of_ms, inclusive=True)
     w._decay_to(as_of_ms)
     persona = None

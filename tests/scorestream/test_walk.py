@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -478,18 +479,22 @@ def test_a_backfill_behind_the_clock_resumes_and_ends_where_one_walk_ends() -> N
     assert state is not None and journey(state) == _journey_of([STORY])
 
 
-@pytest.mark.parametrize("every", [1, 2, 3])
-def test_periodic_positions_change_nothing_but_the_speed(monkeypatch: pytest.MonkeyPatch, every: int) -> None:
-    """With a position kept every ``every`` checkpoints (and only 3 kept), walks resumed from any of
-    them give the same journey as one walk, for shuffled, duplicated, re-batched deliveries."""
+@pytest.mark.parametrize(("grain", "per_grid"), [(MINUTE, 1), (HOUR, 1), (HOUR, 2), (DAY, 3)])
+def test_kept_positions_change_nothing_but_the_speed(
+    monkeypatch: pytest.MonkeyPatch, grain: int, per_grid: int
+) -> None:
+    """With positions on grids from ``grain`` up (``per_grid`` kept on each), walks resumed from any
+    of them give the same journey, positions included, as one walk, for shuffled, duplicated,
+    re-batched deliveries."""
     import random
 
     import scorestream.walk as walk_module
 
-    monkeypatch.setattr(walk_module, "SNAPSHOT_EVERY", every)
-    monkeypatch.setattr(walk_module, "MAX_CURSORS", 3)
+    monkeypatch.setattr(walk_module, "POSITION_GRAIN_MS", grain)
+    monkeypatch.setattr(walk_module, "POSITIONS_PER_GRID", per_grid)
     expected = _journey_of([STORY])
-    rng = random.Random(every)
+    assert len(expected.cursors) >= 1 + per_grid, "the story keeps positions before its newest event"
+    rng = random.Random(grain + per_grid)
     for _ in range(150):
         events = list(STORY) + rng.sample(STORY, 2)
         if rng.random() < 0.5:
@@ -607,3 +612,156 @@ def test_a_free_order_makes_a_customer(total: float | None) -> None:
     state = run([track("Order Completed", T0, **props)])
     assert journey(state).stage == "customer"
     assert journey(state).history[-1].rule == "completed-order"
+
+
+# --- positions spaced by event time ---------------------------------------------------------------
+
+
+def _model_keeping(max_hits: int) -> Model:
+    source = read_model_source()
+    source["storage"] = {**source.get("storage", {}), "max_hits_per_contact": max_hits}
+    return Model.from_dict(source)
+
+
+ROOMY = _model_keeping(20_000)  # nothing folds: every walk from the anchor starts at the first event
+_KINDS = [
+    lambda ts: page("/pricing", ts),
+    lambda ts: page("/demo", ts),
+    lambda ts: track("Product Added", ts),
+    lambda ts: track("Email Link Clicked", ts, channel="email"),
+    lambda ts: order(ts, f"o-{ts}", 40.0),
+    lambda ts: identify(ts),
+]
+_GAPS = st.one_of(st.integers(0, 40), st.integers(300, 5_000), st.integers(MINUTE, 3 * HOUR), st.integers(DAY, 6 * DAY))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(_GAPS, st.integers(0, len(_KINDS) - 1)), min_size=2, max_size=45),
+    st.integers(0, 2**32),
+    st.booleans(),
+)
+def test_a_walk_resumed_from_any_kept_position_equals_a_walk_from_the_anchor(
+    steps: list[tuple[int, int]], seed: int, folding: bool
+) -> None:
+    import random
+
+    model = SMALL if folding else ROOMY
+    rng = random.Random(seed)
+    ts, events = T0, []
+    for gap, kind in steps:
+        ts += gap
+        events.append(_KINDS[kind](ts))
+    rng.shuffle(events)  # delivered out of order, in batches: positions made by earlier walks
+    state: ContactState | None = None
+    for a in range(0, len(events), 4):
+        state, *_ = step(state, "user-1", events[a : a + 4], model)
+        assert state is not None
+        state = decode_state(encode(state))
+    assert state is not None and state.last_seen_ms is not None
+    state, *_ = step(state, "user-1", [Tick(state.last_seen_ms + 2_000)], model)  # walks put off: walked
+    assert state is not None and journey(state).deferred_since is None
+    _resumes_alike(state, model, exactly=not folding)
+
+
+def _resumes_alike(state: ContactState, model: Model, exactly: bool = True, positions: bool = True) -> None:
+    """Walks resumed from each of the state's kept positions equal the walk from its anchor
+    (``exactly``: in every field; else the stages, timers, flags and, with ``positions``, where
+    the positions stand)."""
+    lc, as_of = _lc(), max(state.last_seen_ms or 0, state.ticked_ms or 0)
+    whole = walk(state, model, lc, as_of)
+    for cursor in journey(state).cursors:
+        resumed = walk(state, model, lc, as_of, resume_before=cursor.at_ms + 1)
+        if exactly:
+            assert resumed == whole
+            continue
+        observed = (resumed.history, resumed.fired, resumed.stage, resumed.flags, resumed.next_due_ms)
+        assert observed == (whole.history, whole.fired, whole.stage, whole.flags, whole.next_due_ms)
+        if positions:
+            assert [c.at_ms for c in resumed.cursors] == [c.at_ms for c in whole.cursors]
+
+
+def _busy_minute(per_s: int = 100, seconds: int = 60) -> list[Event]:
+    step_ms = 1000 // per_s
+    return [page("/pricing" if i % 7 else "/demo", T0 + i * step_ms) for i in range(per_s * seconds)]
+
+
+def _applied_by(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import scorestream.walk as walk_module
+
+    applied: list[int] = []
+    original = walk_module._Walker.apply
+
+    def counting(self: Any, cp: Any) -> None:
+        applied.append(cp.ts)
+        original(self, cp)
+
+    monkeypatch.setattr(walk_module._Walker, "apply", counting)
+    return applied
+
+
+@pytest.mark.parametrize("late_ms", [300, 2_000, 10_000])
+def test_a_busy_contact_resumes_an_event_a_little_late_from_a_position_shortly_before_it(
+    monkeypatch: pytest.MonkeyPatch, late_ms: int
+) -> None:
+    """100 events a second for a minute, then one ``late_ms`` late: the walk resumes from a kept
+    position at most a few times the lateness before it, not from the first event a minute back."""
+    events = _busy_minute()
+    state: ContactState | None = None
+    for a in range(0, len(events), 50):  # live: a batch every half second
+        state, *_ = step(state, "user-1", events[a : a + 50], ROOMY)
+    assert state is not None and state.last_seen_ms is not None
+    newest = state.last_seen_ms
+    state, *_ = step(decode_state(encode(state)), "user-1", [Tick(newest + 1_500)], ROOMY)
+    assert state is not None
+    ages = [newest - c.at_ms for c in journey(state).cursors]
+    assert len(ages) <= 16, ages
+    late = page("/pricing", newest - late_ms)
+    applied = _applied_by(monkeypatch)
+    # the late event, then the clock's tick (a walk put off within the second is walked by it)
+    later, *_ = step(decode_state(encode(state)), "user-1", [late, Tick(newest + 3_000)], ROOMY)
+    assert later is not None
+    walked_back = newest - min(applied)
+    assert late_ms <= walked_back <= 3 * late_ms + 1_000, (walked_back, ages)
+    assert len(applied) <= 3 * late_ms // 10 + 101, "a few seconds of checkpoints, not the whole minute (6000)"
+    monkeypatch.undo()
+    assert journey(later) == journey(run([*events, late], until=newest + 3_000, model=ROOMY))
+
+
+def test_kept_positions_are_at_geometric_ages_and_bounded_however_busy_the_contact() -> None:
+    import scorestream.walk as walk_module
+
+    events = _busy_minute(per_s=50, seconds=300)  # five minutes, 15,000 events
+    state = run(events, model=ROOMY)
+    cursors = journey(state).cursors
+    grains = walk_module._grains(ROOMY)
+    assert len(grains) == 11  # 1 s ... 4^10 s (12 days), up to half of fold_after (30 days)
+    assert len(cursors) <= walk_module.POSITIONS_PER_GRID * len(grains) + 1
+    newest = events[-1].timestamp_ms
+    ages = sorted(newest - c.at_ms for c in cursors if c.periodic)
+    # two starts of cells on each grid the five minutes span: 1 s, 4 s, 16 s, 64 s, 256 s
+    assert ages[0] < 1_000 and ages[-1] >= 64_000, ages
+    assert all(b <= 4 * a + 4_000 for a, b in itertools.pairwise(ages)), ages
+    assert 6 <= len(ages) <= 10, ages
+
+
+def test_positions_kept_by_another_rule_still_resume_and_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state written by a build that kept other positions (here: on grids from 1 ms, 40 on each)
+    resumes from them with the same result; the next walk keeps only those this rule would make
+    (all of them once the ones it lacks have aged out)."""
+    import scorestream.walk as walk_module
+
+    events = _busy_minute(per_s=20, seconds=30)
+    monkeypatch.setattr(walk_module, "POSITION_GRAIN_MS", 1)
+    monkeypatch.setattr(walk_module, "POSITIONS_PER_GRID", 40)
+    first = run(events[:400], model=ROOMY)
+    assert len(journey(first).cursors) > 30
+    monkeypatch.undo()
+    later, *_ = step(decode_state(encode(first)), "user-1", events[390:], ROOMY)  # some late, some new
+    assert later is not None
+    assert _observable(later) == _observable(run(events, model=ROOMY))
+    grains = walk_module._grains(ROOMY)
+    kept = [c for c in journey(later).cursors if c.periodic]
+    assert kept and all(walk_module._level(grains, c.ref_ms, c.at_ms + 1) >= 0 for c in kept)
+    assert len(kept) <= walk_module.POSITIONS_PER_GRID * len(grains)
+    _resumes_alike(later, ROOMY, exactly=False, positions=False)
