@@ -13,7 +13,6 @@ open-loop probes (a third anonymous by default) measure publish -> visible in th
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -157,14 +156,15 @@ def main() -> None:
 
     plan = probes.Plan(rate=0, probes=args.probes, probe_rate=args.probe_rate, anonymous_share=args.anonymous_share)
 
+    command = " ".join(["python -m bench.service_load", *sys.argv[1:]])
+
     def run(bootstrap: str, work: Path) -> dict[str, Any]:
         return {
-            f"service_{int(r)}": service_latency(bootstrap, work, replace(plan, rate=float(r)))
+            f"service_{int(r)}": {**service_latency(bootstrap, work, replace(plan, rate=float(r))), "command": command}
             for r in args.rates.split(",")
         }
 
     standalone("service", run)
-    print(json.dumps({"command": " ".join(["python -m bench.service_load", *sys.argv[1:]])}))
 
 
 if __name__ == "__main__":
