@@ -49,6 +49,7 @@ def markdown(results: dict[str, Any]) -> str:
     """The run's command, the latency and sustained tables, then every figure."""
     lines = [f"Command: `{results.get('command', '')}` ({results.get('date', '')})", ""]
     lines += tables.latency(results["figures"]) + tables.sustained(results["figures"])
+    lines += tables.throughput(results["figures"])
     lines += ["| figure | value |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in flat(results["figures"]) if not name.endswith(".command")]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+RATIOS = re.compile(r"^ratios(_\d+k)?$")
+PEERS = ("hand_rolled_durable", "stock_faust_table_per_event", "quix_streams_peer")
 LATENCY = re.compile(r"^(latency|service)_(\d+)(_spine_model)?$")
 SUSTAINED = re.compile(r"^(sustained|service_sustained)(_spine_model)?$")
 
@@ -72,6 +74,41 @@ def sustained(figures: dict[str, Any]) -> list[str]:
     return [
         "| where | model | events/s | sustained | p50 / p99 ms | lost | lag growth (events) | why not |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |",
+        *rows,
+        "",
+    ]
+
+
+def _rate(figures: dict[str, Any], name: str, key: str) -> str:
+    value = figures.get(name, {}).get(key)
+    return f"{value:,.0f}" if isinstance(value, int | float) else "-"
+
+
+def throughput(figures: dict[str, Any]) -> list[str]:
+    """One row per prefilled size: the worker's events/s (spine, full model) after start-up, the
+    peers' events/s on the same events, and our ratios to them."""
+    rows: list[str] = []
+    for name, ratios in figures.items():
+        match = RATIOS.match(name)
+        if not match or not isinstance(ratios, dict):
+            continue
+        suffix = match[1] or ""
+        events = figures.get(f"throughput_spine{suffix}", {}).get("events", "")
+        ours = [
+            _rate(figures, f"throughput_{m}{suffix}", "events_per_s_after_startup") for m in ("spine", "full_model")
+        ]
+        theirs = [_rate(figures, f"{peer}{suffix}", "events_per_s") for peer in PEERS]
+        shown = " / ".join(
+            f"{ratios.get(f'{label}_vs_{peer}', '-')}" for label in ("scorestream", "full_model") for peer in PEERS
+        )
+        rows.append(f"| {events:,} | {' | '.join(ours)} | {' | '.join(theirs)} | {shown} |" if events else "")
+    rows = [row for row in rows if row]
+    if not rows:
+        return []
+    return [
+        "| events | spine | full | hand-rolled | stock Faust | Quix | ratios spine vs hand-rolled / Faust / Quix, "
+        "then full vs the same |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *rows,
         "",
     ]

@@ -69,3 +69,25 @@ def test_sustained_rows_per_rate_tried_and_the_maximum() -> None:
     assert "| bench | full | 1,000 | yes | 20 / 90 | 0 | 5.0 |  |" in lines
     assert "| bench | full | 2,000 | no | 900 / 4,000 | 0 | 50000.0 | p99 4000.0 ms; lag grew |" in lines
     assert "| bench | full | **max 1,000** | (120 s a rate) | | | | |" in lines
+
+
+def test_throughput_rows_per_prefilled_size_with_the_ratios() -> None:
+    figures = {
+        "throughput_spine": {"events": 200_000, "events_per_s_after_startup": 15_000},
+        "throughput_full_model": {"events": 200_000, "events_per_s_after_startup": 7_000},
+        "hand_rolled_durable": {"events_per_s": 45_000},
+        "stock_faust_table_per_event": {"events_per_s": 1_200},
+        "quix_streams_peer": {"error": "FileNotFoundError"},
+        "ratios": {
+            "scorestream_vs_hand_rolled_durable": 0.33,
+            "scorestream_vs_stock_faust_table_per_event": 12.5,
+            "full_model_vs_hand_rolled_durable": 0.16,
+            "full_model_vs_stock_faust_table_per_event": 5.83,
+        },
+        "throughput_spine_1000k": {"events": 1_000_000, "events_per_s_after_startup": 16_000},
+        "ratios_1000k": {},
+    }
+    lines = tables.throughput(figures)
+    assert "| 200,000 | 15,000 | 7,000 | 45,000 | 1,200 | - | 0.33 / 12.5 / - / 0.16 / 5.83 / - |" in lines
+    assert "| 1,000,000 | 16,000 | - | - | - | - | - / - / - / - / - / - |" in lines
+    assert tables.throughput({"throughput_spine": {}}) == []
