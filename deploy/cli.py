@@ -172,6 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dispatcher", help="the webhook dispatcher")
     sub.add_parser("sink", help="the analytics sink: the topics into ClickHouse (with a ClickHouse server)")
     sub.add_parser("topics", help="create the topics (idempotent)")
+    sub.add_parser(
+        "views", help="send the views the API reads of every contact the views topic lacks (after upgrading to views)"
+    )
     demo = sub.add_parser("demo", help="publish realistic mixed traffic and show scores moving")
     demo.add_argument("--events", type=int, default=3000)
     demo.add_argument("--contacts", type=int, default=300)
@@ -257,6 +260,14 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
         return run_replay(live, args.model, args.source, args.json, from_ms, live_model)
     if args.command in ("shadow", "promote", "retire", "models"):
         return _models_command(args, settings)
+    if args.command == "views":
+        from deploy.models import active_namespace
+        from streams.views import rebuild_views
+
+        live, live_model = active_namespace(settings)
+        sent, had = asyncio.run(rebuild_views(live, live_model))
+        log.info("views: %d sent (%d contacts had one) on %s", sent, had, live.views_topic)
+        return 0
     if args.command == "topics":
         from deploy.topics import main as topics_main
 

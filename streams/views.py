@@ -10,10 +10,15 @@ short timer sends it (the latest view wins, so nothing but intermediate views is
 waiting view is queued on the producer when a commit begins (a Faust sensor), and Faust flushes
 the producer before it commits offsets: a view is never behind the offsets the worker committed.
 Records go through the producer's ``send_soon``, which batches them per partition (linger).
+
+A deployment upgraded from a build without views has contacts in its table but not on the views
+topic: :func:`rebuild_views` (``scorestream views``) sends a view for each of them from the contacts
+changelog.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -23,8 +28,11 @@ from typing import Any
 from faust.sensors import Sensor
 from faust.types import TopicT
 
+from kafka_io import clients
 from kafka_io.partitioner import partition_for
+from kafka_io.reader import TopicReader, read_topic
 from schemas.settings import Settings
+from schemas.state import decode_state
 from schemas.view import encode_view
 from scorestream import ContactState, Model
 from scorestream.view import view_of
@@ -128,3 +136,55 @@ def register_views(w: Wiring, settings: Settings, model: Model) -> ViewFeed:
         feed.flush_due()
 
     return feed
+
+
+async def rebuild_views(settings: Settings, model: Model) -> tuple[int, int]:
+    """Send a view for every contact of ``<ns>-contacts-changelog`` that ``<ns>.views`` lacks;
+    ``(views sent, contacts that had one)``.
+
+    For a deployment upgraded from a build without views: the worker sends a contact's view when it
+    next writes the contact, this sends the others' now. The changelog is read to its end offsets at
+    the start, and each record's view (or tombstone) is sent in the changelog's order, to the
+    contact's partition, one fetch at a time (the sends of a fetch queued in order, then awaited):
+    the last one of a contact is its latest state (compaction keeps it). Contacts already on the
+    views topic are left alone; one whose first view a worker sends while this runs may be shown as
+    the changelog had it until its next change. A record that cannot be read is logged and skipped.
+    """
+    have: set[bytes] = set()
+
+    def seen(key: bytes | None, value: bytes | None) -> None:
+        if key is not None:
+            have.add(key)
+
+    await read_topic(settings, settings.views_topic, seen, until_end=True)
+    producer = clients.producer(settings, enable_idempotence=True, linger_ms=20)
+    queued: list[tuple[bytes, bytes | None]] = []
+
+    def view(record: Any) -> None:
+        if record.key is not None and record.key not in have:
+            value = record.value
+            queued.append((record.key, None if value is None else encode_view(view_of(decode_state(value), model))))
+
+    class _Rebuild(TopicReader):
+        sent = 0
+
+        async def read_more(self) -> int:
+            count = await super().read_more()
+            acks = []
+            for key, value in queued:
+                partition = partition_for(key, settings.partitions)
+                acks.append(await producer.send(settings.views_topic, value, key=key, partition=partition))
+            queued.clear()
+            await asyncio.gather(*acks)
+            self.sent += len(acks)
+            return count
+
+    await producer.start()
+    try:
+        reader = _Rebuild(settings, [settings.changelog_topic("contacts")], view, "views rebuild")
+        async with reader:
+            if await reader.assign():
+                await reader.read_to_end()
+    finally:
+        await producer.stop()
+    return reader.sent, len(have)

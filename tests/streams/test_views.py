@@ -3,14 +3,20 @@ at most every interval for a busy one (its latest state), everything waiting bef
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any, cast
 
+from kafka_io import clients
 from kafka_io.partitioner import partition_for
+from kafka_io.reader import read_topic
+from kafka_io.topics import ensure_topics
+from schemas.settings import Settings
 from schemas.state import Batch, Item, encode
-from schemas.view import decode_view
+from schemas.view import decode_view, encode_view
 from scorestream import ContactState, apply_events
 from scorestream.view import view_of
-from streams.views import ViewFeed, _FlushBeforeCommit
+from streams.views import ViewFeed, _FlushBeforeCommit, rebuild_views
 from tests.factories import DEFAULT_MODEL, T0, make_event
 from tests.streams.test_agents_isolation import FakeTopic, Worker, contact_event, record
 
@@ -129,3 +135,38 @@ def test_the_contacts_agent_sends_a_view_of_every_contact_it_writes() -> None:
     for s in sent:
         view = decode_view(s.value)
         assert view.contact_id == s.key.decode() and view.engagement_ms == T0
+
+
+def test_a_rebuild_sends_the_latest_view_of_every_contact_the_views_topic_lacks(kafka_bootstrap: str) -> None:
+    """After an upgrade from a build without views: views from the contacts changelog, in its order
+    (the latest state wins), tombstones included; a contact the topic already has is left alone."""
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, app_id=f"views-{uuid.uuid4().hex[:8]}")
+    old, new = state("ann", "/"), state("ann", "/", "/pricing")
+    bob, cyd = state("bob", "/demo"), state("cyd", "/")
+    changelog = [(b"ann", encode(old)), (b"bob", encode(bob)), (b"ann", encode(new)), (b"gone", None)]
+    changelog += [(b"cyd", encode(cyd)), (b"junk", b"\x00not a state")]
+    present = encode_view(view_of(cyd, DEFAULT_MODEL))
+
+    async def go() -> tuple[tuple[int, int], list[tuple[bytes | None, bytes | None]]]:
+        await ensure_topics(settings)
+        producer = clients.producer(settings)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.views_topic, present, key=b"cyd", partition=partition_for(b"cyd", 4))
+            for key, value in changelog:
+                topic = settings.changelog_topic("contacts")
+                await producer.send_and_wait(topic, value, key=key, partition=partition_for(key, 4))
+        finally:
+            await producer.stop()
+        counts = await rebuild_views(settings, DEFAULT_MODEL)
+        views: list[tuple[bytes | None, bytes | None]] = []
+        await read_topic(settings, settings.views_topic, lambda k, v: views.append((k, v)), until_end=True)
+        return counts, views
+
+    counts, views = asyncio.run(go())
+    assert counts == (4, 1)  # ann twice, bob, the tombstone; cyd had a view; the junk state is skipped
+    latest = dict(views)
+    assert decode_view(latest[b"ann"] or b"") == view_of(new, DEFAULT_MODEL)
+    assert decode_view(latest[b"bob"] or b"") == view_of(bob, DEFAULT_MODEL)
+    assert latest[b"gone"] is None and latest[b"cyd"] == present and b"junk" not in latest
+    assert [k for k, _ in views].count(b"cyd") == 1
