@@ -13,28 +13,30 @@ the changelog's current end with a plain aiokafka consumer (no group, no commits
 partitions at once) and written in RocksDB write batches, each batch carrying its offset, through
 the **store's own database handle** (``Store._db_for_partition``: the handle Faust opens for the
 partition anyway; RocksDB allows one open per process, so a second handle would fail on its lock).
-The hook wraps the table manager's ``on_rebalance``, so it runs inside Faust's
-``on_partitions_assigned``: after every revocation callback (Faust's own flush of the revoked
-partitions, and the write-behind cache's, ``streams/state_cache.py``, which run in
-``on_partitions_revoked``), with the flow stopped, and before Faust's recovery reads the
-persisted offsets (``Recovery.on_rebalance``) and replays the few records written since. So N
-workers hold 1/N of the state each (plus standbys), and a partition that moves is restored in
-bulk by its new owner. The changelog stays the source of truth; nothing else changes.
+The rebalance callback (the table manager's ``on_rebalance``, wrapped) only takes the assignment:
+it runs inside Faust's ``on_partitions_assigned``, after every revocation callback (Faust's own
+flush, and the write-behind cache's flushes on revocation and assignment, ``streams/state_cache.py``
+hooked in ``streams/transport.py``'s consumer, which run before the app's callbacks), with the
+flow stopped; but aiokafka sends no heartbeats during it, so the restore runs at the start of
+Faust's recovery pass that follows (its first wait), interruptible by a newer rebalance, and then
+gives Faust's recovery the offsets the databases store, from which it replays the few records
+written since. So N workers hold 1/N of the state each (plus standbys), and a partition that
+moves is restored in bulk by its new owner. The changelog stays the source of truth.
 
 Which partitions: those assigned now that this worker has not restored (to the end read at the
 time) and kept assigned since (``settled``). A partition it keeps across rebalances is written by
 this worker itself and is left to Faust's recovery, which replays only what is past its stored
 offset (``ContiguousOffsetTable``, streams/transport.py: the offset moves only contiguously, so
-another writer's records are never skipped). A restore that stops receiving records for
-``STALL_S`` (a broker problem) gives the rest of its partitions to Faust's recovery, which carries
+another writer's records are never skipped). A restore that fails, or stops receiving records
+for ``STALL_S`` (a broker problem), gives the rest of its partitions to Faust's recovery, which carries
 on from the offsets reached (each batch stored its own), and they are restored in bulk again at
 the next rebalance; a worker told to stop stops restoring.
 
 **Revoked partitions** stay on disk: reassigned soon (a peer restarting, a rolling deploy, the
 chaos test's kills), the worker replays only what was written meanwhile. A partition not
 assigned to this worker for ``SCORESTREAM_RELEASED_KEEP_S`` is dropped (its database closed and
-its directory deleted; :meth:`ShareRestore.drop_released`, every ``DROP_CHECK_S`` from the
-worker), so the disk holds the worker's share once the group is stable; databases left by an
+its directory deleted; :meth:`ShareRestore.drop_released`, at each rebalance and every
+``DROP_CHECK_S`` from the worker), so the disk holds the worker's share once the group is stable; databases left by an
 earlier run (e.g. from when every worker held every partition) count from the first assignment.
 
 :func:`restore_tables` restores every partition of some tables before a worker starts (tests,
@@ -43,6 +45,7 @@ tools). ``SCORESTREAM_RESTORE_TABLES=false`` leaves all recovery to Faust.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -258,6 +261,8 @@ class ShareRestore:
         self.released: dict[TopicPartition, float] = {}
         self.restoring = False
         self.consumer: AIOKafkaConsumer | None = None
+        self.pending: list[TopicPartition] = []  # assigned, to restore before Faust's recovery
+        self.restored: list[TopicPartition] = []  # what the last restore read
 
     def on_disk(self) -> list[TopicPartition]:
         return [
@@ -273,39 +278,53 @@ class ShareRestore:
         # the handle Faust's store keeps for the partition (opened now if it is not yet)
         return store._db_for_partition(tp.partition)
 
-    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> RestoreStats:
-        """Restore what the new assignment ``assigned`` (every partition of this member) needs."""
+    def on_assigned(self, assigned: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """Take the new assignment ``assigned`` (every partition of this member): what to restore
+        (kept in ``pending`` for :meth:`restore_pending`), what is released, and drop what is due."""
         share = plan(assigned, self.stores, self.settled, self.released, self.on_disk(), self.clock())
-        self.settled, self.released = share.settled, share.released
+        self.settled, self.released, self.pending = share.settled, share.released, share.restore
         self.drop_released()
-        if not share.restore or self.should_stop():
+        return share.restore
+
+    async def restore_pending(self) -> RestoreStats:
+        """Restore the partitions the last assignment gave this worker that it does not hold up to
+        date (:meth:`on_assigned`); those that stall or fail are left to Faust's recovery."""
+        todo, self.pending = self.pending, []
+        if not todo or self.should_stop():
             return RestoreStats()
         self.restoring = True
         started = time.perf_counter()
         try:
             consumer = await self._consumer()
-            ends = await consumer.end_offsets(share.restore)
-            dbs = {tp: self._db(tp) for tp in share.restore}
+            ends = await consumer.end_offsets(todo)
+            dbs = {tp: self._db(tp) for tp in todo}
             stats = await restore_partitions(consumer, dbs, ends, self.should_stop)
             consumer.unsubscribe()  # idle until the next rebalance: no fetches
         except Exception:  # the bulk path is a shortcut: Faust's recovery is the sure one
-            log.warning("restore failed: %s left to Faust's recovery", share.restore, exc_info=True)
+            log.warning("restore failed: %s left to Faust's recovery", todo, exc_info=True)
             await self.close()
-            stats = RestoreStats(stalled=list(share.restore))
+            stats = RestoreStats(stalled=list(todo))
+        except BaseException:  # cancelled (another rebalance, a stop): the next assignment says what is left
+            self.pending = todo
+            raise
         finally:
             self.restoring = False
         stats.seconds = time.perf_counter() - started
-        self.settled = self.settled | (set(share.restore) - set(stats.stalled))
+        self.settled = self.settled | (set(todo) - set(stats.stalled))
         log.info(
             "restored %d changelog records into %d of %d newly held table partitions in %.1f s",
             stats.records,
-            len(share.restore) - len(stats.stalled),
-            len(share.restore),
+            len(todo) - len(stats.stalled),
+            len(todo),
             stats.seconds,
         )
         if stats.stalled:
             log.warning("restore stalled or stopped: %s left to Faust's recovery", stats.stalled)
+        self.restored = todo
         return stats
+
+    def persisted_offset(self, tp: TopicPartition) -> int | None:
+        return _persisted_offset(self.stores[tp.topic]._db_for_partition(tp.partition))
 
     async def _consumer(self) -> AIOKafkaConsumer:
         """The restore's consumer, started at the first restore and kept (starting one costs about a
@@ -343,19 +362,32 @@ class ShareRestore:
 
 
 def install(app: Any, tables: Iterable[Any], kafka: KafkaConnection | Settings, keep_s: float) -> ShareRestore:
-    """Hook a :class:`ShareRestore` of ``tables`` into ``app``'s rebalances: it runs first in the
-    table manager's ``on_rebalance`` (after the revocation callbacks, before Faust's stores and
-    recovery see the new assignment). A rebalance Faust ignores (a newer one began) is ignored."""
+    """Hook a :class:`ShareRestore` of ``tables`` into ``app``'s rebalances.
+
+    In the rebalance callback (the table manager's ``on_rebalance``, before Faust's stores and
+    recovery see the new assignment) it only takes the assignment: the callback runs inside
+    aiokafka's group join, with the member's heartbeats stopped, so a restore of many seconds
+    there would outlive the session timeout and the member would be expelled (it was: a second
+    worker joining 200k contacts made the group rebalance again and again). The restore itself
+    runs first in Faust's recovery pass, which follows the callback with heartbeats going: the
+    pass's first wait (``Recovery._wait``, its ``stream_recovery_delay`` sleep) restores the
+    pending partitions, interrupted like any recovery step by a newer rebalance or a stop, and
+    then sets the recovery's start offsets of the restored partitions to what their databases
+    now store (Faust read them in the callback). A rebalance Faust ignores (a newer one began)
+    is ignored."""
     tables = list(tables)
     stores = {table.changelog_topic.get_topic_name(): table.data for table in tables}
     partitions = max(t.partitions or app.conf.topic_partitions for t in tables)
     share = ShareRestore(kafka, stores, partitions, keep_s, lambda: bool(app.should_stop))
     manager = app.tables
     faust_on_rebalance: Callable[..., Awaitable[None]] = manager.on_rebalance
+    hooked: list[Any] = []
 
     async def on_rebalance(assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0) -> None:
         if generation_id == app.consumer_generation_id:
-            await share.on_assigned(assigned)
+            share.on_assigned(assigned)
+            if not hooked:
+                hooked.append(hook_recovery(manager.recovery, share))
         await faust_on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     async def close(_app: Any, **_kwargs: Any) -> None:
@@ -366,6 +398,30 @@ def install(app: Any, tables: Iterable[Any], kafka: KafkaConnection | Settings, 
     return share
 
 
+def hook_recovery(recovery: Any, share: ShareRestore) -> Any:
+    """Run ``share``'s pending restore at the first wait of Faust's next recovery pass (see :func:`install`)."""
+    faust_wait: Callable[..., Awaitable[None]] = recovery._wait
+
+    async def wait(coro: Any, timeout: Any = None) -> None:  # noqa: ASYNC109 Faust's signature
+        if share.pending:
+            try:
+                await faust_wait(share.restore_pending())
+            except BaseException:
+                if asyncio.iscoroutine(coro):
+                    coro.close()  # not awaited: the pass is over
+                raise
+            restored, share.restored = share.restored, []
+            for tp in restored:
+                stored = share.persisted_offset(tp)
+                for offsets in (recovery.active_offsets, recovery.standby_offsets):
+                    if tp in offsets and stored is not None:
+                        offsets[tp] = stored
+        await faust_wait(coro, timeout=timeout)
+
+    recovery._wait = wait
+    return recovery
+
+
 __all__ = [
     "DROP_CHECK_S",
     "OFFSET_KEY",
@@ -374,6 +430,7 @@ __all__ = [
     "ShareRestore",
     "TableFiles",
     "due",
+    "hook_recovery",
     "install",
     "plan",
     "restore_partitions",

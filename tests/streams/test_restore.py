@@ -6,6 +6,7 @@ tests/e2e/test_share.py."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -205,7 +206,7 @@ def test_released_partitions_are_dropped_from_disk_after_the_keep_time(tmp_path:
     for p in range(4):  # left by an earlier run that held every partition
         store._db_for_partition(p).put(b"k", b"v")
     share.settled = frozenset({tp(C, 0), tp(C, 1)})
-    asyncio.run(share.on_assigned({TP(C, 0), TP(C, 1)}))  # nothing new to restore: no broker needed
+    assert share.on_assigned({TP(C, 0), TP(C, 1)}) == []  # nothing new to restore
     assert share.released == {tp(C, 2): 0.0, tp(C, 3): 0.0}
     now[0] = 99.0
     assert share.drop_released() == []
@@ -222,12 +223,30 @@ def test_released_partitions_are_dropped_from_disk_after_the_keep_time(tmp_path:
 # --- the hook: it runs before Faust's rebalance, only for the current generation ---------------------
 
 
-def test_install_runs_the_restore_before_faust_sees_the_assignment(tmp_path: Path) -> None:
+class FakeRecovery:
+    """Faust's recovery pass as the hook sees it: ``_wait`` and the start offsets."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.active_offsets: dict[Any, int | None] = {}
+        self.standby_offsets: dict[Any, int | None] = {}
+
+    async def _wait(self, coro: Any, timeout: Any = None) -> None:  # noqa: ASYNC109 Faust's signature
+        self.calls.append("wait")
+        await coro
+
+
+def test_install_takes_the_assignment_in_the_callback_and_restores_at_the_recovery_pass(tmp_path: Path) -> None:
     calls: list[str] = []
+    recovery = FakeRecovery(calls)
 
     class Manager:
+        def __init__(self) -> None:
+            self.recovery = recovery
+
         async def on_rebalance(self, assigned: Any, revoked: Any, newly: Any, generation_id: int = 0) -> None:
-            calls.append(f"faust {generation_id}")
+            calls.append(f"faust {generation_id} pending={[t.partition for t in share.pending]}")
+            recovery.active_offsets[TP(C, 1)] = None  # Faust read the stored offset: none yet
 
     store = FakeStore(tmp_path, "contacts")
     table = SimpleNamespace(changelog_topic=SimpleNamespace(get_topic_name=lambda: C), data=store, partitions=4)
@@ -242,15 +261,44 @@ def test_install_runs_the_restore_before_faust_sees_the_assignment(tmp_path: Pat
     share = install(app, [table], "kafka", keep_s=600)  # type: ignore[arg-type]
     assert len(closers) == 1, "the restore's consumer is closed when the app shuts down"
 
-    async def on_assigned(assigned: Any) -> restore.RestoreStats:
-        calls.append(f"restore {sorted(assigned)}")
+    async def restore_pending() -> restore.RestoreStats:
+        calls.append(f"restore {[t.partition for t in share.pending]}")
+        store._db_for_partition(1).put(OFFSET_KEY, b"41")
+        share.pending, share.restored = [], [tp(C, 1)]
         return restore.RestoreStats()
 
-    share.on_assigned = on_assigned  # type: ignore[method-assign]
+    share.restore_pending = restore_pending  # type: ignore[method-assign]
     asyncio.run(app.tables.on_rebalance({TP(C, 1)}, set(), {TP(C, 1)}, 3))
-    asyncio.run(app.tables.on_rebalance({TP(C, 2)}, set(), {TP(C, 2)}, 2))  # a stale generation
-    assert calls == [f"restore {[TP(C, 1)]}", "faust 3", "faust 2"]
+    asyncio.run(app.tables.on_rebalance({TP(C, 2)}, set(), {TP(C, 2)}, 2))  # a stale generation: ignored
+    assert calls == ["faust 3 pending=[1]", "faust 2 pending=[1]"], "no restore inside the callback"
     assert share.partitions == 4
+
+    async def pass_() -> None:  # Faust's recovery pass: its first wait, then the next ones
+        await recovery._wait(asyncio.sleep(0))
+        await recovery._wait(asyncio.sleep(0))
+
+    asyncio.run(pass_())
+    assert calls[2:] == ["wait", "restore [1]", "wait", "wait"], "the restore runs first, once"
+    assert recovery.active_offsets[TP(C, 1)] == 41, "Faust's recovery starts after what was restored"
+
+
+def test_a_newer_rebalance_interrupting_the_restore_leaves_it_pending(tmp_path: Path) -> None:
+    class RebalanceAgain(Exception):
+        pass
+
+    class Interrupting(FakeRecovery):
+        async def _wait(self, coro: Any, timeout: Any = None) -> None:  # noqa: ASYNC109 Faust's signature
+            coro.close()
+            raise RebalanceAgain
+
+    share = ShareRestore("kafka", {C: FakeStore(tmp_path, "contacts")}, partitions=4, keep_s=600)  # type: ignore[arg-type]
+    share.pending = [tp(C, 0)]
+    recovery = restore.hook_recovery(Interrupting([]), share)
+    sleep = asyncio.sleep(0)
+    with pytest.raises(RebalanceAgain):
+        asyncio.run(recovery._wait(sleep))
+    assert share.pending == [tp(C, 0)]
+    assert inspect.getcoroutinestate(sleep) == inspect.CORO_CLOSED, "the pass's own step was closed, not left unawaited"
 
 
 def test_a_failed_restore_leaves_its_partitions_to_faust_and_retries_at_the_next_rebalance(tmp_path: Path) -> None:
@@ -261,6 +309,8 @@ def test_a_failed_restore_leaves_its_partitions_to_faust_and_retries_at_the_next
         raise ConnectionError("broker gone")
 
     share._consumer = broken  # type: ignore[method-assign]
-    stats = asyncio.run(share.on_assigned({TP(C, 0), TP(C, 1)}))
+    assert share.on_assigned({TP(C, 0), TP(C, 1)}) == [tp(C, 0), tp(C, 1)]
+    stats = asyncio.run(share.restore_pending())
     assert stats.stalled == [tp(C, 0), tp(C, 1)]
-    assert share.settled == frozenset() and not share.restoring
+    assert share.settled == frozenset() and not share.restoring and share.pending == []
+    assert share.on_assigned({TP(C, 0), TP(C, 1)}) == [tp(C, 0), tp(C, 1)], "tried again"
