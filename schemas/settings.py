@@ -135,7 +135,19 @@ class Settings(BaseSettings):
     state_cache_entries: int = Field(
         default=10_000,
         ge=0,
-        description="Decoded contact states the worker keeps between batches (checked against the stored bytes).",
+        description="Decoded contact states the worker keeps between batches besides those not written yet.",
+    )
+    state_flush_ms: int = Field(
+        default=100,
+        ge=0,
+        description="Longest a changed contact state stays only in the worker's memory: the contacts stage writes "
+        "its changed states (RocksDB and changelog) at most this often, and before every offset commit; a contact "
+        "changed by many batches meanwhile is written once. At most the commit interval. 0: after every batch.",
+    )
+    state_flush_max_dirty: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most changed contact states the worker holds unwritten: beyond, they are written at once.",
     )
     identity_fast_path: bool = Field(
         default=True,
@@ -262,6 +274,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _flush_within_commit(self) -> Settings:
+        if self.state_flush_ms > self.commit_interval_s * 1000:
+            raise ValueError(
+                "SCORESTREAM_STATE_FLUSH_MS must be at most SCORESTREAM_COMMIT_INTERVAL_S (in ms): every offset "
+                "commit writes the changed states first"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_keys(self) -> Settings:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import faust
 import msgspec
@@ -52,8 +52,17 @@ from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
 from streams.identity_replica import register_identity_replica
 from streams.population_feed import register_population
+from streams.state_cache import Acks, FaustAcks, StateCache, writer_for
 from streams.timers import TickClock, TimerIndex
-from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, exception_name, record_ms, records_of
+from streams.transport import (
+    MAX_RECORD_BYTES,
+    ScorestreamApp,
+    TooLarge,
+    encode_chunks,
+    exception_name,
+    record_ms,
+    records_of,
+)
 from streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -109,42 +118,6 @@ def _log_refused(item: RawItem, exc: Exception) -> None:
     log.error("envelope for %s not sent: %s: %s", item.key, exception_name(exc), exc)
 
 
-class DecodedStates:
-    """Decoded contact states kept between batches, least recently used out.
-
-    Under live traffic a batch holds a few dozen events, and the busiest contacts appear in
-    nearly every one: decoding their states again each time was the largest cost of the contacts
-    stage (py-spy). An entry is used only if the bytes the table holds now are the bytes it was
-    made from (a memcmp), so a value written by anyone else (recovery, another owner before a
-    rebalance) is decoded afresh.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self.entries: OrderedDict[str, tuple[bytes, ContactState]] = OrderedDict()
-
-    def get(self, key: str, raw: bytes | None) -> ContactState | None:
-        if raw is None:
-            self.entries.pop(key, None)
-            return None
-        hit = self.entries.get(key)
-        if hit is not None and hit[0] == raw:
-            self.entries.move_to_end(key)
-            return hit[1]
-        return decode_state(raw)
-
-    def put(self, key: str, raw: bytes, state: ContactState) -> None:
-        if self.max_entries <= 0:
-            return
-        self.entries[key] = (raw, state)
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
-
-    def drop(self, key: str) -> None:
-        self.entries.pop(key, None)
-
-
 class Pipeline:
     """The worker's stages over one app: what each agent does with one fetched batch.
 
@@ -155,7 +128,7 @@ class Pipeline:
     agents registered by :func:`register` call these methods and do nothing else.
     """
 
-    def __init__(self, w: Wiring, settings: Settings, model: Model) -> None:
+    def __init__(self, w: Wiring, settings: Settings, model: Model, acks: Acks | None = None) -> None:
         self.w = w
         self.settings = settings
         self.model = model
@@ -167,7 +140,17 @@ class Pipeline:
         self.views = register_views(w, settings, model)
         self.timer_index = TimerIndex()
         self.clock = TickClock(
-            self.timer_index, self.assigned, w.contacts.items, self.send_ticks, max_ticks=settings.batch_max
+            self.timer_index, self.assigned, self.flushed_contacts, self.send_ticks, max_ticks=settings.batch_max
+        )
+        self.states = StateCache(
+            writer_for(w.contacts),
+            acks or FaustAcks(w.app),
+            self._encode_state,
+            self._unwritable,
+            topic=settings.contacts_topic,
+            flush_ms=settings.state_flush_ms,
+            max_dirty=settings.state_flush_max_dirty,
+            max_clean=settings.state_cache_entries,
         )
 
     # --- the clock -----------------------------------------------------------------------------
@@ -329,24 +312,52 @@ class Pipeline:
 
     # --- contacts --------------------------------------------------------------------------------
 
-    def contacts_batch(self, batch_event: Any, decoded: DecodedStates) -> None:
+    def contacts_batch(self, batch_event: Any) -> None:
         """One fetched batch of the contacts topic: every message of a key folded at once, one
-        key at a time; a key whose fold, encoding or writes fail has its messages parked."""
+        key at a time; a key whose fold fails has its messages parked (with those folded into its
+        state since the last flush: the cached state is dropped). The states stay in the
+        write-behind cache (:mod:`streams.state_cache`), which holds the batch's record
+        unacknowledged until they are written."""
         out = Outbox(self.partitions, self.refuser(batch_event))
         inboxes = self._inboxes(records_of(batch_event))
         partition = batch_event.message.partition
+        states = self.states
+        puts = states.puts
         for key, inbox in inboxes.items():
             try:
-                staged = self._fold(key, inbox, partition, out, decoded)
+                staged = self._fold(key, inbox, partition, out)
             except Exception as exc:  # a bug, an unreadable state, a limit: never the batch
-                decoded.drop(key)
                 log.exception("contact %s: messages parked on the dead-letter topic", key)
-                self.park(inbox.sources[0][0], [item for _, item in inbox.sources], "processing_error", repr(exc), exc)
+                sources = states.discard(partition, key) + inbox.sources
+                self.park(sources[0][0], [item for _, item in sources], "processing_error", repr(exc), exc)
                 continue
             for ready in staged:
                 out.put(ready)
         out.flush()
         self.feed.flush(batch_event.message)
+        if states.puts != puts:
+            states.hold(batch_event.message)
+        # a reader of the table is about to rebuild from it: write through until it has
+        states.write_through = self.population.rebuilt != self.population.rebalances
+        states.maybe_flush()
+
+    def flushed_contacts(self) -> Any:
+        """The contacts table's items, once the cache's dirty states are written (the timer
+        index is rebuilt from them)."""
+        self.states.flush()
+        return self.w.contacts.items()
+
+    def _encode_state(self, key: str, state: ContactState) -> bytes:
+        raw = encode(state)
+        if len(raw) + len(key) > MAX_RECORD_BYTES:
+            raise TooLarge(f"the contact's state is {len(raw)} bytes; a changelog record holds {MAX_RECORD_BYTES}")
+        return raw
+
+    def _unwritable(self, key: str, sources: list[tuple[Any, Item]], exc: Exception) -> None:
+        """A state that cannot be written at flush: the messages folded into it since the last
+        flush are parked (the state is dropped; the stored one stays)."""
+        log.error("contact %s: state not written (%s: %s); its messages parked", key, exception_name(exc), exc)
+        self.park(sources[0][0], [item for _, item in sources], "processing_error", repr(exc), exc)
 
     def _inboxes(self, records: list[Any]) -> dict[str, _Messages]:
         """The batch's messages by contact, in partition order; one that cannot be applied (an
@@ -372,30 +383,29 @@ class Pipeline:
             inbox.hops = max(inbox.hops, env.hops)
         return inboxes
 
-    def _fold(
-        self, key: str, inbox: _Messages, partition: int, out: Outbox, decoded: DecodedStates
-    ) -> list[tuple[TopicT, int, RawItem]]:
-        """One contact: read its state, fold its inbox, write what the fold decided (its messages
-        for other contacts are returned, ready to send, for the caller to keep once all is written)."""
+    def _fold(self, key: str, inbox: _Messages, partition: int, out: Outbox) -> list[tuple[TopicT, int, RawItem]]:
+        """One contact: read its state (the cache's, else the table's), fold its inbox, keep what
+        the fold decided (the state in the cache; its messages for other contacts are returned,
+        ready to send, for the caller to keep once all is done)."""
         w = self.w
         # step() may change ``before`` in place: a failure drops it from the cache
-        before = decoded.get(key, w.contacts.get(key))
+        before = self.states.get(partition, key)
+        if before is None:
+            raw = w.contacts.get(key)
+            before = decode_state(raw) if raw is not None else None
         folded = step(before, key, inbox.messages, self.model, segment_of=self.population.segment_of)
         hop = inbox.hops + 1
         staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hop)) for o in folded.outgoing]
         state = folded.state
-        if state is not None:
-            self.timer_index.set(key, folded.next_due_ms)
-            raw = encode(state)
-            if len(raw) + len(key) > MAX_RECORD_BYTES:
-                raise TooLarge(f"the contact's state is {len(raw)} bytes; a changelog record holds {MAX_RECORD_BYTES}")
-            for trigger in folded.triggers:
-                w.send_trigger(key.encode(), trigger)
-            self.feed.add(state)
-            self.population.add(partition, state)
-            w.contacts[key] = raw
-            decoded.put(key, raw, state)
-            self.views.add(key, state)
+        if state is None:
+            return staged
+        self.timer_index.set(key, folded.next_due_ms)
+        for trigger in folded.triggers:
+            w.send_trigger(key.encode(), trigger)
+        self.feed.add(state)
+        self.population.add(partition, state)
+        self.states.put(partition, key, state, inbox.sources)
+        self.views.add(key, state)
         return staged
 
 
@@ -414,10 +424,22 @@ def _one_item(key: str, env: msgspec.Raw) -> bytes:
     return encode(RawBatch(items=[RawItem(key=key, env=env)]))
 
 
-def register(w: Wiring, settings: Settings, model: Model) -> Pipeline:
+def register(w: Wiring, settings: Settings, model: Model, acks: Acks | None = None) -> Pipeline:
     """Attach the clock and the three agents to the app: each batch to its :class:`Pipeline` stage,
-    whatever escapes a stage dead-lettered as a batch error (an agent never raises)."""
-    pipeline = Pipeline(w, settings, model)
+    whatever escapes a stage dead-lettered as a batch error (an agent never raises). ``acks``:
+    how the contacts stage holds its records until their states are written (default Faust's)."""
+    pipeline = Pipeline(w, settings, model, acks)
+    states = pipeline.states
+    cast(ScorestreamApp, w.app).add_state_flusher(states)
+
+    if settings.state_flush_ms > 0:  # a quiet partition's dirty states are written on time too
+
+        @w.app.timer(interval=settings.state_flush_ms / 2000, name="state-flush")
+        async def flush_states() -> None:
+            try:
+                states.maybe_flush()
+            except Exception:  # held records stay unacknowledged; the next beat tries again
+                log.exception("state cache: flush failed")
 
     @w.app.timer(interval=settings.timer_interval_s, name="clock")
     async def beat() -> None:
@@ -443,10 +465,9 @@ def register(w: Wiring, settings: Settings, model: Model) -> Pipeline:
 
     @w.app.agent(w.contacts_topic, name="contacts")
     async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        decoded = DecodedStates(settings.state_cache_entries)
         async for batch_event in stream.events():
             try:
-                pipeline.contacts_batch(batch_event, decoded)
+                pipeline.contacts_batch(batch_event)
             except Exception as exc:
                 batch_error(w, "contacts", batch_event, exc)
             yield None

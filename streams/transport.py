@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import faust
 from aiokafka.errors import IllegalStateError
@@ -160,6 +160,25 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Faust's commit, after the app's state flushers wrote what they hold (and so released
+        the input records they held: their offsets become committable in this commit, whose
+        producer flush then waits for the records the flushers queued)."""
+        for flusher in _flushers(self.app):
+            flusher.before_commit()
+        return cast(bool, await super().commit(topics, start_new_transaction))
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """The state flushers write first: Faust then forgets the revoked partitions' acks."""
+        for flusher in _flushers(self.app):
+            flusher.partitions_revoked(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        for flusher in _flushers(self.app):
+            flusher.partitions_assigned()
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def _fetch_again_later(self, tp: TP, first: int, last: int) -> None:
         """Records ``first``..``last`` of ``tp`` were fetched and will not be delivered now: set the
         partition back to ``first`` in the consumer's thread (where aiokafka runs)."""
@@ -221,6 +240,25 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
 
 HOLD_BACK_PAUSE_S = 0.01
+
+
+class StateFlusher(Protocol):
+    """State held in memory whose input records stay unacknowledged until it is written
+    (:class:`streams.state_cache.StateCache`): told before each offset commit, on partition
+    revocation (before Faust forgets the revoked partitions' acknowledgements), on assignment,
+    and when the app stops (before Faust's last commit and the tables' close)."""
+
+    def before_commit(self) -> None: ...
+
+    def partitions_revoked(self, revoked: set[TP]) -> None: ...
+
+    def partitions_assigned(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
+def _flushers(app: Any) -> list[StateFlusher]:
+    return cast(list[StateFlusher], getattr(app, "state_flushers", []))
 
 
 async def rewind(consumer: Any, tp: Any, first: int, last: int) -> bool:
@@ -341,6 +379,8 @@ class ContiguousOffsetTable(faust.Table):
 class ScorestreamApp(faust.App):
     """A Faust app whose consumer batches delivery for the topics named in ``batched_topics``."""
 
+    state_flushers: list[StateFlusher]
+
     def __init__(
         self,
         *args: Any,
@@ -361,9 +401,19 @@ class ScorestreamApp(faust.App):
         self._transport_class = type("BoundBatchingTransport", (BatchingTransport,), {"Consumer": consumer_class})
         kwargs.setdefault("Table", ContiguousOffsetTable)
         super().__init__(*args, **kwargs)
+        self.state_flushers = []
 
     def _new_transport(self) -> Any:
         return cast(Any, self._transport_class)(self.conf.broker_consumer, self)
+
+    def add_state_flusher(self, flusher: StateFlusher) -> None:
+        """Have ``flusher`` write its state before commits, on rebalances and at stop."""
+        self.state_flushers.append(flusher)
+
+    async def on_stop(self) -> None:
+        for flusher in self.state_flushers:
+            flusher.stopping()
+        await super().on_stop()
 
     def use_fast_changelog_queue(self) -> None:
         """Install :class:`ChangelogQueue` as the tables' changelog queue (before any table exists)."""

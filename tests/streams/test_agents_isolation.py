@@ -89,7 +89,11 @@ class FakeApp:
     in_recovery: bool = False
     rebalancing: bool = False
     on_rebalance_complete: Signal = field(default_factory=Signal)
+    state_flushers: list[Any] = field(default_factory=list)
     sensors: Sensors = field(default_factory=Sensors)
+
+    def add_state_flusher(self, flusher: Any) -> None:
+        self.state_flushers.append(flusher)
 
     def agent(self, topic: Any, name: str) -> Callable[[Any], Any]:
         def register(fn: Any) -> Any:
@@ -127,6 +131,20 @@ def record(topic: str, offset: int, value: bytes | None, key: bytes | None = b"k
     return consumer_record(topic, offset, value, key, partition)
 
 
+class HeldRecords:
+    """The records the contacts stage holds unacknowledged, and those it released."""
+
+    def __init__(self) -> None:
+        self.held: list[Any] = []
+        self.released: list[Any] = []
+
+    def hold(self, message: Any) -> None:
+        self.held.append(message)
+
+    def release(self, message: Any) -> None:
+        self.released.append(message)
+
+
 class Worker:
     """The three agents and the accounts agent registered on fakes of Faust."""
 
@@ -158,14 +176,19 @@ class Worker:
             registry=Registry(s.app_id),
             views_topic=cast(Any, t["views"]),
         )
-        streams.agents.register(self.w, s, MODEL)
+        self.acks = HeldRecords()
+        self.pipeline = streams.agents.register(self.w, s, MODEL, self.acks)
 
     def run(self, agent: str, *batches: list[Any]) -> None:
+        """The batches through ``agent``, then the states written (as before a commit)."""
+
         async def go() -> None:
             async for _ in self.app.agents[agent](Stream(list(batches))):
                 pass
 
         asyncio.run(go())
+        for flusher in self.app.state_flushers:
+            flusher.before_commit()
 
     @property
     def dead(self) -> list[Sent]:
@@ -342,6 +365,45 @@ def test_contacts_isolates_garbage_empty_envelopes_loops_and_failing_keys(monkey
     ]
     parked = decode_batch(worker.dead[3].value)  # the key's messages, replayable as they are
     assert [i.key for i in parked.items] == ["u-bug"] and parked.items[0].env.event is not None
+
+
+def test_contacts_hold_their_records_until_the_states_are_written() -> None:
+    worker = Worker()
+    first = [record("t.contacts", 0, internal("u-1", contact_event("u-1")))]
+    second = [record("t.contacts", 1, internal("u-1", contact_event("u-1"), contact_event("u-1")))]
+    worker.pipeline.contacts_batch(BatchEvent(first))
+    worker.pipeline.contacts_batch(BatchEvent(second))
+    assert worker.tables["contacts"] == {}  # within the flush interval: in memory only
+    assert worker.acks.held == [first[-1], second[-1]] and worker.acks.released == []
+
+    worker.app.state_flushers[0].before_commit()  # as Faust's commit does
+    assert len(decode_state(worker.tables["contacts"]["u-1"]).hits) == 3  # one write, every event in it
+    assert worker.acks.released == worker.acks.held
+
+
+def test_contacts_park_every_message_of_a_dropped_state_since_the_last_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = scorestream.fold.step
+    calls = 0
+
+    def step(before: Any, key: str, messages: Any, model: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the state the first batch left in the cache is not to be trusted now
+            raise ZeroDivisionError("division by zero")
+        return real(before, key, messages, model, **kwargs)
+
+    monkeypatch.setattr(streams.agents, "step", step)
+    worker = Worker()
+    worker.run(
+        "contacts",
+        [record("t.contacts", 3, internal("u-1", contact_event("u-1")))],
+        [record("t.contacts", 4, internal("u-1", contact_event("u-1")))],
+    )
+    assert worker.tables["contacts"] == {}
+    (dead,) = worker.dead
+    assert headers_of(dead) == ("processing_error", "ZeroDivisionError", "t.contacts", "0", "3")
+    assert [i.key for i in decode_batch(dead.value).items] == ["u-1", "u-1"]  # both batches' messages
+    assert worker.acks.released == worker.acks.held  # parked before the records are released
 
 
 def test_contacts_park_a_state_too_large_for_the_changelog(monkeypatch: pytest.MonkeyPatch) -> None:
