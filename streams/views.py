@@ -35,11 +35,16 @@ from schemas.settings import Settings
 from schemas.state import decode_state
 from schemas.view import encode_view
 from scorestream import ContactState, Model
-from scorestream.view import view_of
+from scorestream.view import EarnedPoints, view_of
 from streams.app import Wiring
 from streams.transport import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
+EARNED_MEMORY = 1024
+"""Contacts whose earned points the feed keeps between their views (least recently used out): a
+view of a contact with hundreds of hits then costs its new hits' caps, not all of them again."""
+EARNED_MIN_HITS = 32
+"""Fewer hits are quicker to score again than to keep."""
 
 
 def _monotonic_ms() -> int:
@@ -66,6 +71,7 @@ class ViewFeed:
         self.sent: OrderedDict[str, int] = OrderedDict()
         # contact id -> its latest state, waiting for its interval to pass (None: a tombstone)
         self.pending: dict[str, ContactState | None] = {}
+        self.earned: OrderedDict[str, EarnedPoints] = OrderedDict()
         self.views_sent = 0
         self.failed = 0
 
@@ -102,7 +108,7 @@ class ViewFeed:
         self.sent[key] = now
         self.sent.move_to_end(key)
         try:
-            value = None if state is None else encode_view(view_of(state, self.model))
+            value = None if state is None else encode_view(view_of(state, self.model, self._earned(key, state)))
             if value is not None and len(value) + len(key) > MAX_RECORD_BYTES:
                 raise ValueError(f"a view of {len(value)} bytes; a record holds {MAX_RECORD_BYTES}")
             raw_key = key.encode()
@@ -110,7 +116,21 @@ class ViewFeed:
             self.views_sent += 1
         except Exception:  # the state was written; the API keeps the contact's previous view
             self.failed += 1
+            self.earned.pop(key, None)  # it may have stopped half-way
             log.exception("view of contact %s not sent", key)
+
+    def _earned(self, key: str, state: ContactState) -> EarnedPoints | None:
+        """The contact's kept points (kept only for contacts with many hits)."""
+        earned = self.earned.get(key)
+        if earned is not None:
+            self.earned.move_to_end(key)
+            return earned
+        if len(state.hits) < EARNED_MIN_HITS:
+            return None
+        earned = self.earned[key] = EarnedPoints()
+        if len(self.earned) > EARNED_MEMORY:
+            self.earned.popitem(last=False)
+        return earned
 
 
 class _FlushBeforeCommit(Sensor):

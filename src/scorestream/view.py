@@ -35,11 +35,12 @@ from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, clv_summary, rfm_sc
 from scorestream.rules.model import Model
 from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
 from scorestream.scoring import Contribution, EngagementView, FitView, band_of, fit_of, round_score
-from scorestream.state import ContactState, decay, effective_points
+from scorestream.state import Caps, ContactState, Hit, decay
 
 __all__ = [
     "VIEW_VERSION",
     "ContactView",
+    "EarnedPoints",
     "FitSummary",
     "JourneyView",
     "RulePoints",
@@ -128,18 +129,75 @@ class ContactView:
 # --- building a view (the worker) --------------------------------------------------------------
 
 
-def engagement_totals(state: ContactState, model: Model) -> tuple[int, list[RulePoints]]:
+class EarnedPoints:
+    """The points each hit of a contact earned (:func:`scorestream.state.effective_points`), per
+    rule, kept across the contact's states: the worker builds a view at every change, and running
+    the caps over 500 hits each time cost milliseconds. A later state whose hits extend the ones
+    seen (the same folded base and caps, nothing inserted before the last hit seen) continues from
+    where the caps stopped, with the same arithmetic in the same order; any other state (a fold, a
+    merge, a late event, another model) is computed afresh. Either way the points are those of
+    ``effective_points``, so the view does not depend on what came before."""
+
+    __slots__ = ("base", "caps", "count", "last", "model", "per_rule")
+
+    def __init__(self) -> None:
+        self.model: Model | None = None
+        self.base: tuple[int, dict[str, float], list[str], dict[str, list[tuple[int, float]]]] | None = None
+        self.caps: Caps | None = None
+        self.count = 0
+        self.last: Hit | None = None
+        self.per_rule: dict[str, list[tuple[int, float]]] = {}
+
+    def update(self, state: ContactState, model: Model) -> dict[str, list[tuple[int, float]]]:
+        """Rule id -> the ``(hit time, points)`` its hits earned, in hit order (zeros left out)."""
+        hits = state.hits
+        n = self.count
+        base = self.base
+        if (
+            self.model is not model
+            or base is None
+            or n > len(hits)
+            or (n and hits[n - 1] != self.last)
+            or base[0] != state.base_ms
+            or base[1] != state.base
+            or base[2] != state.base_once
+            or base[3] != state.capped
+        ):
+            self.model, self.caps, n = model, Caps.start(state, model), 0
+            self.base = (
+                state.base_ms,
+                dict(state.base),
+                list(state.base_once),
+                {k: list(w) for k, w in state.capped.items()},
+            )
+            self.per_rule = {}
+        caps = self.caps
+        assert caps is not None
+        per_rule = self.per_rule
+        for hit in hits[n:]:
+            for rule_id, value in caps.earn(hit):
+                if value:
+                    per_rule.setdefault(rule_id, []).append((hit.ts, value))
+        self.count = len(hits)
+        self.last = hits[-1] if hits else None
+        return per_rule
+
+
+def engagement_totals(
+    state: ContactState, model: Model, earned: EarnedPoints | None = None
+) -> tuple[int, list[RulePoints]]:
     """``(ref_ms, totals)``: every rule's earned points decayed to ``ref_ms``, the newest scored
-    instant, summed per rule as :func:`~scorestream.scoring.engagement_at` sums them."""
+    instant, summed per rule as :func:`~scorestream.scoring.engagement_at` sums them (``earned``:
+    the contact's points kept from its previous state, see :class:`EarnedPoints`)."""
     half_life = model.half_life_ms
     ref = max(state.base_ms if state.base else 0, state.hits[-1].ts if state.hits else 0)
     per_rule: dict[str, list[float]] = {}
     for rule_id, value in state.base.items():
         per_rule.setdefault(rule_id, []).append(decay(value, state.base_ms, ref, half_life))
-    for hit, earned in zip(state.hits, effective_points(state, model), strict=True):
-        for rule_id, value in earned:
-            if value:
-                per_rule.setdefault(rule_id, []).append(decay(value, hit.ts, ref, half_life))
+    points = (earned if earned is not None else EarnedPoints()).update(state, model)
+    for rule_id, earned_points in points.items():
+        decayed = per_rule.setdefault(rule_id, [])
+        decayed.extend(value * math.pow(2.0, -(ref - ts) / half_life) for ts, value in earned_points)
     totals = [RulePoints(k, total) for k in sorted(per_rule) if (total := math.fsum(per_rule[k]))]
     return ref, totals
 
@@ -174,8 +232,9 @@ def value_summary(value: CustomerValue | None) -> ValueSummary | None:
     )
 
 
-def view_of(state: ContactState, model: Model) -> ContactView:
-    """The read view of ``state`` under ``model`` (the worker's model: fit and caps are its)."""
+def view_of(state: ContactState, model: Model, earned: EarnedPoints | None = None) -> ContactView:
+    """The read view of ``state`` under ``model`` (the worker's model: fit and caps are its);
+    ``earned``: the contact's :class:`EarnedPoints` kept by the caller (the same view, faster)."""
     view = ContactView(
         contact_id=state.contact_id,
         model_version=state.model_version,
@@ -190,7 +249,7 @@ def view_of(state: ContactState, model: Model) -> ContactView:
     fit = fit_of(state, model)
     view.traits = state.traits
     view.fit = FitSummary(fit.score, fit.grade, [RulePoints(c.rule_id, c.points) for c in fit.top])
-    view.engagement_ms, view.engagement = engagement_totals(state, model)
+    view.engagement_ms, view.engagement = engagement_totals(state, model, earned)
     journey = state.journey
     if journey is not None:
         view.journey = JourneyView(

@@ -27,13 +27,15 @@ from scorestream.rfm import DAY_MS
 from scorestream.scoring import EngagementView, round_score
 from scorestream.view import (
     ContactView,
+    EarnedPoints,
     engagement_of_view,
+    engagement_totals,
     fit_of_view,
     value_of_view,
     value_summary,
     view_of,
 )
-from tests.factories import DAY, HOUR, MINUTE, T0, make_event, model_from
+from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, make_event, model_from
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -300,3 +302,41 @@ def test_a_recency_a_day_later_is_one_day_more() -> None:
     view = view_of(fold([events]), MODEL)
     later = value_of_view(view, T0 + DAY_MS, None)
     assert later is not None and later.facts.recency_days == 1.0 and later.facts.frequency == 1
+
+
+@PROPERTY
+@given(histories())
+def test_points_kept_between_states_give_the_totals_computed_afresh(batches: list[list[Event]]) -> None:
+    """The worker keeps a contact's earned points between its views: batch after batch (late events,
+    folds into the base, caps and once-only awards included), the totals are bit for bit those
+    computed from the state alone."""
+    earned = EarnedPoints()
+    state: ContactState | None = None
+    for batch in batches:
+        for event in batch:  # one event at a time: the most states
+            state = step(state, "ann", [event], MODEL).state
+            assert state is not None
+            assert engagement_totals(state, MODEL, earned) == engagement_totals(state, MODEL)
+    assert state is not None
+    other = model_from([{"id": "any", "match": {"type": "page"}, "points": 3}], half_life="3d")
+    assert engagement_totals(state, other, earned) == engagement_totals(state, other)  # another model: afresh
+
+
+def test_points_kept_for_a_busy_contact_continue_where_they_stopped() -> None:
+    earned = EarnedPoints()
+    state: ContactState | None = None
+    caps = None
+    for i in range(300):  # the default model keeps them all: every state extends the one before
+        event = make_event(
+            message_id=f"m{i:04d}",
+            user_id="ann",
+            kind="page",
+            event=None,
+            path="/pricing",
+            timestamp_ms=T0 + i * MINUTE,
+        )
+        state = step(state, "ann", [event], DEFAULT_MODEL).state
+        assert state is not None
+        assert engagement_totals(state, DEFAULT_MODEL, earned) == engagement_totals(state, DEFAULT_MODEL)
+        caps = caps or earned.caps
+    assert earned.caps is caps and earned.count == len(state.hits) == 300  # continued, never restarted
