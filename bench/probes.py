@@ -24,7 +24,9 @@ How a run goes (:func:`measure`):
    on a lost probe is ``null``).
 6. The topic the API follows is read back from the first probe on: the first record of a probe's
    contact at or after its publish time (its CreateTime) splits its latency into the **worker**
-   part (publish -> record on that topic) and the **API** part (record -> served).
+   part (publish -> record on that topic) and the **API** part (record -> served). CreateTime is
+   stamped when the worker hands the record to its producer, so the producer's linger and the
+   broker's append count in the API part.
 
 Consumer-group lag over the worker's topics is sampled through the probing window;
 :func:`lag_trend` compares its last part with its first part.

@@ -150,6 +150,8 @@ def max_sustained_rate(
             "p999_ms": got["p999_ms"],
             "worker_p99_ms": got["worker_p99_ms"],
             "api_p99_ms": got["api_p99_ms"],
+            "anonymous_p99_ms": got["anonymous"]["p99_ms"],
+            "schedule_slip_p99_ms": got["schedule_slip_p99_ms"],
             "lag": got["lag"],
             "sustained": not failures,
             "why_not": failures,
