@@ -31,6 +31,20 @@ async def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
         await admin.close()
 
 
+async def drop_topics(bootstrap: str, marker: str) -> int:
+    """Delete every topic whose name holds ``marker`` (a finished deployment's suffix): a long run
+    keeps the broker's disk to the deployments still running. Returns how many."""
+    admin = clients.admin(KafkaConnection(bootstrap))
+    await admin.start()
+    try:
+        doomed = [topic for topic in await admin.list_topics() if marker in topic]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+    return len(doomed)
+
+
 async def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]]) -> float:
     """Publish ``(topic, key, value)`` records with acks=all; returns records/s of the publish."""
     producer = clients.producer(KafkaConnection(bootstrap), acks="all", linger_ms=20, max_batch_size=1 << 20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -15,9 +16,10 @@ from typing import Any
 
 import orjson
 import yaml
+from aiokafka.errors import KafkaError
 
 from bench import probes
-from bench.harness import create_topic, prefill, process_usage, publish, wait_drained
+from bench.harness import create_topic, drop_topics, prefill, process_usage, publish, wait_drained
 from deploy.traffic import Traffic, iso
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
@@ -126,6 +128,14 @@ def publish_to_api_latency(bootstrap: str, work: Path, plan: probes.Plan, model:
         return figures
     finally:
         svc.stop()
+        _forget(bootstrap, svc.suffix)
+
+
+def _forget(bootstrap: str, suffix: str) -> None:
+    """A finished live deployment's topics, gone: a long run at 10k events/s would fill the
+    broker's disk (its logs stay in its data directory)."""
+    with contextlib.suppress(KafkaError):
+        asyncio.run(drop_topics(bootstrap, suffix))
 
 
 def max_sustained_rate(

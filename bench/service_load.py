@@ -28,6 +28,7 @@ import httpx
 
 from bench import probes
 from bench.harness import process_usage
+from bench.scenarios import _forget
 from tests.e2e.service import API_KEY, REPO, WRITE_KEY, free_port, isolated_env
 
 
@@ -133,6 +134,7 @@ def service_latency(bootstrap: str, work: Path, plan: probes.Plan, model: Path |
         figures = probes.measure(probes.target_of(svc.env, svc.url), plan)
         wall = time.perf_counter() - started
         after = {pid: _cpu(pid) for pid in pids}
+    _forget(bootstrap, svc.suffix)
     figures["service_processes"] = len(pids)
     figures["service_cpu_cores"] = round(sum(after[p] - before[p] for p in pids) / wall, 2) if wall > 0 else None
     return figures
