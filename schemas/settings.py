@@ -182,7 +182,10 @@ class Settings(BaseSettings):
     timer_interval_s: float = Field(
         default=1.0,
         gt=0,
-        description="How often a worker sends ticks to contacts whose timers or decay-driven transitions are due.",
+        description=(
+            "The longest a contact whose timer or decay-driven transition is due waits for its tick"
+            " (the worker's clock beats ten times per interval, ticking the contacts due by then)."
+        ),
     )
     view_interval_ms: int = Field(
         default=30,

@@ -53,7 +53,7 @@ from streams.deadletter import Unprocessable, batch_error, dead_letter
 from streams.identity_replica import register_identity_replica
 from streams.population_feed import register_population
 from streams.state_cache import Acks, FaustAcks, StateCache, writer_for
-from streams.timers import TickClock, TimerIndex
+from streams.timers import TickClock, TimerIndex, beat_interval_s
 from streams.transport import (
     MAX_RECORD_BYTES,
     ScorestreamApp,
@@ -441,7 +441,7 @@ def register(w: Wiring, settings: Settings, model: Model, acks: Acks | None = No
             except Exception:  # held records stay unacknowledged; the next beat tries again
                 log.exception("state cache: flush failed")
 
-    @w.app.timer(interval=settings.timer_interval_s, name="clock")
+    @w.app.timer(interval=beat_interval_s(settings.timer_interval_s), name="clock")
     async def beat() -> None:
         await pipeline.beat()
 

@@ -2,17 +2,22 @@
 
 Each contact's state says when time alone would next change it (``journey.next_due_ms``: a cart
 timer, a lapse timer, engagement decaying past a guard or a threshold). The worker keeps those
-instants for the contacts of the partitions it owns in a heap; every ``timer_interval_s`` it sends
-a :class:`~scorestream.fold.Tick` to each contact that is due, on the contacts topic, keyed
-like its events. The contacts agent applies it like any message (so it is ordered with the
-contact's events, written to the changelog, and replayed after a crash), walks the lifecycle to
-the tick's instant, emits the triggers and records the contact's next due instant.
+instants for the contacts of the partitions it owns in a heap; its clock beats
+``BEATS_PER_INTERVAL`` times every ``timer_interval_s`` and each beat sends a
+:class:`~scorestream.fold.Tick` to each contact due by then, on the contacts topic, keyed like its
+events. So the ticks of a second reach the contacts stage in slices across it, not all at once
+(at most ``max_ticks / BEATS_PER_INTERVAL`` a beat: a crowd of contacts due at the same instant,
+the carts of a campaign's clicks, is paced over the beats that follow). The contacts agent applies
+a tick like any message (so it is ordered with the contact's events, written to the changelog,
+and replayed after a crash), walks the lifecycle to the tick's instant, emits the triggers and
+records the contact's next due instant.
 
 Nothing is held only in memory: the due instants live in the contact states (the contacts table,
 restored from its changelog), and the heap is rebuilt from the table whenever the worker's
 partitions change (start, rebalance). A tick lost in a crash is sent again, since the contact
-still says it is due. A trigger therefore fires at most ``timer_interval_s`` plus the pipeline's
-latency after its due time (``make bench`` measures it).
+still says it is due. A trigger therefore fires at most ``timer_interval_s`` (a beat, when fewer
+than ``max_ticks`` a second come due) plus the pipeline's latency after its due time (``make
+bench`` measures it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ from scorestream.fold import Tick
 
 log = logging.getLogger(__name__)
 REBUILD_YIELD_EVERY = 5000
+BEATS_PER_INTERVAL = 10
+"""Beats of the clock per ``timer_interval_s``: each sends the ticks due by then."""
+
+
+def beat_interval_s(timer_interval_s: float) -> float:
+    """How often the clock beats (the worker's ``clock`` timer)."""
+    return timer_interval_s / BEATS_PER_INTERVAL
 
 
 class _DueView(msgspec.Struct):
@@ -92,7 +104,8 @@ class TimerIndex:
 
 
 class TickClock:
-    """Sends ticks to due contacts; rebuilds the index when the assignment changes."""
+    """Sends ticks to due contacts, a slice a beat (``max_ticks`` per ``timer_interval_s`` at
+    most, spread over its ``beats``); rebuilds the index when the assignment changes."""
 
     def __init__(
         self,
@@ -102,12 +115,14 @@ class TickClock:
         send_ticks: Callable[[list[tuple[str, Tick]]], None],
         max_ticks: int,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        beats: int = BEATS_PER_INTERVAL,
     ) -> None:
         self.index = index
         self.assignment = assignment
         self.table_items = table_items
         self.send_ticks = send_ticks
         self.max_ticks = max_ticks
+        self.per_beat = max(1, -(-max_ticks // beats))  # the interval's budget, spread over its beats
         self.wall_ms = wall_ms
         self.built_for: frozenset[int] | None = None
         self.unreadable = 0  # table values skipped by rebuilds (logged with their key)
@@ -135,12 +150,13 @@ class TickClock:
         log.info("timer index rebuilt: %d due contacts on partitions %s", len(self.index), sorted(partitions))
 
     async def tick(self) -> int:
-        """One beat: rebuild if the partitions changed, then tick the due contacts."""
+        """One beat: rebuild if the partitions changed, then tick the contacts due by now (the
+        earliest first, at most ``per_beat``; the rest on the next beats)."""
         partitions = self.assignment()
         if partitions != self.built_for:
             await self.rebuild(partitions)
         now = self.wall_ms()
-        due = self.index.pop_due(now, self.max_ticks)
+        due = self.index.pop_due(now, self.per_beat)
         if due:
             self.send_ticks([(key, Tick(now)) for key, _ in due])
         return len(due)
