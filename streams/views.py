@@ -35,7 +35,7 @@ from schemas.settings import Settings
 from schemas.state import decode_state
 from schemas.view import encode_view
 from scorestream import ContactState, Model
-from scorestream.view import EarnedPoints, view_of
+from scorestream.view import EarnedPoints, FitMemo, view_of
 from streams.app import Wiring
 from streams.transport import MAX_RECORD_BYTES
 
@@ -72,6 +72,7 @@ class ViewFeed:
         # contact id -> its latest state, waiting for its interval to pass (None: a tombstone)
         self.pending: dict[str, ContactState | None] = {}
         self.earned: OrderedDict[str, EarnedPoints] = OrderedDict()
+        self.fits = FitMemo(model)
         self.views_sent = 0
         self.failed = 0
 
@@ -108,7 +109,8 @@ class ViewFeed:
         self.sent[key] = now
         self.sent.move_to_end(key)
         try:
-            value = None if state is None else encode_view(view_of(state, self.model, self._earned(key, state)))
+            view = None if state is None else view_of(state, self.model, self._earned(key, state), self.fits)
+            value = None if view is None else encode_view(view)
             if value is not None and len(value) + len(key) > MAX_RECORD_BYTES:
                 raise ValueError(f"a view of {len(value)} bytes; a record holds {MAX_RECORD_BYTES}")
             raw_key = key.encode()

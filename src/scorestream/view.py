@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 from scorestream.journey import StageEntry
 from scorestream.population import ClvInputs, PopulationModel, ValueView, _clv_figures
 from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, clv_summary, rfm_score, summary
+from scorestream.rules.common import lookup
 from scorestream.rules.model import Model
 from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
 from scorestream.scoring import Contribution, EngagementView, FitView, band_of, fit_of, round_score
@@ -41,6 +42,7 @@ __all__ = [
     "VIEW_VERSION",
     "ContactView",
     "EarnedPoints",
+    "FitMemo",
     "FitSummary",
     "JourneyView",
     "RulePoints",
@@ -183,6 +185,40 @@ class EarnedPoints:
         return per_rule
 
 
+class FitMemo:
+    """Fit by the values the model's fit rules read (a fit rule reads a few traits; most contacts
+    share their values: none at all, the same title or industry), for one model. A value other
+    than a string, a number, a boolean or null is not remembered: that contact's fit is computed."""
+
+    __slots__ = ("fields", "limit", "memo", "model")
+
+    def __init__(self, model: Model, limit: int = 10_000) -> None:
+        self.model = model
+        self.limit = limit
+        self.fields = sorted({p.field for r in model.fit_rules for p in r.when})
+        self.memo: dict[tuple[tuple[str, str], ...], FitSummary] = {}
+
+    def fit(self, state: ContactState) -> FitSummary:
+        traits = state.traits
+        key: list[tuple[str, str]] = []
+        for f in self.fields:
+            value = lookup(traits, f)
+            if value is not None and not isinstance(value, str | int | float):
+                return _fit_summary(state, self.model)
+            key.append((type(value).__name__, repr(value)))
+        found = self.memo.get(k := tuple(key))
+        if found is None:
+            if len(self.memo) >= self.limit:
+                self.memo.clear()
+            found = self.memo[k] = _fit_summary(state, self.model)
+        return found
+
+
+def _fit_summary(state: ContactState, model: Model) -> FitSummary:
+    fit = fit_of(state, model)
+    return FitSummary(fit.score, fit.grade, [RulePoints(c.rule_id, c.points) for c in fit.top])
+
+
 def engagement_totals(
     state: ContactState, model: Model, earned: EarnedPoints | None = None
 ) -> tuple[int, list[RulePoints]]:
@@ -232,9 +268,12 @@ def value_summary(value: CustomerValue | None) -> ValueSummary | None:
     )
 
 
-def view_of(state: ContactState, model: Model, earned: EarnedPoints | None = None) -> ContactView:
+def view_of(
+    state: ContactState, model: Model, earned: EarnedPoints | None = None, fits: FitMemo | None = None
+) -> ContactView:
     """The read view of ``state`` under ``model`` (the worker's model: fit and caps are its);
-    ``earned``: the contact's :class:`EarnedPoints` kept by the caller (the same view, faster)."""
+    ``earned``: the contact's :class:`EarnedPoints` kept by the caller, ``fits``: a
+    :class:`FitMemo` of ``model`` (the same view, faster)."""
     view = ContactView(
         contact_id=state.contact_id,
         model_version=state.model_version,
@@ -246,9 +285,8 @@ def view_of(state: ContactState, model: Model, earned: EarnedPoints | None = Non
     )
     if state.merged_into is not None:
         return view
-    fit = fit_of(state, model)
     view.traits = state.traits
-    view.fit = FitSummary(fit.score, fit.grade, [RulePoints(c.rule_id, c.points) for c in fit.top])
+    view.fit = fits.fit(state) if fits is not None and fits.model is model else _fit_summary(state, model)
     view.engagement_ms, view.engagement = engagement_totals(state, model, earned)
     journey = state.journey
     if journey is not None:

@@ -28,6 +28,7 @@ from scorestream.scoring import EngagementView, round_score
 from scorestream.view import (
     ContactView,
     EarnedPoints,
+    FitMemo,
     engagement_of_view,
     engagement_totals,
     fit_of_view,
@@ -340,3 +341,31 @@ def test_points_kept_for_a_busy_contact_continue_where_they_stopped() -> None:
         assert engagement_totals(state, DEFAULT_MODEL, earned) == engagement_totals(state, DEFAULT_MODEL)
         caps = caps or earned.caps
     assert earned.caps is caps and earned.count == len(state.hits) == 300  # continued, never restarted
+
+
+SHARED_FITS = FitMemo(DEFAULT_MODEL)
+_trait_values = st.one_of(
+    st.sampled_from(["CEO", "ceo", "VP Marketing", "Engineer", "software", "retail", "1", "500", ""]),
+    st.integers(-5, 5000),
+    st.sampled_from([0.0, -0.0, 1.0, 499.5, 500.0, float("nan")]),
+    st.booleans(),
+    st.none(),
+    st.lists(st.sampled_from(["a", "software"]), max_size=2),
+    st.dictionaries(st.sampled_from(["country", "size"]), st.sampled_from(["US", "GB", "de", 7, None]), max_size=2),
+)
+
+
+@PROPERTY
+@given(st.dictionaries(st.sampled_from(["address", "email", "employees", "industry", "title", "note"]), _trait_values))
+def test_remembered_fits_are_the_fits_of_the_traits(traits: dict[str, Any]) -> None:
+    """Traits the fit rules read (``address.country`` among them), of every type a trait can hold."""
+    state = ContactState(contact_id="ann", model_version=DEFAULT_MODEL.version, traits=traits)
+    expected = fit_of(state, DEFAULT_MODEL)
+    for fits in (SHARED_FITS, FitMemo(DEFAULT_MODEL)):
+        got = fits.fit(state)
+        assert (got.score, got.grade, [(r.rule_id, r.points) for r in got.top]) == (
+            expected.score,
+            expected.grade,
+            [(c.rule_id, c.points) for c in expected.top],
+        )
+        assert fit_of_view(view_of(state, DEFAULT_MODEL, fits=fits), DEFAULT_MODEL) == expected
