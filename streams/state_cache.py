@@ -10,7 +10,7 @@ once per flush::
     contacts agent ── get / put ──► StateCache: dirty states by partition, clean ones in an LRU
                                        │ flush: at most every SCORESTREAM_STATE_FLUSH_MS, when more
                                        │ than SCORESTREAM_STATE_FLUSH_MAX_DIRTY are dirty, before
-                                       │ every offset commit, on partition revocation and at stop
+                                       │ every offset commit, on assignment and at stop
                                        ▼
                        per partition: encode each dirty state once, one RocksDB write batch, the
                        partition's changelog records queued together, one persisted-offset write
@@ -24,7 +24,9 @@ from the acknowledged records and then flushes the producer, which waits for eve
 before it (:class:`streams.transport.SnapshotFlushBuffer`), before it commits: input offsets are
 never committed before the changelog records of their effects are acknowledged. A SIGKILL loses
 the dirty states and the uncommitted offsets together; the restarted worker re-reads those
-records and folds them again onto the last flushed states (duplicates by message id).
+records and folds them again onto the last flushed states (duplicates by message id). A
+partition revocation drops its dirty states the same way (:meth:`StateCache.partitions_revoked`
+says why it does not flush).
 
 The changelog's persisted offset follows :class:`streams.transport.ContiguousOffsetTable`'s rule
 once per flushed group: the offsets of a group's records are applied in order, each one only
@@ -356,18 +358,23 @@ class StateCache:
             self.flush_quietly("commit")
 
     def partitions_revoked(self, revoked: set[TP]) -> None:
-        """Flush before Faust forgets the revoked partitions' acknowledgements (and before their
-        databases close); then forget their states: another worker may write them before they
-        come back. If the flush failed, their dirty states are dropped and their records released
-        (Faust discards the acknowledgements of revoked partitions right after this: nothing is
-        committed for them, their next owner reads them again from the committed offsets)."""
+        """Drop the revoked partitions' states, written or not, and let their held records go.
+
+        Not a flush: Faust forgets the acknowledgements of revoked partitions right after this
+        (before its own revocation commit), so nothing is committed for them whatever is written
+        now; their records are read again from the committed offsets, by this worker or their
+        next owner, and fold onto the last written states. A flush here would also be the worst
+        moment to write: a worker learns of a revocation late when it lost its group membership
+        (a broker outage), while the new owner already writes the same contacts; its unwritten
+        states would land on the changelog after the new owner's newer ones (the known issue of
+        ``ContiguousOffsetTable``, streams/transport.py). The held records are released so that
+        Faust's wait for unacknowledged records ends; their acknowledgements are discarded."""
         partitions = {tp.partition for tp in revoked if tp.topic == self.topic}
-        self.flush_quietly("revocation")
         for partition in partitions:
             lost = self.dirty.pop(partition, None)
             if lost:
                 self.dirty_count -= len(lost)
-                log.warning("state cache: %d unwritten states of partition %d dropped", len(lost), partition)
+                log.info("state cache: %d unwritten states of revoked partition %d dropped", len(lost), partition)
         if not self.dirty_count:
             self.dirty_since = None
         keep = []

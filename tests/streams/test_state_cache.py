@@ -144,20 +144,13 @@ def test_more_dirty_states_than_the_bound_flush_at_once() -> None:
     assert c.maybe_flush() and writes.writes() == [(0, ["a", "b", "c", "d"])]
 
 
-def test_commits_revocations_assignments_and_the_stop_flush_first() -> None:
+def test_commits_assignments_and_the_stop_flush_first() -> None:
     writes, clock = Writes(), Clock()
     c = cache(writes, clock)
     c.put(0, "a", _state("a", 1), [])
     c.hold(Msg(0, 7))
     c.before_commit()  # not due, but a commit is about to compute its offsets
     assert writes.writes() == [(0, ["a"])] and [m.offset for m in writes.released()] == [7]
-
-    c.put(0, "b", _state("b", 1), [])
-    c.put(1, "c", _state("c", 1), [])
-    c.partitions_revoked({TP(TOPIC, 0), TP("other", 1)})
-    assert writes.writes()[1:] == [(0, ["b"]), (1, ["c"])]
-    assert c.get(0, "a") is None and c.get(0, "b") is None  # partition 0's states: forgotten
-    assert c.get(1, "c") is not None  # partition 1 stays assigned (of the contacts topic)
 
     c.put(1, "c", _state("c", 2), [])
     c.partitions_assigned()
@@ -166,6 +159,25 @@ def test_commits_revocations_assignments_and_the_stop_flush_first() -> None:
     c.put(1, "d", _state("d", 1), [])
     c.stopping()
     assert writes.writes()[-1] == (1, ["d"])
+
+
+def test_a_revocation_drops_the_partitions_states_unwritten_and_lets_their_records_go() -> None:
+    writes, clock = Writes(), Clock()
+    c = cache(writes, clock)
+    c.put(0, "a", _state("a", 1), [])
+    c.flush()  # a: written, clean
+    c.put(0, "b", _state("b", 1), [])
+    c.put(1, "c", _state("c", 1), [])
+    c.hold(Msg(0, 1))
+    c.hold(Msg(1, 1))
+    c.partitions_revoked({TP(TOPIC, 0), TP("other", 1)})
+    assert writes.writes() == [(0, ["a"])]  # nothing written at the revocation
+    # Faust forgets partition 0's acknowledgements next: its records are read again
+    assert [m.partition for m in writes.released()] == [0] and [m.partition for m in c.held] == [1]
+    assert c.get(0, "a") is None and c.get(0, "b") is None  # partition 0's states: forgotten
+    assert c.get(1, "c") is not None and c.dirty_count == 1  # partition 1 of the contacts topic stays
+    c.flush()
+    assert writes.writes()[-1] == (1, ["c"])
 
 
 def test_a_failed_write_keeps_the_states_dirty_and_the_records_held() -> None:
@@ -181,20 +193,6 @@ def test_a_failed_write_keeps_the_states_dirty_and_the_records_held() -> None:
     writes.fail = False
     c.flush()
     assert decode_state(writes.table["a"]) == newer and [m.offset for m in writes.released()] == [1]
-
-
-def test_a_revocation_whose_flush_fails_drops_the_partitions_states_and_lets_their_records_go() -> None:
-    writes, clock = Writes(), Clock()
-    c = cache(writes, clock)
-    c.put(0, "a", _state("a", 1), [])
-    c.put(1, "b", _state("b", 1), [])
-    c.hold(Msg(0, 1))
-    c.hold(Msg(1, 1))
-    writes.fail = True
-    c.partitions_revoked({TP(TOPIC, 0)})
-    # Faust forgets partition 0's acknowledgements next: it is read again by its next owner
-    assert [m.partition for m in writes.released()] == [0]
-    assert c.get(0, "a") is None and c.get(1, "b") is not None and c.dirty_count == 1
 
 
 def test_a_state_that_cannot_be_written_parks_its_messages_and_the_others_are_written() -> None:
