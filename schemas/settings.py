@@ -92,11 +92,12 @@ class Settings(BaseSettings):
         description="Longest a worker's fetch waits on the broker for new records (latency vs. requests).",
     )
     producer_linger_ms: int = Field(
-        default=5,
+        default=0,
         ge=0,
         le=1000,
         description="How long the worker's producer waits to fill a batch before sending it (internal topics, "
-        "changelogs, triggers): each internal hop adds up to this much latency.",
+        "changelogs, triggers): each internal hop adds up to this much latency. 0: at once; records queued while "
+        "a request is in flight still go together (one request in flight per broker).",
     )
     commit_interval_s: float = Field(default=1.0, gt=0, description="Seconds between offset commits.")
     session_timeout_s: float = Field(
