@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import rocksdict
 from faust.types import TP
 
 from schemas.state import decode_state, encode
 from scorestream import ContactState, apply_events
-from streams.state_cache import MappingWriter, StateCache, persist_contiguous, writer_for
+from streams.state_cache import MappingWriter, RocksWriter, StateCache, persist_contiguous, writer_for
 from streams.transport import TooLarge
 from tests.factories import DEFAULT_MODEL, make_event
 
@@ -281,3 +282,86 @@ def test_a_plain_mapping_gets_a_mapping_writer_and_a_faust_table_off_rocksdb_is_
 
     with pytest.raises(TypeError, match="RocksDB"):
         writer_for(MemoryTable())
+
+
+class Result:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.topic_partition = TP("t-contacts-changelog", partition)
+        self.offset = offset
+
+
+class Sent:
+    def __init__(self, result: Result) -> None:
+        self._result = result
+
+    def result(self) -> Result:
+        return self._result
+
+
+class Changelog:
+    """The changelog topic: what is sent, acknowledged later with consecutive offsets."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.next_offset = 40
+
+    def send_soon(self, **kwargs: Any) -> None:
+        self.sent.append(kwargs)
+
+    def acknowledge(self) -> None:
+        for record in self.sent:
+            record["callback"](Sent(Result(record["partition"], self.next_offset)))
+            self.next_offset += 1
+        self.sent.clear()
+
+
+class RocksStore:
+    """The parts of Faust's RocksDB store the writer uses, over real RocksDB databases."""
+
+    offset_key = b"__faust\x00offset__"
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+        self.dbs: dict[int, Any] = {}
+        self._key_index: dict[bytes, int] = {}
+        self.offset_writes = 0
+
+    def _db_for_partition(self, partition: int) -> Any:
+        if partition not in self.dbs:
+            self.dbs[partition] = rocksdict.Rdict(
+                str(self.path / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
+            )
+        return self.dbs[partition]
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        raw = self._db_for_partition(tp.partition).get(self.offset_key)
+        return None if raw is None else int(raw)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        self.offset_writes += 1
+        self._db_for_partition(tp.partition).put(self.offset_key, str(offset).encode())
+
+
+class RocksTable:
+    def __init__(self, path: Any) -> None:
+        self.data = RocksStore(path)
+        self.changelog_topic = Changelog()
+
+
+def test_the_rocksdb_writer_writes_one_batch_sends_each_state_and_stores_the_offset_once(tmp_path: Any) -> None:
+    table = RocksTable(tmp_path)
+    writer = writer_for(table)
+    assert isinstance(writer, RocksWriter)
+    table.data.set_persisted_offset(TP("t-contacts-changelog", 1), 39)
+    writer.write(1, [("u-1", b"one"), ("u-2", b"two")])
+
+    db = table.data._db_for_partition(1)
+    assert db[b"u-1"] == b"one" and db[b"u-2"] == b"two"  # in RocksDB before anything is acknowledged
+    assert table.data._key_index == {b"u-1": 1, b"u-2": 1}  # where Faust's reads without an event look
+    sent = table.changelog_topic.sent
+    assert [(s["key"], s["value"], s["partition"]) for s in sent] == [(b"u-1", b"one", 1), (b"u-2", b"two", 1)]
+    assert {(s["key_serializer"], s["value_serializer"]) for s in sent} == {("raw", "raw")}
+
+    table.changelog_topic.acknowledge()  # offsets 40, 41: they follow the stored 39
+    assert table.data.persisted_offset(TP("t-contacts-changelog", 1)) == 41
+    assert table.data.offset_writes == 2  # the test's own, then one for the group (not one per record)
