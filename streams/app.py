@@ -4,7 +4,8 @@ Topics (``P`` = ``SCORESTREAM_PARTITIONS``)::
 
     events.web | events.email | events.store   Segment JSON from producers (any key, any partitioning)
     events.deadletter                          rejected input: original bytes + reason headers
-    <app>.identity      key anonymousId        validated events that carry an anonymous id
+    <app>.identity      key anonymousId        validated events that carry an anonymous id (not those the
+                                               identity fast path sends on: streams/identity_replica.py)
     <app>.contacts      key contact id         events, merges and absorbs for one contact
     <app>-identity-changelog, <app>-contacts-changelog   table changelogs (compacted)
     <app>.workers       key worker id          worker status (starting / ready / stopped)

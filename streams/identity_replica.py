@@ -114,16 +114,25 @@ class IdentityReplica:
         return contact
 
     async def run(self, settings: Settings, changelog: str) -> None:
-        """Follow ``changelog`` (every partition, from the beginning) for ever."""
-        await follow(
-            self,
-            settings,
-            [changelog],
-            self.apply,
-            "identity replica",
-            settings.fetch_max_wait_ms,
-            absent_is_empty=True,
-        )
+        """Follow ``changelog`` (every partition, from the beginning) for ever. A failure that is
+        not the broker's (those ``follow`` retries itself) starts the reading again after a pause:
+        meanwhile the replica only misses new links, which costs their events the identity hop."""
+        while True:
+            try:
+                await follow(
+                    self,
+                    settings,
+                    [changelog],
+                    self.apply,
+                    "identity replica",
+                    settings.fetch_max_wait_ms,
+                    absent_is_empty=True,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug: read again rather than stop following the links
+                log.exception("identity replica: reading %s failed; reading again in 5 s", changelog)
+                await asyncio.sleep(5.0)
 
 
 def register_identity_replica(w: Wiring, settings: Settings) -> IdentityReplica | None:

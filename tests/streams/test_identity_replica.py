@@ -4,6 +4,7 @@ the same on the real broker is ``tests/e2e/test_identity_fast_path.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streams.agents
+import streams.identity_replica
 from schemas.settings import Settings
 from schemas.state import encode
 from scorestream import Event, IdentityLink
@@ -202,3 +204,22 @@ def test_the_identity_stage_puts_the_links_it_reads_back_into_the_replica() -> N
     assert worker.forwarded("contacts")[-1].key == "u-1"
     assert len(worker.topics["identity"].sent) == 2
     assert anonymous_contact_id("a-1") in [i.key for i in worker.forwarded("contacts")]  # the merge
+
+
+def test_the_replica_reads_again_after_a_failure_that_is_not_the_brokers(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    async def follow(*args: Any, **kwargs: Any) -> None:
+        calls.append(args[2][0])
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        raise asyncio.CancelledError  # the worker stops
+
+    async def no_pause(_: float) -> None:
+        pass
+
+    monkeypatch.setattr(streams.identity_replica, "follow", follow)
+    monkeypatch.setattr(asyncio, "sleep", no_pause)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(IdentityReplica(10).run(SETTINGS, "ss-identity-changelog"))
+    assert calls == ["ss-identity-changelog", "ss-identity-changelog"]
