@@ -18,7 +18,7 @@ How a run goes (:func:`measure`):
    (up to 1000 ids a request): a probe is visible when its contact is served with ``last_seen``
    at or after the probe's event time. Its time is when that answer arrived (an upper bound;
    polls are ``poll_ms`` apart, and further apart as the oldest outstanding probe ages: at most
-   2% of its age, so a worker seconds behind is not also buried in polls).
+   2% of its age and at most a second, so a worker seconds behind is not also buried in polls).
 5. Once every probe is visible or ``drain_s`` after the last one was sent, the run stops; a probe
    never seen is **lost** and counts as infinitely late in the percentiles (a percentile that lands
    on a lost probe is ``null``).
@@ -59,6 +59,7 @@ from tests.e2e.service import API_KEY, REPO
 
 BATCH_IDS = 1000  # schemas.api.MAX_BATCH_IDS
 POLL_AGE_SHARE = 0.02  # polls of old probes at most this share of their age apart
+POLL_MAX_S = 1.0
 LAG_SAMPLE_S = 1.0
 
 
@@ -85,8 +86,9 @@ def anonymous_flags(count: int, share: float) -> list[bool]:
 
 
 def poll_delay_s(base_s: float, oldest_age_s: float) -> float:
-    """Seconds between polls: ``base_s``, or 2% of the oldest outstanding probe's age if longer."""
-    return max(base_s, POLL_AGE_SHARE * oldest_age_s)
+    """Seconds between polls: ``base_s``, or 2% of the oldest outstanding probe's age if longer
+    (at most a second)."""
+    return max(base_s, min(POLL_MAX_S, POLL_AGE_SHARE * oldest_age_s))
 
 
 @dataclass(frozen=True)

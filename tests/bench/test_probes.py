@@ -3,14 +3,22 @@ the sustained verdict and the probes' summary."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import math
+import time
+from collections import Counter
 
+import httpx
 import pytest
 
 from bench.probes import (
     Plan,
     Probe,
+    Target,
+    _poll,
+    _Run,
     anonymous_flags,
     lag_trend,
     make_probes,
@@ -20,6 +28,7 @@ from bench.probes import (
     summarise,
     sustained_failures,
 )
+from deploy.traffic import iso
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -68,6 +77,7 @@ def test_polls_space_out_as_the_oldest_probe_ages() -> None:
     assert poll_delay_s(0.005, 0.0) == 0.005
     assert poll_delay_s(0.005, 0.1) == 0.005
     assert poll_delay_s(0.005, 10.0) == pytest.approx(0.2)
+    assert poll_delay_s(0.005, 3600.0) == 1.0
 
 
 def test_lag_trend_tells_a_steady_lag_from_a_growing_one() -> None:
@@ -136,3 +146,48 @@ def test_a_rate_is_sustained_only_when_every_condition_holds() -> None:
         "lag grew by 9000.0 events (tolerance 2000.0)"
     ]
     assert sustained_failures(_figures(lag=None)) == ["no lag samples"]
+
+
+def _api(visible_after: dict[str, int], last_seen: dict[str, str]) -> httpx.MockTransport:
+    """A batchGet that serves contact ``id`` from its ``visible_after[id]``-th request on, with
+    ``last_seen[id]``; the anonymous probes' contacts are served from the start with an older time."""
+    asked: Counter[str] = Counter()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        ids = json.loads(request.content)["ids"]
+        contacts, missing = [], []
+        for ident in ids:
+            asked[ident] += 1
+            if asked[ident] >= visible_after.get(ident, 10**9):
+                contacts.append({"contact_id": ident, "last_seen": last_seen[ident]})
+            elif ident.startswith("anon-user"):
+                contacts.append({"contact_id": ident, "last_seen": "2020-01-01T00:00:00Z"})
+            else:
+                missing.append(ident)
+        return httpx.Response(200, json={"contacts": contacts, "not_found": missing})
+
+    return httpx.MockTransport(handle)
+
+
+def test_the_poller_marks_a_probe_visible_only_once_served_with_its_event() -> None:
+    sent_ms = float(int(time.time() * 1000) - 50)
+    stamp = iso(int(sent_ms))
+    probes = [
+        Probe(contact_id="user-a", anonymous_id=None, due_s=0.0, sent_ms=sent_ms),
+        Probe(contact_id="anon-user-b", anonymous_id="anon-b", due_s=0.0, sent_ms=sent_ms),
+        Probe(contact_id="user-c", anonymous_id=None, due_s=0.0, sent_ms=sent_ms),  # never served: lost
+    ]
+    target = Target("k:1", "http://api", {}, "views", "g", [])
+    run = _Run(target, Plan(rate=0, probes=3, poll_ms=1, drain_s=0.3), probes, sending_done=True)
+    transport = _api({"user-a": 2, "anon-user-b": 3}, {"user-a": stamp, "anon-user-b": stamp})
+
+    async def go() -> None:
+        async with httpx.AsyncClient(base_url="http://api", transport=transport) as http:
+            await _poll(run, http)
+
+    asyncio.run(go())
+    a, b, c = probes
+    assert a.visible_ms is not None and b.visible_ms is not None
+    assert a.visible_ms <= b.visible_ms  # b's contact was served stale (an older last_seen) one poll longer
+    assert c.visible_ms is None and math.isinf(c.latency_ms)
+    assert run.polls >= 3 and run.poll_errors == 0
