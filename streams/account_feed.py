@@ -26,6 +26,7 @@ from scorestream.accounts import AccountState, MemberUpdate, apply_member_update
 from scorestream.triggers import make_trigger
 from streams.app import Wiring
 from streams.deadletter import batch_error, dead_letter
+from streams.sends import BatchedSends
 from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, records_of
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,15 @@ class AccountFeed:
                 value = repr(update).encode(errors="replace")
             dead_letter(self.w, source, value, "unsendable", str(exc), exc, update.account_id.encode())
 
+        sends = BatchedSends.for_topic(self.topic)  # with the batch's other records (streams.sends)
         for partition, queued in self.pending.items():
             items = sorted(queued.values(), key=lambda u: (u.account_id, u.contact_id))
             for chunk, value in encode_chunks(items, _encode_members, refuse, MAX_ITEMS_PER_RECORD):
-                self.topic.send_soon(key=chunk[0].account_id.encode(), value=value, partition=partition)
+                key = chunk[0].account_id.encode()
+                if sends is not None:
+                    sends.add(self.topic, key, value, partition=partition)
+                else:
+                    self.topic.send_soon(key=key, value=value, partition=partition)
         self.pending.clear()
 
 

@@ -3,9 +3,10 @@
 Every agent receives a fetched batch of one partition's records as one stream event
 (:mod:`streams.transport`), does the per-event work with the pure core, reads and writes each
 table key once per batch, and produces its output as one
-:class:`~schemas.state.Batch` record per destination partition with ``send_soon``. Faust flushes
-the producer before it commits offsets, so output is durable before input is acknowledged:
-at-least-once, made idempotent by message ids.
+:class:`~schemas.state.Batch` record per destination partition, put into Faust's producer buffer
+as one item with the batch's triggers (:mod:`streams.sends`). Faust flushes the producer before it
+commits offsets, so output is durable before input is acknowledged: at-least-once, made idempotent
+by message ids.
 
 Each record (and each key of a fold) is handled inside its own ``try``: one that fails, for any
 reason, is dead-lettered alone and the rest of the batch goes on; no exception leaves an agent
@@ -52,6 +53,7 @@ from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
 from streams.identity_replica import register_identity_replica
 from streams.population_feed import register_population
+from streams.sends import BatchedSends
 from streams.state_cache import Acks, FaustAcks, StateCache, writer_for
 from streams.timers import TickClock, TimerIndex, beat_interval_s
 from streams.transport import (
@@ -104,9 +106,14 @@ class Outbox:
         self.put(self.item(topic, key, env))
 
     def flush(self) -> None:
+        """The records into the producer buffer now (as one item: :mod:`streams.sends`)."""
         for (topic, partition), items in self.pending.items():
+            sends = BatchedSends.for_topic(topic)
             for chunk, value in encode_chunks(items, _encode_raw, self.refuse, MAX_ITEMS_PER_RECORD):
-                topic.send_soon(key=chunk[0].key.encode(), value=value, partition=partition)
+                if sends is not None:
+                    sends.add(topic, chunk[0].key.encode(), value, partition=partition)
+                else:  # an app without batched sends (the tests' fakes)
+                    topic.send_soon(key=chunk[0].key.encode(), value=value, partition=partition)
         self.pending.clear()
 
 

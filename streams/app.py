@@ -167,7 +167,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
         private_deadletter=app.topic(settings.private_deadletter_topic, key_type=bytes, value_type=bytes),
         namespace=settings.ns,
         registry=registry or Registry(settings.app_id),
-        sends=BatchedSends(app),
+        sends=BatchedSends.of(app),
         views_topic=app.topic(
             settings.views_topic,
             key_type=bytes,
