@@ -84,6 +84,7 @@ class RestoreStats:
     partitions: int = 0
     seconds: float = 0.0
     stalled: list[TopicPartition] = field(default_factory=list)
+    written: set[TopicPartition] = field(default_factory=set)  # partitions that received records
 
 
 def _persisted_offset(db: Any) -> int | None:
@@ -146,6 +147,7 @@ async def restore_partitions(
             if records:
                 _write(dbs[tp], records)
                 stats.records += len(records)
+                stats.written.add(tp)
                 idle_since = time.monotonic()
         for tp in list(pending):
             if await consumer.position(tp) >= ends[tp]:
@@ -300,6 +302,10 @@ class ShareRestore:
             dbs = {tp: self._db(tp) for tp in todo}
             stats = await restore_partitions(consumer, dbs, ends, self.should_stop)
             consumer.unsubscribe()  # idle until the next rebalance: no fetches
+            for tp in stats.written:
+                # to SST files: the memtables would otherwise keep what was restored in memory
+                # (up to 3 x 64 MiB per partition database) with its write-ahead log on disk
+                dbs[tp].flush()
         except Exception:  # the bulk path is a shortcut: Faust's recovery is the sure one
             log.warning("restore failed: %s left to Faust's recovery", todo, exc_info=True)
             await self.close()

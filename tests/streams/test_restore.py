@@ -133,7 +133,7 @@ def test_restore_partitions_applies_each_from_its_stored_offset_with_deletes_and
     db.put(OFFSET_KEY, b"0")  # b already applied offset 0
     consumer = FakeConsumer(logs)
     stats = asyncio.run(restore_partitions(consumer, {a: da, b: db}, {a: 4, b: 2}))
-    assert (stats.records, stats.partitions, stats.stalled) == (5, 2, [])
+    assert (stats.records, stats.partitions, stats.stalled, stats.written) == (5, 2, [], {a, b})
     assert dict(da.items()) == {b"x": b"2", OFFSET_KEY: b"3"}
     assert dict(db.items()) == {b"z": b"new", OFFSET_KEY: b"1"}
     assert consumer.paused == {a, b}
@@ -314,3 +314,45 @@ def test_a_failed_restore_leaves_its_partitions_to_faust_and_retries_at_the_next
     assert stats.stalled == [tp(C, 0), tp(C, 1)]
     assert share.settled == frozenset() and not share.restoring and share.pending == []
     assert share.on_assigned({TP(C, 0), TP(C, 1)}) == [tp(C, 0), tp(C, 1)], "tried again"
+
+
+def test_restore_pending_restores_settles_and_flushes_what_it_wrote(tmp_path: Path) -> None:
+    a, b = tp(C, 0), tp(C, 1)
+    consumer = FakeConsumer({a: [Record(0, b"x", b"1"), Record(1, b"y", b"2")], b: []})
+    flushed: list[int] = []
+
+    class Counting:
+        def __init__(self, db: Any, p: int) -> None:
+            self.db, self.p = db, p
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+        def flush(self) -> None:
+            flushed.append(self.p)
+            self.db.flush()
+
+    class Store(FakeStore):
+        def _db_for_partition(self, p: int) -> Any:
+            if p not in self._dbs:
+                self._dbs[p] = Counting(_db(self.partition_path(p)), p)
+            return self._dbs[p]
+
+    async def end_offsets(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {t: len(consumer.logs[t]) for t in tps}
+
+    async def started() -> Any:
+        return consumer
+
+    consumer.end_offsets = end_offsets  # type: ignore[attr-defined]
+    consumer.unsubscribe = lambda: None  # type: ignore[attr-defined]
+    store = Store(tmp_path, "contacts")
+    share = ShareRestore("kafka", {C: store}, partitions=4, keep_s=600)  # type: ignore[arg-type]
+    share._consumer = started  # type: ignore[method-assign]
+    share.on_assigned({TP(C, 0), TP(C, 1)})
+    stats = asyncio.run(share.restore_pending())
+    assert stats.records == 2
+    assert flushed == [0], "only the database that received records is flushed"
+    assert share.settled == {a, b} and share.restored == [a, b] and share.pending == []
+    assert store._db_for_partition(0).get(b"y") == b"2"
+    assert share.on_assigned({TP(C, 0), TP(C, 1)}) == [], "nothing to restore at the next rebalance"
