@@ -57,7 +57,8 @@ class Wiring:
     namespace: str
     registry: Registry
     views_topic: TopicT
-    # triggers and dead letters in one producer-buffer item per batch (None: one send_soon each)
+    # the app's BatchedSends (streams/sends.py): triggers, dead letters and the stages' records in
+    # one producer-buffer item per batch (None: one send_soon each)
     sends: BatchedSends | None = field(default=None, kw_only=True)
 
     def public(self, at_ms: int) -> bool:
