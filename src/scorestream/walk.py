@@ -394,39 +394,59 @@ def _num(value: float) -> str:
 # a kept position keeps the positions a walk from the anchor keeps.
 
 
+_GRAINS: dict[tuple[int, int, int], list[int]] = {}
+
+
 def _grains(model: Model) -> list[int]:
     """The grids' spacings, finest first: up to half the allowed lateness (``fold_after``; a
     later event older than every kept position walks from the anchor)."""
-    grains = [POSITION_GRAIN_MS]
-    while grains[-1] * POSITION_RATIO * 2 <= model.fold_after_ms:
-        grains.append(grains[-1] * POSITION_RATIO)
+    key = (model.fold_after_ms, POSITION_GRAIN_MS, POSITION_RATIO)
+    grains = _GRAINS.get(key)
+    if grains is None:
+        grains = [POSITION_GRAIN_MS]
+        while grains[-1] * POSITION_RATIO * 2 <= model.fold_after_ms:
+            grains.append(grains[-1] * POSITION_RATIO)
+        _GRAINS[key] = grains
     return grains
 
 
-def _level(grains: list[int], before: int, ts: int) -> int:
-    """The coarsest grid with a line in ``(before, ts]`` (-1: none): the level of the position
-    just before a checkpoint at ``ts`` whose previous checkpoint (or the walk's start) is at
-    ``before``."""
-    level = -1
-    for grain in grains:
-        if ts // grain <= before // grain:
-            break
+def _level(grains: list[int], before: int, ts: int, start: int = 0) -> int:
+    """The coarsest grid with a line in ``(before, ts]``, the level of the position just before a
+    checkpoint at ``ts`` whose previous checkpoint (or the walk's start) is at ``before``; the
+    grids are tried from ``start`` up, and ``start - 1`` means that grid has no line there (-1
+    from 0: the checkpoint is no candidate)."""
+    level = start
+    while level < len(grains) and ts // grains[level] > before // grains[level]:
         level += 1
-    return level
+    return level - 1
 
 
-def _keep(levels: list[int], counts: list[int]) -> list[bool]:
-    """Which candidates stay (``levels``: oldest first, each its level, -1 for a checkpoint that is
-    not one): those with fewer than ``POSITIONS_PER_GRID`` later candidates crossing their
-    grid. ``counts[k]``, the later candidates crossing grid ``k``, starts with those after the last
-    of ``levels`` and ends with all of them counted."""
-    keep = [False] * len(levels)
-    for i in range(len(levels) - 1, -1, -1):
-        level = levels[i]
-        if level >= 0:
-            keep[i] = counts[level] < POSITIONS_PER_GRID
-            for k in range(level + 1):
-                counts[k] += 1
+def _keep(spans: list[tuple[int, int]], grains: list[int], counts: list[int]) -> list[bool]:
+    """Which candidate positions stay, for ``spans`` newest first, each ``(before, ts)`` (the
+    previous checkpoint's instant and the checkpoint's): a candidate stays while fewer than
+    ``POSITIONS_PER_GRID`` later candidates cross its coarsest grid. ``counts[k]``: the later
+    candidates crossing grid ``k`` (only compared with ``POSITIONS_PER_GRID``: a grid stops
+    counting there), starting with those newer than ``spans`` and updated with them.
+
+    Crossing a grid means crossing the finer ones too, so the full grids are the finest few: a
+    span is tested from the first grid not yet full (one division for most checkpoints)."""
+    keep = [False] * len(spans)
+    full, top = 0, len(grains)
+    while full < top and counts[full] >= POSITIONS_PER_GRID:
+        full += 1
+    grain = grains[full] if full < top else 0
+    for i, (before, ts) in enumerate(spans):
+        if full == top:
+            break
+        if ts // grain <= before // grain:  # not even the first grid not yet full: most checkpoints
+            continue
+        level = _level(grains, before, ts, full + 1)
+        keep[i] = True  # its grid is not full: fewer later candidates cross it
+        for k in range(full, level + 1):
+            counts[k] += 1
+        while full < top and counts[full] >= POSITIONS_PER_GRID:
+            full += 1
+            grain = grains[full] if full < top else 0
     return keep
 
 
@@ -561,13 +581,14 @@ def _continue(
     keep: list[bool] | None = None
     if snapshots is not None:
         grains = _grains(w.model)
-        levels: list[int] = []
-        previous = w.ref_ms  # the last checkpoint's instant (the walk's start before the first)
-        for cp in points:
-            levels.append(_level(grains, previous, cp.ts))
-            previous = max(previous, cp.ts)
+        # each checkpoint with the previous one's instant (the walk's start before the first;
+        # a merged contact's checkpoints older than the anchor are none: the start's instant)
+        start, times = w.ref_ms, [cp.ts for cp in points]
+        befores = [start, *times[:-1]] if times else []
+        for i in range(min(bisect_right(times, start) + 1, len(befores))):
+            befores[i] = max(befores[i], start)
         w.crossings = [0] * len(grains)
-        keep = _keep(levels, w.crossings)
+        keep = _keep(list(zip(reversed(befores), reversed(times), strict=True)), grains, w.crossings)[::-1]
     for i, cp in enumerate(points):
         if snapshots is not None and keep is not None and keep[i]:
             # the position just before this checkpoint: what its own step does first, so the
@@ -642,10 +663,11 @@ def walk(state: ContactState, model: Model, lc: Lifecycle, as_of_ms: int, resume
     # start stay while fewer than so many later ones (this walk's candidates included) cross
     # their grid; the start itself, when it is one of them, this walk made again.
     grains = _grains(model)
-    older = [c for c in kept[:-1] if c.periodic]
+    older = [c for c in reversed(kept[:-1]) if c.periodic]  # newest first
     counts = w.crossings or [0] * len(grains)
-    stays = _keep([_level(grains, c.ref_ms, c.at_ms + 1) for c in older], counts)
-    positions = [*(c for c, stay in zip(older, stays, strict=True) if stay), *snapshots, w.position()]
+    stays = _keep([(c.ref_ms, c.at_ms + 1) for c in older], grains, counts)
+    positions = [*(c for c, stay in reversed(list(zip(older, stays, strict=True))) if stay), *snapshots]
+    positions.append(w.position())
     w.advance(as_of_ms, inclusive=True)
     w._decay_to(as_of_ms)
     persona = None

@@ -765,3 +765,34 @@ def test_positions_kept_by_another_rule_still_resume_and_are_dropped(monkeypatch
     assert kept and all(walk_module._level(grains, c.ref_ms, c.at_ms + 1) >= 0 for c in kept)
     assert len(kept) <= walk_module.POSITIONS_PER_GRID * len(grains)
     _resumes_alike(later, ROOMY, exactly=False, positions=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_GAPS, min_size=1, max_size=80), st.integers(0, 2 * DAY))
+def test_which_positions_stay_is_their_rule_and_a_position_dropped_is_never_wanted_again(
+    gaps: list[int], offset: int
+) -> None:
+    """``_keep`` against its definition (fewer than POSITIONS_PER_GRID later candidates cross the
+    candidate's coarsest grid), and prefix-closed: what stays after all the checkpoints stayed
+    after any earlier part of them (so a walk resumed from a kept position can rebuild the rest)."""
+    import scorestream.walk as walk_module
+
+    grains = walk_module._grains(DEFAULT_MODEL)
+    times = list(itertools.accumulate(gaps, initial=T0 + offset))
+    spans = [(times[i - 1], times[i]) for i in range(1, len(times))]
+
+    def kept(upto: int) -> set[int]:
+        newest_first = spans[:upto][::-1]
+        flags = walk_module._keep(newest_first, grains, [0] * len(grains))
+        return {spans[upto - 1 - i][1] for i, stays in enumerate(flags) if stays}
+
+    levels = [walk_module._level(grains, before, ts) for before, ts in spans]
+    expected = {
+        ts
+        for i, (_, ts) in enumerate(spans)
+        if levels[i] >= 0 and sum(1 for later in levels[i + 1 :] if later >= levels[i]) < walk_module.POSITIONS_PER_GRID
+    }
+    assert kept(len(spans)) == expected
+    assert len(expected) <= walk_module.POSITIONS_PER_GRID * len(grains)
+    for upto in range(1, len(spans)):
+        assert {ts for ts in expected if ts <= spans[upto - 1][1]} <= kept(upto)
