@@ -321,9 +321,8 @@ class Pipeline:
 
     def contacts_batch(self, batch_event: Any) -> None:
         """One fetched batch of the contacts topic: every message of a key folded at once, one
-        key at a time; a key whose fold fails has its messages parked (with those folded into its
-        state since the last flush: the cached state is dropped). The states stay in the
-        write-behind cache (:mod:`streams.state_cache`), which holds the batch's record
+        key at a time; a key whose fold fails has its messages parked (its cached state is rebuilt
+        without them, :meth:`_refold`). The states stay in the write-behind cache (:mod:`streams.state_cache`), which holds the batch's record
         unacknowledged until they are written."""
         out = Outbox(self.partitions, self.refuser(batch_event))
         inboxes = self._inboxes(records_of(batch_event))
@@ -335,8 +334,8 @@ class Pipeline:
                 staged = self._fold(key, inbox, partition, out)
             except Exception as exc:  # a bug, an unreadable state, a limit: never the batch
                 log.exception("contact %s: messages parked on the dead-letter topic", key)
-                sources = states.discard(partition, key) + inbox.sources
-                self.park(sources[0][0], [item for _, item in sources], "processing_error", repr(exc), exc)
+                self._refold(partition, key, states.discard(partition, key))
+                self.park(inbox.sources[0][0], [item for _, item in inbox.sources], "processing_error", repr(exc), exc)
                 continue
             for ready in staged:
                 out.put(ready)
@@ -347,6 +346,24 @@ class Pipeline:
         # a reader of the table is about to rebuild from it: write through until it has
         states.write_through = self.population.rebuilt != self.population.rebalances
         states.maybe_flush()
+
+    def _refold(self, partition: int, key: str, earlier: list[tuple[Any, Item]]) -> None:
+        """The cached state of a key whose fold failed is dropped (the core may have changed it in
+        place); the messages folded into it since the last flush are folded again onto the written
+        state, so only the failing batch's messages are parked (the outputs of the earlier folds
+        were sent already). If that fails too, they are parked with them."""
+        if not earlier:
+            return
+        try:
+            raw = self.w.contacts.get(key)
+            before = decode_state(raw) if raw is not None else None
+            messages = [m for _, item in earlier if (m := message_of(item.env)) is not None]
+            folded = step(before, key, messages, self.model, segment_of=self.population.segment_of)
+            if folded.state is not None:
+                self.states.put(partition, key, folded.state, earlier)
+        except Exception as exc:
+            log.exception("contact %s: messages since the last flush parked too", key)
+            self.park(earlier[0][0], [item for _, item in earlier], "processing_error", repr(exc), exc)
 
     def flushed_contacts(self) -> Any:
         """The contacts table's items, once the cache's dirty states are written (the timer

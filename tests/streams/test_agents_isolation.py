@@ -381,14 +381,13 @@ def test_contacts_hold_their_records_until_the_states_are_written() -> None:
     assert worker.acks.released == worker.acks.held
 
 
-def test_contacts_park_every_message_of_a_dropped_state_since_the_last_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_fold_parks_its_batch_alone_and_the_cached_state_is_rebuilt(monkeypatch: pytest.MonkeyPatch) -> None:
     real = scorestream.fold.step
-    calls = 0
+    calls: list[int] = []
 
     def step(before: Any, key: str, messages: Any, model: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:  # the state the first batch left in the cache is not to be trusted now
+        calls.append(len(messages))
+        if len(calls) == 2:  # the second batch's fold fails, after it may have changed the cached state
             raise ZeroDivisionError("division by zero")
         return real(before, key, messages, model, **kwargs)
 
@@ -397,12 +396,13 @@ def test_contacts_park_every_message_of_a_dropped_state_since_the_last_flush(mon
     worker.run(
         "contacts",
         [record("t.contacts", 3, internal("u-1", contact_event("u-1")))],
-        [record("t.contacts", 4, internal("u-1", contact_event("u-1")))],
+        [record("t.contacts", 4, internal("u-1", contact_event("u-1"), contact_event("u-1")))],
     )
-    assert worker.tables["contacts"] == {}
+    assert calls == [1, 2, 1]  # the first batch's message folded again onto the written (empty) state
+    assert len(decode_state(worker.tables["contacts"]["u-1"]).hits) == 1  # what the first batch made
     (dead,) = worker.dead
-    assert headers_of(dead) == ("processing_error", "ZeroDivisionError", "t.contacts", "0", "3")
-    assert [i.key for i in decode_batch(dead.value).items] == ["u-1", "u-1"]  # both batches' messages
+    assert headers_of(dead) == ("processing_error", "ZeroDivisionError", "t.contacts", "0", "4")
+    assert [i.key for i in decode_batch(dead.value).items] == ["u-1", "u-1"]  # the failing batch's, alone
     assert worker.acks.released == worker.acks.held  # parked before the records are released
 
 
