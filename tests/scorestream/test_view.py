@@ -340,6 +340,7 @@ def test_points_kept_for_a_busy_contact_continue_where_they_stopped() -> None:
         assert state is not None
         assert engagement_totals(state, DEFAULT_MODEL, earned) == engagement_totals(state, DEFAULT_MODEL)
         caps = caps or earned.caps
+    assert state is not None
     assert earned.caps is caps and earned.count == len(state.hits) == 300  # continued, never restarted
 
 
