@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -31,8 +32,9 @@ async def until(check: Callable[[], Any], what: str, within_s: float = 30) -> An
     return found
 
 
-def test_the_registry_is_empty_until_its_topic_exists_then_followed(kafka_bootstrap: str) -> None:
-    settings = Settings(kafka_bootstrap=kafka_bootstrap, app_id=f"ns-{uuid.uuid4().hex[:8]}")
+def test_the_registry_is_empty_until_its_topic_exists_then_followed(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # a data directory of its own: each namespace's view store lives there (api.view_store)
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, app_id=f"ns-{uuid.uuid4().hex[:8]}", data_dir=tmp_path)
     namespaces = Namespaces(settings, Readers.build(settings, MODEL))
 
     async def go() -> None:
