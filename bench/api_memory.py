@@ -323,6 +323,52 @@ def lookup_cost(contacts: int, work: Path, lookups: int = 200_000, rounds: int =
     return out
 
 
+def visibility(work: Path, changes: int = 300, catch_up_s: float = 0.005) -> dict[str, Any]:
+    """How long after the writer commits a view a reading process (a RocksDB secondary catching
+    up on its timer, as the API's readers do) returns it: one store, two handles, one process."""
+    from api.view_store import RocksViewStore, ViewStore, _read_behind
+
+    writer, reader = RocksViewStore.open(work / "visibility"), RocksViewStore.open(work / "visibility")
+
+    class Follower:
+        def __init__(self) -> None:
+            self.store: ViewStore = reader
+            self.error: str | None = None
+            self.caught_up = asyncio.Event()
+
+        def load_from_store(self) -> None:
+            pass
+
+    async def measure() -> list[float]:
+        task = asyncio.create_task(_read_behind(Follower(), reader, catch_up_s, "visibility"))
+        delays = []
+        for i in range(changes):
+            await asyncio.sleep(0.013)  # not in step with the reader's timer
+            writer.put(f"c-{i}", b"x" * 574)
+            writer.commit()
+            started = time.perf_counter()
+            while reader.get(f"c-{i}") is None:  # noqa: ASYNC110 (polling what another handle shows is the measure)
+                await asyncio.sleep(0.0002)
+            delays.append((time.perf_counter() - started) * 1000)
+        task.cancel()
+        return sorted(delays)
+
+    delays = asyncio.run(measure())
+    reader.close()
+    writer.close()
+
+    def at(q: float) -> float:
+        return round(delays[min(len(delays) - 1, int(q * len(delays)))], 1)
+
+    return {
+        "changes": changes,
+        "catch_up_ms": catch_up_s * 1000,
+        "p50_ms": at(0.5),
+        "p99_ms": at(0.99),
+        "max_ms": round(delays[-1], 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contacts", default="1000000,5000000", help="sizes, comma-separated (cumulative)")
@@ -337,10 +383,13 @@ def main() -> None:
         metavar="CONTACTS",
         help="instead: Replica.find in one process with this many views in dicts vs in RocksDB (no broker)",
     )
+    parser.add_argument(
+        "--visibility", action="store_true", help="instead: delay from a writer's commit to a reading process"
+    )
     args = parser.parse_args()
-    if args.lookup_cost:
+    if args.lookup_cost or args.visibility:
         with tempfile.TemporaryDirectory(prefix="scorestream-lookup-cost-") as work:
-            result = lookup_cost(args.lookup_cost, Path(work))
+            result = visibility(Path(work)) if args.visibility else lookup_cost(args.lookup_cost, Path(work))
         print(json.dumps(result, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
