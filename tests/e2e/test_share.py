@@ -5,6 +5,7 @@ and carries on: the API shows every contact as the calm run computes it."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -130,5 +131,53 @@ def test_two_workers_hold_their_share_and_one_takes_over_the_others(service: Ser
         assert {cid.encode() for cid in reference.live()} <= everything
         restores = [int(n) for n in RESTORED.findall((svc.data_dir / "worker.log").read_text())]
         assert restores[-1] == 6, f"worker 0 restored worker 1's 2 partitions of 3 tables in bulk: {restores}"
+    finally:
+        svc.stop()
+
+
+def test_with_a_standby_replica_a_worker_restores_its_standbys_with_its_actives(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``SCORESTREAM_STANDBY_REPLICAS=1``: a worker is assigned the other's partitions as standbys
+    and restores them in bulk with its actives (then Faust's standby recovery follows them). Worker 1
+    restarts on an empty disk after the events: at its assignment its partitions, actives and
+    standbys, are restored from the changelogs, and it holds every contact (without standbys, half)."""
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(ROOMY))
+    svc = Service(
+        bootstrap=kafka_bootstrap,
+        data_dir=tmp_path,
+        model=tmp_path / "model.yaml",
+        workers=2,
+        partitions=4,
+        extra_env={
+            "SCORESTREAM_RELEASED_KEEP_S": "0",
+            "SCORESTREAM_STANDBY_REPLICAS": "1",
+            "SCORESTREAM_LOG_LEVEL": "INFO",
+        },
+    )
+    svc.start()
+    try:
+        now = int(time.time() * 1000)
+        span = 10 * 86_400_000
+        events = list(Traffic(contacts=300, seed=33, start_ms=now - span, span_ms=span).records(1_500))
+        reference = Reference(MODEL)
+        reference.feed([decode(r.value, r.channel, now) for r in events])
+        svc.publish((r.channel, r.key, r.value) for r in events)
+        converge(svc, reference)
+        live = {cid.encode() for cid in reference.live()}
+
+        svc.more_workers[1].terminate()
+        svc.more_workers[1].wait(timeout=60)
+        shutil.rmtree(svc.data_dir / "worker" / "1" / "v1")  # a new machine: everything comes from the changelogs
+        log = svc.data_dir / "worker-1.log"
+        earlier = len(RESTORED.findall(log.read_text()))
+        svc.start_worker(1)
+        svc.wait_for(lambda: len(RESTORED.findall(log.read_text())) > earlier, timeout=120, interval=0.5)
+        assert RESTORED.findall(log.read_text())[-1] == "12", "its 6 actives and 6 standbys, restored at once"
+
+        holding = held(svc, 1)
+        keys = set().union(*(k for (t, _), k in holding.items() if t == "contacts"))
+        assert partitions(holding, "contacts") == {0, 1, 2, 3}
+        assert live <= keys, "the standbys hold the other worker's contacts"
     finally:
         svc.stop()
