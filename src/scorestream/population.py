@@ -141,19 +141,35 @@ def customer_facts(value: CustomerValue | None) -> CustomerFacts | None:
     """
     if value is None or value.empty:
         return None
+    found = ledger_facts(value)
+    if found is None:
+        return None
+    facts, inputs = found
+    if facts.last_order_ms is None:
+        return None
+    return CustomerFacts(facts.last_order_ms, facts.frequency, facts.monetary, inputs)
+
+
+def ledger_facts(value: CustomerValue | None) -> tuple[RfmFacts, ClvInputs | None] | None:
+    """The ledger's RFM facts and CLV inputs as of its newest record (order, refund or folded
+    orders), so every record it holds counts; None without a record or an order not refunded."""
+    if value is None:
+        return None
     stamps = [o.ts for o in value.orders] + [r.ts for r in value.refunds]
     if value.folded is not None:
         stamps.append(value.folded.until[0])
+    if not stamps:
+        return None
     as_of = max(stamps)
     facts = summary(value, as_of)
-    if facts.frequency <= 0 or facts.last_order_ms is None:
+    if facts.frequency <= 0:
         return None
     inputs = None
     s = clv_summary(value, as_of, 1)
     if s is not None:  # times in milliseconds: the first and last valued purchase are exact
         first = as_of - int(s.T)
         inputs = ClvInputs(first, first + int(s.recency), s.frequency, s.monetary)
-    return CustomerFacts(facts.last_order_ms, facts.frequency, facts.monetary, inputs)
+    return facts, inputs
 
 
 def contact_hash(contact_id: str) -> int:
@@ -353,7 +369,7 @@ def fit_clv(sample: Sequence[ClvInputs], now_ms: int, min_customers: int) -> Clv
     histories = sorted({(s.frequency, s.recency, s.T, s.monetary) for s in summaries})
     for s in [*histories[:: max(1, len(histories) // 100)], histories[-1]]:  # about 100, the extremes included
         try:
-            figures = _clv_figures(bg.params, gg.params, RfmSummary(*s))
+            figures = clv_figures(bg.params, gg.params, RfmSummary(*s))
         except (ValueError, ArithmeticError, OverflowError) as exc:
             raise ValueError(
                 f"fitted parameters cannot be applied to x={s[0]}, t_x={s[1]:g}, T={s[2]:g}: {exc}"
@@ -363,7 +379,7 @@ def fit_clv(sample: Sequence[ClvInputs], now_ms: int, min_customers: int) -> Clv
     return ClvFit(bg, gg, now_ms, len(sample))
 
 
-def _clv_figures(bg: BgNbdParams, gg: GammaGammaParams, s: RfmSummary) -> tuple[float, float, float | None]:
+def clv_figures(bg: BgNbdParams, gg: GammaGammaParams, s: RfmSummary) -> tuple[float, float, float | None]:
     """``p_alive``, expected purchases and CLV over ``HORIZON_DAYS`` (CLV None when Gamma-Gamma's
     population mean spend is infinite, q <= 1)."""
     alive = p_alive(bg, s.frequency, s.recency, s.T)
@@ -449,7 +465,7 @@ def value_view(
         s = clv_summary(value, as_of_ms, DAY_MS)
         if s is not None:
             try:
-                alive, expected, worth = _clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, s)
+                alive, expected, worth = clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, s)
             except (ValueError, ArithmeticError, OverflowError):  # a history the fit cannot evaluate
                 alive = expected = worth = None
     return ValueView(facts, score, alive, expected, worth, fit.fitted_at_ms if fit is not None else None)

@@ -61,6 +61,13 @@ def engagement_at(state: ContactState, model: Model, now_ms: int, top: int = 5) 
             if value:
                 per_rule.setdefault(rule_id, []).append(decay(value, hit.ts, max(now_ms, hit.ts), half_life))
     totals = {rule_id: math.fsum(values) for rule_id, values in per_rule.items()}
+    return engagement_of_totals(totals, model, now_ms, top)
+
+
+def engagement_of_totals(totals: dict[str, float], model: Model, now_ms: int, top: int = 5) -> EngagementView:
+    """The engagement view of per-rule totals already decayed to ``now_ms``: their sum in rule-id
+    order (``math.fsum``), its band, the ``top`` rules by magnitude. :func:`engagement_at` and
+    :func:`scorestream.view.engagement_of_view` both end here, so they rank and round alike."""
     score = math.fsum(totals[k] for k in sorted(totals))
     ranked = sorted(totals.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
     contributions = tuple(

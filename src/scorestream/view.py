@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from scorestream.journey import StageEntry
-from scorestream.population import ClvInputs, PopulationModel, ValueView, _clv_figures
-from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, clv_summary, rfm_score, summary
+from scorestream.population import ClvInputs, PopulationModel, ValueView, clv_figures, ledger_facts
+from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, rfm_score
 from scorestream.rules.common import lookup
 from scorestream.rules.model import Model
 from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
-from scorestream.scoring import Contribution, EngagementView, FitView, band_of, fit_of, round_score
+from scorestream.scoring import Contribution, EngagementView, FitView, band_of, engagement_of_totals, fit_of
 from scorestream.state import Caps, ContactState, Hit, decay
 
 __all__ = [
@@ -240,24 +240,12 @@ def engagement_totals(
 
 def value_summary(value: CustomerValue | None) -> ValueSummary | None:
     """The ledger's facts at its newest record; None for a non-customer (no order not refunded then)."""
-    if value is None:
+    found = ledger_facts(value)
+    if found is None:
         return None
-    stamps = [o.ts for o in value.orders] + [r.ts for r in value.refunds]
-    if value.folded is not None:
-        stamps.append(value.folded.until[0])
-    if not stamps:
-        return None
-    as_of = max(stamps)
-    facts = summary(value, as_of)
-    if facts.frequency <= 0:
-        return None
-    inputs = None
-    s = clv_summary(value, as_of, 1)
-    if s is not None:  # times in milliseconds: the first and last valued purchase are exact
-        first = as_of - int(s.T)
-        inputs = ClvInputs(first, first + int(s.recency), s.frequency, s.monetary)
+    facts, inputs = found
     return ValueSummary(
-        as_of_ms=as_of,
+        as_of_ms=facts.as_of_ms,
         frequency=facts.frequency,
         monetary=facts.monetary,
         aov=facts.aov,
@@ -316,16 +304,7 @@ def engagement_of_view(view: ContactView, model: Model, now_ms: int, top: int = 
     at = max(now_ms, ref)
     half_life = model.half_life_ms
     totals = {k: decay(points, ref, at, half_life) for k, points in view.engagement}
-    score = math.fsum(totals[k] for k in sorted(totals))
-    ranked = sorted(totals.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
-    contributions = tuple(
-        Contribution(rule_id=k, points=round_score(v), description=(r.description if (r := model.rule(k)) else ""))
-        for k, v in ranked
-        if abs(v) >= 1e-6
-    )
-    return EngagementView(
-        score=round_score(score), as_of_ms=now_ms, band=band_of(model.engagement_bands, score), top=contributions
-    )
+    return engagement_of_totals(totals, model, now_ms, top)
 
 
 def fit_of_view(view: ContactView, model: Model) -> FitView:
@@ -369,7 +348,7 @@ def value_of_view(
     alive = expected = worth = None
     if fit is not None and vs.clv is not None:
         try:
-            alive, expected, worth = _clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, vs.clv.at(as_of, DAY_MS))
+            alive, expected, worth = clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, vs.clv.at(as_of, DAY_MS))
         except (ValueError, ArithmeticError, OverflowError):  # a history the fit cannot evaluate
             alive = expected = worth = None
     return ValueView(facts, score, alive, expected, worth, fit.fitted_at_ms if fit is not None else None)
