@@ -243,8 +243,11 @@ def _known_contacts(count: int, now_ms: int) -> Iterator[tuple[str, bytes, bytes
         yield "email", user.encode(), orjson.dumps(click)
 
 
-async def _wait_status(bootstrap: str, topic: str, state: str, since_ms: int, timeout_s: float) -> int:
-    """``at_ms`` of the first ``state`` announcement on the worker status topic at or after ``since_ms``."""
+async def _wait_status(
+    bootstrap: str, topic: str, state: str, since_ms: int, timeout_s: float, pid: int | None = None
+) -> int:
+    """``at_ms`` of the first ``state`` announcement on the worker status topic at or after
+    ``since_ms`` (of worker process ``pid`` only, when given)."""
     consumer = clients.consumer(
         KafkaConnection(bootstrap), topic, auto_offset_reset="earliest", enable_auto_commit=False
     )
@@ -255,7 +258,8 @@ async def _wait_status(bootstrap: str, topic: str, state: str, since_ms: int, ti
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     body = orjson.loads(record.value)
-                    if body.get("state") == state and int(body["at_ms"]) >= since_ms:
+                    mine = pid is None or str(body.get("worker", "")).endswith(f":{pid}")
+                    if mine and body.get("state") == state and int(body["at_ms"]) >= since_ms:
                         return int(body["at_ms"])
         raise TimeoutError(f"no {state!r} announcement on {topic} in {timeout_s} s")
     finally:

@@ -30,40 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.harness import process_usage, publish, wait_drained
-from bench.scenarios import _known_contacts
-from kafka_io import clients
-from kafka_io.clients import KafkaConnection
+from bench.scenarios import _known_contacts, _wait_status
 from tests.e2e.service import Service
 
 
 def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / (1 << 20) if path.exists() else 0.0
-
-
-async def ready_of(bootstrap: str, topic: str, pid: int, since_ms: int, timeout_s: float) -> int:
-    """``at_ms`` of worker ``pid``'s first ``ready`` at or after ``since_ms``."""
-    consumer = clients.consumer(
-        KafkaConnection(bootstrap), topic, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    body = orjson.loads(record.value)
-                    if (
-                        body.get("state") == "ready"
-                        and str(body.get("worker", "")).endswith(f":{pid}")
-                        and int(body["at_ms"]) >= since_ms
-                    ):
-                        return int(body["at_ms"])
-        raise TimeoutError(f"worker {pid} not ready in {timeout_s} s")
-    finally:
-        await consumer.stop()
 
 
 class Deployment:
@@ -91,7 +64,9 @@ class Deployment:
         )
 
     def ready_s(self, proc: subprocess.Popen[bytes], started_ms: int) -> float:
-        at_ms = asyncio.run(ready_of(self.svc.bootstrap, f"{self.group}.workers", proc.pid, started_ms, 1800))
+        at_ms = asyncio.run(
+            _wait_status(self.svc.bootstrap, f"{self.group}.workers", "ready", started_ms, 1800, proc.pid)
+        )
         return (at_ms - started_ms) / 1000
 
     def stages(self) -> list[str]:
