@@ -154,7 +154,13 @@ def test_a_job_seeker_never_reaches_mql(service: Service) -> None:
     body = contact(
         service,
         "seeker",
-        lambda b: b["last_seen"] is not None and b["last_seen"].startswith(iso(t + 6000)[:19]) and walked(b),
+        # every event folded: the newest (last_seen) and the identify (its email), which may arrive last
+        lambda b: (
+            b["last_seen"] is not None
+            and b["last_seen"].startswith(iso(t + 6000)[:19])
+            and b["identity"]["email"] == "jo@acme.com"
+            and walked(b)
+        ),
     )
     assert body["flags"] == [{"flag": "job_seeker", "reason": "Viewed careers or jobs pages"}]
     assert body["stage"]["name"] == "disqualified"
