@@ -29,9 +29,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class ApiError(Exception):
     """An answer other than success: ``status``, a stable machine-readable ``code``, a ``message``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers  # sent with the answer (``Retry-After`` on a 429, for example)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -42,6 +43,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 async def api_error(_: Request | None, exc: ApiError) -> JSONResponse:
     """The answer to an :class:`ApiError` (the fast path of ``GET /v1/contacts/{id}`` calls it too)."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.headers:
+        headers = {**(headers or {}), **exc.headers}
     return error_response(exc.status, exc.code, exc.message, headers)
 
 
