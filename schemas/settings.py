@@ -257,6 +257,17 @@ class Settings(BaseSettings):
         "open a chDB directory, and the API owns it), no with a server URL (run `scorestream sink`).",
     )
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
+    log_format: Literal["text", "json"] | None = Field(
+        default=None,
+        description="Log lines: `json` (one JSON object per line: time, level, logger, message, request id or Kafka "
+        "coordinates, role, pid) or `text` (readable console lines). Default: json when `SCORESTREAM_ENV=production`, "
+        "else text.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One `scorestream.access` log line per API request (method, path with secret query values "
+        "redacted, status, duration, request id, client).",
+    )
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
