@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from scorestream.delivery import DEFAULT_SCHEDULE_S
@@ -25,6 +25,53 @@ class Settings(BaseSettings):
         default="development", description="`production` refuses to start without API keys."
     )
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    # --- Kafka security (kafka_io.clients: every client of every process; docs/operations.md "Secured Kafka")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client reaches the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL "
+        "(SASL over TLS: what managed clusters require).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism (with a SASL protocol): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name (with a SASL protocol).")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password (with a SASL protocol); or give SCORESTREAM_KAFKA_SASL_PASSWORD_FILE. Never logged.",
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        default=None,
+        description="A file holding the SASL password (a mounted Kubernetes secret; one trailing newline is "
+        "dropped), read once at start; instead of SCORESTREAM_KAFKA_SASL_PASSWORD.",
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that signed the brokers' certificates (with SSL or SASL_SSL). "
+        "Default: the system's trusted CAs.",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        default=None,
+        description="PEM file of this client's certificate (chain) for mutual TLS; its key in it or in "
+        "SCORESTREAM_KAFKA_SSL_KEY_FILE.",
+    )
+    kafka_ssl_key_file: Path | None = Field(
+        default=None, description="PEM file of the client certificate's private key (mutual TLS)."
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted client key (SCORESTREAM_KAFKA_SSL_KEY_FILE)."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True,
+        description="Check that a broker's certificate names the host the client connected to. Turn off only for "
+        "brokers reached through addresses their certificates do not name.",
+    )
+    _kafka_password_from_file: SecretStr | None = PrivateAttr(default=None)
+    kafka_startup_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a process waits at start for the Kafka cluster to answer (an unreachable broker is "
+        "retried meanwhile; a refused login or an untrusted certificate fails at once), then exits with status 3.",
+    )
     topic_web: str = Field(default="events.web", description="Source topic for website events.")
     topic_email: str = Field(default="events.email", description="Source topic for email events.")
     topic_store: str = Field(default="events.store", description="Source topic for offline-store events.")
@@ -298,6 +345,54 @@ class Settings(BaseSettings):
                 "commit writes the changed states first"
             )
         return self
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        """SASL protocols need a mechanism, a user and a password; SSL files exist; nothing is set that the
+        protocol would ignore. The password file is read here (once, at start). Messages name the variable,
+        never a secret."""
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        if self.kafka_sasl_password is not None and self.kafka_sasl_password_file is not None:
+            raise ValueError("set SCORESTREAM_KAFKA_SASL_PASSWORD or SCORESTREAM_KAFKA_SASL_PASSWORD_FILE, not both")
+        given = {
+            "SCORESTREAM_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "SCORESTREAM_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "SCORESTREAM_KAFKA_SASL_PASSWORD": self.kafka_sasl_password or self.kafka_sasl_password_file,
+        }
+        if sasl and (missing := [name for name, value in given.items() if not value]):
+            raise ValueError(f"SCORESTREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+        if not sasl and (stray := [name for name, value in given.items() if value]):
+            raise ValueError(f"{', '.join(stray)} set but SCORESTREAM_KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL")
+        files = {
+            "SCORESTREAM_KAFKA_SSL_CA_FILE": self.kafka_ssl_ca_file,
+            "SCORESTREAM_KAFKA_SSL_CERT_FILE": self.kafka_ssl_cert_file,
+            "SCORESTREAM_KAFKA_SSL_KEY_FILE": self.kafka_ssl_key_file,
+        }
+        tls = protocol in ("SSL", "SASL_SSL")
+        if not tls and (stray := [name for name, value in files.items() if value]):
+            raise ValueError(f"{', '.join(stray)} set but SCORESTREAM_KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS")
+        if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
+            raise ValueError("SCORESTREAM_KAFKA_SSL_KEY_FILE needs SCORESTREAM_KAFKA_SSL_CERT_FILE")
+        files["SCORESTREAM_KAFKA_SASL_PASSWORD_FILE"] = self.kafka_sasl_password_file
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        if self.kafka_sasl_password_file is not None:
+            try:
+                text = self.kafka_sasl_password_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"SCORESTREAM_KAFKA_SASL_PASSWORD_FILE: cannot read {exc.filename}") from None
+            password = text.removesuffix("\n").removesuffix("\r")
+            if not password:
+                raise ValueError("SCORESTREAM_KAFKA_SASL_PASSWORD_FILE is empty")
+            self._kafka_password_from_file = SecretStr(password)
+        return self
+
+    @property
+    def kafka_password(self) -> SecretStr | None:
+        """The SASL password: SCORESTREAM_KAFKA_SASL_PASSWORD, or the content of its file (read at start)."""
+        return self.kafka_sasl_password or self._kafka_password_from_file
 
     @model_validator(mode="after")
     def _production_needs_keys(self) -> Settings:
