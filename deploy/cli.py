@@ -1,5 +1,5 @@
-"""The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, replay, shadow, promote, retire,
-models, demo."""
+"""The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, views, replay, shadow, promote,
+retire, models, demo."""
 
 from __future__ import annotations
 
@@ -20,6 +20,31 @@ from schemas.settings import Settings
 
 log = logging.getLogger("scorestream")
 KAFKA_SH = Path(__file__).parent / "kafka" / "kafka.sh"
+
+# Exit statuses of every sub-command (docs/operations.md, "Exit codes"): a supervisor (Kubernetes,
+# compose, systemd) restarts on EXIT_ERROR and EXIT_KAFKA, while EXIT_USAGE needs a person.
+EXIT_OK = 0  # done (a service: stopped by SIGTERM/SIGINT)
+EXIT_ERROR = 1  # failed while running (an exception, a worker that could not start, a service that died)
+EXIT_USAGE = 2  # refused as asked: bad arguments, an invalid SCORESTREAM_* setting, a refused model operation
+EXIT_KAFKA = 3  # Kafka unreachable or refused the connection (authentication, TLS)
+EXIT_CODES_HELP = """exit codes:
+  0  done (a service: stopped by SIGTERM or Ctrl-C)
+  1  failed while running (an error, a process that died)
+  2  refused as asked: bad arguments, an invalid SCORESTREAM_* setting (one line per error), a refused
+     shadow/promote/retire
+  3  Kafka unreachable, or it refused the connection (authentication, TLS)
+
+Settings come from SCORESTREAM_* environment variables (docs/configuration.md)."""
+
+
+def package_version() -> str:
+    """The installed distribution's version (``scorestream --version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scorestream")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def dev_key(settings: Settings, name: str = "dev-api-key", prefix: str = "dev_") -> str:
@@ -148,8 +173,14 @@ def positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per process or operation."""
-    parser = argparse.ArgumentParser(prog="scorestream", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="scorestream",
+        description=__doc__,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     run_parser = sub.add_parser("run", help="broker + topics + workers + API + dispatcher on embedded defaults")
     run_parser.add_argument(
         "--workers",
@@ -176,13 +207,18 @@ def _parser() -> argparse.ArgumentParser:
         "views", help="send the views the API reads of every contact the views topic lacks (after upgrading to views)"
     )
     demo = sub.add_parser("demo", help="publish realistic mixed traffic and show scores moving")
-    demo.add_argument("--events", type=int, default=3000)
-    demo.add_argument("--contacts", type=int, default=300)
-    demo.add_argument("--rate", type=float, default=300.0, help="events per second")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--events", type=int, default=3000, help="events to publish (default 3000)")
+    demo.add_argument("--contacts", type=int, default=300, help="distinct contacts they come from (default 300)")
+    demo.add_argument("--rate", type=float, default=300.0, help="events per second (default 300)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed: the same seed, the same traffic (default 7)")
     rep = sub.add_parser("replay", help="recompute every contact under a model from history and diff it with live")
     rep.add_argument("--model", required=True, help="the model YAML to replay under")
-    rep.add_argument("--source", choices=("kafka", "archive"), default="kafka")
+    rep.add_argument(
+        "--source",
+        choices=("kafka", "archive"),
+        default="kafka",
+        help="where the history is read: the source topics (default) or the ClickHouse archive",
+    )
     rep.add_argument("--from", dest="from_", default=None, help="ISO time: only events at or after it (partial)")
     rep.add_argument("--json", default=None, help="write the result as JSON to this file")
     sh = sub.add_parser("shadow", help="run a model as a shadow beside the active one (from the start of the sources)")
@@ -198,19 +234,34 @@ def _parser() -> argparse.ArgumentParser:
         "them all; embedded chDB: with the API stopped)",
     )
     pr = sub.add_parser("promote", help="make a shadow namespace the active model")
-    pr.add_argument("namespace")
+    pr.add_argument("namespace", help="the shadow namespace to make active (`scorestream models` lists them)")
     pr.add_argument("--at", default=None, help="ISO time of the cut (default: now + --delay)")
     pr.add_argument("--delay", type=float, default=10.0, help="seconds from now to the cut (default 10)")
     pr.add_argument("--max-lag", type=int, default=10_000, help="refuse if the shadow is further behind")
     rt = sub.add_parser("retire", help="stop serving and starting a (non-active) model namespace")
-    rt.add_argument("namespace")
+    rt.add_argument("namespace", help="the namespace to retire (not the active one)")
     sub.add_parser("models", help="list the model namespaces: active, shadows, retired, how far behind")
     return parser
 
 
+def load_settings() -> Settings:
+    """The settings, or exit with EXIT_USAGE and one line per invalid ``SCORESTREAM_*`` variable
+    (the value is never repeated: it may be a key)."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            where = f"SCORESTREAM_{field.upper()}: " if field else ""
+            print(f"scorestream: invalid setting {where}{error['msg']}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -1,0 +1,92 @@
+"""The ``scorestream`` command line: --version, help for every sub-command and option, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+
+from deploy.cli import EXIT_CODES_HELP, EXIT_USAGE, _parser, main
+
+COMMANDS = {
+    "run", "worker", "api", "dispatcher", "sink", "topics", "views",
+    "demo", "replay", "shadow", "promote", "retire", "models",
+}  # fmt: skip
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console script's module, as a container or a supervisor runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version_is_the_installed_distributions() -> None:
+    done = cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"scorestream {version('scorestream')}"
+
+
+def test_the_help_lists_every_sub_command_and_the_exit_codes() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for command in COMMANDS:
+        assert f"\n    {command}" in done.stdout, command
+    for code in ("0", "1", "2", "3"):
+        assert f"\n  {code}  " in done.stdout
+    assert set(subcommands(_parser())) == COMMANDS
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_sub_command_and_option_has_help(command: str) -> None:
+    parser = _parser()
+    top = {a.dest: a for a in parser._actions if isinstance(a, argparse._SubParsersAction)}["command"]
+    helps = {a.dest: a.help for a in top._choices_actions}
+    assert helps.get(command), f"{command} has no help line"
+    sub = subcommands(parser)[command]
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"scorestream {command} {'/'.join(action.option_strings) or action.dest}: no help text"
+    done = cli(command, "--help")
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"usage: scorestream {command}")
+
+
+def test_usage_errors_exit_2() -> None:
+    assert cli("no-such-command").returncode == EXIT_USAGE
+    assert cli("demo", "--events", "many").returncode == EXIT_USAGE
+    assert cli().returncode == EXIT_USAGE  # a sub-command is required
+
+
+def test_an_invalid_setting_is_one_line_and_exit_2() -> None:
+    """A supervisor's log shows which variable is wrong, without a traceback nor its value."""
+    done = cli("topics", env={"SCORESTREAM_PARTITIONS": "0", "SCORESTREAM_API_KEYS": "short-secret"})
+    assert done.returncode == EXIT_USAGE
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["scorestream: invalid setting SCORESTREAM_PARTITIONS: Input should be greater than or equal to 1"]
+    done = cli("topics", env={"SCORESTREAM_ENV": "production", "SCORESTREAM_API_KEYS": ""})
+    assert done.returncode == EXIT_USAGE
+    assert "SCORESTREAM_API_KEYS must be set" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_main_raises_the_usage_exit_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCORESTREAM_BATCH_MAX", "0")
+    with pytest.raises(SystemExit) as stopped:
+        main(["topics"])
+    assert stopped.value.code == EXIT_USAGE
+    assert "exit codes:" in EXIT_CODES_HELP
