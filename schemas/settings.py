@@ -9,12 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import RateLimitItem, parse_many
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from schemas.api_keys import KeyEntry, parse_entries
 from scorestream.delivery import DEFAULT_SCHEDULE_S
 
 CHANNELS = ("web", "email", "store")  # the source channels, in the order `key:*` lists them
+
+
+def rate_limit(spec: str) -> RateLimitItem | None:
+    """``100/second`` (``limits`` notation: `N/second|minute|hour|day`, or `N per 10 seconds`) -> the
+    limit; ``0`` or empty: None (no limit). ValueError on anything else."""
+    spec = spec.strip()
+    if spec in ("", "0"):
+        return None
+    try:
+        items = parse_many(spec)
+    except ValueError:
+        items = []
+    if len(items) != 1 or items[0].amount < 1:
+        raise ValueError(f"a rate limit is like `100/second` or `5000/minute`, or 0 for none (got {spec!r})")
+    return items[0]
 
 
 class Settings(BaseSettings):
@@ -107,7 +124,27 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="API bind address.")
     api_port: int = Field(default=8000, ge=1, le=65535, description="API port.")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="Comma-separated API keys accepted as `Authorization: Bearer <key>`."
+        default_factory=list,
+        description="Comma-separated API keys accepted as `Authorization: Bearer <key>`, each `key` (every scope), "
+        "`key:scopes[:name]` or `sha256:<64 hex>[:scopes[:name]]` (the key stored as its SHA-256; `scorestream keys "
+        "new` prints one); scopes `read`, `write`, `admin` joined by `+` (admin includes write, write includes "
+        "read), `*` all. See [API keys](api.md#authentication).",
+    )
+    api_docs: bool | None = Field(
+        default=None,
+        description="Serve `/docs`, `/redoc` and `/openapi.json`. Default: on in development, off when "
+        "`SCORESTREAM_ENV=production`.",
+    )
+    rate_limit_read: str = Field(
+        default="2000/second",
+        description="Requests per API key to the `read` routes, per API process (`limits` notation: `100/second`, "
+        "`5000/minute`; `0` or empty: no limit). `POST /v1/contacts:batchGet` costs one per id.",
+    )
+    rate_limit_write: str = Field(
+        default="1000/second", description="Requests per API key to the `write` routes, per API process (as above)."
+    )
+    rate_limit_admin: str = Field(
+        default="100/second", description="Requests per API key to the `admin` routes, per API process (as above)."
     )
     api_processes: int = Field(
         default=1,
@@ -126,6 +163,19 @@ class Settings(BaseSettings):
         gt=0,
         description="How often an API process that reads its host's view store (not the one writing it) catches "
         "up with the writer's new writes, in ms (the delay they add; about 20 us of CPU each when idle).",
+    )
+    api_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body any API route reads, in bytes; beyond it 413 `payload_too_large` before "
+        "more is read (the collector's routes keep Segment's own limits: 500 KB a batch, 32 KB a message).",
+    )
+    reports_max_concurrent: int = Field(
+        default=2,
+        ge=1,
+        description="Archive queries (reports, the sync list, a contact's history) one API process runs at once, "
+        "each on a ClickHouse client and thread of its own, apart from the sink's; beyond it 503 `busy` with "
+        "`Retry-After`.",
     )
     data_dir: Path = Field(default=Path("var"), description="Where local state lives (RocksDB tables, broker data).")
     model: Path | None = Field(default=None, description="Scoring model YAML file; default: the bundled model.")
@@ -303,6 +353,27 @@ class Settings(BaseSettings):
         description="Run the analytics sink inside the API process. Default: yes with embedded chDB (one process may "
         "open a chDB directory, and the API owns it), no with a server URL (run `scorestream sink`).",
     )
+    metrics_enabled: bool = Field(
+        default=True,
+        description="Serve Prometheus metrics: `GET /metrics` on the API port, and `/metrics` on a side port of "
+        "every worker, dispatcher and sink process.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Bind address of the side metrics port of a worker, dispatcher or sink (containers: `0.0.0.0`).",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Side metrics port of a worker, dispatcher or sink (0: none). Default: 9300 plus the worker's "
+        "slot for a worker, 9290 for the dispatcher, 9291 for the sink; a worker always adds its slot.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, the API's `GET /metrics` needs `Authorization: Bearer <token>` (the side ports of "
+        "the other processes are not behind it: bind them to a private address).",
+    )
     log_level: str = Field(default="INFO", description="Log level of worker and API.")
     log_format: Literal["text", "json"] | None = Field(
         default=None,
@@ -398,9 +469,9 @@ class Settings(BaseSettings):
     def _production_needs_keys(self) -> Settings:
         if self.env == "production" and not self.api_keys:
             raise ValueError("SCORESTREAM_API_KEYS must be set when SCORESTREAM_ENV=production")
-        for key in self.api_keys:
-            if len(key.get_secret_value()) < 16:
-                raise ValueError("every API key must be at least 16 characters")
+        self.api_key_entries()  # refuses a malformed entry, a short key, a key or name listed twice
+        for spec in (self.rate_limit_read, self.rate_limit_write, self.rate_limit_admin):
+            rate_limit(spec)  # refuses a malformed limit
         if self.env == "production" and self.webhook_allow_private:
             raise ValueError(
                 "SCORESTREAM_WEBHOOK_ALLOW_PRIVATE=true is refused when SCORESTREAM_ENV=production: it lets webhooks "
@@ -458,6 +529,19 @@ class Settings(BaseSettings):
     @property
     def commands_topic(self) -> str:
         return f"{self.app_id}.webhook-commands"
+
+    def api_key_entries(self) -> list[KeyEntry]:
+        """The API keys with their scopes and names (:mod:`schemas.api_keys`); ValueError names a
+        malformed entry's fault without its key."""
+        return parse_entries([k.get_secret_value() for k in self.api_keys])
+
+    def rate_limits(self) -> dict[str, RateLimitItem | None]:
+        """Scope -> its per-key rate limit (None: no limit)."""
+        return {
+            "read": rate_limit(self.rate_limit_read),
+            "write": rate_limit(self.rate_limit_write),
+            "admin": rate_limit(self.rate_limit_admin),
+        }
 
     def write_key_channels(self) -> dict[str, tuple[str, ...]]:
         """Write key -> the channels it may send to, the default channel of its messages first.
