@@ -54,7 +54,7 @@ def interpolate(value: str, shell: dict[str, str]) -> str:
 def health_url(service: dict[str, Any]) -> str:
     test = " ".join(service["healthcheck"]["test"])
     (url,) = re.findall(r"https?://[^'\" ]+", test)
-    return url
+    return str(url)
 
 
 def test_every_process_is_there() -> None:
@@ -114,7 +114,7 @@ def test_the_environment_points_at_the_services_and_is_valid() -> None:
     env = ours()["api"]["environment"]
     shell = {"SCORESTREAM_API_KEYS": "k" * 24}
     resolved = {k.removeprefix("SCORESTREAM_").lower(): interpolate(str(v), shell) for k, v in env.items()}
-    settings = Settings(**resolved)  # production's checks included (keys set)
+    settings = Settings.model_validate(resolved)  # production's checks included (keys set)
     for server in settings.kafka_bootstrap.split(","):
         host, port = server.rsplit(":", 1)
         broker = services()[host]
