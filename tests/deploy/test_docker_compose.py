@@ -13,13 +13,12 @@ import yaml
 from analytics.client import sink_in_api
 from deploy.cli import _parser
 from schemas.settings import Settings
+from telemetry.metrics import port_of
 from tests.deploy.test_cli import subcommands
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 IMAGE = "scorestream:local"
-# the metrics port of each role when SCORESTREAM_METRICS_PORT is not set (a worker: 9300 + its slot)
-METRICS_PORTS = {"worker": 9300, "dispatcher": 9290, "sink": 9291}
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -49,6 +48,15 @@ def interpolate(value: str, shell: dict[str, str]) -> str:
         return arg if op == ":-" else ""
 
     return INTERPOLATION.sub(one, value)
+
+
+def settings_of(service: dict[str, Any]) -> Settings:
+    """The settings a service's processes run with (the secrets the shell gives: a dummy key)."""
+    shell = {"SCORESTREAM_API_KEYS": "k" * 24}
+    env = service["environment"]
+    return Settings.model_validate(
+        {k.removeprefix("SCORESTREAM_").lower(): interpolate(str(v), shell) for k, v in env.items()}
+    )
 
 
 def health_url(service: dict[str, Any]) -> str:
@@ -88,13 +96,14 @@ def test_health_checks_probe_the_port_of_their_role() -> None:
         if role == "topics":
             continue
         url = urlsplit(health_url(service))
-        env = service["environment"]
+        settings = settings_of(service)
         if role == "api":
             assert url.path == "/readyz", name
-            assert url.port == int(env.get("SCORESTREAM_API_PORT", 8000)), name
-        else:
+            assert url.port == settings.api_port, name
+        else:  # its side metrics port, served on every address (the check and Prometheus reach it)
             assert url.path == "/metrics", name
-            assert url.port == int(env.get("SCORESTREAM_METRICS_PORT", METRICS_PORTS[role])), name
+            assert url.port == port_of(settings, role) != 0, name  # slot 0: each worker has its own /data
+            assert settings.metrics_host == "0.0.0.0"
 
 
 def test_one_environment_for_every_process_and_every_variable_a_setting() -> None:
@@ -111,10 +120,7 @@ def test_one_environment_for_every_process_and_every_variable_a_setting() -> Non
 
 
 def test_the_environment_points_at_the_services_and_is_valid() -> None:
-    env = ours()["api"]["environment"]
-    shell = {"SCORESTREAM_API_KEYS": "k" * 24}
-    resolved = {k.removeprefix("SCORESTREAM_").lower(): interpolate(str(v), shell) for k, v in env.items()}
-    settings = Settings.model_validate(resolved)  # production's checks included (keys set)
+    settings = settings_of(ours()["api"])  # production's checks included (keys set)
     for server in settings.kafka_bootstrap.split(","):
         host, port = server.rsplit(":", 1)
         broker = services()[host]
