@@ -22,8 +22,13 @@
 #   SCORESTREAM_KAFKA_HEAP_OPTS         default "-Xms512m -Xmx1g"
 #   SCORESTREAM_KAFKA_JVM_OPTS          extra broker JVM options (replace the G1 defaults)
 #   SCORESTREAM_KAFKA_TOOLS_HEAP_OPTS   default "-Xmx512m"
-#   SCORESTREAM_KAFKA_EXTRA_PROPS       extra server properties, key=value per line or ';'-separated;
-#                                       appended last, so they override the defaults
+#   SCORESTREAM_KAFKA_EXTRA_PROPS       extra server properties, key=value per line (or, on one line,
+#                                       ';'-separated); appended last, so they override the defaults
+#   SCORESTREAM_KAFKA_SCRAM_USERS       SCRAM credentials made when the storage is formatted (first start of a
+#                                       data dir), one per line or ';'-separated, as StorageTool's --add-scram
+#                                       takes them: SCRAM-SHA-512=[name=alice,password=alice-secret]
+#                                       (a SASL_SSL listener itself goes in SCORESTREAM_KAFKA_EXTRA_PROPS; see
+#                                       tests/kafka_broker.py secured_props and docs/operations.md)
 #   SCORESTREAM_KAFKA_START_TIMEOUT     seconds to wait for readiness, default 60
 #   SCORESTREAM_KAFKA_STOP_TIMEOUT      seconds to wait after SIGTERM, default 30
 #   SCORESTREAM_KAFKA_VERSION           broker version, default 4.4.0
@@ -286,7 +291,11 @@ share.coordinator.state.topic.num.partitions=8
 EOF
   if [[ -n "${SCORESTREAM_KAFKA_EXTRA_PROPS:-}" ]]; then
     printf '\n# SCORESTREAM_KAFKA_EXTRA_PROPS\n' >>"$tmp"
-    printf '%s\n' "$SCORESTREAM_KAFKA_EXTRA_PROPS" | tr ';' '\n' \
+    # one per line; a one-line value is ';'-separated (values such as a JAAS config end in ';': put
+    # them on lines of their own)
+    local sep=';'
+    [[ "$SCORESTREAM_KAFKA_EXTRA_PROPS" == *$'\n'* ]] && sep=$'\n'
+    printf '%s\n' "$SCORESTREAM_KAFKA_EXTRA_PROPS" | tr "$sep" '\n' \
       | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' | grep -v '^$' >>"$tmp" || true
   fi
   mv "$tmp" "$SERVER_PROPS"
@@ -305,8 +314,15 @@ format_storage() {
     printf '%s\n' "$cluster_id" >"$CLUSTER_ID_FILE"
   fi
   log "formatting $KRAFT_LOG_DIR (cluster id $cluster_id)"
+  local -a scram=()
+  local entry
+  while IFS= read -r entry; do
+    [[ -n "$entry" ]] && scram+=(--add-scram "$entry")
+  done < <(printf '%s\n' "${SCORESTREAM_KAFKA_SCRAM_USERS:-}" | tr ';' '\n' \
+    | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')
+  # the SCRAM entries carry passwords: they go to StorageTool's arguments, never to the log
   java_broker_cp kafka.tools.StorageTool format -t "$cluster_id" -c "$SERVER_PROPS" \
-    --ignore-formatted >>"$LOG_FILE" 2>&1 \
+    --ignore-formatted ${scram[@]+"${scram[@]}"} >>"$LOG_FILE" 2>&1 \
     || { tail -n 30 "$LOG_FILE" >&2; die "storage format failed"; }
 }
 
