@@ -265,7 +265,32 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # every command reaches Kafka (`run` with its own broker starts it first; its processes check then)
+    external = args.command != "run" or "SCORESTREAM_KAFKA_BOOTSTRAP" in os.environ
+    if external and (refused := kafka_preflight(settings)) is not None:
+        print(f"scorestream {args.command}: {refused}", file=sys.stderr)
+        return EXIT_KAFKA
     return _command(args, settings)
+
+
+def kafka_preflight(settings: Settings) -> str | None:
+    """None when the Kafka cluster answers the way every client of this process will connect (TLS,
+    SASL: ``kafka_io.clients.check``); else the one line naming why not. A refused login, an untrusted
+    certificate or a failed TLS handshake fail at once; an unreachable cluster after
+    SCORESTREAM_KAFKA_STARTUP_TIMEOUT_S (the clients themselves would retry for ever)."""
+    from kafka_io.clients import KafkaConnection, KafkaUnavailable, check
+
+    try:
+        brokers = asyncio.run(check(settings, settings.kafka_startup_timeout_s))
+    except KafkaUnavailable as exc:
+        return str(exc)
+    log.debug(
+        "Kafka at %s answers (%s, %d brokers)",
+        settings.kafka_bootstrap,
+        KafkaConnection.of(settings).describe(),
+        brokers,
+    )
+    return None
 
 
 def _command(args: argparse.Namespace, settings: Settings) -> int:
