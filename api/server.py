@@ -30,6 +30,7 @@ from analytics.client import sink_in_api
 from api.app import create_api
 from schemas.settings import Settings
 from sink.service import Sink
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 READY_WAIT_S = 120.0  # the longest a process of several waits for its readers before it accepts requests
@@ -97,4 +98,6 @@ def serve(settings: Settings, processes: int | None = None) -> None:
             "SCORESTREAM_SINK_IN_API=false and run `scorestream sink` (the analytics routes then answer 503)"
         )
     os.environ["SCORESTREAM_API_PROCESSES"] = str(processes)  # the workers read their settings from it
+    if settings.metrics_enabled:  # their metrics in files, so that one scrape of the port sees them all
+        metrics.multiprocess_dir(settings)
     uvicorn.run("api.server:app_of_environment", factory=True, workers=processes, **_uvicorn_options(settings))

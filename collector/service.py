@@ -80,6 +80,7 @@ from schemas.events import (
     may_hold_long_integers,
 )
 from schemas.settings import Settings
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -428,11 +429,13 @@ class Collector:
         try:
             return await self._handle(path, headers, receive)
         except Refusal as refusal:
+            metrics.COLLECTOR_REFUSED.labels(refusal.code).inc()
             return refusal.reply()
         except ClientGone:
             raise
         except Exception:
             log.exception("collector: unexpected error on %s", path)
+            metrics.COLLECTOR_REFUSED.labels("internal_error").inc()
             return Refusal(500, "internal_error", "unexpected error; retry").reply()
 
     async def _handle(self, path: str, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> Reply:
@@ -469,6 +472,7 @@ class Collector:
                 first = rejected[0]
                 raise Refusal(403 if first.reason == CHANNEL_NOT_ALLOWED else 400, first.reason, first.detail)
             await self._publish(out, now)
+            metrics.COLLECTOR_ACCEPTED.inc()
             return Reply(200, _OK, _headers(_OK))
         return await self._batch(parsed, _Request(channels[0], now, iso_ms(now), channels), path)
 
@@ -507,6 +511,9 @@ class Collector:
         req.context, req.integrations, req.sent_at = body.get("context"), body.get("integrations"), body.get("sentAt")
         out, rejected = self._prepare(messages, req, dead_letters=path)
         await self._publish(out, req.received_ms)
+        metrics.COLLECTOR_ACCEPTED.inc(len(messages) - len(rejected))
+        for refused in rejected:
+            metrics.COLLECTOR_REJECTED.labels(refused.reason).inc()
         if rejected:
             first = rejected[0]
             log.warning(
@@ -612,6 +619,7 @@ class Collector:
         if not self.publisher.ready:
             raise Refusal(503, "unavailable", "Kafka is not reachable yet; retry shortly", UNAVAILABLE_RETRY_AFTER_S)
         self.in_flight += n
+        metrics.COLLECTOR_IN_FLIGHT.set(self.in_flight)
         unsent = n
         acks = _Acks(self, n, asyncio.get_running_loop().create_future())
         try:
@@ -638,6 +646,7 @@ class Collector:
             ) from None
         finally:
             self.in_flight -= unsent
+            metrics.COLLECTOR_IN_FLIGHT.set(self.in_flight)
         if acks.failure is not None:
             log.warning("collector: Kafka did not take a record: %r", acks.failure)
             raise Refusal(

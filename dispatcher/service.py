@@ -125,6 +125,7 @@ from scorestream.delivery import (
     trigger_payload,
     wants,
 )
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +403,7 @@ class Dispatcher:
         now = now_ms()
         log.warning("webhook %s disabled: %s", sub_id, reason)
         self.stats["disabled"] += 1
+        metrics.SUBSCRIPTIONS_DISABLED.inc()
         self._write_subscription(
             msgspec.structs.replace(
                 record,
@@ -435,6 +437,7 @@ class Dispatcher:
             self.queue.remove(entry)
             self._spawn(self._write_delivery(settled(entry.record, "failed", reason, now)), f"settle {entry.id}")
         if waiting:
+            metrics.DELIVERIES.labels("disabled").inc(len(waiting))
             log.info("webhook %s: %d queued deliveries failed (%s)", sub_id, len(waiting), reason)
 
     # --- consuming triggers and commands ---------------------------------------------------------
@@ -648,6 +651,7 @@ class Dispatcher:
         """Put a trigger or command record it cannot handle on the dead-letter topic (original bytes,
         reason, exception class, coordinates); awaited before the batch's offsets are committed."""
         self.stats["dead_lettered"] += 1
+        metrics.DEAD_LETTERS.labels(msg.topic, reason).inc()
         log.warning("dead-letter %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail[:300])
         headers = deadletter_headers(reason, detail, msg.topic, msg.partition, msg.offset, exc)
         value = msg.value if isinstance(msg.value, bytes) else b""
@@ -1079,8 +1083,10 @@ class Dispatcher:
         try:
             if sub is None:
                 new = settled(record, "failed", "subscription deleted", started)
+                metrics.DELIVERIES.labels("disabled").inc()
             elif not sub.enabled:
                 new = settled(record, "failed", "subscription disabled", started)
+                metrics.DELIVERIES.labels("disabled").inc()
             else:
                 answer = await self._post(sub, record, started)
                 attempt = AttemptRecord(
@@ -1135,10 +1141,13 @@ class Dispatcher:
         """Log the attempt; keep failing_since; disable on 410."""
         where = f"{self.settings.deliveries_topic}[{new.partition}] seq {new.seq}"
         self.stats[f"attempts_{answer.outcome}"] += 1
+        metrics.ATTEMPTS.labels(answer.outcome).inc()
+        metrics.ATTEMPT_DURATION.observe(answer.latency_ms / 1000)
         if answer.outcome == "success":
             self._failing[sub.id] = None
             if new.status == "succeeded":
                 self.stats["succeeded"] += 1
+                metrics.DELIVERIES.labels("delivered").inc()
             log.debug(
                 "delivery %s to webhook %s: %s in %.0f ms (%s)",
                 new.id,
@@ -1154,6 +1163,7 @@ class Dispatcher:
         if answer.outcome == "gone":
             self._disable(sub.id, "the receiver answered 410 Gone")
         if due is not None:
+            metrics.DELIVERIES.labels("retried").inc()
             log.info(
                 "delivery %s to webhook %s failed (%s), attempt %d; next in %.1f s (%s)",
                 new.id,
@@ -1165,6 +1175,7 @@ class Dispatcher:
             )
         elif new.status == "failed":
             self.stats["failed"] += 1
+            metrics.DELIVERIES.labels("failed").inc()
             log.warning("delivery %s to webhook %s failed for good: %s (%s)", new.id, sub.id, new.reason, where)
         else:
             log.info("delivery %s to webhook %s: manual attempt failed (%s) (%s)", new.id, sub.id, detail, where)
@@ -1220,6 +1231,9 @@ def main(settings: Settings | None = None) -> None:
 
     async def go() -> None:
         dispatcher = Dispatcher(settings)
+        metrics.scraped(metrics.WEBHOOK_QUEUE, lambda: [(len(dispatcher.queue),)])
+        metrics.scraped(metrics.WEBHOOK_IN_FLIGHT, lambda: [(len(dispatcher._in_flight),)])
+        metrics.serve(settings, "dispatcher")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, dispatcher.stop)

@@ -123,6 +123,7 @@ from schemas.settings import Settings
 from schemas.times import at_of
 from scorestream import Model
 from sink.errors import SinkError
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -477,6 +478,7 @@ class Sink:
         and retried there)."""
         self._stop.clear()
         self._registry_read = False  # read it again: start on the active namespace
+        metrics.scraped(metrics.SINK_REJECTS, lambda: [(self.stats.unreadable,)])
         self._task = asyncio.create_task(self._run(), name="analytics-sink")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -630,6 +632,7 @@ class Sink:
                 timeout_ms=int(self._wait(now, switching) * 1000), max_records=self.max_records
             )
             if batches:
+                _observe_lag(consumer, batches)
                 # decoding and scoring are CPU work: off the event loop (in embedded mode it is
                 # the API's), so requests keep being served meanwhile
                 await asyncio.get_running_loop().run_in_executor(self._rows, self._take_all, batches, self._generation)
@@ -763,16 +766,20 @@ class Sink:
                     # ClickHouse answers but this insert keeps failing: some rows are refused
                     inserted = await self._insert_apart(table, rows, token)
                 else:
+                    started = time.perf_counter()
                     await self.store.insert(table, COLUMNS[table], rows, token)
+                    metrics.SINK_DURATION.labels(table).observe(time.perf_counter() - started)
                     inserted = len(rows)
                 batch.done.add(table)
                 self.stats.rows[table] = self.stats.rows.get(table, 0) + inserted
+                metrics.SINK_ROWS.labels(table).inc(inserted)
                 self.stats.inserts += 1
         except Exception as exc:
             batch.attempts += 1
             delay = min(RETRY_FIRST_S * 2 ** (batch.attempts - 1), RETRY_MAX_S)
             batch.retry_at = time.monotonic() + delay
             self.stats.failures += 1
+            metrics.SINK_ERRORS.labels(stream.name).inc()
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.warning(
                 "sink: %s: insert failed (attempt %d: %s); holding %s, retrying in %.1f s",
@@ -925,6 +932,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("sink: assigned %d partitions", len(partitions))
 
 
+def _observe_lag(consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
+    """The fetched partitions' lag (highwater minus the next offset to read), once per fetch."""
+    for tp, records in batches.items():
+        high = consumer.highwater(tp) if records else None
+        if high is not None:
+            metrics.SINK_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - records[-1].offset - 1))
+
+
 def main(settings: Settings) -> None:
     """``scorestream sink``: run the sink until SIGTERM or SIGINT."""
     asyncio.run(_serve(settings))
@@ -932,6 +947,7 @@ def main(settings: Settings) -> None:
 
 async def _serve(settings: Settings) -> None:
     sink = Sink(settings)
+    metrics.serve(settings, "sink")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

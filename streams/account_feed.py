@@ -12,6 +12,7 @@ latest one (:func:`scorestream.accounts.snapshot_key`), and a trigger's id is st
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from streams.app import Wiring
 from streams.deadletter import batch_error, dead_letter
 from streams.sends import BatchedSends
 from streams.transport import MAX_RECORD_BYTES, TooLarge, encode_chunks, records_of
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 SENT_MEMORY = 100_000
@@ -105,13 +107,17 @@ def _encode_members(items: list[MemberUpdate]) -> bytes:
 def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFeed:
     """Attach the ``accounts`` agent; return the feed the contacts stage reports through."""
 
+    stage = metrics.Stage("accounts")
+
     @w.app.agent(w.accounts_topic, name="accounts")
     async def accounts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for batch_event in stream.events():
+            started = time.perf_counter()
             try:
                 accounts_batch(batch_event)
             except Exception as exc:
                 batch_error(w, "accounts", batch_event, exc)
+            stage.batch(len(records_of(batch_event)), time.perf_counter() - started)
             yield None
 
     def accounts_batch(batch_event: Any) -> None:

@@ -66,6 +66,7 @@ from streams.transport import (
     records_of,
 )
 from streams.views import register_views
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,9 @@ class Pipeline:
         self.settings = settings
         self.model = model
         self.channels = settings.source_topics
+        self.counted = {
+            topic: (metrics.EVENTS_IN.labels(topic), metrics.EVENTS_ACCEPTED.labels(topic)) for topic in self.channels
+        }
         self.partitions = settings.partitions
         self.population = register_population(w, settings, model)
         self.feed = register_accounts(w, settings, model)
@@ -230,7 +234,9 @@ class Pipeline:
         dead-lettered alone."""
         w = self.w
         out = Outbox(self.partitions, self.refuser(batch_event))
-        for record in records_of(batch_event):
+        records = records_of(batch_event)
+        refused = 0
+        for record in records:
             raw = record.value
             try:
                 if not isinstance(raw, bytes):
@@ -239,11 +245,17 @@ class Pipeline:
                 topic, key = self._route(event)
                 out.add(topic, key, Envelope(kind="event", event=event))  # encoded here: fails alone
             except InvalidMessage as exc:
+                refused += 1
                 dead_letter(w, record, None, exc.reason, exc.detail, exc)
             except Exception as exc:  # not the contract's refusal: a bug, a limit; never the batch
+                refused += 1
                 log.exception("ingest: %s[%s] %s failed", record.topic, record.partition, record.offset)
                 dead_letter(w, record, None, "processing_error", repr(exc), exc)
         out.flush()
+        counted = self.counted.get(batch_event.message.topic)
+        if counted is not None:  # one partition's batch: one topic
+            counted[0].inc(len(records))
+            counted[1].inc(len(records) - refused)
 
     def _route(self, event: Event) -> tuple[TopicT, str]:
         """The topic and key of an event's next stage: the identity topic keyed by anonymous id,
@@ -454,6 +466,7 @@ def register(w: Wiring, settings: Settings, model: Model, acks: Acks | None = No
     how the contacts stage holds its records until their states are written (default Faust's)."""
     pipeline = Pipeline(w, settings, model, acks)
     states = pipeline.states
+    stages = {name: metrics.Stage(name) for name in ("ingest", "identity", "contacts")}
     cast(ScorestreamApp, w.app).add_state_flusher(states)
 
     if settings.state_flush_ms > 0:  # a quiet partition's dirty states are written on time too
@@ -471,29 +484,38 @@ def register(w: Wiring, settings: Settings, model: Model, acks: Acks | None = No
 
     @w.app.agent(w.sources, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        stage = stages["ingest"]
         async for batch_event in stream.events():
+            started = time.perf_counter()
             try:
                 pipeline.ingest_batch(batch_event)
             except Exception as exc:
                 batch_error(w, "ingest", batch_event, exc)
+            stage.batch(len(records_of(batch_event)), time.perf_counter() - started)
             yield None
 
     @w.app.agent(w.identity_topic, name="identity")
     async def identity(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        stage = stages["identity"]
         async for batch_event in stream.events():
+            started = time.perf_counter()
             try:
                 pipeline.identity_batch(batch_event)
             except Exception as exc:
                 batch_error(w, "identity", batch_event, exc)
+            stage.batch(len(records_of(batch_event)), time.perf_counter() - started)
             yield None
 
     @w.app.agent(w.contacts_topic, name="contacts")
     async def contacts(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        stage = stages["contacts"]
         async for batch_event in stream.events():
+            started = time.perf_counter()
             try:
                 pipeline.contacts_batch(batch_event)
             except Exception as exc:
                 batch_error(w, "contacts", batch_event, exc)
+            stage.batch(len(records_of(batch_event)), time.perf_counter() - started)
             yield None
 
     return pipeline

@@ -36,6 +36,7 @@ from schemas.registry import Registry
 from schemas.settings import Settings
 from streams.sends import BatchedSends, Headers
 from streams.transport import ScorestreamApp
+from telemetry import metrics
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Wiring:
 
     def send_trigger(self, key: bytes, trigger: dict[str, Any]) -> None:
         topic = self.triggers_topic if self.public(int(trigger["at_ms"])) else self.private_triggers
+        metrics.trigger(str(trigger.get("type", "unknown")))
         self._send(topic, key, orjson.dumps(trigger))
 
     def send_dead(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], at_ms: int) -> None:

@@ -61,6 +61,7 @@ from schemas.events import deadletter_headers
 from streams.app import Wiring
 from streams.errors import WorkerError
 from streams.transport import MAX_RECORD_BYTES, exception_name, record_ms, records_of
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def dead_letter(
         detail = f"{detail[:600]} [value cut from {len(raw)} to {room} bytes]"
         raw = raw[:room]
     dead_lettered[reason] += 1
+    metrics.DEAD_LETTERS.labels(record.topic, reason).inc()
     where = f"{record.topic}[{record.partition}] {record.offset}"
     kind = exception_name(exc) if exc is not None else ""
     log.warning("dead-letter %s: %s: %s %s", where, reason, kind, detail[:300])

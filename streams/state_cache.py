@@ -50,6 +50,7 @@ import rocksdict
 from faust.types import TP
 
 from scorestream import ContactState
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ class StateCache:
     def flush(self) -> None:
         """Write every dirty state (one write batch and one group of changelog records per
         partition), then release the held records. Synchronous: nothing runs in between."""
+        started = time.perf_counter()
         dirty, self.dirty = self.dirty, {}
         self.dirty_count = 0
         self.dirty_since = None
@@ -320,6 +322,7 @@ class StateCache:
         if written:
             self.flushes += 1
             self.written += written
+            metrics.state_flush(written, time.perf_counter() - started)
 
     def _encoded(self, entries: dict[str, _Dirty]) -> list[tuple[str, bytes]]:
         items: list[tuple[str, bytes]] = []

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
 
@@ -46,6 +47,7 @@ from faust.types import TP
 from mode.utils.queues import ThrowableQueue
 
 from streams.errors import WorkerError
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +166,12 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         """Faust's commit, after the app's state flushers wrote what they hold (and so released
         the input records they held: their offsets become committable in this commit, whose
         producer flush then waits for the records the flushers queued)."""
+        started = time.perf_counter()
         for flusher in _flushers(self.app):
             flusher.before_commit()
-        return cast(bool, await super().commit(topics, start_new_transaction))
+        committed = cast(bool, await super().commit(topics, start_new_transaction))
+        metrics.COMMIT.observe(time.perf_counter() - started)
+        return committed
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """The state flushers write first: Faust then forgets the revoked partitions' acks."""

@@ -21,9 +21,11 @@ from schemas.model_file import load_model
 from schemas.registry import Registry, settings_of
 from schemas.settings import Settings
 from scorestream import Model
+from streams import metrics as worker_metrics
 from streams import restore
 from streams.agents import register
 from streams.app import Wiring, create_app
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,9 @@ def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | 
     if prepare is not None:
         prepare(settings)
     wiring = create_app(settings, registry)
-    register(wiring, settings, model)
+    pipeline = register(wiring, settings, model)
+    worker_metrics.watch(wiring, pipeline)
+    metrics.serve(settings, "worker")
 
     @wiring.app.task
     async def models_registry() -> None:

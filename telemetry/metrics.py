@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Literal
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -45,6 +44,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from schemas.settings import Settings
@@ -57,7 +57,7 @@ DEFAULT_PORTS: dict[str, int] = {"worker": 9300, "dispatcher": 9290, "sink": 929
 ``/metrics`` on its own port."""
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes; every Prometheus version reads it
 
 
 def version() -> str:
@@ -201,6 +201,23 @@ COLLECTOR_IN_FLIGHT = Gauge(
     "Messages sent to Kafka and not acknowledged yet (sampled at each request's start and end).",
     multiprocess_mode="livesum",
 )
+
+
+_trigger_counters: dict[str, Counter] = {}
+
+
+def trigger(kind: str) -> None:
+    """One trigger of type ``kind`` emitted (its counter looked up in a plain dict)."""
+    counter = _trigger_counters.get(kind)
+    if counter is None:
+        counter = _trigger_counters[kind] = TRIGGERS.labels(kind)
+    counter.inc()
+
+
+def state_flush(states: int, seconds: float) -> None:
+    """The contacts stage wrote ``states`` dirty states in ``seconds``."""
+    STATE_FLUSH.observe(seconds)
+    STATES_WRITTEN.inc(states)
 
 
 class Stage:

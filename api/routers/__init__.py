@@ -3,10 +3,11 @@ order the app includes them (a path two routers could match goes to the first)."
 
 from fastapi import APIRouter
 
-from api.routers import accounts, collector, contacts, health, models, reports, webhooks
+from api.routers import accounts, collector, contacts, health, metrics, models, reports, webhooks
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
+    metrics.router,
     contacts.router,
     models.router,
     accounts.router,
