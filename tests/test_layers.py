@@ -287,6 +287,16 @@ def test_kafka_io_imports_only_schemas_the_kafka_clients_and_the_standard_librar
         assert not roots & set(ADAPTERS), f"{path} imports an adapter"
 
 
+def test_telemetry_imports_only_schemas_prometheus_client_structlog_and_the_standard_library() -> None:
+    """Metrics and logs are shared by every process, like the Kafka home: they import none of them
+    (orjson writes the JSON log lines; starlette gives the ASGI types of the API's access wrapper)."""
+    libraries = {"prometheus_client", "structlog", "orjson", "starlette"}
+    allowed = set(sys.stdlib_module_names) | {"telemetry", "schemas"} | libraries
+    for path, roots in imported_roots(ROOT / "telemetry").items():
+        assert roots <= allowed, f"{path} imports {sorted(roots - allowed)}"
+        assert not roots & {*ADAPTERS, "kafka_io", "scorestream"}, f"{path} imports a process or the core"
+
+
 def kafka_clients_built(package: Path) -> list[str]:
     """``file:line Class`` of every construction of an aiokafka client class in ``package``."""
     found = []
