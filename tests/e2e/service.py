@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection
+from schemas.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789abcdef"
@@ -42,6 +45,13 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"{what}: not met within {timeout} s; last value: {last!r}\n{logs()}")
+
+
+def kafka_of(env: Mapping[str, str]) -> KafkaConnection:
+    """The Kafka connection the processes started with ``env`` use (its ``SCORESTREAM_KAFKA_*``
+    variables: bootstrap servers, TLS, SASL), for this test process's own clients."""
+    values = {k.removeprefix("SCORESTREAM_").lower(): v for k, v in env.items() if k.startswith("SCORESTREAM_KAFKA_")}
+    return KafkaConnection.of(Settings.model_validate(values))
 
 
 def isolated_env(bootstrap: str, app_id: str, suffix: str, partitions: int, data_dir: Path) -> dict[str, str]:
@@ -101,6 +111,11 @@ class Service:
             env["SCORESTREAM_MODEL"] = str(self.model)
         env.update(self.extra_env)
         return env
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How the deployment reaches Kafka (``extra_env`` may secure it): the test's clients too."""
+        return kafka_of(self.env)
 
     def topic(self, channel: str) -> str:
         return {
@@ -202,7 +217,7 @@ class Service:
         asyncio.run(self._publish(list(records)))
 
     async def _publish(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, max_request_size=4 << 20)
+        producer = clients.producer(self.kafka, acks="all", linger_ms=5, max_request_size=4 << 20)
         await producer.start()
         try:
             futures = [await producer.send(self.topic(channel), value, key=key) for channel, key, value in records]
@@ -214,9 +229,7 @@ class Service:
         return asyncio.run(self._read(topic, expect, wait_s))
 
     async def _read(self, topic: str, expect: int, wait_s: float) -> list[Any]:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-        )
+        consumer = clients.consumer(self.kafka, topic, auto_offset_reset="earliest", enable_auto_commit=False)
         await consumer.start()
         try:
             out: list[Any] = []

@@ -1,0 +1,219 @@
+"""Secured Kafka end to end: a second local broker with a SASL_SSL listener (a CA and certificates
+this test makes, SCRAM-SHA-512/256 users made when its storage is formatted, PLAIN users in its
+JAAS config), the whole pipeline over it, and the one-line refusals at start.
+
+Every process is the real one (``python -m deploy.cli ...``): topics, worker, API and webhook
+dispatcher reach the broker only through its SASL_SSL port, with the security their environment
+gives (``SCORESTREAM_KAFKA_*``), and so do this test's own clients (``Service.kafka``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kafka_io import clients
+from kafka_io.clients import KafkaConnection, check
+from tests.e2e.service import REPO, Service, free_port
+from tests.e2e.test_pipeline import msg
+from tests.kafka_broker import TlsFiles, ensure_broker, make_tls, secured_props, stop_broker
+from tests.webhook_receiver import Receiver
+
+ALICE_PASSWORD = "alice-Pa55word-for-scram"
+BOB_PASSWORD = "bob-Pa55word-for-plain"
+WRONG_PASSWORD = "not-alices-Pa55word"
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    bootstrap: str  # the SASL_SSL listener
+    tls: TlsFiles
+
+    def env(
+        self,
+        *,
+        mechanism: str = "SCRAM-SHA-512",
+        user: str = "alice",
+        password: str = ALICE_PASSWORD,
+        ca: Path | None = None,
+    ) -> dict[str, str]:
+        """The ``SCORESTREAM_KAFKA_*`` variables of a client of this broker."""
+        return {
+            "SCORESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "SCORESTREAM_KAFKA_SASL_MECHANISM": mechanism,
+            "SCORESTREAM_KAFKA_SASL_USERNAME": user,
+            "SCORESTREAM_KAFKA_SASL_PASSWORD": password,
+            "SCORESTREAM_KAFKA_SSL_CA_FILE": str(ca or self.tls.ca),
+        }
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    root = tmp_path_factory.mktemp("secured-kafka")
+    tls = make_tls(root / "tls")
+    port, controller, sasl_ssl = free_port(), free_port(), free_port()
+    ensure_broker(
+        root / "data",
+        port,
+        controller_port=controller,
+        extra_props=secured_props(port, controller, sasl_ssl, tls, plain_users={"bob": BOB_PASSWORD}),
+        scram_users=[
+            f"SCRAM-SHA-512=[name=alice,password={ALICE_PASSWORD}]",
+            f"SCRAM-SHA-256=[name=alice,password={ALICE_PASSWORD}]",
+        ],
+    )
+    try:
+        yield SecuredKafka(bootstrap=f"127.0.0.1:{sasl_ssl}", tls=tls)
+    finally:
+        stop_broker(root / "data", port)
+
+
+def events() -> list[tuple[str, bytes]]:
+    t = int(time.time() * 1000) - 3_600_000
+    return [
+        ("web", msg("identify", "k1", t, userId="u-sec", traits={"email": "sec@acme.com", "title": "CTO"})),
+        ("web", msg("page", "k2", t + 1000, userId="u-sec", properties={"path": "/pricing"})),
+        ("web", msg("track", "k3", t + 2000, userId="u-sec", event="Demo Requested")),
+        ("email", msg("track", "k4", t + 3000, userId="u-sec", event="Email Link Clicked")),
+    ]
+
+
+def test_the_pipeline_runs_over_sasl_ssl_scram(secured: SecuredKafka, tmp_path: Path) -> None:
+    """Topics, worker, API and dispatcher over SASL_SSL (SCRAM-SHA-512, the password from a file as
+    a mounted Kubernetes secret gives it): events published over SASL_SSL are scored and served,
+    and a webhook made over the API is delivered by the dispatcher."""
+    started = time.monotonic()
+    password = tmp_path / "kafka-password"
+    password.write_text(ALICE_PASSWORD + "\n")
+    env = secured.env()
+    del env["SCORESTREAM_KAFKA_SASL_PASSWORD"]
+    env["SCORESTREAM_KAFKA_SASL_PASSWORD_FILE"] = str(password)
+    svc = Service(
+        bootstrap=secured.bootstrap,
+        data_dir=tmp_path / "svc",
+        partitions=2,
+        extra_env={**env, "SCORESTREAM_WEBHOOK_ALLOW_PRIVATE": "true"},
+    )
+    assert svc.kafka.security_protocol == "SASL_SSL" and svc.kafka.sasl_password == ALICE_PASSWORD
+    receiver = Receiver().start()
+    svc.start()  # `scorestream topics`, then worker and API, ready
+    dispatcher = svc._spawn("dispatcher", "dispatcher.log")
+    try:
+        svc.publish((channel, None, raw) for channel, raw in events())  # this test's producer: SASL_SSL too
+        with svc.client() as http:
+            body = svc.wait_for(
+                lambda: (
+                    (r := http.get("/v1/contacts/u-sec")).status_code == 200
+                    and len(r.json()["engagement"]["top"]) >= 3
+                    and r.json()
+                ),
+                timeout=90,
+            )
+            assert body["identity"]["email"] == "sec@acme.com" and body["engagement"]["score"] > 0
+            created = http.post("/v1/webhooks", json={"url": receiver.url("/secured"), "events": ["*"]})
+            assert created.status_code == 201, created.text
+            hook = created.json()["id"]
+            time.sleep(0.5)  # the dispatcher reads the subscription from its topic
+            assert http.post(f"/v1/webhooks/{hook}/test").status_code == 202
+            svc.wait_for(lambda: receiver.at("/secured"), timeout=60)
+        assert dispatcher.poll() is None, svc.logs("dispatcher")
+        for name in ("worker", "api", "dispatcher"):
+            assert ALICE_PASSWORD not in svc.logs(name)  # never logged
+    finally:
+        dispatcher.terminate()
+        dispatcher.wait(timeout=30)
+        svc.stop()
+        receiver.stop()
+    print(
+        f"SASL_SSL pipeline (topics, worker, API, dispatcher; scored contact, webhook delivered): "
+        f"{time.monotonic() - started:.1f} s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "user", "password"),
+    [("SCRAM-SHA-256", "alice", ALICE_PASSWORD), ("PLAIN", "bob", BOB_PASSWORD)],
+    ids=["scram-sha-256", "plain"],
+)
+def test_the_other_mechanisms_connect(secured: SecuredKafka, mechanism: str, user: str, password: str) -> None:
+    kafka = KafkaConnection(secured.bootstrap, "SASL_SSL", mechanism, user, password, ssl_ca_file=str(secured.tls.ca))
+    assert asyncio.run(check(kafka, timeout_s=30)) == 1
+
+    async def round_trip() -> list[bytes | None]:
+        topic = f"mech-{mechanism.lower()}-{free_port()}"
+        producer = clients.producer(kafka, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"over " + mechanism.encode())
+        finally:
+            await producer.stop()
+        consumer = clients.consumer(kafka, topic, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            batch = await consumer.getmany(timeout_ms=10_000)
+            return [record.value for records in batch.values() for record in records]
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(round_trip()) == [b"over " + mechanism.encode()]
+
+
+def start(command: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", command],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return proc, time.monotonic() - started
+
+
+def refusal(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused start writes (no traceback)."""
+    assert proc.returncode == 3, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "Kafka" in line]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["worker", "api", "dispatcher", "sink", "topics"])
+def test_a_wrong_password_fails_the_start_with_one_line(secured: SecuredKafka, tmp_path: Path, command: str) -> None:
+    svc = Service(bootstrap=secured.bootstrap, data_dir=tmp_path, extra_env=secured.env(password=WRONG_PASSWORD))
+    proc, took = start(command, svc.env)
+    line = refusal(proc)
+    assert took < 30, took
+    assert line.startswith(f"scorestream {command}: Kafka SASL authentication failed at {secured.bootstrap}"), line
+    assert "SCORESTREAM_KAFKA_SASL_PASSWORD" in line and "SCRAM-SHA-512 as 'alice'" in line
+    assert WRONG_PASSWORD not in proc.stderr + proc.stdout
+
+
+def test_an_untrusted_certificate_fails_the_start_with_one_line(secured: SecuredKafka, tmp_path: Path) -> None:
+    """The client trusts a CA that did not sign the broker's certificate."""
+    svc = Service(bootstrap=secured.bootstrap, data_dir=tmp_path, extra_env=secured.env(ca=secured.tls.other_ca))
+    proc, took = start("worker", svc.env)
+    line = refusal(proc)
+    assert took < 30, took
+    assert line.startswith(f"scorestream worker: Kafka TLS certificate of {secured.bootstrap} not trusted"), line
+    assert "SCORESTREAM_KAFKA_SSL_CA_FILE" in line
+
+
+def test_an_unreachable_cluster_fails_the_start_after_the_timeout(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env: dict[str, Any] = Service(bootstrap=f"127.0.0.1:{port}", data_dir=tmp_path).env
+    proc, took = start("api", {**env, "SCORESTREAM_KAFKA_STARTUP_TIMEOUT_S": "2"})
+    line = refusal(proc)
+    assert took < 30, took
+    assert line.startswith(f"scorestream api: Kafka unreachable at 127.0.0.1:{port} (PLAINTEXT) within 2 s"), line
