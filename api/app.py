@@ -32,6 +32,7 @@ from schemas.model_file import load_model
 from schemas.settings import Settings
 from scorestream import Model
 from sink.service import Sink
+from telemetry.access import ROUTE, RequestTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def now_ms() -> int:
 
 
 CONTACT_PATH = re.compile(r"^/v1/contacts/(?P<contact_id>[^/]+)$")  # Starlette's pattern for the route
+CONTACT_ROUTE = "/v1/contacts/{contact_id}"  # its template (the latency histogram's label)
 FastGet = Callable[[Scope, str], Awaitable[Response]]
 
 
@@ -58,11 +60,13 @@ class ScorestreamApi(FastAPI):
     ASGI app) the same way; its declared routes call the same handler. The full stack also serves
     every request while the app has middleware or dependency overrides, or FastAPI's
     OpenTelemetry instrumentation is on, and a contact ``GET`` with a query string (``?model=``
-    names another namespace than the active one).
+    names another namespace than the active one). :attr:`telemetry` wraps all of them (request id,
+    access log line, latency histogram: :mod:`telemetry.access`), so it needs no middleware.
     """
 
     fast_get: FastGet | None = None
     collector: Collector | None = None
+    telemetry = RequestTelemetry()  # create_api: the settings' (access log, metrics)
     _otel_cached = False
     _otel_checked = -1.0
 
@@ -97,12 +101,22 @@ class ScorestreamApi(FastAPI):
             return await api_error(None, exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every HTTP request through :attr:`telemetry` (request id, access log, latency: it wraps
+        all three paths), then :meth:`dispatch`."""
+        if scope["type"] == "http":
+            await self.telemetry.serve(scope, receive, send, self.dispatch)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The collector's paths, the direct contact path, else the full stack."""
         if (
             self.collector is not None
             and scope["type"] == "http"
             and scope["path"] in self.collector.paths
             and self._plain(scope)
         ):
+            scope[ROUTE] = scope["path"]
             await self.collector(scope, receive, send)
             return
         if (
@@ -118,6 +132,7 @@ class ScorestreamApi(FastAPI):
             except Exception:
                 log.debug("direct path failed; answering through the full stack", exc_info=True)
             else:
+                scope[ROUTE] = CONTACT_ROUTE
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
@@ -169,6 +184,7 @@ def create_api(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.telemetry = RequestTelemetry.from_settings(settings)
     if fast_path:
         app.fast_get = app.direct_get
         app.collector = state.collector

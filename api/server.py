@@ -2,7 +2,8 @@
 
 uvloop and httptools (pinned dependencies) are named explicitly rather than left to uvicorn's
 "auto", which quietly falls back to the stock asyncio loop and the pure-Python h11 parser when
-they are missing (those two were about half of the API's CPU per lookup). Access logs are off.
+they are missing (those two were about half of the API's CPU per lookup). uvicorn's logging setup
+and access log are off: the process's log lines and access log are :mod:`telemetry`'s.
 With embedded chDB (``analytics.client.sink_in_api``) the process also runs the analytics sink.
 
 Several processes (``SCORESTREAM_API_PROCESSES`` or ``--processes N``) are uvicorn workers on one
@@ -31,6 +32,7 @@ from api.app import create_api
 from schemas.settings import Settings
 from sink.service import Sink
 from telemetry import metrics
+from telemetry.logs import configure as configure_logs
 
 log = logging.getLogger(__name__)
 READY_WAIT_S = 120.0  # the longest a process of several waits for its readers before it accepts requests
@@ -43,7 +45,8 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "loop": "uvloop",
         "http": "httptools",
         "log_level": settings.log_level.lower(),
-        "access_log": False,
+        "log_config": None,  # uvicorn's lines go through our handler (telemetry.logs), not its own
+        "access_log": False,  # ours: telemetry.access (SCORESTREAM_ACCESS_LOG), with the request id
     }
 
 
@@ -55,7 +58,9 @@ def app_of_environment() -> FastAPI:
     processes share one socket, and one that has not started accepts no connection, so a process
     started late (or again, after one died) takes no request it would answer 503 to while the
     others can answer it."""
-    app = create_api(Settings())
+    settings = Settings()
+    configure_logs(settings, role="api")  # a new process: the parent's logging setup is not inherited
+    app = create_api(settings)
     started = app.router.lifespan_context
 
     @asynccontextmanager

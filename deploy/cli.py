@@ -17,6 +17,7 @@ import httpx
 
 from deploy.signals import StopOnSignal
 from schemas.settings import Settings
+from telemetry.logs import configure as configure_logs
 
 log = logging.getLogger("scorestream")
 KAFKA_SH = Path(__file__).parent / "kafka" / "kafka.sh"
@@ -262,7 +263,7 @@ def load_settings() -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(settings, role=args.command)  # SCORESTREAM_LOG_FORMAT: json or text, every library's lines
     if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     # every command reaches Kafka (`run` with its own broker starts it first; its processes check then)

@@ -101,8 +101,11 @@ def answers(app: FastAPI, requests: Sequence[tuple[str, str | None]], raise_erro
     async def go() -> list[Answer]:
         out: list[Answer] = []
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            for path, auth in requests:
-                headers = {} if auth is None else {"Authorization": auth}
+            for i, (path, auth) in enumerate(requests):
+                # a given request id (echoed): a generated one would differ between the two apps
+                headers = {"X-Request-ID": f"req-{i}"}
+                if auth is not None:
+                    headers["Authorization"] = auth
                 r = await client.get(path, headers=headers)
                 out.append((r.status_code, list(r.headers.multi_items()), r.content))
         return out

@@ -698,7 +698,13 @@ def test_the_full_stack_answers_like_the_direct_path() -> None:
 
         async def go() -> list[httpx.Response]:
             async with client(app) as http:
-                return [await http.request(method, path, **kw) for method, path, kw in requests]
+                # a given request id (echoed): a generated one would differ between the two apps
+                return [
+                    await http.request(
+                        method, path, **{**kw, "headers": {**kw.get("headers", {}), "X-Request-ID": f"r{i}"}}
+                    )
+                    for i, (method, path, kw) in enumerate(requests)
+                ]
 
         got = [(r.status_code, r.content, sorted(r.headers.multi_items())) for r in asyncio.run(go())]
         return got, pub.records

@@ -1,0 +1,131 @@
+"""What the API does around every HTTP request: its request id, its access log line, its latency.
+
+:meth:`RequestTelemetry.serve` wraps the API's ASGI call (``ScorestreamApi.__call__``), so it runs
+for every request, the direct contact path and the collector's included (Starlette middleware
+would turn the direct path off). Per request it
+
+- takes the caller's ``X-Request-ID`` when it is sane (1 to 128 visible ASCII characters), else
+  makes one (32 hex digits), sets :data:`telemetry.context.request_id` while the request is served
+  (every log line written meanwhile carries it, see :mod:`telemetry.logs`) and adds
+  ``X-Request-ID`` to the answer's headers;
+- writes one access log line at INFO on ``scorestream.access`` (``SCORESTREAM_ACCESS_LOG``):
+  method, path with the values of secret-looking query parameters redacted (never a header),
+  route template, status, duration, request id, client address;
+- observes ``scorestream_api_request_duration_seconds{method,route,status}``
+  (``SCORESTREAM_METRICS_ENABLED``).
+
+It costs a few microseconds a request without the log line (``tests/api/test_request_ids.py``
+measures it against the bare call); the log line costs what formatting and writing it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from prometheus_client.metrics import Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.settings import Settings
+from telemetry import context
+from telemetry.http_metrics import API_REQUEST_DURATION, METHODS, UNMATCHED
+from telemetry.logs import redact_query
+
+access_log = logging.getLogger("scorestream.access")
+
+HEADER = b"x-request-id"
+SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces, at most 128 characters
+ROUTE = "scorestream.route"  # scope key: the route template of a request the API serves outside Starlette's router
+SENSITIVE = ("key", "token", "secret", "password", "passwd", "auth", "sig", "credential", "session")
+
+
+def request_id_of(scope: Scope) -> bytes:
+    """The caller's ``X-Request-ID`` when it is sane, else a new one."""
+    for name, value in scope["headers"]:
+        if name == HEADER:
+            if SANE_ID.fullmatch(value):
+                return bytes(value)
+            break
+    return os.urandom(16).hex().encode()
+
+
+def route_of(scope: Scope) -> str:
+    """The route template that served the request (``unmatched`` when none did)."""
+    template = scope.get(ROUTE)
+    if template is None:
+        template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) else UNMATCHED
+
+
+class RequestTelemetry:
+    """Request ids, access log and latency histogram of one API app (see the module's doc)."""
+
+    __slots__ = ("_children", "access_log", "metrics")
+
+    def __init__(self, access_log: bool = True, metrics: bool = True) -> None:
+        self.access_log = access_log
+        self.metrics = metrics
+        self._children: dict[tuple[str, str, int], Histogram] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestTelemetry:
+        return cls(access_log=settings.access_log, metrics=settings.metrics_enabled)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Serve the HTTP request ``scope`` with ``app``, with its request id, log line and latency."""
+        rid = request_id_of(scope)
+        status = 500  # what the server answers when the app fails before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                # a new message and header list: the app's may be shared between answers
+                message = {**message, "headers": [*message.get("headers", ()), (HEADER, rid)]}
+            await send(message)
+
+        token = context.request_id.set(rid.decode())
+        started = time.perf_counter()
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            try:
+                self.done(scope, status, seconds)
+            finally:
+                context.request_id.reset(token)
+
+    def done(self, scope: Scope, status: int, seconds: float) -> None:
+        """The request's log line and latency."""
+        method: str = scope["method"]
+        route = route_of(scope)
+        if self.metrics:
+            key = (method, route, status)
+            child = self._children.get(key)
+            if child is None:
+                label = method if method in METHODS else "other"
+                child = self._children[key] = API_REQUEST_DURATION.labels(label, route, str(status))
+            child.observe(seconds)
+        if self.access_log and access_log.isEnabledFor(logging.INFO):
+            self.log(scope, method, route, status, seconds)
+
+    @staticmethod
+    def log(scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else scope["path"]
+        if query := scope.get("query_string"):
+            path = f"{path}?{redact_query(query, SENSITIVE)}"
+        client = scope.get("client")
+        ms = round(seconds * 1000, 3)
+        fields: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "route": route,
+            "status": status,
+            "duration_ms": ms,
+            "client": client[0] if client else None,
+        }
+        access_log.info("%s %s %d %.1f ms", method, path, status, ms, extra=fields)

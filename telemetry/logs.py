@@ -1,0 +1,158 @@
+"""Every process's log lines, in one format: ``configure(settings, role)`` once at start.
+
+``SCORESTREAM_LOG_FORMAT``: ``json`` writes one JSON object per line (``time`` ISO-8601 UTC,
+``level``, ``logger``, ``message``, then ``request_id`` while an API request is served, the Kafka
+coordinates ``topic``/``partition``/``offset`` where a consumer logs about a record, any other
+field the call passed, ``role`` and ``pid``; ``exc_info`` is the traceback as a string);
+``text`` writes readable console lines. Default: json with ``SCORESTREAM_ENV=production``, else
+text.
+
+The standard library's logging stays the API every module uses (``logging.getLogger(__name__)``,
+lazy ``%s`` arguments; structured fields through ``extra=``, see :func:`kafka_fields`): one
+handler on the root logger renders every record, ours and faust's, mode's, aiokafka's and
+uvicorn's, through structlog's :class:`~structlog.stdlib.ProcessorFormatter`. structlog's own
+loggers (``structlog.get_logger()``) go through the same handler. Nothing else may install a
+handler: the worker starts mode's ``Worker`` with ``override_logging=False`` and uvicorn runs with
+``log_config=None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Literal, TextIO
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from schemas.settings import Settings
+from telemetry import context
+
+Format = Literal["text", "json"]
+NOISY = ("aiokafka", "faust", "mode")  # never below INFO: their DEBUG lines cost CPU per record
+# uvicorn's loggers: their own handlers (if any) go, their records reach the root handler
+UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+FIRST = ("time", "level", "logger", "message")  # a JSON line's first keys, in this order
+DROPPED = frozenset({"color_message"})  # uvicorn's colored copy of the message
+
+
+def log_format(settings: Settings) -> Format:
+    """``SCORESTREAM_LOG_FORMAT``, else json in production and text in development."""
+    if settings.log_format is not None:
+        return settings.log_format
+    return "json" if settings.env == "production" else "text"
+
+
+def kafka_fields(topic: str, partition: int, offset: int) -> dict[str, Any]:
+    """``extra=`` of a log call about one Kafka record: its coordinates become fields of the line."""
+    return {"topic": topic, "partition": partition, "offset": offset}
+
+
+def add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The request being served (:data:`telemetry.context.request_id`), when there is one."""
+    rid = context.request_id.get()
+    if rid is not None and "request_id" not in event_dict:
+        event_dict["request_id"] = rid
+    return event_dict
+
+
+def _drop_noise(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key in DROPPED & event_dict.keys():
+        del event_dict[key]
+    return event_dict
+
+
+class _Process:
+    """Adds ``role`` and ``pid`` (read per line: uvicorn's workers are forked after configure)."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict["role"] = self.role
+        event_dict["pid"] = os.getpid()
+        return event_dict
+
+
+def _json_line(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
+    """One JSON object: ``time``, ``level``, ``logger``, ``message`` first, then the other fields
+    (values JSON cannot hold are written as their ``str``)."""
+    event_dict["message"] = event_dict.pop("event", "")
+    if "exception" in event_dict:
+        event_dict["exc_info"] = event_dict.pop("exception")
+    if "stack" in event_dict:
+        event_dict["stack_info"] = event_dict.pop("stack")
+    ordered = {key: event_dict.pop(key) for key in FIRST if key in event_dict}
+    ordered.update(event_dict)
+    return orjson.dumps(ordered, default=str).decode()
+
+
+def _renderer(fmt: Format, stream: TextIO) -> list[Processor]:
+    if fmt == "json":
+        return [structlog.processors.format_exc_info, _json_line]
+    colors = bool(getattr(stream, "isatty", lambda: False)())
+    return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)]
+
+
+def configure(settings: Settings, role: str, stream: TextIO | None = None) -> Format:
+    """Route every log record of this process through one handler on ``stream`` (default: stderr)
+    in the format of ``settings`` (:func:`log_format`), at ``SCORESTREAM_LOG_LEVEL``; ``role``
+    (``worker``, ``api``, ``dispatcher``, ...) is a field of every JSON line. Calling it again
+    replaces the handler. Returns the format."""
+    fmt = log_format(settings)
+    stream = stream or sys.stderr
+    level = logging.getLevelName(settings.log_level.upper())
+    if not isinstance(level, int):
+        raise SystemExit(f"SCORESTREAM_LOG_LEVEL={settings.log_level!r}: not a log level (DEBUG, INFO, WARNING, ...)")
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        add_request_id,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time" if fmt == "json" else "timestamp"),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_noise],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _Process(role),
+            *_renderer(fmt, stream),
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
+    for name in UVICORN:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    return fmt
+
+
+def redact_query(query: bytes, sensitive: tuple[str, ...]) -> str:
+    """A query string with the values of parameters whose name contains one of ``sensitive``
+    (lower case) replaced by ``REDACTED``; the others as sent."""
+    if not query:
+        return ""
+    parts = []
+    for part in query.decode("latin-1").split("&"):
+        name, sep, _ = part.partition("=")
+        lowered = name.lower()
+        if sep and any(word in lowered for word in sensitive):
+            part = f"{name}=REDACTED"
+        parts.append(part)
+    return "&".join(parts)
