@@ -21,6 +21,8 @@ from api import deps
 from api.account_replica import AccountReplica
 from api.archive import analytics_store
 from api.errors import ApiError, api_error, install_error_handlers
+from api.keys import KeyRing
+from api.limits import RateLimits
 from api.namespaces import Namespaces, Readers
 from api.population_reader import PopulationReader
 from api.replica import Replica
@@ -161,16 +163,23 @@ def create_api(
     default = Readers.build(
         settings.in_namespace(settings.app_id), model, replica=replica, accounts=accounts, population=population
     )
+    docs = settings.env != "production" if settings.api_docs is None else settings.api_docs
     app = ScorestreamApi(
         title="scorestream",
         version="1",
         description="Real-time engagement and fit scores for contacts, read from a replica of the worker's state.",
         lifespan=_lifespan,
-        responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        responses={code: {"model": ErrorBody} for code in (401, 403, 422, 429)},
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     state = app.state
     state.settings, state.clock, state.sink = settings, clock, sink
-    state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    state.api_keys = KeyRing(settings.api_key_entries())
+    state.rate_limits = RateLimits(settings.rate_limits())
+    if settings.env == "production":
+        state.api_keys.warn_unscoped()
     state.webhooks = webhooks or WebhookBackend.from_settings(settings)
     state.collector = collector_for(settings, publisher, clock)
     state.analytics = analytics_store(settings, sink)

@@ -1,20 +1,27 @@
 """What the routes read, as FastAPI dependencies, from ``app.state`` (set by :func:`api.app.create_api`).
 
-``app.state`` holds the process's parts: ``settings``, ``clock``, ``api_keys``, ``namespaces``
+``app.state`` holds the process's parts: ``settings``, ``clock``, ``api_keys`` (:class:`~api.keys.KeyRing`),
+``rate_limits`` (:class:`~api.limits.RateLimits`), ``namespaces``
 (every live model namespace's readers, :mod:`api.namespaces`), ``webhooks`` (the
 :class:`~api.webhook_backend.WebhookBackend`), ``analytics`` (how the archive is reached,
 :func:`api.archive.analytics_store`), ``collector`` and ``sink``; and the active namespace's
 readers, ``model``, ``replica``, ``population`` and ``accounts`` (they follow promotions). Tests
 inject their readers through ``create_api``'s arguments, or replace an attribute of ``app.state``.
 
+Every route but health's, the docs' and the collector's declares the scope its key needs, through
+one of :data:`ReadScope`, :data:`WriteScope`, :data:`AdminScope` (a router's or route's
+``dependencies=``) or the readers it takes (:data:`AuthorisedReaders`, :data:`ReadyReaders`: the
+read scope); each checks the key (401 / 403, :class:`api.keys.KeyRing`) and spends the key's rate
+limit for that scope (429, :class:`api.limits.RateLimits`), and leaves the key in the request's
+scope (:data:`API_KEY`) for what comes after (``batchGet`` spends one more per id beyond the first).
+
 Dependencies are ``async def``: a plain ``def`` is run in the threadpool, per request. Each costs
-per request, so the contact routes have two: :func:`ready_readers` (authorisation, then the
-namespace and its readiness, in one) and :func:`clock`.
+per request, so the contact routes have two: :func:`ready_readers` (authorisation and rate limit,
+then the namespace and its readiness, in one) and :func:`clock`.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Annotated
 
@@ -24,11 +31,14 @@ from starlette.requests import HTTPConnection
 
 from api.archive import StoreGetter
 from api.errors import ApiError
+from api.keys import KeyRing
+from api.limits import RateLimits
 from api.namespaces import Namespaces, Readers
 from api.population_reader import PopulationReader
 from api.replica import Replica
 from api.webhook_backend import WebhookBackend
 from collector.service import Collector
+from schemas.api_keys import KeyEntry
 from schemas.settings import Settings
 from scorestream import Model
 
@@ -44,20 +54,46 @@ ModelParam = Annotated[
 ]
 
 
-def check_key(keys: list[bytes], creds: HTTPAuthorizationCredentials | None) -> None:
-    """Raise 401 unless ``creds`` is a bearer token equal to one of ``keys`` (compared in constant time)."""
-    if not keys:
-        raise ApiError(401, "unauthorized", "no API keys are configured (set SCORESTREAM_API_KEYS)")
-    if creds is None or creds.scheme.lower() != "bearer":
-        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
-    given = creds.credentials.encode()
-    if not any(hmac.compare_digest(given, k) for k in keys):
-        raise ApiError(401, "unauthorized", "unknown API key")
+API_KEY = "scorestream.api_key"  # the request scope's entry: the caller's KeyEntry, once authorised
 
 
-async def authorise(conn: HTTPConnection, creds: Credentials) -> None:
-    """The request carries one of the API keys (``Authorization: Bearer <key>``)."""
-    check_key(conn.app.state.api_keys, creds)
+def check_key(conn: HTTPConnection, creds: HTTPAuthorizationCredentials | None, scope: str) -> KeyEntry:
+    """The caller's key if it holds ``scope`` (else 401 / 403), charged one request of its
+    ``scope`` rate limit (else 429); left in the request's scope as :data:`API_KEY`."""
+    state = conn.app.state
+    key: KeyEntry = state.api_keys.authorise(creds, scope)
+    state.rate_limits.charge(key, scope)
+    conn.scope[API_KEY] = key
+    return key
+
+
+def charge(conn: HTTPConnection, cost: int, scope: str = "read") -> None:
+    """Spend ``cost`` more of the authorised caller's ``scope`` rate limit (429 when over)."""
+    key: KeyEntry = conn.scope[API_KEY]
+    limits: RateLimits = conn.app.state.rate_limits
+    limits.charge(key, scope, cost)
+
+
+def caller(conn: HTTPConnection, creds: HTTPAuthorizationCredentials | None) -> KeyEntry | None:
+    """The valid key ``creds`` presents, any scope, or None (no error: for public routes that
+    show more to a caller with a key)."""
+    keys: KeyRing = conn.app.state.api_keys
+    return keys.find(creds)
+
+
+async def require_read(conn: HTTPConnection, creds: Credentials) -> None:
+    """The request carries an API key with the ``read`` scope (``Authorization: Bearer <key>``)."""
+    check_key(conn, creds, "read")
+
+
+async def require_write(conn: HTTPConnection, creds: Credentials) -> None:
+    """The request carries an API key with the ``write`` scope."""
+    check_key(conn, creds, "write")
+
+
+async def require_admin(conn: HTTPConnection, creds: Credentials) -> None:
+    """The request carries an API key with the ``admin`` scope."""
+    check_key(conn, creds, "admin")
 
 
 async def namespaces(conn: HTTPConnection) -> Namespaces:
@@ -72,15 +108,15 @@ async def readers(conn: HTTPConnection, model_: ModelParam = None) -> Readers:
 
 
 async def authorised_readers(conn: HTTPConnection, creds: Credentials, model_: ModelParam = None) -> Readers:
-    """:func:`authorise`, then :func:`readers` (one dependency: each costs per request)."""
-    check_key(conn.app.state.api_keys, creds)
+    """:func:`require_read`, then :func:`readers` (one dependency: each costs per request)."""
+    check_key(conn, creds, "read")
     return await readers(conn, model_)
 
 
 async def ready_readers(conn: HTTPConnection, creds: Credentials, model_: ModelParam = None) -> Readers:
     """:func:`authorised_readers` whose contacts replica has caught up (else 503 ``not_ready``)."""
+    check_key(conn, creds, "read")
     state = conn.app.state
-    check_key(state.api_keys, creds)
     found: Readers = state.namespaces.pick(model_) if model_ else state.namespaces.active()
     if not found.replica.caught_up.is_set():
         of = f" of model namespace {found.namespace}" if model_ else ""
@@ -133,7 +169,10 @@ async def collector(conn: HTTPConnection) -> Collector:
     return found
 
 
-Authorised = [Depends(authorise)]  # a router's or route's ``dependencies=``
+# a router's or route's ``dependencies=``: the scope its key needs
+ReadScope = [Depends(require_read)]
+WriteScope = [Depends(require_write)]
+AdminScope = [Depends(require_admin)]
 NamespacesDep = Annotated[Namespaces, Depends(namespaces)]
 ReadersDep = Annotated[Readers, Depends(readers)]
 AuthorisedReaders = Annotated[Readers, Depends(authorised_readers)]

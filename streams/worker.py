@@ -179,6 +179,7 @@ def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | 
     worker.spinner = None  # faust's terminal spinner: escape codes and backspaces amid the log lines
     worker.wiring = wiring
     worker.model_version = model.version
+    metrics.scraped(metrics.WORKER_READY, lambda: [(int(worker.ready and not worker.stopping),)])
 
     @wiring.app.timer(interval=HEARTBEAT_S, name="heartbeat")
     async def heartbeat() -> None:

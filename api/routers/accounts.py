@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from api.deps import Authorised, Clock, ReadersDep
+from api.deps import Clock, ReadersDep, ReadScope
 from api.errors import ApiError
 from schemas.accounts import decode_account
 from schemas.api import ErrorBody
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 @router.get(
     "/{account_id}",
     response_model=AccountOut,
-    dependencies=Authorised,
+    dependencies=ReadScope,
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def get_account(account_id: str, readers: ReadersDep, clock: Clock) -> Response:

@@ -11,14 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from analytics import reports
 from analytics.client import Store
 from analytics.reports import ContactFilter
-from api import archive
-from api.deps import ActiveModel, ActiveReplica, Analytics, Authorised, Clock, NamespacesDep, ReadyReaders
+from api import archive, deps
+from api.deps import ActiveModel, ActiveReplica, Analytics, Clock, NamespacesDep, ReadScope, ReadyReaders
 from api.errors import ApiError
 from api.replica import Decoded, Replica
 from schemas.api import BatchGetIn, BatchGetOut, ContactOut, ErrorBody
@@ -47,8 +47,10 @@ async def get_contact(contact_id: str, readers: ReadyReaders, clock: Clock) -> R
     response_model=BatchGetOut,
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-async def batch_get(body: BatchGetIn, readers: ReadyReaders, clock: Clock) -> Response:
-    """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``."""
+async def batch_get(body: BatchGetIn, readers: ReadyReaders, clock: Clock, request: Request) -> Response:
+    """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``. Costs one
+    request of the key's read rate limit per id."""
+    deps.charge(request, len(body.ids) - 1)  # ready_readers charged the first
     now = clock()
     found: list[Decoded] = []
     missing: list[str] = []
@@ -62,7 +64,7 @@ async def batch_get(body: BatchGetIn, readers: ReadyReaders, clock: Clock) -> Re
     return Response(readers.renderer.batch_json(found, missing, now), media_type=JSON)
 
 
-@router.get("/v1/contacts", response_model=ContactListOut, dependencies=Authorised, responses=archive.ERRORS)
+@router.get("/v1/contacts", response_model=ContactListOut, dependencies=ReadScope, responses=archive.ERRORS)
 async def list_contacts(
     analytics: Analytics,
     model: ActiveModel,
@@ -111,7 +113,7 @@ HISTORY_MODEL = (
 @router.get(
     "/v1/contacts/{contact_id}/history",
     response_model=HistoryOut,
-    dependencies=Authorised,
+    dependencies=ReadScope,
     responses={**archive.ERRORS, 404: {"model": ErrorBody}},
 )
 async def contact_history(

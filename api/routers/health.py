@@ -1,4 +1,5 @@
-"""Health: ``/healthz`` (the process is up) and ``/readyz`` (it can answer); no API key."""
+"""Health: ``/healthz`` (the process is up) and ``/readyz`` (it can answer); no API key (``/readyz``'s
+``detail`` only for a caller with a valid key, any scope: it names topics, counts and errors)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 
-from api.deps import NamespacesDep, Webhooks
+from api.deps import NamespacesDep, Webhooks, bearer, caller
 from api.follow import Following
 from kafka_io.reader import unreadable as unreadable_records
 from schemas.api import Health
@@ -22,14 +24,15 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-async def readyz(namespaces: NamespacesDep, webhooks: Webhooks) -> Any:
+async def readyz(conn: HTTPConnection, namespaces: NamespacesDep, webhooks: Webhooks) -> Any:
     """Ready once the models registry has been read, the active namespace's replicas (contacts,
     accounts, the population model) and the webhook subscriptions have caught up with their
     topics, and a worker of the active namespace has recovered its tables. The webhook delivery
     log is reported but not waited for (its routes answer 503 until it has caught up), and so
     are the shadow namespaces (``GET /v1/models``). A reader whose task died (its name and
     exception in ``detail.failed``) makes it 503 whatever else holds; records a reader could
-    not read and skipped are counted in ``detail.unreadable_records``."""
+    not read and skipped are counted in ``detail.unreadable_records``. ``detail`` is empty
+    unless the request carries a valid API key (any scope)."""
     active = namespaces.active()
     replica, accounts, population = active.replica, active.accounts, active.population
     caught_up = (
@@ -60,7 +63,9 @@ async def readyz(namespaces: NamespacesDep, webhooks: Webhooks) -> Any:
     if failed:
         detail["failed"] = failed
         detail["error"] = "reader stopped: " + "; ".join(failed)
-        return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
-    if caught_up and replica.ready_workers:
-        return Health(status="ready", detail=detail)
-    return JSONResponse(Health(status="not_ready", detail=detail).model_dump(), status_code=503)
+    ready = not failed and caught_up and bool(replica.ready_workers)
+    # the key is read here, not declared: the route stays public in the OpenAPI document
+    shown = detail if caller(conn, await bearer(conn)) is not None else {}
+    if ready:
+        return Health(status="ready", detail=shown)
+    return JSONResponse(Health(status="not_ready", detail=shown).model_dump(), status_code=503)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import Authorised, AuthorisedReaders, NamespacesDep, SettingsDep
+from api.deps import AuthorisedReaders, NamespacesDep, ReadScope, SettingsDep
 from api.errors import error_response
 from schemas.api import ErrorBody, ModelOut, ModelsOut, model_out
 from schemas.value import ClvModelOut
@@ -21,7 +21,7 @@ async def get_model(readers: AuthorisedReaders) -> ModelOut:
     return model_out(readers.model)
 
 
-@router.get("/v1/models", response_model=ModelsOut, dependencies=Authorised)
+@router.get("/v1/models", response_model=ModelsOut, dependencies=ReadScope)
 async def list_models(namespaces: NamespacesDep) -> ModelsOut:
     """Every live model namespace: the active one (what the API answers with by default and the
     public triggers carry) and the shadows (``?model=<namespace>``), with their model version,

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Query
 from analytics import reports
 from analytics.client import Store
 from api import archive
-from api.deps import ActiveModel, ActivePopulation, Analytics, Authorised, Clock
+from api.deps import ActiveModel, ActivePopulation, Analytics, Clock, ReadScope
 from schemas.api_analytics import ForecastOut, FunnelOut, PersonasOut, RfmReportOut
 from schemas.times import DAY_MS
 
-router = APIRouter(prefix="/v1/reports", tags=["reports"], dependencies=Authorised, responses=archive.ERRORS)
+router = APIRouter(prefix="/v1/reports", tags=["reports"], dependencies=ReadScope, responses=archive.ERRORS)
 
 
 @router.get("/funnel", response_model=FunnelOut)

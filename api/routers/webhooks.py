@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from api.deps import Authorised, Clock, SettingsDep, Webhooks
+from api.deps import AdminScope, Clock, SettingsDep, Webhooks
 from api.errors import ApiError
 from api.webhook_backend import command_partition, new_record, patched, request_id, rotated
 from schemas.api import ErrorBody
@@ -46,7 +46,7 @@ NOT_NULL = ("url", "events", "description", "enabled")  # PATCH fields that cann
 router = APIRouter(
     prefix="/v1/webhooks",
     tags=["webhooks"],
-    dependencies=Authorised,
+    dependencies=AdminScope,
     responses={code: {"model": ErrorBody} for code in (404, 422, 503)},
 )
 

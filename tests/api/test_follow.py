@@ -138,7 +138,9 @@ def app() -> FastAPI:
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[httpx.AsyncClient]:
-    yield httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    # with a key: /readyz shows its detail only to a caller with one
+    headers = {"Authorization": f"Bearer {KEY}"}
+    yield httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers)
 
 
 def test_readyz_turns_503_with_the_reason_when_a_follower_task_dies(app: FastAPI, client: httpx.AsyncClient) -> None:

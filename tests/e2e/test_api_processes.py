@@ -53,7 +53,7 @@ class Api:
 
     def ready(self) -> dict[str, Any] | None:
         try:
-            r = httpx.get(f"{self.url}/readyz", timeout=5)
+            r = httpx.get(f"{self.url}/readyz", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)
         except httpx.HTTPError:
             return None
         return dict(r.json()["detail"]) if r.status_code == 200 else None
@@ -69,7 +69,7 @@ class Api:
 
 def readyz(url: str) -> dict[str, Any] | None:
     try:
-        r = httpx.get(f"{url}/readyz", timeout=5)
+        r = httpx.get(f"{url}/readyz", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)  # detail: with a key
     except httpx.HTTPError:
         return None
     return dict(r.json()["detail"]) if r.status_code == 200 else None

@@ -1,0 +1,61 @@
+"""Rate limits per API key and scope, in this process's memory (the ``limits`` library).
+
+A key has a budget per scope of the routes it calls (``SCORESTREAM_RATE_LIMIT_READ``, ``_WRITE``,
+``_ADMIN``): an admin key reading contacts spends its read budget. The window moves (``limits``'
+moving window: at most ``amount`` requests in any window of the period, each request's time kept
+until it leaves the window, so a key holds at most ``amount`` entries; a hit is O(1) plus a
+list insert). Beyond the budget: 429 ``rate_limited`` with ``Retry-After`` and the IETF draft's
+``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``.
+
+The counts live in the process: ``N`` API processes each let a key make its budget (docs/api.md,
+"Rate limits"). Why the moving window over ``limits``' sliding window counter: in limits 5.8 a
+moving-window hit costs about half (4 against 8 µs, ``python -m timeit``), and it is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from api.errors import ApiError
+from schemas.api_keys import KeyEntry
+
+
+class RateLimits:
+    """The budgets of every key of a process, per scope (None: that scope is not limited)."""
+
+    def __init__(self, items: dict[str, RateLimitItem | None]) -> None:
+        self.items = items
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def charge(self, key: KeyEntry, scope: str, cost: int = 1) -> None:
+        """Spend ``cost`` of ``key``'s ``scope`` budget, else 429 (nothing spent). A cost above the
+        whole budget spends the whole budget (a batch larger than the limit still goes through,
+        once per window)."""
+        item = self.items.get(scope)
+        if item is None or cost <= 0:
+            return
+        if not self.limiter.hit(item, key.name, scope, cost=min(cost, item.amount)):
+            raise self.refusal(item, key, scope)
+
+    def refusal(self, item: RateLimitItem, key: KeyEntry, scope: str) -> ApiError:
+        """The 429 for ``key``'s spent ``scope`` budget: when a request fits again, and the headers."""
+        reset_at, remaining = self.limiter.get_window_stats(item, key.name, scope)
+        reset_s = max(1, math.ceil(reset_at - time.time()))
+        headers = {
+            "Retry-After": str(reset_s),
+            "RateLimit-Limit": str(item.amount),
+            "RateLimit-Remaining": str(max(0, remaining)),
+            "RateLimit-Reset": str(reset_s),
+            "RateLimit-Policy": f"{item.amount};w={item.get_expiry()}",
+        }
+        return ApiError(
+            429,
+            "rate_limited",
+            f"API key {key.name!r} is over its {scope} rate limit ({item}) in this API process; retry in {reset_s} s",
+            headers=headers,
+        )
