@@ -126,6 +126,7 @@ from scorestream.delivery import (
     wants,
 )
 from telemetry import metrics
+from telemetry.logs import kafka_fields
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +476,13 @@ class Dispatcher:
                         (exc.reason, exc.detail) if isinstance(exc, Unhandled) else ("processing_error", repr(exc))
                     )
                     if not isinstance(exc, Unhandled):
-                        log.exception("handling %s[%d]@%d failed", record.topic, p, record.offset)
+                        log.exception(
+                            "handling %s[%d]@%d failed",
+                            record.topic,
+                            p,
+                            record.offset,
+                            extra=kafka_fields(record.topic, p, record.offset),
+                        )
                     dead.append(self._dead_letter(record, reason, detail, exc))
             if tp.topic == self.settings.topic_triggers:
                 commits[tp] = records[-1].offset + 1
@@ -652,7 +659,15 @@ class Dispatcher:
         reason, exception class, coordinates); awaited before the batch's offsets are committed."""
         self.stats["dead_lettered"] += 1
         metrics.DEAD_LETTERS.labels(msg.topic, reason).inc()
-        log.warning("dead-letter %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail[:300])
+        log.warning(
+            "dead-letter %s[%d]@%d: %s: %s",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            reason,
+            detail[:300],
+            extra=kafka_fields(msg.topic, msg.partition, msg.offset),
+        )
         headers = deadletter_headers(reason, detail, msg.topic, msg.partition, msg.offset, exc)
         value = msg.value if isinstance(msg.value, bytes) else b""
         return self._send_dead(msg.key, value[:MAX_DEAD_BYTES], headers)

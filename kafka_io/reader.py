@@ -53,6 +53,7 @@ def apply_or_skip(apply: Callable[[Any], None], record: Any, label: str) -> bool
             record.offset,
             type(exc).__name__,
             exc,
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},  # JSON fields
         )
         return False
     return True

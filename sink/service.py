@@ -124,6 +124,7 @@ from schemas.times import at_of
 from scorestream import Model
 from sink.errors import SinkError
 from telemetry import metrics
+from telemetry.logs import kafka_fields
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +451,13 @@ class Sink:
             except Unreadable as exc:
                 self._reject(batch, record, exc)
             except Exception as exc:  # a bug must not stop the sink: the record goes to sink_rejects
-                log.exception("sink: reading %s[%s] %s failed", record.topic, record.partition, record.offset)
+                log.exception(
+                    "sink: reading %s[%s] %s failed",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    extra=kafka_fields(record.topic, record.partition, record.offset),
+                )
                 self._reject(batch, record, Unreadable("sink_error", repr(exc)))
         if records:
             batch.bytes += sum(len(r.value or b"") for r in records)
@@ -468,6 +475,7 @@ class Sink:
             record.offset,
             exc.reason,
             exc.detail,
+            extra=kafka_fields(record.topic, record.partition, record.offset),
         )
         self.stats.unreadable += 1
         batch.add("sink_rejects", reject_row(record, exc))

@@ -67,6 +67,7 @@ from streams.transport import (
 )
 from streams.views import register_views
 from telemetry import metrics
+from telemetry.logs import kafka_fields
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,13 @@ class Pipeline:
                 dead_letter(w, record, None, exc.reason, exc.detail, exc)
             except Exception as exc:  # not the contract's refusal: a bug, a limit; never the batch
                 refused += 1
-                log.exception("ingest: %s[%s] %s failed", record.topic, record.partition, record.offset)
+                log.exception(
+                    "ingest: %s[%s] %s failed",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    extra=kafka_fields(record.topic, record.partition, record.offset),
+                )
                 dead_letter(w, record, None, "processing_error", repr(exc), exc)
         out.flush()
         counted = self.counted.get(batch_event.message.topic)

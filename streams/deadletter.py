@@ -62,6 +62,7 @@ from streams.app import Wiring
 from streams.errors import WorkerError
 from streams.transport import MAX_RECORD_BYTES, exception_name, record_ms, records_of
 from telemetry import metrics
+from telemetry.logs import kafka_fields
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,13 @@ def dead_letter(
     metrics.DEAD_LETTERS.labels(record.topic, reason).inc()
     where = f"{record.topic}[{record.partition}] {record.offset}"
     kind = exception_name(exc) if exc is not None else ""
-    log.warning("dead-letter %s: %s: %s %s", where, reason, kind, detail[:300])
+    coordinates = kafka_fields(record.topic, record.partition, record.offset)
+    log.warning("dead-letter %s: %s: %s %s", where, reason, kind, detail[:300], extra=coordinates)
     try:
         headers = deadletter_headers(reason, detail, record.topic, record.partition, record.offset, exc)
         w.send_dead(key, raw, headers, record_ms(record))
     except Exception:
-        log.exception("could not dead-letter %s (%s)", where, reason)
+        log.exception("could not dead-letter %s (%s)", where, reason, extra=coordinates)
 
 
 def batch_error(w: Wiring, stage: str, batch_event: Any, exc: BaseException) -> None:

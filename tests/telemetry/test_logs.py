@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -79,6 +80,23 @@ def test_a_json_line_has_its_fields_in_order() -> None:
     assert (line["topic"], line["partition"], line["offset"]) == ("events.web", 3, 42)
     assert line["role"] == "worker" and line["pid"] == os.getpid()
     assert "request_id" not in line
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_dead_letter_line_carries_the_record_coordinates() -> None:
+    from streams.deadletter import dead_letter
+
+    buffer = setup("json")
+    sent: list[bytes] = []
+    wiring = SimpleNamespace(send_dead=lambda key, value, headers, ms: sent.append(value))
+    record = SimpleNamespace(
+        topic="events.web", partition=2, offset=1234, key=b"k", value=b"{", timestamp=1_700_000_000_000
+    )
+    dead_letter(wiring, record, None, "invalid_json", "not JSON")  # type: ignore[arg-type]
+    (line,) = json_lines(buffer)
+    assert sent == [b"{"] and line["level"] == "warning" and line["logger"] == "streams.deadletter"
+    assert (line["topic"], line["partition"], line["offset"]) == ("events.web", 2, 1234)
+    assert "invalid_json" in line["message"]
 
 
 @pytest.mark.usefixtures("restore_logging")
