@@ -131,6 +131,7 @@ WORKER_LAG = "scorestream_worker_consumer_lag_records"
 TABLE_KEYS = "scorestream_worker_table_keys"
 VIEWS_SENT = "scorestream_worker_views_sent_total"
 TIMERS_DUE = "scorestream_worker_timers_pending"
+WORKER_READY = "scorestream_worker_ready"
 
 # --- the webhook dispatcher ------------------------------------------------------------------
 
@@ -279,6 +280,12 @@ SCRAPED: dict[str, tuple[str, Literal["gauge", "counter"], tuple[str, ...]]] = {
     ),
     VIEWS_SENT: ("Contact views sent to the views topic (what the API reads).", "counter", ()),
     TIMERS_DUE: ("Contacts with a lifecycle instant due (the clock's index).", "gauge", ()),
+    WORKER_READY: (
+        "1 once the worker has recovered its tables and announced itself ready (what the API's /readyz counts), "
+        "0 while it starts or stops.",
+        "gauge",
+        (),
+    ),
     WEBHOOK_QUEUE: ("Webhook deliveries queued in the dispatcher's memory.", "gauge", ()),
     WEBHOOK_IN_FLIGHT: ("Webhook requests waiting for their receiver's answer.", "gauge", ()),
     SINK_REJECTS: (

@@ -52,7 +52,7 @@ def free_port() -> int:
 
 
 UNITS = (
-    *("_total", "_info", "_keys", "_records", "_deliveries", "_messages", "_pending"),
+    *("_total", "_info", "_keys", "_records", "_deliveries", "_messages", "_pending", "_ready"),
     *(f"_{unit}{part}" for unit in ("seconds", "records") for part in ("_bucket", "_sum", "_count")),
 )
 
