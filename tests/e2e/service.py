@@ -105,6 +105,9 @@ class Service:
                 # no analytics sink in the API (it would open a chDB engine in every API process of
                 # every test and benchmark); tests/e2e/test_analytics.py turns it on
                 "SCORESTREAM_SINK_IN_API": "false",
+                # no side metrics ports (workers would all want 9300 on this host, tests run side by
+                # side); tests/e2e/test_metrics.py gives each process its own
+                "SCORESTREAM_METRICS_PORT": "0",
             }
         )
         if self.model is not None:
