@@ -255,6 +255,8 @@ def _reason(exc: BaseException) -> str:
 def _fatal(kafka: KafkaConnection, host: str, port: int, exc: BaseException) -> str | None:
     """The one line of a failure that retrying cannot fix, or None (retry)."""
     at = f"{host}:{port}"
+    if isinstance(exc, KafkaError) and isinstance(exc.__cause__, ssl.SSLError):
+        exc = exc.__cause__  # TLS 1.3: the broker refuses a client certificate after the handshake
     if isinstance(exc, SaslAuthenticationFailed):
         return (
             f"Kafka SASL authentication failed at {at} ({kafka.describe()}): {_reason(exc)} "
@@ -268,8 +270,12 @@ def _fatal(kafka: KafkaConnection, host: str, port: int, exc: BaseException) -> 
             hint += ", the bootstrap address and SCORESTREAM_KAFKA_SSL_CHECK_HOSTNAME"
         return f"Kafka TLS certificate of {at} not trusted: {exc.verify_message} (check {hint})"
     if isinstance(exc, ssl.SSLError):
-        return (
-            f"Kafka TLS handshake with {at} failed: {exc.reason or _reason(exc)} (is it a TLS listener? check "
-            "SCORESTREAM_KAFKA_SECURITY_PROTOCOL, and the client certificate if the broker requires one)"
-        )
+        reason = str(exc.reason or _reason(exc))
+        if "CERTIFICATE" in reason.upper():  # an alert from the broker: our certificate, or its absence
+            hint = (
+                "the broker wants a client certificate it trusts: check SCORESTREAM_KAFKA_SSL_CERT_FILE and _KEY_FILE"
+            )
+        else:
+            hint = "is it a TLS listener? check SCORESTREAM_KAFKA_SECURITY_PROTOCOL"
+        return f"Kafka TLS handshake with {at} failed: {reason} ({hint})"
     return None

@@ -170,11 +170,13 @@ def secured_props(
     sasl_ssl_port: int,
     tls: TlsFiles,
     plain_users: Mapping[str, str] | None = None,
+    mtls_port: int | None = None,
 ) -> dict[str, str]:
     """Extra server properties for a broker that also listens for SASL_SSL on ``sasl_ssl_port``
     (SCRAM-SHA-512 and -256, and PLAIN for ``plain_users``), its certificate ``tls.broker``. The
     PLAINTEXT listener (readiness probe, inter-broker) and the controller stay on loopback.
-    SCRAM users are made when the storage is formatted: ``ensure_broker(..., scram_users=...)``."""
+    SCRAM users are made when the storage is formatted: ``ensure_broker(..., scram_users=...)``.
+    ``mtls_port``: also an SSL listener there that requires a client certificate (``tls.client``)."""
     name = "listener.name.sasl_ssl"
     plain = " ".join(f'user_{user}="{password}"' for user, password in (plain_users or {}).items())
     mechanisms = "SCRAM-SHA-512,SCRAM-SHA-256" + (",PLAIN" if plain_users else "")
@@ -188,6 +190,15 @@ def secured_props(
         f"{name}.ssl.keystore.type": "PEM",
         f"{name}.ssl.keystore.location": str(tls.broker),
     }
+    if mtls_port is not None:  # an SSL listener requiring a client certificate signed by the CA (mutual TLS)
+        props["listeners"] += f",SSL://{HOST}:{mtls_port}"
+        props["advertised.listeners"] += f",SSL://{HOST}:{mtls_port}"
+        props["listener.security.protocol.map"] += ",SSL:SSL"
+        props["listener.name.ssl.ssl.keystore.type"] = "PEM"
+        props["listener.name.ssl.ssl.keystore.location"] = str(tls.broker)
+        props["listener.name.ssl.ssl.truststore.type"] = "PEM"
+        props["listener.name.ssl.ssl.truststore.location"] = str(tls.ca)
+        props["listener.name.ssl.ssl.client.auth"] = "required"
     if plain_users:
         props[f"{name}.plain.sasl.jaas.config"] = (
             f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};"

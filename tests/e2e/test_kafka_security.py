@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
 from kafka_io import clients
-from kafka_io.clients import KafkaConnection, check
-from tests.e2e.service import REPO, Service, free_port
+from kafka_io.clients import KafkaConnection, KafkaUnavailable, check
+from tests.e2e.service import REPO, WRITE_KEY, Service, free_port
 from tests.e2e.test_pipeline import msg
 from tests.kafka_broker import TlsFiles, ensure_broker, make_tls, secured_props, stop_broker
 from tests.webhook_receiver import Receiver
@@ -35,6 +37,7 @@ WRONG_PASSWORD = "not-alices-Pa55word"
 @dataclass(frozen=True)
 class SecuredKafka:
     bootstrap: str  # the SASL_SSL listener
+    mtls: str  # the SSL listener that requires a client certificate
     tls: TlsFiles
 
     def env(
@@ -59,19 +62,19 @@ class SecuredKafka:
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
     root = tmp_path_factory.mktemp("secured-kafka")
     tls = make_tls(root / "tls")
-    port, controller, sasl_ssl = free_port(), free_port(), free_port()
+    port, controller, sasl_ssl, mtls = free_port(), free_port(), free_port(), free_port()
     ensure_broker(
         root / "data",
         port,
         controller_port=controller,
-        extra_props=secured_props(port, controller, sasl_ssl, tls, plain_users={"bob": BOB_PASSWORD}),
+        extra_props=secured_props(port, controller, sasl_ssl, tls, plain_users={"bob": BOB_PASSWORD}, mtls_port=mtls),
         scram_users=[
             f"SCRAM-SHA-512=[name=alice,password={ALICE_PASSWORD}]",
             f"SCRAM-SHA-256=[name=alice,password={ALICE_PASSWORD}]",
         ],
     )
     try:
-        yield SecuredKafka(bootstrap=f"127.0.0.1:{sasl_ssl}", tls=tls)
+        yield SecuredKafka(bootstrap=f"127.0.0.1:{sasl_ssl}", mtls=f"127.0.0.1:{mtls}", tls=tls)
     finally:
         stop_broker(root / "data", port)
 
@@ -81,15 +84,22 @@ def events() -> list[tuple[str, bytes]]:
     return [
         ("web", msg("identify", "k1", t, userId="u-sec", traits={"email": "sec@acme.com", "title": "CTO"})),
         ("web", msg("page", "k2", t + 1000, userId="u-sec", properties={"path": "/pricing"})),
-        ("web", msg("track", "k3", t + 2000, userId="u-sec", event="Demo Requested")),
         ("email", msg("track", "k4", t + 3000, userId="u-sec", event="Email Link Clicked")),
     ]
 
 
+def collected() -> dict[str, Any]:
+    """The event sent through the API's HTTP collector (its producer: SASL_SSL too)."""
+    t = int(time.time() * 1000) - 3_600_000 + 2000
+    message: dict[str, Any] = orjson.loads(msg("track", "k3", t, userId="u-sec", event="Demo Requested"))
+    return message
+
+
 def test_the_pipeline_runs_over_sasl_ssl_scram(secured: SecuredKafka, tmp_path: Path) -> None:
-    """Topics, worker, API and dispatcher over SASL_SSL (SCRAM-SHA-512, the password from a file as
-    a mounted Kubernetes secret gives it): events published over SASL_SSL are scored and served,
-    and a webhook made over the API is delivered by the dispatcher."""
+    """Topics, worker, API (and its collector) and dispatcher over SASL_SSL (SCRAM-SHA-512, the
+    password from a file as a mounted Kubernetes secret gives it): events published over SASL_SSL
+    and through the collector are scored and served, and a webhook made over the API is delivered
+    by the dispatcher."""
     started = time.monotonic()
     password = tmp_path / "kafka-password"
     password.write_text(ALICE_PASSWORD + "\n")
@@ -108,6 +118,8 @@ def test_the_pipeline_runs_over_sasl_ssl_scram(secured: SecuredKafka, tmp_path: 
     dispatcher = svc._spawn("dispatcher", "dispatcher.log")
     try:
         svc.publish((channel, None, raw) for channel, raw in events())  # this test's producer: SASL_SSL too
+        sent = httpx.post(f"{svc.url}/v1/track", json=collected(), auth=(WRITE_KEY, ""), timeout=15)
+        assert sent.status_code == 200, sent.text  # 200 once Kafka has it
         with svc.client() as http:
             body = svc.wait_for(
                 lambda: (
@@ -118,6 +130,7 @@ def test_the_pipeline_runs_over_sasl_ssl_scram(secured: SecuredKafka, tmp_path: 
                 timeout=90,
             )
             assert body["identity"]["email"] == "sec@acme.com" and body["engagement"]["score"] > 0
+            assert "demo-requested" in {c["rule"] for c in body["engagement"]["top"]}  # the collector's
             created = http.post("/v1/webhooks", json={"url": receiver.url("/secured"), "events": ["*"]})
             assert created.status_code == 201, created.text
             hook = created.json()["id"]
@@ -133,7 +146,7 @@ def test_the_pipeline_runs_over_sasl_ssl_scram(secured: SecuredKafka, tmp_path: 
         svc.stop()
         receiver.stop()
     print(
-        f"SASL_SSL pipeline (topics, worker, API, dispatcher; scored contact, webhook delivered): "
+        f"SASL_SSL pipeline (topics, worker, API + collector, dispatcher; scored contact, webhook delivered): "
         f"{time.monotonic() - started:.1f} s"
     )
 
@@ -146,24 +159,36 @@ def test_the_pipeline_runs_over_sasl_ssl_scram(secured: SecuredKafka, tmp_path: 
 def test_the_other_mechanisms_connect(secured: SecuredKafka, mechanism: str, user: str, password: str) -> None:
     kafka = KafkaConnection(secured.bootstrap, "SASL_SSL", mechanism, user, password, ssl_ca_file=str(secured.tls.ca))
     assert asyncio.run(check(kafka, timeout_s=30)) == 1
+    assert asyncio.run(round_trip(kafka, mechanism)) == [b"over " + mechanism.encode()]
 
-    async def round_trip() -> list[bytes | None]:
-        topic = f"mech-{mechanism.lower()}-{free_port()}"
-        producer = clients.producer(kafka, acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(topic, b"over " + mechanism.encode())
-        finally:
-            await producer.stop()
-        consumer = clients.consumer(kafka, topic, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            batch = await consumer.getmany(timeout_ms=10_000)
-            return [record.value for records in batch.values() for record in records]
-        finally:
-            await consumer.stop()
 
-    assert asyncio.run(round_trip()) == [b"over " + mechanism.encode()]
+def test_mutual_tls(secured: SecuredKafka) -> None:
+    """SSL with a client certificate the broker's CA signed; without one, the start is refused."""
+    kafka = KafkaConnection(secured.mtls, "SSL", ssl_ca_file=str(secured.tls.ca), ssl_cert_file=str(secured.tls.client))
+    assert asyncio.run(check(kafka, timeout_s=30)) == 1
+    assert asyncio.run(round_trip(kafka, "mTLS")) == [b"over mTLS"]
+    with pytest.raises(KafkaUnavailable) as refused:
+        asyncio.run(check(KafkaConnection(secured.mtls, "SSL", ssl_ca_file=str(secured.tls.ca)), timeout_s=30))
+    assert str(refused.value).startswith(f"Kafka TLS handshake with {secured.mtls} failed")
+    assert "SCORESTREAM_KAFKA_SSL_CERT_FILE" in str(refused.value)
+
+
+async def round_trip(kafka: KafkaConnection, what: str) -> list[bytes | None]:
+    """One record produced and consumed back over ``kafka``."""
+    topic = f"round-trip-{free_port()}"
+    producer = clients.producer(kafka, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"over " + what.encode())
+    finally:
+        await producer.stop()
+    consumer = clients.consumer(kafka, topic, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=10_000)
+        return [record.value for records in batch.values() for record in records]
+    finally:
+        await consumer.stop()
 
 
 def start(command: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
