@@ -255,3 +255,10 @@ def test_the_copy_check_catches_a_forgotten_package() -> None:
     assert missing_copies("FROM python\nCOPY . .\n", dirs) == []
     assert ignored("a/b/__pycache__/c.pyc", ["**/__pycache__"])
     assert not ignored("schemas/models/default.yaml", ["tests", "*.egg-info"])
+
+
+def test_the_image_labels_carry_the_projects_version() -> None:
+    """``org.opencontainers.image.version`` defaults to pyproject.toml's version (a release bumps both)."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    runtime = list(stages((ROOT / "deploy" / "Dockerfile").read_text()).values())[-1]
+    assert ("ARG", f"VERSION={version}") in runtime

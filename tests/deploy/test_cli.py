@@ -112,3 +112,17 @@ def test_main_raises_the_usage_exit_in_process(monkeypatch: pytest.MonkeyPatch) 
         main(["topics"])
     assert stopped.value.code == EXIT_USAGE
     assert "exit codes:" in EXIT_CODES_HELP
+
+
+def test_the_exit_codes_are_documented_in_operations() -> None:
+    """docs/operations.md's table lists exactly the codes the CLI defines."""
+    import re
+    from pathlib import Path
+
+    from deploy import cli as module
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = page.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)}
+    defined = {value for name, value in vars(module).items() if name.startswith("EXIT_") and isinstance(value, int)}
+    assert documented == defined == {0, 1, 2, 3}

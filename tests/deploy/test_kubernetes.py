@@ -340,3 +340,12 @@ def test_the_optional_pod_monitor_scrapes_the_named_ports(docs: list[Doc]) -> No
             continue
         assert matches(selector, doc["spec"]["template"]["metadata"]["labels"]), role
         assert {p["name"] for p in containers(doc)[0]["ports"]} & ports, role
+
+
+def test_the_base_deploys_the_projects_version() -> None:
+    """The kustomization's image tag is pyproject.toml's version (a release bumps both)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert [i["newTag"] for i in kustomization["images"]] == [version]
