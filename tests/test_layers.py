@@ -276,7 +276,7 @@ def test_the_checks_would_catch_a_function_level_import_a_type_checking_import_a
 # --- the Kafka home -----------------------------------------------------------------------------------
 
 ADAPTERS = ("streams", "dispatcher", "api", "collector", "sink", "analytics", "deploy")
-KAFKA_CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
+KAFKA_CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient", "AIOKafkaClient"}
 
 
 def test_kafka_io_imports_only_schemas_the_kafka_clients_and_the_standard_library() -> None:
@@ -310,7 +310,7 @@ def kafka_clients_built(package: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("package", ["src", *ADAPTERS, "bench"])
+@pytest.mark.parametrize("package", ["src", *ADAPTERS, "telemetry", "bench"])
 def test_every_kafka_client_is_built_in_kafka_io(package: str) -> None:
     assert kafka_clients_built(ROOT / package) == [], "build Kafka clients with kafka_io.clients"
 
