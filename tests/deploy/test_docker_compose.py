@@ -161,3 +161,28 @@ def test_dependencies_exist_and_wait_for_the_topics() -> None:
 def test_the_interpolation_reader() -> None:
     assert interpolate("${A:-x}/${B}", {"B": "b"}) == "x/b"
     assert interpolate("${A:?set A}", {"A": "a"}) == "a"
+
+
+def test_prometheus_scrapes_every_process_and_loads_the_alerts() -> None:
+    """The monitoring profile: one scrape target per scorestream process, at the port its health check
+    probes (the same /metrics); the alert rules and the dashboard mounted from deploy/."""
+    config = yaml.safe_load(compose()["configs"]["prometheus-config"]["content"])
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = {t for static in job["static_configs"] for t in static["targets"]}
+    expected: set[str] = set()
+    for name, service in ours().items():
+        if service["command"] == ["topics"]:
+            continue
+        expected.add(f"{name}:{urlsplit(health_url(service)).port}")
+    assert targets == expected
+    prometheus, grafana = services()["prometheus"], services()["grafana"]
+    assert config["rule_files"] == [v.split(":")[1] for v in prometheus["volumes"] if "alerts" in v]
+    for service in (prometheus, grafana):
+        assert service["profiles"] == ["monitoring"]
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (COMPOSE.parent / source).is_file(), source
+    datasource = yaml.safe_load(compose()["configs"]["grafana-datasource"]["content"])
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
