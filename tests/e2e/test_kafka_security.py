@@ -242,3 +242,27 @@ def test_an_unreachable_cluster_fails_the_start_after_the_timeout(tmp_path: Path
     line = refusal(proc)
     assert took < 30, took
     assert line.startswith(f"scorestream api: Kafka unreachable at 127.0.0.1:{port} (PLAINTEXT) within 2 s"), line
+
+
+@pytest.mark.parametrize(
+    ("security", "named"),
+    [
+        (
+            {"SCORESTREAM_KAFKA_SECURITY_PROTOCOL": "SSL", "SCORESTREAM_KAFKA_SSL_CA_FILE": "/no/such/ca.pem"},
+            "SCORESTREAM_KAFKA_SSL_CA_FILE: no such file",
+        ),
+        (
+            {"SCORESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SCORESTREAM_KAFKA_SASL_PASSWORD": WRONG_PASSWORD},
+            "SASL_SSL needs SCORESTREAM_KAFKA_SASL_MECHANISM, SCORESTREAM_KAFKA_SASL_USERNAME",
+        ),
+    ],
+    ids=["missing-ca-file", "sasl-without-user"],
+)
+def test_an_incomplete_security_setting_is_refused_before_connecting(
+    tmp_path: Path, security: dict[str, str], named: str
+) -> None:
+    env = {**Service(bootstrap="127.0.0.1:1", data_dir=tmp_path).env, **security}
+    proc, took = start("worker", env)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)  # a setting: no Kafka contacted, no retry
+    assert named in proc.stderr and "Traceback" not in proc.stderr and WRONG_PASSWORD not in proc.stderr
+    assert took < 30, took
