@@ -109,7 +109,10 @@ BATCH_DURATION = Histogram(
     buckets=BATCH_SECONDS,
 )
 RECORDS = Counter(
-    "scorestream_worker_records_total", "Records handled by a worker stage (sum of the batch sizes).", ["stage"]
+    "scorestream_worker_records_total",
+    "Kafka records handled by a worker stage (the sum of its batch sizes; a record of an internal topic carries "
+    "a batch of messages).",
+    ["stage"],
 )
 STATE_FLUSH = Histogram(
     "scorestream_worker_state_flush_duration_seconds",
