@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import deps
 from api.account_replica import AccountReplica
-from api.archive import analytics_store
+from api.archive import Archive, analytics_store
 from api.errors import ApiError, api_error, install_error_handlers
 from api.keys import KeyRing
 from api.limits import RateLimits
@@ -29,7 +29,7 @@ from api.replica import Replica
 from api.routers import ROUTERS, contacts
 from api.webhook_backend import WebhookBackend
 from collector.service import Collector, Publisher, collector_for
-from schemas.api import ErrorBody
+from schemas.api import Problem
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from scorestream import Model
@@ -100,7 +100,7 @@ class ScorestreamApi(FastAPI):
             readers = await deps.ready_readers(conn, await deps.bearer(conn))
             return await contacts.get_contact(contact_id, readers, await deps.clock(conn))
         except ApiError as exc:
-            return await api_error(None, exc)
+            return await api_error(conn, exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Every HTTP request through :attr:`telemetry` (request id, access log, latency: it wraps
@@ -169,7 +169,7 @@ def create_api(
         version="1",
         description="Real-time engagement and fit scores for contacts, read from a replica of the worker's state.",
         lifespan=_lifespan,
-        responses={code: {"model": ErrorBody} for code in (401, 403, 422, 429)},
+        responses={code: {"model": Problem} for code in (401, 403, 422, 429)},
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
@@ -213,6 +213,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if isinstance(state.analytics, Archive):  # its read clients (tests may put a plain getter there)
+            await state.analytics.close()
         if state.sink is not None:
             await state.sink.stop()
         await state.collector.stop()

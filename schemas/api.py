@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.value import ClvOut, RfmOut
 from scorestream import Model
@@ -16,13 +16,43 @@ from scorestream import Model
 MAX_BATCH_IDS = 1000
 
 
-class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable machine-readable code, e.g. `not_found`, `unauthorized`.")
-    message: str
+class Problem(BaseModel):
+    """An error answer: RFC 9457 problem details (``application/problem+json``), see ``api.errors``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        description="URI of the problem type: `/problems/<code>` (relative to the API; a page saying what the code "
+        "means), `about:blank` for a code without one."
+    )
+    title: str = Field(description="Short summary of the problem type (the same for every occurrence).")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What happened this time, for a human.")
+    instance: str | None = Field(default=None, description="The request's path.")
+    code: str = Field(
+        description="Stable machine-readable code, e.g. `not_found`, `unauthorized`, `invalid_request` "
+        "(`GET /problems` lists them)."
+    )
+    request_id: str | None = Field(
+        default=None, description="The request's id (its `X-Request-ID`), as the API's log lines carry it."
+    )
 
 
-class ErrorBody(BaseModel):
-    error: ErrorDetail
+class ProblemError(BaseModel):
+    """One error of an invalid request."""
+
+    detail: str = Field(description="What is wrong.")
+    type: str = Field(description="Pydantic's error type, e.g. `missing`, `too_short`, `int_parsing`.")
+    loc: list[str | int] = Field(description="Where: `body`, `query`, `path` or `header`, then the field's path.")
+    pointer: str | None = Field(default=None, description="A JSON pointer into the body, e.g. `#/ids/0`.")
+    parameter: str | None = Field(default=None, description="The query, path or header parameter's name.")
+    in_: str | None = Field(default=None, alias="in", description="Where that parameter is: `query`, `path`, ...")
+
+
+class ValidationProblem(Problem):
+    """422 ``invalid_request``: the problem with every error listed."""
+
+    errors: list[ProblemError] = Field(default_factory=list, description="Every error, not only the first.")
 
 
 class ContributionOut(BaseModel):

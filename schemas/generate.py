@@ -50,7 +50,7 @@ def documents() -> dict[str, dict[str, Any]]:
         api.BatchGetOut,
         api.ModelOut,
         api.ModelsOut,
-        api.ErrorBody,
+        api.Problem,
         value.ValueOut,
         value.ClvModelOut,
         api_accounts.AccountOut,

@@ -3,7 +3,7 @@ order the app includes them (a path two routers could match goes to the first)."
 
 from fastapi import APIRouter
 
-from api.routers import accounts, collector, contacts, health, metrics, models, reports, webhooks
+from api.routers import accounts, collector, contacts, health, metrics, models, problems, reports, webhooks
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -14,4 +14,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     collector.router,
     webhooks.router,
     reports.router,
+    problems.router,
 )

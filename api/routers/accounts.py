@@ -5,21 +5,22 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from api.bodies import LimitedRoute
 from api.deps import Clock, ReadersDep, ReadScope
 from api.errors import ApiError
 from schemas.accounts import decode_account
-from schemas.api import ErrorBody
+from schemas.api import Problem
 from schemas.api_accounts import AccountOut, account_out
 
 JSON = "application/json"
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=LimitedRoute)
 
 
 @router.get(
     "/{account_id}",
     response_model=AccountOut,
     dependencies=ReadScope,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={404: {"model": Problem}, 503: {"model": Problem}},
 )
 async def get_account(account_id: str, readers: ReadersDep, clock: Clock) -> Response:
     """An account (a ``group`` call's ``groupId``): scores decayed to now, buying-centre

@@ -18,21 +18,22 @@ from analytics import reports
 from analytics.client import Store
 from analytics.reports import ContactFilter
 from api import archive, deps
+from api.bodies import LimitedRoute
 from api.deps import ActiveModel, ActiveReplica, Analytics, Clock, NamespacesDep, ReadScope, ReadyReaders
 from api.errors import ApiError
 from api.replica import Decoded, Replica
-from schemas.api import BatchGetIn, BatchGetOut, ContactOut, ErrorBody
+from schemas.api import BatchGetIn, BatchGetOut, ContactOut, Problem
 from schemas.api_analytics import ContactListOut, HistoryOut
 from schemas.times import ms_of as _ms
 
 JSON = "application/json"
-router = APIRouter(tags=["contacts"])
+router = APIRouter(tags=["contacts"], route_class=LimitedRoute)
 
 
 @router.get(
     "/v1/contacts/{contact_id}",
     response_model=ContactOut,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={404: {"model": Problem}, 503: {"model": Problem}},
 )
 async def get_contact(contact_id: str, readers: ReadyReaders, clock: Clock) -> Response:
     """A contact by user id, anonymous id or email, with scores decayed to now."""
@@ -45,7 +46,7 @@ async def get_contact(contact_id: str, readers: ReadyReaders, clock: Clock) -> R
 @router.post(
     "/v1/contacts:batchGet",
     response_model=BatchGetOut,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={404: {"model": Problem}, 503: {"model": Problem}},
 )
 async def batch_get(body: BatchGetIn, readers: ReadyReaders, clock: Clock, request: Request) -> Response:
     """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``. Costs one
@@ -114,7 +115,7 @@ HISTORY_MODEL = (
     "/v1/contacts/{contact_id}/history",
     response_model=HistoryOut,
     dependencies=ReadScope,
-    responses={**archive.ERRORS, 404: {"model": ErrorBody}},
+    responses={**archive.ERRORS, 404: {"model": Problem}},
 )
 async def contact_history(
     contact_id: str,

@@ -9,12 +9,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
+from api.bodies import LimitedRoute
 from api.deps import NamespacesDep, Webhooks, bearer, caller
 from api.follow import Following
 from kafka_io.reader import unreadable as unreadable_records
 from schemas.api import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=LimitedRoute)
 
 
 @router.get("/healthz", response_model=Health)

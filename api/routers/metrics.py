@@ -11,11 +11,12 @@ import hmac
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from api.bodies import LimitedRoute
 from api.deps import SettingsDep
 from api.errors import ApiError
 from telemetry import metrics
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], route_class=LimitedRoute)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -7,15 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from api.bodies import LimitedRoute
 from api.deps import AuthorisedReaders, NamespacesDep, ReadScope, SettingsDep
-from api.errors import error_response
-from schemas.api import ErrorBody, ModelOut, ModelsOut, model_out
+from api.errors import ApiError
+from schemas.api import ModelOut, ModelsOut, Problem, model_out
 from schemas.value import ClvModelOut
 
-router = APIRouter(tags=["model"])
+router = APIRouter(tags=["model"], route_class=LimitedRoute)
 
 
-@router.get("/v1/model", response_model=ModelOut, responses={404: {"model": ErrorBody}})
+@router.get("/v1/model", response_model=ModelOut, responses={404: {"model": Problem}})
 async def get_model(readers: AuthorisedReaders) -> ModelOut:
     """The active scoring model (or the one of ``model``) and its version id."""
     return model_out(readers.model)
@@ -32,7 +33,7 @@ async def list_models(namespaces: NamespacesDep) -> ModelsOut:
 @router.get(
     "/v1/models/clv",
     response_model=ClvModelOut,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={404: {"model": Problem}, 503: {"model": Problem}},
 )
 async def get_clv_model(readers: AuthorisedReaders, settings: SettingsDep) -> Any:
     """The CLV model fitted on the customer population (BG/NBD, Gamma-Gamma) and the RFM quintile
@@ -43,7 +44,7 @@ async def get_clv_model(readers: AuthorisedReaders, settings: SettingsDep) -> An
         current = population.model
         seen = "no population model yet" if current is None else f"{current.customers} customers so far"
         reason = "" if current is None or current.fit_error is None else f" ({current.fit_error})"
-        return error_response(
+        raise ApiError(
             503,
             "not_fitted",
             f"no CLV model has been fitted yet: {seen}{reason}; the population is refreshed every "

@@ -14,11 +14,14 @@ from fastapi import APIRouter, Query
 from analytics import reports
 from analytics.client import Store
 from api import archive
+from api.bodies import LimitedRoute
 from api.deps import ActiveModel, ActivePopulation, Analytics, Clock, ReadScope
 from schemas.api_analytics import ForecastOut, FunnelOut, PersonasOut, RfmReportOut
 from schemas.times import DAY_MS
 
-router = APIRouter(prefix="/v1/reports", tags=["reports"], dependencies=ReadScope, responses=archive.ERRORS)
+router = APIRouter(
+    prefix="/v1/reports", tags=["reports"], dependencies=ReadScope, responses=archive.ERRORS, route_class=LimitedRoute
+)
 
 
 @router.get("/funnel", response_model=FunnelOut)

@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from api.bodies import LimitedRoute
 from api.deps import AdminScope, Clock, SettingsDep, Webhooks
 from api.errors import ApiError
 from api.webhook_backend import command_partition, new_record, patched, request_id, rotated
-from schemas.api import ErrorBody
+from schemas.api import Problem
 from schemas.times import at_of as _at
 from schemas.times import ms_of as _ms
 from schemas.webhooks import (
@@ -44,10 +45,11 @@ log = logging.getLogger(__name__)
 RETRY_FAILED_DEFAULT = timedelta(hours=24)
 NOT_NULL = ("url", "events", "description", "enabled")  # PATCH fields that cannot be cleared
 router = APIRouter(
+    route_class=LimitedRoute,
     prefix="/v1/webhooks",
     tags=["webhooks"],
     dependencies=AdminScope,
-    responses={code: {"model": ErrorBody} for code in (404, 422, 503)},
+    responses={code: {"model": Problem} for code in (404, 422, 503)},
 )
 
 
@@ -163,7 +165,7 @@ async def get_delivery(webhook_id: str, delivery_id: str, backend: Webhooks) -> 
     "/{webhook_id}/deliveries/{delivery_id}/retry",
     response_model=Accepted,
     status_code=202,
-    responses={409: {"model": ErrorBody}},
+    responses={409: {"model": Problem}},
 )
 async def retry_delivery(webhook_id: str, delivery_id: str, backend: Webhooks, clock: Clock) -> Accepted:
     """Send a delivery again now (the same `webhook-id` and body), whatever its status."""

@@ -81,13 +81,13 @@ def test_errors_are_json_with_a_code(client: httpx.AsyncClient) -> None:
             }
 
     r = asyncio.run(go())
-    assert (r["missing"].status_code, r["missing"].json()["error"]["code"]) == (404, "not_found")
-    assert (r["no_key"].status_code, r["no_key"].json()["error"]["code"]) == (401, "unauthorized")
+    assert (r["missing"].status_code, r["missing"].json()["code"]) == (404, "not_found")
+    assert (r["no_key"].status_code, r["no_key"].json()["code"]) == (401, "unauthorized")
     assert r["no_key"].headers["www-authenticate"] == "Bearer"
-    assert (r["bad_key"].status_code, r["bad_key"].json()["error"]["code"]) == (401, "unauthorized")
-    assert (r["empty_batch"].status_code, r["empty_batch"].json()["error"]["code"]) == (422, "invalid_request")
-    assert (r["not_json"].status_code, r["not_json"].json()["error"]["code"]) == (422, "invalid_request")
-    assert (r["no_route"].status_code, r["no_route"].json()["error"]["code"]) == (404, "not_found")
+    assert (r["bad_key"].status_code, r["bad_key"].json()["code"]) == (401, "unauthorized")
+    assert (r["empty_batch"].status_code, r["empty_batch"].json()["code"]) == (422, "invalid_request")
+    assert (r["not_json"].status_code, r["not_json"].json()["code"]) == (422, "invalid_request")
+    assert (r["no_route"].status_code, r["no_route"].json()["code"]) == (404, "not_found")
 
 
 def test_not_ready_until_caught_up(client: httpx.AsyncClient, replica: Replica) -> None:
@@ -104,7 +104,7 @@ def test_not_ready_until_caught_up(client: httpx.AsyncClient, replica: Replica) 
     ready, health, contact = asyncio.run(go())
     assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
     assert health.status_code == 200
-    assert contact.status_code == 503 and contact.json()["error"]["code"] == "not_ready"
+    assert contact.status_code == 503 and contact.json()["code"] == "not_ready"
 
 
 def test_merged_contacts_are_followed(replica: Replica, client: httpx.AsyncClient) -> None:

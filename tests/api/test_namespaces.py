@@ -131,7 +131,7 @@ def test_model_picks_the_shadow_by_namespace_or_version(app: FastAPI, shadow: Re
     model, shadow_model, clv = get(app, "/v1/model", "/v1/model?model=v2", "/v1/models/clv?model=v2")
     assert (model.json()["name"], model.json()["version"]) == (DEFAULT.name, DEFAULT.version)
     assert (shadow_model.json()["name"], shadow_model.json()["version"]) == ("challenger", SHADOW.version)
-    assert clv.status_code == 503 and clv.json()["error"]["code"] == "not_fitted"
+    assert clv.status_code == 503 and clv.json()["code"] == "not_fitted"
     (batch,) = call(app, ("POST", "/v1/contacts:batchGet?model=v2", {"ids": ["u-1", "nobody"]}))
     assert [c["model_version"] for c in batch.json()["contacts"]] == [SHADOW.version]
     assert batch.json()["not_found"] == ["nobody"]
@@ -147,9 +147,9 @@ def test_a_shadow_not_caught_up_is_not_ready(app: FastAPI, namespaces: Namespace
         ("GET", "/v1/accounts/acme", None),
     )
     for r in (contact, batch, account):
-        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
-    assert "v2" in contact.json()["error"]["message"]
-    assert default_account.status_code == 404 and default_account.json()["error"]["code"] == "not_found"
+        assert r.status_code == 503 and r.json()["code"] == "not_ready", r.text
+    assert "v2" in contact.json()["detail"]
+    assert default_account.status_code == 404 and default_account.json()["code"] == "not_found"
 
 
 def test_an_unknown_model_is_404_listing_the_namespaces(app: FastAPI, shadow: Readers) -> None:
@@ -162,8 +162,8 @@ def test_an_unknown_model_is_404_listing_the_namespaces(app: FastAPI, shadow: Re
         ("GET", "/v1/models/clv?model=nope", None),
     )
     for r in answers:
-        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model", r.text
-        assert "'nope'" in r.json()["error"]["message"] and "scorestream, v2" in r.json()["error"]["message"]
+        assert r.status_code == 404 and r.json()["code"] == "unknown_model", r.text
+        assert "'nope'" in r.json()["detail"] and "scorestream, v2" in r.json()["detail"]
     with pytest.raises(UnknownModel):
         app.state.namespaces.pick("nope")
 
@@ -236,7 +236,7 @@ def test_the_old_default_namespace_is_a_shadow_until_retired(
     ]
     register(namespaces, "scorestream", MODELS / "default.yaml", retired_ms=NOW)
     (retired,) = get(app, "/v1/contacts/u-1?model=scorestream")
-    assert retired.status_code == 404 and retired.json()["error"]["code"] == "unknown_model"
+    assert retired.status_code == 404 and retired.json()["code"] == "unknown_model"
     assert [r.namespace for r in namespaces.live()] == ["v2"]
 
 
@@ -248,7 +248,7 @@ def test_a_retired_namespace_is_no_longer_served(
     by_name, by_version, listed = get(
         app, "/v1/contacts/u-1?model=v2", f"/v1/contacts/u-1?model={SHADOW.version}", "/v1/models"
     )
-    assert by_name.status_code == 404 and by_name.json()["error"]["code"] == "unknown_model"
+    assert by_name.status_code == 404 and by_name.json()["code"] == "unknown_model"
     assert by_version.status_code == 404
     assert [m["namespace"] for m in listed.json()["models"]] == ["scorestream"]
 

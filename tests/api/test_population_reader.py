@@ -95,10 +95,10 @@ def test_models_clv_is_503_until_the_first_fit_then_the_parameters() -> None:
 
     first = asyncio.run(get())
     assert first.status_code == 503 and first.headers["retry-after"] == "60"
-    assert first.json()["error"]["code"] == "not_fitted"
+    assert first.json()["code"] == "not_fitted"
     reader.apply(*encode_record(_model(customers=50, min_fit=100)))  # boundaries, but too few to fit
     unfitted = asyncio.run(get())
-    assert unfitted.status_code == 503 and "50 customers" in unfitted.json()["error"]["message"]
+    assert unfitted.status_code == 503 and "50 customers" in unfitted.json()["detail"]
     model = _model()
     reader.apply(*encode_record(model))
     ok = asyncio.run(get())

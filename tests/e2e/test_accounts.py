@@ -116,7 +116,7 @@ def test_coverage_grows_as_members_of_different_roles_engage(service: Service) -
 
         missing = http.get("/v1/accounts/no-such-account")
         assert missing.status_code == 404
-        assert missing.json()["error"]["code"] == "not_found"
+        assert missing.json()["code"] == "not_found"
         assert httpx.get(f"{service.url}/v1/accounts/{ACCOUNT}").status_code == 401
 
     records = service.read_topic(f"triggers-{service.suffix}", expect=100, wait_s=10)

@@ -198,19 +198,19 @@ def test_api_contract(service: Service) -> None:
         service.wait_for(lambda: http.get("/v1/contacts/u-1").status_code == 200)
         missing = http.get("/v1/contacts/nobody-at-all")
         assert missing.status_code == 404
-        assert missing.json()["error"]["code"] == "not_found"
+        assert missing.json()["code"] == "not_found"
         batch = http.post("/v1/contacts:batchGet", json={"ids": ["u-1", "nobody-at-all", "ann@acme.com"]}).json()
         assert [c["contact_id"] for c in batch["contacts"]] == ["u-1", "u-1"]
         assert batch["not_found"] == ["nobody-at-all"]
         too_many = http.post("/v1/contacts:batchGet", json={"ids": [str(i) for i in range(1001)]})
-        assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "invalid_request"
+        assert too_many.status_code == 422 and too_many.json()["code"] == "invalid_request"
         model = http.get("/v1/model").json()
         assert model["version"] == MODEL.version
     unauthorised = [
         httpx.get(f"{service.url}/v1/contacts/u-1"),
         httpx.get(f"{service.url}/v1/contacts/u-1", headers={"Authorization": "Bearer wrong-key"}),
     ]
-    assert all(r.status_code == 401 and r.json()["error"]["code"] == "unauthorized" for r in unauthorised)
+    assert all(r.status_code == 401 and r.json()["code"] == "unauthorized" for r in unauthorised)
     assert httpx.get(f"{service.url}/healthz").status_code == 200
 
 

@@ -87,8 +87,17 @@ def test_account_body(replica: AccountReplica) -> None:
 
 def test_unknown_account_is_404_with_the_error_body(replica: AccountReplica) -> None:
     r = get(replica, "/v1/accounts/nobody", auth())
-    assert r.status_code == 404
-    assert r.json() == {"error": {"code": "not_found", "message": "no account with id 'nobody'"}}
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    body.pop("request_id", None)  # the request's id (tests/api/test_errors.py)
+    assert body == {
+        "type": "/problems/not_found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "no account with id 'nobody'",
+        "instance": "/v1/accounts/nobody",
+        "code": "not_found",
+    }
 
 
 def test_the_route_needs_a_key_and_a_loaded_replica(replica: AccountReplica) -> None:
@@ -96,4 +105,4 @@ def test_the_route_needs_a_key_and_a_loaded_replica(replica: AccountReplica) -> 
     assert get(replica, "/v1/accounts/acme", {"Authorization": "Bearer wrong-key-0123456789"}).status_code == 401
     loading = AccountReplica(kafka=KafkaConnection("127.0.0.1:1"), changelog_topic="a")
     r = get(loading, "/v1/accounts/acme", auth())
-    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+    assert r.status_code == 503 and r.json()["code"] == "not_ready"

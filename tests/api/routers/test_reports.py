@@ -113,19 +113,22 @@ def test_not_ready_without_the_archive() -> None:
     """The default test app: embedded chDB that this process does not run (no sink here)."""
     for r in get(make_app(None), *ROUTES):
         assert r.status_code == 503
-        assert r.json()["error"]["code"] == "not_ready" and "SCORESTREAM_SINK_IN_API" in r.json()["error"]["message"]
+        assert r.json()["code"] == "not_ready" and "SCORESTREAM_SINK_IN_API" in r.json()["detail"]
 
 
 def test_not_ready_before_the_migrations(chdb_path: Path) -> None:
     empty = Store(f"chdb://{chdb_path}?database=api_empty_{uuid.uuid4().hex[:8]}")
     try:
         for r in get(make_app(empty), *ROUTES):
-            assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
+            assert r.status_code == 503 and r.json()["code"] == "not_ready", r.text
     finally:
         empty.close_sync()
 
 
-def test_a_sinks_store_is_used_once_migrated(store: Store) -> None:
+def test_the_sinks_archive_is_read_once_migrated_on_clients_of_its_own(store: Store) -> None:
+    """Queries run on read stores of the sink's URL (their own chDB clients and threads), not on
+    the sink's store: its inserts do not wait behind a report (issue 17)."""
+
     class FakeSink:
         def __init__(self) -> None:
             self.migrated = asyncio.Event()
@@ -133,17 +136,74 @@ def test_a_sinks_store_is_used_once_migrated(store: Store) -> None:
 
     sink: Any = FakeSink()
 
-    async def go() -> tuple[str, Store]:
-        getter = analytics_store(Settings(), sink)
+    async def go() -> tuple[str, Store, int]:
+        getter = analytics_store(Settings(reports_max_concurrent=2), sink)
         try:
             await getter()
         except Exception as exc:
             refused = str(exc)
         sink.migrated.set()
-        return refused, await getter()
+        try:
+            async with getter.lease() as read:
+                rows = await read.query("SELECT count() FROM contacts")
+            return refused, read, int(rows[0][0])
+        finally:
+            await getter.close()
 
-    refused, got = asyncio.run(go())
-    assert "migrations" in refused and got is store
+    refused, got, contacts = asyncio.run(go())
+    assert "migrations" in refused
+    assert got is not store and got.url == store.url and contacts > 0
+
+
+def test_a_report_does_not_hold_up_the_sinks_calls(store: Store) -> None:
+    """A slow query on a read store; the sink's store answers meanwhile (before the query ends)."""
+    sink: Any = SimpleNamespace(migrated=asyncio.Event(), store=store)
+    sink.migrated.set()
+
+    async def go() -> list[str]:
+        getter = analytics_store(Settings(), sink)
+        done: list[str] = []
+
+        async def report() -> None:
+            async with getter.lease() as read:
+                await read.query("SELECT sleep(2)")
+            done.append("report")
+
+        async def sink_call() -> None:
+            await asyncio.sleep(0.3)  # the report is running
+            await store.query("SELECT count() FROM contacts")
+            done.append("sink")
+
+        try:
+            await asyncio.gather(report(), sink_call())
+        finally:
+            await getter.close()
+        return done
+
+    assert run(go()) == ["sink", "report"]
+
+
+def test_beyond_the_cap_is_503_busy_with_retry_after(store: Store) -> None:
+    """SCORESTREAM_REPORTS_MAX_CONCURRENT queries run; one more is refused at once."""
+    sink: Any = SimpleNamespace(migrated=asyncio.Event(), store=store)
+    sink.migrated.set()
+    app = make_app(None)
+    app.state.analytics = analytics_store(Settings(reports_max_concurrent=1), sink)
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with app.state.analytics.lease():  # the one query allowed is running
+                busy = await client.get("/v1/reports/personas", headers=headers)
+            after = await client.get("/v1/reports/personas", headers=headers)
+        await app.state.analytics.close()
+        return busy, after
+
+    busy, after = run(go())
+    assert busy.status_code == 503 and busy.json()["code"] == "busy", busy.text
+    assert busy.headers["retry-after"] == "1" and busy.headers["content-type"] == "application/problem+json"
+    assert "SCORESTREAM_REPORTS_MAX_CONCURRENT" in busy.json()["detail"]
+    assert after.status_code == 200, after.text
 
 
 @pytest.mark.parametrize(
@@ -163,7 +223,7 @@ def test_a_sinks_store_is_used_once_migrated(store: Store) -> None:
 )
 def test_bad_parameters_are_422(store: Store, path: str) -> None:
     (r,) = get(make_app(store), path)
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
 
 
 def test_the_sync_list_pages_by_cursor(store: Store, archive: Archive) -> None:
@@ -201,7 +261,7 @@ def test_history_resolves_ids_through_the_replica_and_the_archive(store: Store) 
     assert by_anonymous.status_code == 200 and by_anonymous.json()["contact_id"] == "c-001"
     assert [row["engagement"] for row in by_anonymous.json()["ledger"]] == [10.0, 45.0, 80.0]
     assert by_email.json()["contact_id"] == "c-003" and merged.json()["contact_id"] == "c-006"
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     (r,) = get(app, "/v1/contacts/c-001/history?from=2026-08-23T00:00:00Z&as_of=2026-09-06T14:13:20Z")
     body = r.json()
     assert body["from"].startswith("2026-08-23") and [row["engagement"] for row in body["ledger"]] == [45.0, 80.0]

@@ -166,7 +166,7 @@ def iso(ms: int) -> str:
 
 
 def error(r: httpx.Response) -> tuple[int, str]:
-    return r.status_code, r.json()["error"]["code"]
+    return r.status_code, r.json()["code"]
 
 
 def test_create_shows_the_secret_once(api: Api) -> None:
@@ -216,7 +216,7 @@ def test_created_disabled(api: Api) -> None:
 def test_refused_urls(api: Api, url: str, reason: str) -> None:
     r = api.one("POST", "/v1/webhooks", {"url": url, "events": ["*"]})
     assert error(r) == (422, "invalid_url")
-    assert reason in r.json()["error"]["message"]
+    assert reason in r.json()["detail"]
     assert api.store.writes == []
 
 
@@ -242,7 +242,7 @@ def test_refused_urls(api: Api, url: str, reason: str) -> None:
 def test_ipv6_wrappings_of_private_addresses_are_refused(api: Api, url: str, reason: str) -> None:
     r = api.one("POST", "/v1/webhooks", {"url": url, "events": ["*"]})
     assert error(r) == (422, "invalid_url")
-    assert reason in r.json()["error"]["message"]
+    assert reason in r.json()["detail"]
     assert api.store.writes == []
 
 
@@ -274,7 +274,7 @@ def test_bad_bodies_are_invalid_requests(api: Api) -> None:
     for body in bodies:
         r = api.one("POST", "/v1/webhooks", body)
         assert error(r) == (422, "invalid_request"), body
-    assert "unknown event types" in api.one("POST", "/v1/webhooks", bodies[0]).json()["error"]["message"]
+    assert "unknown event types" in api.one("POST", "/v1/webhooks", bodies[0]).json()["detail"]
 
 
 def test_routes_need_the_api_key(api: Api) -> None:
@@ -425,7 +425,7 @@ def test_a_new_secret_is_shown_even_when_not_read_back_in_time(api: Api) -> None
     created = api.create()
     assert created["secret"].startswith("whsec_") and created["id"] in api.store.records
     r = api.one("PATCH", f"/v1/webhooks/{created['id']}", {"description": "x"})
-    assert error(r) == (503, "unavailable") and "saved but not visible yet" in r.json()["error"]["message"]
+    assert error(r) == (503, "unavailable") and "saved but not visible yet" in r.json()["detail"]
 
 
 def test_test_send_is_a_command_on_the_subscriptions_partition(api: Api) -> None:
