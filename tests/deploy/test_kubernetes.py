@@ -349,3 +349,20 @@ def test_the_base_deploys_the_projects_version() -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     assert [i["newTag"] for i in kustomization["images"]] == [version]
+
+
+def test_the_rendering_is_kustomizes(docs: list[Doc]) -> None:
+    """Where kubectl is installed, its kustomize renders the base exactly as this test does."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl here: the rendering above stands alone")
+    done = subprocess.run([kubectl, "kustomize", str(BASE)], capture_output=True, text=True, timeout=120, check=True)
+    theirs = [d for d in yaml.safe_load_all(done.stdout) if d]
+
+    def key(doc: Doc) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
+    assert sorted(theirs, key=key) == sorted(docs, key=key)
