@@ -32,14 +32,15 @@ class RateLimits:
         self.items = items
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
-    def charge(self, key: KeyEntry, scope: str, cost: int = 1) -> None:
-        """Spend ``cost`` of ``key``'s ``scope`` budget, else 429 (nothing spent). A cost above the
-        whole budget spends the whole budget (a batch larger than the limit still goes through,
-        once per window)."""
+    def charge(self, key: KeyEntry, scope: str, cost: int = 1, paid: int = 0) -> None:
+        """Spend ``cost`` of ``key``'s ``scope`` budget, of which ``paid`` was spent already (by
+        the route's dependency), else 429 (nothing more spent). A cost above the whole budget
+        costs the whole budget: a batch larger than the limit still goes through, once per window."""
         item = self.items.get(scope)
-        if item is None or cost <= 0:
+        if item is None:
             return
-        if not self.limiter.hit(item, key.name, scope, cost=min(cost, item.amount)):
+        due = min(cost, item.amount) - paid
+        if due > 0 and not self.limiter.hit(item, key.name, scope, cost=due):
             raise self.refusal(item, key, scope)
 
     def refusal(self, item: RateLimitItem, key: KeyEntry, scope: str) -> ApiError:

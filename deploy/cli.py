@@ -242,7 +242,48 @@ def _parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retire", help="stop serving and starting a (non-active) model namespace")
     rt.add_argument("namespace", help="the namespace to retire (not the active one)")
     sub.add_parser("models", help="list the model namespaces: active, shadows, retired, how far behind")
+    keys = sub.add_parser("keys", help="API keys: `keys new` prints a new key and its SCORESTREAM_API_KEYS entry")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="a new random API key and its hashed entry (the key is shown only here)")
+    new.add_argument(
+        "--scopes",
+        type=_scopes_arg,
+        default="read",
+        help="read, write or admin, several joined by + (admin includes write, write includes read); default read",
+    )
+    new.add_argument("--name", type=_name_arg, default=None, help="its name in logs and rate limits (default: hashed)")
     return parser
+
+
+def _scopes_arg(text: str) -> str:
+    from schemas.api_keys import parse_scopes
+
+    try:
+        parse_scopes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _name_arg(text: str) -> str:
+    from schemas.api_keys import parse_entry
+
+    try:
+        parse_entry(f"sha256:{0:064x}:read:{text}")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _keys_command(args: argparse.Namespace) -> int:
+    """``keys new``: the key on stdout with its entry (no settings, no Kafka: runs anywhere)."""
+    from schemas.api_keys import new_key
+
+    key, entry = new_key(args.scopes, args.name)
+    print(f"key:    {key}")
+    print(f"entry:  {entry}")
+    print("give the key to its client (it is stored nowhere); add the entry to SCORESTREAM_API_KEYS", file=sys.stderr)
+    return EXIT_OK
 
 
 def load_settings() -> Settings:
@@ -262,6 +303,8 @@ def load_settings() -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return _keys_command(args)
     settings = load_settings()
     configure_logs(settings, role=args.command)  # SCORESTREAM_LOG_FORMAT: json or text, every library's lines
     if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log

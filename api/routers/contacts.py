@@ -51,7 +51,7 @@ async def get_contact(contact_id: str, readers: ReadyReaders, clock: Clock) -> R
 async def batch_get(body: BatchGetIn, readers: ReadyReaders, clock: Clock, request: Request) -> Response:
     """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``. Costs one
     request of the key's read rate limit per id."""
-    deps.charge(request, len(body.ids) - 1)  # ready_readers charged the first
+    deps.charge(request, len(body.ids))
     now = clock()
     found: list[Decoded] = []
     missing: list[str] = []
