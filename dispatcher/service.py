@@ -486,6 +486,7 @@ class Dispatcher:
                     dead.append(self._dead_letter(record, reason, detail, exc))
             if tp.topic == self.settings.topic_triggers:
                 commits[tp] = records[-1].offset + 1
+                self._observe_lag(tp, records[-1].offset + 1)
             else:
                 self._cmd_read[p] = records[-1].offset + 1
         await self._write_all(writes)
@@ -766,7 +767,16 @@ class Dispatcher:
         self._wake.set()
         log.info("webhook partitions assigned: %s", sorted(parts))
 
+    def _observe_lag(self, tp: TopicPartition, next_offset: int) -> None:
+        """The triggers partition's lag after a fetch (a metric never fails a batch)."""
+        try:
+            high = self._consumer.highwater(tp) if self._consumer is not None else None
+        except Exception:  # revoked meanwhile, or a consumer without highwaters
+            return
+        metrics.fetched(metrics.WEBHOOK_LAG, tp.topic, tp.partition, high, next_offset)
+
     def _drop(self, p: int) -> None:
+        metrics.forget(metrics.WEBHOOK_LAG, self.settings.topic_triggers, p)
         task = self._partition_tasks.pop(p, None)
         if task is not None:
             task.cancel()

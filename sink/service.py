@@ -658,6 +658,7 @@ class Sink:
         """A new assignment: hold the changelog partitions until :meth:`_decide` chose where
         each starts (called before the consumer can fetch from them)."""
         self._assignments += 1
+        metrics.SINK_LAG.clear()  # the revoked partitions' lag is their next owner's
         self._since, self._catch_up = {}, {}
         changelogs = {*self.contacts.topics, *self.accounts.topics}
         self._undecided = {tp for tp in assigned if tp.topic in changelogs}
@@ -943,9 +944,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 def _observe_lag(consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
     """The fetched partitions' lag (highwater minus the next offset to read), once per fetch."""
     for tp, records in batches.items():
-        high = consumer.highwater(tp) if records else None
-        if high is not None:
-            metrics.SINK_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - records[-1].offset - 1))
+        if not records:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:  # revoked meanwhile: a metric never fails the sink
+            log.debug("sink: no highwater for %s", tp, exc_info=True)
+            continue
+        metrics.fetched(metrics.SINK_LAG, tp.topic, tp.partition, high, records[-1].offset + 1)
 
 
 def main(settings: Settings) -> None:

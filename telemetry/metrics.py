@@ -24,6 +24,7 @@ Where they are served (``SCORESTREAM_METRICS_ENABLED`` turns every endpoint off)
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -157,6 +158,13 @@ ATTEMPT_DURATION = Histogram(
 SUBSCRIPTIONS_DISABLED = Counter(
     "scorestream_webhook_subscriptions_disabled_total",
     "Subscriptions the dispatcher disabled (410 Gone, or failing for too long).",
+)
+WEBHOOK_LAG = Gauge(
+    "scorestream_webhook_consumer_lag_records",
+    "Triggers of a partition the dispatcher has not read yet (the highwater minus the next offset it reads), as "
+    "of its last fetch from the partition.",
+    ["topic", "partition"],
+    multiprocess_mode="max",
 )
 WEBHOOK_QUEUE = "scorestream_webhook_queue_deliveries"
 WEBHOOK_IN_FLIGHT = "scorestream_webhook_in_flight_deliveries"
@@ -388,6 +396,19 @@ def exposition() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def fetched(gauge: Gauge, topic: str, partition: int, highwater: int | None, next_offset: int) -> None:
+    """A consumer fetched ``topic[partition]`` up to ``next_offset``: its lag now (unknown
+    highwater: unchanged)."""
+    if highwater is not None:
+        gauge.labels(topic, str(partition)).set(max(0, highwater - next_offset))
+
+
+def forget(gauge: Gauge, topic: str, partition: int) -> None:
+    """The partition was revoked: its lag is another consumer's to report."""
+    with contextlib.suppress(KeyError):  # never fetched from
+        gauge.remove(topic, str(partition))
 
 
 def lag_of(

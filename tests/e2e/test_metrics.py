@@ -208,6 +208,8 @@ def test_the_dispatcher_counts_a_refused_then_delivered_webhook(traffic: Deploym
     assert value(s, "scorestream_webhook_attempts", "_total", outcome="success") >= 1
     assert value(s, "scorestream_webhook_attempt_duration_seconds", "_count") >= 2
     assert value(s, "scorestream_webhook_queue_deliveries") >= 0
+    triggers = {x.labels["topic"] for x in s.get("scorestream_webhook_consumer_lag_records", [])}
+    assert triggers <= {f"triggers-{traffic.svc.suffix}"}
     assert any(x.labels["role"] == "dispatcher" for x in s["scorestream_build_info"])
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from faust.types import TP
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_api
@@ -155,6 +155,20 @@ def test_lag_is_the_highwater_minus_the_committed_offset_and_unknowns_are_left_o
     committed = {("t", 0): 60, ("t", 1): 9, ("t", 2): 1, ("t", 3): None}
     out = list(metrics.lag_of(sorted(ends), lambda t, p: ends[(t, p)], lambda t, p: committed[(t, p)]))
     assert out == [("t", 0, 40), ("t", 1, 0)]
+
+
+def test_a_fetch_sets_its_partition_s_lag_and_a_revocation_forgets_it() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("unit_lag_records", "lag", ["topic", "partition"], registry=registry)
+    metrics.fetched(gauge, "triggers", 1, 120, 100)
+    assert registry.get_sample_value("unit_lag_records", {"topic": "triggers", "partition": "1"}) == 20
+    metrics.fetched(gauge, "triggers", 1, None, 110)  # highwater unknown: unchanged
+    metrics.fetched(gauge, "triggers", 0, 5, 9)  # never negative
+    assert registry.get_sample_value("unit_lag_records", {"topic": "triggers", "partition": "1"}) == 20
+    assert registry.get_sample_value("unit_lag_records", {"topic": "triggers", "partition": "0"}) == 0
+    metrics.forget(gauge, "triggers", 1)
+    metrics.forget(gauge, "triggers", 7)  # never fetched: nothing to forget
+    assert registry.get_sample_value("unit_lag_records", {"topic": "triggers", "partition": "1"}) is None
 
 
 def test_the_worker_reads_lag_from_faust_s_consumer_without_creating_one() -> None:
