@@ -366,3 +366,24 @@ def test_the_rendering_is_kustomizes(docs: list[Doc]) -> None:
         return doc["kind"], doc["metadata"]["name"]
 
     assert sorted(theirs, key=key) == sorted(docs, key=key)
+
+
+def test_network_policies_admit_only_the_served_ports(docs: list[Doc]) -> None:
+    """Every pod of the base is selected by a policy, whose ingress ports are ports its containers declare."""
+
+    def selects(selector: Doc, labels: dict[str, str]) -> bool:
+        if not matches(selector.get("matchLabels", {}), labels):
+            return False
+        return all(
+            labels.get(e["key"]) in e["values"] if e["operator"] == "In" else False
+            for e in selector.get("matchExpressions", [])
+        )
+
+    policies = named(docs, "NetworkPolicy").values()
+    for role, doc in workloads(docs).items():
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        chosen = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        assert len(chosen) == 1, role
+        declared = {p["name"] for c in containers(doc) for p in c.get("ports", [])}
+        allowed = {port["port"] for rule in chosen[0]["spec"].get("ingress", []) for port in rule["ports"]}
+        assert allowed == declared, role
