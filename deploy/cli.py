@@ -135,7 +135,9 @@ def run(settings: Settings, workers: int | None = None) -> int:
     signals = StopOnSignal()
     try:
         if wait_ready(url, 180):
-            key = env.get("SCORESTREAM_API_KEYS", "").split(",")[0]
+            from schemas.api_keys import key_of
+
+            key = key_of(env.get("SCORESTREAM_API_KEYS", "").split(",")[0]) or "<your key: the first entry is hashed>"
             write_key = env.get("SCORESTREAM_WRITE_KEYS", "").split(",")[0].split(":")[0]
             print(f"\nscorestream is ready in {time.monotonic() - started_at:.1f} s", flush=True)
             print(f"  API:      {url}   (OpenAPI: {url}/docs)")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from deploy.traffic import Traffic
 from kafka_io import clients
+from schemas.api_keys import key_of
 from schemas.settings import Settings
 
 
@@ -43,11 +44,8 @@ def _table(contacts: list[dict[str, object]]) -> Table:
 
 async def demo(settings: Settings, events: int, contacts: int, rate: float, seed: int) -> int:
     console = Console()
-    key = (
-        settings.api_keys[0].get_secret_value()
-        if settings.api_keys
-        else (settings.data_dir / "dev-api-key").read_text().strip()
-    )
+    plain = [k for entry in settings.api_keys if (k := key_of(entry.get_secret_value())) is not None]
+    key = plain[0] if plain else (settings.data_dir / "dev-api-key").read_text().strip()
     url = f"http://{settings.api_host}:{settings.api_port}"
     span = 14 * 86_400_000
     traffic = Traffic(contacts, seed=seed, start_ms=int(time.time() * 1000) - span, span_ms=span)

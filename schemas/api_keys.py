@@ -120,3 +120,10 @@ def new_key(scopes: str, name: str | None = None) -> tuple[str, str]:
         entry += f":{name}"
     parse_entry(entry)  # refuses a malformed name
     return key, entry
+
+
+def key_of(entry: str) -> str | None:
+    """The key of a plaintext entry (``key``, ``key:scopes[:name]``); None for a hashed one, whose
+    key is not known here."""
+    key = entry.split(":")[0]
+    return None if key == HASH_PREFIX else key

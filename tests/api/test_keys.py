@@ -22,7 +22,7 @@ from api.app import create_api
 from api.replica import Replica, WorkerStatus
 from deploy.cli import main as cli_main
 from kafka_io.clients import KafkaConnection
-from schemas.api_keys import SCOPES, digest, new_key, parse_entries, parse_entry
+from schemas.api_keys import SCOPES, digest, key_of, new_key, parse_entries, parse_entry
 from schemas.model_file import load_model
 from schemas.settings import Settings
 from tests.factories import T0
@@ -215,6 +215,11 @@ def test_malformed_entries_are_refused_without_the_key(entries: list[str], fault
     with pytest.raises(ValueError, match=re.escape(fault)) as raised:
         Settings(api_keys=",".join(entries))  # type: ignore[arg-type]
     assert "secret-part" not in str(raised.value) and "reed" not in str(raised.value)
+
+
+def test_the_key_of_an_entry_for_the_demo_and_run() -> None:
+    assert key_of(READ) == READ and key_of(f"{READ}:read:crm") == READ
+    assert key_of(new_key("read")[1]) is None  # hashed: the key is not known
 
 
 def test_a_hashed_key_is_accepted_and_its_text_is_not_kept() -> None:

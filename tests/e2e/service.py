@@ -108,6 +108,10 @@ class Service:
                 # no side metrics ports (workers would all want 9300 on this host, tests run side by
                 # side); tests/e2e/test_metrics.py gives each process its own
                 "SCORESTREAM_METRICS_PORT": "0",
+                # one key reads far beyond the default budget here (bench.api_load: ~14k lookups/s,
+                # batchGet 1000 ids at a time): a limit checked on every request that never refuses;
+                # tests/api/test_limits.py covers refusals
+                "SCORESTREAM_RATE_LIMIT_READ": "1000000/second",
             }
         )
         if self.model is not None:
