@@ -225,3 +225,39 @@ def test_the_sink_counts_the_rows_it_inserts(traffic: Deployment) -> None:
     assert value(s, "scorestream_sink_insert_duration_seconds", "_count", table="events") >= 1
     assert value(s, "scorestream_sink_insert_errors", "_total") == 0
     assert any(x.labels["role"] == "sink" for x in s["scorestream_build_info"])
+
+
+def test_several_api_processes_are_summed_in_one_scrape(traffic: Deployment) -> None:
+    """``scorestream api`` with two processes on one port: each writes its values under
+    ``<data_dir>/metrics/api`` and whichever answers the scrape serves the sum of both."""
+    svc = traffic.svc
+    port = free_port()
+    proc = svc._spawn("api", "api-2.log", {"SCORESTREAM_API_PORT": str(port), "SCORESTREAM_API_PROCESSES": "2"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, svc.logs("api-2")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        svc.wait_for(up, timeout=90)
+        sent = 12
+        for i in range(sent):  # each on a new connection: the two processes share the socket
+            refused = httpx.post(f"{url}/v1/track", json={"writeKey": f"nope-{i}", "event": "x", "userId": "u"})
+            assert refused.status_code == 401
+        files = list((svc.data_dir / "metrics" / "api").glob("counter_*.db"))
+        assert len(files) == 2, files  # one per process
+        for _ in range(6):  # whichever process answers, the same sum
+            r = httpx.get(f"{url}/metrics", timeout=5)
+            samples = {family.name: family.samples for family in text_string_to_metric_families(r.text)}
+            assert value(samples, "scorestream_collector_requests_refused", "_total", reason="unauthorized") == sent
+            assert [x.labels["role"] for x in samples["scorestream_build_info"]] == ["api"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
