@@ -131,8 +131,8 @@ def _ssl_context(
     ca_file: str | None, cert_file: str | None, key_file: str | None, key_password: str | None, check_hostname: bool
 ) -> ssl.SSLContext:
     context: ssl.SSLContext = create_ssl_context(
-        cafile=ca_file, certfile=cert_file, keyfile=key_file, password=key_password
-    )
+        cafile=ca_file, certfile=cert_file, keyfile=key_file, password=key_password or (lambda: "")
+    )  # an empty password, not OpenSSL's prompt on the terminal, for an encrypted key without one
     if not check_hostname:
         context.check_hostname = False
     return context
@@ -215,7 +215,10 @@ async def check(kafka: KafkaConnection | Settings, timeout_s: float = 30.0, retr
     fix them); an unreachable cluster is retried every ``retry_s`` until ``timeout_s`` has passed,
     then raises it. aiokafka's own clients would log the cause and retry for ever."""
     kafka = KafkaConnection.of(kafka)
-    auth = {name: value for name, value in connection(kafka).items() if name != "bootstrap_servers"}
+    try:
+        auth = {name: value for name, value in connection(kafka).items() if name != "bootstrap_servers"}
+    except (ssl.SSLError, OSError) as exc:  # settings check them first; a connection made by hand may not load
+        raise KafkaUnavailable(f"Kafka TLS: the CA, certificate or key files do not load: {_reason(exc)}") from None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:

@@ -6,6 +6,7 @@ keeps the two in step.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -458,6 +459,36 @@ class Settings(BaseSettings):
             if not password:
                 raise ValueError("SCORESTREAM_KAFKA_SASL_PASSWORD_FILE is empty")
             self._kafka_password_from_file = SecretStr(password)
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_tls_files_load(self) -> Settings:
+        """The CA and the client certificate and key load (PEM, the key's password right): refused at
+        start naming the variable, not at the first connection."""
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return self
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.kafka_ssl_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self.kafka_ssl_ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"SCORESTREAM_KAFKA_SSL_CA_FILE: no PEM CA certificate loads from it ({exc})"
+                ) from None
+        if self.kafka_ssl_cert_file is not None:
+            key_password = self.kafka_ssl_key_password
+            try:  # never OpenSSL's prompt on the terminal for an encrypted key without a password
+                context.load_cert_chain(
+                    self.kafka_ssl_cert_file,
+                    self.kafka_ssl_key_file,
+                    key_password.get_secret_value() if key_password else lambda: "",
+                )
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    "SCORESTREAM_KAFKA_SSL_CERT_FILE, SCORESTREAM_KAFKA_SSL_KEY_FILE: the client certificate and its key "
+                    "do not load (PEM files, the key matching the certificate, SCORESTREAM_KAFKA_SSL_KEY_PASSWORD for an "
+                    f"encrypted key) ({exc})"
+                ) from None
         return self
 
     @property

@@ -232,3 +232,48 @@ def test_the_preflight_gives_up_on_an_unreachable_cluster_with_one_line() -> Non
 @pytest.mark.kafka
 def test_the_preflight_passes_on_a_reachable_cluster(kafka_bootstrap: str) -> None:
     assert asyncio.run(check(KafkaConnection(kafka_bootstrap), timeout_s=30)) == 1
+
+
+def test_an_encrypted_client_key_loads_with_its_password_and_is_refused_without(tmp_path: Path, ca_file: Path) -> None:
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = trustme.CA().issue_cert("client")
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    (tmp_path / "client.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"key-pw-123"),
+        )
+    )
+    (tmp_path / "client.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    tls: dict[str, Any] = {
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_ca_file": ca_file,
+        "kafka_ssl_cert_file": tmp_path / "client.pem",
+        "kafka_ssl_key_file": tmp_path / "client.key",
+    }
+    context = connection(Settings(**tls, kafka_ssl_key_password=SecretStr("key-pw-123")))["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    wrongs: list[dict[str, Any]] = [{}, {"kafka_ssl_key_password": SecretStr("not-the-pw")}]
+    for wrong in wrongs:  # never a prompt on the terminal
+        with pytest.raises(ValidationError) as refused:
+            Settings(**tls, **wrong)
+        assert "SCORESTREAM_KAFKA_SSL_CERT_FILE, SCORESTREAM_KAFKA_SSL_KEY_FILE: the client certificate" in str(
+            refused.value
+        )
+        assert "not-the-pw" not in str(refused.value)
+
+
+def test_a_ca_file_that_is_no_certificate_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ValidationError, match="SCORESTREAM_KAFKA_SSL_CA_FILE: no PEM CA certificate loads"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=tmp_path / "ca.pem")
+
+
+def test_the_preflight_refuses_tls_files_that_do_not_load(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    kafka = KafkaConnection("127.0.0.1:1", "SSL", ssl_ca_file=str(tmp_path / "ca.pem"))
+    with pytest.raises(KafkaUnavailable, match=r"^Kafka TLS: the CA, certificate or key files do not load: "):
+        asyncio.run(check(kafka, timeout_s=5))
