@@ -74,7 +74,7 @@ class Bench:
 
 SCENARIOS = (
     "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
-    "api,collector,recovery,webhooks,sink,analytics,replay"
+    "api,api_middleware,collector,recovery,webhooks,sink,analytics,replay"
 )
 
 
@@ -115,6 +115,15 @@ def _parser() -> argparse.ArgumentParser:
         "--service-sustain-rates",
         default=None,
         help="rates of the whole service's sustained maximum (default: --sustain-rates)",
+    )
+    parser.add_argument(
+        "--middleware-seconds", type=float, default=15.0, help="wrk seconds per round of api_middleware"
+    )
+    parser.add_argument(
+        "--middleware-rounds", type=int, default=3, help="alternating rounds (on, off) of api_middleware"
+    )
+    parser.add_argument(
+        "--middleware-parts", action="store_true", help="api_middleware: also rate limits, metrics, access log alone"
     )
     parser.add_argument("--skip", default="", help=f"comma-separated scenarios to skip: {SCENARIOS}")
     parser.add_argument("--only", default="", help="comma-separated scenarios to run (the others are skipped)")
@@ -295,6 +304,18 @@ def _service_scenarios(b: Bench, skip: set[str]) -> None:
         from bench.api_load import api_lookups
 
         b.figures["api"] = api_lookups(b.bootstrap, b.work)
+        b.save()
+    if "api_middleware" not in skip:
+        from bench.api_middleware import api_middleware
+
+        b.figures["api_middleware"] = api_middleware(
+            b.bootstrap,
+            b.work,
+            b.args.contacts,
+            b.args.middleware_seconds,
+            rounds=b.args.middleware_rounds,
+            parts=b.args.middleware_parts,
+        )
         b.save()
     if "collector" not in skip:
         from bench.collector import collector_load
