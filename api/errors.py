@@ -323,7 +323,7 @@ def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """``app.openapi`` with every error answer as ``application/problem+json``: the responses the
     routes declare with ``schemas.api.Problem`` (FastAPI files them under ``application/json``)
     and FastAPI's own 422 move to that content type, with the ``Problem`` (``ValidationProblem``
-    for a 422) schema; the collector's answers (Segment's shape) stay as they are."""
+    for a 422) schema; the collector's operations list none (Segment's shape, in their description)."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -338,7 +338,7 @@ def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             schemas[model.__name__] = schema
         for operations in doc.get("paths", {}).values():
             for operation in operations.values():
-                _problem_responses(operation.get("responses", {}))
+                _problem_responses(operation.get("responses", {}), "collector" in operation.get("tags", ()))
         if not _mentions(doc.get("paths", {}), FASTAPI_VALIDATION):
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
@@ -347,12 +347,17 @@ def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-def _problem_responses(responses: dict[str, Any]) -> None:
-    for status, response in responses.items():
+def _problem_responses(responses: dict[str, Any], segment: bool) -> None:
+    """Error answers as problems; a collector's operation (``segment``) loses them instead: its
+    errors are Segment's shape, which its description states."""
+    for status, response in list(responses.items()):
         content = response.get("content", {})
         schema = content.get("application/json", {}).get("schema", {})
         ref = schema.get("$ref", "")
         if not status.isdigit() or int(status) < 400 or ref not in (ProblemRef["$ref"], FASTAPI_VALIDATION):
+            continue
+        if segment:
+            del responses[status]
             continue
         del content["application/json"]
         content[PROBLEM_JSON] = {"schema": ValidationRef if status == "422" else ProblemRef}

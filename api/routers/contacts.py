@@ -46,7 +46,7 @@ async def get_contact(contact_id: str, readers: ReadyReaders, clock: Clock) -> R
 @router.post(
     "/v1/contacts:batchGet",
     response_model=BatchGetOut,
-    responses={404: {"model": Problem}, 503: {"model": Problem}},
+    responses={404: {"model": Problem}, 413: {"model": Problem}, 503: {"model": Problem}},
 )
 async def batch_get(body: BatchGetIn, readers: ReadyReaders, clock: Clock, request: Request) -> Response:
     """Up to 1000 contacts at once (CRM sync); unknown ids are listed in ``not_found``. Costs one

@@ -49,7 +49,7 @@ router = APIRouter(
     prefix="/v1/webhooks",
     tags=["webhooks"],
     dependencies=AdminScope,
-    responses={code: {"model": Problem} for code in (404, 422, 503)},
+    responses={code: {"model": Problem} for code in (404, 413, 422, 503)},
 )
 
 
