@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 import telemetry.http_metrics  # noqa: F401  the API's request histogram is a family of the API process
 from telemetry import metrics
@@ -34,7 +35,15 @@ DURATION = re.compile(r"^\d+[smhd]$")
 
 
 def served() -> set[str]:
-    return metrics.families()
+    """Every family the processes serve: scorestream's, and prometheus_client's default process
+    and Python collectors (``process_cpu_seconds_total``, ...)."""
+    defaults = {
+        sample.name
+        for family in REGISTRY.collect()
+        if family.name.startswith(("process_", "python_"))
+        for sample in family.samples
+    }
+    return metrics.families() | defaults
 
 
 def identifiers(expr: str) -> set[str]:
@@ -107,6 +116,8 @@ def test_every_dashboard_query_names_served_metrics_only() -> None:
         "scorestream_api_request_duration_seconds_bucket",
         "scorestream_sink_rows_inserted_total",
         "scorestream_sink_insert_errors_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
     ],
 )
 def test_the_dashboard_shows_what_the_issue_asks(needed: str) -> None:
