@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import logging
+import select
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 import api
@@ -412,3 +418,46 @@ def test_the_collector_keeps_its_own_limits() -> None:
     ]
     assert [(r.status_code, r.json()["code"]) for r in answers] == [(503, "unavailable"), (400, "too_large")]
     assert all(r.headers["content-type"] == "application/json" and r.json()["success"] is False for r in answers)
+
+
+def test_a_real_server_answers_413_long_before_a_chunked_body_ends() -> None:
+    """Over a socket to uvicorn: a chunked body of 32 MiB to a 64 KiB limit is answered 413
+    while the client is still sending (what it got out is bounded by the socket buffers, as the
+    route stops reading at the limit), not after the whole body."""
+    app = make_app(api_max_body_bytes=64 * 1024)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client = socket.create_connection(listening.getsockname(), timeout=30)
+        client.sendall(
+            b"POST /v1/contacts:batchGet HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        frame = b"2000\r\n" + b"x" * 0x2000 + b"\r\n"
+        total, sent = 32 * 1024 * 1024, 0
+        client.setblocking(False)
+        while sent < total and time.monotonic() < deadline:
+            readable, writable, _ = select.select([client], [client], [], 1)
+            if readable:
+                break
+            if writable:
+                with contextlib.suppress(BlockingIOError):
+                    sent += client.send(frame)
+        client.setblocking(True)
+        answer = b""
+        while not answer.endswith(b"}") and (more := client.recv(65536)):
+            answer += more
+        head, _, body = answer.partition(b"\r\n\r\n")
+        client.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert head.startswith(b"HTTP/1.1 413") and b"application/problem+json" in head, head
+    assert b'"code":"payload_too_large"' in body
+    assert sent < total // 2, sent
