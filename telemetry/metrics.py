@@ -307,7 +307,7 @@ SCRAPED: dict[str, tuple[str, Literal["gauge", "counter"], tuple[str, ...]]] = {
 }
 """The families read at scrape time: name -> (documentation, type, labels)."""
 
-_sources: dict[str, Source] = {}
+_sources: dict[tuple[int, str], Source] = {}  # (id of the registry, name) -> its source now
 _sources_lock = threading.Lock()
 
 
@@ -317,11 +317,11 @@ def scraped(name: str, read: Reader, registry: CollectorRegistry = REGISTRY) -> 
     documentation, kind, labels = SCRAPED[name]
     source = Source(name, documentation, kind, labels, read)
     with _sources_lock:
-        old = _sources.pop(name, None)
+        old = _sources.pop((id(registry), name), None)
         if old is not None:
             registry.unregister(old)
         registry.register(source)
-        _sources[name] = source
+        _sources[(id(registry), name)] = source
 
 
 def families(registry: CollectorRegistry = REGISTRY) -> set[str]:

@@ -136,6 +136,10 @@ def test_a_scraped_family_reads_its_source_at_each_scrape_and_a_new_source_repla
     assert registry.get_sample_value("scorestream_webhook_queue_deliveries") == 9
     metrics.scraped(metrics.SINK_REJECTS, lambda: [(4,)], registry)
     assert registry.get_sample_value("scorestream_sink_rejected_rows_total") == 4
+    other = CollectorRegistry()  # each registry its own sources
+    metrics.scraped(metrics.WEBHOOK_QUEUE, lambda: [(1,)], other)
+    assert other.get_sample_value("scorestream_webhook_queue_deliveries") == 1
+    assert registry.get_sample_value("scorestream_webhook_queue_deliveries") == 9
 
 
 def test_a_failing_source_leaves_its_family_empty_and_the_scrape_goes_on() -> None:
