@@ -51,6 +51,7 @@ def documents() -> dict[str, dict[str, Any]]:
         api.ModelOut,
         api.ModelsOut,
         api.Problem,
+        api.ValidationProblem,
         value.ValueOut,
         value.ClvModelOut,
         api_accounts.AccountOut,
