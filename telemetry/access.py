@@ -39,7 +39,7 @@ access_log = logging.getLogger("scorestream.access")
 HEADER = b"x-request-id"
 SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces, at most 128 characters
 ROUTE = "scorestream.route"  # scope key: the route template of a request the API serves outside Starlette's router
-SENSITIVE = ("key", "token", "secret", "password", "passwd", "auth", "sig", "credential", "session")
+SENSITIVE = ("key", "token", "secret", "pass", "auth", "sig", "credential", "session")  # in a query name
 
 
 def request_id_of(scope: Scope) -> bytes:
