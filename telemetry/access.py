@@ -91,12 +91,13 @@ class RequestTelemetry:
         started = time.perf_counter()
         try:
             await app(scope, receive, send_with_id)
-        finally:
-            seconds = time.perf_counter() - started
-            try:
-                self.done(scope, status, seconds)
-            finally:
-                context.request_id.reset(token)
+        except BaseException:
+            # the id stays set: the server logs the exception after this returns, in the request's
+            # own task (uvicorn's "Exception in ASGI application"), and that line carries it too
+            self.done(scope, status, time.perf_counter() - started)
+            raise
+        self.done(scope, status, time.perf_counter() - started)
+        context.request_id.reset(token)
 
     def done(self, scope: Scope, status: int, seconds: float) -> None:
         """The request's log line and latency."""

@@ -225,6 +225,30 @@ def test_metrics_off_observes_nothing() -> None:
     assert count("GET", "/v1/contacts/{contact_id}", "200") == before
 
 
+def test_a_failure_is_logged_and_the_servers_line_carries_the_id(json_logs: io.StringIO) -> None:
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("boom")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        return None
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"x-request-id", b"r-9")]}
+
+    async def serve() -> str | None:
+        with pytest.raises(RuntimeError, match="boom"):
+            await RequestTelemetry().serve(scope, receive, send, failing)
+        logging.getLogger("uvicorn.error").error("Exception in ASGI application")  # as the server does
+        return context.request_id.get()
+
+    assert asyncio.run(serve()) == "r-9"
+    access, server = (line for line in lines(json_logs) if line["logger"] in ("scorestream.access", "uvicorn.error"))
+    assert access["status"] == 500 and access["request_id"] == "r-9" and access["route"] == "unmatched"
+    assert server["request_id"] == "r-9"
+
+
 def test_request_id_of_reads_the_header_once() -> None:
     scope: Scope = {"headers": [(b"accept", b"*/*"), (b"x-request-id", b"a-1"), (b"x-request-id", b"b-2")]}
     assert request_id_of(scope) == b"a-1"
