@@ -12,7 +12,8 @@ clients post here exactly as they would to ``api.segment.io``; accepted messages
   request headers the browser asks for (``X-Retry-Count``, which analytics.js adds to every retry,
   and any custom header a page configures) when they are a plain list of header names, else the
   fixed list the SDKs use; every answer exposes ``Retry-After`` and ``X-RateLimit-Reset`` to the
-  page, so a browser SDK can read when to retry. ``POST /v1/m`` (analytics.js' own telemetry)
+  page, so a browser SDK can read when to retry, and ``X-Request-ID`` (the request's id in the API's
+  logs). ``POST /v1/m`` (analytics.js' own telemetry)
   needs no write key: its body (capped like a message) is read and discarded, answered 200.
 * Auth: a write key (``SCORESTREAM_WRITE_KEYS``) as the Basic-auth user name, or ``writeKey`` in
   the body, as Segment takes it; compared in constant time. None configured: every route is 401.
@@ -119,7 +120,7 @@ _JSON_HEADERS = [
     (b"content-type", b"application/json"),
     (b"access-control-allow-origin", b"*"),
     # a cross-origin page reads only the headers listed here: a browser SDK needs these two to wait
-    (b"access-control-expose-headers", b"Retry-After, X-RateLimit-Reset"),
+    (b"access-control-expose-headers", b"Retry-After, X-RateLimit-Reset, X-Request-ID"),
 ]
 # the request headers Segment's SDKs send (X-Retry-Count on every retry of analytics.js)
 _ALLOWED_HEADERS = b"Authorization, Content-Type, Content-Encoding, X-Retry-Count"

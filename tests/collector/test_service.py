@@ -607,7 +607,7 @@ def test_cors_preflight_and_headers() -> None:
     assert refusal(wrong) == (405, "method_not_allowed")
 
 
-EXPOSED = "Retry-After, X-RateLimit-Reset"
+EXPOSED = "Retry-After, X-RateLimit-Reset, X-Request-ID"
 
 
 def test_a_preflight_allows_the_sdks_retry_header_and_the_headers_asked_for() -> None:
