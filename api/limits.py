@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from limits import RateLimitItem
 from limits.storage import MemoryStorage
@@ -25,12 +26,39 @@ from api.errors import ApiError
 from schemas.api_keys import KeyEntry
 
 
+class InlineExpiryStorage(MemoryStorage):
+    """``limits``' in-memory storage, whose expired entries the requests themselves drop, at most
+    once a second, instead of a new timer thread every 10 ms.
+
+    ``MemoryStorage`` starts a ``threading.Timer`` of 10 ms whenever the previous one has finished
+    and a request comes: about 100 threads a second while requests flow, most of the limit's cost
+    at a few thousand requests a second (3.7% of a core at 1,400 a second against 0.6% without
+    limits; 1.7% with this class). Here the same sweep (``__expire_events``) runs on the event loop's thread once a
+    second; until it runs, a moving window ignores the expired entries anyway (it compares
+    times). Relies on the private names of limits 5.8 (pinned); ``tests/api/test_limits.py``
+    checks no thread starts and the entries stay bounded."""
+
+    SWEEP_S = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next_sweep = 0.0
+        self._sweep: Callable[[], None] = getattr(self, "_MemoryStorage__expire_events")  # noqa: B009 (mangled)
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the timer thread's scheduling
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_S
+            self._sweep()
+
+
 class RateLimits:
     """The budgets of every key of a process, per scope (None: that scope is not limited)."""
 
     def __init__(self, items: dict[str, RateLimitItem | None]) -> None:
         self.items = items
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.storage = InlineExpiryStorage()
+        self.limiter = MovingWindowRateLimiter(self.storage)
 
     def charge(self, key: KeyEntry, scope: str, cost: int = 1, paid: int = 0) -> None:
         """Spend ``cost`` of ``key``'s ``scope`` budget, of which ``paid`` was spent already (by

@@ -5,6 +5,7 @@ have budgets of their own; ``0`` turns a limit off."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -13,8 +14,10 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_api
+from api.limits import InlineExpiryStorage, RateLimits
 from api.replica import Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection
+from schemas.api_keys import parse_entry
 from schemas.model_file import load_model
 from schemas.settings import Settings, rate_limit
 from scorestream import apply_events
@@ -141,3 +144,21 @@ def test_limits_parse(spec: str, amount: int, seconds: int) -> None:
 def test_malformed_limits_are_refused_at_start(spec: str) -> None:
     with pytest.raises(ValueError, match="a rate limit is like"):
         Settings(rate_limit_read=spec)
+
+
+def test_limits_start_no_thread_and_sweep_expired_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """limits' MemoryStorage would start a timer thread every 10 ms; ours sweeps inline once a second."""
+    limits = RateLimits({"read": rate_limit("1000/second")})
+    time.sleep(0.05)  # the one timer MemoryStorage starts when built has run
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self))
+    monkeypatch.setattr(InlineExpiryStorage, "SWEEP_S", 0.2)
+    key = parse_entry("unit-test-key-0123456789:read")
+    for _ in range(300):
+        limits.charge(key, "read")
+    (entries,) = limits.storage.events.values()
+    assert len(entries) == 300
+    time.sleep(1.3)  # every entry has left its one-second window
+    limits.charge(key, "read")  # the next request sweeps
+    assert len(limits.storage.events[next(iter(limits.storage.events))]) == 1
+    assert started == []
