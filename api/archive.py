@@ -8,7 +8,8 @@ Where the archive is read from (:func:`analytics_store`):
   sink has applied the migrations. chDB allows one process per data directory, so the API, which
   owns it, is the only reader; the engine serves several clients at once, so queries run on
   clients of their own, not on the sink's, and a long report does not hold up its inserts
-  (measured: five inserts took 0.3 s beside a 10 s query on another client of the same engine);
+  (``python -m bench.report_beside_sink``: an insert sent during a 5.5-13 s report took 7-37 ms,
+  against the report's whole length, 5.3-10.2 s, when both shared one client and thread);
 - a ClickHouse server: clients of this process's own (queries only; the sink, wherever it runs,
   applies the migrations);
 - embedded chDB run by another process (``SCORESTREAM_SINK_IN_API=false``): unavailable here.
