@@ -1,7 +1,10 @@
 """The API process's app: its parts in ``app.state``, their lifespan, the error handlers, and one
 router per resource (``api/routers/``): health, contacts, models, accounts, the collector,
-webhooks and reports. Every route but health and the collector's needs an API key; the collector
-takes write keys. The routes read what they need through :mod:`api.deps`.
+webhooks and reports. Every route but health and the collector's needs an API key holding the
+route's scope (``read``, ``write`` or ``admin``: :mod:`api.keys`), within its rate limit
+(:mod:`api.limits`); the collector takes write keys. The routes read what they need through
+:mod:`api.deps`. ``/docs``, ``/redoc`` and ``/openapi.json`` are off in production unless
+``SCORESTREAM_API_DOCS``.
 
 The contact, account and model routes answer from the active model namespace, or from the one
 named by ``?model=`` (a namespace or a model version; see :mod:`api.namespaces`)."""

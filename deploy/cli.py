@@ -1,5 +1,5 @@
 """The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, views, replay, shadow, promote,
-retire, models, demo."""
+retire, models, demo, keys."""
 
 from __future__ import annotations
 
