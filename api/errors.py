@@ -188,6 +188,8 @@ class ApiError(Problem):
     def __init__(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extensions: Any
     ) -> None:
+        if status == 422 and "errors" not in extensions:  # every 422 lists its errors, if only this one
+            extensions["errors"] = [message_error(code, message)]
         super().__init__(
             title_of(code, status), type_=type_uri(code), detail=message, status=status, code=code, **extensions
         )
@@ -210,6 +212,21 @@ class InvalidRequest(ApiError):
 def pointer(path: Iterable[Any]) -> str:
     """A JSON pointer (RFC 6901, as a URI fragment) to ``path`` in the body."""
     return "#" + "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def message_error(code: str, message: str) -> dict[str, Any]:
+    """The one entry of ``errors`` of a 422 a route raised itself: its message is ``where: what``
+    (``body.url: cannot be null``, ``since: must not be in the future``) or, failing that, a whole."""
+    where, sep, what = message.partition(": ")
+    if not sep or not where or " " in where:
+        return {"detail": message, "type": code, "loc": []}
+    loc = where.split(".")
+    item: dict[str, Any] = {"detail": what, "type": "value_error", "loc": loc}
+    if loc[0] == "body":
+        item["pointer"] = pointer(loc[1:])
+    else:
+        item["parameter"] = where
+    return item
 
 
 def problem_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -179,6 +179,22 @@ def test_a_body_that_is_not_json_points_at_the_whole_body() -> None:
     assert [(e["pointer"], e["type"]) for e in body["errors"]] == [("#", "json_invalid")]
 
 
+def test_a_422_a_route_raises_itself_lists_its_error_too() -> None:
+    r = send(make_app(), "PATCH", "/v1/webhooks/wh_1", headers=AUTH, json={"url": None})
+    body = problem(r, 422, "invalid_request")
+    assert body["errors"] == [
+        {"detail": "cannot be null", "type": "value_error", "loc": ["body", "url"], "pointer": "#/url"}
+    ]
+    assert body["detail"] == "body.url: cannot be null"
+    by_name = problem_body(ApiError(422, "invalid_request", "since: must not be in the future"), None)
+    assert by_name["errors"] == [
+        {"detail": "must not be in the future", "type": "value_error", "loc": ["since"], "parameter": "since"}
+    ]
+    whole = problem_body(ApiError(422, "invalid_url", "webhook URLs must use HTTPS"), None)
+    assert whole["errors"] == [{"detail": "webhook URLs must use HTTPS", "type": "invalid_url", "loc": []}]
+    assert "errors" not in problem_body(ApiError(404, "not_found", "gone: nowhere"), None)
+
+
 def test_a_pointer_escapes_slashes_and_tildes() -> None:
     from api.errors import pointer
 
