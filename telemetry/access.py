@@ -10,7 +10,8 @@ would turn the direct path off). Per request it
   ``X-Request-ID`` to the answer's headers;
 - writes one access log line at INFO on ``scorestream.access`` (``SCORESTREAM_ACCESS_LOG``):
   method, path with the values of secret-looking query parameters redacted (never a header),
-  route template, status, duration, request id, client address;
+  route template, status, duration, request id, client address (a health probe or a scrape that
+  succeeds at DEBUG: :data:`PROBES`);
 - observes ``scorestream_api_request_duration_seconds{method,route,status}``
   (``SCORESTREAM_METRICS_ENABLED``).
 
@@ -39,6 +40,8 @@ access_log = logging.getLogger("scorestream.access")
 HEADER = b"x-request-id"
 SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces, at most 128 characters
 ROUTE = "scorestream.route"  # scope key: the route template of a request the API serves outside Starlette's router
+# health probes and scrapes, every few seconds from each prober: logged at DEBUG unless they fail
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 SENSITIVE = ("key", "token", "secret", "pass", "auth", "sig", "credential", "session")  # in a query name
 
 
@@ -110,11 +113,13 @@ class RequestTelemetry:
                 label = method if method in METHODS else "other"
                 child = self._children[key] = API_REQUEST_DURATION.labels(label, route, str(status))
             child.observe(seconds)
-        if self.access_log and access_log.isEnabledFor(logging.INFO):
-            self.log(scope, method, route, status, seconds)
+        if self.access_log:
+            level = logging.DEBUG if route in PROBES and status < 400 else logging.INFO
+            if access_log.isEnabledFor(level):
+                self.log(scope, method, route, status, seconds, level)
 
     @staticmethod
-    def log(scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
+    def log(scope: Scope, method: str, route: str, status: int, seconds: float, level: int = logging.INFO) -> None:
         raw = scope.get("raw_path")
         path = raw.decode("latin-1") if raw else scope["path"]
         if query := scope.get("query_string"):
@@ -129,4 +134,4 @@ class RequestTelemetry:
             "duration_ms": ms,
             "client": client[0] if client else None,
         }
-        access_log.info("%s %s %d %.1f ms", method, path, status, ms, extra=fields)
+        access_log.log(level, "%s %s %d %.1f ms", method, path, status, ms, extra=fields)

@@ -13,7 +13,12 @@ handler on the root logger renders every record, ours and faust's, mode's, aioka
 uvicorn's, through structlog's :class:`~structlog.stdlib.ProcessorFormatter`. structlog's own
 loggers (``structlog.get_logger()``) go through the same handler. Nothing else may install a
 handler: the worker starts mode's ``Worker`` with ``override_logging=False`` and uvicorn runs with
-``log_config=None``.
+``log_config=None``. aiokafka, faust and mode never log below INFO (their DEBUG calls cost the
+worker CPU per record).
+
+Context: fields bound with ``structlog.contextvars.bind_contextvars`` are on every line of their
+context; the request id is read from :data:`telemetry.context.request_id` when a line is written
+rather than bound per request (the API's wrapper sets one ContextVar a request, the cheapest).
 """
 
 from __future__ import annotations

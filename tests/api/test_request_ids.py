@@ -173,6 +173,14 @@ def test_the_access_log_hides_secrets(json_logs: io.StringIO) -> None:
     assert line["route"] == "/v1/contacts/{contact_id}"
 
 
+def test_probes_are_logged_at_debug_unless_they_fail(json_logs: io.StringIO) -> None:
+    fast, _ = apps(make_replica())
+    assert send(fast, "GET", "/healthz").status_code == 200
+    assert send(fast, "GET", "/readyz").status_code == 503  # the webhook subscriptions are not read here
+    access = [line for line in lines(json_logs) if line["logger"] == "scorestream.access"]
+    assert [(line["path"], line["status"], line["level"]) for line in access] == [("/readyz", 503, "info")]
+
+
 def test_the_access_log_can_be_turned_off(json_logs: io.StringIO) -> None:
     fast, _ = apps(make_replica())
     assert isinstance(fast, ScorestreamApi)
