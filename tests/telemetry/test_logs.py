@@ -166,6 +166,26 @@ def test_one_handler_for_every_library_and_the_levels() -> None:
 
 
 @pytest.mark.usefixtures("restore_logging")
+def test_uvicorn_keeps_our_handler() -> None:
+    """The API's uvicorn options leave logging alone: after uvicorn's own setup, the root handler is
+    still ours, uvicorn's loggers have none of their own and its access log stays off."""
+    import uvicorn
+
+    from api.server import _uvicorn_options
+
+    buffer = setup("json")
+    ours = logging.getLogger().handlers[:]
+    options = _uvicorn_options(Settings())
+    assert options["log_config"] is None and options["access_log"] is False
+    uvicorn.Config("api.server:app_of_environment", **options).configure_logging()
+    assert logging.getLogger().handlers == ours
+    assert not logging.getLogger("uvicorn.error").handlers and not logging.getLogger("uvicorn").handlers
+    logging.getLogger("uvicorn.error").warning("from uvicorn")
+    (line,) = json_lines(buffer)
+    assert line["logger"] == "uvicorn.error" and line["message"] == "from uvicorn"
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_a_bad_level_is_refused() -> None:
     with pytest.raises(SystemExit, match="SCORESTREAM_LOG_LEVEL"):
         setup("json", level="LOUD")
