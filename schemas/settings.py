@@ -375,7 +375,10 @@ class Settings(BaseSettings):
         description="When set, the API's `GET /metrics` needs `Authorization: Bearer <token>` (the side ports of "
         "the other processes are not behind it: bind them to a private address).",
     )
-    log_level: str = Field(default="INFO", description="Log level of worker and API.")
+    log_level: str = Field(
+        default="INFO",
+        description="Log level of every process (aiokafka, faust and mode: INFO at the lowest); access lines are INFO.",
+    )
     log_format: Literal["text", "json"] | None = Field(
         default=None,
         description="Log lines: `json` (one JSON object per line: time, level, logger, message, request id or Kafka "
