@@ -262,13 +262,14 @@ def test_an_untrusted_certificate_fails_the_start_with_one_line(secured: Secured
     assert "SCORESTREAM_KAFKA_SSL_CA_FILE" in line
 
 
-def test_an_unreachable_cluster_fails_the_start_after_the_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["api", "run"])  # run: with SCORESTREAM_KAFKA_BOOTSTRAP, no broker of its own
+def test_an_unreachable_cluster_fails_the_start_after_the_timeout(tmp_path: Path, command: str) -> None:
     port = free_port()  # nothing listens there
     env: dict[str, Any] = Service(bootstrap=f"127.0.0.1:{port}", data_dir=tmp_path).env
-    proc, took = start("api", {**env, "SCORESTREAM_KAFKA_STARTUP_TIMEOUT_S": "2"})
+    proc, took = start(command, {**env, "SCORESTREAM_KAFKA_STARTUP_TIMEOUT_S": "2"})
     line = refusal(proc)
     assert took < 30, took
-    assert line.startswith(f"scorestream api: Kafka unreachable at 127.0.0.1:{port} (PLAINTEXT) within 2 s"), line
+    assert line.startswith(f"scorestream {command}: Kafka unreachable at 127.0.0.1:{port} (PLAINTEXT) within 2 s"), line
 
 
 @pytest.mark.parametrize(
