@@ -131,10 +131,11 @@ def traffic(deployment: Deployment) -> Deployment:
 def test_the_worker_counts_its_input_dead_letters_batches_and_lag(traffic: Deployment) -> None:
     web = traffic.svc.topic("web")
     sent = USERS + 2  # the twenty, the bad one, the collector's
+    # exact unless a rebalance redelivers (at-least-once): then every count grows together
 
     def caught_up(s: Samples) -> bool:
         return (
-            value(s, "scorestream_events_in", "_total", topic=web) == sent
+            value(s, "scorestream_events_in", "_total", topic=web) >= sent
             and value(s, "scorestream_worker_consumer_lag_records", topic=web) == 0
             and {
                 x.labels["partition"]
@@ -145,13 +146,18 @@ def test_the_worker_counts_its_input_dead_letters_batches_and_lag(traffic: Deplo
         )
 
     s = traffic.until("worker", caught_up, f"{sent} records in from {web}, committed on both partitions")
-    assert value(s, "scorestream_events_accepted", "_total", topic=web) == sent - 1
+    read = value(s, "scorestream_events_in", "_total", topic=web)
+    accepted = value(s, "scorestream_events_accepted", "_total", topic=web)
     dead = [x for x in s["scorestream_dead_letters"] if x.name.endswith("_total")]
-    assert [(x.labels, x.value) for x in dead] == [({"topic": web, "reason": "invalid_json"}, 1.0)]
+    assert {(x.labels["topic"], x.labels["reason"]) for x in dead} == {(web, "invalid_json")}
+    assert read - accepted == sum(x.value for x in dead) >= 1, "in = accepted + dead-lettered"
+    assert accepted >= sent - 1
+    if read == sent:  # no redelivery: the exact figures
+        assert (accepted, sum(x.value for x in dead)) == (sent - 1, 1)
+    assert value(s, "scorestream_worker_records", "_total", stage="ingest") == read
     for stage in ("ingest", "contacts"):
         assert value(s, "scorestream_worker_batch_records", "_count", stage=stage) >= 1
         assert value(s, "scorestream_worker_batch_duration_seconds", "_count", stage=stage) >= 1
-    assert value(s, "scorestream_worker_records", "_total", stage="ingest") == sent
     assert value(s, "scorestream_worker_records", "_total", stage="contacts") >= 1  # records of batched messages
     assert value(s, "scorestream_worker_views_sent", "_total") >= USERS
     assert value(s, "scorestream_worker_ready") == 1
