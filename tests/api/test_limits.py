@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import Response
+from starlette.types import Scope
 
-from api.app import create_api
+from api.app import ScorestreamApi, create_api
 from api.limits import InlineExpiryStorage, RateLimits
 from api.replica import Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection
@@ -85,7 +87,18 @@ def test_over_the_budget_is_429_with_retry_after_and_ratelimit_headers(fast_path
 
 def test_the_direct_path_refuses_as_the_full_stack_does() -> None:
     requests = [get("/v1/contacts/u-1")] * 3 + [get("/v1/contacts/nobody")]
-    fast = send(make_app(True, rate_limit_read="2/minute"), requests)
+    app = make_app(True, rate_limit_read="2/minute")
+    assert isinstance(app, ScorestreamApi) and app.fast_get is not None
+    inner, answered = app.fast_get, []
+
+    async def counted(scope: Scope, contact_id: str) -> Response:
+        answer = await inner(scope, contact_id)  # raising would send the request to the full stack
+        answered.append(answer.status_code)
+        return answer
+
+    app.fast_get = counted
+    fast = send(app, requests)
+    assert answered == [200, 200, 429, 429]  # every one answered by the direct path
     full = send(make_app(False, rate_limit_read="2/minute"), requests)
     assert [r.status_code for r in fast] == [r.status_code for r in full] == [200, 200, 429, 429]
     for f, g in zip(fast, full, strict=True):
