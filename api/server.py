@@ -67,7 +67,10 @@ def app_of_environment() -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
         async with started(app) as state:
             await _caught_up(app, READY_WAIT_S)
-            yield state
+            try:
+                yield state
+            finally:  # its live gauges (in flight) leave the sum; its counters stay counted
+                metrics.process_stopped()
 
     app.router.lifespan_context = lifespan
     return app

@@ -388,6 +388,13 @@ def multiprocess_dir(settings: Settings) -> Path:
     return path
 
 
+def process_stopped() -> None:
+    """This API process is stopping: in multiprocess mode, its live gauges leave the sum (a
+    process killed outright keeps them until the next start empties the directory)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 def exposition() -> bytes:
     """This process's metrics in Prometheus' text format; with several API processes, the sum of
     theirs (read from the multiprocess directory)."""

@@ -254,9 +254,13 @@ def test_several_processes_are_summed_through_the_multiprocess_directory(tmp_pat
         path = metrics.multiprocess_dir(settings)  # a new start empties it
         assert list(path.iterdir()) == []
         env[metrics.MULTIPROC_ENV] = str(path)
-        child = "from telemetry import metrics; metrics.COLLECTOR_ACCEPTED.inc({n}); metrics.announce('api')"
-        for n in (3, 4):
-            subprocess.run([sys.executable, "-c", child.format(n=n)], env=env, cwd=REPO, check=True)
+        child = (
+            "from telemetry import metrics; metrics.COLLECTOR_ACCEPTED.inc({n}); metrics.announce('api'); "
+            "metrics.COLLECTOR_IN_FLIGHT.set({n}); {end}"
+        )
+        # the first one is killed (its in-flight gauge stays in the sum), the second one stops
+        for n, end in ((3, "pass"), (4, "metrics.process_stopped()")):
+            subprocess.run([sys.executable, "-c", child.format(n=n, end=end)], env=env, cwd=REPO, check=True)
         text = subprocess.run(
             [sys.executable, "-c", "from telemetry import metrics; print(metrics.exposition().decode())"],
             env=env,
@@ -272,6 +276,7 @@ def test_several_processes_are_summed_through_the_multiprocess_directory(tmp_pat
             os.environ[metrics.MULTIPROC_ENV] = previous
     families = parsed(text)
     assert families["scorestream_collector_messages_accepted"].samples[0].value == 7
+    assert families["scorestream_collector_in_flight_messages"].samples[0].value == 3
     assert [s.value for s in families["scorestream_build_info"].samples] == [1.0]
 
 
