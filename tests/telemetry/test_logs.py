@@ -199,13 +199,19 @@ def test_redact_query() -> None:
     assert redact_query(b"writeKey=wk-1&a=b=c", sensitive) == "writeKey=REDACTED&a=b=c"
 
 
-def test_worker_and_api_write_json_lines_only(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("api_processes", [1, 2])
+def test_worker_and_api_write_json_lines_only(kafka_bootstrap: str, tmp_path: Path, api_processes: int) -> None:
     """The real processes: every line of their logs is a JSON object (faust's, mode's, aiokafka's
-    and uvicorn's lines included), and the API's access line carries the request id."""
+    and uvicorn's lines included; with several API processes, uvicorn's supervisor's and each
+    worker process's), and the API's access line carries the request id."""
     svc = Service(
         bootstrap=kafka_bootstrap,
         data_dir=tmp_path,
-        extra_env={"SCORESTREAM_LOG_FORMAT": "json", "SCORESTREAM_LOG_LEVEL": "INFO"},
+        extra_env={
+            "SCORESTREAM_LOG_FORMAT": "json",
+            "SCORESTREAM_LOG_LEVEL": "INFO",
+            "SCORESTREAM_API_PROCESSES": str(api_processes),
+        },
     )
     svc.start()
     try:
@@ -229,6 +235,8 @@ def test_worker_and_api_write_json_lines_only(kafka_bootstrap: str, tmp_path: Pa
             except ValueError:
                 pytest.fail(f"{name}.log: not a JSON line: {line[:300]}")
         assert all(p["role"] == role and ISO_UTC.match(p["time"]) for p in parsed), name
+        if name == "api":
+            assert len({p["pid"] for p in parsed}) >= api_processes  # the supervisor and its processes
         loggers = {p["logger"] for p in parsed}
         if name == "worker":
             assert any(lg.startswith(("faust", "mode", "aiokafka")) for lg in loggers), loggers
