@@ -107,11 +107,10 @@ class RequestTelemetry:
         method: str = scope["method"]
         route = route_of(scope)
         if self.metrics:
-            key = (method, route, status)
+            key = (method if method in METHODS else "other", route, status)  # bounded, whatever is sent
             child = self._children.get(key)
             if child is None:
-                label = method if method in METHODS else "other"
-                child = self._children[key] = API_REQUEST_DURATION.labels(label, route, str(status))
+                child = self._children[key] = API_REQUEST_DURATION.labels(key[0], route, str(status))
             child.observe(seconds)
         if self.access_log:
             level = logging.DEBUG if route in PROBES and status < 400 else logging.INFO
