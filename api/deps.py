@@ -59,9 +59,15 @@ API_KEY = "scorestream.api_key"  # the request scope's entry: the caller's KeyEn
 
 def check_key(conn: HTTPConnection, creds: HTTPAuthorizationCredentials | None, scope: str) -> KeyEntry:
     """The caller's key if it holds ``scope`` (else 401 / 403), charged one request of its
-    ``scope`` rate limit (else 429); left in the request's scope as :data:`API_KEY`."""
+    ``scope`` rate limit (else 429); left in the request's scope as :data:`API_KEY`. A request
+    without a valid key is charged to its client address when that limit is on (429 beyond)."""
     state = conn.app.state
-    key: KeyEntry = state.api_keys.authorise(creds, scope)
+    try:
+        key: KeyEntry = state.api_keys.authorise(creds, scope)
+    except ApiError as refused:
+        if refused.status == 401:
+            state.rate_limits.charge_address(conn.client.host if conn.client else "unknown")
+        raise
     state.rate_limits.charge(key, scope)
     conn.scope[API_KEY] = key
     return key

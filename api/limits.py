@@ -7,6 +7,9 @@ until it leaves the window, so a key holds at most ``amount`` entries; a hit is 
 list insert). Beyond the budget: 429 ``rate_limited`` with ``Retry-After`` and the IETF draft's
 ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``.
 
+Requests without a valid key can be limited per client address
+(``SCORESTREAM_RATE_LIMIT_UNAUTHENTICATED``, off by default): 429 in place of their 401.
+
 The counts live in the process: ``N`` API processes each let a key make its budget (docs/api.md,
 "Rate limits"). Why the moving window over ``limits``' sliding window counter: in limits 5.8 a
 moving-window hit costs about half (4 against 8 µs, ``python -m timeit``), and it is exact.
@@ -69,11 +72,18 @@ class RateLimits:
             return
         due = min(cost, item.amount) - paid
         if due > 0 and not self.limiter.hit(item, key.name, scope, cost=due):
-            raise self.refusal(item, key, scope)
+            raise self.refusal(item, (key.name, scope), f"API key {key.name!r} is over its {scope} rate limit ({item})")
 
-    def refusal(self, item: RateLimitItem, key: KeyEntry, scope: str) -> ApiError:
-        """The 429 for ``key``'s spent ``scope`` budget: when a request fits again, and the headers."""
-        reset_at, remaining = self.limiter.get_window_stats(item, key.name, scope)
+    def charge_address(self, address: str) -> None:
+        """Count a request without a valid key against its client address (``unauthenticated``,
+        off by default); 429 beyond, in place of the 401."""
+        item = self.items.get("unauthenticated")
+        if item is not None and not self.limiter.hit(item, "address", address):
+            raise self.refusal(item, ("address", address), f"too many requests without a valid API key ({item})")
+
+    def refusal(self, item: RateLimitItem, ids: tuple[str, str], what: str) -> ApiError:
+        """The 429 for the spent budget ``ids``: when a request fits again, and the headers."""
+        reset_at, remaining = self.limiter.get_window_stats(item, *ids)
         reset_s = max(1, math.ceil(reset_at - time.time()))
         headers = {
             "Retry-After": str(reset_s),
@@ -82,9 +92,4 @@ class RateLimits:
             "RateLimit-Reset": str(reset_s),
             "RateLimit-Policy": f"{item.amount};w={item.get_expiry()}",
         }
-        return ApiError(
-            429,
-            "rate_limited",
-            f"API key {key.name!r} is over its {scope} rate limit ({item}) in this API process; retry in {reset_s} s",
-            headers=headers,
-        )
+        return ApiError(429, "rate_limited", f"{what} in this API process; retry in {reset_s} s", headers=headers)

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     rate_limit_admin: str = Field(
         default="100/second", description="Requests per API key to the `admin` routes, per API process (as above)."
     )
+    rate_limit_unauthenticated: str = Field(
+        default="0",
+        description="Requests without a valid API key (401s) per client address, per API process (as above); beyond, "
+        "429 instead of 401. Default 0: off (behind a proxy every client shares its address).",
+    )
     api_processes: int = Field(
         default=1,
         ge=1,
@@ -504,8 +509,7 @@ class Settings(BaseSettings):
         if self.env == "production" and not self.api_keys:
             raise ValueError("SCORESTREAM_API_KEYS must be set when SCORESTREAM_ENV=production")
         self.api_key_entries()  # refuses a malformed entry, a short key, a key or name listed twice
-        for spec in (self.rate_limit_read, self.rate_limit_write, self.rate_limit_admin):
-            rate_limit(spec)  # refuses a malformed limit
+        self.rate_limits()  # refuses a malformed limit
         if self.env == "production" and self.webhook_allow_private:
             raise ValueError(
                 "SCORESTREAM_WEBHOOK_ALLOW_PRIVATE=true is refused when SCORESTREAM_ENV=production: it lets webhooks "
@@ -575,6 +579,7 @@ class Settings(BaseSettings):
             "read": rate_limit(self.rate_limit_read),
             "write": rate_limit(self.rate_limit_write),
             "admin": rate_limit(self.rate_limit_admin),
+            "unauthenticated": rate_limit(self.rate_limit_unauthenticated),
         }
 
     def write_key_channels(self) -> dict[str, tuple[str, ...]]:

@@ -175,3 +175,15 @@ def test_limits_start_no_thread_and_sweep_expired_entries(monkeypatch: pytest.Mo
     limits.charge(key, "read")  # the next request sweeps
     assert len(limits.storage.events[next(iter(limits.storage.events))]) == 1
     assert started == []
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_requests_without_a_valid_key_can_be_limited_per_address(fast_path: bool) -> None:
+    app = make_app(fast_path, rate_limit_unauthenticated="3/minute")
+    wrong = get("/v1/contacts/u-1", "unknown-key-0123456789")
+    answers = send(app, [wrong] * 3 + [("GET", "/v1/model", "", None), get("/v1/contacts/u-1"), get("/v1/model")])
+    assert [r.status_code for r in answers] == [401, 401, 401, 429, 200, 200]  # a valid key is not held back
+    assert code_of(answers[3]) == "rate_limited" and answers[3].headers["ratelimit-limit"] == "3"
+    assert "127.0.0.1" not in answers[3].text
+    # off by default
+    assert {r.status_code for r in send(make_app(fast_path), [wrong] * 30)} == {401}
