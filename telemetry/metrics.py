@@ -78,8 +78,9 @@ REQUEST_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 BUILD_INFO = Gauge(
     "scorestream_build_info",
-    "Always 1: the scorestream version and the role of the process (api, worker, dispatcher, sink).",
-    ["version", "role"],
+    "Always 1: the scorestream version, the role of the process (api, worker, dispatcher, sink) and its model "
+    "namespace (a worker's; the app id for the others).",
+    ["version", "role", "namespace"],
     multiprocess_mode="max",
 )
 DEAD_LETTERS = Counter(
@@ -341,9 +342,10 @@ def families(registry: CollectorRegistry = REGISTRY) -> set[str]:
     return names | set(SCRAPED)
 
 
-def announce(role: Role) -> None:
-    """``scorestream_build_info{version, role} 1`` for this process."""
-    BUILD_INFO.labels(version(), role).set(1)
+def announce(role: Role, namespace: str) -> None:
+    """``scorestream_build_info{version, role, namespace} 1`` for this process. Workers of a shadow
+    model report the same families as the active namespace's: tell them apart by this label."""
+    BUILD_INFO.labels(version(), role, namespace).set(1)
 
 
 def port_of(settings: Settings, role: Role) -> int:
@@ -359,7 +361,7 @@ def serve(settings: Settings, role: Role) -> int:
     """Serve ``/metrics`` of a worker, dispatcher or sink on its side port (a daemon thread);
     return the port (0: off). A port already taken is logged, not fatal: the pipeline matters more
     than its metrics (and the scrape's ``up == 0`` alerts the operator)."""
-    announce(role)
+    announce(role, settings.ns if role == "worker" else settings.app_id)
     port = port_of(settings, role)
     if port == 0:
         return 0

@@ -28,5 +28,5 @@ async def prometheus_metrics(request: Request, settings: SettingsDep) -> Respons
         expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
         if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
             raise ApiError(401, "unauthorized", "GET /metrics needs Authorization: Bearer <SCORESTREAM_METRICS_TOKEN>")
-    metrics.announce("api")
+    metrics.announce("api", settings.app_id)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

@@ -163,7 +163,8 @@ def test_the_worker_counts_its_input_dead_letters_batches_and_lag(traffic: Deplo
     assert value(s, "scorestream_worker_ready") == 1
     assert value(s, "scorestream_worker_commit_duration_seconds", "_count") >= 1
     assert all(x.value >= 0 for x in s["scorestream_worker_consumer_lag_records"])
-    assert any(x.labels["role"] == "worker" for x in s["scorestream_build_info"])
+    workers = [x.labels for x in s["scorestream_build_info"] if x.labels["role"] == "worker"]
+    assert [w["namespace"] for w in workers] == [f"ss-{traffic.svc.suffix}"]
     assert "process_resident_memory_bytes" in s
     later = traffic.until(
         "worker",

@@ -255,7 +255,7 @@ def test_several_processes_are_summed_through_the_multiprocess_directory(tmp_pat
         assert list(path.iterdir()) == []
         env[metrics.MULTIPROC_ENV] = str(path)
         child = (
-            "from telemetry import metrics; metrics.COLLECTOR_ACCEPTED.inc({n}); metrics.announce('api'); "
+            "from telemetry import metrics; metrics.COLLECTOR_ACCEPTED.inc({n}); metrics.announce('api', 'ss'); "
             "metrics.COLLECTOR_IN_FLIGHT.set({n}); {end}"
         )
         # the first one is killed (its in-flight gauge stays in the sum), the second one stops
