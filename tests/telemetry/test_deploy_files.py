@@ -288,6 +288,21 @@ FIRING: list[tuple[str, dict[str, str], int, list[dict[str, str]]]] = [
         [{}],
     ),
     (
+        "ScorestreamApiSlow",  # every request of a route over a second; the reports are not watched
+        {
+            'scorestream_api_request_duration_seconds_bucket{method="GET",route="/v1/contacts/{contact_id}",'
+            f'status="200",le="{le}",job="api",instance="a"}}': "0+600x40" if le == "+Inf" else "0x40"
+            for le in ("0.5", "1.0", "+Inf")
+        }
+        | {
+            'scorestream_api_request_duration_seconds_bucket{method="GET",route="/v1/reports/funnel",'
+            f'status="200",le="{le}",job="api",instance="a"}}': "0+600x40" if le == "+Inf" else "0x40"
+            for le in ("0.5", "1.0", "+Inf")
+        },
+        30,
+        [{"route": "/v1/contacts/{contact_id}"}],
+    ),
+    (
         "ScorestreamCollectorRefusing",
         {'scorestream_collector_requests_refused_total{reason="too_many_requests",job="api",instance="a"}': "0+120x40"},
         30,
