@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install kafka browser run demo test test-unit lint format schemas bench bench-tools peer clean
+.PHONY: help install kafka browser promtool run demo test test-unit lint format schemas bench bench-tools peer clean
 .DEFAULT_GOAL := help
 
 help: ## list the commands
@@ -32,13 +32,19 @@ $(BROWSER_STAMP): $(BROWSER_LOCK) tests/browser/package.json
 browser: $(BROWSER_STAMP) ## Debian's chromium and Segment's browser SDK (npm ci) for the browser test (apt-get: needs root)
 	test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium)
 
+promtool: ## promtool (from Debian's prometheus package, into .venv/bin; no daemon) for the tests of the alert rules and dashboard
+	test -x $(BIN)/promtool || command -v promtool >/dev/null || ( \
+	  cd $(VENV) && (apt-get download -qq prometheus || (apt-get update -qq && apt-get download -qq prometheus)) \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > bin/promtool \
+	  && chmod +x bin/promtool && rm -f prometheus_*.deb)
+
 run: install kafka ## the whole service on embedded defaults: local Kafka, worker, API (Ctrl-C stops)
 	$(BIN)/scorestream run
 
 demo: install ## publish realistic mixed traffic to a running service and watch scores move
 	$(BIN)/scorestream demo
 
-test: install kafka browser ## the whole suite, end-to-end tests on a real local broker and in Chromium included
+test: install kafka browser promtool ## the whole suite, end-to-end tests on a real local broker and in Chromium included
 	$(BIN)/pytest
 
 test-unit: install ## only the tests that need no broker
