@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.settings import Settings
 from telemetry import context
 from telemetry.http_metrics import API_REQUEST_DURATION, METHODS, UNMATCHED
-from telemetry.logs import redact_query
+from telemetry.logs import redact_query, write_direct
 
 access_log = logging.getLogger("scorestream.access")
 
@@ -133,4 +133,5 @@ class RequestTelemetry:
             "duration_ms": ms,
             "client": client[0] if client else None,
         }
-        access_log.log(level, "%s %s %d %.1f ms", method, path, status, ms, extra=fields)
+        if not write_direct(access_log, level, f"{method} {path} {status} {ms:.1f} ms", fields):
+            access_log.log(level, "%s %s %d %.1f ms", method, path, status, ms, extra=fields)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -101,7 +102,7 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
     """structlog's formatter; with ``direct`` processors (JSON), a standard library record is turned
     into its event dict straight from its attributes (what ``foreign_pre_chain``'s logger name,
     level and ``ExtraAdder`` steps give) and run through them, without the copy of the record
-    ProcessorFormatter makes (half the cost of an access line: 57 -> 27 us here, with the wrapper)."""
+    ProcessorFormatter makes (half the cost of a line)."""
 
     def __init__(self, direct: list[Processor] | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -119,9 +120,48 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
             event["exc_info"] = record.exc_info
         if record.stack_info:
             event["stack"] = record.stack_info
-        for processor in self.direct:
+        return self.render(self.direct, event)
+
+    @staticmethod
+    def render(direct: list[Processor], event: EventDict) -> str:
+        """The line of ``event`` (``event``, ``logger``, ``level`` and the call's fields)."""
+        name = event["level"]
+        for processor in direct:
             event = processor(None, name, event)  # type: ignore[assignment]
         return event  # type: ignore[return-value]  # the last processor renders the line
+
+
+_direct: tuple[logging.StreamHandler[TextIO], list[Processor]] | None = None  # JSON: configure's handler
+
+
+def write_direct(logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> bool:
+    """Write a line of ``logger`` at ``level`` (the caller checked ``isEnabledFor``) straight to the
+    JSON handler, without a LogRecord: the same line logging would write, in less than half the
+    time (the access log writes one a request). Only when nothing but that handler would see the
+    record (no other handler or filter on the way, as under ``configure``); False when not
+    written: log it the usual way."""
+    target = _direct
+    if target is None:
+        return False
+    handler, direct = target
+    root = logging.root
+    if root.handlers != [handler] or root.filters or handler.filters or level < handler.level:
+        return False
+    node: logging.Logger | None = logger
+    while node is not None and node is not root:
+        if node.handlers or node.filters or not node.propagate:
+            return False
+        node = node.parent
+    event: EventDict = {"event": message, "logger": logger.name, "level": logging.getLevelName(level).lower()}
+    event.update(fields)
+    try:
+        line = _Formatter.render(direct, event)
+        with handler.lock or nullcontext():
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+    except Exception:  # as logging would: a failing log line never fails the request
+        handler.handleError(logging.makeLogRecord({"msg": message, "name": logger.name}))
+    return True
 
 
 def _renderer(fmt: Format, stream: TextIO) -> list[Processor]:
@@ -158,6 +198,8 @@ def configure(settings: Settings, role: str, stream: TextIO | None = None) -> Fo
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    global _direct
+    _direct = (handler, direct) if direct is not None else None
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

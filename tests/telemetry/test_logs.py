@@ -24,7 +24,7 @@ import structlog
 
 from schemas.settings import Settings
 from telemetry import context
-from telemetry.logs import configure, kafka_fields, log_format, redact_query
+from telemetry.logs import configure, kafka_fields, log_format, redact_query, write_direct
 from tests.e2e.service import API_KEY, Service
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -34,7 +34,7 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 def restore_logging() -> Iterator[None]:
     """Put the process's logging back as it was (configure replaces the root handler and levels)."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, filters = root.handlers[:], root.level, root.filters[:]
     levels = {name: logging.getLogger(name).level for name in ("aiokafka", "faust", "mode", "uvicorn.error")}
     try:
         yield
@@ -44,6 +44,7 @@ def restore_logging() -> Iterator[None]:
         for handler in handlers:
             root.addHandler(handler)
         root.setLevel(level)
+        root.filters[:] = filters
         for name, old in levels.items():
             logging.getLogger(name).setLevel(old)
         structlog.reset_defaults()
@@ -183,6 +184,35 @@ def test_uvicorn_keeps_our_handler() -> None:
     logging.getLogger("uvicorn.error").warning("from uvicorn")
     (line,) = json_lines(buffer)
     assert line["logger"] == "uvicorn.error" and line["message"] == "from uvicorn"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_direct_line_is_the_line_logging_writes() -> None:
+    """``write_direct`` (the access log's, without a LogRecord) writes what logging would, and
+    leaves the record to logging whenever someone else could see it."""
+    buffer = setup("json")
+    access = logging.getLogger("scorestream.access")
+    fields = {"method": "GET", "path": "/x?key=REDACTED", "status": 200, "duration_ms": 1.25}
+    token = context.request_id.set("rid-1")
+    try:
+        assert write_direct(access, logging.INFO, "GET /x 200 1.2 ms", fields)
+        access.info("%s %s %d %.1f ms", "GET", "/x", 200, 1.25, extra=fields)
+        extra = logging.StreamHandler(io.StringIO())
+        logging.getLogger("scorestream").addHandler(extra)  # another handler would see the record
+        try:
+            assert not write_direct(access, logging.INFO, "GET /x 200 1.2 ms", fields)
+        finally:
+            logging.getLogger("scorestream").removeHandler(extra)
+        logging.getLogger().addFilter(lambda record: True)
+        assert not write_direct(access, logging.INFO, "GET /x 200 1.2 ms", fields)
+    finally:
+        context.request_id.reset(token)
+    direct, logged = json_lines(buffer)
+    assert ISO_UTC.match(direct.pop("time")) and ISO_UTC.match(logged.pop("time"))
+    assert direct == logged
+    assert list(direct)[:3] == ["level", "logger", "message"] and direct["request_id"] == "rid-1"
+    setup("text")
+    assert not write_direct(access, logging.INFO, "GET /x 200 1.2 ms", fields)  # text: through logging
 
 
 @pytest.mark.usefixtures("restore_logging")
