@@ -16,7 +16,9 @@ ids drawn uniformly) for ``duration_s`` after a one-second warm-up:
 
 Both keep the request id (``X-Request-ID`` on every answer: it is not optional) and both take the
 direct path (no Starlette middleware). Each configuration's figures are the median of its rounds;
-``on_vs_off_*`` are the ratios. Read them as ``bench.api_load``'s (closed-loop ``wrk`` on the same
+``on_vs_off_*`` are the ratios. With ``parts`` (``bench.run --middleware-parts``), each of the three
+is also measured alone, the others off (``rate_limit_only_*``, ``metrics_only_*``,
+``access_log_only_*``): which one costs what. Read them as ``bench.api_load``'s (closed-loop ``wrk`` on the same
 machine). Alternating rounds spread a loaded machine's drift over both configurations; on a
 shared machine the spread between rounds of one configuration says how far to trust the ratio.
 
