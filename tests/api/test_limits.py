@@ -16,7 +16,8 @@ from fastapi.responses import Response
 from starlette.types import Scope
 
 from api.app import ScorestreamApi, create_api
-from api.limits import InlineExpiryStorage, RateLimits
+from api.errors import ApiError
+from api.limits import RateLimits
 from api.replica import Replica, WorkerStatus
 from kafka_io.clients import KafkaConnection
 from schemas.api_keys import parse_entry
@@ -159,21 +160,45 @@ def test_malformed_limits_are_refused_at_start(spec: str) -> None:
         Settings(rate_limit_read=spec)
 
 
-def test_limits_start_no_thread_and_sweep_expired_entries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """limits' MemoryStorage would start a timer thread every 10 ms; ours sweeps inline once a second."""
-    limits = RateLimits({"read": rate_limit("1000/second")})
-    time.sleep(0.05)  # the one timer MemoryStorage starts when built has run
-    started = []
-    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self))
-    monkeypatch.setattr(InlineExpiryStorage, "SWEEP_S", 0.2)
+def test_a_bucket_lets_a_burst_through_then_the_sustained_rate() -> None:
+    now = [1000.0]
+    limits = RateLimits({"read": rate_limit("10/second")}, clock=lambda: now[0])
     key = parse_entry("unit-test-key-0123456789:read")
-    for _ in range(300):
-        limits.charge(key, "read")
-    (entries,) = limits.storage.events.values()
-    assert len(entries) == 300
-    time.sleep(1.3)  # every entry has left its one-second window
-    limits.charge(key, "read")  # the next request sweeps
-    assert len(limits.storage.events[next(iter(limits.storage.events))]) == 1
+
+    def passes(n: int) -> int:
+        done = 0
+        for _ in range(n):
+            try:
+                limits.charge(key, "read")
+            except ApiError:
+                continue
+            done += 1
+        return done
+
+    assert passes(15) == 10  # the full bucket: a burst of 10
+    now[0] += 0.25  # 2.5 tokens back
+    assert passes(5) == 2
+    refused = limits.refusal(limits.buckets["read"], (key.name, "read"), "over")
+    assert refused.headers is not None and refused.headers["RateLimit-Remaining"] == "0"
+    now[0] += 10
+    assert passes(20) == 10  # full again, never more than full
+    for _ in range(100):  # at the sustained rate (one token every 0.1 s) every request passes
+        now[0] += 0.1
+        assert passes(1) == 1
+    assert list(limits.full_at) == [(key.name, "read")]  # one number per key and scope, whatever the traffic
+
+
+def test_limits_start_no_thread_and_forget_the_addresses_of_full_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    started: list[threading.Thread] = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self))
+    limits = RateLimits({"unauthenticated": rate_limit("5/second")}, clock=lambda: now[0])
+    for i in range(300):
+        limits.charge_address(f"10.0.{i // 256}.{i % 256}")
+    assert len(limits.full_at) == 300
+    now[0] += 61  # every bucket is full again, and a minute has passed
+    limits.charge_address("10.9.9.9")
+    assert list(limits.full_at) == [("address", "10.9.9.9")]
     assert started == []
 
 
