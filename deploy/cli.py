@@ -308,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return _keys_command(args)
     settings = load_settings()
+    if args.command in ("api", "run") and settings.production_without_keys():
+        print(
+            f"scorestream {args.command}: SCORESTREAM_API_KEYS must be set when SCORESTREAM_ENV=production",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     configure_logs(settings, role=args.command)  # SCORESTREAM_LOG_FORMAT: json or text, every library's lines
     if args.command in ("shadow", "promote", "retire", "models", "replay"):  # a console, not a service log
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCORESTREAM_", extra="ignore", hide_input_in_errors=True)
 
     env: Literal["development", "production"] = Field(
-        default="development", description="`production` refuses to start without API keys."
+        default="development",
+        description="`production`: the API refuses to start without API keys, JSON logs, no `/docs`, webhooks "
+        "only to public HTTPS addresses.",
     )
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
     # --- Kafka security (kafka_io.clients: every client of every process; docs/operations.md "Secured Kafka")
@@ -499,15 +501,18 @@ class Settings(BaseSettings):
                 ) from None
         return self
 
+    def production_without_keys(self) -> bool:
+        """Whether the API would serve production without any API key (``scorestream api`` and
+        ``run`` refuse to start then; the other processes take no key and need none)."""
+        return self.env == "production" and not self.api_keys
+
     @property
     def kafka_password(self) -> SecretStr | None:
         """The SASL password: SCORESTREAM_KAFKA_SASL_PASSWORD, or the content of its file (read at start)."""
         return self.kafka_sasl_password or self._kafka_password_from_file
 
     @model_validator(mode="after")
-    def _production_needs_keys(self) -> Settings:
-        if self.env == "production" and not self.api_keys:
-            raise ValueError("SCORESTREAM_API_KEYS must be set when SCORESTREAM_ENV=production")
+    def _keys_limits_and_production(self) -> Settings:
         self.api_key_entries()  # refuses a malformed entry, a short key, a key or name listed twice
         self.rate_limits()  # refuses a malformed limit
         if self.env == "production" and self.webhook_allow_private:

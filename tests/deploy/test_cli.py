@@ -11,6 +11,7 @@ from importlib.metadata import version
 import pytest
 
 from deploy.cli import EXIT_CODES_HELP, EXIT_USAGE, _parser, main
+from schemas.settings import Settings
 
 # at least these (a sub-command added later is checked as well: see ALL)
 COMMANDS = {
@@ -100,10 +101,18 @@ def test_an_invalid_setting_is_one_line_and_exit_2() -> None:
     assert done.returncode == EXIT_USAGE
     lines = done.stderr.strip().splitlines()
     assert lines == ["scorestream: invalid setting SCORESTREAM_PARTITIONS: Input should be greater than or equal to 1"]
-    done = cli("topics", env={"SCORESTREAM_ENV": "production", "SCORESTREAM_API_KEYS": ""})
+    done = cli("api", env={"SCORESTREAM_ENV": "production", "SCORESTREAM_API_KEYS": ""})
     assert done.returncode == EXIT_USAGE
-    assert "SCORESTREAM_API_KEYS must be set" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "scorestream api: SCORESTREAM_API_KEYS must be set when SCORESTREAM_ENV=production"
+    ]
+
+
+def test_only_the_api_needs_keys_in_production() -> None:
+    """A worker, dispatcher, sink or topics job takes no API key: production settings without any are valid."""
+    assert Settings(env="production").production_without_keys()
+    assert not Settings(env="production", api_keys="k" * 24).production_without_keys()  # type: ignore[arg-type]
+    assert not Settings().production_without_keys()
 
 
 def test_main_raises_the_usage_exit_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
