@@ -194,6 +194,23 @@ def wait_resolvable(svc: Service, ids: list[str], timeout_s: float) -> float:
     raise TimeoutError(f"API did not resolve all {len(ids)} ids in {timeout_s} s: {last}")
 
 
+def fill(svc: Service, contacts: int, events: int) -> tuple[list[str], Path, float, float]:
+    """Fill ``svc`` (started) with ``events`` generated events of ``contacts`` contacts and wait
+    until the worker has applied them and the API resolves every id: the ids, a file of them for
+    ``wrk``'s script, and the seconds until drained and until visible."""
+    topics = {"web": svc.topic("web"), "email": svc.topic("email"), "store": svc.topic("store")}
+    asyncio.run(prefill(svc.bootstrap, topics, events, contacts, seed=SEED, now_ms=int(time.time() * 1000)))
+    group = f"ss-{svc.suffix}"
+    drained_s = wait_drained(svc.bootstrap, group, [*topics.values(), f"{group}.identity", f"{group}.contacts"], 900)
+    ids = known_ids(contacts, events, SEED)
+    if bad := [i for i in ids if not _SAFE_ID.match(i)]:
+        raise ValueError(f"ids the Lua script cannot send unescaped: {bad[:5]}")
+    visible_s = wait_resolvable(svc, ids, timeout_s=120)
+    ids_file = svc.data_dir / "ids.txt"
+    ids_file.write_text("\n".join(ids) + "\n")
+    return ids, ids_file, drained_s, visible_s
+
+
 def api_lookups(
     bootstrap: str, work: Path, contacts: int = 20_000, duration_s: float = 15, connections: int = 32
 ) -> dict[str, Any]:
@@ -210,16 +227,7 @@ def api_lookups(
     svc.start()
     try:
         assert svc.api is not None and svc.worker is not None
-        topics = {"web": svc.topic("web"), "email": svc.topic("email"), "store": svc.topic("store")}
-        asyncio.run(prefill(bootstrap, topics, events, contacts, seed=SEED, now_ms=int(time.time() * 1000)))
-        group = f"ss-{svc.suffix}"
-        drained_s = wait_drained(bootstrap, group, [*topics.values(), f"{group}.identity", f"{group}.contacts"], 900)
-        ids = known_ids(contacts, events, SEED)
-        if bad := [i for i in ids if not _SAFE_ID.match(i)]:
-            raise ValueError(f"ids the Lua script cannot send unescaped: {bad[:5]}")
-        visible_s = wait_resolvable(svc, ids, timeout_s=120)
-        ids_file = svc.data_dir / "ids.txt"
-        ids_file.write_text("\n".join(ids) + "\n")
+        ids, ids_file, drained_s, visible_s = fill(svc, contacts, events)
 
         run_wrk(wrk, svc.url, "single", ids_file, connections, 1)  # warm-up, not reported
         api0, worker0 = process_usage(svc.api.pid), process_usage(svc.worker.pid)

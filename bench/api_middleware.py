@@ -29,14 +29,12 @@ shared machine the spread between rounds of one configuration says how far to tr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.api_load import SEED, ensure_wrk, known_ids, run_wrk, wait_resolvable
-from bench.harness import prefill, process_usage, standalone, wait_drained
+from bench.api_load import ensure_wrk, fill, run_wrk, wait_resolvable
+from bench.harness import process_usage, standalone
 from tests.e2e.service import Service
 
 NEVER_REACHED = "1000000/second"  # a read limit that is checked on every request and never refuses one
@@ -117,14 +115,7 @@ def api_middleware(
     svc.start()
     try:
         assert svc.api is not None and svc.worker is not None
-        topics = {"web": svc.topic("web"), "email": svc.topic("email"), "store": svc.topic("store")}
-        asyncio.run(prefill(bootstrap, topics, events, contacts, seed=SEED, now_ms=int(time.time() * 1000)))
-        group = f"ss-{svc.suffix}"
-        wait_drained(bootstrap, group, [*topics.values(), f"{group}.identity", f"{group}.contacts"], 900)
-        ids = known_ids(contacts, events, SEED)  # bench.api_load's ids (it checks the Lua script can send them)
-        wait_resolvable(svc, ids, timeout_s=120)
-        ids_file = svc.data_dir / "ids.txt"
-        ids_file.write_text("\n".join(ids) + "\n")
+        ids, ids_file, _, _ = fill(svc, contacts, events)  # bench.api_load's deployment and ids
         svc.api.terminate()  # the first API only waited for the data: each round starts its own
         svc.api.wait(timeout=30)
         measured: dict[str, list[dict[str, Any]]] = {name: [] for name in configurations}
