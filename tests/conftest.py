@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.e2e.service import free_port
 from tests.kafka_broker import ensure_broker, stop_broker
@@ -35,3 +37,24 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     bootstrap = ensure_broker(data, port)
     yield bootstrap
     stop_broker(data, port)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the process's logging back as it was (``telemetry.logs.configure`` replaces the root
+    handler, its filters and the libraries' levels)."""
+    root = logging.getLogger()
+    handlers, level, filters = root.handlers[:], root.level, root.filters[:]
+    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "faust", "mode", "uvicorn.error")}
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        root.filters[:] = filters
+        for name, old in levels.items():
+            logging.getLogger(name).setLevel(old)
+        structlog.reset_defaults()

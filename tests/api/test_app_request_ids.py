@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -34,20 +33,11 @@ AUTH_HEADER = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
+def json_logs(restore_logging: None) -> io.StringIO:
     """This process's log lines as JSON into a buffer (the logging setup restored after)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
     buffer = io.StringIO()
     configure(Settings(log_format="json", log_level="INFO"), role="api", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        for handler in root.handlers[:]:
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
+    return buffer
 
 
 def lines(buffer: io.StringIO) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,26 +27,6 @@ from telemetry.logs import configure, kafka_fields, log_format, redact_query, wr
 from tests.e2e.service import API_KEY, Service
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Put the process's logging back as it was (configure replaces the root handler and levels)."""
-    root = logging.getLogger()
-    handlers, level, filters = root.handlers[:], root.level, root.filters[:]
-    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "faust", "mode", "uvicorn.error")}
-    try:
-        yield
-    finally:
-        for handler in root.handlers[:]:
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        root.filters[:] = filters
-        for name, old in levels.items():
-            logging.getLogger(name).setLevel(old)
-        structlog.reset_defaults()
 
 
 def setup(fmt: str | None, level: str = "INFO", env: str = "development") -> io.StringIO:
