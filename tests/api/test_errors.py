@@ -26,15 +26,13 @@ import api
 from api.app import create_api
 from api.bodies import LimitedRoute
 from api.errors import PROBLEM_JSON, PROBLEM_TYPES, ApiError, problem_body
-from api.replica import Replica, WorkerStatus
+from api.replica import Replica
 from api.routers import ROUTERS, collector
-from kafka_io.clients import KafkaConnection
 from schemas.api import Problem, ValidationProblem
 from schemas.model_file import load_model
 from schemas.settings import Settings
-from scorestream import apply_events
 from telemetry.context import request_id
-from tests.api.view_bytes import view_bytes
+from tests.api.view_bytes import ready_replica
 from tests.factories import make_event
 
 KEY = "unit-test-key-0123456789"
@@ -45,12 +43,8 @@ MEMBERS = {"type", "title", "status", "detail", "instance", "code"}
 
 
 def replica() -> Replica:
-    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
     identify = make_event(kind="identify", user_id="u-1", anonymous_id="a-1", traits={"email": "ann@acme.com"})
-    r.apply(b"u-1", view_bytes(apply_events(None, "u-1", [identify], MODEL), MODEL))
-    r.caught_up.set()
-    r.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=NOW)
-    return r
+    return ready_replica(MODEL, {"u-1": [identify]}, NOW)
 
 
 def make_app(fast_path: bool = True, **settings: Any) -> FastAPI:

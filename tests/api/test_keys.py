@@ -19,12 +19,12 @@ from starlette.routing import BaseRoute
 
 from api import deps
 from api.app import create_api
-from api.replica import Replica, WorkerStatus
+from api.replica import Replica
 from deploy.cli import main as cli_main
-from kafka_io.clients import KafkaConnection
 from schemas.api_keys import SCOPES, digest, key_of, new_key, parse_entries, parse_entry
 from schemas.model_file import load_model
 from schemas.settings import Settings
+from tests.api.view_bytes import ready_replica
 from tests.factories import T0
 
 MODEL = load_model()
@@ -79,10 +79,7 @@ def code_of(response: httpx.Response) -> str:
 
 
 def make_replica() -> Replica:
-    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
-    r.caught_up.set()
-    r.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=T0)
-    return r
+    return ready_replica(MODEL, {}, T0)
 
 
 def make_app(keys: str = KEYS, **settings: Any) -> FastAPI:

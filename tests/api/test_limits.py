@@ -18,13 +18,11 @@ from starlette.types import Scope
 from api.app import ScorestreamApi, create_api
 from api.errors import ApiError
 from api.limits import RateLimits
-from api.replica import Replica, WorkerStatus
-from kafka_io.clients import KafkaConnection
+from api.replica import Replica
 from schemas.api_keys import parse_entry
 from schemas.model_file import load_model
 from schemas.settings import Settings, rate_limit
-from scorestream import apply_events
-from tests.api.view_bytes import view_bytes
+from tests.api.view_bytes import ready_replica
 from tests.factories import T0, make_event
 
 MODEL = load_model()
@@ -40,11 +38,7 @@ def code_of(response: httpx.Response) -> str:
 
 
 def make_replica() -> Replica:
-    r = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
-    r.apply(b"u-1", view_bytes(apply_events(None, "u-1", [make_event(user_id="u-1")], MODEL), MODEL))
-    r.caught_up.set()
-    r.workers["w1"] = WorkerStatus(state="ready", model=MODEL.version, at_ms=T0)
-    return r
+    return ready_replica(MODEL, {"u-1": [make_event(user_id="u-1")]}, T0)
 
 
 def make_app(fast_path: bool = True, **limits: Any) -> FastAPI:
