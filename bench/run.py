@@ -74,7 +74,7 @@ class Bench:
 
 SCENARIOS = (
     "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
-    "api,api_middleware,collector,recovery,webhooks,sink,analytics,replay"
+    "api,api_middleware,telemetry,collector,recovery,webhooks,sink,analytics,replay"
 )
 
 
@@ -316,6 +316,11 @@ def _service_scenarios(b: Bench, skip: set[str]) -> None:
             rounds=b.args.middleware_rounds,
             parts=b.args.middleware_parts,
         )
+        b.save()
+    if "telemetry" not in skip:
+        from bench.telemetry_cost import measure
+
+        b.figures["telemetry"] = measure()
         b.save()
     if "collector" not in skip:
         from bench.collector import collector_load

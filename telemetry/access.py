@@ -15,7 +15,7 @@ would turn the direct path off). Per request it
 - observes ``scorestream_api_request_duration_seconds{method,route,status}``
   (``SCORESTREAM_METRICS_ENABLED``).
 
-It costs a few microseconds a request without the log line (``tests/api/test_app_request_ids.py``
+It costs a few microseconds a request without the log line (``python -m bench.telemetry_cost``
 measures it against the bare call); a JSON log line about 10 more (written by
 :func:`telemetry.logs.write_direct`, without a LogRecord, when only our handler would see it).
 """

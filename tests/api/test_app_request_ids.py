@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import re
-import time
 from typing import Any
 
 import httpx
@@ -251,60 +250,3 @@ def test_request_id_of_reads_the_header_once() -> None:
     scope: Scope = {"headers": [(b"accept", b"*/*"), (b"x-request-id", b"a-1"), (b"x-request-id", b"b-2")]}
     assert request_id_of(scope) == b"a-1"
     assert GENERATED.match(request_id_of({"headers": []}).decode())
-
-
-def test_the_wrapper_costs_microseconds() -> None:
-    """The wrapper's own cost per request (request id, header, context, histogram; without the
-    access log line) against the bare call of a trivial ASGI app. Generous bound: the machine is
-    shared; the figure is printed (``-s``)."""
-    start: Message = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
-    body: Message = {"type": "http.response.body", "body": b"ok"}
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send(start)
-        await send(body)
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def sink(message: Message) -> None:
-        return None
-
-    scope: Scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/v1/contacts/u-1",
-        "raw_path": b"/v1/contacts/u-1",
-        "query_string": b"",
-        "headers": [(b"host", b"api"), (b"authorization", b"Bearer x"), (b"accept", b"*/*")],
-        "client": ("127.0.0.1", 5000),
-        "scorestream.route": "/v1/contacts/{contact_id}",
-    }
-    wrapper = RequestTelemetry(access_log=False, metrics=True)
-    n = 20_000
-
-    async def bare() -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            await app(scope, receive, sink)
-        return (time.perf_counter() - t) / n
-
-    async def wrapped() -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            await wrapper.serve(scope, receive, sink, app)
-        return (time.perf_counter() - t) / n
-
-    async def measure() -> tuple[float, float]:
-        bares, wraps = [], []
-        for _ in range(3):  # alternating rounds, best of each
-            bares.append(await bare())
-            wraps.append(await wrapped())
-        return min(bares), min(wraps)
-
-    bare_s, wrapped_s = asyncio.run(measure())
-    overhead_us = (wrapped_s - bare_s) * 1e6
-    print(
-        f"wrapper overhead: {overhead_us:.2f} us/request (bare {bare_s * 1e6:.2f} us, wrapped {wrapped_s * 1e6:.2f} us)"
-    )
-    assert overhead_us < 50
