@@ -39,6 +39,8 @@ def wanted(settings: Settings) -> list[NewTopic]:
     topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.webhooks_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.models_topic, 1, r, topic_configs=compact))
+    for name in (settings.regulations_topic, settings.privacy_topic, settings.regulation_progress_topic):
+        topics.append(NewTopic(name, 1, r, topic_configs=compact))
     # A delivery's record is rewritten on every attempt (at most a day apart), so 14 days of
     # retention drops only finished deliveries; compaction keeps the latest state of each.
     deliveries = {"cleanup.policy": "compact,delete", "retention.ms": str(14 * 86400 * 1000)}

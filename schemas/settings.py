@@ -573,6 +573,23 @@ class Settings(BaseSettings):
     def commands_topic(self) -> str:
         return f"{self.app_id}.webhook-commands"
 
+    @property
+    def regulations_topic(self) -> str:
+        """Regulations (``schemas/regulations.py``), keyed by regulation id (compacted; shared by
+        every namespace of the app)."""
+        return f"{self.app_id}.regulations"
+
+    @property
+    def privacy_topic(self) -> str:
+        """The privacy list (``scorestream.privacy``): subject key -> restriction (compacted)."""
+        return f"{self.app_id}.privacy"
+
+    @property
+    def regulation_progress_topic(self) -> str:
+        """What the worker stages report of a regulation's erasures (compacted; the regulation's
+        records are tombstoned once it is done)."""
+        return f"{self.app_id}.regulation-progress"
+
     def api_key_entries(self) -> list[KeyEntry]:
         """The API keys with their scopes and names (:mod:`schemas.api_keys`); ValueError names a
         malformed entry's fault without its key."""

@@ -34,6 +34,7 @@ __all__ = [
 from schemas.errors import ContractError
 from scorestream.fold import Absorb, Tick
 from scorestream.identity import MergeInto
+from scorestream.privacy import Erase
 from scorestream.state import STATE_VERSION
 
 ENVELOPE_VERSION = 1
@@ -43,11 +44,14 @@ MAX_HOPS = 8
 class Envelope(msgspec.Struct, omit_defaults=True):
     """A message on ``scorestream.contacts``: an event, a merge instruction, or a merged state."""
 
-    kind: Literal["event", "merge", "absorb", "tick"]
+    kind: Literal["event", "merge", "absorb", "tick", "erase", "erase_link"]
     event: Event | None = None
     merge: MergeInto | None = None
     state: ContactState | None = None
     tick: Tick | None = None
+    # a regulation's order (scorestream.privacy): "erase" on the contacts topic, "erase_link" on
+    # the identity topic
+    erase: Erase | None = None
     hops: int = 0
     v: int = ENVELOPE_VERSION
 

@@ -26,7 +26,7 @@ FLOORS: tuple[tuple[str, str], ...] = (
         "1. rules",
         "rules rules.common rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model",
     ),
-    ("2. state", "state scoring rfm identity"),
+    ("2. state", "state scoring rfm identity privacy"),
     ("3. the walk and triggers", "walk triggers"),
     ("4. operations on a state", "contact accounts population delivery view"),
     ("5. the fold", "fold"),
