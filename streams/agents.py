@@ -26,6 +26,7 @@ import msgspec
 from faust.types import TopicT
 
 from kafka_io.partitioner import partition_for
+from kafka_io.privacy import key_subjects, raw_subjects
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
 from schemas.state import (
@@ -48,6 +49,7 @@ from schemas.state import (
 from scorestream import ContactState, Event, IdentityLink, Model
 from scorestream.fold import Message, Tick, step
 from scorestream.identity import resolve, routing_key
+from scorestream.privacy import PrivacyList
 from streams.account_feed import register_accounts
 from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
@@ -137,10 +139,14 @@ class Pipeline:
     agents registered by :func:`register` call these methods and do nothing else.
     """
 
-    def __init__(self, w: Wiring, settings: Settings, model: Model, acks: Acks | None = None) -> None:
+    def __init__(
+        self, w: Wiring, settings: Settings, model: Model, acks: Acks | None = None, privacy: PrivacyList | None = None
+    ) -> None:
         self.w = w
         self.settings = settings
         self.model = model
+        # who may not be collected (kafka_io.privacy: followed by the worker, streams/worker.py)
+        self.privacy = privacy if privacy is not None else PrivacyList()
         self.channels = settings.source_topics
         self.counted = {
             topic: (metrics.EVENTS_IN.labels(topic), metrics.EVENTS_ACCEPTED.labels(topic)) for topic in self.channels
@@ -237,19 +243,27 @@ class Pipeline:
         out = Outbox(self.partitions, self.refuser(batch_event))
         records = records_of(batch_event)
         refused = 0
+        privacy = self.privacy
         for record in records:
             raw = record.value
             try:
                 if not isinstance(raw, bytes):
                     raise InvalidMessage("invalid_json", "empty record value")
                 event = decode(raw, self.channels[record.topic], record_ms(record), time.time_ns() // 1_000_000)
+                if privacy.entries and (decision := privacy.decide(event, record_ms(record))) is not None:
+                    refused += 1  # not accepted: dropped, stored nowhere (counted as suppressed)
+                    metrics.suppressed("worker", record.topic, decision)
+                    continue
                 topic, key = self._route(event)
                 out.add(topic, key, Envelope(kind="event", event=event))  # encoded here: fails alone
             except InvalidMessage as exc:
                 refused += 1
-                dead_letter(w, record, None, exc.reason, exc.detail, exc)
+                if not self._restricted(record):
+                    dead_letter(w, record, None, exc.reason, exc.detail, exc)
             except Exception as exc:  # not the contract's refusal: a bug, a limit; never the batch
                 refused += 1
+                if self._restricted(record):
+                    continue
                 log.exception(
                     "ingest: %s[%s] %s failed",
                     record.topic,
@@ -263,6 +277,21 @@ class Pipeline:
         if counted is not None:  # one partition's batch: one topic
             counted[0].inc(len(records))
             counted[1].inc(len(records) - refused)
+
+    def _restricted(self, record: Any) -> bool:
+        """Whether a source record ingest could not take belongs to a restricted person, by the
+        identifiers its bytes and key show (at its record time): then it is dropped and counted,
+        not dead-lettered (its content must not be stored)."""
+        privacy = self.privacy
+        if not privacy.entries:
+            return False
+        at = record_ms(record)
+        raw = record.value if isinstance(record.value, bytes) else None
+        decision = privacy.decide_subjects([*raw_subjects(raw), *key_subjects(record.key)], at, at)
+        if decision is None:
+            return False
+        metrics.suppressed("worker", record.topic, decision)
+        return True
 
     def _route(self, event: Event) -> tuple[TopicT, str]:
         """The topic and key of an event's next stage: the identity topic keyed by anonymous id,
@@ -406,6 +435,7 @@ class Pipeline:
         """The batch's messages by contact, in partition order; one that cannot be applied (an
         empty envelope, a merge loop) is parked alone."""
         inboxes: dict[str, _Messages] = {}
+        privacy = self.privacy
         for record, item in self.unpack(records):
             try:
                 env = item.env
@@ -414,6 +444,10 @@ class Pipeline:
                 message = message_of(env)
                 if message is None:
                     raise Unprocessable("empty_envelope", f"a {env.kind!r} envelope without its content")
+                if privacy.entries and env.event is not None and (decision := privacy.decide(env.event)) is not None:
+                    # in flight when its person's regulation came (past ingest): dropped here
+                    metrics.suppressed("contacts", record.topic, decision)
+                    continue
             except Exception as exc:
                 reason = exc.reason if isinstance(exc, Unprocessable) else "processing_error"
                 self.park(record, [item], reason, exc.detail if isinstance(exc, Unprocessable) else repr(exc), exc)
@@ -467,11 +501,15 @@ def _one_item(key: str, env: msgspec.Raw) -> bytes:
     return encode(RawBatch(items=[RawItem(key=key, env=env)]))
 
 
-def register(w: Wiring, settings: Settings, model: Model, acks: Acks | None = None) -> Pipeline:
+def register(
+    w: Wiring, settings: Settings, model: Model, acks: Acks | None = None, privacy: PrivacyList | None = None
+) -> Pipeline:
     """Attach the clock and the three agents to the app: each batch to its :class:`Pipeline` stage,
     whatever escapes a stage dead-lettered as a batch error (an agent never raises). ``acks``:
-    how the contacts stage holds its records until their states are written (default Faust's)."""
-    pipeline = Pipeline(w, settings, model, acks)
+    how the contacts stage holds its records until their states are written (default Faust's);
+    ``privacy``: the privacy list the ingest and contacts stages drop restricted events by (kept
+    current by its follower; default an empty one)."""
+    pipeline = Pipeline(w, settings, model, acks, privacy)
     states = pipeline.states
     stages = {name: metrics.Stage(name) for name in ("ingest", "identity", "contacts")}
     cast(ScorestreamApp, w.app).add_state_flusher(states)

@@ -15,12 +15,15 @@ from typing import TextIO
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 
+from kafka_io.privacy import PrivacyFollower, read_privacy_list
 from kafka_io.registry import follow_registry, read_registry
 from schemas.model_file import load_model
 from schemas.registry import Registry, settings_of
 from schemas.settings import Settings
 from scorestream import Model
+from scorestream.privacy import PrivacyList
 from streams import metrics as worker_metrics
 from streams import restore
 from streams.agents import register
@@ -98,6 +101,20 @@ def resolve(settings: Settings, registry: Registry) -> tuple[Settings, Model]:
     return settings, model
 
 
+async def read_privacy_list_at_start(settings: Settings) -> PrivacyList:
+    """The privacy list at start, read again until the broker answers: a worker that has not
+    read it does not start (it would score people who asked not to be)."""
+    while True:
+        try:
+            privacy = await read_privacy_list(settings, settings.privacy_topic)
+        except (KafkaError, OSError) as exc:
+            log.warning("privacy list %s not read (%s); the worker waits for it", settings.privacy_topic, exc)
+            await asyncio.sleep(1.0)
+            continue
+        log.info("privacy list %s read: %d restricted subject keys", settings.privacy_topic, len(privacy))
+        return privacy
+
+
 class SlotTaken(SystemExit):
     pass
 
@@ -144,10 +161,17 @@ def run(settings: Settings | None = None, prepare: Callable[[Settings], None] | 
     log.info("worker %s: slot %s, tables in %s", worker_id(), settings.worker_index, settings.worker_dir)
     if prepare is not None:
         prepare(settings)
+    # the privacy list read to its end before any agent takes a record (a worker that starts
+    # scores nothing already suppressed), then followed (kafka_io/privacy.py)
+    privacy = PrivacyFollower(settings, settings.privacy_topic, asyncio.run(read_privacy_list_at_start(settings)))
     wiring = create_app(settings, registry)
-    pipeline = register(wiring, settings, model)
+    pipeline = register(wiring, settings, model, privacy=privacy.privacy)
     worker_metrics.watch(wiring, pipeline)
     metrics.serve(settings, "worker")
+
+    @wiring.app.task
+    async def privacy_list() -> None:
+        await privacy.run()
 
     @wiring.app.task
     async def models_registry() -> None:

@@ -98,6 +98,13 @@ EVENTS_ACCEPTED = Counter(
     "Source records that passed validation and were routed on (in = accepted + dead-lettered), by topic.",
     ["topic"],
 )
+EVENTS_SUPPRESSED = Counter(
+    "scorestream_events_suppressed_total",
+    "Events dropped because the privacy list restricts their person (not stored, not dead-lettered), by the "
+    "door or stage that dropped them (worker, contacts, collector, sink, replay), the topic they came from and "
+    "the decision (suppressed, erased).",
+    ["door", "topic", "decision"],
+)
 BATCH_SIZE = Histogram(
     "scorestream_worker_batch_records",
     "Records in one fetched batch handled by a worker stage (ingest, identity, contacts, accounts).",
@@ -214,6 +221,18 @@ COLLECTOR_IN_FLIGHT = Gauge(
     "Messages sent to Kafka and not acknowledged yet (sampled at each request's start and end).",
     multiprocess_mode="livesum",
 )
+
+
+_suppressed_counters: dict[tuple[str, str, str], Counter] = {}
+
+
+def suppressed(door: str, topic: str, decision: str, count: int = 1) -> None:
+    """``count`` events of ``topic`` dropped at ``door`` by the privacy list (children cached)."""
+    labels = (door, topic, decision)
+    child = _suppressed_counters.get(labels)
+    if child is None:
+        child = _suppressed_counters[labels] = EVENTS_SUPPRESSED.labels(*labels)
+    child.inc(count)
 
 
 _trigger_counters: dict[str, Counter] = {}
