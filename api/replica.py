@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from api.follow import Following
-from api.view_store import StoreOptions, ViewStore, follow_into_store, open_store
+from api.view_store import ANONYMOUS, EMAIL, StoreOptions, ViewStore, follow_into_store, open_store
 from kafka_io.clients import KafkaConnection
 from schemas.view import decode_head, decode_view
 from scorestream.identity import anonymous_contact_id
@@ -108,7 +108,7 @@ class Replica(Following):
         if (stale := self._decoded.pop(contact_id, None)) is not None:
             self._decoded_bytes -= len(stale.raw)
         if value is None:
-            self.store.delete(contact_id)
+            self.forget(contact_id)
             return
         view = decode_head(value)
         self.store.put(contact_id, value)
@@ -120,6 +120,23 @@ class Replica(Following):
         else:
             for anon in view.anonymous_ids:
                 self.store.link_anonymous(anon, view.merged_into, replace=False)
+
+    def forget(self, contact_id: str) -> None:
+        """A contact's tombstone (erased, or gone): its view and every index entry still pointing
+        to it leave the store (those its last view lists are named too, for a store written before
+        index entries were listed by contact); an entry another contact took since stays."""
+        also: list[tuple[str, str]] = []
+        old = self.store.previous(contact_id)
+        if old is not None:
+            try:
+                head = decode_head(old)
+            except Exception:  # an unreadable old view: what the store lists is removed all the same
+                head = None
+            if head is not None:
+                also = [(ANONYMOUS, anon) for anon in head.anonymous_ids]
+                if head.email:
+                    also.append((EMAIL, head.email))
+        self.store.forget(contact_id, also)
 
     def apply_status(self, value: bytes | None) -> None:
         """A worker's status record (kept in the store too, for the processes that read it)."""
@@ -150,6 +167,8 @@ class Replica(Following):
         """The decoded view of ``contact_id`` (merges not followed), or ``None``; cached."""
         raw = self.store.get(contact_id)
         if raw is None:
+            if (gone := self._decoded.pop(contact_id, None)) is not None:  # deleted (a reader learns it here)
+                self._decoded_bytes -= len(gone.raw)
             return None
         entry = self._decoded.get(contact_id)
         if entry is not None and (entry.raw is raw or entry.raw == raw):

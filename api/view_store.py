@@ -2,7 +2,10 @@
 
 A :class:`ViewStore` holds key -> bytes (a contact's record as its topic carries it), two indexes
 (anonymous id -> contact id, email -> contact id), a few named values (the writer's marker, the
-workers' statuses) and the offsets of the topics it was filled from. :class:`ViewStore` itself
+workers' statuses) and the offsets of the topics it was filled from. Each index entry is also
+listed under the contact it names (the ``owned`` family), so :meth:`ViewStore.forget` removes a
+contact with every index entry still pointing to it (anonymous ids it no longer lists, an email
+it changed), not only its view: an erased person leaves no id or email in the store. :class:`ViewStore` itself
 keeps them in dicts (tests, tools); :class:`RocksViewStore` keeps them in RocksDB (rocksdict) under
 ``<data_dir>/api/<namespace>/``, so an API process's memory no longer grows with contacts: a
 bounded block cache (``SCORESTREAM_API_CACHE_MB``) and memtables, whatever the count.
@@ -38,7 +41,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -63,6 +66,11 @@ log = logging.getLogger(__name__)
 
 Role = Literal["memory", "writer", "secondary"]
 ANONYMOUS, EMAIL, META = "anonymous", "email", "meta"  # column families besides the views' default one
+# owner + NUL + family initial + indexed value -> b"": the index entries written for each contact
+OWNED = "owned"
+_FAMILY_MARK = {ANONYMOUS: "a", EMAIL: "e"}
+_MARK_FAMILY = {mark: family for family, mark in _FAMILY_MARK.items()}
+Entry = tuple[str, str]  # (index family, indexed value): one index entry
 _OFFSET = "offset/"  # meta: offset/<topic>/<partition> -> the next offset to read
 _COUNT = "count"  # meta: how many views the store holds
 WRITER = "writer"  # meta: the writer's marker {token, caught_up, at_ms}
@@ -81,7 +89,7 @@ class StoreError(ApiError, RuntimeError):
 class ViewStore:
     """Views, indexes, named values and offsets in dicts: the interface, for one process.
 
-    Writes (:meth:`put`, :meth:`delete`, :meth:`link_anonymous`, :meth:`link_email`,
+    Writes (:meth:`put`, :meth:`delete`, :meth:`forget`, :meth:`link_anonymous`, :meth:`link_email`,
     :meth:`put_meta`, :meth:`advance`) are visible at once here; :class:`RocksViewStore` shows them
     at :meth:`commit`, all at once.
     """
@@ -92,12 +100,17 @@ class ViewStore:
         self._views: dict[str, bytes] = {}
         self._anonymous: dict[str, str] = {}
         self._email: dict[str, str] = {}
+        self._owned: dict[str, set[Entry]] = {}
         self._meta: dict[str, bytes] = {}
         self._offsets: dict[tuple[str, int], int] = {}
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
         return self._views.get(key)
+
+    def previous(self, key: str) -> bytes | None:
+        """The view ``key`` as the writer last wrote it (writes not yet committed included)."""
+        return self.get(key)
 
     def anonymous_owner(self, anonymous_id: str) -> str | None:
         """The contact an anonymous id was last seen on (a merged contact's ids: the survivor)."""
@@ -106,6 +119,11 @@ class ViewStore:
     def email_owner(self, email: str) -> str | None:
         """The contact that last carried ``email`` (casefolded by the caller)."""
         return self._email.get(email)
+
+    def owned(self, owner: str) -> set[Entry]:
+        """The index entries written naming ``owner`` (each ``(family, value)``; some may have
+        been given to another contact since), the writes not yet committed included."""
+        return set(self._owned.get(owner, ()))
 
     def meta(self, name: str) -> bytes | None:
         return self._meta.get(name)
@@ -146,13 +164,30 @@ class ViewStore:
 
     def link_anonymous(self, anonymous_id: str, owner: str, *, replace: bool = True) -> None:
         """Index ``anonymous_id`` to ``owner`` (``replace=False``: only if it has no owner yet)."""
-        if replace:
+        if replace or anonymous_id not in self._anonymous:
             self._anonymous[anonymous_id] = owner
-        else:
-            self._anonymous.setdefault(anonymous_id, owner)
+            self._owned.setdefault(owner, set()).add((ANONYMOUS, anonymous_id))
 
     def link_email(self, email: str, owner: str) -> None:
         self._email[email] = owner
+        self._owned.setdefault(owner, set()).add((EMAIL, email))
+
+    def _index(self, family: str) -> dict[str, str]:
+        return self._anonymous if family == ANONYMOUS else self._email
+
+    def forget(self, key: str, also: Iterable[Entry] = ()) -> int:
+        """Delete the view ``key`` and every index entry that still points to it (those it wrote,
+        and ``also``: entries of a store written before the ``owned`` family, read from the view
+        that goes); an entry given to another contact since stays. Returns the entries removed."""
+        self.delete(key)
+        removed = 0
+        for family, value in self.owned(key) | set(also):
+            index = self._index(family)
+            if index.get(value) == key:
+                del index[value]
+                removed += 1
+        self._owned.pop(key, None)
+        return removed
 
     def put_meta(self, name: str, value: bytes) -> None:
         self._meta[name] = value
@@ -229,7 +264,7 @@ def _options(cache: Cache, *, secondary: bool) -> tuple[Options, dict[str, Optio
     db.set_max_log_file_size(1 << 20)
     db.set_max_file_opening_threads(1)
     db.set_max_open_files(-1 if secondary else 1000)
-    return db, {ANONYMOUS: family(4), EMAIL: family(4), META: family(1)}
+    return db, {ANONYMOUS: family(4), EMAIL: family(4), META: family(1), OWNED: family(4)}
 
 
 def _malloc_trim() -> Callable[[], None]:
@@ -279,7 +314,8 @@ class RocksViewStore(ViewStore):
         self._handles: dict[str, ColumnFamily] = {}
         self._count = 0
         self._pending: dict[str, bytes | None] = {}
-        self._pending_index: dict[tuple[str, str], str] = {}
+        self._pending_index: dict[tuple[str, str], str | None] = {}  # None: delete the entry
+        self._pending_owned: dict[str, dict[Entry, bool]] = {}  # owner -> entry -> listed (False: unlist)
         self._pending_meta: dict[str, bytes] = {}
         self._pending_offsets: dict[tuple[str, int], int] = {}
         self.caught_up_at = time.monotonic()
@@ -327,8 +363,8 @@ class RocksViewStore(ViewStore):
 
     def _bind(self, db: Rdict) -> None:
         self._db = db
-        self._families = {name: db.get_column_family(name) for name in (ANONYMOUS, EMAIL, META)}
-        self._handles = {name: db.get_column_family_handle(name) for name in (ANONYMOUS, EMAIL, META)}
+        self._families = {name: db.get_column_family(name) for name in (ANONYMOUS, EMAIL, META, OWNED)}
+        self._handles = {name: db.get_column_family_handle(name) for name in (ANONYMOUS, EMAIL, META, OWNED)}
 
     def _open_writer(self) -> None:
         self._bind(self._open_db(secondary=False))
@@ -402,6 +438,11 @@ class RocksViewStore(ViewStore):
         value: bytes | None = self._read().get(key.encode())
         return value
 
+    def previous(self, key: str) -> bytes | None:
+        if key in self._pending:
+            return self._pending[key]
+        return self.get(key)
+
     def anonymous_owner(self, anonymous_id: str) -> str | None:
         raw = self._families[ANONYMOUS].get(anonymous_id.encode())
         return None if raw is None else bytes(raw).decode()
@@ -409,6 +450,29 @@ class RocksViewStore(ViewStore):
     def email_owner(self, email: str) -> str | None:
         raw = self._families[EMAIL].get(email.encode())
         return None if raw is None else bytes(raw).decode()
+
+    def owned(self, owner: str) -> set[Entry]:
+        self._read()
+        prefix = owner.encode() + b"\0"
+        found: set[Entry] = set()
+        for key in self._families[OWNED].keys(from_key=prefix):
+            raw = bytes(key)
+            if not raw.startswith(prefix):
+                break
+            rest = raw[len(prefix) :].decode()
+            found.add((_MARK_FAMILY[rest[0]], rest[1:]))
+        for entry, listed in self._pending_owned.get(owner, {}).items():
+            if listed:
+                found.add(entry)
+            else:
+                found.discard(entry)
+        return found
+
+    def _owner_now(self, family: str, value: str) -> str | None:
+        """The owner of an index entry, the writes not yet committed included (the writer)."""
+        if (family, value) in self._pending_index:
+            return self._pending_index[(family, value)]
+        return self.anonymous_owner(value) if family == ANONYMOUS else self.email_owner(value)
 
     def meta(self, name: str) -> bytes | None:
         self._read()
@@ -469,15 +533,29 @@ class RocksViewStore(ViewStore):
 
     def link_anonymous(self, anonymous_id: str, owner: str, *, replace: bool = True) -> None:
         self._writable()
-        if not replace and (
-            (ANONYMOUS, anonymous_id) in self._pending_index or self.anonymous_owner(anonymous_id) is not None
-        ):
+        if not replace and self._owner_now(ANONYMOUS, anonymous_id) is not None:
             return
-        self._pending_index[(ANONYMOUS, anonymous_id)] = owner
+        self._link(ANONYMOUS, anonymous_id, owner)
 
     def link_email(self, email: str, owner: str) -> None:
         self._writable()
-        self._pending_index[(EMAIL, email)] = owner
+        self._link(EMAIL, email, owner)
+
+    def _link(self, family: str, value: str, owner: str) -> None:
+        self._pending_index[(family, value)] = owner
+        self._pending_owned.setdefault(owner, {})[(family, value)] = True
+
+    def forget(self, key: str, also: Iterable[Entry] = ()) -> int:
+        self._writable()
+        self.delete(key)
+        removed = 0
+        unlisted = self._pending_owned.setdefault(key, {})
+        for family, value in self.owned(key) | set(also):
+            if self._owner_now(family, value) == key:
+                self._pending_index[(family, value)] = None
+                removed += 1
+            unlisted[(family, value)] = False
+        return removed
 
     def put_meta(self, name: str, value: bytes) -> None:
         self._writable()
@@ -488,7 +566,9 @@ class RocksViewStore(ViewStore):
         self._pending_offsets[(topic, partition)] = next_offset
 
     def pending(self) -> bool:
-        return bool(self._pending or self._pending_index or self._pending_meta or self._pending_offsets)
+        return bool(
+            self._pending or self._pending_index or self._pending_owned or self._pending_meta or self._pending_offsets
+        )
 
     def commit(self) -> None:
         """One write batch: the views, the index entries, the named values, the count and the
@@ -503,7 +583,18 @@ class RocksViewStore(ViewStore):
             else:
                 batch.put(key.encode(), value)
         for (family, name), owner in self._pending_index.items():
-            batch.put(name.encode(), owner.encode(), self._handles[family])
+            if owner is None:
+                batch.delete(name.encode(), self._handles[family])
+            else:
+                batch.put(name.encode(), owner.encode(), self._handles[family])
+        owned = self._handles[OWNED]
+        for owner, entries in self._pending_owned.items():
+            for (family, name), listed in entries.items():
+                listing = f"{owner}\0{_FAMILY_MARK[family]}{name}".encode()
+                if listed:
+                    batch.put(listing, b"", owned)
+                else:
+                    batch.delete(listing, owned)
         meta = self._handles[META]
         for name, raw in self._pending_meta.items():
             batch.put(name.encode(), raw, meta)
@@ -523,6 +614,7 @@ class RocksViewStore(ViewStore):
     def _clear(self) -> None:
         self._pending = {}
         self._pending_index = {}
+        self._pending_owned = {}
         self._pending_meta = {}
         self._pending_offsets = {}
 
