@@ -21,9 +21,13 @@ __all__ = [
     "decode_account",
     "decode_members",
     "encode",
+    "member_batch",
 ]
 
-MEMBERS_VERSION = 1
+MEMBERS_VERSION = 2
+"""2: ``MemberUpdate.erased`` (a regulation erased the member). A batch is written at version 2
+only when it holds an erased update (:func:`member_batch`): a build before it refuses those (it
+would read them as a departure that keeps the member), and reads every other batch as before."""
 
 
 class MemberBatch(msgspec.Struct):
@@ -31,6 +35,11 @@ class MemberBatch(msgspec.Struct):
 
     items: list[MemberUpdate]
     v: int = MEMBERS_VERSION
+
+
+def member_batch(items: list[MemberUpdate]) -> MemberBatch:
+    """The record for ``items``: version 1 unless one of them is an erased update."""
+    return MemberBatch(items=items, v=MEMBERS_VERSION if any(u.erased for u in items) else 1)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -104,6 +104,7 @@ class EnvelopeHead(msgspec.Struct):
 
     kind: str
     event: EventHead | None = None
+    erase: Erase | None = None  # an ``erase_link`` order
     hops: int = 0
     v: int = ENVELOPE_VERSION
 
@@ -120,9 +121,14 @@ def envelope_for(item: Event | MergeInto | Absorb | Tick, hops: int = 0) -> Enve
     return Envelope(kind="absorb", state=item.state, hops=hops)
 
 
-def message_of(env: Envelope) -> Event | MergeInto | Absorb | Tick | None:
-    """What an envelope brings the contacts fold (the inverse of :func:`envelope_for`); None for
-    an envelope without its content."""
+def message_of(env: Envelope) -> Event | MergeInto | Absorb | Tick | Erase | None:
+    """What an envelope brings the contacts fold (the inverse of :func:`envelope_for`, and a
+    regulation's ``erase`` order); None for an envelope without its content (an ``erase_link``
+    belongs to the identity stage: on the contacts topic it is empty)."""
+    if env.kind == "erase":
+        return env.erase
+    if env.kind == "erase_link":
+        return None
     return env.event or env.merge or env.tick or (Absorb(env.state) if env.state is not None else None)
 
 

@@ -6,7 +6,9 @@ partition per batch: a :class:`~schemas.accounts.MemberBatch`)
         └── account.stage_changed ──► triggers (JSON)
 
 Updates are snapshots, so redelivery and replays are harmless: the account keeps each member's
-latest one (:func:`scorestream.accounts.snapshot_key`), and a trigger's id is stable.
+latest one (:func:`scorestream.accounts.snapshot_key`), and a trigger's id is stable. An erased
+contact (a regulation's erase order) sends an ``erased`` update to each of its accounts
+(:meth:`AccountFeed.erase`): the account drops the member entirely and refuses its stale snapshots.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 import faust
 
 from kafka_io.partitioner import partition_for
-from schemas.accounts import MemberBatch, decode_account, decode_members, encode
+from schemas.accounts import decode_account, decode_members, encode, member_batch
 from schemas.settings import Settings
 from scorestream import ContactState, Model
-from scorestream.accounts import AccountState, MemberUpdate, apply_member_updates, member_updates
+from scorestream.accounts import AccountState, MemberUpdate, apply_member_updates, erased_updates, member_updates
 from scorestream.triggers import make_trigger
 from streams.app import Wiring
 from streams.deadletter import batch_error, dead_letter
@@ -72,6 +74,16 @@ class AccountFeed:
             partition = self.partition_for(update.account_id.encode(), self.partitions)
             self.pending[partition][key] = update
 
+    def erase(self, state: ContactState) -> None:
+        """A regulation erased the contact ``state`` was: each of its accounts is told to drop it
+        (queued with the batch's other updates; one for the same contact and account queued
+        earlier in the batch is replaced), and the last updates sent for it are forgotten."""
+        for update in erased_updates(state):
+            key = (update.contact_id, update.account_id)
+            self.sent.pop(key, None)
+            partition = self.partition_for(update.account_id.encode(), self.partitions)
+            self.pending[partition][key] = update
+
     def flush(self, source: Any = None) -> None:
         """Send what was queued: one record per partition (per 1000 updates). An update that cannot
         be written is dead-lettered alone, with the coordinates of ``source`` (the contacts record
@@ -83,7 +95,7 @@ class AccountFeed:
                 log.error("member update %s of account %s not sent: %s", update.contact_id, update.account_id, exc)
                 return
             try:
-                value = encode(MemberBatch(items=[update]))
+                value = encode(member_batch([update]))
             except Exception:
                 value = repr(update).encode(errors="replace")
             dead_letter(self.w, source, value, "unsendable", str(exc), exc, update.account_id.encode())
@@ -101,7 +113,7 @@ class AccountFeed:
 
 
 def _encode_members(items: list[MemberUpdate]) -> bytes:
-    return encode(MemberBatch(items=items))
+    return encode(member_batch(items))
 
 
 def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFeed:
@@ -163,7 +175,7 @@ def register_accounts(w: Wiring, settings: Settings, model: Model) -> AccountFee
             except Exception as exc:  # a bug or an unreadable state must not cost the batch
                 log.exception("account %s: member updates parked on the dead-letter topic", account_id)
                 try:
-                    value = encode(MemberBatch(items=updates))
+                    value = encode(member_batch(updates))
                 except Exception:
                     value = None
                 dead_letter(w, source[account_id], value, "processing_error", repr(exc), exc, account_id.encode())

@@ -28,6 +28,7 @@ from faust.types import TopicT
 from kafka_io.partitioner import partition_for
 from kafka_io.privacy import key_subjects, raw_subjects
 from schemas.events import InvalidMessage, decode
+from schemas.regulations import ErasureReport, encode_json, progress_key
 from schemas.settings import Settings
 from schemas.state import (
     MAX_HOPS,
@@ -47,9 +48,9 @@ from schemas.state import (
     raw_item,
 )
 from scorestream import ContactState, Event, IdentityLink, Model
-from scorestream.fold import Message, Tick, step
+from scorestream.fold import Erased, Folded, Message, Tick, step
 from scorestream.identity import resolve, routing_key
-from scorestream.privacy import PrivacyList
+from scorestream.privacy import PrivacyList, contact_key, subject_key
 from streams.account_feed import register_accounts
 from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
@@ -315,6 +316,9 @@ class Pipeline:
         links: dict[str, IdentityLink | None] = {}
         changed: dict[str, list[tuple[Any, str, msgspec.Raw]]] = defaultdict(list)
         for record, key, env, head in self.heads(records_of(batch_event)):
+            if head.kind == "erase_link":
+                self._erase_link(record, key, env, head, links, changed)
+                continue
             try:
                 link, staged = self._resolve(out, links, key, env, head)
             except Exception as exc:
@@ -335,6 +339,60 @@ class Pipeline:
             self._write_link(key, links[key], sources)
         out.flush()
 
+    def _stored_link(self, links: dict[str, IdentityLink | None], key: str) -> IdentityLink | None:
+        """``key``'s link as the batch sees it (read from the table once)."""
+        if key not in links:
+            raw = self.w.identity.get(key)
+            links[key] = decode_link(raw) if raw is not None else None
+            if self.replica is not None and links[key] is not None:
+                self.replica.learn(key, links[key])  # the table's link: back in the replica if evicted
+        return links[key]
+
+    def _erase_link(
+        self,
+        record: Any,
+        key: str,
+        env: msgspec.Raw,
+        head: EnvelopeHead,
+        links: dict[str, IdentityLink | None],
+        changed: dict[str, list[tuple[Any, str, msgspec.Raw]]],
+    ) -> None:
+        """A regulation's ``erase_link`` order for anonymous id ``key``: its link is deleted (a
+        tombstone on the changelog, written with the batch's other links) and the order is
+        reported with the contact it led to. An order without its content is parked alone."""
+        if head.erase is None:
+            detail = "an 'erase_link' envelope without its order"
+            dead_letter(self.w, record, _one_item(key, env), "empty_envelope", detail)
+            return
+        try:
+            link = self._stored_link(links, key)
+        except Exception as exc:  # an unreadable link: deleted all the same (nothing to report of it)
+            log.error("identity: erase_link of %s: stored link unreadable (%s)", subject_key("anonymous", key), exc)
+            link = None
+            links[key] = link
+            changed[key].append((record, key, env))
+        if link is not None:
+            links[key] = None
+            changed[key].append((record, key, env))
+        if self.replica is not None:
+            self.replica.learn(key, None)
+        report = ErasureReport(
+            regulation_id=head.erase.regulation_id,
+            namespace=self.settings.ns,
+            target="link",
+            key=key,
+            found=link is not None,
+            at_ms=time.time_ns() // 1_000_000,
+            linked_contact=link.contact_id if link is not None else None,
+        )
+        self.w.send_progress(progress_key(report).encode(), encode_json(report))
+        log.info(
+            "identity: regulation %s: link %s erased (found: %s)",
+            report.regulation_id,
+            subject_key("anonymous", key),
+            report.found,
+        )
+
     def _resolve(
         self, out: Outbox, links: dict[str, IdentityLink | None], key: str, env: msgspec.Raw, head: EnvelopeHead
     ) -> tuple[IdentityLink | None, list[tuple[TopicT, int, RawItem]]]:
@@ -342,12 +400,7 @@ class Pipeline:
         kept: an event fails whole)."""
         if head.event is None:
             raise Unprocessable("not_an_event", f"a {head.kind!r} envelope on the identity topic")
-        if key not in links:
-            raw = self.w.identity.get(key)
-            links[key] = decode_link(raw) if raw is not None else None
-            if self.replica is not None and links[key] is not None:
-                self.replica.learn(key, links[key])  # the table's link: back in the replica if evicted
-        link, routed = resolve(links[key], key, head.event)
+        link, routed = resolve(self._stored_link(links, key), key, head.event)
         staged = [
             out.item(self.w.contacts_topic, r.key, env if r.merge is None else envelope_for(r.merge, 0))
             for r in routed  # the event itself is forwarded as received
@@ -356,6 +409,10 @@ class Pipeline:
 
     def _write_link(self, key: str, link: IdentityLink | None, sources: list[tuple[Any, str, msgspec.Raw]]) -> None:
         try:
+            if link is None:  # erased: the changelog gets a tombstone
+                if key in self.w.identity:
+                    del self.w.identity[key]
+                return
             value = encode(link)
             if len(value) + len(key) > MAX_RECORD_BYTES:
                 raise TooLarge(f"identity link of {len(value)} bytes")
@@ -409,9 +466,41 @@ class Pipeline:
             folded = step(before, key, messages, self.model, segment_of=self.population.segment_of)
             if folded.state is not None:
                 self.states.put(partition, key, folded.state, earlier)
+            elif folded.erased:  # the erase order among them stands
+                self.states.delete(partition, key, earlier)
         except Exception as exc:
             log.exception("contact %s: messages since the last flush parked too", key)
             self.park(earlier[0][0], [item for _, item in earlier], "processing_error", repr(exc), exc)
+
+    def _erased(self, key: str, folded: Folded, partition: int, sources: list[tuple[Any, Item]]) -> None:
+        """The inbox held erase orders (``folded.erased``): the contact is deleted from the cache
+        and the table (a changelog tombstone at the flush), the views topic (a tombstone), its
+        accounts (an ``erased`` member update), the population and timer indexes and the identity
+        replica; each order is reported on the progress topic, with the batch's other output (so
+        before its record is acknowledged). Events after the order in the inbox (new collection)
+        made ``folded.state`` a new contact: the caller writes it over the tombstone."""
+        for erased in folded.erased:
+            held = erased.state
+            if held is not None:
+                self.feed.erase(held)
+                self.population.remove(partition, key)
+                if self.replica is not None:
+                    for anonymous_id in held.anonymous_ids:
+                        self.replica.learn(anonymous_id, None)
+        if folded.state is None:
+            self.timer_index.set(key, None)
+            self.states.delete(partition, key, sources)
+            self.views.add(key, None)
+        now_ms = time.time_ns() // 1_000_000
+        for erased in folded.erased:
+            report = _report(erased, key, self.settings.ns, now_ms)
+            self.w.send_progress(progress_key(report).encode(), encode_json(report))
+            log.info(
+                "contacts: regulation %s: contact %s erased (found: %s)",
+                erased.regulation_id,
+                contact_key(key),
+                report.found,
+            )
 
     def flushed_contacts(self) -> Any:
         """The contacts table's items, once the cache's dirty states are written (the timer
@@ -467,12 +556,14 @@ class Pipeline:
         w = self.w
         # step() may change ``before`` in place: a failure drops it from the cache
         before = self.states.get(partition, key)
-        if before is None:
+        if before is None and not self.states.deleted(partition, key):
             raw = w.contacts.get(key)
             before = decode_state(raw) if raw is not None else None
         folded = step(before, key, inbox.messages, self.model, segment_of=self.population.segment_of)
         hop = inbox.hops + 1
         staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hop)) for o in folded.outgoing]
+        if folded.erased:
+            self._erased(key, folded, partition, inbox.sources)
         state = folded.state
         if state is None:
             return staged
@@ -495,6 +586,28 @@ class _Messages:
         self.messages: list[Message] = []
         self.sources: list[tuple[Any, Item]] = []
         self.hops = 0
+
+
+def _report(erased: Erased, key: str, namespace: str, at_ms: int) -> ErasureReport:
+    """What an erase order found in contact ``key``: the ids that lead further (for the
+    regulation service to restrict and erase in turn)."""
+    held = erased.state
+    if held is None:
+        return ErasureReport(erased.regulation_id, namespace, "contact", key, found=False, at_ms=at_ms)
+    return ErasureReport(
+        regulation_id=erased.regulation_id,
+        namespace=namespace,
+        target="contact",
+        key=key,
+        found=True,
+        at_ms=at_ms,
+        user_id=held.user_id,
+        anonymous_ids=list(held.anonymous_ids),
+        merged_ids=list(held.merged_ids),
+        merged_into=held.merged_into,
+        email=held.email,
+        account_id=held.account_id,
+    )
 
 
 def _one_item(key: str, env: msgspec.Raw) -> bytes:

@@ -61,6 +61,9 @@ class Wiring:
     # the app's BatchedSends (streams/sends.py): triggers, dead letters and the stages' records in
     # one producer-buffer item per batch (None: one send_soon each)
     sends: BatchedSends | None = field(default=None, kw_only=True)
+    # <app>.regulation-progress (schemas/regulations.py): the stages' erasure reports (None: the
+    # reports are only logged)
+    progress_topic: TopicT | None = field(default=None, kw_only=True)
 
     def public(self, at_ms: int) -> bool:
         """Whether this namespace announces what happened at ``at_ms`` (see schemas/registry.py)."""
@@ -75,6 +78,11 @@ class Wiring:
         """Dead-letter a record received at ``at_ms`` (its Kafka timestamp)."""
         topic = self.deadletter if self.public(at_ms) else self.private_deadletter
         self._send(topic, key, value, headers)
+
+    def send_progress(self, key: bytes, value: bytes) -> None:
+        """An erasure report (JSON), in the producer buffer before the caller's batch is acknowledged."""
+        if self.progress_topic is not None:
+            self._send(self.progress_topic, key, value)
 
     def _send(self, topic: TopicT, key: bytes | None, value: bytes, headers: Headers = None) -> None:
         """One record, in the producer buffer before the caller's batch is acknowledged."""
@@ -171,6 +179,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Wiring:
         namespace=settings.ns,
         registry=registry or Registry(settings.app_id),
         sends=BatchedSends.of(app),
+        progress_topic=app.topic(settings.regulation_progress_topic, key_type=bytes, value_type=bytes),
         views_topic=app.topic(
             settings.views_topic,
             key_type=bytes,

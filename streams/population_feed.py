@@ -120,6 +120,16 @@ class PopulationFeed:
         if index.touched is not None:
             index.touched.add(contact_id)
 
+    def remove(self, partition: int, contact_id: str) -> None:
+        """Forget an erased contact of ``partition`` (the next summary and CLV fit exclude it)."""
+        index = self.indexes.get(partition)
+        if index is None:
+            return
+        index.customers.pop(contact_id, None)
+        index.ledgers.pop(contact_id, None)
+        if index.touched is not None:  # a rebuild running must not read it back from the table
+            index.touched.add(contact_id)
+
     def current(self) -> PopulationModel | None:
         """The latest population model read from the topic (None before the first)."""
         return self.model

@@ -28,6 +28,12 @@ records and folds them again onto the last flushed states (duplicates by message
 partition revocation drops its dirty states the same way (:meth:`StateCache.partitions_revoked`
 says why it does not flush).
 
+Deletions (a regulation's erase order, :mod:`streams.agents`) go the same way: :meth:`StateCache.delete`
+leaves a dirty *tombstone* (reads see the contact absent at once, :meth:`StateCache.deleted`), and
+the flush deletes the key from the partition's database in the same write batch and sends a
+changelog record with no value (compaction then removes the contact), before the records that
+carried the order are acknowledged. A redelivered order finds nothing (and is reported so).
+
 The changelog's persisted offset follows :class:`streams.transport.ContiguousOffsetTable`'s rule
 once per flushed group: the offsets of a group's records are applied in order, each one only
 if it directly follows the stored offset, and the last one that does is stored.
@@ -60,7 +66,9 @@ Sources = list[tuple[Any, Any]]  # (record, item) pairs whose effects a dirty st
 class Writer(Protocol):
     """Where a partition's flushed states go."""
 
-    def write(self, partition: int, items: list[tuple[str, bytes]]) -> None: ...
+    def write(self, partition: int, items: list[tuple[str, bytes | None]]) -> None:
+        """Write ``items`` (a value None deletes the key: a tombstone on the changelog)."""
+        ...
 
 
 class Acks(Protocol):
@@ -94,16 +102,22 @@ class RocksWriter:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def write(self, partition: int, items: list[tuple[str, bytes]]) -> None:
+    def write(self, partition: int, items: list[tuple[str, bytes | None]]) -> None:
         store = self.table.data
         batch = rocksdict.WriteBatch(raw_mode=True)
         keyed = [(key.encode(), raw) for key, raw in items]
         for key, raw in keyed:
-            batch.put(key, raw)
+            if raw is None:
+                batch.delete(key)
+            else:
+                batch.put(key, raw)
         store._db_for_partition(partition).write(batch)
         index = store._key_index  # where a read without a current event looks first
-        for key, _ in keyed:
-            index[key] = partition
+        for key, raw in keyed:
+            if raw is None:
+                index.pop(key, None)
+            else:
+                index[key] = partition
         topic = self.table.changelog_topic
         group = _SentGroup(self.table, len(keyed))
         for key, raw in keyed:
@@ -163,9 +177,12 @@ class MappingWriter:
     def __init__(self, table: MutableMapping[str, bytes]) -> None:
         self.table = table
 
-    def write(self, partition: int, items: list[tuple[str, bytes]]) -> None:
+    def write(self, partition: int, items: list[tuple[str, bytes | None]]) -> None:
         for key, raw in items:
-            self.table[key] = raw
+            if raw is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = raw
 
 
 def writer_for(table: Any) -> Writer:
@@ -178,9 +195,11 @@ def writer_for(table: Any) -> Writer:
 
 
 class _Dirty:
+    """A changed state not written yet (``state`` None: a deletion, written as a tombstone)."""
+
     __slots__ = ("sources", "state")
 
-    def __init__(self, state: ContactState, sources: Sources) -> None:
+    def __init__(self, state: ContactState | None, sources: Sources) -> None:
         self.state = state
         self.sources = sources
 
@@ -229,7 +248,8 @@ class StateCache:
     # --- the contacts agent ------------------------------------------------------------------
 
     def get(self, partition: int, key: str) -> ContactState | None:
-        """The newest state of ``key`` this cache holds (None: read the table)."""
+        """The newest state of ``key`` this cache holds (None: read the table, unless
+        :meth:`deleted`)."""
         dirty = self.dirty.get(partition)
         if dirty is not None:
             entry = dirty.get(key)
@@ -241,8 +261,23 @@ class StateCache:
             return hit[1]
         return None
 
+    def deleted(self, partition: int, key: str) -> bool:
+        """Whether ``key`` was deleted since the last flush (absent: do not read the table)."""
+        dirty = self.dirty.get(partition)
+        if dirty is None:
+            return False
+        entry = dirty.get(key)
+        return entry is not None and entry.state is None
+
+    def delete(self, partition: int, key: str, sources: Sources) -> None:
+        """``key`` is gone (an erase order, carried by ``sources``): a tombstone at the next flush."""
+        self._put(partition, key, None, sources)
+
     def put(self, partition: int, key: str, state: ContactState, sources: Sources) -> None:
         """``state`` is ``key``'s newest; ``sources`` the messages folded into it."""
+        self._put(partition, key, state, sources)
+
+    def _put(self, partition: int, key: str, state: ContactState | None, sources: Sources) -> None:
         dirty = self.dirty.get(partition)
         if dirty is None:
             dirty = self.dirty[partition] = {}
@@ -306,8 +341,10 @@ class StateCache:
                     self.writer.write(partition, items)
                     written += len(items)
                 done.add(partition)
-                for key, _ in items:
-                    self._remember(partition, key, entries[key].state)
+                for key, raw in items:
+                    state = entries[key].state
+                    if state is not None and raw is not None:
+                        self._remember(partition, key, state)
         except BaseException:
             # a partition not written stays dirty, and the records stay held (retried next time)
             for partition, entries in dirty.items():
@@ -324,10 +361,13 @@ class StateCache:
             self.written += written
             metrics.state_flush(written, time.perf_counter() - started)
 
-    def _encoded(self, entries: dict[str, _Dirty]) -> list[tuple[str, bytes]]:
-        items: list[tuple[str, bytes]] = []
+    def _encoded(self, entries: dict[str, _Dirty]) -> list[tuple[str, bytes | None]]:
+        items: list[tuple[str, bytes | None]] = []
         refused: list[str] = []
         for key, entry in entries.items():
+            if entry.state is None:  # a tombstone
+                items.append((key, None))
+                continue
             try:
                 items.append((key, self.encode(key, entry.state)))
             except Exception as exc:  # one state that cannot be written costs only its own messages

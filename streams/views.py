@@ -108,6 +108,8 @@ class ViewFeed:
     def _send(self, key: str, state: ContactState | None, now: int) -> None:
         self.sent[key] = now
         self.sent.move_to_end(key)
+        if state is None:  # removed (erased): nothing of it is kept here either
+            self.earned.pop(key, None)
         try:
             view = None if state is None else view_of(state, self.model, self._earned(key, state), self.fits)
             value = None if view is None else encode_view(view)

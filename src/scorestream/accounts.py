@@ -17,7 +17,14 @@ The rules this module keeps:
 - the account stage is advanced, in event time, whenever updates arrive: transitions are tried in
   model order from the current stage (several may chain) at the account's latest update instant.
   Stage history is path-dependent by design (hysteresis): it records what the account went
-  through as updates arrived.
+  through as updates arrived;
+- **an erased member is gone**: an ``erased`` update (a regulation erased the contact,
+  :func:`erased_update`) removes the member entirely and leaves only its
+  :func:`scorestream.privacy.contact_key` (a hash) with the erased state's latest instant; any
+  snapshot of that contact at or before it (a redelivered or late one) is refused, in any order,
+  and a newer one (new collection after the erasure) is a new member. At most ``MAX_ERASED``
+  keys are kept per account (the latest). Account traits an erased member's group calls set stay
+  (they describe the company, not the person; a snapshot refused after the erasure adds none).
 """
 
 from __future__ import annotations
@@ -27,18 +34,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from scorestream.privacy import contact_key
 from scorestream.rfm import summary
 from scorestream.rules.accounts import ROLES
 from scorestream.rules.model import Model
 from scorestream.scoring import band_of, engagement_now, fit_of, round_score
 from scorestream.state import ContactState, decay
 
-ACCOUNT_STATE_VERSION = 2
-"""2: ``members_capped`` (the bounds: at most ``MAX_MEMBERS`` members and ``MAX_ACCOUNT_TRAITS`` traits)."""
+ACCOUNT_STATE_VERSION = 3
+"""2: ``members_capped`` (the bounds: at most ``MAX_MEMBERS`` members and ``MAX_ACCOUNT_TRAITS`` traits);
+3: ``erased`` (members a regulation erased, by contact key)."""
 MAX_MEMBERS = 1_000
 """Members kept per account: those with the latest snapshots (ties by contact id)."""
 MAX_ACCOUNT_TRAITS = 128
 """Account traits kept: the most recently set (ties by name)."""
+MAX_ERASED = 1_000
+"""Erased members' keys kept per account: those with the latest instants (ties by key)."""
 MAX_CHAIN = 8
 """Most transitions taken in one evaluation (a graph with a cycle of always-true guards stops)."""
 
@@ -52,7 +63,9 @@ class MemberUpdate:
 
     ``member`` False says the contact left the account (it moved to another or merged into
     another contact). ``traits`` are the account traits of the contact's latest group call to
-    this account, stamped ``traits_at`` (its timestamp and message id).
+    this account, stamped ``traits_at`` (its timestamp and message id). ``erased`` True: a
+    regulation erased the contact; ``at_ms`` is its erased state's latest instant and the rest is
+    empty (:func:`erased_update`).
     """
 
     contact_id: str
@@ -67,6 +80,32 @@ class MemberUpdate:
     member: bool = True
     traits: dict[str, Any] = field(default_factory=dict)
     traits_at: tuple[int, str] | None = None
+    erased: bool = False
+
+
+def erased_update(contact_id: str, account_id: str, at_ms: int) -> MemberUpdate:
+    """The update that removes an erased contact from an account: every snapshot of it at or
+    before ``at_ms`` (the erased state's latest instant) is gone for good."""
+    return MemberUpdate(
+        contact_id=contact_id,
+        account_id=account_id,
+        at_ms=at_ms,
+        evidence=0,
+        role="",
+        score=0.0,
+        fit=0.0,
+        member=False,
+        erased=True,
+    )
+
+
+def erased_updates(state: ContactState) -> list[MemberUpdate]:
+    """An :func:`erased_update` for every account the contact belonged to or was grouped with."""
+    accounts = set(state.groups)
+    if state.account_id is not None:
+        accounts.add(state.account_id)
+    at_ms = state.last_seen_ms if state.last_seen_ms is not None else 0
+    return [erased_update(state.contact_id, account, at_ms) for account in sorted(accounts)]
 
 
 class Member(NamedTuple):
@@ -176,6 +215,8 @@ class AccountState:
     updated_ms: int = 0
     # members or traits were left out at the bounds (the oldest ones)
     members_capped: bool = False
+    # contact key (scorestream.privacy.contact_key) of an erased member -> its erased instant
+    erased: dict[str, int] = field(default_factory=dict)
 
 
 def _cap(state: AccountState) -> None:
@@ -195,6 +236,32 @@ def _cap(state: AccountState) -> None:
             del state.traits[key]
             state.trait_at.pop(key, None)
         state.members_capped = True
+
+
+def _erase_member(state: AccountState, update: MemberUpdate) -> bool:
+    """An erased contact: its member entry goes (if not newer than the erasure), its key stays."""
+    key = contact_key(update.contact_id)
+    changed = False
+    held = state.erased.get(key)
+    if held is None or update.at_ms > held:
+        state.erased[key] = update.at_ms
+        changed = True
+    member = state.members.get(update.contact_id)
+    if member is not None and member.at_ms <= state.erased[key]:
+        del state.members[update.contact_id]
+        changed = True
+    if len(state.erased) > MAX_ERASED:
+        ranked = sorted(state.erased.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        state.erased = dict(ranked[:MAX_ERASED])
+    return changed
+
+
+def _refused(state: AccountState, update: MemberUpdate) -> bool:
+    """A snapshot of an erased member taken at or before its erasure."""
+    if not state.erased:
+        return False
+    at = state.erased.get(contact_key(update.contact_id))
+    return at is not None and update.at_ms <= at
 
 
 def _merge_member(state: AccountState, update: MemberUpdate) -> bool:
@@ -366,7 +433,8 @@ def apply_member_updates(
     state: AccountState | None, account_id: str, updates: Iterable[MemberUpdate], model: Model
 ) -> tuple[AccountState, list[AccountStageChange]]:
     """Fold members' snapshots into the account and advance its stage at the account's latest
-    update instant (event time). The member set and traits depend on the set of updates only."""
+    update instant (event time). The member set and traits depend on the set of updates only
+    (the traits of an erased member's snapshots: those applied before its erasure stay)."""
     if state is None:
         state = AccountState(account_id=account_id, model_version=model.version)
     state.model_version = model.version
@@ -374,6 +442,11 @@ def apply_member_updates(
     for update in updates:
         if update.account_id != account_id:
             raise ValueError(f"update for account {update.account_id!r} applied to {account_id!r}")
+        if update.erased:
+            changed |= _erase_member(state, update)
+            continue
+        if _refused(state, update):
+            continue
         changed |= _merge_traits(state, update)
         changed |= _merge_member(state, update)
     _cap(state)

@@ -8,11 +8,12 @@ triggers, index the next due instant for its clock).
 
 ::
 
-    inbox (events, merges, absorbed states, ticks; in partition order)
+    inbox (events, merges, absorbed states, ticks, erase orders; in partition order)
       -> events folded, merges and absorbs applied          (scorestream.contact)
+      -> an erase order forgets everything before it        (Erased: what the contact held)
       -> the lifecycle walked once, or put off a second     (scorestream.walk)
       -> triggers: lifecycle changes, the RFM segment       (scorestream.triggers)
-      -> Folded(state, outgoing, triggers, next_due_ms)
+      -> Folded(state, outgoing, triggers, next_due_ms, erased)
 
 Pure: no clock (time comes from the events and from :class:`Tick`), no I/O. What depends on the
 whole population, the RFM segment's cut, is an argument (``segment_of``).
@@ -28,6 +29,7 @@ from scorestream.contact import absorb, apply_events, can_merge_into
 from scorestream.events import Event
 from scorestream.identity import MergeInto
 from scorestream.journey import Journey
+from scorestream.privacy import Erase
 from scorestream.rules.lifecycle import Lifecycle
 from scorestream.rules.model import Model
 from scorestream.state import ContactState, new_contact
@@ -64,7 +66,17 @@ class Outgoing:
     item: Event | MergeInto | Absorb
 
 
-Message = Event | MergeInto | Absorb | Tick
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """A regulation's erase order applied to the contact: ``state`` is what it held at that point
+    of its inbox (None: nothing), for the caller's report and its clean-up (views, account,
+    indexes). The state is not kept."""
+
+    regulation_id: str
+    state: ContactState | None
+
+
+Message = Event | MergeInto | Absorb | Tick | Erase
 """What a contact's inbox holds."""
 
 
@@ -74,13 +86,16 @@ class Folded(NamedTuple):
     ``state``: the new state (None: the contact is still unknown, e.g. it was only ticked);
     ``outgoing``: messages for other contacts; ``triggers``: records for the ``triggers`` topic
     (:func:`scorestream.triggers.make_trigger`); ``next_due_ms``: when time alone would next change
-    the contact (the instant its next :class:`Tick` is due), None if nothing would.
+    the contact (the instant its next :class:`Tick` is due), None if nothing would; ``erased``:
+    the erase orders the inbox held, in order (:class:`Erased`: the caller deletes the stored
+    state and reports each).
     """
 
     state: ContactState | None
     outgoing: list[Outgoing]
     triggers: list[dict[str, Any]]
     next_due_ms: int | None
+    erased: tuple[Erased, ...] = ()
 
 
 def step(
@@ -96,8 +111,13 @@ def step(
     contact into a forwarding record (which keeps its data, so a redelivered merge re-sends it);
     ``Absorb`` merges another contact's state in; ``Tick`` moves the contact's clock on (a
     contact not known yet ignores it). Messages for a forwarding record pass through, and it has
-    no triggers and nothing due. The lifecycle is then walked once, to the later of the newest
-    event and the latest tick (or put off for up to ``WALK_DEBOUNCE_MS``, see :func:`_walk_on`).
+    no triggers and nothing due. ``Erase`` (a regulation's order, :mod:`scorestream.privacy`)
+    forgets the contact and everything before it in the inbox (a forwarding record too: it is not
+    passed on): what it held is returned in ``Folded.erased`` and the messages after it start a
+    new contact from nothing, as if the erased past had never been seen (the events of the
+    erased past are dropped before the fold: ``PrivacyList.decide``). The lifecycle is then walked
+    once, to the later of the newest event and the latest tick (or put off for up to
+    ``WALK_DEBOUNCE_MS``, see :func:`_walk_on`).
 
     Triggers: what the walk added to the journey (``journey_triggers``), and
     ``rfm.segment_changed`` when the segment ``segment_of`` gives at that instant differs from the
@@ -118,10 +138,13 @@ def step(
         inbox_pass.take(item)
     inbox_pass.flush()
     state = inbox_pass.state
+    erased = tuple(inbox_pass.erased)
+    if erased:
+        before = None  # the erased contact's journey was announced; a new one starts from nothing
     if state is None:
-        return Folded(None, inbox_pass.out, [], None)
+        return Folded(None, inbox_pass.out, [], None, erased)
     if state.merged_into is not None:
-        return Folded(state, inbox_pass.out, [], None)
+        return Folded(state, inbox_pass.out, [], None, erased)
     lifecycle = model.lifecycle
     triggers: list[dict[str, Any]] = []
     next_due: int | None = None
@@ -133,14 +156,24 @@ def step(
             next_due = journey.next_due_ms
     if segment_of is not None:
         _judge_segment(state, contact_id, model, segment_of, triggers)
-    return Folded(state, inbox_pass.out, triggers, next_due)
+    return Folded(state, inbox_pass.out, triggers, next_due, erased)
 
 
 class _Inbox:
     """One pass over a contact's inbox: events are gathered and folded together up to the next
     message of another kind (a merge, an absorbed state, a tick), which applies in its place."""
 
-    __slots__ = ("contact_id", "model", "out", "pending", "resume_before", "state", "ticked", "traits_sent")
+    __slots__ = (
+        "contact_id",
+        "erased",
+        "model",
+        "out",
+        "pending",
+        "resume_before",
+        "state",
+        "ticked",
+        "traits_sent",
+    )
 
     def __init__(self, state: ContactState | None, contact_id: str, model: Model) -> None:
         self.state = state
@@ -153,6 +186,7 @@ class _Inbox:
         self.resume_before: int | None = _NO_EVENT
         self.ticked = False
         self.traits_sent = False
+        self.erased: list[Erased] = []
 
     def flush(self) -> None:
         """Fold the events gathered so far."""
@@ -167,6 +201,9 @@ class _Inbox:
         self.traits_sent = False
 
     def take(self, item: Message) -> None:
+        if isinstance(item, Erase):
+            self._erase(item)
+            return
         state = self.state
         if state is not None and state.merged_into is not None:
             self._forward(state, state.merged_into, item)
@@ -191,12 +228,23 @@ class _Inbox:
         else:
             self._merge(item.target)
 
+    def _erase(self, order: Erase) -> None:
+        """Forget the contact: what it held (the messages before the order folded in, so the
+        report names every id they brought) is kept for the caller only; the pass starts again
+        from nothing."""
+        self.flush()
+        self.erased.append(Erased(order.regulation_id, self.state))
+        self.state = None
+        self.resume_before = _NO_EVENT
+        self.ticked = False
+        self.traits_sent = False
+
     def _forward(self, state: ContactState, target: str, item: Message) -> None:
         """A forwarding record passes messages on to the contact it merged into."""
         if isinstance(item, MergeInto):
             if item.target == target:  # a redelivered merge: the state again
                 self.out.append(Outgoing(target, Absorb(state)))
-        elif not isinstance(item, Tick):  # the contact it merged into keeps its own clock
+        elif not isinstance(item, (Tick, Erase)):  # the contact it merged into keeps its own clock
             self.out.append(Outgoing(target, item))
 
     def _absorb(self, source: ContactState) -> None:

@@ -47,11 +47,15 @@ class Writes:
         self.table: dict[str, bytes] = {}
         self.fail = False
 
-    def write(self, partition: int, items: list[tuple[str, bytes]]) -> None:
+    def write(self, partition: int, items: list[tuple[str, bytes | None]]) -> None:
         if self.fail:
             raise OSError("disk full")
         self.log.append(("write", (partition, [k for k, _ in items])))
-        self.table.update(items)
+        for key, raw in items:
+            if raw is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = raw
 
     def hold(self, message: Any) -> None:
         self.log.append(("hold", message))
@@ -365,3 +369,62 @@ def test_the_rocksdb_writer_writes_one_batch_sends_each_state_and_stores_the_off
     table.changelog_topic.acknowledge()  # offsets 40, 41: they follow the stored 39
     assert table.data.persisted_offset(TP("t-contacts-changelog", 1)) == 41
     assert table.data.offset_writes == 2  # the test's own, then one for the group (not one per record)
+
+
+# --- deletions (a regulation's erase order) ------------------------------------------------------
+
+
+def test_a_deletion_reads_absent_at_once_and_the_flush_writes_a_tombstone_before_releasing() -> None:
+    writes, clock = Writes(), Clock()
+    c = cache(writes, clock)
+    c.put(0, "u1", _state("u1", 2), [("rec", 1)])
+    c.hold(Msg(0, 1))
+    c.flush()
+    assert "u1" in writes.table and c.get(0, "u1") is not None  # written, and clean in the cache
+    assert not c.deleted(0, "u1")
+
+    c.delete(0, "u1", [("rec", 2)])
+    c.hold(Msg(0, 2))
+    assert c.get(0, "u1") is None and c.deleted(0, "u1")  # absent at once: the table is not read
+    assert not c.deleted(1, "u1")  # another partition's key is not this one
+    clock.now = 0.1
+    assert c.maybe_flush()
+    assert "u1" not in writes.table  # the writer was given a tombstone (value None)
+    kinds = [kind for kind, _ in writes.log]
+    assert kinds[-2:] == ["write", "release"]  # the tombstone before the record that carried the order
+    assert writes.writes()[-1] == (0, ["u1"])
+    assert c.get(0, "u1") is None and not c.deleted(0, "u1") and "u1" not in c.clean
+
+
+def test_a_state_put_after_a_deletion_replaces_it_and_a_deletion_replaces_a_dirty_state() -> None:
+    writes, clock = Writes(), Clock()
+    c = cache(writes, clock)
+    c.put(0, "u1", _state("u1", 1), [])
+    c.delete(0, "u1", [])  # dirty, never written: the tombstone wins
+    assert c.dirty_count == 1 and c.deleted(0, "u1")
+    c.flush()
+    assert "u1" not in writes.table
+    c.delete(0, "u2", [])
+    fresh = _state("u2", 1)
+    c.put(0, "u2", fresh, [])  # new collection after the erasure: a new contact
+    assert c.get(0, "u2") is fresh and not c.deleted(0, "u2")
+    c.flush()
+    assert decode_state(writes.table["u2"]) == fresh
+
+
+def test_the_mapping_writer_deletes() -> None:
+    table: dict[str, bytes] = {"a": b"1", "b": b"2"}
+    MappingWriter(table).write(0, [("a", None), ("c", None), ("b", b"3")])
+    assert table == {"b": b"3"}
+
+
+def test_the_rocksdb_writer_deletes_in_the_batch_and_sends_a_tombstone(tmp_path: Any) -> None:
+    table = RocksTable(tmp_path)
+    writer = writer_for(table)
+    writer.write(1, [("u-1", b"one"), ("u-2", b"two")])
+    writer.write(1, [("u-1", None)])
+    db = table.data._db_for_partition(1)
+    assert db.get(b"u-1") is None and db[b"u-2"] == b"two"
+    assert table.data._key_index == {b"u-2": 1}  # a read without an event does not look for it
+    last = table.changelog_topic.sent[-1]
+    assert (last["key"], last["value"], last["partition"]) == (b"u-1", None, 1)
