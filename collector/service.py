@@ -40,6 +40,11 @@ clients post here exactly as they would to ``api.segment.io``; accepted messages
   contract's JSON rules (UTF-8, 32 levels of nesting, 64-bit integers, no ``NaN``) are checked on
   a single message's body before it is parsed (:func:`parse_body`): the same 400 reason as the
   worker's dead letter, never a 500.
+* Privacy: a message of a person the privacy list restricts (``kafka_io.privacy``: suppressed
+  from before the request's receipt, or an erased past) is answered as accepted, as Segment
+  answers for suppressed users (the sender must not learn who is suppressed, nor retry), and not
+  published; an invalid one of theirs is not dead-lettered either. Counted in
+  ``scorestream_events_suppressed_total{door="collector"}``, not in the accepted messages.
 * Durability: 200 means every record of the request (dead letters included) was acknowledged by
   Kafka with ``acks=all`` (idempotent producer). More than ``collector_max_in_flight`` messages
   waiting for acknowledgements: 429 with ``Retry-After``; Kafka unreachable or slower than
@@ -71,6 +76,7 @@ from collector.errors import CollectorError
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
 from kafka_io.partitioner import crc32_partitioner
+from kafka_io.privacy import message_subjects
 from schemas.events import (
     MAX_DEPTH,
     MAX_MESSAGE_BYTES,
@@ -81,6 +87,7 @@ from schemas.events import (
     may_hold_long_integers,
 )
 from schemas.settings import Settings
+from scorestream.privacy import PrivacyList
 from telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -297,6 +304,7 @@ class _Request:
     sent_at: Any = None  # the batch's sentAt (a message's own wins)
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
+    suppressed: int = 0  # messages answered as accepted but dropped (the privacy list)
 
 
 _SECONDS: dict[int, str] = {}
@@ -393,6 +401,8 @@ class Collector:
     send_timeout_s: float = SEND_TIMEOUT_S
     in_flight: int = 0
     paths: frozenset[str] = PATHS
+    # who may not be collected: the API process's list (its regulation service keeps it current)
+    privacy: PrivacyList = field(default_factory=PrivacyList)
     _keys: list[tuple[bytes, tuple[str, ...]]] = field(default_factory=list)
     _topics: dict[str, str] = field(default_factory=dict)
 
@@ -473,7 +483,7 @@ class Collector:
                 first = rejected[0]
                 raise Refusal(403 if first.reason == CHANNEL_NOT_ALLOWED else 400, first.reason, first.detail)
             await self._publish(out, now)
-            metrics.COLLECTOR_ACCEPTED.inc()
+            metrics.COLLECTOR_ACCEPTED.inc(len(out))  # none when suppressed: answered the same
             return Reply(200, _OK, _headers(_OK))
         return await self._batch(parsed, _Request(channels[0], now, iso_ms(now), channels), path)
 
@@ -512,7 +522,7 @@ class Collector:
         req.context, req.integrations, req.sent_at = body.get("context"), body.get("integrations"), body.get("sentAt")
         out, rejected = self._prepare(messages, req, dead_letters=path)
         await self._publish(out, req.received_ms)
-        metrics.COLLECTOR_ACCEPTED.inc(len(messages) - len(rejected))
+        metrics.COLLECTOR_ACCEPTED.inc(len(messages) - len(rejected) - req.suppressed)
         for refused in rejected:
             metrics.COLLECTOR_REJECTED.labels(refused.reason).inc()
         if rejected:
@@ -543,6 +553,7 @@ class Collector:
         out: list[ToPublish] = []
         rejected: list[Rejected] = []
         topics = self._topics
+        privacy = self.privacy
         for index, msg in enumerate(messages):
             channel = req.channel
             key: bytes | None = None
@@ -562,11 +573,15 @@ class Collector:
                             f"context.channel is {wanted!r}; this write key may send to {', '.join(req.allowed)} only",
                         )
                 value = orjson.dumps(msg)
-                decode(value, channel, req.received_ms)
+                event = decode(value, channel, req.received_ms)
+                if privacy.entries and (decision := privacy.decide(event, req.received_ms)) is not None:
+                    req.suppressed += 1  # answered as accepted, published nowhere
+                    metrics.suppressed("collector", topics[channel], decision)
+                    continue
             except (InvalidMessage, orjson.JSONEncodeError) as error:
                 exc = error if isinstance(error, InvalidMessage) else _unencodable(error)
                 rejected.append(Rejected(index, exc.reason, exc.detail))
-                if dead_letters is not None:
+                if dead_letters is not None and not self._restricted(msg, topics[channel], req.received_ms):
                     headers = deadletter_headers(exc.reason, exc.detail, topics[channel], -1, -1)
                     headers.append(("scorestream.source.http", f"{dead_letters}[{index}]".encode()))
                     raw = value if value is not None else _any_json(msg, index)
@@ -574,6 +589,17 @@ class Collector:
                 continue
             out.append(ToPublish(topics[channel], key, value))
         return out, rejected
+
+    def _restricted(self, msg: Any, topic: str, received_ms: int) -> bool:
+        """Whether a refused message shows an identifier the privacy list restricts (then it is
+        not dead-lettered: its content is not kept); counted."""
+        if not self.privacy.entries or not isinstance(msg, dict):
+            return False
+        decision = self.privacy.decide_subjects(message_subjects(msg), received_ms, received_ms)
+        if decision is None:
+            return False
+        metrics.suppressed("collector", topic, decision)
+        return True
 
     async def _keep_unreadable(self, body: bytes, refusal: Refusal, channel: str, path: str) -> None:
         """A batch refused whole (400: its body cannot be read as JSON, a message in it cannot be
@@ -818,6 +844,12 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
-def collector_for(settings: Settings, publisher: Publisher | None, clock: Clock) -> Collector:
-    """The collector of ``settings``, publishing through ``publisher`` (default: Kafka)."""
-    return Collector(settings, publisher or KafkaPublisher(KafkaConnection.of(settings)), clock)
+def collector_for(
+    settings: Settings, publisher: Publisher | None, clock: Clock, privacy: PrivacyList | None = None
+) -> Collector:
+    """The collector of ``settings``, publishing through ``publisher`` (default: Kafka), dropping
+    what ``privacy`` restricts (default: an empty list; the API gives its regulation service's)."""
+    collector = Collector(settings, publisher or KafkaPublisher(KafkaConnection.of(settings)), clock)
+    if privacy is not None:
+        collector.privacy = privacy
+    return collector
