@@ -278,7 +278,8 @@ class Scheduler:
         self.answered(entry)
         entry.in_flight = False
         self._busy.discard(entry.lane)
-        if self.entries.get(entry.id) is not entry:  # dropped meanwhile (partition revoked)
+        if self.entries.get(entry.id) is not entry:  # dropped meanwhile (partition revoked, delivery forgotten)
+            self._arm(entry.lane)  # the lane's next one, if any, is free to go
             return
         if due_ms is None:
             self.remove(entry)

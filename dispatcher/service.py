@@ -56,6 +56,11 @@ Guarantees and rules:
   queue has room for. A command's offset is committed once it is done (for ``retry_failed``:
   its first scan); a crash before re-runs it (test sends are deduplicated, a retry is sent
   again), a crash after leaves what its later scans would have revived failed (ask again).
+  ``forget`` (a regulation erased the delivery's contact; the API wrote a tombstone for it
+  first): the delivery no longer exists: dropped from memory (its lane goes on), never sent or
+  retried again, a record an attempt in flight would write becomes a tombstone, and a tombstone
+  is written again once done (so the topic's last record of it is one). Recovery and scans skip a
+  tombstoned delivery.
 - **Subscriptions** are matched as the dispatcher knows them when it reads a trigger (it reads
   the subscriptions topic to its end before consuming). The dispatcher writes subscription
   records too (``failing_since_ms``, disabling) on top of the latest it has read: an API update
@@ -217,6 +222,7 @@ class Dispatcher:
         self._failing: dict[str, int | None] = {}
         self._failing_written: dict[str, int] = {}
         self._seen: dict[int, SeenIds] = {}
+        self._forgotten = SeenIds(SEEN_LIMIT)  # deliveries a forget command removed (of erased contacts)
         self._parked: dict[tuple[int, str], Parked] = {}
         self._revives: dict[tuple[int, str], Revive] = {}
         self._revive_generation: Counter[tuple[int, str]] = Counter()
@@ -511,7 +517,7 @@ class Dispatcher:
             if flt is None or not wants(flt, trigger):
                 continue
             did = delivery_id(trigger_id, sub.id)
-            if not self._seen[p].add(did):
+            if not self._seen[p].add(did) or did in self._forgotten:
                 self.stats["duplicates"] += 1
                 continue
             if body is None:
@@ -586,6 +592,8 @@ class Dispatcher:
                 log.info("delivery %s: manual retry brought forward (%s)", cmd.delivery_id, where)
             else:
                 self._command_task(p, msg.offset, self._retry_settled(p, cmd, where))
+        elif cmd.op == "forget":
+            self._forget(p, cmd, msg.offset, where)
         elif cmd.op == "retry_failed":
             if sub is None:
                 log.warning("retry_failed for unknown webhook %s at %s: skipped", cmd.subscription_id, where)
@@ -604,6 +612,25 @@ class Dispatcher:
             log.info(
                 "webhook %s: failed deliveries since %s on partition %d to retry (%s)", sub.id, iso(since), p, where
             )
+
+    def _forget(self, p: int, cmd: CommandRecord, offset: int, where: str) -> None:
+        """A delivery of an erased contact: out of memory and never written again but as a
+        tombstone (written once more now, after any record an attempt wrote before)."""
+        if cmd.delivery_id is None:
+            log.warning("forget without a delivery id at %s: skipped", where)
+            return
+        self._forgotten.add(cmd.delivery_id)
+        entry = self.queue.entries.get(cmd.delivery_id)
+        if entry is not None:
+            self.queue.remove(entry)  # one in flight ends without effect (its record: a tombstone)
+            self._wake.set()
+        self.stats["forgotten"] += 1
+        self._command_task(p, offset, self._send_tombstone(p, cmd.delivery_id))
+        log.info("delivery %s forgotten (%s)", cmd.delivery_id, where)
+
+    async def _send_tombstone(self, p: int, delivery: str) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(self.settings.deliveries_topic, None, key=delivery.encode(), partition=p)
 
     def _command_task(self, p: int, offset: int, coro: Coroutine[Any, Any, None]) -> None:
         pending = self._cmd_pending.setdefault(p, set())
@@ -687,6 +714,11 @@ class Dispatcher:
         """Send a delivery's record to its partition. Headers carry what scans filter on without
         decoding; ``parked`` marks a pending delivery not held in memory (a scan brings it back)."""
         assert self._producer is not None
+        if record.id in self._forgotten:  # its contact was erased: the record stays a tombstone
+            fut_: asyncio.Future[Any] = await self._producer.send(
+                self.settings.deliveries_topic, None, key=record.id.encode(), partition=record.partition
+            )
+            return fut_
         headers = [
             ("subscription", record.subscription_id.encode()),
             ("status", record.status.encode()),
@@ -946,7 +978,7 @@ class Dispatcher:
         removed = self.queue.removed_since_watch(p)
         selection = Selection(
             room,
-            skip=lambda d: d in self.queue.entries or d in removed or d in self._in_flight,
+            skip=lambda d: d in self.queue.entries or d in removed or d in self._in_flight or d in self._forgotten,
             subscriptions=subs,
             revive=revive,
         )

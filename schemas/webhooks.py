@@ -108,11 +108,12 @@ class DeliveryRecord(msgspec.Struct, frozen=True):
 
 
 class CommandRecord(msgspec.Struct, frozen=True):
-    op: Literal["test", "retry", "retry_failed"]
+    # forget: the delivery (of an erased contact) no longer exists: not sent nor retried any more
+    op: Literal["test", "retry", "retry_failed", "forget"]
     subscription_id: str
     request_id: str
     requested_ms: int
-    delivery_id: str | None = None  # retry: the delivery
+    delivery_id: str | None = None  # retry, forget: the delivery
     # retry_failed: failed deliveries created since then; retry: the delivery's creation (its
     # records are all at or after it: the dispatcher reads the partition from there, not from 0)
     since_ms: int | None = None
