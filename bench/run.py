@@ -74,7 +74,7 @@ class Bench:
 
 SCENARIOS = (
     "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
-    "api,api_middleware,telemetry,collector,recovery,webhooks,sink,analytics,replay"
+    "api,api_middleware,telemetry,collector,recovery,webhooks,sink,analytics,replay,privacy"
 )
 
 
@@ -125,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--middleware-parts", action="store_true", help="api_middleware: also rate limits, metrics, access log alone"
     )
+    parser.add_argument("--privacy-events", type=int, default=200_000, help="privacy: archived synthetic events")
+    parser.add_argument("--privacy-contacts", type=int, default=50_000, help="privacy: contacts of those events")
+    parser.add_argument(
+        "--privacy-people", type=int, default=25_000, help="privacy: known people with a history (>= 20,004)"
+    )
+    parser.add_argument("--privacy-backlog", type=int, default=50_000, help="privacy: backlog of the throughput runs")
     parser.add_argument("--skip", default="", help=f"comma-separated scenarios to skip: {SCENARIOS}")
     parser.add_argument("--only", default="", help="comma-separated scenarios to run (the others are skipped)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (broker logs, worker data)")
@@ -350,6 +356,14 @@ def _service_scenarios(b: Bench, skip: set[str]) -> None:
 
         b.figures["replay"] = replay_throughput(
             b.bootstrap, b.work, b.args.events, b.args.contacts, live=b.figures.get("throughput_full_model")
+        )
+        b.save()
+    if "privacy" not in skip:
+        from bench.privacy import privacy_figures
+
+        a = b.args
+        b.figures["privacy"] = privacy_figures(
+            b.bootstrap, b.work, a.privacy_events, a.privacy_contacts, a.privacy_people, a.privacy_backlog
         )
         b.save()
 

@@ -190,6 +190,11 @@ def contact(http: httpx.Client, ident: str) -> dict[str, Any] | None:
     return r.json() if r.status_code == 200 else None
 
 
+def unknown(r: httpx.Response) -> bool:
+    """A 404 because the contact is unknown (not because the route does not exist)."""
+    return r.status_code == 404 and "no route matches" not in r.text
+
+
 def mentions(value: bytes | str | None, needles: tuple[str, ...] = NEEDLES) -> list[str]:
     """The needles ``value`` contains (case-insensitive: emails)."""
     if value is None:
@@ -425,8 +430,8 @@ def test_no_api_route_finds_them(proof: Proof) -> None:
     with p.service.client() as http:
         for ident in (U, A, E, f"anonymous:{A}", E.upper()):
             wait(p, lambda: http.get(f"/v1/contacts/{ident}").status_code == 404, 30, f"404 for {ident}")  # noqa: B023
-            assert http.get(f"/v1/contacts/{ident}/history").status_code == 404, ident
-            assert http.get(f"/v1/contacts/{ident}/export").status_code == 404, ident
+            assert unknown(http.get(f"/v1/contacts/{ident}/history")), ident
+            assert unknown(http.get(f"/v1/contacts/{ident}/export")), ident
         r = http.post("/v1/contacts:batchGet", json={"ids": [U, A, E, f"anonymous:{A}", Q]})
         assert r.status_code == 200, r.text
         assert [c["contact_id"] for c in r.json()["contacts"]] == [Q]
