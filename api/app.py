@@ -28,6 +28,7 @@ from api.keys import KeyRing
 from api.limits import RateLimits
 from api.namespaces import Namespaces, Readers
 from api.population_reader import PopulationReader
+from api.regulations import Namespace, RegulationService
 from api.replica import Replica
 from api.routers import ROUTERS, contacts
 from api.webhook_backend import WebhookBackend
@@ -154,6 +155,7 @@ def create_api(
     webhooks: WebhookBackend | None = None,
     publisher: Publisher | None = None,
     sink: Sink | None = None,
+    regulations: RegulationService | None = None,
 ) -> FastAPI:
     """Build the API. ``model`` (the default namespace's while the registry has no record of it;
     default: ``settings.model``), ``replica``, ``population`` and ``accounts`` are the default
@@ -161,7 +163,8 @@ def create_api(
     registry names them. The readers, ``webhooks``, the collector's ``publisher`` and ``clock`` are
     injectable for tests; ``fast_path=False`` serves every request through FastAPI's full stack
     (see :class:`ScorestreamApi`). ``sink``: the analytics sink this process runs in its lifespan
-    (embedded chDB: the API process owns it; see :mod:`sink.service`)."""
+    (embedded chDB: the API process owns it; see :mod:`sink.service`). ``regulations``: the
+    regulation service (:mod:`api.regulations`; default: one on the settings' topics)."""
     model = model or load_model(settings.model)
     default = Readers.build(
         settings.in_namespace(settings.app_id), model, replica=replica, accounts=accounts, population=population
@@ -193,6 +196,15 @@ def create_api(
         state.population, state.accounts = readers.population, readers.accounts
 
     state.namespaces = Namespaces(settings, default, on_active)
+    state.regulations = regulations or RegulationService(
+        settings,
+        lambda: [Namespace(r.namespace, r.replica) for r in state.namespaces.live()],
+        archive=state.analytics,
+        delivery_log=getattr(state.webhooks, "deliveries", None),
+        clock=clock,
+    )
+    # the collector drops what the privacy list restricts: the service's, current the instant it writes
+    state.collector.privacy = state.regulations.privacy_list
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -213,9 +225,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await state.collector.start()
     if state.sink is not None:
         await state.sink.start()
+    await state.regulations.start()
     try:
         yield
     finally:
+        await state.regulations.stop()
         if isinstance(state.analytics, Archive):  # its read clients (tests may put a plain getter there)
             await state.analytics.close()
         if state.sink is not None:

@@ -30,6 +30,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from api.archive import StoreGetter
+from api.audit import audit
+from api.audit import route_of as audit_route
 from api.errors import ApiError
 from api.keys import KeyRing
 from api.limits import RateLimits
@@ -100,8 +102,10 @@ async def require_write(conn: HTTPConnection, creds: Credentials) -> None:
 
 
 async def require_admin(conn: HTTPConnection, creds: Credentials) -> None:
-    """The request carries an API key with the ``admin`` scope."""
-    check_key(conn, creds, "admin")
+    """The request carries an API key with the ``admin`` scope; audited (:mod:`api.audit`: the
+    key's name, the route's template and method, never the path or the key)."""
+    key = check_key(conn, creds, "admin")
+    audit(key, "admin_request", route=audit_route(conn), method=conn.scope.get("method"))
 
 
 async def namespaces(conn: HTTPConnection) -> Namespaces:

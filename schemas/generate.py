@@ -17,6 +17,7 @@ from schemas import (
     api,
     api_accounts,
     api_analytics,
+    api_regulations,
     events,
     population,
     registry,
@@ -67,6 +68,10 @@ def documents() -> dict[str, dict[str, Any]]:
         api_analytics.RfmReportOut,
         api_analytics.PersonasOut,
         api_analytics.ForecastOut,
+        api_regulations.RegulationIn,
+        api_regulations.RegulationCreated,
+        api_regulations.RegulationEnvelope,
+        api_regulations.RegulationList,
     )
     docs[f"triggers-trigger.v{triggers.TRIGGER_VERSION}.json"] = _pydantic(triggers.Trigger, "Trigger")
     for body in bodies:

@@ -167,6 +167,18 @@ SUBSCRIPTIONS_DISABLED = Counter(
     "scorestream_webhook_subscriptions_disabled_total",
     "Subscriptions the dispatcher disabled (410 Gone, or failing for too long).",
 )
+REGULATIONS = Counter(
+    "scorestream_regulations_total",
+    "Privacy regulations, by type (SUPPRESS, SUPPRESS_WITH_DELETE, DELETE_ONLY, UNSUPPRESS) and status: accepted "
+    "(by the API process that answered), then done or failed (each time the process carrying it out finishes it).",
+    ["type", "status"],
+)
+REGULATION_SECONDS = Histogram(
+    "scorestream_regulation_duration_seconds",
+    "Time from a regulation's acceptance to done, by type.",
+    ["type"],
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
+)
 WEBHOOK_LAG = Gauge(
     "scorestream_webhook_consumer_lag_records",
     "Triggers of a partition the dispatcher has not read yet (the highwater minus the next offset it reads), as "

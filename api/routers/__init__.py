@@ -3,7 +3,18 @@ order the app includes them (a path two routers could match goes to the first)."
 
 from fastapi import APIRouter
 
-from api.routers import accounts, collector, contacts, health, metrics, models, problems, reports, webhooks
+from api.routers import (
+    accounts,
+    collector,
+    contacts,
+    health,
+    metrics,
+    models,
+    problems,
+    regulations,
+    reports,
+    webhooks,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -13,6 +24,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     accounts.router,
     collector.router,
     webhooks.router,
+    regulations.router,
     reports.router,
     problems.router,
 )
