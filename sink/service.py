@@ -42,6 +42,13 @@ token derived from the batch's; a row refused alone goes to ``sink_rejects`` (re
 records (the ledger computes engagement and fit with the core) runs in a thread of its own too,
 so the event loop, the API's in embedded mode, keeps serving requests meanwhile.
 
+Privacy: the sink follows the privacy list (``kafka_io.privacy``; read to its end before the first
+fetch) and archives nothing of a restricted person: a source or dead-letter row whose event (or,
+for a dead letter, whatever identifiers its bytes and key show) the list restricts, and any
+``contacts``, ``score_ledger``, ``triggers`` or ``webhook_deliveries`` row about a contact id it
+holds as erased (a tombstone of an erased contact writes no "deleted" ledger row naming it). Each
+is counted in ``scorestream_events_suppressed_total{door="sink"}`` and ``SinkStats.suppressed``.
+
 A source record the contract refuses is on the dead-letter topic as well (the worker puts it
 there, with the reason): the sink skips it on the source topic and stores it once, from the
 dead-letter record. Both decide with the same ``schemas.events.decode`` over the same bytes and
@@ -116,12 +123,15 @@ from analytics.rows import (
     trigger_row,
 )
 from kafka_io import clients
+from kafka_io.privacy import PrivacyFollower, key_subjects, raw_subjects
 from kafka_io.registry import RegistryReader
 from schemas.model_file import load_model
 from schemas.registry import Registry
 from schemas.settings import Settings
+from schemas.state import decode_batch
 from schemas.times import at_of
 from scorestream import Model
+from scorestream.privacy import PrivacyList, SubjectKind
 from sink.errors import SinkError
 from telemetry import metrics
 from telemetry.logs import kafka_fields
@@ -156,6 +166,7 @@ class SinkStats:
     unreadable: int = 0  # records stored in sink_rejects
     refused_rows: int = 0  # rows ClickHouse refused alone (stored in sink_rejects instead)
     skipped: int = 0  # records with no row: refused source records (stored from the dead-letter topic), tombstones
+    suppressed: int = 0  # records not archived because the privacy list restricts their person
     commits: int = 0
     last_error: str | None = None
     namespace: str = ""  # the model namespace whose changelogs are archived (the registry's active one)
@@ -264,8 +275,12 @@ class Sink:
         group_id: str | None = None,
         max_records: int = MAX_RECORDS,
         registry_poll_s: float = REGISTRY_POLL_S,
+        privacy: PrivacyList | None = None,
     ) -> None:
         self.settings = settings
+        # who may not be archived: followed from the privacy topic (``privacy``: a list to keep current)
+        self.privacy_follower = PrivacyFollower(settings, settings.privacy_topic, privacy)
+        self.privacy = self.privacy_follower.privacy
         self.model = model or load_model(settings.model)
         self.configured = self.model  # the model of the default namespace while it has no registry record
         self.store = store or Store(clickhouse_url(settings))
@@ -290,8 +305,8 @@ class Sink:
         self.accounts = Stream("accounts", [], self._adder("account_changes", lambda r: account_row(r, self.model)))
         self.streams = [
             Stream("events", [*settings.source_topics, settings.topic_deadletter], self._add_event),
-            Stream("triggers", [settings.topic_triggers], self._adder("triggers", trigger_row)),
-            Stream("deliveries", [settings.deliveries_topic], self._adder("webhook_deliveries", delivery_row)),
+            Stream("triggers", [settings.topic_triggers], self._adder("triggers", trigger_row, about=4)),
+            Stream("deliveries", [settings.deliveries_topic], self._adder("webhook_deliveries", delivery_row, about=3)),
             self.contacts,
             self.accounts,
         ]
@@ -412,25 +427,74 @@ class Sink:
     # --- records to rows ---------------------------------------------------------------------
     def _add_event(self, batch: RowBatch, record: Any) -> None:
         if record.topic == self.settings.topic_deadletter:
-            batch.add("events", deadletter_row(record, self.channels))
+            if not (self.privacy.entries and self._restricted_dead_letter(record)):
+                batch.add("events", deadletter_row(record, self.channels))
             return
         row = event_row(record, self.channels[record.topic])
         if row is None:
             self.stats.skipped += 1  # refused: the worker dead-letters it, and it is stored from there
-        else:
+        elif not (self.privacy.entries and self._restricted_event(row, record)):
             batch.add("events", row)
 
-    def _adder(self, table: str, build: Callable[[Any], Row | None]) -> Add:
+    def _dropped(self, topic: str, decision: str | None) -> bool:
+        """Count a record the privacy list keeps out of the archive (``decision`` not None)."""
+        if decision is None:
+            return False
+        self.stats.suppressed += 1
+        metrics.suppressed("sink", topic, decision)
+        return True
+
+    def _restricted_event(self, row: Row, record: Any) -> bool:
+        """An accepted event's row, decided by the ids it holds (and the email of its traits)."""
+        subjects: list[tuple[SubjectKind, str]] = []
+        for kind, at in (("user", _USER_AT), ("anonymous", _ANONYMOUS_AT)):
+            if row[at]:
+                subjects.append((kind, row[at]))  # type: ignore[arg-type]
+        if row[_KIND_AT] == "alias" and row[_PREVIOUS_AT]:
+            subjects += [("user", row[_PREVIOUS_AT]), ("anonymous", row[_PREVIOUS_AT])]
+        if row[_KIND_AT] in ("identify", "group") and b"email" in record.value:
+            subjects += [s for s in raw_subjects(record.value) if s[0] == "email"]
+        return self._dropped(record.topic, self.privacy.decide_subjects(subjects, row[0], row[1]))
+
+    def _restricted_dead_letter(self, record: Any) -> bool:
+        """A dead letter, decided by what identifiers its bytes show (a Segment message, or an
+        internal batch of the worker's) and its key, at its record time."""
+        at = record.timestamp
+        subjects = [*raw_subjects(record.value), *key_subjects(record.key)]
+        events = []
+        if record.value and record.value[:1] != b"{":
+            try:
+                for item in decode_batch(record.value).items:
+                    subjects += key_subjects(item.key)
+                    if item.env.event is not None:
+                        events.append(item.env.event)
+            except Exception:  # not an internal batch: the ids shown above are all there are
+                log.debug("sink: dead letter %s[%s] %s is no batch", record.topic, record.partition, record.offset)
+        decision = self.privacy.decide_subjects(subjects, at, at)
+        for event in events:
+            decision = decision or self.privacy.decide(event, at)
+        return self._dropped(record.topic, decision)
+
+    def _erased(self, contact_id: str, topic: str) -> bool:
+        """A row about a contact id the privacy list holds as erased (never archived)."""
+        return self._dropped(topic, "erased" if self.privacy.contact_erased(contact_id) else None)
+
+    def _adder(self, table: str, build: Callable[[Any], Row | None], about: int | None = None) -> Add:
+        """Rows of ``table`` built by ``build``; ``about``: the column of the contact id a row is
+        about (not archived when erased)."""
+
         def add(batch: RowBatch, record: Any) -> None:
             row = build(record)
             if row is None:
                 self.stats.skipped += 1
-            else:
+            elif about is None or not (self.privacy.entries and self._erased(row[about], record.topic)):
                 batch.add(table, row)
 
         return add
 
     def _add_contact(self, batch: RowBatch, record: Any) -> None:
+        if self.privacy.entries and record.key is not None and self._erased(record.key.decode(), record.topic):
+            return  # neither its snapshot nor its ledger row (a tombstone's "deleted" one included)
         change = read_contact(record, self.model, self.purchases)
         batch.add("contacts", change.snapshot)
         batch.changes.append(change)
@@ -486,6 +550,7 @@ class Sink:
         and retried there)."""
         self._stop.clear()
         self._registry_read = False  # read it again: start on the active namespace
+        self.privacy_follower.start()
         metrics.scraped(metrics.SINK_REJECTS, lambda: [(self.stats.unreadable,)])
         self._task = asyncio.create_task(self._run(), name="analytics-sink")
 
@@ -503,6 +568,7 @@ class Sink:
             except Exception:
                 log.exception("sink: stopped with an error")
             self._task = None
+        await self.privacy_follower.stop()
         await self.store.close()
         self._rows.shutdown(wait=True)
 
@@ -538,9 +604,22 @@ class Sink:
                 await self._sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         try:
+            await self._privacy_read()
             await self._read_kafka()
         finally:
             await self.registry.close()
+
+    async def _privacy_read(self) -> None:
+        """Wait until the privacy list was read to its end (or the sink stops): nothing is archived
+        before the sink knows whom not to archive."""
+        if self.privacy_follower.ready:
+            return
+        waits = [asyncio.ensure_future(self.privacy_follower.caught_up()), asyncio.ensure_future(self._stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _read_kafka(self) -> None:
         try:
@@ -895,6 +974,11 @@ class Sink:
             log.warning(
                 "sink: %s: commit failed (%s: %s) for %s", stream.name, type(exc).__name__, exc, batch.covered()
             )
+
+
+_KIND_AT, _USER_AT, _ANONYMOUS_AT, _PREVIOUS_AT = (
+    EVENT_COLUMNS.index(name) for name in ("type", "user_id", "anonymous_id", "previous_id")
+)
 
 
 def refused_row(table: str, columns: tuple[str, ...], row: Row, exc: BaseException) -> Row:
