@@ -124,10 +124,9 @@ class Deployment:
                 r = http.get(f"/v1/regulations/{reg_id}")
                 r.raise_for_status()
                 reg = r.json()["data"]["regulation"]
-                statuses = [s["status"] for s in reg["stores"]]
-                if "failed" in statuses:
+                if reg["status"] == "failed":
                     raise RuntimeError(f"regulation {reg_id} failed: {reg}")
-                if statuses and all(s == "done" for s in statuses):
+                if reg["status"] == "done":
                     out[reg_id] = reg
                     left.discard(reg_id)
             time.sleep(POLL_S)

@@ -325,8 +325,12 @@ def finished(p: Proof, reg_id: str, timeout: float = 180) -> dict[str, Any]:
         reg = regulation_of(p, reg_id)
         stores = {s["name"]: s for s in reg["stores"]}
         failed = {n: s.get("detail") for n, s in stores.items() if s["status"] == "failed"}
-        assert not failed, f"regulation {reg_id}: stores failed: {failed}\n{reg}"
-        return reg if stores and all(s["status"] == "done" for s in stores.values()) else None
+        assert not failed and reg["status"] != "failed", f"regulation {reg_id}: stores failed: {failed}\n{reg}"
+        if reg["status"] != "done":
+            return None
+        assert reg["overallStatus"] == "FINISHED" and reg["finishedAt"] is not None, reg
+        assert stores and all(s["status"] == "done" for s in stores.values()), reg
+        return reg
 
     return wait(p, check, timeout, f"regulation {reg_id} done", interval=0.5)  # type: ignore[no-any-return]
 
@@ -567,6 +571,17 @@ def test_the_archive_holds_nothing_and_replays_and_shadows_do_not_recreate_them(
         assert not [k for k, v in contacts.items() if v is not None and (mentions(k) or mentions(v))]
         views, _ = latest(p, shadow.views_topic)
         assert not [k for k, v in views.items() if v is not None and (mentions(k) or mentions(v))]
+        # its worker stopped with --until-caught-up: retired, as an operator would (a regulation
+        # waits for the worker of every live namespace)
+        retired = subprocess.run(
+            [sys.executable, "-m", "deploy.cli", "retire", shadow_ns],
+            env=p.service.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert retired.returncode == 0, retired.stdout[-3000:] + retired.stderr[-3000:]
 
 
 def test_unsuppress_collects_again_but_the_deleted_past_stays_deleted(proof: Proof) -> None:
