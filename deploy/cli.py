@@ -1,5 +1,5 @@
 """The ``scorestream`` command: run, worker, api, dispatcher, sink, topics, views, replay, shadow, promote,
-retire, models, demo, keys."""
+retire, models, demo, keys, regulations."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from deploy import regulations
 from deploy.signals import StopOnSignal
 from schemas.settings import Settings
 from telemetry.logs import configure as configure_logs
@@ -254,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
         help="read, write or admin, several joined by + (admin includes write, write includes read); default read",
     )
     new.add_argument("--name", type=_name_arg, default=None, help="its name in logs and rate limits (default: hashed)")
+    regulations.add_parser(sub)
     return parser
 
 
@@ -307,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys":
         return _keys_command(args)
+    if args.command == "regulations":  # through the HTTP API: no settings, no Kafka
+        return regulations.command(args)
     settings = load_settings()
     if args.command in ("api", "run") and settings.production_without_keys():
         print(
