@@ -19,6 +19,12 @@ Sources: ``kafka`` reads the source topics from their beginning to the end offse
 (no consumer group: nothing is committed, nothing joins the worker's group); ``archive`` reads the
 accepted rows of ClickHouse's ``events`` table in Kafka order. Embedded chDB allows one process per
 data directory: an archive replay needs the API stopped, or a ClickHouse server URL.
+
+Privacy: a replay reads the privacy list (``kafka_io.privacy``) before it folds and leaves out
+every event the list restricts (:class:`Fold` ``privacy``), as the worker's ingest does, so a
+replay never rebuilds an erased person even if the sources or the archive still hold their
+events; :func:`archive_records` given a list leaves their rows out too (the archive's copy to a
+shadow's backfill topics stores nothing of them).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from aiokafka import TopicPartition
 
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
+from kafka_io.privacy import archived_subjects, read_privacy_list
 from schemas.events import InvalidMessage, decode
 from schemas.settings import Settings
 from schemas.state import (
@@ -58,6 +65,7 @@ from schemas.state import (
 from scorestream import ContactState, Model, engagement_at, fit_of
 from scorestream.fold import Message, SegmentOf, Tick, step
 from scorestream.identity import resolve, routing_key
+from scorestream.privacy import PrivacyList
 from scorestream.walk import walk
 
 log = logging.getLogger(__name__)
@@ -81,12 +89,21 @@ class Fold:
     ids included, as the worker sends for the same events). ``segment_of``: the population's cut
     for the RFM segment; None (the default: replay has no live population) judges no segment, so
     no ``rfm.segment_changed`` and the states keep the segment they had (none, from nothing).
+    ``privacy``: events it restricts are left out (counted in ``suppressed``), as ingest drops them.
     """
 
-    def __init__(self, model: Model, from_ms: int | None = None, segment_of: SegmentOf | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        from_ms: int | None = None,
+        segment_of: SegmentOf | None = None,
+        privacy: PrivacyList | None = None,
+    ) -> None:
         self.model = model
         self.from_ms = from_ms
         self.segment_of = segment_of
+        self.privacy = privacy if privacy is not None else PrivacyList()
+        self.suppressed = 0  # events the privacy list left out
         self.links: dict[str, bytes] = {}
         self.contacts: dict[str, bytes] = {}
         self.triggers: list[dict[str, Any]] = []
@@ -126,6 +143,7 @@ class Fold:
         """Fold one batch of source records."""
         identity_items: list[RawItem] = []
         contact_items: list[RawItem] = []
+        privacy = self.privacy
         for channel, raw, record_ms in records:
             try:
                 if raw is None:
@@ -133,6 +151,9 @@ class Fold:
                 event = decode(raw, channel, record_ms)
             except InvalidMessage:
                 self.invalid += 1  # the worker dead-letters it
+                continue
+            if privacy.entries and privacy.decide(event, record_ms) is not None:
+                self.suppressed += 1  # the worker's ingest drops it
                 continue
             if self.from_ms is not None and event.timestamp_ms < self.from_ms:
                 self.skipped += 1
@@ -410,16 +431,20 @@ async def kafka_records(settings: Settings, progress: Progress | None = None) ->
 
 
 ARCHIVE_SQL = """
-SELECT channel, raw, toUnixTimestamp64Milli(received_at)
+SELECT channel, raw, toUnixTimestamp64Milli(received_at), toUnixTimestamp64Milli(event_time),
+       type, user_id, anonymous_id, previous_id
 FROM events FINAL
 WHERE status = 'accepted'
 ORDER BY kafka_topic, kafka_partition, kafka_offset
 """
 
 
-def archive_records(settings: Settings, progress: Progress | None = None) -> Iterator[list[Record]]:
+def archive_records(
+    settings: Settings, progress: Progress | None = None, privacy: PrivacyList | None = None
+) -> Iterator[list[Record]]:
     """The accepted rows of the ClickHouse archive in Kafka order, with the record time the worker
-    used (``received_at``). Embedded chDB: only while no other process (the API) holds it."""
+    used (``received_at``). Embedded chDB: only while no other process (the API) holds it.
+    ``privacy``: rows of events it restricts are left out (by the ids the row holds)."""
     from analytics.client import clickhouse_url, connect
 
     client = connect(clickhouse_url(settings))
@@ -432,14 +457,22 @@ def archive_records(settings: Settings, progress: Progress | None = None) -> Ite
             for block in stream:
                 batch: list[Record] = [
                     (str(channel), raw.encode() if isinstance(raw, str) else bytes(raw), int(ms))
-                    for channel, raw, ms in block
+                    for channel, raw, ms, *ids in block
+                    if not (privacy and _restricted_row(privacy, raw, ms, *ids))
                 ]
-                done += len(batch)
+                done += len(block)
                 if progress is not None:
                     progress(done, total)
                 yield batch
     finally:
         client.close()
+
+
+def _restricted_row(privacy: PrivacyList, raw: Any, received_ms: Any, event_ms: Any, *ids: Any) -> bool:
+    kind, user_id, anonymous_id, previous_id = (str(v or "") for v in ids)
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    subjects = archived_subjects(kind, user_id, anonymous_id, previous_id, data)
+    return privacy.decide_subjects(subjects, int(event_ms), int(received_ms)) is not None
 
 
 # --- the whole run --------------------------------------------------------------------------------
@@ -457,6 +490,7 @@ class ReplayResult:
     invalid: int
     skipped: int
     triggers: int  # the triggers the replay's fold emitted (``Fold.triggers``)
+    suppressed: int  # events the privacy list left out (``Fold.suppressed``)
     seconds: float
     states: dict[str, bytes]  # the replayed contacts table (encoded, merged records included)
     live: dict[str, bytes]  # the live contacts table, from its changelog
@@ -480,6 +514,7 @@ class ReplayResult:
             "events": self.events,
             "invalid": self.invalid,
             "skipped_before_from": self.skipped,
+            "suppressed": self.suppressed,
             "triggers": self.triggers,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events_per_s),
@@ -493,9 +528,13 @@ async def fold_source(
     source: str = "kafka",
     from_ms: int | None = None,
     progress: Progress | None = None,
+    privacy: PrivacyList | None = None,
 ) -> tuple[Fold, int, float]:
-    """Fold the whole source under ``model``; returns the fold, the records read and the seconds."""
-    fold = Fold(model, from_ms)
+    """Fold the whole source under ``model``; returns the fold, the records read and the seconds.
+    ``privacy``: what to leave out (default: the privacy list as its topic holds it now)."""
+    if privacy is None:
+        privacy = await read_privacy_list(settings, settings.privacy_topic)
+    fold = Fold(model, from_ms, privacy=privacy)
     records = 0
     started = time.perf_counter()
     if source == "kafka":
@@ -565,6 +604,7 @@ async def areplay(
         invalid=fold.invalid,
         skipped=fold.skipped,
         triggers=len(fold.triggers),
+        suppressed=fold.suppressed,
         seconds=seconds,
         states=fold.contacts,
         live=live,
@@ -724,7 +764,8 @@ def main(
         )
     d = result.diff
     console.print(
-        f"{result.records} records ({result.events} events, {result.invalid} invalid, {result.triggers} triggers) "
+        f"{result.records} records ({result.events} events, {result.invalid} invalid, "
+        f"{result.suppressed} left out by the privacy list, {result.triggers} triggers) "
         f"in {result.seconds:.1f} s, "
         f"{result.events_per_s:,.0f} records/s; compared at {result.as_of_ms} "
         f"(live {result.live_model_version} vs replay {result.model_version})"

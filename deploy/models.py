@@ -103,6 +103,7 @@ def copy_archive(settings: Settings, namespace: str) -> int:
     the record times the worker saw (once: nothing is copied if they hold records already).
     Duplicates of events still on the source topics fold once (message ids)."""
     from analytics.replay import archive_records, progress_bar
+    from kafka_io.privacy import read_privacy_list
 
     topics = settings.in_namespace(namespace).backfill_topics
     held = asyncio.run(records_in(settings, list(topics.values())))
@@ -133,7 +134,9 @@ def copy_archive(settings: Settings, namespace: str) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        sent = asyncio.run(produce(iter(archive_records(settings, progress))))
+        # nothing of a person the privacy list restricts is copied (it would be stored again)
+        privacy = asyncio.run(read_privacy_list(settings, settings.privacy_topic))
+        sent = asyncio.run(produce(iter(archive_records(settings, progress, privacy))))
     console.print(f"copied {sent} archived events to {', '.join(topics.values())}")
     return sent
 

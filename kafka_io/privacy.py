@@ -21,7 +21,8 @@ or lifted by a later record, so reading from the beginning again converges to th
 
 Also here: the identifiers of a message that could not be decoded as an event (a dead letter, a
 refused collector message), so that a restricted person's refused messages are not stored either
-(:func:`message_subjects`, :func:`raw_subjects`, :func:`key_subjects`).
+(:func:`message_subjects`, :func:`raw_subjects`, :func:`key_subjects`), and of an archived event
+row (:func:`archived_subjects`).
 """
 
 from __future__ import annotations
@@ -197,3 +198,26 @@ def key_subjects(key: bytes | str | None) -> list[tuple[SubjectKind, str]]:
     if kind == "anonymous":
         return [("anonymous", value), ("user", text)]
     return [("user", text), ("anonymous", text)]
+
+
+def archived_subjects(
+    kind: str, user_id: str, anonymous_id: str, previous_id: str, raw: bytes | None
+) -> list[tuple[SubjectKind, str]]:
+    """The identifiers of an accepted event as the archive's ``events`` row keeps them (the core's
+    :func:`scorestream.privacy.event_subjects` of the same event: its ids, an alias's previous id,
+    the email of an ``identify`` or ``group``'s traits, read from the raw message only then)."""
+    subjects: list[tuple[SubjectKind, str]] = []
+    if user_id:
+        subjects.append(("user", user_id))
+    if anonymous_id:
+        subjects.append(("anonymous", anonymous_id))
+    if kind == "alias" and previous_id:
+        subjects += [("user", previous_id), ("anonymous", previous_id)]
+    if kind in ("identify", "group") and raw and b"email" in raw:
+        try:
+            traits = _get(orjson.loads(raw), "traits")
+        except orjson.JSONDecodeError:
+            traits = None
+        if isinstance(traits, dict) and (email := event_email(traits)) is not None:
+            subjects.append(("email", email))
+    return subjects

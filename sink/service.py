@@ -123,7 +123,7 @@ from analytics.rows import (
     trigger_row,
 )
 from kafka_io import clients
-from kafka_io.privacy import PrivacyFollower, key_subjects, raw_subjects
+from kafka_io.privacy import PrivacyFollower, archived_subjects, key_subjects, raw_subjects
 from kafka_io.registry import RegistryReader
 from schemas.model_file import load_model
 from schemas.registry import Registry
@@ -131,7 +131,7 @@ from schemas.settings import Settings
 from schemas.state import decode_batch
 from schemas.times import at_of
 from scorestream import Model
-from scorestream.privacy import PrivacyList, SubjectKind
+from scorestream.privacy import PrivacyList
 from sink.errors import SinkError
 from telemetry import metrics
 from telemetry.logs import kafka_fields
@@ -446,14 +446,7 @@ class Sink:
 
     def _restricted_event(self, row: Row, record: Any) -> bool:
         """An accepted event's row, decided by the ids it holds (and the email of its traits)."""
-        subjects: list[tuple[SubjectKind, str]] = []
-        for kind, at in (("user", _USER_AT), ("anonymous", _ANONYMOUS_AT)):
-            if row[at]:
-                subjects.append((kind, row[at]))  # type: ignore[arg-type]
-        if row[_KIND_AT] == "alias" and row[_PREVIOUS_AT]:
-            subjects += [("user", row[_PREVIOUS_AT]), ("anonymous", row[_PREVIOUS_AT])]
-        if row[_KIND_AT] in ("identify", "group") and b"email" in record.value:
-            subjects += [s for s in raw_subjects(record.value) if s[0] == "email"]
+        subjects = archived_subjects(row[_KIND_AT], row[_USER_AT], row[_ANONYMOUS_AT], row[_PREVIOUS_AT], record.value)
         return self._dropped(record.topic, self.privacy.decide_subjects(subjects, row[0], row[1]))
 
     def _restricted_dead_letter(self, record: Any) -> bool:
