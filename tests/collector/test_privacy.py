@@ -26,6 +26,11 @@ def track(**fields: object) -> dict[str, object]:
     return {"type": "track", "event": "Viewed", "messageId": f"m-{len(fields)}-{sorted(fields)}", **fields}
 
 
+def test_the_collector_uses_the_regulation_services_list() -> None:
+    app = make_app(FakePublisher())
+    assert collector_of(app).privacy is app.state.regulations.privacy_list
+
+
 def test_a_suppressed_persons_message_is_answered_accepted_and_not_published() -> None:
     publisher = FakePublisher()
     app = make_app(publisher)
