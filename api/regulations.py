@@ -91,7 +91,6 @@ from telemetry.metrics import REGULATION_SECONDS, REGULATIONS
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
-DEFAULT_TIMEOUT_S = 600.0
 RETRY_S = 60.0
 POLL_S = 0.1
 FETCH_MAX_WAIT_MS = 200
@@ -377,9 +376,7 @@ class RegulationService:
         self.api_forgets = api_forgets
         self.delivery_log = delivery_log
         self.clock = clock
-        self.timeout_s = float(
-            timeout_s if timeout_s is not None else getattr(settings, "regulation_timeout_s", DEFAULT_TIMEOUT_S)
-        )
+        self.timeout_s = float(timeout_s if timeout_s is not None else settings.regulation_timeout_s)
         self.retry_s = retry_s
         self.poll_s = poll_s
         self.regulations: dict[str, Regulation] = {}

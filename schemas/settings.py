@@ -330,6 +330,13 @@ class Settings(BaseSettings):
     webhook_secret_overlap_s: int = Field(
         default=86400, ge=0, description="After a secret rotation, how long the old secret keeps signing too."
     )
+    regulation_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a privacy regulation waits for every worker's erasure reports, and then for the API "
+        "to forget the person, before that store fails (the regulation is carried out again a minute later, and "
+        "when an API process starts).",
+    )
     write_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Write keys of the HTTP collector, comma-separated, each `key`, `key:channel`, "
