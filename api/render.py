@@ -83,7 +83,7 @@ def _contributions(items: tuple[Contribution, ...]) -> list[dict[str, Any]]:
 class _Fixed:
     """The parts of a contact's body that do not depend on the time of the request."""
 
-    __slots__ = ("first_seen", "fit", "fit_grade", "head", "last_seen", "model")
+    __slots__ = ("consent", "first_seen", "fit", "fit_grade", "head", "last_seen", "model")
 
     def __init__(self, view: ContactView, model: Model) -> None:
         fit = fit_of_view(view, model)
@@ -102,6 +102,11 @@ class _Fixed:
         self.fit_grade = fit.grade
         self.first_seen = _dt(view.first_seen_ms)
         self.last_seen = _dt(view.last_seen_ms)
+        self.consent = (
+            {"categoryPreferences": view.consent, "at": _dt(view.consent_ms)}
+            if view.consent is not None and view.consent_ms is not None
+            else None
+        )
 
 
 class ContactRenderer:
@@ -142,6 +147,7 @@ class ContactRenderer:
             "first_seen": fixed.first_seen,
             "last_seen": fixed.last_seen,
             "model_version": view.model_version,
+            "consent": fixed.consent,
         }
 
     def contact_json(self, entry: Decoded, now_ms: int) -> bytes:

@@ -108,6 +108,13 @@ class FlagOut(BaseModel):
     reason: str
 
 
+class ConsentOut(BaseModel):
+    categoryPreferences: dict[str, bool] = Field(
+        description="The latest consent object seen for the contact (`context.consent.categoryPreferences`)."
+    )
+    at: datetime = Field(description="The event time of the event that carried it.")
+
+
 class ContactOut(BaseModel):
     contact_id: str
     identity: Identity
@@ -128,6 +135,11 @@ class ContactOut(BaseModel):
     first_seen: datetime | None
     last_seen: datetime | None
     model_version: str
+    consent: ConsentOut | None = Field(
+        default=None,
+        description="The contact's current consent (the latest consent object by event time); null when no event "
+        "carried one. What it allows is the model's `consent` section (docs/model.md).",
+    )
 
 
 class BatchGetIn(BaseModel):

@@ -42,6 +42,27 @@ Id = Annotated[str, Field(min_length=1, max_length=256)]
 Props = dict[str, Any]
 
 
+# What the JSON Schemas say of ``context``: free, but for Segment's consent object, which the
+# worker reads (:func:`consent_preferences`, on both paths: the check is in ``_to_event``)
+CONTEXT_SCHEMA: dict[str, Any] = {
+    "description": "Segment's context. `consent.categoryPreferences` decides what may be scored (docs/model.md).",
+    "properties": {
+        "consent": {
+            "type": "object",
+            "properties": {
+                "categoryPreferences": {
+                    "type": "object",
+                    "description": "Consent category -> granted. Absent: the contact's consent at the event's time.",
+                    "additionalProperties": {"type": "boolean"},
+                    "maxProperties": 64,
+                    "propertyNames": {"minLength": 1, "maxLength": 100},
+                }
+            },
+        }
+    },
+}
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
 
@@ -52,7 +73,7 @@ class _Message(BaseModel):
     )
     userId: Id | None = None
     anonymousId: Id | None = None
-    context: Props = Field(default_factory=dict)
+    context: Props = Field(default_factory=dict, json_schema_extra=CONTEXT_SCHEMA)
     integrations: Props = Field(default_factory=dict)
     sentAt: AwareDatetime | None = None
     receivedAt: AwareDatetime | None = None
@@ -362,6 +383,38 @@ MIN_TIMESTAMP_MS = _ms(MIN_TIMESTAMP)
 
 
 MAX_USER_AGENT = 512
+# Segment's consent object: at most this many categories, each name at most this long
+MAX_CONSENT_CATEGORIES = 64
+MAX_CONSENT_CATEGORY = 100
+
+
+def consent_preferences(context: Props) -> dict[str, bool] | None:
+    """``context.consent.categoryPreferences`` (category -> granted), or None when the message
+    carries no consent object (no ``context.consent``, or one without ``categoryPreferences``).
+    Anything else than an object of booleans with at most :data:`MAX_CONSENT_CATEGORIES` named
+    categories is refused (``invalid_field``): a consent the worker cannot read is not guessed."""
+    consent = context.get("consent")
+    if consent is None:
+        return None
+    where = "context.consent"
+    if not isinstance(consent, dict):
+        raise InvalidMessage("invalid_field", f"{where}: expected an object")
+    preferences = consent.get("categoryPreferences")
+    if preferences is None:
+        return None
+    where += ".categoryPreferences"
+    if not isinstance(preferences, dict):
+        raise InvalidMessage("invalid_field", f"{where}: expected an object of category -> true|false")
+    if len(preferences) > MAX_CONSENT_CATEGORIES:
+        raise InvalidMessage("invalid_field", f"{where}: more than {MAX_CONSENT_CATEGORIES} categories")
+    for category, granted in preferences.items():
+        if not 0 < len(category) <= MAX_CONSENT_CATEGORY:
+            raise InvalidMessage(
+                "invalid_field", f"{where}: a category name has 1 to {MAX_CONSENT_CATEGORY} characters"
+            )
+        if type(granted) is not bool:
+            raise InvalidMessage("invalid_field", f"{where}.{category}: expected true or false")
+    return {category: preferences[category] for category in sorted(preferences)}
 
 
 def page_path(properties: Props, context: Props) -> str | None:
@@ -420,6 +473,8 @@ def _to_event(msg: Any, channel: str, record_ms: int, now_ms: int | None = None)
     agent = msg.context.get("userAgent")
     if isinstance(agent, str) and agent:
         common["user_agent"] = agent[:MAX_USER_AGENT]
+    if "consent" in msg.context:
+        common["consent"] = consent_preferences(msg.context)
     kind = msg.type
     if kind == "track":
         return Event(**common, event=msg.event, properties=msg.properties)

@@ -24,7 +24,7 @@ FLOORS: tuple[tuple[str, str], ...] = (
     ("0. plain data", "events journey clv errors"),
     (
         "1. rules",
-        "rules rules.common rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model",
+        "rules rules.common rules.consent rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model",
     ),
     ("2. state", "state scoring rfm identity privacy"),
     ("3. the walk and triggers", "walk triggers"),

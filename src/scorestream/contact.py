@@ -14,7 +14,7 @@ counted, with its cap and once-only award judged against what was kept.
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,9 +26,10 @@ from scorestream.rfm import (
     fold_ledger,
     merge_values,
 )
+from scorestream.rules.consent import granted_categories
 from scorestream.rules.lifecycle import flag_event
 from scorestream.rules.model import Model
-from scorestream.state import STATE_VERSION, ContactState, Hit, decay, effective_points, new_contact
+from scorestream.state import STATE_VERSION, ContactState, Hit, consent_denied, decay, effective_points, new_contact
 from scorestream.walk import anchor_at
 
 MAX_ANONYMOUS_IDS = 64
@@ -147,6 +148,43 @@ def _see_anonymous(state: ContactState, anon: str, stamp: tuple[int, str]) -> No
             state.anonymous_at.pop(gone, None)
 
 
+def _see_consent(state: ContactState, preferences: dict[str, bool], stamp: tuple[int, str]) -> None:
+    """The contact's current consent: the latest consent object by (timestamp, message id)."""
+    if state.consent_at is None or tuple(state.consent_at) < stamp:
+        state.consent, state.consent_at = dict(preferences), stamp
+
+
+def _log_consent(state: ContactState, ts: int, granted: tuple[str, ...]) -> None:
+    """Add a consent to the timeline at ``ts``: one entry an instant, holding what every consent
+    seen at that instant grants (a function of the set of consents, whatever their order)."""
+    log = state.consent_log
+    i = bisect_right(log, ts, key=lambda e: e[0])
+    if i and log[i - 1][0] == ts:
+        kept = log[i - 1][1]
+        if kept != granted:
+            log[i - 1] = (ts, tuple(c for c in kept if c in granted))
+    else:
+        log.insert(i, (ts, granted))
+
+
+def _consent_cut(state: ContactState, model: Model) -> int | None:
+    """Past ``max_hits`` entries the timeline keeps the newest ``max_hits - max_hits // 8``: the
+    instant of the oldest kept one, before which hits fold (their consent settled)."""
+    log = state.consent_log
+    if model.consent is None or len(log) <= model.max_hits:
+        return None
+    return log[len(log) - (model.max_hits - model.max_hits // 8)][0]
+
+
+def _settle_consent(state: ContactState, before_ts: int) -> None:
+    """Drop the timeline's entries older than its latest one at or before ``before_ts`` (no kept
+    hit is that old: the latest of them decides every hit from ``before_ts`` on)."""
+    log = state.consent_log
+    i = bisect_right(log, before_ts, key=lambda e: e[0])
+    if i > 1:
+        del log[: i - 1]
+
+
 def _add_unique(items: list[str], value: str, limit: int) -> None:
     if value not in items:
         items.append(value)
@@ -185,6 +223,7 @@ def _fold_hits(state: ContactState, model: Model, overflow: int) -> None:
     """Fold the ``overflow`` oldest hits into the decayed per-rule base, keeping their once-only
     awards, the capped awards still inside their window and their message ids (deduplication)."""
     earned = effective_points(state, model)
+    denied = consent_denied(state, model)
     ref = max(state.base_ms, state.hits[overflow - 1].ts)
     half_life = model.half_life_ms
     base = {k: decay(v, state.base_ms, ref, half_life) for k, v in state.base.items()}
@@ -200,6 +239,8 @@ def _fold_hits(state: ContactState, model: Model, overflow: int) -> None:
                 if rule is not None and rule.cap_window_ms is not None:
                     capped.setdefault(rule_id, []).append((hit.ts, value))
         state.folded_ids.append(hit.mid)
+        if denied and hit.mid in denied:
+            continue  # no checkpoint of the walk: it starts no timer
         for rule_id in hit.rules:
             state.rule_last[rule_id] = max(state.rule_last.get(rule_id, hit.ts), hit.ts)
     state.capped = {}
@@ -234,6 +275,9 @@ def _normalise(state: ContactState, model: Model, resume_before: int | None = No
     cut = fold_cut(state.value, model.value) if state.value is not None else None
     if cut is not None:
         overflow = max(overflow, bisect_right(state.hits, cut, key=lambda h: (h.ts, h.mid)))
+    consent_cut = _consent_cut(state, model)
+    if consent_cut is not None:
+        overflow = max(overflow, bisect_left(state.hits, consent_cut, key=lambda h: h.ts))
     anchor = _anchor(state, overflow, cut)
     if anchor is not None and model.lifecycle is not None:
         anchor_at(state, model, model.lifecycle, anchor[0], anchor[1], resume_before)
@@ -242,7 +286,11 @@ def _normalise(state: ContactState, model: Model, resume_before: int | None = No
     elif state.value is not None and state.value.refunds:
         state.value = bound_ledger(state.value, model.value)
     if overflow > 0:
+        settled = state.hits[overflow - 1].ts
         _fold_hits(state, model, overflow)
+        _settle_consent(state, settled)
+    if consent_cut is not None:
+        _settle_consent(state, consent_cut)
     email = state.traits.get("email")
     state.email = email.strip().casefold() if isinstance(email, str) and email.strip() else None
 
@@ -303,10 +351,18 @@ def apply_events(
         for event in events:
             for rule_id in flag_event(lifecycle, event):
                 _earliest(state.flag_hits, rule_id, (event.timestamp_ms, event.message_id))
+    consent = model.consent
     for event in events:
         ts = event.timestamp_ms
         if _see_event(state, event, model):
             resume_before = None  # traits count for the whole history: walk it again
+        if event.consent is not None:
+            _see_consent(state, event.consent, (ts, event.message_id))
+            if consent is not None:
+                granted = granted_categories(event.consent)
+                _log_consent(state, ts, granted)
+                if not consent.allows(granted):
+                    continue  # denied by its own consent: no hit (its identity and traits count)
         matched = model.matching_rules(event)
         if not matched:
             continue
@@ -385,6 +441,10 @@ def _absorb_facts(target: ContactState, source: ContactState, model: Model) -> N
         _see_anonymous(target, anon, (0, "") if seen_at is None else (seen_at[0], seen_at[1]))
     for group in source.groups:
         _add_unique(target.groups, group, MAX_GROUPS)
+    if source.consent is not None and source.consent_at is not None:
+        _see_consent(target, source.consent, (source.consent_at[0], source.consent_at[1]))
+    for ts, granted in source.consent_log:
+        _log_consent(target, ts, tuple(granted))
     for merged_id in [source.contact_id, *source.merged_ids]:
         _add_unique(target.merged_ids, merged_id, MAX_ANONYMOUS_IDS)
     if source.first_seen_ms is not None:

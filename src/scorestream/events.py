@@ -31,6 +31,9 @@ class Event:
     previous_id: str | None = None
     group_id: str | None = None
     user_agent: str | None = None
+    # Segment's consent object, ``context.consent.categoryPreferences`` (category -> granted);
+    # None: the event carries none (it takes the contact's consent at its instant)
+    consent: dict[str, bool] | None = None
 
     @property
     def order_key(self) -> tuple[int, str]:

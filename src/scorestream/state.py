@@ -82,6 +82,14 @@ class ContactState:
     traits_capped: bool = False
     # anonymous id -> the latest (timestamp, message id) it was seen at (which ids are kept)
     anonymous_at: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # the latest consent object seen (``context.consent.categoryPreferences``) and its (timestamp,
+    # message id): the contact's current consent
+    consent: dict[str, bool] | None = None
+    consent_at: tuple[int, str] | None = None
+    # the consent timeline (a model with a ``consent`` section): (instant, categories granted) in
+    # time order, one entry an instant (two consents at one instant: what both grant); the
+    # entries before the oldest kept hit are settled into the latest of them (see consent_denied)
+    consent_log: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
 
 
 def new_contact(contact_id: str, model: Model) -> ContactState:
@@ -91,12 +99,40 @@ def new_contact(contact_id: str, model: Model) -> ContactState:
     return state
 
 
+_NOTHING_DENIED: frozenset[str] = frozenset()
+
+
+def consent_denied(state: ContactState, model: Model) -> frozenset[str]:
+    """The message ids of the hits whose consent denies engagement scoring: a hit takes the
+    consent in effect at its instant, the latest entry of ``state.consent_log`` at or before it
+    (an event that carried its own consent object logged it at its instant), or the model's
+    ``default`` before any. A function of the hits and the timeline, not of arrival order: a late
+    withdrawal un-scores the hits after it, a late grant scores them again. Empty (at no cost)
+    for a model without a ``consent`` section."""
+    rules = model.consent
+    if rules is None:
+        return _NOTHING_DENIED
+    log = state.consent_log
+    if not log:
+        return _NOTHING_DENIED if rules.default_granted else frozenset(h.mid for h in state.hits)
+    denied: set[str] = set()
+    allowed = rules.default_granted
+    i, n = 0, len(log)
+    for hit in state.hits:  # sorted by (ts, mid): one pass over both
+        while i < n and log[i][0] <= hit.ts:
+            allowed = rules.allows(log[i][1])
+            i += 1
+        if not allowed:
+            denied.add(hit.mid)
+    return frozenset(denied) if denied else _NOTHING_DENIED
+
+
 class Caps:
     """Once-only awards and rolling-window caps, evaluated hit by hit in ``(timestamp, messageId)``
     order: what :func:`effective_points` runs over all hits, kept as an object so a walk can stop
     and later go on (``snapshot`` / ``restore``) with exactly the same arithmetic."""
 
-    __slots__ = ("awarded_once", "rule_of", "used", "windows")
+    __slots__ = ("awarded_once", "denied", "rule_of", "used", "windows")
 
     def __init__(
         self,
@@ -104,17 +140,21 @@ class Caps:
         windows: dict[str, deque[tuple[int, float]]],
         used: dict[str, float],
         awarded_once: set[str],
+        denied: frozenset[str] = _NOTHING_DENIED,
     ) -> None:
         self.rule_of = model.by_id.get
         self.windows = windows
         self.used = used
         self.awarded_once = awarded_once
+        # hits whose consent denies scoring (consent_denied): they earn nothing and use no cap
+        self.denied = denied
 
     @classmethod
     def start(cls, state: ContactState, model: Model) -> Caps:
         """Before the first kept hit: the folded base's once-only awards and capped entries."""
         windows = {k: deque(w) for k, w in state.capped.items()}
-        return cls(model, windows, {k: sum(abs(v) for _, v in w) for k, w in windows.items()}, set(state.base_once))
+        used = {k: sum(abs(v) for _, v in w) for k, w in windows.items()}
+        return cls(model, windows, used, set(state.base_once), consent_denied(state, model))
 
     def snapshot(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float], list[str]]:
         return {k: list(w) for k, w in self.windows.items()}, dict(self.used), sorted(self.awarded_once)
@@ -126,12 +166,16 @@ class Caps:
         windows: dict[str, list[tuple[int, float]]],
         used: dict[str, float],
         awarded_once: list[str],
+        denied: frozenset[str] = _NOTHING_DENIED,
     ) -> Caps:
         restored = {k: deque((int(t), float(v)) for t, v in w) for k, w in windows.items()}
-        return cls(model, restored, dict(used), set(awarded_once))
+        return cls(model, restored, dict(used), set(awarded_once), denied)
 
     def earn(self, hit: Hit) -> list[tuple[str, float]]:
-        """The points ``hit`` earns after once-only awards and caps (the next hit in order)."""
+        """The points ``hit`` earns after once-only awards and caps (the next hit in order); none
+        when its consent denies scoring (the caps and once-only awards stay for the next)."""
+        if self.denied and hit.mid in self.denied:
+            return [(rule_id, 0.0) for rule_id in hit.rules]
         earned: list[tuple[str, float]] = []
         windows, used, awarded_once = self.windows, self.used, self.awarded_once
         for rule_id in hit.rules:

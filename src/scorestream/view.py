@@ -36,7 +36,7 @@ from scorestream.rules.common import lookup
 from scorestream.rules.model import Model
 from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
 from scorestream.scoring import Contribution, EngagementView, FitView, band_of, engagement_of_totals, fit_of
-from scorestream.state import Caps, ContactState, Hit, decay
+from scorestream.state import Caps, ContactState, Hit, consent_denied, decay
 
 __all__ = [
     "VIEW_VERSION",
@@ -126,6 +126,9 @@ class ContactView:
     value: ValueSummary | None = None
     first_seen_ms: int | None = None
     last_seen_ms: int | None = None
+    # the contact's current consent: the latest consent object's categoryPreferences and its instant
+    consent: dict[str, bool] | None = None
+    consent_ms: int | None = None
 
 
 # --- building a view (the worker) --------------------------------------------------------------
@@ -140,10 +143,12 @@ class EarnedPoints:
     merge, a late event, another model) is computed afresh. Either way the points are those of
     ``effective_points``, so the view does not depend on what came before."""
 
-    __slots__ = ("base", "caps", "count", "last", "model", "per_rule")
+    __slots__ = ("base", "caps", "consent_log", "count", "last", "model", "per_rule")
 
     def __init__(self) -> None:
         self.model: Model | None = None
+        # the consent timeline the points were decided with (a change may re-decide any hit)
+        self.consent_log: list[tuple[int, tuple[str, ...]]] = []
         self.base: tuple[int, dict[str, float], list[str], dict[str, list[tuple[int, float]]]] | None = None
         self.caps: Caps | None = None
         self.count = 0
@@ -164,8 +169,10 @@ class EarnedPoints:
             or base[1] != state.base
             or base[2] != state.base_once
             or base[3] != state.capped
+            or (model.consent is not None and self.consent_log != state.consent_log)
         ):
             self.model, self.caps, n = model, Caps.start(state, model), 0
+            self.consent_log = list(state.consent_log)
             self.base = (
                 state.base_ms,
                 dict(state.base),
@@ -175,6 +182,8 @@ class EarnedPoints:
             self.per_rule = {}
         caps = self.caps
         assert caps is not None
+        if n < len(hits) and model.consent is not None:
+            caps.denied = consent_denied(state, model)  # the same timeline: the new hits' share
         per_rule = self.per_rule
         for hit in hits[n:]:
             for rule_id, value in caps.earn(hit):
@@ -290,6 +299,8 @@ def view_of(
     view.value = value_summary(state.value)
     view.first_seen_ms = state.first_seen_ms
     view.last_seen_ms = state.last_seen_ms
+    if state.consent is not None and state.consent_at is not None:
+        view.consent, view.consent_ms = state.consent, state.consent_at[0]
     return view
 
 

@@ -77,11 +77,17 @@ class _Checkpoint:
 
 
 def _checkpoints(
-    state: ContactState, model: Model, lc: Lifecycle, after: tuple[int, str] | None, hits_after: bool = False
+    state: ContactState,
+    model: Model,
+    lc: Lifecycle,
+    after: tuple[int, str] | None,
+    hits_after: bool = False,
+    denied: frozenset[str] = frozenset(),
 ) -> list[_Checkpoint]:
     """Every checkpoint after ``after`` (all when None), in ``(timestamp, message id)`` order;
     scored events before it too unless ``hits_after`` (a merged contact's older events count from
-    an anchor on; a resumed walk has seen them)."""
+    an anchor on; a resumed walk has seen them). A hit whose consent denies scoring (``denied``,
+    :func:`scorestream.state.consent_denied`) is no checkpoint."""
     points: dict[tuple[int, str], _Checkpoint] = {}
     skip = after if hits_after else None
 
@@ -94,6 +100,8 @@ def _checkpoints(
     hits = state.hits  # sorted: a resumed walk starts at the first hit after ``after``
     first = 0 if skip is None else bisect_right(hits, skip, key=lambda h: (h.ts, h.mid))
     for hit in hits[first:] if first else hits:
+        if denied and hit.mid in denied:
+            continue
         cp = at(hit.ts, hit.mid)
         cp.hits.append(hit)
         cp.tags.update(hit.rules)
@@ -576,7 +584,7 @@ def _continue(
     checkpoints up to ``after`` already. ``snapshots`` collects the positions of the walk that
     stay (see :func:`_keep`), for later walks to resume from; ``w.crossings`` then counts the
     walk's candidates crossing each grid."""
-    points = _checkpoints(w.state, w.model, w.lc, after, hits_after=resumed)
+    points = _checkpoints(w.state, w.model, w.lc, after, hits_after=resumed, denied=w.caps.denied)
     points = points[: bisect_right(points, until, key=lambda cp: (cp.ts, cp.mid))]
     keep: list[bool] | None = None
     if snapshots is not None:
@@ -617,7 +625,7 @@ def _resume(
     w.ref_score, w.ref_ms = cursor.ref_score, cursor.ref_ms
     w.score = decay(cursor.ref_score, cursor.ref_ms, cursor.at_ms, model.half_life_ms)
     w.applied = cursor.index
-    w.caps = Caps.restore(model, cursor.cap_windows, cursor.cap_used, cursor.once)
+    w.caps = Caps.restore(model, cursor.cap_windows, cursor.cap_used, cursor.once, w.caps.denied)
     w.history = [e for e in old.history if e.entered_ms <= cursor.at_ms]
     if w.history and w.history[-1].exited_ms is not None and w.history[-1].exited_ms > cursor.at_ms:
         w.history[-1] = w.history[-1]._replace(exited_ms=None)

@@ -18,6 +18,7 @@ from scorestream.errors import ModelError
 from scorestream.events import KINDS, Event
 from scorestream.rules.accounts import AccountsConfig
 from scorestream.rules.common import Band, parse_bands, parse_duration_ms
+from scorestream.rules.consent import ConsentRules
 from scorestream.rules.engagement import EngagementRule
 from scorestream.rules.fit import FitRule
 from scorestream.rules.lifecycle import Lifecycle, parse_lifecycle
@@ -48,6 +49,8 @@ class Model:
     _wildcard: Mapping[str, tuple[EngagementRule, ...]]
     by_id: Mapping[str, EngagementRule]
     accounts: AccountsConfig
+    # the model file's ``consent`` section (None: every event is scored; scorestream.rules.consent)
+    consent: ConsentRules | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Model:
@@ -123,6 +126,7 @@ class Model:
             _wildcard={k: tuple(v) for k, v in wildcard.items()},
             by_id={r.id: r for r in rules},
             accounts=accounts,
+            consent=ConsentRules.parse(raw.get("consent")),
         )
 
     def matching_rules(self, event: Event) -> list[EngagementRule]:
