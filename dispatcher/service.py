@@ -61,6 +61,11 @@ Guarantees and rules:
   retried again, a record an attempt in flight would write becomes a tombstone, and a tombstone
   is written again once done (so the topic's last record of it is one). Recovery and scans skip a
   tombstoned delivery.
+- **Privacy**: the dispatcher reads the privacy list (``<app>.privacy``, :mod:`kafka_io.privacy`)
+  to its end before it consumes, then follows it. A trigger about a contact the list restricts at
+  the trigger's instant (erased: before the erasure; suppressed: from the suppression on) makes no
+  delivery (counted in ``scorestream_events_suppressed_total{door="dispatcher"}``): triggers of an
+  erased person still unread on the triggers topic, or read again, are never sent.
 - **Subscriptions** are matched as the dispatcher knows them when it reads a trigger (it reads
   the subscriptions topic to its end before consuming). The dispatcher writes subscription
   records too (``failing_since_ms``, disabling) on top of the latest it has read: an API update
@@ -106,6 +111,7 @@ from dispatcher.schedule import (
 )
 from dispatcher.sender import Answer, Sender
 from kafka_io import clients
+from kafka_io.privacy import PrivacyFollower
 from schemas.events import deadletter_headers
 from schemas.settings import Settings
 from schemas.webhooks import (
@@ -130,6 +136,7 @@ from scorestream.delivery import (
     trigger_payload,
     wants,
 )
+from scorestream.privacy import contact_key
 from telemetry import metrics
 from telemetry.logs import kafka_fields
 
@@ -223,6 +230,7 @@ class Dispatcher:
         self._failing_written: dict[str, int] = {}
         self._seen: dict[int, SeenIds] = {}
         self._forgotten = SeenIds(SEEN_LIMIT)  # deliveries a forget command removed (of erased contacts)
+        self.privacy = PrivacyFollower(settings, settings.privacy_topic)
         self._parked: dict[tuple[int, str], Parked] = {}
         self._revives: dict[tuple[int, str], Revive] = {}
         self._revive_generation: Counter[tuple[int, str]] = Counter()
@@ -257,14 +265,18 @@ class Dispatcher:
         self._meta = clients.consumer(s, enable_auto_commit=False)
         await self._producer.start()
         await self._meta.start()
-        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._follow_subscriptions(), name="subscriptions")]
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._follow_subscriptions(), name="subscriptions"),
+            self.privacy.start(),
+        ]
         try:
-            waits = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._subs_ready.wait())]
-            await asyncio.wait(waits, return_when="FIRST_COMPLETED")
-            for task in waits:
-                task.cancel()
-            if self._stop.is_set():
-                return
+            for ready in (self._subs_ready.wait(), self.privacy.caught_up()):
+                waits = [asyncio.create_task(self._stop.wait()), asyncio.create_task(ready)]
+                await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+                for task in waits:
+                    task.cancel()
+                if self._stop.is_set():
+                    return
             self._consumer = clients.consumer(
                 s,
                 group_id=self.group_id,
@@ -512,6 +524,8 @@ class Dispatcher:
             self.stats["unreadable_triggers"] += 1
             raise Unhandled("unreadable_trigger", f"{type(exc).__name__}: {exc}") from exc
         key = msg.key.decode(errors="replace") if msg.key is not None else ""
+        if self.privacy.privacy and self._restricted(trigger):
+            return
         body: str | None = None
         for sub, flt in self.matchers():
             if flt is None or not wants(flt, trigger):
@@ -549,6 +563,20 @@ class Dispatcher:
             else:
                 self._admitting[slot] += 1
                 writes.append(_Write(record, entry=Entry.of(record, now)))
+
+    def _restricted(self, trigger: dict[str, Any]) -> bool:
+        """Whether the privacy list restricts the trigger's contact at the trigger's instant (then
+        no delivery is made; counted)."""
+        contact = trigger.get("contact_id")
+        if not isinstance(contact, str):
+            return False
+        restriction = self.privacy.privacy.get(contact_key(contact))
+        decision = None if restriction is None else restriction.decide(int(trigger["at_ms"]), None)
+        if decision is None:
+            return False
+        self.stats["restricted_triggers"] += 1
+        metrics.suppressed("dispatcher", self.settings.topic_triggers, decision)
+        return True
 
     def _on_command(self, p: int, msg: Any, now: int, writes: list[_Write]) -> None:
         where = f"{msg.topic}[{p}]@{msg.offset}"

@@ -2,7 +2,8 @@
 drops the delivery from memory (its lane goes on), never sends or retries it again, turns the
 record an attempt in flight would write into a tombstone, writes a tombstone once more, makes no
 new delivery for the same id from a trigger read again, and commits the command once its
-tombstone is written. Recovery and scans skip a tombstoned delivery (``Selection``). The producer
+tombstone is written. A trigger the privacy list restricts (an erased contact's past, a suppressed
+one's from the suppression on) makes no delivery at all. Recovery and scans skip a tombstoned delivery (``Selection``). The producer
 and consumer are the fakes of ``test_service_isolation``; the real broker and process:
 ``tests/e2e/test_erase_api.py``."""
 
@@ -17,9 +18,10 @@ from aiokafka import TopicPartition
 from dispatcher.schedule import Entry, Selection, new_delivery
 from dispatcher.sender import Answer
 from dispatcher.service import now_ms
-from schemas.webhooks import CommandRecord, DeliveryRecord, encode
+from schemas.webhooks import DELIVERY_DECODER, CommandRecord, DeliveryRecord, encode
 from scorestream.delivery import delivery_id
-from tests.dispatcher.test_service_isolation import SETTINGS, FakeProducer, dispatcher, rec, trigger
+from scorestream.privacy import Restriction, contact_key
+from tests.dispatcher.test_service_isolation import NOW, SETTINGS, FakeProducer, dispatcher, rec, trigger
 
 DELIVERIES, COMMANDS = SETTINGS.deliveries_topic, SETTINGS.commands_topic
 
@@ -122,3 +124,17 @@ def test_recovery_skips_a_tombstoned_delivery() -> None:
         selection.offer(offset, did, value)
     taken = [r.id for picked in selection.result().values() for r, _ in picked.records]
     assert taken == ["d2"]
+
+
+def test_a_trigger_of_an_erased_contact_makes_no_delivery_but_new_collection_does() -> None:
+    d, producer, _ = dispatcher()
+    d.privacy.privacy.put(contact_key("u-1"), Restriction("r1", erased_before_ms=NOW + 2))
+    triggers = SETTINGS.topic_triggers
+    batch = {TopicPartition(triggers, 0): [rec(triggers, 1, trigger(1)), rec(triggers, 2, trigger(3))]}
+    asyncio.run(d._handle(batch))  # trigger(n) happened at NOW + n, for u-1
+    made = [DELIVERY_DECODER.decode(cast(bytes, v)) for _, v in written(producer)]
+    assert [orjson.loads(r.body)["data"]["after"] for r in made] == ["s3"]  # after the erasure only
+    assert d.stats["restricted_triggers"] == 1
+    d.privacy.privacy.put(contact_key("u-1"), Restriction("r2", suppressed_from_ms=NOW))
+    asyncio.run(d._handle({TopicPartition(triggers, 0): [rec(triggers, 3, trigger(4))]}))
+    assert len(written(producer)) == 1 and d.stats["restricted_triggers"] == 2
