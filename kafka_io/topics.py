@@ -8,8 +8,11 @@ import logging
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin import NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 
 from kafka_io.clients import KafkaConnection, admin, consumer
 from schemas.settings import Settings
@@ -17,21 +20,44 @@ from schemas.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class KafkaConfigError(RuntimeError):
+    """The broker refused to describe or change a topic's configs."""
+
+
+DAY_MS = 86_400_000
+
+
+def retention_ms(days: int) -> str:
+    """A ``retention.ms`` value for ``days`` (0: for ever, Kafka's -1)."""
+    return str(days * DAY_MS if days > 0 else -1)
+
+
 def wanted(settings: Settings) -> list[NewTopic]:
-    """Every topic of ``settings``' namespace: sources, dead letters, internal, changelogs."""
+    """Every topic of ``settings``' namespace: sources, dead letters, internal, changelogs, each with
+    its retention (docs/operations.md "Retention")."""
     p, r = settings.partitions, settings.replication_factor
     compact = {"cleanup.policy": "compact"}
     sources = {"retention.ms": str(settings.source_retention_ms)}
-    topics = [NewTopic(name, p, r, topic_configs=sources) for name in settings.source_topics]
-    plain = [
-        settings.topic_deadletter,
-        settings.topic_triggers,
-        settings.identity_topic,
-        settings.contacts_topic,
-        settings.accounts_topic,
+    # a backfill topic holds archived events with their event times as record times: a time-based
+    # retention would drop them before the shadow read them (it is a copy of the archive, whose TTLs
+    # and erasures bound it; erased people's records in it are skipped by the privacy list)
+    backfill = set(settings.backfill_topics.values()) if settings.backfill else set()
+    topics = [
+        NewTopic(name, p, r, topic_configs={"retention.ms": "-1"} if name in backfill else sources)
+        for name in settings.source_topics
     ]
-    plain += [settings.private_triggers_topic, settings.private_deadletter_topic]
-    topics += [NewTopic(name, p, r) for name in plain]
+    retained = {
+        settings.topic_deadletter: settings.retention_deadletter_days,
+        settings.private_deadletter_topic: settings.retention_deadletter_days,
+        settings.topic_triggers: settings.retention_triggers_days,
+        settings.private_triggers_topic: settings.retention_triggers_days,
+        settings.identity_topic: settings.retention_internal_days,
+        settings.contacts_topic: settings.retention_internal_days,
+        settings.accounts_topic: settings.retention_internal_days,
+    }
+    topics += [
+        NewTopic(name, p, r, topic_configs={"retention.ms": retention_ms(days)}) for name, days in retained.items()
+    ]
     tables = ("identity", "contacts", "accounts")
     topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in tables]
     topics.append(NewTopic(settings.views_topic, p, r, topic_configs=compact))
@@ -43,23 +69,27 @@ def wanted(settings: Settings) -> list[NewTopic]:
         topics.append(NewTopic(name, 1, r, topic_configs=compact))
     # A delivery's record is rewritten on every attempt (at most a day apart), so 14 days of
     # retention drops only finished deliveries; compaction keeps the latest state of each.
-    deliveries = {"cleanup.policy": "compact,delete", "retention.ms": str(14 * 86400 * 1000)}
+    deliveries = {"cleanup.policy": "compact,delete", "retention.ms": retention_ms(settings.retention_deliveries_days)}
     topics.append(NewTopic(settings.deliveries_topic, p, r, topic_configs=deliveries))
-    topics.append(NewTopic(settings.commands_topic, p, r, topic_configs={"retention.ms": str(7 * 86400 * 1000)}))
+    commands = {"retention.ms": retention_ms(settings.retention_commands_days)}
+    topics.append(NewTopic(settings.commands_topic, p, r, topic_configs=commands))
     return topics
 
 
 async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
-    """Create missing topics; returns the names created. Retries while the broker starts."""
+    """Create missing topics, and give existing ones the configured ``retention.ms``; returns the
+    names created. Retries while the broker starts."""
     for attempt in range(attempts):
         client = admin(settings, request_timeout_ms=10_000)
         try:
             await client.start()
             existing = set(await client.list_topics())
-            missing = [t for t in wanted(settings) if t.name not in existing]
+            topics = wanted(settings)
+            missing = [t for t in topics if t.name not in existing]
             if missing:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await client.create_topics(missing)
+            await align_retention(client, [t for t in topics if t.name in existing])
             return [t.name for t in missing]
         except Exception as exc:
             if attempt == attempts - 1:
@@ -69,6 +99,102 @@ async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
         finally:
             await client.close()
     return []
+
+
+async def topic_configs(client: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    """Topic -> its configs set on the topic itself (not the broker's defaults)."""
+    if not names:
+        return {}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    out: dict[str, dict[str, str]] = {}
+    for response in await client.describe_configs(resources):
+        for resource in response.resources:
+            error, _message, _kind, name, entries = resource[:5]
+            if error:
+                raise KafkaConfigError(f"describing the configs of {name} failed (error {error})")
+            out[name] = {entry[0]: entry[1] for entry in entries if _set_on_topic(response, entry)}
+    return out
+
+
+def _set_on_topic(response: Any, entry: tuple[Any, ...]) -> bool:
+    """Whether a DescribeConfigs entry is a topic-level override (v0: not ``is_default``; v1+:
+    its source is DYNAMIC_TOPIC_CONFIG, 1)."""
+    if response.API_VERSION == 0:
+        return not entry[3]
+    return bool(entry[3] == 1)
+
+
+class _IncrementalAlterConfigsResponse(Response):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "responses",
+            Array(
+                ("error_code", Int16),
+                ("error_message", String("utf-8")),
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+            ),
+        ),
+    )
+
+
+class _IncrementalAlterConfigsStruct(RequestStruct):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    RESPONSE_TYPE = _IncrementalAlterConfigsResponse
+    SCHEMA = Schema(
+        (
+            "resources",
+            Array(
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+                ("configs", Array(("name", String("utf-8")), ("config_operation", Int8), ("value", String("utf-8")))),
+            ),
+        ),
+        ("validate_only", Boolean),
+    )
+
+
+class IncrementalAlterConfigs(Request[_IncrementalAlterConfigsStruct]):  # type: ignore[misc]
+    """Kafka's IncrementalAlterConfigs (KIP-339): SET the given configs of topics, leaving their
+    other configs as they are. aiokafka has only the legacy AlterConfigs, which replaces a topic's
+    whole set of configs (an operator's own override, set meanwhile, would be lost)."""
+
+    API_KEY = 44
+    TOPIC = 2
+    SET = 0
+
+    def __init__(self, topics: dict[str, dict[str, str]]) -> None:
+        self.resources = [
+            (self.TOPIC, name, [(key, self.SET, value) for key, value in configs.items()])
+            for name, configs in topics.items()
+        ]
+
+    def build(self, request_struct_class: type[_IncrementalAlterConfigsStruct]) -> _IncrementalAlterConfigsStruct:
+        return request_struct_class(self.resources, False)
+
+
+async def align_retention(client: AIOKafkaAdminClient, topics: list[NewTopic]) -> list[str]:
+    """Give each of ``topics`` (existing) the ``retention.ms`` it is wanted with (its other configs
+    untouched); returns the names changed. The brokers apply it within moments (KRaft metadata),
+    not necessarily before this returns."""
+    wanted_ms = {t.name: t.topic_configs["retention.ms"] for t in topics if "retention.ms" in t.topic_configs}
+    current = await topic_configs(client, sorted(wanted_ms))
+    changes: dict[str, dict[str, str]] = {}
+    for name, value in sorted(wanted_ms.items()):
+        before = current.get(name, {}).get("retention.ms")
+        if before != value:
+            changes[name] = {"retention.ms": value}
+            log.info("topic %s: retention.ms %s -> %s", name, before or "(broker default)", value)
+    if changes:
+        response = await client._send_request(IncrementalAlterConfigs(changes))
+        for error, message, _kind, name in response.responses:
+            if error:
+                raise KafkaConfigError(f"setting the retention of {name} failed (error {error}): {message}")
+    return sorted(changes)
 
 
 async def offsets(

@@ -117,10 +117,46 @@ class Settings(BaseSettings):
         "Not set by hand.",
     )
     source_retention_ms: int = Field(
-        default=-1,
+        default=90 * 86_400_000,
         ge=-1,
-        description="Retention of the source topics scorestream creates (-1: for ever). A shadow model "
-        "(`scorestream shadow`) recomputes its state from the beginning of the source topics.",
+        description="Retention of the source topics scorestream creates, applied to existing ones too by "
+        "`scorestream topics` (default 90 days; -1: for ever). A shadow model needing older history reads it "
+        "from the archive (`scorestream shadow --source archive`).",
+    )
+    # --- retention (docs/operations.md "Retention"; 0: keep for ever). Topics: set by `scorestream topics`
+    # on new and existing topics (kafka_io/topics.py); archive tables: ClickHouse TTLs the sink applies at
+    # start (analytics/privacy.py apply_retention).
+    retention_deadletter_days: int = Field(
+        default=30, ge=0, description="Retention of the dead-letter topics (original bytes of rejected input)."
+    )
+    retention_triggers_days: int = Field(
+        default=30, ge=0, description="Retention of the triggers topics (public and the namespace's private one)."
+    )
+    retention_internal_days: int = Field(
+        default=7,
+        ge=0,
+        description="Retention of the worker's internal topics (`<ns>.identity`, `<ns>.contacts`, `<ns>.accounts`).",
+    )
+    retention_deliveries_days: int = Field(
+        default=14, ge=0, description="Retention of the webhook deliveries topic (compacted and deleted)."
+    )
+    retention_commands_days: int = Field(default=7, ge=0, description="Retention of the webhook commands topic.")
+    retention_archive_events_days: int = Field(
+        default=760, ge=0, description="Archive TTL of accepted events (`events`), by event time (25 months)."
+    )
+    retention_archive_rejected_days: int = Field(
+        default=30,
+        ge=0,
+        description="Archive TTL of rejected events (`events` with status rejected) and of `sink_rejects`.",
+    )
+    retention_archive_ledger_days: int = Field(
+        default=760, ge=0, description="Archive TTL of `score_ledger` and `account_changes` (25 months)."
+    )
+    retention_archive_triggers_days: int = Field(
+        default=760, ge=0, description="Archive TTL of `triggers` and `stage_transitions` (25 months)."
+    )
+    retention_archive_deliveries_days: int = Field(
+        default=90, ge=0, description="Archive TTL of `webhook_deliveries`, by last update."
     )
     partitions: int = Field(default=4, ge=1, description="Partitions of the topics scorestream creates.")
     replication_factor: int = Field(default=1, ge=1, description="Replication factor of the topics it creates.")

@@ -98,6 +98,7 @@ from aiokafka.errors import KafkaError
 
 from analytics.client import Store, clickhouse_url, redacted
 from analytics.migrations import migrate
+from analytics.privacy import apply_retention
 from analytics.rows import (
     ACCOUNT_COLUMNS,
     CONTACT_COLUMNS,
@@ -584,6 +585,7 @@ class Sink:
         while not self._stop.is_set() and not self.migrated.is_set():
             try:
                 await migrate(self.store)
+                await apply_retention(self.store, self.settings)
                 self.migrated.set()
             except Exception as exc:
                 self.stats.failures += 1
