@@ -44,8 +44,9 @@ from aiokafka import TopicPartition
 
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
-from kafka_io.privacy import archived_subjects, read_privacy_list
+from kafka_io.privacy import read_privacy_list
 from schemas.events import InvalidMessage, decode
+from schemas.privacy import archived_subjects
 from schemas.settings import Settings
 from schemas.state import (
     Batch,

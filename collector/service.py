@@ -76,7 +76,6 @@ from collector.errors import CollectorError
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
 from kafka_io.partitioner import crc32_partitioner
-from kafka_io.privacy import message_subjects
 from schemas.events import (
     MAX_DEPTH,
     MAX_MESSAGE_BYTES,
@@ -86,6 +85,7 @@ from schemas.events import (
     decode,
     may_hold_long_integers,
 )
+from schemas.privacy import message_subjects
 from schemas.settings import Settings
 from scorestream.privacy import PrivacyList
 from telemetry import metrics

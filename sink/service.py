@@ -124,9 +124,10 @@ from analytics.rows import (
     trigger_row,
 )
 from kafka_io import clients
-from kafka_io.privacy import PrivacyFollower, archived_subjects, key_subjects, raw_subjects
+from kafka_io.privacy import PrivacyFollower
 from kafka_io.registry import RegistryReader
 from schemas.model_file import load_model
+from schemas.privacy import archived_subjects, key_subjects, raw_subjects
 from schemas.registry import Registry
 from schemas.settings import Settings
 from schemas.state import decode_batch

@@ -26,8 +26,8 @@ import msgspec
 from faust.types import TopicT
 
 from kafka_io.partitioner import partition_for
-from kafka_io.privacy import key_subjects, raw_subjects
 from schemas.events import InvalidMessage, decode
+from schemas.privacy import key_subjects, raw_subjects
 from schemas.regulations import ErasureReport, encode_json, progress_key
 from schemas.settings import Settings
 from schemas.state import (

@@ -11,8 +11,9 @@ import pytest
 
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
-from kafka_io.privacy import LABEL, PrivacyFollower, key_subjects, message_subjects, raw_subjects, read_privacy_list
+from kafka_io.privacy import LABEL, PrivacyFollower, read_privacy_list
 from kafka_io.reader import unreadable
+from schemas.privacy import key_subjects, message_subjects, raw_subjects
 from schemas.regulations import PrivacyEntry, encode_json
 from scorestream.privacy import PrivacyList, Restriction, subject_key
 from tests.kafka_io.test_reader import create, until
