@@ -74,7 +74,7 @@ class Bench:
 
 SCENARIOS = (
     "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
-    "api,api_middleware,telemetry,collector,recovery,webhooks,sink,analytics,replay,privacy"
+    "api,api_middleware,telemetry,privacy_gate,collector,recovery,webhooks,sink,analytics,replay,privacy"
 )
 
 
@@ -327,6 +327,11 @@ def _service_scenarios(b: Bench, skip: set[str]) -> None:
         from bench.telemetry_cost import measure
 
         b.figures["telemetry"] = measure()
+        b.save()
+    if "privacy_gate" not in skip:
+        from bench.privacy_gate import measure as gate_cost
+
+        b.figures["privacy_gate"] = gate_cost()
         b.save()
     if "collector" not in skip:
         from bench.collector import collector_load
