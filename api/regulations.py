@@ -772,7 +772,8 @@ class RegulationService:
     @contextlib.asynccontextmanager
     async def _archive_store(self) -> AsyncIterator[Any]:
         """A store of the archive: an :class:`api.archive.Archive`'s lease (waiting while the
-        reports hold every one, up to the timeout), or what a plain getter gives."""
+        reports hold every one or the sink is still migrating, up to the timeout; failing at once
+        when the archive is embedded chDB opened by another process), or what a plain getter gives."""
         assert self.archive is not None
         lease = getattr(self.archive, "lease", None)
         if lease is None:
@@ -784,8 +785,9 @@ class RegulationService:
                 async with lease() as store:
                     yield store
                     return
-            except ApiError as exc:
-                if exc.code != "busy" or time.monotonic() > deadline:
+            except ApiError as exc:  # busy, or starting (migrations): wait; unreachable from here: fail
+                elsewhere = getattr(self.archive, "url", "") is None
+                if exc.code not in ("busy", "not_ready") or elsewhere or time.monotonic() > deadline:
                     raise StepFailed(f"the archive: {exc.message}") from None
             await asyncio.sleep(1.0)
 

@@ -441,3 +441,18 @@ def test_finishing_audits_without_personal_data(kind: str, caplog: pytest.LogCap
     assert line["regulation_id"] == reg.id and line["key_name"] == "ops" and line["subject_count"] == 1
     assert line["subject_keys"] == [subject_key("user", "u1")]
     assert "u1" not in repr({k: v for k, v in line.items() if k not in ("msg", "args")}).replace(reg.id, "")
+
+
+def test_an_archive_this_process_cannot_reach_fails_the_archive_store_at_once() -> None:
+    from api.archive import AnalyticsUnavailable, Archive
+
+    def elsewhere() -> None:
+        raise AnalyticsUnavailable("its embedded chDB is opened by another process")
+
+    w = world()
+    w.service.archive = Archive(None, 2, elsewhere)
+    (reg,) = run(w, body())
+    assert reg.status == "failed" and reg.stores["archive"].status == "failed"
+    assert reg.stores["archive"].detail == "the archive: its embedded chDB is opened by another process"
+    assert reg.stores["deliveries"].status == "done"  # the stores after it do not wait for it
+    assert reg.subject_ids == ["u1"]
