@@ -229,8 +229,10 @@ async def _latest(bootstrap: str, topic: str) -> tuple[dict[bytes, bytes | None]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()  # the cluster's metadata
-        parts = consumer.partitions_for_topic(topic) or set()
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if not parts:
+            return {}, []  # no such topic (yet): nothing on it
         tps = [TopicPartition(topic, partition) for partition in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -321,8 +323,11 @@ def regulation_of(p: Proof, reg_id: str) -> dict[str, Any]:
 def finished(p: Proof, reg_id: str, timeout: float = 180) -> dict[str, Any]:
     """Poll ``GET /v1/regulations/{id}`` until no store is pending or running; fail on a failed one."""
 
+    last: list[dict[str, Any]] = []
+
     def check() -> dict[str, Any] | None:
         reg = regulation_of(p, reg_id)
+        last[:] = [reg]
         stores = {s["name"]: s for s in reg["stores"]}
         failed = {n: s.get("detail") for n, s in stores.items() if s["status"] == "failed"}
         assert not failed and reg["status"] != "failed", f"regulation {reg_id}: stores failed: {failed}\n{reg}"
@@ -332,7 +337,10 @@ def finished(p: Proof, reg_id: str, timeout: float = 180) -> dict[str, Any]:
         assert stores and all(s["status"] == "done" for s in stores.values()), reg
         return reg
 
-    return wait(p, check, timeout, f"regulation {reg_id} done", interval=0.5)  # type: ignore[no-any-return]
+    try:
+        return wait(p, check, timeout, f"regulation {reg_id} done", interval=0.5)  # type: ignore[no-any-return]
+    except AssertionError as exc:
+        raise AssertionError(f"the regulation as last seen: {last}\n{exc}") from None
 
 
 def segment_client(p: Proof) -> tuple[SegmentClient, list[Any]]:
