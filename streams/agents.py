@@ -386,6 +386,7 @@ class Pipeline:
             linked_contact=link.contact_id if link is not None else None,
         )
         self.w.send_progress(progress_key(report).encode(), encode_json(report))
+        metrics.ERASURES.labels("identity", str(report.found).lower()).inc()
         log.info(
             "identity: regulation %s: link %s erased (found: %s)",
             report.regulation_id,
@@ -495,6 +496,7 @@ class Pipeline:
         for erased in folded.erased:
             report = _report(erased, key, self.settings.ns, now_ms)
             self.w.send_progress(progress_key(report).encode(), encode_json(report))
+            metrics.ERASURES.labels("contacts", str(report.found).lower()).inc()
             log.info(
                 "contacts: regulation %s: contact %s erased (found: %s)",
                 erased.regulation_id,

@@ -105,6 +105,12 @@ EVENTS_SUPPRESSED = Counter(
     "the decision (suppressed, erased).",
     ["door", "topic", "decision"],
 )
+ERASURES = Counter(
+    "scorestream_erasures_total",
+    "Regulations' erase orders the worker carried out, by stage (contacts: a contact and its state, identity: "
+    "an anonymous id's link) and whether it held anything (found false: nothing to erase, e.g. a redelivered order).",
+    ["stage", "found"],
+)
 BATCH_SIZE = Histogram(
     "scorestream_worker_batch_records",
     "Records in one fetched batch handled by a worker stage (ingest, identity, contacts, accounts).",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from prometheus_client import REGISTRY
+
 import streams.agents
 from schemas.accounts import decode_account, decode_members
 from schemas.regulations import ErasureReport, decode_report, erase_record, progress_key
@@ -38,6 +40,11 @@ class ErasingWorker(Worker):
         batch = [record("t.accounts", offset + n, sent.value) for n, sent in enumerate(self.topics["accounts"].sent)]
         self.topics["accounts"].sent.clear()
         self.run("accounts", batch)
+
+
+def erasures(stage: str, found: bool) -> float:
+    value = REGISTRY.get_sample_value("scorestream_erasures_total", {"stage": stage, "found": str(found).lower()})
+    return value or 0.0
 
 
 def events(user: str, at: int = T0) -> list[Envelope]:
@@ -79,7 +86,9 @@ def test_an_erase_order_deletes_the_contact_everywhere_the_worker_keeps_it_and_r
     customers = worker.pipeline.population.indexes[0].customers
     assert set(customers) == {"ann", "bob"}
 
+    counted = erasures("contacts", True)
     worker.run("contacts", [record("t.contacts", 2, erase_record("ann", "reg-1"))])
+    assert erasures("contacts", True) == counted + 1
     worker.pipeline.views.flush_all()  # as before a commit (views sent within the interval wait)
 
     assert "ann" not in worker.tables["contacts"] and "bob" in worker.tables["contacts"]
@@ -133,8 +142,10 @@ def test_an_erase_link_order_deletes_the_link_and_reports_its_contact() -> None:
     assert (report.target, report.key, report.found, report.linked_contact) == ("link", "a-1", True, "ann")
     assert worker.dead == []
 
+    counted = erasures("identity", False)
     worker.run("identity", [record("t.identity", 2, erase_record("a-1", "reg-1", link=True))])
     assert not worker.reports()[-1].found
+    assert erasures("identity", False) == counted + 1
 
     # an erase_link that reached the contacts topic is parked as empty, not folded
     worker.run("contacts", [record("t.contacts", 0, erase_record("a-1", "reg-1", link=True))])
