@@ -41,8 +41,10 @@ written again without its plaintext ``subject_ids`` (only their hashes stay) and
 records are tombstoned. A failed one keeps them, to be retried: every :data:`RETRY_S` this
 process looks for regulations not done whose last change is older than the timeout (pending or
 running: their process died) or that failed longer than the retry pause ago, and carries them out
-again; at start-up it resumes every unfinished one at once. With several API processes each
-may resume one: the steps are idempotent, so a second runner costs duplicate orders, not harm.
+again; at start-up it resumes every unfinished one at once. Of the API processes of a host, the
+one holding ``<data_dir>/api/regulations.lock`` resumes; with API processes on several hosts
+each host's may resume the same one: the steps are idempotent, so a second runner costs
+duplicate orders and record writes, not harm (the last finish wins; a failed one is retried).
 
 Never logs an id or an email: regulation ids, subject keys (hashes) and counts.
 """
@@ -51,13 +53,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 
@@ -388,6 +391,7 @@ class RegulationService:
         self.running: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = asyncio.Lock()
+        self._lock_file: IO[str] | None = None
 
     # -- following the topics ----------------------------------------------------------------------
     @property
@@ -463,21 +467,46 @@ class RegulationService:
                 await task
         self._tasks, self.running = [], {}
         await self.writer.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
 
     @property
     def failure(self) -> str | None:
         return next((f for t in self._tasks if (f := task_failure(t))), None)
+
+    def _resumer(self) -> bool:
+        """Whether this process resumes the host's unfinished regulations: the one holding the
+        lock ``<data_dir>/api/regulations.lock`` (the API processes of a host share a data
+        directory; one resumes, the others only carry out what they accept)."""
+        if self._lock_file is not None:
+            return True
+        path = self.settings.data_dir / "api" / "regulations.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a")
+        except OSError as exc:
+            log.warning("regulations: no resume lock at %s (%s); resuming anyway", path, exc)
+            return True
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._lock_file = handle
+        return True
 
     async def _resume_loop(self) -> None:
         await self.caught_up.wait()
         first = True
         while True:
             now = self.clock()
-            for reg in list(self.regulations.values()):
-                if reg.id not in self.running and self._due(reg, now, first):
-                    log.info("regulation %s: resumed (%s)", reg.id, reg.status)
-                    self.launch(reg.id)
-            first = False
+            if self._resumer():
+                for reg in list(self.regulations.values()):
+                    if reg.id not in self.running and self._due(reg, now, first):
+                        log.info("regulation %s: resumed (%s)", reg.id, reg.status)
+                        self.launch(reg.id)
+                first = False
             await asyncio.sleep(self.retry_s)
 
     def _due(self, reg: Regulation, now: int, first: bool) -> bool:

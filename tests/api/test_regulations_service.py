@@ -456,3 +456,36 @@ def test_an_archive_this_process_cannot_reach_fails_the_archive_store_at_once() 
     assert reg.stores["archive"].detail == "the archive: its embedded chDB is opened by another process"
     assert reg.stores["deliveries"].status == "done"  # the stores after it do not wait for it
     assert reg.subject_ids == ["u1"]
+
+
+def test_unfinished_regulations_are_resumed_by_one_process_of_the_host(tmp_path: Any) -> None:
+    """A regulation left pending (its process died) is carried out by the process that holds the
+    host's resume lock; another process on the same data directory leaves it alone."""
+    first, second = world(), world()
+    for w in (first, second):
+        w.service.settings = SETTINGS.model_copy(update={"data_dir": tmp_path})
+        w.service.retry_s = 3600
+
+    async def go() -> None:
+        reg, _ = await first.service.accept(body(), None, "ops")
+        await first.service.running[reg.id]
+        # a copy of it as the topic would give it to another process, before anything ran
+        pending = decode_regulation(first.writer.on("app.regulations")[0].value or b"")
+        assert pending.status == "pending"
+        first.writer.sent.clear()
+        first.service.regulations = {reg.id: pending}
+        second.service.regulations = {reg.id: decode_regulation(encode_json(pending))}
+        loops = [asyncio.create_task(w.service._resume_loop()) for w in (first, second)]
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if first.service.regulations[reg.id].status == "done":
+                break
+        for loop in loops:
+            loop.cancel()
+        assert first.service.regulations[reg.id].status == "done"
+        assert second.service.regulations[reg.id].status == "pending" and second.writer.sent == []
+        await first.service.stop()
+        assert second.service._resumer()  # the lock is free again once its holder stopped
+        await second.service.stop()
+
+    asyncio.run(go())
