@@ -14,6 +14,7 @@ import streams.agents
 from schemas.accounts import decode_account, decode_members
 from schemas.regulations import ErasureReport, decode_report, erase_record, progress_key
 from schemas.state import Envelope, decode_link
+from scorestream import IdentityLink
 from scorestream.privacy import Erase, contact_key
 from tests.factories import HOUR, T0, make_event
 from tests.streams.test_agents_isolation import MODEL, SETTINGS, FakeTopic, Worker, internal, record
@@ -52,7 +53,12 @@ def events(user: str, at: int = T0) -> list[Envelope]:
         Envelope(
             kind="event",
             event=make_event(
-                kind="identify", event=None, user_id=user, timestamp_ms=at, traits={"email": f"{user}@acme.com"}
+                kind="identify",
+                event=None,
+                user_id=user,
+                anonymous_id=f"a-{user}",
+                timestamp_ms=at,
+                traits={"email": f"{user}@acme.com"},
             ),
         ),
         Envelope(
@@ -86,6 +92,9 @@ def test_an_erase_order_deletes_the_contact_everywhere_the_worker_keeps_it_and_r
     customers = worker.pipeline.population.indexes[0].customers
     assert set(customers) == {"ann", "bob"}
 
+    replica = worker.pipeline.replica
+    assert replica is not None
+    replica.learn("a-ann", IdentityLink("ann", T0, "m-1"))  # as the changelog follower would
     counted = erasures("contacts", True)
     worker.run("contacts", [record("t.contacts", 2, erase_record("ann", "reg-1"))])
     assert erasures("contacts", True) == counted + 1
@@ -101,6 +110,8 @@ def test_an_erase_order_deletes_the_contact_everywhere_the_worker_keeps_it_and_r
     assert worker.acks.released == worker.acks.held  # the order's record acknowledged after the tombstone
     assert "ann" not in worker.pipeline.timer_index.due
     assert set(customers) == {"bob"}  # the next population summary and CLV fit exclude her
+    assert "a-ann" not in replica.links  # ingest no longer routes her anonymous id straight to her
+    assert "a-ann" in report.anonymous_ids
 
     # the account forgets the member entirely: its record names no erased id
     (sent,) = worker.topics["accounts"].sent
