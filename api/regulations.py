@@ -695,12 +695,16 @@ class RegulationService:
         async with self.step(reg, "deliveries") as store:
             store.count, store.detail = await self.erase_deliveries(reg.id, person)
         async with self.step(reg, "deadletter") as store:
-            retention = getattr(self.settings, "retention_deadletter_ms", None)
-            bound = f"retention.ms={retention}" if retention is not None else "its retention.ms"
-            store.detail = (
-                f"{self.settings.topic_deadletter} cannot be rewritten: its records expire after {bound}; "
-                "the archive's copies were deleted with the archive"
-            )
+            store.detail = self.deadletter_detail()
+
+    def deadletter_detail(self) -> str:
+        """What happens to the person's dead letters: the topics cannot be rewritten."""
+        days = self.settings.retention_deadletter_days
+        bound = f"after {days} days" if days else "never (retention 0: set SCORESTREAM_RETENTION_DEADLETTER_DAYS)"
+        return (
+            f"{self.settings.topic_deadletter} and the private dead-letter topics cannot be rewritten: their records "
+            f"expire {bound}; the archive's copies were deleted with the archive"
+        )
 
     def orders(self, person: Person) -> list[tuple[str, str, str]]:
         """Every (namespace, target, key) order the person's identifiers call for."""

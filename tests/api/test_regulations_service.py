@@ -257,7 +257,7 @@ def test_a_deletion_reaches_done_in_every_store_and_forgets_the_plaintext_ids() 
     assert reg.stores["archive"].count == 10 and "events: 7" in (reg.stores["archive"].detail or "")
     assert reg.stores["deliveries"].count == 2
     assert reg.stores["worker"].count == 4  # per namespace: u1 and anonymous:a1 (the link went with u1)
-    assert "retention" in (reg.stores["deadletter"].detail or "")
+    assert "expire after 30 days" in (reg.stores["deadletter"].detail or "")
     # the last record written has no plaintext ids; the progress records are tombstoned
     last = decode_regulation(w.writer.on("app.regulations")[-1].value or b"")
     assert last.status == "done" and last.subject_ids == [] and last.finished_at_ms is not None

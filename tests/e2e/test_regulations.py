@@ -119,7 +119,7 @@ def test_delete_only_reaches_done_in_every_store_and_the_user_is_gone(service: S
         assert stores["privacy_list"]["count"] >= 3  # the user id, the anonymous id, the email
         assert stores["worker"]["count"] >= 2  # the user's contact and its merged anonymous contact
         assert stores["archive"]["detail"] != "no archive" and stores["archive"]["count"] > 0, stores["archive"]
-        assert "retention" in stores["deadletter"]["detail"]
+        assert "expire after" in stores["deadletter"]["detail"]
         assert USER not in http.get(f"/v1/regulations/{rid}").text
         print(f"\nDELETE_ONLY of one person with history: accepted -> done in {took:.1f} s")
 
