@@ -1,5 +1,6 @@
 """Contacts: one or many by id from the namespace's replica (scores decayed to now), the CRM's sync
-list and a contact's score and stage history from the archive.
+list and a contact's score and stage history from the archive, and a person's export (everything
+held about them: ``GET /v1/contacts/{id}/export``).
 
 ``GET /v1/contacts/{id}`` is also answered, without FastAPI's stack, by
 :meth:`api.app.ScorestreamApi.direct_get`, which calls this module's :func:`get_contact` with the
@@ -8,23 +9,37 @@ same dependencies: both answer with :class:`api.render.ContactRenderer`.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from analytics import reports
+from analytics import privacy, reports
 from analytics.client import Store
 from analytics.reports import ContactFilter
 from api import archive, deps
+from api.audit import audit
 from api.bodies import LimitedRoute
-from api.deps import ActiveModel, ActiveReplica, Analytics, Clock, NamespacesDep, ReadScope, ReadyReaders
+from api.deps import (
+    ActiveModel,
+    ActiveReplica,
+    AdminScope,
+    Analytics,
+    Clock,
+    NamespacesDep,
+    ReadScope,
+    ReadyReaders,
+)
 from api.errors import ApiError
 from api.replica import Decoded, Replica
 from schemas.api import BatchGetIn, BatchGetOut, ContactOut, Problem
 from schemas.api_analytics import ContactListOut, HistoryOut
+from schemas.api_privacy import ExportArchive, ExportIdentity, ExportOut
 from schemas.times import ms_of as _ms
+from scorestream import Model
+from scorestream.privacy import contact_key
+from scorestream.view import ContactView
 
 JSON = "application/json"
 router = APIRouter(tags=["contacts"], route_class=LimitedRoute)
@@ -162,3 +177,113 @@ def _replica_id(replica: Replica | None, ident: str) -> str | None:
         return None
     entry = replica.find(ident)
     return None if entry is None else str(entry.view.contact_id)
+
+
+# --- export (right of access) ------------------------------------------------------------------
+
+EXPORT_LIMIT_DESCRIPTION = "Most rows of each archive list (events, ledger, ...); `archive.truncated` names those cut."
+
+
+@router.get(
+    "/v1/contacts/{contact_id}/export",
+    response_model=ExportOut,
+    dependencies=AdminScope,
+    responses={404: {"model": Problem}, 503: {"model": Problem}},
+)
+async def export_contact(
+    contact_id: str,
+    request: Request,
+    readers: ReadyReaders,
+    analytics: Analytics,
+    clock: Clock,
+    limit: Annotated[int, Query(ge=1, le=100_000, description=EXPORT_LIMIT_DESCRIPTION)] = 10_000,
+) -> Response:
+    """Everything held about a person (by user id, anonymous id or email), as one JSON document to
+    hand them: every id linked to them, their traits, their current state as `GET /v1/contacts/{id}`
+    shows it (scores and their explanation, stage and its history, RFM/CLV, flags, consent), their
+    orders, and what the archive holds (events, score ledger, stage transitions, triggers, webhook
+    deliveries). Admin scope; audited (the key's name and the person's key hash, never the id).
+    When the archive cannot be read, the export is still given with `archive.status` `unavailable`
+    and why (a person the live state does not know then gets 503: it cannot tell)."""
+    now = clock()
+    entry = readers.replica.find(contact_id)
+    view = entry.view if entry is not None else None
+
+    async def query(store: Store) -> tuple[str, dict[str, Any]] | None:
+        found = view.contact_id if view is not None else await reports.resolve_contact(store, contact_id)
+        if found is None:
+            return None
+        ids = _export_ids(found, view)
+        return found, await privacy.export(store, **ids, limit=limit)
+
+    try:
+        answered = await archive.answer(analytics, query)
+        unavailable = None
+    except ApiError as exc:
+        if exc.status != 503 or view is None:
+            raise
+        answered, unavailable = None, exc.message
+    if view is None and answered is None:
+        raise ApiError(404, "not_found", f"no contact with id, anonymous id or email {contact_id!r}")
+    found = view.contact_id if view is not None else answered[0] if answered else contact_id
+    held = answered[1] if answered is not None else None
+    body = ExportOut(
+        exported_at=datetime.fromtimestamp(now / 1000, tz=UTC),
+        contact_id=found,
+        identity=_export_identity(found, view, held),
+        traits=dict(view.traits) if view is not None else {},
+        current=readers.renderer.body(entry, now) if entry is not None else None,
+        orders=_orders(held, readers.model) if held is not None else [],
+        archive=_export_archive(held, unavailable),
+    )
+    audit(request, "export", subject_count=1, subject_keys=[contact_key(found)])
+    name = f"scorestream-export-{contact_key(found)[:16]}.json"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"}
+    return Response(body.model_dump_json(), media_type=JSON, headers=headers)
+
+
+def _export_ids(contact_id: str, view: ContactView | None) -> dict[str, list[str]]:
+    """The ids the archive is searched by: the contact's, its merged contacts', its anonymous ids, email."""
+    if view is None:
+        return {"contact_ids": [contact_id], "user_ids": [], "anonymous_ids": [], "emails": []}
+    return {
+        "contact_ids": [contact_id, *view.merged_ids],
+        "user_ids": [view.user_id] if view.user_id else [],
+        "anonymous_ids": list(view.anonymous_ids),
+        "emails": [view.email] if view.email else [],
+    }
+
+
+def _export_identity(contact_id: str, view: ContactView | None, held: dict[str, Any] | None) -> ExportIdentity:
+    if view is not None:
+        return ExportIdentity(
+            contact_id=contact_id,
+            user_id=view.user_id,
+            anonymous_ids=list(view.anonymous_ids),
+            email=view.email,
+            merged_ids=list(view.merged_ids),
+        )
+    rows = (held or {}).get("contacts", [])
+    own: dict[str, Any] = next((r for r in rows if r["contact_id"] == contact_id), {})
+    anonymous = sorted({str(e["anonymous_id"]) for e in (held or {}).get("events", []) if e.get("anonymous_id")})
+    return ExportIdentity(
+        contact_id=contact_id,
+        user_id=own.get("user_id") or None,
+        anonymous_ids=anonymous,
+        email=own.get("email") or None,
+        merged_ids=sorted(str(r["contact_id"]) for r in rows if r.get("merged_into") == contact_id),
+    )
+
+
+def _orders(held: dict[str, Any], model: Model) -> list[dict[str, Any]]:
+    """The order and refund events among the archived ones."""
+    names = set(model.value.order_events) | set(model.value.refund_events)
+    return [e for e in held.get("events", []) if e.get("type") == "track" and e.get("event") in names]
+
+
+def _export_archive(held: dict[str, Any] | None, unavailable: str | None) -> ExportArchive:
+    if held is None:
+        return ExportArchive(status="unavailable", detail=unavailable or "the archive holds nothing about them")
+    lists = {table: held[table] for table in privacy.EXPORTS}
+    truncated = list(held.get("truncated", []))
+    return ExportArchive(status="truncated" if truncated else "complete", truncated=truncated, **lists)

@@ -41,6 +41,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("POST", "/v1/contacts:batchGet"): "read",
     ("GET", "/v1/contacts"): "read",
     ("GET", "/v1/contacts/{contact_id}/history"): "read",
+    ("GET", "/v1/contacts/{contact_id}/export"): "admin",
     ("GET", "/v1/accounts/{account_id}"): "read",
     ("GET", "/v1/model"): "read",
     ("GET", "/v1/models"): "read",

@@ -28,6 +28,7 @@ PINNED = {
     ("GET", "/v1/contacts"),
     ("GET", "/v1/contacts/{contact_id}"),
     ("GET", "/v1/contacts/{contact_id}/history"),
+    ("GET", "/v1/contacts/{contact_id}/export"),
     ("POST", "/v1/contacts:batchGet"),
     ("POST", "/v1/group"),
     ("POST", "/v1/identify"),
