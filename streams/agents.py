@@ -35,6 +35,7 @@ from schemas.state import (
     Batch,
     Envelope,
     EnvelopeHead,
+    EventHead,
     Item,
     RawBatch,
     RawItem,
@@ -50,7 +51,7 @@ from schemas.state import (
 from scorestream import ContactState, Event, IdentityLink, Model
 from scorestream.fold import Erased, Folded, Message, Tick, step
 from scorestream.identity import resolve, routing_key
-from scorestream.privacy import PrivacyList, contact_key, subject_key
+from scorestream.privacy import Decision, PrivacyList, SubjectKind, contact_key, subject_key
 from streams.account_feed import register_accounts
 from streams.app import Wiring
 from streams.deadletter import Unprocessable, batch_error, dead_letter
@@ -315,9 +316,14 @@ class Pipeline:
         out = Outbox(self.partitions, self.refuser(batch_event))
         links: dict[str, IdentityLink | None] = {}
         changed: dict[str, list[tuple[Any, str, msgspec.Raw]]] = defaultdict(list)
+        privacy = self.privacy
         for record, key, env, head in self.heads(records_of(batch_event)):
             if head.kind == "erase_link":
                 self._erase_link(record, key, env, head, links, changed)
+                continue
+            if privacy.entries and head.event is not None and (decision := _head_decision(privacy, head.event)):
+                # in flight when its person's regulation came: no link (an erased one not re-created)
+                metrics.suppressed("identity", record.topic, decision)
                 continue
             try:
                 link, staged = self._resolve(out, links, key, env, head)
@@ -610,6 +616,19 @@ def _report(erased: Erased, key: str, namespace: str, at_ms: int) -> ErasureRepo
         email=held.email,
         account_id=held.account_id,
     )
+
+
+def _head_decision(privacy: PrivacyList, event: EventHead) -> Decision | None:
+    """The privacy list's decision for an event the identity stage read only the head of (its ids
+    and event time; an email trait is decided by the contacts stage, which reads it)."""
+    subjects: list[tuple[SubjectKind, str]] = []
+    if event.user_id:
+        subjects.append(("user", event.user_id))
+    if event.anonymous_id:
+        subjects.append(("anonymous", event.anonymous_id))
+    if event.kind == "alias" and event.previous_id:
+        subjects += [("user", event.previous_id), ("anonymous", event.previous_id)]
+    return privacy.decide_subjects(subjects, event.timestamp_ms)
 
 
 def _one_item(key: str, env: msgspec.Raw) -> bytes:

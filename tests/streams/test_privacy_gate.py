@@ -96,3 +96,25 @@ def test_an_empty_list_changes_nothing() -> None:
     assert not worker.pipeline.privacy
     worker.run("ingest", [record("events.web", i, page(f"u{i}")) for i in range(5)])
     assert sorted(item.key for item in worker.forwarded("contacts")) == [f"u{i}" for i in range(5)]
+
+
+def test_the_identity_stage_writes_no_link_for_a_restricted_event_in_flight() -> None:
+    worker = Worker()
+    restrict(worker.pipeline.privacy, "anonymous", "gone-anon", erased_before_ms=T0 + MINUTE)
+
+    def linking(anonymous: str, user: str) -> Envelope:
+        event = make_event(kind="identify", event=None, channel="web", user_id=user, anonymous_id=anonymous)
+        return Envelope(kind="event", event=event)
+
+    before = counted("identity", "t.identity", "erased")
+    worker.run(
+        "identity",
+        [
+            record("t.identity", 0, internal("gone-anon", linking("gone-anon", "gone-user"))),
+            record("t.identity", 1, internal("kept-anon", linking("kept-anon", "kept-user"))),
+        ],
+    )
+    assert sorted(worker.tables["identity"]) == ["kept-anon"]  # no link re-created for the erased id
+    assert {item.key for item in worker.forwarded("contacts")} == {"kept-user", "anonymous:kept-anon"}
+    assert counted("identity", "t.identity", "erased") == before + 1
+    assert worker.dead == []
