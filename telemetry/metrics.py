@@ -95,7 +95,7 @@ DEAD_LETTERS = Counter(
 EVENTS_IN = Counter("scorestream_events_in_total", "Source records read by the ingest stage, by topic.", ["topic"])
 EVENTS_ACCEPTED = Counter(
     "scorestream_events_accepted_total",
-    "Source records that passed validation and were routed on (in = accepted + dead-lettered), by topic.",
+    "Source records that passed validation and were routed on (in = accepted + dead-lettered + suppressed), by topic.",
     ["topic"],
 )
 EVENTS_SUPPRESSED = Counter(
