@@ -5,6 +5,8 @@
   on the partitions they live on; the API's delivery list (the real route over a delivery log
   following the topic) no longer shows them, nor does a new API process's; the dispatcher stops
   retrying them (the other contact's go on) and, restarted, does not send them again.
+- Privacy: the dispatcher follows the privacy list: a trigger about an erased contact's past makes
+  no delivery (not even a record); one after the erasure does.
 - Views: a contacts replica on RocksDB following a real views topic forgets a tombstoned contact by
   every id and email, and a replica restarted on its store (resuming from its stored offsets) has
   none of them either.
@@ -31,9 +33,11 @@ from api.webhook_store import DeliveryLog
 from kafka_io.clients import KafkaConnection
 from kafka_io.topics import ensure_topics
 from schemas.model_file import load_model
+from schemas.regulations import PrivacyEntry, encode_json
 from schemas.settings import Settings
 from scorestream import apply_events
 from scorestream.delivery import TEST_TYPE, delivery_id, new_secret
+from scorestream.privacy import contact_key
 from tests.api.view_bytes import view_bytes
 from tests.e2e.hooks import Hooks, _read_all, subscription, trigger
 from tests.e2e.service import wait_for
@@ -156,6 +160,28 @@ def test_forgotten_deliveries_are_gone_from_the_api_and_never_sent_again(hooks: 
     log = (hooks.data_dir / "dispatcher.log").read_text()
     assert all(f"delivery {d} forgotten" in log for d in erased_ids)  # by the running dispatcher
     assert "c-erased" not in log  # logs name deliveries, never the contact
+
+
+def test_the_dispatcher_sends_nothing_of_an_erased_contacts_past(hooks: Hooks, receiver: Receiver) -> None:
+    """A trigger still unread when the regulation came (or read again) makes no delivery: the
+    dispatcher follows the privacy list; a later trigger (new collection) is delivered."""
+    tag = f"m{uuid.uuid4().hex[:8]}"
+    sub = subscription(receiver.url(PATH), tag, new_secret(os.urandom(32)))
+    hooks.subscribe(sub)
+    hooks.known(sub, receiver, PATH)
+    past, kept = trigger(tag, "c-past", 1), trigger(tag, "c-other", 2)
+    erased_at = int(past["at_ms"]) + 1
+    entry = PrivacyEntry(regulation_id="r-past", erased_before_ms=erased_at)
+    hooks.publish(hooks.settings.privacy_topic, [(contact_key("c-past").encode(), encode_json(entry), None)])
+    time.sleep(1.5)  # the dispatcher reads the entry within a fetch (0.5 s)
+    later = trigger(tag, "c-past", 5)
+    later["at_ms"] = erased_at + 1000
+    hooks.triggers([past, kept, later])
+    wanted = {delivery_id(t["id"], sub.id) for t in (kept, later)}
+    wait_for(lambda: wanted <= {r.webhook_id for r in receiver.at(PATH)}, 20, "deliveries", hooks.logs)
+    time.sleep(1.0)
+    assert delivery_id(past["id"], sub.id) not in {r.webhook_id for r in receiver.at(PATH)}
+    assert delivery_id(past["id"], sub.id) not in latest_records(hooks)  # not even recorded
 
 
 def latest_records(hooks: Hooks) -> dict[str, bytes | None]:
