@@ -701,12 +701,16 @@ class RegulationService:
         reg.stores["privacy_list"].count = len(reg.restricted_keys)
         if reg.stores["worker"].status != "done":
             return  # the later stores wait for the worker (the archive must not be written again)
-        async with self.step(reg, "api") as store:
-            store.count = await self.wait_api_forgets(reg, person)
-        async with self.step(reg, "archive") as store:
-            store.count, store.detail = await self.erase_archive(person)
-        async with self.step(reg, "deliveries") as store:
-            store.count, store.detail = await self.erase_deliveries(reg.id, person)
+        # a store done in an earlier run (this one retries a failure) keeps its outcome and counts
+        if reg.stores["api"].status != "done":
+            async with self.step(reg, "api") as store:
+                store.count = await self.wait_api_forgets(reg, person)
+        if reg.stores["archive"].status != "done":
+            async with self.step(reg, "archive") as store:
+                store.count, store.detail = await self.erase_archive(person)
+        if reg.stores["deliveries"].status != "done":
+            async with self.step(reg, "deliveries") as store:
+                store.count, store.detail = await self.erase_deliveries(reg.id, person)
         async with self.step(reg, "deadletter") as store:
             store.detail = self.deadletter_detail()
 

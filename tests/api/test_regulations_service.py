@@ -462,6 +462,15 @@ def test_an_archive_this_process_cannot_reach_fails_the_archive_store_at_once() 
     assert reg.stores["deliveries"].status == "done"  # the stores after it do not wait for it
     assert reg.subject_ids == ["u1"]
 
+    # carried out again once the archive is reachable: only the failed store runs again
+    async def store() -> str:
+        return "the archive"
+
+    w.service.archive = store
+    done = asyncio.run(w.service.carry_out(reg.id))
+    assert done.status == "done" and done.stores["archive"].count == 10
+    assert w.delivery_calls == [["u1", "anonymous:a1"]]  # done before: not asked again
+
 
 def test_unfinished_regulations_are_resumed_by_one_process_of_the_host(tmp_path: Any) -> None:
     """A regulation left pending (its process died) is carried out by the process that holds the
