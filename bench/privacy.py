@@ -193,8 +193,8 @@ def privacy_figures(
     backlog: int = 50_000,
     busy_people: int = 10_000,
 ) -> dict[str, Any]:
-    """The figures of this module's doc (``people`` >= 10,001 + ``busy_people``)."""
-    needed = 1 + 3 + 10_000 + busy_people
+    """The figures of this module's doc (``people`` >= 10,003 + ``busy_people``)."""
+    needed = 3 + 10_000 + busy_people
     if people < needed:
         raise ValueError(f"people must be at least {needed}")
     d = Deployment(bootstrap, work)

@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--privacy-events", type=int, default=200_000, help="privacy: archived synthetic events")
     parser.add_argument("--privacy-contacts", type=int, default=50_000, help="privacy: contacts of those events")
     parser.add_argument(
-        "--privacy-people", type=int, default=25_000, help="privacy: known people with a history (>= 20,004)"
+        "--privacy-people", type=int, default=25_000, help="privacy: known people with a history (>= 20,003)"
     )
     parser.add_argument("--privacy-backlog", type=int, default=50_000, help="privacy: backlog of the throughput runs")
     parser.add_argument("--skip", default="", help=f"comma-separated scenarios to skip: {SCENARIOS}")
