@@ -226,6 +226,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if state.sink is not None:
         await state.sink.start()
     await state.regulations.start()
+    # the collector publishes nothing before the privacy list is read (the service reads it)
+    state.collector.privacy_ready = state.regulations.caught_up
     try:
         yield
     finally:

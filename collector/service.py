@@ -44,7 +44,8 @@ clients post here exactly as they would to ``api.segment.io``; accepted messages
   from before the request's receipt, or an erased past) is answered as accepted, as Segment
   answers for suppressed users (the sender must not learn who is suppressed, nor retry), and not
   published; an invalid one of theirs is not dead-lettered either. Counted in
-  ``scorestream_events_suppressed_total{door="collector"}``, not in the accepted messages.
+  ``scorestream_events_suppressed_total{door="collector"}``, not in the accepted messages. At
+  start, a request waits for the list to be read to its end (up to ``PRIVACY_WAIT_S``, then 503).
 * Durability: 200 means every record of the request (dead letters included) was acknowledged by
   Kafka with ``acks=all`` (idempotent producer). More than ``collector_max_in_flight`` messages
   waiting for acknowledgements: 429 with ``Retry-After``; Kafka unreachable or slower than
@@ -118,6 +119,7 @@ MAX_BATCH_MESSAGES = 2500
 SEND_TIMEOUT_S = 10.0
 BUSY_RETRY_AFTER_S = 1
 UNAVAILABLE_RETRY_AFTER_S = 5
+PRIVACY_WAIT_S = 5.0  # a request arriving while the privacy list is read at start waits this long
 CHANNELS = ("web", "email", "store")
 CHANNEL_NOT_ALLOWED = "channel_not_allowed"
 # Fields that are not the message's content: a retry may change them, its id must not.
@@ -403,6 +405,8 @@ class Collector:
     paths: frozenset[str] = PATHS
     # who may not be collected: the API process's list (its regulation service keeps it current)
     privacy: PrivacyList = field(default_factory=PrivacyList)
+    # set once that list was read to its end; None: nothing to wait for (set by the API's lifespan)
+    privacy_ready: asyncio.Event | None = None
     _keys: list[tuple[bytes, tuple[str, ...]]] = field(default_factory=list)
     _topics: dict[str, str] = field(default_factory=dict)
 
@@ -462,6 +466,8 @@ class Collector:
                 raise Refusal(401, "unauthorized", "unknown write key")
         if self.in_flight >= self.settings.collector_max_in_flight:
             raise self._busy()
+        if self.privacy_ready is not None and not self.privacy_ready.is_set():
+            await self._privacy_read()
         body = await _read(receive, length, encoding, limit)
         if kind is None and channels is not None:
             try:
@@ -589,6 +595,18 @@ class Collector:
                 continue
             out.append(ToPublish(topics[channel], key, value))
         return out, rejected
+
+    async def _privacy_read(self) -> None:
+        """Wait (a little) for the privacy list to be read to its end: a process that starts must
+        not publish what is already suppressed. 503 beyond: Segment's libraries retry."""
+        assert self.privacy_ready is not None
+        try:
+            async with asyncio.timeout(PRIVACY_WAIT_S):
+                await self.privacy_ready.wait()
+        except TimeoutError:
+            raise Refusal(
+                503, "unavailable", "the privacy list is not read yet; retry shortly", UNAVAILABLE_RETRY_AFTER_S
+            ) from None
 
     def _restricted(self, msg: Any, topic: str, received_ms: int) -> bool:
         """Whether a refused message shows an identifier the privacy list restricts (then it is

@@ -4,11 +4,16 @@ others pass; the list is the one the API's regulation service keeps (no Kafka: a
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import orjson
+import pytest
 from prometheus_client import REGISTRY
 
+import collector.service as collector_service
 from scorestream.privacy import PrivacyList, Restriction, subject_key
-from tests.collector.test_service import AUTH, NOW, FakePublisher, collector_of, make_app, post
+from tests.collector.test_service import AUTH, NOW, FakePublisher, client, collector_of, make_app, post
 
 
 def suppressed_count(decision: str = "suppressed", topic: str = "events.web") -> float:
@@ -89,3 +94,28 @@ def test_an_empty_list_decides_nothing() -> None:
     messages = [track(userId=f"u{i}", event=f"E{i}") for i in range(20)]
     assert post(app, "/v1/batch", auth=AUTH, json={"batch": messages}).json()["accepted"] == 20
     assert len(publisher.records) == 20
+
+
+def test_at_start_a_request_waits_for_the_privacy_list_then_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    publisher = FakePublisher()
+    app = make_app(publisher)
+    collector = collector_of(app)
+
+    async def read_meanwhile() -> httpx.Response:
+        collector.privacy_ready = ready = asyncio.Event()
+        async with client(app) as http:
+            request = asyncio.create_task(http.post("/v1/track", auth=AUTH, json=track(userId="gone")))
+            await asyncio.sleep(0.2)
+            assert not request.done() and publisher.records == []  # waiting for the list
+            restrict(collector.privacy, "user", "gone", suppressed_from_ms=NOW)  # read meanwhile
+            ready.set()
+            return await request
+
+    answer = asyncio.run(read_meanwhile())
+    assert answer.status_code == 200 and publisher.records == []  # decided with the list read
+
+    monkeypatch.setattr(collector_service, "PRIVACY_WAIT_S", 0.1)
+    collector.privacy_ready = asyncio.Event()  # never read (Kafka unreachable)
+    refused = post(app, "/v1/track", auth=AUTH, json=track(userId="kept"))
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert publisher.records == []
