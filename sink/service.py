@@ -186,6 +186,7 @@ class RowBatch:
     since: float | None = None  # when the first record was added (monotonic)
     bytes: int = 0  # of the records read (a bound on memory besides the row count)
     done: set[str] = field(default_factory=set)  # tables inserted already (a retry inserts the others)
+    privacy_seen: int = 0  # privacy records the sink had applied when this batch's first record was read
     attempts: int = 0
     retry_at: float = 0.0
 
@@ -474,6 +475,39 @@ class Sink:
         """A row about a contact id the privacy list holds as erased (never archived)."""
         return self._dropped(topic, "erased" if self.privacy.contact_erased(contact_id) else None)
 
+    def _recheck(self, batch: RowBatch) -> None:
+        """A batch about to be inserted whose rows were read before the latest privacy records:
+        its rows are decided again, so a row read before its person's regulation arrived is not
+        inserted after the regulation deleted the archive's rows."""
+        if not self.privacy.entries or batch.privacy_seen == self.privacy_follower.applied:
+            return
+        privacy = self.privacy
+        for table, rows in batch.rows.items():
+            about = _ABOUT.get(table)
+            if table == "events":
+                kept = [row for row in rows if not self._restricted_row(row)]
+            elif about is not None:
+                at = _TOPIC_AT.get(table)
+                kept = [
+                    row
+                    for row in rows
+                    if not self._erased(row[about], str(row[at]) if at is not None else self.contacts.topics[0])
+                ]
+            else:
+                continue
+            rows[:] = kept
+        # the ledger rows are built from the changes at insert (their snapshot rows were counted)
+        batch.changes = [c for c in batch.changes if not privacy.contact_erased(c.contact_id)]
+
+    def _restricted_row(self, row: Row) -> bool:
+        """An ``events`` row (accepted or rejected), decided again by the ids it holds."""
+        topic = str(row[_KAFKA_TOPIC_AT])
+        raw = row[-1] if isinstance(row[-1], bytes) else None
+        subjects = archived_subjects(row[_KIND_AT], row[_USER_AT], row[_ANONYMOUS_AT], row[_PREVIOUS_AT], raw)
+        if row[_STATUS_AT] != "accepted":
+            subjects += raw_subjects(raw)
+        return self._dropped(topic, self.privacy.decide_subjects(subjects, row[0], row[1]))
+
     def _adder(self, table: str, build: Callable[[Any], Row | None], about: int | None = None) -> Add:
         """Rows of ``table`` built by ``build``; ``about``: the column of the contact id a row is
         about (not archived when erased)."""
@@ -524,9 +558,12 @@ class Sink:
             batch.next[tp] = records[-1].offset + 1
             if batch.since is None:
                 batch.since = time.monotonic()
+                batch.privacy_seen = self.privacy_follower.applied
             self.stats.records += len(records)
 
     def _reject(self, batch: RowBatch, record: Any, exc: Unreadable) -> None:
+        if self.privacy.entries and record.key and self._erased(record.key.decode("utf-8", "replace"), record.topic):
+            return  # an unreadable record about an erased contact: its bytes are not kept either
         log.warning(
             "sink: unreadable record %s[%s] %s: %s: %s",
             record.topic,
@@ -838,6 +875,7 @@ class Sink:
         batch for a retry with backoff."""
         if stream.sealed is None:
             stream.sealed, stream.pending = stream.pending, RowBatch()
+            self._recheck(stream.sealed)
         batch = stream.sealed
         try:
             if batch.changes:
@@ -972,9 +1010,22 @@ class Sink:
             )
 
 
-_KIND_AT, _USER_AT, _ANONYMOUS_AT, _PREVIOUS_AT = (
-    EVENT_COLUMNS.index(name) for name in ("type", "user_id", "anonymous_id", "previous_id")
+_KIND_AT, _USER_AT, _ANONYMOUS_AT, _PREVIOUS_AT, _STATUS_AT, _KAFKA_TOPIC_AT = (
+    EVENT_COLUMNS.index(name) for name in ("type", "user_id", "anonymous_id", "previous_id", "status", "kafka_topic")
 )
+# the column of the contact id a row is about, by table (rows about an erased contact are not archived)
+_ABOUT = {
+    "contacts": CONTACT_COLUMNS.index("contact_id"),
+    "score_ledger": LEDGER_COLUMNS.index("contact_id"),
+    "triggers": TRIGGER_COLUMNS.index("contact_id"),
+    "webhook_deliveries": DELIVERY_COLUMNS.index("key"),
+}
+# where a table's rows name their Kafka topic (for the count's label)
+_TOPIC_AT = {
+    "score_ledger": LEDGER_COLUMNS.index("kafka_topic"),
+    "triggers": TRIGGER_COLUMNS.index("kafka_topic"),
+    "webhook_deliveries": DELIVERY_COLUMNS.index("kafka_topic"),
+}
 
 
 def refused_row(table: str, columns: tuple[str, ...], row: Row, exc: BaseException) -> Row:

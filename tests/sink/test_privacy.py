@@ -4,13 +4,15 @@ about an erased contact id, never reach a batch; other rows do; counted."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
+from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from analytics.client import Store
 from schemas.events import deadletter_headers
+from schemas.regulations import PrivacyEntry, encode_json
 from schemas.settings import Settings
 from schemas.state import Batch, Envelope, Item, encode
 from schemas.webhooks import DeliveryRecord
@@ -141,3 +143,43 @@ def test_an_empty_list_keeps_every_row() -> None:
     records = [rec(segment_json(userId=f"u{i}"), offset=i) for i in range(10)]
     assert len(take(s, "events", *records).rows["events"]) == 10
     assert s.stats.suppressed == 0
+
+
+class Entry(NamedTuple):
+    key: bytes
+    value: bytes | None
+
+
+def test_rows_read_before_a_regulation_arrived_are_decided_again_before_insert() -> None:
+    s = sink(PrivacyList())
+    kept_history, gone_history = History("kept"), History("gone")
+    events = take(s, "events", rec(segment_json(userId="gone"), offset=1), rec(segment_json(userId="kept"), offset=2))
+    contacts = take(
+        s,
+        "contacts",
+        gone_history.record(make_event(user_id="gone", timestamp_ms=T0)),
+        kept_history.record(make_event(user_id="kept", timestamp_ms=T0)),
+    )
+    events.privacy_seen = contacts.privacy_seen = s.privacy_follower.applied
+    assert len(events.rows["events"]) == 2 and len(contacts.changes) == 2
+    s._recheck(events)  # nothing new on the list: untouched
+    assert len(events.rows["events"]) == 2
+
+    # the regulation's entries arrive while the rows wait to be inserted (ClickHouse slow, say)
+    entry = encode_json(PrivacyEntry("r", suppressed_from_ms=T0, erased_before_ms=T0 + 10))
+    s.privacy_follower.apply(Entry(contact_key("gone").encode(), entry))
+    s._recheck(events)
+    s._recheck(contacts)
+    assert [row[9] for row in events.rows["events"]] == ["kept"]
+    assert [row[0] for row in contacts.rows["contacts"]] == ["kept"]
+    assert [c.contact_id for c in contacts.changes] == ["kept"]  # no ledger row for it either
+    assert s.stats.suppressed == 2
+
+
+def test_an_unreadable_record_about_an_erased_contact_keeps_no_bytes() -> None:
+    privacy = PrivacyList({contact_key("gone"): Restriction("r", erased_before_ms=T0)})
+    s = sink(privacy)
+    stream = next(x for x in s.streams if x.name == "triggers")
+    records = [rec(b"{not a trigger", "triggers", 1, key=b"gone"), rec(b"{not a trigger", "triggers", 2, key=b"kept")]
+    s._take(stream, TopicPartition("triggers", 1), records, s._generation)
+    assert [row[4] for row in stream.pending.rows["sink_rejects"]] == [b"kept"]
