@@ -15,10 +15,10 @@
   earlier records from the topic (when it compacts the segment: bounded by the topic's
   ``max.compaction.lag.ms`` where set, else by its retention). The cost is one read of the topic
   per call (the API's delivery log keeps only the latest 1,000 deliveries per subscription, so it
-  cannot answer for older ones): on this
-  loaded 2-core machine 45-50k records/s (100k delivery records in about 2 s), and 10,000 contacts
-  with 20k deliveries among 100k records forgotten in 5.9 s, tombstones and commands included. The
-  regulation service calls it once per regulation (up to 5,000 subjects).
+  cannot answer for older ones): on this loaded 2-core machine 45-50k records/s (100k delivery
+  records in about 2 s), and 10,000 contacts with 20k deliveries among 100k records forgotten in
+  5.9 s, tombstones and commands included. The regulation service calls it once per regulation
+  (up to 5,000 subjects).
 - **Triggers** (the ``triggers`` topic, not compacted) cannot be rewritten: an erased contact's
   triggers expire with the topic's retention (docs/events.md).
 
