@@ -568,6 +568,7 @@ class RegulationService:
             now = self.clock()
             existing = self.find_existing(body, idempotency_key, now)
             if existing is not None:
+                await self._accepted_again(existing)
                 return existing, False
             kind = KIND_OF[body.subjectType]
             reg = Regulation(
@@ -592,11 +593,22 @@ class RegulationService:
         self.launch(reg.id)
         return reg, True
 
+    async def _accepted_again(self, reg: Regulation) -> None:
+        """The same request again: if the first one's answer failed after its record was written
+        (Kafka did not acknowledge its entries), write them now, so this answer too means durable."""
+        if reg.status != "pending" or reg.regulation_type == "UNSUPPRESS" or reg.id in self.running:
+            return
+        person = self.person_of(reg)
+        discover(person, self.namespaces(), set())
+        if await self.restrict(reg, person):
+            await self.write(reg)
+        self.launch(reg.id)
+
     # -- writing ---------------------------------------------------------------------------------------
     async def write(self, reg: Regulation) -> None:
-        """Write the regulation's record (acked) and keep it as this process's copy."""
-        self.regulations[reg.id] = reg
+        """Write the regulation's record and, once acked, keep it as this process's copy."""
         await self.writer.send(self.settings.regulations_topic, reg.id.encode(), encode_json(reg), 0)
+        self.regulations[reg.id] = reg
 
     async def put_entries(self, entries: Mapping[str, PrivacyEntry | None]) -> None:
         """Write privacy entries (None: a tombstone), acked; this process's list has them at once."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from typing import Annotated
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
@@ -32,6 +34,7 @@ from schemas.api_regulations import (
     regulation_out,
 )
 
+log = logging.getLogger(__name__)
 PREFIX = "/v1/regulations"
 MAX_IDEMPOTENCY_KEY = 255
 router = APIRouter(
@@ -74,7 +77,16 @@ async def create_regulation(
     within 24 hours of the first answers the first's id. Durable once answered: its record and
     the privacy entries of its subjects are written; it is carried out in the background
     (`GET /v1/regulations/{id}`)."""
-    reg, created = await regulations.accept(body, idempotency_key, key_name(conn))
+    try:
+        reg, created = await regulations.accept(body, idempotency_key, key_name(conn))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("regulation not accepted: Kafka did not acknowledge it (%s)", type(exc).__name__)
+        raise ApiError(
+            503,
+            "not_ready",
+            "Kafka did not acknowledge the regulation; retry (the same request gives the same regulation)",
+            headers={"Retry-After": "5"},
+        ) from None
     audit(
         conn,
         "regulation_created" if created else "regulation_repeated",

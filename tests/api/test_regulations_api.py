@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from api.app import create_api
 from api.replica import Replica
@@ -184,3 +185,26 @@ def test_admin_requests_and_regulations_are_audited_without_personal_data(
     assert created["subject_keys"] == [subject_key("email", "ann@example.com")] and created["subject_count"] == 1
     text = " ".join(repr(r.getMessage()) + repr(r.__dict__) for r in caplog.records if r.name == "scorestream.audit")
     assert "ann@example.com" not in text and ADMIN not in text
+
+
+def test_kafka_not_acknowledging_is_503_and_the_same_request_completes_it(w: World) -> None:
+    """The record was written, the entries not: 503; the same request again writes them and
+    answers the same regulation (so its 200 means durable too)."""
+    w.down = True
+    plain = w.writer.send_many
+    failures = [KafkaTimeoutError()]
+
+    async def flaky(records: list[tuple[str, bytes, bytes | None, int]]) -> None:
+        if failures and records[0][0] == "app.privacy":
+            raise failures.pop()
+        await plain(records)
+
+    w.writer.send_many = flaky  # type: ignore[method-assign]
+    refused, again = call(w, ("POST", "/v1/regulations", delete("u1")), ("POST", "/v1/regulations", delete("u1")))
+    assert (refused.status_code, refused.json()["code"]) == (503, "not_ready"), refused.text
+    assert refused.headers["retry-after"] == "5"
+    assert again.status_code == 200
+    (reg,) = w.service.regulations.values()
+    assert again.json()["data"]["regulateId"] == reg.id
+    assert w.service.privacy_list.get(subject_key("user", "u1")) is not None
+    assert subject_key("email", "ann@example.com") in reg.restricted_keys
