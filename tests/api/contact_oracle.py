@@ -12,7 +12,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.api import ContactOut, ContributionOut, EngagementOut, FitOut, FlagOut, Identity, StageEntryOut, StageOut
+from schemas.api import (
+    ConsentOut,
+    ContactOut,
+    ContributionOut,
+    EngagementOut,
+    FitOut,
+    FlagOut,
+    Identity,
+    StageEntryOut,
+    StageOut,
+)
 from scorestream import ContactState, Model, engagement_at, fit_of, grade_of
 from scorestream.journey import Journey
 from scorestream.scoring import Contribution
@@ -52,6 +62,12 @@ def _lifecycle(journey: Journey | None, now_ms: int) -> dict[str, Any]:
     return {"stage": stage, "flags": flags, "persona": journey.persona}
 
 
+def _consent(state: ContactState) -> ConsentOut | None:
+    if state.consent is None or state.consent_at is None:
+        return None
+    return ConsentOut(categoryPreferences=state.consent, at=datetime.fromtimestamp(state.consent_at[0] / 1000, tz=UTC))
+
+
 def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str, Any] | None = None) -> ContactOut:
     """The API view of a contact: scores computed by the core at ``now_ms``; ``value`` is its
     ``{"rfm", "clv"}`` (from the population model; both null when not given)."""
@@ -82,4 +98,5 @@ def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str,
         first_seen=_at(state.first_seen_ms),
         last_seen=_at(state.last_seen_ms),
         model_version=state.model_version,
+        consent=_consent(state),
     )

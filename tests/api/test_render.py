@@ -54,6 +54,8 @@ SCALARS: list[Any] = [
     None,
     'tab\there "quoted" \\ / \u2028 é 😀 \x00\x1f',
 ]
+# Segment's consent objects on some page views (the default model needs analytics or marketing)
+CONSENTS: list[dict[str, bool] | None] = [None, {"analytics": True}, None, {"analytics": False, "marketing": False}]
 # Containers only where no fit rule tests with ``in`` (the core's fit predicates hash the value).
 CONTAINERS: list[Any] = [{"country": "GB", "city": "Zagreb", "nested": [1, 2.5, {"deep": None}]}, ["a", 1, 2.0]]
 
@@ -65,9 +67,16 @@ def random_state(rng: random.Random, n: int) -> ContactState:
         ts = T0 - rng.randint(0, 40 * DAY) + rng.randint(0, 999)
         roll = rng.random()
         if roll < 0.4:
+            consent = CONSENTS[(n + len(events)) % len(CONSENTS)]  # no draw: the same random contacts as before
             events.append(
                 make_event(
-                    kind="page", event=None, channel="web", user_id=user, path=rng.choice(PAGES), timestamp_ms=ts
+                    kind="page",
+                    event=None,
+                    channel="web",
+                    user_id=user,
+                    path=rng.choice(PAGES),
+                    timestamp_ms=ts,
+                    consent=consent,
                 )
             )
         elif roll < 0.8:
