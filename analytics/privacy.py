@@ -6,25 +6,31 @@ Who the person is: their user ids, anonymous ids, emails and contact ids (a cont
 ids too). Which rows are theirs, table by table (:data:`PREDICATES`):
 
 - ``events``, accepted rows: ``user_id``, ``anonymous_id`` or ``previous_id`` is one of their ids
-  (``previous_id`` may be either kind), or any JSON string of ``raw`` (so ``traits.email``,
-  ``context.traits.email``, ``properties.email`` and any other field) is one of their emails,
-  compared trimmed and lower-cased;
-- ``events``, rejected rows (the dead-letter topic's records: they could not be parsed, so their
-  columns are not to be trusted): the raw bytes contain one of their ids as a JSON string (with its
-  quotes: ``"u-42"``, so a short id such as ``42`` does not take every record holding the digits),
-  or one of their emails anywhere, case-insensitively;
+  (``previous_id`` may be either kind), or a JSON string of ``raw`` that looks like an email (so
+  ``traits.email``, ``context.traits.email``, ``properties.email`` or any other field: someone
+  else's event naming them too) is one of their emails, compared lower-cased;
+- ``events``, rejected rows (the dead-letter topic's records: they may not parse, so their columns
+  are not to be trusted): the raw bytes name one of their ids or emails, as a JSON string or as a
+  run of id characters (``[A-Za-z0-9._@+:-]``: what MessagePack strings and broken JSON leave
+  readable). An id that is a common word or number (``42``) takes every dead letter holding it as
+  a value: an erasure deletes a dead letter too many rather than keep one about the person (the
+  dead letters are kept 30 days for diagnosis only);
 - ``contacts`` and ``score_ledger``: ``contact_id`` or ``merged_into`` is one of their contacts
   (``contacts`` also by its ``user_id`` and ``email`` columns);
-- ``triggers``: ``contact_id`` or ``subject`` is one of their contacts, or ``before``/``after``
-  holds one of their ids or emails as a JSON string (an account trigger naming them);
+- ``triggers``: ``contact_id`` or ``subject`` is one of their contacts, or an account trigger's
+  ``before``/``after`` holds one of their ids or emails as a JSON string;
   ``stage_transitions``: a contact subject that is one of their contacts;
-- ``webhook_deliveries``: ``key`` is one of their contacts, or the payload names them (a JSON
-  string equal to one of their ids or emails);
-- ``sink_rejects``: the key is one of their ids, or the value's bytes contain one (records the sink
-  could not decode: MessagePack or damaged JSON, matched as bytes);
+- ``webhook_deliveries``: ``key`` is one of their contacts, the payload holds one of their emails,
+  or an account delivery's payload names one of their ids;
+- ``sink_rejects``: the key is one of their ids, or the value's bytes name one (as for dead letters);
 - ``account_changes`` holds an account's scores and member *counts*, never a member's id or email:
   nothing in it is about the person, and the account keeps its history (its counts are not
   rewritten: they were true then).
+
+Only emails are searched for inside accepted events (an id elsewhere than the id columns, say in a
+property, is not: ids are short and common, emails distinctive), and every string of a document
+is compared only where few rows need it (account triggers and deliveries, rejected records): the
+search through a million raw events stays a fraction of a second (``bench/privacy_archive.py``).
 
 How :func:`erase` deletes: the ids go into a staging table of their own (Memory engine, dropped at
 the end), and each ``DELETE`` reads them from it, so the statements ClickHouse records (its
@@ -61,6 +67,11 @@ log = logging.getLogger(__name__)
 
 # every JSON string of a document (its first group: the string without its quotes, escapes kept)
 JSON_STRINGS = r'"((?:[^"\\]|\\.)*)"'
+# the JSON strings that look like one email (spaces around it allowed, none inside, no escapes)
+EMAILISH = r'"\s*([^"\\@\s]+@[^"\\\s]+)\s*"'
+# what separates ids in bytes that may not parse: anything but the characters of common ids
+SEPARATORS = r"[^A-Za-z0-9._@+:-]+"
+REGEXES = {"json_strings": JSON_STRINGS, "emailish": EMAILISH, "separators": SEPARATORS}
 # the archive tables erase() deletes from, in this order (stage_transitions is fed from triggers
 # by a materialized view: a delete in triggers does not reach it, so both are deleted)
 TABLES = (
@@ -124,14 +135,6 @@ class Subjects:
             out.add(json.dumps(value, ensure_ascii=False)[1:-1])
         return frozenset(out)
 
-    def quoted(self) -> frozenset[str]:
-        """The ids as JSON strings with their quotes (what raw bytes are searched for)."""
-        out: set[str] = set()
-        for value in self.ids:
-            out.add(json.dumps(value))
-            out.add(json.dumps(value, ensure_ascii=False))
-        return frozenset(out)
-
     def staged(self) -> list[list[str]]:
         """The staging table's rows: ``[kind, value]``."""
         kinds = {
@@ -140,7 +143,6 @@ class Subjects:
             "contact": self.contact_ids,
             "email": self.emails,
             "token": self.tokens(),
-            "quoted": self.quoted(),
         }
         return [[kind, value] for kind, values in kinds.items() for value in sorted(values)]
 
@@ -152,11 +154,7 @@ class Subjects:
             "contact": sorted(self.contact_ids),
             "email": sorted(self.emails),
             "token": sorted(self.tokens()),
-            "quoted": sorted(self.quoted()),
         }
-
-
-KINDS = ("user", "anonymous", "contact", "email", "token", "quoted")
 
 
 def _set(kind: str, staging: str | None) -> str:
@@ -167,23 +165,31 @@ def _set(kind: str, staging: str | None) -> str:
 
 
 def _mentions(column: str, staging: str | None) -> str:
-    """Whether a JSON document in ``column`` holds one of the ids or emails as a string."""
+    """Whether a JSON document in ``column`` holds one of the ids or emails as a string (every
+    string of the document extracted: a few seconds per million documents, so only for the few
+    rows that need it)."""
     return (
         f"arrayExists(s -> s IN {_set('token', staging)} OR lowerUTF8(trimBoth(s)) IN {_set('email', staging)}, "
         f"extractAll({column}, {{json_strings:String}}))"
     )
 
 
-def _holds_bytes(column: str, staging: str | None) -> str:
-    """Whether the bytes of ``column`` contain one of the ids (quoted) or emails (any case)."""
-    if staging is None:
-        quoted, emails = "{quoted:Array(String)}", "{email:Array(String)}"
-    else:
-        quoted = f"(SELECT groupArray(value) FROM {staging} WHERE kind = 'quoted')"  # noqa: S608
-        emails = f"(SELECT groupArray(value) FROM {staging} WHERE kind = 'email')"  # noqa: S608
+def _names_email(column: str, staging: str | None) -> str:
+    """Whether a JSON document in ``column`` holds one of the emails as a string (only the strings
+    that look like an email are extracted, and only from documents with an ``@``)."""
     return (
-        f"(arrayExists(n -> position({column}, n) > 0, {quoted}) "
-        f"OR arrayExists(n -> positionCaseInsensitiveUTF8({column}, n) > 0, {emails}))"
+        f"(position({column}, '@') > 0 AND arrayExists(s -> lowerUTF8(s) IN {_set('email', staging)}, "
+        f"extractAll({column}, {{emailish:String}})))"
+    )
+
+
+def _holds_bytes(column: str, staging: str | None) -> str:
+    """Whether bytes that may not parse (a dead letter, an undecodable record) name one of the ids
+    or emails: as a JSON string, or as a run of id characters (MessagePack strings, broken JSON)."""
+    tokens, emails = _set("token", staging), _set("email", staging)
+    return (
+        f"(arrayExists(s -> s IN {tokens} OR lowerUTF8(s) IN {emails}, splitByRegexp({{separators:String}}, {column})) "
+        f"OR {_mentions(column, staging)})"
     )
 
 
@@ -194,7 +200,7 @@ def predicates(staging: str | None) -> dict[str, str]:
     return {
         "events": (
             f"(status = 'accepted' AND (user_id IN {users} OR anonymous_id IN {anonymous} "
-            f"OR previous_id IN {users} OR previous_id IN {anonymous} OR {_mentions('raw', staging)})) "
+            f"OR previous_id IN {users} OR previous_id IN {anonymous} OR {_names_email('raw', staging)})) "
             f"OR (status = 'rejected' AND {_holds_bytes('raw', staging)})"
         ),
         "score_ledger": f"contact_id IN {contacts} OR merged_into IN {contacts}",
@@ -204,11 +210,14 @@ def predicates(staging: str | None) -> dict[str, str]:
         ),
         "triggers": (
             f"contact_id IN {contacts} OR subject IN {contacts} "
-            f"OR {_mentions('before', staging)} OR {_mentions('after', staging)}"
+            f"OR (account_id != '' AND ({_mentions('before', staging)} OR {_mentions('after', staging)}))"
         ),
         "stage_transitions": f"subject_kind = 'contact' AND subject_id IN {contacts}",
-        "webhook_deliveries": f"key IN {contacts} OR {_mentions('body', staging)}",
-        "sink_rejects": (f"key IN {contacts} OR key IN {anonymous} OR {_holds_bytes('value', staging)}"),
+        "webhook_deliveries": (
+            f"key IN {contacts} OR {_names_email('body', staging)} "
+            f"OR (startsWith(type, 'account.') AND {_mentions('body', staging)})"
+        ),
+        "sink_rejects": f"key IN {contacts} OR key IN {anonymous} OR {_holds_bytes('value', staging)}",
     }
 
 
@@ -255,7 +264,7 @@ async def erase(
 
 
 async def _erase_staged(store: Store, staging: str, purge: bool) -> dict[str, int]:
-    parameters = {"json_strings": JSON_STRINGS}
+    parameters = dict(REGEXES)
     sync = {"lightweight_deletes_sync": 2, "mutations_sync": 2}
     deleted: dict[str, int] = {}
     for table, predicate in predicates(staging).items():
@@ -503,7 +512,7 @@ async def export(
     if not subjects:
         return out
     where = predicates(None)
-    parameters = {**subjects.parameters(), "json_strings": JSON_STRINGS, "limit": limit + 1}
+    parameters = {**subjects.parameters(), **REGEXES, "limit": limit + 1}
     for table, (sql, shape) in EXPORTS.items():
         rows = await store.query(sql.format(predicate=f"({where[table]})"), parameters)
         out[table] = [shape(r) for r in rows[:limit]]

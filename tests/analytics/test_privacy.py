@@ -76,7 +76,7 @@ def delivery(offset: int, key: str, body: dict[str, Any]) -> list[Any]:
     d = DeliveryRecord(
         id=f"msg_{offset}",
         subscription_id="wh_1",
-        type="stage.changed",
+        type=str(body["type"]),
         key=key,
         partition=0,
         seq=offset,
