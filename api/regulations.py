@@ -96,6 +96,7 @@ log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 RETRY_S = 60.0
 POLL_S = 0.1
+PROGRESS_S = 2.0  # the worker step's progress is written to the record at most this often
 FETCH_MAX_WAIT_MS = 200
 KIND_OF: dict[str, SubjectKind] = {"USER_ID": "user", "ANONYMOUS_ID": "anonymous", "EMAIL": "email"}
 
@@ -760,10 +761,12 @@ class RegulationService:
 
     async def erase_in_worker(self, reg: Regulation, person: Person, looked: set[tuple[str, str]]) -> int:
         """Send the orders, follow the reports, until every order is reported; the contacts and
-        links found. Raises :class:`StepFailed` after the timeout."""
+        links found. Raises :class:`StepFailed` when no new report came for the timeout (the
+        record shows the progress, written at most every :data:`PROGRESS_S`)."""
         sent: set[tuple[str, str, str]] = set()
         seen: dict[tuple[str, str, str], ErasureReport] = {}
         deadline = time.monotonic() + self.timeout_s
+        shown, shown_at = -1, time.monotonic()
         changed = True
         while True:
             reports = self.reports.get(reg.id, {})
@@ -771,6 +774,11 @@ class RegulationService:
                 if seen.get(at) is not report:  # only what is new since the last round
                     seen[at] = report
                     changed = person.add_report(report) or changed
+                    deadline = time.monotonic() + self.timeout_s  # the worker is at it
+            if len(seen) != shown and time.monotonic() - shown_at >= PROGRESS_S:
+                shown, shown_at = len(seen), time.monotonic()
+                reg.stores["worker"].detail = f"{shown} of {len(self.orders(person))} erase orders reported"
+                await self.write(reg)
             if changed:
                 discover(person, self.namespaces(), looked)
                 await self.restrict(reg, person)  # before the orders: no event of a new id slips in
@@ -782,7 +790,7 @@ class RegulationService:
                 return sum(1 for r in reports.values() if r.found)
             if time.monotonic() > deadline:
                 raise StepFailed(
-                    f"{len(pending)} of {len(self.orders(person))} erase orders not reported after "
+                    f"{len(pending)} of {len(self.orders(person))} erase orders not reported, none for "
                     f"{self.timeout_s:g} s (is the worker of every namespace running?); retried later"
                 )
             await asyncio.sleep(self.poll_s)
