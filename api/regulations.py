@@ -26,7 +26,7 @@ running it again, after a crash or a failure, is safe):
    ``erase_link`` for every anonymous id (``<ns>.identity``) on every live namespace of the models
    registry; each report names further ids (anonymous ids, merged ids, the contact merged into,
    email), which get entries and orders in turn, until nothing new. Done when every order has its
-   report; ``failed`` after ``SCORESTREAM_REGULATION_TIMEOUT_S`` without them (worker down).
+   report; ``failed`` when none came for ``SCORESTREAM_REGULATION_TIMEOUT_S`` (a worker is down).
 3. ``api``: done when no replica of any live namespace finds any of the ids (the views topic's
    tombstones made them forget); ``failed`` after the timeout.
 4. ``archive``: ``analytics.privacy.erase`` on the API's archive, after the worker is done (the

@@ -369,9 +369,9 @@ class Settings(BaseSettings):
     regulation_timeout_s: float = Field(
         default=600.0,
         gt=0,
-        description="How long a privacy regulation waits for every worker's erasure reports, and then for the API "
-        "to forget the person, before that store fails (the regulation is carried out again a minute later, and "
-        "when an API process starts).",
+        description="How long a privacy regulation waits for the workers' next erasure report (none for this long: "
+        "a worker is down), and then for the API to forget the person, before that store fails (the regulation is "
+        "carried out again a minute later, and when an API process starts).",
     )
     write_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
