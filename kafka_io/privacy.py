@@ -4,12 +4,12 @@
 regulation service only) holds a :class:`schemas.regulations.PrivacyEntry` per subject key (a
 SHA-256 of an identifier, :func:`scorestream.privacy.subject_key`); a tombstone lifts it. A
 :class:`PrivacyFollower` reads it from the beginning into a :class:`scorestream.privacy.PrivacyList`
-and then follows it, in the worker (ingest and contacts stages), the analytics sink and the API
-process (the collector) alike::
+and then follows it, in the worker (ingest, identity and contacts stages), the analytics sink, the
+webhook dispatcher and the API process (the collector) alike::
 
-    <app>.privacy ──► PrivacyFollower ──► PrivacyList ──► worker ingest / contacts stage
+    <app>.privacy ──► PrivacyFollower ──► PrivacyList ──► worker ingest / identity / contacts
                                                      ├─► HTTP collector
-                                                     ├─► analytics sink
+                                                     ├─► analytics sink, webhook dispatcher
                                                      └─► replay, archive backfill (read_privacy_list)
 
 A process that starts must not store what is already restricted: it awaits
@@ -17,7 +17,9 @@ A process that starts must not store what is already restricted: it awaits
 that does not exist yet is an empty list. The per-record policy is :mod:`kafka_io.reader`'s (an
 unreadable record is logged, counted and skipped: it restricts nothing); a broker error restarts
 the following after a pause, keeping the list as it is meanwhile (entries are only ever put again
-or lifted by a later record, so reading from the beginning again converges to the same list).
+or lifted by a later record, so reading from the beginning again converges to the same list; a
+tombstone compacted away while a process could not read keeps its entry until it restarts: the
+safe side).
 
 The identifiers of what is not a decoded event (a dead letter, a refused collector message, an
 archived row) are read by :mod:`schemas.privacy`.
