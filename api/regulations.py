@@ -31,7 +31,8 @@ running it again, after a crash or a failure, is safe):
    tombstones made them forget); ``failed`` after the timeout.
 4. ``archive``: ``analytics.privacy.erase`` on the API's archive, after the worker is done (the
    sink then has nothing more to write about them; it drops late rows itself). No archive
-   reachable from this process: ``done`` "no archive".
+   configured: ``done`` "no archive"; one this process cannot reach (embedded chDB opened by
+   another process): ``failed`` with the reason.
 5. ``deliveries``: the webhook deliveries of the contacts tombstoned (``api.erasure``).
 6. ``deadletter``: ``done``: the dead-letter topic cannot be rewritten; its records expire with
    its retention (the archive's copies went in step 4).
@@ -362,6 +363,8 @@ class RegulationService:
     ``namespaces()``: the live namespaces (name and contacts replica; the API passes its
     :class:`~api.namespaces.Namespaces`' readers). ``archive``: how the archive is reached (an
     :class:`api.archive.Archive`, or a getter of a store; None: no archive). ``archive_erase`` and
+    ``ready()``: whether the namespaces and their replicas have been read (a regulation is
+    accepted, and carried out, once they have: discovery must see every id). ``archive_erase`` and
     ``forget_deliveries`` default to ``analytics.privacy.erase`` and ``api.erasure.forget_deliveries``
     (with ``delivery_log``, this process's), ``api_forgets`` to ``api.erasure.api_forgets``.
     """
@@ -378,6 +381,7 @@ class RegulationService:
         api_forgets: ApiForgets | None = None,
         delivery_log: Any = None,
         clock: Callable[[], int] = now_ms,
+        ready: Callable[[], bool] = lambda: True,
         timeout_s: float | None = None,
         retry_s: float = RETRY_S,
         poll_s: float = POLL_S,
@@ -392,6 +396,7 @@ class RegulationService:
         self.api_forgets = api_forgets
         self.delivery_log = delivery_log
         self.clock = clock
+        self.ready = ready  # the namespaces and their replicas have been read (discovery sees every id)
         self.timeout_s = float(timeout_s if timeout_s is not None else settings.regulation_timeout_s)
         self.retry_s = retry_s
         self.poll_s = poll_s
@@ -692,6 +697,11 @@ class RegulationService:
         reg = self.regulations[reg_id]
         if reg.status == "done":
             return reg
+        waited = time.monotonic() + self.timeout_s
+        while True:  # a replica that never catches up delays the regulation, never blocks it
+            if self.ready() or time.monotonic() >= waited:
+                break
+            await asyncio.sleep(self.poll_s)
         reg.status, reg.finished_at_ms = "running", None
         person = self.person_of(reg)
         looked: set[tuple[str, str]] = set()

@@ -77,6 +77,8 @@ async def create_regulation(
     within 24 hours of the first answers the first's id. Durable once answered: its record and
     the privacy entries of its subjects are written; it is carried out in the background
     (`GET /v1/regulations/{id}`)."""
+    if not regulations.ready():
+        raise ApiError(503, "not_ready", "the API is still loading contact state; retry shortly")
     try:
         reg, created = await regulations.accept(body, idempotency_key, key_name(conn))
     except (KafkaError, OSError, TimeoutError) as exc:

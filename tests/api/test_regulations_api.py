@@ -208,3 +208,11 @@ def test_kafka_not_acknowledging_is_503_and_the_same_request_completes_it(w: Wor
     assert again.json()["data"]["regulateId"] == reg.id
     assert w.service.privacy_list.get(subject_key("user", "u1")) is not None
     assert subject_key("email", "ann@example.com") in reg.restricted_keys
+
+
+def test_no_regulation_is_accepted_before_the_replicas_are_read(w: World) -> None:
+    """Discovery must see every id the API knows: until the replicas are read, POST is 503 (GET answers)."""
+    w.service.ready = lambda: False
+    posted, listed = call(w, ("POST", "/v1/regulations", delete("u1")), ("GET", "/v1/regulations", None))
+    assert (posted.status_code, posted.json()["code"]) == (503, "not_ready")
+    assert listed.status_code == 200 and w.writer.sent == []
