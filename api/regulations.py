@@ -362,7 +362,7 @@ class RegulationService:
 
     ``namespaces()``: the live namespaces (name and contacts replica; the API passes its
     :class:`~api.namespaces.Namespaces`' readers). ``archive``: how the archive is reached (an
-    :class:`api.archive.Archive`, or a getter of a store; None: no archive). ``archive_erase`` and
+    :class:`api.archive.Archive`, or a getter of a store; None: no archive).
     ``ready()``: whether the namespaces and their replicas have been read (a regulation is
     accepted, and carried out, once they have: discovery must see every id). ``archive_erase`` and
     ``forget_deliveries`` default to ``analytics.privacy.erase`` and ``api.erasure.forget_deliveries``
