@@ -109,8 +109,7 @@ def test_a_suppressed_person_is_not_scored_nor_stored_until_lifted(service: Serv
         service.wait_for(lambda: seen(http, OTHER) is not None)
         before = contact(http, USER)
         assert before is not None and before["engagement"]["score"] > 0
-        by_email = contact(http, EMAIL.lower())
-        assert by_email is not None and by_email["contact_id"] == USER
+        service.wait_for(lambda: (c := contact(http, EMAIL.lower())) is not None and c["contact_id"] == USER)
 
         # SUPPRESS from now on, every identifier of the person
         suppressed_at = now_ms()
