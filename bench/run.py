@@ -74,7 +74,8 @@ class Bench:
 
 SCENARIOS = (
     "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
-    "api,api_middleware,telemetry,privacy_gate,collector,recovery,webhooks,sink,analytics,replay,privacy"
+    "api,api_middleware,telemetry,privacy_gate,collector,recovery,webhooks,sink,analytics,replay,privacy,"
+    "privacy_archive"
 )
 
 
@@ -370,6 +371,11 @@ def _service_scenarios(b: Bench, skip: set[str]) -> None:
         b.figures["privacy"] = privacy_figures(
             b.bootstrap, b.work, a.privacy_events, a.privacy_contacts, a.privacy_people, a.privacy_backlog
         )
+        b.save()
+    if "privacy_archive" not in skip:
+        from bench.privacy_archive import measure as archive_erasure
+
+        b.figures["privacy_archive"] = archive_erasure()
         b.save()
 
 
