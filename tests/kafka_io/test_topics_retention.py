@@ -69,7 +69,7 @@ def test_new_and_existing_topics_get_the_configured_retention(kafka_bootstrap: s
         }
         assert found[settings.changelog_topic("contacts")]["cleanup.policy"] == "compact"
 
-        # the settings change: `scorestream topics` (any start) sets them on the existing topics
+        # the settings change: `scorestream topics` (a worker's start) sets them on the existing topics
         changed = settings.model_copy(
             update={"source_retention_ms": -1, "retention_deadletter_days": 3, "retention_deliveries_days": 2}
         )
