@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import IncompatibleBrokerVersion, TopicAlreadyExistsError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 
@@ -89,7 +89,15 @@ async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
             if missing:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await client.create_topics(missing)
-            await align_retention(client, [t for t in topics if t.name in existing])
+            try:
+                await align_retention(client, [t for t in topics if t.name in existing])
+            except (KafkaConfigError, IncompatibleBrokerVersion, NotImplementedError) as exc:
+                # not fatal: a principal without DescribeConfigs/AlterConfigs still runs
+                log.warning(
+                    "the retention of existing topics was not set (%s): grant DescribeConfigs and AlterConfigs "
+                    "on them, or set retention.ms with kafka-configs (docs/operations.md, Retention)",
+                    exc,
+                )
             return [t.name for t in missing]
         except Exception as exc:
             if attempt == attempts - 1:
