@@ -8,8 +8,8 @@ Then, through ``POST /v1/regulations`` (``DELETE_ONLY``, ``USER_ID``) and ``GET
 
 - ``one_person``: seconds from accepted (the POST's answer) to ``done`` for one person, three
   times (median, and each store's own seconds from the record);
-- ``ten_thousand``: two regulations of 5,000 people (the batch size) sent together, seconds until
-  both are ``done``;
+- ``ten_thousand``: ten regulations of 1,000 people (:data:`BATCH`) sent together, seconds until
+  all are ``done``;
 - ``throughput``: the worker's events/s on a prefilled backlog (``backlog`` events of the same
   contacts: the worker stopped, the backlog published, the worker started, time to drained; as
   :func:`bench.scenarios.worker_throughput` measures it), once alone and once while a deletion of
@@ -34,12 +34,15 @@ import orjson
 
 from bench.harness import process_usage, publish, wait_drained
 from deploy.traffic import Traffic, iso
-from schemas.regulations import MAX_SUBJECTS
 from schemas.settings import Settings
 from tests.e2e.service import Service
 
 DAY = 86_400_000
 POLL_S = 0.05
+# people per regulation: 10 regulations of 1,000 for the 10,000 (the issue's other choice, 2 of
+# MAX_SUBJECTS = 5,000, is refused today: the record of 5,000 people with their linked ids' keys
+# is over Kafka's 1 MB record limit, MessageSizeTooLargeError, answered 503)
+BATCH = 1_000
 
 
 def person_id(i: int) -> str:
@@ -111,8 +114,11 @@ class Deployment:
 
     def regulate(self, http: httpx.Client, ids: list[str]) -> str:
         body = {"regulationType": "DELETE_ONLY", "subjectType": "USER_ID", "subjectIds": ids}
-        r = http.post("/v1/regulations", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
-        r.raise_for_status()
+        r = http.post("/v1/regulations", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}, timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(
+                f"POST /v1/regulations ({len(ids)} ids): {r.status_code} {r.text}\n{self.svc.logs('api')}"
+            )
         return str(r.json()["data"]["regulateId"])
 
     def until_done(self, http: httpx.Client, ids: list[str], timeout_s: float = 3600) -> dict[str, dict[str, Any]]:
@@ -152,7 +158,7 @@ def store_seconds(reg: dict[str, Any]) -> dict[str, float | None]:
 def timed_deletion(d: Deployment, http: httpx.Client, people: list[str]) -> tuple[float, dict[str, dict[str, Any]]]:
     """Seconds from the first regulation's acceptance to the last one's ``done``."""
     started = time.perf_counter()
-    ids = [d.regulate(http, people[i : i + MAX_SUBJECTS]) for i in range(0, len(people), MAX_SUBJECTS)]
+    ids = [d.regulate(http, people[i : i + BATCH]) for i in range(0, len(people), BATCH)]
     done = d.until_done(http, ids)
     return time.perf_counter() - started, done
 
@@ -242,7 +248,7 @@ def privacy_figures(
             d.svc.start_worker()
             assert d.svc.worker is not None
             deleting = time.perf_counter()
-            ids = [d.regulate(http, busy[i : i + MAX_SUBJECTS]) for i in range(0, len(busy), MAX_SUBJECTS)]
+            ids = [d.regulate(http, busy[i : i + BATCH]) for i in range(0, len(busy), BATCH)]
             seconds = d.drained()
             usage = process_usage(d.svc.worker.pid)
             d.until_done(http, ids)
