@@ -86,7 +86,7 @@ from schemas.events import (
     decode,
     may_hold_long_integers,
 )
-from schemas.privacy import message_subjects
+from schemas.privacy import message_subjects, raw_subjects
 from schemas.settings import Settings
 from scorestream.privacy import PrivacyList
 from telemetry import metrics
@@ -624,9 +624,14 @@ class Collector:
         written back, it is not a batch) is, when its write key came in the header, kept on the
         dead-letter topic as it arrived with the reason: the valid messages beside the hostile one
         are not lost to an SDK that does not retry a 400."""
+        now = self.clock()
+        if self.privacy.entries:  # not kept if it shows a restricted person's id anywhere
+            decision = self.privacy.decide_subjects(raw_subjects(body), now, now)
+            if decision is not None:
+                metrics.suppressed("collector", self._topics[channel], decision)
+                return
         headers = deadletter_headers(refusal.code, refusal.message, self._topics[channel], -1, -1)
         headers.append(("scorestream.source.http", path.encode()))
-        now = self.clock()
         await self._publish([ToPublish(self.settings.topic_deadletter, None, body, headers)], now)
         log.warning(
             "collector: an unreadable batch body on %s (%d bytes) dead-lettered: %s", path, len(body), refusal.code

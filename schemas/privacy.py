@@ -10,6 +10,7 @@ that may not import the core (``kafka_io``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ import msgspec
 
 from scorestream.privacy import PrivacyList, SubjectKind, contact_subjects, event_email
 
-__all__ = ["PrivacyList", "archived_subjects", "key_subjects", "message_subjects", "raw_subjects"]
+__all__ = ["PrivacyList", "archived_subjects", "key_subjects", "message_subjects", "raw_subjects", "text_subjects"]
 
 _json = msgspec.json.Decoder().decode
 
@@ -49,14 +50,40 @@ def _get(value: Any, name: str) -> Any:
 
 
 def raw_subjects(raw: bytes | None) -> list[tuple[SubjectKind, str]]:
-    """:func:`message_subjects` of a record value that is a JSON object; none otherwise."""
-    if not raw or raw[:1] != b"{":
+    """:func:`message_subjects` of a record value that is a JSON object (or a batch body: of each
+    of its messages too); of bytes that start like JSON but do not parse, :func:`text_subjects`;
+    none otherwise."""
+    if not raw or raw.lstrip()[:1] not in (b"{", b"["):
         return []
     try:
         parsed = _json(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
+        return text_subjects(raw)
+    if not isinstance(parsed, dict):
         return []
-    return list(message_subjects(parsed)) if isinstance(parsed, dict) else []
+    found = list(message_subjects(parsed))
+    batch = parsed.get("batch")
+    if isinstance(batch, list):
+        for message in batch:
+            if isinstance(message, dict):
+                found += message_subjects(message)
+    return found
+
+
+_JSON_STRING = re.compile(rb'"([^"\\\x00-\x1f]{1,512})"')
+
+
+def text_subjects(raw: bytes) -> list[tuple[SubjectKind, str]]:
+    """Every short JSON string in bytes that do not parse, as the identifier it might be (a user
+    or anonymous id, an email when it has an ``@``): the best that can be read of a broken
+    message, so a restricted person's is not kept for its ids being in a broken one."""
+    found: list[tuple[SubjectKind, str]] = []
+    for match in _JSON_STRING.finditer(raw):
+        text = match.group(1).decode("utf-8", "replace")
+        found += [("user", text), ("anonymous", text)]
+        if "@" in text:
+            found.append(("email", text))
+    return found
 
 
 def key_subjects(key: bytes | str | None) -> list[tuple[SubjectKind, str]]:

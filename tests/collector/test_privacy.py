@@ -119,3 +119,16 @@ def test_at_start_a_request_waits_for_the_privacy_list_then_503(monkeypatch: pyt
     refused = post(app, "/v1/track", auth=AUTH, json=track(userId="kept"))
     assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
     assert publisher.records == []
+
+
+def test_a_batch_body_refused_whole_is_not_kept_when_it_shows_a_restricted_id() -> None:
+    publisher = FakePublisher()
+    app = make_app(publisher)
+    restrict(collector_of(app).privacy, "user", "gone", suppressed_from_ms=NOW)
+    broken = b'{"batch": [{"type": "track", "userId": "gone", "event": "E"}, {"type": "tr'
+    too_many = orjson.dumps({"batch": [track(userId="gone")] * 2501})
+    other = b'{"batch": [{"type": "track", "userId": "kept", "event": "E"}, {"type": "tr'
+    for body in (broken, too_many, other):
+        answer = post(app, "/v1/batch", auth=AUTH, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 400
+    assert [r.value for r in publisher.records] == [other]  # only the other person's is dead-lettered

@@ -13,7 +13,7 @@ from kafka_io import clients
 from kafka_io.clients import KafkaConnection
 from kafka_io.privacy import LABEL, PrivacyFollower, read_privacy_list
 from kafka_io.reader import unreadable
-from schemas.privacy import key_subjects, message_subjects, raw_subjects
+from schemas.privacy import key_subjects, message_subjects, raw_subjects, text_subjects
 from schemas.regulations import PrivacyEntry, encode_json
 from scorestream.privacy import PrivacyList, Restriction, subject_key
 from tests.kafka_io.test_reader import create, until
@@ -131,3 +131,12 @@ def test_raw_bytes_and_keys() -> None:
     privacy = PrivacyList({subject_key("email", "ann@example.com"): Restriction("r", suppressed_from_ms=10)})
     assert privacy.decide_subjects(raw_subjects(b'{"traits": {"email": "ANN@example.com"}}'), 10, 10) == "suppressed"
     assert privacy.decide_subjects(raw_subjects(b'{"traits": {"email": "ANN@example.com"}}'), 9, 9) is None
+
+
+def test_a_batch_body_and_broken_json_show_their_ids() -> None:
+    body = b'{"batch": [{"userId": "u1"}, {"anonymousId": "a1", "traits": {"email": "e@x.com"}}], "userId": "top"}'
+    assert raw_subjects(body) == [("user", "top"), ("user", "u1"), ("anonymous", "a1"), ("email", "e@x.com")]
+    broken = b'{"userId": "gone", "traits": {"email": "g@x.com"'
+    found = raw_subjects(broken)
+    assert ("user", "gone") in found and ("anonymous", "gone") in found and ("email", "g@x.com") in found
+    assert text_subjects(b"no strings here") == [] and raw_subjects(b"not json, not kept") == []
