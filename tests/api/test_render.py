@@ -26,7 +26,7 @@ from schemas.model_file import load_model
 from schemas.population import encode_record
 from schemas.settings import Settings
 from schemas.view import encode_view
-from scorestream import ContactState, apply_events, fold
+from scorestream import ContactState, Event, apply_events, fold
 from scorestream.view import ContactView, view_of
 from tests.api.contact_oracle import contact_out
 from tests.api.test_population_reader import _model as population_model
@@ -62,7 +62,7 @@ CONTAINERS: list[Any] = [{"country": "GB", "city": "Zagreb", "nested": [1, 2.5, 
 
 def random_state(rng: random.Random, n: int) -> ContactState:
     user = f"u-{n}"
-    events = []
+    events: list[Event] = []
     for _ in range(rng.randint(1, 40)):
         ts = T0 - rng.randint(0, 40 * DAY) + rng.randint(0, 999)
         roll = rng.random()
