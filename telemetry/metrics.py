@@ -101,7 +101,8 @@ EVENTS_ACCEPTED = Counter(
 EVENTS_SUPPRESSED = Counter(
     "scorestream_events_suppressed_total",
     "Events dropped because the privacy list restricts their person (not stored, not dead-lettered), by the "
-    "door or stage that dropped them (worker, contacts, collector, sink, replay, dispatcher), the topic they came from and "
+    "door or stage that dropped them (worker, identity, contacts, collector, sink, dispatcher), the topic they came "
+    "from and "
     "the decision (suppressed, erased).",
     ["door", "topic", "decision"],
 )
