@@ -79,7 +79,8 @@ def event_email(traits: dict[str, Any]) -> str | None:
 
 
 def event_subjects(event: Event) -> Iterator[tuple[SubjectKind, str]]:
-    """The identifiers an event carries: user id, anonymous id, alias's previous id, email trait."""
+    """The identifiers an event carries: user id, anonymous id, alias's previous id, email trait
+    (a ``group`` call's traits are the account's: its email is the company's, not the person's)."""
     if event.user_id:
         yield "user", event.user_id
     if event.anonymous_id:
@@ -87,7 +88,7 @@ def event_subjects(event: Event) -> Iterator[tuple[SubjectKind, str]]:
     if event.kind == "alias" and event.previous_id:
         yield "user", event.previous_id
         yield "anonymous", event.previous_id
-    email = event_email(event.traits)
+    email = event_email(event.traits) if event.kind != "group" else None
     if email is not None:
         yield "email", email
 

@@ -38,6 +38,8 @@ def test_event_subjects_are_every_identifier_the_event_carries() -> None:
     assert set(event_subjects(event)) == {("user", "u"), ("anonymous", "a"), ("email", "E@x.io")}
     alias = make_event(kind="alias", user_id="u2", anonymous_id=None, previous_id="old")
     assert ("user", "old") in set(event_subjects(alias))
+    group = make_event(kind="group", group_id="acme", traits={"email": "sales@acme.io"})
+    assert ("email", "sales@acme.io") not in set(event_subjects(group))  # the account's email, not the person's
 
 
 def test_an_empty_list_decides_nothing() -> None:
