@@ -102,10 +102,9 @@ class _Fixed:
         self.fit_grade = fit.grade
         self.first_seen = _dt(view.first_seen_ms)
         self.last_seen = _dt(view.last_seen_ms)
+        consent = view.consent
         self.consent = (
-            {"categoryPreferences": view.consent, "at": _dt(view.consent_ms)}
-            if view.consent is not None and view.consent_ms is not None
-            else None
+            {"categoryPreferences": consent.preferences, "at": _dt(consent.at_ms)} if consent is not None else None
         )
 
 

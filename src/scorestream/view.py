@@ -40,6 +40,7 @@ from scorestream.state import Caps, ContactState, Hit, consent_denied, decay
 
 __all__ = [
     "VIEW_VERSION",
+    "ConsentView",
     "ContactView",
     "EarnedPoints",
     "FitMemo",
@@ -101,6 +102,14 @@ class ValueSummary:
     clv: ClvInputs | None = None
 
 
+class ConsentView(NamedTuple):
+    """The contact's current consent: the latest consent object (``categoryPreferences``) by event
+    time and that event's instant."""
+
+    at_ms: int
+    preferences: dict[str, bool]
+
+
 @dataclass(slots=True)
 class ContactView:
     """What a reader shows of one contact (a topic record; versioned by ``v``).
@@ -126,9 +135,9 @@ class ContactView:
     value: ValueSummary | None = None
     first_seen_ms: int | None = None
     last_seen_ms: int | None = None
-    # the contact's current consent: the latest consent object's categoryPreferences and its instant
-    consent: dict[str, bool] | None = None
-    consent_ms: int | None = None
+    # the contact's current consent: the latest consent object and its instant (one field: a view
+    # without consent pays one key)
+    consent: ConsentView | None = None
 
 
 # --- building a view (the worker) --------------------------------------------------------------
@@ -300,7 +309,7 @@ def view_of(
     view.first_seen_ms = state.first_seen_ms
     view.last_seen_ms = state.last_seen_ms
     if state.consent is not None and state.consent_at is not None:
-        view.consent, view.consent_ms = state.consent, state.consent_at[0]
+        view.consent = ConsentView(state.consent_at[0], state.consent)
     return view
 
 

@@ -229,7 +229,7 @@ def test_the_view_carries_the_consent_and_its_engagement_equals_the_full_states(
     events = [opened(T0 + i * HOUR, f"e{i}") for i in range(6)] + [page(T0 + 3 * HOUR - 1, DENIED, "w")]
     state = fold(events)
     view = decode_view(encode_view(view_of(state, MODEL)))
-    assert view.consent == DENIED and view.consent_ms == T0 + 3 * HOUR - 1
+    assert view.consent == (T0 + 3 * HOUR - 1, DENIED)
     assert engagement_of_view(view, MODEL, NOW).score == pytest.approx(score(state), abs=1e-6)
 
 
