@@ -32,6 +32,16 @@ def retention_ms(days: int) -> str:
     return str(days * DAY_MS if days > 0 else -1)
 
 
+def compaction_lag(settings: Settings) -> dict[str, str]:
+    """``max.compaction.lag.ms`` of the compacted topics holding personal data (none for 0)."""
+    days = settings.retention_compaction_lag_days
+    return {"max.compaction.lag.ms": str(days * DAY_MS)} if days > 0 else {}
+
+
+# the configs set again on existing topics when the settings change (the others only at creation)
+ALIGNED = ("retention.ms", "max.compaction.lag.ms")
+
+
 def wanted(settings: Settings) -> list[NewTopic]:
     """Every topic of ``settings``' namespace: sources, dead letters, internal, changelogs, each with
     its retention (docs/operations.md "Retention")."""
@@ -58,18 +68,25 @@ def wanted(settings: Settings) -> list[NewTopic]:
     topics += [
         NewTopic(name, p, r, topic_configs={"retention.ms": retention_ms(days)}) for name, days in retained.items()
     ]
+    # compacted topics holding personal data: a superseded record (an erased person's, behind their
+    # tombstone) is compacted away within max.compaction.lag.ms, not whenever the cleaner happens to run
+    personal = {**compact, **compaction_lag(settings)}
     tables = ("identity", "contacts", "accounts")
-    topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=compact) for t in tables]
-    topics.append(NewTopic(settings.views_topic, p, r, topic_configs=compact))
+    topics += [NewTopic(settings.changelog_topic(t), p, r, topic_configs=personal) for t in tables]
+    topics.append(NewTopic(settings.views_topic, p, r, topic_configs=personal))
     topics.append(NewTopic(settings.status_topic, 1, r, topic_configs=compact))
-    topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=compact))
+    topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=personal))
     topics.append(NewTopic(settings.webhooks_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.models_topic, 1, r, topic_configs=compact))
     for name in (settings.regulations_topic, settings.privacy_topic, settings.regulation_progress_topic):
-        topics.append(NewTopic(name, 1, r, topic_configs=compact))
+        topics.append(NewTopic(name, 1, r, topic_configs=personal))
     # A delivery's record is rewritten on every attempt (at most a day apart), so 14 days of
     # retention drops only finished deliveries; compaction keeps the latest state of each.
-    deliveries = {"cleanup.policy": "compact,delete", "retention.ms": retention_ms(settings.retention_deliveries_days)}
+    deliveries = {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": retention_ms(settings.retention_deliveries_days),
+        **compaction_lag(settings),
+    }
     topics.append(NewTopic(settings.deliveries_topic, p, r, topic_configs=deliveries))
     commands = {"retention.ms": retention_ms(settings.retention_commands_days)}
     topics.append(NewTopic(settings.commands_topic, p, r, topic_configs=commands))
@@ -186,17 +203,22 @@ class IncrementalAlterConfigs(Request[_IncrementalAlterConfigsStruct]):  # type:
 
 
 async def align_retention(client: AIOKafkaAdminClient, topics: list[NewTopic]) -> list[str]:
-    """Give each of ``topics`` (existing) the ``retention.ms`` it is wanted with (its other configs
-    untouched); returns the names changed. The brokers apply it within moments (KRaft metadata),
-    not necessarily before this returns."""
-    wanted_ms = {t.name: t.topic_configs["retention.ms"] for t in topics if "retention.ms" in t.topic_configs}
-    current = await topic_configs(client, sorted(wanted_ms))
+    """Give each of ``topics`` (existing) the ``retention.ms`` and ``max.compaction.lag.ms`` it is
+    wanted with (its other configs untouched); returns the names changed. The brokers apply it
+    within moments (KRaft metadata), not necessarily before this returns."""
+    wanted_configs = {
+        t.name: {key: t.topic_configs[key] for key in ALIGNED if key in t.topic_configs}
+        for t in topics
+        if any(key in t.topic_configs for key in ALIGNED)
+    }
+    current = await topic_configs(client, sorted(wanted_configs))
     changes: dict[str, dict[str, str]] = {}
-    for name, value in sorted(wanted_ms.items()):
-        before = current.get(name, {}).get("retention.ms")
-        if before != value:
-            changes[name] = {"retention.ms": value}
-            log.info("topic %s: retention.ms %s -> %s", name, before or "(broker default)", value)
+    for name, configs in sorted(wanted_configs.items()):
+        for key, value in configs.items():
+            before = current.get(name, {}).get(key)
+            if before != value:
+                changes.setdefault(name, {})[key] = value
+                log.info("topic %s: %s %s -> %s", name, key, before or "(broker default)", value)
     if changes:
         response = await client._send_request(IncrementalAlterConfigs(changes))
         for error, message, _kind, name in response.responses:

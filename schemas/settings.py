@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         default=14, ge=0, description="Retention of the webhook deliveries topic (compacted and deleted)."
     )
     retention_commands_days: int = Field(default=7, ge=0, description="Retention of the webhook commands topic.")
+    retention_compaction_lag_days: int = Field(
+        default=7,
+        ge=0,
+        description="Longest a superseded record (a contact's earlier state, an erased person's records behind "
+        "their tombstone) stays in a compacted topic holding personal data (`max.compaction.lag.ms`).",
+    )
     retention_archive_events_days: int = Field(
         default=760, ge=0, description="Archive TTL of accepted events (`events`), by event time (25 months)."
     )

@@ -662,12 +662,6 @@ async def _compaction_lags(p: Proof) -> dict[str, str | None]:
     return {name: configs.get(name, {}).get("max.compaction.lag.ms") for name in names}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18, ARCHIVE (kafka_io/topics.py): the compacted topics holding personal data set no "
-    "max.compaction.lag.ms, so an erased person's earlier records stay readable behind their tombstone "
-    "until the log cleaner happens to run (Kafka's default: no time bound)",
-)
 def test_compaction_removes_their_earlier_records_within_a_bounded_time(proof: Proof) -> None:
     """A tombstone hides a person from readers of the latest value; their earlier records (the
     whole state, email included) stay in the log until compaction. Erasure is only complete once

@@ -67,25 +67,39 @@ def test_new_and_existing_topics_get_the_configured_retention(kafka_bootstrap: s
             settings.commands_topic: str(7 * DAY_MS),
             settings.changelog_topic("contacts"): None,  # compacted state: no time limit
         }
-        assert found[settings.changelog_topic("contacts")]["cleanup.policy"] == "compact"
+        changelog = found[settings.changelog_topic("contacts")]
+        assert changelog == {"cleanup.policy": "compact", "max.compaction.lag.ms": str(7 * DAY_MS)}
+        assert found[settings.deliveries_topic]["max.compaction.lag.ms"] == str(7 * DAY_MS)
 
         # the settings change: `scorestream topics` (a worker's start) sets them on the existing topics
         changed = settings.model_copy(
-            update={"source_retention_ms": -1, "retention_deadletter_days": 3, "retention_deliveries_days": 2}
+            update={
+                "source_retention_ms": -1,
+                "retention_deadletter_days": 3,
+                "retention_deliveries_days": 2,
+                "retention_compaction_lag_days": 1,
+            }
         )
         assert await ensure_topics(changed) == []
         after = await configs(settings, names)
         for _ in range(100):  # the brokers apply a config change within moments (KRaft metadata)
-            if after[settings.topic_web].get("retention.ms") == "-1" and after[settings.deliveries_topic].get(
-                "retention.ms"
-            ) == str(2 * DAY_MS):
+            if after[settings.topic_web].get("retention.ms") == "-1" and after[
+                settings.changelog_topic("contacts")
+            ].get("max.compaction.lag.ms") == str(DAY_MS):
                 break
             await asyncio.sleep(0.1)
             after = await configs(settings, names)
         assert after[settings.topic_web]["retention.ms"] == "-1"
         assert after[settings.topic_deadletter]["retention.ms"] == str(3 * DAY_MS)
-        assert after[settings.deliveries_topic] == {"cleanup.policy": "compact,delete", "retention.ms": str(2 * DAY_MS)}
+        assert after[settings.deliveries_topic] == {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(2 * DAY_MS),
+            "max.compaction.lag.ms": str(DAY_MS),
+        }
         assert after[settings.topic_triggers]["retention.ms"] == str(30 * DAY_MS)  # unchanged
-        assert after[settings.changelog_topic("contacts")] == found[settings.changelog_topic("contacts")]
+        assert after[settings.changelog_topic("contacts")] == {
+            "cleanup.policy": "compact",
+            "max.compaction.lag.ms": str(DAY_MS),
+        }
 
     asyncio.run(go())
