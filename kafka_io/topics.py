@@ -15,12 +15,13 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 
 from kafka_io.clients import KafkaConnection, admin, consumer
+from kafka_io.errors import KafkaIoError
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class KafkaConfigError(RuntimeError):
+class KafkaConfigError(KafkaIoError, RuntimeError):
     """The broker refused to describe or change a topic's configs."""
 
 
