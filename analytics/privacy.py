@@ -35,7 +35,8 @@ search through a million raw events stays a fraction of a second (``bench/privac
 How :func:`erase` deletes: the ids go into a staging table of their own (Memory engine, dropped at
 the end), and each ``DELETE`` reads them from it, so the statements ClickHouse records (its
 mutations list, the query log of a server) name the staging table, never an id or an email. Every
-value is bound, never formatted into SQL. Per table: a count of the matching rows, a lightweight
+value is bound, never formatted into SQL. Per table: a count of the matching rows (``events``:
+their keys collected, so that the delete finds them through the primary index), a lightweight
 ``DELETE FROM`` (ReplacingMergeTree supports it: the rows are hidden at once, in chDB and on a
 server alike), a second count that must be 0 (else :class:`ErasureIncomplete`), then
 ``ALTER TABLE ... APPLY DELETED MASK`` in the background, which rewrites the parts without the
