@@ -93,6 +93,8 @@ class Deployment:
                 "SCORESTREAM_SINK_IN_API": "true",
                 "SCORESTREAM_CLICKHOUSE_URL": f"chdb://{data / 'chdb'}",
                 "SCORESTREAM_LOG_LEVEL": "WARNING",
+                # the bench polls every regulation every 50 ms: far beyond the admin scope's default
+                "SCORESTREAM_RATE_LIMIT_ADMIN": "1000000/second",
             },
         )
         values = {k[len("SCORESTREAM_") :].lower(): v for k, v in self.svc.env.items() if k.startswith("SCORESTREAM_")}
