@@ -202,8 +202,9 @@ def create_api(
         archive=state.analytics,
         delivery_log=getattr(state.webhooks, "deliveries", None),
         clock=clock,
-        ready=lambda: state.namespaces.caught_up.is_set()
-        and all(r.replica.caught_up.is_set() for r in state.namespaces.live()),
+        ready=lambda: (
+            state.namespaces.caught_up.is_set() and all(r.replica.caught_up.is_set() for r in state.namespaces.live())
+        ),
     )
     # the collector drops what the privacy list restricts: the service's, current the instant it writes
     state.collector.privacy = state.regulations.privacy_list

@@ -24,7 +24,8 @@ parameter's name and where it is (``parameter``, ``in``). :class:`ApiError` is a
     ├── AnalyticsUnavailable      503 not_ready: the archive cannot be read from here (api.archive)
     ├── WriteFailed               503 unavailable: a webhook topic write failed (api.webhook_store)
     ├── NotVisible                503 unavailable: a webhook write not read back in time (api.webhook_store)
-    └── StoreError                503 not_ready: the view store cannot be read or written as asked (api.view_store)
+    ├── StoreError                503 not_ready: the view store cannot be read or written as asked (api.view_store)
+    └── StepFailed                a regulation's step that did not complete: its store's detail, never answered (api.regulations)
 
 The webhook routes catch the last two to say what was being written (and to answer anyway when
 the answer shows a new signing secret); the analytics routes map the archive's own errors (bad

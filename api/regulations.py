@@ -189,8 +189,13 @@ ForgetDeliveries = Callable[[Settings, list[str]], Awaitable[int]]
 ApiForgets = Callable[..., bool]  # (replica, contact_ids, anonymous_ids, emails, *, erased_before_ms) -> bool
 
 
-class StepFailed(Exception):
-    """A store's step did not complete: its reason is the store's ``detail``."""
+class StepFailed(ApiError):
+    """A store's step did not complete: its reason is the store's ``detail`` (never an answer:
+    the step runs after the regulation was accepted; an :class:`ApiError` as every error of the
+    API is)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "unavailable", message)
 
 
 # -- a person's identifiers ----------------------------------------------------------------------
