@@ -50,6 +50,7 @@ from analytics.replay import replay
 from bench.harness import wait_drained
 from schemas.model_file import DEFAULT_MODEL as MODEL_FILE
 from schemas.model_file import load_model
+from schemas.regulations import MAX_SUBJECTS
 from schemas.settings import Settings
 from schemas.state import decode_state
 from tests.e2e.service import REPO, WRITE_KEY, Service
@@ -673,3 +674,32 @@ def test_compaction_removes_their_earlier_records_within_a_bounded_time(proof: P
     lags = asyncio.run(_compaction_lags(p))
     unbounded = {name: lag for name, lag in lags.items() if lag is None or int(lag) > 30 * 24 * HOUR}
     assert unbounded == {}, lags
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 18, REG: the record of a regulation of MAX_SUBJECTS (5,000) people whose linked ids the "
+    "API knows (subject keys and restricted keys as hex, ~1.4 MB) is over Kafka's 1 MB record limit: "
+    "MessageSizeTooLargeError, answered 503",
+)
+def test_a_regulation_of_max_subjects_people_is_accepted(proof: Proof) -> None:
+    """Segment's batch size holds for people with history: each with an anonymous id and an email
+    the API knows (three privacy keys each)."""
+    p = proof
+    now = int(time.time() * 1000)
+    people = [f"prf-many-{TOKEN}-{i}" for i in range(MAX_SUBJECTS)]
+    p.service.publish(
+        (
+            "web",
+            user.encode(),
+            msg("identify", now - HOUR, userId=user, anonymousId=f"{user}-a", traits={"email": f"{user}@many.example"}),
+        )
+        for user in people
+    )
+    with p.service.client() as http:
+        wait(p, lambda: contact(http, people[-1]) and contact(http, people[0]), 180, "the people visible")
+        drained(p, sink=False)
+        r = http.post(
+            "/v1/regulations", json={"regulationType": "SUPPRESS", "subjectType": "USER_ID", "subjectIds": people}
+        )
+    assert r.status_code == 200, r.text
