@@ -74,6 +74,7 @@ from kafka_io.reader import follow
 from schemas.api_regulations import RegulationIn
 from schemas.regulations import (
     DELETING,
+    REGULATION_RECORD_BYTES,
     STORES,
     SUPPRESSING,
     ErasureReport,
@@ -135,7 +136,9 @@ class KafkaWriter:
     async def _client(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                client = producer(self.kafka, acks="all", enable_idempotence=True)
+                client = producer(
+                    self.kafka, acks="all", enable_idempotence=True, max_request_size=REGULATION_RECORD_BYTES
+                )
                 await client.start()
                 self._producer = client
             return self._producer

@@ -34,15 +34,14 @@ import orjson
 
 from bench.harness import process_usage, publish, wait_drained
 from deploy.traffic import Traffic, iso
+from schemas.regulations import MAX_SUBJECTS
 from schemas.settings import Settings
 from tests.e2e.service import Service
 
 DAY = 86_400_000
 POLL_S = 0.05
-# people per regulation: 10 regulations of 1,000 for the 10,000 (the issue's other choice, 2 of
-# MAX_SUBJECTS = 5,000, is refused today: the record of 5,000 people with their linked ids' keys
-# is over Kafka's 1 MB record limit, MessageSizeTooLargeError, answered 503)
-BATCH = 1_000
+# people per regulation: 10 regulations of MAX_SUBJECTS (1,000) for the 10,000
+BATCH = MAX_SUBJECTS
 
 
 def person_id(i: int) -> str:

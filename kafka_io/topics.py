@@ -16,6 +16,7 @@ from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, 
 
 from kafka_io.clients import KafkaConnection, admin, consumer
 from kafka_io.errors import KafkaIoError
+from schemas.regulations import REGULATION_RECORD_BYTES
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def compaction_lag(settings: Settings) -> dict[str, str]:
 
 
 # the configs set again on existing topics when the settings change (the others only at creation)
-ALIGNED = ("retention.ms", "max.compaction.lag.ms")
+ALIGNED = ("retention.ms", "max.compaction.lag.ms", "max.message.bytes")
 
 
 def wanted(settings: Settings) -> list[NewTopic]:
@@ -79,7 +80,11 @@ def wanted(settings: Settings) -> list[NewTopic]:
     topics.append(NewTopic(settings.population_topic, 1, r, topic_configs=personal))
     topics.append(NewTopic(settings.webhooks_topic, 1, r, topic_configs=compact))
     topics.append(NewTopic(settings.models_topic, 1, r, topic_configs=compact))
-    for name in (settings.regulations_topic, settings.privacy_topic, settings.regulation_progress_topic):
+    # a regulation's record holds the hashes of every key it restricted: up to MAX_SUBJECTS people
+    # with up to 64 anonymous ids each (schemas/regulations.py REGULATION_RECORD_BYTES)
+    regulations = {**personal, "max.message.bytes": str(REGULATION_RECORD_BYTES)}
+    topics.append(NewTopic(settings.regulations_topic, 1, r, topic_configs=regulations))
+    for name in (settings.privacy_topic, settings.regulation_progress_topic):
         topics.append(NewTopic(name, 1, r, topic_configs=personal))
     # A delivery's record is rewritten on every attempt (at most a day apart), so 14 days of
     # retention drops only finished deliveries; compaction keeps the latest state of each.

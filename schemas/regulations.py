@@ -32,8 +32,14 @@ RegulationType = Literal["SUPPRESS", "SUPPRESS_WITH_DELETE", "DELETE_ONLY", "UNS
 SubjectType = Literal["USER_ID", "ANONYMOUS_ID", "EMAIL"]
 Status = Literal["pending", "running", "done", "failed"]
 
-MAX_SUBJECTS = 5_000
-"""Subject ids one regulation may name (Segment's own batch size)."""
+MAX_SUBJECTS = 1_000
+"""Subject ids one regulation may name: send several regulations for more. A regulation's record
+keeps the key of every identifier it restricted (a person's user id, email and up to 64 anonymous
+ids), so its size is bounded by this (about 4.3 MB at worst: :data:`REGULATION_RECORD_BYTES`)."""
+
+REGULATION_RECORD_BYTES = 8 * 1024 * 1024
+"""The largest record of the regulations topic (its ``max.message.bytes``, and the request size of
+the API's producer writing it)."""
 
 # The stores a regulation reports on, in the order they are worked on. Which apply depends on
 # the type: every type writes the privacy list; the deleting ones all the others.

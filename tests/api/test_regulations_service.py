@@ -19,9 +19,13 @@ from api.regulations import Namespace, Person, RegulationService, forgotten, mer
 from kafka_io.partitioner import partition_for
 from schemas.api_regulations import RegulationIn
 from schemas.regulations import (
+    MAX_SUBJECTS,
+    REGULATION_RECORD_BYTES,
     STORES,
     ErasureReport,
     PrivacyEntry,
+    Regulation,
+    StoreStatus,
     decode_entry,
     decode_regulation,
     encode_json,
@@ -513,7 +517,7 @@ def test_unfinished_regulations_are_resumed_by_one_process_of_the_host(tmp_path:
 
 
 def test_a_regulation_of_many_people_writes_in_batches() -> None:
-    """5,000 user ids: their entries and orders go out in a few batches (one round trip each, not
+    """MAX_SUBJECTS user ids: their entries and orders go out in a few batches (one round trip each, not
     one per record), and the service's own work stays small (the figure is printed)."""
     w = world()
     batches: list[int] = []
@@ -524,14 +528,14 @@ def test_a_regulation_of_many_people_writes_in_batches() -> None:
         await plain_send(records)
 
     w.writer.send_many = counted  # type: ignore[method-assign]
-    ids = tuple(f"bulk-{i}" for i in range(5_000))
+    ids = tuple(f"bulk-{i}" for i in range(MAX_SUBJECTS))
     started = time.perf_counter()
     (reg,) = run(w, body(ids=ids))
     took = time.perf_counter() - started
-    print(f"\n5,000 people through the service's state machine (fakes at the edges): {took:.2f} s")
-    assert reg.status == "done" and reg.stores["privacy_list"].count == 5_000
-    assert len(w.writer.on("app.privacy")) == 5_000 and len(w.writer.on("app.contacts")) == 5_000
-    assert len(batches) <= 5 and max(batches) == 5_000  # entries, orders, progress tombstones
+    print(f"\n{MAX_SUBJECTS} people through the service's state machine (fakes at the edges): {took:.2f} s")
+    assert reg.status == "done" and reg.stores["privacy_list"].count == MAX_SUBJECTS
+    assert len(w.writer.on("app.privacy")) == MAX_SUBJECTS and len(w.writer.on("app.contacts")) == MAX_SUBJECTS
+    assert len(batches) <= 5 and max(batches) == MAX_SUBJECTS  # entries, orders, progress tombstones
 
 
 def test_a_slow_worker_that_progresses_is_waited_for_and_its_progress_shown(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -544,3 +548,22 @@ def test_a_slow_worker_that_progresses_is_waited_for_and_its_progress_shown(monk
     assert reg.status == "done", reg.stores["worker"]
     details = [decode_regulation(s.value or b"").stores["worker"].detail for s in w.writer.on("app.regulations")]
     assert "0 of 3 erase orders reported" in details and "2 of 3 erase orders reported" in details
+
+
+def test_the_largest_regulation_record_fits_the_regulations_topic() -> None:
+    """MAX_SUBJECTS people with 64 anonymous ids, an email and a user id each: the record holding
+    every key it restricted stays under the topic's max.message.bytes (REGULATION_RECORD_BYTES)."""
+    people = [f"person-{i:04d}-{'x' * 480}" for i in range(MAX_SUBJECTS)]
+    keys = [subject_key("anonymous", f"{p}-{a}") for p in people for a in range(64)]
+    keys += [subject_key("user", p) for p in people] + [subject_key("email", f"{p}@example.com") for p in people]
+    record = Regulation(
+        id="reg_x",
+        regulation_type="SUPPRESS_WITH_DELETE",
+        subject_type="USER_ID",
+        created_at_ms=0,
+        subject_ids=people,
+        subject_keys=[subject_key("user", p) for p in people],
+        restricted_keys=keys,
+        stores={name: StoreStatus(status="running", detail="x" * 200) for name in STORES},
+    )
+    assert 1024 * 1024 < len(encode_json(record)) < REGULATION_RECORD_BYTES

@@ -676,15 +676,9 @@ def test_compaction_removes_their_earlier_records_within_a_bounded_time(proof: P
     assert unbounded == {}, lags
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18, REG: the record of a regulation of MAX_SUBJECTS (5,000) people whose linked ids the "
-    "API knows (subject keys and restricted keys as hex, ~1.4 MB) is over Kafka's 1 MB record limit: "
-    "MessageSizeTooLargeError, answered 503",
-)
 def test_a_regulation_of_max_subjects_people_is_accepted(proof: Proof) -> None:
-    """Segment's batch size holds for people with history: each with an anonymous id and an email
-    the API knows (three privacy keys each)."""
+    """A regulation of the largest batch is accepted for people with history: each with an
+    anonymous id and an email the API knows (three privacy keys each)."""
     p = proof
     now = int(time.time() * 1000)
     people = [f"prf-many-{TOKEN}-{i}" for i in range(MAX_SUBJECTS)]
