@@ -71,6 +71,13 @@ _REQUIRED: Final[dict[str, dict[str, Any]]] = {
 }
 
 
+def segment_at(kind: str, ts_ms: int, message_id: str | None = None, **fields: Any) -> bytes:
+    """A Segment message of ``kind`` at event time ``ts_ms`` as a producer sends it (a fresh
+    message id unless given); keyword arguments are its other fields."""
+    mid = message_id if message_id is not None else next_message_id("msg")
+    return orjson.dumps({"type": kind, "messageId": mid, "timestamp": iso(ts_ms), **fields})
+
+
 def segment_json(**fields: Any) -> bytes:
     """Valid Segment Spec JSON (a ``track`` by default); keyword arguments override fields.
 

@@ -252,3 +252,11 @@ class Service:
     def wait_for(self, check: Any, timeout: float = 60, interval: float = 0.2) -> Any:
         """Poll ``check()`` until it returns a truthy value; return it (or raise with the last value)."""
         return wait_for(check, timeout, "condition", lambda: self.logs("worker"), interval)
+
+
+def archived(bootstrap: str, data_dir: Path, **options: Any) -> Service:
+    """A deployment whose API runs the analytics sink into embedded chDB under ``data_dir`` (the
+    archive's tests: export, regulations, replay from the archive)."""
+    archive = {"SCORESTREAM_SINK_IN_API": "true", "SCORESTREAM_CLICKHOUSE_URL": f"chdb://{data_dir / 'chdb'}"}
+    extra = {**archive, **options.pop("extra_env", {})}
+    return Service(bootstrap=bootstrap, data_dir=data_dir, extra_env=extra, **options)

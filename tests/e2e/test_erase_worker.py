@@ -13,11 +13,9 @@ import asyncio
 import shutil
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from faust.stores.rocksdb import RocksDBOptions
 
 from kafka_io import clients
@@ -27,6 +25,7 @@ from schemas.accounts import decode_account
 from schemas.regulations import ErasureReport, decode_report, erase_record
 from schemas.settings import Settings
 from tests.e2e.service import Service
+from tests.factories import segment_at
 
 NOW = int(time.time() * 1000)
 USER, ANON, KEEP, ACCOUNT = "u-erase-1", "a-erase-1", "u-keep-1", "acct-erase"
@@ -34,12 +33,8 @@ EMAIL = "erase.me@example.com"
 REG = "reg-e2e-1"
 
 
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
 def msg(kind: str, mid: str, ts: int, **fields: Any) -> bytes:
-    return orjson.dumps({"type": kind, "messageId": mid, "timestamp": iso(ts), **fields})
+    return segment_at(kind, ts, mid, **fields)
 
 
 def settings_of(service: Service) -> Settings:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.e2e.service import Service
+from tests.e2e.service import Service, archived
+from tests.factories import segment_at as msg
 
 TOKEN = uuid.uuid4().hex[:8]
 USER, ANON, OTHER = f"exp-user-{TOKEN}", f"exp-anon-{TOKEN}", f"exp-other-{TOKEN}"
@@ -25,22 +25,9 @@ EMAIL = f"Exp.User.{TOKEN}@Example.com"
 NOW = int(time.time() * 1000)
 
 
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def msg(kind: str, ts: int, **fields: Any) -> bytes:
-    return orjson.dumps({"type": kind, "messageId": uuid.uuid4().hex, "timestamp": iso(ts), **fields})
-
-
 @pytest.fixture(scope="module")
 def service(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data = Path(tmp_path_factory.mktemp("export"))
-    svc = Service(
-        bootstrap=kafka_bootstrap,
-        data_dir=data,
-        extra_env={"SCORESTREAM_SINK_IN_API": "true", "SCORESTREAM_CLICKHOUSE_URL": f"chdb://{data / 'chdb'}"},
-    )
+    svc = archived(kafka_bootstrap, Path(tmp_path_factory.mktemp("export")))
     svc.start()
     yield svc
     svc.stop()

@@ -35,7 +35,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,8 @@ from schemas.regulations import MAX_SUBJECTS
 from schemas.settings import Settings
 from schemas.state import decode_state
 from tests.e2e.service import REPO, WRITE_KEY, Service
+from tests.factories import iso
+from tests.factories import segment_at as msg
 from tests.webhook_receiver import Receiver
 
 MODEL = load_model()
@@ -74,14 +75,6 @@ NEEDLES = (U, A, E)
 STRING_TYPE = re.compile(r"^(LowCardinality\()?(Nullable\()?(String|FixedString\(\d+\))\)*$")
 ARRAY_TYPE = re.compile(r"^Array\((LowCardinality\()?(Nullable\()?String\)*$")
 VIEW_ENGINES = ("View", "MaterializedView", "LiveView", "WindowView", "Dictionary")
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def msg(kind: str, ts: int, **fields: Any) -> bytes:
-    return orjson.dumps({"type": kind, "messageId": uuid.uuid4().hex, "timestamp": iso(ts), **fields})
 
 
 def history(start: int) -> list[tuple[str, bytes | None, bytes]]:

@@ -13,19 +13,18 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from kafka_io.reader import read_topic
 from schemas.regulations import STORES, decode_entry, decode_regulation
 from schemas.settings import Settings
 from scorestream.privacy import subject_key
-from tests.e2e.service import Service
+from tests.e2e.service import Service, archived
+from tests.factories import segment_at as msg
 
 TOKEN = uuid.uuid4().hex[:8]
 USER, ANON, OTHER = f"reg-user-{TOKEN}", f"reg-anon-{TOKEN}", f"reg-other-{TOKEN}"
@@ -33,22 +32,9 @@ EMAIL = f"reg.user.{TOKEN}@example.com"
 NOW = int(time.time() * 1000)
 
 
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def msg(kind: str, ts: int, **fields: Any) -> bytes:
-    return orjson.dumps({"type": kind, "messageId": uuid.uuid4().hex, "timestamp": iso(ts), **fields})
-
-
 @pytest.fixture(scope="module")
 def service(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data = Path(tmp_path_factory.mktemp("regulations"))
-    svc = Service(
-        bootstrap=kafka_bootstrap,
-        data_dir=data,
-        extra_env={"SCORESTREAM_SINK_IN_API": "true", "SCORESTREAM_CLICKHOUSE_URL": f"chdb://{data / 'chdb'}"},
-    )
+    svc = archived(kafka_bootstrap, Path(tmp_path_factory.mktemp("regulations")))
     svc.start()
     yield svc
     svc.stop()

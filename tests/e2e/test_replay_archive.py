@@ -28,7 +28,7 @@ from deploy.traffic import Traffic
 from schemas.model_file import DEFAULT_MODEL as MODEL_FILE
 from schemas.state import decode_state
 from tests.analytics.test_replay import doubled_source
-from tests.e2e.service import REPO, Service
+from tests.e2e.service import REPO, Service, archived
 from tests.e2e.test_analytics import BAD, settings_for, workload
 from tests.e2e.test_replay import DAY, MODEL
 
@@ -36,12 +36,7 @@ from tests.e2e.test_replay import DAY, MODEL
 @pytest.fixture(scope="module")
 def service(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Worker and API; the API runs the sink into chDB in a directory only it opens."""
-    data = Path(tmp_path_factory.mktemp("replay-archive"))
-    svc = Service(
-        bootstrap=kafka_bootstrap,
-        data_dir=data,
-        extra_env={"SCORESTREAM_SINK_IN_API": "true", "SCORESTREAM_CLICKHOUSE_URL": f"chdb://{data / 'chdb'}"},
-    )
+    svc = archived(kafka_bootstrap, Path(tmp_path_factory.mktemp("replay-archive")))
     svc.start()
     yield svc
     svc.stop()

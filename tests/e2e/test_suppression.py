@@ -15,25 +15,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
-import orjson
 
 from kafka_io import clients
 from schemas.regulations import PrivacyEntry, encode_json
 from schemas.settings import Settings
 from scorestream.privacy import subject_key
 from tests.e2e.service import WRITE_KEY, Service
+from tests.factories import iso, segment_at
 
 USER, ANON, EMAIL = "sup-user", "sup-anon", "Sup.Person@Example.com"
 OTHER = "sup-other"
 SETTLE_S = 3.0  # followers apply a privacy record within a fetch (~0.5 s): a generous margin
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def now_ms() -> int:
@@ -41,7 +37,7 @@ def now_ms() -> int:
 
 
 def msg(kind: str, mid: str, ts: int, **fields: Any) -> bytes:
-    return orjson.dumps({"type": kind, "messageId": mid, "timestamp": iso(ts), **fields})
+    return segment_at(kind, ts, mid, **fields)
 
 
 def privacy_topic(service: Service) -> str:
