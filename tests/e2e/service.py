@@ -19,6 +19,7 @@ import httpx
 
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
+from kafka_io.reader import read_topic
 from schemas.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,6 +119,14 @@ class Service:
             env["SCORESTREAM_MODEL"] = str(self.model)
         env.update(self.extra_env)
         return env
+
+    @property
+    def settings(self) -> Settings:
+        """The deployment's settings, as its processes read them from :attr:`env`."""
+        prefix = "SCORESTREAM_"
+        return Settings.model_validate(
+            {k[len(prefix) :].lower(): v for k, v in self.env.items() if k.startswith(prefix)}
+        )
 
     @property
     def kafka(self) -> KafkaConnection:
@@ -260,3 +269,15 @@ def archived(bootstrap: str, data_dir: Path, **options: Any) -> Service:
     archive = {"SCORESTREAM_SINK_IN_API": "true", "SCORESTREAM_CLICKHOUSE_URL": f"chdb://{data_dir / 'chdb'}"}
     extra = {**archive, **options.pop("extra_env", {})}
     return Service(bootstrap=bootstrap, data_dir=data_dir, extra_env=extra, **options)
+
+
+def latest_values(settings: Settings, topic: str) -> dict[bytes, bytes | None]:
+    """The latest value per key of ``topic`` up to its end now (None: a tombstone)."""
+    out: dict[bytes, bytes | None] = {}
+
+    def keep(key: bytes | None, value: bytes | None) -> None:
+        if key is not None:
+            out[key] = value
+
+    asyncio.run(read_topic(settings, topic, keep, until_end=True))
+    return out

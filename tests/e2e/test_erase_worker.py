@@ -20,11 +20,10 @@ from faust.stores.rocksdb import RocksDBOptions
 
 from kafka_io import clients
 from kafka_io.partitioner import partition_for
-from kafka_io.reader import read_topic
 from schemas.accounts import decode_account
 from schemas.regulations import ErasureReport, decode_report, erase_record
 from schemas.settings import Settings
-from tests.e2e.service import Service
+from tests.e2e.service import Service, latest_values
 from tests.factories import segment_at
 
 NOW = int(time.time() * 1000)
@@ -35,23 +34,6 @@ REG = "reg-e2e-1"
 
 def msg(kind: str, mid: str, ts: int, **fields: Any) -> bytes:
     return segment_at(kind, ts, mid, **fields)
-
-
-def settings_of(service: Service) -> Settings:
-    values = {k[len("SCORESTREAM_") :].lower(): v for k, v in service.env.items() if k.startswith("SCORESTREAM_")}
-    return Settings.model_validate(values)
-
-
-def latest(s: Settings, topic: str) -> dict[bytes, bytes | None]:
-    """The latest value per key of ``topic`` up to its end now (None: a tombstone)."""
-    out: dict[bytes, bytes | None] = {}
-
-    def keep(key: bytes | None, value: bytes | None) -> None:
-        if key is not None:
-            out[key] = value
-
-    asyncio.run(read_topic(s, topic, keep, until_end=True))
-    return out
 
 
 def wait(service: Service, check: Callable[[], Any], timeout: float = 90) -> Any:
@@ -77,7 +59,7 @@ async def _send_orders(s: Settings) -> None:
 def reports(s: Settings) -> dict[str, ErasureReport]:
     return {
         key.decode(): decode_report(value)
-        for key, value in latest(s, s.regulation_progress_topic).items()
+        for key, value in latest_values(s, s.regulation_progress_topic).items()
         if value is not None and key.decode().startswith(f"{REG}/")
     }
 
@@ -96,7 +78,7 @@ def stored_keys(tables: Path, table: str) -> set[bytes]:
 
 
 def test_the_worker_erases_a_person_when_ordered(service: Service) -> None:
-    s = settings_of(service)
+    s = service.settings
     t = NOW - 3_600_000
     service.publish(
         [
@@ -137,7 +119,7 @@ def test_the_worker_erases_a_person_when_ordered(service: Service) -> None:
             )
 
         wait(service, scored)
-        before = latest(s, s.changelog_topic("contacts"))
+        before = latest_values(s, s.changelog_topic("contacts"))
         assert before.get(USER.encode()) is not None and before.get(f"anonymous:{ANON}".encode()) is not None
 
         asyncio.run(_send_orders(s))
@@ -154,9 +136,9 @@ def test_the_worker_erases_a_person_when_ordered(service: Service) -> None:
 
         # tombstones: contacts and identity changelogs, the views topic
         def tombstoned() -> bool:
-            contacts = latest(s, s.changelog_topic("contacts"))
-            identity = latest(s, s.changelog_topic("identity"))
-            views = latest(s, s.views_topic)
+            contacts = latest_values(s, s.changelog_topic("contacts"))
+            identity = latest_values(s, s.changelog_topic("identity"))
+            views = latest_values(s, s.views_topic)
             return (
                 USER.encode() in contacts
                 and contacts[USER.encode()] is None
@@ -170,7 +152,7 @@ def test_the_worker_erases_a_person_when_ordered(service: Service) -> None:
 
         # the account no longer names the user; the other member stays
         def account_forgot() -> bool:
-            raw = latest(s, s.changelog_topic("accounts")).get(ACCOUNT.encode())
+            raw = latest_values(s, s.changelog_topic("accounts")).get(ACCOUNT.encode())
             return raw is not None and USER.encode() not in raw and set(decode_account(raw).members) == {KEEP}
 
         wait(service, account_forgot)

@@ -125,10 +125,7 @@ class Proof:
 
     @property
     def settings(self) -> Settings:
-        values = {
-            k[len("SCORESTREAM_") :].lower(): v for k, v in self.service.env.items() if k.startswith("SCORESTREAM_")
-        }
-        return Settings.model_validate(values)
+        return self.service.settings
 
 
 @pytest.fixture(scope="module")

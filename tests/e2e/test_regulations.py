@@ -9,7 +9,6 @@ replay, shadow, unsuppress, the collector): ``tests/e2e/test_privacy.py``."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,11 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from kafka_io.reader import read_topic
 from schemas.regulations import STORES, decode_entry, decode_regulation
-from schemas.settings import Settings
 from scorestream.privacy import subject_key
-from tests.e2e.service import Service, archived
+from tests.e2e.service import Service, archived, latest_values
 from tests.factories import segment_at as msg
 
 TOKEN = uuid.uuid4().hex[:8]
@@ -40,24 +37,8 @@ def service(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     svc.stop()
 
 
-def settings_of(service: Service) -> Settings:
-    values = {k[len("SCORESTREAM_") :].lower(): v for k, v in service.env.items() if k.startswith("SCORESTREAM_")}
-    return Settings.model_validate(values)
-
-
-def latest(s: Settings, topic: str) -> dict[bytes, bytes | None]:
-    out: dict[bytes, bytes | None] = {}
-
-    def keep(key: bytes | None, value: bytes | None) -> None:
-        if key is not None:
-            out[key] = value
-
-    asyncio.run(read_topic(s, topic, keep, until_end=True))
-    return out
-
-
 def test_delete_only_reaches_done_in_every_store_and_the_user_is_gone(service: Service) -> None:
-    s = settings_of(service)
+    s = service.settings
     t = NOW - 3_600_000
     a, u = ANON.encode(), USER.encode()
     service.publish(
@@ -116,16 +97,16 @@ def test_delete_only_reaches_done_in_every_store_and_the_user_is_gone(service: S
         listed = http.get("/v1/regulations", params={"status": "done"}).json()["data"]["regulations"]
         assert rid in [x["id"] for x in listed]
 
-    privacy = latest(s, s.privacy_topic)
+    privacy = latest_values(s, s.privacy_topic)
     for kind, value in (("user", USER), ("anonymous", ANON), ("email", EMAIL)):
         raw = privacy.get(subject_key(kind, value).encode())  # type: ignore[arg-type]
         assert raw is not None, kind
         entry = decode_entry(raw)
         assert entry.erased_before_ms is not None and entry.suppressed_from_ms is None
     assert all(USER.encode() not in (v or b"") and EMAIL.encode() not in (v or b"") for v in privacy.values())
-    record = decode_regulation(latest(s, s.regulations_topic)[rid.encode()] or b"")
+    record = decode_regulation(latest_values(s, s.regulations_topic)[rid.encode()] or b"")
     assert record.status == "done" and record.subject_ids == [] and record.subject_keys == [subject_key("user", USER)]
-    progress = {k: v for k, v in latest(s, s.regulation_progress_topic).items() if k.startswith(rid.encode())}
+    progress = {k: v for k, v in latest_values(s, s.regulation_progress_topic).items() if k.startswith(rid.encode())}
     assert progress and all(v is None for v in progress.values())
 
 
