@@ -3,8 +3,6 @@ with rows made by the sink's own code (``analytics.rows``); and the archive's TT
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -12,7 +10,6 @@ import pytest
 
 from analytics import privacy
 from analytics.client import Store
-from analytics.migrations import migrate
 from analytics.rows import (
     CONTACT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -34,6 +31,7 @@ from schemas.settings import Settings
 from schemas.webhooks import DeliveryRecord
 from schemas.webhooks import encode as encode_webhook
 from scorestream.triggers import make_trigger
+from tests.analytics.test_client import with_store
 from tests.analytics.test_rows import CHANNELS, History, rec
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, T0, iso, make_event, segment_json
 
@@ -43,18 +41,6 @@ USER, ANON, EMAIL = "u-p1", "anon-p1", "Pat.One@Example.com"
 # someone else, with an event whose properties hold the person's user id inside a longer string
 OTHER, OTHER_ANON = "u-q2", "anon-q2"
 DECOY = "m-decoy"
-
-
-def run(url: str, body: Callable[[Store], Awaitable[None]]) -> None:
-    async def go() -> None:
-        store = Store(url)
-        try:
-            await migrate(store)
-            await body(store)
-        finally:
-            await store.close()
-
-    asyncio.run(go())
 
 
 def event(offset: int, received: int = T0 + 5, **fields: Any) -> list[Any]:
@@ -207,7 +193,7 @@ def test_erase_deletes_every_row_about_the_person_and_nothing_else(chdb_url: str
         again = await privacy.erase(store, user_ids=[USER], anonymous_ids=[ANON], emails=[EMAIL], contact_ids=[USER])
         assert again == dict.fromkeys(privacy.TABLES, 0)
 
-    run(chdb_url, body)
+    with_store(chdb_url, body)
 
 
 def test_a_contact_id_alone_finds_the_user_and_anonymous_rows_it_stands_for(chdb_url: str) -> None:
@@ -218,7 +204,7 @@ def test_a_contact_id_alone_finds_the_user_and_anonymous_rows_it_stands_for(chdb
         assert deleted["events"] == 5 and deleted["contacts"] == 1 and deleted["score_ledger"] == 0
         assert await store.query("SELECT count() FROM events WHERE anonymous_id = {a:String}", {"a": ANON}) == [(0,)]
 
-    run(chdb_url, body)
+    with_store(chdb_url, body)
 
 
 def test_nothing_named_deletes_nothing(chdb_url: str) -> None:
@@ -228,7 +214,7 @@ def test_nothing_named_deletes_nothing(chdb_url: str) -> None:
         assert await privacy.erase(store, emails=["  "]) == dict.fromkeys(privacy.TABLES, 0)
         assert await counts(store) == before
 
-    run(chdb_url, body)
+    with_store(chdb_url, body)
 
 
 def test_many_people_in_one_call(chdb_url: str) -> None:
@@ -243,7 +229,7 @@ def test_many_people_in_one_call(chdb_url: str) -> None:
         assert deleted["events"] == 50 + 3 + 1  # theirs; the identify (twice), the alias, a dead letter naming USER
         assert await store.query("SELECT count() FROM events WHERE startsWith(user_id, 'bulk-')") == [(0,)]
 
-    run(chdb_url, body)
+    with_store(chdb_url, body)
 
 
 def test_export_reads_what_erase_would_delete(chdb_url: str) -> None:
@@ -274,7 +260,7 @@ def test_export_reads_what_erase_would_delete(chdb_url: str) -> None:
         empty = await privacy.export(store, **ids)
         assert all(empty[t] == [] for t in privacy.EXPORTS)
 
-    run(chdb_url, body)
+    with_store(chdb_url, body)
 
 
 # --- retention ---------------------------------------------------------------------------------
@@ -310,7 +296,7 @@ def test_the_configured_ttls_are_applied_once_and_changed_when_the_settings_chan
         assert " TTL " not in await create(store, "score_ledger")
         assert await privacy.apply_retention(store, shorter) == []
 
-    run(chdb_url, body)
+    with_store(chdb_url, body)
 
 
 def test_rows_older_than_their_ttl_disappear_at_a_merge(chdb_url: str) -> None:
@@ -337,7 +323,7 @@ def test_rows_older_than_their_ttl_disappear_at_a_merge(chdb_url: str) -> None:
             ("", "rejected", 5),
         ]
 
-    run(chdb_url, body)
+    with_store(chdb_url, body)
 
 
 @pytest.mark.parametrize("days", [0, 1])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
@@ -281,3 +282,14 @@ def latest_values(settings: Settings, topic: str) -> dict[bytes, bytes | None]:
 
     asyncio.run(read_topic(settings, topic, keep, until_end=True))
     return out
+
+
+def shadow_from_archive(service: Service, model: Path, name: str, out: Path) -> tuple[str, dict[str, Any]]:
+    """``scorestream shadow --source archive --until-caught-up`` for ``service``'s deployment (its
+    API stopped: chDB released); the command's output and its ``--json`` report."""
+    cmd = [sys.executable, "-m", "deploy.cli", "shadow", "--model", str(model), "--name", name]
+    cmd += ["--source", "archive", "--until-caught-up", "--json", str(out)]
+    done = subprocess.run(cmd, env=service.env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report: dict[str, Any] = orjson.loads(out.read_bytes())
+    return done.stdout, report

@@ -52,7 +52,7 @@ from schemas.model_file import load_model
 from schemas.regulations import MAX_SUBJECTS
 from schemas.settings import Settings
 from schemas.state import decode_state
-from tests.e2e.service import REPO, WRITE_KEY, Service
+from tests.e2e.service import REPO, WRITE_KEY, Service, shadow_from_archive, wait_for
 from tests.factories import iso
 from tests.factories import segment_at as msg
 from tests.webhook_receiver import Receiver
@@ -165,14 +165,7 @@ def logs(p: Proof) -> str:
 
 
 def wait(p: Proof, check: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s; last: {last!r}\n{logs(p)}")
+    return wait_for(check, timeout, what, lambda: logs(p), interval)
 
 
 def contact(http: httpx.Client, ident: str) -> dict[str, Any] | None:
@@ -550,30 +543,8 @@ def test_the_archive_holds_nothing_and_replays_and_shadows_do_not_recreate_them(
             assert any(k == B for k in result.states), source
 
         out = tmp_path / "shadow.json"
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "deploy.cli",
-                "shadow",
-                "--model",
-                str(MODEL_FILE),
-                "--name",
-                "prf-shadow",
-                "--source",
-                "archive",
-                "--until-caught-up",
-                "--json",
-                str(out),
-            ],
-            env=p.service.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        shadow_ns = orjson.loads(out.read_bytes())["shadow"]
+        _, report = shadow_from_archive(p.service, MODEL_FILE, "prf-shadow", out)
+        shadow_ns = report["shadow"]
         shadow = s.in_namespace(shadow_ns)
         contacts, _ = latest(p, shadow.changelog_topic("contacts"))
         assert B.encode() in contacts, "the shadow rebuilt the others"

@@ -28,7 +28,7 @@ from deploy.traffic import Traffic
 from schemas.model_file import DEFAULT_MODEL as MODEL_FILE
 from schemas.state import decode_state
 from tests.analytics.test_replay import doubled_source
-from tests.e2e.service import REPO, Service, archived
+from tests.e2e.service import REPO, Service, archived, shadow_from_archive
 from tests.e2e.test_analytics import BAD, settings_for, workload
 from tests.e2e.test_replay import DAY, MODEL
 
@@ -159,30 +159,8 @@ def test_a_shadow_filled_from_the_archive_has_the_events_kafka_no_longer_holds(
     settings = settings_for(service, service.env["SCORESTREAM_CLICKHOUSE_URL"])
     asyncio.run(truncate(service.bootstrap, list(settings.source_topics)))
     out = tmp_path / "shadow.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "shadow",
-            "--model",
-            str(MODEL_FILE),
-            "--name",
-            "from-archive",
-            "--source",
-            "archive",
-            "--until-caught-up",
-            "--json",
-            str(out),
-        ],
-        env=service.env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "copied" in done.stdout
-    d = orjson.loads(out.read_bytes())["diff"]
+    stdout, report = shadow_from_archive(service, MODEL_FILE, "from-archive", out)
+    assert "copied" in stdout
+    d = report["diff"]
     assert d["contacts"]["live"] == d["contacts"]["replay"] == d["contacts"]["both"] > 40
     assert d["changed"] == 0, d["examples"]
