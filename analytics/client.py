@@ -152,6 +152,14 @@ class Store:
 
         return await self.run(go)
 
+    async def query_named(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The rows of a SELECT, each as a dict by column name (its alias where it has one)."""
+
+        def go(client: Client) -> list[dict[str, Any]]:
+            return list(client.query(sql, parameters=parameters).named_results())
+
+        return await self.run(go)
+
     async def command(self, sql: str) -> None:
         def go(client: Client) -> None:
             client.command(sql)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,9 +321,10 @@ async def _found(
 # --- export ------------------------------------------------------------------------------------
 
 EXPORT_EVENTS = """
-SELECT toUnixTimestamp64Milli(event_time), toUnixTimestamp64Milli(received_at), toString(status), channel, type,
-       event, name, path, message_id, user_id, anonymous_id, group_id, previous_id, reason, detail,
-       properties, traits, context, if(status = 'rejected', raw, '')
+SELECT toUnixTimestamp64Milli(event_time) AS event_time_ms,
+       toUnixTimestamp64Milli(received_at) AS received_at_ms, status, channel, type, event,
+       name, path, message_id, user_id, anonymous_id, group_id, previous_id, reason, detail, properties,
+       traits, context, if(status = 'rejected', raw, '') AS rejected_raw
 FROM events
 WHERE {predicate}
 ORDER BY event_time, kafka_topic, kafka_partition, kafka_offset
@@ -331,41 +332,44 @@ LIMIT 1 BY kafka_topic, kafka_partition, kafka_offset
 LIMIT {{limit:UInt32}}
 """
 EXPORT_LEDGER = """
-SELECT contact_id, toUnixTimestamp64Milli(at), toString(kind), toString(cause), engagement, engagement_band, fit,
-       fit_grade, stage, rules, message_ids, merged_into, model_version
+SELECT contact_id, toUnixTimestamp64Milli(at) AS at_ms, kind, cause,
+       engagement, engagement_band, fit, fit_grade, stage, rules, message_ids, merged_into, model_version
 FROM score_ledger FINAL
 WHERE {predicate}
 ORDER BY at, kafka_topic, kafka_partition, kafka_offset
 LIMIT {{limit:UInt32}}
 """
 EXPORT_TRANSITIONS = """
-SELECT subject_id, toUnixTimestamp64Milli(at), from_stage, to_stage, rule, cause, model_version, trigger_id
+SELECT subject_id AS contact_id, toUnixTimestamp64Milli(at) AS at_ms, from_stage, to_stage, rule, cause,
+       model_version, trigger_id
 FROM stage_transitions FINAL
 WHERE {predicate}
 ORDER BY at, trigger_id
 LIMIT {{limit:UInt32}}
 """
 EXPORT_TRIGGERS = """
-SELECT id, type, toUnixTimestamp64Milli(at), subject, contact_id, account_id, before, after, rule, cause, model_version
+SELECT id, type, toUnixTimestamp64Milli(at) AS at_ms, subject, contact_id, account_id, before, after, rule,
+       cause, model_version
 FROM triggers FINAL
 WHERE {predicate}
 ORDER BY at, id
 LIMIT {{limit:UInt32}}
 """
 EXPORT_DELIVERIES = """
-SELECT id, subscription_id, type, key, trigger_id, status, toUnixTimestamp64Milli(created_at),
-       toUnixTimestamp64Milli(updated_at), attempt_count, reason, attempts, body
+SELECT id, subscription_id, type, key, trigger_id, status, toUnixTimestamp64Milli(created_at) AS created_at_ms,
+       toUnixTimestamp64Milli(updated_at) AS updated_at_ms, attempt_count, reason, attempts, body
 FROM webhook_deliveries FINAL
 WHERE {predicate}
 ORDER BY created_at, id
 LIMIT {{limit:UInt32}}
 """
 EXPORT_CONTACTS = """
-SELECT contact_id, toUnixTimestamp64Milli(updated_at), toString(status), merged_into, user_id, email, account_id,
-       toUnixTimestamp64Milli(first_seen), toUnixTimestamp64Milli(last_seen), stage,
-       toUnixTimestamp64Milli(stage_since), persona, flags, engagement, engagement_band, fit, fit_grade,
-       rfm_segment, orders, revenue, toUnixTimestamp64Milli(first_order_at), toUnixTimestamp64Milli(last_order_at),
-       model_version
+SELECT contact_id, toUnixTimestamp64Milli(updated_at) AS updated_at_ms, status,
+       merged_into, user_id, email, account_id, toUnixTimestamp64Milli(first_seen) AS first_seen_ms,
+       toUnixTimestamp64Milli(last_seen) AS last_seen_ms, stage,
+       toUnixTimestamp64Milli(stage_since) AS stage_since_ms, persona, flags, engagement, engagement_band, fit,
+       fit_grade, rfm_segment, orders, revenue, toUnixTimestamp64Milli(first_order_at) AS first_order_ms,
+       toUnixTimestamp64Milli(last_order_at) AS last_order_ms, model_version
 FROM contacts FINAL
 WHERE {predicate}
 ORDER BY contact_id
@@ -388,142 +392,40 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _named(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-    return dict(zip(columns, row, strict=True))
-
-
-def _event(row: Sequence[Any]) -> dict[str, Any]:
-    columns = [
-        "event_time_ms",
-        "received_at_ms",
-        "status",
-        "channel",
-        "type",
-        "event",
-        "name",
-        "path",
-        "message_id",
-        "user_id",
-        "anonymous_id",
-        "group_id",
-        "previous_id",
-        "reason",
-        "detail",
-        "properties",
-        "traits",
-        "context",
-        "raw",
-    ]
-    out = _named(columns, row)
+def _event(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("properties", "traits", "context"):
-        out[key] = _json(out[key])
-    out["raw"] = _text(out["raw"]) if out["status"] == "rejected" else None
-    return out
+        row[key] = _json(row[key])
+    row["raw"] = _text(row.pop("rejected_raw")) if row["status"] == "rejected" else None
+    return row
 
 
-def _ledger(row: Sequence[Any]) -> dict[str, Any]:
-    columns = [
-        "contact_id",
-        "at_ms",
-        "kind",
-        "cause",
-        "engagement",
-        "engagement_band",
-        "fit",
-        "fit_grade",
-        "stage",
-        "rules",
-        "message_ids",
-        "merged_into",
-        "model_version",
-    ]
-    out = _named(columns, row)
-    out["rules"], out["message_ids"] = list(out["rules"]), list(out["message_ids"])
-    return out
+def _ledger(row: dict[str, Any]) -> dict[str, Any]:
+    row["rules"], row["message_ids"] = list(row["rules"]), list(row["message_ids"])
+    return row
 
 
-def _transition(row: Sequence[Any]) -> dict[str, Any]:
-    columns = ["contact_id", "at_ms", "from_stage", "to_stage", "rule", "cause", "model_version", "trigger_id"]
-    return _named(columns, row)
+def _trigger(row: dict[str, Any]) -> dict[str, Any]:
+    row["before"], row["after"] = _json(row["before"]), _json(row["after"])
+    return row
 
 
-def _trigger(row: Sequence[Any]) -> dict[str, Any]:
-    columns = [
-        "id",
-        "type",
-        "at_ms",
-        "subject",
-        "contact_id",
-        "account_id",
-        "before",
-        "after",
-        "rule",
-        "cause",
-        "model_version",
-    ]
-    out = _named(columns, row)
-    out["before"], out["after"] = _json(out["before"]), _json(out["after"])
-    return out
-
-
-def _delivery(row: Sequence[Any]) -> dict[str, Any]:
+def _delivery(row: dict[str, Any]) -> dict[str, Any]:
     """A delivery as archived (the subscription's URL and secret are not in the archive; the
     payload is what the person's data looked like to the receiver)."""
-    columns = [
-        "id",
-        "subscription_id",
-        "type",
-        "key",
-        "trigger_id",
-        "status",
-        "created_at_ms",
-        "updated_at_ms",
-        "attempt_count",
-        "reason",
-        "attempts",
-        "body",
-    ]
-    out = _named(columns, row)
-    out["attempts"], out["body"] = _json(out["attempts"]), _json(out["body"])
-    return out
+    row["attempts"], row["body"] = _json(row["attempts"]), _json(row["body"])
+    return row
 
 
-def _contact(row: Sequence[Any]) -> dict[str, Any]:
-    columns = [
-        "contact_id",
-        "updated_at_ms",
-        "status",
-        "merged_into",
-        "user_id",
-        "email",
-        "account_id",
-        "first_seen_ms",
-        "last_seen_ms",
-        "stage",
-        "stage_since_ms",
-        "persona",
-        "flags",
-        "engagement",
-        "engagement_band",
-        "fit",
-        "fit_grade",
-        "rfm_segment",
-        "orders",
-        "revenue",
-        "first_order_ms",
-        "last_order_ms",
-        "model_version",
-    ]
-    out = _named(columns, row)
-    out["flags"] = list(out["flags"])
-    return out
+def _contact(row: dict[str, Any]) -> dict[str, Any]:
+    row["flags"] = list(row["flags"])
+    return row
 
 
 EXPORTS: dict[str, tuple[str, Any]] = {
     "contacts": (EXPORT_CONTACTS, _contact),
     "events": (EXPORT_EVENTS, _event),
     "score_ledger": (EXPORT_LEDGER, _ledger),
-    "stage_transitions": (EXPORT_TRANSITIONS, _transition),
+    "stage_transitions": (EXPORT_TRANSITIONS, dict),
     "triggers": (EXPORT_TRIGGERS, _trigger),
     "webhook_deliveries": (EXPORT_DELIVERIES, _delivery),
 }
@@ -550,7 +452,7 @@ async def export(
     where = predicates(None)
     parameters = {**subjects.parameters(), **REGEXES, "limit": limit + 1}
     for table, (sql, shape) in EXPORTS.items():
-        rows = await store.query(sql.format(predicate=f"({where[table]})"), parameters)
+        rows = await store.query_named(sql.format(predicate=f"({where[table]})"), parameters)
         out[table] = [shape(r) for r in rows[:limit]]
         if len(rows) > limit:
             out["truncated"].append(table)
