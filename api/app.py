@@ -33,6 +33,7 @@ from api.replica import Replica
 from api.routers import ROUTERS, contacts
 from api.webhook_backend import WebhookBackend
 from collector.service import Collector, Publisher, collector_for
+from console import routes as console
 from schemas.api import Problem
 from schemas.model_file import load_model
 from schemas.settings import Settings
@@ -211,6 +212,7 @@ def create_api(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
     app.telemetry = RequestTelemetry.from_settings(settings)
     if fast_path:
         app.fast_get = app.direct_get
@@ -234,6 +236,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await state.console_live.stop()
         await state.regulations.stop()
         if isinstance(state.analytics, Archive):  # its read clients (tests may put a plain getter there)
             await state.analytics.close()

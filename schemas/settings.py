@@ -180,6 +180,20 @@ class Settings(BaseSettings):
         description="Serve `/docs`, `/redoc` and `/openapi.json`. Default: on in development, off when "
         "`SCORESTREAM_ENV=production`.",
     )
+    console_secret: SecretStr | None = Field(
+        default=None,
+        description="The key that signs the console's session cookies and CSRF tokens (32+ random bytes, e.g. "
+        "`openssl rand -hex 32`); every API process behind one address needs the same. Default: one made on "
+        "first use in `<data_dir>/console-secret` (shared by the API processes of one host).",
+    )
+    console_session_hours: float = Field(
+        default=12, gt=0, le=24 * 30, description="How long a console sign-in lasts before it asks for the key again."
+    )
+    console_secure_cookie: bool | None = Field(
+        default=None,
+        description="Mark the console's session cookie `Secure` (sent over HTTPS only). Default: on unless "
+        "`SCORESTREAM_ENV=development`.",
+    )
     rate_limit_read: str = Field(
         default="2000/second",
         description="Requests per API key to the `read` routes, per API process (`limits` notation: `100/second`, "

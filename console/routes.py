@@ -1,0 +1,79 @@
+"""The console's door: sign-in and sign-out, its static files, every page module's routes, and how
+a refusal is answered (:func:`install`, called by :func:`api.app.create_api`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from api.audit import audit
+from console import accounts, admin, analytics, contacts, overview
+from console.live import Live
+from console.pages import HERE, page, refusal_response
+from console.session import COOKIE, PREFIX, ConsoleRefusal, Sessions, ViewerDep, checked_form, same_origin, sessions
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+PAGE_ROUTERS = (overview.router, contacts.router, analytics.router, accounts.router, admin.router)
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a console path only (never another site)."""
+    if target and target.startswith(PREFIX) and not target.startswith("//") and "\\" not in target:
+        return target
+    return PREFIX
+
+
+@router.get("/sign-in", response_class=HTMLResponse)
+async def sign_in_form(request: Request, next: str | None = None) -> Response:
+    """The sign-in page (a signed-in browser goes straight on)."""
+    if sessions(request).viewer(request.cookies.get(COOKIE)) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return page(request, None, "sign_in.html", next=safe_next(next))
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+async def sign_in(
+    request: Request, key: Annotated[str, Form(max_length=512)], next: Annotated[str, Form()] = PREFIX
+) -> Response:
+    """Trade an API key for a session cookie; a key the API does not know is refused (401),
+    counted against the caller's address as the API's own 401s are."""
+    if not same_origin(request):
+        raise ConsoleRefusal(403, "this form was sent from another site")
+    response = RedirectResponse(safe_next(next), status_code=303)
+    entry = sessions(request).sign_in(key, response)
+    if entry is None:
+        request.app.state.rate_limits.charge_address(request.client.host if request.client else "unknown")
+        return page(
+            request, None, "sign_in.html", status=401, next=safe_next(next), error="That key is not one this API knows."
+        )
+    audit(entry, "console_sign_in")
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request, who: ViewerDep) -> Response:
+    await checked_form(request, who)
+    response = RedirectResponse(f"{PREFIX}/sign-in", status_code=303)
+    sessions(request).sign_out(response)
+    return response
+
+
+def install(app: FastAPI) -> None:
+    """Serve the console from ``app``: its sessions, live feeds, static files, pages and refusals."""
+    state = app.state
+    state.console_sessions = Sessions(state.settings, state.api_keys)
+    state.console_live = Live(state.settings)
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
+    app.include_router(router)
+    for pages in PAGE_ROUTERS:
+        app.include_router(pages, prefix=PREFIX, include_in_schema=False)
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ConsoleRefusal)
+        return refusal_response(request, exc)
+
+    app.add_exception_handler(ConsoleRefusal, refused)
