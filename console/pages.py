@@ -50,7 +50,15 @@ NAV = (
     NavItem(f"{PREFIX}/models", "Models", admin=True),
 )
 
-NO_STORE = {"Cache-Control": "no-store"}  # pages hold customer data: never kept by a shared cache
+# pages hold customer data: never kept by a cache; scripts from this site only (no inline script, no
+# CDN); styles inline are pygal's SVGs'; nothing may frame the console (clickjacking)
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def now_ms(request: Request) -> int:
@@ -72,14 +80,14 @@ def page(
         "now_ms": now_ms(request),
         **context,
     }
-    response = templates.TemplateResponse(request, template, body, status_code=status, headers=NO_STORE)
+    response = templates.TemplateResponse(request, template, body, status_code=status, headers=HEADERS)
     return response
 
 
 def fragment(request: Request, viewer: Viewer, template: str, **context: Any) -> HTMLResponse:
     """A part of a page (no layout), loaded into it by ``console.js`` (``data-load``)."""
     body = {"viewer": viewer, "now_ms": now_ms(request), **context}
-    return templates.TemplateResponse(request, template, body, headers=NO_STORE)
+    return templates.TemplateResponse(request, template, body, headers=HEADERS)
 
 
 async def attempt(work: Awaitable[T]) -> tuple[T | None, str | None]:

@@ -141,6 +141,7 @@ def run(settings: Settings, workers: int | None = None) -> int:
             key = key_of(env.get("SCORESTREAM_API_KEYS", "").split(",")[0]) or "<your key: the first entry is hashed>"
             write_key = env.get("SCORESTREAM_WRITE_KEYS", "").split(",")[0].split(":")[0]
             print(f"\nscorestream is ready in {time.monotonic() - started_at:.1f} s", flush=True)
+            print(f"  console:  {url}/console   (sign in with the API key below)")
             print(f"  API:      {url}   (OpenAPI: {url}/docs)")
             print(f"  API key:  {key}")
             print(f"  write key (HTTP collector, Segment SDKs' host {url}): {write_key}")

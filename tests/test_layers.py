@@ -83,6 +83,16 @@ def test_core_imports_only_the_standard_library() -> None:
         ("analytics", "streams"),
         ("analytics", "deploy"),
         ("streams", "analytics"),
+        ("console", "streams"),
+        ("console", "dispatcher"),
+        ("console", "sink"),
+        ("console", "deploy"),
+        ("streams", "console"),
+        ("dispatcher", "console"),
+        ("collector", "console"),
+        ("sink", "console"),
+        ("analytics", "console"),
+        ("schemas", "console"),
     ],
 )
 def test_adapters_do_not_import_each_other(package: str, must_not: str) -> None:
