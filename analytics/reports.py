@@ -168,6 +168,17 @@ class ContactFilter:
     flag: str | None = None
     updated_since_ms: int | None = None
     include_removed: bool = False  # also merged and deleted contacts
+    rfm_r: int | None = None  # the R score (1-5) under ``rfm_boundaries``, as ``GET /v1/reports/rfm``'s grid
+    rfm_f: int | None = None  # the F score (1-5), likewise
+    rfm_boundaries: RfmBoundaries | None = None  # the population's current boundaries (needed by rfm_r / rfm_f)
+
+
+# R and F as the core scores them (scorestream.rfm.score): 1 + the boundaries the value is above;
+# of customers only (orders > 0 and a last order). Parameters: recency, frequency.
+RFM_R_SQL = (
+    "1 + arrayCount(b -> toFloat64(toUnixTimestamp64Milli(assumeNotNull(last_order_at))) > b, {recency:Array(Float64)})"
+)
+RFM_F_SQL = "1 + arrayCount(b -> toFloat64(orders) > b, {frequency:Array(Float64)})"
 
 
 CONTACT_COLUMNS_SQL = f"""
@@ -208,6 +219,8 @@ WHERE (inserted_at, contact_id) > (fromUnixTimestamp64Milli({{after_ms:Int64}}, 
   AND ({{segment:String}} = '' OR rfm_segment = {{segment:String}})
   AND updated_at >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC')
   AND ({{use_min:UInt8}} = 0 OR engagement_now >= {{min_engagement:Float64}})
+  AND ({{rfm_r:UInt8}} = 0 OR (orders > 0 AND last_order_at IS NOT NULL AND {RFM_R_SQL} = {{rfm_r:UInt8}}))
+  AND ({{rfm_f:UInt8}} = 0 OR (orders > 0 AND last_order_at IS NOT NULL AND {RFM_F_SQL} = {{rfm_f:UInt8}}))
 ORDER BY inserted_at, contact_id
 LIMIT {{limit:UInt32}}
 """  # noqa: S608 (constant fragments; values are bound as parameters)
@@ -287,9 +300,23 @@ def contact_list_parameters(
         "since_ms": filters.updated_since_ms or 0,
         "use_min": int(filters.min_engagement is not None),
         "min_engagement": filters.min_engagement if filters.min_engagement is not None else 0.0,
+        **rfm_filter_parameters(filters),
         "now": now_ms,
         "half_life": float(model.half_life_ms),
         "limit": limit + 1,
+    }
+
+
+def rfm_filter_parameters(filters: ContactFilter) -> dict[str, Any]:
+    """The R / F filter's parameters (0: no filter); a filter without boundaries is refused."""
+    bounds = filters.rfm_boundaries
+    if (filters.rfm_r or filters.rfm_f) and bounds is None:
+        raise InvalidParameter("rfm_r" if filters.rfm_r else "rfm_f", "no RFM boundaries to score R and F against yet")
+    return {
+        "rfm_r": filters.rfm_r or 0,
+        "rfm_f": filters.rfm_f or 0,
+        "recency": list(bounds.last_order_ms) if bounds is not None else [],
+        "frequency": list(bounds.frequency) if bounds is not None else [],
     }
 
 
@@ -692,19 +719,16 @@ async def funnel(
 
 # --- RFM ---------------------------------------------------------------------------------------
 
-# R and F as the core scores them (scorestream.rfm.score): 1 + the boundaries the value is above.
-RFM_GRID = """
+# R and F as the core scores them (RFM_R_SQL, RFM_F_SQL; the sync list filters by the same).
+RFM_GRID = f"""
 SELECT r, f, count(), sum(revenue)
 FROM (
-    SELECT 1 + arrayCount(b -> toFloat64(toUnixTimestamp64Milli(assumeNotNull(last_order_at))) > b,
-                          {recency:Array(Float64)}) AS r,
-           1 + arrayCount(b -> toFloat64(orders) > b, {frequency:Array(Float64)}) AS f,
-           revenue
+    SELECT {RFM_R_SQL} AS r, {RFM_F_SQL} AS f, revenue
     FROM contacts FINAL
     WHERE status = 'active' AND orders > 0 AND last_order_at IS NOT NULL
 )
 GROUP BY r, f
-"""
+"""  # noqa: S608 (constant fragments; values are bound as parameters)
 
 RFM_STORED = """
 SELECT rfm_segment, countIf(orders > 0), sumIf(revenue, orders > 0), countIf(orders = 0)

@@ -23,6 +23,7 @@ from api.audit import audit
 from api.bodies import LimitedRoute
 from api.deps import (
     ActiveModel,
+    ActivePopulation,
     ActiveReplica,
     AdminScope,
     Analytics,
@@ -32,6 +33,7 @@ from api.deps import (
     ReadyReaders,
 )
 from api.errors import ApiError
+from api.population_reader import PopulationReader
 from api.replica import Decoded, Replica
 from schemas.api import BatchGetIn, BatchGetOut, ContactOut, Problem
 from schemas.api_analytics import ContactListOut, HistoryOut
@@ -39,9 +41,14 @@ from schemas.api_privacy import ExportArchive, ExportIdentity, ExportOut
 from schemas.times import ms_of as _ms
 from scorestream import Model
 from scorestream.privacy import contact_key
+from scorestream.rfm import RfmBoundaries
 from scorestream.view import ContactView
 
 JSON = "application/json"
+RFM_SCORE = (
+    "Customers whose {} score is this (1-5), under the current population boundaries, as the cells of "
+    "`GET /v1/reports/rfm`; 503 before there are boundaries."
+)
 router = APIRouter(tags=["contacts"], route_class=LimitedRoute)
 
 
@@ -85,6 +92,7 @@ async def list_contacts(
     analytics: Analytics,
     model: ActiveModel,
     clock: Clock,
+    population: ActivePopulation,
     stage: Annotated[str | None, Query(description="Stage(s), comma-separated.")] = None,
     min_engagement: Annotated[
         float | None, Query(description="Engagement decayed to now (as the contact route shows it) at least this.")
@@ -97,6 +105,8 @@ async def list_contacts(
     ] = "active",
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    rfm_r: Annotated[int | None, Query(ge=1, le=5, description=RFM_SCORE.format("R (5 = most recent)"))] = None,
+    rfm_f: Annotated[int | None, Query(ge=1, le=5, description=RFM_SCORE.format("F (5 = most orders)"))] = None,
 ) -> ContactListOut:
     """The CRM's sync list from the archive, in the order changes reached it (about the order of
     change): page with `next_cursor`; keep the last one and ask again later for what changed
@@ -108,6 +118,9 @@ async def list_contacts(
         flag=flag or None,
         updated_since_ms=None if updated_since is None else _ms(updated_since),
         include_removed=status == "all",
+        rfm_r=rfm_r,
+        rfm_f=rfm_f,
+        rfm_boundaries=_boundaries(population) if rfm_r or rfm_f else None,
     )
 
     after = reports.START if not cursor else archive.valid(reports.decode_cursor, cursor)
@@ -117,6 +130,18 @@ async def list_contacts(
         return await reports.contact_list(store, model, filters, after, limit, clock(), settle)
 
     return await archive.answer(analytics, query)
+
+
+def _boundaries(population: PopulationReader | None) -> RfmBoundaries:
+    """The RFM boundaries the R / F filters score against, as ``GET /v1/reports/rfm``'s grid: 503
+    before the workers published a population model."""
+    bounds = getattr(getattr(population, "model", None), "boundaries", None)
+    if bounds is None:
+        raise ApiError(
+            503, "not_ready", "no RFM boundaries yet (the workers publish them once there are customers); retry later"
+        )
+    found: RfmBoundaries = bounds
+    return found
 
 
 HISTORY_MODEL = (

@@ -19,6 +19,7 @@ from analytics.migrations import migrate
 from analytics.reports import ContactFilter, Position
 from analytics.rows import CONTACT_COLUMNS, LEDGER_COLUMNS
 from schemas.api_analytics import ContactListOut
+from scorestream.rfm import score
 from scorestream.rules.value import segment_of
 from scorestream.scoring import band_of
 from tests.analytics.archive import (
@@ -432,6 +433,33 @@ def test_rfm_without_boundaries_counts_the_stored_segments(store: Store, archive
             expected[c.segment] = expected.get(c.segment, 0) + 1
     assert {s.segment: s.contacts for s in got.segments} == expected
     assert got.grid == [] and got.boundaries is None and got.segments_from == "stored"
+
+
+def test_the_sync_list_lists_an_rfm_cells_customers(store: Store, archive: Archive) -> None:
+    """``rfm_r`` / ``rfm_f`` select the customers of the grid's cells, scored as the grid scores
+    them (the same boundaries): every cell's list is its contacts, each once, over pages."""
+    bounds = rfm_bounds(archive)
+    grid = run(reports.rfm(store, MODEL, bounds)).grid
+    members: dict[tuple[int, int], set[str]] = {}
+    for c in archive.active():
+        if c.orders > 0 and c.last_order is not None:
+            key = (score(float(c.last_order), bounds.last_order_ms), score(float(c.orders), bounds.frequency))
+            members.setdefault(key, set()).add(c.id)
+    assert len(members) > 3  # several cells hold customers
+    for cell in grid:
+        got, _ = pages(store, ContactFilter(rfm_r=cell.r, rfm_f=cell.f, rfm_boundaries=bounds), limit=5)
+        ids = [r.contact_id for p in got for r in p.data]
+        assert sorted(ids) == sorted(members.get((cell.r, cell.f), set())) and len(ids) == cell.contacts
+    recent, _ = pages(store, ContactFilter(rfm_r=5, rfm_boundaries=bounds), limit=50)
+    assert {r.contact_id for p in recent for r in p.data} == set().union(*(m for k, m in members.items() if k[0] == 5))
+    loyal, _ = pages(store, ContactFilter(rfm_f=5, stages=("customer",), rfm_boundaries=bounds), limit=50)
+    expected = {i for k, m in members.items() if k[1] == 5 for i in m if archive.contacts[i].stage == "customer"}
+    assert {r.contact_id for p in loyal for r in p.data} == expected
+
+
+def test_an_rfm_filter_without_boundaries_is_refused(store: Store) -> None:
+    with pytest.raises(reports.InvalidParameter, match="rfm_f: no RFM boundaries"):
+        run(reports.contact_list(store, MODEL, ContactFilter(rfm_f=2), reports.START, 5, NOW, 0))
 
 
 # --- personas ----------------------------------------------------------------------------------

@@ -214,6 +214,9 @@ def test_beyond_the_cap_is_503_busy_with_retry_after(store: Store) -> None:
         "/v1/contacts?cursor=not-a-cursor",
         "/v1/contacts?status=gone",
         "/v1/contacts?min_engagement=lots",
+        "/v1/contacts?rfm_r=6",
+        "/v1/contacts?rfm_f=0",
+        "/v1/contacts?rfm_r=high",
         "/v1/contacts/c-001/history?from=2026-09-01T00:00:00Z&to=2026-08-01T00:00:00Z",
         "/v1/reports/funnel?stages=lead,nope",
         "/v1/reports/funnel?stages=lead,lead",
@@ -266,6 +269,39 @@ def test_history_resolves_ids_through_the_replica_and_the_archive(store: Store) 
     body = r.json()
     assert body["from"].startswith("2026-08-23") and [row["engagement"] for row in body["ledger"]] == [45.0, 80.0]
     assert body["as_of"]["ledger_at"].startswith("2026-09-01") and body["as_of"]["fit"] == 20.0
+
+
+def with_population(store: Store, archive: Archive) -> FastAPI:
+    bounds = rfm_bounds(archive)
+    population = PopulationReader(kafka=KafkaConnection("127.0.0.1:1"), topic="p")
+    population.model = PopulationModel(
+        computed_at_ms=NOW, customers=bounds.customers, partitions=(0,), boundaries=bounds, rank_error=0.0
+    )
+    return make_app(store, population)
+
+
+def test_the_sync_list_lists_an_rfm_cell_page_by_page(store: Store, archive: Archive) -> None:
+    """``rfm_r`` + ``rfm_f``: the contacts of that cell of ``GET /v1/reports/rfm``'s grid, every
+    one once over the pages; before there are boundaries: 503 ``not_ready``."""
+    app = with_population(store, archive)
+    (rfm,) = get(app, "/v1/reports/rfm")
+    cell = max(rfm.json()["grid"], key=lambda c: c["contacts"])
+    assert cell["contacts"] > 3
+    ids: list[str] = []
+    path = f"/v1/contacts?rfm_r={cell['r']}&rfm_f={cell['f']}&limit=3"
+    while True:
+        (r,) = get(app, path)
+        assert r.status_code == 200, r.text
+        ids += [c["contact_id"] for c in r.json()["data"]]
+        if not r.json()["has_more"]:
+            break
+        path = f"/v1/contacts?rfm_r={cell['r']}&rfm_f={cell['f']}&limit=3&cursor={r.json()['next_cursor']}"
+    assert len(ids) == len(set(ids)) == cell["contacts"]
+    (row,) = get(app, f"/v1/contacts?rfm_r={cell['r']}&limit=1000")
+    assert set(ids) <= {c["contact_id"] for c in row.json()["data"]}
+    (without,) = get(make_app(store), f"/v1/contacts?rfm_r={cell['r']}")
+    assert without.status_code == 503 and without.json()["code"] == "not_ready", without.text
+    assert "RFM boundaries" in without.json()["detail"]
 
 
 def test_reports_answer_what_the_report_functions_compute(store: Store, archive: Archive) -> None:
