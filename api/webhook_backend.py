@@ -49,6 +49,7 @@ from kafka_io.clients import KafkaConnection
 from kafka_io.partitioner import partition_for
 from schemas.settings import Settings
 from schemas.webhooks import (
+    Accepted,
     CommandRecord,
     DeliveryRecord,
     SigningSecret,
@@ -65,6 +66,7 @@ RESOLVE_TIMEOUT_S = 5.0
 MAX_SIGNING_SECRETS = 5  # the new one and up to four still overlapping after rapid rotations
 MAX_MERGES = 5  # a change applied again on top of concurrent writes at most this often
 MANUAL = "disabled over the API"
+RETRY_FAILED_DEFAULT_MS = 24 * 3_600_000  # "retry every failed delivery" goes this far back by default
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
@@ -207,6 +209,50 @@ class WebhookBackend:
             await self.commands.send(partition, command)
         except WriteFailed as exc:
             raise ApiError(503, "unavailable", f"could not queue the command ({exc})") from exc
+
+    async def retry(self, sub_id: str, delivery: str, now_ms: int) -> Accepted:
+        """Queue a delivery to be sent again now (the same ``webhook-id`` and body), whatever its
+        status: a command to the dispatcher owning its partition (``POST .../{delivery_id}/retry``
+        and the console's Retry button)."""
+        record = self.owned_delivery(sub_id, delivery)
+        if record.partition >= await self.partitions():
+            raise ApiError(
+                409, "conflict", f"delivery {delivery} is on partition {record.partition}, beyond the commands topic"
+            )
+        request = request_id()
+        command = CommandRecord(
+            op="retry",
+            subscription_id=sub_id,
+            request_id=request,
+            requested_ms=now_ms,
+            delivery_id=delivery,
+            since_ms=record.created_ms,
+        )
+        await self.send(record.partition, command)
+        return Accepted(request_id=request, delivery_id=delivery)
+
+    async def retry_failed(self, sub_id: str, now_ms: int, since_ms: int | None = None) -> Accepted:
+        """Queue every failed delivery of ``sub_id`` created since ``since_ms`` (default: 24 hours
+        ago) to be sent again, each dispatcher its own (``POST .../deliveries:retry-failed`` and the
+        console's "Retry all failed")."""
+        self.subscription(sub_id)
+        since_ms = now_ms - RETRY_FAILED_DEFAULT_MS if since_ms is None else since_ms
+        if since_ms > now_ms:
+            raise ApiError(422, "invalid_request", "since: must not be in the future")
+        request = request_id()
+        for partition in range(await self.partitions()):
+            await self.send(
+                partition,
+                CommandRecord(
+                    op="retry_failed",
+                    subscription_id=sub_id,
+                    request_id=request,
+                    requested_ms=now_ms,
+                    since_ms=since_ms,
+                ),
+            )
+        log.info("webhook %s: failed deliveries since %d queued for retry (request %s)", sub_id, since_ms, request)
+        return Accepted(request_id=request, delivery_id=None)
 
 
 def new_record(sub_id: str, body: WebhookIn, secret: str, now_ms: int) -> SubscriptionRecord:

@@ -17,13 +17,13 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from deploy.lag import group_lag, records_in
+from deploy.lag import records_in
 from deploy.signals import StopOnSignal
 from kafka_io import clients
-from kafka_io.registry import promote as write_promotion
+from kafka_io.promotion import PromotionRefused, namespace_progress, promote_namespace
 from kafka_io.registry import read_registry, register_namespace
 from schemas.model_file import load_model
-from schemas.registry import NamespaceRecord, Promotion, Registry, namespace_record, namespace_refusal, settings_of
+from schemas.registry import NamespaceRecord, Registry, namespace_record, namespace_refusal, settings_of
 from schemas.settings import Settings
 from scorestream import Model
 
@@ -54,18 +54,11 @@ def active_namespace(settings: Settings) -> tuple[Settings, Model]:
     return settings_of(settings, registry, registry.active), model_of(settings, registry, registry.active)
 
 
-def source_and_internal_topics(settings: Settings) -> tuple[list[str], list[str]]:
-    return list(settings.source_topics), [settings.identity_topic, settings.contacts_topic, settings.accounts_topic]
-
-
 async def lag_of(settings: Settings, namespace: str, registry: Registry) -> tuple[int, int, int]:
     """(source records read, source records in all, internal records still to read) of a
     namespace's worker group (its backfill topics count as sources)."""
-    ns = settings_of(settings, registry, namespace)
-    sources, internal = source_and_internal_topics(ns)
-    src = await group_lag(ns, namespace, sources)
-    inner = await group_lag(ns, namespace, internal)
-    return src.committed, src.total, inner.remaining
+    progress = await namespace_progress(settings, namespace, registry)
+    return progress.read, progress.total, progress.internal
 
 
 def register(settings: Settings, model_path: str, name: str | None, backfill: bool = False) -> tuple[str, Model]:
@@ -229,39 +222,23 @@ def shadow(
 
 def promote(settings: Settings, namespace: str, at: str | None, delay_s: float, max_lag: int) -> int:
     """Make ``namespace`` the active one. Changes dated from the cut (``--at``, else now +
-    ``--delay``) are announced by it, earlier ones by the previous active namespace."""
-    registry = asyncio.run(read_registry(settings))
-    record = registry.namespaces.get(namespace)
-    if namespace == registry.active:
+    ``--delay``) are announced by it, earlier ones by the previous active namespace. The checks are
+    :func:`kafka_io.promotion.promote_namespace`'s (the console's Models page makes the same)."""
+    now = now_ms()
+    cut = int(datetime.fromisoformat(at).timestamp() * 1000) if at else now + int(delay_s * 1000)
+    try:
+        done = asyncio.run(promote_namespace(settings, namespace, now_ms=now, cut_ms=cut, max_lag=max_lag))
+    except PromotionRefused as exc:
+        console.print(f"[red]{exc.message}[/]")
+        return 2
+    if done.promotion is None:
         console.print(f"{namespace} is already active")
         return 0
-    if namespace != settings.app_id and (record is None or record.retired_ms is not None):
-        known = ", ".join(registry.live())
-        console.print(f"[red]{namespace} is not a running namespace (known: {known})[/]")
-        return 2
-    try:
-        done, total, internal = asyncio.run(lag_of(settings, namespace, registry))
-    except Exception as exc:
-        console.print(f"[red]cannot read {namespace}'s progress ({exc}); is its worker running?[/]")
-        return 2
-    behind = (total - done) + max(internal, 0)
-    if (done == 0 and total > 0) or behind > max_lag:
-        console.print(
-            f"[red]{namespace} is {behind} records behind (limit --max-lag {max_lag}); let it catch up first[/]"
-        )
-        return 2
-    cut = int(datetime.fromisoformat(at).timestamp() * 1000) if at else now_ms() + int(delay_s * 1000)
-    promotion = Promotion(namespace=namespace, from_ms=cut, promoted_ms=now_ms(), previous=registry.active)
-    try:
-        asyncio.run(write_promotion(settings, promotion))
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        return 2
     console.print(
         f"[bold]{namespace}[/] is active: the API answers with it now; changes dated from {iso(cut)} are "
-        f"announced (triggers, webhooks) by it, earlier ones by {registry.active}.\n"
-        f"Keep {registry.active}'s workers running while events dated before the cut can still arrive, then "
-        f"stop them and run `scorestream retire {registry.active}`."
+        f"announced (triggers, webhooks) by it, earlier ones by {done.previous}.\n"
+        f"Keep {done.previous}'s workers running while events dated before the cut can still arrive, then "
+        f"stop them and run `scorestream retire {done.previous}`."
     )
     return 0
 

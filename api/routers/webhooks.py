@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -42,7 +42,6 @@ from schemas.webhooks import (
 from scorestream import delivery as core
 
 log = logging.getLogger(__name__)
-RETRY_FAILED_DEFAULT = timedelta(hours=24)
 NOT_NULL = ("url", "events", "description", "enabled")  # PATCH fields that cannot be cleared
 router = APIRouter(
     route_class=LimitedRoute,
@@ -169,22 +168,7 @@ async def get_delivery(webhook_id: str, delivery_id: str, backend: Webhooks) -> 
 )
 async def retry_delivery(webhook_id: str, delivery_id: str, backend: Webhooks, clock: Clock) -> Accepted:
     """Send a delivery again now (the same `webhook-id` and body), whatever its status."""
-    record = backend.owned_delivery(webhook_id, delivery_id)
-    if record.partition >= await backend.partitions():
-        raise ApiError(
-            409, "conflict", f"delivery {delivery_id} is on partition {record.partition}, beyond the commands topic"
-        )
-    request = request_id()
-    command = CommandRecord(
-        op="retry",
-        subscription_id=webhook_id,
-        request_id=request,
-        requested_ms=clock(),
-        delivery_id=delivery_id,
-        since_ms=record.created_ms,
-    )
-    await backend.send(record.partition, command)
-    return Accepted(request_id=request, delivery_id=delivery_id)
+    return await backend.retry(webhook_id, delivery_id, clock())
 
 
 @router.post("/{webhook_id}/deliveries:retry-failed", response_model=Accepted, status_code=202)
@@ -198,22 +182,4 @@ async def retry_failed(
     ] = None,
 ) -> Accepted:
     """Send every failed delivery created since ``since`` again (each dispatcher its own)."""
-    backend.subscription(webhook_id)
-    now = clock()
-    since_ms = now - int(RETRY_FAILED_DEFAULT.total_seconds() * 1000) if since is None else _ms(since)
-    if since_ms > now:
-        raise ApiError(422, "invalid_request", "since: must not be in the future")
-    request = request_id()
-    for partition in range(await backend.partitions()):
-        await backend.send(
-            partition,
-            CommandRecord(
-                op="retry_failed",
-                subscription_id=webhook_id,
-                request_id=request,
-                requested_ms=now,
-                since_ms=since_ms,
-            ),
-        )
-    log.info("webhook %s: failed deliveries since %d queued for retry (request %s)", webhook_id, since_ms, request)
-    return Accepted(request_id=request, delivery_id=None)
+    return await backend.retry_failed(webhook_id, clock(), None if since is None else _ms(since))
