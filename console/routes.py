@@ -3,20 +3,26 @@ a refusal is answered (:func:`install`, called by :func:`api.app.create_api`).""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api.audit import audit
+from api.errors import ApiError
 from console import accounts, admin, analytics, contacts, overview
 from console.live import Live
 from console.pages import HERE, page, refusal_response
 from console.session import COOKIE, PREFIX, ConsoleRefusal, Sessions, ViewerDep, checked_form, same_origin, sessions
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+Handler = Callable[[Request, Any], Response | Awaitable[Response]]
+AsyncHandler = Callable[[Request, Any], Awaitable[Response]]
 PAGE_ROUTERS = (overview.router, contacts.router, analytics.router, accounts.router, admin.router)
 
 
@@ -77,3 +83,34 @@ def install(app: FastAPI) -> None:
         return refusal_response(request, exc)
 
     app.add_exception_handler(ConsoleRefusal, refused)
+    for kind in (ApiError, RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(kind, in_html(app.exception_handlers[kind]))
+
+
+def in_html(api_handler: Handler) -> AsyncHandler:
+    """The API's handler of an error, but an HTML page for the console's paths (a page given a bad
+    parameter, an unknown contact, an archive not ready, a rate limit: said in words, same status)."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        if not request.url.path.startswith(PREFIX + "/") and request.url.path != PREFIX:
+            answer = api_handler(request, exc)
+            return answer if isinstance(answer, Response) else await answer
+        headers: dict[str, str] = {}
+        if isinstance(exc, ApiError):
+            status, message = exc.status, exc.message
+            headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "retry-after"}
+        elif isinstance(exc, RequestValidationError):
+            status = 422
+            message = "; ".join(
+                f"{'.'.join(str(p) for p in error.get('loc', ())[1:]) or 'parameter'}: {error.get('msg', 'not valid')}"
+                for error in exc.errors()
+            )
+        else:
+            assert isinstance(exc, StarletteHTTPException)
+            status = exc.status_code
+            message = "There is no such page." if status == 404 else str(exc.detail)
+        response = refusal_response(request, ConsoleRefusal(status, message))
+        response.headers.update(headers)
+        return response
+
+    return handle
