@@ -10,6 +10,7 @@ from api.routers import (
     health,
     metrics,
     models,
+    overview,
     problems,
     regulations,
     reports,
@@ -26,5 +27,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     webhooks.router,
     regulations.router,
     reports.router,
+    overview.router,
     problems.router,
 )

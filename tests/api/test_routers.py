@@ -38,6 +38,7 @@ PINNED = {
     ("POST", "/v1/page"),
     ("GET", "/v1/reports/forecast"),
     ("GET", "/v1/reports/funnel"),
+    ("GET", "/v1/reports/overview"),
     ("GET", "/v1/reports/personas"),
     ("GET", "/v1/reports/rfm"),
     ("POST", "/v1/screen"),
