@@ -5,6 +5,7 @@ gives an empty string (the template shows its empty state instead)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,8 +44,14 @@ COMMON = {
 }
 
 
+# pygal writes its config as an inline <script> in every SVG, even with ``js=[]``: the console's
+# Content-Security-Policy (``script-src 'self'``) refuses it, a console error on every chart page.
+INLINE_SCRIPT = re.compile(r"<script\b.*?</script>", re.DOTALL)
+
+
 def _svg(chart: pygal.graph.graph.Graph) -> Markup:
-    return Markup(f'<figure class="chart">{chart.render(is_unicode=True)}</figure>')  # noqa: S704 (pygal escapes labels)
+    svg = INLINE_SCRIPT.sub("", chart.render(is_unicode=True))
+    return Markup(f'<figure class="chart">{svg}</figure>')  # noqa: S704 (pygal escapes labels)
 
 
 def line_over_time(
