@@ -42,6 +42,7 @@ FUNNEL = f"{PREFIX}/funnel"
 VALUE = f"{PREFIX}/value"
 PIPELINE = f"{PREFIX}/pipeline"
 CELL_PAGE_SIZE = 25
+MAX_CELL_PAGE = 100
 SHADES = 5  # heat map shades above "empty"
 MAX_TEXT = 200  # longest model name or stage list accepted from a form
 DEFAULT_LOOKBACK_DAYS = 180.0  # GET /v1/reports/forecast's default
@@ -117,15 +118,25 @@ def iso(moment: datetime) -> str:
 
 
 def shade(value: float, top: float) -> int:
-    """0 for nothing, else 1..SHADES by the share of the largest value."""
+    """0 for nothing, else 1..SHADES: shade k holds the values in ``(top (k-1)/SHADES, top k/SHADES]``."""
     if value <= 0 or top <= 0:
         return 0
-    return min(SHADES, 1 + int(SHADES * value / top * 0.9999))
+    return max(1, min(SHADES, math.ceil(SHADES * value / top)))
 
 
-def legend(top: float) -> list[tuple[int, float, float]]:
-    """The heat map's legend: (shade, from, to) for each shade above empty."""
-    return [(k, top * (k - 1) / SHADES, top * k / SHADES) for k in range(1, SHADES + 1)] if top > 0 else []
+def legend(top: float, whole: bool) -> list[tuple[int, float, float]]:
+    """The heat map's legend: (shade, lowest, highest) of each shade holding a possible value;
+    ``whole``: counts (whole numbers: each shade's first and last count)."""
+    out: list[tuple[int, float, float]] = []
+    for k in range(1, SHADES + 1):
+        low, high = top * (k - 1) / SHADES, top * k / SHADES
+        if whole:
+            first, last = math.floor(low) + 1, math.floor(high)
+            if first <= last:
+                out.append((k, first, last))
+        elif top > 0:
+            out.append((k, low, high))
+    return out
 
 
 def contact_link(contact_id: str) -> str:
@@ -234,14 +245,26 @@ def grid_context(report: RfmReportOut, by: str) -> dict[str, Any]:
     for r in range(5, 0, -1):
         cells = sorted((c for c in report.grid if c.r == r), key=lambda c: c.f)
         rows.append((r, [(c, shade(measure(c), top)) for c in cells]))
-    return {"rows": rows, "legend": legend(top), "top": top}
+    return {"rows": rows, "legend": legend(top, by == "contacts"), "top": top}
 
 
-def cell_href(r: int, f: int, cursor: str | None = None, number: int = 1) -> str:
+def cell_href(r: int, f: int, size: int, cursor: str | None = None, number: int = 1) -> str:
     params: dict[str, Any] = {"r": r, "f": f}
+    if size != CELL_PAGE_SIZE:
+        params["limit"] = size
     if cursor:
         params |= {"cursor": cursor, "page": number}
     return f"{VALUE}/cell?{urlencode(params)}"
+
+
+def parse_size(raw: str | None) -> int:
+    """Customers per page of a cell's list: 1 to MAX_CELL_PAGE (default CELL_PAGE_SIZE)."""
+    text = (raw or "").strip()
+    if not text:
+        return CELL_PAGE_SIZE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CELL_PAGE:
+        raise BadInput(f"limit: from 1 to {MAX_CELL_PAGE} customers a page")
+    return int(text)
 
 
 @router.get("/value/cell")
@@ -252,7 +275,7 @@ async def value_cell(request: Request, who: ViewerDep) -> Response:
     whole = request.headers.get(FRAGMENT_HEADER) != "1"
     try:
         r, f = parse_score(q.get("r"), "r"), parse_score(q.get("f"), "f")
-        cursor = short(q.get("cursor"), "cursor")
+        cursor, size = short(q.get("cursor"), "cursor"), parse_size(q.get("limit"))
         number = max(1, int(q.get("page") or 1))
     except (BadInput, ValueError) as exc:
         message = str(exc) if isinstance(exc, BadInput) else "page: a page number is needed"
@@ -269,21 +292,21 @@ async def value_cell(request: Request, who: ViewerDep) -> Response:
             await deps.clock(request),
             await deps.active_population(request),
             cursor=cursor,
-            limit=CELL_PAGE_SIZE,
+            limit=size,
             rfm_r=r,
             rfm_f=f,
         )
     )
-    context = cell_context(model, r, f, cursor, number, listed) | {"problem": problem}
+    context = cell_context(model, r, f, size, cursor, number, listed) | {"problem": problem}
     if whole:
         return page(request, who, "value_cell.html", nav=VALUE, title=f"Customers R {r} · F {f}", **context)
     return fragment(request, who, "value_cell_part.html", **context)
 
 
 def cell_context(
-    model: Model, r: int, f: int, cursor: str | None, number: int, listed: ContactListOut | None
+    model: Model, r: int, f: int, size: int, cursor: str | None, number: int, listed: ContactListOut | None
 ) -> dict[str, Any]:
-    params: dict[str, Any] = {"rfm_r": r, "rfm_f": f, "limit": CELL_PAGE_SIZE, "cursor": cursor}
+    params: dict[str, Any] = {"rfm_r": r, "rfm_f": f, "limit": size, "cursor": cursor}
     more = listed is not None and listed.has_more
     return {
         "r": r,
@@ -291,9 +314,9 @@ def cell_context(
         "segment": segment_of(r, f, model.value.segments),
         "listed": listed,
         "number": number,
-        "first_row": (number - 1) * CELL_PAGE_SIZE + 1,
-        "next_href": cell_href(r, f, listed.next_cursor, number + 1) if more and listed else None,
-        "first_href": cell_href(r, f) if cursor else None,
+        "first_row": (number - 1) * size + 1,
+        "next_href": cell_href(r, f, size, listed.next_cursor, number + 1) if more and listed else None,
+        "first_href": cell_href(r, f, size) if cursor else None,
         "api": api_query("/v1/contacts", params),
         "currency": currency(model),
         "link": contact_link,
@@ -362,6 +385,6 @@ def matrix_context(report: PersonasOut) -> dict[str, Any]:
 
 def forecast_context(report: ForecastOut) -> dict[str, Any]:
     labels: Sequence[str] = [s.stage for s in report.stages]
-    revenue = [s.expected_revenue for s in report.stages]
+    revenue = [round(s.expected_revenue) for s in report.stages]  # the chart's labels: whole units
     chart = charts.bars(labels, revenue, title="Expected revenue by stage") if any(revenue) else ""
     return {"forecast_chart": chart}

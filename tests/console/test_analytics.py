@@ -231,15 +231,12 @@ def test_the_value_grid_is_the_rfm_report(store: Store, archive: Archive) -> Non
     assert darkest is not None and (int(darkest[1]), int(darkest[2])) == (top["r"], top["f"])
 
 
-def test_a_cell_lists_the_sync_lists_contacts_of_that_cell_page_by_page(
-    store: Store, archive: Archive, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(console_analytics, "CELL_PAGE_SIZE", 2)
+def test_a_cell_lists_the_sync_lists_contacts_of_that_cell_page_by_page(store: Store, archive: Archive) -> None:
     client = Client(build(store, population(archive))).sign_in()
     grid = client.api("/v1/reports/rfm")["grid"]
     cell = max(grid, key=lambda c: c["contacts"])
     assert cell["contacts"] > 2, "the busiest cell needs two pages"
-    path: str | None = f"/console/value/cell?r={cell['r']}&f={cell['f']}"
+    path: str | None = f"/console/value/cell?r={cell['r']}&f={cell['f']}&limit=2"
     cursor: str | None = None
     shown: list[str] = []
     while path:
@@ -258,6 +255,8 @@ def test_a_cell_lists_the_sync_lists_contacts_of_that_cell_page_by_page(
         path = html.unescape(following[1]) if following else None
         cursor = listed["next_cursor"]
     assert len(shown) == len(set(shown)) == cell["contacts"]
+    default = client.get(f"/console/value/cell?r={cell['r']}&f={cell['f']}", headers={"X-Console-Fragment": "1"})
+    assert re.findall(r'data-contact-id="([^"]+)"', default.text) == shown[:25]  # 25 a page by default
     assert cell["segment"] in answer.text
 
 
@@ -265,7 +264,7 @@ def test_a_cell_without_script_is_a_page_and_bad_scores_are_a_message(store: Sto
     client = Client(build(store, population(archive))).sign_in()
     whole = client.get("/console/value/cell?r=5&f=1")
     assert whole.status_code == 200 and "<html" in whole.text and 'id="cell-contacts"' in whole.text
-    for query in ("r=6&f=1", "r=x&f=2", "f=3", "r=1&f=1&page=zero"):
+    for query in ("r=6&f=1", "r=x&f=2", "f=3", "r=1&f=1&page=zero", "r=1&f=1&limit=0", "r=1&f=1&limit=101"):
         answer = client.get(f"/console/value/cell?{query}")
         assert answer.status_code == 400 and "text/html" in answer.headers["content-type"], query
     assert "r: a score from 1 to 5 is needed" in client.get("/console/value/cell?r=6&f=1").text
@@ -348,3 +347,13 @@ def test_a_bad_lookback_is_a_message(store: Store, lookback: str) -> None:
 def test_bad_colouring_is_a_message(store: Store) -> None:
     answer = Client(build(store)).sign_in().get("/console/value?by=mood")
     assert answer.status_code == 400 and "by contacts or by revenue" in answer.text
+
+
+@pytest.mark.parametrize("top", [1, 2, 4, 5, 7, 14, 99, 1000])
+def test_the_legend_names_the_shade_of_every_count(top: int) -> None:
+    """Each count from 1 to the largest falls in the legend's range of its own shade, once."""
+    ranges = {k: (low, high) for k, low, high in console_analytics.legend(top, whole=True)}
+    for count in range(1, top + 1):
+        low, high = ranges[console_analytics.shade(count, top)]
+        assert low <= count <= high
+    assert console_analytics.shade(top, top) == console_analytics.SHADES and console_analytics.shade(0, top) == 0
