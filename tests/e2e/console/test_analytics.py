@@ -82,14 +82,16 @@ def funnel_differences(figures: dict[str, str], body: dict[str, Any]) -> list[st
 
 @pytest.fixture(scope="module")
 def boundaries(console_service: Service) -> dict[str, Any]:
-    """The RFM report once the workers published the population's boundaries (the grid)."""
+    """The RFM report once the workers published the population's boundaries (the grid): at once
+    with the package's SCORESTREAM_POPULATION_INTERVAL_S of 3 s, else at the default's first
+    refresh (300 s after the worker started)."""
     with httpx.Client(base_url=console_service.url, headers={"Authorization": f"Bearer {READ_KEY}"}) as http:
 
         def grid() -> dict[str, Any] | None:
             body: dict[str, Any] = get(http, "/v1/reports/rfm")
             return body if body["segments_from"] == "boundaries" and body["customers"] else None
 
-        found: dict[str, Any] = console_service.wait_for(grid, timeout=60)
+        found: dict[str, Any] = console_service.wait_for(grid, timeout=330)
         return found
 
 
