@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -275,20 +276,70 @@ def nice_step(span: float, bins: int = 12) -> float:
     return next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= raw)
 
 
-def histograms(samples: Sequence[Sample]) -> tuple[dict[str, Sequence[tuple[float, float, float]]], float]:
-    """Per namespace, ``(count, lower, upper)`` bins of its engagement scores, the same bins for all
-    (so the distributions compare), and the bin width."""
-    values = [s for sample in samples for s in sample.scores.values()]
+def quantile(ordered_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of sorted values (the nearest rank below)."""
+    return ordered_values[int(q * (len(ordered_values) - 1))]
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Histogram bins shared by every namespace: ``count`` bins of ``step`` from ``low``. Scores
+    beyond the 1st and 99th percentiles of all samples are counted in the first and last bins (a
+    few very high scores would otherwise squeeze everyone else into one bar)."""
+
+    low: float
+    step: float
+    count: int
+    clipped_below: float | None = None  # scores below this are in the first bin
+    clipped_above: float | None = None  # scores above this are in the last bin
+
+    def index(self, score: float) -> int:
+        return max(0, min(self.count - 1, math.floor((score - self.low) / self.step)))
+
+
+def bins_of(samples: Sequence[Sample], tail: float = 0.01) -> Bins | None:
+    """The bins of :func:`histograms` (None without any score)."""
+    values = sorted(s for sample in samples for s in sample.scores.values())
     if not values:
-        return {sample.namespace: [] for sample in samples}, 0.0
-    step = nice_step(max(values) - min(values))
-    low = math.floor(min(values) / step) * step
-    count = max(1, math.floor((max(values) - low) / step) + 1)
+        return None
+    lo, hi = quantile(values, tail), quantile(values, 1 - tail)
+    if hi <= lo:
+        lo, hi = values[0], values[-1]
+    step = nice_step(hi - lo)
+    low = math.floor(lo / step) * step
+    count = max(1, math.floor((hi - low) / step) + 1)
+    top = low + count * step
+    return Bins(low, step, count, low if values[0] < low else None, top if values[-1] >= top else None)
+
+
+def histograms(samples: Sequence[Sample], bins: Bins | None) -> dict[str, Sequence[tuple[float, float, float]]]:
+    """Per namespace, ``(count, lower, upper)`` of its engagement scores in ``bins`` (the same for
+    all, so the distributions compare)."""
+    if bins is None:
+        return {sample.namespace: [] for sample in samples}
     out: dict[str, Sequence[tuple[float, float, float]]] = {}
     for sample in samples:
-        bins = Counter(min(count - 1, math.floor((v - low) / step)) for v in sample.scores.values())
-        out[sample.namespace] = [(float(bins[i]), low + i * step, low + (i + 1) * step) for i in range(count)]
-    return out, step
+        counts = Counter(bins.index(v) for v in sample.scores.values())
+        out[sample.namespace] = [
+            (float(counts[i]), bins.low + i * bins.step, bins.low + (i + 1) * bins.step) for i in range(bins.count)
+        ]
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A namespace's sampled engagement scores in three figures."""
+
+    median: float | None
+    p90: float | None
+    mean: float | None
+
+
+def summary_of(sample: Sample) -> Summary:
+    values = sorted(sample.scores.values())
+    if not values:
+        return Summary(None, None, None)
+    return Summary(statistics.median(values), quantile(values, 0.9), statistics.fmean(values))
 
 
 @dataclass(frozen=True)
@@ -342,16 +393,17 @@ async def models_context(request: Request) -> dict[str, Any]:
     out = spaces.models_out()
     live = spaces.live()
     samples = [await sample_of(request, r) for r in live]
-    bins, step = histograms(samples)
+    bins = bins_of(samples)
     order = stage_order(live)
     active = samples[0]
     matrices = [stage_matrix(active, s, order) for s in samples[1:]]
-    chart = charts.histogram(bins, title="", x_title="engagement score")
+    chart = charts.histogram(histograms(samples, bins), title="", x_title="engagement score")
     return {
         "models": out.models,
         "samples": {s.namespace: s for s in samples},
+        "summaries": {s.namespace: summary_of(s) for s in samples},
         "chart": chart,
-        "step": step,
+        "bins": bins,
         "matrices": matrices,
         "active": spaces.active().namespace,
         "sample_size": SAMPLE,

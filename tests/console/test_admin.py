@@ -412,14 +412,34 @@ def test_the_sample_is_capped_and_says_so(console: Console) -> None:
 def test_histograms_share_their_bins() -> None:
     a = admin.Sample("a", "m@1", NOW, scores={"x": 0.0, "y": 9.5, "z": 40.0})
     b = admin.Sample("b", "m@2", NOW, scores={"x": 12.0})
-    bins, step = admin.histograms([a, b])
-    assert step == 5.0
-    assert [lo for _, lo, _ in bins["a"]] == [lo for _, lo, _ in bins["b"]]
-    assert sum(n for n, _, _ in bins["a"]) == 3 and sum(n for n, _, _ in bins["b"]) == 1
+    bins = admin.bins_of([a, b], tail=0.0)
+    assert bins is not None and bins.step == 5.0 and bins.clipped_above is None and bins.clipped_below is None
+    series = admin.histograms([a, b], bins)
+    assert [lo for _, lo, _ in series["a"]] == [lo for _, lo, _ in series["b"]]
+    assert sum(n for n, _, _ in series["a"]) == 3 and sum(n for n, _, _ in series["b"]) == 1
     for name, sample in (("a", a), ("b", b)):
         for score in sample.scores.values():
-            assert any(lo <= score < hi or (score == hi and (n, lo, hi) == bins[name][-1]) for n, lo, hi in bins[name])
-    assert admin.histograms([admin.Sample("a", "m@1", NOW)]) == ({"a": []}, 0.0)
+            n, lo, hi = series[name][bins.index(score)]
+            assert n >= 1 and (lo <= score < hi or score == hi == series[name][-1][2])
+    assert admin.bins_of([admin.Sample("a", "m@1", NOW)]) is None
+    assert admin.histograms([admin.Sample("a", "m@1", NOW)], None) == {"a": []}
+
+
+def test_a_few_outliers_do_not_squeeze_everyone_into_one_bar() -> None:
+    scores = {f"c{i}": float(i % 50) for i in range(1000)} | {"whale": 3000.0, "troll": -400.0}
+    sample = admin.Sample("a", "m@1", NOW, scores=scores)
+    bins = admin.bins_of([sample])
+    assert bins is not None and bins.step <= 5.0  # bands over the bulk (0-49), not over -400..3000
+    assert bins.clipped_above is not None and bins.clipped_below is not None
+    series = admin.histograms([sample], bins)["a"]
+    assert sum(n for n, _, _ in series) == len(scores)  # the outliers counted in the end bands
+    assert series[-1][0] >= 1 and series[0][0] >= 1
+
+
+def test_the_summary_figures() -> None:
+    sample = admin.Sample("a", "m@1", NOW, scores={f"c{i}": float(i) for i in range(1, 11)})
+    assert admin.summary_of(sample) == admin.Summary(median=5.5, p90=9.0, mean=5.5)
+    assert admin.summary_of(admin.Sample("a", "m@1", NOW)) == admin.Summary(None, None, None)
 
 
 def test_the_stage_matrix_counts_contacts_in_both_by_active_and_shadow_stage() -> None:
@@ -433,9 +453,9 @@ def test_the_stage_matrix_counts_contacts_in_both_by_active_and_shadow_stage() -
 
 def test_the_matrix_on_the_page(console: Console) -> None:
     matrix = admin.Matrix("v2", ["lead", "mql"], ["lead", "mql"], {("lead", "mql"): 4, ("mql", "mql"): 2}, 6)
-    context = {"models": [], "samples": {}, "chart": "", "step": 0.0, "matrices": [matrix], "active": "scorestream"}
+    context = {"models": [], "samples": {}, "summaries": {}, "chart": "", "bins": None, "matrices": [matrix]}
     text = templates.get_template("models.html").render(
-        request=None, viewer=None, nav=[], now_ms=NOW, sample_size=1, sample_ttl_s=60, max_lag=1, **context
+        request=None, viewer=None, nav=[], now_ms=NOW, active="scorestream", sample_size=1, max_lag=1, **context
     )
     assert value(text, "matrix-v2-lead-mql") == "4" and value(text, "matrix-v2-mql-lead") == "0"
     assert value(text, "matrix-moved-v2") == "4" and value(text, "matrix-both-v2") == "6"
