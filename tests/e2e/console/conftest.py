@@ -50,7 +50,7 @@ def publish_traffic(service: Service) -> list[str]:
     history = Traffic(CONTACTS, seed=19, start_ms=now - span, span_ms=span - 3_600_000)
     recent = Traffic(CONTACTS, seed=20, start_ms=now - 3_600_000, span_ms=3_540_000)
     records = [*history.records(HISTORY_EVENTS), *recent.records(RECENT_EVENTS)]
-    service.publish([(service.topic(r.channel), r.key, r.value) for r in records])
+    service.publish([(r.channel, r.key, r.value) for r in records])
     return sorted({history.anonymous_id(r.contact) for r in records})
 
 
@@ -91,7 +91,12 @@ def console_service(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFacto
     svc = archived(
         kafka_bootstrap,
         Path(tmp_path_factory.mktemp("console")),
-        extra_env={"SCORESTREAM_API_KEYS": KEYS, "SCORESTREAM_SINK_BATCH_S": "0.2"},
+        extra_env={
+            "SCORESTREAM_API_KEYS": KEYS,
+            "SCORESTREAM_SINK_BATCH_S": "0.2",
+            "SCORESTREAM_POPULATION_INTERVAL_S": "3",  # RFM boundaries (the value grid, a contact's cell) soon
+            "SCORESTREAM_WEBHOOK_ALLOW_PRIVATE": "true",  # the webhooks page's test receiver is on 127.0.0.1
+        },
     )
     svc.start()
     try:
