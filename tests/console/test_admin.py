@@ -453,7 +453,14 @@ def test_the_stage_matrix_counts_contacts_in_both_by_active_and_shadow_stage() -
 
 def test_the_matrix_on_the_page(console: Console) -> None:
     matrix = admin.Matrix("v2", ["lead", "mql"], ["lead", "mql"], {("lead", "mql"): 4, ("mql", "mql"): 2}, 6)
-    context = {"models": [], "samples": {}, "summaries": {}, "chart": "", "bins": None, "matrices": [matrix]}
+    context: dict[str, Any] = {
+        "models": [],
+        "samples": {},
+        "summaries": {},
+        "chart": "",
+        "bins": None,
+        "matrices": [matrix],
+    }
     text = templates.get_template("models.html").render(
         request=None, viewer=None, nav=[], now_ms=NOW, active="scorestream", sample_size=1, max_lag=1, **context
     )
