@@ -37,6 +37,8 @@ WHERE status = 'active'
 GROUP BY stage
 """
 
+ACTIVE_CONTACTS = "SELECT count() FROM contacts FINAL WHERE status = 'active'"
+
 # contacts with a scored ledger row of the model in (since, now]
 _RECENT = f"""
 SELECT DISTINCT contact_id FROM score_ledger
@@ -114,6 +116,13 @@ def overview_body(
         window_minutes=window_ms // 60_000,
         movers=[mover_out(r, model) for r in mover_rows],
     )
+
+
+async def active_contacts(store: Store) -> int:
+    """The active contacts of the archive now: :class:`OverviewOut`'s ``contacts`` (the sum of its
+    stages), counted alone (the console's live figure)."""
+    rows = await store.query(ACTIVE_CONTACTS)
+    return int(rows[0][0])
 
 
 async def overview(

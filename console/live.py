@@ -9,7 +9,8 @@ them, never one per request or per browser:
   admin client (the worker group's committed offsets). A single task samples them every
   :data:`SAMPLE_S` while at least one browser watches (:meth:`Pulse.watch`), and ends when the
   last one leaves: nobody watching, no request to the brokers. Every watcher reads the latest
-  :class:`Sample`.
+  :class:`Sample`. Every :data:`CONTACTS_EVERY` samples it also counts the active contacts in the
+  archive (one query per process, whatever the number of watchers).
 - :class:`TriggerFeed`: a group-less consumer assigned every partition of the public triggers
   topic (``settings.topic_triggers``). Started lazily, it reads the last :data:`RING` triggers
   from the topic's tail (what a page shows on load), then follows the topic for as long as the
@@ -23,16 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from kafka_io.clients import admin, consumer, partitions_of
 from schemas.settings import Settings
@@ -40,6 +43,7 @@ from schemas.settings import Settings
 log = logging.getLogger(__name__)
 
 SAMPLE_S = 2.0  # how often the pulse is sampled while someone watches (and the figures are sent)
+CONTACTS_EVERY = 5  # the contacts are counted in the archive every 5th sample (~10 s): a query each time
 KAFKA_TIMEOUT_S = 5.0  # one sample's broker requests, at most
 HOUR_MS = 3_600_000
 RING = 20  # triggers kept for a page's first paint
@@ -59,6 +63,7 @@ class Sample:
     deadletters: int | None = None  # records on the dead-letter topic now (end minus earliest offsets)
     deadletters_last_hour: int | None = None  # of them, written in the last hour
     lag: int | None = None  # source records the worker group has not committed yet
+    contacts: int | None = None  # active contacts in the archive (counted every CONTACTS_EVERY samples)
     group: str = ""
     error: str | None = None
 
@@ -87,6 +92,7 @@ class Pulse:
         self.clock = clock
         self.latest: Sample | None = None
         self.group = settings.app_id  # the worker group: the active namespace's (set by each watcher)
+        self.count_contacts: Callable[[], Awaitable[int]] | None = None  # set by each watcher
         self.watchers = 0
         self.samples = 0  # samples taken (tests)
         self.changed = asyncio.Condition()
@@ -128,7 +134,12 @@ class Pulse:
         ends: dict[TopicPartition, int] = dict(await reader.end_offsets(sources + dead)) if sources or dead else {}
         source_ends = {tp: ends[tp] for tp in sources}
         records = sum(source_ends.values())
-        committed = await helper.list_consumer_group_offsets(self.group) if sources else {}
+        lag: int | None = None
+        try:
+            committed = await helper.list_consumer_group_offsets(self.group) if sources else {}
+            lag = lag_of(source_ends, committed)
+        except KafkaError as exc:  # the group's coordinator not there yet (a new cluster): the rest stands
+            log.info("console: the offsets of group %s could not be read: %s", self.group, exc)
         deadletters = hour = 0
         if dead:
             firsts = await reader.beginning_offsets(dead)
@@ -141,14 +152,27 @@ class Pulse:
             source_records=records,
             deadletters=deadletters,
             deadletters_last_hour=hour,
-            lag=lag_of(source_ends, committed),
+            lag=lag,
             group=self.group,
         )
+
+    async def contacts(self) -> int | None:
+        """The archive's active contacts (:attr:`count_contacts`), every :data:`CONTACTS_EVERY`
+        samples; the last count in between, None while the archive cannot say."""
+        last = self.latest.contacts if self.latest is not None else None
+        if self.count_contacts is None or (last is not None and self.samples % CONTACTS_EVERY):
+            return last
+        try:
+            async with asyncio.timeout(KAFKA_TIMEOUT_S):
+                return await self.count_contacts()
+        except Exception as exc:  # the archive not ready, busy or away: the figure waits
+            log.info("console: the archive's contacts could not be counted: %s", exc)
+            return last
 
     async def _run(self) -> None:
         try:
             while self.watchers > 0 and not self._stopped:
-                sample = await self.sample()
+                sample = dataclasses.replace(await self.sample(), contacts=await self.contacts())
                 async with self.changed:
                     self.latest = sample
                     self.samples += 1
@@ -158,10 +182,10 @@ class Pulse:
             self._task = None
 
     @contextlib.asynccontextmanager
-    async def watch(self, group: str) -> AsyncIterator[Pulse]:
-        """While inside, the figures are sampled (for the worker group ``group``); the last
-        watcher to leave ends the sampling."""
-        self.group = group
+    async def watch(self, group: str, count_contacts: Callable[[], Awaitable[int]]) -> AsyncIterator[Pulse]:
+        """While inside, the figures are sampled (lag: of the worker group ``group``; contacts:
+        ``count_contacts()``); the last watcher to leave ends the sampling."""
+        self.group, self.count_contacts = group, count_contacts
         self.watchers += 1
         if self._task is None and not self._stopped:
             self._task = asyncio.create_task(self._run(), name="console-pulse")

@@ -5,10 +5,11 @@ Where each number comes from (the same function as the API's JSON, never a secon
 
 - Right now (:mod:`console.live`, refreshed every ~2 s by server-sent events,
   ``GET /console/live/figures``): events/s, dead letters and consumer lag from the Kafka offsets
-  the process samples while someone watches; contacts from this API's replica of the active
-  namespace, :meth:`api.namespaces.Namespaces.models_out` (``GET /v1/models``' ``contacts`` of the
-  active namespace): it answers at once, within moments of the worker, where the archive is behind
-  by the sink's batches and counting it every 2 s would be a query per watcher.
+  the process samples while someone watches; contacts: the archive's active contacts
+  (:func:`analytics.overview.active_contacts`, ``contacts`` of ``GET /v1/reports/overview``, the
+  sum of the stage table), counted by the shared sampler every ~10 s. Not the replica's count
+  (``GET /v1/models``): it holds every profile ever made, merged ones included (an anonymous
+  visitor who later signs in is two), which reads as more people than there are.
 - Contacts per stage and top movers: :func:`analytics.overview.overview` through
   :func:`api.archive.answer`, the body of ``GET /v1/reports/overview``.
 - Triggers: the public triggers topic (:class:`console.live.TriggerFeed`), the last ones on load,
@@ -51,12 +52,13 @@ def live(request: Request) -> Live:
     return found
 
 
-def active_contacts(namespaces: Namespaces) -> int:
-    """The active namespace's contacts in this API's replica, as ``GET /v1/models`` says."""
+def active_profiles(namespaces: Namespaces) -> int:
+    """Contacts in this API's replica of the active namespace (``GET /v1/models``), merged ones
+    included: zero means the worker never wrote one (nothing arrived yet)."""
     return next((m.contacts for m in namespaces.models_out().models if m.role == "active"), 0)
 
 
-def figures(sample: Sample | None, contacts: int) -> dict[str, dict[str, Any]]:
+def figures(sample: Sample | None, contacts: int | None) -> dict[str, dict[str, Any]]:
     """The overview's live figures, ``name -> {value, text}`` (what ``console.js`` puts into each
     ``<data data-k=name>``); a figure not known yet has value None and shows a dash."""
 
@@ -64,6 +66,7 @@ def figures(sample: Sample | None, contacts: int) -> dict[str, dict[str, Any]]:
         return {"value": value, "text": text}
 
     s = sample or Sample(at_ms=0)
+    contacts = s.contacts if s.contacts is not None else contacts
     rate = None if s.events_per_s is None else round(s.events_per_s, 1)
     return {
         "events-per-s": figure(rate, fmt.number(rate, 1)),
@@ -121,10 +124,10 @@ async def overview_page(
     feed = live(request).feed
     recent = await feed.recent()
     sample = live(request).pulse.latest
-    contacts = active_contacts(namespaces)
+    contacts = body.contacts if body is not None else None
     stages = body.stages if body is not None else []
     chart = charts.bars([s.stage or "(none)" for s in stages], [s.contacts for s in stages])
-    nothing_yet = contacts == 0 and (body is None or body.contacts == 0) and not recent
+    nothing_yet = not contacts and active_profiles(namespaces) == 0 and not recent
     return page(
         request,
         viewer,
@@ -145,19 +148,24 @@ async def overview_page(
 
 
 @router.get("/live/figures")
-async def live_figures(request: Request, viewer: ViewerDep, namespaces: NamespacesDep) -> Response:
+async def live_figures(
+    request: Request, viewer: ViewerDep, namespaces: NamespacesDep, analytics: Analytics
+) -> Response:
     """Server-sent events: the right-now figures as JSON, every ~2 s, while the page is open."""
     pulse = live(request).pulse
 
+    async def count() -> int:
+        return await archive.answer(analytics, report.active_contacts)
+
     async def events() -> AsyncIterator[dict[str, str]]:
-        async with pulse.watch(namespaces.active().namespace):
+        async with pulse.watch(namespaces.active().namespace, count):
             seen = pulse.samples - (pulse.latest is not None)  # a sample taken already is sent at once
             while not live(request).stopping:
                 sample = await pulse.next_sample(seen, SAMPLE_S * 3)
                 if live(request).stopping:
                     return
                 seen = pulse.samples
-                yield {"data": orjson.dumps(figures(sample, active_contacts(namespaces))).decode()}
+                yield {"data": orjson.dumps(figures(sample, None)).decode()}
 
     return EventSourceResponse(events(), ping=PING_S, headers=NO_BUFFERING)
 

@@ -128,6 +128,18 @@ def test_movers_are_limited_and_decay_to_now(chdb_url: str) -> None:
     assert a.engagement_before == 20.0 and abs(a.rise - (50.0 * factor - 20.0)) < 1e-6
 
 
+def test_the_active_contacts_alone_are_the_reports_total(chdb_url: str) -> None:
+    found: list[int] = []
+
+    async def body(store: Store) -> None:
+        await load(store)
+        found.append(await overview.active_contacts(store))
+        found.append((await overview.overview(store, MODEL, NOW)).contacts)
+
+    with_store(chdb_url, body)
+    assert found == [7, 7]  # the merged contact is not one
+
+
 def test_an_empty_archive_has_no_stages_and_no_movers(chdb_url: str) -> None:
     found: list[OverviewOut] = []
 

@@ -11,6 +11,7 @@ import asyncio
 import html
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +30,10 @@ from analytics.migrations import migrate
 from api.app import create_api
 from api.replica import Replica
 from console import overview as page
-from console.live import Live, Sample, TriggerItem, lag_of, rate, tail
+from console.live import Live, Pulse, Sample, TriggerFeed, TriggerItem, lag_of, rate, tail
+from kafka_io import clients
 from kafka_io.clients import KafkaConnection
+from kafka_io.topics import ensure_topics
 from schemas.settings import Settings
 from tests.analytics.archive import MODEL, NOW
 from tests.analytics.test_overview import load
@@ -123,7 +126,7 @@ def test_the_page_shows_the_overview_reports_numbers(store: Store) -> None:
     assert "<svg" in shown.text  # the stage chart, drawn on the server
     assert "No events yet" not in shown.text  # contacts are there
     assert 'data-sse-stats="/console/live/figures"' in shown.text and 'data-sse="/console/live/triggers"' in shown.text
-    assert found["contacts"] == ["0"]  # the replica's (GET /v1/models), empty here
+    assert found["contacts"] == [str(body["contacts"])]  # the archive's active contacts, until the stream counts
 
 
 def test_an_unavailable_archive_and_an_empty_deployment_say_what_to_do() -> None:
@@ -208,7 +211,8 @@ def test_the_tail_keeps_the_last_written_of_every_partition() -> None:
 def test_the_figures_name_every_value_with_its_text() -> None:
     out = page.figures(Sample(at_ms=1, events_per_s=1234.56, deadletters=3, deadletters_last_hour=1, lag=0), 12_345)
     assert out["events-per-s"] == {"value": 1234.6, "text": "1,234.6"}
-    assert out["contacts"] == {"value": 12_345, "text": "12,345"}
+    assert out["contacts"] == {"value": 12_345, "text": "12,345"}  # the page's count until the sampler has one
+    assert page.figures(Sample(at_ms=1, contacts=7), 12_345)["contacts"]["value"] == 7
     assert out["lag"] == {"value": 0, "text": "0"} and out["deadletters-hour"]["value"] == 1
     assert page.figures(None, 0)["events-per-s"] == {"value": None, "text": "—"}
 
@@ -269,7 +273,7 @@ def test_the_streams_push_and_end_when_the_server_stops(store: Store) -> None:
     assert kind.startswith("text/event-stream")
     body = orjson.loads(got_figures)
     assert body["events-per-s"] == {"value": 2.5, "text": "2.5"} and body["lag"]["value"] == 4
-    assert body["contacts"]["value"] == 0 and sampled
+    assert body["contacts"] == {"value": 7, "text": "7"} and sampled  # counted in the archive by the sampler
     assert got_trigger.startswith('<li data-testid="trigger" data-trigger-id="' + item(4).id)
     assert stop_s < 5, f"the server took {stop_s:.1f} s to stop with two streams open"
     assert live.pulse.watchers == 0 and not live.feed.subscribers  # both streams let go
@@ -295,3 +299,98 @@ def test_live_stop_ends_the_open_streams(store: Store) -> None:
 
     (answer,) = asyncio.run(go())
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+
+
+# --- the live parts on a real broker -------------------------------------------------------------
+
+
+def broker_settings(bootstrap: str) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        app_id=f"console-{tag}",
+        topic_web=f"web-{tag}",
+        topic_email=f"email-{tag}",
+        topic_store=f"store-{tag}",
+        topic_deadletter=f"dead-{tag}",
+        topic_triggers=f"triggers-{tag}",
+        partitions=2,
+    )
+
+
+async def produce(settings: Settings, topic: str, values: list[bytes], timestamp_ms: int | None = None) -> None:
+    producer = clients.producer(settings, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"k", timestamp_ms=timestamp_ms)
+    finally:
+        await producer.stop()
+
+
+def test_the_pulse_counts_offsets_on_a_real_broker(kafka_bootstrap: str) -> None:
+    """Events/s from two samples' end offsets, dead letters on the topic and in the last hour,
+    and the lag of the worker group against what it committed."""
+    settings = broker_settings(kafka_bootstrap)
+    times = iter([0, 2_000])
+
+    async def go() -> tuple[Sample, Sample]:
+        await ensure_topics(settings)
+        real = int(time.time() * 1000)
+        pulse = Pulse(settings, clock=lambda: real + next(times))
+        await produce(settings, settings.topic_web, [b"e"] * 5)
+        await produce(settings, settings.topic_deadletter, [b"old"], timestamp_ms=real - 2 * 3_600_000)
+        await produce(settings, settings.topic_deadletter, [b"new"] * 2)
+        committer = clients.consumer(settings, group_id=settings.app_id, enable_auto_commit=False)
+        await committer.start()
+        try:  # the worker group read 3 of the 5 web events
+            committer.assign(web_partitions(settings))
+            ends = await committer.end_offsets(web_partitions(settings))
+            await committer.commit({next(tp for tp, end in ends.items() if end > 0): 3})
+        finally:
+            await committer.stop()
+        first = await pulse.sample()
+        pulse.latest = first
+        await produce(settings, settings.topic_store, [b"e"] * 4)
+        second = await pulse.sample()
+        await pulse.stop()
+        return first, second
+
+    first, second = asyncio.run(go())
+    assert first.error is None and second.error is None, (first.error, second.error)
+    assert (first.source_records, first.events_per_s, first.lag) == (5, None, 2)
+    assert (first.deadletters, first.deadletters_last_hour) == (3, 2)
+    assert (second.source_records, second.events_per_s) == (9, 2.0)  # 4 records in 2 s
+    assert second.lag == 9 - 3 and second.group == settings.app_id
+
+
+def web_partitions(settings: Settings) -> list[TopicPartition]:
+    return [TopicPartition(settings.topic_web, p) for p in range(settings.partitions)]
+
+
+def test_the_feed_shows_the_topics_tail_and_pushes_what_comes(kafka_bootstrap: str) -> None:
+    settings = broker_settings(kafka_bootstrap)
+
+    def trigger(n: int) -> bytes:
+        return orjson.dumps(
+            {"id": f"trg_{n:024x}", "type": "stage.changed", "at_ms": NOW + n, "contact_id": f"c-{n}",
+             "account_id": None, "before": "lead", "after": "mql", "rule": "r", "cause": None,
+             "model_version": "m@1", "v": 1}
+        )  # fmt: skip
+
+    async def go() -> tuple[list[TriggerItem], TriggerItem | None]:
+        await ensure_topics(settings)
+        await produce(settings, settings.topic_triggers, [trigger(n) for n in range(25)])
+        feed = TriggerFeed(settings)
+        try:
+            recent = await feed.recent(wait_s=20)
+            with feed.subscribe() as queue:
+                await produce(settings, settings.topic_triggers, [trigger(99)])
+                pushed = await asyncio.wait_for(queue.get(), 20)
+        finally:
+            await feed.stop()
+        return recent, pushed
+
+    recent, pushed = asyncio.run(go())
+    assert [t.at_ms - NOW for t in recent] == list(range(24, 4, -1))  # the last 20, newest first
+    assert pushed is not None and pushed.contact_id == "c-99"
