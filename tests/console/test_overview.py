@@ -394,3 +394,15 @@ def test_the_feed_shows_the_topics_tail_and_pushes_what_comes(kafka_bootstrap: s
     recent, pushed = asyncio.run(go())
     assert [t.at_ms - NOW for t in recent] == list(range(24, 4, -1))  # the last 20, newest first
     assert pushed is not None and pushed.contact_id == "c-99"
+
+
+def test_the_page_shows_a_recent_sample_and_not_an_old_one(store: Store) -> None:
+    app = build(store)
+    pulse = app.state.console_live.pulse
+    now = int(time.time() * 1000)
+    pulse.latest = Sample(at_ms=now, events_per_s=12.5, deadletters=2, deadletters_last_hour=1, lag=30)
+    fresh = values(requests(app, "/console")[0].text)
+    pulse.latest = Sample(at_ms=now - 60_000, events_per_s=12.5, deadletters=2, deadletters_last_hour=1, lag=30)
+    old = values(requests(app, "/console")[0].text)
+    assert (fresh["events-per-s"], fresh["lag"], fresh["deadletters-hour"]) == (["12.5"], ["30"], ["1"])
+    assert (old["events-per-s"], old["lag"]) == ([""], [""])  # a dash until the stream's first sample

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from playwright.sync_api import Page
@@ -60,7 +61,7 @@ def test_the_overview_shows_the_apis_numbers(
     # the window slides between the two answers: the page equals one of them
     assert any(matches(page, body) for body in bodies), (bodies, page.inner_text('[data-testid="movers"]'))
     first = page.locator('[data-testid="mover"] a').first
-    assert first.get_attribute("href") == f"/console/contacts/{bodies[0]['movers'][0]['contact_id']}"
+    assert first.get_attribute("href") == f"/console/contacts/{quote(bodies[0]['movers'][0]['contact_id'])}"
 
     # the right-now figures: pushed every ~2 s; the rate needs two samples
     page.wait_for_function(
