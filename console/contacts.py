@@ -32,7 +32,7 @@ from console.session import PREFIX, ViewerDep
 from schemas.accounts import decode_account
 from schemas.api_accounts import AccountOut, account_out
 from schemas.api_analytics import ContactListOut, ContactRowOut, HistoryOut, LedgerRowOut
-from schemas.times import DAY_MS, ms_of
+from schemas.times import DAY_MS, at_of, ms_of
 
 router = APIRouter()
 NAV = f"{PREFIX}/contacts"
@@ -84,7 +84,8 @@ async def contacts(request: Request, who: ViewerDep, q: str | None = None) -> Re
         entry = readers.replica.find(text)
         if entry is not None:
             return RedirectResponse(contact_path(entry.view.contact_id), status_code=303)
-    hot, hot_problem = await attempt(_hottest(request, readers))
+    since = now_ms(request) - HOT_DAYS * DAY_MS
+    hot, hot_problem = await attempt(_hottest(request, readers, since))
     rows = sorted(hot.data, key=lambda r: (-r.engagement, r.contact_id))[:HOT_SHOWN] if hot else []
     missing = bool(text) and not wrong and not loading
     return page(
@@ -101,7 +102,10 @@ async def contacts(request: Request, who: ViewerDep, q: str | None = None) -> Re
         rows=rows,
         scanned=len(hot.data) if hot else 0,
         more=bool(hot and hot.has_more),
-        since_ms=now_ms(request) - HOT_DAYS * DAY_MS,
+        since_ms=since,
+        since_iso=at_of(since).isoformat().replace("+00:00", "Z"),
+        scan_limit=HOT_SCAN,
+        hot_as_of=ms_of(hot.as_of) if hot else None,
         hot_days=HOT_DAYS,
         hot_problem=hot_problem,
         contact_path=contact_path,
@@ -109,11 +113,11 @@ async def contacts(request: Request, who: ViewerDep, q: str | None = None) -> Re
     )
 
 
-async def _hottest(request: Request, readers: Readers) -> ContactListOut:
+async def _hottest(request: Request, readers: Readers, since_ms: int) -> ContactListOut:
     """``GET /v1/contacts?updated_since=<a week ago>&limit=1000``: the sync list's contacts changed
     in the last week (the list cannot be sorted by score; its page is sorted here)."""
     now = now_ms(request)
-    filters = ContactFilter(updated_since_ms=now - HOT_DAYS * DAY_MS)
+    filters = ContactFilter(updated_since_ms=since_ms)
 
     async def query(store: Store) -> ContactListOut:
         settle = 0 if store.embedded else archive.SERVER_SETTLE_MS

@@ -244,6 +244,7 @@ def test_the_contact_page_shows_the_apis_numbers(store: Store) -> None:
     assert float(shown["monetary"]) == rfm["monetary"] and "$120.00" in page.text
     # the history: the chart, and the pricing rule's change with the event behind it
     assert 'data-testid="engagement-chart"' in page.text and "<svg" in page.text
+    assert "<script" not in page.text.split("</head>")[1]  # the CSP allows the console's own file only
     why = page.text.split('data-rule="pricing-page"')[1].split("</li>\n  \n")[0]
     assert "page /pricing" in why
 
