@@ -54,6 +54,9 @@ def _svg(chart: pygal.graph.graph.Graph) -> Markup:
     return Markup(f'<figure class="chart">{svg}</figure>')  # noqa: S704 (pygal escapes labels)
 
 
+TIME_LABELS = 5
+
+
 def line_over_time(
     points: Sequence[tuple[int, float]], title: str = "", value_label: str = "score", series: str = ""
 ) -> Markup:
@@ -71,7 +74,13 @@ def line_over_time(
         truncate_label=-1,
         show_x_guides=False,
     )
-    chart.add(series or value_label, [(datetime.fromtimestamp(ms / 1000, tz=UTC), value) for ms, value in points])
+    moments = [datetime.fromtimestamp(ms / 1000, tz=UTC) for ms, _ in points]
+    first, last = moments[0], moments[-1]
+    # at most TIME_LABELS labels, evenly spaced: pygal's own choice overlaps on a narrow chart
+    chart.x_labels = (
+        [first + (last - first) * i / (TIME_LABELS - 1) for i in range(TIME_LABELS)] if last > first else [first]
+    )
+    chart.add(series or value_label, [(moment, value) for moment, (_, value) in zip(moments, points, strict=True)])
     return _svg(chart)
 
 
