@@ -256,17 +256,29 @@ def take_sample(readers: Readers, now_ms: int, size: int = SAMPLE) -> Sample:
     return Sample(readers.namespace, model.version, now_ms, scores, stages, complete=seen <= size)
 
 
+@dataclass
+class Samples:
+    """The samples of one API process, by namespace; one read at a time (two page views at once
+    read once)."""
+
+    kept: dict[str, Sample] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 async def sample_of(request: Request, readers: Readers) -> Sample:
-    """The namespace's sample, read again when older than :data:`SAMPLE_TTL_MS` or its model changed."""
-    cache: dict[str, Sample] = getattr(request.app.state, "console_model_samples", None) or {}
-    request.app.state.console_model_samples = cache
-    now = now_ms(request)
-    kept = cache.get(readers.namespace)
-    if kept is not None and kept.model_version == readers.model.version and now - kept.taken_ms < SAMPLE_TTL_MS:
-        return kept
-    fresh = await asyncio.to_thread(take_sample, readers, now)
-    cache[readers.namespace] = fresh
-    return fresh
+    """The namespace's sample, read again when older than :data:`SAMPLE_TTL_MS` or its model changed
+    (in a thread: some 0.3 s for 10,000 contacts)."""
+    samples: Samples | None = getattr(request.app.state, "console_model_samples", None)
+    if samples is None:
+        samples = request.app.state.console_model_samples = Samples()
+    async with samples.lock:
+        now = now_ms(request)
+        kept = samples.kept.get(readers.namespace)
+        if kept is not None and kept.model_version == readers.model.version and now - kept.taken_ms < SAMPLE_TTL_MS:
+            return kept
+        fresh = await asyncio.to_thread(take_sample, readers, now)
+        samples.kept[readers.namespace] = fresh
+        return fresh
 
 
 def nice_step(span: float, bins: int = 12) -> float:

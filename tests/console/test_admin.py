@@ -409,6 +409,17 @@ def test_the_sample_is_capped_and_says_so(console: Console) -> None:
     assert admin.take_sample(readers, NOW, size=3).complete
 
 
+def test_the_sample_is_kept_a_minute(console: Console) -> None:
+    browser = console.client()
+    assert value(browser.get("/console/models").text, "sampled-scorestream") == "3"
+    replica = console.namespaces.active().replica
+    replica.apply(b"u-9", view_bytes(apply_events(None, "u-9", events("u-9", 2), MODEL), MODEL))
+    assert value(browser.get("/console/models").text, "sampled-scorestream") == "3"  # the kept sample
+    assert value(browser.get("/console/models").text, "contacts-scorestream") == "4"  # GET /v1/models: now
+    console.app.state.clock = lambda: NOW + admin.SAMPLE_TTL_MS
+    assert value(browser.get("/console/models").text, "sampled-scorestream") == "4"
+
+
 def test_histograms_share_their_bins() -> None:
     a = admin.Sample("a", "m@1", NOW, scores={"x": 0.0, "y": 9.5, "z": 40.0})
     b = admin.Sample("b", "m@2", NOW, scores={"x": 12.0})
