@@ -167,6 +167,8 @@ async def live_figures(
                 sample = await pulse.next_sample(seen, SAMPLE_S * 3)
                 if live(request).stopping:
                     return
+                if sample is None or pulse.samples == seen:
+                    continue  # no sample yet, or none new (a slow broker): the page keeps what it shows
                 seen = pulse.samples
                 yield {"data": orjson.dumps(figures(sample, None)).decode()}
 
