@@ -157,9 +157,20 @@ class History:
         """The latest changes in which ``rule`` matched."""
         return [c for c in self.changes() if rule in c.row.rules][:BEHIND_CHANGES]
 
-    def points(self) -> list[tuple[int, float]]:
-        """Engagement at each score change (as the history gives it), oldest first."""
-        return [(ms_of(r.at), r.engagement) for r in self.body.ledger if r.kind == "score"]
+    def points(self, half_life_ms: int) -> list[tuple[int, float]]:
+        """Engagement at each score change (as the history gives it), oldest first, each change
+        preceded by the previous one's engagement decayed to its instant (as the history's
+        ``as_of`` decays it, :func:`analytics.reports.decayed`): the line falls between changes
+        and rises at each, as the score did."""
+        out: list[tuple[int, float]] = []
+        for row in self.body.ledger:
+            if row.kind != "score":
+                continue
+            at = ms_of(row.at)
+            if out and at > out[-1][0]:
+                out.append((at, reports.decayed(out[-1][1], out[-1][0], at, half_life_ms)))
+            out.append((at, row.engagement))
+        return out
 
 
 async def _history(request: Request, readers: Readers, contact_id: str) -> History:
@@ -220,8 +231,8 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
     now = now_ms(request)
     body = readers.renderer.body(entry, now)
     history, history_problem = await attempt(_history(request, readers, body["contact_id"]))
-    points = history.points() if history else []
-    if points:
+    points = history.points(readers.model.half_life_ms) if history else []
+    if points and now > points[-1][0]:
         points.append((now, body["engagement"]["score"]))  # decayed to now, as the score card
     account = _account(readers, body["account_id"], now)
     member = next((m for m in account.members if m.contact_id == body["contact_id"]), None) if account else None

@@ -18,11 +18,15 @@ from fastapi import FastAPI
 
 from analytics.client import Store
 from analytics.migrations import migrate
+from analytics.reports import decayed
 from analytics.rows import CONTACT_COLUMNS, LEDGER_COLUMNS
 from api.app import create_api
 from api.replica import Replica
+from console.contacts import History
 from kafka_io.clients import KafkaConnection
+from schemas.api_analytics import HistoryOut, LedgerRowOut
 from schemas.settings import Settings
+from schemas.times import at_of
 from scorestream import apply_events
 from tests.analytics.archive import MODEL, NOW
 from tests.api.view_bytes import view_bytes
@@ -281,3 +285,25 @@ def test_the_hottest_list_is_the_sync_list_most_engaged_first(store: Store) -> N
     shown = values(page.text)
     assert float(shown["engagement-hot-1"]) == by_id["hot-1"]["engagement"]
     assert float(shown["fit-cold-1"]) == by_id["cold-1"]["fit"]
+
+
+def test_the_chart_decays_between_changes() -> None:
+    """Each change is preceded by the previous engagement decayed to its instant, the history's rule."""
+
+    def row(at: int, engagement: float) -> LedgerRowOut:
+        return LedgerRowOut(
+            at=at_of(at), kind="score", cause="events", engagement=engagement, engagement_band="3", fit=0.0,
+            fit_grade="D", stage=None, rules=[], message_ids=[], merged_into=None, model_version=MODEL.version,
+        )  # fmt: skip
+
+    body = HistoryOut(
+        contact_id="u-1", model=MODEL.version, to=at_of(NOW), ledger=[row(NOW - 14 * DAY, 40.0), row(NOW, 30.0)],
+        transitions=[], truncated=False, as_of=None, **{"from": None},
+    )  # fmt: skip
+    points = History(body, {}).points(MODEL.half_life_ms)
+    assert points == [
+        (NOW - 14 * DAY, 40.0),
+        (NOW, decayed(40.0, NOW - 14 * DAY, NOW, MODEL.half_life_ms)),
+        (NOW, 30.0),
+    ]
+    assert points[1][1] == 20.0  # one half-life (14 days) later
