@@ -113,6 +113,8 @@ async def accounts(request: Request, who: ViewerDep, q: str | None = None) -> Re
 async def account(request: Request, who: ViewerDep, account_id: str) -> Response:
     """An account as ``GET /v1/accounts/{id}`` shows it."""
     readers = _readers(request)
+    if not account_id.strip():
+        return RedirectResponse(NAV, status_code=303)
     if len(account_id) > MAX_QUERY:
         wrong = f"That is longer than any account id ({MAX_QUERY} characters at most)."
         return page(request, who, "account_missing.html", nav=NAV, status=400, title="Accounts", wrong=wrong, q="")

@@ -221,7 +221,9 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
     """A contact by user id, anonymous id or email, as ``GET /v1/contacts/{id}`` finds it."""
     text, wrong = _query(contact_id)
     readers = _readers(request)
-    if wrong or not text:
+    if not text:
+        return RedirectResponse(NAV, status_code=303)
+    if wrong:
         return page(request, who, "contact_missing.html", nav=NAV, status=400, title="Contacts", q=text, wrong=wrong)
     if not readers.replica.caught_up.is_set():
         return page(request, who, "contact_missing.html", nav=NAV, status=503, title="Contacts", q=text, loading=True)

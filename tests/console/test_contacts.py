@@ -210,6 +210,8 @@ def test_bad_input_is_an_html_message_not_a_500() -> None:
     assert long.status_code == 400 and "longer than any id" in long.text
     page = client.get("/console/contacts/" + "y" * 600)
     assert page.status_code == 400 and "longer than any id" in page.text
+    blank = client.get("/console/contacts/%20")
+    assert blank.status_code == 303 and blank.headers["location"] == "/console/contacts"
 
 
 def test_without_the_archive_the_page_still_shows_the_contact() -> None:
