@@ -8,25 +8,51 @@ list), its recent failures, and a Retry button that makes the dispatcher send th
 new manual attempt in the API's delivery log and a new request at the receiver. A read key's
 session sees no admin entry and is refused (403) when it posts the retry form's fields.
 
-Models: the active namespace only (a shadow would run a second worker on the shared machine): the
-figures shown equal ``GET /v1/models``, the empty state says how to start a shadow. The side-by-side
-view, the matrix and promotion are covered in process (``tests/console/test_admin.py``).
+Models on the shared deployment: the active namespace only (a shadow would run a second worker on
+the shared machine): the figures shown equal ``GET /v1/models``, the empty state says how to start a
+shadow. The side-by-side view is shown by an API of this module's own, served in process (no
+broker): 60 contacts folded by the default model and by a challenger that qualifies marketing leads
+earlier, fed to the two namespaces' replicas; every figure of the page (contacts, medians, the stage
+matrix's cells) equals what that API answers for ``GET /v1/models`` and ``GET /v1/contacts/{id}``,
+and Promote asks for a confirmation before it posts (the promotion's Kafka side is a recorder).
 """
 
 from __future__ import annotations
 
+import copy
+import statistics
 import subprocess
+import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page
+import uvicorn
+import yaml
+from playwright.sync_api import Browser, Dialog, Page
+from pydantic import SecretStr
 
-from tests.e2e.console.conftest import ADMIN_KEY, PHONE, READ_KEY
-from tests.e2e.service import Service
+from api.account_replica import AccountReplica
+from api.app import create_api
+from api.namespaces import Namespaces
+from api.replica import Replica, WorkerStatus
+from console import admin
+from kafka_io import promotion
+from kafka_io.clients import KafkaConnection
+from kafka_io.promotion import Progress, Promoted
+from schemas.model_file import read_model_source
+from schemas.registry import NAMESPACE_PREFIX, Promotion, encode_record, namespace_record
+from schemas.settings import Settings
+from scorestream import Event, Model, fold
+from tests.api.view_bytes import view_bytes
+from tests.e2e.console.conftest import ADMIN_KEY, DESKTOP, PHONE, READ_KEY
+from tests.e2e.service import Service, free_port
+from tests.factories import T0, make_event
 from tests.webhook_receiver import Receiver
 
 DISPATCHER_ENV = {
@@ -201,3 +227,185 @@ def test_the_models_page_shows_the_active_model_as_the_api_does(
     assert "scorestream shadow --model" in page.inner_text("[data-testid=no-shadow]")
     assert page.locator("form[action$='/models/promote']").count() == 0
     shot(page, "models")
+
+
+# --- a shadow beside the active model, on an API served in process -------------------------------------
+
+DAY = 86_400_000
+NOW = T0 + 2 * DAY
+TITLES = ["VP Marketing", "Marketing Manager", "Head of Growth", "Intern", None]
+SHADOW = "challenger-v2"
+
+
+def challenger_source() -> dict[str, Any]:
+    """The default model, except that a lead is marketing qualified from engagement 25 and fit 20
+    (not 40 and 35): the challenger qualifies more leads."""
+    source = copy.deepcopy(read_model_source())
+    source["name"] = "challenger"
+    for transition in source["lifecycle"]["transitions"]:
+        if transition["id"] == "marketing-qualified":
+            transition["when"] = [
+                {"field": "engagement", "op": "gte", "value": 25},
+                {"field": "fit", "op": "gte", "value": 20},
+            ]
+    return source
+
+
+def contact_events(i: int) -> tuple[str, list[Event]]:
+    contact = f"u-{i:03d}"
+    traits: dict[str, Any] = {"email": f"{contact}@acme.com"}
+    if TITLES[i % 5]:
+        traits["title"] = TITLES[i % 5]
+    found = [make_event(kind="identify", user_id=contact, traits=traits, timestamp_ms=T0)]
+    for n in range(i % 6):
+        found.append(
+            make_event(
+                kind="page", event=None, channel="web", user_id=contact, path="/pricing", timestamp_ms=T0 + n * DAY // 3
+            )
+        )
+    if i % 13 == 0:
+        found.append(make_event(event="Demo Requested", channel="web", user_id=contact, timestamp_ms=T0 + 7))
+    return contact, found
+
+
+def fed(replica: Replica, model: Model, contacts: int = 60) -> Replica:
+    for i in range(contacts):
+        contact, events = contact_events(i)
+        state = fold.step(None, contact, [*events, fold.Tick(NOW)], model).state
+        assert state is not None
+        replica.apply(contact.encode(), view_bytes(state, model))
+    replica.caught_up.set()
+    replica.workers["w1"] = WorkerStatus(state="ready", model=model.version, at_ms=NOW)
+    return replica
+
+
+@dataclass
+class InProcess:
+    url: str
+    challenger: Model
+    written: list[Promotion] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def shadow_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    """An API with the active model and the shadow ``challenger-v2``, on a port of its own."""
+    data = tmp_path_factory.mktemp("console-shadow")
+    model_file = data / "challenger.yaml"
+    model_file.write_text(yaml.safe_dump(challenger_source()))
+    challenger = Model.from_dict(challenger_source())
+    settings = Settings(
+        api_keys=[SecretStr(f"{ADMIN_KEY}:admin:console-admin"), SecretStr(f"{READ_KEY}:read:console-reader")],
+        data_dir=data,
+    )
+    nowhere = KafkaConnection("127.0.0.1:1")
+    accounts = AccountReplica(kafka=nowhere, changelog_topic="a")
+    accounts.caught_up.set()
+    active = Model.from_dict(read_model_source())
+    replica = fed(Replica(kafka=nowhere, views_topic="c", status_topic="s"), active)
+    app = create_api(settings, model=active, replica=replica, accounts=accounts, clock=lambda: NOW)
+    namespaces: Namespaces = app.state.namespaces
+    namespaces.active().population.caught_up.set()
+    record = namespace_record(SHADOW, model_file, T0)
+    namespaces.apply(f"{NAMESPACE_PREFIX}{SHADOW}".encode(), encode_record(record))
+    fed(namespaces.pick(SHADOW).replica, challenger)
+    namespaces.pick(SHADOW).accounts.caught_up.set()
+    namespaces.pick(SHADOW).population.caught_up.set()
+    served = InProcess("", challenger)
+
+    async def write(settings: Settings, done: Promotion) -> None:
+        served.written.append(done)
+
+    async def caught_up(*args: Any) -> Progress:
+        return Progress(read=10, total=10, internal=0)
+
+    real = promotion.promote_namespace
+
+    async def promote(*args: Any, **kwargs: Any) -> Promoted:
+        return await real(*args, registry=namespaces.registry, progress_of=caught_up, write=write, **kwargs)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, name="console-shadow-api", daemon=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(admin, "promote_namespace", promote)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the in-process API did not start"
+        served.url = f"http://127.0.0.1:{port}"
+        try:
+            yield served
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+
+def signed_in(browser: Browser, url: str, key: str) -> tuple[Page, list[str]]:
+    """A fresh page signed in on ``url``, and the console and page errors it logs."""
+    page = browser.new_context(viewport=DESKTOP).new_page()  # type: ignore[arg-type]
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.goto(f"{url}/console/sign-in")
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/console")
+    return page, errors
+
+
+def test_a_shadow_beside_the_active_model_every_figure_as_the_api_answers(
+    browser: Browser, shadow_api: InProcess, shot: Callable[..., Any]
+) -> None:
+    page, errors = signed_in(browser, shadow_api.url, ADMIN_KEY)
+    try:
+        page.goto(f"{shadow_api.url}/console/models")
+        with httpx.Client(base_url=shadow_api.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            models = http.get("/v1/models").json()["models"]
+            assert [m["role"] for m in models] == ["active", "shadow"]
+            active = models[0]["namespace"]
+            scores: dict[str, list[float]] = {}
+            stages: dict[str, dict[str, str]] = {}
+            for m in models:
+                ns = m["namespace"]
+                card = page.locator(f'[data-testid="model-{ns}"]')
+                assert card.locator("[data-testid=role]").inner_text() == m["role"]
+                assert card.locator("[data-testid=version]").inner_text() == m["model_version"]
+                assert shown(page, f"contacts-{ns}") == str(m["contacts"]) == "60"
+                bodies = [http.get(f"/v1/contacts/u-{i:03d}", params={"model": ns}).json() for i in range(60)]
+                scores[ns] = [b["engagement"]["score"] for b in bodies]
+                stages[ns] = {b["contact_id"]: b["stage"]["name"] for b in bodies}
+                assert float(shown(page, f"median-{ns}")) == pytest.approx(statistics.median(scores[ns]))
+                assert float(shown(page, f"mean-{ns}")) == pytest.approx(statistics.fmean(scores[ns]))
+        pairs = Counter((stages[active][c], stages[SHADOW][c]) for c in stages[active])
+        assert any(a != b for a, b in pairs)  # the challenger moves some contacts
+        for (a, b), n in pairs.items():
+            assert shown(page, f"matrix-{SHADOW}-{a}-{b}") == str(n)
+        assert shown(page, f"matrix-both-{SHADOW}") == "60"
+        assert shown(page, f"matrix-moved-{SHADOW}") == str(sum(n for (a, b), n in pairs.items() if a != b))
+        assert page.locator("[data-testid=distribution] svg").count() == 1
+        assert page.locator("[data-testid=no-shadow]").count() == 0
+        shot(page, "models-shadow")
+
+        # Promote asks first: dismissed, nothing is posted; accepted, the promotion is written
+        button = page.locator(f'[data-testid="promote-{SHADOW}"] button')
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        button.click()
+        page.wait_for_timeout(300)
+        assert shadow_api.written == [] and page.url.endswith("/console/models")
+        asked: list[str] = []
+
+        def accept(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept()
+
+        page.once("dialog", accept)
+        button.click()
+        page.wait_for_url(f"**/console/models?flash=promoted&id={SHADOW}")
+        assert SHADOW in asked[0] and shadow_api.challenger.version in asked[0]
+        assert f"{SHADOW} is now the active model" in page.inner_text("[data-testid=flash]")
+        [written] = shadow_api.written
+        assert (written.namespace, written.previous, written.promoted_ms) == (SHADOW, active, NOW)
+    finally:
+        page.context.close()
+    assert not errors, errors
