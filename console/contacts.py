@@ -43,7 +43,8 @@ HOT_SHOWN = 25  # ...the most engaged first
 HISTORY_DAYS = 90  # the chart's window
 HISTORY_LIMIT = 1000  # the history route's default
 BEHIND_CHANGES = 3  # the latest changes shown under each contribution
-EVENTS_LIMIT = 200
+LATEST_CHANGES = 8  # the latest changes listed
+EVENTS_LIMIT = (LATEST_CHANGES + 5 * BEHIND_CHANGES) * 16  # the rows shown, 16 message ids each at most
 
 # What the scored events were: the ledger keeps their message ids (the newest 16 of each change).
 EVENTS_BY_ID = """
@@ -173,7 +174,17 @@ class History:
         return out
 
 
-async def _history(request: Request, readers: Readers, contact_id: str) -> History:
+def _shown_rows(ledger: list[LedgerRowOut], rules: list[str]) -> list[LedgerRowOut]:
+    """The ledger rows whose events the page shows: the latest :data:`LATEST_CHANGES` score
+    changes, and the latest :data:`BEHIND_CHANGES` of each of ``rules`` (the top contributions)."""
+    newest = [r for r in reversed(ledger) if r.kind == "score"]
+    shown = {id(r): r for r in newest[:LATEST_CHANGES]}
+    for rule in rules:
+        shown.update((id(r), r) for r in [r for r in newest if rule in r.rules][:BEHIND_CHANGES])
+    return list(shown.values())
+
+
+async def _history(request: Request, readers: Readers, contact_id: str, rules: list[str]) -> History:
     """The history route's answer for the last :data:`HISTORY_DAYS` (the active model's), and the
     events its ledger rows name."""
     now = now_ms(request)
@@ -183,7 +194,7 @@ async def _history(request: Request, readers: Readers, contact_id: str) -> Histo
         body = await reports.history(
             store, model, contact_id, now - HISTORY_DAYS * DAY_MS, now, now, HISTORY_LIMIT, model.version
         )
-        ids = sorted({m for r in body.ledger for m in r.message_ids})
+        ids = sorted({m for r in _shown_rows(body.ledger, rules) for m in r.message_ids})
         rows = await store.query(EVENTS_BY_ID, {"ids": ids, "limit": EVENTS_LIMIT}) if ids else []
         events = {
             str(mid): {"type": str(kind), "event": str(event), "name": str(name), "path": str(path), "at": int(at)}
@@ -232,7 +243,8 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
         return page(request, who, "contact_missing.html", nav=NAV, status=404, title="No such contact", q=text)
     now = now_ms(request)
     body = readers.renderer.body(entry, now)
-    history, history_problem = await attempt(_history(request, readers, body["contact_id"]))
+    top = [c["rule"] for c in body["engagement"]["top"]]
+    history, history_problem = await attempt(_history(request, readers, body["contact_id"], top))
     points = history.points(readers.model.half_life_ms) if history else []
     if points and now > points[-1][0]:
         points.append((now, body["engagement"]["score"]))  # decayed to now, as the score card
@@ -249,6 +261,7 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
         history=history,
         history_problem=history_problem,
         history_days=HISTORY_DAYS,
+        latest_changes=LATEST_CHANGES,
         chart=charts.line_over_time(points, value_label="engagement"),
         stays=_stays(body),
         account=account,
