@@ -43,8 +43,9 @@
       .then(function (answer) { return answer.text(); })
       .then(function (html) {
         target.innerHTML = html;
-        document.querySelectorAll("[data-load].selected").forEach(function (el) { el.classList.remove("selected"); });
-        var cell = link.closest("td") || link;
+        var cell = link.closest("td");  // a grid cell (a pager link inside the target keeps the cell marked)
+        if (!cell) return;
+        document.querySelectorAll("td.selected").forEach(function (el) { el.classList.remove("selected"); });
         cell.classList.add("selected");
       });
   }

@@ -198,6 +198,17 @@ def test_customer_value_grid_and_a_cells_customers(
     assert page.locator(f"[data-testid=rfm-cell][data-r='{cell['r']}'][data-f='{cell['f']}'].selected").count() == 1
     shot(page, "value-cell")
 
+    # another cell: its customers replace the first's, and it alone is marked
+    other = next(c for c in get(http, "/v1/reports/rfm")["grid"] if c["contacts"] and c != cell)
+    page.click(f"[data-testid=rfm-cell][data-r='{other['r']}'][data-f='{other['f']}'] a")
+    page.wait_for_function(
+        "title => document.querySelector('[data-testid=cell-title]').textContent.includes(title)",
+        arg=f"R {other['r']} · F {other['f']}",
+    )
+    marked = page.locator("td.selected")
+    assert marked.count() == 1 and marked.get_attribute("data-r") == str(other["r"])
+    assert marked.get_attribute("data-f") == str(other["f"])
+
 
 def test_a_cells_customers_page_by_page(
     console_page: Callable[..., Page],
