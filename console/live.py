@@ -156,11 +156,11 @@ class Pulse:
             group=self.group,
         )
 
-    async def contacts(self) -> int | None:
-        """The archive's active contacts (:attr:`count_contacts`), every :data:`CONTACTS_EVERY`
-        samples; the last count in between, None while the archive cannot say."""
+    async def contacts(self, count: bool) -> int | None:
+        """The archive's active contacts (:attr:`count_contacts`) when ``count``; else the last
+        count; None while the archive cannot say."""
         last = self.latest.contacts if self.latest is not None else None
-        if self.count_contacts is None or (last is not None and self.samples % CONTACTS_EVERY):
+        if self.count_contacts is None or (last is not None and not count):
             return last
         try:
             async with asyncio.timeout(KAFKA_TIMEOUT_S):
@@ -171,8 +171,11 @@ class Pulse:
 
     async def _run(self) -> None:
         try:
+            run = 0  # samples of this run: a run counts the contacts first (the last count may be old)
             while self.watchers > 0 and not self._stopped:
-                sample = dataclasses.replace(await self.sample(), contacts=await self.contacts())
+                counted = await self.contacts(run % CONTACTS_EVERY == 0)
+                sample = dataclasses.replace(await self.sample(), contacts=counted)
+                run += 1
                 async with self.changed:
                     self.latest = sample
                     self.samples += 1

@@ -406,3 +406,22 @@ def test_the_page_shows_a_recent_sample_and_not_an_old_one(store: Store) -> None
     old = values(requests(app, "/console")[0].text)
     assert (fresh["events-per-s"], fresh["lag"], fresh["deadletters-hour"]) == (["12.5"], ["30"], ["1"])
     assert (old["events-per-s"], old["lag"]) == ([""], [""])  # a dash until the stream's first sample
+
+
+def test_the_contacts_are_counted_when_asked_and_kept_in_between() -> None:
+    pulse = Pulse(Settings())
+    pulse.latest = Sample(at_ms=1, contacts=5)
+
+    async def count() -> int:
+        return 9
+
+    async def broken() -> int:
+        raise RuntimeError("archive away")
+
+    async def go() -> list[int | None]:
+        pulse.count_contacts = count
+        out = [await pulse.contacts(False), await pulse.contacts(True)]
+        pulse.count_contacts = broken
+        return [*out, await pulse.contacts(True)]
+
+    assert asyncio.run(go()) == [5, 9, 5]  # the last count stands while the archive cannot say
