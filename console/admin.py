@@ -172,8 +172,9 @@ def action_failed(request: Request, viewer: Any, exc: ApiError, back: str) -> HT
     )
 
 
-Flash = Annotated[str | None, Query(max_length=32)]
-Subject = Annotated[str | None, Query(max_length=256)]
+# what comes back after an action (any text: an unknown code shows nothing, an id is cut to MAX_ID)
+Flash = Annotated[str | None, Query(description="a flash code: retry, retry-failed, promoted")]
+Subject = Annotated[str | None, Query(description="what the flash is about")]
 
 
 @router.get("/webhooks", response_class=HTMLResponse)
@@ -404,7 +405,14 @@ async def models_context(request: Request) -> dict[str, Any]:
     spaces = namespaces_of(request)
     out = spaces.models_out()
     live = spaces.live()
-    samples = [await sample_of(request, r) for r in live]
+    samples: list[Sample] = []
+    problems: list[str] = []
+    for readers in live:
+        try:
+            samples.append(await sample_of(request, readers))
+        except ApiError as exc:  # its store cannot be read now (a closed or unopened replica store)
+            samples.append(Sample(readers.namespace, readers.model.version, now_ms(request)))
+            problems.append(f"{readers.namespace}: {exc.message}")
     bins = bins_of(samples)
     order = stage_order(live)
     active = samples[0]
@@ -414,6 +422,7 @@ async def models_context(request: Request) -> dict[str, Any]:
         "models": out.models,
         "samples": {s.namespace: s for s in samples},
         "summaries": {s.namespace: summary_of(s) for s in samples},
+        "problems": problems,
         "chart": chart,
         "bins": bins,
         "matrices": matrices,

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from api.account_replica import AccountReplica
 from api.app import create_api
 from api.namespaces import Namespaces
+from api.view_store import StoreError
 from api.webhook_backend import WebhookBackend
 from api.webhook_store import DeliveryLog
 from console import admin
@@ -343,6 +344,10 @@ def test_retrying_an_unknown_delivery_says_so_in_html(hook: Console) -> None:
 def test_an_unknown_flash_code_shows_nothing(hook: Console) -> None:
     text = hook.client().get("/console/webhooks?flash=<script>&id=x").text
     assert 'data-testid="flash"' not in text and "<script>" not in text.split("</head>")[1]
+    long = hook.client().get("/console/models", params={"flash": "promoted" * 50, "id": "x" * 5000})
+    assert long.status_code == 200 and 'data-testid="flash"' not in long.text
+    cut = hook.client().get("/console/models", params={"flash": "promoted", "id": "<b>" + "x" * 5000})
+    assert cut.status_code == 200 and "&lt;b&gt;" + "x" * (admin.MAX_ID - 3) + " is now" in cut.text
 
 
 def test_no_subscription_shows_what_to_do(console: Console) -> None:
@@ -418,6 +423,19 @@ def test_the_sample_is_kept_a_minute(console: Console) -> None:
     assert value(browser.get("/console/models").text, "contacts-scorestream") == "4"  # GET /v1/models: now
     console.app.state.clock = lambda: NOW + admin.SAMPLE_TTL_MS
     assert value(browser.get("/console/models").text, "sampled-scorestream") == "4"
+
+
+def test_a_store_that_cannot_be_read_is_said_not_a_500(shadow: Console, monkeypatch: pytest.MonkeyPatch) -> None:
+    def closed(readers: Any, now: int, size: int = admin.SAMPLE) -> admin.Sample:
+        if readers.namespace == "v2":
+            raise StoreError("view store /x: closed")
+        return real(readers, now, size)
+
+    real = admin.take_sample
+    monkeypatch.setattr(admin, "take_sample", closed)
+    page = shadow.client().get("/console/models")
+    assert page.status_code == 200 and "v2: view store /x: closed" in page.text
+    assert value(page.text, "sampled-v2") == "0" and value(page.text, "sampled-scorestream") == "3"
 
 
 def test_histograms_share_their_bins() -> None:
