@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -208,6 +209,13 @@ def test_customer_value_grid_and_a_cells_customers(
     marked = page.locator("td.selected")
     assert marked.count() == 1 and marked.get_attribute("data-r") == str(other["r"])
     assert marked.get_attribute("data-f") == str(other["f"])
+
+    # a listed customer opens on its contact page
+    first = page.locator("[data-testid=cell-contact]").first
+    contact_id = first.get_attribute("data-contact-id")
+    first.locator("a").first.click()
+    page.wait_for_url(f"**/console/contacts/{quote(contact_id or '', safe='')}")
+    assert page.locator("main h1").count() == 1
 
 
 def test_a_cells_customers_page_by_page(
