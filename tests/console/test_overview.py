@@ -425,3 +425,40 @@ def test_the_contacts_are_counted_when_asked_and_kept_in_between() -> None:
         return [*out, await pulse.contacts(True)]
 
     assert asyncio.run(go()) == [5, 9, 5]  # the last count stands while the archive cannot say
+
+
+def test_a_stream_lets_go_when_the_browser_leaves(store: Store) -> None:
+    """A closed page ends its streams: the feed forgets its queue, and the sampling stops."""
+    app = build(store)
+    live: Live = app.state.console_live
+
+    async def fake_sample() -> Sample:
+        return Sample(at_ms=NOW, source_records=1)
+
+    live.pulse.sample = fake_sample  # type: ignore[method-assign]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None))
+
+    async def watched() -> tuple[int, int, int, int]:
+        serving = asyncio.create_task(server.serve())
+        while not server.started:  # noqa: ASYNC110 (uvicorn's flag)
+            await asyncio.sleep(0.02)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                await signed_in(client)
+                async with client.stream("GET", "/console/live/figures") as figures:
+                    await first_data(figures.aiter_lines())
+                    async with client.stream("GET", "/console/live/triggers"):
+                        while not live.feed.subscribers:  # noqa: ASYNC110 (the stream has subscribed)
+                            await asyncio.sleep(0.02)
+                        during = (live.pulse.watchers, len(live.feed.subscribers))
+            for _ in range(100):  # the server sees the disconnects
+                if live.pulse.watchers == 0 and not live.feed.subscribers:
+                    break
+                await asyncio.sleep(0.05)
+            return (*during, live.pulse.watchers, len(live.feed.subscribers))
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
+
+    assert asyncio.run(watched()) == (1, 1, 0, 0)
