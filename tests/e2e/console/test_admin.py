@@ -169,6 +169,18 @@ def test_the_webhooks_page_shows_the_delivery_health_and_retries_a_failure(
         assert len(hook.receiver.at(hook.path)) > received
         assert hook.receiver.at(hook.path)[-1].webhook_id == delivery_id  # the same delivery, sent again
 
+        # Retry all failed (asked first): the other failed delivery goes back on its schedule
+        other = next(d for d in deliveries(http, hook.id) if d["id"] != delivery_id)
+        page.once("dialog", lambda dialog: dialog.accept())
+        section.locator("[data-testid=retry-failed] button").click()
+        page.wait_for_url(f"**/console/webhooks?flash=retry-failed&id={hook.id}")
+
+        def sent_again() -> bool:
+            now = http.get(f"/v1/webhooks/{hook.id}/deliveries/{other['id']}").json()
+            return bool(now["attempt_count"] > other["attempt_count"])
+
+        console_service.wait_for(sent_again, timeout=30, interval=0.3)
+
 
 def test_the_webhooks_page_on_a_phone(
     console_page: Callable[..., Page], console_service: Service, failing_hook: Hook, shot: Callable[..., Any]
@@ -186,6 +198,10 @@ def test_a_read_key_sees_no_admin_entry_and_cannot_post_a_retry(
 ) -> None:
     hook = failing_hook
     with admin_api(console_service) as http:
+        # every delivery back to failed (an earlier test's retries have run their schedule)
+        console_service.wait_for(
+            lambda: all(d["status"] == "failed" for d in deliveries(http, hook.id)), timeout=60, interval=0.5
+        )
         first = deliveries(http, hook.id)[0]
         reader = console_page(READ_KEY)
         links = reader.locator("header nav a").all_inner_texts()
