@@ -39,6 +39,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from markupsafe import Markup
 from starlette.responses import Response
 
 from api.audit import audit
@@ -47,9 +48,10 @@ from api.namespaces import Namespaces, Readers
 from api.routers.webhooks import list_webhooks
 from api.webhook_backend import WebhookBackend
 from console import charts
+from console import format as fmt
 from console.pages import attempt, now_ms, page
 from console.session import PREFIX, AdminDep, checked_form
-from kafka_io.promotion import DEFAULT_MAX_LAG, PromotionRefused, promote_namespace
+from kafka_io.promotion import DEFAULT_MAX_LAG, Progress, PromotionRefused, namespace_progress, promote_namespace
 from schemas.view import decode_view
 from schemas.webhooks import DeliveryOut, DeliveryRecord, WebhookOut, delivery_out
 from scorestream.view import engagement_of_view
@@ -61,6 +63,7 @@ LOG_READ = 1000  # the delivery log keeps the latest 1000 deliveries of each sub
 SAMPLE = 10_000  # contacts read per namespace for the distributions and the matrix
 SAMPLE_TTL_MS = 60_000  # a sample is read again after a minute
 NO_STAGE = "(none)"
+PROGRESS_TIMEOUT_S = 3.0  # a shadow's progress read from Kafka (offsets) at most this long per page view
 MAX_ID = 128  # a webhook, delivery or namespace id longer than this is not one
 
 FLASHES = {
@@ -339,6 +342,15 @@ def histograms(samples: Sequence[Sample], bins: Bins | None) -> dict[str, Sequen
     return out
 
 
+def band_chart(samples: Sequence[Sample], bins: Bins | None) -> Markup:
+    """Contacts per engagement band, a bar per namespace side by side in each band."""
+    series = histograms(samples, bins)
+    first = next(iter(series.values()), [])
+    labels = [fmt.score(low) for _, low, _ in first]  # each band from its label to the next one
+    counts = {name: [count for count, _, _ in bands] for name, bands in series.items()}
+    return charts.grouped_bars(labels, counts, x_title="engagement score (each band from the value shown)")
+
+
 @dataclass(frozen=True)
 class Summary:
     """A namespace's sampled engagement scores in three figures."""
@@ -401,10 +413,23 @@ def namespaces_of(request: Request) -> Namespaces:
     return found
 
 
+async def shadow_progress(request: Request, spaces: Namespaces, namespace: str) -> Progress | None:
+    """How far a shadow's workers have read (what Promote checks), or None when Kafka cannot say
+    within :data:`PROGRESS_TIMEOUT_S` (its worker group has no coordinator until a worker joins)."""
+    try:
+        async with asyncio.timeout(PROGRESS_TIMEOUT_S):
+            return await namespace_progress(request.app.state.settings, namespace, spaces.registry)
+    except Exception:  # any failure reads as "unknown"; Promote says why
+        return None
+
+
 async def models_context(request: Request) -> dict[str, Any]:
     spaces = namespaces_of(request)
     out = spaces.models_out()
     live = spaces.live()
+    shadows = [r.namespace for r in live[1:]]
+    found = await asyncio.gather(*(shadow_progress(request, spaces, n) for n in shadows))
+    progress = dict(zip(shadows, found, strict=True))
     samples: list[Sample] = []
     problems: list[str] = []
     for readers in live:
@@ -417,12 +442,13 @@ async def models_context(request: Request) -> dict[str, Any]:
     order = stage_order(live)
     active = samples[0]
     matrices = [stage_matrix(active, s, order) for s in samples[1:]]
-    chart = charts.histogram(histograms(samples, bins), title="", x_title="engagement score")
+    chart = band_chart(samples, bins)
     return {
         "models": out.models,
         "samples": {s.namespace: s for s in samples},
         "summaries": {s.namespace: summary_of(s) for s in samples},
         "problems": problems,
+        "progress": progress,
         "chart": chart,
         "bins": bins,
         "matrices": matrices,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import pygal
@@ -104,4 +104,22 @@ def histogram(
     chart = pygal.Histogram(**{**COMMON, "show_legend": len(series) > 1}, title=title or None, x_title=x_title)
     for name, bins in series.items():
         chart.add(name, [(float(count), float(low), float(high)) for count, low, high in bins])
+    return _svg(chart)
+
+
+def grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], x_title: str = "") -> Markup:
+    """Several series side by side per label (two models' contacts per score band): unlike
+    :func:`histogram`'s overlaid areas, equal distributions stay both visible."""
+    if not labels or not any(series.values()):
+        return Markup("")
+    chart = pygal.Bar(
+        **{**COMMON, "show_legend": len(series) > 1},
+        x_title=x_title or None,
+        x_label_rotation=0,
+        truncate_label=-1,
+        legend_at_bottom=True,
+    )
+    chart.x_labels = list(labels)
+    for name, values in series.items():
+        chart.add(name, [float(v) for v in values])
     return _svg(chart)

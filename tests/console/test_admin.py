@@ -201,9 +201,19 @@ def hook(console: Console) -> Console:
     return console
 
 
+SHADOW_PROGRESS = Progress(read=90, total=100, internal=5)  # 15 records behind
+
+
 @pytest.fixture
-def shadow(console: Console, tmp_path: Path) -> Iterator[Console]:
-    """Namespace ``v2`` registered with the challenger model, holding u-2, u-3 and u-4."""
+def shadow(console: Console, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
+    """Namespace ``v2`` registered with the challenger model, holding u-2, u-3 and u-4; its workers
+    :data:`SHADOW_PROGRESS` (what Kafka would say)."""
+
+    async def progress(settings: Settings, namespace: str, registry: Registry) -> Progress:
+        assert namespace == "v2"
+        return SHADOW_PROGRESS
+
+    monkeypatch.setattr(admin, "namespace_progress", progress)
     model_file = tmp_path / "challenger.yaml"
     model_file.write_text("extends: default\nname: challenger\n")
     record = namespace_record("v2", model_file, T0)
@@ -392,7 +402,18 @@ def test_the_models_page_shows_the_shadow_beside_the_active_model(shadow: Consol
     cells = {k: int(v) for k, v in re.findall(r'data-k="matrix-v2-([^"]+)" value="(\d+)"', text)}
     assert sum(cells.values()) == 2
     assert 'data-testid="promote-v2"' in text and f'value="{CHALLENGER.version}"' in text
+    assert value(text, "behind-v2") == "15" and "90 of 100 source events read" in text
     assert 'data-confirm="Make v2' in text
+
+
+def test_a_shadow_whose_progress_kafka_cannot_give_is_unknown(shadow: Console, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_coordinator(settings: Settings, namespace: str, registry: Registry) -> Progress:
+        raise RuntimeError("no coordinator")
+
+    monkeypatch.setattr(admin, "namespace_progress", no_coordinator)
+    page = shadow.client().get("/console/models")
+    assert page.status_code == 200 and "unknown: is its worker running?" in page.text
+    assert 'data-k="behind-v2"' not in page.text
 
 
 def test_the_sample_scores_are_the_apis_engagement_scores(shadow: Console) -> None:

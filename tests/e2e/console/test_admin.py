@@ -344,6 +344,7 @@ def shadow_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     thread = threading.Thread(target=server.run, name="console-shadow-api", daemon=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(admin, "promote_namespace", promote)
+        patch.setattr(admin, "namespace_progress", caught_up)
         thread.start()
         deadline = time.monotonic() + 20
         while not server.started and time.monotonic() < deadline:
@@ -401,6 +402,7 @@ def test_a_shadow_beside_the_active_model_every_figure_as_the_api_answers(
         assert shown(page, f"matrix-moved-{SHADOW}") == str(sum(n for (a, b), n in pairs.items() if a != b))
         assert page.locator("[data-testid=distribution] svg").count() == 1
         assert page.locator("[data-testid=no-shadow]").count() == 0
+        assert shown(page, f"behind-{SHADOW}") == "0"
         shot(page, "models-shadow")
 
         # Promote asks first: dismissed, nothing is posted; accepted, the promotion is written
