@@ -16,10 +16,10 @@ import orjson
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 
-from deploy.lag import group_lag
 from deploy.traffic import Traffic
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
+from kafka_io.promotion import group_lag
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:

@@ -1,13 +1,10 @@
-"""How far a consumer group is behind: its committed offsets against the topics' end offsets."""
+"""How many records topics hold (a consumer group's lag is :func:`kafka_io.promotion.group_lag`)."""
 
 from __future__ import annotations
 
 from kafka_io.clients import KafkaConnection
-from kafka_io.promotion import Lag, group_lag
 from kafka_io.topics import offsets
 from schemas.settings import Settings
-
-__all__ = ["Lag", "group_lag", "records_in"]  # group_lag and Lag live in kafka_io.promotion (the promotion checks)
 
 
 async def records_in(kafka: KafkaConnection | Settings, topics: list[str]) -> int:
