@@ -75,7 +75,7 @@ class Bench:
 SCENARIOS = (
     "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
     "api,api_middleware,telemetry,privacy_gate,collector,recovery,webhooks,sink,analytics,replay,privacy,"
-    "privacy_archive"
+    "privacy_archive,console"
 )
 
 
@@ -376,6 +376,11 @@ def _service_scenarios(b: Bench, skip: set[str]) -> None:
         from bench.privacy_archive import measure as archive_erasure
 
         b.figures["privacy_archive"] = archive_erasure()
+        b.save()
+    if "console" not in skip:
+        from bench.console import measure as console_figures
+
+        b.figures["console"] = console_figures()
         b.save()
 
 
