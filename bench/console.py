@@ -104,6 +104,19 @@ PAGES = {
     "models": "/console/models",
 }
 
+# the JSON routes that give each page's numbers (their time beside the page's: what the console adds)
+API_ROUTES = {
+    "overview": ["/v1/reports/overview"],
+    "contact": ["/v1/contacts/{contact}", "/v1/contacts/{contact}/history"],
+    "funnel": ["/v1/reports/funnel"],
+    "value": ["/v1/reports/rfm"],
+    "pipeline": ["/v1/reports/personas", "/v1/reports/forecast"],
+    "account": ["/v1/accounts/{account}"],
+    "webhooks": ["/v1/webhooks"],
+    "models": ["/v1/models"],
+}
+API_LOADS = 5  # timed calls of each page's routes
+
 # --- the archive, multiplied -------------------------------------------------------------------
 
 
@@ -492,6 +505,24 @@ def first_paints(browser: Any, dep: Deployment, loads: int) -> dict[str, Any]:
         context.close()
 
 
+def api_times(dep: Deployment, loads: int) -> dict[str, Any]:
+    """Each page's JSON routes (:data:`API_ROUTES`) called one after the other, ``loads`` times
+    after a warm-up: the milliseconds of the whole set, median and p95, and their statuses."""
+    out: dict[str, Any] = {}
+    with dep.client() as http:
+        for name, routes in API_ROUTES.items():
+            paths = [r.format(contact=dep.contact, account=dep.account) for r in routes]
+            statuses = [http.get(p).status_code for p in paths]  # warm-up
+            took = []
+            for _ in range(loads):
+                started = time.perf_counter()
+                for path in paths:
+                    http.get(path)
+                took.append((time.perf_counter() - started) * 1000)
+            out[name] = {"routes": paths, "statuses": statuses, "ms": summary(took)}
+    return out
+
+
 # --- the console's extra load ------------------------------------------------------------------
 
 
@@ -570,6 +601,7 @@ def measured(browser: Any, dep: Deployment, work: Path, loads: int, rounds: int,
     print(f"console bench: measuring {dep.contacts} contacts", file=sys.stderr)
     figures: dict[str, Any] = {"at": time.strftime("%H:%M:%SZ", time.gmtime())}
     figures["first_paint"] = first_paints(browser, dep, loads)
+    figures["api_routes"] = api_times(dep, min(loads, API_LOADS))
     figures["extra_load"] = extra_load(browser, dep, work, rounds, seconds)
     return figures
 
@@ -644,7 +676,8 @@ def markdown(results: dict[str, Any]) -> str:
     head = " | ".join(f"{s['contacts']:,} contacts / {s['events']:,} events (at {s['at']})" for s in sizes)
     lines += [
         "Time to first paint, ms: first-contentful-paint median / p95 over the loads "
-        "(server: the navigation's responseEnd, median / p95)",
+        "(server: the navigation's responseEnd, median / p95; JSON: the API routes with the page's "
+        "numbers, called one after the other, median / p95)",
         "",
         f"| page | {head} |",
         "| --- |" + " --- |" * len(sizes),
@@ -657,7 +690,9 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append(f"status {p.get('status')}")
                 continue
             fcp, end = p["fcp_ms"], p["response_end_ms"]
-            cells.append(f"{fcp['median']:.0f} / {fcp['p95']:.0f} (server {end['median']:.0f} / {end['p95']:.0f})")
+            cell = f"{fcp['median']:.0f} / {fcp['p95']:.0f} (server {end['median']:.0f} / {end['p95']:.0f}"
+            json_ms = s.get("api_routes", {}).get(name, {}).get("ms")
+            cells.append(cell + (f"; JSON {json_ms['median']:.0f} / {json_ms['p95']:.0f})" if json_ms else ")"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -62,6 +62,8 @@ def test_the_bench_runs_at_a_tiny_scale(kafka_bootstrap: str, tmp_path: Path) ->
     assert overview["status"] == 200
     assert overview["fcp_ms"]["median"] > 0
     assert overview["response_end_ms"]["median"] <= overview["fcp_ms"]["median"]
+    assert size["api_routes"]["funnel"]["statuses"] == [200]  # the same numbers' JSON route, timed
+    assert size["api_routes"]["funnel"]["ms"]["median"] > 0
     load = size["extra_load"]
     assert load["none"]["lookups_per_s"] > 0 and load["five"]["lookups_per_s"] > 0
     assert load["none"]["errors"] == load["five"]["errors"] == 0
