@@ -340,7 +340,7 @@ def shadow_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
         return await real(*args, registry=namespaces.registry, progress_of=caught_up, write=write, **kwargs)
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None))
     thread = threading.Thread(target=server.run, name="console-shadow-api", daemon=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(admin, "promote_namespace", promote)
