@@ -117,15 +117,27 @@ async def account(request: Request, who: ViewerDep, account_id: str) -> Response
         return RedirectResponse(NAV, status_code=303)
     if len(account_id) > MAX_QUERY:
         wrong = f"That is longer than any account id ({MAX_QUERY} characters at most)."
-        return page(request, who, "account_missing.html", nav=NAV, status=400, title="Accounts", wrong=wrong, q="")
+        return page(
+            request, who, "missing.html", nav=NAV, kind="account", status=400, title="Accounts", wrong=wrong, q=""
+        )
     if not readers.accounts.caught_up.is_set():
         return page(
-            request, who, "account_missing.html", nav=NAV, status=503, title="Accounts", loading=True, q=account_id
+            request,
+            who,
+            "missing.html",
+            nav=NAV,
+            kind="account",
+            status=503,
+            title="Accounts",
+            loading=True,
+            q=account_id,
         )
     now = now_ms(request)
     found = _account(readers, account_id, now)
     if found is None:
-        return page(request, who, "account_missing.html", nav=NAV, status=404, title="No such account", q=account_id)
+        return page(
+            request, who, "missing.html", nav=NAV, kind="account", status=404, title="No such account", q=account_id
+        )
     members = sorted(found.members, key=lambda m: (-m.engagement, m.contact_id))
     names = {m.contact_id: _member_name(readers, m.contact_id) for m in members}
     stays = [

@@ -235,12 +235,16 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
     if not text:
         return RedirectResponse(NAV, status_code=303)
     if wrong:
-        return page(request, who, "contact_missing.html", nav=NAV, status=400, title="Contacts", q=text, wrong=wrong)
+        return page(
+            request, who, "missing.html", nav=NAV, kind="contact", status=400, title="Contacts", q=text, wrong=wrong
+        )
     if not readers.replica.caught_up.is_set():
-        return page(request, who, "contact_missing.html", nav=NAV, status=503, title="Contacts", q=text, loading=True)
+        return page(
+            request, who, "missing.html", nav=NAV, kind="contact", status=503, title="Contacts", q=text, loading=True
+        )
     entry = readers.replica.find(text)
     if entry is None:
-        return page(request, who, "contact_missing.html", nav=NAV, status=404, title="No such contact", q=text)
+        return page(request, who, "missing.html", nav=NAV, kind="contact", status=404, title="No such contact", q=text)
     now = now_ms(request)
     body = readers.renderer.body(entry, now)
     top = [c["rule"] for c in body["engagement"]["top"]]
