@@ -5,11 +5,15 @@ rows, a stale contact version, another model's ledger and a merged contact inclu
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from analytics import overview
 from analytics.client import Store
+from analytics.migrations import migrate
 from analytics.rows import CONTACT_COLUMNS, LEDGER_COLUMNS
 from schemas.api_overview import OverviewOut
 from tests.analytics.archive import MODEL, NOW, Contact, ledger_row
@@ -59,6 +63,20 @@ LEDGER = [
     row("m", NOW - MINUTE, 70.0, 10),
     row("g", SINCE - 2 * H, 99.0, 11, version="other@1"),  # another model's, earlier: ignored
 ]
+
+
+def loaded(chdb_path: Path, name: str) -> Iterator[Store]:
+    """A migrated archive of its own (database ``<name>_<random>``) holding :func:`load`'s rows, for
+    the module's duration (the route's and the console's tests)."""
+    store = Store(f"chdb://{chdb_path}?database={name}_{uuid.uuid4().hex[:8]}")
+
+    async def setup() -> None:
+        await migrate(store)
+        await load(store)
+
+    asyncio.run(setup())
+    yield store
+    store.close_sync()
 
 
 async def load(store: Store) -> None:

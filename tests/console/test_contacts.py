@@ -28,7 +28,7 @@ from schemas.api_analytics import HistoryOut, LedgerRowOut
 from schemas.settings import Settings
 from schemas.times import at_of
 from scorestream import apply_events
-from tests.analytics.archive import MODEL, NOW
+from tests.analytics.archive import MODEL, NOW, ledger_row
 from tests.api.view_bytes import view_bytes
 from tests.factories import DAY, HOUR, make_event
 
@@ -132,26 +132,7 @@ def store(chdb_path: Path) -> Iterator[Store]:
     s = Store(f"chdb://{chdb_path}?database=console_{uuid.uuid4().hex[:8]}")
 
     def ledger(at: int, engagement: float, rules: list[str], mids: list[str], offset: int) -> list[Any]:
-        row = {
-            "contact_id": "u-1",
-            "at": at,
-            "kind": "score",
-            "cause": "events",
-            "engagement": engagement,
-            "engagement_band": "3",
-            "fit": 20.0,
-            "fit_grade": "C",
-            "stage": "lead",
-            "rules": rules,
-            "message_ids": mids,
-            "merged_into": "",
-            "model_version": MODEL.version,
-            "kafka_topic": "cl",
-            "kafka_partition": 0,
-            "kafka_offset": offset,
-            "written_at": at,
-        }
-        return [row[c] for c in LEDGER_COLUMNS]
+        return ledger_row("u-1", at, engagement, 20.0, "lead", offset, rules, mids)
 
     async def setup() -> None:
         await migrate(s)

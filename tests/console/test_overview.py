@@ -26,7 +26,6 @@ from aiokafka import TopicPartition
 from fastapi import FastAPI
 
 from analytics.client import Store
-from analytics.migrations import migrate
 from api.app import create_api
 from api.replica import Replica
 from console import overview as page
@@ -36,7 +35,7 @@ from kafka_io.clients import KafkaConnection
 from kafka_io.topics import ensure_topics
 from schemas.settings import Settings
 from tests.analytics.archive import MODEL, NOW
-from tests.analytics.test_overview import load
+from tests.analytics.test_overview import loaded
 
 KEY = "console-overview-admin-0123456789"
 READ = "console-overview-read-0123456789"
@@ -44,15 +43,7 @@ READ = "console-overview-read-0123456789"
 
 @pytest.fixture(scope="module")
 def store(chdb_path: Path) -> Iterator[Store]:
-    s = Store(f"chdb://{chdb_path}?database=console_overview_{uuid.uuid4().hex[:8]}")
-
-    async def setup() -> None:
-        await migrate(s)
-        await load(s)
-
-    asyncio.run(setup())
-    yield s
-    s.close_sync()
+    yield from loaded(chdb_path, "console_overview")
 
 
 def build(store: Store | None) -> FastAPI:

@@ -4,7 +4,6 @@ archive, 422 on bad parameters, and the body :mod:`analytics.overview` computes.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,23 +13,14 @@ from fastapi import FastAPI
 
 from analytics import overview
 from analytics.client import Store
-from analytics.migrations import migrate
 from tests.analytics.archive import MODEL, NOW
-from tests.analytics.test_overview import load
+from tests.analytics.test_overview import loaded
 from tests.api.routers.test_reports import KEY, make_app
 
 
 @pytest.fixture(scope="module")
 def store(chdb_path: Path) -> Iterator[Store]:
-    s = Store(f"chdb://{chdb_path}?database=overview_{uuid.uuid4().hex[:8]}")
-
-    async def setup() -> None:
-        await migrate(s)
-        await load(s)
-
-    asyncio.run(setup())
-    yield s
-    s.close_sync()
+    yield from loaded(chdb_path, "overview")
 
 
 def get(app: FastAPI, path: str, key: bool = True) -> httpx.Response:
