@@ -584,7 +584,7 @@ def extra_load(browser: Any, dep: Deployment, work: Path, rounds: int, seconds: 
                     context.close()
     out: dict[str, Any] = {"consoles": CONSOLES, "rounds": rounds, "seconds": seconds, "connections": CONNECTIONS}
     for mode, each in runs.items():
-        out[mode] = {k: statistics.median(r[k] for r in each) for k in each[0]}
+        out[mode] = {k: round(statistics.median(r[k] for r in each), 3) for k in each[0]}
         out[mode]["each_lookups_per_s"] = [r["lookups_per_s"] for r in each]
         out[mode]["idle_api_cpu"] = statistics.median(idle[mode])
     for figure in ("lookups_per_s", "p50_ms", "p99_ms", "api_cpu_utilisation"):
@@ -709,8 +709,8 @@ def markdown(results: dict[str, Any]) -> str:
         for mode in ("none", "five"):
             m = load[mode]
             lines.append(
-                f"| {s['contacts']:,} | {mode} | {m['lookups_per_s']:,.0f} | {m['p50_ms']} | {m['p99_ms']} | "
-                f"{m['api_cpu_utilisation']} | {m['idle_api_cpu']} |"
+                f"| {s['contacts']:,} | {mode} | {m['lookups_per_s']:,.0f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
+                f"{m['api_cpu_utilisation']:.2f} | {m['idle_api_cpu']:.3f} |"
             )
         lines.append(
             f"| {s['contacts']:,} | **ratio five / none** | **{load.get('ratio_lookups_per_s')}** | "
