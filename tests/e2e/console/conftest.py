@@ -49,6 +49,7 @@ def publish_traffic(service: Service) -> list[str]:
     span = 14 * 86_400_000
     history = Traffic(CONTACTS, seed=19, start_ms=now - span, span_ms=span - 3_600_000)
     recent = Traffic(CONTACTS, seed=20, start_ms=now - 3_600_000, span_ms=3_540_000)
+    recent.seq = 1_000_000  # its message ids (m-<seq>) never those of the history: no event taken for a duplicate
     records = [*history.records(HISTORY_EVENTS), *recent.records(RECENT_EVENTS)]
     service.publish([(r.channel, r.key, r.value) for r in records])
     return sorted({history.anonymous_id(r.contact) for r in records})
