@@ -66,6 +66,10 @@ class Progress:
     def behind(self) -> int:
         return (self.total - self.read) + max(self.internal, 0)
 
+    def too_far(self, max_lag: int) -> bool:
+        """Too far behind to promote: nothing read of its sources yet, or more than ``max_lag`` behind."""
+        return (self.read == 0 and self.total > 0) or self.behind > max_lag
+
 
 @dataclass(frozen=True, slots=True)
 class Promoted:
@@ -132,7 +136,7 @@ async def promote_namespace(
         progress = await progress_of(settings, namespace, registry)
     except Exception as exc:  # the group's coordinator is not there until a worker joins
         raise PromotionRefused(f"cannot read {namespace}'s progress ({exc}); is its worker running?") from exc
-    if (progress.read == 0 and progress.total > 0) or progress.behind > max_lag:
+    if progress.too_far(max_lag):
         raise PromotionRefused(
             f"{namespace} is {progress.behind} records behind (limit --max-lag {max_lag}); let it catch up first"
         )
