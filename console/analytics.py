@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -23,6 +23,7 @@ from api import deps
 from api.routers import contacts as contact_routes
 from api.routers import reports as report_routes
 from console import charts
+from console.contacts import contact_path
 from console.pages import attempt, fragment, page
 from console.session import PREFIX, ViewerDep
 from schemas.api_analytics import (
@@ -137,11 +138,6 @@ def legend(top: float, whole: bool) -> list[tuple[int, float, float]]:
         elif top > 0:
             out.append((k, low, high))
     return out
-
-
-def contact_link(contact_id: str) -> str:
-    """The console page of a contact (its id quoted whole: ids may hold ``/`` or ``:``)."""
-    return f"{PREFIX}/contacts/{quote(contact_id, safe='')}"
 
 
 def model_choices(request: Request) -> list[str]:
@@ -319,7 +315,7 @@ def cell_context(
         "first_href": cell_href(r, f, size) if cursor else None,
         "api": api_query("/v1/contacts", params),
         "currency": currency(model),
-        "link": contact_link,
+        "link": contact_path,
     }
 
 
