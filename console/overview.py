@@ -29,7 +29,6 @@ from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
 from analytics import overview as report
-from analytics.client import Store
 from api import archive
 from api.deps import ActiveModel, Analytics, Clock, NamespacesDep
 from api.namespaces import Namespaces
@@ -40,7 +39,7 @@ from console.pages import attempt, page, templates
 from console.session import PREFIX, ViewerDep
 from schemas.api_overview import OverviewOut
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)  # the whole path in each route: what audit lines and tests name
 NAV = PREFIX
 PING_S = 15  # a comment line on an idle stream, so proxies keep it open
 FIGURES_URL = f"{PREFIX}/live/figures"
@@ -104,11 +103,7 @@ def trigger_html(item: TriggerItem, now: int) -> str:
 
 async def overview_of(analytics: archive.StoreGetter, model: Any, now: int) -> OverviewOut:
     """``GET /v1/reports/overview``'s body (its defaults: the last hour, 10 movers)."""
-
-    async def query(store: Store) -> OverviewOut:
-        return await report.overview(store, model, now)
-
-    return await archive.answer(analytics, query)
+    return await archive.answer(analytics, lambda store: report.overview(store, model, now))
 
 
 @router.get("")
