@@ -20,14 +20,13 @@ from analytics.client import Store
 from analytics.reports import model_filter_sql
 from api import archive
 from api.namespaces import Readers
-from console.contacts import contact_path
+from console.contacts import account_of, active_readers, contact_path
 from console.pages import attempt, now_ms, page
 from console.session import PREFIX, ViewerDep
-from schemas.accounts import decode_account
-from schemas.api_accounts import AccountOut, account_out
+from schemas.api_accounts import AccountOut
 from schemas.times import DAY_MS, ms_of
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)  # the whole path in each route: what audit lines and tests name
 NAV = f"{PREFIX}/accounts"
 MAX_QUERY = 512
 SHOWN = 25  # accounts listed without a query, and matches of a partial id
@@ -46,19 +45,8 @@ LIMIT {{limit:UInt32}}
 """  # noqa: S608 (constant fragments; values are bound as parameters)
 
 
-def _readers(request: Request) -> Readers:
-    found: Readers = request.app.state.namespaces.active()
-    return found
-
-
 def account_path(account_id: str) -> str:
     return f"{NAV}/{quote(account_id, safe='')}"
-
-
-def _account(readers: Readers, account_id: str, now: int) -> AccountOut | None:
-    """``GET /v1/accounts/{id}``'s body (None: no such account)."""
-    raw = readers.accounts.states.get(account_id)
-    return None if raw is None else account_out(decode_account(raw), readers.model, now)
 
 
 async def _hottest(request: Request, readers: Readers, now: int) -> list[AccountOut]:
@@ -70,7 +58,7 @@ async def _hottest(request: Request, readers: Readers, now: int) -> list[Account
         return [str(r[0]) for r in await store.query(HOTTEST, params)]
 
     ids = await archive.answer(request.app.state.analytics, query)
-    found = [a for a in (_account(readers, i, now) for i in ids) if a is not None]
+    found = [a for a in (account_of(readers, i, now) for i in ids) if a is not None]
     return sorted(found, key=lambda a: (-a.engagement.score, a.account_id))
 
 
@@ -79,7 +67,7 @@ async def accounts(request: Request, who: ViewerDep, q: str | None = None) -> Re
     """Search by account id (exact: its page; part of one: the matches); without a query, the most
     engaged accounts."""
     text = (q or "").strip()
-    readers = _readers(request)
+    readers = active_readers(request)
     now = now_ms(request)
     loading = not readers.accounts.caught_up.is_set()
     wrong = f"That is longer than any account id ({MAX_QUERY} characters at most)." if len(text) > MAX_QUERY else None
@@ -89,7 +77,7 @@ async def accounts(request: Request, who: ViewerDep, q: str | None = None) -> Re
             return RedirectResponse(account_path(text), status_code=303)
         needle = text.casefold()
         ids = sorted(i for i in readers.accounts.states if needle in i.casefold())[:SHOWN]
-        matches = [a for a in (_account(readers, i, now) for i in ids) if a is not None]
+        matches = [a for a in (account_of(readers, i, now) for i in ids) if a is not None]
     hot, hot_problem = (None, None) if text else await attempt(_hottest(request, readers, now))
     rows = matches if text else (hot or [])
     status = 400 if wrong else 404 if text and not loading and not matches else 200
@@ -112,7 +100,7 @@ async def accounts(request: Request, who: ViewerDep, q: str | None = None) -> Re
 @router.get("/accounts/{account_id:path}")
 async def account(request: Request, who: ViewerDep, account_id: str) -> Response:
     """An account as ``GET /v1/accounts/{id}`` shows it."""
-    readers = _readers(request)
+    readers = active_readers(request)
     if not account_id.strip():
         return RedirectResponse(NAV, status_code=303)
     if len(account_id) > MAX_QUERY:
@@ -133,7 +121,7 @@ async def account(request: Request, who: ViewerDep, account_id: str) -> Response
             q=account_id,
         )
     now = now_ms(request)
-    found = _account(readers, account_id, now)
+    found = account_of(readers, account_id, now)
     if found is None:
         return page(
             request, who, "missing.html", nav=NAV, kind="account", status=404, title="No such account", q=account_id

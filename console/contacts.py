@@ -34,7 +34,7 @@ from schemas.api_accounts import AccountOut, account_out
 from schemas.api_analytics import ContactListOut, ContactRowOut, HistoryOut, LedgerRowOut
 from schemas.times import DAY_MS, at_of, ms_of
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)  # the whole path in each route: what audit lines and tests name
 NAV = f"{PREFIX}/contacts"
 MAX_QUERY = 512  # longer than any id or email the API keeps
 HOT_DAYS = 7  # the list without a query: contacts changed in the last week...
@@ -56,7 +56,8 @@ LIMIT {limit:UInt32}
 """
 
 
-def _readers(request: Request) -> Readers:
+def active_readers(request: Request) -> Readers:
+    """The active namespace's readers (as ``GET /v1/contacts/{id}`` and ``GET /v1/accounts/{id}`` read)."""
     found: Readers = request.app.state.namespaces.active()
     return found
 
@@ -79,7 +80,7 @@ async def contacts(request: Request, who: ViewerDep, q: str | None = None) -> Re
     """Search by user id, anonymous id or email (one match: its page); without a query, the hottest
     contacts of the week."""
     text, wrong = _query(q)
-    readers = _readers(request)
+    readers = active_readers(request)
     loading = not readers.replica.caught_up.is_set()
     if text and not wrong and not loading:
         entry = readers.replica.find(text)
@@ -205,12 +206,17 @@ async def _history(request: Request, readers: Readers, contact_id: str, rules: l
     return await archive.answer(request.app.state.analytics, query)
 
 
-def _account(readers: Readers, account_id: str | None, now: int) -> AccountOut | None:
-    """``GET /v1/accounts/{id}``'s body for the contact's account (None: none, or not known yet)."""
-    if not account_id or not readers.accounts.caught_up.is_set():
-        return None
+def account_of(readers: Readers, account_id: str, now: int) -> AccountOut | None:
+    """``GET /v1/accounts/{id}``'s body (None: no such account)."""
     raw = readers.accounts.states.get(account_id)
     return None if raw is None else account_out(decode_account(raw), readers.model, now)
+
+
+def _account(readers: Readers, account_id: str | None, now: int) -> AccountOut | None:
+    """The contact's account (None: none, or not known yet)."""
+    if not account_id or not readers.accounts.caught_up.is_set():
+        return None
+    return account_of(readers, account_id, now)
 
 
 def _stays(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -231,7 +237,7 @@ def _stays(body: dict[str, Any]) -> list[dict[str, Any]]:
 async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response:
     """A contact by user id, anonymous id or email, as ``GET /v1/contacts/{id}`` finds it."""
     text, wrong = _query(contact_id)
-    readers = _readers(request)
+    readers = active_readers(request)
     if not text:
         return RedirectResponse(NAV, status_code=303)
     if wrong:
