@@ -20,7 +20,7 @@ from rich.table import Table
 from deploy.lag import records_in
 from deploy.signals import StopOnSignal
 from kafka_io import clients
-from kafka_io.promotion import PromotionRefused, namespace_progress, promote_namespace
+from kafka_io.promotion import Progress, PromotionRefused, namespace_progress, promote_namespace
 from kafka_io.registry import read_registry, register_namespace
 from schemas.model_file import load_model
 from schemas.registry import NamespaceRecord, Registry, namespace_record, namespace_refusal, settings_of
@@ -52,13 +52,6 @@ def active_namespace(settings: Settings) -> tuple[Settings, Model]:
     """The settings and model of the registry's active namespace (what the API serves as live)."""
     registry = asyncio.run(read_registry(settings))
     return settings_of(settings, registry, registry.active), model_of(settings, registry, registry.active)
-
-
-async def lag_of(settings: Settings, namespace: str, registry: Registry) -> tuple[int, int, int]:
-    """(source records read, source records in all, internal records still to read) of a
-    namespace's worker group (its backfill topics count as sources)."""
-    progress = await namespace_progress(settings, namespace, registry)
-    return progress.read, progress.total, progress.internal
 
 
 def register(settings: Settings, model_path: str, name: str | None, backfill: bool = False) -> tuple[str, Model]:
@@ -177,14 +170,14 @@ def shadow(
             settled = None  # caught up: everything read, twice in a row with the same totals
             while not signals.stopping and worker.poll() is None:
                 try:
-                    done, total, internal = asyncio.run(lag_of(settings, namespace, registry))
+                    seen = asyncio.run(namespace_progress(settings, namespace, registry))
                 except Exception:  # the group's coordinator is not there until the worker joins
-                    done, total, internal = 0, 0, -1
-                bar.update(task, completed=done, total=total or None)
-                if total and done >= total and internal == 0:
-                    if settled == total:
+                    seen = Progress(read=0, total=0, internal=-1)
+                bar.update(task, completed=seen.read, total=seen.total or None)
+                if seen.total and seen.read >= seen.total and seen.internal == 0:
+                    if settled == seen.total:
                         break
-                    settled = total
+                    settled = seen.total
                 else:
                     settled = None
                 time.sleep(1.0)
@@ -194,7 +187,7 @@ def shadow(
         if signals.stopping:
             return 0
         console.print(
-            f"caught up in {time.monotonic() - started:.1f} s ({done} source events); comparing with {active}"
+            f"caught up in {time.monotonic() - started:.1f} s ({seen.read} source events); comparing with {active}"
         )
         active_model = model_of(settings, registry, active)
         d = asyncio.run(compare_namespaces(settings, (active, active_model), (namespace, model)))
@@ -274,8 +267,8 @@ def list_models(settings: Settings) -> int:
         role = "active" if ns == registry.active else ("retired" if record and record.retired_ms else "shadow")
         version = record.model_version if record else load_model(settings.model).version
         try:
-            done, total, internal = asyncio.run(lag_of(settings, ns, registry))
-            read, behind = f"{done}/{total}", str((total - done) + max(internal, 0))
+            seen = asyncio.run(namespace_progress(settings, ns, registry))
+            read, behind = f"{seen.read}/{seen.total}", str(seen.behind)
         except Exception:
             read, behind = "-", "-"
         registered = iso(record.registered_ms) if record and record.registered_ms else "-"
