@@ -23,9 +23,9 @@ from starlette.responses import Response
 
 from analytics import reports
 from analytics.client import Store
-from analytics.reports import ContactFilter
-from api import archive
+from api import archive, deps
 from api.namespaces import Readers
+from api.routers import contacts as contact_routes
 from console import charts
 from console.pages import attempt, now_ms, page
 from console.session import PREFIX, ViewerDep
@@ -116,16 +116,16 @@ async def contacts(request: Request, who: ViewerDep, q: str | None = None) -> Re
 
 
 async def _hottest(request: Request, readers: Readers, since_ms: int) -> ContactListOut:
-    """``GET /v1/contacts?updated_since=<a week ago>&limit=1000``: the sync list's contacts changed
-    in the last week (the list cannot be sorted by score; its page is sorted here)."""
-    now = now_ms(request)
-    filters = ContactFilter(updated_since_ms=since_ms)
-
-    async def query(store: Store) -> ContactListOut:
-        settle = 0 if store.embedded else archive.SERVER_SETTLE_MS
-        return await reports.contact_list(store, readers.model, filters, reports.START, HOT_SCAN, now, settle)
-
-    return await archive.answer(request.app.state.analytics, query)
+    """``GET /v1/contacts?updated_since=<a week ago>&limit=1000`` (the route's own function): the sync
+    list's contacts changed in the last week (the list cannot be sorted by score; its page is sorted here)."""
+    return await contact_routes.list_contacts(
+        await deps.analytics(request),
+        readers.model,
+        await deps.clock(request),
+        await deps.active_population(request),
+        updated_since=at_of(since_ms),
+        limit=HOT_SCAN,
+    )
 
 
 # --- one contact ---------------------------------------------------------------------------------
