@@ -56,7 +56,7 @@ from schemas.view import decode_view
 from schemas.webhooks import DeliveryOut, DeliveryRecord, WebhookOut, delivery_out
 from scorestream.view import engagement_of_view
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)  # the whole path in each route: what audit lines and tests name
 
 FAILURES_SHOWN = 10  # recent failures listed per subscription
 LOG_READ = 1000  # the delivery log keeps the latest 1000 deliveries of each subscription

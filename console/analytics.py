@@ -37,7 +37,7 @@ from schemas.api_analytics import (
 from scorestream import Model
 from scorestream.rules.value import segment_of
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)  # the whole path in each route: what audit lines and tests name
 
 FUNNEL = f"{PREFIX}/funnel"
 VALUE = f"{PREFIX}/value"

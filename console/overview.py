@@ -19,7 +19,6 @@ Where each number comes from (the same function as the API's JSON, never a secon
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -119,9 +118,7 @@ async def overview_page(
     body, problem = await attempt(overview_of(analytics, model, now))
     feed = live(request).feed
     recent = await feed.recent()
-    sample = live(request).pulse.latest
-    if sample is not None and sample.at_ms < time.time() * 1000 - 3 * SAMPLE_S * 1000:
-        sample = None  # taken while someone else watched, a while ago: the stream brings a fresh one
+    sample = live(request).pulse.recent()
     contacts = body.contacts if body is not None else None
     stages = body.stages if body is not None else []
     chart = charts.bars([s.stage or "(none)" for s in stages], [s.contacts for s in stages])

@@ -76,7 +76,7 @@ def install(app: FastAPI) -> None:
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(router)
     for pages in PAGE_ROUTERS:
-        app.include_router(pages, prefix=PREFIX, include_in_schema=False)
+        app.include_router(pages, include_in_schema=False)
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ConsoleRefusal)

@@ -32,6 +32,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from api.audit import audit
+from api.deps import API_KEY
 from api.keys import KeyRing
 from schemas.api_keys import KeyEntry, digest
 from schemas.settings import Settings
@@ -60,18 +61,18 @@ def console_secret(settings: Settings) -> bytes:
     path = Path(settings.data_dir) / "console-secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        # written whole under a name of its own, then linked into place: a process never reads half a
+        # secret, and of two processes starting together the first link wins and both read it
+        draft = path.with_name(f".console-secret-{os.getpid()}-{secrets.token_hex(4)}")
+        draft.write_text(secrets.token_hex(32))
+        draft.chmod(0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(draft, path)
         except FileExistsError:
             pass
-        else:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32))
-    for _ in range(50):  # another process may have created it an instant ago and be writing it
-        text = path.read_text().strip()
-        if text:
-            return text.encode()
-    raise RuntimeError(f"{path} is empty: delete it, or set SCORESTREAM_CONSOLE_SECRET")
+        finally:
+            draft.unlink()
+    return path.read_text().strip().encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +156,8 @@ async def viewer(request: Request) -> Viewer:
     found = sessions(request).viewer(request.cookies.get(COOKIE))
     if found is None:
         raise ConsoleRefusal(303, "sign in first", location=sign_in_location(request))
-    if not found.can("read"):
-        raise ConsoleRefusal(403, f"key {found.name!r} has no 'read' scope: the console needs one")
-    request.app.state.rate_limits.charge(found.key, "read")
+    request.app.state.rate_limits.charge(found.key, "read")  # every key holds read (scopes nest)
+    request.scope[API_KEY] = found.key  # as the API's key check leaves it: audit lines name the key
     return found
 
 
@@ -166,8 +166,7 @@ async def admin_viewer(request: Request) -> Viewer:
     found = await viewer(request)
     if not found.admin:
         raise ConsoleRefusal(403, f"this needs a key with the 'admin' scope; key {found.name!r} has not got it")
-    route = request.scope.get("route")
-    audit(found.key, "admin_request", route=getattr(route, "path", None), method=request.method)
+    audit(request, "admin_request")  # the key's name, the route's template and method, as require_admin's
     return found
 
 

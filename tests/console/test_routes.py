@@ -60,7 +60,7 @@ def test_every_console_route_but_sign_in_needs_a_session(app: FastAPI) -> None:
         else:
             assert needs, f"{route.methods} {route.path} ({route.name}) asks for no signed-in session"
     admin_only = {r.path for r in routes if admin_viewer in calls(r.dependant)}
-    assert {"/webhooks", "/models"} <= admin_only
+    assert {"/console/webhooks", "/console/models"} <= admin_only
 
 
 def test_signed_out_pages_go_to_sign_in_and_come_back(app: FastAPI) -> None:
@@ -143,4 +143,18 @@ def test_the_secret_is_made_once_and_kept_private(tmp_path: Path) -> None:
     first, again = console_secret(plain), console_secret(plain)
     assert first == again and len(first) == 64
     assert (tmp_path / "console-secret").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["console-secret"]  # no draft left behind
     assert console_secret(Settings(data_dir=tmp_path, console_secret=SecretStr("given"))) == b"given"
+
+
+def test_an_admin_page_is_audited_with_the_keys_name_and_the_route(
+    app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        await client.post("/console/sign-in", data={"key": ADMIN})
+        with caplog.at_level("INFO", logger="scorestream.audit"):
+            await client.get("/console/webhooks")
+
+    run(app, test)
+    (line,) = [r for r in caplog.records if getattr(r, "audit", None) == "admin_request"]
+    assert (line.key_name, line.route, line.method) == ("boss", "/console/webhooks", "GET")  # type: ignore[attr-defined]
