@@ -197,6 +197,13 @@ class Pulse:
         finally:
             self.watchers -= 1
 
+    def recent(self) -> Sample | None:
+        """The latest sample if taken within three sampling periods, else None (taken while someone
+        else watched, a while ago: a page's stream brings a fresh one)."""
+        if self.latest is None or self.latest.at_ms < self.clock() - 3 * SAMPLE_S * 1000:
+            return None
+        return self.latest
+
     async def next_sample(self, after: int, timeout_s: float) -> Sample | None:
         """The first sample newer than the ``after``-th (None on timeout, or once stopped)."""
         async with self.changed:
