@@ -76,6 +76,7 @@ import orjson
 from bench.api_load import ensure_wrk, run_wrk
 from bench.api_memory import publish_batches
 from bench.harness import process_usage, wait_drained
+from bench.probes import percentile
 from deploy.traffic import Traffic
 from schemas.view import decode_view, encode_view
 from scorestream.view import ContactView
@@ -446,14 +447,9 @@ TIMING_JS = """
 """
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The nearest-rank percentile ``q`` (0-1) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 1), "p95": round(percentile(values, 0.95), 1)}
+def summary(values: list[float]) -> dict[str, float | None]:
+    """The median and the nearest-rank 95th percentile (:func:`bench.probes.percentile`), to 0.1."""
+    return {"median": round(statistics.median(values), 1), "p95": percentile(values, 0.95)}
 
 
 def sign_in(page: Any, url: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import console
+from bench import console, probes
 from scorestream.view import ContactView
 
 
@@ -39,7 +39,7 @@ def test_a_view_copy_prefixes_every_id_and_keeps_the_rest() -> None:
 
 def test_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(1, 21)]
-    assert console.percentile(values, 0.95) == 19.0
+    assert probes.percentile(values, 0.95) == 19.0  # the one the bench's summary uses
     assert console.summary([3.0, 1.0, 2.0]) == {"median": 2.0, "p95": 3.0}
 
 
