@@ -135,13 +135,12 @@ async def list_contacts(
 def _boundaries(population: PopulationReader | None) -> RfmBoundaries:
     """The RFM boundaries the R / F filters score against, as ``GET /v1/reports/rfm``'s grid: 503
     before the workers published a population model."""
-    bounds = getattr(getattr(population, "model", None), "boundaries", None)
-    if bounds is None:
+    current = population.model if population is not None else None
+    if current is None or current.boundaries is None:
         raise ApiError(
             503, "not_ready", "no RFM boundaries yet (the workers publish them once there are customers); retry later"
         )
-    found: RfmBoundaries = bounds
-    return found
+    return current.boundaries
 
 
 HISTORY_MODEL = (
