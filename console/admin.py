@@ -244,11 +244,8 @@ def take_sample(readers: Readers, now_ms: int, size: int = SAMPLE) -> Sample:
     model = readers.model
     scores: dict[str, float] = {}
     stages: dict[str, str] = {}
-    seen = 0
-    for contact_id in islice(iter(store), size + 1):
-        seen += 1
-        if seen > size:
-            break
+    head = list(islice(iter(store), size + 1))  # one more than the sample: is there more?
+    for contact_id in head[:size]:
         raw = store.get(contact_id)
         if raw is None:
             continue
@@ -257,7 +254,7 @@ def take_sample(readers: Readers, now_ms: int, size: int = SAMPLE) -> Sample:
             continue
         scores[contact_id] = float(engagement_of_view(view, model, now_ms).score)
         stages[contact_id] = view.journey.stage if view.journey is not None else NO_STAGE
-    return Sample(readers.namespace, model.version, now_ms, scores, stages, complete=seen <= size)
+    return Sample(readers.namespace, model.version, now_ms, scores, stages, complete=len(head) <= size)
 
 
 @dataclass
