@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -28,6 +27,7 @@ from kafka_io.clients import KafkaConnection
 from schemas.settings import Settings
 from scorestream.population import PopulationModel
 from tests.analytics.archive import MODEL, NOW, Archive, generate, load, rfm_bounds
+from tests.console.test_contacts import Browser
 
 KEY = "console-analytics-admin-0123456789"
 READ = "console-analytics-read-0123456789"
@@ -87,31 +87,12 @@ def build(store: Store | None, reader: PopulationReader | None = None) -> FastAP
     return app
 
 
-class Client:
+class Client(Browser):
     """Requests to ``app`` over ASGI, carrying the console session cookie once signed in."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app, self.cookie = app, ""
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {**kwargs.pop("headers", {}), **({"Cookie": self.cookie} if self.cookie else {})}
-
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                return await client.get(path, headers=headers, **kwargs)
-
-        return asyncio.run(go())
-
     def sign_in(self, key: str = READ) -> Client:
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                return await client.post("/console/sign-in", data={"key": key, "next": "/console"})
-
-        answer = asyncio.run(go())
-        assert answer.status_code == 303, answer.text
-        self.cookie = answer.headers["set-cookie"].split(";")[0]
+        answer = self.request("POST", "/console/sign-in", data={"key": key, "next": "/console"})
+        assert answer.status_code == 303 and self.cookie, answer.text
         return self
 
     def api(self, path: str, **params: Any) -> Any:
