@@ -14,6 +14,7 @@ archive's ``events`` table: the ledger names them by id only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -148,6 +149,10 @@ class History:
 
     def changes(self) -> list[Scored]:
         """The score changes, newest first, each with the events it names that the archive holds."""
+        return self._changes
+
+    @cached_property
+    def _changes(self) -> list[Scored]:  # made once: the page asks for them once per top contribution and twice more
         out = []
         for row in reversed(self.body.ledger):
             if row.kind == "score":
