@@ -73,6 +73,7 @@ def install(app: FastAPI) -> None:
     state = app.state
     state.console_sessions = Sessions(state.settings, state.api_keys)
     state.console_live = Live(state.settings)
+    state.console_model_samples = admin.Samples()
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(router)
     for pages in PAGE_ROUTERS:
