@@ -38,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from kafka_io.clients import admin, consumer, partitions_of
+from kafka_io.promotion import lag_between
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,6 @@ class Sample:
     contacts: int | None = None  # active contacts in the archive (counted every CONTACTS_EVERY samples)
     group: str = ""
     error: str | None = None
-
-
-def lag_of(ends: dict[TopicPartition, int], committed: dict[TopicPartition, Any]) -> int:
-    """Records of the partitions ``ends`` not yet committed, as ``deploy/lag.py`` counts them: a
-    partition the group never committed counts whole."""
-    done = sum(
-        min(committed[tp].offset, end) for tp, end in ends.items() if tp in committed and committed[tp].offset >= 0
-    )
-    return int(sum(ends.values()) - done)
 
 
 def rate(previous: Sample | None, records: int, at_ms: int) -> float | None:
@@ -137,7 +129,7 @@ class Pulse:
         lag: int | None = None
         try:
             committed = await helper.list_consumer_group_offsets(self.group) if sources else {}
-            lag = lag_of(source_ends, committed)
+            lag = lag_between(source_ends, committed).remaining
         except KafkaError as exc:  # the group's coordinator not there yet (a new cluster): the rest stands
             log.info("console: the offsets of group %s could not be read: %s", self.group, exc)
         deadletters = hour = 0

@@ -19,8 +19,11 @@ A refusal is a :class:`PromotionRefused` carrying the sentence to show.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
 
 from kafka_io.clients import KafkaConnection
 from kafka_io.errors import KafkaIoError
@@ -80,13 +83,18 @@ class Promoted:
     promotion: Promotion | None
 
 
-async def group_lag(kafka: KafkaConnection | Settings, group: str, topics: list[str]) -> Lag:
-    """End offsets vs the group's committed offsets over ``topics``."""
-    ends, committed = await offsets(kafka, topics, group)
+def lag_between(ends: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, Any]) -> Lag:
+    """The partitions' end offsets against a group's committed ones (a partition the group never
+    committed counts whole)."""
     done = sum(
         min(committed[tp].offset, end) for tp, end in ends.items() if tp in committed and committed[tp].offset >= 0
     )
     return Lag(total=sum(ends.values()), committed=done)
+
+
+async def group_lag(kafka: KafkaConnection | Settings, group: str, topics: list[str]) -> Lag:
+    """End offsets vs the group's committed offsets over ``topics``."""
+    return lag_between(*await offsets(kafka, topics, group))
 
 
 async def namespace_progress(settings: Settings, namespace: str, registry: Registry) -> Progress:

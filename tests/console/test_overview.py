@@ -29,9 +29,10 @@ from analytics.client import Store
 from api.app import create_api
 from api.replica import Replica
 from console import overview as page
-from console.live import Live, Pulse, Sample, TriggerFeed, TriggerItem, lag_of, rate, tail
+from console.live import Live, Pulse, Sample, TriggerFeed, TriggerItem, rate, tail
 from kafka_io import clients
 from kafka_io.clients import KafkaConnection
+from kafka_io.promotion import lag_between
 from kafka_io.topics import ensure_topics
 from schemas.settings import Settings
 from tests.analytics.archive import MODEL, NOW
@@ -172,7 +173,7 @@ def test_the_rate_is_records_between_two_samples_per_second() -> None:
 def test_lag_counts_what_the_group_has_not_committed() -> None:
     a, b, c = TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("u", 0)
     committed = {a: SimpleNamespace(offset=7), b: SimpleNamespace(offset=-1)}
-    assert lag_of({a: 10, b: 4, c: 5}, committed) == 3 + 4 + 5  # b and c never committed: whole
+    assert lag_between({a: 10, b: 4, c: 5}, committed).remaining == 3 + 4 + 5  # b and c never committed: whole
 
 
 def test_the_tail_keeps_the_last_written_of_every_partition() -> None:
