@@ -190,11 +190,17 @@ REBUILT = {"score_ledger": "contact_id", "account_changes": "account_id"}
 
 def before_0006(tmp_path: Path) -> Path:
     """The bundled migrations up to 0005 (an archive of the previous release)."""
-    directory = tmp_path / "up_to_5"
-    directory.mkdir()
-    for path in default_directory().glob("*.sql"):
-        if int(path.name[:4]) <= 5:
-            shutil.copy(path, directory / path.name)
+    return bundled_up_to(tmp_path, 5)
+
+
+def bundled_up_to(tmp_path: Path, last: int) -> Path:
+    """The bundled migrations up to version ``last``."""
+    directory = tmp_path / f"up_to_{last}"
+    if not directory.exists():
+        directory.mkdir()
+        for path in default_directory().glob("*.sql"):
+            if int(path.name[:4]) <= last:
+                shutil.copy(path, directory / path.name)
     return directory
 
 
@@ -262,10 +268,10 @@ def test_0006_rebuilds_the_tables_with_every_row(chdb_url: str, tmp_path: Path) 
             before = await contents(store)
             # the old key: the two namespaces' rows of c1 are one row under FINAL
             assert await store.query("SELECT count() FROM score_ledger FINAL WHERE contact_id = 'c1'") == [(1,)]
-            assert await migrate(store) == [6]
+            assert await migrate(store, bundled_up_to(tmp_path, 6)) == [6]
             await assert_rebuilt(store, before)
             # applied again (every step guarded): nothing moves
-            assert await migrate(store, force=True) == [m.version for m in load()]
+            assert await migrate(store, bundled_up_to(tmp_path, 6), force=True) == list(range(1, 7))
             await assert_rebuilt(store, before)
             # the sink's new rows differing only in the topic both stay
             await store.insert("score_ledger", LEDGER_COLUMNS, [ledger("z", NOW, "a", 1, 1.0, 0)[:-1]])
@@ -296,7 +302,7 @@ def test_0006_interrupted_anywhere_is_finished_by_applying_it_again(chdb_path: P
                 await run_step(store, migration, step)
             if half_copied:  # the first copy stopped half-way
                 await store.command("INSERT INTO score_ledger_0006 SELECT * FROM score_ledger WHERE kafka_offset < 10")
-            assert await migrate(store) == [6]
+            assert await migrate(store, bundled_up_to(tmp_path, 6)) == [6]
             await assert_rebuilt(store, before)
         finally:
             await store.close()
@@ -316,12 +322,43 @@ def test_0006_applied_by_two_processes_at_once(chdb_url: str, tmp_path: Path) ->
             await migrate(first, before_0006(tmp_path))
             await load_old_layout(first)
             before = await contents(first)
-            results = await asyncio.gather(migrate(first), migrate(second))
+            up_to_6 = bundled_up_to(tmp_path, 6)
+            results = await asyncio.gather(migrate(first, up_to_6), migrate(second, up_to_6))
             assert sorted(set(results[0]) | set(results[1])) == [6]
             await assert_rebuilt(second, before)
-            assert await recorded(first) == [(m.version, 1) for m in load()]
+            assert await recorded(first) == [(m.version, 1) for m in load() if m.version <= 6]
         finally:
             await first.close()
             await second.close()
+
+    asyncio.run(go())
+
+
+# --- 0007: score groups ---------------------------------------------------------------------------
+
+
+def test_0007_adds_the_group_scores_and_keeps_the_rows(chdb_url: str, tmp_path: Path) -> None:
+    """Rows written before it read with no group (an empty map); rows after it carry theirs; applied
+    again, nothing changes."""
+
+    async def go() -> None:
+        store = Store(chdb_url)
+        try:
+            await migrate(store, bundled_up_to(tmp_path, 6))
+            await store.insert("score_ledger", LEDGER_COLUMNS, [ledger("old", NOW, "a", 1, 1.0, 0)[:-1]])
+            assert 7 in await migrate(store)
+            row = ledger("new", NOW, "a", 2, 2.0, 0)[:-1]
+            await store.insert("score_ledger", [*LEDGER_COLUMNS, "groups"], [[*row, {"hardware": 12.5}]])
+            found = await store.query("SELECT contact_id, groups FROM score_ledger FINAL ORDER BY contact_id")
+            assert found == [("new", {"hardware": 12.5}), ("old", {})]
+            assert await migrate(store, force=True) == [m.version for m in load()]
+            types = dict(
+                await store.query(
+                    "SELECT table, type FROM system.columns WHERE database = currentDatabase() AND name = 'groups'"
+                )
+            )
+            assert types == {t: "Map(LowCardinality(String), Float64)" for t in ("contacts", "score_ledger")}
+        finally:
+            await store.close()
 
     asyncio.run(go())
