@@ -268,6 +268,7 @@ def new_record(sub_id: str, body: WebhookIn, secret: str, now_ms: int) -> Subscr
         stages=body.stages,
         segments=body.segments,
         models=body.models,
+        groups=body.groups,
         disabled_ms=None if body.enabled else now_ms,
         disabled_reason=None if body.enabled else MANUAL,
     )
@@ -280,7 +281,7 @@ def patched(record: SubscriptionRecord, patch: WebhookPatch, now_ms: int) -> Sub
     given = patch.model_fields_set
     changes: dict[str, Any] = {
         name: getattr(patch, name)
-        for name in ("url", "events", "stages", "segments", "models", "description")
+        for name in ("url", "events", "stages", "segments", "models", "groups", "description")
         if name in given
     }
     if "enabled" in given and patch.enabled and not (record.enabled and record.disabled_ms is None):

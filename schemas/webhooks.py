@@ -62,6 +62,7 @@ class SubscriptionRecord(msgspec.Struct, frozen=True):
     stages: list[str] | None = None
     segments: list[str] | None = None
     models: list[str] | None = None
+    groups: list[str] | None = None  # score groups: only their score.threshold_crossed
     revision: int = 1
     failing_since_ms: int | None = None  # first failed attempt since the last success
     disabled_ms: int | None = None
@@ -69,7 +70,7 @@ class SubscriptionRecord(msgspec.Struct, frozen=True):
     v: int = WEBHOOKS_VERSION
 
     def filter(self) -> CoreFilter:
-        return CoreFilter.of(self.events, self.stages, self.segments, self.models)
+        return CoreFilter.of(self.events, self.stages, self.segments, self.models, self.groups)
 
     def signing_secrets(self, now_ms: int) -> list[str]:
         return [s.secret for s in self.secrets if s.expires_ms is None or s.expires_ms > now_ms]
@@ -162,6 +163,10 @@ def url_refusal(url: str, allow_private: bool) -> str | None:
 # --- API bodies (pydantic) ------------------------------------------------------------------------
 
 
+GROUPS_DESCRIPTION = (
+    "Only the `score.threshold_crossed` triggers of these score groups (the model's `engagement.groups`; "
+    "`GET /v1/model` lists them): the other triggers, and the overall score's crossings, carry no group."
+)
 EventName = Annotated[str, Field(min_length=1, max_length=64)]
 Names = Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=100)]
 
@@ -183,6 +188,7 @@ class WebhookIn(BaseModel):
     )
     segments: Names | None = Field(default=None, description="Only RFM segment changes into one of these segments.")
     models: Names | None = Field(default=None, description="Only triggers of these models (name or `name@hash`).")
+    groups: Names | None = Field(default=None, description=GROUPS_DESCRIPTION)
     description: Annotated[str, Field(max_length=500)] = ""
     enabled: bool = True
 
@@ -199,6 +205,7 @@ class WebhookPatch(BaseModel):
     stages: Names | None = None
     segments: Names | None = None
     models: Names | None = None
+    groups: Names | None = None
     description: Annotated[str, Field(max_length=500)] | None = None
     enabled: bool | None = Field(default=None, description="true re-enables a disabled subscription.")
 
@@ -215,6 +222,7 @@ class WebhookOut(BaseModel):
     stages: list[str] | None
     segments: list[str] | None
     models: list[str] | None
+    groups: list[str] | None = Field(default=None, description=GROUPS_DESCRIPTION)
     description: str
     enabled: bool
     created_at: datetime
@@ -296,6 +304,7 @@ def webhook_out(record: SubscriptionRecord) -> WebhookOut:
         stages=record.stages,
         segments=record.segments,
         models=record.models,
+        groups=record.groups,
         description=record.description,
         enabled=record.enabled,
         created_at=_at(record.created_ms),

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from api.bodies import LimitedRoute
-from api.deps import AdminScope, Clock, SettingsDep, Webhooks
+from api.deps import ActiveModel, AdminScope, Clock, NamespacesDep, SettingsDep, Webhooks
 from api.errors import ApiError
+from api.namespaces import Namespaces
 from api.webhook_backend import command_partition, new_record, patched, request_id, rotated
 from schemas.api import Problem
 from schemas.times import at_of as _at
@@ -39,6 +40,7 @@ from schemas.webhooks import (
     delivery_out,
     webhook_out,
 )
+from scorestream import Model
 from scorestream import delivery as core
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,29 @@ router = APIRouter(
 )
 
 
+def check_groups(groups: list[str] | None, active: Model, namespaces: Namespaces) -> None:
+    """422 for a ``groups`` filter naming a score group no live model (the active one, a shadow) declares."""
+    if not groups:
+        return
+    models = [active, *(readers.model for readers in namespaces.live())]
+    known = sorted({g.id for model in models for g in model.groups})
+    unknown = sorted(set(groups) - set(known))
+    if unknown:
+        listed = ", ".join(known) if known else "none (the models declare no engagement.groups)"
+        raise ApiError(422, "invalid_request", f"body.groups: unknown score group(s) {unknown}; known groups: {listed}")
+
+
 @router.post("", response_model=WebhookCreated, status_code=201)
-async def create_webhook(body: WebhookIn, backend: Webhooks, settings: SettingsDep, clock: Clock) -> WebhookCreated:
+async def create_webhook(
+    body: WebhookIn,
+    backend: Webhooks,
+    settings: SettingsDep,
+    clock: Clock,
+    model: ActiveModel,
+    namespaces: NamespacesDep,
+) -> WebhookCreated:
     """Subscribe a URL to trigger types. The answer carries the signing secret, shown only here."""
+    check_groups(body.groups, model, namespaces)
     backend.subscriptions_ready()
     await backend.check_url(body.url, settings.webhook_allow_private)
     now = clock()
@@ -83,9 +105,16 @@ async def get_webhook(webhook_id: str, backend: Webhooks) -> WebhookOut:
 
 @router.patch("/{webhook_id}", response_model=WebhookOut)
 async def patch_webhook(
-    webhook_id: str, body: WebhookPatch, backend: Webhooks, settings: SettingsDep, clock: Clock
+    webhook_id: str,
+    body: WebhookPatch,
+    backend: Webhooks,
+    settings: SettingsDep,
+    clock: Clock,
+    model: ActiveModel,
+    namespaces: NamespacesDep,
 ) -> WebhookOut:
     """Change the fields given; `enabled: true` re-enables a disabled subscription."""
+    check_groups(body.groups, model, namespaces)
     nulls = [name for name in NOT_NULL if name in body.model_fields_set and getattr(body, name) is None]
     if nulls:
         raise ApiError(422, "invalid_request", f"body.{nulls[0]}: cannot be null")

@@ -118,6 +118,13 @@ def trigger_segment(trigger: Mapping[str, Any]) -> str | None:
     return after if trigger.get("type") == "rfm.segment_changed" and isinstance(after, str) else None
 
 
+def trigger_group(trigger: Mapping[str, Any]) -> str | None:
+    """The score group a trigger is of: the ``group`` a group's ``score.threshold_crossed`` carries;
+    None for the overall score's and for other types."""
+    group = trigger.get("group")
+    return group if isinstance(group, str) and group else None
+
+
 def known_events(events: Iterable[str]) -> list[str]:
     """The subscribed event types, sorted and once each; every one a trigger type or ``*``."""
     unknown = sorted(set(events) - {*TYPES, "*"})
@@ -129,14 +136,16 @@ def known_events(events: Iterable[str]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Filter:
     """What a subscription wants. ``events``: trigger types (``*`` for all). ``stages``,
-    ``segments``, ``models``: when set, a trigger must carry that field and its value must be
-    listed (a stage filter lets through only triggers that leave a contact or account in one of
-    those stages; a model is matched by name or by full ``name@hash`` version)."""
+    ``segments``, ``models``, ``groups``: when set, a trigger must carry that field and its value
+    must be listed (a stage filter lets through only triggers that leave a contact or account in
+    one of those stages; a model is matched by name or by full ``name@hash`` version; a group
+    filter only the threshold crossings of those score groups)."""
 
     events: frozenset[str]
     stages: frozenset[str] | None = None
     segments: frozenset[str] | None = None
     models: frozenset[str] | None = None
+    groups: frozenset[str] | None = None
 
     @classmethod
     def of(
@@ -145,13 +154,14 @@ class Filter:
         stages: Iterable[str] | None = None,
         segments: Iterable[str] | None = None,
         models: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
     ) -> Filter:
         events = known_events(events)
 
         def opt(values: Iterable[str] | None) -> frozenset[str] | None:
             return None if values is None else frozenset(values)
 
-        return cls(frozenset(events), opt(stages), opt(segments), opt(models))
+        return cls(frozenset(events), opt(stages), opt(segments), opt(models), opt(groups))
 
 
 def wants(flt: Filter, trigger: Mapping[str, Any]) -> bool:
@@ -161,6 +171,8 @@ def wants(flt: Filter, trigger: Mapping[str, Any]) -> bool:
     if flt.stages is not None and trigger_stage(trigger) not in flt.stages:
         return False
     if flt.segments is not None and trigger_segment(trigger) not in flt.segments:
+        return False
+    if flt.groups is not None and trigger_group(trigger) not in flt.groups:
         return False
     if flt.models is not None:
         version = str(trigger.get("model_version", ""))

@@ -82,6 +82,23 @@ def test_filters() -> None:
         Filter.of(["stage.change"])
 
 
+def test_group_filter_lets_through_only_those_groups_threshold_crossings() -> None:
+    overall = make_trigger(
+        "score.threshold_crossed", at_ms=1, model_version="default@abc", contact_id="u1", before={}, after={}
+    )
+    hardware = {**overall, "group": "hardware"}
+    training = {**overall, "group": "training"}
+    only_hardware = Filter.of(["score.threshold_crossed"], groups=["hardware"])
+    assert wants(only_hardware, hardware)
+    assert not wants(only_hardware, training)
+    assert not wants(only_hardware, overall), "the overall score's crossings carry no group"
+    assert not wants(Filter.of(["*"], groups=["hardware"]), stage_change()), "a group filter needs a group"
+    assert wants(Filter.of(["*"], groups=["hardware", "training"]), training)
+    assert wants(Filter.of(["score.threshold_crossed"]), hardware), "no group filter: every group"
+    assert not wants(Filter.of(["score.threshold_crossed"], groups=[]), hardware), "an empty list matches nothing"
+    assert not wants(Filter.of(["*"], groups=["hardware"], models=["b2c"]), hardware), "every filter holds"
+
+
 def test_retry_schedule() -> None:
     assert retry_delay_s(DEFAULT_SCHEDULE_S, 1, 0.5) == pytest.approx(5.0)
     assert 0.9 * 300 <= retry_delay_s(DEFAULT_SCHEDULE_S, 2, 0.0) <= 300  # type: ignore[operator]

@@ -38,7 +38,9 @@ from schemas.webhooks import (
     SubscriptionRecord,
     encode,
 )
+from scorestream import Model
 from scorestream.delivery import delivery_id
+from tests.grouped import GROUPED_MODEL
 
 KEY = "unit-test-key-0123456789"
 NOW = 1_790_000_000_000
@@ -123,12 +125,13 @@ class Api:
     log: DeliveryLog
     commands: Commands
     settings: Settings
+    model: Model = MODEL
 
     def call(self, *requests: tuple[str, str, dict[str, Any] | None]) -> list[httpx.Response]:
         """Send the requests in order (``(method, path, json body or None)``) with the API key."""
         contacts = Replica(kafka=KafkaConnection("127.0.0.1:1"), views_topic="c", status_topic="s")
         backend = WebhookBackend(store=self.store, deliveries=self.log, commands=self.commands, resolve=resolve)
-        app = create_api(self.settings, model=MODEL, replica=contacts, clock=lambda: NOW, webhooks=backend)
+        app = create_api(self.settings, model=self.model, replica=contacts, clock=lambda: NOW, webhooks=backend)
         headers = {"Authorization": f"Bearer {KEY}"}
 
         async def go() -> list[httpx.Response]:
@@ -304,6 +307,30 @@ def test_patch_changes_only_the_given_fields(api: Api) -> None:
     assert api.one("PATCH", path, {}).json() == body  # nothing given, nothing written
     assert api.one("PATCH", path, {"description": "b"}).status_code == 200  # nothing changes
     assert len(api.store.writes) == writes and api.store.records[created["id"]].revision == 2
+
+
+def test_a_group_filter_is_kept_and_checked_against_the_models_groups(api: Api) -> None:
+    api.model = GROUPED_MODEL
+    created = api.create(events=["score.threshold_crossed"], groups=["hardware"])
+    assert created["groups"] == ["hardware"]
+    stored = api.store.records[created["id"]]
+    assert stored.groups == ["hardware"] and stored.filter().groups == frozenset({"hardware"})
+    path = f"/v1/webhooks/{created['id']}"
+    assert api.one("PATCH", path, {"groups": ["hardware", "training"]}).json()["groups"] == ["hardware", "training"]
+    assert api.one("PATCH", path, {"groups": None}).json()["groups"] is None
+    assert api.store.records[created["id"]].filter().groups is None
+
+    refused = api.one("POST", "/v1/webhooks", {"url": PUBLIC, "events": ["*"], "groups": ["hardwear"]})
+    assert error(refused) == (422, "invalid_request")
+    problem = refused.json()
+    assert "'hardwear'" in problem["detail"] and "hardware, training" in problem["detail"]
+    assert problem["errors"][0]["pointer"] == "#/groups"
+    assert error(api.one("PATCH", path, {"groups": ["nope"]})) == (422, "invalid_request")
+    assert api.store.records[created["id"]].groups is None
+    api.model = Model.from_dict(
+        {"name": "bare", "engagement": {"rules": [{"id": "p", "match": {"type": "page"}, "points": 1}]}}
+    )
+    assert "none" in api.one("POST", "/v1/webhooks", {"url": PUBLIC, "events": ["*"], "groups": ["x"]}).json()["detail"]
 
 
 def test_patch_refusals(api: Api) -> None:

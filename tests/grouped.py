@@ -1,0 +1,65 @@
+"""A model with score groups for the surface's tests (the API, the archive, the console, the
+dispatcher): the default model with its ``engagement.groups`` replaced by two groups of its own,
+so the tests do not depend on the groups the default model ships with.
+
+- ``hardware``: half-life 30 days (not the overall 14), weight 1, thresholds 20 and 50;
+- ``training``: half-life 7 days, weight 0 (apart from the overall score), ``max`` 30, its own bands.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from scorestream import Model
+from tests.factories import DEFAULT_MODEL
+
+GROUPS: Final[list[dict[str, Any]]] = [
+    {
+        "id": "hardware",
+        "description": "Interest in the hardware line",
+        "half_life": "30d",
+        "thresholds": [20, 50],
+        "rules": [
+            {
+                "id": "hardware-page",
+                "description": "Viewed a hardware page",
+                "match": {"type": "page", "path": "/hardware*"},
+                "points": 10,
+            },
+            {
+                "id": "hardware-quote",
+                "description": "Asked for a hardware quote",
+                "match": {"type": "track", "event": "Hardware Quote Requested"},
+                "points": 40,
+            },
+        ],
+    },
+    {
+        "id": "training",
+        "description": "Interest in training courses",
+        "half_life": "7d",
+        "weight": 0,
+        "max": 30,
+        "bands": [{"label": "hot", "min": 20}, {"label": "warm", "min": 5}, {"label": "cold", "min": float("-inf")}],
+        "rules": [
+            {
+                "id": "training-page",
+                "description": "Viewed a training page",
+                "match": {"type": "page", "path": "/training*"},
+                "points": 8,
+            },
+        ],
+    },
+]
+
+
+def grouped_model(name: str = "grouped") -> Model:
+    """The default model named ``name`` with :data:`GROUPS` as its score groups."""
+    raw = copy.deepcopy(dict(DEFAULT_MODEL.source))
+    raw["name"] = name
+    raw["engagement"]["groups"] = copy.deepcopy(GROUPS)
+    return Model.from_dict(raw)
+
+
+GROUPED_MODEL: Final[Model] = grouped_model()
