@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +52,7 @@ from schemas.api_analytics import (
     ForecastValueOut,
     FunnelOut,
     FunnelStageOut,
+    GroupScoreOut,
     HistoryOut,
     LedgerRowOut,
     PersonaCellOut,
@@ -68,6 +69,7 @@ from schemas.times import dt_of as _dt
 from scorestream import Model
 from scorestream.identity import anonymous_contact_id
 from scorestream.rfm import RfmBoundaries
+from scorestream.rules.groups import ScoreGroup
 from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule, segment_of
 from scorestream.scoring import band_of, grade, round_score
 from scorestream.state import decay
@@ -171,6 +173,59 @@ class ContactFilter:
     rfm_r: int | None = None  # the R score (1-5) under ``rfm_boundaries``, as ``GET /v1/reports/rfm``'s grid
     rfm_f: int | None = None  # the F score (1-5), likewise
     rfm_boundaries: RfmBoundaries | None = None  # the population's current boundaries (needed by rfm_r / rfm_f)
+    group: str | None = None  # a score group: contacts with points in it (see check_group)
+    min_score: float | None = None  # the group's score decayed to the request time (clamped) at least this
+
+
+def check_group(group: str | None, model: Model, param: str = "group") -> ScoreGroup | None:
+    """The score group ``group`` names in ``model`` (None for none); :class:`InvalidParameter`
+    naming the model's groups when it declares no such group."""
+    if not group:
+        return None
+    found = model.group(group)
+    if found is None:
+        known = ", ".join(g.id for g in model.groups) or "none (it declares no engagement.groups)"
+        raise InvalidParameter(param, f"unknown score group {group!r}; the model {model.version} has: {known}")
+    return found
+
+
+def group_filter(filters: ContactFilter, model: Model) -> ScoreGroup | None:
+    """The score group the sync list filters by (:func:`check_group`); ``min_score`` needs one."""
+    group = check_group(filters.group, model)
+    if filters.min_score is not None and group is None:
+        raise InvalidParameter("min_score", "is a score group's score: give `group` (min_engagement: the overall one)")
+    return group
+
+
+def group_score_sql(column: str, at: str) -> str:
+    """SQL of a score group's score at ``{now}``: the raw score ``column[{group}]`` stored as of
+    ``at``, decayed at ``{group_half_life}``, then clamped to ``[-{group_max}, {group_max}]``, as
+    :func:`scorestream.scoring.group_scores` computes it (``deploy/clickhouse/0007_score_groups.sql``)."""
+    raw = f"{column}[{{group:String}}]"
+    decayed = (
+        f"{raw} * exp2(-greatest({{now:Int64}} - ifNull(toUnixTimestamp64Milli({at}), {{now:Int64}}), 0)"
+        " / {group_half_life:Float64})"
+    )
+    return f"least(greatest({decayed}, -{{group_max:Float64}}), {{group_max:Float64}})"
+
+
+def group_parameters(group: ScoreGroup | None) -> dict[str, Any]:
+    """The parameters of :func:`group_score_sql` (``group`` empty: none)."""
+    return {
+        "group": group.id if group is not None else "",
+        "group_half_life": float(group.half_life_ms) if group is not None else 1.0,
+        "group_max": group.max if group is not None and group.max is not None else math.inf,
+    }
+
+
+def groups_now(raw: Mapping[str, float], at_ms: int | None, model: Model, now_ms: int) -> list[GroupScoreOut]:
+    """Every score group of ``model`` at ``now_ms`` from the raw scores stored as of ``at_ms``
+    (decayed at each group's half-life, then clamped), in model order, as the contact route shows them."""
+    out = []
+    for group in model.groups:
+        score = round_score(group.clamp(decayed(float(raw.get(group.id, 0.0)), at_ms, now_ms, group.half_life_ms)))
+        out.append(GroupScoreOut(id=group.id, score=score, band=band_of(group.bands, score)))
+    return out
 
 
 # R and F as the core scores them (scorestream.rfm.score): 1 + the boundaries the value is above;
@@ -205,7 +260,8 @@ CONTACT_COLUMNS_SQL = f"""
     toUnixTimestamp64Milli(first_seen),
     toUnixTimestamp64Milli(last_seen),
     toUnixTimestamp64Milli(updated_at),
-    model_version
+    model_version,
+    groups
 """
 
 CONTACT_LIST = f"""
@@ -221,6 +277,8 @@ WHERE (inserted_at, contact_id) > (fromUnixTimestamp64Milli({{after_ms:Int64}}, 
   AND ({{use_min:UInt8}} = 0 OR engagement_now >= {{min_engagement:Float64}})
   AND ({{rfm_r:UInt8}} = 0 OR (orders > 0 AND last_order_at IS NOT NULL AND {RFM_R_SQL} = {{rfm_r:UInt8}}))
   AND ({{rfm_f:UInt8}} = 0 OR (orders > 0 AND last_order_at IS NOT NULL AND {RFM_F_SQL} = {{rfm_f:UInt8}}))
+  AND ({{group:String}} = '' OR mapContains(groups, {{group:String}}))
+  AND ({{use_min_score:UInt8}} = 0 OR {group_score_sql("groups", "last_seen")} >= {{min_score:Float64}})
 ORDER BY inserted_at, contact_id
 LIMIT {{limit:UInt32}}
 """  # noqa: S608 (constant fragments; values are bound as parameters)
@@ -253,6 +311,7 @@ def contact_row(row: Sequence[Any], model: Model, now_ms: int) -> ContactRowOut:
         last_seen,
         updated_at,
         model_version,
+        groups,
     ) = row
     now_score = round_score(float(engagement_now))
     band = band_of(model.engagement_bands, now_score) if status == "active" else ""
@@ -282,6 +341,7 @@ def contact_row(row: Sequence[Any], model: Model, now_ms: int) -> ContactRowOut:
         last_seen=_dt(last_seen),
         updated_at=_at(int(updated_at)),
         model_version=str(model_version),
+        groups=groups_now(groups, last_seen, model, now_ms) if status == "active" else [],
     )
 
 
@@ -289,6 +349,7 @@ def contact_list_parameters(
     model: Model, filters: ContactFilter, after: Position, limit: int, now_ms: int, settle_ms: int
 ) -> dict[str, Any]:
     """The parameters of :data:`CONTACT_LIST` (``limit + 1`` rows: the extra one says there is more)."""
+    group = group_filter(filters, model)
     return {
         "after_ms": after.at_ms,
         "after_id": after.contact_id,
@@ -301,6 +362,9 @@ def contact_list_parameters(
         "use_min": int(filters.min_engagement is not None),
         "min_engagement": filters.min_engagement if filters.min_engagement is not None else 0.0,
         **rfm_filter_parameters(filters),
+        **group_parameters(group),
+        "use_min_score": int(filters.min_score is not None),
+        "min_score": filters.min_score if filters.min_score is not None else 0.0,
         "now": now_ms,
         "half_life": float(model.half_life_ms),
         "limit": limit + 1,

@@ -29,8 +29,8 @@ from schemas.webhooks import DELIVERY_DECODER
 from scorestream import Hit, Model, fit_of
 from scorestream.accounts import account_view
 from scorestream.rfm import CustomerValue, RfmFacts, summary
-from scorestream.scoring import band_of, engagement_now
-from scorestream.state import decay
+from scorestream.scoring import band_of, engagement_now, group_totals_at
+from scorestream.state import ContactState, decay
 from scorestream.triggers import TRIGGER_VERSION
 
 Row = list[Any]
@@ -435,6 +435,7 @@ CONTACT_COLUMNS = (
     "model_version",
     "kafka_partition",
     "kafka_offset",
+    "groups",
 )
 
 LEDGER_COLUMNS = (
@@ -570,6 +571,7 @@ def read_contact(record: Record, model: Model, purchases: PurchaseFacts | None =
         state.model_version,
         record.partition,
         record.offset,
+        raw_group_scores(state, model, at),
     ]
     recent = tuple(state.hits[-MAX_LEDGER_HITS:])
     return ContactChange(
@@ -585,10 +587,27 @@ def read_contact(record: Record, model: Model, purchases: PurchaseFacts | None =
     )
 
 
+def raw_group_scores(state: ContactState, model: Model, at_ms: int) -> dict[str, float]:
+    """Group id -> the group's raw score at ``at_ms``: its rules' earned points decayed at its
+    half-life, before its ``max`` clamps it (a clamped score cannot be decayed further; readers
+    decay the raw one, then clamp it, as :func:`scorestream.scoring.group_scores` does). Groups
+    without points are left out (a map reads 0 for them)."""
+    if not model.groups:
+        return {}
+    totals = group_totals_at(state, model, at_ms)
+    out: dict[str, float] = {}
+    for group in model.groups:
+        rules = totals.get(group.id, {})
+        raw = math.fsum(rules[k] for k in sorted(rules))
+        if raw:
+            out[group.id] = raw
+    return out
+
+
 def _snapshot_gone(contact_id: str, status: str, merged_into: str, model_version: str, record: Record) -> Row:
     row: Row = [contact_id, record.timestamp, status, merged_into]
     row += ["", "", "", None, None, "", None, "", [], 0.0, "", 0.0, "", "", 0, 0.0, None, None]
-    return [*row, model_version, record.partition, record.offset]
+    return [*row, model_version, record.partition, record.offset, {}]
 
 
 def engagement_changed(before: Scores, after: Scores, half_life_ms: int) -> bool:

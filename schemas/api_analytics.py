@@ -14,6 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 # --- the sync list -----------------------------------------------------------------------------
 
 
+class GroupScoreOut(BaseModel):
+    """A score group's score (the model's `engagement.groups`), as `GET /v1/contacts/{id}` shows it."""
+
+    id: str
+    score: float = Field(description="Decayed to `as_of` at the group's half-life, clamped by its `max`.")
+    band: str = Field(description="The band of `score` (the group's bands).")
+
+
 class ContactRowOut(BaseModel):
     """A contact as the archive's ``contacts`` table last summarised it."""
 
@@ -42,6 +50,11 @@ class ContactRowOut(BaseModel):
     last_seen: datetime | None
     updated_at: datetime = Field(description="When the change was written (the contacts changelog record time).")
     model_version: str
+    groups: list[GroupScoreOut] = Field(
+        default_factory=list,
+        description="Every score group of the active model (its order), decayed to `as_of`; empty for a model "
+        "without groups and for a contact not `active`.",
+    )
 
 
 class ContactListOut(BaseModel):

@@ -1,6 +1,6 @@
 """A model with score groups for the surface's tests (the API, the archive, the console, the
-dispatcher): the default model with its ``engagement.groups`` replaced by two groups of its own,
-so the tests do not depend on the groups the default model ships with.
+dispatcher): the default model with two more groups of its own after the default's (whose rules
+the lifecycle reads), so the tests do not depend on what the default's groups are.
 
 - ``hardware``: half-life 30 days (not the overall 14), weight 1, thresholds 20 and 50;
 - ``training``: half-life 7 days, weight 0 (apart from the overall score), ``max`` 30, its own bands.
@@ -55,10 +55,10 @@ GROUPS: Final[list[dict[str, Any]]] = [
 
 
 def grouped_model(name: str = "grouped") -> Model:
-    """The default model named ``name`` with :data:`GROUPS` as its score groups."""
+    """The default model named ``name`` with :data:`GROUPS` after its own score groups."""
     raw = copy.deepcopy(dict(DEFAULT_MODEL.source))
     raw["name"] = name
-    raw["engagement"]["groups"] = copy.deepcopy(GROUPS)
+    raw["engagement"]["groups"] = [*raw["engagement"].get("groups", []), *copy.deepcopy(GROUPS)]
     return Model.from_dict(raw)
 
 

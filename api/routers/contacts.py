@@ -107,6 +107,18 @@ async def list_contacts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     rfm_r: Annotated[int | None, Query(ge=1, le=5, description=RFM_SCORE.format("R (5 = most recent)"))] = None,
     rfm_f: Annotated[int | None, Query(ge=1, le=5, description=RFM_SCORE.format("F (5 = most orders)"))] = None,
+    group: Annotated[
+        str | None,
+        Query(
+            description="A score group of the active model (`GET /v1/model` lists them): contacts with points in it."
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        Query(
+            description="With `group`: the group's score decayed to now (as the contact route shows it) at least this."
+        ),
+    ] = None,
 ) -> ContactListOut:
     """The CRM's sync list from the archive, in the order changes reached it (about the order of
     change): page with `next_cursor`; keep the last one and ask again later for what changed
@@ -121,7 +133,10 @@ async def list_contacts(
         rfm_r=rfm_r,
         rfm_f=rfm_f,
         rfm_boundaries=_boundaries(population) if rfm_r or rfm_f else None,
+        group=group or None,
+        min_score=min_score,
     )
+    archive.valid(reports.group_filter, filters, model)
 
     after = reports.START if not cursor else archive.valid(reports.decode_cursor, cursor)
 

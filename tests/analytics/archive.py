@@ -97,6 +97,7 @@ class Contact:
     first_order: int | None = None
     last_order: int | None = None
     account_id: str = ""
+    groups: dict[str, float] = field(default_factory=dict)  # raw score group scores at last_seen
 
     def row(self) -> list[Any]:
         gone = self.status != "active"
@@ -126,6 +127,7 @@ class Contact:
             "model_version": MODEL.version,
             "kafka_partition": 0,
             "kafka_offset": self.offset,
+            "groups": {} if gone else self.groups,
         }
         return [values[c] for c in CONTACT_COLUMNS]
 

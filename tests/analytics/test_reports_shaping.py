@@ -143,6 +143,7 @@ def contact(contact_id: str, position: int, engagement_now: float = 12.5, status
         NOW,
         NOW + 5,
         "m@1",
+        {},
     )
 
 

@@ -36,9 +36,11 @@ from schemas.webhooks import encode as encode_webhook
 from scorestream import ContactState, engagement_at, fit_of
 from scorestream.accounts import apply_member_updates, member_update
 from scorestream.fold import step
+from scorestream.scoring import group_scores
 from scorestream.triggers import make_trigger
 from sink.service import RowBatch
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, OMIT, T0, make_event, segment_json
+from tests.grouped import GROUPED_MODEL
 
 MODEL = DEFAULT_MODEL
 CHANNELS = {"events.web": "web", "events.email": "email", "events.store": "store"}
@@ -306,6 +308,32 @@ def test_the_contact_snapshot_summarises_the_state() -> None:
     assert row["last_seen"] == T0 + 5 and row["first_seen"] == T0 and row["orders"] == 1 and row["revenue"] == 120.0
     assert row["last_order_at"] == T0 + 5 and row["stage"] == "customer" and row["updated_at"] == T0 + 5
     assert row["fit_grade"] in "ABCD" and row["model_version"] == MODEL.version
+
+
+def test_the_snapshot_keeps_each_groups_raw_score_at_last_seen() -> None:
+    """Raw: decayed at the group's half-life, not clamped by its ``max`` (training's is 30), so the
+    archive can decay it to any later instant and clamp it then, as the core does."""
+    grouped = GROUPED_MODEL
+    events = [
+        make_event(kind="page", event=None, channel="web", path=f"/training/{i}", timestamp_ms=T0 + i * HOUR)
+        for i in range(5)
+    ] + [make_event(kind="page", event=None, channel="web", path="/hardware/x", timestamp_ms=T0 + 5 * HOUR)]
+    state, *_ = step(None, "user-1", events, grouped)
+    assert state is not None
+    at = T0 + 5 * HOUR
+    row = as_dict(CONTACT_COLUMNS, read_contact(rec(encode_state(state), key=b"user-1"), grouped).snapshot)
+    raw = row["groups"]
+    assert set(raw) == {"hardware", "training"}
+    assert raw["hardware"] == pytest.approx(10.0)
+    week = grouped.group("training").half_life_ms  # type: ignore[union-attr]
+    expected = math.fsum(8 * math.pow(2.0, -(at - (T0 + i * HOUR)) / week) for i in range(5))
+    assert raw["training"] == pytest.approx(expected, rel=1e-12) and raw["training"] > 30
+    shown = {g.id: g.score for g in group_scores(state, grouped, at)}
+    assert shown["training"] == 30.0 and shown["hardware"] == pytest.approx(raw["hardware"])
+    # a model without groups, and a contact without group points: an empty map
+    assert (
+        as_dict(CONTACT_COLUMNS, read_contact(rec(encode_state(state), key=b"user-1"), MODEL).snapshot)["groups"] == {}
+    )
 
 
 def test_decay_alone_is_not_a_change() -> None:

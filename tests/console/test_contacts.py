@@ -247,7 +247,7 @@ def test_the_hottest_list_is_the_sync_list_most_engaged_first(store: Store) -> N
                 account_id="", first_seen=NOW - DAY, last_seen=NOW - HOUR, stage="lead", stage_since=NOW - DAY,
                 persona="", flags=[], engagement=engagement, engagement_band="3", fit=10.0, fit_grade="C",
                 rfm_segment="", orders=0, revenue=0.0, first_order_at=None, last_order_at=None,
-                model_version=MODEL.version, kafka_partition=0, kafka_offset=offset,
+                model_version=MODEL.version, kafka_partition=0, kafka_offset=offset, groups={},
             )  # fmt: skip
             return [values[c] for c in CONTACT_COLUMNS]
 

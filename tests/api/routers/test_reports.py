@@ -217,6 +217,9 @@ def test_beyond_the_cap_is_503_busy_with_retry_after(store: Store) -> None:
         "/v1/contacts?rfm_r=6",
         "/v1/contacts?rfm_f=0",
         "/v1/contacts?rfm_r=high",
+        "/v1/contacts?group=no-such-group",
+        "/v1/contacts?min_score=10",
+        "/v1/contacts?group=no-such-group&min_score=10",
         "/v1/contacts/c-001/history?from=2026-09-01T00:00:00Z&to=2026-08-01T00:00:00Z",
         "/v1/reports/funnel?stages=lead,nope",
         "/v1/reports/funnel?stages=lead,lead",
@@ -227,6 +230,18 @@ def test_beyond_the_cap_is_503_busy_with_retry_after(store: Store) -> None:
 def test_bad_parameters_are_422(store: Store, path: str) -> None:
     (r,) = get(make_app(store), path)
     assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
+
+
+def test_an_unknown_group_is_a_problem_naming_the_models_groups(store: Store) -> None:
+    (r,) = get(make_app(store), "/v1/contacts?group=hardwear&min_score=10")
+    problem = r.json()
+    assert r.status_code == 422 and problem["errors"][0]["parameter"] == "group", r.text
+    assert "'hardwear'" in problem["detail"] and MODEL.version in problem["detail"]
+    assert all(g.id in problem["detail"] for g in MODEL.groups) and MODEL.groups
+    (r,) = get(make_app(store), f"/v1/contacts?group={MODEL.groups[0].id}&min_score=-1000")
+    assert r.status_code == 200 and all(
+        [g["id"] for g in row["groups"]] == [g.id for g in MODEL.groups] for row in r.json()["data"]
+    )
 
 
 def test_the_sync_list_pages_by_cursor(store: Store, archive: Archive) -> None:

@@ -1,0 +1,151 @@
+"""Score groups in the archive: the sync list's group filter and the groups report, against real
+chDB, checked against answers computed in Python from the generated rows (each group's raw score
+decayed at its own half-life from ``last_seen``, then clamped by its ``max``)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from analytics import reports
+from analytics.client import Store
+from analytics.migrations import migrate
+from analytics.reports import ContactFilter, InvalidParameter
+from analytics.rows import CONTACT_COLUMNS
+from schemas.api_analytics import ContactRowOut
+from scorestream.rules.groups import ScoreGroup
+from scorestream.scoring import band_of, round_score
+from tests.analytics.archive import NOW, Contact
+from tests.factories import DAY, HOUR
+from tests.grouped import GROUPED_MODEL
+
+MODEL = GROUPED_MODEL
+
+
+def _group(group_id: str) -> ScoreGroup:
+    found = MODEL.group(group_id)
+    assert found is not None
+    return found
+
+
+HARDWARE, TRAINING = _group("hardware"), _group("training")
+
+
+def generate(n: int = 60, seed: int = 11) -> list[Contact]:
+    """Active contacts with raw group scores (some with none, some negative, training's often beyond
+    its max), a few merged or deleted ones carrying scores the list must not show."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        last_seen = NOW - rng.randrange(0, 40 * DAY) + (HOUR if i % 17 == 0 else 0)  # a few in the future
+        groups: dict[str, float] = {}
+        if rng.random() < 0.7:
+            groups["hardware"] = round(rng.uniform(-20, 120), 3)
+        if rng.random() < 0.6:
+            groups["training"] = round(rng.uniform(0, 90), 3)
+        out.append(
+            Contact(
+                f"g-{i:03d}",
+                NOW - 60 * DAY,
+                last_seen,
+                "lead",
+                NOW - 50 * DAY,
+                NOW - i,
+                100 + i,
+                engagement=10.0,
+                groups=groups,
+            )
+        )
+    out[3] = replace(out[3], status="merged", merged_into="g-004", offset=900)
+    out[8] = replace(out[8], status="deleted", offset=901)
+    return out
+
+
+CONTACTS = generate()
+
+
+def expected_score(c: Contact, group_id: str, now: int = NOW) -> float:
+    group = _group(group_id)
+    raw = c.groups.get(group_id, 0.0) * math.pow(2.0, -max(now - c.last_seen, 0) / group.half_life_ms)
+    limit = group.max if group.max is not None else math.inf
+    return min(max(raw, -limit), limit)
+
+
+def in_fresh_archive(chdb_path: Path, body: Callable[[Store], Awaitable[None]]) -> None:
+    async def go() -> None:
+        store = Store(f"chdb://{chdb_path}?database=groups_{uuid.uuid4().hex[:8]}")
+        try:
+            await migrate(store)
+            await store.insert("contacts", CONTACT_COLUMNS, [c.row() for c in CONTACTS])
+            # a stale version of every contact with other scores (an older offset, inserted later)
+            stale = [replace(c, offset=c.offset - 90, groups={"hardware": 999.0}) for c in CONTACTS]
+            await store.insert("contacts", CONTACT_COLUMNS, [c.row() for c in stale])
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+async def listed(store: Store, filters: ContactFilter) -> list[ContactRowOut]:
+    page = await reports.contact_list(store, MODEL, filters, reports.START, 1000, NOW, 0)
+    assert not page.has_more
+    return page.data
+
+
+@pytest.mark.parametrize(
+    ("group", "min_score"),
+    [("hardware", None), ("training", None), ("hardware", 25.0), ("training", 29.0), ("hardware", -5.0)],
+)
+def test_the_sync_list_filters_by_a_groups_score_decayed_to_now(
+    chdb_path: Path, group: str, min_score: float | None
+) -> None:
+    active = [c for c in CONTACTS if c.status == "active"]
+    expected = sorted(
+        c.id for c in active if group in c.groups and (min_score is None or expected_score(c, group) >= min_score)
+    )
+    assert expected and len(expected) < len(active)  # the filter selects, and leaves some out
+
+    async def body(store: Store) -> None:
+        rows = await listed(store, ContactFilter(group=group, min_score=min_score))
+        assert sorted(r.contact_id for r in rows) == expected
+
+    in_fresh_archive(chdb_path, body)
+
+
+def test_every_row_shows_every_groups_score_as_the_contact_route_does(chdb_path: Path) -> None:
+    async def body(store: Store) -> None:
+        rows = {r.contact_id: r for r in await listed(store, ContactFilter(include_removed=True))}
+        assert len(rows) == len(CONTACTS)
+        for c in CONTACTS:
+            row = rows[c.id]
+            if c.status != "active":
+                assert row.groups == []
+                continue
+            assert [g.id for g in row.groups] == [g.id for g in MODEL.groups]
+            shown = {g.id: g for g in row.groups}
+            for group in MODEL.groups:
+                score = round_score(expected_score(c, group.id))
+                assert shown[group.id].score == pytest.approx(score, abs=2e-6)
+                assert shown[group.id].band == band_of(group.bands, shown[group.id].score)
+        clamped = [c for c in CONTACTS if c.status == "active" and expected_score(c, "training") == TRAINING.max]
+        assert clamped, "some training scores are clamped at its max"
+
+    in_fresh_archive(chdb_path, body)
+
+
+def test_unknown_groups_and_a_min_score_without_a_group_are_refused() -> None:
+    with pytest.raises(InvalidParameter, match=r"unknown score group 'hardwear'.*hardware, training") as err:
+        reports.group_filter(ContactFilter(group="hardwear"), MODEL)
+    assert err.value.param == "group"
+    with pytest.raises(InvalidParameter, match="give `group`") as err:
+        reports.group_filter(ContactFilter(min_score=3.0), MODEL)
+    assert err.value.param == "min_score"
+    assert reports.group_filter(ContactFilter(group="training"), MODEL) is TRAINING
