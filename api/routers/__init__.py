@@ -12,6 +12,7 @@ from api.routers import (
     models,
     overview,
     problems,
+    quality,
     regulations,
     reports,
     webhooks,
@@ -27,6 +28,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     webhooks.router,
     regulations.router,
     reports.router,
+    quality.router,
     overview.router,
     problems.router,
 )
