@@ -35,7 +35,7 @@ from schemas.times import DAY_MS
 from schemas.times import dt_of as _dt
 from scorestream import Model
 from scorestream.scoring import Contribution, grade
-from scorestream.view import ContactView, JourneyView, engagement_of_view, fit_of_view
+from scorestream.view import ContactView, JourneyView, engagement_of_view, fit_of_view, groups_of_view
 
 _OPTIONS = orjson.OPT_UTC_Z  # pydantic writes UTC datetimes with "Z"
 _contact_adapter = TypeAdapter(ContactOut)
@@ -115,6 +115,7 @@ class ContactRenderer:
         self.model = model
         self.value = value
         self._half_life_days = model.half_life_ms / 86_400_000
+        self._group_half_life_days = {g.id: g.half_life_ms / 86_400_000 for g in model.groups}
 
     def _fixed(self, entry: Decoded) -> _Fixed:
         fixed = entry.derived
@@ -137,6 +138,7 @@ class ContactRenderer:
                 "half_life_days": self._half_life_days,
                 "top": _contributions(engagement.top),
             },
+            "groups": self._groups(view, now_ms),
             "fit": fixed.fit,
             "grade": grade(fixed.fit_grade, engagement.band),
             **lifecycle_body(view.journey, now_ms),
@@ -148,6 +150,21 @@ class ContactRenderer:
             "model_version": view.model_version,
             "consent": fixed.consent,
         }
+
+    def _groups(self, view: ContactView, now_ms: int) -> list[dict[str, Any]]:
+        """The ``groups`` of a body: every score group decayed to ``now_ms`` (none without groups)."""
+        if not self.model.groups:
+            return []
+        return [
+            {
+                "id": g.id,
+                "score": float(g.score),
+                "band": g.band,
+                "half_life_days": self._group_half_life_days[g.id],
+                "top": _contributions(g.top),
+            }
+            for g in groups_of_view(view, self.model, now_ms)
+        ]
 
     def contact_json(self, entry: Decoded, now_ms: int) -> bytes:
         """The response body of ``GET /v1/contacts/{id}``."""

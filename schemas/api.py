@@ -5,6 +5,7 @@ document them (``tests/api/test_render.py`` validates the renderer's bodies agai
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
@@ -76,6 +77,19 @@ class EngagementOut(BaseModel):
     top: list[ContributionOut]
 
 
+class GroupOut(BaseModel):
+    """A score group's score (the model's `engagement.groups`), beside the overall engagement."""
+
+    id: str
+    score: float = Field(
+        description="The group's rules' points decayed to `engagement.as_of` at the group's half-life, clamped by "
+        "its `max`."
+    )
+    band: str = Field(description="The band of `score` (the group's bands; the engagement bands by default).")
+    half_life_days: float
+    top: list[ContributionOut] = Field(description="The group's rules contributing most (decayed, before the clamp).")
+
+
 class FitOut(BaseModel):
     score: float
     grade: str
@@ -120,6 +134,10 @@ class ContactOut(BaseModel):
     identity: Identity
     traits: dict[str, Any]
     engagement: EngagementOut
+    groups: list[GroupOut] = Field(
+        default_factory=list,
+        description="Every score group of the model, in its order (empty for a model without groups).",
+    )
     fit: FitOut
     grade: str = Field(description="Fit letter x engagement band, `A1` best, `D4` worst.")
     stage: StageOut | None = Field(description="Lifecycle stage and its history; null for a model without one.")
@@ -151,12 +169,31 @@ class BatchGetOut(BaseModel):
     not_found: list[str]
 
 
+class BandOut(BaseModel):
+    label: str
+    min: float | None = Field(description="The lowest score of the band; null for the last (no lower bound).")
+
+
+class ModelGroupOut(BaseModel):
+    """A score group the model declares (`engagement.groups`, docs/model.md)."""
+
+    id: str
+    description: str
+    half_life_days: float
+    weight: float = Field(description="Its points count in the overall score times this (0: apart from it).")
+    max: float | None = Field(description="Its score is clamped to [-max, max]; null: not clamped.")
+    bands: list[BandOut] = Field(description="Highest first.")
+    thresholds: list[float] = Field(description="Scores whose crossing sends `score.threshold_crossed` with `group`.")
+    rules: list[str] = Field(description="Its engagement rules' ids.")
+
+
 class ModelOut(BaseModel):
     name: str
     version: str
     half_life_days: float
     engagement_rules: int
     fit_rules: int
+    groups: list[ModelGroupOut] = Field(default_factory=list, description="The score groups, in the model's order.")
     source: dict[str, Any] = Field(description="The model file as parsed.")
 
 
@@ -197,5 +234,18 @@ def model_out(model: Model) -> ModelOut:
         half_life_days=model.half_life_ms / 86_400_000,
         engagement_rules=len(model.rules),
         fit_rules=len(model.fit_rules),
+        groups=[
+            ModelGroupOut(
+                id=g.id,
+                description=g.description,
+                half_life_days=g.half_life_ms / 86_400_000,
+                weight=g.weight,
+                max=g.max,
+                bands=[BandOut(label=b.label, min=b.min if math.isfinite(b.min) else None) for b in g.bands],
+                thresholds=list(g.thresholds),
+                rules=list(g.rule_ids),
+            )
+            for g in model.groups
+        ],
         source=dict(model.source),
     )

@@ -19,13 +19,14 @@ from schemas.api import (
     EngagementOut,
     FitOut,
     FlagOut,
+    GroupOut,
     Identity,
     StageEntryOut,
     StageOut,
 )
 from scorestream import ContactState, Model, engagement_at, fit_of, grade_of
 from scorestream.journey import Journey
-from scorestream.scoring import Contribution
+from scorestream.scoring import Contribution, group_scores
 
 
 def _contributions(items: tuple[Contribution, ...]) -> list[ContributionOut]:
@@ -93,6 +94,16 @@ def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str,
             half_life_days=model.half_life_ms / 86_400_000,
             top=_contributions(engagement.top),
         ),
+        groups=[
+            GroupOut(
+                id=g.id,
+                score=g.score,
+                band=g.band,
+                half_life_days=group.half_life_ms / 86_400_000,
+                top=_contributions(g.top),
+            )
+            for g, group in zip(group_scores(state, model, max(now_ms, newest)), model.groups, strict=True)
+        ],
         fit=FitOut(score=fit.score, grade=fit.grade, top=_contributions(fit.top)),
         grade=grade_of(fit, engagement),
         first_seen=_at(state.first_seen_ms),

@@ -31,6 +31,7 @@ from scorestream.view import ContactView, view_of
 from tests.api.contact_oracle import contact_out
 from tests.api.test_population_reader import _model as population_model
 from tests.factories import DAY, T0, make_event
+from tests.grouped import GROUPED_MODEL
 
 MODEL = load_model()
 KEY = "unit-test-key-0123456789"
@@ -131,6 +132,44 @@ def test_contact_bodies_match_pydantic() -> None:
             assert render.contact_json(decoded, now) == expected
             assert decoded.derived is not None
             assert render.contact_json(decoded, now) == expected  # with the cached parts
+
+
+def test_group_scores_decay_at_their_half_lives_and_clamp_as_the_full_state_says() -> None:
+    """The groups of the body, from the view, equal the core's on the full state (half-lives of 30 and
+    7 days beside the overall 14, a weight 0, a max), and training's score is held at its max."""
+    model = GROUPED_MODEL
+    render = ContactRenderer(model)
+    rng = random.Random(3)
+    paths = ["/hardware/a", "/hardware/b", "/training/x", "/training/y", "/pricing", "/"]
+    for n in range(40):
+        user = f"g-{n}"
+        events = [
+            make_event(kind="page", event=None, channel="web", user_id=user, path=rng.choice(paths), timestamp_ms=ts)
+            for ts in sorted(T0 - rng.randint(0, 20 * DAY) for _ in range(rng.randint(1, 25)))
+        ]
+        if rng.random() < 0.3:
+            events.append(make_event(event="Hardware Quote Requested", channel="web", user_id=user, timestamp_ms=T0))
+        state = apply_events(None, user, events, model)
+        decoded = Decoded(encode_view(view_of(state, model)), view_of(state, model))
+        for now in (T0, T0 + rng.randint(0, 40 * DAY)):
+            expected = contact_adapter.dump_json(contact_out(state, model, now))
+            assert render.contact_json(decoded, now) == expected
+    state = apply_events(
+        None,
+        "keen",
+        [
+            make_event(kind="page", event=None, path=f"/training/{i}", user_id="keen", timestamp_ms=T0 + i)
+            for i in range(9)
+        ],
+        model,
+    )
+    body = ContactOut.model_validate_json(render.contact_json(Decoded(b"", view_of(state, model)), T0 + 9))
+    shown = {g.id: g for g in body.groups}
+    assert [g.id for g in body.groups] == [g.id for g in model.groups]
+    assert shown["training"].score == 30.0 and shown["training"].band == "hot"
+    assert shown["training"].top[0].rule == "training-page" and shown["training"].top[0].points == 72.0
+    assert shown["training"].half_life_days == 7.0 and shown["hardware"].score == 0.0
+    assert body.engagement.score == 9.0, "a weight 0 group does not count in the overall score (page views do)"
 
 
 def test_batch_body_matches_pydantic() -> None:
