@@ -94,13 +94,16 @@ class Readers:
         if accounts is None:
             accounts = AccountReplica(kafka=kafka, changelog_topic=settings.changelog_topic("accounts"))
         if population is None:
-            population = PopulationReader(kafka=kafka, topic=settings.population_topic, segments=model.value.segments)
+            population = PopulationReader(
+                kafka=kafka, topic=settings.population_topic, segments=model.value.segments, clv=model.value.clv
+            )
         return cls(settings.ns, model, replica, accounts, population)
 
     def use_model(self, model: Model) -> None:
         """Answer with ``model`` from now on (the namespace's record changed)."""
         self.model = model
         self.population.segments = model.value.segments
+        self.population.clv = model.value.clv
         self.renderer = ContactRenderer(model, self.population.value_body)
 
     @property

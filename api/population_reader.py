@@ -20,7 +20,7 @@ from kafka_io.reader import follow
 from schemas.population import read_record
 from schemas.value import clv_model_body, value_body
 from scorestream.population import PopulationModel
-from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
+from scorestream.rules.value import DEFAULT_CLV, DEFAULT_SEGMENTS, ClvSettings, SegmentRule
 from scorestream.view import ContactView, value_of_view
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class PopulationReader(Following):
     kafka: KafkaConnection
     topic: str
     segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
+    clv: ClvSettings = DEFAULT_CLV  # the model file's predicted-CLV window and churn bands
     model: PopulationModel | None = None
     records: int = 0
     error: str | None = None
@@ -49,7 +50,7 @@ class PopulationReader(Following):
     def value_body(self, view: ContactView, now_ms: int) -> dict[str, Any]:
         """``{"rfm": ..., "clv": ...}`` of a contact at ``now_ms`` (see :class:`schemas.value.ValueOut`):
         both null for a non-customer; r/f/m/segment and the CLV figures null before a model exists."""
-        return value_body(value_of_view(view, now_ms, self.model, self.segments))
+        return value_body(value_of_view(view, now_ms, self.model, self.segments, self.clv))
 
     def clv_model_body(self) -> dict[str, Any] | None:
         """The ``GET /v1/models/clv`` body, or None before the first successful fit."""

@@ -51,6 +51,31 @@ class ClvOut(BaseModel):
         description="Expected purchases times Gamma-Gamma expected spend, next 90 days, base currency, undiscounted."
     )
     model_fitted_at: datetime | None = Field(description="When the model used was fitted; null: no fit yet.")
+    historic_clv: float = Field(description="Net revenue to date (orders less refunds), base currency: RFM's monetary.")
+    predicted_window_days: float = Field(
+        description="The window of predicted_clv and p_order (model file value.predicted_clv_days)."
+    )
+    predicted_clv: float | None = Field(
+        description="Expected purchases in the window times Gamma-Gamma expected spend, base currency, undiscounted; "
+        "null without a fit (or when expected spend is infinite)."
+    )
+    p_order: float | None = Field(
+        description="BG/NBD probability of at least one order in the window; null without a fit."
+    )
+    churn_window_days: float = Field(description="The window of churn_risk (model file value.churn_risk.window_days).")
+    churn_risk: float | None = Field(
+        description="BG/NBD probability of no order in the churn window; null without a fit."
+    )
+    churn_risk_band: Literal["Low", "Medium", "High"] | None = Field(
+        description="Low, Medium or High by the model file's value.churn_risk levels (default 0.33 and 0.66)."
+    )
+    days_between_orders: float | None = Field(
+        description="Mean days between the orders not refunded, (last - first) / (orders - 1); null with one order."
+    )
+    next_order_expected: datetime | None = Field(
+        description="Now plus the median time to the next order (P(no order by then) = 1/2); null without a fit or "
+        "when the customer is more likely gone than not."
+    )
 
 
 class ValueOut(BaseModel):
@@ -81,7 +106,23 @@ def value_body(view: ValueView | None) -> dict[str, Any]:
             "expected_purchases_90d": view.expected_purchases_90d,
             "clv_90d": view.clv_90d,
             "model_fitted_at": _dt(view.model_fitted_at_ms),
+            **_outlook(view),
         },
+    }
+
+
+def _outlook(view: ValueView) -> dict[str, Any]:
+    ahead, settings = view.outlook, view.settings
+    return {
+        "historic_clv": view.facts.monetary,
+        "predicted_window_days": settings.predicted_clv_days,
+        "predicted_clv": None if ahead is None else ahead.predicted_clv,
+        "p_order": None if ahead is None else ahead.p_order,
+        "churn_window_days": settings.churn_window_days,
+        "churn_risk": None if ahead is None else ahead.churn_risk,
+        "churn_risk_band": None if ahead is None else ahead.churn_band,
+        "days_between_orders": view.days_between_orders,
+        "next_order_expected": None if ahead is None else _dt(ahead.next_order_ms),
     }
 
 

@@ -470,7 +470,14 @@ class Pipeline:
             raw = self.w.contacts.get(key)
             before = decode_state(raw) if raw is not None else None
             messages = [m for _, item in earlier if (m := message_of(item.env)) is not None]
-            folded = step(before, key, messages, self.model, segment_of=self.population.segment_of)
+            folded = step(
+                before,
+                key,
+                messages,
+                self.model,
+                segment_of=self.population.segment_of,
+                churn_of=self.population.churn_of,
+            )
             if folded.state is not None:
                 self.states.put(partition, key, folded.state, earlier)
             elif folded.erased:  # the erase order among them stands
@@ -567,7 +574,14 @@ class Pipeline:
         if before is None and not self.states.deleted(partition, key):
             raw = w.contacts.get(key)
             before = decode_state(raw) if raw is not None else None
-        folded = step(before, key, inbox.messages, self.model, segment_of=self.population.segment_of)
+        folded = step(
+            before,
+            key,
+            inbox.messages,
+            self.model,
+            segment_of=self.population.segment_of,
+            churn_of=self.population.churn_of,
+        )
         hop = inbox.hops + 1
         staged = [out.item(w.contacts_topic, o.key, envelope_for(o.item, hop)) for o in folded.outgoing]
         if folded.erased:

@@ -32,11 +32,13 @@ from schemas.population import encode_record, read_record
 from schemas.settings import Settings
 from scorestream import ContactState, Model
 from scorestream.population import (
+    ChurnJudgement,
     CustomerFacts,
     PartitionSummary,
     PopulationModel,
     build_partition_summary,
     build_population_model,
+    churn_for,
     contact_hash,
     customer_facts,
     segment_for,
@@ -97,6 +99,7 @@ class PopulationFeed:
         self.w = w
         self.settings = settings
         self.segments = model.value.segments
+        self.clv_settings = model.value.clv
         self.indexes: dict[int, PartitionIndex] = {}
         self.summaries: dict[int, PartitionSummary] = {}  # the latest of each partition on the topic
         self.model: PopulationModel | None = None
@@ -139,6 +142,12 @@ class PopulationFeed:
         if state.merged_into is not None:
             return None
         return segment_for(state.value, as_of_ms, self.model, self.segments)
+
+    def churn_of(self, state: ContactState, as_of_ms: int) -> ChurnJudgement | None:
+        """The contact's churn-risk band against the current CLV fit (``scorestream.population.churn_for``)."""
+        if state.merged_into is not None:
+            return None
+        return churn_for(state.value, as_of_ms, self.model, self.clv_settings)
 
     # --- rebuilding the indexes -------------------------------------------------------------
 

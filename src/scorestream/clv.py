@@ -27,14 +27,18 @@ __all__ = [
     "GammaGammaFit",
     "GammaGammaParams",
     "RfmSummary",
+    "age_when_p_no_purchase_reaches",
     "clv",
     "expected_purchases",
     "expected_spend",
     "fit_bgnbd",
     "fit_gamma_gamma",
     "hyp2f1",
+    "median_time_to_purchase",
     "p_alive",
+    "p_no_purchase",
     "summarise",
+    "time_when_p_no_purchase_reaches",
 ]
 
 _EPS = 2.220446049250313e-16
@@ -433,6 +437,90 @@ def expected_purchases(params: BgNbdParams, t: float, x: int, t_x: float, T: flo
         return 0.0
     alive = _expected_if_alive(params.r, params.alpha, params.a, params.b, t, x, T)
     return alive * p_alive(params, x, t_x, T)
+
+
+def p_no_purchase(params: BgNbdParams, t: float, x: int, t_x: float, T: float) -> float:
+    """P(X(T, T + t) = 0 | x, t_x, T): no purchase in the next ``t`` (Fader, Hardie & Lee 2005).
+
+    The conditional PMF of BG/NBD (Fader, Hardie & Lee, "Deriving the conditional PMF of the BG/NBD
+    model", Hardie's note) at x* = 0. Its terms with the Gaussian hypergeometric function and the
+    beta-function ratio belong to x* > 0 only; at x* = 0 it reduces to
+
+        (1 - P(alive)) + P(alive) ((alpha + T) / (alpha + T + t))^(r + x)
+
+    a customer already gone buys nothing; an active one's rate given the history is
+    Gamma(r + x, alpha + T), and E[exp(-lambda t)] over it is the power (a drop-out after a purchase
+    in the window does not matter: there was a purchase). Falls with ``t`` towards 1 - P(alive);
+    rises with the age ``T`` (no purchase since ``t_x``) towards 1.
+    """
+    _check_history(x, t_x, T)
+    if not (math.isfinite(t) and t >= 0.0):
+        raise ValueError(f"horizon must be finite and >= 0, got {t}")
+    alive = p_alive(params, x, t_x, T)
+    alpha = params.alpha
+    survive = math.exp(-(params.r + x) * math.log1p(t / (alpha + T)))
+    return (1.0 - alive) + alive * survive
+
+
+def time_when_p_no_purchase_reaches(params: BgNbdParams, level: float, x: int, t_x: float, T: float) -> float | None:
+    """The horizon t at which P(no purchase in (T, T + t]) falls to ``level`` (closed form), or None
+    when it never does because the customer is gone with probability 1 - P(alive) >= ``level``.
+
+    From ``p_no_purchase``: 1 - A (1 - s(t)) = level with A = P(alive), s(t) = ((alpha + T) /
+    (alpha + T + t))^(r + x), so t = (alpha + T) ((A / (A - (1 - level)))^(1 / (r + x)) - 1).
+    """
+    _check_history(x, t_x, T)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    alive = p_alive(params, x, t_x, T)
+    excess = alive - (1.0 - level)
+    if excess <= 0.0:
+        return None
+    return (params.alpha + T) * math.expm1(math.log(alive / excess) / (params.r + x))
+
+
+def median_time_to_purchase(params: BgNbdParams, x: int, t_x: float, T: float) -> float | None:
+    """The median of the time from T to the next purchase: the t where P(no purchase in (T, T + t])
+    = 0.5; None when the customer has gone with probability 0.5 or more (no finite median)."""
+    return time_when_p_no_purchase_reaches(params, 0.5, x, t_x, T)
+
+
+_MAX_AGE = 1e7  # in the fit's time unit: a crossing later than this is "never"
+
+
+def age_when_p_no_purchase_reaches(
+    params: BgNbdParams, t: float, level: float, x: int, t_x: float, T: float
+) -> float | None:
+    """The smallest age T' >= ``T`` (no purchase in between) at which P(no purchase in the next
+    ``t``) reaches ``level``; None when it does not before an age of 1e7 time units.
+
+    P(no purchase) rises with the age (both P(alive) and the active customer's rate posterior fall
+    as time passes without a purchase), so the crossing is found by doubling then bisection down
+    to 1e-9 relative (a few dozen evaluations); the answer satisfies P >= ``level`` at it.
+    """
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"level must be in (0, 1], got {level}")
+
+    def reached(age: float) -> bool:
+        return p_no_purchase(params, t, x, t_x, age) >= level
+
+    if reached(T):
+        return T
+    width = max(1.0, T - t_x)
+    hi = T + width
+    while not reached(hi):
+        width *= 2.0
+        hi = T + width
+        if hi > _MAX_AGE:
+            return None
+    lo = max(T, hi - width / 2.0)
+    while hi - lo > 1e-9 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        if reached(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 # --- Gamma-Gamma -------------------------------------------------------------------------------

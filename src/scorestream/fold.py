@@ -29,6 +29,7 @@ from scorestream.contact import absorb, apply_events, can_merge_into
 from scorestream.events import Event
 from scorestream.identity import MergeInto
 from scorestream.journey import Journey
+from scorestream.population import ChurnJudgement
 from scorestream.privacy import Erase
 from scorestream.rules.lifecycle import Lifecycle
 from scorestream.rules.model import Model
@@ -42,6 +43,11 @@ _NO_EVENT = 1 << 62  # later than any event: a step with ticks only resumes from
 SegmentOf = Callable[[ContactState, int], str | None]
 """The contact's RFM segment at an instant under the population's current cut (the worker passes
 ``streams.population_feed.PopulationFeed.segment_of``; ``scorestream.population.segment_for`` is the rule)."""
+
+ChurnOf = Callable[[ContactState, int], ChurnJudgement | None]
+"""The contact's churn-risk band at an instant under the population's current CLV fit, when it was
+entered and when time alone next changes it (the worker passes
+``streams.population_feed.PopulationFeed.churn_of``; ``scorestream.population.churn_for`` is the rule)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,7 @@ def step(
     inbox: Iterable[Message],
     model: Model,
     segment_of: SegmentOf | None = None,
+    churn_of: ChurnOf | None = None,
 ) -> Folded:
     """Apply one contact's messages, in partition order: the whole per-contact fold.
 
@@ -122,7 +129,9 @@ def step(
     Triggers: what the walk added to the journey (``journey_triggers``), and
     ``rfm.segment_changed`` when the segment ``segment_of`` gives at that instant differs from the
     one recorded in the state (the state then records it). ``segment_of`` None: no cut is known
-    (a replay without the population), the segment is neither judged nor changed.
+    (a replay without the population), the segment is neither judged nor changed. Likewise
+    ``customer.churn_risk_changed`` from ``churn_of`` (the band under the CLV fit), whose next
+    change by time alone is also due (``next_due_ms``): the band moves on at its exact instant.
 
     ``state`` may be changed in place. Within the bounds of ``scorestream.contact``, the same
     messages in any order and any batching give the same state. The triggers are the same for one
@@ -156,6 +165,10 @@ def step(
             next_due = journey.next_due_ms
     if segment_of is not None:
         _judge_segment(state, contact_id, model, segment_of, triggers)
+    if churn_of is not None:
+        churn_due = _judge_churn(state, contact_id, model, churn_of, triggers)
+        if churn_due is not None:
+            next_due = churn_due if next_due is None else min(next_due, churn_due)
     return Folded(state, inbox_pass.out, triggers, next_due, erased)
 
 
@@ -314,6 +327,32 @@ def _judge_segment(
         )
     )
     state.rfm_segment = segment
+
+
+def _judge_churn(
+    state: ContactState, contact_id: str, model: Model, churn_of: ChurnOf, triggers: list[dict[str, Any]]
+) -> int | None:
+    """Record the contact's churn-risk band at its latest instant; a change is a
+    ``customer.churn_risk_changed`` at the instant the band was entered (computed from the ledger
+    and the fit, not from when the tick came: the same change has the same id). Returns the
+    instant time alone moves the band on (the fold's due instant), None if never."""
+    as_of = max(state.last_seen_ms or 0, state.ticked_ms or 0)
+    judged = churn_of(state, as_of)
+    band = None if judged is None else judged.band
+    if band != state.churn_band:
+        triggers.append(
+            make_trigger(
+                "customer.churn_risk_changed",
+                at_ms=as_of if judged is None else judged.entered_ms,
+                model_version=model.version,
+                contact_id=contact_id,
+                before=state.churn_band,
+                after=band,
+                rule="churn-risk-bands",
+            )
+        )
+        state.churn_band = band
+    return None if judged is None else judged.next_change_ms
 
 
 def journey_at(state: ContactState, model: Model, now_ms: int) -> Journey | None:

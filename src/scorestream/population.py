@@ -44,11 +44,14 @@ from scorestream.clv import (
     GammaGammaFit,
     GammaGammaParams,
     RfmSummary,
+    age_when_p_no_purchase_reaches,
     clv,
     expected_purchases,
     fit_bgnbd,
     fit_gamma_gamma,
+    median_time_to_purchase,
     p_alive,
+    p_no_purchase,
 )
 from scorestream.rfm import (
     DAY_MS,
@@ -61,15 +64,17 @@ from scorestream.rfm import (
     rfm_score,
     summary,
 )
-from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
+from scorestream.rules.value import CHURN_BANDS, DEFAULT_CLV, DEFAULT_SEGMENTS, ClvSettings, SegmentRule
 
 __all__ = [
     "HORIZON_DAYS",
     "POPULATION_VERSION",
     "QUANTILE_POINTS",
+    "ChurnJudgement",
     "ClvFit",
     "ClvInputs",
     "CustomerFacts",
+    "Outlook",
     "PartitionSummary",
     "PopulationModel",
     "QuantileSummary",
@@ -77,12 +82,14 @@ __all__ = [
     "ValueView",
     "build_partition_summary",
     "build_population_model",
+    "churn_for",
     "contact_hash",
     "customer_facts",
     "fit_clv",
     "merge_sample",
     "merged_boundaries",
     "merged_quantile",
+    "outlook_of",
     "quantile_summary",
     "segment_for",
     "value_view",
@@ -430,6 +437,131 @@ def build_population_model(
     )
 
 
+# --- the outlook: predicted value, churn risk, next order -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    """What the fits predict for a customer at ``as_of_ms`` (see docs/model.md, "Customer value").
+
+    ``predicted_clv``: expected purchases over ``settings.predicted_clv_days`` times Gamma-Gamma's
+    expected spend (None when that is infinite, q <= 1); ``p_order``: P(at least one order in that
+    window); ``churn_risk``: P(no order in the next ``settings.churn_window_days``) and its band;
+    ``next_order_ms``: the median of the time to the next order added to ``as_of_ms`` (None when
+    the customer is more likely gone than not, so no finite median exists).
+    """
+
+    predicted_clv: float | None
+    p_order: float
+    churn_risk: float
+    churn_band: str
+    next_order_ms: int | None
+
+
+def outlook_of(fit: ClvFit, s: RfmSummary, as_of_ms: int, settings: ClvSettings = DEFAULT_CLV) -> Outlook:
+    """The :class:`Outlook` of a customer summarised (in days) as ``s`` at ``as_of_ms``."""
+    bg, gg = fit.bgnbd.params, fit.gamma_gamma.params
+    x, t_x, T = s.frequency, s.recency, s.T
+    window = settings.predicted_clv_days
+    try:
+        worth: float | None = clv(bg, gg, x, t_x, T, s.monetary, window)
+    except ValueError:
+        worth = None
+    risk = p_no_purchase(bg, settings.churn_window_days, x, t_x, T)
+    median = median_time_to_purchase(bg, x, t_x, T)
+    return Outlook(
+        predicted_clv=worth,
+        p_order=1.0 - p_no_purchase(bg, window, x, t_x, T),
+        churn_risk=risk,
+        churn_band=settings.band(risk),
+        next_order_ms=None if median is None else as_of_ms + math.ceil(median * DAY_MS),
+    )
+
+
+class ChurnJudgement(NamedTuple):
+    """A customer's churn-risk band at an instant, the instant it was entered under the current fit
+    (the ledger's newest record, or the crossing of the band's lower level since) and the instant
+    time alone moves it to the next band (None: High, or no crossing within the horizon)."""
+
+    band: str
+    entered_ms: int
+    next_change_ms: int | None
+
+
+def _crossing_ms(fit: ClvFit, inputs: ClvInputs, level: float, from_ms: int, settings: ClvSettings) -> int | None:
+    """The first whole millisecond from ``from_ms`` at which the churn risk, evaluated as
+    :func:`churn_for` evaluates it, reaches ``level``: the continuous crossing
+    (:func:`~scorestream.clv.age_when_p_no_purchase_reaches`) refined by bisection over instants."""
+    bg, window = fit.bgnbd.params, settings.churn_window_days
+
+    def reached(ms: int) -> bool:
+        s = inputs.at(ms)
+        return p_no_purchase(bg, window, s.frequency, s.recency, s.T) >= level
+
+    if reached(from_ms):
+        return from_ms
+    s = inputs.at(from_ms)
+    age = age_when_p_no_purchase_reaches(bg, window, level, s.frequency, s.recency, s.T)
+    if age is None:
+        return None
+    hi, width = max(from_ms + 1, inputs.first_ms + math.ceil(age * DAY_MS)), 1
+    while not reached(hi):
+        hi, width = hi + width, width * 2
+    lo, width = hi - 1, 1
+    while lo > from_ms and reached(lo):
+        lo, width = max(from_ms, lo - width), width * 2
+    while hi - lo > 1:  # reached(hi), not reached(lo)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reached(mid) else (mid, hi)
+    return hi
+
+
+def churn_for(
+    value: CustomerValue | None,
+    as_of_ms: int,
+    population: PopulationModel | None,
+    settings: ClvSettings = DEFAULT_CLV,
+) -> ChurnJudgement | None:
+    """The customer's churn-risk band at ``as_of_ms`` under the population's fit; None for a
+    non-customer, before a fit, or for a history the fit cannot evaluate.
+
+    Churn risk only rises while no order comes, so the band is a step function of time between
+    two ledger records: ``entered_ms`` and ``next_change_ms`` follow from it exactly, independent
+    of when the question is asked (a trigger's instant and id do not depend on tick timing).
+    """
+    fit = population.fit if population is not None else None
+    if fit is None:
+        return None
+    found = ledger_facts(value)
+    if found is None:
+        return None
+    facts, inputs = found
+    if inputs is None:
+        return None
+    since = facts.as_of_ms  # the ledger's newest record: the inputs hold from there on
+    at = max(as_of_ms, since)
+    try:
+        s = inputs.at(at)
+        risk = p_no_purchase(fit.bgnbd.params, settings.churn_window_days, s.frequency, s.recency, s.T)
+        band = settings.band(risk)
+        level_index = CHURN_BANDS.index(band)
+        start = inputs.at(since)
+        start_risk = p_no_purchase(
+            fit.bgnbd.params, settings.churn_window_days, start.frequency, start.recency, start.T
+        )
+        if settings.band(start_risk) == band or level_index == 0:
+            entered: int | None = since
+        else:
+            entered = _crossing_ms(fit, inputs, settings.levels[level_index - 1], since, settings)
+        following = None
+        if level_index < len(settings.levels):
+            following = _crossing_ms(fit, inputs, settings.levels[level_index], at, settings)
+            following = None if following is None else max(following, at + 1)
+    except (ValueError, ArithmeticError, OverflowError):
+        return None
+    return ChurnJudgement(band, min(at, entered if entered is not None else at), following)
+
+
 # --- one contact's value -----------------------------------------------------------------------
 
 
@@ -444,6 +576,17 @@ class ValueView:
     expected_purchases_90d: float | None
     clv_90d: float | None
     model_fitted_at_ms: int | None
+    outlook: Outlook | None = None
+    settings: ClvSettings = DEFAULT_CLV
+
+    @property
+    def days_between_orders(self) -> float | None:
+        """The mean interval between the orders not refunded: (last - first) / (orders - 1); None
+        with fewer than two orders."""
+        f = self.facts
+        if f.frequency < 2 or f.first_order_ms is None or f.last_order_ms is None:
+            return None
+        return (f.last_order_ms - f.first_order_ms) / DAY_MS / (f.frequency - 1)
 
 
 def value_view(
@@ -451,9 +594,11 @@ def value_view(
     as_of_ms: int,
     population: PopulationModel | None,
     segments: Sequence[SegmentRule] = DEFAULT_SEGMENTS,
+    settings: ClvSettings = DEFAULT_CLV,
 ) -> ValueView | None:
     """The contact's value at ``as_of_ms`` against ``population``; None for a non-customer
-    (no order not refunded by ``as_of_ms``)."""
+    (no order not refunded by ``as_of_ms``). ``settings``: the windows and churn bands of the
+    :class:`Outlook` (None without a fit)."""
     facts = summary(value, as_of_ms)
     if facts.frequency <= 0:
         return None
@@ -461,14 +606,17 @@ def value_view(
     score = rfm_score(facts, bounds, segments) if bounds is not None else None
     fit = population.fit if population is not None else None
     alive = expected = worth = None
+    ahead = None
     if fit is not None:
         s = clv_summary(value, as_of_ms, DAY_MS)
         if s is not None:
             try:
                 alive, expected, worth = clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, s)
+                ahead = outlook_of(fit, s, as_of_ms, settings)
             except (ValueError, ArithmeticError, OverflowError):  # a history the fit cannot evaluate
-                alive = expected = worth = None
-    return ValueView(facts, score, alive, expected, worth, fit.fitted_at_ms if fit is not None else None)
+                alive = expected = worth = ahead = None
+    fitted = fit.fitted_at_ms if fit is not None else None
+    return ValueView(facts, score, alive, expected, worth, fitted, ahead, settings)
 
 
 def segment_for(

@@ -90,6 +90,9 @@ class ContactState:
     # time order, one entry an instant (two consents at one instant: what both grant); the
     # entries before the oldest kept hit are settled into the latest of them (see consent_denied)
     consent_log: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    # the churn-risk band last announced (worker-side, like rfm_segment: it depends on the
+    # population's CLV fit; scorestream.population.churn_for)
+    churn_band: str | None = None
 
 
 def new_contact(contact_id: str, model: Model) -> ContactState:

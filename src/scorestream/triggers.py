@@ -26,6 +26,7 @@ TYPES = (
     "customer.lapsed",
     "contact.disqualified",
     "account.stage_changed",
+    "customer.churn_risk_changed",
 )
 
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from scorestream.journey import StageEntry
-from scorestream.population import ClvInputs, PopulationModel, ValueView, clv_figures, ledger_facts
+from scorestream.population import ClvInputs, PopulationModel, ValueView, clv_figures, ledger_facts, outlook_of
 from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, rfm_score
 from scorestream.rules.common import lookup
 from scorestream.rules.model import Model
-from scorestream.rules.value import DEFAULT_SEGMENTS, SegmentRule
+from scorestream.rules.value import DEFAULT_CLV, DEFAULT_SEGMENTS, ClvSettings, SegmentRule
 from scorestream.scoring import Contribution, EngagementView, FitView, band_of, engagement_of_totals, fit_of
 from scorestream.state import Caps, ContactState, Hit, consent_denied, decay
 
@@ -345,6 +345,7 @@ def value_of_view(
     now_ms: int,
     population: PopulationModel | None,
     segments: Sequence[SegmentRule] = DEFAULT_SEGMENTS,
+    settings: ClvSettings = DEFAULT_CLV,
 ) -> ValueView | None:
     """:func:`scorestream.population.value_view` of the contact's ledger at ``now_ms`` (no earlier
     than the ledger's newest record), from its summary; None for a non-customer."""
@@ -366,9 +367,13 @@ def value_of_view(
     score = rfm_score(facts, bounds, segments) if bounds is not None else None
     fit = population.fit if population is not None else None
     alive = expected = worth = None
+    ahead = None
     if fit is not None and vs.clv is not None:
         try:
-            alive, expected, worth = clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, vs.clv.at(as_of, DAY_MS))
+            s = vs.clv.at(as_of, DAY_MS)
+            alive, expected, worth = clv_figures(fit.bgnbd.params, fit.gamma_gamma.params, s)
+            ahead = outlook_of(fit, s, as_of, settings)
         except (ValueError, ArithmeticError, OverflowError):  # a history the fit cannot evaluate
-            alive = expected = worth = None
-    return ValueView(facts, score, alive, expected, worth, fit.fitted_at_ms if fit is not None else None)
+            alive = expected = worth = ahead = None
+    fitted = fit.fitted_at_ms if fit is not None else None
+    return ValueView(facts, score, alive, expected, worth, fitted, ahead, settings)

@@ -1,5 +1,5 @@
-"""The model file's ``value`` section: what counts as a purchase or a refund, currency rates, and
-the names of the RFM segments (a name per R x F cell).
+"""The model file's ``value`` section: what counts as a purchase or a refund, currency rates, the
+names of the RFM segments (a name per R x F cell), the predicted-CLV window and churn-risk bands.
 
 Segments
     A name per (R, F) cell, from rules evaluated in order (first match wins), overridable in the
@@ -116,6 +116,71 @@ def parse_segments(raw: object, where: str = "value.segments") -> tuple[SegmentR
     return tuple(rules)
 
 
+# --- customer-value windows and churn-risk bands --------------------------------------------
+
+CHURN_BANDS = ("Low", "Medium", "High")
+
+
+@dataclass(frozen=True, slots=True)
+class ClvSettings:
+    """The windows of the predicted figures and the churn-risk bands (model file ``value``:
+    ``predicted_clv_days`` and ``churn_risk: {window_days, medium, high}``).
+
+    Churn risk is P(no order in the next ``churn_window_days``); it is Low below ``medium``,
+    Medium from ``medium`` to below ``high``, High from ``high``. The defaults are Klaviyo's:
+    predicted CLV over 365 days, churn over 90 days, Low under 33%, Medium 33-66%, High over 66%
+    (Klaviyo's predictive analytics documentation, as cited in docs/model.md).
+    """
+
+    predicted_clv_days: float = 365.0
+    churn_window_days: float = 90.0
+    medium: float = 0.33
+    high: float = 0.66
+
+    def __post_init__(self) -> None:
+        for name in ("predicted_clv_days", "churn_window_days"):
+            days = getattr(self, name)
+            if isinstance(days, bool) or not isinstance(days, int | float) or not (0.0 < days <= 3650.0):
+                where = "value.predicted_clv_days" if name == "predicted_clv_days" else "value.churn_risk.window_days"
+                raise ModelError(f"{where}: expected a number of days in (0, 3650], got {days!r}")
+        for name in ("medium", "high"):
+            level = getattr(self, name)
+            if isinstance(level, bool) or not isinstance(level, int | float) or not (0.0 < level < 1.0):
+                raise ModelError(f"value.churn_risk.{name}: expected a probability in (0, 1), got {level!r}")
+        if not self.medium < self.high:
+            raise ModelError(f"value.churn_risk: medium ({self.medium}) must be below high ({self.high})")
+
+    @property
+    def levels(self) -> tuple[float, float]:
+        """The probabilities at which Medium and High begin."""
+        return (self.medium, self.high)
+
+    def band(self, risk: float) -> str:
+        """Low, Medium or High for a churn risk (a probability)."""
+        return CHURN_BANDS[sum(risk >= level for level in self.levels)]
+
+    @classmethod
+    def from_dict(cls, predicted_days: object, churn: object) -> ClvSettings:
+        kwargs: dict[str, Any] = {}
+        if predicted_days is not None:
+            kwargs["predicted_clv_days"] = predicted_days
+        if churn is not None:
+            if not isinstance(churn, Mapping):
+                raise ModelError("value.churn_risk: expected a mapping {window_days, medium, high}")
+            unknown = set(churn) - {"window_days", "medium", "high"}
+            if unknown:
+                raise ModelError(f"value.churn_risk: unknown key(s) {sorted(unknown)}")
+            if "window_days" in churn:
+                kwargs["churn_window_days"] = churn["window_days"]
+            for key in ("medium", "high"):
+                if key in churn:
+                    kwargs[key] = churn[key]
+        return cls(**kwargs)
+
+
+DEFAULT_CLV = ClvSettings()
+
+
 # --- configuration -----------------------------------------------------------------------------
 
 
@@ -150,6 +215,7 @@ class ValueConfig:
     max_refunds: int = 512
     max_pending_refunds: int = 128
     max_recent_folded: int = 256
+    clv: ClvSettings = DEFAULT_CLV
 
     def __post_init__(self) -> None:
         if (
@@ -184,8 +250,18 @@ class ValueConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ValueConfig:
         """From the model file's ``value`` mapping: ``base_currency``, ``rates``, ``order_events``,
-        ``refund_events``, ``segments``; every key optional (defaults as the class)."""
-        unknown = set(raw) - {"base_currency", "rates", "order_events", "refund_events", "segments"}
+        ``refund_events``, ``segments``, ``predicted_clv_days``, ``churn_risk``; every key optional
+        (defaults as the class)."""
+        known = {
+            "base_currency",
+            "rates",
+            "order_events",
+            "refund_events",
+            "segments",
+            "predicted_clv_days",
+            "churn_risk",
+        }
+        unknown = set(raw) - known
         if unknown:
             raise ModelError(f"value: unknown key(s) {sorted(unknown)}")
         kwargs: dict[str, Any] = {}
@@ -200,6 +276,8 @@ class ValueConfig:
                 kwargs[key] = _names(raw[key], f"value.{key}")
         if "segments" in raw:
             kwargs["segments"] = parse_segments(raw["segments"])
+        if "predicted_clv_days" in raw or "churn_risk" in raw:
+            kwargs["clv"] = ClvSettings.from_dict(raw.get("predicted_clv_days"), raw.get("churn_risk"))
         return cls(**kwargs)
 
     def rate(self, currency: str) -> float | None:
