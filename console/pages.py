@@ -45,6 +45,8 @@ NAV = (
     NavItem(f"{PREFIX}/funnel", "Funnel"),
     NavItem(f"{PREFIX}/value", "Customer value"),
     NavItem(f"{PREFIX}/pipeline", "Personas & forecast"),
+    NavItem(f"{PREFIX}/journey", "Journeys"),
+    NavItem(f"{PREFIX}/score-quality", "Score quality"),
     NavItem(f"{PREFIX}/accounts", "Accounts"),
     NavItem(f"{PREFIX}/webhooks", "Webhooks", admin=True),
     NavItem(f"{PREFIX}/models", "Models", admin=True),
