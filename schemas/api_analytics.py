@@ -222,6 +222,35 @@ class PersonasOut(BaseModel):
     contacts: int
 
 
+# --- score groups ------------------------------------------------------------------------------
+
+
+class GroupBandOut(BaseModel):
+    band: str
+    min: float | None = Field(description="The band's lowest score; null for the last band (no lower bound).")
+    contacts: int = Field(description="Active contacts with points in the group whose score now is in this band.")
+    share: float = Field(description="Their share of the group's `contacts` (0 to 1).")
+    avg_score: float = Field(description="Their mean score now; 0 for an empty band.")
+
+
+class GroupReportOut(BaseModel):
+    id: str
+    description: str
+    half_life_days: float
+    contacts: int = Field(description="Active contacts with points in the group.")
+    without_points: int = Field(default=0, description="Active contacts without any (not in `bands`).")
+    avg_score: float = Field(description="Mean score now of `contacts`.")
+    bands: list[GroupBandOut] = Field(description="Every band of the group, highest first, empty ones too.")
+
+
+class GroupsReportOut(BaseModel):
+    as_of: datetime = Field(description="The instant the scores are decayed to (the request time).")
+    model: str = Field(description="The model version whose groups, half-lives and bands are used (the active one).")
+    contacts: int = Field(description="Active contacts (of `stages`, when given).")
+    stages: list[str] = Field(description="The stages asked for; empty: every contact.")
+    groups: list[GroupReportOut] = Field(description="In the model's order; empty for a model without groups.")
+
+
 # --- forecast ----------------------------------------------------------------------------------
 
 

@@ -70,6 +70,7 @@ def documents() -> dict[str, dict[str, Any]]:
         api_analytics.RfmReportOut,
         api_analytics.PersonasOut,
         api_analytics.ForecastOut,
+        api_analytics.GroupsReportOut,
         api_overview.OverviewOut,
         api_privacy.ExportOut,
         api_regulations.RegulationIn,

@@ -11,12 +11,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from analytics import reports
+from analytics import groups, reports
 from analytics.client import Store
 from api import archive
 from api.bodies import LimitedRoute
 from api.deps import ActiveModel, ActivePopulation, Analytics, Clock, ReadScope
-from schemas.api_analytics import ForecastOut, FunnelOut, PersonasOut, RfmReportOut
+from schemas.api_analytics import ForecastOut, FunnelOut, GroupsReportOut, PersonasOut, RfmReportOut
 from schemas.times import DAY_MS
 
 router = APIRouter(
@@ -68,6 +68,20 @@ async def rfm_report(analytics: Analytics, model: ActiveModel, population: Activ
 async def personas_report(analytics: Analytics, model: ActiveModel, clock: Clock) -> PersonasOut:
     """Persona x stage: active contacts per cell, with their mean engagement (decayed to now) and fit."""
     return await archive.answer(analytics, lambda store: reports.personas(store, model, clock()))
+
+
+@router.get("/groups", response_model=GroupsReportOut)
+async def groups_report(
+    analytics: Analytics,
+    model: ActiveModel,
+    clock: Clock,
+    stage: Annotated[str | None, Query(description="Only contacts in these stage(s), comma-separated.")] = None,
+) -> GroupsReportOut:
+    """Per score group of the active model: its active contacts with points, their mean score now
+    and how they spread over the group's bands (scores decayed to now at the group's half-life,
+    clamped by its `max`, as `GET /v1/contacts/{id}` shows them), and the contacts without points."""
+    stages = archive.names(stage)
+    return await archive.answer(analytics, lambda store: groups.groups_report(store, model, clock(), stages))
 
 
 @router.get("/forecast", response_model=ForecastOut)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from analytics import reports
+from analytics import groups, reports
 from analytics.client import Store
 from analytics.migrations import migrate
 from analytics.reports import ContactFilter, InvalidParameter
@@ -65,6 +65,8 @@ def generate(n: int = 60, seed: int = 11) -> list[Contact]:
         )
     out[3] = replace(out[3], status="merged", merged_into="g-004", offset=900)
     out[8] = replace(out[8], status="deleted", offset=901)
+    for i in range(0, n, 4):
+        out[i] = replace(out[i], stage="mql")
     return out
 
 
@@ -149,3 +151,34 @@ def test_unknown_groups_and_a_min_score_without_a_group_are_refused() -> None:
         reports.group_filter(ContactFilter(min_score=3.0), MODEL)
     assert err.value.param == "min_score"
     assert reports.group_filter(ContactFilter(group="training"), MODEL) is TRAINING
+
+
+# --- the groups report -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stages", [(), ("lead",), ("mql",)])
+def test_the_groups_report_spreads_each_groups_contacts_over_its_bands(
+    chdb_path: Path, stages: tuple[str, ...]
+) -> None:
+    active = [c for c in CONTACTS if c.status == "active" and (not stages or c.stage in stages)]
+
+    async def body(store: Store) -> None:
+        report = await groups.groups_report(store, MODEL, NOW, stages)
+        assert report.contacts == len(active) and report.stages == list(stages) and report.model == MODEL.version
+        assert [g.id for g in report.groups] == [g.id for g in MODEL.groups]
+        for group, shown in zip(MODEL.groups, report.groups, strict=True):
+            scored = [expected_score(c, group.id) for c in active if group.id in c.groups]
+            assert shown.contacts == len(scored) and shown.without_points == len(active) - len(scored)
+            assert shown.avg_score == pytest.approx(sum(scored) / len(scored) if scored else 0.0, abs=1e-6)
+            assert [b.band for b in shown.bands] == [b.label for b in group.bands]
+            for band in shown.bands:
+                inside = [s for s in scored if band_of(group.bands, s) == band.band]
+                assert band.contacts == len(inside), (group.id, band.band)
+                assert band.avg_score == pytest.approx(sum(inside) / len(inside) if inside else 0.0, abs=1e-6)
+                assert band.share == pytest.approx(len(inside) / len(scored) if scored else 0.0)
+        if not stages:
+            hardware = next(g for g in report.groups if g.id == "hardware")
+            assert sum(b.contacts > 0 for b in hardware.bands) >= 3, "the data spreads over several bands"
+            assert hardware.bands[-1].min is None
+
+    in_fresh_archive(chdb_path, body)

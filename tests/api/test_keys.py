@@ -50,6 +50,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/reports/rfm"): "read",
     ("GET", "/v1/reports/personas"): "read",
     ("GET", "/v1/reports/forecast"): "read",
+    ("GET", "/v1/reports/groups"): "read",
     ("GET", "/v1/reports/overview"): "read",
     ("POST", "/v1/webhooks"): "admin",
     ("GET", "/v1/webhooks"): "admin",

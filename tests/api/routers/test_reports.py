@@ -45,6 +45,7 @@ ROUTES = [
     "/v1/reports/rfm",
     "/v1/reports/personas",
     "/v1/reports/forecast",
+    "/v1/reports/groups",
 ]
 
 
@@ -242,6 +243,15 @@ def test_an_unknown_group_is_a_problem_naming_the_models_groups(store: Store) ->
     assert r.status_code == 200 and all(
         [g["id"] for g in row["groups"]] == [g.id for g in MODEL.groups] for row in r.json()["data"]
     )
+
+
+def test_the_groups_report_is_the_archives(store: Store, archive: Archive) -> None:
+    (r,) = get(make_app(store), "/v1/reports/groups?stage=lead,mql")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["contacts"] == sum(1 for c in archive.active() if c.stage in ("lead", "mql"))
+    assert [g["id"] for g in body["groups"]] == [g.id for g in MODEL.groups] and body["stages"] == ["lead", "mql"]
+    assert all(g["without_points"] + g["contacts"] == body["contacts"] for g in body["groups"])
 
 
 def test_the_sync_list_pages_by_cursor(store: Store, archive: Archive) -> None:
