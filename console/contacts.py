@@ -27,6 +27,7 @@ from analytics.client import Store
 from api import archive, deps
 from api.namespaces import Readers
 from api.routers import contacts as contact_routes
+from api.routers import interests as interest_routes
 from console import charts
 from console.pages import attempt, now_ms, page
 from console.session import PREFIX, ViewerDep
@@ -285,6 +286,7 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
         as_of_ms=now,
         half_life_ms=readers.model.half_life_ms,
         contact_path=contact_path,
+        interests=interest_routes.profile_out(entry.view, rules, now) if (rules := readers.model.interests) else None,
     )
 
 

@@ -47,6 +47,7 @@ NAV = (
     NavItem(f"{PREFIX}/pipeline", "Personas & forecast"),
     NavItem(f"{PREFIX}/journey", "Journeys"),
     NavItem(f"{PREFIX}/score-quality", "Score quality"),
+    NavItem(f"{PREFIX}/interests", "Interests"),
     NavItem(f"{PREFIX}/accounts", "Accounts"),
     NavItem(f"{PREFIX}/webhooks", "Webhooks", admin=True),
     NavItem(f"{PREFIX}/models", "Models", admin=True),

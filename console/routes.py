@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from api.audit import audit
 from api.errors import ApiError
-from console import accounts, admin, analytics, contacts, overview, quality
+from console import accounts, admin, analytics, contacts, interests, overview, quality
 from console.live import Live
 from console.pages import HERE, page, refusal_response
 from console.session import COOKIE, PREFIX, ConsoleRefusal, Sessions, ViewerDep, checked_form, same_origin, sessions
@@ -23,7 +23,15 @@ from console.session import COOKIE, PREFIX, ConsoleRefusal, Sessions, ViewerDep,
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 AsyncHandler = Callable[[Request, Any], Awaitable[Response]]
-PAGE_ROUTERS = (overview.router, contacts.router, analytics.router, quality.router, accounts.router, admin.router)
+PAGE_ROUTERS = (
+    overview.router,
+    contacts.router,
+    analytics.router,
+    interests.router,
+    quality.router,
+    accounts.router,
+    admin.router,
+)
 
 
 def safe_next(target: str | None) -> str:

@@ -26,6 +26,47 @@ def _known(kind: str) -> str:
 TriggerType = Annotated[str, AfterValidator(_known), WithJsonSchema({"type": "string", "enum": list(TYPES)})]
 
 
+class InterestKey(BaseModel):
+    """A category or brand of the contact's interest profile and its affinity at the trigger's instant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    affinity: float
+
+
+class InterestProduct(BaseModel):
+    """A product of the interest profile (``name``: its latest display name, when known)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str | None
+    affinity: float
+
+
+class CartProduct(BaseModel):
+    """A product put in the cart and not ordered since."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str | None
+
+
+class CartInterests(BaseModel):
+    """What a ``cart.abandoned`` trigger carries for dynamic content (``scorestream.interests.cart_payload``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    categories: list[InterestKey] = Field(description="The top 3 categories by affinity.")
+    brands: list[InterestKey] = Field(description="The top 3 brands by affinity.")
+    products: list[InterestProduct] = Field(description="The top 3 products by affinity.")
+    cart_not_bought: list[CartProduct] = Field(
+        description="Products put in the cart and not ordered since (the latest first, at most 10)."
+    )
+
+
 class Trigger(BaseModel):
     """A change that matters, with everything needed to act on it idempotently."""
 
@@ -48,3 +89,8 @@ class Trigger(BaseModel):
     )
     model_version: str = Field(description="The model that computed it (`name@hash`).")
     v: Literal[1] = Field(default=1, description="Contract version (`TRIGGER_VERSION`).")
+    interests: CartInterests | None = Field(
+        default=None,
+        description="`cart.abandoned` with a model that keeps interests: the contact's top interests and the "
+        "cart's products not bought, as at the trigger's instant. Not part of the id.",
+    )

@@ -24,9 +24,9 @@ FLOORS: tuple[tuple[str, str], ...] = (
     ("0. plain data", "events journey clv errors"),
     (
         "1. rules",
-        "rules rules.common rules.consent rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model",
+        "rules rules.common rules.consent rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model rules.interests",
     ),
-    ("2. state", "state scoring rfm identity privacy"),
+    ("2. state", "state scoring rfm identity privacy interests"),
     ("3. the walk and triggers", "walk triggers"),
     ("4. operations on a state", "contact accounts population delivery view"),
     ("5. the fold", "fold"),

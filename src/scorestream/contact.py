@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from scorestream.events import Event
+from scorestream.interests import absorb_interests, fold_interests
 from scorestream.rfm import (
     apply_purchase_events,
     bound_ledger,
@@ -372,6 +373,8 @@ def apply_events(
             continue
         seen.add(event.message_id)
         added.append(Hit(ts, event.message_id, tuple(r.id for r in matched)))
+    if model.interests is not None:
+        _fold_interests(state, events, model)
     _add_hits(state, added)
     _normalise(state, model, resume_before)
     return state
@@ -453,12 +456,28 @@ def _absorb_facts(target: ContactState, source: ContactState, model: Model) -> N
         target.last_seen_ms = max(x for x in (target.last_seen_ms, source.last_seen_ms) if x is not None)
 
 
+def _fold_interests(state: ContactState, events: list[Event], model: Model) -> None:
+    """The events into the interest profile (:mod:`scorestream.interests`); one its own consent
+    denies scoring is left out, as it is from the hits."""
+    rules, consent = model.interests, model.consent
+    assert rules is not None
+    if consent is not None:
+        events = [e for e in events if e.consent is None or consent.allows(granted_categories(e.consent))]
+    state.interests = fold_interests(state.interests, events, rules, model.dedupe_memory)
+
+
 def absorb(target: ContactState, source: ContactState, model: Model) -> ContactState:
     """Merge ``source`` (an anonymous visitor or an aliased id) into ``target``.
 
     The source's hits re-enter the target's hit list, so caps, once-only awards and decay are
     evaluated once over the union, by the same code as live events, never by adding totals.
     """
+    if model.interests is not None:  # before _absorb_facts records the source as merged
+        again = source.contact_id in target.merged_ids
+        target.interests = absorb_interests(
+            target.interests, source.interests, model.interests, model.dedupe_memory, again
+        )
+    again = source.contact_id in target.merged_ids
     _absorb_points(target, source, model)
     _absorb_facts(target, source, model)
     _normalise(target, model)

@@ -28,9 +28,11 @@ from typing import Any, NamedTuple
 from scorestream.contact import absorb, apply_events, can_merge_into
 from scorestream.events import Event
 from scorestream.identity import MergeInto
+from scorestream.interests import cart_payload
 from scorestream.journey import Journey
 from scorestream.population import ChurnJudgement
 from scorestream.privacy import Erase
+from scorestream.rules.interests import InterestRules
 from scorestream.rules.lifecycle import Lifecycle
 from scorestream.rules.model import Model
 from scorestream.state import ContactState, new_contact
@@ -162,6 +164,8 @@ def step(
         journey = state.journey
         if journey is not None and journey is not before:
             triggers.extend(journey_triggers(before, journey, contact_id, model, lifecycle))
+            if model.interests is not None:
+                _with_interests(triggers, state, model.interests)
             next_due = journey.next_due_ms
     if segment_of is not None:
         _judge_segment(state, contact_id, model, segment_of, triggers)
@@ -305,6 +309,15 @@ def _walk_on(state: ContactState, model: Model, lifecycle: Lifecycle, resume_bef
         )
     else:
         state.journey = walk(state, model, lifecycle, as_of, resume_before=resume_before)
+
+
+def _with_interests(triggers: list[dict[str, Any]], state: ContactState, rules: InterestRules) -> None:
+    """An abandoned cart's trigger carries the contact's top interests and the cart's products not
+    bought (``interests``, outside what the trigger's id is made of: the same abandonment announced
+    again keeps its id)."""
+    for trigger in triggers:
+        if trigger["type"] == "cart.abandoned":
+            trigger["interests"] = cart_payload(state.interests, rules, trigger["at_ms"])
 
 
 def _judge_segment(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from scorestream.identity import ANONYMOUS_PREFIX
+from scorestream.interests import Interests
 from scorestream.journey import Journey
 from scorestream.rfm import CustomerValue
 from scorestream.rules.model import Model
@@ -90,6 +91,9 @@ class ContactState:
     # time order, one entry an instant (two consents at one instant: what both grant); the
     # entries before the oldest kept hit are settled into the latest of them (see consent_denied)
     consent_log: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    # the interest profile (a model with an ``interests`` section; scorestream.interests): decayed
+    # affinity per category, brand and product, orders and carts per product
+    interests: Interests | None = None
     # the churn-risk band last announced (worker-side, like rfm_segment: it depends on the
     # population's CLV fit; scorestream.population.churn_for)
     churn_band: str | None = None

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from scorestream.interests import InterestsView, interests_view
 from scorestream.journey import StageEntry
 from scorestream.population import ClvInputs, PopulationModel, ValueView, clv_figures, ledger_facts, outlook_of
 from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, rfm_score
@@ -138,6 +139,8 @@ class ContactView:
     # the contact's current consent: the latest consent object and its instant (one field: a view
     # without consent pays one key)
     consent: ConsentView | None = None
+    # the interest profile's top affinities, decayed to its newest instant (scorestream.interests)
+    interests: InterestsView | None = None
 
 
 # --- building a view (the worker) --------------------------------------------------------------
@@ -308,6 +311,7 @@ def view_of(
     view.value = value_summary(state.value)
     view.first_seen_ms = state.first_seen_ms
     view.last_seen_ms = state.last_seen_ms
+    view.interests = interests_view(state.interests, model.interests)
     if state.consent is not None and state.consent_at is not None:
         view.consent = ConsentView(state.consent_at[0], state.consent)
     return view

@@ -21,6 +21,7 @@ from scorestream.rules.common import Band, parse_bands, parse_duration_ms
 from scorestream.rules.consent import ConsentRules
 from scorestream.rules.engagement import EngagementRule
 from scorestream.rules.fit import FitRule
+from scorestream.rules.interests import InterestRules
 from scorestream.rules.lifecycle import Lifecycle, parse_lifecycle
 from scorestream.rules.value import ValueConfig
 
@@ -51,6 +52,8 @@ class Model:
     accounts: AccountsConfig
     # the model file's ``consent`` section (None: every event is scored; scorestream.rules.consent)
     consent: ConsentRules | None = None
+    # the model file's ``interests`` section (None: no interest profile; scorestream.rules.interests)
+    interests: InterestRules | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Model:
@@ -127,6 +130,7 @@ class Model:
             by_id={r.id: r for r in rules},
             accounts=accounts,
             consent=ConsentRules.parse(raw.get("consent")),
+            interests=InterestRules.parse(raw.get("interests")),
         )
 
     def matching_rules(self, event: Event) -> list[EngagementRule]:
