@@ -73,7 +73,7 @@ class Bench:
 
 
 SCENARIOS = (
-    "pure,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
+    "pure,groups_interests,throughput,clv,timers,big,peers,latency,sustained,service,service_sustained,"
     "api,api_middleware,telemetry,privacy_gate,collector,recovery,webhooks,sink,analytics,replay,privacy,"
     "privacy_archive,console"
 )
@@ -175,6 +175,11 @@ def _worker_scenarios(b: Bench, skip: set[str]) -> None:
     """The worker's scenarios: the fold, throughput, CLV, timers, the peers, latency, sustained rate."""
     if "pure" not in skip:
         b.figures["pure_python_fold"] = scenarios.pure_fold(b.args.events, b.args.contacts)
+        b.save()
+    if "groups_interests" not in skip:  # the full model with and without score groups and interests
+        from bench.groups_interests import measure as groups_interests
+
+        b.figures["groups_interests"] = groups_interests(b.args.events, b.args.contacts)
         b.save()
     for size in _sizes(b, skip):
         if "throughput" not in skip:
