@@ -16,6 +16,8 @@ from scorestream.population import HORIZON_DAYS, PopulationModel, ValueView
 
 __all__ = [
     "BgNbdOut",
+    "ChurnBandOut",
+    "ChurnReportOut",
     "ClvModelOut",
     "ClvOut",
     "GammaGammaOut",
@@ -210,3 +212,22 @@ def clv_model_body(model: PopulationModel) -> dict[str, Any] | None:
         },
         "last_fit_error": model.fit_error,
     }
+
+
+class ChurnBandOut(BaseModel):
+    band: str = Field(description="Low, Medium or High.")
+    min_risk: float = Field(description="The band's lowest churn risk (the model file's value.churn_risk levels).")
+    customers: int
+    share: float = Field(description="Of all customers in the report.")
+    revenue: float = Field(description="Revenue at risk: the band's customers' historic net revenue, base currency.")
+    revenue_share: float = Field(description="Of all customers' net revenue.")
+    mean_risk: float | None = Field(description="The band's mean churn risk; null for an empty band.")
+
+
+class ChurnReportOut(BaseModel):
+    as_of: datetime
+    churn_window_days: float = Field(description="Churn risk is P(no order in this many days).")
+    model_fitted_at: datetime = Field(description="When the BG/NBD fit used was made.")
+    customers: int = Field(description="Active contacts with an order.")
+    revenue: float = Field(description="Their net revenue, base currency.")
+    bands: list[ChurnBandOut] = Field(description="Low, Medium, High; every band listed.")

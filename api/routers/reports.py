@@ -1,4 +1,4 @@
-"""Reports from the archive: the funnel, the RFM grid, personas x stages and the revenue forecast.
+"""Reports from the archive: the funnel, the RFM grid, churn-risk bands, personas x stages and the revenue forecast.
 
 Read as :mod:`api.archive` says (unavailable, not migrated yet or unreachable: 503 ``not_ready``;
 bad parameters: 422), with the active namespace's model (it follows promotions).
@@ -11,13 +11,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from analytics import groups, reports
+from analytics import churn, groups, reports
 from analytics.client import Store
 from api import archive
 from api.bodies import LimitedRoute
 from api.deps import ActiveModel, ActivePopulation, Analytics, Clock, ReadScope
+from api.errors import ApiError
 from schemas.api_analytics import ForecastOut, FunnelOut, GroupsReportOut, PersonasOut, RfmReportOut
 from schemas.times import DAY_MS
+from schemas.value import ChurnReportOut
 
 router = APIRouter(
     prefix="/v1/reports", tags=["reports"], dependencies=ReadScope, responses=archive.ERRORS, route_class=LimitedRoute
@@ -62,6 +64,20 @@ async def rfm_report(analytics: Analytics, model: ActiveModel, population: Activ
     current = getattr(population, "model", None)
     bounds = getattr(current, "boundaries", None)
     return await archive.answer(analytics, lambda store: reports.rfm(store, model, bounds))
+
+
+@router.get("/churn-risk", response_model=ChurnReportOut)
+async def churn_risk_report(
+    analytics: Analytics, model: ActiveModel, population: ActivePopulation, clock: Clock
+) -> ChurnReportOut:
+    """The customers per churn-risk band (Low, Medium, High by the model file's `value.churn_risk`)
+    under the current BG/NBD fit, with their number, share, mean risk and revenue at risk (their
+    historic net revenue). 503 `not_fitted` before the first CLV fit."""
+    fit = getattr(getattr(population, "model", None), "fit", None)
+    if fit is None:
+        raise ApiError(503, "not_fitted", "no CLV model has been fitted yet: see GET /v1/models/clv")
+    now = clock()
+    return await archive.answer(analytics, lambda store: churn.churn_report(store, fit, model.value.clv, now))
 
 
 @router.get("/personas", response_model=PersonasOut)

@@ -48,6 +48,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/models/clv"): "read",
     ("GET", "/v1/reports/funnel"): "read",
     ("GET", "/v1/reports/rfm"): "read",
+    ("GET", "/v1/reports/churn-risk"): "read",
     ("GET", "/v1/reports/personas"): "read",
     ("GET", "/v1/reports/forecast"): "read",
     ("GET", "/v1/reports/groups"): "read",

@@ -44,6 +44,7 @@ PINNED = {
     ("GET", "/v1/reports/overview"),
     ("GET", "/v1/reports/personas"),
     ("GET", "/v1/reports/rfm"),
+    ("GET", "/v1/reports/churn-risk"),
     ("POST", "/v1/screen"),
     ("POST", "/v1/track"),
     ("GET", "/v1/regulations"),
