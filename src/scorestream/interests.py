@@ -26,6 +26,7 @@ Pure: no clock, no I/O; the fold (:mod:`scorestream.contact`) calls :func:`fold_
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -305,13 +306,15 @@ def affinities(
     half_life = rules.half_life_ms
     entries = interests.entries if until_ms is None else [e for e in interests.entries if e.ts <= until_ms]
     ref = max(at_ms, interests.base_ms, entries[-1].ts if entries else 0)
-    terms: dict[str, list[float]] = {
-        k: [_decay(v, interests.base_ms, ref, half_life)] for k, v in interests.base.items()
-    }
+    # summed in one fixed order (the base, then the entries in (timestamp, messageId) order), so
+    # the same profile gives the same floats whatever order its events came in
+    totals = {k: _decay(v, interests.base_ms, ref, half_life) for k, v in interests.base.items()}
+    get = totals.get
     for entry in entries:
+        factor = math.pow(2.0, -(ref - entry.ts) / half_life)  # _decay's arithmetic, once an entry
         for key, points in entry.points:
-            terms.setdefault(key, []).append(_decay(points, entry.ts, ref, half_life))
-    return ref, {k: total for k, v in terms.items() if (total := math.fsum(v)) > 0}
+            totals[key] = get(key, 0.0) + points * factor
+    return ref, {k: v for k, v in totals.items() if v > 0}
 
 
 class Affinity(NamedTuple):
@@ -334,26 +337,27 @@ class InterestsView:
     not_bought: list[Affinity] = field(default_factory=list)
 
 
-def _ranked(values: dict[str, float], prefix: str, limit: int, names: Mapping[str, tuple[int, str]]) -> list[Affinity]:
-    found = [(k[2:], v) for k, v in values.items() if k.startswith(prefix)]
-    found.sort(key=lambda kv: (-kv[1], kv[0]))
-    out = []
-    for key, value in found[:limit]:
-        named = names.get(key) if prefix == "p:" else None
-        out.append(Affinity(key, value, named[1] if named is not None else None))
-    return out
+def _ranked(found: list[tuple[str, float]], limit: int, names: Mapping[str, tuple[int, str]] | None) -> list[Affinity]:
+    """The ``limit`` largest ``(key, affinity)``, ties by key (``names``: products' display names)."""
+    top = heapq.nsmallest(limit, found, key=lambda kv: (-kv[1], kv[0]))
+    if names is None:
+        return [Affinity(key, value) for key, value in top]
+    return [Affinity(key, value, named[1] if (named := names.get(key)) is not None else None) for key, value in top]
 
 
 def _view_at(interests: Interests, rules: InterestRules, at_ms: int, until_ms: int | None = None) -> InterestsView:
     ref, values = affinities(interests, rules, at_ms, until_ms)
+    split: dict[str, list[tuple[str, float]]] = {"c": [], "b": [], "p": []}
+    for key, value in values.items():
+        split[key[0]].append((key[2:], value))
     bought = interests.bought
-    unbought = {k: v for k, v in values.items() if k.startswith("p:") and k[2:] not in bought}
+    names = interests.names
     return InterestsView(
         at_ms=ref,
-        categories=_ranked(values, "c:", rules.top, interests.names),
-        brands=_ranked(values, "b:", rules.top, interests.names),
-        products=_ranked(values, "p:", rules.top, interests.names),
-        not_bought=_ranked(unbought, "p:", rules.not_bought, interests.names),
+        categories=_ranked(split["c"], rules.top, None),
+        brands=_ranked(split["b"], rules.top, None),
+        products=_ranked(split["p"], rules.top, names),
+        not_bought=_ranked([kv for kv in split["p"] if kv[0] not in bought], rules.not_bought, names),
     )
 
 
