@@ -8,9 +8,9 @@ Affinity is engagement's arithmetic on other keys: an event worth ``p`` points f
 order, batching or duplicates.** The newest events are kept one by one (:class:`Entry`, sorted by
 ``(timestamp, messageId)``, at most ``MAX_ENTRIES``); older ones fold into a per-key base decayed to
 one instant, and their message ids are remembered (``dedupe_memory`` of the model) so that a
-duplicate counts once even when the event matched no engagement rule. Sums are taken in entry
-order with :func:`math.fsum`, so any order of the same events gives the same numbers; where the
-fold happened (which depends on batching) changes only the last bits of a float.
+duplicate counts once even when the event matched no engagement rule. Sums are taken in one fixed
+order (the base, then the entries), so any order of the same events gives the same numbers; where
+the fold happened (which depends on batching) changes only the last bits of a float.
 
 Bounds: the folded base keeps the ``keep`` largest affinities per dimension (ranked at the base's
 instant, ties by key; every base value shares that instant, so the ranking is the one at any later
