@@ -228,12 +228,17 @@ def _fold_hits(state: ContactState, model: Model, overflow: int) -> None:
     ref = max(state.base_ms, state.hits[overflow - 1].ts)
     half_life = model.half_life_ms
     base = {k: decay(v, state.base_ms, ref, half_life) for k, v in state.base.items()}
+    group_base = _decayed_group_base(state.group_base, state.base_ms, ref, model)
+    group_half_lives = model.group_half_lives
     once = set(state.base_once)
     capped = {k: list(v) for k, v in state.capped.items()}
     for hit, hit_earned in zip(state.hits[:overflow], earned[:overflow], strict=True):
         for rule_id, value in hit_earned:
             if value:
                 base[rule_id] = base.get(rule_id, 0.0) + decay(value, hit.ts, ref, half_life)
+                if rule_id in group_half_lives:
+                    group_half = group_half_lives[rule_id]
+                    group_base[rule_id] = group_base.get(rule_id, 0.0) + decay(value, hit.ts, ref, group_half)
                 rule = model.rule(rule_id)
                 if rule is not None and rule.once:
                     once.add(rule_id)
@@ -252,11 +257,20 @@ def _fold_hits(state: ContactState, model: Model, overflow: int) -> None:
         if kept:
             state.capped[rule_id] = kept
     state.base = base
+    state.group_base = group_base
     state.base_ms = ref
     state.base_once = sorted(once)
     del state.hits[:overflow]
     if len(state.folded_ids) > model.dedupe_memory:
         del state.folded_ids[: len(state.folded_ids) - model.dedupe_memory]
+
+
+def _decayed_group_base(group_base: dict[str, float], from_ms: int, to_ms: int, model: Model) -> dict[str, float]:
+    """The second folded base (``ContactState.group_base``) decayed from ``from_ms`` to ``to_ms``,
+    each rule at its group's half-life (a rule no longer in such a group is dropped: nothing
+    reads it)."""
+    half_lives = model.group_half_lives
+    return {k: decay(v, from_ms, to_ms, half_lives[k]) for k, v in group_base.items() if k in half_lives}
 
 
 def _normalise(state: ContactState, model: Model, resume_before: int | None = None) -> None:
@@ -409,7 +423,10 @@ def _absorb_points(target: ContactState, source: ContactState, model: Model) -> 
         merged = {k: decay(v, target.base_ms, ref, model.half_life_ms) for k, v in target.base.items()}
         for k, v in source.base.items():
             merged[k] = merged.get(k, 0.0) + decay(v, source.base_ms, ref, model.half_life_ms)
-        target.base, target.base_ms = merged, ref
+        groups = _decayed_group_base(target.group_base, target.base_ms, ref, model)
+        for k, v in _decayed_group_base(source.group_base, source.base_ms, ref, model).items():
+            groups[k] = groups.get(k, 0.0) + v
+        target.base, target.group_base, target.base_ms = merged, groups, ref
     target.base_once = sorted(set(target.base_once) | set(source.base_once))
     if source.contact_id not in target.merged_ids:
         for rule_id, entries in source.capped.items():

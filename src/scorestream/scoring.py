@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from scorestream.rules.common import Band
+from scorestream.rules.groups import ScoreGroup
 from scorestream.rules.model import Model
 from scorestream.state import ContactState, decay, effective_points
 
@@ -60,7 +61,8 @@ def engagement_at(state: ContactState, model: Model, now_ms: int, top: int = 5) 
         for rule_id, value in earned:
             if value:
                 per_rule.setdefault(rule_id, []).append(decay(value, hit.ts, max(now_ms, hit.ts), half_life))
-    totals = {rule_id: math.fsum(values) for rule_id, values in per_rule.items()}
+    weights = model.weights  # a score group's rules count times its weight (1 unless said)
+    totals = {rule_id: math.fsum(values) * weights.get(rule_id, 1.0) for rule_id, values in per_rule.items()}
     return engagement_of_totals(totals, model, now_ms, top)
 
 
@@ -78,6 +80,64 @@ def engagement_of_totals(totals: dict[str, float], model: Model, now_ms: int, to
     return EngagementView(
         score=round_score(score), as_of_ms=now_ms, band=band_of(model.engagement_bands, score), top=contributions
     )
+
+
+# --- score groups (scorestream.rules.groups) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """A score group's score at an instant: its rules' earned points decayed at the group's
+    half-life (clamped to ``[-max, max]`` when the group has a ``max``), its band from the group's
+    bands and its ``top`` rules by magnitude (unclamped, as earned)."""
+
+    id: str
+    score: float
+    band: str
+    top: tuple[Contribution, ...]
+
+
+def group_of_totals(group: ScoreGroup, totals: dict[str, float], model: Model, top: int = 5) -> GroupView:
+    """The view of ``group`` from its rules' totals already decayed (at its half-life) to the
+    instant asked: :func:`group_scores` and :func:`scorestream.view.groups_of_view` both end here."""
+    score = group.clamp(math.fsum(totals[k] for k in sorted(totals)))
+    ranked = sorted(totals.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
+    contributions = tuple(
+        Contribution(rule_id=k, points=round_score(v), description=(r.description if (r := model.rule(k)) else ""))
+        for k, v in ranked
+        if abs(v) >= 1e-6
+    )
+    return GroupView(id=group.id, score=round_score(score), band=band_of(group.bands, score), top=contributions)
+
+
+def group_totals_at(state: ContactState, model: Model, now_ms: int) -> dict[str, dict[str, float]]:
+    """Group id -> rule id -> the rule's earned points decayed at the group's half-life to
+    ``now_ms`` (events stamped later count undecayed, as in :func:`engagement_at`)."""
+    group_of = model.group_of
+    split = model.group_half_lives
+    per_rule: dict[str, list[float]] = {}
+    base_at = max(now_ms, state.base_ms)
+    for rule_id, value in state.base.items():
+        group = group_of.get(rule_id)
+        if group is not None:
+            folded = state.group_base.get(rule_id, 0.0) if rule_id in split else value
+            per_rule.setdefault(rule_id, []).append(decay(folded, state.base_ms, base_at, group.half_life_ms))
+    for hit, earned in zip(state.hits, effective_points(state, model), strict=True):
+        for rule_id, value in earned:
+            if value and (group := group_of.get(rule_id)) is not None:
+                per_rule.setdefault(rule_id, []).append(decay(value, hit.ts, max(now_ms, hit.ts), group.half_life_ms))
+    out: dict[str, dict[str, float]] = {g.id: {} for g in model.groups}
+    for rule_id, values in per_rule.items():
+        out[group_of[rule_id].id][rule_id] = math.fsum(values)
+    return out
+
+
+def group_scores(state: ContactState, model: Model, now_ms: int, top: int = 5) -> tuple[GroupView, ...]:
+    """Every score group's view at ``now_ms``, in model order (none for a model without groups)."""
+    if not model.groups:
+        return ()
+    totals = group_totals_at(state, model, now_ms)
+    return tuple(group_of_totals(g, totals[g.id], model, top) for g in model.groups)
 
 
 def fit_of(state: ContactState, model: Model, top: int = 5) -> FitView:

@@ -91,6 +91,10 @@ class ContactState:
     # time order, one entry an instant (two consents at one instant: what both grant); the
     # entries before the oldest kept hit are settled into the latest of them (see consent_denied)
     consent_log: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    # score groups whose half-life is not the overall one (``Model.group_half_lives``): their
+    # rules' folded points decayed at the group's half-life to ``base_ms`` (``base`` holds them at
+    # the overall half-life; the rules of the other groups read ``base``)
+    group_base: dict[str, float] = field(default_factory=dict)
     # the interest profile (a model with an ``interests`` section; scorestream.interests): decayed
     # affinity per category, brand and product, orders and carts per product
     interests: Interests | None = None

@@ -36,7 +36,16 @@ from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, rfm_score
 from scorestream.rules.common import lookup
 from scorestream.rules.model import Model
 from scorestream.rules.value import DEFAULT_CLV, DEFAULT_SEGMENTS, ClvSettings, SegmentRule
-from scorestream.scoring import Contribution, EngagementView, FitView, band_of, engagement_of_totals, fit_of
+from scorestream.scoring import (
+    Contribution,
+    EngagementView,
+    FitView,
+    GroupView,
+    band_of,
+    engagement_of_totals,
+    fit_of,
+    group_of_totals,
+)
 from scorestream.state import Caps, ContactState, Hit, consent_denied, decay
 
 __all__ = [
@@ -52,6 +61,8 @@ __all__ = [
     "engagement_of_view",
     "engagement_totals",
     "fit_of_view",
+    "group_totals",
+    "groups_of_view",
     "value_of_view",
     "value_summary",
     "view_of",
@@ -139,6 +150,10 @@ class ContactView:
     # the contact's current consent: the latest consent object and its instant (one field: a view
     # without consent pays one key)
     consent: ConsentView | None = None
+    # score groups: per-rule totals of the groups' rules (rule id order, zeros left out), each
+    # decayed at its group's half-life to ``engagement_ms`` (``engagement`` holds them times the
+    # group's weight at the overall half-life)
+    groups: list[RulePoints] = field(default_factory=list)
     # the interest profile's top affinities, decayed to its newest instant (scorestream.interests)
     interests: InterestsView | None = None
 
@@ -255,8 +270,33 @@ def engagement_totals(
     for rule_id, earned_points in points.items():
         decayed = per_rule.setdefault(rule_id, [])
         decayed.extend(value * math.pow(2.0, -(ref - ts) / half_life) for ts, value in earned_points)
-    totals = [RulePoints(k, total) for k in sorted(per_rule) if (total := math.fsum(per_rule[k]))]
+    weights = model.weights  # a score group's rules count times its weight (1 unless said)
+    totals = [RulePoints(k, total) for k in sorted(per_rule) if (total := math.fsum(per_rule[k]) * weights.get(k, 1.0))]
     return ref, totals
+
+
+def group_totals(state: ContactState, model: Model, ref: int, earned: EarnedPoints | None = None) -> list[RulePoints]:
+    """The score groups' rules' earned points, each decayed at its group's half-life to ``ref``
+    (the view's ``engagement_ms``), summed per rule as
+    :func:`~scorestream.scoring.group_totals_at` sums them; empty for a model without groups."""
+    group_of = model.group_of
+    if not group_of:
+        return []
+    split = model.group_half_lives
+    per_rule: dict[str, list[float]] = {}
+    for rule_id, value in state.base.items():
+        group = group_of.get(rule_id)
+        if group is not None:
+            folded = state.group_base.get(rule_id, 0.0) if rule_id in split else value
+            per_rule.setdefault(rule_id, []).append(decay(folded, state.base_ms, ref, group.half_life_ms))
+    points = (earned if earned is not None else EarnedPoints()).update(state, model)
+    for rule_id, earned_points in points.items():
+        group = group_of.get(rule_id)
+        if group is not None:
+            half_life = group.half_life_ms
+            decayed = per_rule.setdefault(rule_id, [])
+            decayed.extend(value * math.pow(2.0, -(ref - ts) / half_life) for ts, value in earned_points)
+    return [RulePoints(k, total) for k in sorted(per_rule) if (total := math.fsum(per_rule[k]))]
 
 
 def value_summary(value: CustomerValue | None) -> ValueSummary | None:
@@ -297,6 +337,7 @@ def view_of(
     view.traits = state.traits
     view.fit = fits.fit(state) if fits is not None and fits.model is model else _fit_summary(state, model)
     view.engagement_ms, view.engagement = engagement_totals(state, model, earned)
+    view.groups = group_totals(state, model, view.engagement_ms, earned)
     journey = state.journey
     if journey is not None:
         view.journey = JourneyView(
@@ -329,6 +370,24 @@ def engagement_of_view(view: ContactView, model: Model, now_ms: int, top: int = 
     half_life = model.half_life_ms
     totals = {k: decay(points, ref, at, half_life) for k, points in view.engagement}
     return engagement_of_totals(totals, model, now_ms, top)
+
+
+def groups_of_view(view: ContactView, model: Model, now_ms: int, top: int = 5) -> tuple[GroupView, ...]:
+    """Every score group's view at ``now_ms``, in model order: what
+    :func:`~scorestream.scoring.group_scores` gives on the full state, from the view's group
+    totals (as :func:`engagement_of_view`: a ``now_ms`` before ``engagement_ms`` is answered as at
+    ``engagement_ms``)."""
+    if not model.groups:
+        return ()
+    ref = view.engagement_ms
+    at = max(now_ms, ref)
+    group_of = model.group_of
+    totals: dict[str, dict[str, float]] = {g.id: {} for g in model.groups}
+    for rule_id, points in view.groups:
+        group = group_of.get(rule_id)
+        if group is not None:
+            totals[group.id][rule_id] = decay(points, ref, at, group.half_life_ms)
+    return tuple(group_of_totals(g, totals[g.id], model, top) for g in model.groups)
 
 
 def fit_of_view(view: ContactView, model: Model) -> FitView:

@@ -28,16 +28,19 @@ class EngagementRule:
     path_pattern: re.Pattern[str] | None = None
     cap_points: float | None = None
     cap_window_ms: int | None = None
+    # the score group the rule belongs to (``engagement.groups``; scorestream.rules.groups), if any
+    group: str | None = None
 
     @classmethod
-    def parse(cls, raw: object, index: int) -> EngagementRule:
-        where = f"engagement.rules[{index}]"
+    def parse(cls, raw: object, index: int, group: str | None = None, where: str | None = None) -> EngagementRule:
+        """The rule at ``engagement.rules[index]``, or at ``where`` in ``group``'s rules."""
+        where = where or f"engagement.rules[{index}]"
         if not isinstance(raw, Mapping):
             raise ModelError(f"{where}: a rule is a mapping")
         rule_id = raw.get("id")
         if not isinstance(rule_id, str) or not rule_id:
             raise ModelError(f"{where}: rule needs a non-empty string 'id'")
-        where = f"engagement rule {rule_id!r}"
+        where = f"engagement rule {rule_id!r}" + (f" of group {group!r}" if group else "")
         match = raw.get("match", {})
         if not isinstance(match, Mapping):
             raise ModelError(f"{where}: 'match' must be a mapping")
@@ -69,6 +72,7 @@ class EngagementRule:
             once=bool(raw.get("once", False)),
             cap_points=cap_points,
             cap_window_ms=cap_window,
+            group=group,
         )
 
     def matches(self, event: Event) -> bool:

@@ -16,6 +16,7 @@ from scorestream.errors import ModelError
 from scorestream.events import Event
 from scorestream.rules.common import Predicate, parse_duration_ms, str_set
 from scorestream.rules.engagement import EngagementRule
+from scorestream.rules.groups import ScoreGroup, check_group_fields, group_field
 
 NUMERIC_OPS = ("gt", "gte", "lt", "lte")
 ORDER_TAG = "order"
@@ -243,8 +244,16 @@ def _parse_timer(raw: object, index: int) -> Timer:
     )
 
 
-def _parse_transition(raw: object, index: int, stages: _Stages, events: set[str]) -> StageTransition:
-    """A transition whose ``events`` are among ``events`` (rule ids, ``order``, ``refund``, timer ids)."""
+def is_score_field(name: str) -> bool:
+    """A guard field that decays between checkpoints: ``engagement`` or ``engagement.<group>``."""
+    return name == "engagement" or group_field(name) is not None
+
+
+def _parse_transition(
+    raw: object, index: int, stages: _Stages, events: set[str], groups: Mapping[str, ScoreGroup]
+) -> StageTransition:
+    """A transition whose ``events`` are among ``events`` (rule ids, ``order``, ``refund``, timer
+    ids) and whose score guards name the overall score or one of ``groups``."""
     item = _mapping(raw, f"lifecycle.transitions[{index}]")
     tid = _ident(item.get("id"), f"lifecycle.transitions[{index}].id")
     at = f"transition {tid!r}"
@@ -258,8 +267,9 @@ def _parse_transition(raw: object, index: int, stages: _Stages, events: set[str]
     if on - events:
         raise ModelError(f"{at}.events: unknown event(s) {sorted(on - events)}")
     guards = _predicates(item.get("when"), f"{at}.when")
+    check_group_fields([(g.field, f"{at}.when") for g in guards], groups)
     for g in guards:
-        if g.field == "engagement" and g.op not in NUMERIC_OPS:
+        if is_score_field(g.field) and g.op not in NUMERIC_OPS:
             raise ModelError(f"{at}: an engagement guard compares with gt, gte, lt or lte")
     return StageTransition(
         id=tid,
@@ -267,14 +277,18 @@ def _parse_transition(raw: object, index: int, stages: _Stages, events: set[str]
         sources=sources,
         on=on,
         guards=guards,
-        engagement_guards=tuple(g for g in guards if g.field == "engagement"),
-        static_guards=tuple(g for g in guards if g.field != "engagement"),
+        engagement_guards=tuple(g for g in guards if is_score_field(g.field)),
+        static_guards=tuple(g for g in guards if not is_score_field(g.field)),
         description=str(item.get("description", "")),
     )
 
 
-def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycle | None:
-    """The ``lifecycle``, ``flags``, ``personas`` and ``triggers`` sections of a model file."""
+def parse_lifecycle(
+    raw: Mapping[str, Any], rule_ids: Iterable[str], groups: Mapping[str, ScoreGroup] | None = None
+) -> Lifecycle | None:
+    """The ``lifecycle``, ``flags``, ``personas`` and ``triggers`` sections of a model file
+    (``groups``: the model's score groups, which guards and thresholds may name)."""
+    groups = groups or {}
     flags = _parse_flags(raw.get("flags"))
     personas = _parse_personas(raw.get("personas"))
     thresholds = _parse_thresholds(raw.get("triggers"))
@@ -282,6 +296,11 @@ def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycl
     if section is None:
         if flags or personas or thresholds:
             raise ModelError("flags, personas and triggers need a 'lifecycle' section")
+        for group in groups.values():
+            if group.thresholds:
+                raise ModelError(
+                    f"engagement group {group.id!r}.thresholds: threshold triggers need a 'lifecycle' section"
+                )
         return None
     section = _mapping(section, "lifecycle")
     stages = _Stages(section.get("stages"))
@@ -304,7 +323,7 @@ def parse_lifecycle(raw: Mapping[str, Any], rule_ids: Iterable[str]) -> Lifecycl
         if unknown:
             raise ModelError(f"timer {timer.id!r}: unknown event(s) {sorted(unknown)}")
     transitions = [
-        _parse_transition(item, i, stages, events)
+        _parse_transition(item, i, stages, events, groups)
         for i, item in enumerate(_list(section.get("transitions"), "lifecycle.transitions"))
     ]
     ids = [t.id for t in transitions] + [t.id for t in timers]

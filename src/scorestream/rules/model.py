@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scorestream.errors import ModelError
@@ -21,6 +21,7 @@ from scorestream.rules.common import Band, parse_bands, parse_duration_ms
 from scorestream.rules.consent import ConsentRules
 from scorestream.rules.engagement import EngagementRule
 from scorestream.rules.fit import FitRule
+from scorestream.rules.groups import ScoreGroup, parse_groups
 from scorestream.rules.interests import InterestRules
 from scorestream.rules.lifecycle import Lifecycle, parse_lifecycle
 from scorestream.rules.value import ValueConfig
@@ -52,6 +53,15 @@ class Model:
     accounts: AccountsConfig
     # the model file's ``consent`` section (None: every event is scored; scorestream.rules.consent)
     consent: ConsentRules | None = None
+    # score groups (``engagement.groups``; scorestream.rules.groups), in file order; their rules
+    # are in ``rules`` too. ``group_of``: rule id -> its group; ``weights``: rule id -> the weight
+    # its points count with in the overall score, for the rules of a group weighing other than 1;
+    # ``group_half_lives``: rule id -> its group's half-life, for the groups whose half-life is not
+    # the overall one (their rules keep a second folded base, ``ContactState.group_base``)
+    groups: tuple[ScoreGroup, ...] = ()
+    group_of: Mapping[str, ScoreGroup] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+    group_half_lives: Mapping[str, int] = field(default_factory=dict)
     # the model file's ``interests`` section (None: no interest profile; scorestream.rules.interests)
     interests: InterestRules | None = None
 
@@ -70,6 +80,10 @@ class Model:
         if not isinstance(raw_rules, list):
             raise ModelError("engagement.rules must be a list")
         rules = tuple(EngagementRule.parse(r, i) for i, r in enumerate(raw_rules))
+        half_life_ms = parse_duration_ms(engagement.get("half_life", "14d"), "engagement.half_life")
+        engagement_bands = parse_bands(engagement.get("bands"), "engagement.bands", DEFAULT_ENGAGEMENT_BANDS)
+        groups, group_rules = parse_groups(engagement.get("groups"), half_life_ms, engagement_bands, len(rules))
+        rules += group_rules
         raw_fit = fit.get("rules", [])
         if not isinstance(raw_fit, list):
             raise ModelError("fit.rules must be a list")
@@ -88,7 +102,7 @@ class Model:
         if not isinstance(value, Mapping):
             raise ModelError("'value' must be a mapping")
         accounts = AccountsConfig.from_dict(raw.get("accounts"))
-        lifecycle = parse_lifecycle(raw, [r.id for r in rules])
+        lifecycle = parse_lifecycle(raw, [r.id for r in rules], {g.id: g for g in groups})
         canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
         by_key: dict[tuple[str, str | None], list[EngagementRule]] = {}
@@ -104,7 +118,7 @@ class Model:
         return cls(
             name=name,
             version=f"{name}@{digest}",
-            half_life_ms=parse_duration_ms(engagement.get("half_life", "14d"), "engagement.half_life"),
+            half_life_ms=half_life_ms,
             rules=rules,
             fit_rules=fit_rules,
             fit_grades=parse_bands(
@@ -112,11 +126,7 @@ class Model:
                 "fit.grades",
                 DEFAULT_FIT_GRADES,
             ),
-            engagement_bands=parse_bands(
-                engagement.get("bands"),
-                "engagement.bands",
-                DEFAULT_ENGAGEMENT_BANDS,
-            ),
+            engagement_bands=engagement_bands,
             max_hits=max_hits,
             fold_after_ms=parse_duration_ms(storage.get("fold_after", "30d"), "storage.fold_after"),
             dedupe_memory=dedupe_memory,
@@ -130,6 +140,10 @@ class Model:
             by_id={r.id: r for r in rules},
             accounts=accounts,
             consent=ConsentRules.parse(raw.get("consent")),
+            groups=groups,
+            group_of={r: g for g in groups for r in g.rule_ids},
+            weights={r: g.weight for g in groups if g.weight != 1.0 for r in g.rule_ids},
+            group_half_lives={r: g.half_life_ms for g in groups if g.half_life_ms != half_life_ms for r in g.rule_ids},
             interests=InterestRules.parse(raw.get("interests")),
         )
 
@@ -143,3 +157,10 @@ class Model:
 
     def rule(self, rule_id: str) -> EngagementRule | None:
         return self.by_id.get(rule_id)
+
+    def group(self, group_id: str) -> ScoreGroup | None:
+        """The score group ``group_id`` (``engagement.groups``), None if the model has none such."""
+        for group in self.groups:
+            if group.id == group_id:
+                return group
+        return None
