@@ -279,6 +279,11 @@ def test_the_view_decayed_to_any_later_instant_is_the_profile_at_that_instant(ev
         for k, _ in sorted(((k, v) for k, v in full.items() if k.startswith("c:")), key=lambda kv: (-kv[1], kv[0]))
     ][: RULES.top]
     assert profile_at(view, RULES, view.at_ms - DAY).at_ms == view.at_ms  # a clock behind: as at the view
+    # decay composes: decayed to a first instant, then on to ``at``, is decayed to ``at`` at once
+    halfway = profile_at(view, RULES, view.at_ms + later // 3)
+    again = profile_at(halfway, RULES, at)
+    for one, two in zip(again.categories + again.products, read.categories + read.products, strict=True):
+        assert one.key == two.key and one.affinity == pytest.approx(two.affinity, rel=1e-12)
 
 
 # --- bounds -----------------------------------------------------------------------------------
