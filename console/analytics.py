@@ -34,6 +34,7 @@ from schemas.api_analytics import (
     RfmCellOut,
     RfmReportOut,
 )
+from schemas.value import ChurnReportOut
 from scorestream import Model
 from scorestream.rules.value import segment_of
 
@@ -211,6 +212,15 @@ async def _rfm(request: Request) -> RfmReportOut:
     )
 
 
+async def _churn(request: Request) -> ChurnReportOut:
+    return await report_routes.churn_risk_report(
+        await deps.analytics(request),
+        await deps.active_model(request),
+        await deps.active_population(request),
+        await deps.clock(request),
+    )
+
+
 @router.get("/value")
 async def value(request: Request, who: ViewerDep) -> Response:
     """The R x F grid as a heat map, the segments: ``GET /v1/reports/rfm``."""
@@ -228,6 +238,7 @@ async def value(request: Request, who: ViewerDep) -> Response:
         )
     report, problem = await attempt(_rfm(request))
     context: dict[str, Any] = {"by": by, "currency": currency(model), "title": "Customer value"}
+    context["churn"], context["churn_problem"] = await attempt(_churn(request))
     if report is not None:
         context |= grid_context(report, by)
     return page(request, who, "value.html", nav=VALUE, report=report, problem=problem, **context)
