@@ -37,6 +37,7 @@ from schemas.api_quality import (
 )
 from schemas.times import DAY_MS
 from schemas.times import at_of as _at
+from scorestream.identity import ANONYMOUS_PREFIX
 
 MAX_MERGE_HOPS = 8
 CHANNELS = ("web", "email", "store")
@@ -65,8 +66,11 @@ def survivor_sql(expr: str) -> str:
 # the contact id the worker gives an event (scorestream.identity: the user, else the visitor)
 EVENT_CONTACT_SQL = "if(user_id != '', user_id, concat('anonymous:', anonymous_id))"
 
-# Each person's touches: one row per message id (the earliest copy), with the person it belongs to.
-TOUCHES = f"""
+
+def touches_sql(where: str = "") -> str:
+    """Each person's touches: one row per message id (the earliest copy), with the person it
+    belongs to; ``where``: a further condition on the archived rows."""
+    return f"""
     SELECT {survivor_sql("raw_contact")} AS person, message_id, t, channel, is_order
     FROM (
         SELECT {EVENT_CONTACT_SQL} AS raw_contact, message_id,
@@ -75,14 +79,16 @@ TOUCHES = f"""
                max(type = 'track' AND event = '{ORDER_EVENT}') AS is_order
         FROM events FINAL
         WHERE status = 'accepted' AND type IN ('track', 'page', 'screen')
-          AND (user_id != '' OR anonymous_id != '')
+          AND (user_id != '' OR anonymous_id != '') {where}
         GROUP BY raw_contact, message_id
     )
-"""  # noqa: S608 (constant fragments)
+    """  # noqa: S608 (constant fragments)
+
 
 # Per person: the first order, the first touch and its channel, and the touches by channel (all of
 # them and those before the first order).
-PER_PERSON = f"""
+def per_person_sql(where: str = "") -> str:
+    return f"""
     SELECT person,
            minIf(t, is_order) AS first_order,
            countIf(is_order) AS orders,
@@ -90,15 +96,18 @@ PER_PERSON = f"""
            argMin(channel, (t, channel)) AS first_channel,
            [{", ".join(f"countIf(channel = '{c}')" for c in CHANNELS)}] AS all_touches,
            groupArray((t, channel)) AS touches
-    FROM ({TOUCHES})
+    FROM ({touches_sql(where)})
     GROUP BY person
-"""  # noqa: S608 (constant fragments)
+    """  # noqa: S608 (constant fragments)
+
+
+PER_PERSON = per_person_sql()
 
 ONE = f"""
 WITH {MERGES_WITH}
 SELECT first_order, orders, first_touch, first_channel, all_touches,
        arrayMap(c -> arrayCount(x -> x.1 < first_order AND x.2 = c, touches), {list(CHANNELS)}) AS before
-FROM ({PER_PERSON})
+FROM ({per_person_sql("AND (user_id IN {ids:Array(String)} OR anonymous_id IN {anonymous:Array(String)})")})
 WHERE person = {{id:String}}
 """  # noqa: S608 (constant fragments; values are bound as parameters)
 
@@ -157,6 +166,13 @@ GROUP BY channel
 """  # noqa: S608 (constant fragments; values are bound as parameters)
 
 
+# the contacts merged into one, transitively (their events are its own)
+MERGED_INTO = f"""
+WITH {MERGES_WITH}
+SELECT arrayFilter((x, y) -> y = {{id:String}}, merge_pairs.1, merge_targets)
+"""
+
+
 def _touches(counts: Sequence[Any]) -> TouchesOut:
     web, email, store = (int(n) for n in counts)
     return TouchesOut(web=web, email=email, store=store, total=web + email + store)
@@ -189,7 +205,11 @@ def journey_body(contact_id: str, rows: Rows) -> JourneyOut:
 
 async def journey(store: Store, contact_id: str) -> JourneyOut:
     """The journey of ``contact_id`` (a surviving contact: its merged contacts' events are its own)."""
-    return journey_body(contact_id, await store.query(ONE, {"id": contact_id}))
+    merged = [str(m) for m in (await store.query(MERGED_INTO, {"id": contact_id}))[0][0]]
+    ids = [contact_id, *merged]
+    anonymous = [i.removeprefix(ANONYMOUS_PREFIX) for i in ids if i.startswith(ANONYMOUS_PREFIX)]
+    rows = await store.query(ONE, {"id": contact_id, "ids": ids, "anonymous": anonymous})
+    return journey_body(contact_id, rows)
 
 
 def _finite(value: Any) -> float | None:

@@ -159,53 +159,30 @@ def pairs_sql(outcome: Outcome) -> str:
     """  # noqa: S608 (constant fragments; values are bound as parameters)
 
 
-def _with(body: str) -> str:
-    return f"WITH {MERGES_WITH}\n{body}"
-
-
-def totals_sql(outcome: Outcome) -> str:
-    """n, distinct contacts, positives, and the AUC's positives, negatives and U (Mann-Whitney)."""
-    return _with(f"""
-    SELECT sum(pos) + sum(neg), (SELECT uniqExact(contact) FROM ({pairs_sql(outcome)})),
-           sum(pos), sum(neg), sum(pos * (neg_below + neg / 2))
+# One pass per model: every pair once, with its decile (by rank of the score) and its share of the
+# Mann-Whitney U (a positive pair: the negatives scored below it, and half of those scored the same,
+# by window sums over the scores), then summed per group: every pair (kind 'all', with the distinct
+# contacts), per grade (fit grade and band), per stage, per decile.
+def quality_sql(outcome: Outcome) -> str:
+    """(kind, key, n, positives, mean score, min, max, U, contacts) per group of :func:`pairs_sql`."""
+    return f"""
+    WITH {MERGES_WITH}
+    SELECT g.1 AS kind, g.2 AS key, count(), countIf(positive), avg(score), min(score), max(score),
+           sum(u_part), uniqExact(contact)
     FROM (
-        SELECT score, pos, neg,
-               sum(neg) OVER (ORDER BY score ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS neg_below
-        FROM (
-            SELECT score, toFloat64(countIf(positive)) AS pos, toFloat64(countIf(NOT positive)) AS neg
-            FROM ({pairs_sql(outcome)})
-            GROUP BY score
-        )
-    )
-    """)  # noqa: S608 (constant fragments)
-
-
-def grades_sql(outcome: Outcome) -> str:
-    return _with(f"""
-    SELECT fit_grade, band, count(), countIf(positive), avg(score)
-    FROM ({pairs_sql(outcome)})
-    GROUP BY fit_grade, band
-    """)  # noqa: S608 (constant fragments)
-
-
-def stages_sql(outcome: Outcome) -> str:
-    return _with(f"""
-    SELECT stage, count(), countIf(positive), avg(score)
-    FROM ({pairs_sql(outcome)})
-    GROUP BY stage
-    """)  # noqa: S608 (constant fragments)
-
-
-def deciles_sql(outcome: Outcome) -> str:
-    return _with(f"""
-    SELECT decile, count(), countIf(positive), avg(score), min(score), max(score)
-    FROM (
-        SELECT score, positive, intDiv(10 * (rank() OVER (ORDER BY score) - 1), count() OVER ()) + 1 AS decile
+        SELECT contact, score, fit_grade, band, stage, positive,
+               intDiv(10 * (rank() OVER (ORDER BY score) - 1), count() OVER ()) + 1 AS decile,
+               if(positive,
+                  (sum(toFloat64(NOT positive)) OVER (ORDER BY score)
+                   - sum(toFloat64(NOT positive)) OVER (PARTITION BY score))
+                  + sum(toFloat64(NOT positive)) OVER (PARTITION BY score) / 2,
+                  0) AS u_part
         FROM ({pairs_sql(outcome)})
     )
-    GROUP BY decile
-    ORDER BY decile
-    """)  # noqa: S608 (constant fragments)
+    ARRAY JOIN [('all', ''), ('grade', concat(fit_grade, '\t', band)), ('stage', stage),
+                ('decile', toString(decile))] AS g
+    GROUP BY kind, key
+    """  # noqa: S608 (constant fragments; values are bound as parameters)
 
 
 def parameters(model: Model, version: str, ts: Sequence[int], horizon_ms: int, outcome: Outcome) -> dict[str, Any]:
@@ -239,19 +216,15 @@ def _rate(positives: int, n: int, base: float | None, min_n: int) -> tuple[float
 
 
 def model_body(
-    evaluated: Evaluated,
-    totals: Sequence[Any],
-    grade_rows: Rows,
-    stage_rows: Rows,
-    decile_rows: Rows,
-    min_n: int = DEFAULT_MIN_N,
-    min_class: int = DEFAULT_MIN_CLASS,
+    evaluated: Evaluated, rows: Rows, min_n: int = DEFAULT_MIN_N, min_class: int = DEFAULT_MIN_CLASS
 ) -> QualityModelOut:
-    """One model's answer from the rows of :func:`totals_sql`, :func:`grades_sql`, :func:`stages_sql`
-    and :func:`deciles_sql`."""
-    n, contacts, pos, neg, u = totals
-    n, positives = int(n), int(pos or 0)
-    negatives = int(neg or 0)
+    """One model's answer from the rows of :func:`quality_sql`."""
+    groups: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for kind, key, *values in rows:
+        groups.setdefault(str(kind), {})[str(key)] = tuple(values)
+    n, pos, _, _, _, u, contacts = groups.get("all", {}).get("", (0, 0, 0.0, 0.0, 0.0, 0.0, 0))
+    n, positives = int(n), int(pos)
+    negatives = n - positives
     notes: list[str] = []
     base = positives / n if n >= min_n else None
     if base is None:
@@ -267,19 +240,27 @@ def model_body(
         return QualityCellOut(key=key, n=size, positives=hits, rate=rate, lift=lift, note=note, **extra)
 
     order = [b.label for b in evaluated.model.engagement_bands]
+
+    def grade_order(key: str) -> tuple[str, int]:
+        fit_grade, _, band = key.partition("\t")
+        return fit_grade, order.index(band) if band in order else len(order)
+
+    found = groups.get("grade", {})
     grades = [
-        cell(grade(str(f), str(b)), int(k), int(p), mean_score=float(s))
-        for f, b, k, p, s in sorted(grade_rows, key=lambda r: (str(r[0]), order.index(r[1]) if r[1] in order else 99))
+        cell(grade(*key.split("\t", 1)), int(found[key][0]), int(found[key][1]), mean_score=float(found[key][2]))
+        for key in sorted(found, key=grade_order)
     ]
     lc = evaluated.model.lifecycle
     known = list(lc.stages) if lc is not None else []
+    found = groups.get("stage", {})
     stages = [
-        cell(str(st) or "(none)", int(k), int(p), mean_score=float(s))
-        for st, k, p, s in sorted(stage_rows, key=lambda r: (known.index(r[0]) if r[0] in known else 99, str(r[0])))
+        cell(key or "(none)", int(found[key][0]), int(found[key][1]), mean_score=float(found[key][2]))
+        for key in sorted(found, key=lambda k: (known.index(k) if k in known else len(known), k))
     ]
+    found = groups.get("decile", {})
     deciles = [
-        cell(str(int(d)), int(k), int(p), mean_score=float(s), min_score=float(lo), max_score=float(hi))
-        for d, k, p, s, lo, hi in decile_rows
+        cell(key, int(v[0]), int(v[1]), mean_score=float(v[2]), min_score=float(v[3]), max_score=float(v[4]))
+        for key, v in sorted(found.items(), key=lambda kv: int(kv[0]))
     ]
     calibration = [
         CalibrationOut(decile=int(c.key), mean_score=c.mean_score or 0.0, observed_rate=c.rate, n=c.n) for c in deciles
@@ -377,12 +358,10 @@ async def evaluate(
     min_class: int = DEFAULT_MIN_CLASS,
 ) -> QualityModelOut:
     """One model's scores against the outcome at the snapshots ``ts``."""
-    p = parameters(evaluated.model, evaluated.version, ts, horizon_ms, outcome)
-    totals = (await store.query(totals_sql(outcome), p))[0]
-    grade_rows = await store.query(grades_sql(outcome), p)
-    stage_rows = await store.query(stages_sql(outcome), p)
-    decile_rows = await store.query(deciles_sql(outcome), p)
-    return model_body(evaluated, totals, grade_rows, stage_rows, decile_rows, min_n, min_class)
+    rows = await store.query(
+        quality_sql(outcome), parameters(evaluated.model, evaluated.version, ts, horizon_ms, outcome)
+    )
+    return model_body(evaluated, rows, min_n, min_class)
 
 
 async def score_quality(
