@@ -87,6 +87,8 @@ def what_happened(item: TriggerItem) -> str:
         return f"engagement {'rose above' if after.get('above') else 'fell below'} {threshold}"
     if item.type == "rfm.segment_changed":
         return f"RFM segment {before} → {after}" if before else f"RFM segment {after}"
+    if item.type == "customer.churn_risk_changed":
+        return f"churn risk {before} → {after}" if before and after else f"churn risk {after or 'unknown'}"
     if item.type == "contact.disqualified" and isinstance(after, dict):
         flags = ", ".join(str(f) for f in after.get("flags") or ())
         return f"disqualified{f' ({flags})' if flags else ''}"

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from api.app import create_api
 from api.population_reader import PopulationReader
 from api.replica import Replica
+from console.overview import what_happened
 from kafka_io.clients import KafkaConnection
 from schemas.settings import Settings
 from scorestream import apply_events
@@ -23,6 +24,7 @@ from tests.console.test_analytics import Client, _store, population, same
 from tests.console.test_analytics import build as analytics_app
 from tests.console.test_analytics import values as analytics_values
 from tests.console.test_contacts import KEY, READ, api, signed_in, values
+from tests.console.test_overview import item
 from tests.factories import DAY, make_event
 
 FIT = ClvFit(
@@ -109,3 +111,11 @@ def test_the_value_page_shows_the_churn_report(chdb_path: Path) -> None:
         assert 'data-testid="churn-bands"' in page.text
     finally:
         store.close_sync()
+
+
+def test_the_overview_says_a_churn_band_change_in_words() -> None:
+    said = [
+        what_happened(item(1, "customer.churn_risk_changed", before=before, after=after))
+        for before, after in (("Low", "Medium"), (None, "Low"), ("High", None))
+    ]
+    assert said == ["churn risk Low → Medium", "churn risk Low", "churn risk unknown"]
