@@ -7,6 +7,8 @@ hand in the comments."""
 from __future__ import annotations
 
 import asyncio
+import random
+import statistics
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -184,3 +186,90 @@ def test_the_report_distributions_and_offline_share(store: Store) -> None:
 def test_an_empty_window_says_so(store: Store) -> None:
     r = run(journey_facts.journey_report(store, TO, TO + DAY))
     assert r.buyers == 0 and r.touches.median is None and r.offline_first.share is None and r.notes
+
+
+# --- generated: the report against the same facts computed in Python ----------------------------
+
+
+def generated(seed: int) -> tuple[list[list[Any]], list[list[Any]], dict[str, tuple[list[int], float]]]:
+    """People with touches on random channels, some first seen anonymously (merged into their user
+    later), some with a free order, some never ordering; every fifth event archived twice (another
+    offset, same message id), rows shuffled. Returns the rows and, per buyer with a first order in
+    the window, (touches before it per channel, days to it), computed here from the facts."""
+    rng = random.Random(seed)
+    e = Events()
+    contacts: list[list[Any]] = []
+    expect: dict[str, tuple[list[int], float]] = {}
+    offset = 100
+    for i in range(150):
+        user = f"p{i}"
+        anon = f"v{i}" if rng.random() < 0.4 else None
+        touches: list[tuple[int, str]] = []
+        for _ in range(rng.randint(1, 12)):
+            at = T0 + rng.randint(0, 20 * DAY)
+            channel = rng.choice(list(TOPICS))
+            as_visitor = anon is not None and rng.random() < 0.5
+            row = e.add(channel, at, None if as_visitor else user, anon if as_visitor else None, type="page")
+            touches.append((at, channel))
+            if rng.random() < 0.2:
+                again = list(row)
+                again[EVENT_COLUMNS.index("kafka_offset")] = 10_000 + e.offset
+                e.rows.append(again)
+        first_order = None
+        if rng.random() < 0.6:
+            first_order = T0 + rng.randint(0, 25 * DAY)
+            e.add(rng.choice(list(TOPICS)), first_order, user, **order(rng.choice([0.0, 30.0]), f"o-{i}"))
+            e.add("web", first_order + DAY, user, **order(10.0, f"o-{i}-2"))
+            touches.append((first_order, "order"))
+        if anon is not None:
+            offset += 1
+            contacts.append(contact(f"anonymous:{anon}", status="merged", merged_into=user, offset=offset))
+        offset += 1
+        contacts.append(contact(user, "shopper" if i % 2 else "executive", offset=offset))
+        if first_order is not None:
+            before = [sum(1 for at, ch in touches if at < first_order and ch == c) for c in TOPICS]
+            start = min(at for at, _ in touches)
+            expect[user] = (before, (first_order - start) / DAY)
+    rows = list(e.rows)
+    rng.shuffle(rows)
+    return rows, contacts, expect
+
+
+def test_the_report_equals_the_facts_computed_in_python(chdb_path: Path) -> None:
+    rows, contacts, expect = generated(5)
+    s = Store(f"chdb://{chdb_path}?database=journey_gen_{uuid.uuid4().hex[:8]}")
+
+    async def fill() -> None:
+        await migrate(s)
+        half = len(rows) // 2
+        await s.insert("events", EVENT_COLUMNS, rows[half:])  # in two batches, the later half first
+        await s.insert("events", EVENT_COLUMNS, rows[:half])
+        await s.insert("contacts", CONTACT_COLUMNS, contacts)
+
+    try:
+        run(fill())
+        r = run(journey_facts.journey_report(s, T0, T0 + 30 * DAY))
+        sample = sorted(expect)[:5]
+        one = {u: run(journey_facts.journey(s, u)) for u in sample}
+    finally:
+        s.close_sync()
+    touches = sorted(sum(b) for b, _ in expect.values())
+    days = sorted(d for _, d in expect.values())
+    assert r.buyers == len(expect) > 50
+    assert r.touches.median == pytest.approx(statistics.median(touches))
+    assert [r.touches.p25, r.touches.p75] == pytest.approx(statistics.quantiles(touches, n=4, method="inclusive")[::2])
+    assert r.days.median == pytest.approx(statistics.median(days)) and r.days.mean == pytest.approx(
+        statistics.mean(days)
+    )
+    for channel, k in zip(TOPICS, range(3), strict=True):
+        got = next(c for c in r.by_channel if c.channel == channel)
+        assert got.touches.mean == pytest.approx(statistics.mean(b[k] for b, _ in expect.values()))
+    for user, j in one.items():
+        assert j.touches_before_first_order is not None
+        before, to_order = expect[user]
+        assert [
+            j.touches_before_first_order.web,
+            j.touches_before_first_order.email,
+            j.touches_before_first_order.store,
+        ] == before
+        assert j.days_to_first_order == pytest.approx(to_order)
