@@ -17,8 +17,8 @@ from starlette.responses import Response
 from api import deps
 from api.routers import quality as quality_routes
 from console import charts
-from console.analytics import BadInput, api_query, iso, parse_moment, short
-from console.pages import attempt, page
+from console.analytics import FRAGMENT_HEADER, BadInput, api_query, iso, parse_moment, short
+from console.pages import attempt, fragment, page
 from console.session import PREFIX, ViewerDep
 from schemas.api_quality import JourneyReportOut, ScoreQualityOut
 
@@ -132,3 +132,17 @@ def journey_context(report: JourneyReportOut) -> dict[str, Any]:
         else None,
         "api": api_query("/v1/reports/journey", {"from": iso(report.from_), "to": iso(report.to)}),
     }
+
+
+@router.get("/journey/contacts/{contact_id:path}")
+async def contact_journey(request: Request, who: ViewerDep, contact_id: str) -> Response:
+    """One contact's way to its first order (``GET /v1/contacts/{id}/journey``): a fragment for
+    the contact page's card (loaded on demand: it reads the archive), a page of its own without
+    the script."""
+    j, problem = await attempt(quality_routes.contact_journey(contact_id, await deps.analytics(request)))
+    if request.headers.get(FRAGMENT_HEADER) == "1":
+        return fragment(request, who, "journey_contact_part.html", j=j, problem=problem)
+    title = "Way to the first order"
+    return page(
+        request, who, "journey_contact.html", nav=JOURNEY, j=j, problem=problem, contact_id=contact_id, title=title
+    )

@@ -22,10 +22,12 @@ from api.replica import Replica
 from kafka_io.clients import KafkaConnection
 from schemas.settings import Settings
 from schemas.times import at_of
+from scorestream import apply_events
 from tests.analytics import test_journey_facts as jf
 from tests.analytics import test_score_quality as qf
+from tests.api.view_bytes import view_bytes
 from tests.console.test_analytics import KEY, READ, Client, same, values
-from tests.factories import DAY, DEFAULT_MODEL
+from tests.factories import DAY, DEFAULT_MODEL, make_event
 
 NOW = qf.NOW
 
@@ -131,3 +133,23 @@ def test_unavailable_archive_is_a_message() -> None:
     for path in ("/console/score-quality", "/console/journey"):
         answer = client.get(path)
         assert answer.status_code == 200 and 'data-testid="unavailable"' in answer.text, path
+
+
+def test_the_contact_pages_journey_card_loads_the_contacts_journey(store: Store) -> None:
+    app = build(store)
+    event = make_event(kind="identify", user_id="ann", anonymous_id="anon-ann", traits={"email": "ann@example.com"})
+    app.state.replica.apply(b"ann", view_bytes(apply_events(None, "ann", [event], DEFAULT_MODEL), DEFAULT_MODEL))
+    client = Client(app).sign_in()
+    contact_page = client.get("/console/contacts/ann")
+    assert contact_page.status_code == 200 and 'data-testid="journey-load"' in contact_page.text
+    link = "/console/journey/contacts/ann"
+    assert f'href="{link}"' in contact_page.text
+    part = client.get(link, headers={"X-Console-Fragment": "1"})
+    shown = values(part.text)
+    body = client.api("/v1/contacts/ann/journey")
+    assert "<html" not in part.text and same(shown["journey-before"], body["touches_before_first_order"]["total"])
+    assert same(shown["journey-days-to"], body["days_to_first_order"]) and same(shown["journey-touches-all"], 6)
+    whole = client.get(link)
+    assert whole.status_code == 200 and "<html" in whole.text and 'data-testid="journey-contact"' in whole.text
+    nobody = client.get("/console/journey/contacts/nobody", headers={"X-Console-Fragment": "1"})
+    assert 'data-testid="unavailable"' in nobody.text and "no contact" in nobody.text
