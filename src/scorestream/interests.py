@@ -7,7 +7,8 @@ Affinity is engagement's arithmetic on other keys: an event worth ``p`` points f
 :mod:`scorestream.contact` does for hits: **the profile depends on the set of events, not on their
 order, batching or duplicates.** The newest events are kept one by one (:class:`Entry`, sorted by
 ``(timestamp, messageId)``, at most ``MAX_ENTRIES``); older ones fold into a per-key base decayed to
-one instant, and their message ids are remembered (``dedupe_memory`` of the model) so that a
+one instant, and their message ids are remembered (the newest ``MAX_FOLDED_IDS``, at most the
+model's ``dedupe_memory``) so that a
 duplicate counts once even when the event matched no engagement rule. Sums are taken in one fixed
 order (the base, then the entries), so any order of the same events gives the same numbers; where
 the fold happened (which depends on batching) changes only the last bits of a float.
@@ -35,8 +36,10 @@ from typing import Any, NamedTuple
 from scorestream.events import Event
 from scorestream.rules.interests import DIMENSIONS, InterestRules
 
-MAX_ENTRIES = 128
+MAX_ENTRIES = 64
 """Interest events kept one by one; past it the oldest fold down to ``MAX_ENTRIES - MAX_ENTRIES // 8``."""
+MAX_FOLDED_IDS = 128
+"""Message ids of folded interest events remembered (at most the model's ``dedupe_memory``)."""
 MAX_BOUGHT = 256
 """Products remembered as bought (those with the latest orders)."""
 MAX_PRODUCTS = 64
@@ -248,6 +251,7 @@ def _decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
 def _normalise(interests: Interests, rules: InterestRules, dedupe_memory: int) -> None:
     """Fold the oldest entries past ``MAX_ENTRIES`` and keep every map within its bound."""
     entries = interests.entries
+    folded = False
     if len(entries) > MAX_ENTRIES:
         overflow = len(entries) - MAX_ENTRIES + MAX_ENTRIES // 8
         ref = max(interests.base_ms, entries[overflow - 1].ts)
@@ -262,16 +266,18 @@ def _normalise(interests: Interests, rules: InterestRules, dedupe_memory: int) -
         interests.base = {k: math.fsum(v) for k, v in terms.items()}
         interests.base_ms = ref
         del entries[:overflow]
-        if len(interests.folded_ids) > dedupe_memory:
-            del interests.folded_ids[: len(interests.folded_ids) - dedupe_memory]
+        memory = min(dedupe_memory, MAX_FOLDED_IDS)
+        if len(interests.folded_ids) > memory:
+            del interests.folded_ids[: len(interests.folded_ids) - memory]
         _bound_base(interests, rules.keep)
+        folded = True
     _cut_latest(interests.bought, MAX_BOUGHT)
     _cut_latest(interests.carted, rules.keep)
-    if len(interests.names) > MAX_BOUGHT + rules.keep:
+    if folded or len(interests.names) > 2 * MAX_ENTRIES + 3 * rules.keep:
+        # names are for display: kept for the products the profile can still show
         wanted = {k[2:] for k in interests.base if k.startswith("p:")}
         wanted.update(k[2:] for e in entries for k, _ in e.points if k.startswith("p:"))
         wanted.update(interests.carted)
-        wanted.update(interests.bought)
         interests.names = {k: v for k, v in interests.names.items() if k in wanted}
 
 

@@ -17,6 +17,7 @@ from scorestream import Event, Model, ModelError, absorb, apply_events
 from scorestream.fold import Tick, step
 from scorestream.interests import (
     MAX_ENTRIES,
+    MAX_FOLDED_IDS,
     Interests,
     affinities,
     cart_payload,
@@ -300,7 +301,9 @@ def test_the_profile_stays_bounded_and_keeps_the_strongest_keys() -> None:
         assert sum(k.startswith(prefix) for k in interests.base) <= RULES.keep
     view = interests_view(interests, RULES)
     assert view is not None and view.categories[0].key == "loved" and view.products[0].key == "star"
-    assert len(interests.folded_ids) <= MODEL.dedupe_memory
+    assert len(interests.folded_ids) <= min(MODEL.dedupe_memory, MAX_FOLDED_IDS)
+    assert len(interests.names) <= MAX_ENTRIES + 2 * RULES.keep  # names of what it can still show
+    assert interests.names["star"] == (T0 + 49, "The star")
 
 
 def test_orders_and_carts_are_kept_by_their_latest_stamp_whatever_the_order() -> None:
