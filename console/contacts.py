@@ -27,13 +27,13 @@ from analytics.client import Store
 from api import archive, deps
 from api.namespaces import Readers
 from api.routers import contacts as contact_routes
-from api.routers import interests as interest_routes
 from console import charts
 from console.pages import attempt, now_ms, page
 from console.session import PREFIX, ViewerDep
 from schemas.accounts import decode_account
 from schemas.api_accounts import AccountOut, account_out
 from schemas.api_analytics import ContactListOut, ContactRowOut, HistoryOut, LedgerRowOut
+from schemas.api_interests import interests_out
 from schemas.times import DAY_MS, at_of, ms_of
 
 router = APIRouter(prefix=PREFIX)  # the whole path in each route: what audit lines and tests name
@@ -286,7 +286,7 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
         as_of_ms=now,
         half_life_ms=readers.model.half_life_ms,
         contact_path=contact_path,
-        interests=interest_routes.profile_out(entry.view, rules, now) if (rules := readers.model.interests) else None,
+        interests=interests_out(entry.view, rules, now) if (rules := readers.model.interests) else None,
     )
 
 

@@ -7,6 +7,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from schemas.times import DAY_MS, at_of
+from scorestream.interests import Affinity, InterestsView, profile_at
+from scorestream.rules.interests import InterestRules
+from scorestream.view import ContactView
+
 
 class InterestOut(BaseModel):
     """A category or brand and the contact's affinity for it, decayed to `as_of`."""
@@ -38,6 +43,30 @@ class InterestsOut(BaseModel):
     brands: list[InterestOut]
     products: list[ProductInterestOut]
     seen_not_bought: list[ProductInterestOut]
+
+
+def interests_out(contact: ContactView, rules: InterestRules, now_ms: int) -> InterestsOut:
+    """A contact's profile from its view, decayed to ``now_ms`` (the route, the console's contact
+    page and the export all show it so)."""
+    view = contact.interests
+    profile = profile_at(view, rules, now_ms) if view is not None else InterestsView(now_ms)
+    return InterestsOut(
+        contact_id=contact.contact_id,
+        as_of=at_of(profile.at_ms),
+        half_life_days=rules.half_life_ms / DAY_MS,
+        categories=_keys(profile.categories),
+        brands=_keys(profile.brands),
+        products=_products(profile.products),
+        seen_not_bought=_products(profile.not_bought),
+    )
+
+
+def _keys(items: list[Affinity]) -> list[InterestOut]:
+    return [InterestOut(key=a.key, affinity=round(a.affinity, 6)) for a in items]
+
+
+def _products(items: list[Affinity]) -> list[ProductInterestOut]:
+    return [ProductInterestOut(id=a.key, name=a.name, affinity=round(a.affinity, 6)) for a in items]
 
 
 class RisingCategoryOut(BaseModel):

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.api_interests import InterestsOut
+
 EXPORT_VERSION = 1
 
 
@@ -64,5 +66,10 @@ class ExportOut(BaseModel):
     )
     orders: list[dict[str, Any]] = Field(
         description="The order and refund events (the model's `value.order_events` / `refund_events`) from the archive."
+    )
+    interests: InterestsOut | None = Field(
+        default=None,
+        description="The interest profile as `GET /v1/contacts/{id}/interests` shows it now; null when the model "
+        "keeps none or only the archive knows them.",
     )
     archive: ExportArchive

@@ -37,6 +37,7 @@ from api.population_reader import PopulationReader
 from api.replica import Decoded, Replica
 from schemas.api import BatchGetIn, BatchGetOut, ContactOut, Problem
 from schemas.api_analytics import ContactListOut, HistoryOut
+from schemas.api_interests import interests_out
 from schemas.api_privacy import ExportArchive, ExportIdentity, ExportOut
 from schemas.times import ms_of as _ms
 from scorestream import Model
@@ -273,6 +274,7 @@ async def export_contact(
         traits=dict(view.traits) if view is not None else {},
         current=readers.renderer.body(entry, now) if entry is not None else None,
         orders=_orders(held, readers.model) if held is not None else [],
+        interests=interests_out(view, rules, now) if view is not None and (rules := readers.model.interests) else None,
         archive=_export_archive(held, unavailable),
     )
     audit(request, "export", subject_count=1, subject_keys=[contact_key(found)])

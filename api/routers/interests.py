@@ -13,13 +13,11 @@ from api.bodies import LimitedRoute
 from api.deps import ActiveModel, Analytics, Clock, ReadScope, ReadyReaders
 from api.errors import ApiError
 from schemas.api import Problem
-from schemas.api_interests import InterestOut, InterestsOut, InterestsReportOut, ProductInterestOut
-from schemas.times import DAY_MS, at_of
+from schemas.api_interests import InterestsOut, InterestsReportOut, interests_out
+from schemas.times import DAY_MS
 from scorestream import Model
-from scorestream.interests import Affinity, InterestsView, profile_at
 from scorestream.rules.common import parse_duration_ms
 from scorestream.rules.interests import InterestRules
-from scorestream.view import ContactView
 
 router = APIRouter(tags=["interests"], route_class=LimitedRoute)
 
@@ -29,14 +27,6 @@ def rules_of(model: Model) -> InterestRules:
     if rules is None:
         raise ApiError(404, "not_found", f"model {model.version} keeps no interests (no 'interests' section)")
     return rules
-
-
-def _keys(items: list[Affinity]) -> list[InterestOut]:
-    return [InterestOut(key=a.key, affinity=round(a.affinity, 6)) for a in items]
-
-
-def _products(items: list[Affinity]) -> list[ProductInterestOut]:
-    return [ProductInterestOut(id=a.key, name=a.name, affinity=round(a.affinity, 6)) for a in items]
 
 
 @router.get(
@@ -51,22 +41,7 @@ async def get_interests(contact_id: str, readers: ReadyReaders, clock: Clock) ->
     entry = readers.replica.find(contact_id)
     if entry is None:
         raise ApiError(404, "not_found", f"no contact with id, anonymous id or email {contact_id!r}")
-    return profile_out(entry.view, rules, clock())
-
-
-def profile_out(contact: ContactView, rules: InterestRules, now_ms: int) -> InterestsOut:
-    """A contact's profile from its view, decayed to ``now_ms`` (the console's contact page shows it too)."""
-    view = contact.interests
-    profile = profile_at(view, rules, now_ms) if view is not None else InterestsView(now_ms)
-    return InterestsOut(
-        contact_id=contact.contact_id,
-        as_of=at_of(profile.at_ms),
-        half_life_days=rules.half_life_ms / DAY_MS,
-        categories=_keys(profile.categories),
-        brands=_keys(profile.brands),
-        products=_products(profile.products),
-        seen_not_bought=_products(profile.not_bought),
-    )
+    return interests_out(entry.view, rules, clock())
 
 
 @router.get(

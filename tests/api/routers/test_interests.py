@@ -141,3 +141,14 @@ def test_the_report_route_reads_the_archive_and_checks_the_window(store: Store) 
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_request"
     assert too_long.status_code == 422
     assert get(app, "/v1/reports/interests", key=False)[0].status_code == 401
+
+
+def test_the_export_holds_the_interest_profile() -> None:
+    """A person's export (right of access) gives the profile as the route does (the archive not
+    readable here: the live part is still given)."""
+    app = make_app()
+    export, profile = get(app, "/v1/contacts/a-1/export", "/v1/contacts/u-1/interests")
+    assert export.status_code == 200, export.text
+    assert export.json()["archive"]["status"] == "unavailable"
+    assert export.json()["interests"] == profile.json()
+    assert profile.json()["seen_not_bought"]
