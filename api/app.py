@@ -32,8 +32,10 @@ from api.regulations import Namespace, RegulationService
 from api.replica import Replica
 from api.routers import ROUTERS, contacts
 from api.webhook_backend import WebhookBackend
+from api.webhook_store import LazyProducer
 from collector.service import Collector, Publisher, collector_for
 from console import routes as console
+from kafka_io.clients import KafkaConnection
 from schemas.api import Problem
 from schemas.model_file import load_model
 from schemas.settings import Settings
@@ -189,6 +191,7 @@ def create_api(
         state.api_keys.warn_unscoped()
     state.webhooks = webhooks or WebhookBackend.from_settings(settings)
     state.collector = collector_for(settings, publisher, clock)
+    state.event_writer = LazyProducer(KafkaConnection.of(settings))  # manual adjustments (api.routers.adjustments)
     state.analytics = analytics_store(settings, sink)
 
     def on_active(readers: Readers) -> None:
@@ -243,5 +246,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.sink is not None:
             await state.sink.stop()
         await state.collector.stop()
+        await state.event_writer.stop()
         await state.webhooks.stop()
         await state.namespaces.stop()

@@ -39,6 +39,7 @@ from api.namespaces import Namespaces, Readers
 from api.population_reader import PopulationReader
 from api.replica import Replica
 from api.webhook_backend import WebhookBackend
+from api.webhook_store import LazyProducer
 from collector.service import Collector
 from schemas.api_keys import KeyEntry
 from schemas.settings import Settings
@@ -181,6 +182,13 @@ async def collector(conn: HTTPConnection) -> Collector:
     return found
 
 
+async def event_writer(conn: HTTPConnection) -> LazyProducer:
+    """The producer of the API's own events on the ``crm`` source topic (manual adjustments;
+    ``app.state.event_writer``, started on first use; tests replace it)."""
+    found: LazyProducer = conn.app.state.event_writer
+    return found
+
+
 # a router's or route's ``dependencies=``: the scope its key needs
 ReadScope = [Depends(require_read)]
 WriteScope = [Depends(require_write)]
@@ -197,3 +205,4 @@ ActivePopulation = Annotated[PopulationReader | None, Depends(active_population)
 Webhooks = Annotated[WebhookBackend, Depends(webhook_backend)]
 Analytics = Annotated[StoreGetter, Depends(analytics)]
 CollectorDep = Annotated[Collector, Depends(collector)]
+EventWriter = Annotated[LazyProducer, Depends(event_writer)]

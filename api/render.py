@@ -34,7 +34,10 @@ from schemas.api import BatchGetOut, ContactOut
 from schemas.times import DAY_MS
 from schemas.times import dt_of as _dt
 from scorestream import Model
-from scorestream.scoring import Contribution, grade
+from scorestream.adjustments import is_rule as is_adjustment_rule
+from scorestream.adjustments import rule_id as adjustment_rule
+from scorestream.scoring import Contribution, grade, round_score
+from scorestream.state import decay
 from scorestream.view import ContactView, JourneyView, engagement_of_view, fit_of_view, groups_of_view
 
 _OPTIONS = orjson.OPT_UTC_Z  # pydantic writes UTC datetimes with "Z"
@@ -76,8 +79,64 @@ def lifecycle_body(journey: JourneyView | None, now_ms: int) -> dict[str, Any]:
     }
 
 
-def _contributions(items: tuple[Contribution, ...]) -> list[dict[str, Any]]:
-    return [{"rule": c.rule_id, "points": float(c.points), "description": c.description} for c in items]
+def _contributions(
+    items: tuple[Contribution, ...], view: ContactView | None = None, model: Model | None = None
+) -> list[dict[str, Any]]:
+    """Contributions as the body shows them; an adjustment's rule (``view`` given) lists the
+    adjustments it sums (:func:`_adjustments`)."""
+    out: list[dict[str, Any]] = []
+    for c in items:
+        item: dict[str, Any] = {"rule": c.rule_id, "points": float(c.points), "description": c.description}
+        if view is not None and model is not None and view.adjustments and is_adjustment_rule(c.rule_id):
+            item["adjustments"] = _adjustments(view, model, c.rule_id)
+        out.append(item)
+    return out
+
+
+def _adjustments(view: ContactView, model: Model, rule: str, top: int = 5) -> list[dict[str, Any]]:
+    """The newest ``top`` adjustments counting under ``rule`` (``adjustment``, or
+    ``adjustment:<group>`` for a group of ``model``), not reverted: id, points as made, reason,
+    who and when."""
+
+    def rule_of(group: str | None) -> str:
+        return adjustment_rule(group if group is not None and model.group(group) is not None else None)
+
+    mine = [
+        (aid, a)
+        for aid, a in view.adjustments.items()
+        if a.at_ms is not None and a.reverted is None and rule_of(a.group) == rule
+    ]
+    mine.sort(key=lambda item: (item[1].at_ms, item[0]), reverse=True)
+    return [
+        {"adjustment_id": aid, "points": a.points, "reason": a.reason, "by": a.by, "at": _dt(a.at_ms)}
+        for aid, a in mine[:top]
+    ]
+
+
+def _machine(view: ContactView, model: Model, now_ms: int) -> list[dict[str, Any]]:
+    """The rules some of whose kept e-mail events a machine made (:mod:`scorestream.machine`):
+    the rule's current points (decayed as ``top`` shows them), how many, the latest's instant and
+    why, e.g. ``email-clicked: 0 (machine: 4 links clicked within 3 s of delivery)``."""
+    if not view.machine:
+        return []
+    totals = dict(view.engagement)
+    ref = view.engagement_ms
+    at = max(now_ms, ref)
+    out: list[dict[str, Any]] = []
+    for rule_id, hits, last_ms, reason in view.machine:
+        rule = model.rule(rule_id)
+        points = decay(totals.get(rule_id, 0.0), ref, at, model.half_life_ms)
+        out.append(
+            {
+                "rule": rule_id,
+                "description": rule.description if rule is not None else "",
+                "points": round_score(points),
+                "events": hits,
+                "last_at": _dt(last_ms),
+                "reason": reason,
+            }
+        )
+    return out
 
 
 class _Fixed:
@@ -136,7 +195,8 @@ class ContactRenderer:
                 "band": engagement.band,
                 "as_of": datetime.fromtimestamp(now_ms / 1000, tz=UTC),
                 "half_life_days": self._half_life_days,
-                "top": _contributions(engagement.top),
+                "top": _contributions(engagement.top, view, self.model),
+                "machine": _machine(view, self.model, now_ms),
             },
             "groups": self._groups(view, now_ms),
             "fit": fixed.fit,
@@ -161,7 +221,7 @@ class ContactRenderer:
                 "score": float(g.score),
                 "band": g.band,
                 "half_life_days": self._group_half_life_days[g.id],
-                "top": _contributions(g.top),
+                "top": _contributions(g.top, view, self.model),
             }
             for g in groups_of_view(view, self.model, now_ms)
         ]

@@ -56,10 +56,26 @@ class ValidationProblem(Problem):
     errors: list[ProblemError] = Field(default_factory=list, description="Every error, not only the first.")
 
 
+class AdjustmentNoteOut(BaseModel):
+    """A manual adjustment summed in an ``adjustment`` contribution (``/v1/contacts/{id}/adjustments``)."""
+
+    adjustment_id: str
+    points: float = Field(description="Its points as made (the contribution's are decayed).")
+    reason: str
+    by: str
+    at: datetime
+
+
 class ContributionOut(BaseModel):
     rule: str
     points: float = Field(description="Current points of this rule (decayed, for engagement).")
     description: str = ""
+    adjustments: list[AdjustmentNoteOut] | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,  # absent on every other rule (as the API's own renderer writes it)
+        description="For the manual adjustments' rule (`adjustment`, `adjustment:<group>`) only: the newest five "
+        "adjustments it sums, not reverted.",
+    )
 
 
 class Identity(BaseModel):
@@ -69,12 +85,28 @@ class Identity(BaseModel):
     merged_ids: list[str] = Field(default_factory=list, description="Contacts merged into this one.")
 
 
+class MachineOut(BaseModel):
+    """A rule some of whose e-mail events a machine made (the model's `machine_traffic`: security
+    scanners' clicks, privacy proxies' opens): kept and archived, scored by `machine_traffic.points`."""
+
+    rule: str
+    description: str = ""
+    points: float = Field(description="The rule's current points in the score (decayed), its machine events included.")
+    events: int = Field(description="How many of the rule's kept events (`storage.fold_after`) a machine made.")
+    last_at: datetime = Field(description="When the latest of them happened.")
+    reason: str = Field(description="Why the latest was judged a machine's: `4 links clicked within 3 s of delivery`.")
+
+
 class EngagementOut(BaseModel):
     score: float = Field(description="Engagement decayed to `as_of`.")
     band: str
     as_of: datetime
     half_life_days: float
     top: list[ContributionOut]
+    machine: list[MachineOut] = Field(
+        default_factory=list,
+        description='Rules whose recent e-mail events a machine made (docs/model.md "Machine traffic"), with why.',
+    )
 
 
 class GroupOut(BaseModel):

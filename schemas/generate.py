@@ -16,6 +16,7 @@ from schemas import (
     accounts,
     api,
     api_accounts,
+    api_adjustments,
     api_analytics,
     api_overview,
     api_privacy,
@@ -77,6 +78,10 @@ def documents() -> dict[str, dict[str, Any]]:
         api_regulations.RegulationCreated,
         api_regulations.RegulationEnvelope,
         api_regulations.RegulationList,
+        api_adjustments.AdjustmentIn,
+        api_adjustments.AdjustmentOut,
+        api_adjustments.AdjustmentListOut,
+        api_adjustments.RevertOut,
     )
     docs[f"triggers-trigger.v{triggers.TRIGGER_VERSION}.json"] = _pydantic(triggers.Trigger, "Trigger")
     for body in bodies:

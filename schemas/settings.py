@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     topic_web: str = Field(default="events.web", description="Source topic for website events.")
     topic_email: str = Field(default="events.email", description="Source topic for email events.")
     topic_store: str = Field(default="events.store", description="Source topic for offline-store events.")
+    topic_crm: str = Field(
+        default="events.crm",
+        description="Source topic of the API's own events (manual score adjustments; no write key may send to it).",
+    )
     topic_deadletter: str = Field(default="events.deadletter", description="Dead-letter topic for rejected input.")
     topic_triggers: str = Field(
         default="triggers", description="Topic of trigger events (stage changes, thresholds, timers), JSON."
@@ -113,7 +117,7 @@ class Settings(BaseSettings):
     backfill: bool = Field(
         default=False,
         description="Set by the models registry for a namespace filled from the ClickHouse archive "
-        "(`scorestream shadow --source archive`): its worker also reads `<namespace>.backfill.{web,email,store}`. "
+        "(`scorestream shadow --source archive`): its worker also reads `<namespace>.backfill.{web,email,store,crm}`. "
         "Not set by hand.",
     )
     source_retention_ms: int = Field(
@@ -589,7 +593,7 @@ class Settings(BaseSettings):
     @property
     def source_topics(self) -> dict[str, str]:
         """Source topic -> channel name (with the namespace's backfill topics when it has them)."""
-        topics = {self.topic_web: "web", self.topic_email: "email", self.topic_store: "store"}
+        topics = {self.topic_web: "web", self.topic_email: "email", self.topic_store: "store", self.topic_crm: "crm"}
         if self.backfill:
             topics.update({topic: channel for channel, topic in self.backfill_topics.items()})
         return topics
@@ -597,7 +601,7 @@ class Settings(BaseSettings):
     @property
     def backfill_topics(self) -> dict[str, str]:
         """Channel -> the topic the archive's events of that channel are copied to for this namespace."""
-        return {channel: f"{self.ns}.backfill.{channel}" for channel in ("web", "email", "store")}
+        return {channel: f"{self.ns}.backfill.{channel}" for channel in ("web", "email", "store", "crm")}
 
     @property
     def identity_topic(self) -> str:

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 
 from api.routers import (
     accounts,
+    adjustments,
     collector,
     contacts,
     health,
@@ -24,6 +25,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     metrics.router,
     contacts.router,
     interests.router,
+    adjustments.router,
     models.router,
     accounts.router,
     collector.router,

@@ -18,8 +18,14 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import Any
 
+from scorestream.adjustments import CHANNEL as ADJUSTMENT_CHANNEL
+from scorestream.adjustments import MAX_KEPT as MAX_ADJUSTMENTS
+from scorestream.adjustments import Adjustment, Reverted, combine, earliest, is_rule
+from scorestream.adjustments import read as read_adjustment
+from scorestream.adjustments import rule_id as adjustment_rule_id
 from scorestream.events import Event
 from scorestream.interests import absorb_interests, fold_interests
+from scorestream.machine import add_facts, fact_of, merge_logs, reclassified
 from scorestream.rfm import (
     apply_purchase_events,
     bound_ledger,
@@ -30,7 +36,17 @@ from scorestream.rfm import (
 from scorestream.rules.consent import granted_categories
 from scorestream.rules.lifecycle import flag_event
 from scorestream.rules.model import Model
-from scorestream.state import STATE_VERSION, ContactState, Hit, consent_denied, decay, effective_points, new_contact
+from scorestream.state import (
+    STATE_VERSION,
+    ContactState,
+    Hit,
+    consent_denied,
+    decay,
+    effective_points,
+    machine_verdicts,
+    new_contact,
+    unscored,
+)
 from scorestream.walk import anchor_at
 
 MAX_ANONYMOUS_IDS = 64
@@ -224,7 +240,7 @@ def _fold_hits(state: ContactState, model: Model, overflow: int) -> None:
     """Fold the ``overflow`` oldest hits into the decayed per-rule base, keeping their once-only
     awards, the capped awards still inside their window and their message ids (deduplication)."""
     earned = effective_points(state, model)
-    denied = consent_denied(state, model)
+    denied = unscored(state, model)[0]  # consent denied, or a machine's at 0 points
     ref = max(state.base_ms, state.hits[overflow - 1].ts)
     half_life = model.half_life_ms
     base = {k: decay(v, state.base_ms, ref, half_life) for k, v in state.base.items()}
@@ -245,6 +261,8 @@ def _fold_hits(state: ContactState, model: Model, overflow: int) -> None:
                 if rule is not None and rule.cap_window_ms is not None:
                     capped.setdefault(rule_id, []).append((hit.ts, value))
         state.folded_ids.append(hit.mid)
+        if hit.mid in state.adjustments:
+            _fold_adjustment(state, hit, hit_earned)
         if denied and hit.mid in denied:
             continue  # no checkpoint of the walk: it starts no timer
         for rule_id in hit.rules:
@@ -366,8 +384,9 @@ def apply_events(
         for event in events:
             for rule_id in flag_event(lifecycle, event):
                 _earliest(state.flag_hits, rule_id, (event.timestamp_ms, event.message_id))
+    resume_before = log_email_facts(state, events, model, resume_before)
     consent = model.consent
-    for event in events:
+    for event in _take_adjustments(state, events, model, added):
         ts = event.timestamp_ms
         if _see_event(state, event, model):
             resume_before = None  # traits count for the whole history: walk it again
@@ -391,7 +410,31 @@ def apply_events(
         _fold_interests(state, events, model)
     _add_hits(state, added)
     _normalise(state, model, resume_before)
+    _bound_adjustments(state)
     return state
+
+
+def log_email_facts(state: ContactState, events: list[Event], model: Model, resume_before: int | None) -> int | None:
+    """Add the e-mail facts among ``events`` to the contact's log (a model with a
+    ``machine_traffic`` section, :mod:`scorestream.machine`; every fact, whatever its consent: they
+    only judge other events) and return ``resume_before``
+    lowered to the earliest hit a new fact re-judged (a late delivery makes the clicks before it
+    a machine's): the walk goes again from there."""
+    rules = model.machine
+    if rules is None:
+        return resume_before
+    facts = [f for e in events if (f := fact_of(e, rules)) is not None]
+    if facts and state.email_log:
+        known = {f.mid for f in state.email_log}
+        facts = [f for f in facts if f.mid not in known]
+    if not facts:
+        return resume_before
+    before = machine_verdicts(state, model)
+    state.email_log = add_facts(state.email_log, facts, model.fold_after_ms)
+    changed = reclassified(before, machine_verdicts(state, model), state.email_log)
+    if changed is not None and resume_before is not None:
+        return min(resume_before, changed)
+    return resume_before
 
 
 def _earliest(stamps: dict[str, tuple[int, str]], key: str, stamp: tuple[int, str]) -> None:
@@ -465,6 +508,8 @@ def _absorb_facts(target: ContactState, source: ContactState, model: Model) -> N
         _see_consent(target, source.consent, (source.consent_at[0], source.consent_at[1]))
     for ts, granted in source.consent_log:
         _log_consent(target, ts, tuple(granted))
+    if source.email_log:
+        target.email_log = merge_logs(target.email_log, source.email_log, model.fold_after_ms)
     for merged_id in [source.contact_id, *source.merged_ids]:
         _add_unique(target.merged_ids, merged_id, MAX_ANONYMOUS_IDS)
     if source.first_seen_ms is not None:
@@ -496,8 +541,11 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
         )
     again = source.contact_id in target.merged_ids
     _absorb_points(target, source, model)
+    if source.adjustments:
+        _absorb_adjustments(target, source, model, again)
     _absorb_facts(target, source, model)
     _normalise(target, model)
+    _bound_adjustments(target)
     return target
 
 
@@ -506,3 +554,120 @@ def can_merge_into(state: ContactState | None, target: str) -> bool:
     if state is None:
         return True
     return target != state.contact_id and target not in state.merged_ids and state.merged_into in (None, target)
+
+
+# --- manual adjustments (scorestream.adjustments) --------------------------------------------------
+
+
+def _adjustment_rule(model: Model, group: str | None) -> str:
+    """An adjustment's rule: ``adjustment:<group>`` for a group the model declares, else
+    ``adjustment`` (a group unknown to the model, e.g. one it dropped since, counts overall only)."""
+    return adjustment_rule_id(group if group is not None and model.group(group) is not None else None)
+
+
+def _take_adjustments(state: ContactState, events: list[Event], model: Model, added: list[Hit]) -> list[Event]:
+    """The adjustments and reverts among ``events`` taken into the state (each also seen as any
+    event: first and last seen); the other events returned."""
+    if not any(e.channel == ADJUSTMENT_CHANNEL for e in events):
+        return events
+    rest: list[Event] = []
+    for event in events:
+        if event.channel == ADJUSTMENT_CHANNEL and _see_adjustment(state, event, model, added):
+            _see_event(state, event, model)
+        else:
+            rest.append(event)
+    return rest
+
+
+def _see_adjustment(state: ContactState, event: Event, model: Model, added: list[Hit]) -> bool:
+    """An adjustment becomes a hit of its built-in rule earning its own points (once: its id is
+    its message id); a revert marks its adjustment reverted, known yet or not (the earliest revert
+    counts), and takes the points it folded into the base out of it. False: ``event`` is neither."""
+    found = read_adjustment(event)
+    if found is None:
+        return False
+    records = state.adjustments
+    if isinstance(found, Reverted):
+        mine = records.get(found.adjustment_id, Adjustment())
+        revert = earliest(mine.reverted, found.revert)
+        if revert != mine.reverted:
+            if mine.reverted is None and mine.folded:
+                _unfold_adjustment(state, model, mine)
+            records[found.adjustment_id] = mine._replace(reverted=revert)
+        return True
+    aid = found.adjustment_id
+    known = records.get(aid)
+    if (known is not None and known.at_ms is not None) or aid in state.folded_ids:
+        return True  # a duplicate (a record is kept while its hit is; a folded one's id is remembered)
+    records[aid] = Adjustment(
+        found.at_ms, found.points, found.group, found.reason, found.by, known.reverted if known is not None else None
+    )
+    added.append(Hit(found.at_ms, aid, (_adjustment_rule(model, found.group),)))
+    return True
+
+
+def _fold_adjustment(state: ContactState, hit: Hit, earned: list[tuple[str, float]]) -> None:
+    """Remember what an adjustment's hit folded into the base (a later revert takes it out)."""
+    points = sum(value for rule, value in earned if is_rule(rule))
+    state.adjustments[hit.mid] = state.adjustments[hit.mid]._replace(folded=points)
+
+
+def _unfold_adjustment(state: ContactState, model: Model, record: Adjustment) -> None:
+    """Take a folded adjustment's points, decayed to the base's instant, out of the base (and of
+    its group's second base): what the base would hold had its hit earned nothing."""
+    assert record.at_ms is not None and record.folded is not None
+    rule = _adjustment_rule(model, record.group)
+    left = state.base.get(rule, 0.0) - decay(record.folded, record.at_ms, state.base_ms, model.half_life_ms)
+    _set_or_drop(state.base, rule, left, record.folded)
+    half_life = model.group_half_lives.get(rule)
+    if half_life is not None:
+        left = state.group_base.get(rule, 0.0) - decay(record.folded, record.at_ms, state.base_ms, half_life)
+        _set_or_drop(state.group_base, rule, left, record.folded)
+
+
+def _set_or_drop(base: dict[str, float], rule: str, value: float, scale: float) -> None:
+    """``base[rule] = value``, or no entry when what is left is rounding (the base then holds what
+    it would had the adjustment never folded)."""
+    if abs(value) <= 1e-9 * max(1.0, abs(scale)):
+        base.pop(rule, None)
+    else:
+        base[rule] = value
+
+
+def _absorb_adjustments(target: ContactState, source: ContactState, model: Model, again: bool) -> None:
+    """The source's adjustment records join the target's; an adjustment one side folded and the
+    other side knows reverted leaves the merged base (the source's folded points only when its
+    base came in now, not ``again``)."""
+    records = target.adjustments
+    for aid, theirs in source.adjustments.items():
+        mine = records.get(aid)
+        if mine is None:
+            records[aid] = theirs
+            continue
+        both = combine(mine, theirs)
+        if both.reverted is not None:
+            if mine.reverted is None and mine.folded:
+                _unfold_adjustment(target, model, mine)
+            if theirs.reverted is None and theirs.folded and not again:
+                _unfold_adjustment(target, model, theirs)
+        records[aid] = both
+
+
+def _bound_adjustments(state: ContactState) -> None:
+    """Keep every record whose hit is kept, and of the others (folded, or reverts whose
+    adjustment is not seen) the newest ``MAX_ADJUSTMENTS`` by instant then id: a function of the
+    set of events, as the other bounds."""
+    records = state.adjustments
+    if len(records) <= MAX_ADJUSTMENTS:
+        return
+    others = [k for k, a in records.items() if a.at_ms is None or a.folded is not None]
+    if len(others) <= MAX_ADJUSTMENTS:
+        return
+
+    def newest(aid: str) -> tuple[int, str]:
+        a = records[aid]
+        at = a.at_ms if a.at_ms is not None else (a.reverted.at_ms if a.reverted is not None else 0)
+        return (at, aid)
+
+    for aid in sorted(others, key=newest, reverse=True)[MAX_ADJUSTMENTS:]:
+        del records[aid]

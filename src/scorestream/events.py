@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("identify", "track", "page", "screen", "group", "alias")
-CHANNELS = ("web", "email", "store")
+CHANNELS = ("web", "email", "store", "crm")  # crm: the API's own (manual adjustments, scorestream.adjustments)
 
 
 @dataclass(slots=True, frozen=True)

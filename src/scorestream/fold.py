@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from scorestream.contact import absorb, apply_events, can_merge_into
+from scorestream.adjustments import CHANNEL as ADJUSTMENT_CHANNEL
+from scorestream.adjustments import REVERTED
+from scorestream.contact import absorb, apply_events, can_merge_into, log_email_facts
 from scorestream.events import Event
 from scorestream.identity import MergeInto
 from scorestream.interests import cart_payload
@@ -211,6 +213,8 @@ class _Inbox:
             return
         state = self.state
         traits = dict(state.traits) if state is not None and self.traits_sent else None
+        if state is not None:  # a late e-mail fact may re-judge earlier hits: walk from there
+            self.resume_before = log_email_facts(state, self.pending, self.model, self.resume_before)
         state = self.state = apply_events(state, self.contact_id, self.pending, self.model, self.resume_before)
         if self.traits_sent and state.traits != traits:
             self.resume_before = None
@@ -230,6 +234,8 @@ class _Inbox:
             self.traits_sent = self.traits_sent or (item.kind == "identify" and bool(item.traits))
             if self.resume_before is not None:
                 self.resume_before = min(self.resume_before, item.timestamp_ms)
+            if item.event == REVERTED and item.channel == ADJUSTMENT_CHANNEL:
+                self.resume_before = None  # a revert changes past points: walk again from the anchor
             return
         if isinstance(item, Tick):
             self.ticked = True

@@ -12,9 +12,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from scorestream.adjustments import Adjustment, is_rule
 from scorestream.identity import ANONYMOUS_PREFIX
 from scorestream.interests import Interests
 from scorestream.journey import Journey
+from scorestream.machine import EmailFact, verdicts
 from scorestream.rfm import CustomerValue
 from scorestream.rules.model import Model
 
@@ -98,6 +100,13 @@ class ContactState:
     # the interest profile (a model with an ``interests`` section; scorestream.interests): decayed
     # affinity per category, brand and product, orders and carts per product
     interests: Interests | None = None
+    # manual adjustments (scorestream.adjustments): adjustment id -> its record, reverted ones
+    # and reverts whose adjustment is not seen yet included
+    adjustments: dict[str, Adjustment] = field(default_factory=dict)
+    # e-mail facts (a model with a ``machine_traffic`` section; scorestream.machine): deliveries,
+    # opens and clicks in (instant, message id) order, bounded; which hits a machine made is read
+    # from the whole log when points are computed (machine_verdicts)
+    email_log: list[EmailFact] = field(default_factory=list)
     # the churn-risk band last announced (worker-side, like rfm_segment: it depends on the
     # population's CLV fit; scorestream.population.churn_for)
     churn_band: str | None = None
@@ -138,12 +147,48 @@ def consent_denied(state: ContactState, model: Model) -> frozenset[str]:
     return frozenset(denied) if denied else _NOTHING_DENIED
 
 
+_NO_ADJUSTMENTS: dict[str, float] = {}
+
+
+def adjusted_points(state: ContactState) -> dict[str, float]:
+    """Adjustment id -> the points its hit earns (0 once reverted; :mod:`scorestream.adjustments`):
+    the points come from the event, not from a model rule. Empty (at no cost) without adjustments."""
+    if not state.adjustments:
+        return _NO_ADJUSTMENTS
+    return {k: a.live_points for k, a in state.adjustments.items() if a.at_ms is not None}
+
+
+def machine_verdicts(state: ContactState, model: Model) -> dict[str, str]:
+    """Message id -> why a machine made it, for the contact's e-mail events judged so
+    (:func:`scorestream.machine.verdicts` over the whole log: a function of the set of events).
+    Empty (at no cost) for a model without a ``machine_traffic`` section."""
+    rules = model.machine
+    if rules is None or not state.email_log:
+        return {}
+    return verdicts(state.email_log, rules)
+
+
+def unscored(state: ContactState, model: Model) -> tuple[frozenset[str], frozenset[str]]:
+    """``(denied, scaled)``: the hits that earn nothing and are no checkpoint of the walk (their
+    consent denies scoring, or a machine made them and ``machine_traffic.points`` is 0), and the
+    machine-made hits that earn their points times ``machine_traffic.points`` (through the caps
+    like any hit)."""
+    denied = consent_denied(state, model)
+    found = machine_verdicts(state, model)
+    if not found:
+        return denied, _NOTHING_DENIED
+    assert model.machine is not None
+    if model.machine.factor == 0.0:
+        return denied | frozenset(found), _NOTHING_DENIED
+    return denied, frozenset(found)
+
+
 class Caps:
     """Once-only awards and rolling-window caps, evaluated hit by hit in ``(timestamp, messageId)``
     order: what :func:`effective_points` runs over all hits, kept as an object so a walk can stop
     and later go on (``snapshot`` / ``restore``) with exactly the same arithmetic."""
 
-    __slots__ = ("awarded_once", "denied", "rule_of", "used", "windows")
+    __slots__ = ("adjusted", "awarded_once", "denied", "factor", "rule_of", "scaled", "used", "windows")
 
     def __init__(
         self,
@@ -152,6 +197,9 @@ class Caps:
         used: dict[str, float],
         awarded_once: set[str],
         denied: frozenset[str] = _NOTHING_DENIED,
+        adjusted: dict[str, float] | None = None,
+        *,
+        scaled: frozenset[str] = _NOTHING_DENIED,
     ) -> None:
         self.rule_of = model.by_id.get
         self.windows = windows
@@ -159,13 +207,19 @@ class Caps:
         self.awarded_once = awarded_once
         # hits whose consent denies scoring (consent_denied): they earn nothing and use no cap
         self.denied = denied
+        # an adjustment hit's points by its message id (adjusted_points)
+        self.adjusted = adjusted if adjusted is not None else _NO_ADJUSTMENTS
+        # hits a machine made (unscored; scorestream.machine): their points times ``factor``
+        self.scaled = scaled
+        self.factor = model.machine.factor if model.machine is not None else 1.0
 
     @classmethod
     def start(cls, state: ContactState, model: Model) -> Caps:
         """Before the first kept hit: the folded base's once-only awards and capped entries."""
         windows = {k: deque(w) for k, w in state.capped.items()}
         used = {k: sum(abs(v) for _, v in w) for k, w in windows.items()}
-        return cls(model, windows, used, set(state.base_once), consent_denied(state, model))
+        denied, scaled = unscored(state, model)
+        return cls(model, windows, used, set(state.base_once), denied, adjusted_points(state), scaled=scaled)
 
     def snapshot(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float], list[str]]:
         return {k: list(w) for k, w in self.windows.items()}, dict(self.used), sorted(self.awarded_once)
@@ -178,9 +232,12 @@ class Caps:
         used: dict[str, float],
         awarded_once: list[str],
         denied: frozenset[str] = _NOTHING_DENIED,
+        adjusted: dict[str, float] | None = None,
+        *,
+        scaled: frozenset[str] = _NOTHING_DENIED,
     ) -> Caps:
         restored = {k: deque((int(t), float(v)) for t, v in w) for k, w in windows.items()}
-        return cls(model, restored, dict(used), set(awarded_once), denied)
+        return cls(model, restored, dict(used), set(awarded_once), denied, adjusted, scaled=scaled)
 
     def earn(self, hit: Hit) -> list[tuple[str, float]]:
         """The points ``hit`` earns after once-only awards and caps (the next hit in order); none
@@ -189,12 +246,13 @@ class Caps:
             return [(rule_id, 0.0) for rule_id in hit.rules]
         earned: list[tuple[str, float]] = []
         windows, used, awarded_once = self.windows, self.used, self.awarded_once
+        scale = self.factor if self.scaled and hit.mid in self.scaled else 1.0
         for rule_id in hit.rules:
             rule = self.rule_of(rule_id)
-            if rule is None:  # the rule left the model: it earns nothing now
-                earned.append((rule_id, 0.0))
+            if rule is None:  # the rule left the model: it earns nothing now (an adjustment: its own points)
+                earned.append((rule_id, self.adjusted.get(hit.mid, 0.0) if is_rule(rule_id) else 0.0))
                 continue
-            value = rule.points
+            value = rule.points * scale
             if rule.once:
                 if rule_id in awarded_once:
                     value = 0.0

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from scorestream.adjustments import Adjustment
 from scorestream.interests import InterestsView, interests_view
 from scorestream.journey import StageEntry
+from scorestream.machine import MachineNote, notes
 from scorestream.population import ClvInputs, PopulationModel, ValueView, clv_figures, ledger_facts, outlook_of
 from scorestream.rfm import DAY_MS, CustomerValue, RfmFacts, rfm_score
 from scorestream.rules.common import lookup
@@ -46,7 +48,7 @@ from scorestream.scoring import (
     fit_of,
     group_of_totals,
 )
-from scorestream.state import Caps, ContactState, Hit, consent_denied, decay
+from scorestream.state import Caps, ContactState, Hit, adjusted_points, decay, machine_verdicts, unscored
 
 __all__ = [
     "VIEW_VERSION",
@@ -150,12 +152,17 @@ class ContactView:
     # the contact's current consent: the latest consent object and its instant (one field: a view
     # without consent pays one key)
     consent: ConsentView | None = None
+    # the interest profile's top affinities, decayed to its newest instant (scorestream.interests)
+    interests: InterestsView | None = None
     # score groups: per-rule totals of the groups' rules (rule id order, zeros left out), each
     # decayed at its group's half-life to ``engagement_ms`` (``engagement`` holds them times the
     # group's weight at the overall half-life)
     groups: list[RulePoints] = field(default_factory=list)
-    # the interest profile's top affinities, decayed to its newest instant (scorestream.interests)
-    interests: InterestsView | None = None
+    # machine-made e-mail events among the kept hits, per rule (scorestream.machine): the
+    # explanation's "email-clicked: 0 (machine: ...)"
+    machine: list[MachineNote] = field(default_factory=list)
+    # manual adjustments (scorestream.adjustments): adjustment id -> its record, reverted ones too
+    adjustments: dict[str, Adjustment] = field(default_factory=dict)
 
 
 # --- building a view (the worker) --------------------------------------------------------------
@@ -170,7 +177,7 @@ class EarnedPoints:
     merge, a late event, another model) is computed afresh. Either way the points are those of
     ``effective_points``, so the view does not depend on what came before."""
 
-    __slots__ = ("base", "caps", "consent_log", "count", "last", "model", "per_rule")
+    __slots__ = ("adjusted", "base", "caps", "consent_log", "count", "last", "machine", "model", "per_rule")
 
     def __init__(self) -> None:
         self.model: Model | None = None
@@ -181,12 +188,18 @@ class EarnedPoints:
         self.count = 0
         self.last: Hit | None = None
         self.per_rule: dict[str, list[tuple[int, float]]] = {}
+        # the adjustments' points the caps earned with (a new one or a revert: computed afresh)
+        self.adjusted: dict[str, float] = {}
+        # the machine verdicts the points were decided with (a late fact may re-judge any hit)
+        self.machine: dict[str, str] = {}
 
     def update(self, state: ContactState, model: Model) -> dict[str, list[tuple[int, float]]]:
         """Rule id -> the ``(hit time, points)`` its hits earned, in hit order (zeros left out)."""
         hits = state.hits
         n = self.count
         base = self.base
+        adjusted = adjusted_points(state)
+        machine = machine_verdicts(state, model)
         if (
             self.model is not model
             or base is None
@@ -197,8 +210,12 @@ class EarnedPoints:
             or base[2] != state.base_once
             or base[3] != state.capped
             or (model.consent is not None and self.consent_log != state.consent_log)
+            or self.adjusted != adjusted
+            or self.machine != machine
         ):
             self.model, self.caps, n = model, Caps.start(state, model), 0
+            self.adjusted = adjusted
+            self.machine = machine
             self.consent_log = list(state.consent_log)
             self.base = (
                 state.base_ms,
@@ -209,8 +226,8 @@ class EarnedPoints:
             self.per_rule = {}
         caps = self.caps
         assert caps is not None
-        if n < len(hits) and model.consent is not None:
-            caps.denied = consent_denied(state, model)  # the same timeline: the new hits' share
+        if n < len(hits) and (model.consent is not None or model.machine is not None):
+            caps.denied, caps.scaled = unscored(state, model)  # the same timeline: the new hits' share
         per_rule = self.per_rule
         for hit in hits[n:]:
             for rule_id, value in caps.earn(hit):
@@ -338,6 +355,8 @@ def view_of(
     view.fit = fits.fit(state) if fits is not None and fits.model is model else _fit_summary(state, model)
     view.engagement_ms, view.engagement = engagement_totals(state, model, earned)
     view.groups = group_totals(state, model, view.engagement_ms, earned)
+    if model.machine is not None:
+        view.machine = notes(state.hits, machine_verdicts(state, model))
     journey = state.journey
     if journey is not None:
         view.journey = JourneyView(
@@ -353,6 +372,7 @@ def view_of(
     view.first_seen_ms = state.first_seen_ms
     view.last_seen_ms = state.last_seen_ms
     view.interests = interests_view(state.interests, model.interests)
+    view.adjustments = state.adjustments
     if state.consent is not None and state.consent_at is not None:
         view.consent = ConsentView(state.consent_at[0], state.consent)
     return view
@@ -369,7 +389,10 @@ def engagement_of_view(view: ContactView, model: Model, now_ms: int, top: int = 
     at = max(now_ms, ref)
     half_life = model.half_life_ms
     totals = {k: decay(points, ref, at, half_life) for k, points in view.engagement}
-    return engagement_of_totals(totals, model, now_ms, top)
+    found = engagement_of_totals(totals, model, now_ms, top)
+    if view.machine and top:
+        found = replace(found, machine=tuple(MachineNote(*n) for n in view.machine))
+    return found
 
 
 def groups_of_view(view: ContactView, model: Model, now_ms: int, top: int = 5) -> tuple[GroupView, ...]:

@@ -68,6 +68,7 @@ def isolated_env(bootstrap: str, app_id: str, suffix: str, partitions: int, data
             "SCORESTREAM_TOPIC_WEB": f"web-{suffix}",
             "SCORESTREAM_TOPIC_EMAIL": f"email-{suffix}",
             "SCORESTREAM_TOPIC_STORE": f"store-{suffix}",
+            "SCORESTREAM_TOPIC_CRM": f"crm-{suffix}",
             "SCORESTREAM_TOPIC_DEADLETTER": f"dead-{suffix}",
             "SCORESTREAM_TOPIC_TRIGGERS": f"triggers-{suffix}",
             "SCORESTREAM_PARTITIONS": str(partitions),
@@ -139,6 +140,7 @@ class Service:
             "web": f"web-{self.suffix}",
             "email": f"email-{self.suffix}",
             "store": f"store-{self.suffix}",
+            "crm": f"crm-{self.suffix}",
             "dead": f"dead-{self.suffix}",
         }[channel]
 

@@ -117,8 +117,10 @@ def test_groups_parse_in_file_order_with_defaults() -> None:
     assert [r.id for r in MODEL.rules] == ["page-view", "unsubscribed", "pricing", "demo", "download", "clicked"]
     assert MODEL.rule("pricing") is not None and MODEL.rule("pricing").group == "product"  # type: ignore[union-attr]
     assert MODEL.rule("page-view").group is None  # type: ignore[union-attr]
-    assert MODEL.weights == {"pricing": 2.0, "demo": 2.0, "download": 0.0}
-    assert MODEL.group_half_lives == {"pricing": 30 * DAY, "demo": 30 * DAY}
+    # each group also owns its manual adjustments' built-in rule (scorestream.adjustments)
+    adjustments = {"adjustment:product": 2.0, "adjustment:content": 0.0}
+    assert MODEL.weights == {"pricing": 2.0, "demo": 2.0, "download": 0.0, **adjustments}
+    assert MODEL.group_half_lives == {"pricing": 30 * DAY, "demo": 30 * DAY, "adjustment:product": 30 * DAY}
 
 
 def test_a_model_without_groups_has_none() -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from scorestream.adjustments import is_rule as is_adjustment_rule
+from scorestream.adjustments import rule_id as adjustment_rule
 from scorestream.errors import ModelError
 from scorestream.events import KINDS, Event
 from scorestream.rules.accounts import AccountsConfig
@@ -24,6 +26,7 @@ from scorestream.rules.fit import FitRule
 from scorestream.rules.groups import ScoreGroup, parse_groups
 from scorestream.rules.interests import InterestRules
 from scorestream.rules.lifecycle import Lifecycle, parse_lifecycle
+from scorestream.rules.machine import MachineRules
 from scorestream.rules.value import ValueConfig
 
 DEFAULT_FIT_GRADES = (Band("A", 60.0), Band("B", 35.0), Band("C", 15.0), Band("D", -math.inf))
@@ -64,6 +67,9 @@ class Model:
     group_half_lives: Mapping[str, int] = field(default_factory=dict)
     # the model file's ``interests`` section (None: no interest profile; scorestream.rules.interests)
     interests: InterestRules | None = None
+    # the model file's ``machine_traffic`` section (None: no e-mail event is judged a machine's;
+    # scorestream.rules.machine, scorestream.machine)
+    machine: MachineRules | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Model:
@@ -84,6 +90,7 @@ class Model:
         engagement_bands = parse_bands(engagement.get("bands"), "engagement.bands", DEFAULT_ENGAGEMENT_BANDS)
         groups, group_rules = parse_groups(engagement.get("groups"), half_life_ms, engagement_bands, len(rules))
         rules += group_rules
+        _no_adjustment_ids(rules)
         raw_fit = fit.get("rules", [])
         if not isinstance(raw_fit, list):
             raise ModelError("fit.rules must be a list")
@@ -141,10 +148,16 @@ class Model:
             accounts=accounts,
             consent=ConsentRules.parse(raw.get("consent")),
             groups=groups,
-            group_of={r: g for g in groups for r in g.rule_ids},
-            weights={r: g.weight for g in groups if g.weight != 1.0 for r in g.rule_ids},
-            group_half_lives={r: g.half_life_ms for g in groups if g.half_life_ms != half_life_ms for r in g.rule_ids},
+            group_of={r: g for g in groups for r in (*g.rule_ids, adjustment_rule(g.id))},
+            weights={r: g.weight for g in groups if g.weight != 1.0 for r in (*g.rule_ids, adjustment_rule(g.id))},
+            group_half_lives={
+                r: g.half_life_ms
+                for g in groups
+                if g.half_life_ms != half_life_ms
+                for r in (*g.rule_ids, adjustment_rule(g.id))
+            },
             interests=InterestRules.parse(raw.get("interests")),
+            machine=MachineRules.parse(raw.get("machine_traffic")),
         )
 
     def matching_rules(self, event: Event) -> list[EngagementRule]:
@@ -156,7 +169,12 @@ class Model:
         return [r for r in candidates if r.matches(event)]
 
     def rule(self, rule_id: str) -> EngagementRule | None:
-        return self.by_id.get(rule_id)
+        """The engagement rule ``rule_id``; for an adjustment's built-in rule (``adjustment``,
+        ``adjustment:<group>``; scorestream.adjustments) one matching nothing, for its description."""
+        found = self.by_id.get(rule_id)
+        if found is None and is_adjustment_rule(rule_id):
+            return _adjustment_rule_of(rule_id)
+        return found
 
     def group(self, group_id: str) -> ScoreGroup | None:
         """The score group ``group_id`` (``engagement.groups``), None if the model has none such."""
@@ -164,3 +182,18 @@ class Model:
             if group.id == group_id:
                 return group
         return None
+
+
+def _no_adjustment_ids(rules: tuple[EngagementRule, ...]) -> None:
+    """The adjustments' built-in rule ids are not a model's to take."""
+    for rule in rules:
+        if is_adjustment_rule(rule.id):
+            raise ModelError(f"engagement rule {rule.id!r}: ids 'adjustment' and 'adjustment:*' are reserved")
+
+
+def _adjustment_rule_of(rule_id: str) -> EngagementRule:
+    """The built-in rule of manual adjustments: no event matches it, its points come from each
+    adjustment (``scorestream.state.Caps``)."""
+    group = rule_id.partition(":")[2] or None
+    text = "Manual adjustment" + (f" ({group})" if group else "")
+    return EngagementRule(id=rule_id, points=0.0, description=text, kinds=frozenset(), group=group)
