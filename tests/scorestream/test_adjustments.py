@@ -371,6 +371,20 @@ def test_a_revert_walks_the_lifecycle_again() -> None:
     assert stepped.journey.stage == fresh.journey.stage
 
 
+def test_a_walk_resumed_after_earlier_batches_counts_a_new_adjustment() -> None:
+    model = DEFAULT_MODEL  # a subscriber becomes a lead at 10 points of engagement
+    history = [page(i, T0 + i * HOUR) for i in range(6)]
+    state = None
+    for event in history:  # batch by batch: each walk resumes from the previous one's position
+        state = step(state, "user-1", [event], model).state
+    later = adjusted("a-1", 50, ts=T0 + 7 * HOUR)
+    stepped = step(state, "user-1", [later], model).state
+    fresh = step(None, "user-1", [*history, later], model).state
+    assert stepped is not None and fresh is not None and stepped.journey is not None and fresh.journey is not None
+    assert fresh.journey.stage == "lead"
+    assert stepped.journey.history == fresh.journey.history
+
+
 def test_records_beyond_the_bound_are_the_oldest_folded_or_pending_ones() -> None:
     reverts = [reverted(f"x-{i:03d}", T0 + i * MINUTE) for i in range(MAX_KEPT + 20)]
     state = fold([adjusted("a-1", 10, ts=T0), *reverts])
