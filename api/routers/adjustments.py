@@ -14,7 +14,7 @@ import uuid
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.bodies import LimitedRoute
 from api.deps import API_KEY, Clock, EventWriter, ReadersDep, ReadScope, SettingsDep, WriteScope
@@ -33,7 +33,7 @@ from schemas.api_adjustments import (
 from schemas.api_keys import KeyEntry
 from schemas.settings import Settings
 from schemas.times import at_of
-from scorestream.adjustments import MAX_ID, Adjustment
+from scorestream.adjustments import MAX_BY, MAX_ID, Adjustment
 from scorestream.identity import ANONYMOUS_PREFIX
 from scorestream.state import decay
 
@@ -170,6 +170,9 @@ async def revert_adjustment(
     settings: SettingsDep,
     clock: Clock,
     request: Request,
+    by: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_BY, description="Who undoes it; default: the API key's name.")
+    ] = None,
 ) -> RevertOut:
     """Undo an adjustment: its points leave the contact's scores, as if it had never been made. An
     adjustment the worker has not folded yet is reverted when it arrives; reverting twice changes
@@ -177,7 +180,7 @@ async def revert_adjustment(
     view = _found(readers, contact_id).view
     user_id, anonymous_id = _ids(view.contact_id)
     now = clock()
-    by = _author(request, None)
+    by = _author(request, by)
     message_id = f"revert-{uuid.uuid4()}"
     await _publish(
         writer, settings, view.contact_id, reverted_message(message_id, adjustment_id, now, user_id, anonymous_id, by)

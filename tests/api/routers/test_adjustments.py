@@ -194,3 +194,7 @@ def test_a_revert_is_published_for_the_contact_even_before_its_adjustment_is_fol
     [(topic, key, message)] = writer.sent
     assert (topic, key, message["event"]) == ("crm-test", b"u-1", "Score Adjustment Reverted")
     assert message["properties"] == {"adjustment_id": "not-folded-yet", "by": "sales-desk"}
+    named = call(app, "DELETE", "/v1/contacts/u-1/adjustments/x?by=Bob%20Ray")
+    assert named.status_code == 202 and named.json()["reverted_by"] == "Bob Ray"
+    assert writer.sent[-1][2]["properties"]["by"] == "Bob Ray"
+    assert call(app, "DELETE", "/v1/contacts/u-1/adjustments/x?by=").status_code == 422
