@@ -3,7 +3,8 @@ dispatcher): the default model with two more groups of its own after the default
 the lifecycle reads), so the tests do not depend on what the default's groups are.
 
 - ``hardware``: half-life 30 days (not the overall 14), weight 1, thresholds 20 and 50;
-- ``training``: half-life 7 days, weight 0 (apart from the overall score), ``max`` 30, its own bands.
+- ``training``: half-life 7 days, weight 0 (apart from the overall score), ``max`` 30, its own bands,
+  threshold 10.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ GROUPS: Final[list[dict[str, Any]]] = [
         "half_life": "7d",
         "weight": 0,
         "max": 30,
+        "thresholds": [10],
         "bands": [{"label": "hot", "min": 20}, {"label": "warm", "min": 5}, {"label": "cold", "min": float("-inf")}],
         "rules": [
             {
