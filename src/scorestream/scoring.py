@@ -4,12 +4,13 @@ its last lifecycle walk holds it), fit, grade."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from scorestream.machine import MachineNote, notes
 from scorestream.rules.common import Band
 from scorestream.rules.groups import ScoreGroup
 from scorestream.rules.model import Model
-from scorestream.state import ContactState, decay, effective_points
+from scorestream.state import ContactState, decay, effective_points, machine_verdicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class EngagementView:
     as_of_ms: int
     band: str
     top: tuple[Contribution, ...]
+    # per rule, the kept hits a machine made (scorestream.machine), scored by ``machine_traffic``
+    machine: tuple[MachineNote, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,10 @@ def engagement_at(state: ContactState, model: Model, now_ms: int, top: int = 5) 
                 per_rule.setdefault(rule_id, []).append(decay(value, hit.ts, max(now_ms, hit.ts), half_life))
     weights = model.weights  # a score group's rules count times its weight (1 unless said)
     totals = {rule_id: math.fsum(values) * weights.get(rule_id, 1.0) for rule_id, values in per_rule.items()}
-    return engagement_of_totals(totals, model, now_ms, top)
+    found = engagement_of_totals(totals, model, now_ms, top)
+    if top and model.machine is not None and state.email_log:
+        found = replace(found, machine=tuple(notes(state.hits, machine_verdicts(state, model))))
+    return found
 
 
 def engagement_of_totals(totals: dict[str, float], model: Model, now_ms: int, top: int = 5) -> EngagementView:

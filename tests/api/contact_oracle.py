@@ -21,6 +21,7 @@ from schemas.api import (
     FlagOut,
     GroupOut,
     Identity,
+    MachineOut,
     StageEntryOut,
     StageOut,
 )
@@ -69,6 +70,23 @@ def _consent(state: ContactState) -> ConsentOut | None:
     return ConsentOut(categoryPreferences=state.consent, at=datetime.fromtimestamp(state.consent_at[0] / 1000, tz=UTC))
 
 
+def _machine(state: ContactState, model: Model, at_ms: int) -> list[MachineOut]:
+    """The rules some of whose kept events a machine made, each with its points at ``at_ms``."""
+    every = engagement_at(state, model, at_ms, top=len(model.rules) + 1)
+    points = {c.rule_id: c.points for c in every.top}
+    return [
+        MachineOut(
+            rule=n.rule_id,
+            description=r.description if (r := model.rule(n.rule_id)) else "",
+            points=points.get(n.rule_id, 0.0),
+            events=n.hits,
+            last_at=datetime.fromtimestamp(n.last_ms / 1000, tz=UTC),
+            reason=n.reason,
+        )
+        for n in every.machine
+    ]
+
+
 def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str, Any] | None = None) -> ContactOut:
     """The API view of a contact: scores computed by the core at ``now_ms``; ``value`` is its
     ``{"rfm", "clv"}`` (from the population model; both null when not given)."""
@@ -93,6 +111,7 @@ def contact_out(state: ContactState, model: Model, now_ms: int, value: dict[str,
             as_of=datetime.fromtimestamp(now_ms / 1000, tz=UTC),
             half_life_days=model.half_life_ms / 86_400_000,
             top=_contributions(engagement.top),
+            machine=_machine(state, model, max(now_ms, newest)),
         ),
         groups=[
             GroupOut(
