@@ -27,6 +27,7 @@ from analytics.client import Store
 from api import archive, deps
 from api.namespaces import Readers
 from api.routers import contacts as contact_routes
+from api.routers.adjustments import adjustments_out
 from console import charts
 from console.pages import attempt, now_ms, page
 from console.session import PREFIX, ViewerDep
@@ -287,6 +288,7 @@ async def contact(request: Request, who: ViewerDep, contact_id: str) -> Response
         half_life_ms=readers.model.half_life_ms,
         contact_path=contact_path,
         interests=interests_out(entry.view, rules, now) if (rules := readers.model.interests) else None,
+        adjustments=adjustments_out(entry.view, now, readers.model.half_life_ms).adjustments,
     )
 
 

@@ -36,6 +36,7 @@ from schemas.times import at_of
 from scorestream.adjustments import MAX_BY, MAX_ID, Adjustment
 from scorestream.identity import ANONYMOUS_PREFIX
 from scorestream.state import decay
+from scorestream.view import ContactView
 
 router = APIRouter(tags=["adjustments"], route_class=LimitedRoute)
 PREFIX = "/v1/contacts/{contact_id}/adjustments"
@@ -133,13 +134,16 @@ async def create_adjustment(
 async def list_adjustments(contact_id: str, readers: ReadersDep, clock: Clock) -> AdjustmentListOut:
     """A contact's adjustments as folded by the worker, newest first, each with its points decayed
     to now (0 once reverted); reverted ones are marked."""
-    entry = _found(readers, contact_id)
-    view, now, half_life = entry.view, clock(), readers.model.half_life_ms
+    return adjustments_out(_found(readers, contact_id).view, clock(), readers.model.half_life_ms)
+
+
+def adjustments_out(view: ContactView, now_ms: int, half_life_ms: int) -> AdjustmentListOut:
+    """A contact's adjustments from its view, newest first (the console's contact page shows them too)."""
     made = [(aid, a) for aid, a in view.adjustments.items() if a.at_ms is not None]
     made.sort(key=lambda item: (item[1].at_ms, item[0]), reverse=True)
     return AdjustmentListOut(
         contact_id=view.contact_id,
-        adjustments=[_out(view.contact_id, aid, a, now, half_life) for aid, a in made],
+        adjustments=[_out(view.contact_id, aid, a, now_ms, half_life_ms) for aid, a in made],
     )
 
 
