@@ -54,7 +54,7 @@ from console.session import PREFIX, AdminDep, checked_form
 from kafka_io.promotion import DEFAULT_MAX_LAG, Progress, PromotionRefused, namespace_progress, promote_namespace
 from schemas.view import decode_view
 from schemas.webhooks import DeliveryOut, DeliveryRecord, WebhookOut, delivery_out
-from scorestream.view import engagement_of_view
+from scorestream.view import engagement_of_view, groups_of_view
 
 router = APIRouter(prefix=PREFIX)  # the whole path in each route: what audit lines and tests name
 
@@ -236,6 +236,8 @@ class Sample:
     scores: dict[str, float] = field(default_factory=dict)
     stages: dict[str, str] = field(default_factory=dict)
     complete: bool = True  # the store held no more contacts than the sample
+    # score groups (the model's engagement.groups): group id -> contact -> the group's score, in model order
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def take_sample(readers: Readers, now_ms: int, size: int = SAMPLE) -> Sample:
@@ -244,6 +246,7 @@ def take_sample(readers: Readers, now_ms: int, size: int = SAMPLE) -> Sample:
     model = readers.model
     scores: dict[str, float] = {}
     stages: dict[str, str] = {}
+    groups: dict[str, dict[str, float]] = {g.id: {} for g in model.groups}
     head = list(islice(iter(store), size + 1))  # one more than the sample: is there more?
     for contact_id in head[:size]:
         raw = store.get(contact_id)
@@ -254,7 +257,9 @@ def take_sample(readers: Readers, now_ms: int, size: int = SAMPLE) -> Sample:
             continue
         scores[contact_id] = float(engagement_of_view(view, model, now_ms).score)
         stages[contact_id] = view.journey.stage if view.journey is not None else NO_STAGE
-    return Sample(readers.namespace, model.version, now_ms, scores, stages, complete=len(head) <= size)
+        for group in groups_of_view(view, model, now_ms, top=0) if groups else ():
+            groups[group.id][contact_id] = float(group.score)
+    return Sample(readers.namespace, model.version, now_ms, scores, stages, len(head) <= size, groups)
 
 
 @dataclass
@@ -356,7 +361,11 @@ class Summary:
 
 
 def summary_of(sample: Sample) -> Summary:
-    values = sorted(sample.scores.values())
+    return summary_of_scores(sample.scores.values())
+
+
+def summary_of_scores(scores: Iterable[float]) -> Summary:
+    values = sorted(scores)
     if not values:
         return Summary(None, None, None)
     return Summary(statistics.median(values), quantile(values, 0.9), statistics.fmean(values))
@@ -442,6 +451,11 @@ async def models_context(request: Request) -> dict[str, Any]:
         "models": out.models,
         "samples": {s.namespace: s for s in samples},
         "summaries": {s.namespace: summary_of(s) for s in samples},
+        # per namespace, each score group's summary (model order); a shadow's group is compared with
+        # the active model's group of the same id
+        "group_summaries": {
+            s.namespace: {g: summary_of_scores(v.values()) for g, v in s.groups.items()} for s in samples
+        },
         "problems": problems,
         "progress": progress,
         "chart": chart,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,6 +427,33 @@ def test_the_sample_scores_are_the_apis_engagement_scores(shadow: Console) -> No
             body = api.get(f"/v1/contacts/{contact}?model={readers.namespace}", headers=headers).json()
             assert body["engagement"]["score"] == score
             assert sample.stages[contact] == (body["stage"]["name"] if body["stage"] else admin.NO_STAGE)
+
+
+def test_the_models_page_compares_each_score_group_with_the_active_models(shadow: Console) -> None:
+    """Each group's sampled scores are the API's; the page shows their median and mean per model
+    and, for the shadow, its mean's difference from the active model's group of the same id."""
+    api = Browser(shadow.app)
+    headers = {"Authorization": f"Bearer {READ_KEY}"}
+    samples = []
+    for readers in shadow.namespaces.live():
+        sample = admin.take_sample(readers, NOW)
+        assert list(sample.groups) == [g.id for g in readers.model.groups] and sample.groups
+        for contact in sample.scores:
+            body = api.get(f"/v1/contacts/{contact}?model={readers.namespace}", headers=headers).json()
+            assert {g["id"]: g["score"] for g in body["groups"]} == {g: v[contact] for g, v in sample.groups.items()}
+        samples.append(sample)
+    page = shadow.client().get("/console/models").text
+    active, challenger = samples
+    deltas = []
+    for group_id, scores in active.groups.items():
+        mean = statistics.fmean(scores.values())
+        assert float(value(page, f"group-mean-scorestream-{group_id}")) == pytest.approx(mean)
+        assert float(value(page, f"group-median-scorestream-{group_id}")) == statistics.median(scores.values())
+        delta = statistics.fmean(challenger.groups[group_id].values()) - mean
+        assert float(value(page, f"group-delta-v2-{group_id}")) == pytest.approx(delta)
+        deltas.append(delta)
+    assert any(abs(d) > 1 for d in deltas), "the samples differ in some group"
+    assert "group-delta-scorestream-" not in page  # the active model is not compared with itself
 
 
 def test_the_sample_is_capped_and_says_so(console: Console) -> None:
