@@ -94,3 +94,8 @@ class Trigger(BaseModel):
         description="`cart.abandoned` with a model that keeps interests: the contact's top interests and the "
         "cart's products not bought, as at the trigger's instant. Not part of the id.",
     )
+    group: str | None = Field(
+        default=None,
+        description="`score.threshold_crossed` of a score group (the model file's `engagement.groups`): the "
+        "group's id; its `before`/`after` name the score `engagement.<group>`. Absent for the overall score.",
+    )

@@ -28,13 +28,15 @@ class StageEntry(NamedTuple):
 
 class Fired(NamedTuple):
     """A timer that fired (``kind`` "timer", ``name`` its id) or an engagement threshold crossed
-    (``kind`` "crossing", ``name`` the threshold, ``direction`` "up"/"down"), at ``at_ms``."""
+    (``kind`` "crossing", ``name`` the threshold, ``direction`` "up"/"down"), at ``at_ms``; a score
+    group's threshold names its ``group`` (None: the overall score's)."""
 
     kind: str
     name: str
     at_ms: int
     direction: str
     cause: str | None
+    group: str | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +64,10 @@ class Cursor:
     # purchase signals here (completed orders net of refunds, net revenue)
     orders: int = 0
     monetary: float = 0.0
+    # score groups the lifecycle watches (guards, thresholds): each one's raw score at ``ref_ms``
+    # and the thresholds it is above (``scorestream.rules.lifecycle.Lifecycle.watched``)
+    group_ref: dict[str, float] = field(default_factory=dict)
+    group_above: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

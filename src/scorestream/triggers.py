@@ -52,15 +52,18 @@ def make_trigger(
     after: Any = None,
     rule: str | None = None,
     cause: str | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """A trigger record. ``at_ms`` is event time (when the change happened, not when it was
-    computed); ``cause`` the message id of the event that caused it (None: time caused it)."""
+    computed); ``cause`` the message id of the event that caused it (None: time caused it);
+    ``group`` the score group of a group's ``score.threshold_crossed`` (the record has a ``group``
+    key only then)."""
     if kind not in TYPES:
         raise ValueError(f"unknown trigger type {kind!r}")
     subject = contact_id if contact_id is not None else account_id
     if subject is None:
         raise ValueError("a trigger needs a contact_id or an account_id")
-    return {
+    record = {
         "id": trigger_id(kind, subject, at_ms, rule, before, after),
         "type": kind,
         "at_ms": at_ms,
@@ -73,6 +76,9 @@ def make_trigger(
         "model_version": model_version,
         "v": TRIGGER_VERSION,
     }
+    if group is not None:
+        record["group"] = group
+    return record
 
 
 def journey_triggers(
@@ -157,16 +163,19 @@ def _fired_triggers(
                 )
         else:
             threshold = float(f.name)
+            # a score group's crossing names its score ``engagement.<group>`` (as its guards do)
+            score = "engagement" if f.group is None else f"engagement.{f.group}"
             out.append(
                 make_trigger(
                     "score.threshold_crossed",
                     at_ms=f.at_ms,
                     model_version=version,
                     contact_id=contact_id,
-                    before={"score": "engagement", "threshold": threshold, "above": f.direction == "down"},
-                    after={"score": "engagement", "threshold": threshold, "above": f.direction == "up"},
-                    rule=f"engagement-{f.direction}-{f.name}",
+                    before={"score": score, "threshold": threshold, "above": f.direction == "down"},
+                    after={"score": score, "threshold": threshold, "above": f.direction == "up"},
+                    rule=f"{score}-{f.direction}-{f.name}",
                     cause=f.cause,
+                    group=f.group,
                 )
             )
 

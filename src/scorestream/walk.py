@@ -52,6 +52,7 @@ from typing import Any
 from scorestream.journey import MAX_FIRED, MAX_HISTORY, Cursor, Fired, Journey, StageEntry
 from scorestream.rfm import CustomerValue, FactsStep, FoldedOrders, Order, Refund, facts_timeline
 from scorestream.rules.common import Predicate
+from scorestream.rules.groups import ScoreGroup
 from scorestream.rules.lifecycle import ORDER_TAG, REFUND_TAG, Lifecycle, StageTransition, score_edge
 from scorestream.rules.model import Model
 from scorestream.scoring import fit_of
@@ -156,6 +157,25 @@ def _window(guard: Predicate, score: float, now: int, half_life: int) -> tuple[i
     return (now, t) if holds_now else (t, None)
 
 
+def _group_window(guard: Predicate, group: ScoreGroup, raw: float, now: int) -> tuple[int, int | None] | None:
+    """:func:`_window` of a guard on a score group's score: its raw decayed sum, clamped to
+    ``[-max, max]``. A clamp changes no crossing of an edge inside it; one at or beyond it the
+    clamped score never crosses (the guard holds now and for ever, or never)."""
+    limit = float(guard.value)
+    if group.max is not None and abs(score_edge(guard.op, limit)) >= group.max:
+        return (now, None) if _holds(guard.op, group.clamp(raw), limit) else None
+    return _window(guard, raw, now, group.half_life_ms)
+
+
+def _passes_edge(score: float, now: int, limit: int, half_life: int, edges: tuple[float, ...]) -> bool:
+    """Whether ``score`` decaying from ``now`` to ``limit`` passes one of ``edges``."""
+    if score == 0.0 or not edges:
+        return False
+    low = decay(score, now, limit, half_life)
+    lo, hi = (low, score) if score > 0 else (score, low)
+    return any(lo <= edge <= hi for edge in edges)
+
+
 @dataclass(slots=True)
 class _Walker:
     state: ContactState
@@ -179,12 +199,20 @@ class _Walker:
     applied: int = 0
     # this walk's candidate positions crossing each grid (see :func:`_keep`)
     crossings: list[int] = field(default_factory=list)
+    # the score groups the lifecycle watches (``Lifecycle.watched``) by id: each one's raw score
+    # now and at ``ref_ms``, and the thresholds it is above
+    groups: dict[str, ScoreGroup] = field(default_factory=dict)
+    gscore: dict[str, float] = field(default_factory=dict)
+    gref: dict[str, float] = field(default_factory=dict)
+    gabove: dict[str, set[float]] = field(default_factory=dict)
 
     def _decay_to(self, t: int) -> None:
         """Move the clock on. The score is always decayed from the last checkpoint (``ref``), so a
         walk resumed at any instant continues with exactly the same numbers."""
         if t > self.now:
             self.score = decay(self.ref_score, self.ref_ms, t, self.model.half_life_ms)
+            for gid, ref in self.gref.items():
+                self.gscore[gid] = decay(ref, self.ref_ms, t, self.groups[gid].half_life_ms)
             self.now = t
 
     def _flags(self) -> dict[str, str]:
@@ -210,8 +238,22 @@ class _Walker:
     def _guards_hold(self, tr: StageTransition) -> bool:
         self.signals["engagement"] = self.score
         return all(g.test(self.signals) for g in tr.static_guards) and all(
-            _holds(g.op, self.score, float(g.value)) for g in tr.engagement_guards
+            _holds(g.op, self._guard_score(g.field), float(g.value)) for g in tr.engagement_guards
         )
+
+    def _guard_score(self, name: str) -> float:
+        """The score a score guard reads: ``engagement``, or a group's (``engagement.<group>``, clamped)."""
+        if name == "engagement":
+            return self.score
+        group = self.groups[name[len("engagement.") :]]
+        return group.clamp(self.gscore[group.id])
+
+    def _window_of(self, guard: Predicate) -> tuple[int, int | None] | None:
+        """:func:`_window` of a score guard, on the score it reads."""
+        if guard.field == "engagement":
+            return _window(guard, self.score, self.now, self.model.half_life_ms)
+        group = self.groups[guard.field[len("engagement.") :]]
+        return _group_window(guard, group, self.gscore[group.id], self.now)
 
     def _enter(self, stage: str, rule: str, cause: str | None) -> None:
         if self.history and self.history[-1].exited_ms is None:
@@ -258,18 +300,57 @@ class _Walker:
                     self.above.add(th)
                 else:
                     self.above.discard(th)
+        for group in self.lc.watched:
+            if not group.thresholds:
+                continue
+            score = group.clamp(self.gscore[group.id])
+            above = self.gabove.setdefault(group.id, set())
+            for th in group.thresholds:
+                was, now = th in above, _holds("gte", score, th)
+                if was != now:
+                    self.fired.append(Fired("crossing", _num(th), self.now, "up" if now else "down", cause, group.id))
+                    if now:
+                        above.add(th)
+                    else:
+                        above.discard(th)
+
+    def _earn(self, cp: _Checkpoint) -> tuple[float, dict[str, list[float]]]:
+        """The points ``cp``'s hits earn after caps, in order (the caps go on with it): in the
+        overall score (times a score group's weight), and per watched group."""
+        earned = 0.0
+        weights = self.model.weights  # a score group's rules count times its weight
+        watched = self.groups
+        group_earned: dict[str, list[float]] = {gid: [] for gid in watched} if watched else {}
+        for hit in cp.hits:
+            points = self.caps.earn(hit)
+            if weights:
+                earned += math.fsum(v * weights.get(r, 1.0) for r, v in points)
+            else:
+                earned += math.fsum(v for _, v in points)
+            if watched:
+                group_of = self.model.group_of
+                for r, v in points:
+                    group = group_of.get(r)
+                    if v and group is not None and group.id in group_earned:
+                        group_earned[group.id].append(v)
+        return earned, group_earned
 
     def apply(self, cp: _Checkpoint) -> None:
-        earned = 0.0
-        for hit in cp.hits:  # the points it earns after caps, in order (the caps go on with it)
-            earned += math.fsum(v for _, v in self.caps.earn(hit))
+        earned, group_earned = self._earn(cp)
+        watched = self.groups
         if cp.ts >= self.now:
             self.advance(cp.ts, inclusive=False)
             self._decay_to(cp.ts)
             self.score += earned
+            for gid, values in group_earned.items():
+                self.gscore[gid] += math.fsum(values)
         else:  # older than the anchor (a merged contact's events): counted from the anchor on
             self.score += decay(earned, cp.ts, self.now, self.model.half_life_ms)
+            for gid, values in group_earned.items():
+                self.gscore[gid] += decay(math.fsum(values), cp.ts, self.now, watched[gid].half_life_ms)
         self.ref_score, self.ref_ms = self.score, self.now
+        if watched:
+            self.gref = dict(self.gscore)
         for rule_id in cp.flags:
             rule = self.lc.flag_rules[rule_id]
             self.event_flags.setdefault(rule.flag, rule.reason)
@@ -297,6 +378,14 @@ class _Walker:
                 due.append(window[1])
             elif th not in self.above and window is not None and window[0] > self.now:
                 due.append(window[0])
+        for group in self.lc.watched:
+            above = self.gabove.get(group.id, set())
+            for th in group.thresholds:
+                window = _group_window(Predicate("", "gte", th), group, self.gscore[group.id], self.now)
+                if th in above and window is not None and window[1] is not None:
+                    due.append(window[1])
+                elif th not in above and window is not None and window[0] > self.now:
+                    due.append(window[0])
         blocked = bool(self.signals.get("flagged"))
         for tr in self.lc.by_source.get(self.stage, ()):
             if tr.on or (blocked and tr.to in self.lc.qualified) or not tr.engagement_guards:
@@ -306,7 +395,7 @@ class _Walker:
                 continue
             start, end = self.now, None
             for g in tr.engagement_guards:
-                w = _window(g, self.score, self.now, half_life)
+                w = self._window_of(g)
                 if w is None:
                     break
                 start = max(start, w[0])
@@ -348,6 +437,8 @@ class _Walker:
             above=sorted(self.above),
             ref_score=self.ref_score,
             ref_ms=self.ref_ms,
+            group_ref=dict(self.gref),
+            group_above={g: sorted(above) for g, above in self.gabove.items() if above},
         )
 
     def _quiet(self, limit: int) -> bool:
@@ -358,12 +449,16 @@ class _Walker:
             timer = timer_of.get(tid)
             if timer is not None and start + timer.after_ms <= limit:
                 return False
-        score = self.score
-        if score == 0.0 or limit <= self.now:
+        if limit <= self.now:
             return True
-        low = decay(score, self.now, limit, self.model.half_life_ms)
-        lo, hi = (low, score) if score > 0 else (score, low)
-        return not any(lo <= edge <= hi for edge in self.lc.edges.get(self.stage, ()))
+        if _passes_edge(self.score, self.now, limit, self.model.half_life_ms, self.lc.edges.get(self.stage, ())):
+            return False
+        if self.groups:
+            edges = self.lc.group_edges.get(self.stage, {})
+            for gid, group in self.groups.items():
+                if _passes_edge(self.gscore[gid], self.now, limit, group.half_life_ms, edges.get(gid, ())):
+                    return False
+        return True
 
     def advance(self, limit: int, inclusive: bool) -> None:
         """Let time pass up to ``limit``: timers, thresholds and decay-driven transitions. A timer
@@ -499,9 +594,17 @@ def _timeline(value: CustomerValue | None, monetary: bool) -> list[FactsStep]:
 
 
 def _walker(
-    state: ContactState, model: Model, lc: Lifecycle, now: int, stage: str, since: int, score: float
+    state: ContactState,
+    model: Model,
+    lc: Lifecycle,
+    now: int,
+    stage: str,
+    since: int,
+    score: float,
+    group_scores: dict[str, float] | None = None,
 ) -> _Walker:
     fit_score, fit_grade, trait_flags = _trait_view(state, model, lc)
+    scores = {g.id: (group_scores or {}).get(g.id, 0.0) for g in lc.watched}
     return _Walker(
         state=state,
         model=model,
@@ -521,7 +624,27 @@ def _walker(
         trait_flags=dict(trait_flags),
         value_steps=None,
         caps=Caps.start(state, model),
+        groups={g.id: g for g in lc.watched},
+        gscore=scores,
+        gref=dict(scores),
     )
+
+
+def _base_group_scores(state: ContactState, model: Model, lc: Lifecycle, at: int) -> dict[str, float]:
+    """The watched groups' scores of the folded base at ``at`` (as
+    :func:`scorestream.scoring.group_totals_at` reads the base)."""
+    if not lc.watched or not state.base:
+        return {}
+    watched = {g.id for g in lc.watched}
+    split = model.group_half_lives
+    per_group: dict[str, list[float]] = {}
+    for rule_id, value in state.base.items():
+        group = model.group_of.get(rule_id)
+        if group is not None and group.id in watched:
+            folded = state.group_base.get(rule_id, 0.0) if rule_id in split else value
+            decayed = decay(folded, state.base_ms, max(at, state.base_ms), group.half_life_ms)
+            per_group.setdefault(group.id, []).append(decayed)
+    return {gid: math.fsum(values) for gid, values in per_group.items()}
 
 
 def _run(
@@ -543,18 +666,23 @@ def _run(
             history[-1] = history[-1]._replace(exited_ms=None)
         fired = [f for f in old.fired if f.at_ms <= start]
         pending, above = dict(anchor.pending), set(anchor.above)
+        group_above = {g: set(v) for g, v in anchor.group_above.items()}
         after = (anchor.at_ms, anchor.mid)
     else:
         first = state.first_seen_ms if state.first_seen_ms is not None else until[0]
         start, stage, since = first, lc.initial, first
         history = [StageEntry(stage, first, None, "initial", None)]
-        fired, pending, above = [], {}, set()
+        fired, pending, above, group_above = [], {}, set(), {}
     score = 0.0
     if state.base:
-        half_life = model.half_life_ms
-        score = math.fsum(decay(v, state.base_ms, max(start, state.base_ms), half_life) for v in state.base.values())
-    w = _walker(state, model, lc, start, stage, since, score)
+        half_life, weights = model.half_life_ms, model.weights
+        score = math.fsum(
+            decay(v * weights.get(k, 1.0), state.base_ms, max(start, state.base_ms), half_life)
+            for k, v in state.base.items()
+        )
+    w = _walker(state, model, lc, start, stage, since, score, _base_group_scores(state, model, lc, start))
     w.history, w.fired, w.pending, w.above = history, fired, pending, above
+    w.gabove = group_above
     if after is not None:
         _flags_until(w, after)
     w._refresh_signals()
@@ -624,6 +752,9 @@ def _resume(
     w = _walker(state, model, lc, cursor.at_ms, cursor.stage, cursor.since_ms, 0.0)
     w.ref_score, w.ref_ms = cursor.ref_score, cursor.ref_ms
     w.score = decay(cursor.ref_score, cursor.ref_ms, cursor.at_ms, model.half_life_ms)
+    w.gref = {gid: cursor.group_ref.get(gid, 0.0) for gid in w.groups}
+    w.gscore = {gid: decay(v, cursor.ref_ms, cursor.at_ms, w.groups[gid].half_life_ms) for gid, v in w.gref.items()}
+    w.gabove = {gid: set(v) for gid, v in cursor.group_above.items()}
     w.applied = cursor.index
     w.caps = Caps.restore(model, cursor.cap_windows, cursor.cap_used, cursor.once, w.caps.denied)
     w.history = [e for e in old.history if e.entered_ms <= cursor.at_ms]
@@ -722,7 +853,15 @@ def anchor_at(
         w = _resume(state, model, lc, old, start, (ts, mid), inclusive=False)
     else:
         w = _run(state, model, lc, (ts, mid), inclusive=False)
-    cursor = Cursor(at_ms=ts, stage=w.stage, since_ms=w.since, mid=mid, pending=dict(w.pending), above=sorted(w.above))
+    cursor = Cursor(
+        at_ms=ts,
+        stage=w.stage,
+        since_ms=w.since,
+        mid=mid,
+        pending=dict(w.pending),
+        above=sorted(w.above),
+        group_above={g: sorted(above) for g, above in w.gabove.items() if above},
+    )
     # replaced, not changed: callers compare the old journey with the new
     if old is not None and stands and resume_before is not None and resume_before > ts:
         # the previous walk stands up to the earliest new event: its history and positions after

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scorestream.errors import ModelError
@@ -115,6 +115,11 @@ class Lifecycle:
     edges: Mapping[str, tuple[float, ...]]
     threshold_guards: tuple[tuple[float, Predicate], ...]
     uses_monetary: bool
+    # the score groups the walk follows (model order): those with thresholds or named by a guard
+    # (``engagement.<group>``); per stage, per such group, the raw scores at which one of its
+    # thresholds or a guard on it of a transition out of the stage flips
+    watched: tuple[ScoreGroup, ...] = ()
+    group_edges: Mapping[str, Mapping[str, tuple[float, ...]]] = field(default_factory=dict)
 
 
 def _mapping(raw: object, where: str) -> Mapping[str, Any]:
@@ -331,6 +336,7 @@ def parse_lifecycle(
         raise ModelError("lifecycle: transition and timer ids must be unique")
     names = stages.names
     by_source = {s: tuple(t for t in transitions if t.sources is None or s in t.sources) for s in names}
+    watched = _watched(groups, transitions)
     return Lifecycle(
         initial=initial,
         stages=tuple(names),
@@ -355,12 +361,41 @@ def parse_lifecycle(
             s: tuple(
                 sorted(
                     {score_edge("gte", t) for t in thresholds}
-                    | {score_edge(g.op, float(g.value)) for tr in by_source[s] for g in tr.engagement_guards}
+                    | {
+                        score_edge(g.op, float(g.value))
+                        for tr in by_source[s]
+                        for g in tr.engagement_guards
+                        if g.field == "engagement"
+                    }
                 )
             )
             for s in names
         },
+        watched=watched,
+        group_edges={s: _group_edges(watched, by_source[s]) for s in names},
     )
+
+
+def _watched(groups: Mapping[str, ScoreGroup], transitions: Iterable[StageTransition]) -> tuple[ScoreGroup, ...]:
+    """The groups with thresholds or named by a transition's guard, in model order."""
+    named = {group_field(g.field) for t in transitions for g in t.engagement_guards}
+    return tuple(g for g in groups.values() if g.thresholds or g.id in named)
+
+
+def _group_edges(
+    watched: tuple[ScoreGroup, ...], transitions: Iterable[StageTransition]
+) -> Mapping[str, tuple[float, ...]]:
+    """Per watched group, the raw scores at which its thresholds or its guards of ``transitions`` flip."""
+    guards = [g for t in transitions for g in t.engagement_guards]
+    return {
+        group.id: tuple(
+            sorted(
+                {score_edge("gte", t) for t in group.thresholds}
+                | {score_edge(g.op, float(g.value)) for g in guards if group_field(g.field) == group.id}
+            )
+        )
+        for group in watched
+    }
 
 
 # --- events --------------------------------------------------------------------------------------
