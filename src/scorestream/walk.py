@@ -756,7 +756,10 @@ def _resume(
     w.gscore = {gid: decay(v, cursor.ref_ms, cursor.at_ms, w.groups[gid].half_life_ms) for gid, v in w.gref.items()}
     w.gabove = {gid: set(v) for gid, v in cursor.group_above.items()}
     w.applied = cursor.index
-    w.caps = Caps.restore(model, cursor.cap_windows, cursor.cap_used, cursor.once, w.caps.denied)
+    caps = w.caps  # what Caps.start found: denied, adjusted and machine-made hits
+    w.caps = Caps.restore(
+        model, cursor.cap_windows, cursor.cap_used, cursor.once, caps.denied, caps.adjusted, scaled=caps.scaled
+    )
     w.history = [e for e in old.history if e.entered_ms <= cursor.at_ms]
     if w.history and w.history[-1].exited_ms is not None and w.history[-1].exited_ms > cursor.at_ms:
         w.history[-1] = w.history[-1]._replace(exited_ms=None)

@@ -4,6 +4,7 @@ events of their message whatever the order in which they arrive."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from scorestream.contact import absorb
 from scorestream.fold import Tick, step
 from scorestream.machine import MAX_FACTS, EmailFact, add_facts
 from scorestream.rules.machine import CLICKED, DELIVERED, MachineRules
+from scorestream.scoring import walked_engagement
 from scorestream.state import machine_verdicts
 from scorestream.view import engagement_of_view, view_of
 from tests.factories import DAY, DEFAULT_MODEL, HOUR, MINUTE, T0, model_from
@@ -276,6 +278,7 @@ def test_a_late_click_makes_a_burst_of_the_earlier_ones() -> None:
     assert sorted(machine_verdicts(state, MODEL)) == ["c0", "c1", "c2"]
 
 
+@functools.cache
 def lifecycle_model(points: float = 0) -> Model:
     """The default model's lifecycle, with a lead stage entered on an e-mail click."""
     raw = dict(DEFAULT_MODEL.source)
@@ -404,9 +407,10 @@ def test_any_order_batching_and_duplicates_give_the_same_state(
 
 
 @PROPERTY
-@given(data=st.data(), events=email_lists(max_size=16))
-def test_the_fold_gives_the_same_journey_in_any_order(data: st.DataObject, events: list[Event]) -> None:
-    model = lifecycle_model()
+@given(data=st.data(), events=email_lists(max_size=16), points=st.sampled_from([0, 0.5]))
+def test_the_fold_gives_the_same_journey_in_any_order(data: st.DataObject, events: list[Event], points: float) -> None:
+    """Resumed walks (one event a step) restore the caps with the machine verdicts too."""
+    model = lifecycle_model(points)
     expected = step(None, "user-1", [*events, Tick(NOW)], model).state
     state: ContactState | None = None
     for event in data.draw(st.permutations(events)):
@@ -421,6 +425,9 @@ def test_the_fold_gives_the_same_journey_in_any_order(data: st.DataObject, event
         (f.kind, f.at_ms, f.direction) for f in expected.journey.fired
     ]
     assert curve(ticked, model) == curve(expected, model)
+    for state in (ticked, expected):  # the walk's own score: the caps restored with the verdicts
+        walked = walked_engagement(state, model, NOW)
+        assert walked is not None and walked == pytest.approx(engagement_at(state, model, NOW).score, abs=1e-5)
 
 
 @PROPERTY
