@@ -4,6 +4,7 @@ sink archived both events and a replay of the archive gives the live state again
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,12 @@ import pytest
 
 from analytics.replay import replay
 from bench.harness import wait_drained
+from schemas.model_file import DEFAULT_MODEL as MODEL_FILE
 from schemas.state import decode_state
-from tests.e2e.service import Service, archived
+from tests.e2e.service import Service, archived, shadow_from_archive
 from tests.e2e.test_analytics import msg, settings_for
 from tests.e2e.test_replay import MODEL
+from tests.e2e.test_replay_archive import truncate
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,11 @@ def test_an_adjustment_changes_the_score_is_undone_and_replays(service: Service)
     with service.client() as c:
         [listed_one] = c.get("/v1/contacts/adj-user/adjustments").json()["adjustments"]
     assert listed_one["reverted_at"] is not None and listed_one["points_now"] == 0
+    # one that stays: a replay or a shadow that missed the crm topic would differ from live
+    with service.client() as c:
+        kept = c.post("/v1/contacts/adj-user/adjustments", json={"points": -20, "reason": "Left the company"})
+        assert kept.status_code == 202, kept.text
+    service.wait_for(lambda: (b := contact(service, "adj-user")) is not None and "adjustment" in tops(b))
 
     # the sink archived the crm topic's events: a replay of the archive is the live state
     settings = settings_for(service, service.env["SCORESTREAM_CLICKHOUSE_URL"])
@@ -93,9 +101,23 @@ def test_an_adjustment_changes_the_score_is_undone_and_replays(service: Service)
     service.api.terminate()  # releases chDB
     assert service.api.wait(30) in (0, -15), service.logs("api")
     result = replay(settings, MODEL, "archive", live_model=MODEL)
-    assert result.events == 3  # the page, the adjustment, its revert
+    assert result.events == 4  # the page, the adjustment, its revert, the one kept
     assert result.diff.changed == 0, result.diff.examples
     assert result.live_views == result.replay_views
     state = decode_state(result.states["adj-user"])
     record = state.adjustments[aid]
     assert record.reverted is not None and record.reason == "Asked for a quote by phone"
+
+
+def test_a_shadow_filled_from_the_archive_holds_the_adjustments(service: Service, tmp_path: Path) -> None:
+    """After the first test (the API stopped): the source topics lose every event (as retention
+    would); a shadow of the same model filled from the archive (the crm events copied to its
+    backfill topic too) has the live scores."""
+    assert service.api is not None and service.api.poll() is not None  # chDB released
+    settings = settings_for(service, service.env["SCORESTREAM_CLICKHOUSE_URL"])
+    asyncio.run(truncate(service.bootstrap, list(settings.source_topics)))
+    stdout, report = shadow_from_archive(service, MODEL_FILE, "adjusted", tmp_path / "shadow.json")
+    assert "copied" in stdout
+    d = report["diff"]
+    assert d["contacts"]["live"] == d["contacts"]["replay"] == d["contacts"]["both"] == 1
+    assert d["changed"] == 0, d["examples"]
