@@ -78,6 +78,15 @@ def test_an_adjustment_changes_the_score_is_undone_and_replays(service: Service)
     with service.client() as c:
         [listed_one] = c.get("/v1/contacts/adj-user/adjustments").json()["adjustments"]
     assert listed_one["reverted_at"] is not None and listed_one["points_now"] == 0
+
+    # the score ledger (from the archive) names the adjustment's rule and message id
+    def ledger_rows() -> list[dict[str, Any]]:
+        with service.client() as c:
+            r = c.get("/v1/contacts/adj-user/history")
+        return [row for row in r.json()["ledger"] if aid in row["message_ids"]] if r.status_code == 200 else []
+
+    rows = service.wait_for(ledger_rows)
+    assert "adjustment:product" in rows[0]["rules"]
     # one that stays: a replay or a shadow that missed the crm topic would differ from live
     with service.client() as c:
         kept = c.post("/v1/contacts/adj-user/adjustments", json={"points": -20, "reason": "Left the company"})

@@ -339,6 +339,28 @@ def test_a_merge_of_two_contacts_each_with_adjustments_keeps_both() -> None:
     assert score(later, T0 + DAY) == pytest.approx(score(both, T0 + DAY), abs=1e-9)
 
 
+@PROPERTY
+@given(items=_items, sides=st.lists(st.booleans(), min_size=25, max_size=25))
+def test_a_merge_gives_what_one_contact_with_every_event_has(
+    items: list[tuple[str, int, int, int]], sides: list[bool]
+) -> None:
+    """Adjustments and reverts split between a visitor and a user in any way: merged, the user has
+    the scores and records of one contact that saw them all (a revert one side knew meets its
+    adjustment from the other), and the same source absorbed again changes nothing."""
+    events = _events(items)
+    mine = [e for e, side in zip(events, sides, strict=False) if side]
+    theirs = [e for e, side in zip(events, sides, strict=False) if not side]
+    merged = absorb(fold(mine), apply_events(None, "anonymous:x", theirs, MODEL), MODEL)
+    everything = fold(events)
+    assert [engagement_at(merged, MODEL, t) for t in (T0, T0 + 5 * DAY)] == [
+        engagement_at(everything, MODEL, t) for t in (T0, T0 + 5 * DAY)
+    ]
+    assert [group_scores(merged, MODEL, T0 + 5 * DAY)] == [group_scores(everything, MODEL, T0 + 5 * DAY)]
+    assert merged.adjustments == everything.adjustments
+    again = absorb(copy.deepcopy(merged), apply_events(None, "anonymous:x", theirs, MODEL), MODEL)
+    assert again.adjustments == merged.adjustments and again.hits == merged.hits
+
+
 def test_a_merge_brings_a_folded_adjustment_the_target_knows_reverted_out_of_the_base() -> None:
     model = folding_model()
     pages = [page(i, T0 + 2 * HOUR + i * HOUR) for i in range(40)]
