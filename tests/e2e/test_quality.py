@@ -71,7 +71,7 @@ def test_journeys_and_score_quality_from_the_archive(service: Service) -> None:
         assert j["touches_before_first_order"] == {"web": 2, "email": 1, "store": 0, "total": 3}, j
         assert j["days_to_first_order"] == pytest.approx(10.0) and j["first_touch_channel"] == "web"
 
-        window = {"from": iso(start - DAY), "to": iso(now), "min_n": 1}
+        window: dict[str, str | int] = {"from": iso(start - DAY), "to": iso(now), "min_n": 1}
         report = http.get("/v1/reports/journey", params=window).json()
         assert report["buyers"] == 2 and report["offline_first"]["offline"] == 1, report
 
@@ -80,7 +80,7 @@ def test_journeys_and_score_quality_from_the_archive(service: Service) -> None:
         t = start + 5 * DAY
 
         def quality() -> Any:
-            params = {"from": iso(t), "to": iso(t + 1), "every": "1d", "min_n": 1}
+            params: dict[str, str | int] = {"from": iso(t), "to": iso(t + 1), "every": "1d", "min_n": 1}
             r = http.get("/v1/reports/score-quality", params=params)
             body = r.json() if r.status_code == 200 else None
             return body if body and body["models"] and body["models"][0]["n"] >= 3 else None
