@@ -78,7 +78,10 @@ def test_the_bands_are_the_core_formula_over_the_archive(store: Store, archive: 
         n, revenue, risks = want.get(band.band, (0, 0.0, 0.0))
         assert band.customers == n
         assert math.isclose(band.revenue, revenue, rel_tol=1e-9, abs_tol=1e-6)
-        assert band.mean_risk is None if n == 0 else math.isclose(band.mean_risk, risks / n, rel_tol=1e-9)
+        if n == 0:
+            assert band.mean_risk is None
+        else:
+            assert band.mean_risk is not None and math.isclose(band.mean_risk, risks / n, rel_tol=1e-9)
         assert math.isclose(band.share, n / report.customers)
     if settings is SETTINGS:
         assert all(b.customers > 0 for b in report.bands)  # the test exercises each band
