@@ -58,6 +58,7 @@ def documents() -> dict[str, dict[str, Any]]:
         api.ValidationProblem,
         value.ValueOut,
         value.ClvModelOut,
+        value.ChurnReportOut,
         api_accounts.AccountOut,
         webhooks.WebhookIn,
         webhooks.WebhookPatch,
