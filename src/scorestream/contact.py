@@ -24,7 +24,7 @@ from scorestream.adjustments import Adjustment, Reverted, combine, earliest, is_
 from scorestream.adjustments import read as read_adjustment
 from scorestream.adjustments import rule_id as adjustment_rule_id
 from scorestream.events import Event
-from scorestream.interests import absorb_interests, fold_interests
+from scorestream.interests import absorb_interests, fold_interests, interest_gate
 from scorestream.machine import add_facts, fact_of, merge_logs, reclassified
 from scorestream.rfm import (
     apply_purchase_events,
@@ -525,7 +525,8 @@ def _fold_interests(state: ContactState, events: list[Event], model: Model) -> N
     assert rules is not None
     if consent is not None:
         events = [e for e in events if e.consent is None or consent.allows(granted_categories(e.consent))]
-    state.interests = fold_interests(state.interests, events, rules, model.dedupe_memory)
+    gate = interest_gate(state.consent_log, consent)
+    state.interests = fold_interests(state.interests, events, rules, model.dedupe_memory, gate)
 
 
 def absorb(target: ContactState, source: ContactState, model: Model) -> ContactState:
@@ -534,16 +535,17 @@ def absorb(target: ContactState, source: ContactState, model: Model) -> ContactS
     The source's hits re-enter the target's hit list, so caps, once-only awards and decay are
     evaluated once over the union, by the same code as live events, never by adding totals.
     """
-    if model.interests is not None:  # before _absorb_facts records the source as merged
-        again = source.contact_id in target.merged_ids
-        target.interests = absorb_interests(
-            target.interests, source.interests, model.interests, model.dedupe_memory, again
-        )
+    absorbed_before = source.contact_id in target.merged_ids  # (interests) before _absorb_facts records it
     again = source.contact_id in target.merged_ids
     _absorb_points(target, source, model)
     if source.adjustments:
         _absorb_adjustments(target, source, model, again)
     _absorb_facts(target, source, model)
+    if model.interests is not None:  # after the facts: the merged consent timeline decides what folds
+        gate = interest_gate(target.consent_log, model.consent)
+        target.interests = absorb_interests(
+            target.interests, source.interests, model.interests, model.dedupe_memory, absorbed_before, gate
+        )
     _normalise(target, model)
     _bound_adjustments(target)
     return target

@@ -30,7 +30,7 @@ from scorestream.adjustments import REVERTED
 from scorestream.contact import absorb, apply_events, can_merge_into, log_email_facts
 from scorestream.events import Event
 from scorestream.identity import MergeInto
-from scorestream.interests import cart_payload
+from scorestream.interests import cart_payload, interest_gate
 from scorestream.journey import Journey
 from scorestream.population import ChurnJudgement
 from scorestream.privacy import Erase
@@ -167,7 +167,7 @@ def step(
         if journey is not None and journey is not before:
             triggers.extend(journey_triggers(before, journey, contact_id, model, lifecycle))
             if model.interests is not None:
-                _with_interests(triggers, state, model.interests)
+                _with_interests(triggers, state, model, model.interests)
             next_due = journey.next_due_ms
     if segment_of is not None:
         _judge_segment(state, contact_id, model, segment_of, triggers)
@@ -317,13 +317,14 @@ def _walk_on(state: ContactState, model: Model, lifecycle: Lifecycle, resume_bef
         state.journey = walk(state, model, lifecycle, as_of, resume_before=resume_before)
 
 
-def _with_interests(triggers: list[dict[str, Any]], state: ContactState, rules: InterestRules) -> None:
+def _with_interests(triggers: list[dict[str, Any]], state: ContactState, model: Model, rules: InterestRules) -> None:
     """An abandoned cart's trigger carries the contact's top interests and the cart's products not
     bought (``interests``, outside what the trigger's id is made of: the same abandonment announced
     again keeps its id)."""
+    gate = interest_gate(state.consent_log, model.consent)
     for trigger in triggers:
         if trigger["type"] == "cart.abandoned":
-            trigger["interests"] = cart_payload(state.interests, rules, trigger["at_ms"])
+            trigger["interests"] = cart_payload(state.interests, rules, trigger["at_ms"], gate)
 
 
 def _judge_segment(

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from scorestream.events import Event
+from scorestream.rules.consent import ConsentRules
 from scorestream.rules.interests import DIMENSIONS, InterestRules
 
 MAX_ENTRIES = 64
@@ -52,6 +54,37 @@ CART_PAYLOAD_PRODUCTS = 10
 PREFIX = {"category": "c", "brand": "b", "product": "p"}
 """A key of the profile is ``<prefix>:<value>``: one flat mapping for the three dimensions."""
 _DIMENSION_OF = {v: k for k, v in PREFIX.items()}
+
+
+Gate = Callable[[int], bool] | None
+"""Whether the contact's consent at an instant allows its interest events to count (None: always)."""
+
+
+def interest_gate(log: list[tuple[int, tuple[str, ...]]], consent: ConsentRules | None) -> Gate:
+    """The contact's consent timeline (``ContactState.consent_log``) as a gate: an interest event
+    counts when the consent in effect at its instant (the latest entry at or before it, else the
+    model's ``default``) allows engagement scoring, as for hits (``scorestream.state.consent_denied``):
+    a late withdrawal takes the events after it out of the profile, a late grant puts them back.
+    None (no check) for a model without a ``consent`` section."""
+    if consent is None:
+        return None
+    default = consent.default_granted
+    if not log:
+        return None if default else _never
+    times = [entry[0] for entry in log]
+    verdicts = [consent.allows(entry[1]) for entry in log]
+    if all(verdicts) and default:
+        return None
+
+    def allowed(ts: int) -> bool:
+        i = bisect_right(times, ts)
+        return verdicts[i - 1] if i else default
+
+    return allowed
+
+
+def _never(ts: int) -> bool:
+    return False
 
 
 class Entry(NamedTuple):
@@ -171,7 +204,11 @@ def _see_products(interests: Interests, event: Event, rules: InterestRules) -> N
 
 
 def fold_interests(
-    interests: Interests | None, events: Iterable[Event], rules: InterestRules, dedupe_memory: int
+    interests: Interests | None,
+    events: Iterable[Event],
+    rules: InterestRules,
+    dedupe_memory: int,
+    gate: Gate = None,
 ) -> Interests | None:
     """``events`` folded into the profile (the input may be reused); None while nothing is known.
 
@@ -199,7 +236,7 @@ def fold_interests(
     if added:
         interests.entries.extend(added)
         interests.entries.sort()
-    _normalise(interests, rules, dedupe_memory)
+    _normalise(interests, rules, dedupe_memory, gate)
     return interests if _known(interests) else None
 
 
@@ -208,7 +245,12 @@ def _known(interests: Interests) -> bool:
 
 
 def absorb_interests(
-    target: Interests | None, source: Interests | None, rules: InterestRules, dedupe_memory: int, again: bool
+    target: Interests | None,
+    source: Interests | None,
+    rules: InterestRules,
+    dedupe_memory: int,
+    again: bool,
+    gate: Gate = None,
 ) -> Interests | None:
     """``source``'s profile merged into ``target``'s: its entries re-enter (an event both hold counts
     once), its folded base is added unless ``again`` (that contact was absorbed before), its orders,
@@ -240,7 +282,7 @@ def absorb_interests(
         _latest(target.bought, pid, ts)
     for pid, ts in source.carted.items():
         _latest(target.carted, pid, ts)
-    _normalise(target, rules, dedupe_memory)
+    _normalise(target, rules, dedupe_memory, gate)
     return target
 
 
@@ -248,8 +290,9 @@ def _decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
     return points * math.pow(2.0, -(to_ms - from_ms) / half_life_ms)
 
 
-def _normalise(interests: Interests, rules: InterestRules, dedupe_memory: int) -> None:
-    """Fold the oldest entries past ``MAX_ENTRIES`` and keep every map within its bound."""
+def _normalise(interests: Interests, rules: InterestRules, dedupe_memory: int, gate: Gate = None) -> None:
+    """Fold the oldest entries past ``MAX_ENTRIES`` and keep every map within its bound (an entry
+    the consent ``gate`` refuses then is settled: it folds as nothing)."""
     entries = interests.entries
     folded = False
     if len(entries) > MAX_ENTRIES:
@@ -260,9 +303,11 @@ def _normalise(interests: Interests, rules: InterestRules, dedupe_memory: int) -
             k: [_decay(v, interests.base_ms, ref, half_life)] for k, v in interests.base.items()
         }
         for entry in entries[:overflow]:
+            interests.folded_ids.append(entry.mid)
+            if gate is not None and not gate(entry.ts):
+                continue
             for key, points in entry.points:
                 terms.setdefault(key, []).append(_decay(points, entry.ts, ref, half_life))
-            interests.folded_ids.append(entry.mid)
         interests.base = {k: math.fsum(v) for k, v in terms.items()}
         interests.base_ms = ref
         del entries[:overflow]
@@ -304,11 +349,12 @@ def _cut_latest(stamps: dict[str, int], limit: int) -> None:
 
 
 def affinities(
-    interests: Interests, rules: InterestRules, at_ms: int, until_ms: int | None = None
+    interests: Interests, rules: InterestRules, at_ms: int, until_ms: int | None = None, gate: Gate = None
 ) -> tuple[int, dict[str, float]]:
     """``(instant, affinities)``: every key's affinity at ``at_ms``, or at the profile's newest
     instant when later (a profile ahead of the reader's clock is read as at that instant).
-    ``until_ms``: only the entries up to that instant count (the base always does)."""
+    ``until_ms``: only the entries up to that instant count (the base always does); ``gate``: only
+    the entries the contact's consent allows."""
     half_life = rules.half_life_ms
     entries = interests.entries if until_ms is None else [e for e in interests.entries if e.ts <= until_ms]
     ref = max(at_ms, interests.base_ms, entries[-1].ts if entries else 0)
@@ -317,6 +363,8 @@ def affinities(
     totals = {k: _decay(v, interests.base_ms, ref, half_life) for k, v in interests.base.items()}
     get = totals.get
     for entry in entries:
+        if gate is not None and not gate(entry.ts):
+            continue
         factor = math.pow(2.0, -(ref - entry.ts) / half_life)  # _decay's arithmetic, once an entry
         for key, points in entry.points:
             totals[key] = get(key, 0.0) + points * factor
@@ -351,8 +399,10 @@ def _ranked(found: list[tuple[str, float]], limit: int, names: Mapping[str, tupl
     return [Affinity(key, value, named[1] if (named := names.get(key)) is not None else None) for key, value in top]
 
 
-def _view_at(interests: Interests, rules: InterestRules, at_ms: int, until_ms: int | None = None) -> InterestsView:
-    ref, values = affinities(interests, rules, at_ms, until_ms)
+def _view_at(
+    interests: Interests, rules: InterestRules, at_ms: int, until_ms: int | None = None, gate: Gate = None
+) -> InterestsView:
+    ref, values = affinities(interests, rules, at_ms, until_ms, gate)
     split: dict[str, list[tuple[str, float]]] = {"c": [], "b": [], "p": []}
     for key, value in values.items():
         split[key[0]].append((key[2:], value))
@@ -367,11 +417,11 @@ def _view_at(interests: Interests, rules: InterestRules, at_ms: int, until_ms: i
     )
 
 
-def interests_view(interests: Interests | None, rules: InterestRules | None) -> InterestsView | None:
+def interests_view(interests: Interests | None, rules: InterestRules | None, gate: Gate = None) -> InterestsView | None:
     """The profile's view at its newest instant (the worker writes it on the contact's view)."""
     if interests is None or rules is None:
         return None
-    return _view_at(interests, rules, interests.ref_ms)
+    return _view_at(interests, rules, interests.ref_ms, gate=gate)
 
 
 def profile_at(view: InterestsView, rules: InterestRules, now_ms: int) -> InterestsView:
@@ -388,13 +438,13 @@ def profile_at(view: InterestsView, rules: InterestRules, now_ms: int) -> Intere
     )
 
 
-def cart_payload(interests: Interests | None, rules: InterestRules, at_ms: int) -> dict[str, Any]:
+def cart_payload(interests: Interests | None, rules: InterestRules, at_ms: int, gate: Gate = None) -> dict[str, Any]:
     """What a ``cart.abandoned`` trigger carries: the top interests at ``at_ms`` (the events up to
     then), and the cart's products not bought (put in the cart up to ``at_ms`` and not ordered
     since; the latest first)."""
     if interests is None:
         return {"categories": [], "brands": [], "products": [], "cart_not_bought": []}
-    view = _view_at(interests, rules, at_ms, until_ms=at_ms)
+    view = _view_at(interests, rules, at_ms, until_ms=at_ms, gate=gate)
     top = CART_PAYLOAD_TOP
 
     def keyed(items: list[Affinity]) -> list[dict[str, Any]]:
@@ -428,6 +478,7 @@ __all__ = [
     "affinities",
     "cart_payload",
     "fold_interests",
+    "interest_gate",
     "interests_view",
     "profile_at",
 ]

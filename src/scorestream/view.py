@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from scorestream.adjustments import Adjustment
-from scorestream.interests import InterestsView, interests_view
+from scorestream.interests import InterestsView, interest_gate, interests_view
 from scorestream.journey import StageEntry
 from scorestream.machine import MachineNote, notes
 from scorestream.population import ClvInputs, PopulationModel, ValueView, clv_figures, ledger_facts, outlook_of
@@ -371,7 +371,7 @@ def view_of(
     view.value = value_summary(state.value)
     view.first_seen_ms = state.first_seen_ms
     view.last_seen_ms = state.last_seen_ms
-    view.interests = interests_view(state.interests, model.interests)
+    view.interests = interests_view(state.interests, model.interests, interest_gate(state.consent_log, model.consent))
     view.adjustments = state.adjustments
     if state.consent is not None and state.consent_at is not None:
         view.consent = ConsentView(state.consent_at[0], state.consent)

@@ -21,6 +21,7 @@ from scorestream.interests import (
     Interests,
     affinities,
     cart_payload,
+    interest_gate,
     interests_view,
     profile_at,
 )
@@ -362,3 +363,57 @@ def test_the_state_with_interests_survives_its_encoding() -> None:
     state = fold([viewed("p1", T0), order(T0 + 1, "p1"), added("p2", T0 + 2)])
     assert isinstance(state.interests, Interests)
     assert decode_state(encode(state)) == state
+
+
+# --- consent -----------------------------------------------------------------------------------
+
+CONSENTED = Model.from_dict(
+    {"name": "consented", "interests": SECTION, "consent": {"engagement": ["marketing"], "default": "granted"}}
+)
+
+
+def consent(at: int, granted: bool) -> Event:
+    return make_event(kind="identify", event=None, timestamp_ms=at, traits={}, consent={"marketing": granted})
+
+
+@settings(max_examples=30, deadline=None)
+@given(order_=st.permutations(list(range(5))))
+def test_a_withdrawal_takes_the_later_events_out_of_the_profile_in_any_order(order_: list[int]) -> None:
+    """As for hits: an interest event counts when the consent in effect at its instant allows it; a
+    withdrawal (even one that arrives late) takes out the events after it, a later grant puts the
+    events after the grant back; an event whose own consent denies never counts."""
+    own_denial = make_event(
+        event="Product Viewed",
+        timestamp_ms=T0 + 5 * HOUR,
+        properties={"product_id": "p4", "category": "denied"},
+        consent={"marketing": False},
+    )
+    events = [
+        viewed("p1", T0, category="before"),
+        consent(T0 + HOUR, False),
+        viewed("p2", T0 + 2 * HOUR, category="withdrawn"),
+        consent(T0 + 3 * HOUR, True),
+        viewed("p3", T0 + 4 * HOUR, category="granted"),
+        own_denial,
+    ]
+    state = apply_events(None, "user-1", [events[i] for i in order_] + [events[5]], CONSENTED)
+    assert state.interests is not None
+    assert own_denial.message_id not in {e.mid for e in state.interests.entries}  # never folded in
+    gate = interest_gate(state.consent_log, CONSENTED.consent)
+    view = interests_view(state.interests, CONSENTED.interests, gate)
+    assert view is not None
+    assert {c.key for c in view.categories} == {"before", "granted"}
+    assert {c.key for c in (interests_view(state.interests, CONSENTED.interests) or view).categories} == {
+        "before",
+        "withdrawn",
+        "granted",
+    }  # the withdrawn one is kept, not counted: a later grant at its instant would count it again
+
+
+def test_without_a_consent_section_the_gate_lets_everything_through() -> None:
+    assert interest_gate([(T0, ())], None) is None
+    rules = CONSENTED.consent
+    assert rules is not None
+    assert interest_gate([], rules) is None  # granted by default, nothing said since
+    gate = interest_gate([(T0, ()), (T0 + HOUR, ("marketing",))], rules)
+    assert gate is not None and gate(T0 - 1) and not gate(T0) and not gate(T0 + HOUR - 1) and gate(T0 + HOUR)
