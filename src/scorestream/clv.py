@@ -495,31 +495,63 @@ def age_when_p_no_purchase_reaches(
     ``t``) reaches ``level``; None when it does not before an age of 1e7 time units.
 
     P(no purchase) rises with the age (both P(alive) and the active customer's rate posterior fall
-    as time passes without a purchase), so the crossing is found by doubling then bisection down
-    to 1e-9 relative (a few dozen evaluations); the answer satisfies P >= ``level`` at it.
+    as time passes without a purchase). Without repeat purchases (x = 0, P(alive) = 1) it is
+    ((alpha+T')/(alpha+T'+t))^r, solved in closed form: T' = q t / (1 - q) - alpha with
+    q = level^(1/r). Otherwise the crossing is bracketed by doubling and found by the Illinois
+    variant of regula falsi, each step probing its point +- the tolerance (1e-9 relative) so that
+    the bracket closes in a handful of evaluations; the answer satisfies P >= ``level`` at it, up
+    to rounding (callers that need P >= ``level`` exactly probe the instant themselves).
     """
     if not 0.0 < level <= 1.0:
         raise ValueError(f"level must be in (0, 1], got {level}")
 
-    def reached(age: float) -> bool:
-        return p_no_purchase(params, t, x, t_x, age) >= level
+    def gap(age: float) -> float:
+        return p_no_purchase(params, t, x, t_x, age) - level
 
-    if reached(T):
+    at_T = gap(T)
+    if at_T >= 0.0:
         return T
+    if x == 0 and level < 1.0:
+        q = math.exp(math.log(level) / params.r)
+        return max(T, q * t / (1.0 - q) - params.alpha)
     width = max(1.0, T - t_x)
+    lo, f_lo = T, at_T
     hi = T + width
-    while not reached(hi):
+    f_hi = gap(hi)
+    while f_hi < 0.0:
+        lo, f_lo = hi, f_hi
         width *= 2.0
         hi = T + width
         if hi > _MAX_AGE:
             return None
-    lo = max(T, hi - width / 2.0)
-    while hi - lo > 1e-9 * max(1.0, hi):
-        mid = 0.5 * (lo + hi)
-        if reached(mid):
-            hi = mid
+        f_hi = gap(hi)
+    return _illinois(gap, lo, f_lo, hi, f_hi, 1e-9 * max(1.0, hi))
+
+
+def _illinois(gap: Callable[[float], float], lo: float, f_lo: float, hi: float, f_hi: float, tol: float) -> float:
+    """The smallest ``hi`` found with gap(hi) >= 0 within ``tol`` of a point with gap < 0, for an
+    increasing ``gap`` with gap(lo) < 0 <= gap(hi)."""
+    side = 0
+    for _ in range(200):
+        if hi - lo <= tol:
+            break
+        m = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else 0.5 * (lo + hi)
+        m = min(max(m, lo + 0.5 * tol), hi - 0.5 * tol)
+        f_m = gap(m)
+        if f_m >= 0.0:
+            hi, f_hi = m, f_m
+            f_lo = f_lo / 2.0 if side == 1 else f_lo
+            side = 1
+            probe = m - tol
+            if probe > lo and (f_probe := gap(probe)) < 0.0:
+                lo, f_lo = probe, f_probe
         else:
-            lo = mid
+            lo, f_lo = m, f_m
+            f_hi = f_hi / 2.0 if side == -1 else f_hi
+            side = -1
+            probe = m + tol
+            if probe < hi and (f_probe := gap(probe)) >= 0.0:
+                hi, f_hi = probe, f_probe
     return hi
 
 

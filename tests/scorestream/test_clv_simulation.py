@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scorestream.clv import (
     BgNbdParams,
@@ -168,3 +170,32 @@ def test_p_no_purchase_limits_and_errors() -> None:
         p_no_purchase(PARAMS, -1.0, 3, 50.0, T)
     with pytest.raises(ValueError, match="recency"):
         p_no_purchase(PARAMS, 1.0, 3, 500.0, T)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(0.1, 5.0),
+    st.floats(1.0, 200.0),
+    st.floats(0.1, 5.0),
+    st.floats(0.1, 10.0),
+    st.integers(0, 30),
+    st.floats(0.0, 1.0),
+    st.floats(1.0, 1000.0),
+    st.floats(0.05, 0.95),
+    st.sampled_from([30.0, 90.0, 365.0]),
+)
+def test_the_crossing_age_is_the_first_age_at_the_level(
+    r: float, alpha: float, a: float, b: float, x: int, share: float, T: float, level: float, window: float
+) -> None:
+    """For any parameters and history: the returned age reaches the level and a slightly younger
+    one does not (the closed form for x = 0, regula falsi otherwise)."""
+    params = BgNbdParams(r=r, alpha=alpha, a=a, b=b)
+    t_x = share * T if x else 0.0
+    age = age_when_p_no_purchase_reaches(params, window, level, x, t_x, T)
+    if age is None:
+        assert p_no_purchase(params, window, x, t_x, 1e7) < level
+        return
+    assert age >= T
+    assert p_no_purchase(params, window, x, t_x, age) >= level - 1e-12
+    if age > T * (1 + 1e-6):
+        assert p_no_purchase(params, window, x, t_x, age * (1 - 1e-6)) < level
