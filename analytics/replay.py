@@ -67,6 +67,7 @@ from scorestream import ContactState, Model, engagement_at, fit_of
 from scorestream.fold import Message, SegmentOf, Tick, step
 from scorestream.identity import resolve, routing_key
 from scorestream.privacy import PrivacyList
+from scorestream.scoring import group_scores
 from scorestream.walk import walk
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ class ContactView:
     history: tuple[tuple[str, int, int | None, str, str | None], ...]
     flags: tuple[tuple[str, str], ...]
     persona: str | None
+    # the model's score groups at ``as_of``: (id, score, band), in model order
+    groups: tuple[tuple[str, float, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -217,6 +220,7 @@ class ContactView:
             "history": [list(h) for h in self.history],
             "flags": dict(self.flags),
             "persona": self.persona,
+            "groups": {g: {"score": score, "band": band} for g, score, band in self.groups},
         }
 
 
@@ -242,6 +246,7 @@ def view_of(state: ContactState, model: Model, as_of_ms: int) -> ContactView:
         else (),
         flags=tuple(sorted(journey.flags.items())) if journey is not None else (),
         persona=journey.persona if journey is not None else None,
+        groups=tuple((g.id, g.score, g.band) for g in group_scores(state, model, as_of_ms)),
     )
 
 
@@ -290,6 +295,7 @@ class Diff:
     fit_live: dict[str, float | None]
     fit_replay: dict[str, float | None]
     examples: list[dict[str, Any]] = field(default_factory=list)
+    groups_changed: int = 0  # contacts whose score groups (a score or a band) differ
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -304,6 +310,7 @@ class Diff:
             "stage_changed": self.stage_changed,
             "history_changed": self.history_changed,
             "flags_changed": self.flags_changed,
+            "groups_changed": self.groups_changed,
             "stage_moves": self.stage_moves,
             "engagement": {"live": self.engagement_live, "replay": self.engagement_replay},
             "fit": {"live": self.fit_live, "replay": self.fit_replay},
@@ -330,6 +337,7 @@ def diff(live: dict[str, ContactView], replay: dict[str, ContactView], examples:
         counts["grade"] += a.grade != b.grade
         counts["history"] += a.history != b.history
         counts["flags"] += a.flags != b.flags
+        counts["groups"] += a.groups != b.groups
         if a.stage != b.stage:
             counts["stage"] += 1
             moves[str(a.stage)][str(b.stage)] += 1
@@ -349,6 +357,7 @@ def diff(live: dict[str, ContactView], replay: dict[str, ContactView], examples:
         stage_changed=counts["stage"],
         history_changed=counts["history"],
         flags_changed=counts["flags"],
+        groups_changed=counts["groups"],
         stage_moves={src: dict(sorted(dst.items())) for src, dst in sorted(moves.items())},
         engagement_live=quantiles([v.engagement for v in live.values()]),
         engagement_replay=quantiles([v.engagement for v in replay.values()]),
@@ -673,7 +682,7 @@ def print_diff(console: Any, d: Diff, left: str, right: str) -> None:
     from rich.table import Table
 
     summary = Table(title="contacts")
-    for name in (left, right, "both", "changed", "engagement", "band", "fit", "grade", "stage", "flags"):
+    for name in (left, right, "both", "changed", "engagement", "band", "fit", "grade", "stage", "flags", "groups"):
         summary.add_column(name, justify="right")
     summary.add_row(
         *(
@@ -689,6 +698,7 @@ def print_diff(console: Any, d: Diff, left: str, right: str) -> None:
                 d.grade_changed,
                 d.stage_changed,
                 d.flags_changed,
+                d.groups_changed,
             )
         )
     )

@@ -71,9 +71,11 @@ def test_a_model_with_doubled_points_moves_scores_and_stages() -> None:
 
 
 def doubled_source() -> dict[str, Any]:
-    """The default model with every engagement rule's points (and caps) doubled, renamed."""
+    """The default model with every engagement rule's points (and caps) doubled, renamed (the
+    rules of its score groups too)."""
     source = read_model_source()
-    for rule in source["engagement"]["rules"]:
+    grouped = [r for g in source["engagement"].get("groups", []) for r in g["rules"]]
+    for rule in [*source["engagement"]["rules"], *grouped]:
         rule["points"] = rule["points"] * 2
         if "cap" in rule:
             rule["cap"]["points"] = rule["cap"]["points"] * 2

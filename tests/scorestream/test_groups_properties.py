@@ -90,8 +90,10 @@ FOLDING = Model.from_dict(raw_model(max_hits_per_contact=8, dedupe_memory=64, fo
 INSTANTS = (T0 + 5 * DAY, T0 + 8 * DAY, T0 + 30 * DAY)
 
 _times = st.integers(min_value=0, max_value=5 * 24 * 4).map(lambda q: T0 + q * 15 * MINUTE)
-_pages = st.builds(dict, kind=st.just("page"), path=st.sampled_from(["/", "/pricing", "/pricing/team", "/careers"]))
-_tracks = st.builds(
+_pages: st.SearchStrategy[dict[str, Any]] = st.builds(
+    dict, kind=st.just("page"), path=st.sampled_from(["/", "/pricing", "/pricing/team", "/careers"])
+)
+_tracks: st.SearchStrategy[dict[str, Any]] = st.builds(
     dict,
     kind=st.just("track"),
     event=st.sampled_from(["Demo Requested", "Ebook Downloaded", "Email Link Clicked", "Unsubscribed", "Nothing"]),
