@@ -50,6 +50,7 @@ from schemas.api_quality import (
 from schemas.times import DAY_MS
 from schemas.times import at_of as _at
 from scorestream import Model
+from scorestream.rules.groups import ScoreGroup
 from scorestream.scoring import grade
 
 DEFAULT_MIN_N = 30
@@ -133,7 +134,9 @@ BAND_SQL = (
 
 def pairs_sql(outcome: Outcome) -> str:
     """(contact, t, score, fit_grade, band, stage, positive) of every pair scored at a snapshot
-    (parameters: ts, model, half_life, horizon, band_mins, band_labels; stage for a stage outcome)."""
+    (parameters: ts, model, half_life, horizon, band_mins, band_labels; stage for a stage outcome;
+    group, group_half_life, group_max: a score group's score instead of the overall engagement, its
+    raw value at the row decayed at the group's half-life and clamped, as the core computes it)."""
     outcomes = ORDERS_SQL if outcome.stage is None else STAGE_ENTRIES_SQL
     fresh = "" if outcome.stage is None else "AND p.stage != {stage:String} AND NOT arrayExists(x -> x <= p.t, o.os)"
     return f"""
@@ -141,12 +144,14 @@ def pairs_sql(outcome: Outcome) -> str:
            p.stage AS stage, arrayExists(x -> x > p.t AND x <= p.t + {{horizon:Int64}}, o.os) AS positive
     FROM (
         SELECT contact_id AS contact, {survivor_sql("contact_id")} AS person, t,
-               round(s.3 * exp2(-greatest(t - s.1, 0) / {{half_life:Float64}}), 6) AS score,
+               round(if({{group:String}} = '', s.3 * exp2(-greatest(t - s.1, 0) / {{half_life:Float64}}),
+                        least(greatest(s.6 * exp2(-greatest(t - s.1, 0) / {{group_half_life:Float64}}),
+                                       -{{group_max:Float64}}), {{group_max:Float64}})), 6) AS score,
                s.4 AS fit_grade, s.5 AS stage
         FROM (
             SELECT contact_id, t,
                    argMax(tuple(toUnixTimestamp64Milli(at), toString(kind), engagement, toString(fit_grade),
-                                toString(stage)), tuple(at, kafka_offset)) AS s
+                                toString(stage), groups[{{group:String}}]), tuple(at, kafka_offset)) AS s
             FROM score_ledger
             ARRAY JOIN {{ts:Array(Int64)}} AS t
             WHERE {model_filter_sql("model_version")} AND toUnixTimestamp64Milli(at) <= t
@@ -185,9 +190,15 @@ def quality_sql(outcome: Outcome) -> str:
     """  # noqa: S608 (constant fragments; values are bound as parameters)
 
 
-def parameters(model: Model, version: str, ts: Sequence[int], horizon_ms: int, outcome: Outcome) -> dict[str, Any]:
-    bands = model.engagement_bands
+def parameters(
+    model: Model, version: str, ts: Sequence[int], horizon_ms: int, outcome: Outcome, group: ScoreGroup | None = None
+) -> dict[str, Any]:
+    bands = group.bands if group is not None else model.engagement_bands
+    limit = group.max if group is not None and group.max is not None else None
     return {
+        "group": group.id if group is not None else "",
+        "group_half_life": float(group.half_life_ms) if group is not None else 1.0,
+        "group_max": float(limit) if limit is not None and math.isfinite(limit) else 1e308,
         "ts": list(ts),
         "model": version,
         "half_life": float(model.half_life_ms),
@@ -206,6 +217,7 @@ class Evaluated:
     model: Model
     namespace: str | None
     role: str
+    group: ScoreGroup | None = None  # a score group of ``model``: its score instead of the overall one
 
 
 def _rate(positives: int, n: int, base: float | None, min_n: int) -> tuple[float | None, float | None, str | None]:
@@ -239,7 +251,8 @@ def model_body(
         rate, lift, note = _rate(hits, size, base, min_n)
         return QualityCellOut(key=key, n=size, positives=hits, rate=rate, lift=lift, note=note, **extra)
 
-    order = [b.label for b in evaluated.model.engagement_bands]
+    bands = evaluated.group.bands if evaluated.group is not None else evaluated.model.engagement_bands
+    order = [b.label for b in bands]
 
     def grade_order(key: str) -> tuple[str, int]:
         fit_grade, _, band = key.partition("\t")
@@ -358,9 +371,8 @@ async def evaluate(
     min_class: int = DEFAULT_MIN_CLASS,
 ) -> QualityModelOut:
     """One model's scores against the outcome at the snapshots ``ts``."""
-    rows = await store.query(
-        quality_sql(outcome), parameters(evaluated.model, evaluated.version, ts, horizon_ms, outcome)
-    )
+    p = parameters(evaluated.model, evaluated.version, ts, horizon_ms, outcome, evaluated.group)
+    rows = await store.query(quality_sql(outcome), p)
     return model_body(evaluated, rows, min_n, min_class)
 
 
@@ -386,6 +398,7 @@ async def score_quality(
         horizon_days=horizon_ms / DAY_MS,
         every_days=every_ms / DAY_MS,
         outcome=outcome.name,
+        group=models[0].group.id if models and models[0].group is not None else None,
         snapshots=[_at(t) for t in ts],
         min_n=min_n,
         models=out,

@@ -44,11 +44,13 @@ async def score_quality(request: Request, who: ViewerDep) -> Response:
         "to": q.get("to", ""),
         "horizon": q.get("horizon", "30d"),
         "outcome": q.get("outcome", "order"),
+        "group": q.get("group", ""),
     }
     context: dict[str, Any] = {
         "form": form,
         "horizons": HORIZONS,
         "outcomes": outcomes(stages),
+        "groups": [g.id for g in model.groups],
         "title": "Score quality",
     }
     try:
@@ -56,6 +58,8 @@ async def score_quality(request: Request, who: ViewerDep) -> Response:
             raise BadInput(f"horizon: one of {', '.join(HORIZONS)}")
         if form["outcome"] not in context["outcomes"]:
             raise BadInput("outcome: order or a stage of the model")
+        if form["group"] and form["group"] not in context["groups"]:
+            raise BadInput("score: the overall engagement or a score group of the model")
         start, end = parse_moment(q.get("from"), "from"), parse_moment(q.get("to"), "to", end=True)
         chosen = short(q.get("model"), "model")
     except BadInput as exc:
@@ -71,6 +75,7 @@ async def score_quality(request: Request, who: ViewerDep) -> Response:
             to=end,
             horizon=form["horizon"],
             outcome=form["outcome"],
+            group=form["group"] or None,
         )
     )
     if report is not None:
@@ -95,6 +100,7 @@ def quality_context(report: ScoreQualityOut, chosen: str | None) -> dict[str, An
         "horizon": f"{report.horizon_days:g}d",
         "outcome": report.outcome,
         "model": chosen,
+        "group": report.group,
     }
     return {"charts": charts_by_model, "api": api_query("/v1/reports/score-quality", params)}
 

@@ -159,6 +159,9 @@ class ScoreQualityOut(BaseModel):
     horizon_days: float
     every_days: float
     outcome: str = Field(description="`order` (any `Order Completed`, free ones too) or `stage:<name>`.")
+    group: str | None = Field(
+        default=None, description="The score group whose score was judged (its bands make the grades); null: overall."
+    )
     snapshots: list[datetime] = Field(description="The instants t the contacts were scored at.")
     min_n: int
     models: list[QualityModelOut] = Field(description="The active (or chosen) model first, then the live shadows.")

@@ -5,6 +5,7 @@ unreachable: 503 ``not_ready``; bad parameters: 422)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -74,6 +75,20 @@ def evaluated(name: str | None, active: Model, namespaces: Any) -> list[sq.Evalu
     return out
 
 
+def with_group(models: list[sq.Evaluated], group: str | None) -> list[sq.Evaluated]:
+    """``models`` judged by the score group ``group`` (422 when the first model has no such group;
+    a shadow without it is left out)."""
+    if not group:
+        return models
+    archive.valid(reports.check_group, group, models[0].model)
+    out = []
+    for m in models:
+        found = m.model.group(group)
+        if found is not None:
+            out.append(replace(m, group=found))
+    return out
+
+
 @router.get("/v1/reports/score-quality", response_model=ScoreQualityOut)
 async def score_quality_report(
     analytics: Analytics,
@@ -92,6 +107,10 @@ async def score_quality_report(
     horizon: Annotated[str, Query(description="How long after t the outcome counts: `30d`, `12h`, `2w`.")] = "30d",
     every: Annotated[str | None, Query(description="Between snapshot instants; default: the horizon.")] = None,
     outcome: Annotated[str, Query(description="`order` or `stage:<name>`.")] = "order",
+    group: Annotated[
+        str | None,
+        Query(description="A score group: judge its score (and grade by its bands) instead of the overall one."),
+    ] = None,
     min_n: Annotated[int, Query(ge=1, le=100_000, description="Smallest group given a rate.")] = sq.DEFAULT_MIN_N,
 ) -> ScoreQualityOut:
     """Does the score predict? For the contacts scored at each snapshot instant t of the period,
@@ -106,7 +125,7 @@ async def score_quality_report(
     default_to = now - horizon_ms
     from_ms, to_ms = archive.window(from_, to, DEFAULT_QUALITY_DAYS, default_to)
     assert from_ms is not None
-    models = evaluated(model_, model, namespaces)
+    models = with_group(evaluated(model_, model, namespaces), group)
     archive.valid(sq.snapshots, from_ms, to_ms, every_ms, horizon_ms, now)
 
     async def query(store: Store) -> ScoreQualityOut:

@@ -25,6 +25,7 @@ from scorestream.scoring import band_of
 from tests.analytics.archive import Contact
 from tests.analytics.test_rows import rec
 from tests.factories import DAY, DEFAULT_MODEL, T0, iso, segment_json
+from tests.grouped import GROUPED_MODEL
 
 MODEL = DEFAULT_MODEL
 SHADOW = "shadow@5ad0w"
@@ -33,6 +34,7 @@ H = 30 * DAY
 NOW = T + 31 * DAY
 ACTIVE = sq.Evaluated(MODEL.version, MODEL, "app", "active")
 SHADOWED = sq.Evaluated(SHADOW, MODEL, "app-shadow", "shadow")
+COLUMNS = tuple(LEDGER_COLUMNS) if "groups" in LEDGER_COLUMNS else (*LEDGER_COLUMNS, "groups")
 
 
 def run(coro: Any) -> Any:
@@ -70,8 +72,9 @@ class Rows:
             "kafka_partition": 0,
             "kafka_offset": self.next(),
             "written_at": at,
+            "groups": kw.get("groups", {}),
         }
-        self.ledger.append([values[c] for c in LEDGER_COLUMNS])
+        self.ledger.append([values[c] for c in COLUMNS])
 
     def order(self, user: str, at: int, revenue: float = 10.0) -> None:
         props = {"order_id": f"o-{self.offset}", "revenue": revenue, "currency": "EUR"}
@@ -141,8 +144,8 @@ def hand_built() -> tuple[Rows, list[list[Any]]]:
 
 async def fill(store: Store, r: Rows, contacts: list[list[Any]]) -> None:
     await migrate(store)
-    await store.insert("score_ledger", LEDGER_COLUMNS, r.ledger)
-    await store.insert("score_ledger", LEDGER_COLUMNS, r.ledger[:4])  # a re-read
+    await store.insert("score_ledger", COLUMNS, r.ledger)
+    await store.insert("score_ledger", COLUMNS, r.ledger[:4])  # a re-read
     await store.insert("events", EVENT_COLUMNS, r.events)
     await store.insert("triggers", TRIGGER_COLUMNS, r.triggers)
     await store.insert("contacts", CONTACT_COLUMNS, contacts)
@@ -250,3 +253,34 @@ def test_auc_equals_scikit_learns_on_generated_data(chdb_path: Path) -> None:
     rates = [c.rate for c in m.deciles]
     assert all(x is not None for x in rates) and rates[-1] > rates[0]
     assert m.deciles[-1].lift is not None and m.deciles[-1].lift > 1
+
+
+def test_a_score_groups_score_by_hand(chdb_path: Path) -> None:
+    """``training`` (tests/grouped.py): half-life 7 days, max 30, bands hot >= 20, warm >= 5, cold."""
+    model = GROUPED_MODEL
+    training = model.group("training")
+    assert training is not None
+    r = Rows()
+    v = model.version
+    r.score("g1", T, 10.0, "lead", groups={"training": 50.0}, version=v)  # clamped to 30; orders: positive
+    r.order("g1", T + DAY)
+    r.score("g2", T, 10.0, "lead", groups={"training": 20.0}, version=v)
+    r.score("g3", T, 10.0, "lead", groups={"training": 10.0}, version=v)  # orders: positive
+    r.order("g3", T + DAY)
+    r.score("g4", T, 10.0, "lead", version=v)  # no points in the group: 0
+    r.score("g5", T - 7 * DAY, 10.0, "lead", groups={"training": 40.0}, version=v)  # a half-life before: 20
+    s = Store(f"chdb://{chdb_path}?database=quality_group_{uuid.uuid4().hex[:8]}")
+    try:
+        run(fill(s, r, []))
+        evaluated = sq.Evaluated(model.version, model, None, "active", training)
+        report = run(sq.score_quality(s, (evaluated,), sq.Outcome(), T, T + 1, H, DAY, NOW, min_n=1, min_class=1))
+    finally:
+        s.close_sync()
+    m = report.models[0]
+    assert report.group == "training" and (m.n, m.positives) == (5, 2)
+    # g1 (30) above g2, g5 (20) and g4 (0): 3; g3 (10) above g4: 1; U = 4 over 2 x 3
+    assert m.auc == pytest.approx(4 / 6, abs=1e-12)
+    # the group's bands: B (fit 40) with hot (g1, g2, g5), warm (g3), cold (g4)
+    assert {c.key: (c.n, c.positives) for c in m.grades} == {"Bhot": (3, 1), "Bwarm": (1, 1), "Bcold": (1, 0)}
+    assert [c.key for c in m.grades] == ["Bhot", "Bwarm", "Bcold"]
+    assert max(c.max_score or 0 for c in m.deciles) == 30.0

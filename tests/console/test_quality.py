@@ -106,7 +106,10 @@ def test_a_stage_outcome_and_bad_input(store: Store) -> None:
     first = day(qf.T + DAY)
     ok = client.get("/console/score-quality", params={"from": first, "to": first, "outcome": "stage:customer"})
     assert ok.status_code == 200 and "stage:customer" in ok.text
-    for params in ({"horizon": "5y"}, {"outcome": "stage:nope"}, {"from": "yesterday"}):
+    group = DEFAULT_MODEL.groups[0].id
+    grouped = client.get("/console/score-quality", params={"from": first, "to": first, "group": group})
+    assert grouped.status_code == 200 and f"score: group {group}" in grouped.text
+    for params in ({"horizon": "5y"}, {"outcome": "stage:nope"}, {"from": "yesterday"}, {"group": "nope"}):
         bad = client.get("/console/score-quality", params=params)
         assert bad.status_code == 400 and 'data-testid="form-error"' in bad.text
 

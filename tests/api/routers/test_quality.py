@@ -116,7 +116,12 @@ def test_score_quality(store: Store) -> None:
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("horizon=30", "horizon"), ("outcome=stage:nope", "outcome"), ("every=1h&from=2020-01-01T00:00:00Z", "every")],
+    [
+        ("horizon=30", "horizon"),
+        ("outcome=stage:nope", "outcome"),
+        ("every=1h&from=2020-01-01T00:00:00Z", "every"),
+        ("group=nope", "group"),
+    ],
 )
 def test_bad_parameters_are_422(store: Store, query: str, param: str) -> None:
     r = get(make_app(store), f"/v1/reports/score-quality?{query}")[0]
@@ -146,3 +151,12 @@ def test_evaluated_picks_the_active_model_and_the_live_shadows() -> None:
     retired = evaluated("old@2", DEFAULT_MODEL, namespaces)
     assert [(e.version, e.model, e.role) for e in retired] == [("old@2", DEFAULT_MODEL, "chosen")]
     assert isinstance(retired[0], sq.Evaluated)
+
+
+def test_score_quality_of_a_score_group(store: Store) -> None:
+    group = DEFAULT_MODEL.groups[0].id
+    path = f"/v1/reports/score-quality?from={iso(qf.T)}&to={iso(qf.T + 1)}&every=1d&min_n=1&group={group}"
+    body = get(make_app(store), path)[0].json()
+    # the hand-built ledger keeps no group scores: every pair scores 0 in the group, one decile
+    assert body["group"] == group and body["models"][0]["n"] == 8
+    assert [(c["key"], c["max_score"]) for c in body["models"][0]["deciles"]] == [("1", 0.0)]
