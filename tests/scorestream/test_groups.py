@@ -203,6 +203,13 @@ def test_a_group_guard_is_a_score_guard() -> None:
     assert transition.static_guards == ()
 
 
+def test_a_persona_cannot_read_a_group() -> None:
+    raw = _with_lifecycle([{"field": "engagement.product", "op": "gte", "value": 40}])
+    raw["personas"] = [{"id": "buyer", "when": [{"field": "engagement.product", "op": "gte", "value": 10}]}]
+    with pytest.raises(ModelError, match=r"persona 'buyer'.when: 'engagement.product' is a score group's score"):
+        Model.from_dict(raw)
+
+
 def test_group_thresholds_need_a_lifecycle() -> None:
     raw = groups_raw()
     raw["engagement"]["groups"][2]["thresholds"] = [10]

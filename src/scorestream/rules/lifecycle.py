@@ -187,6 +187,12 @@ def _parse_personas(raw: object) -> tuple[Persona, ...]:
         when = _predicates(item.get("when"), f"persona {persona_id!r}.when")
         if not when:
             raise ModelError(f"persona {persona_id!r}: 'when' must be a non-empty list of predicates")
+        for p in when:
+            if group_field(p.field) is not None:
+                raise ModelError(
+                    f"persona {persona_id!r}.when: {p.field!r} is a score group's score, which only "
+                    "transitions read (a persona reads engagement, fit, traits, ...)"
+                )
         out.append(Persona(persona_id, when, str(item.get("description", ""))))
     return tuple(out)
 
