@@ -461,7 +461,7 @@ async def follow_merges(store: Store, contact_id: str) -> str:
 
 LEDGER = f"""
 SELECT toUnixTimestamp64Milli(at), toString(kind), toString(cause), engagement, engagement_band, fit, fit_grade,
-       stage, rules, message_ids, merged_into, model_version
+       stage, rules, message_ids, merged_into, model_version, groups
 FROM score_ledger FINAL
 WHERE contact_id = {{id:String}} AND {model_filter_sql("model_version")}
   AND at >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') AND at < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC')
@@ -481,7 +481,8 @@ LIMIT {{limit:UInt32}}
 # the last ledger row at or before an instant (duplicates of a row are the same row: no FINAL)
 LEDGER_AS_OF = f"""
 SELECT count(),
-       argMax(tuple(toUnixTimestamp64Milli(at), toString(kind), engagement, fit, fit_grade, stage, model_version),
+       argMax(tuple(toUnixTimestamp64Milli(at), toString(kind), engagement, fit, fit_grade, stage, model_version,
+                    groups),
               tuple(at, kafka_offset))
 FROM score_ledger
 WHERE contact_id = {{id:String}} AND {model_filter_sql("model_version")}
@@ -536,8 +537,9 @@ def transition_out(row: Sequence[Any]) -> TransitionOut:
     )
 
 
-def ledger_out(row: Sequence[Any]) -> LedgerRowOut:
-    at, kind, cause, engagement, band, fit, fit_grade, stage, rules, mids, merged_into, model_version = row
+def ledger_out(row: Sequence[Any], model: Model | None = None) -> LedgerRowOut:
+    """A row of :data:`LEDGER`; with ``model``, its score groups at ``at`` (clamped by their ``max``)."""
+    at, kind, cause, engagement, band, fit, fit_grade, stage, rules, mids, merged_into, model_version, groups = row
     return LedgerRowOut(
         at=_at(int(at)),
         kind=str(kind),
@@ -551,6 +553,7 @@ def ledger_out(row: Sequence[Any]) -> LedgerRowOut:
         message_ids=[str(m) for m in mids],
         merged_into=_text(merged_into),
         model_version=str(model_version),
+        groups=groups_now(groups, int(at), model, int(at)) if model is not None and kind == "score" else [],
     )
 
 
@@ -560,7 +563,7 @@ def as_of_view(as_of_ms: int, ledger: Rows, last_transitions: Sequence[Transitio
     unless a transition came after it (time alone moves stages: decay, timers)."""
     if not ledger or int(ledger[0][0]) == 0:
         return None
-    at, kind, engagement, fit, fit_grade, stage, model_version = ledger[0][1]
+    at, kind, engagement, fit, fit_grade, stage, model_version, groups = ledger[0][1]
     at = int(at)
     score = decayed(float(engagement), at, as_of_ms, model.half_life_ms) if kind == "score" else 0.0
     band = band_of(model.engagement_bands, score) if kind == "score" else ""
@@ -579,6 +582,7 @@ def as_of_view(as_of_ms: int, ledger: Rows, last_transitions: Sequence[Transitio
         stage=current if kind == "score" else None,
         ledger_at=_at(at),
         model_version=str(model_version),
+        groups=groups_now(groups, at, model, as_of_ms) if kind == "score" else [],
     )
 
 
@@ -608,7 +612,7 @@ async def history(
         model=chosen,
         **{"from": _dt(from_ms)},  # "from" is a Python keyword: the field is from_, aliased
         to=_at(to_ms),
-        ledger=[ledger_out(r) for r in ledger[:limit]],
+        ledger=[ledger_out(r, model) for r in ledger[:limit]],
         transitions=chain_order(transition_out(r) for r in transitions[:limit]),
         truncated=len(ledger) > limit or len(transitions) > limit,
         as_of=as_of_view(as_of_ms, last, at_last, model),

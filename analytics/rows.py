@@ -456,6 +456,7 @@ LEDGER_COLUMNS = (
     "kafka_partition",
     "kafka_offset",
     "written_at",
+    "groups",
 )
 
 
@@ -468,6 +469,7 @@ class Scores:
     engagement: float = 0.0
     fit: float = 0.0
     stage: str = ""
+    groups: tuple[tuple[str, float], ...] = ()  # the score groups' raw scores (raw_group_scores), by id
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,7 +545,8 @@ def read_contact(record: Record, model: Model, purchases: PurchaseFacts | None =
     fit = fit_of(state, model, top=0)
     journey = state.journey
     stage = journey.stage if journey is not None else ""
-    scores = Scores("score", at, engagement, fit.score, stage)
+    groups = raw_group_scores(state, model, at)
+    scores = Scores("score", at, engagement, fit.score, stage, tuple(sorted(groups.items())))
     facts = (purchases or PurchaseFacts(0)).of(contact_id, state.value, at)
     snapshot = [
         contact_id,
@@ -571,7 +574,7 @@ def read_contact(record: Record, model: Model, purchases: PurchaseFacts | None =
         state.model_version,
         record.partition,
         record.offset,
-        raw_group_scores(state, model, at),
+        groups,
     ]
     recent = tuple(state.hits[-MAX_LEDGER_HITS:])
     return ContactChange(
@@ -616,6 +619,24 @@ def engagement_changed(before: Scores, after: Scores, half_life_ms: int) -> bool
     (scores are rounded to 6 decimals, hence the tolerance)."""
     expected = decay(before.engagement, before.at_ms, max(after.at_ms, before.at_ms), half_life_ms)
     return not math.isclose(after.engagement, expected, rel_tol=1e-9, abs_tol=2e-6)
+
+
+def groups_changed(before: Scores, after: Scores, model: Model) -> bool:
+    """Whether a score group's points changed between two rows, not just time: as
+    :func:`engagement_changed`, each group's raw score decayed at its own half-life (a group the
+    model no longer declares, at the overall one). A group of weight 0 changes apart from the
+    overall score, so this is asked beside it."""
+    if before.groups == after.groups:
+        return False
+    old, new = dict(before.groups), dict(after.groups)
+    at = max(after.at_ms, before.at_ms)
+    for group_id in old.keys() | new.keys():
+        group = model.group(group_id)
+        half_life = group.half_life_ms if group is not None else model.half_life_ms
+        expected = decay(old.get(group_id, 0.0), before.at_ms, at, half_life)
+        if not math.isclose(new.get(group_id, 0.0), expected, rel_tol=1e-9, abs_tol=2e-6):
+            return True
+    return False
 
 
 class Ledger:
@@ -685,7 +706,7 @@ class Ledger:
             cause = "first"
             fresh = list(change.recent)
             rules, mids = _listed(fresh)
-        elif engagement_changed(before, after, self.model.half_life_ms):
+        elif engagement_changed(before, after, self.model.half_life_ms) or groups_changed(before, after, self.model):
             fresh = [h for h in change.recent if h.ts > before.at_ms]
             cause = "events" if fresh else "other"
             rules, mids = _listed(fresh)
@@ -714,6 +735,7 @@ class Ledger:
             partition,
             offset,
             written,
+            dict(after.groups),
         ]
 
 
@@ -730,7 +752,8 @@ def _listed(hits: list[Hit]) -> tuple[list[str], list[str]]:
 # are all on one partition, so its offsets are comparable; another model namespace's changelog has
 # offsets of its own); parameters ``ids`` and ``before``, in step, and ``topic``.
 LAST_LEDGER_ROWS = """
-SELECT contact_id, argMax(tuple(toString(kind), toUnixTimestamp64Milli(at), engagement, fit, stage), kafka_offset)
+SELECT contact_id,
+       argMax(tuple(toString(kind), toUnixTimestamp64Milli(at), engagement, fit, stage, groups), kafka_offset)
 FROM score_ledger
 WHERE contact_id IN {ids:Array(String)}
   AND kafka_topic = {topic:String}
@@ -750,6 +773,7 @@ def scores_of(rows: Iterable[tuple[Any, ...]]) -> dict[str, Scores]:
     """The result of :data:`LAST_LEDGER_ROWS` as contact id -> :class:`Scores`."""
     out: dict[str, Scores] = {}
     for contact_id, last in rows:
-        kind, at, engagement, fit, stage = last
-        out[str(contact_id)] = Scores(str(kind), int(at), float(engagement), float(fit), str(stage))
+        kind, at, engagement, fit, stage, groups = last
+        raw = tuple(sorted((str(k), float(v)) for k, v in dict(groups).items()))
+        out[str(contact_id)] = Scores(str(kind), int(at), float(engagement), float(fit), str(stage), raw)
     return out

@@ -87,6 +87,11 @@ class LedgerRowOut(BaseModel):
     message_ids: list[str] = Field(description="The scored events since the previous row (the newest 16).")
     merged_into: str | None
     model_version: str
+    groups: list[GroupScoreOut] = Field(
+        default_factory=list,
+        description="Every score group of the model at `at` (clamped by its `max`); empty for a model without "
+        "groups, a merge or a deletion.",
+    )
 
 
 class TransitionOut(BaseModel):
@@ -113,6 +118,9 @@ class AsOfOut(BaseModel):
     stage: str | None
     ledger_at: datetime = Field(description="`at` of the ledger row the scores come from.")
     model_version: str
+    groups: list[GroupScoreOut] = Field(
+        default_factory=list, description="Every score group of the model, decayed to `at` at its half-life."
+    )
 
 
 class HistoryOut(BaseModel):

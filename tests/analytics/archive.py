@@ -233,6 +233,7 @@ def ledger_row(
         "kafka_partition": 0,
         "kafka_offset": offset,
         "written_at": at,
+        "groups": {},
     }
     return [values[c] for c in LEDGER_COLUMNS]
 

@@ -46,6 +46,7 @@ def ledger_row(contact: str, offset: int, engagement: float, topic: str = "cl") 
         "kafka_partition": 0,
         "kafka_offset": offset,
         "written_at": T0,
+        "groups": {"hardware": float(offset)} if offset % 2 else {},
     }
     return [values[c] for c in LEDGER_COLUMNS]
 
@@ -75,6 +76,7 @@ def test_the_last_ledger_row_before_an_offset(chdb_url: str) -> None:
         found = scores_of(await store.query(LAST_LEDGER_ROWS, last_rows_parameters(unknown, "cl")))
         assert set(found) == {"c-1"}  # c-2 has nothing before offset 3, c-3 nothing at all
         assert (found["c-1"].engagement, found["c-1"].at_ms, found["c-1"].kind) == (9.0, T0 + 9, "score")
+        assert found["c-1"].groups == (("hardware", 9.0),)  # the score groups' raw scores come back
         found = scores_of(await store.query(LAST_LEDGER_ROWS, last_rows_parameters(unknown, "b-cl")))
         assert {c: s.engagement for c, s in found.items()} == {"c-1": 80.0, "c-3": 1.0}
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,11 +19,11 @@ from analytics import groups, reports
 from analytics.client import Store
 from analytics.migrations import migrate
 from analytics.reports import ContactFilter, InvalidParameter
-from analytics.rows import CONTACT_COLUMNS
+from analytics.rows import CONTACT_COLUMNS, LEDGER_COLUMNS
 from schemas.api_analytics import ContactRowOut
 from scorestream.rules.groups import ScoreGroup
 from scorestream.scoring import band_of, round_score
-from tests.analytics.archive import NOW, Contact
+from tests.analytics.archive import NOW, Contact, ledger_row
 from tests.factories import DAY, HOUR
 from tests.grouped import GROUPED_MODEL
 
@@ -180,5 +181,36 @@ def test_the_groups_report_spreads_each_groups_contacts_over_its_bands(
             hardware = next(g for g in report.groups if g.id == "hardware")
             assert sum(b.contacts > 0 for b in hardware.bands) >= 3, "the data spreads over several bands"
             assert hardware.bands[-1].min is None
+
+    in_fresh_archive(chdb_path, body)
+
+
+# --- the history ---------------------------------------------------------------------------------
+
+
+def test_the_history_shows_each_groups_score_at_each_change_and_as_of(chdb_path: Path) -> None:
+    def row(at: int, offset: int, groups: dict[str, float]) -> list[Any]:
+        values = dict(zip(LEDGER_COLUMNS, ledger_row("h-1", at, 30.0, 10.0, "lead", offset, ["r"], ["m"]), strict=True))
+        values.update(model_version=MODEL.version, groups=groups)
+        return [values[c] for c in LEDGER_COLUMNS]
+
+    first, second = NOW - 10 * DAY, NOW - 3 * DAY
+    rows = [row(first, 1, {"hardware": 40.0}), row(second, 2, {"hardware": 70.0, "training": 38.0})]
+
+    async def body(store: Store) -> None:
+        await store.insert("score_ledger", LEDGER_COLUMNS, rows)
+        found = await reports.history(store, MODEL, "h-1", None, NOW, NOW, 100)
+        shown = [{g.id: g.score for g in r.groups} for r in found.ledger]
+        assert shown == [
+            {**{g.id: 0.0 for g in MODEL.groups}, "hardware": 40.0},
+            {**{g.id: 0.0 for g in MODEL.groups}, "hardware": 70.0, "training": 30.0},  # clamped at its max
+        ]
+        assert found.as_of is not None
+        as_of = {g.id: g for g in found.as_of.groups}
+        hardware = 70.0 * math.pow(2.0, -3 * DAY / HARDWARE.half_life_ms)
+        training = min(38.0 * math.pow(2.0, -3 * DAY / TRAINING.half_life_ms), 30.0)
+        assert as_of["hardware"].score == pytest.approx(hardware, abs=1e-6)
+        assert as_of["training"].score == pytest.approx(training, abs=1e-6) and training < 30.0
+        assert as_of["training"].band == band_of(TRAINING.bands, as_of["training"].score)
 
     in_fresh_archive(chdb_path, body)

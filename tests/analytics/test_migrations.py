@@ -204,12 +204,16 @@ def bundled_up_to(tmp_path: Path, last: int) -> Path:
     return directory
 
 
+# the ledger's columns before 0007 (the rows the 0006 tests load into the old layouts)
+OLD_LEDGER_COLUMNS = tuple(c for c in LEDGER_COLUMNS if c != "groups")
+
+
 def ledger(contact: str, at: int, topic: str, offset: int, engagement: float, inserted: int) -> list[Any]:
     row = dict(
         zip(LEDGER_COLUMNS, ledger_row(contact, at, engagement, 10.0, "lead", offset, ["r"], ["m"]), strict=True)
     )
     row.update(kafka_topic=topic, model_version=f"{topic}@1", inserted_at=inserted)
-    return list(row.values())
+    return [row[c] for c in (*OLD_LEDGER_COLUMNS, "inserted_at")]
 
 
 def account(account_id: str, at: int, topic: str, offset: int, engagement: float, inserted: int) -> list[Any]:
@@ -220,7 +224,7 @@ def account(account_id: str, at: int, topic: str, offset: int, engagement: float
 async def load_old_layout(store: Store) -> None:
     """Rows as the previous release's sink left them: re-reads, and rows of two namespaces' changelogs
     with the same contact (account), instant, partition and offset, not merged yet."""
-    ledger_columns = [*LEDGER_COLUMNS, "inserted_at"]
+    ledger_columns = [*OLD_LEDGER_COLUMNS, "inserted_at"]
     account_columns = [*ACCOUNT_COLUMNS, "inserted_at"]
     rows = [ledger(f"c{i}", NOW + i * HOUR, "a-contacts-changelog", i, float(i), NOW + i) for i in range(20)]
     await store.insert("score_ledger", ledger_columns, rows)
@@ -274,8 +278,8 @@ def test_0006_rebuilds_the_tables_with_every_row(chdb_url: str, tmp_path: Path) 
             assert await migrate(store, bundled_up_to(tmp_path, 6), force=True) == list(range(1, 7))
             await assert_rebuilt(store, before)
             # the sink's new rows differing only in the topic both stay
-            await store.insert("score_ledger", LEDGER_COLUMNS, [ledger("z", NOW, "a", 1, 1.0, 0)[:-1]])
-            await store.insert("score_ledger", LEDGER_COLUMNS, [ledger("z", NOW, "b", 1, 2.0, 0)[:-1]])
+            await store.insert("score_ledger", OLD_LEDGER_COLUMNS, [ledger("z", NOW, "a", 1, 1.0, 0)[:-1]])
+            await store.insert("score_ledger", OLD_LEDGER_COLUMNS, [ledger("z", NOW, "b", 1, 2.0, 0)[:-1]])
             await store.command("OPTIMIZE TABLE score_ledger FINAL")
             found = await store.query("SELECT kafka_topic FROM score_ledger FINAL WHERE contact_id = 'z' ORDER BY 1")
             assert found == [("a",), ("b",)]
@@ -345,10 +349,10 @@ def test_0007_adds_the_group_scores_and_keeps_the_rows(chdb_url: str, tmp_path: 
         store = Store(chdb_url)
         try:
             await migrate(store, bundled_up_to(tmp_path, 6))
-            await store.insert("score_ledger", LEDGER_COLUMNS, [ledger("old", NOW, "a", 1, 1.0, 0)[:-1]])
+            await store.insert("score_ledger", OLD_LEDGER_COLUMNS, [ledger("old", NOW, "a", 1, 1.0, 0)[:-1]])
             assert 7 in await migrate(store)
             row = ledger("new", NOW, "a", 2, 2.0, 0)[:-1]
-            await store.insert("score_ledger", [*LEDGER_COLUMNS, "groups"], [[*row, {"hardware": 12.5}]])
+            await store.insert("score_ledger", [*OLD_LEDGER_COLUMNS, "groups"], [[*row, {"hardware": 12.5}]])
             found = await store.query("SELECT contact_id, groups FROM score_ledger FINAL ORDER BY contact_id")
             assert found == [("new", {"hardware": 12.5}), ("old", {})]
             assert await migrate(store, force=True) == [m.version for m in load()]

@@ -23,6 +23,7 @@ from analytics.rows import (
     delivery_row,
     engagement_changed,
     event_row,
+    groups_changed,
     last_rows_parameters,
     read_contact,
     reject_row,
@@ -334,6 +335,56 @@ def test_the_snapshot_keeps_each_groups_raw_score_at_last_seen() -> None:
     assert (
         as_dict(CONTACT_COLUMNS, read_contact(rec(encode_state(state), key=b"user-1"), MODEL).snapshot)["groups"] == {}
     )
+
+
+def test_a_score_group_apart_from_the_overall_score_writes_its_own_ledger_rows() -> None:
+    """training has weight 0: its page views change no overall points, only its own score (a row,
+    with the groups' raw scores); the same views a day later, decayed at 7 days, are no change."""
+    grouped = GROUPED_MODEL
+    state: ContactState | None = None
+    offset = 0
+
+    def record(*events: Any) -> Rec:
+        nonlocal state, offset
+        state, *_ = step(state, "user-1", list(events), grouped)
+        assert state is not None
+        offset += 1
+        return rec(encode_state(state), "ss-contacts-changelog", offset, key=b"user-1")
+
+    def rows(*records: Rec) -> list[dict[str, Any]]:
+        changes = [read_contact(r, grouped) for r in records]
+        ledger.prime(ledger.unknown(changes), {})
+        return [as_dict(LEDGER_COLUMNS, row) for row in ledger.rows(changes)]
+
+    ledger = Ledger(grouped)
+    page = make_event(kind="page", event=None, channel="web", path="/hardware/a", message_id="h", timestamp_ms=T0)
+    (first,) = rows(record(page))
+    assert first["cause"] == "first" and first["groups"] == {"hardware": 10.0}
+    # training capped at 0 weight: the overall score moves only by the page view rule's point
+    view = make_event(kind="page", event=None, channel="web", path="/training/a", message_id="t1", timestamp_ms=T0 + 1)
+    (row,) = rows(record(view))
+    assert row["cause"] == "events" and row["rules"] == ["page-view", "training-page"]
+    assert row["groups"] == {"hardware": pytest.approx(10.0), "training": 8.0}
+    # a day later, an identify: every score only decayed (each group at its own half-life): no row
+    assert rows(record(make_event(kind="identify", event=None, message_id="i", timestamp_ms=T0 + DAY))) == []
+    # only the weight-0 group changes (page-view's daily cap is spent): still a row
+    capped = [
+        make_event(kind="page", event=None, channel="web", path="/x", message_id=f"p{i}", timestamp_ms=T0 + DAY + i)
+        for i in range(10)
+    ]
+    (spent,) = rows(record(*capped))
+    more = make_event(
+        kind="page", event=None, channel="web", path="/training/b", message_id="t2", timestamp_ms=T0 + DAY + 20
+    )
+    (row,) = rows(record(more))
+    assert "training-page" in row["rules"] and row["cause"] == "events"
+    before = Scores("score", spent["at"], spent["engagement"])
+    assert not engagement_changed(before, Scores("score", row["at"], row["engagement"]), grouped.half_life_ms)
+    week = 7 * DAY
+    assert row["groups"]["training"] == pytest.approx(8 * math.pow(2, -(DAY + 19) / week) + 8, rel=1e-12)
+    assert groups_changed(Scores("score", T0, groups=(("training", 8.0),)), Scores("score", T0 + week), grouped)
+    unchanged = Scores("score", T0 + week, groups=(("training", 4.0),))
+    assert not groups_changed(Scores("score", T0, groups=(("training", 8.0),)), unchanged, grouped)
 
 
 def test_decay_alone_is_not_a_change() -> None:
