@@ -7,7 +7,8 @@ Definitions the queries keep (all from ``events``, every accepted event, exactly
   email, store). ``identify``, ``group`` and ``alias`` are not touches: they say who someone is,
   not that they were in contact. A message id is one touch however many times it was archived
   (the core dedupes by message id as well).
-- The **first order** is the first ``Order Completed`` of the person, whatever its revenue: a free
+- The **first order** is the first order event of the person (the model's ``value.order_events``,
+  ``Order Completed`` by default), whatever its revenue: a free
   order (revenue 0) is an order here, although the ``contacts`` summary counts orders of a net
   value above 0 only. Touches **before** it are those strictly earlier (the order is not one of
   them); the time to it runs from the first touch (the order itself when it came first).
@@ -42,7 +43,7 @@ from scorestream.identity import ANONYMOUS_PREFIX
 MAX_MERGE_HOPS = 8
 CHANNELS = ("web", "email", "store")
 OFFLINE = "store"
-ORDER_EVENT = "Order Completed"
+ORDER_EVENTS: tuple[str, ...] = ("Order Completed",)  # the model's value.order_events by default
 DEFAULT_MIN_N = 5
 TOUCH_BUCKETS: tuple[float, ...] = (0, 1, 2, 3, 5, 10, 20, 50)
 DAY_BUCKETS: tuple[float, ...] = (0, 1, 7, 14, 30, 60, 90, 180, 365)
@@ -76,7 +77,7 @@ def touches_sql(where: str = "") -> str:
         SELECT {EVENT_CONTACT_SQL} AS raw_contact, message_id,
                min(toUnixTimestamp64Milli(event_time)) AS t,
                argMin(toString(channel), toUnixTimestamp64Milli(event_time)) AS channel,
-               max(type = 'track' AND event = '{ORDER_EVENT}') AS is_order
+               max(type = 'track' AND has({{order_events:Array(String)}}, event)) AS is_order
         FROM events FINAL
         WHERE status = 'accepted' AND type IN ('track', 'page', 'screen')
           AND (user_id != '' OR anonymous_id != '') {where}
@@ -203,12 +204,13 @@ def journey_body(contact_id: str, rows: Rows) -> JourneyOut:
     )
 
 
-async def journey(store: Store, contact_id: str) -> JourneyOut:
+async def journey(store: Store, contact_id: str, order_events: Sequence[str] = ORDER_EVENTS) -> JourneyOut:
     """The journey of ``contact_id`` (a surviving contact: its merged contacts' events are its own)."""
     merged = [str(m) for m in (await store.query(MERGED_INTO, {"id": contact_id}))[0][0]]
     ids = [contact_id, *merged]
     anonymous = [i.removeprefix(ANONYMOUS_PREFIX) for i in ids if i.startswith(ANONYMOUS_PREFIX)]
-    rows = await store.query(ONE, {"id": contact_id, "ids": ids, "anonymous": anonymous})
+    parameters = {"id": contact_id, "ids": ids, "anonymous": anonymous, "order_events": list(order_events)}
+    rows = await store.query(ONE, parameters)
     return journey_body(contact_id, rows)
 
 
@@ -296,9 +298,11 @@ def journey_report_body(
     )
 
 
-async def journey_report(store: Store, from_ms: int, to_ms: int, min_n: int = DEFAULT_MIN_N) -> JourneyReportOut:
+async def journey_report(
+    store: Store, from_ms: int, to_ms: int, min_n: int = DEFAULT_MIN_N, order_events: Sequence[str] = ORDER_EVENTS
+) -> JourneyReportOut:
     """Distributions of the journey facts of the buyers whose first order is in ``[from_ms, to_ms)``."""
-    parameters = {"from": from_ms, "to": to_ms}
+    parameters = {"from": from_ms, "to": to_ms, "order_events": list(order_events)}
     rows = await store.query(REPORT, parameters)
     channel_rows = await store.query(CHANNEL_REPORT, parameters)
     return journey_report_body(rows, channel_rows, from_ms, to_ms, min_n)

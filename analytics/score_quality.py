@@ -13,7 +13,8 @@ Definitions the queries keep:
   and rounded as the API shows it; its band and grade are the model's for that score, its fit
   grade and stage the row's. A pair (contact, t) is one observation; a contact may be one at
   several snapshots.
-- **Outcome**: ``order``: an ``Order Completed`` event (any revenue, free orders included) of the
+- **Outcome**: ``order``: an order event (the model's ``value.order_events``, ``Order Completed`` by
+  default; any revenue, free orders included) of the
   person in (t, t + horizon]; ``stage:<name>``: an entry into the stage in (t, t + horizon]
   (``stage_transitions``, announced by any model: what happened is the same for the active model
   and its shadows); pairs already in that stage at t, or that entered it before, are left out.
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analytics.client import Store
-from analytics.journey_facts import EVENT_CONTACT_SQL, MERGES_WITH, ORDER_EVENT, survivor_sql
+from analytics.journey_facts import EVENT_CONTACT_SQL, MERGES_WITH, survivor_sql
 from analytics.reports import InvalidParameter, model_filter_sql
 from schemas.api_quality import (
     CalibrationOut,
@@ -117,7 +118,8 @@ def snapshots(from_ms: int, to_ms: int, every_ms: int, horizon_ms: int, now_ms: 
 ORDERS_SQL = f"""
     SELECT {survivor_sql(EVENT_CONTACT_SQL)} AS person, toUnixTimestamp64Milli(event_time) AS o
     FROM events FINAL
-    WHERE status = 'accepted' AND type = 'track' AND event = '{ORDER_EVENT}' AND (user_id != '' OR anonymous_id != '')
+    WHERE status = 'accepted' AND type = 'track' AND has({{order_events:Array(String)}}, event)
+      AND (user_id != '' OR anonymous_id != '')
 """  # noqa: S608 (constant fragments)
 STAGE_ENTRIES_SQL = f"""
     SELECT {survivor_sql("subject_id")} AS person, toUnixTimestamp64Milli(at) AS o
@@ -206,6 +208,7 @@ def parameters(
         "band_mins": [float(b.min) if math.isfinite(b.min) else -1e308 for b in bands],  # the last: -inf
         "band_labels": [b.label for b in bands],
         "stage": outcome.stage or "",
+        "order_events": list(model.value.order_events),
     }
 
 

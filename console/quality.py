@@ -116,7 +116,13 @@ async def journey(request: Request, who: ViewerDep) -> Response:
     except BadInput as exc:
         return page(request, who, "journey.html", nav=JOURNEY, status=400, error=str(exc), **context)
     report, problem = await attempt(
-        quality_routes.journey_report(await deps.analytics(request), await deps.clock(request), from_=start, to=end)
+        quality_routes.journey_report(
+            await deps.analytics(request),
+            await deps.active_model(request),
+            await deps.clock(request),
+            from_=start,
+            to=end,
+        )
     )
     if report is not None:
         context |= journey_context(report)
@@ -145,7 +151,10 @@ async def contact_journey(request: Request, who: ViewerDep, contact_id: str) -> 
     """One contact's way to its first order (``GET /v1/contacts/{id}/journey``): a fragment for
     the contact page's card (loaded on demand: it reads the archive), a page of its own without
     the script."""
-    j, problem = await attempt(quality_routes.contact_journey(contact_id, await deps.analytics(request)))
+    journey_of = quality_routes.contact_journey(
+        contact_id, await deps.analytics(request), await deps.active_model(request)
+    )
+    j, problem = await attempt(journey_of)
     if request.headers.get(FRAGMENT_HEADER) == "1":
         return fragment(request, who, "journey_contact_part.html", j=j, problem=problem)
     title = "Way to the first order"

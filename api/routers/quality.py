@@ -27,7 +27,7 @@ DEFAULT_QUALITY_DAYS = 90
 
 
 @router.get("/v1/contacts/{contact_id}/journey", response_model=JourneyOut, responses={404: {"model": Problem}})
-async def contact_journey(contact_id: str, analytics: Analytics) -> JourneyOut:
+async def contact_journey(contact_id: str, analytics: Analytics, model: ActiveModel) -> JourneyOut:
     """A contact's way to its first order: touches (track, page and screen events) before it by
     channel, and days from its first touch to it; a free order counts. By user id, anonymous id or
     email; the events of contacts merged into it are its own."""
@@ -36,7 +36,7 @@ async def contact_journey(contact_id: str, analytics: Analytics) -> JourneyOut:
         found = await reports.resolve_contact(store, contact_id)
         if found is None:
             raise ApiError(404, "not_found", f"no contact with id, anonymous id or email {contact_id!r} in the archive")
-        return await journey_facts.journey(store, found)
+        return await journey_facts.journey(store, found, model.value.order_events)
 
     return await archive.answer(analytics, query)
 
@@ -44,6 +44,7 @@ async def contact_journey(contact_id: str, analytics: Analytics) -> JourneyOut:
 @router.get("/v1/reports/journey", response_model=JourneyReportOut)
 async def journey_report(
     analytics: Analytics,
+    model: ActiveModel,
     clock: Clock,
     from_: Annotated[datetime | None, Query(alias="from", description="Default: 90 days before `to`.")] = None,
     to: Annotated[datetime | None, Query(description="Exclusive; default: now.")] = None,
@@ -56,7 +57,12 @@ async def journey_report(
     first touch; each channel's touches; the share whose first touch was offline (a store)."""
     from_ms, to_ms = archive.window(from_, to, DEFAULT_QUALITY_DAYS, clock())
     assert from_ms is not None
-    return await archive.answer(analytics, lambda store: journey_facts.journey_report(store, from_ms, to_ms, min_n))
+    orders = model.value.order_events
+
+    async def query(store: Store) -> JourneyReportOut:
+        return await journey_facts.journey_report(store, from_ms, to_ms, min_n, orders)
+
+    return await archive.answer(analytics, query)
 
 
 def evaluated(name: str | None, active: Model, namespaces: Any) -> list[sq.Evaluated]:

@@ -84,6 +84,7 @@ def build() -> tuple[list[list[Any]], list[list[Any]]]:
     # cat never orders
     e.add("web", T0, "cat", type="page")
     e.add("email", T0 + DAY, "cat", event="Email Clicked")
+    e.add("web", T0 + 3 * DAY, "cat", event="Purchase", properties={"revenue": 5.0})  # an order only when configured
     # an order before the window: eve's first order is not in [FROM, TO)
     e.add("web", T0 - 3 * DAY, "eve", **order(10.0, "o-eve"))
     rejected = deadletter_row(
@@ -147,7 +148,7 @@ def test_a_walk_in_and_a_contact_without_order(store: Store) -> None:
     assert dan.touches_before_first_order is not None and dan.touches_before_first_order.total == 0
     assert dan.days_to_first_order == 0.0 and dan.first_touch_channel == "store"
     cat = run(journey_facts.journey(store, "cat"))
-    assert cat.first_order_at is None and cat.touches_before_first_order is None and cat.touches.total == 2
+    assert cat.first_order_at is None and cat.touches_before_first_order is None and cat.touches.total == 3
     nobody = run(journey_facts.journey(store, "nobody"))
     assert nobody.first_touch_at is None and nobody.touches.total == 0
 
@@ -181,6 +182,14 @@ def test_the_report_distributions_and_offline_share(store: Store) -> None:
         4 / 6
     )
     assert channels["store"].touches.median == 0.0 and channels["email"].share_of_touches == pytest.approx(1 / 6)
+
+
+def test_the_models_order_events_are_the_orders(store: Store) -> None:
+    cat = run(journey_facts.journey(store, "cat", ("Order Completed", "Purchase")))
+    assert cat.touches_before_first_order is not None and cat.touches_before_first_order.total == 2
+    assert cat.days_to_first_order == 3.0
+    r = run(journey_facts.journey_report(store, FROM, TO, order_events=("Order Completed", "Purchase")))
+    assert r.buyers == 4
 
 
 def test_an_empty_window_says_so(store: Store) -> None:
