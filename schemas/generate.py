@@ -20,6 +20,7 @@ from schemas import (
     api_analytics,
     api_overview,
     api_privacy,
+    api_quality,
     api_regulations,
     events,
     population,
@@ -83,6 +84,9 @@ def documents() -> dict[str, dict[str, Any]]:
         api_adjustments.AdjustmentOut,
         api_adjustments.AdjustmentListOut,
         api_adjustments.RevertOut,
+        api_quality.JourneyOut,
+        api_quality.JourneyReportOut,
+        api_quality.ScoreQualityOut,
     )
     docs[f"triggers-trigger.v{triggers.TRIGGER_VERSION}.json"] = _pydantic(triggers.Trigger, "Trigger")
     for body in bodies:
