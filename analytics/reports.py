@@ -878,9 +878,9 @@ async def rfm(store: Store, model: Model, bounds: RfmBoundaries | None) -> RfmRe
 # --- personas ----------------------------------------------------------------------------------
 
 PERSONAS = f"""
-SELECT persona, stage, count(), avg(e), avg(fit)
+SELECT persona, stage, count(), avg(e), avg(fit), avg(g)
 FROM (
-    SELECT persona, stage, fit, {_decay_sql("engagement", "last_seen")} AS e
+    SELECT persona, stage, fit, {_decay_sql("engagement", "last_seen")} AS e, {group_score_sql("groups", "last_seen")} AS g
     FROM contacts FINAL
     WHERE status = 'active'
 )
@@ -898,14 +898,20 @@ def _ordered(found: Iterable[str | None], known: Sequence[str]) -> list[str | No
     return out
 
 
-def personas_body(rows: Rows, model: Model, now_ms: int) -> PersonasOut:
-    """The persona x stage matrix from :data:`PERSONAS`' rows, in the model's orders."""
+def personas_body(rows: Rows, model: Model, now_ms: int, group: ScoreGroup | None = None) -> PersonasOut:
+    """The persona x stage matrix from :data:`PERSONAS`' rows, in the model's orders; with
+    ``group``, each cell's mean score of that score group."""
     lc = model.lifecycle
     cells = {
         (_text(p), _text(s)): PersonaCellOut(
-            persona=_text(p), stage=_text(s), contacts=int(n), avg_engagement=round_score(float(e)), avg_fit=float(f)
+            persona=_text(p),
+            stage=_text(s),
+            contacts=int(n),
+            avg_engagement=round_score(float(e)),
+            avg_fit=float(f),
+            avg_group_score=round_score(float(g)) if group is not None else None,
         )
-        for p, s, n, e, f in rows
+        for p, s, n, e, f, g in rows
     }
     personas = _ordered((p for p, _ in cells), [p.id for p in lc.personas] if lc is not None else [])
     stages = _ordered((s for _, s in cells), list(lc.stages) if lc is not None else [])
@@ -916,12 +922,14 @@ def personas_body(rows: Rows, model: Model, now_ms: int) -> PersonasOut:
         stages=stages,
         cells=ordered,
         contacts=sum(c.contacts for c in ordered),
+        group=group.id if group is not None else None,
     )
 
 
-async def personas(store: Store, model: Model, now_ms: int) -> PersonasOut:
-    rows = await store.query(PERSONAS, {"now": now_ms, "half_life": float(model.half_life_ms)})
-    return personas_body(rows, model, now_ms)
+async def personas(store: Store, model: Model, now_ms: int, group: ScoreGroup | None = None) -> PersonasOut:
+    parameters = {"now": now_ms, "half_life": float(model.half_life_ms), **group_parameters(group)}
+    rows = await store.query(PERSONAS, parameters)
+    return personas_body(rows, model, now_ms, group)
 
 
 # --- forecast ----------------------------------------------------------------------------------

@@ -220,6 +220,10 @@ class PersonaCellOut(BaseModel):
     contacts: int
     avg_engagement: float = Field(description="Mean engagement decayed to `as_of`.")
     avg_fit: float
+    avg_group_score: float | None = Field(
+        default=None,
+        description="With `?group=`: the mean score of that score group decayed to `as_of` (0 without points).",
+    )
 
 
 class PersonasOut(BaseModel):
@@ -228,6 +232,7 @@ class PersonasOut(BaseModel):
     stages: list[str | None] = Field(description="The model's stages in order, as present.")
     cells: list[PersonaCellOut] = Field(description="Non-empty cells, by persona then stage.")
     contacts: int
+    group: str | None = Field(default=None, description="The score group of `avg_group_score` (`?group=`), if any.")
 
 
 # --- score groups ------------------------------------------------------------------------------

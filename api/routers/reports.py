@@ -81,9 +81,18 @@ async def churn_risk_report(
 
 
 @router.get("/personas", response_model=PersonasOut)
-async def personas_report(analytics: Analytics, model: ActiveModel, clock: Clock) -> PersonasOut:
-    """Persona x stage: active contacts per cell, with their mean engagement (decayed to now) and fit."""
-    return await archive.answer(analytics, lambda store: reports.personas(store, model, clock()))
+async def personas_report(
+    analytics: Analytics,
+    model: ActiveModel,
+    clock: Clock,
+    group: Annotated[
+        str | None, Query(description="A score group: each cell's mean score of it too (`avg_group_score`).")
+    ] = None,
+) -> PersonasOut:
+    """Persona x stage: active contacts per cell, with their mean engagement (decayed to now) and fit
+    (and, with `group`, their mean score of that score group)."""
+    chosen = archive.valid(reports.check_group, group, model)
+    return await archive.answer(analytics, lambda store: reports.personas(store, model, clock(), chosen))
 
 
 @router.get("/groups", response_model=GroupsReportOut)

@@ -214,3 +214,27 @@ def test_the_history_shows_each_groups_score_at_each_change_and_as_of(chdb_path:
         assert as_of["training"].band == band_of(TRAINING.bands, as_of["training"].score)
 
     in_fresh_archive(chdb_path, body)
+
+
+# --- personas per group ----------------------------------------------------------------------------
+
+
+def test_personas_show_each_cells_mean_score_of_a_group(chdb_path: Path) -> None:
+    personas = ["", "executive", "practitioner"]
+    contacts = [replace(c, persona=personas[i % 3], offset=c.offset + 1000) for i, c in enumerate(CONTACTS)]
+    active = [c for c in contacts if c.status == "active"]
+
+    async def body(store: Store) -> None:
+        await store.insert("contacts", CONTACT_COLUMNS, [c.row() for c in contacts])  # newer offsets
+        report = await reports.personas(store, MODEL, NOW, HARDWARE)
+        assert report.group == "hardware" and report.contacts == len(active)
+        for cell in report.cells:
+            inside = [c for c in active if (c.persona or None, c.stage) == (cell.persona, cell.stage)]
+            assert cell.contacts == len(inside)
+            mean = sum(expected_score(c, "hardware") for c in inside) / len(inside)
+            assert cell.avg_group_score == pytest.approx(mean, abs=1e-6)
+        plain = await reports.personas(store, MODEL, NOW)
+        assert plain.group is None and all(c.avg_group_score is None for c in plain.cells)
+        assert [c.avg_engagement for c in plain.cells] == [c.avg_engagement for c in report.cells]
+
+    in_fresh_archive(chdb_path, body)

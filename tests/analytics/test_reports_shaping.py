@@ -242,10 +242,10 @@ def test_customer_value_falls_back_to_all_customers_then_none() -> None:
 
 def test_personas_follow_the_models_order() -> None:
     rows = [
-        ("", "lead", 2, 10.0, 5.0),
-        ("shopper", "customer", 1, 3.0, 0.0),
-        ("executive", "lead", 4, 30.0, 60.0),
-        ("zeta", "mql", 1, 1.0, 1.0),
+        ("", "lead", 2, 10.0, 5.0, 0.0),
+        ("shopper", "customer", 1, 3.0, 0.0, 0.0),
+        ("executive", "lead", 4, 30.0, 60.0, 0.0),
+        ("zeta", "mql", 1, 1.0, 1.0, 0.0),
     ]
     body = reports.personas_body(rows, MODEL, NOW)
     assert body.personas == ["executive", "shopper", "zeta", None]
@@ -257,3 +257,4 @@ def test_personas_follow_the_models_order() -> None:
         (None, "lead"),
     ]
     assert body.contacts == 8
+    assert body.group is None and all(c.avg_group_score is None for c in body.cells)
