@@ -4,8 +4,9 @@ from the first touch to the first order (``GET /v1/contacts/{id}/journey``, ``GE
 Definitions the queries keep (all from ``events``, every accepted event, exactly):
 
 - A **touch** is an accepted event of type ``track``, ``page`` or ``screen``, on its channel (web,
-  email, store). ``identify``, ``group`` and ``alias`` are not touches: they say who someone is,
-  not that they were in contact. A message id is one touch however many times it was archived
+  email, store; not ``crm``, where manual score adjustments arrive: sales' word is no contact).
+  ``identify``, ``group`` and ``alias`` are not touches: they say who someone is, not that they
+  were in contact. A message id is one touch however many times it was archived
   (the core dedupes by message id as well).
 - The **first order** is the first order event of the person (the model's ``value.order_events``,
   ``Order Completed`` by default), whatever its revenue: a free
@@ -42,6 +43,8 @@ from scorestream.identity import ANONYMOUS_PREFIX
 
 MAX_MERGE_HOPS = 8
 CHANNELS = ("web", "email", "store")
+# the channels a person is in contact on: not ``crm`` (a manual adjustment is sales' word, not a touch)
+TOUCH_CHANNELS_SQL = "(" + ", ".join(f"'{c}'" for c in CHANNELS) + ")"
 OFFLINE = "store"
 ORDER_EVENTS: tuple[str, ...] = ("Order Completed",)  # the model's value.order_events by default
 DEFAULT_MIN_N = 5
@@ -80,6 +83,7 @@ def touches_sql(where: str = "") -> str:
                max(type = 'track' AND has({{order_events:Array(String)}}, event)) AS is_order
         FROM events FINAL
         WHERE status = 'accepted' AND type IN ('track', 'page', 'screen')
+          AND toString(events.channel) IN {TOUCH_CHANNELS_SQL}
           AND (user_id != '' OR anonymous_id != '') {where}
         GROUP BY raw_contact, message_id
     )

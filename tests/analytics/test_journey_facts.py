@@ -43,7 +43,7 @@ class Events:
     def add(self, channel: str, at: int, user: str | None, anon: str | None = None, **fields: Any) -> list[Any]:
         self.offset += 1
         raw = segment_json(userId=user, anonymousId=anon, timestamp=iso(at), **fields)
-        row = event_row(rec(raw, TOPICS[channel], self.offset, timestamp=at + 5), channel)
+        row = event_row(rec(raw, {**TOPICS, "crm": "events.crm"}[channel], self.offset, timestamp=at + 5), channel)
         assert row is not None
         self.rows.append(row)
         return row
@@ -65,6 +65,7 @@ def build() -> tuple[list[list[Any]], list[list[Any]]]:
     e.add("store", T0, "ann", event="Store Visit")
     e.add("web", T0 + DAY, "ann", type="page")
     e.add("email", T0 + 2 * DAY, "ann", event="Email Opened")
+    e.add("crm", T0 - HOUR, "ann", event="Score Adjusted", properties={"points": 10})  # sales' word: no (first) touch
     twice = e.add("web", T0 + 2 * DAY + HOUR, "ann", type="page", messageId="ann-page-2")
     e.add("web", T0 + 5 * DAY, "ann", **order(120.0, "o-ann"))
     e.add("web", T0 + 6 * DAY, "ann", type="page")
