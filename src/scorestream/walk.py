@@ -661,10 +661,10 @@ def _run(
     after: tuple[int, str] | None = None
     if anchor is not None and old is not None:
         start, stage, since = anchor.at_ms, anchor.stage, anchor.since_ms
-        history = [e for e in old.history if e.entered_ms <= start]
+        history = [e for e in old.history if e.rule == "initial" or _settled(e.entered_ms, e.cause, anchor)]
         if history and history[-1].stage == stage and history[-1].exited_ms is not None:
             history[-1] = history[-1]._replace(exited_ms=None)
-        fired = [f for f in old.fired if f.at_ms <= start]
+        fired = [f for f in old.fired if _settled(f.at_ms, f.cause, anchor)]
         pending, above = dict(anchor.pending), set(anchor.above)
         group_above = {g: set(v) for g, v in anchor.group_above.items()}
         after = (anchor.at_ms, anchor.mid)
@@ -690,6 +690,14 @@ def _run(
     w.settle(set(), None)
     _continue(w, after, until, inclusive, snapshots=snapshots)
     return w
+
+
+def _settled(at_ms: int, cause: str | None, anchor: Cursor) -> bool:
+    """Whether what happened at ``at_ms`` (caused by the checkpoint ``cause``; None: by time) is
+    settled at ``anchor``: before its instant, or at it by a checkpoint up to the anchor's. What
+    a later checkpoint at the same instant or time at it did, the walk from the anchor does again
+    (kept, it was announced twice)."""
+    return at_ms < anchor.at_ms or (at_ms == anchor.at_ms and cause is not None and cause <= anchor.mid)
 
 
 def _flags_until(w: _Walker, key: tuple[int, str]) -> None:
