@@ -349,6 +349,10 @@ async def pipeline(request: Request, who: ViewerDep) -> Response:
     forecast, forecast_problem = await attempt(
         report_routes.forecast_report(analytics, model, clock, lookback_days=lookback, model_=None)
     )
+    if model.groups:  # the score groups' bands (GET /v1/reports/groups)
+        context["groups"], context["groups_problem"] = await attempt(
+            report_routes.groups_report(analytics, model, clock)
+        )
     context["lookback"] = raw or f"{lookback:g}"
     if personas is not None:
         context |= matrix_context(personas)
