@@ -661,7 +661,7 @@ def _run(
     after: tuple[int, str] | None = None
     if anchor is not None and old is not None:
         start, stage, since = anchor.at_ms, anchor.stage, anchor.since_ms
-        history = [e for e in old.history if e.rule == "initial" or _settled(e.entered_ms, e.cause, anchor)]
+        history = [e for e in old.history if e.entered_ms <= start]
         if history and history[-1].stage == stage and history[-1].exited_ms is not None:
             history[-1] = history[-1]._replace(exited_ms=None)
         fired = [f for f in old.fired if _settled(f.at_ms, f.cause, anchor)]
@@ -693,10 +693,11 @@ def _run(
 
 
 def _settled(at_ms: int, cause: str | None, anchor: Cursor) -> bool:
-    """Whether what happened at ``at_ms`` (caused by the checkpoint ``cause``; None: by time) is
-    settled at ``anchor``: before its instant, or at it by a checkpoint up to the anchor's. What
-    a later checkpoint at the same instant or time at it did, the walk from the anchor does again
-    (kept, it was announced twice)."""
+    """Whether a timer or threshold that fired at ``at_ms`` (caused by the checkpoint ``cause``;
+    None: by time) is settled at ``anchor``: before its instant, or at it by a checkpoint up to
+    the anchor's. What a later checkpoint at the same instant or time at it fired, the walk from
+    the anchor fires again (kept, it was announced twice). The history keeps every stay entered
+    up to the anchor's instant: the walk from the anchor starts in the anchor's stage."""
     return at_ms < anchor.at_ms or (at_ms == anchor.at_ms and cause is not None and cause <= anchor.mid)
 
 
