@@ -26,11 +26,16 @@ class MoverOut(BaseModel):
     engagement_before: float = Field(
         description="Engagement at `since` (the last score before it, decayed to then); 0 for a contact new since."
     )
-    rise: float = Field(description="`engagement` minus `engagement_before`.")
+    rise: float = Field(description="`engagement` minus `engagement_before` (with `?group=`: the group's rise).")
     fit: float
     fit_grade: str
     grade: str = Field(description="Fit letter x engagement band (of `engagement`).")
     last_seen: datetime | None
+    group_score: float | None = Field(
+        default=None,
+        description="With `?group=`: the score group's score now; `rise` is then this minus `group_before`.",
+    )
+    group_before: float | None = Field(default=None, description="With `?group=`: its score at `since`.")
 
 
 class OverviewOut(BaseModel):
@@ -41,3 +46,4 @@ class OverviewOut(BaseModel):
     since: datetime = Field(description="The start of the movers' window (`as_of` minus `window_minutes`).")
     window_minutes: int
     movers: list[MoverOut] = Field(description="Largest rise first (ties by contact id); rises above 0 only.")
+    group: str | None = Field(default=None, description="The score group the movers are ranked by (`?group=`), if any.")

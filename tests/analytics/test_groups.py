@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from analytics import groups, reports
+from analytics import groups, overview, reports
 from analytics.client import Store
 from analytics.migrations import migrate
 from analytics.reports import ContactFilter, InvalidParameter
@@ -236,5 +236,53 @@ def test_personas_show_each_cells_mean_score_of_a_group(chdb_path: Path) -> None
         plain = await reports.personas(store, MODEL, NOW)
         assert plain.group is None and all(c.avg_group_score is None for c in plain.cells)
         assert [c.avg_engagement for c in plain.cells] == [c.avg_engagement for c in report.cells]
+
+    in_fresh_archive(chdb_path, body)
+
+
+# --- the overview's movers by a group ----------------------------------------------------------------
+
+
+def test_the_movers_by_a_group_rank_its_rise(chdb_path: Path) -> None:
+    since, seen = NOW - HOUR, NOW - 10 * 60_000
+    month = HARDWARE.half_life_ms
+
+    def contact(cid: str, offset: int, groups: dict[str, float]) -> Contact:
+        return Contact(cid, NOW - 9 * DAY, seen, "lead", NOW - 9 * DAY, seen, offset, engagement=5.0, groups=groups)
+
+    def row(cid: str, at: int, offset: int, groups: dict[str, float]) -> list[Any]:
+        values = dict(zip(LEDGER_COLUMNS, ledger_row(cid, at, 5.0, 10.0, "lead", offset, ["r"], ["m"]), strict=True))
+        values.update(model_version=MODEL.version, groups=groups)
+        return [values[c] for c in LEDGER_COLUMNS]
+
+    contacts = [
+        contact("m-a", 1, {"hardware": 60.0}),  # 20 a day before the window, 60 in it
+        contact("m-b", 2, {"hardware": 30.0}),  # new in the window
+        contact("m-c", 3, {"training": 20.0}),  # only training rose
+        contact("m-d", 4, {"hardware": 40.0}),  # hardware fell from 80
+    ]
+    ledger = [
+        row("m-a", since - DAY, 1, {"hardware": 20.0}),
+        row("m-a", seen, 2, {"hardware": 60.0}),
+        row("m-b", seen, 3, {"hardware": 30.0}),
+        row("m-c", seen, 4, {"training": 20.0}),
+        row("m-d", since - DAY, 5, {"hardware": 80.0}),
+        row("m-d", seen, 6, {"hardware": 40.0}),
+    ]
+
+    async def body(store: Store) -> None:
+        await store.command("TRUNCATE TABLE contacts")
+        await store.insert("contacts", CONTACT_COLUMNS, [c.row() for c in contacts])
+        await store.insert("score_ledger", LEDGER_COLUMNS, ledger)
+        found = await overview.overview(store, MODEL, NOW, group=HARDWARE)
+        assert found.group == "hardware" and [m.contact_id for m in found.movers] == ["m-a", "m-b"]
+        a, b = found.movers
+        now_a = 60.0 * math.pow(2.0, -(NOW - seen) / month)
+        then_a = 20.0 * math.pow(2.0, -DAY / month)
+        assert a.group_score == pytest.approx(now_a, abs=1e-6) and a.group_before == pytest.approx(then_a, abs=1e-6)
+        assert a.rise == pytest.approx(now_a - then_a, abs=1e-6) and b.group_before == 0.0
+        assert a.engagement == pytest.approx(5.0 * math.pow(2.0, -(NOW - seen) / MODEL.half_life_ms), abs=1e-6)
+        overall = await overview.overview(store, MODEL, NOW)
+        assert overall.group is None and all(m.group_score is None for m in overall.movers)
 
     in_fresh_archive(chdb_path, body)

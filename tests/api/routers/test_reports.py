@@ -222,6 +222,7 @@ def test_beyond_the_cap_is_503_busy_with_retry_after(store: Store) -> None:
         "/v1/contacts?min_score=10",
         "/v1/contacts?group=no-such-group&min_score=10",
         "/v1/reports/personas?group=no-such-group",
+        "/v1/reports/overview?group=no-such-group",
         "/v1/contacts/c-001/history?from=2026-09-01T00:00:00Z&to=2026-08-01T00:00:00Z",
         "/v1/reports/funnel?stages=lead,nope",
         "/v1/reports/funnel?stages=lead,lead",
