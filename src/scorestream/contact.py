@@ -40,7 +40,6 @@ from scorestream.state import (
     STATE_VERSION,
     ContactState,
     Hit,
-    consent_denied,
     decay,
     effective_points,
     machine_verdicts,
@@ -423,10 +422,11 @@ def log_email_facts(state: ContactState, events: list[Event], model: Model, resu
     rules = model.machine
     if rules is None:
         return resume_before
-    facts = [f for e in events if (f := fact_of(e, rules)) is not None]
-    if facts and state.email_log:
+    candidates = [e for e in events if rules.kind_of(e) is not None]
+    if candidates and state.email_log:  # the fold logged them already, or a re-sent copy
         known = {f.mid for f in state.email_log}
-        facts = [f for f in facts if f.mid not in known]
+        candidates = [e for e in candidates if e.message_id not in known]
+    facts = [f for e in candidates if (f := fact_of(e, rules)) is not None]
     if not facts:
         return resume_before
     before = machine_verdicts(state, model)

@@ -90,13 +90,12 @@ def add_facts(log: list[EmailFact], facts: Iterable[EmailFact], retention_ms: in
     """``log`` with ``facts`` added (a message id already there counts once), kept sorted by
     ``(instant, message id)`` and within the bounds (see the module docstring)."""
     added = False
+    known = {f.mid for f in log}  # a message id seen at any instant: a duplicate
     for fact in facts:
-        i = bisect_left(log, (fact.ts, fact.mid), key=_order)
-        if i < len(log) and log[i].mid == fact.mid:
+        if fact.mid in known:
             continue
-        if any(f.mid == fact.mid for f in log):  # the same message id at another instant: a duplicate
-            continue
-        log.insert(i, fact)
+        known.add(fact.mid)
+        log.insert(bisect_left(log, (fact.ts, fact.mid), key=_order), fact)
         added = True
     if added and log:
         horizon = log[-1].ts - retention_ms
@@ -130,7 +129,8 @@ def verdicts(log: list[EmailFact], rules: MachineRules) -> dict[str, str]:
         elif fact.agent == PROXY:
             out.setdefault(fact.mid, "opened by a privacy proxy")
     for facts in by_key.values():
-        _judge_message(facts, rules, out)
+        if len(facts) > 1 or facts[0].agent == PROXY:  # one fact alone: only a proxy's open says anything
+            _judge_message(facts, rules, out)
     return out
 
 
