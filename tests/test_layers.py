@@ -24,9 +24,9 @@ FLOORS: tuple[tuple[str, str], ...] = (
     ("0. plain data", "events journey clv errors adjustments"),
     (
         "1. rules",
-        "rules rules.common rules.consent rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model rules.interests",
+        "rules rules.common rules.consent rules.engagement rules.fit rules.lifecycle rules.value rules.accounts rules.model rules.interests rules.groups rules.machine",
     ),
-    ("2. state", "state scoring rfm identity privacy interests"),
+    ("2. state", "state scoring rfm identity privacy interests machine"),
     ("3. the walk and triggers", "walk triggers"),
     ("4. operations on a state", "contact accounts population delivery view"),
     ("5. the fold", "fold"),
