@@ -6,12 +6,13 @@ Affinity is engagement's arithmetic on other keys: an event worth ``p`` points f
 ``sum_i p_i 2^(-(t - t_i)/H)`` (exact decay, on event time). The rule this module keeps, as
 :mod:`scorestream.contact` does for hits: **the profile depends on the set of events, not on their
 order, batching or duplicates.** The newest events are kept one by one (:class:`Entry`, sorted by
-``(timestamp, messageId)``, at most ``MAX_ENTRIES``); older ones fold into a per-key base decayed to
+``(timestamp, messageId)``, at most the section's ``max_entries``, 64 by default); older ones fold into a per-key base decayed to
 one instant, and their message ids are remembered (the newest ``MAX_FOLDED_IDS``, at most the
 model's ``dedupe_memory``) so that a
 duplicate counts once even when the event matched no engagement rule. Sums are taken in one fixed
 order (the base, then the entries), so any order of the same events gives the same numbers; where
-the fold happened (which depends on batching) changes only the last bits of a float.
+the fold happened (which depends on batching) changes only the last bits of a float, and which
+entries are still kept one by one (so a state's bytes). Maps are kept in key order.
 
 Bounds: the folded base keeps the ``keep`` largest affinities per dimension (ranked at the base's
 instant, ties by key; every base value shares that instant, so the ranking is the one at any later
@@ -36,10 +37,11 @@ from typing import Any, NamedTuple
 
 from scorestream.events import Event
 from scorestream.rules.consent import ConsentRules
-from scorestream.rules.interests import DIMENSIONS, InterestRules
+from scorestream.rules.interests import DEFAULT_MAX_ENTRIES, DIMENSIONS, InterestRules
 
-MAX_ENTRIES = 64
-"""Interest events kept one by one; past it the oldest fold down to ``MAX_ENTRIES - MAX_ENTRIES // 8``."""
+MAX_ENTRIES = DEFAULT_MAX_ENTRIES
+"""Interest events kept one by one by default (``interests.max_entries``); past the bound the
+oldest fold down to ``bound - bound // 8``."""
 MAX_FOLDED_IDS = 128
 """Message ids of folded interest events remembered (at most the model's ``dedupe_memory``)."""
 MAX_BOUGHT = 256
@@ -291,12 +293,13 @@ def _decay(points: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
 
 
 def _normalise(interests: Interests, rules: InterestRules, dedupe_memory: int, gate: Gate = None) -> None:
-    """Fold the oldest entries past ``MAX_ENTRIES`` and keep every map within its bound (an entry
+    """Fold the oldest entries past ``rules.max_entries`` and keep every map within its bound (an entry
     the consent ``gate`` refuses then is settled: it folds as nothing)."""
     entries = interests.entries
     folded = False
-    if len(entries) > MAX_ENTRIES:
-        overflow = len(entries) - MAX_ENTRIES + MAX_ENTRIES // 8
+    bound = rules.max_entries
+    if len(entries) > bound:
+        overflow = len(entries) - bound + bound // 8
         ref = max(interests.base_ms, entries[overflow - 1].ts)
         half_life = rules.half_life_ms
         terms: dict[str, list[float]] = {
@@ -318,12 +321,24 @@ def _normalise(interests: Interests, rules: InterestRules, dedupe_memory: int, g
         folded = True
     _cut_latest(interests.bought, MAX_BOUGHT)
     _cut_latest(interests.carted, rules.keep)
-    if folded or len(interests.names) > 2 * MAX_ENTRIES + 3 * rules.keep:
+    if folded or len(interests.names) > 2 * bound + 3 * rules.keep:
         # names are for display: kept for the products the profile can still show
         wanted = {k[2:] for k in interests.base if k.startswith("p:")}
         wanted.update(k[2:] for e in entries for k, _ in e.points if k.startswith("p:"))
         wanted.update(interests.carted)
         interests.names = {k: v for k, v in interests.names.items() if k in wanted}
+    _sort_keys(interests)
+
+
+def _sort_keys(interests: Interests) -> None:
+    """The maps in key order: their insertion order follows arrival, and the state is written
+    byte for byte alike whatever the order and batching of the same events (a recovered worker's
+    changelog record equals the live one's)."""
+    for maps in (interests.base, interests.names, interests.bought, interests.carted):
+        if len(maps) > 1:
+            ordered = sorted(maps.items())
+            maps.clear()
+            maps.update(ordered)
 
 
 def _bound_base(interests: Interests, keep: int) -> None:

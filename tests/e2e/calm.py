@@ -34,6 +34,8 @@ def roomy_model() -> dict[str, Any]:
     comparison stays inside the fold's exact (order-independent) bounds."""
     raw: dict[str, Any] = yaml.safe_load(DEFAULT_MODEL.read_text())
     raw["storage"]["max_hits_per_contact"] = 100_000
+    if "interests" in raw:
+        raw["interests"]["max_entries"] = 100_000  # the interest profile's events too
     return raw
 
 

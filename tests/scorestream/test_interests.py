@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.state import encode
 from schemas.triggers import Trigger
 from scorestream import Event, Model, ModelError, absorb, apply_events
 from scorestream.fold import Tick, step
@@ -98,6 +99,8 @@ def test_the_section_parses_with_defaults_and_names_what_is_wrong() -> None:
     rules = InterestRules.parse({})
     assert rules is not None
     assert rules.half_life_ms == 30 * DAY and rules.top == 10 and rules.not_bought == 5 and rules.keep == 40
+    assert rules.max_entries == MAX_ENTRIES == 64
+    assert (parsed := InterestRules.parse({"max_entries": 1000})) is not None and parsed.max_entries == 1000
     assert rules.events["Order Completed"] == 5.0 and "Order Completed" in rules.bought
     assert InterestRules.parse(None) is None
     for bad, where in (
@@ -110,6 +113,8 @@ def test_the_section_parses_with_defaults_and_names_what_is_wrong() -> None:
         ({"paths": "/x"}, "interests.paths"),
         ({"half_life": "soon"}, "interests.half_life"),
         ({"top": 20, "keep": 10}, "interests.keep"),
+        ({"max_entries": 7}, "interests.max_entries"),
+        ({"max_entries": True}, "interests.max_entries"),
     ):
         with pytest.raises(ModelError, match=where):
             Model.from_dict({"name": "m", "interests": bad})
@@ -223,6 +228,9 @@ def test_any_order_batching_and_duplicates_give_the_same_profile(events: list[Ev
     one = fold(events)
     other = batched(events, random.Random(seed))
     assert other.interests == one.interests  # below MAX_ENTRIES: the very same state
+    # byte for byte as the tables write it (maps in key order, not arrival order): a worker that
+    # re-reads its input after a crash writes the same changelog record
+    assert encode(other) == encode(one)
 
 
 @settings(max_examples=8, deadline=None)

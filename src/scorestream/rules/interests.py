@@ -36,7 +36,9 @@ DEFAULT_EVENTS: Mapping[str, float] = {"Product Viewed": 1.0, "Product Added": 3
 DEFAULT_BOUGHT = frozenset({"Order Completed"})
 DEFAULT_CART = frozenset({"Product Added", "Checkout Started"})
 MAX_TOP = 100
-_KEYS = {"half_life", "top", "not_bought", "events", "paths", "bought", "cart", "keep"}
+_KEYS = {"half_life", "top", "not_bought", "events", "paths", "bought", "cart", "keep", "max_entries"}
+DEFAULT_MAX_ENTRIES = 64
+MAX_MAX_ENTRIES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class InterestRules:
 
     ``keep``: affinities kept per dimension in a contact's folded profile (a bound on state; the
     ``keep`` largest, at least four times ``top``), see :mod:`scorestream.interests`.
+    ``max_entries``: interest events kept one by one before the oldest fold into the base (the
+    profile is exact in any order and batching while a contact has no more).
     """
 
     half_life_ms: int
@@ -65,6 +69,7 @@ class InterestRules:
     paths: tuple[PathRule, ...]
     bought: frozenset[str]
     cart: frozenset[str]
+    max_entries: int = DEFAULT_MAX_ENTRIES
 
     @classmethod
     def parse(cls, raw: object) -> InterestRules | None:
@@ -90,6 +95,7 @@ class InterestRules:
             paths=tuple(_path(p, i) for i, p in enumerate(_list(raw.get("paths"), "interests.paths"))),
             bought=str_set(raw.get("bought"), "interests.bought") or DEFAULT_BOUGHT,
             cart=str_set(raw.get("cart"), "interests.cart") or DEFAULT_CART,
+            max_entries=_max_entries(raw.get("max_entries", DEFAULT_MAX_ENTRIES)),
         )
 
     def category_of_path(self, path: str | None) -> PathRule | None:
@@ -105,6 +111,12 @@ class InterestRules:
 def _count(raw: object, where: str) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_TOP * 10:
         raise ModelError(f"{where}: expected a whole number from 1 to {MAX_TOP * 10}, got {raw!r}")
+    return raw
+
+
+def _max_entries(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 8 <= raw <= MAX_MAX_ENTRIES:
+        raise ModelError(f"interests.max_entries: expected a whole number from 8 to {MAX_MAX_ENTRIES}, got {raw!r}")
     return raw
 
 
