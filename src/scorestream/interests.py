@@ -334,11 +334,14 @@ def _sort_keys(interests: Interests) -> None:
     """The maps in key order: their insertion order follows arrival, and the state is written
     byte for byte alike whatever the order and batching of the same events (a recovered worker's
     changelog record equals the live one's)."""
-    for maps in (interests.base, interests.names, interests.bought, interests.carted):
-        if len(maps) > 1:
-            ordered = sorted(maps.items())
-            maps.clear()
-            maps.update(ordered)
+    if len(interests.base) > 1:
+        interests.base = dict(sorted(interests.base.items()))
+    if len(interests.names) > 1:
+        interests.names = dict(sorted(interests.names.items()))
+    if len(interests.bought) > 1:
+        interests.bought = dict(sorted(interests.bought.items()))
+    if len(interests.carted) > 1:
+        interests.carted = dict(sorted(interests.carted.items()))
 
 
 def _bound_base(interests: Interests, keep: int) -> None:
